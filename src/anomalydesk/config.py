@@ -1,0 +1,108 @@
+"""Constants, defaults and the on-disk locations every part of AnomalyDesk shares.
+
+Defaults live here and nowhere else; environment variables override the locations so tests never
+touch a user's real data or settings.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "anomalydesk"
+
+# --- environment ------------------------------------------------------------------------------
+ENV_REDIS_URL = "ANOMALYDESK_REDIS_URL"
+ENV_DATA_DIR = "ANOMALYDESK_DATA_DIR"
+ENV_CONFIG_DIR = "ANOMALYDESK_CONFIG_DIR"
+ENV_PREFIX = "ANOMALYDESK_PREFIX"
+
+# --- Redis layout -----------------------------------------------------------------------------
+DEFAULT_PREFIX = "ad:"
+GEARS_LIBRARY = "anomalydesk"
+ALERT_CHANNEL_SUFFIX = "alerts"  # channel  <prefix>alerts
+ALERT_LOG_SUFFIX = "alerts:log"  # stream   <prefix>alerts:log
+ALERT_LOG_MAXLEN = 10_000
+BATCH_DEDUP_SECONDS = 600  # a repeated batch id within this time is a no-op
+
+# --- windows and sketches (what `setup` writes when not told otherwise) ------------------------
+DEFAULT_WINDOW_SECONDS = 5
+DEFAULT_CMS_ERROR = 0.001  # additive error as a fraction of the service's total count
+DEFAULT_CMS_PROB = 0.01  # probability the error bound is exceeded
+DEFAULT_FILTER_CAPACITY = 10_000  # interactions per service before the filter adds a layer
+DEFAULT_FILTER_ERROR = 0.001
+DEFAULT_TOPK = 10
+DEFAULT_RETENTION_WINDOWS = 17_280 * 2  # two days of 5 s windows per fingerprint stream
+MAX_SILENT_WINDOWS_SEALED = 720  # a long silence seals at most this many zero-traffic windows
+REPLAY_CLOCK_HOLD_SECONDS = 30  # a replaying service is sealed by its event clock for this long
+WINDOW_ENDPOINTS_CAP = 512  # distinct endpoints counted exactly per window; the rest go to "other"
+
+# --- names ------------------------------------------------------------------------------------
+SERVICE_NAME_MAX = 64
+ENDPOINT_MAX = 256
+METRIC_NAME_MAX = 128
+BUSINESS_PSEUDO_SERVICE = "business"
+
+# --- ingestion (client side) ------------------------------------------------------------------
+SINK_MAX_BATCH_EVENTS = 5_000  # events pre-aggregated into one FCALL
+SINK_FLUSH_SECONDS = 0.05
+SINK_MAX_BUFFERED_EVENTS = 200_000  # bounded buffer; beyond it `send` raises BufferFull
+SINK_RETRY_ATTEMPTS = 8
+SINK_RETRY_BASE_SECONDS = 0.05
+SINK_RETRY_MAX_SECONDS = 2.0
+
+# --- connection -------------------------------------------------------------------------------
+SOCKET_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 3.0
+HEALTH_CHECK_INTERVAL_SECONDS = 15
+RETRY_ATTEMPTS = 3
+
+# --- detection --------------------------------------------------------------------------------
+SEVERITY_WARNING = 70.0
+SEVERITY_CRITICAL = 90.0
+
+
+@dataclass(frozen=True)
+class SketchSettings:
+    """Sizes of the per-service sketches, as `setup` stores them in the config hash."""
+
+    window_seconds: int = DEFAULT_WINDOW_SECONDS
+    cms_width: int = 0  # 0: derived from cms_error
+    cms_depth: int = 0  # 0: derived from cms_prob
+    cms_error: float = DEFAULT_CMS_ERROR
+    cms_prob: float = DEFAULT_CMS_PROB
+    filter_capacity: int = DEFAULT_FILTER_CAPACITY
+    filter_error: float = DEFAULT_FILTER_ERROR
+    topk: int = DEFAULT_TOPK
+    retention: int = DEFAULT_RETENTION_WINDOWS
+
+    def cms_dims(self) -> tuple[int, int]:
+        """(width, depth) of the Count-Min Sketch: given directly, or from error and probability."""
+        import math
+
+        width = self.cms_width or math.ceil(math.e / self.cms_error)
+        depth = self.cms_depth or math.ceil(math.log(1.0 / self.cms_prob))
+        return width, depth
+
+
+def data_dir() -> Path:
+    """Where AnomalyDesk keeps its data (embedded Redis, logs); `$ANOMALYDESK_DATA_DIR` overrides."""
+    override = os.environ.get(ENV_DATA_DIR)
+    path = Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def config_dir() -> Path:
+    """Where settings live; `$ANOMALYDESK_CONFIG_DIR` overrides."""
+    override = os.environ.get(ENV_CONFIG_DIR)
+    path = Path(override) if override else Path(platformdirs.user_config_dir(APP_NAME, appauthor=False))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def key_prefix() -> str:
+    return os.environ.get(ENV_PREFIX, DEFAULT_PREFIX)

@@ -1,0 +1,190 @@
+"""Event validation and endpoint normalisation (pure; the per-event hot path of every producer).
+
+Formats (DESIGN.md): a metric is `{"service", "endpoint": "METHOD:/path", "status_code",
+"response_time" (ms), "timestamp"?, "metrics"?: {name: number}}` where `response_time` and
+`status_code` may sit inside `metrics`; a business metric is `{"metric_name", "value",
+"expected_range"?: [min, max], "service"?, "timestamp"?}`.
+
+Parsing returns plain tuples (no per-event objects) and builds error text only on failure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+from anomalydesk.config import BUSINESS_PSEUDO_SERVICE, ENDPOINT_MAX, METRIC_NAME_MAX, SERVICE_NAME_MAX
+
+_SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,%d}\Z" % SERVICE_NAME_MAX)
+_METRIC_NAME_RE = re.compile(r"[A-Za-z0-9._:/-]{1,%d}\Z" % METRIC_NAME_MAX)
+_METHOD_RE = re.compile(r"[A-Z]{1,16}\Z")
+_ID_SEGMENT_RE = re.compile(
+    r"(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+    r"|(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{12,})\Z"
+)
+_PATH_CHAR_RE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII, no spaces or controls
+
+# Timestamps further than this from the present are refused (a unit mistake: ms or µs, not s).
+_TS_MIN = 946_684_800.0  # 2000-01-01
+_TS_MAX = 4_102_444_800.0  # 2100-01-01
+
+
+class EventError(ValueError):
+    """One event is invalid: `field` names what was wrong and `reason` says how."""
+
+    def __init__(self, field: str, reason: str):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class Metric(NamedTuple):
+    service: str
+    endpoint: str
+    status: int
+    latency_ms: float
+    timestamp: float | None
+
+
+class BusinessMetric(NamedTuple):
+    service: str
+    name: str
+    value: float
+    low: float | None
+    high: float | None
+    timestamp: float | None
+
+
+def validate_service(name: Any, field: str = "service") -> str:
+    if not isinstance(name, str):
+        raise EventError(field, f"must be a string, got {type(name).__name__}")
+    if _SERVICE_RE.match(name) is None:
+        raise EventError(field, f"must match [A-Za-z0-9._-]{{1,{SERVICE_NAME_MAX}}}, got {name[:80]!r}")
+    return name
+
+
+@lru_cache(maxsize=65_536)
+def normalize_endpoint(endpoint: str) -> str:
+    """`GET:/users/123?x=1` → `GET:/users/{id}`; raises EventError if it is not `METHOD:/path`."""
+    method, sep, path = endpoint.partition(":")
+    if not sep or not path.startswith("/"):
+        raise EventError("endpoint", f"must look like METHOD:/path, got {endpoint[:80]!r}")
+    method = method.upper()
+    if _METHOD_RE.match(method) is None:
+        raise EventError("endpoint", f"method must be letters, got {method[:20]!r}")
+    path = path.split("?", 1)[0].split("#", 1)[0]
+    if _PATH_CHAR_RE.match(path) is None:
+        raise EventError("endpoint", "path must be printable ASCII without spaces (percent-encode the rest)")
+    parts = path.split("/")
+    for i, segment in enumerate(parts):
+        if segment and _ID_SEGMENT_RE.match(segment):
+            parts[i] = "{id}"
+    normalized = f"{method}:{'/'.join(parts)}"
+    if len(normalized) > ENDPOINT_MAX:
+        raise EventError("endpoint", f"longer than {ENDPOINT_MAX} characters after normalisation")
+    return normalized
+
+
+def _number(value: Any, field: str) -> float:
+    # bool is an int subclass; True as a latency is a client bug, not 1 ms
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise EventError(field, f"must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise EventError(field, "must be finite (NaN and Infinity are not numbers here)")
+    return number
+
+
+def parse_timestamp(value: Any, field: str = "timestamp") -> float:
+    """Epoch seconds (int/float) or an RFC 3339 string → epoch seconds."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise EventError(field, f"must be epoch seconds or RFC 3339, got {value[:40]!r}") from None
+        if parsed.tzinfo is None:
+            raise EventError(field, "an RFC 3339 timestamp needs a time zone (Z or ±hh:mm)")
+        ts = parsed.timestamp()
+    else:
+        ts = _number(value, field)
+    if not _TS_MIN <= ts <= _TS_MAX:
+        raise EventError(field, f"{ts:g} is not epoch seconds between 2000 and 2100 (milliseconds?)")
+    return ts
+
+
+def parse_metric(obj: Any) -> Metric:
+    """Validate one metric event in DESIGN.md's format; raises EventError naming the field."""
+    if not isinstance(obj, dict):
+        raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+    service = validate_service(obj.get("service"))
+    endpoint = obj.get("endpoint")
+    if not isinstance(endpoint, str):
+        raise EventError("endpoint", "is required and must be a string like GET:/users/{id}")
+    if ":" not in endpoint and isinstance(obj.get("method"), str):
+        endpoint = f"{obj['method']}:{endpoint}"
+    endpoint = normalize_endpoint(endpoint)
+    extra = obj.get("metrics")
+    if extra is not None and not isinstance(extra, dict):
+        raise EventError("metrics", "must be an object of name → number")
+    status = obj.get("status_code")
+    if status is None and extra:
+        status = extra.get("status_code")
+    if isinstance(status, bool) or not isinstance(status, int):
+        if isinstance(status, float) and status.is_integer():
+            status = int(status)
+        else:
+            raise EventError("status_code", "is required and must be an integer")
+    if not 100 <= status <= 599:
+        raise EventError("status_code", f"must be between 100 and 599, got {status}")
+    latency = obj.get("response_time")
+    if latency is None and extra:
+        latency = extra.get("response_time")
+    if latency is None:
+        raise EventError("response_time", "is required (milliseconds)")
+    latency = _number(latency, "response_time")
+    if latency < 0:
+        raise EventError("response_time", f"must not be negative, got {latency:g}")
+    ts = obj.get("timestamp")
+    return Metric(service, endpoint, status, latency, None if ts is None else parse_timestamp(ts))
+
+
+def parse_business_metric(obj: Any) -> BusinessMetric:
+    """Validate one business metric; no service → the pseudo-service `business`."""
+    if not isinstance(obj, dict):
+        raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+    name = obj.get("metric_name")
+    if not isinstance(name, str) or _METRIC_NAME_RE.match(name) is None:
+        raise EventError("metric_name", f"is required and must match [A-Za-z0-9._:/-]{{1,{METRIC_NAME_MAX}}}")
+    value = _number(obj.get("value"), "value")
+    service = obj.get("service")
+    service = BUSINESS_PSEUDO_SERVICE if service is None else validate_service(service)
+    low = high = None
+    expected = obj.get("expected_range")
+    if expected is not None:
+        if not isinstance(expected, list | tuple) or len(expected) != 2:
+            raise EventError("expected_range", "must be [min, max]")
+        low = _number(expected[0], "expected_range")
+        high = _number(expected[1], "expected_range")
+        if low > high:
+            raise EventError("expected_range", f"min {low:g} is above max {high:g}")
+    ts = obj.get("timestamp")
+    return BusinessMetric(service, name, value, low, high, None if ts is None else parse_timestamp(ts))
+
+
+def is_business_metric(obj: Any) -> bool:
+    return isinstance(obj, dict) and "metric_name" in obj
+
+
+def parse_batch(items: list[Any]) -> tuple[list[Metric | BusinessMetric], list[dict[str, Any]]]:
+    """Validate a mixed batch: (valid events, rejected [{"index", "field", "reason"}])."""
+    valid: list[Metric | BusinessMetric] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append(parse_business_metric(item) if is_business_metric(item) else parse_metric(item))
+        except EventError as err:
+            rejected.append({"index": index, "field": err.field, "reason": err.reason})
+    return valid, rejected

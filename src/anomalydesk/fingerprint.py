@@ -1,0 +1,137 @@
+"""The fingerprint: a fixed-length, versioned vector per service and window.
+
+The gears library (`gears/anomalydesk.lua`, function `seal`) computes it server-side from the window
+aggregates and appends it to the service's fingerprint stream, one field per feature below plus
+`window`, `start`, `schema`, `no_data` and `kpis` (JSON: per-KPI mean of the window). Its length does
+not depend on how many endpoints or KPIs a service has. docs/fingerprint.md documents each feature.
+
+The latency histogram uses log buckets shared by every producer (client pre-aggregation, OTLP
+histograms, the Lua quantile code): bucket 0 holds [0, LAT_MIN_MS); bucket b >= 1 holds
+[LAT_MIN_MS * 2**((b-1)/LAT_BUCKETS_PER_OCTAVE), LAT_MIN_MS * 2**(b/LAT_BUCKETS_PER_OCTAVE)); the last
+bucket also holds everything above. A quantile is reported as its bucket's geometric midpoint, so
+its relative error is at most 2**(1/(2*LAT_BUCKETS_PER_OCTAVE)) - 1 (about 4.4 %).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+LAT_MIN_MS = 0.1
+LAT_BUCKETS_PER_OCTAVE = 8
+LAT_MAX_BUCKET = 200  # 0.1 ms * 2**(200/8) ≈ 56 minutes; anything slower lands here
+LAT_QUANTILE_REL_ERROR = 2 ** (1 / (2 * LAT_BUCKETS_PER_OCTAVE)) - 1
+
+_LOG2_MIN = math.log2(LAT_MIN_MS)
+
+
+@dataclass(frozen=True)
+class Feature:
+    name: str
+    label: str  # the operator's words
+    unit: str  # "", "%", "ms", "/window"
+    description: str
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("requests", "requests", "/window", "Requests in the window"),
+    Feature("rate_4xx", "4xx ratio", "%", "Share of requests answered 4xx"),
+    Feature("rate_5xx", "5xx ratio", "%", "Share of requests answered 5xx"),
+    Feature("latency_p50_ms", "p50 latency", "ms", "Median response time"),
+    Feature("latency_p95_ms", "p95 latency", "ms", "95th percentile response time"),
+    Feature("latency_p99_ms", "p99 latency", "ms", "99th percentile response time"),
+    Feature("latency_mean_ms", "mean latency", "ms", "Mean response time"),
+    Feature("endpoints_distinct", "distinct endpoints", "", "Distinct endpoints called (HyperLogLog)"),
+    Feature("new_interactions", "new endpoints", "", "Endpoints never seen before for this service (filter misses)"),
+    Feature("top_endpoint_share", "top endpoint share", "%", "Share of requests to the busiest endpoint"),
+    Feature("endpoint_entropy", "endpoint mix entropy", "bits", "Shannon entropy of the endpoint mix"),
+    Feature("kpi_level", "business KPI level", "x", "Mean KPI value relative to its expected range midpoint"),
+    Feature("kpi_out_of_range", "KPIs out of range", "", "Business metric values outside their expected range"),
+)
+FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
+FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
+N_FEATURES = len(FEATURES)
+
+
+def latency_bucket(ms: float) -> int:
+    """The histogram bucket of a response time in milliseconds (ms >= 0)."""
+    if ms < LAT_MIN_MS:
+        return 0
+    b = int((math.log2(ms) - _LOG2_MIN) * LAT_BUCKETS_PER_OCTAVE) + 1
+    return b if b < LAT_MAX_BUCKET else LAT_MAX_BUCKET
+
+
+def latency_buckets(ms: np.ndarray) -> np.ndarray:
+    """Vectorised `latency_bucket` for an array of response times."""
+    ms = np.asarray(ms, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        b = np.floor((np.log2(np.maximum(ms, LAT_MIN_MS)) - _LOG2_MIN) * LAT_BUCKETS_PER_OCTAVE) + 1
+    b = np.where(ms < LAT_MIN_MS, 0, b)
+    return np.minimum(b, LAT_MAX_BUCKET).astype(np.int64)
+
+
+def bucket_bounds(b: int) -> tuple[float, float]:
+    """[low, high) milliseconds of bucket b (the last bucket's high is its nominal bound)."""
+    if b <= 0:
+        return 0.0, LAT_MIN_MS
+    return (
+        LAT_MIN_MS * 2 ** ((b - 1) / LAT_BUCKETS_PER_OCTAVE),
+        LAT_MIN_MS * 2 ** (b / LAT_BUCKETS_PER_OCTAVE),
+    )
+
+
+def bucket_value(b: int) -> float:
+    """The value a quantile falling in bucket b is reported as (geometric midpoint; bucket 0 → half)."""
+    low, high = bucket_bounds(b)
+    return high / 2 if b <= 0 else math.sqrt(low * high)
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    service: str
+    window: int  # window index: floor(epoch seconds / window_seconds)
+    start: float  # epoch seconds of the window's start
+    vector: np.ndarray  # float64, N_FEATURES, in FEATURE_NAMES order
+    schema: int = SCHEMA_VERSION
+    no_data: bool = False
+    kpis: Mapping[str, float] | None = None
+
+    def get(self, name: str) -> float:
+        return float(self.vector[FEATURE_INDEX[name]])
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(zip(FEATURE_NAMES, (float(v) for v in self.vector), strict=True))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def from_stream_entry(service: str, fields: Mapping[bytes | str, bytes | str]) -> Fingerprint:
+    """Parse one fingerprint stream entry (as redis-py returns it) into a Fingerprint."""
+    import json
+
+    f = {_text(k): _text(v) for k, v in fields.items()}
+    vector = np.array([float(f.get(name, "0")) for name in FEATURE_NAMES], dtype=np.float64)
+    kpis = json.loads(f["kpis"]) if f.get("kpis") else None
+    return Fingerprint(
+        service=service,
+        window=int(f["window"]),
+        start=float(f["start"]),
+        vector=vector,
+        schema=int(f.get("schema", SCHEMA_VERSION)),
+        no_data=f.get("no_data", "0") == "1",
+        kpis=kpis or None,
+    )
+
+
+def matrix(fingerprints: list[Fingerprint]) -> np.ndarray:
+    """Stack fingerprints' vectors into an (n, N_FEATURES) array."""
+    if not fingerprints:
+        return np.empty((0, N_FEATURES), dtype=np.float64)
+    return np.vstack([fp.vector for fp in fingerprints])

@@ -1,0 +1,119 @@
+"""The Redis key layout (DESIGN.md "Names and keys"), in one place.
+
+Per-service keys carry the service as hash tag, `ad:{payments}:…`, so one service's sketches,
+window aggregates and fingerprint stream share a slot in Redis Cluster and one FCALL touches one
+slot. Global keys are few and small. The gears library builds the same names from the prefix and
+service it is given (keep `gears/anomalydesk.lua` in step with this module).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anomalydesk.config import DEFAULT_PREFIX
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = DEFAULT_PREFIX
+
+    # --- global ---------------------------------------------------------------------------
+    @property
+    def config(self) -> str:
+        """Hash: window_seconds, sketch sizes, backend, schema, retention (written by `setup`)."""
+        return f"{self.prefix}config"
+
+    @property
+    def services(self) -> str:
+        """Set of every service that ever sent an event (the seal ticker walks it)."""
+        return f"{self.prefix}services"
+
+    @property
+    def retired(self) -> str:
+        """Set of retired services: no sealing, no alerts."""
+        return f"{self.prefix}retired"
+
+    @property
+    def stats(self) -> str:
+        """Hash of global counters: events_total, events_rejected, events_late, windows_sealed."""
+        return f"{self.prefix}stats"
+
+    @property
+    def alerts_channel(self) -> str:
+        return f"{self.prefix}alerts"
+
+    @property
+    def alerts_log(self) -> str:
+        return f"{self.prefix}alerts:log"
+
+    @property
+    def incidents(self) -> str:
+        """Hash incident id → incident JSON."""
+        return f"{self.prefix}incidents"
+
+    @property
+    def incidents_open(self) -> str:
+        """Set of open incident ids."""
+        return f"{self.prefix}incidents:open"
+
+    @property
+    def silences(self) -> str:
+        return f"{self.prefix}silences"
+
+    @property
+    def models_index(self) -> str:
+        """Hash service → active model version."""
+        return f"{self.prefix}models"
+
+    @property
+    def detector_lease(self) -> str:
+        return f"{self.prefix}detector:lease"
+
+    @property
+    def demo_truth(self) -> str:
+        return f"{self.prefix}demo:truth"
+
+    # --- per service (hash-tagged) ----------------------------------------------------------
+    def tag(self, service: str) -> str:
+        return f"{self.prefix}{{{service}}}"
+
+    def fingerprints(self, service: str) -> str:
+        """Stream of sealed fingerprints; entry id = window start in ms."""
+        return f"{self.tag(service)}:fp"
+
+    def state(self, service: str) -> str:
+        """Hash: first (window), sealed (last sealed window), clock/clock_at (replay clock)."""
+        return f"{self.tag(service)}:state"
+
+    def window(self, service: str, window: int) -> str:
+        """Hash of one open window's aggregates."""
+        return f"{self.tag(service)}:w:{window}"
+
+    def window_endpoints(self, service: str, window: int) -> str:
+        return f"{self.tag(service)}:we:{window}"
+
+    def window_hll(self, service: str, window: int) -> str:
+        return f"{self.tag(service)}:wh:{window}"
+
+    def cms_endpoints(self, service: str) -> str:
+        return f"{self.tag(service)}:cms:ep"
+
+    def cms_status(self, service: str) -> str:
+        return f"{self.tag(service)}:cms:st"
+
+    def filter(self, service: str) -> str:
+        return f"{self.tag(service)}:bf"
+
+    def topk(self, service: str) -> str:
+        return f"{self.tag(service)}:topk"
+
+    def raw(self, service: str) -> str:
+        return f"{self.tag(service)}:raw"
+
+    def models(self, service: str) -> str:
+        """Hash version → model JSON (arrays + metadata)."""
+        return f"{self.tag(service)}:models"
+
+    def model_versions(self, service: str) -> str:
+        """List of version numbers, newest last."""
+        return f"{self.tag(service)}:models:versions"
