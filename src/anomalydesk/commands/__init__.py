@@ -1,0 +1,1 @@
+"""One module per `anomalydesk` subcommand: `register(subparsers, parent)` and `run(args)`."""
