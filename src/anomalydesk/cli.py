@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"anomalydesk {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     after = _global_options(suppress=True)
-    for name, module in _available().items():
+    for module in _available().values():
         importlib.import_module(f"anomalydesk.commands.{module}").register(sub, after)
     return parser
 
@@ -80,9 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
-    if not any(a in COMMANDS for a in argv if not a.startswith("-")) and "app" in _available():
-        if not any(a in ("-h", "--help", "--version") for a in argv):
-            argv = ["app", *argv]  # `anomalydesk` alone opens the desktop app
+    names_command = any(a in COMMANDS for a in argv if not a.startswith("-"))
+    asks_help = any(a in ("-h", "--help", "--version") for a in argv)
+    if not names_command and not asks_help and "app" in _available():
+        argv = ["app", *argv]  # `anomalydesk` alone opens the desktop app
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),

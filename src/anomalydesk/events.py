@@ -18,8 +18,8 @@ from typing import Any, NamedTuple
 
 from anomalydesk.config import BUSINESS_PSEUDO_SERVICE, ENDPOINT_MAX, METRIC_NAME_MAX, SERVICE_NAME_MAX
 
-_SERVICE_RE = re.compile(r"[A-Za-z0-9._-]{1,%d}\Z" % SERVICE_NAME_MAX)
-_METRIC_NAME_RE = re.compile(r"[A-Za-z0-9._:/-]{1,%d}\Z" % METRIC_NAME_MAX)
+_SERVICE_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{SERVICE_NAME_MAX}}}\Z")
+_METRIC_NAME_RE = re.compile(rf"[A-Za-z0-9._:/-]{{1,{METRIC_NAME_MAX}}}\Z")
 _METHOD_RE = re.compile(r"[A-Z]{1,16}\Z")
 _ID_SEGMENT_RE = re.compile(
     r"(\d+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"

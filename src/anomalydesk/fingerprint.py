@@ -47,11 +47,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("latency_p99_ms", "p99 latency", "ms", "99th percentile response time"),
     Feature("latency_mean_ms", "mean latency", "ms", "Mean response time"),
     Feature("endpoints_distinct", "distinct endpoints", "", "Distinct endpoints called (HyperLogLog)"),
-    Feature("new_interactions", "new endpoints", "", "Endpoints never seen before for this service (filter misses)"),
+    Feature("new_interactions", "new endpoints", "", "Endpoints never seen before (filter misses)"),
     Feature("top_endpoint_share", "top endpoint share", "%", "Share of requests to the busiest endpoint"),
     Feature("endpoint_entropy", "endpoint mix entropy", "bits", "Shannon entropy of the endpoint mix"),
     Feature("kpi_level", "business KPI level", "x", "Mean KPI value relative to its expected range midpoint"),
-    Feature("kpi_out_of_range", "KPIs out of range", "", "Business metric values outside their expected range"),
+    Feature("kpi_out_of_range", "KPIs out of range", "", "Business values outside their expected range"),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
