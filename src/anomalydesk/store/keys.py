@@ -117,3 +117,11 @@ class Keys:
     def model_versions(self, service: str) -> str:
         """List of version numbers, newest last."""
         return f"{self.tag(service)}:models:versions"
+
+    def detector_state(self, service: str) -> str:
+        """String: the detector's JSON state of a service (last window, confirmation, open incidents)."""
+        return f"{self.tag(service)}:det"
+
+    def detector_owner(self, service: str) -> str:
+        """String with TTL: the consumer name of the detector that scores this service right now."""
+        return f"{self.tag(service)}:det:owner"
