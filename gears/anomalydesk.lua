@@ -1,0 +1,660 @@
+#!lua name=anomalydesk
+--[[
+AnomalyDesk server-side library (Redis Functions, Redis >= 7; the supported successor of RedisGears).
+
+Every function works on ONE service: its keys share the hash tag {service}, so in Redis Cluster one
+FCALL touches one slot. The only declared key is the service's state hash; the other keys are built
+from the same prefix and tag (same slot). Sizes and the window length come from the caller (read from
+the global config hash by the client), so no function touches a global key.
+
+Functions
+  ad_version()                                            -> library version
+  ad_ingest(state; prefix, service, payload)              -> {accepted, late, sealed, duplicate}
+  ad_seal(state; prefix, service, window_s, now_window|'', retention, max_silent, hold_s) -> sealed
+  ad_query(state; prefix, service, what, items_json)      -> per item answer (no writes)
+  ad_reset(state; prefix, service, windows '0'|'1')       -> keys deleted (sketches recreated lazily)
+
+Ingest payload (JSON, built by anomalydesk.store.sink):
+  {"v": 1, "mode": "live"|"replay", "batch": id|null, "sparse": 0|1,
+   "cfg": {"W": window_s, "cw": cms_width, "cd": cms_depth, "fc": filter_capacity,
+           "fe": filter_error, "tk": topk_k, "ret": retention, "be": "native"|"functions"},
+   "w": [{"win": window (ignored in live mode), "n": requests, "e4": n_4xx, "e5": n_5xx,
+          "ls": latency_sum_ms, "h": [bucket, count, ...], "ep": [endpoint, count, ...],
+          "st": [status, count, ...]}, ...],
+   "k": [[window, name, sum, count, out_of_range, low|null, high|null], ...]}
+  The whole payload is validated before anything is written: an invalid batch returns an error
+  naming the offending part and changes nothing.
+
+Sketches (backend "functions": this library's own, in plain Redis strings/sorted sets; "native":
+the RedisBloom commands built into Redis 8 / Redis Stack):
+  Count-Min Sketch  width w, depth d as BITFIELD u32 counters (saturating); estimate >= truth and
+                    <= truth + (e/w)*N with probability >= 1 - e^-d (N = total count added).
+  Bloom filter      scalable: layers of m bits, k hashes sized for capacity and error; a full layer
+                    gets a successor with twice the capacity and half the error, so it never
+                    saturates; overall false-positive rate <= 2 * error.
+  Top-K             Space-Saving with 10*k (at least 100) counters in a sorted set: every item with
+                    true count > N/counters is listed; counts overestimate by at most N/counters.
+]]
+
+local LIB_VERSION = '1'
+local MAX_BUCKET = 200
+local MAX_NAME = 256
+local MAX_KPI_NAME = 128
+local WINDOW_ENDPOINTS_CAP = 512
+local OTHER_ENDPOINT = '(other)'
+local TOPK_MIN_COUNTERS = 100
+local BATCH_TTL = 600
+local MAX_SILENT = 720  -- config.MAX_SILENT_WINDOWS_SEALED
+local LAT_MIN_MS = 0.1
+local LAT_PER_OCTAVE = 8
+
+local function fail(msg)
+  return redis.error_reply('ERR anomalydesk: ' .. msg)
+end
+
+local function num(x)
+  return string.format('%.17g', x)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- validation (runs completely before the first write)
+-- ---------------------------------------------------------------------------------------------
+local function is_int(x, lo, hi)
+  return type(x) == 'number' and x == math.floor(x) and x >= lo and (hi == nil or x <= hi)
+end
+
+local function is_finite(x)
+  return type(x) == 'number' and x == x and x ~= math.huge and x ~= -math.huge
+end
+
+local function check_pairs(list, where, key_ok, total)
+  if type(list) ~= 'table' or #list % 2 ~= 0 then
+    return where .. ' must be a flat list of [key, count] pairs'
+  end
+  local sum = 0
+  for i = 1, #list, 2 do
+    local err = key_ok(list[i])
+    if err then return where .. '[' .. ((i + 1) / 2) .. ']: ' .. err end
+    if not is_int(list[i + 1], 0) then
+      return where .. '[' .. ((i + 1) / 2) .. ']: count must be a non-negative integer'
+    end
+    sum = sum + list[i + 1]
+  end
+  if total ~= nil and sum ~= total then
+    return where .. ' counts add up to ' .. sum .. ', not n=' .. total
+  end
+  return nil
+end
+
+local function bucket_ok(b)
+  if not is_int(b, 0, MAX_BUCKET) then return 'bucket must be an integer in 0..' .. MAX_BUCKET end
+end
+
+local function endpoint_ok(e)
+  if type(e) ~= 'string' or #e == 0 or #e > MAX_NAME then
+    return 'endpoint must be a string of 1..' .. MAX_NAME .. ' characters'
+  end
+end
+
+local function status_ok(s)
+  if not is_int(s, 100, 599) then return 'status must be an integer in 100..599' end
+end
+
+local function validate(p, service)
+  if type(p) ~= 'table' then return 'payload must be a JSON object' end
+  if p.v ~= 1 then return 'payload version must be 1' end
+  if p.mode ~= 'live' and p.mode ~= 'replay' then return 'mode must be "live" or "replay"' end
+  if p.batch ~= nil and p.batch ~= cjson.null and (type(p.batch) ~= 'string' or #p.batch > 128) then
+    return 'batch must be a string of at most 128 characters'
+  end
+  local c = p.cfg
+  if type(c) ~= 'table' then return 'cfg is required' end
+  if not is_int(c.W, 1, 86400) then return 'cfg.W must be an integer number of seconds' end
+  if not is_int(c.cw, 1, 10000000) or not is_int(c.cd, 1, 64) then return 'cfg.cw/cd out of range' end
+  if not is_int(c.fc, 1, 1000000000) or not is_finite(c.fe) or c.fe <= 0 or c.fe >= 1 then
+    return 'cfg.fc/fe out of range'
+  end
+  if not is_int(c.tk, 1, 100000) or not is_int(c.ret, 1) then return 'cfg.tk/ret out of range' end
+  if c.be ~= 'native' and c.be ~= 'functions' then return 'cfg.be must be native or functions' end
+  if type(p.w) ~= 'table' then return 'w must be a list of windows' end
+  for i, w in ipairs(p.w) do
+    local at = 'w[' .. i .. ']'
+    if type(w) ~= 'table' then return at .. ' must be an object' end
+    if p.mode == 'replay' and not is_int(w.win, 1) then return at .. '.win must be a positive integer' end
+    if not is_int(w.n, 0) then return at .. '.n must be a non-negative integer' end
+    if not is_int(w.e4, 0, w.n) or not is_int(w.e5, 0, w.n) or w.e4 + w.e5 > w.n then
+      return at .. '.e4/e5 must be integers within n'
+    end
+    if not is_finite(w.ls) or w.ls < 0 then return at .. '.ls must be a finite latency sum >= 0' end
+    local err = check_pairs(w.h, at .. '.h', bucket_ok, w.n)
+      or check_pairs(w.ep, at .. '.ep', endpoint_ok, w.n)
+      or check_pairs(w.st, at .. '.st', status_ok, w.n)
+    if err then return err end
+  end
+  if p.k ~= nil and type(p.k) ~= 'table' then return 'k must be a list' end
+  for i, k in ipairs(p.k or {}) do
+    local at = 'k[' .. i .. ']'
+    if type(k) ~= 'table' then return at .. ' must be a list' end
+    if p.mode == 'replay' and not is_int(k[1], 1) then return at .. ': window must be a positive integer' end
+    if type(k[2]) ~= 'string' or #k[2] == 0 or #k[2] > MAX_KPI_NAME then return at .. ': bad name' end
+    if not is_finite(k[3]) then return at .. ': sum must be finite' end
+    if not is_int(k[4], 1) or not is_int(k[5], 0, k[4]) then return at .. ': count/out_of_range' end
+    for j = 6, 7 do
+      if k[j] ~= nil and k[j] ~= cjson.null and not is_finite(k[j]) then
+        return at .. ': range bounds must be numbers or null'
+      end
+    end
+  end
+  return nil
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- hashing shared by the sketches: four 32-bit values from one SHA-1
+-- ---------------------------------------------------------------------------------------------
+local function hashes(item)
+  local h = redis.sha1hex(item)
+  return tonumber(string.sub(h, 1, 8), 16), tonumber(string.sub(h, 9, 16), 16),
+    tonumber(string.sub(h, 17, 24), 16), tonumber(string.sub(h, 25, 32), 16)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- sketches, library implementation
+-- ---------------------------------------------------------------------------------------------
+local function cms_offsets(item, width, depth)
+  local h1, h2 = hashes(item)
+  h2 = h2 % (width - 1 > 0 and width - 1 or 1) + 1
+  local offs = {}
+  for i = 0, depth - 1 do
+    offs[#offs + 1] = i * width + (h1 + i * h2) % width
+  end
+  return offs
+end
+
+local function cms_incr(key, width, depth, items)
+  -- items: {name, count, name, count, ...}; one BITFIELD call per item (all rows)
+  for i = 1, #items, 2 do
+    local args = { key, 'OVERFLOW', 'SAT' }
+    for _, off in ipairs(cms_offsets(tostring(items[i]), width, depth)) do
+      args[#args + 1] = 'INCRBY'; args[#args + 1] = 'u32'; args[#args + 1] = '#' .. off
+      args[#args + 1] = items[i + 1]
+    end
+    redis.call('BITFIELD', unpack(args))
+  end
+end
+
+local function cms_query(key, width, depth, item)
+  local args = { key }
+  for _, off in ipairs(cms_offsets(item, width, depth)) do
+    args[#args + 1] = 'GET'; args[#args + 1] = 'u32'; args[#args + 1] = '#' .. off
+  end
+  local best
+  for _, v in ipairs(redis.call('BITFIELD_RO', unpack(args))) do
+    if best == nil or v < best then best = v end
+  end
+  return best or 0
+end
+
+local function bloom_dims(capacity, err)
+  local m = math.ceil(-capacity * math.log(err) / (math.log(2) ^ 2))
+  local k = math.max(1, math.floor(m / capacity * math.log(2) + 0.5))
+  return m, k
+end
+
+local function bloom_positions(item, m, k)
+  local _, _, h3, h4 = hashes(item)
+  h4 = h4 % (m - 1) + 1
+  local pos = {}
+  for i = 0, k - 1 do pos[#pos + 1] = (h3 + i * h4) % m end
+  return pos
+end
+
+local function bloom_layer_has(key, m, k, item)
+  local args = { key }
+  for _, p in ipairs(bloom_positions(item, m, k)) do
+    args[#args + 1] = 'GET'; args[#args + 1] = 'u1'; args[#args + 1] = p
+  end
+  for _, v in ipairs(redis.call('BITFIELD_RO', unpack(args))) do
+    if v == 0 then return false end
+  end
+  return true
+end
+
+local function bloom_layers(state)
+  local n = tonumber(redis.call('HGET', state, 'bf_layers') or '0')
+  local layers = {}
+  for i = 1, n do
+    local f = redis.call('HMGET', state, 'bf_m' .. i, 'bf_k' .. i, 'bf_cap' .. i, 'bf_n' .. i)
+    layers[i] = { m = tonumber(f[1]), k = tonumber(f[2]), cap = tonumber(f[3]), n = tonumber(f[4]) }
+  end
+  return layers
+end
+
+local function bloom_exists(state, base, item)
+  for i, l in ipairs(bloom_layers(state)) do
+    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item) then return true end
+  end
+  return false
+end
+
+local function bloom_add_layer(state, capacity, err)
+  local i = tonumber(redis.call('HINCRBY', state, 'bf_layers', 1))
+  local m, k = bloom_dims(capacity, err)
+  redis.call('HSET', state, 'bf_m' .. i, m, 'bf_k' .. i, k, 'bf_cap' .. i, capacity, 'bf_n' .. i, 0,
+    'bf_err' .. i, num(err))
+  return i
+end
+
+-- returns true when item was not in the filter (a first sighting)
+local function bloom_add(state, base, item)
+  local layers = bloom_layers(state)
+  for i, l in ipairs(layers) do
+    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item) then return false end
+  end
+  local last = #layers
+  local l = layers[last]
+  if l.n >= l.cap then
+    local err = tonumber(redis.call('HGET', state, 'bf_err' .. last)) / 2
+    last = bloom_add_layer(state, l.cap * 2, err)
+    local f = redis.call('HMGET', state, 'bf_m' .. last, 'bf_k' .. last)
+    l = { m = tonumber(f[1]), k = tonumber(f[2]) }
+  end
+  local args = { base .. ':' .. last }
+  for _, p in ipairs(bloom_positions(item, l.m, l.k)) do
+    args[#args + 1] = 'SET'; args[#args + 1] = 'u1'; args[#args + 1] = p; args[#args + 1] = 1
+  end
+  redis.call('BITFIELD', unpack(args))
+  redis.call('HINCRBY', state, 'bf_n' .. last, 1)
+  return true
+end
+
+local function topk_incr(key, counters, item, count)
+  if redis.call('ZSCORE', key, item) then
+    redis.call('ZINCRBY', key, count, item)
+  elseif redis.call('ZCARD', key) < counters then
+    redis.call('ZADD', key, count, item)
+  else
+    local min = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    redis.call('ZREM', key, min[1])
+    redis.call('ZADD', key, tonumber(min[2]) + count, item)
+  end
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- per-service keys and lazy sketch creation
+-- ---------------------------------------------------------------------------------------------
+local function keyset(prefix, service)
+  local t = prefix .. '{' .. service .. '}'
+  return {
+    tag = t, fp = t .. ':fp', cms_ep = t .. ':cms:ep', cms_st = t .. ':cms:st', bf = t .. ':bf',
+    topk = t .. ':topk',
+    win = function(w) return t .. ':w:' .. w end,
+    we = function(w) return t .. ':we:' .. w end,
+    wh = function(w) return t .. ':wh:' .. w end,
+  }
+end
+
+local function ensure_sketches(state, ks, c)
+  if redis.call('HGET', state, 'sk') == '1' then return end
+  if c.be == 'native' then
+    redis.call('CMS.INITBYDIM', ks.cms_ep, c.cw, c.cd)
+    redis.call('CMS.INITBYDIM', ks.cms_st, c.cw, c.cd)
+    redis.call('BF.RESERVE', ks.bf, num(c.fe), c.fc, 'EXPANSION', 2)
+    redis.call('TOPK.RESERVE', ks.topk, c.tk, 8, 7, '0.9')
+  else
+    bloom_add_layer(state, c.fc, c.fe)
+  end
+  redis.call('HSET', state, 'sk', '1', 'be', c.be, 'cms_w', c.cw, 'cms_d', c.cd, 'topk_k', c.tk,
+    'fc', c.fc, 'fe', num(c.fe))
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- sealing: closed windows → fingerprints (exactly once: the state's `sealed` watermark and the
+-- stream id, both moved inside this atomic function)
+-- ---------------------------------------------------------------------------------------------
+local function bucket_value(b)
+  if b <= 0 then return LAT_MIN_MS / 2 end
+  local lo = LAT_MIN_MS * 2 ^ ((b - 1) / LAT_PER_OCTAVE)
+  local hi = LAT_MIN_MS * 2 ^ (b / LAT_PER_OCTAVE)
+  return math.sqrt(lo * hi)
+end
+
+local function quantiles(hist, n, qs)
+  local out = {}
+  if n == 0 then
+    for i = 1, #qs do out[i] = 0 end
+    return out
+  end
+  table.sort(hist, function(a, b) return a[1] < b[1] end)
+  local cum, qi = 0, 1
+  for _, hb in ipairs(hist) do
+    cum = cum + hb[2]
+    while qi <= #qs and cum >= qs[qi] * n do
+      out[qi] = bucket_value(hb[1]); qi = qi + 1
+    end
+  end
+  while qi <= #qs do out[qi] = bucket_value(hist[#hist][1]); qi = qi + 1 end
+  return out
+end
+
+local function fingerprint(ks, w, sparse)
+  local flat = redis.call('HGETALL', ks.win(w))
+  local a = {}
+  for i = 1, #flat, 2 do a[flat[i]] = flat[i + 1] end
+  local n = tonumber(a.n or '0')
+  local hist, kpi = {}, {}
+  for f, v in pairs(a) do
+    local b = string.match(f, '^h(%d+)$')
+    if b then hist[#hist + 1] = { tonumber(b), tonumber(v) } end
+    local name, part = string.match(f, '^k:(.+):(%a+)$')
+    if name then
+      kpi[name] = kpi[name] or {}
+      kpi[name][part] = tonumber(v)
+    end
+  end
+  local q = quantiles(hist, n, { 0.5, 0.95, 0.99 })
+  local top, entropy = 0, 0
+  if n > 0 then
+    local counts = redis.call('HVALS', ks.we(w))
+    for _, c in ipairs(counts) do
+      local p = tonumber(c) / n
+      if p > 0 then entropy = entropy - p * math.log(p) / math.log(2) end
+      if p > top then top = p end
+    end
+  end
+  local kpis, level_sum, level_n, out_of_range = {}, 0, 0, 0
+  for name, k in pairs(kpi) do
+    local mean = k.s / k.c
+    kpis[name] = mean
+    out_of_range = out_of_range + (k.o or 0)
+    if k.lo and k.hi and (k.lo + k.hi) ~= 0 then
+      level_sum = level_sum + mean / ((k.lo + k.hi) / 2); level_n = level_n + 1
+    end
+  end
+  local no_data = (sparse and n == 0 and next(kpi) == nil) and '1' or '0'
+  local fields = {
+    'requests', n,
+    'rate_4xx', n > 0 and num(tonumber(a.e4 or '0') / n) or 0,
+    'rate_5xx', n > 0 and num(tonumber(a.e5 or '0') / n) or 0,
+    'latency_p50_ms', num(q[1]), 'latency_p95_ms', num(q[2]), 'latency_p99_ms', num(q[3]),
+    'latency_mean_ms', n > 0 and num(tonumber(a.ls or '0') / n) or 0,
+    'endpoints_distinct', n > 0 and redis.call('PFCOUNT', ks.wh(w)) or 0,
+    'new_interactions', tonumber(a.new or '0'),
+    'top_endpoint_share', num(top),
+    'endpoint_entropy', num(entropy),
+    'kpi_level', level_n > 0 and num(level_sum / level_n) or 0,
+    'kpi_out_of_range', out_of_range,
+    'no_data', no_data,
+    'kpis', next(kpis) and cjson.encode(kpis) or '',
+  }
+  redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
+  return fields
+end
+
+local function server_window(W)
+  local t = redis.call('TIME')
+  return math.floor((tonumber(t[1]) + tonumber(t[2]) / 1e6) / W), tonumber(t[1])
+end
+
+-- seal every window < upto that is not sealed yet; returns the number sealed
+local function seal_upto(state, ks, W, upto, retention, max_silent)
+  local st = redis.call('HMGET', state, 'first', 'sealed', 'sparse')
+  if not st[1] then return 0 end
+  local sealed = tonumber(st[2] or (tonumber(st[1]) - 1))
+  local from = sealed + 1
+  if upto - from > max_silent then
+    -- a long silence: seal only the last max_silent windows (the rest were empty anyway,
+    -- except for aggregates of windows we skip, which are dropped explicitly here)
+    for w = from, upto - max_silent - 1 do
+      if redis.call('EXISTS', ks.win(w)) == 1 then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+    end
+    redis.call('HINCRBY', state, 'windows_skipped', upto - max_silent - from)
+    from = upto - max_silent
+  end
+  local count = 0
+  for w = from, upto - 1 do
+    local fields = fingerprint(ks, w, st[3] == '1')
+    redis.call('XADD', ks.fp, 'MAXLEN', '~', retention, (w * W * 1000) .. '-1',
+      'window', w, 'start', w * W, 'schema', 1, unpack(fields))
+    count = count + 1
+  end
+  if count > 0 then
+    redis.call('HSET', state, 'sealed', upto - 1)
+    redis.call('HINCRBY', state, 'windows_sealed', count)
+  end
+  return count
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- functions
+-- ---------------------------------------------------------------------------------------------
+local function ad_version()
+  return LIB_VERSION
+end
+
+-- the first window a service has data for; it may move earlier only while nothing is sealed
+local function note_first(state, first, sealed, win)
+  if not first or (sealed == nil and win < tonumber(first)) then
+    redis.call('HSET', state, 'first', win)
+    return tostring(win)
+  end
+  return first
+end
+
+local function ad_ingest(keys, args)
+  local state, prefix, service = keys[1], args[1], args[2]
+  if type(service) ~= 'string' or not string.match(service, '^[A-Za-z0-9._-]+$') or #service > 64 then
+    return fail('invalid batch: service must match [A-Za-z0-9._-]{1,64}')
+  end
+  local ks = keyset(prefix, service)
+  if state ~= ks.tag .. ':state' then return fail('invalid batch: key does not match service') end
+  local ok, p = pcall(cjson.decode, args[3] or '')
+  if not ok then return fail('invalid batch: payload is not JSON') end
+  local err = validate(p, service)
+  if err then return fail('invalid batch: ' .. err) end
+  local c = p.cfg
+
+  if p.batch ~= nil and p.batch ~= cjson.null then
+    if not redis.call('SET', ks.tag .. ':batch:' .. p.batch, '1', 'NX', 'EX', BATCH_TTL) then
+      redis.call('HINCRBY', state, 'batches_duplicate', 1)
+      return { 0, 0, 0, 1 }
+    end
+  end
+  ensure_sketches(state, ks, c)
+
+  local now_win, now_s = server_window(c.W)
+  local st = redis.call('HMGET', state, 'first', 'sealed')
+  local sealed = st[2] and tonumber(st[2]) or nil
+  local accepted, late, new_total = 0, 0, 0
+  local max_win = nil
+  local late_windows = {}
+  local cms_ep, cms_st = {}, {}
+  local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
+
+  for _, w in ipairs(p.w) do
+    local win = (p.mode == 'live') and now_win or w.win
+    if sealed ~= nil and win <= sealed then
+      late = late + w.n
+      late_windows[win] = true
+    elseif w.n > 0 then
+      st[1] = note_first(state, st[1], sealed, win)
+      if max_win == nil or win > max_win then max_win = win end
+      local wk = ks.win(win)
+      redis.call('HINCRBY', wk, 'n', w.n)
+      if w.e4 > 0 then redis.call('HINCRBY', wk, 'e4', w.e4) end
+      if w.e5 > 0 then redis.call('HINCRBY', wk, 'e5', w.e5) end
+      redis.call('HINCRBYFLOAT', wk, 'ls', num(w.ls))
+      for i = 1, #w.h, 2 do redis.call('HINCRBY', wk, 'h' .. w.h[i], w.h[i + 1]) end
+      local names, new = {}, 0
+      local wek = ks.we(win)
+      local cap_reached = redis.call('HLEN', wek) >= WINDOW_ENDPOINTS_CAP
+      for i = 1, #w.ep, 2 do
+        local e, cnt = w.ep[i], w.ep[i + 1]
+        names[#names + 1] = e
+        if cap_reached and redis.call('HEXISTS', wek, e) == 0 then
+          redis.call('HINCRBY', wek, OTHER_ENDPOINT, cnt)
+        else
+          redis.call('HINCRBY', wek, e, cnt)
+        end
+        cms_ep[e] = (cms_ep[e] or 0) + cnt
+        local first_seen
+        if c.be == 'native' then
+          first_seen = redis.call('BF.ADD', ks.bf, e) == 1
+        else
+          first_seen = bloom_add(state, ks.bf, e)
+        end
+        if first_seen then new = new + 1 end
+      end
+      if #names > 0 then redis.call('PFADD', ks.wh(win), unpack(names)) end
+      if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
+      new_total = new_total + new
+      for i = 1, #w.st, 2 do
+        local s = tostring(w.st[i])
+        cms_st[s] = (cms_st[s] or 0) + w.st[i + 1]
+      end
+      accepted = accepted + w.n
+    end
+  end
+  for _, k in ipairs(p.k or {}) do
+    local win = (p.mode == 'live') and now_win or k[1]
+    if sealed ~= nil and win <= sealed then
+      late = late + k[4]
+    else
+      st[1] = note_first(state, st[1], sealed, win)
+      if max_win == nil or win > max_win then max_win = win end
+      local wk, base = ks.win(win), 'k:' .. k[2] .. ':'
+      redis.call('HINCRBYFLOAT', wk, base .. 's', num(k[3]))
+      redis.call('HINCRBY', wk, base .. 'c', k[4])
+      if k[5] > 0 then redis.call('HINCRBY', wk, base .. 'o', k[5]) end
+      if k[6] ~= nil and k[6] ~= cjson.null and k[7] ~= nil and k[7] ~= cjson.null then
+        redis.call('HSET', wk, base .. 'lo', num(k[6]), base .. 'hi', num(k[7]))
+      end
+      accepted = accepted + k[4]
+    end
+  end
+
+  -- sketches over the whole batch: one update per distinct endpoint / status
+  local ep_items, st_items = {}, {}
+  for e, cnt in pairs(cms_ep) do ep_items[#ep_items + 1] = e; ep_items[#ep_items + 1] = cnt end
+  for s, cnt in pairs(cms_st) do st_items[#st_items + 1] = s; st_items[#st_items + 1] = cnt end
+  if #ep_items > 0 then
+    if c.be == 'native' then
+      redis.call('CMS.INCRBY', ks.cms_ep, unpack(ep_items))
+      redis.call('TOPK.INCRBY', ks.topk, unpack(ep_items))
+    else
+      cms_incr(ks.cms_ep, c.cw, c.cd, ep_items)
+      for i = 1, #ep_items, 2 do topk_incr(ks.topk, topk_counters, ep_items[i], ep_items[i + 1]) end
+    end
+  end
+  if #st_items > 0 then
+    if c.be == 'native' then
+      redis.call('CMS.INCRBY', ks.cms_st, unpack(st_items))
+    else
+      cms_incr(ks.cms_st, c.cw, c.cd, st_items)
+    end
+  end
+
+  if p.sparse == 1 then redis.call('HSET', state, 'sparse', '1') end
+  redis.call('HINCRBY', state, 'events', accepted)
+  if late > 0 then redis.call('HINCRBY', state, 'late', late) end
+
+  -- seal this service's closed windows: by server time live, by the event clock in replay
+  local sealed_now = 0
+  if p.mode == 'replay' then
+    if max_win ~= nil then
+      local clock = tonumber(redis.call('HGET', state, 'clock') or '0')
+      if max_win > clock then clock = max_win end
+      redis.call('HSET', state, 'clock', clock, 'clock_at', now_s)
+      sealed_now = seal_upto(state, ks, c.W, clock, c.ret, MAX_SILENT)
+    end
+  else
+    redis.call('HDEL', state, 'clock_at')
+    sealed_now = seal_upto(state, ks, c.W, now_win, c.ret, MAX_SILENT)
+  end
+  return { accepted, late, sealed_now, 0 }
+end
+
+local function ad_seal(keys, args)
+  local state, prefix, service = keys[1], args[1], args[2]
+  local W, now_arg = tonumber(args[3]), args[4]
+  local retention, max_silent, hold = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
+  if not W or W < 1 or not retention or not max_silent or not hold then
+    return fail('seal: window_s, retention, max_silent and hold_s must be numbers')
+  end
+  local ks = keyset(prefix, service)
+  if state ~= ks.tag .. ':state' then return fail('seal: key does not match service') end
+  local upto, now_s = server_window(W)
+  if now_arg ~= nil and now_arg ~= '' then
+    upto = tonumber(now_arg)
+    if not upto then return fail('seal: now_window must be an integer') end
+  else
+    local r = redis.call('HMGET', state, 'clock', 'clock_at')
+    if r[2] and now_s - tonumber(r[2]) <= hold then upto = tonumber(r[1]) end
+  end
+  return seal_upto(state, ks, W, upto, retention, max_silent)
+end
+
+local function ad_query(keys, args)
+  local state, prefix, service, what = keys[1], args[1], args[2], args[3]
+  local ks = keyset(prefix, service)
+  local ok, items = pcall(cjson.decode, args[4] or '[]')
+  if not ok or type(items) ~= 'table' then return fail('query: items must be a JSON list') end
+  local s = redis.call('HMGET', state, 'sk', 'be', 'cms_w', 'cms_d', 'topk_k')
+  if s[1] ~= '1' then return fail('query: no sketches for service ' .. service .. ' (nothing ingested yet)') end
+  local native, w, d, k = s[2] == 'native', tonumber(s[3]), tonumber(s[4]), tonumber(s[5])
+  local out = {}
+  if what == 'endpoint' or what == 'status' then
+    local key = what == 'endpoint' and ks.cms_ep or ks.cms_st
+    for i, item in ipairs(items) do
+      if native then
+        out[i] = redis.call('CMS.QUERY', key, tostring(item))[1]
+      else
+        out[i] = cms_query(key, w, d, tostring(item))
+      end
+    end
+  elseif what == 'interaction' then
+    for i, item in ipairs(items) do
+      local found
+      if native then found = redis.call('BF.EXISTS', ks.bf, item) == 1 else found = bloom_exists(state, ks.bf, item) end
+      out[i] = found and 1 or 0
+    end
+  elseif what == 'topk' then
+    if native then
+      return redis.call('TOPK.LIST', ks.topk, 'WITHCOUNT')
+    end
+    return redis.call('ZREVRANGE', ks.topk, 0, k - 1, 'WITHSCORES')
+  else
+    return fail('query: what must be endpoint, status, interaction or topk')
+  end
+  return out
+end
+
+-- drop a service's sketches (recreated with the current sizes on its next ingest); with
+-- args[3] == '1' also its open windows and window bookkeeping (the window length changed)
+local function ad_reset(keys, args)
+  local state, prefix, service = keys[1], args[1], args[2]
+  local ks = keyset(prefix, service)
+  if state ~= ks.tag .. ':state' then return fail('reset: key does not match service') end
+  local n = redis.call('DEL', ks.cms_ep, ks.cms_st, ks.bf, ks.topk)
+  local layers = tonumber(redis.call('HGET', state, 'bf_layers') or '0')
+  for i = 1, layers do
+    n = n + redis.call('DEL', ks.bf .. ':' .. i)
+    redis.call('HDEL', state, 'bf_m' .. i, 'bf_k' .. i, 'bf_cap' .. i, 'bf_n' .. i, 'bf_err' .. i)
+  end
+  redis.call('HDEL', state, 'sk', 'bf_layers', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe')
+  if args[3] == '1' then
+    local st = redis.call('HMGET', state, 'first', 'sealed', 'clock')
+    if st[1] then
+      local from = tonumber(st[2] or (tonumber(st[1]) - 1)) + 1
+      local upto = math.max(tonumber(st[3] or '0'), from + 2 * MAX_SILENT)
+      for w = from, upto do n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+    end
+    redis.call('HDEL', state, 'first', 'sealed', 'clock', 'clock_at')
+  end
+  return n
+end
+
+redis.register_function{ function_name = 'ad_version', callback = ad_version, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'ad_ingest', callback = ad_ingest }
+redis.register_function{ function_name = 'ad_seal', callback = ad_seal }
+redis.register_function{ function_name = 'ad_query', callback = ad_query, flags = { 'no-writes' } }
+redis.register_function{ function_name = 'ad_reset', callback = ad_reset }

@@ -1,0 +1,212 @@
+"""Setup, status and service administration: what `anomalydesk setup|status|services` do."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis
+
+from anomalydesk.config import SketchSettings, key_prefix
+from anomalydesk.fingerprint import SCHEMA_VERSION
+from anomalydesk.store.gears import ensure_library
+from anomalydesk.store.keys import Keys
+
+# config hash field → SketchSettings attribute (the stored sizes are always explicit dims)
+_SIZE_FIELDS = {
+    "window_seconds": "window_seconds",
+    "cms_width": "cms_width",
+    "cms_depth": "cms_depth",
+    "filter_capacity": "filter_capacity",
+    "filter_error": "filter_error",
+    "topk": "topk",
+    "retention": "retention",
+}
+# what a change of each setting resets (said before --force and after it)
+_RESETS = {
+    "window_seconds": "open windows of every service (their events are dropped) and window bookkeeping",
+    "cms_width": "Count-Min Sketches (endpoint and status counts) of every service",
+    "cms_depth": "Count-Min Sketches (endpoint and status counts) of every service",
+    "filter_capacity": "interaction filters of every service (every endpoint counts as new once more)",
+    "filter_error": "interaction filters of every service (every endpoint counts as new once more)",
+    "topk": "Top-K lists of every service",
+}
+
+
+class SetupConflict(RuntimeError):
+    """New sizes on an existing setup without --force."""
+
+
+@dataclass(frozen=True)
+class StoredSettings:
+    settings: SketchSettings
+    backend: str
+    configured: bool
+
+
+def _text(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def detect_backend(r: redis.Redis) -> str:
+    """'native' when the server has RedisBloom's CMS/BF/TOPK commands (Redis 8, Stack), else 'functions'."""
+    for command in ("CMS.INFO", "BF.INFO", "TOPK.INFO"):
+        try:
+            r.execute_command(command, "ad:__probe__")
+        except redis.ResponseError as err:
+            if "unknown command" in str(err).lower():
+                return "functions"
+    return "native"
+
+
+def read_settings(r: redis.Redis, keys: Keys | None = None) -> StoredSettings:
+    """The settings `setup` stored (defaults, `configured=False`, when setup never ran)."""
+    keys = keys or Keys(key_prefix())
+    raw = {_text(k): _text(v) for k, v in r.hgetall(keys.config).items()}
+    if not raw:
+        defaults = SketchSettings()
+        width, depth = defaults.cms_dims()
+        return StoredSettings(SketchSettings(cms_width=width, cms_depth=depth), "functions", False)
+    values: dict[str, Any] = {}
+    for field, attr in _SIZE_FIELDS.items():
+        if field in raw:
+            values[attr] = float(raw[field]) if attr == "filter_error" else int(raw[field])
+    return StoredSettings(SketchSettings(**values), raw.get("backend", "functions"), True)
+
+
+def _explicit(settings: SketchSettings) -> dict[str, Any]:
+    width, depth = settings.cms_dims()
+    return {
+        "window_seconds": settings.window_seconds,
+        "cms_width": width,
+        "cms_depth": depth,
+        "filter_capacity": settings.filter_capacity,
+        "filter_error": settings.filter_error,
+        "topk": settings.topk,
+        "retention": settings.retention,
+    }
+
+
+def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: Keys | None = None) -> dict:
+    """Idempotent setup: load gears, store sizes; changed sizes need `force` and reset what they size."""
+    keys = keys or Keys(key_prefix())
+    version = ensure_library(r)
+    wanted = _explicit(settings)
+    current = read_settings(r, keys)
+    changed: dict[str, list[Any]] = {}
+    if current.configured:
+        old = _explicit(current.settings)
+        changed = {k: [old[k], v] for k, v in wanted.items() if old[k] != v}
+    resets = sorted({_RESETS[k] for k in changed if k in _RESETS})
+    if changed and resets and not force:
+        what = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changed.items())
+        raise SetupConflict(
+            f"the existing setup differs ({what}); rerun with --force to recreate, which resets: "
+            + "; ".join(resets)
+        )
+    backend = detect_backend(r)
+    reset_services: list[str] = []
+    if changed and resets:
+        reset_windows = "window_seconds" in changed
+        for service in sorted(_text(s) for s in r.smembers(keys.services)):
+            r.fcall("ad_reset", 1, keys.state(service), keys.prefix, service, "1" if reset_windows else "0")
+            reset_services.append(service)
+    mapping = {**wanted, "backend": backend, "schema": SCHEMA_VERSION, "library_version": version}
+    if not current.configured:
+        mapping["created_at"] = time.time()
+    r.hset(keys.config, mapping={k: str(v) for k, v in mapping.items()})
+    return {
+        "created": not current.configured,
+        "changed": changed,
+        "reset": resets if changed else [],
+        "reset_services": reset_services,
+        "settings": wanted,
+        "sketch_backend": backend,
+        "library_version": version,
+    }
+
+
+def _service_states(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str, dict[str, str]]:
+    pipe = r.pipeline(transaction=False)
+    for service in services:
+        pipe.hgetall(keys.state(service))
+    return {
+        service: {_text(k): _text(v) for k, v in state.items()}
+        for service, state in zip(services, pipe.execute(), strict=True)
+    }
+
+
+def list_services(r: redis.Redis, keys: Keys | None = None) -> list[dict[str, Any]]:
+    """Every known service (retired ones too) with its counters."""
+    keys = keys or Keys(key_prefix())
+    active = {_text(s) for s in r.smembers(keys.services)}
+    retired = {_text(s) for s in r.smembers(keys.retired)}
+    names = sorted(active | retired)
+    states = _service_states(r, keys, names)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.xlen(keys.fingerprints(name))
+    lengths = pipe.execute()
+    return [
+        {
+            "name": name,
+            "retired": name in retired and name not in active,
+            "events": int(states[name].get("events", 0)),
+            "late": int(states[name].get("late", 0)),
+            "windows_sealed": int(states[name].get("windows_sealed", 0)),
+            "last_sealed_window": int(states[name]["sealed"]) if "sealed" in states[name] else None,
+            "fingerprints": length,
+        }
+        for name, length in zip(names, lengths, strict=True)
+    ]
+
+
+def retire_service(r: redis.Redis, name: str, keys: Keys | None = None) -> bool:
+    """Stop sealing and alerting for a service that no longer exists; it returns if it sends again."""
+    keys = keys or Keys(key_prefix())
+    known = r.sismember(keys.services, name) or r.sismember(keys.retired, name)
+    if not known:
+        return False
+    pipe = r.pipeline(transaction=True)
+    pipe.srem(keys.services, name)
+    pipe.sadd(keys.retired, name)
+    pipe.execute()
+    return True
+
+
+def active_services(r: redis.Redis, keys: Keys | None = None) -> list[str]:
+    keys = keys or Keys(key_prefix())
+    return sorted(_text(s) for s in r.smembers(keys.services))
+
+
+def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
+    """The `status --json` document (DESIGN.md keys, plus a few more)."""
+    keys = keys or Keys(key_prefix())
+    stored = read_settings(r, keys)
+    services = list_services(r, keys)
+    stats = {_text(k): _text(v) for k, v in r.hgetall(keys.stats).items()}
+    models = {_text(k): int(v) for k, v in r.hgetall(keys.models_index).items()}
+    late = sum(s["late"] for s in services)
+    info = r.info("server")
+    memory = r.info("memory")
+    alerts_total = int(stats["alerts_total"]) if "alerts_total" in stats else int(r.xlen(keys.alerts_log))
+    return {
+        "window_seconds": stored.settings.window_seconds,
+        "sketch_backend": stored.backend if stored.configured else detect_backend(r),
+        "events_total": sum(s["events"] for s in services),
+        "events_rejected": int(stats.get("events_rejected", 0)) + late,
+        "events_late": late,
+        "windows_sealed": sum(s["windows_sealed"] for s in services),
+        "services": [s["name"] for s in services if not s["retired"]],
+        "retired_services": [s["name"] for s in services if s["retired"]],
+        "fingerprints": sum(s["fingerprints"] for s in services),
+        "models": models,
+        "incidents_open": int(r.scard(keys.incidents_open)),
+        "alerts_total": alerts_total,
+        "configured": stored.configured,
+        "settings": asdict(stored.settings),
+        "server_version": info.get("redis_version"),
+        "used_memory": int(memory.get("used_memory", 0)),
+        "prefix": keys.prefix,
+    }
