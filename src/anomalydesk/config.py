@@ -54,6 +54,21 @@ SINK_RETRY_ATTEMPTS = 8
 SINK_RETRY_BASE_SECONDS = 0.05
 SINK_RETRY_MAX_SECONDS = 2.0
 
+# --- HTTP collector (`anomalydesk collect`) ------------------------------------------------------
+COLLECTOR_DEFAULT_HOST = "127.0.0.1"
+COLLECTOR_DEFAULT_PORT = 4000
+COLLECTOR_MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413
+COLLECTOR_MAX_BATCH_EVENTS = 10_000  # more events in one request get 413
+COLLECTOR_MICROBATCH_EVENTS = 5_000  # concurrent requests merged into one ingest call up to this size
+COLLECTOR_MICROBATCH_SECONDS = 0.002  # ... or until the oldest waiting event is this old
+COLLECTOR_MAX_INFLIGHT_INGESTS = 8  # concurrent ingest calls to Redis
+COLLECTOR_RATE_PER_KEY = 2_000.0  # requests per second per API key (or per client address without keys)
+COLLECTOR_RATE_BURST = 4_000.0
+COLLECTOR_RETRY_AFTER_SECONDS = 2  # Retry-After on 503 (Redis unreachable)
+COLLECTOR_KEYS_RELOAD_SECONDS = 1.0  # how often --api-keys-file is checked for changes
+COLLECTOR_API_KEY_MIN_LENGTH = 16
+COLLECTOR_IDEMPOTENCY_KEY_MAX = 128
+
 # --- connection -------------------------------------------------------------------------------
 SOCKET_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 3.0

@@ -1,0 +1,339 @@
+"""The HTTP collector: applications POST metrics, the collector validates them and writes them to
+Redis through the store's ingestion API, micro-batched, answering only once the events are stored.
+
+Answers (DESIGN.md): all accepted → 202 `{"accepted": n, "rejected": []}`; some → 200 with
+`rejected: [{"index", "field", "reason"}]`; none → 400 (unparseable) or 422 (invalid) with the same
+body; 401 bad or missing key; 413 too large; 429 rate-limited; 503 + Retry-After when Redis is
+unreachable. Nothing is ever proxied: the collector only serves the routes below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import math
+import re
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.exceptions
+from aiohttp import web
+
+from anomalydesk import config
+from anomalydesk.events import EventError, parse_batch, parse_business_metric
+from anomalydesk.ingest.collector_metrics import PROMETHEUS_CONTENT_TYPE, CollectorMetrics
+from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter, presented_key
+from anomalydesk.ingest.microbatch import Event, IngestFn, MicroBatcher
+from anomalydesk.ingest.openapi import openapi_document
+
+log = logging.getLogger(__name__)
+
+REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
+_IDEMPOTENCY_RE = re.compile(rf"[\x21-\x7e]{{1,{config.COLLECTOR_IDEMPOTENCY_KEY_MAX}}}\Z")
+
+METRIC_PATHS = ("/metrics", "/api/metrics", "/api/batch")
+BUSINESS_PATHS = ("/business-metrics", "/api/business-metrics")
+_KEYS_BATCH = ("metrics", "business_metrics", "events")
+
+
+class SettingsError(ValueError):
+    """The collector cannot start with these settings; the message says what to change."""
+
+
+@dataclass
+class CollectorSettings:
+    """Everything `anomalydesk collect` can be told (defaults from config.py)."""
+
+    host: str = config.COLLECTOR_DEFAULT_HOST
+    port: int = config.COLLECTOR_DEFAULT_PORT
+    api_keys: list[str] = field(default_factory=list)
+    api_keys_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    rate_limit: float = config.COLLECTOR_RATE_PER_KEY
+    rate_burst: float = config.COLLECTOR_RATE_BURST
+    max_body_bytes: int = config.COLLECTOR_MAX_BODY_BYTES
+    max_batch_events: int = config.COLLECTOR_MAX_BATCH_EVENTS
+    microbatch_events: int = config.COLLECTOR_MICROBATCH_EVENTS
+    microbatch_seconds: float = config.COLLECTOR_MICROBATCH_SECONDS
+    keys_reload_seconds: float = config.COLLECTOR_KEYS_RELOAD_SECONDS
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost, 127.0.0.0/8 and ::1 (the only hosts where keys are optional)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def load_keys(settings: CollectorSettings) -> ApiKeys:
+    """The key set, refusing to listen beyond loopback without keys (SettingsError says why)."""
+    try:
+        keys = ApiKeys(settings.api_keys, settings.api_keys_file)
+    except ValueError as err:
+        raise SettingsError(str(err)) from None
+    if not keys.required and not is_loopback(settings.host):
+        raise SettingsError(
+            f"refusing to listen on {settings.host} without API keys: anyone who can reach it could "
+            "write metrics. Give --api-key KEY or --api-keys-file FILE, or listen on 127.0.0.1"
+        )
+    return keys
+
+
+def tls_context(settings: CollectorSettings) -> ssl.SSLContext | None:
+    """A server TLS context from --tls-cert/--tls-key (both or neither), TLS 1.2 at least."""
+    if not settings.tls_cert and not settings.tls_key:
+        return None
+    if not (settings.tls_cert and settings.tls_key):
+        raise SettingsError("--tls-cert and --tls-key go together: give both files")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (OSError, ssl.SSLError) as err:
+        raise SettingsError(f"cannot load the TLS certificate/key: {err}") from None
+    return context
+
+
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
+                        headers=headers)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return _answer(status, {"error": message}, headers)
+
+
+def _refused(status: int, field_name: str, reason: str) -> web.Response:
+    """400/413/422 for the whole body: the DESIGN.md body with one rejection at index null."""
+    return _answer(status, {"accepted": 0, "rejected": [{"index": None, "field": field_name, "reason": reason}],
+                            "error": f"{field_name}: {reason}"})
+
+
+class BadBody(Exception):
+    """The body cannot be read as events at all (status 400, 413 or 422)."""
+
+    def __init__(self, status: int, field_name: str, reason: str):
+        super().__init__(reason)
+        self.status, self.field, self.reason = status, field_name, reason
+
+
+def decode_body(body: bytes) -> Any:
+    """Bytes → JSON value; NaN/Infinity literals are parsed so they can be refused per item."""
+    if not body.strip():
+        raise BadBody(400, "body", "is empty: send a JSON event, an array of events or {\"metrics\": [...]}")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass  # orjson refuses NaN/Infinity and >64-bit integers: let the stdlib parser say more
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise BadBody(400, "body", f"is not valid UTF-8 (byte {err.start}: {body[err.start:err.start + 1]!r})") \
+            from None
+    try:
+        return json.loads(text)  # accepts NaN/Infinity, which events.py then refuses with the item's index
+    except RecursionError:
+        raise BadBody(400, "body", "is nested too deeply to be events") from None
+    except ValueError as err:
+        raise BadBody(400, "body", f"is not valid JSON: {err}") from None
+
+
+def body_items(value: Any) -> list[Any]:
+    """The events of a body: one event, an array, or `{"metrics": [...]}` (also business_metrics/events)."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, dict):
+        batches = [value[k] for k in _KEYS_BATCH if isinstance(value.get(k), list)]
+        if batches:
+            return [item for batch in batches for item in batch]
+        return [value]
+    raise BadBody(422, "body", f"must be an event object, an array of events or {{\"metrics\": [...]}}, "
+                               f"got {type(value).__name__}")
+
+
+def validate_items(items: list[Any], business_only: bool) -> tuple[list[Event], list[dict[str, Any]]]:
+    """(valid events, rejected items) — business routes take business metrics only."""
+    if not business_only:
+        return parse_batch(items)
+    valid: list[Event] = []
+    rejected: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            valid.append(parse_business_metric(item))
+        except EventError as err:
+            rejected.append({"index": index, "field": err.field, "reason": err.reason})
+    return valid, rejected
+
+
+class Collector:
+    """The aiohttp application around one ingest function (normally `store.sink.ingest_async`)."""
+
+    def __init__(
+        self, ingest: IngestFn, settings: CollectorSettings, keys: ApiKeys | None = None, *,
+        health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
+        on_rejected: Callable[[int], Awaitable[None]] | None = None,
+    ):
+        self.settings = settings
+        self.keys = keys if keys is not None else load_keys(settings)
+        self.metrics = CollectorMetrics()
+        self.limiter = RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0))
+        self.batcher: MicroBatcher | None = None
+        self._ingest = ingest
+        self._health = health
+        self._on_rejected = on_rejected
+        self._started = time.monotonic()
+        self._reload_task: asyncio.Task[None] | None = None
+
+    def app(self) -> web.Application:
+        """The web application: routes, JSON errors, per-request metrics, key-file watcher."""
+        app = web.Application(client_max_size=self.settings.max_body_bytes, middlewares=[self._middleware])
+        for path in METRIC_PATHS:
+            app.router.add_post(path, self._post_metrics)
+        for path in BUSINESS_PATHS:
+            app.router.add_post(path, self._post_business)
+        app.router.add_get("/health", self._get_health)
+        app.router.add_get("/prometheus", self._get_prometheus)
+        app.router.add_get("/openapi.json", self._get_openapi)
+        app.on_startup.append(self._on_startup)
+        app.on_shutdown.append(self._on_shutdown)
+        return app
+
+    async def _on_startup(self, _app: web.Application) -> None:
+        self.batcher = MicroBatcher(
+            self._ingest, self.metrics, max_events=self.settings.microbatch_events,
+            max_delay=self.settings.microbatch_seconds, max_inflight=config.COLLECTOR_MAX_INFLIGHT_INGESTS,
+        )
+        if self.keys.keys_file is not None:
+            self._reload_task = asyncio.get_running_loop().create_task(self._watch_keys())
+
+    async def _on_shutdown(self, _app: web.Application) -> None:
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        if self.batcher is not None:
+            await self.batcher.drain()
+
+    async def _watch_keys(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.keys_reload_seconds)
+            self.keys.reload_if_changed()
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
+        route = request.match_info.route.resource
+        path = route.canonical if route is not None else "other"
+        try:
+            response = await handler(request)
+        except web.HTTPException as err:  # 404/405 and friends, as JSON
+            response = _error(err.status, err.reason, {k: v for k, v in err.headers.items()
+                                                       if k in ("Allow", "Retry-After")})
+        except Exception:
+            log.exception("collector: unexpected error on %s %s", request.method, request.path)
+            response = _error(500, "internal error (logged by the collector)")
+        self.metrics.request(path, response.status)
+        return response
+
+    # --- POST ------------------------------------------------------------------------------------
+    async def _post_metrics(self, request: web.Request) -> web.Response:
+        return await self._post(request, business_only=False)
+
+    async def _post_business(self, request: web.Request) -> web.Response:
+        return await self._post(request, business_only=True)
+
+    def _authorize(self, request: web.Request) -> tuple[str | None, web.Response | None]:
+        """(rate-limit bucket, refusal or None)."""
+        key_id = None
+        if self.keys.required:
+            key_id = self.keys.identify(presented_key(request.headers))
+            if key_id is None:
+                self.metrics.auth_failures += 1
+                return None, _error(401, "missing or unknown API key (Authorization: Bearer KEY or X-API-Key)",
+                                    {"WWW-Authenticate": 'Bearer realm="anomalydesk"'})
+        wait = self.limiter.acquire(key_id or f"addr:{request.remote}")
+        if wait > 0:
+            self.metrics.rate_limited += 1
+            return key_id, _error(429, "rate limit exceeded for this key", {"Retry-After": str(math.ceil(wait))})
+        return key_id, None
+
+    async def _post(self, request: web.Request, business_only: bool) -> web.Response:
+        key_id, refusal = self._authorize(request)
+        if refusal is not None:
+            return refusal
+        idempotency = request.headers.get("Idempotency-Key")
+        if idempotency is not None and _IDEMPOTENCY_RE.match(idempotency) is None:
+            return _refused(400, "Idempotency-Key", f"must be 1–{config.COLLECTOR_IDEMPOTENCY_KEY_MAX} "
+                                                    "printable ASCII characters")
+        if (request.content_length or 0) > self.settings.max_body_bytes:
+            return _refused(413, "body", f"is {request.content_length} bytes; the limit is "
+                                         f"{self.settings.max_body_bytes}")
+        try:
+            body = await request.read()
+            items = body_items(decode_body(body))
+        except web.HTTPRequestEntityTooLarge:
+            return _refused(413, "body", f"is larger than the limit of {self.settings.max_body_bytes} bytes")
+        except BadBody as err:
+            return _refused(err.status, err.field, err.reason)
+        if len(items) > self.settings.max_batch_events:
+            return _refused(413, "body", f"has {len(items)} events; the limit is "
+                                         f"{self.settings.max_batch_events} per request")
+        valid, rejected = validate_items(items, business_only)
+        if rejected:
+            self.metrics.events_rejected += len(rejected)
+            if self._on_rejected is not None:
+                await self._on_rejected(len(rejected))
+        if not valid:
+            if not rejected:  # an empty batch: nothing to do, nothing wrong
+                return _answer(202, {"accepted": 0, "rejected": []})
+            return _answer(422, {"accepted": 0, "rejected": rejected,
+                                 "error": f"none of the {len(items)} events is valid"})
+        batch_id = None if idempotency is None else f"k:{key_id or 'open'}:{idempotency}"
+        assert self.batcher is not None
+        try:
+            outcome = await self.batcher.submit(valid, batch_id)
+        except REDIS_DOWN as err:
+            self.metrics.redis_errors += 1
+            log.warning("collector: Redis unreachable, answering 503: %s", err)
+            return _error(503, "Redis is unreachable; nothing was stored, retry later",
+                          {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
+        self.metrics.events_accepted += outcome.accepted
+        headers = None
+        if outcome.duplicate:
+            self.metrics.duplicate_batches += 1
+            headers = {"Idempotent-Replayed": "true"}
+        return _answer(200 if rejected else 202, {"accepted": outcome.accepted, "rejected": rejected}, headers)
+
+    # --- GET -------------------------------------------------------------------------------------
+    async def _get_health(self, _request: web.Request) -> web.Response:
+        batcher = self.batcher
+        body: dict[str, Any] = {
+            "status": "ok",
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "backlog": {"pending_events": batcher.pending_events if batcher else 0,
+                        "inflight_ingests": batcher.inflight if batcher else 0},
+        }
+        if self._health is not None:
+            body.update(await self._health())
+        if not body.get("redis", {}).get("reachable", True):
+            body["status"] = "unavailable"
+            return _answer(503, body, {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
+        return _answer(200, body)
+
+    async def _get_prometheus(self, request: web.Request) -> web.Response:
+        if self.keys.required and self.keys.identify(presented_key(request.headers)) is None:
+            self.metrics.auth_failures += 1
+            return _error(401, "missing or unknown API key", {"WWW-Authenticate": 'Bearer realm="anomalydesk"'})
+        batcher = self.batcher
+        text = self.metrics.render(batcher.pending_events if batcher else 0, batcher.inflight if batcher else 0)
+        return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+    async def _get_openapi(self, _request: web.Request) -> web.Response:
+        return _answer(200, openapi_document())

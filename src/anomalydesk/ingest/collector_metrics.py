@@ -1,0 +1,103 @@
+"""The collector's own metrics, exposed at `GET /prometheus` in the Prometheus text format (0.0.4)."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PREFIX = "anomalydesk_collector"
+
+
+@dataclass
+class Histogram:
+    """A cumulative histogram with fixed upper bounds (the `le` buckets) plus sum and count."""
+
+    bounds: tuple[float, ...]
+    counts: list[int] = field(init=False)
+    total: float = 0.0
+    count: int = 0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (len(self.bounds) + 1)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def lines(self, name: str) -> list[str]:
+        out = []
+        running = 0
+        for bound, n in zip(self.bounds, self.counts, strict=False):
+            running += n
+            out.append(f'{name}_bucket{{le="{_number(bound)}"}} {running}')
+        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
+        out.append(f"{name}_sum {_number(self.total)}")
+        out.append(f"{name}_count {self.count}")
+        return out
+
+
+def _number(value: float) -> str:
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+@dataclass
+class CollectorMetrics:
+    """Counters the collector updates as it works; `render()` is the `/prometheus` body."""
+
+    requests: Counter[tuple[str, int]] = field(default_factory=Counter)
+    events_accepted: int = 0
+    events_rejected: int = 0
+    duplicate_batches: int = 0
+    redis_errors: int = 0
+    rate_limited: int = 0
+    auth_failures: int = 0
+    batch_events: Histogram = field(
+        default_factory=lambda: Histogram((1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000))
+    )
+    redis_seconds: Histogram = field(
+        default_factory=lambda: Histogram((0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5))
+    )
+
+    def request(self, path: str, code: int) -> None:
+        self.requests[(path, code)] += 1
+
+    def render(self, pending_events: int, inflight_ingests: int) -> str:
+        """The exposition text: HELP/TYPE lines, then samples."""
+        p = _PREFIX
+        lines = [
+            f"# HELP {p}_requests_total HTTP requests answered, by route and status code.",
+            f"# TYPE {p}_requests_total counter",
+        ]
+        for (path, code), n in sorted(self.requests.items()):
+            lines.append(f'{p}_requests_total{{path="{_label(path)}",code="{code}"}} {n}')
+        for name, value, text in (
+            ("events_accepted_total", self.events_accepted, "Events stored in Redis."),
+            ("events_rejected_total", self.events_rejected, "Events refused as invalid (index, field, reason)."),
+            ("duplicate_batches_total", self.duplicate_batches, "Retried batches recognised by their id."),
+            ("redis_errors_total", self.redis_errors, "Ingest calls that failed because Redis was unreachable."),
+            ("rate_limited_total", self.rate_limited, "Requests answered 429."),
+            ("auth_failures_total", self.auth_failures, "Requests answered 401."),
+        ):
+            lines += [f"# HELP {p}_{name} {text}", f"# TYPE {p}_{name} counter", f"{p}_{name} {value}"]
+        lines += [
+            f"# HELP {p}_ingest_batch_events Events per ingest call to Redis (after micro-batching).",
+            f"# TYPE {p}_ingest_batch_events histogram",
+            *self.batch_events.lines(f"{p}_ingest_batch_events"),
+            f"# HELP {p}_redis_ingest_seconds Duration of one ingest call to Redis.",
+            f"# TYPE {p}_redis_ingest_seconds histogram",
+            *self.redis_seconds.lines(f"{p}_redis_ingest_seconds"),
+            f"# HELP {p}_pending_events Events waiting for their ingest call.",
+            f"# TYPE {p}_pending_events gauge",
+            f"{p}_pending_events {pending_events}",
+            f"# HELP {p}_inflight_ingests Ingest calls to Redis in flight.",
+            f"# TYPE {p}_inflight_ingests gauge",
+            f"{p}_inflight_ingests {inflight_ingests}",
+        ]
+        return "\n".join(lines) + "\n"

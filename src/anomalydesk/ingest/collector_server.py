@@ -1,0 +1,145 @@
+"""Running the collector against a Redis: prepare the store, bind the ingestion API, serve HTTP(S).
+
+Redis may be down when the collector starts or later: it still starts, answers 503 with
+Retry-After while Redis is unreachable, and prepares the store (gears library, default setup) on the
+first ingest after Redis comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from anomalydesk.config import SketchSettings, key_prefix
+from anomalydesk.ingest.collector import REDIS_DOWN, Collector, CollectorSettings, load_keys, tls_context
+from anomalydesk.ingest.microbatch import Event
+from anomalydesk.store import admin, gears
+from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url, resolve_url
+from anomalydesk.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+def prepare_store(url: str) -> int:
+    """Load (or upgrade) the gears library and write the default setup if there is none; the version."""
+    r = connect(url)
+    try:
+        version = gears.ensure_library(r)
+        if not admin.read_settings(r).configured:
+            admin.setup(r, SketchSettings())
+        return version
+    finally:
+        r.close()
+
+
+class StoreBinding:
+    """The collector's view of one Redis: ingest, rejected-event counter, health."""
+
+    def __init__(self, url: str, ar: redis.asyncio.Redis | None = None):
+        self.url = url
+        self.ar = ar if ar is not None else connect_async(url)
+        self.keys = Keys(key_prefix())
+        self.gears_version: int | None = None
+        self._prepare_lock = asyncio.Lock()
+
+    async def prepare(self) -> None:
+        """Make sure the store is ready for ingest (once; again after a failure)."""
+        if self.gears_version is not None:
+            return
+        async with self._prepare_lock:
+            if self.gears_version is None:
+                try:
+                    self.gears_version = await asyncio.to_thread(prepare_store, self.url)
+                except ConnectionFailed as err:  # unreachable now: the caller answers 503
+                    raise redis.ConnectionError(str(err)) from err
+
+    async def ingest(self, events: list[Event], batch_id: str) -> Any:
+        """Write validated events (the collector's IngestFn)."""
+        from anomalydesk.store import sink
+
+        await self.prepare()
+        return await sink.ingest_async(self.ar, events, batch_id=batch_id)
+
+    async def count_rejected(self, n: int) -> None:
+        """Add invalid events to the store's `events_rejected` counter (best effort)."""
+        try:
+            await self.ar.hincrby(self.keys.stats, "events_rejected", n)
+        except REDIS_DOWN:
+            pass  # the answer to the client says what was rejected; the counter is a statistic
+
+    async def health(self) -> dict[str, Any]:
+        """`redis` (reachable, latency_ms or error) and `gears_version` for GET /health."""
+        started = time.perf_counter()
+        try:
+            await self.ar.ping()
+        except (*REDIS_DOWN, redis.RedisError) as err:
+            return {"redis": {"reachable": False, "error": str(err) or type(err).__name__},
+                    "gears_version": None}
+        latency = (time.perf_counter() - started) * 1000
+        version = None
+        try:
+            version = (await self.ar.fcall("ad_version", 0)).decode()
+        except redis.RedisError:
+            version = None  # not loaded yet: the first ingest loads it
+        return {"redis": {"reachable": True, "latency_ms": round(latency, 3)}, "gears_version": version}
+
+    async def aclose(self) -> None:
+        await self.ar.aclose()
+
+
+def build(settings: CollectorSettings, url: str) -> tuple[Collector, StoreBinding]:
+    """A collector bound to the store at `url` (SettingsError for unusable settings)."""
+    keys = load_keys(settings)
+    binding = StoreBinding(url)
+    collector = Collector(binding.ingest, settings, keys, health=binding.health,
+                          on_rejected=binding.count_rejected)
+    return collector, binding
+
+
+async def serve(
+    settings: CollectorSettings, url: str | None, on_ready: Callable[[str], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or `stop` is set); `on_ready(url)` once listening."""
+    from aiohttp import web
+
+    url = resolve_url(url)
+    ssl_context = tls_context(settings)
+    collector, binding = build(settings, url)
+    try:
+        await binding.prepare()
+    except (*REDIS_DOWN, redis.RedisError) as err:
+        log.warning("Redis at %s is not reachable yet (%s); answering 503 until it is",
+                    redact_url(url), err)
+    runner = web.AppRunner(collector.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
+                       backlog=1024, reuse_address=True)
+    await site.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass  # not the main thread (tests, bench)
+    port = site._server.sockets[0].getsockname()[1] if site._server else settings.port  # type: ignore[union-attr]
+    scheme = "https" if ssl_context else "http"
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    listening = f"{scheme}://{host}:{port}"
+    log.info("collector listening on %s (Redis %s, keys %s)", listening, redact_url(url),
+                "required" if collector.keys.required else "not required: loopback only")
+    if on_ready is not None:
+        on_ready(listening)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()  # stops accepting, drains the micro-batcher
+        await binding.aclose()

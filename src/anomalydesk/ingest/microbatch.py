@@ -1,0 +1,110 @@
+"""Merge the events of concurrent requests into few ingest calls, and answer each request only after
+its events are in Redis.
+
+Requests without an idempotency key wait a few milliseconds (or until enough events are waiting)
+and are written together under one generated batch id. A request that carries an idempotency key is
+written by its own ingest call with that key as the batch id, so a client's retry of the same
+request is recognised by the store and never counted twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from anomalydesk.events import BusinessMetric, Metric
+from anomalydesk.ingest.collector_metrics import CollectorMetrics
+
+Event = Metric | BusinessMetric
+IngestFn = Callable[[list[Event], str], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one request's events: how many are stored, and whether it was a replay."""
+
+    accepted: int
+    duplicate: bool
+
+
+class MicroBatcher:
+    """Collects events from concurrent requests; `submit` returns once they are stored."""
+
+    def __init__(
+        self, ingest: IngestFn, metrics: CollectorMetrics, *, max_events: int, max_delay: float,
+        max_inflight: int,
+    ):
+        self._ingest = ingest
+        self._metrics = metrics
+        self.max_events = max_events
+        self.max_delay = max_delay
+        self._inflight_limit = asyncio.Semaphore(max_inflight)
+        self._pending: list[tuple[list[Event], asyncio.Future[Outcome]]] = []
+        self.pending_events = 0
+        self.inflight = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def submit(self, events: list[Event], batch_id: str | None = None) -> Outcome:
+        """Store `events`; raises what the ingest call raised (e.g. redis ConnectionError)."""
+        if batch_id is not None:
+            result = await self._call(events, batch_id)
+            return Outcome(len(events), bool(getattr(result, "duplicate_batches", 0)))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Outcome] = loop.create_future()
+        self._pending.append((events, future))
+        self.pending_events += len(events)
+        if self.pending_events >= self.max_events:
+            self.flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_delay, self.flush)
+        return await future
+
+    def flush(self) -> None:
+        """Start the ingest call for everything waiting now."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._pending:
+            return
+        waiting, self._pending = self._pending, []
+        self.pending_events = 0
+        task = asyncio.get_running_loop().create_task(self._write_merged(waiting))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Write everything still waiting and wait for the calls in flight (at shutdown)."""
+        self.flush()
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _write_merged(self, waiting: list[tuple[list[Event], asyncio.Future[Outcome]]]) -> None:
+        merged = [event for events, _ in waiting for event in events]
+        try:
+            await self._call(merged, f"c:{uuid.uuid4().hex}")
+        except BaseException as err:  # every waiting request learns why, then the task ends
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(err)
+            if not isinstance(err, Exception):
+                raise
+            return
+        for events, future in waiting:
+            if not future.done():
+                future.set_result(Outcome(len(events), False))
+
+    async def _call(self, events: list[Event], batch_id: str) -> Any:
+        async with self._inflight_limit:
+            self.inflight += 1
+            started = time.perf_counter()
+            try:
+                return await self._ingest(events, batch_id)
+            finally:
+                self.inflight -= 1
+                self._metrics.redis_seconds.observe(time.perf_counter() - started)
+                self._metrics.batch_events.observe(len(events))
