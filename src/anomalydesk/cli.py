@@ -104,4 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m anomalydesk.cli` runs this file as __main__; commands raise anomalydesk.cli.CommandError,
+    # a different class from __main__.CommandError, so dispatch through the importable module
+    from anomalydesk.cli import main as _main
+
+    sys.exit(_main())
