@@ -74,6 +74,19 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 3.0
 HEALTH_CHECK_INTERVAL_SECONDS = 15
 RETRY_ATTEMPTS = 3
+RETRY_BACKOFF_BASE_SECONDS = 0.1  # 0.2 s, 0.4 s, 0.8 s … between reconnect attempts
+RETRY_BACKOFF_CAP_SECONDS = 2.0
+MIN_REDIS_VERSION = (7, 0)  # Redis Functions
+
+# --- embedded server (a private redis-server when no URL is configured) -------------------------
+ENV_REDIS_SERVER = "ANOMALYDESK_REDIS_SERVER"  # path to a redis-server binary, else bundled, else PATH
+EMBEDDED_INFO_FILE = "embedded.json"  # in data_dir(): URL with password, pid, port (mode 0600)
+EMBEDDED_LOCK_FILE = "embedded.lock"
+EMBEDDED_SUBDIR = "redis"  # in data_dir(): redis.conf, AOF, redis.log
+EMBEDDED_PASSWORD_BYTES = 32  # secrets.token_urlsafe(32): 43 characters
+EMBEDDED_START_TIMEOUT_SECONDS = 30.0  # includes loading a large AOF
+EMBEDDED_STOP_TIMEOUT_SECONDS = 60.0
+EMBEDDED_LOCK_TIMEOUT_SECONDS = 90.0  # longer than a start: the second command waits for the first
 
 # --- detection --------------------------------------------------------------------------------
 SEVERITY_WARNING = 70.0

@@ -1,0 +1,203 @@
+"""Redis clients from a URL: redis://, rediss:// (TLS), unix://, ACL user and password.
+
+Every client gets its timeouts, health checks and retry policy from `config.py` on purpose (not
+redis-py's defaults) and returns bytes (`decode_responses=False`): callers decode what they read.
+With no URL anywhere, the embedded server is started on demand (`store.embedded`).
+
+Accepted forms:
+    redis://[[user]:password@]host[:port][/db]
+    rediss://[[user]:password@]host[:port][/db][?ssl_ca_certs=F&ssl_certfile=F&ssl_keyfile=F&ssl_cert_reqs=R]
+    unix://[[user]:password@]/path/to/redis.sock[?db=N]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from anomalydesk import config
+
+SCHEMES = ("redis", "rediss", "unix")
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
+CERT_REQS = ("none", "optional", "required")
+DEFAULT_PORT = 6379
+_RETRIED = (RedisConnectionError, RedisTimeoutError)
+_AUTH_REPLIES = ("NOAUTH", "WRONGPASS", "Authentication")
+
+
+class ConnectionFailed(Exception):
+    """Redis could not be reached or refused us; the message names the URL (no password) and why."""
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"cannot connect to Redis at {redact_url(url)}: {reason}")
+        self.url = redact_url(url)
+        self.reason = reason
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by `***` (safe to print and log)."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparseable URL>"
+    if not password:
+        return url
+    user = quote(unquote(parts.username or ""), safe="")
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+
+
+def resolve_url(url: str | None) -> str:
+    """The URL to use: `url`, else `$ANOMALYDESK_REDIS_URL`, else the embedded server (started if needed)."""
+    if url:
+        return url
+    from_env = os.environ.get(config.ENV_REDIS_URL, "").strip()
+    if from_env:
+        return from_env
+    from anomalydesk.store import embedded  # the embedded server imports this module
+
+    return embedded.ensure_running().url
+
+
+def parse_url(url: str) -> dict[str, Any]:
+    """redis-py keyword arguments for `url` (host/port or socket, db, user, password, TLS options)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as err:
+        raise ConnectionFailed(url, f"not a valid URL ({err})") from None
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES:
+        raise ConnectionFailed(url, f"unsupported scheme {scheme or '(none)'!r}; use redis://, rediss:// or unix://")
+    query = parse_qs(parts.query, keep_blank_values=True)
+    known = ("db", *TLS_OPTIONS)
+    for name, values in query.items():
+        if name not in known:
+            raise ConnectionFailed(url, f"unknown URL option {name!r} (known: {', '.join(known)})")
+        if len(values) != 1:
+            raise ConnectionFailed(url, f"URL option {name!r} given {len(values)} times")
+    options = {name: values[0] for name, values in query.items()}
+
+    kwargs: dict[str, Any] = {}
+    if parts.username:
+        kwargs["username"] = unquote(parts.username)
+    if parts.password is not None:
+        kwargs["password"] = unquote(parts.password)
+    if scheme == "unix":
+        if not parts.path:
+            raise ConnectionFailed(url, "unix:// needs a socket path, e.g. unix:///run/redis/redis.sock")
+        kwargs["unix_socket_path"] = unquote(parts.path)
+        db_text = options.get("db", "0")
+    else:
+        if not parts.hostname:
+            raise ConnectionFailed(url, "no host in the URL")
+        kwargs["host"] = parts.hostname
+        kwargs["port"] = port or DEFAULT_PORT
+        path_db = parts.path.strip("/")
+        if path_db and "db" in options:
+            raise ConnectionFailed(url, "database given twice (path and ?db=)")
+        db_text = path_db or options.get("db", "0")
+    try:
+        kwargs["db"] = int(db_text)
+    except ValueError:
+        raise ConnectionFailed(url, f"database must be a number, not {db_text!r}") from None
+    if kwargs["db"] < 0:
+        raise ConnectionFailed(url, f"database must be 0 or more, not {kwargs['db']}")
+
+    tls = {name: options[name] for name in TLS_OPTIONS if name in options}
+    if scheme == "rediss":
+        kwargs["ssl"] = True
+        reqs = tls.get("ssl_cert_reqs", "required").lower()
+        if reqs not in CERT_REQS:
+            raise ConnectionFailed(url, f"ssl_cert_reqs must be one of {', '.join(CERT_REQS)}, not {reqs!r}")
+        tls["ssl_cert_reqs"] = reqs
+        kwargs.update(tls)
+    elif tls:
+        raise ConnectionFailed(url, f"TLS options ({', '.join(tls)}) need a rediss:// URL")
+    return kwargs
+
+
+def client_options() -> dict[str, Any]:
+    """Timeouts, health checks and encoding every AnomalyDesk client uses (retry is added per flavour)."""
+    return {
+        "socket_timeout": config.SOCKET_TIMEOUT_SECONDS,
+        "socket_connect_timeout": config.CONNECT_TIMEOUT_SECONDS,
+        "socket_keepalive": True,
+        "health_check_interval": config.HEALTH_CHECK_INTERVAL_SECONDS,
+        "decode_responses": False,
+    }
+
+
+def _backoff() -> ExponentialBackoff:
+    return ExponentialBackoff(cap=config.RETRY_BACKOFF_CAP_SECONDS, base=config.RETRY_BACKOFF_BASE_SECONDS)
+
+
+def retry_policy() -> Retry:
+    """Reconnect and resend after a dropped connection or a timeout, with exponential backoff."""
+    return Retry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
+
+
+def async_retry_policy() -> redis.asyncio.retry.Retry:
+    """The asyncio twin of `retry_policy`."""
+    return redis.asyncio.retry.Retry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
+
+
+def describe_error(err: BaseException) -> str:
+    """A short reason for a redis-py error, for messages that name the URL beside it."""
+    text = str(err) or type(err).__name__
+    if isinstance(err, AuthenticationError) or (
+        isinstance(err, ResponseError) and any(word in text for word in _AUTH_REPLIES)
+    ):
+        return f"authentication failed ({text})"
+    if isinstance(err, BusyLoadingError):
+        return f"the server is still loading its data ({text})"
+    if isinstance(err, RedisTimeoutError):
+        return f"timed out ({text})"
+    return text
+
+
+def build_client(options: dict[str, Any]) -> redis.Redis:
+    """The client for complete options: the one place that will choose a cluster client later."""
+    return redis.Redis(**options)
+
+
+def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> redis.Redis:
+    """A client for `url` (see `resolve_url`), checked with PING unless `check=False`."""
+    url = resolve_url(url)
+    options = {**parse_url(url), **client_options(), "retry": retry_policy(), **overrides}
+    try:
+        client = build_client(options)
+    except (TypeError, ValueError) as err:
+        raise ConnectionFailed(url, str(err)) from None
+    if check:
+        try:
+            client.ping()
+        except RedisError as err:
+            client.close()
+            raise ConnectionFailed(url, describe_error(err)) from err
+        except OSError as err:  # TLS files that cannot be read surface here
+            client.close()
+            raise ConnectionFailed(url, str(err)) from err
+    return client
+
+
+def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Redis:
+    """An asyncio client for `url` (not yet connected: errors surface on the first command).
+
+    Resolving the URL may start the embedded server, which blocks: call this before the event loop's
+    busy part, or with an explicit URL. Close the client with `await client.aclose()`.
+    """
+    url = resolve_url(url)
+    kwargs = {**parse_url(url), **client_options(), "retry": async_retry_policy(), **overrides}
+    return redis.asyncio.Redis(**kwargs)
