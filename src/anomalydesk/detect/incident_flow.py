@@ -1,0 +1,304 @@
+"""From one scored window to incident changes and alerts, and the atomic commit of both.
+
+`advance` is pure: given a service's detector state, the window's fingerprint and verdict, and the
+incidents it currently has open, it returns a `Plan` (new state, incident writes, alerts). `commit`
+writes a plan in one Lua script that also XACKs the fingerprint: the state records the last window
+handled, so a window delivered twice (a detector killed between scoring and XACK) is acknowledged
+and nothing else; an incident changed meanwhile by an operator (its `rev` moved) makes the commit
+return CONFLICT and the caller recomputes. One script, so a crash leaves either all or nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from anomalydesk import config
+from anomalydesk.detect.confirmation import Confirmation
+from anomalydesk.detect.incidents import make_alert, new_incident, rfc3339, severity_rank
+from anomalydesk.fingerprint import Fingerprint
+from anomalydesk.store.keys import Keys
+
+COMMITTED, ALREADY_DONE, CONFLICT = 1, 0, -1
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the scorer says about one window."""
+
+    score: float  # 0–100
+    severity: str  # info | warning | critical
+    reasons: list[dict[str, Any]]
+
+    @property
+    def anomalous(self) -> bool:
+        """A window is anomalous from severity warning up."""
+        return severity_rank(self.severity) >= 1
+
+
+@dataclass
+class Plan:
+    """What handling one window changes: state, incidents (with the rev they were read at), alerts."""
+
+    state: dict[str, Any]
+    incidents: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    alerts: list[dict[str, Any]] = field(default_factory=list)
+
+
+def severity_of(score: float) -> str:
+    """The configured cut-offs: warning from SEVERITY_WARNING, critical from SEVERITY_CRITICAL."""
+    if score >= config.SEVERITY_CRITICAL:
+        return "critical"
+    return "warning" if score >= config.SEVERITY_WARNING else "info"
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
+    """Severity of a business rule breach from its distance outside the expected range.
+
+    With per-KPI ranges (`kpi_ranges` in the fingerprint entry) the distance is how far the window's
+    mean lies outside [lo, hi], in half-widths of the range, and the KPIs named are those outside;
+    without them it is |kpi_level − 1| (the mean relative to the range midpoint) and every KPI of
+    the window is named with its mean.
+    """
+    kpis = dict(fp.kpis or {})
+    reasons: list[dict[str, Any]] = []
+    distance = 0.0
+    for name, mean in sorted(kpis.items()):
+        bounds = (ranges or {}).get(name)
+        if bounds and bounds[0] is not None and bounds[1] is not None:
+            lo, hi = float(bounds[0]), float(bounds[1])
+            half = max((hi - lo) / 2, 1e-12)
+            outside = max(lo - mean, mean - hi, 0.0) / half
+            if outside <= 0:
+                continue
+            distance = max(distance, outside)
+            text = f"{name} {_fmt(mean)} outside expected {_fmt(lo)}–{_fmt(hi)}"
+            reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": [lo, hi], "text": text})
+        elif not ranges:
+            reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": None,
+                            "text": f"{name} mean {_fmt(mean)} (out of its expected range)"})  # fmt: skip
+    if not ranges:
+        distance = abs(fp.get("kpi_level") - 1.0) if fp.get("kpi_level") else 0.0
+    count = int(fp.get("kpi_out_of_range"))
+    if not reasons:
+        reasons.append({"feature": "kpi_out_of_range", "actual": count, "expected": 0,
+                        "text": f"{count} business values outside their expected range"})  # fmt: skip
+    score = min(100.0, config.RULE_SCORE_BASE + config.RULE_SCORE_PER_DISTANCE * distance)
+    return Verdict(score=score, severity=severity_of(score), reasons=reasons)
+
+
+def _summary(reasons: list[dict[str, Any]], limit: int = 2) -> str:
+    return "; ".join(str(x.get("text", x.get("feature"))) for x in reasons[:limit]) or "no single feature stands out"
+
+
+def _muted(incident: dict[str, Any], muted_by_silence: bool, now: float) -> bool:
+    snoozed = incident.get("snoozed_until_epoch")
+    return muted_by_silence or (snoozed is not None and float(snoozed) > now)
+
+
+def advance(
+    state: dict[str, Any],
+    fp: Fingerprint,
+    verdict: Verdict | None,
+    *,
+    incident: dict[str, Any] | None,
+    rule_incident: dict[str, Any] | None,
+    model_version: int | None,
+    silenced: bool,
+    now: float,
+    window_seconds: float,
+    kpi_ranges: Mapping[str, Any] | None = None,
+    confirmation: Confirmation | None = None,
+) -> Plan:
+    """Handle one window of one service: extend, open, escalate or resolve its incidents."""
+    confirmation = confirmation or Confirmation()
+    plan = Plan(state={**state, "last_window": fp.window})
+    service, window, start = fp.service, fp.window, fp.start
+    if incident is not None and incident.get("status") != "open":
+        incident = None  # closed by an operator: a continuing anomaly opens a new incident
+        plan.state["incident"] = None
+        plan.state["episode"] = None
+    if rule_incident is not None and rule_incident.get("status") != "open":
+        rule_incident = None
+        plan.state["rule_incident"] = None
+
+    if verdict is not None and not fp.no_data:
+        episode, event = confirmation.step(plan.state.get("episode"), verdict.anomalous, window)
+        plan.state["episode"] = episode
+        if event.opened is not None:
+            incident = new_incident(service, "anomaly", event.opened, start - (window - event.opened) * window_seconds)
+            incident["silenced"] = silenced
+            _extend(incident, verdict, window, model_version, event.anomalous_windows)
+            plan.incidents.append((incident, 0))
+            plan.state["incident"] = incident["id"]
+            plan.alerts.append(make_alert(
+                kind="new", incident=incident, window=window, window_start=start, score=verdict.score,
+                severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
+                message=f"{service}: anomaly ({verdict.severity}, score {verdict.score:.0f}) — "
+                        f"{_summary(verdict.reasons)}",
+                silenced=_muted(incident, silenced, now),
+            ))  # fmt: skip
+        elif incident is not None and event.resolved:
+            rev = int(incident.get("rev", 0))
+            incident = {**incident, "status": "resolved", "rev": rev + 1,
+                        "resolved": {"by": "detector", "at": rfc3339(start), "how": "auto"}}  # fmt: skip
+            plan.incidents.append((incident, rev))
+            plan.state["incident"] = None
+            plan.alerts.append(make_alert(
+                kind="resolved", incident=incident, window=window, window_start=start, score=verdict.score,
+                severity=verdict.severity, reasons=[], model_version=model_version,
+                message=f"{service}: incident {incident['id']} resolved after "
+                        f"{confirmation.cooldown} normal windows",
+                silenced=_muted(incident, silenced, now),
+            ))  # fmt: skip
+        elif incident is not None and verdict.anomalous:
+            rev = int(incident.get("rev", 0))
+            before = incident["severity"]
+            incident = {**incident, "rev": rev + 1}
+            _extend(incident, verdict, window, model_version, 1)
+            plan.incidents.append((incident, rev))
+            if severity_rank(verdict.severity) > severity_rank(before):
+                plan.alerts.append(make_alert(
+                    kind="escalated", incident=incident, window=window, window_start=start,
+                    score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
+                    model_version=model_version,
+                    message=f"{service}: incident {incident['id']} escalated to {verdict.severity} "
+                            f"(score {verdict.score:.0f}) — {_summary(verdict.reasons)}",
+                    silenced=_muted(incident, silenced, now),
+                ))  # fmt: skip
+
+    _advance_rule(plan, fp, rule_incident, model_version, silenced, now, kpi_ranges)
+    return plan
+
+
+def _extend(incident: dict[str, Any], verdict: Verdict, window: int, model_version: int | None, n: int) -> None:
+    incident["last_window"] = window
+    incident["windows"] = int(incident.get("windows", 0)) + n
+    incident["model_version"] = model_version
+    if severity_rank(verdict.severity) > severity_rank(incident["severity"]) or verdict.score > incident["score"]:
+        incident["severity"] = max(incident["severity"], verdict.severity, key=severity_rank)
+        incident["score"] = round(max(float(incident["score"]), verdict.score), 2)
+        incident["reasons"] = verdict.reasons
+
+
+def _advance_rule(
+    plan: Plan, fp: Fingerprint, incident: dict[str, Any] | None, model_version: int | None,
+    silenced: bool, now: float, ranges: Mapping[str, Any] | None,
+) -> None:  # fmt: skip
+    """Business rule: a window with KPI values out of range alerts at once; back in range resolves."""
+    service, window, start = fp.service, fp.window, fp.start
+    if fp.no_data:
+        return
+    if fp.get("kpi_out_of_range") > 0:
+        verdict = rule_verdict(fp, ranges)
+        if incident is None:
+            incident = new_incident(service, "rule", window, start)
+            incident["silenced"] = silenced
+            _extend(incident, verdict, window, model_version, 1)
+            plan.incidents.append((incident, 0))
+            plan.state["rule_incident"] = incident["id"]
+            plan.alerts.append(make_alert(
+                kind="rule", incident=incident, window=window, window_start=start, score=verdict.score,
+                severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
+                message=f"{service}: business value out of range ({verdict.severity}) — "
+                        f"{_summary(verdict.reasons)}",
+                silenced=_muted(incident, silenced, now),
+            ))  # fmt: skip
+            return
+        rev = int(incident.get("rev", 0))
+        before = incident["severity"]
+        incident = {**incident, "rev": rev + 1}
+        _extend(incident, verdict, window, model_version, 1)
+        plan.incidents.append((incident, rev))
+        if severity_rank(verdict.severity) > severity_rank(before):
+            plan.alerts.append(make_alert(
+                kind="escalated", incident=incident, window=window, window_start=start, score=verdict.score,
+                severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
+                message=f"{service}: business values further out of range ({verdict.severity}) — "
+                        f"{_summary(verdict.reasons)}",
+                silenced=_muted(incident, silenced, now),
+            ))  # fmt: skip
+    elif incident is not None:
+        rev = int(incident.get("rev", 0))
+        incident = {**incident, "status": "resolved", "rev": rev + 1,
+                    "resolved": {"by": "detector", "at": rfc3339(start), "how": "auto"}}  # fmt: skip
+        plan.incidents.append((incident, rev))
+        plan.state["rule_incident"] = None
+        plan.alerts.append(make_alert(
+            kind="resolved", incident=incident, window=window, window_start=start, score=0.0,
+            severity="info", reasons=[], model_version=model_version,
+            message=f"{service}: business values back in range (incident {incident['id']})",
+            silenced=_muted(incident, silenced, now),
+        ))  # fmt: skip
+
+
+_COMMIT_LUA = """
+local st = redis.call('GET', KEYS[1])
+if st then
+  local last = cjson.decode(st).last_window
+  if type(last) == 'number' and last >= tonumber(ARGV[3]) then
+    redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+    return 0
+  end
+end
+local n = tonumber(ARGV[7])
+local i = 8
+for _ = 1, n do
+  local cur = redis.call('HGET', KEYS[3], ARGV[i])
+  local rev = 0
+  if cur then rev = tonumber(cjson.decode(cur).rev) or 0 end
+  if rev ~= tonumber(ARGV[i + 1]) then return -1 end
+  i = i + 4
+end
+i = 8
+for _ = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
+  if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[4], ARGV[i]) else redis.call('SREM', KEYS[4], ARGV[i]) end
+  i = i + 4
+end
+while i <= #ARGV do
+  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'alert', ARGV[i])
+  redis.call('HINCRBY', KEYS[6], 'alerts_total', 1)
+  if ARGV[i + 1] == '1' then redis.call('PUBLISH', ARGV[6], ARGV[i]) end
+  i = i + 2
+end
+redis.call('SET', KEYS[1], ARGV[4])
+redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
+return 1
+"""
+
+
+class Committer:
+    """Writes plans with one Lua script (loaded once per client)."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, group: str = config.DETECTOR_GROUP):
+        self._script = r.register_script(_COMMIT_LUA)
+        self.keys = keys
+        self.group = group
+
+    def commit(self, service: str, entry_id: bytes | str, window: int, plan: Plan) -> int:
+        """COMMITTED, ALREADY_DONE (window handled before: only XACKed) or CONFLICT (recompute)."""
+        k = self.keys
+        args: list[Any] = [self.group, entry_id, window, json.dumps(plan.state), config.ALERT_LOG_MAXLEN,
+                           k.alerts_channel, len(plan.incidents)]  # fmt: skip
+        for incident, expected_rev in plan.incidents:
+            args += [incident["id"], expected_rev, json.dumps(incident), "1" if incident["status"] == "open" else "0"]
+        for alert in plan.alerts:
+            args += [json.dumps(alert), "0" if alert.get("silenced") else "1"]
+        keys = [k.detector_state(service), k.fingerprints(service), k.incidents, k.incidents_open,
+                k.alerts_log, k.stats]  # fmt: skip
+        return int(self._script(keys=keys, args=args))
+
+
+def finite(x: float) -> bool:
+    """True for a finite number (scores from a broken model are refused, not alerted)."""
+    return isinstance(x, int | float) and math.isfinite(x)

@@ -1,0 +1,194 @@
+"""The detector loop against a real redis-server, with a tiny injected scorer (no forest needed)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+
+from anomalydesk import fingerprint as fpmod
+from anomalydesk.detect import incidents
+from anomalydesk.detect.confirmation import Confirmation
+from anomalydesk.detect.detector import Detector
+from anomalydesk.detect.incident_flow import Verdict
+from anomalydesk.store import models as registry
+from anomalydesk.store.keys import Keys
+
+K = Keys()
+W = 5
+
+
+def add_window(r: redis.Redis, service: str, window: int, requests: float = 100.0, **extra: object) -> None:
+    """Append one fingerprint entry the way the gears library does."""
+    r.sadd(K.services, service)
+    fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+    fields.update(requests=requests, window=window, start=window * W, schema=fpmod.SCHEMA_VERSION,
+                  no_data=0, kpis="")
+    fields.update(extra)
+    r.xadd(K.fingerprints(service), fields, id=f"{window * W * 1000}-1")
+
+
+def toy_scorer(model: object, history: list, fp: fpmod.Fingerprint) -> Verdict:
+    """Anomalous when requests exceed the model's limit; critical when far above."""
+    limit = float(model["limit"])  # type: ignore[index]
+    value = fp.get("requests")
+    score = 95.0 if value > 3 * limit else 80.0 if value > limit else 10.0
+    severity = "critical" if score >= 90 else "warning" if score >= 70 else "info"
+    reasons = [{"feature": "requests", "actual": value, "expected": limit, "text": f"requests {value:g}"}]
+    return Verdict(score=score, severity=severity, reasons=reasons if score >= 70 else [])
+
+
+def toy_decode(blob: bytes) -> dict:
+    data = json.loads(blob)
+    if "limit" not in data:
+        raise ValueError("toy model without a limit")
+    return data
+
+
+def make_detector(r: redis.Redis, **kw: object) -> Detector:
+    kw.setdefault("block_ms", 10)
+    return Detector(r, scorer=toy_scorer, decode=toy_decode, seal=False, **kw)  # type: ignore[arg-type]
+
+
+def alerts(r: redis.Redis) -> list[dict]:
+    return [json.loads(f[b"alert"]) for _, f in r.xrange(K.alerts_log)]
+
+
+def drain(det: Detector, steps: int = 5) -> int:
+    return sum(det.step().processed for _ in range(steps))
+
+
+def test_learning_service_is_read_and_acknowledged_without_alerts(r: redis.Redis) -> None:
+    for w in range(100, 110):
+        add_window(r, "orders", w, requests=10_000)
+    det = make_detector(r)
+    assert drain(det) == 10
+    assert alerts(r) == []
+    assert r.xpending(K.fingerprints("orders"), "detectors")["pending"] == 0
+
+
+def test_incident_opens_escalates_and_resolves_with_one_alert_each(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    det = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    flow = [100, 100, 300, 100, 300, 300, 300, 900, 900, 100, 100, 100]
+    for i, value in enumerate(flow):
+        add_window(r, "payments", 1000 + i, requests=value)
+    assert drain(det) == len(flow)
+    got = alerts(r)
+    assert [a["kind"] for a in got] == ["new", "escalated", "resolved"]
+    new = got[0]
+    assert set(new) == {"id", "kind", "incident_id", "time", "window", "service", "score", "severity",
+                        "reasons", "model_version", "message"}
+    assert new["service"] == "payments" and new["window"] == 1004 and new["model_version"] == 1
+    assert new["reasons"][0]["feature"] == "requests"
+    assert new["time"].endswith("Z") and new["severity"] == "warning"
+    assert got[1]["severity"] == "critical"
+    assert len({a["incident_id"] for a in got}) == 1
+    inc = incidents.get(r, new["incident_id"])
+    # 1002 alone did not open it; 1002 and 1004 are 2 of the 3 windows 1002–1004: it opens at 1004
+    assert inc["first_window"] == 1002 and inc["last_window"] == 1008 and inc["status"] == "resolved"
+    assert inc["resolved"]["how"] == "auto"
+    assert r.scard(K.incidents_open) == 0
+
+
+def test_redelivered_window_is_acknowledged_but_writes_nothing_twice(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    for i in range(4):
+        add_window(r, "payments", 2000 + i, requests=500)
+    first = make_detector(r)
+    drain(first, 3)
+    before = alerts(r)
+    assert [a["kind"] for a in before] == ["new"]
+    # simulate a crash after commit but before anyone forgot: rewind the group, a new detector re-reads
+    r.xgroup_setid(K.fingerprints("payments"), "detectors", id="0")
+    first.release()
+    second = make_detector(r)
+    assert drain(second, 3) == 4
+    assert alerts(r) == before
+
+
+def test_silence_keeps_incident_but_does_not_publish(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    incidents.add_silence(r, "pay*", start=0, end=10**10, reason="maintenance")
+    pubsub = r.pubsub()
+    pubsub.subscribe(K.alerts_channel)
+    assert pubsub.get_message(timeout=1)["type"] == "subscribe"
+    for i in range(3):
+        add_window(r, "payments", 3000 + i, requests=500)
+    add_window(r, "users", 3000, requests=500)
+    registry.save(r, "users", json.dumps({"limit": 200}), {"windows": 100})
+    for i in range(1, 3):
+        add_window(r, "users", 3000 + i, requests=500)
+    drain(make_detector(r))
+    logged = {a["service"]: a for a in alerts(r)}
+    assert logged["payments"]["silenced"] is True and "silenced" not in logged["users"]
+    assert incidents.get(r, logged["payments"]["incident_id"])["status"] == "open"
+    published = []
+    while (msg := pubsub.get_message(timeout=0.5)) is not None:
+        published.append(json.loads(msg["data"]))
+    assert [a["service"] for a in published] == ["users"]
+    pubsub.close()
+
+
+def test_retired_service_raises_nothing(r: redis.Redis) -> None:
+    registry.save(r, "svc-9", json.dumps({"limit": 200}), {"windows": 100})
+    for i in range(5):
+        add_window(r, "svc-9", 4000 + i, requests=5000)
+    r.sadd(K.retired, "svc-9")
+    det = make_detector(r)
+    drain(det)
+    assert alerts(r) == [] and det.step().services == []
+
+
+def test_business_rule_alerts_at_once_and_resolves(r: redis.Redis) -> None:
+    ranges = json.dumps({"checkout_value": [40, 60]})
+    add_window(r, "business", 500, kpis=json.dumps({"checkout_value": 50}), kpi_level=1.0)
+    add_window(r, "business", 501, kpis=json.dumps({"checkout_value": 15}), kpi_level=0.3,
+               kpi_out_of_range=12, kpi_ranges=ranges)
+    add_window(r, "business", 502, kpis=json.dumps({"checkout_value": 51}), kpi_level=1.02)
+    drain(make_detector(r))
+    got = alerts(r)
+    assert [a["kind"] for a in got] == ["rule", "resolved"]
+    rule = got[0]
+    assert rule["window"] == 501 and rule["severity"] == "critical"  # 25 below 40 = 2.5 half-widths
+    assert rule["reasons"][0]["feature"] == "kpi:checkout_value"
+
+
+def test_two_detectors_split_services_and_app_detector_respects_lease(r: redis.Redis) -> None:
+    for service in ("a", "b", "c"):
+        registry.save(r, service, json.dumps({"limit": 200}), {"windows": 100})
+        for i in range(3):
+            add_window(r, service, 5000 + i, requests=500)
+    one, two = make_detector(r, name="one"), make_detector(r, name="two")
+    app = make_detector(r, name="app", respect_lease=True)
+    assert one.step().services == ["a", "b", "c"]
+    assert two.step().services == []  # all taken; it waits for a lease to expire
+    assert app.step().active is False
+    drain(one)
+    assert sorted(a["service"] for a in alerts(r)) == ["a", "b", "c"]
+    one.release()
+    assert app.step().active is True
+
+
+def test_operator_action_between_windows_is_not_overwritten(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    det = make_detector(r)
+    for i in range(3):
+        add_window(r, "payments", 6000 + i, requests=500)
+    drain(det)
+    (inc,) = incidents.list_incidents(r, open_only=True)
+    incidents.ack(r, inc["id"], who="alice")
+    add_window(r, "payments", 6003, requests=2000)
+    drain(det)
+    after = incidents.get(r, inc["id"])
+    assert after["acked"]["by"] == "alice" and after["severity"] == "critical"
+
+
+def test_tampered_model_is_not_used(r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    registry.save(r, "payments", json.dumps({"nolimit": 1}), {"windows": 100})
+    for i in range(3):
+        add_window(r, "payments", 7000 + i, requests=5000)
+    drain(make_detector(r))
+    assert alerts(r) == []
+    assert "refused" in caplog.text
