@@ -91,6 +91,20 @@ EMBEDDED_LOCK_TIMEOUT_SECONDS = 90.0  # longer than a start: the second command 
 # --- detection --------------------------------------------------------------------------------
 SEVERITY_WARNING = 70.0
 SEVERITY_CRITICAL = 90.0
+MODEL_KEEP_VERSIONS = 5  # model versions kept per service (the active one is never dropped)
+INCIDENT_CONFIRM_K = 2  # an incident opens when K of the last N windows are anomalous …
+INCIDENT_CONFIRM_N = 3
+INCIDENT_COOLDOWN_WINDOWS = 3  # … and resolves after this many normal windows in a row
+DETECTOR_GROUP = "detectors"  # consumer group on every fingerprint stream
+DETECTOR_LEASE_MS = 15_000  # Keys.detector_lease: "a detector is running" (the app's detector yields)
+DETECTOR_SERVICE_LEASE_MS = 15_000  # one detector owns a service at a time (ordered scoring)
+DETECTOR_BLOCK_MS = 500  # XREADGROUP block per step
+DETECTOR_READ_COUNT = 200  # fingerprints read per service per step
+DETECTOR_HISTORY_WINDOWS = 12  # recent fingerprints kept per service as scoring context
+RETRAIN_HOLDOUT_FRACTION = 0.2  # newest normal windows held back to compare old and new model
+DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerprints back
+RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance outside the range,
+RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)
 
 
 @dataclass(frozen=True)
