@@ -9,9 +9,8 @@ import redis
 
 from anomalydesk import fingerprint as fpmod
 from anomalydesk.detect import incidents
-from anomalydesk.detect.confirmation import Confirmation
 from anomalydesk.detect.detector import Detector
-from anomalydesk.detect.incident_flow import Verdict
+from anomalydesk.detect.incident_flow import Confirmation, Verdict
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 

@@ -35,8 +35,7 @@ import redis
 
 from anomalydesk import config
 from anomalydesk.detect import incidents as incidents_mod
-from anomalydesk.detect.confirmation import Confirmation
-from anomalydesk.detect.incident_flow import CONFLICT, Committer, Verdict, advance, finite
+from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, from_stream_entry
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys

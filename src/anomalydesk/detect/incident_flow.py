@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from anomalydesk import config
-from anomalydesk.detect.confirmation import Confirmation
+from anomalydesk.detect.episodes import EpisodeTracker
 from anomalydesk.detect.incidents import make_alert, new_incident, rfc3339, severity_rank
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
@@ -39,6 +39,26 @@ class Verdict:
     def anomalous(self) -> bool:
         """A window is anomalous from severity warning up."""
         return severity_rank(self.severity) >= 1
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """Open after `k` anomalous of the last `n` windows; resolve after `cooldown` normal ones."""
+
+    k: int = config.INCIDENT_CONFIRM_K
+    n: int = config.INCIDENT_CONFIRM_N
+    cooldown: int = config.INCIDENT_COOLDOWN_WINDOWS
+
+    def __post_init__(self) -> None:
+        EpisodeTracker(self.k, self.n, self.cooldown)  # validates, with its clear message
+
+    def tracker(self, state: dict[str, Any] | None) -> EpisodeTracker:
+        """The service's tracker from its stored state (with today's k, n and cooldown)."""
+        if not state:
+            return EpisodeTracker(self.k, self.n, self.cooldown)
+        tracker = EpisodeTracker.from_state(state)
+        tracker.k, tracker.n, tracker.cooldown = self.k, self.n, self.cooldown
+        return tracker
 
 
 @dataclass
@@ -132,12 +152,14 @@ def advance(
         plan.state["rule_incident"] = None
 
     if verdict is not None and not fp.no_data:
-        episode, event = confirmation.step(plan.state.get("episode"), verdict.anomalous, window)
-        plan.state["episode"] = episode
-        if event.opened is not None:
-            incident = new_incident(service, "anomaly", event.opened, start - (window - event.opened) * window_seconds)
+        tracker = confirmation.tracker(plan.state.get("episode"))
+        event = tracker.step(verdict.anomalous, window)
+        plan.state["episode"] = tracker.state()
+        if event.opened and event.episode is not None:
+            first = event.episode.start
+            incident = new_incident(service, "anomaly", first, start - (window - first) * window_seconds)
             incident["silenced"] = silenced
-            _extend(incident, verdict, window, model_version, event.anomalous_windows)
+            _extend(incident, verdict, window, model_version, len(tracker.recent))
             plan.incidents.append((incident, 0))
             plan.state["incident"] = incident["id"]
             plan.alerts.append(make_alert(
