@@ -23,6 +23,7 @@ from anomalydesk.ingest.microbatch import Event
 from anomalydesk.store import admin, gears
 from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url, resolve_url
 from anomalydesk.store.keys import Keys
+from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class StoreBinding:
         self.url = url
         self.ar = ar if ar is not None else connect_async(url)
         self.keys = Keys(key_prefix())
+        self.writer = AsyncWriter(self.ar, self.keys)
         self.gears_version: int | None = None
         self._prepare_lock = asyncio.Lock()
 
@@ -60,12 +62,15 @@ class StoreBinding:
                 except ConnectionFailed as err:  # unreachable now: the caller answers 503
                     raise redis.ConnectionError(str(err)) from err
 
-    async def ingest(self, events: list[Event], batch_id: str) -> Any:
+    async def ingest(self, events: list[Event], batch_id: str) -> IngestResult:
         """Write validated events (the collector's IngestFn)."""
-        from anomalydesk.store import sink
-
         await self.prepare()
-        return await sink.ingest_async(self.ar, events, batch_id=batch_id)
+        try:
+            return await self.writer.ingest(events, batch_id=batch_id)
+        except NotSetUp:  # someone flushed the server under us: set it up again, same batch id
+            self.gears_version = None
+            await self.prepare()
+            return await self.writer.ingest(events, batch_id=batch_id)
 
     async def count_rejected(self, n: int) -> None:
         """Add invalid events to the store's `events_rejected` counter (best effort)."""

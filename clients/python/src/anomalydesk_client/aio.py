@@ -1,0 +1,180 @@
+"""AsyncAnomalyClient: the asyncio twin of AnomalyClient (httpx when installed, else the stdlib in a thread)."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from anomalydesk_client._core import (
+    AnomalyClientError,
+    Answer,
+    Event,
+    TransportError,
+    business_event,
+    check_answer,
+    encode_event,
+    log,
+    retry_delay,
+    retryable,
+)
+from anomalydesk_client._transport import HttpxAsyncTransport, StdlibTransport, httpx_available
+from anomalydesk_client.client import _Base
+
+
+class AsyncAnomalyClient(_Base):
+    """Queue events from coroutines; a background task sends them in batches.
+
+    Same batching, retry and overflow rules as AnomalyClient. Use `async with` or `await aclose()`;
+    events still queued at interpreter exit are sent synchronously by an atexit hook.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, *, use_httpx: bool | None = None,
+                 **options: Any):
+        super().__init__(base_url, api_key, **options)
+        self._sync = StdlibTransport(self.base_url, self.timeout, self.verify)
+        use_httpx = httpx_available() if use_httpx is None else use_httpx
+        self._httpx = HttpxAsyncTransport(self.base_url, self.timeout, self.verify) if use_httpx else None
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._send_lock: asyncio.Lock | None = None
+        self._closed = False
+        atexit.register(self._flush_at_exit)
+
+    # --- public API --------------------------------------------------------------------------
+    async def send_metric(self, endpoint: str | Event, status_code: int | None = None,
+                          response_time: float | None = None, *, service: str | None = None,
+                          timestamp: float | None = None) -> None:
+        """Queue a request metric (see AnomalyClient.send_metric)."""
+        self.record(self._metric(endpoint, status_code, response_time, service, timestamp))
+
+    async def send_business_metric(self, name: str, value: float,
+                                   expected_range: Sequence[float] | None = None,
+                                   service: str | None = None, *, timestamp: float | None = None) -> None:
+        """Queue a business KPI."""
+        self.record(business_event(name, value, expected_range, service, timestamp))
+
+    async def send_batch(self, events: Iterable[Event]) -> dict[str, Any]:
+        """Send events now; the collector's answer, AnomalyClientError on failure."""
+        batch = [encode_event(e if "metric_name" in e else self._metric(e, None, None, None, None))
+                 for e in events]
+        return check_answer(await self._post_with_retries(batch))
+
+    async def flush(self) -> None:
+        """Send everything queued now."""
+        async with self._lock():
+            while len(self.queue):
+                await self._send_queued(self.queue.take(self.batch_size))
+
+    async def health(self) -> dict[str, Any]:
+        """The collector's GET /health body."""
+        return (await self._request("GET", "/health", None, self._headers(None))).body
+
+    async def aclose(self) -> None:
+        """Flush, stop the background task, close connections (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.flush()
+        if self._httpx is not None:
+            await self._httpx.aclose()
+        self._sync.close()
+        atexit.unregister(self._flush_at_exit)
+
+    async def __aenter__(self) -> AsyncAnomalyClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- internals ---------------------------------------------------------------------------
+    def record(self, event: Event) -> None:
+        if self._closed:
+            raise AnomalyClientError("the client is closed")
+        self._ensure_task()
+        super().record(event)
+
+    def _lock(self) -> asyncio.Lock:
+        if self._send_lock is None:
+            self._send_lock = asyncio.Lock()
+        return self._send_lock
+
+    def _ensure_task(self) -> None:
+        if self._task is None or self._task.done():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return  # recorded outside a loop: the next flush()/aclose() or the exit hook sends it
+            self._wakeup = asyncio.Event()
+            self._task = loop.create_task(self._run(), name="anomalydesk-client")
+
+    def _wake(self) -> None:
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), self.flush_interval)
+            except asyncio.TimeoutError:
+                pass
+            self._wakeup.clear()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("anomalydesk: background flush failed")
+
+    async def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
+        if self._httpx is not None:
+            return await self._httpx.request(method, path, body, headers)
+        return await asyncio.to_thread(self._sync.request, method, path, body, headers)
+
+    async def _send_queued(self, batch: list[bytes]) -> None:
+        try:
+            body = check_answer(await self._post_with_retries(batch))
+        except AnomalyClientError as err:
+            self.stats.failed += len(batch)
+            log.warning("anomalydesk: gave up on %d event(s): %s", len(batch), err)
+            return
+        self._account(len(batch), body)
+
+    async def _post_with_retries(self, batch: list[bytes]) -> Answer:
+        body = b"[" + b",".join(batch) + b"]"
+        headers = self._headers(uuid.uuid4().hex)
+        attempt = 0
+        while True:
+            try:
+                answer = await self._request("POST", "/metrics", body, headers)
+                if not retryable(answer.status):
+                    return answer
+                error: Exception = AnomalyClientError(f"collector answered {answer.status}", answer.status,
+                                                      answer.body)
+                retry_after = answer.headers.get("retry-after")
+            except TransportError as err:
+                error, retry_after = err, None
+            if attempt >= self.max_retries:
+                if isinstance(error, AnomalyClientError):
+                    raise error
+                raise AnomalyClientError(f"collector unreachable: {error}") from error
+            delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+            log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    def _flush_at_exit(self) -> None:
+        """Send what is still queued with the blocking transport (the event loop may be gone)."""
+        while len(self.queue):
+            batch = self.queue.take(self.batch_size)
+            try:
+                answer = self._sync.request("POST", "/metrics", b"[" + b",".join(batch) + b"]",
+                                            self._headers(uuid.uuid4().hex))
+                self._account(len(batch), check_answer(answer))
+            except (AnomalyClientError, TransportError) as err:
+                self.stats.failed += len(batch)
+                log.warning("anomalydesk: at exit, could not send %d event(s): %s", len(batch), err)

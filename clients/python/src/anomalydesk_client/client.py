@@ -1,0 +1,211 @@
+"""AnomalyClient: queue events, send them in batches from a background thread, retry what may be retried."""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from anomalydesk_client._core import (
+    AnomalyClientError,
+    Answer,
+    Event,
+    EventQueue,
+    Stats,
+    TransportError,
+    business_event,
+    check_answer,
+    encode_event,
+    log,
+    metric_event,
+    retry_delay,
+    retryable,
+)
+from anomalydesk_client._transport import StdlibTransport, Verify
+from anomalydesk_client.timer import Timer
+
+USER_AGENT = "anomalydesk-client-python/0.1.0"
+
+
+class _Base:
+    """Settings, queue and request building shared by the sync and async clients."""
+
+    def __init__(
+        self, base_url: str, api_key: str | None = None, *, service: str | None = None,
+        batch_size: int = 500, flush_interval: float = 1.0, max_queue: int = 10_000,
+        overflow: str = "drop_oldest", max_retries: int = 5, backoff: float = 0.25, backoff_max: float = 10.0,
+        timeout: float = 10.0, verify: Verify = True,
+    ):
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.service = service
+        self.batch_size = batch_size
+        self.flush_interval = flush_interval
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.timeout = timeout
+        self.verify = verify
+        self.queue = EventQueue(max_queue, overflow)
+
+    @property
+    def stats(self) -> Stats:
+        """Counters: sent, rejected, dropped (queue full), failed (given up after retries)."""
+        return self.queue.stats
+
+    def _headers(self, idempotency_key: str | None) -> dict[str, str]:
+        headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return headers
+
+    def _metric(self, endpoint: str | Event, status_code: int | None, response_time: float | None,
+                service: str | None, timestamp: float | None) -> Event:
+        return metric_event(endpoint, status_code, response_time, service, timestamp, self.service)
+
+    def record(self, event: Event) -> None:
+        """Queue one ready event dict (what the middleware and timers call); ValueError if not JSON."""
+        if self.queue.put(encode_event(event)) >= self.batch_size:
+            self._wake()
+
+    def _wake(self) -> None:
+        raise NotImplementedError
+
+    def timer(self, endpoint: str, service: str | None = None) -> Timer:
+        """Time a block (`with client.timer("GET:/x"):`) or a function (`@client.timer("GET:/x")`)."""
+        return Timer(self, endpoint, service)
+
+    def _account(self, n: int, body: dict[str, Any]) -> None:
+        self.stats.sent += int(body.get("accepted", 0))
+        self.stats.rejected += len(body.get("rejected") or [])
+
+
+class AnomalyClient(_Base):
+    """Synchronous client (stdlib only). Events are queued and sent in the background.
+
+    Flushes when `batch_size` events are waiting, every `flush_interval` seconds, on `flush()`,
+    `close()` and at interpreter exit. Network errors, 5xx and 429 are retried with exponential
+    backoff (honouring Retry-After) under one idempotency key, so a retry never double counts; other
+    4xx answers are not retried.
+    """
+
+    def __init__(self, base_url: str, api_key: str | None = None, **options: Any):
+        super().__init__(base_url, api_key, **options)
+        self._transport = StdlibTransport(self.base_url, self.timeout, self.verify)
+        self._send_lock = threading.Lock()
+        self._wakeup = threading.Event()
+        self._closed = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        atexit.register(self.close)
+
+    # --- public API --------------------------------------------------------------------------
+    def send_metric(self, endpoint: str | Event, status_code: int | None = None,
+                    response_time: float | None = None, *, service: str | None = None,
+                    timestamp: float | None = None) -> None:
+        """Queue a request metric: `send_metric("GET:/users/1", 200, 12.5)` or an event dict."""
+        self.record(self._metric(endpoint, status_code, response_time, service, timestamp))
+
+    def send_business_metric(self, name: str, value: float, expected_range: Sequence[float] | None = None,
+                             service: str | None = None, *, timestamp: float | None = None) -> None:
+        """Queue a business KPI (no service → the collector's pseudo-service `business`)."""
+        self.record(business_event(name, value, expected_range, service, timestamp))
+
+    def send_batch(self, events: Iterable[Event]) -> dict[str, Any]:
+        """Send events now (bypassing the queue); the collector's answer, AnomalyClientError on failure."""
+        batch = [encode_event(e if "metric_name" in e else self._metric(e, None, None, None, None))
+                 for e in events]
+        return check_answer(self._post_with_retries(batch))
+
+    def flush(self) -> None:
+        """Send everything queued now (blocks until sent or given up)."""
+        with self._send_lock:
+            while len(self.queue):
+                self._send_queued(self.queue.take(self.batch_size))
+
+    def health(self) -> dict[str, Any]:
+        """The collector's GET /health body."""
+        return self._transport.request("GET", "/health", None, self._headers(None)).body
+
+    def close(self) -> None:
+        """Flush, stop the background thread and the connection (idempotent)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._wakeup.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=self.timeout * (self.max_retries + 1))
+        self.flush()
+        self._transport.close()
+        atexit.unregister(self.close)
+
+    def __enter__(self) -> AnomalyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ---------------------------------------------------------------------------
+    def record(self, event: Event) -> None:
+        if self._closed.is_set():
+            raise AnomalyClientError("the client is closed")
+        self._ensure_thread()
+        super().record(event)
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None:
+            with self._thread_lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="anomalydesk-client", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while not self._closed.is_set():
+            self._wakeup.wait(self.flush_interval)
+            self._wakeup.clear()
+            try:
+                self.flush()
+            except Exception:  # never let the thread die: the next round tries again
+                log.exception("anomalydesk: background flush failed")
+
+    def _send_queued(self, batch: list[bytes]) -> None:
+        try:
+            body = check_answer(self._post_with_retries(batch))
+        except AnomalyClientError as err:
+            self.stats.failed += len(batch)
+            log.warning("anomalydesk: gave up on %d event(s): %s", len(batch), err)
+            return
+        self._account(len(batch), body)
+
+    def _post_with_retries(self, batch: list[bytes]) -> Answer:
+        body = b"[" + b",".join(batch) + b"]"
+        headers = self._headers(uuid.uuid4().hex)  # one key for all attempts of this batch
+        attempt = 0
+        while True:
+            try:
+                answer = self._transport.request("POST", "/metrics", body, headers)
+                if not retryable(answer.status):
+                    return answer
+                error: Exception = AnomalyClientError(f"collector answered {answer.status}", answer.status,
+                                                      answer.body)
+                retry_after = answer.headers.get("retry-after")
+            except TransportError as err:
+                error, retry_after = err, None
+            if attempt >= self.max_retries or (self._closed.is_set() and attempt >= 1):
+                if isinstance(error, AnomalyClientError):
+                    raise error
+                raise AnomalyClientError(f"collector unreachable: {error}") from error
+            delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+            log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
+            time.sleep(delay)
+            attempt += 1
