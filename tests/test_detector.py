@@ -35,7 +35,7 @@ def toy_scorer(model: object, history: list, fp: fpmod.Fingerprint) -> Verdict:
     score = 95.0 if value > 3 * limit else 80.0 if value > limit else 10.0
     severity = "critical" if score >= 90 else "warning" if score >= 70 else "info"
     reasons = [{"feature": "requests", "actual": value, "expected": limit, "text": f"requests {value:g}"}]
-    return Verdict(score=score, severity=severity, reasons=reasons if score >= 70 else [])
+    return Verdict(score=score, severity=severity, reasons=reasons if score >= 70 else [], anomalous=score >= 70)
 
 
 def toy_decode(blob: bytes) -> dict:

@@ -105,7 +105,7 @@ class Detector:
             scorer = scorer or service_state.score_window
             decode = decode or service_state.decode_model
         self.r = r
-        self.keys = keys or Keys()
+        self.keys = keys or Keys(config.key_prefix())
         self.name = name or default_consumer_name()
         self.respect_lease = respect_lease
         self.scorer = scorer
@@ -155,11 +155,7 @@ class Detector:
     # --- services -------------------------------------------------------------------------------
     def live_services(self) -> list[str]:
         """Known services minus retired ones."""
-        pipe = self.r.pipeline(transaction=False)
-        pipe.smembers(self.keys.services)
-        pipe.smembers(self.keys.retired)
-        known, retired = pipe.execute()
-        return sorted(_text(s) for s in known - retired)
+        return live_services(self.r, keys=self.keys)
 
     def _window_s(self) -> float:
         if self._window_seconds is None:
@@ -213,8 +209,11 @@ class Detector:
         if self.seal and now - self._last_seal >= self._window_s() / 2:
             from anomalydesk.store.sink import seal_all
 
-            seal_all(self.r, keys=self.keys)
             self._last_seal = now
+            try:
+                seal_all(self.r, keys=self.keys)
+            except redis.ResponseError as err:
+                log.warning("detector: sealing failed (%s); is the server set up?", err)
         owned = self._own(self.live_services())
         result = StepResult(services=owned)
         for service in owned:
@@ -237,7 +236,13 @@ class Detector:
             from anomalydesk.detect import training_run
 
             for service in owned:
-                training_run.retrain_if_better(self.r, service, keys=self.keys)
+                try:
+                    outcome = training_run.retrain_if_better(self.r, service, keys=self.keys)
+                except Exception:
+                    log.exception("%s: scheduled retraining failed; the active model stays", service)
+                    continue
+                log.info("%s: scheduled retraining: %s", service,
+                         outcome.skipped or f"model v{outcome.version} activated")
         return result
 
     def _recover(self, service: str, silences: list[incidents_mod.Silence], result: StepResult) -> None:
@@ -328,6 +333,16 @@ class Detector:
                 self.release()
             except redis.RedisError:
                 pass
+
+
+def live_services(r: redis.Redis, *, keys: Keys | None = None) -> list[str]:
+    """Known services minus retired ones, sorted."""
+    keys = keys or Keys(config.key_prefix())
+    pipe = r.pipeline(transaction=False)
+    pipe.smembers(keys.services)
+    pipe.smembers(keys.retired)
+    known, retired = pipe.execute()
+    return sorted(_text(s) for s in known - retired)
 
 
 def _text(value: bytes | str) -> str:

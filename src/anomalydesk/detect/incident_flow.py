@@ -34,11 +34,7 @@ class Verdict:
     score: float  # 0–100
     severity: str  # info | warning | critical
     reasons: list[dict[str, Any]]
-
-    @property
-    def anomalous(self) -> bool:
-        """A window is anomalous from severity warning up."""
-        return severity_rank(self.severity) >= 1
+    anomalous: bool  # at or above the model's threshold
 
 
 @dataclass(frozen=True)
@@ -113,7 +109,7 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
         reasons.append({"feature": "kpi_out_of_range", "actual": count, "expected": 0,
                         "text": f"{count} business values outside their expected range"})  # fmt: skip
     score = min(100.0, config.RULE_SCORE_BASE + config.RULE_SCORE_PER_DISTANCE * distance)
-    return Verdict(score=score, severity=severity_of(score), reasons=reasons)
+    return Verdict(score=score, severity=severity_of(score), reasons=reasons, anomalous=True)
 
 
 def _summary(reasons: list[dict[str, Any]], limit: int = 2) -> str:

@@ -123,7 +123,7 @@ def new_incident(service: str, kind: str, first_window: int, window_start: float
 # --- reading -------------------------------------------------------------------------------------
 def get(r: redis.Redis, incident_id: str, *, keys: Keys | None = None) -> dict[str, Any]:
     """One incident; IncidentError when it does not exist."""
-    raw = r.hget((keys or Keys()).incidents, incident_id)
+    raw = r.hget((keys or Keys(config.key_prefix())).incidents, incident_id)
     if raw is None:
         raise IncidentError(f"no incident {incident_id!r} (see `anomalydesk incidents list`)")
     return json.loads(raw)
@@ -133,7 +133,7 @@ def list_incidents(
     r: redis.Redis, *, open_only: bool = False, service: str | None = None, keys: Keys | None = None
 ) -> list[dict[str, Any]]:
     """Incidents, newest first; only open ones with `open_only`; only one service's with `service`."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     if open_only:
         ids = sorted(i.decode() if isinstance(i, bytes) else i for i in r.smembers(keys.incidents_open))
         raws = r.hmget(keys.incidents, ids) if ids else []
@@ -203,7 +203,7 @@ def _who(who: str | None) -> dict[str, Any]:
 
 def ack(r: redis.Redis, incident_id: str, who: str | None = None, *, keys: Keys | None = None) -> dict:
     """Acknowledge an incident (someone is on it); escalations are still notified."""
-    return _update(r, incident_id, lambda i: i.__setitem__("acked", _who(who)), keys or Keys())
+    return _update(r, incident_id, lambda i: i.__setitem__("acked", _who(who)), keys or Keys(config.key_prefix()))
 
 
 def snooze(
@@ -217,7 +217,7 @@ def snooze(
         i["snoozed_until_epoch"] = until
         i["snoozed_by"] = _who(who)
 
-    return _update(r, incident_id, change, keys or Keys())
+    return _update(r, incident_id, change, keys or Keys(config.key_prefix()))
 
 
 def _closing_alert(how: str) -> Any:
@@ -241,7 +241,7 @@ def resolve(r: redis.Redis, incident_id: str, who: str | None = None, *, keys: K
         i["status"] = "resolved"
         i["resolved"] = {**_who(who), "how": "operator"}
 
-    return _update(r, incident_id, change, keys or Keys(), _closing_alert("resolved"))
+    return _update(r, incident_id, change, keys or Keys(config.key_prefix()), _closing_alert("resolved"))
 
 
 def false_positive(
@@ -259,7 +259,8 @@ def false_positive(
             i["resolved"] = {**_who(who), "how": "false positive"}
 
     closing = _closing_alert("marked false positive")
-    return _update(r, incident_id, change, keys or Keys(), lambda i: closing(i) if closed_now[0] else None)
+    keys = keys or Keys(config.key_prefix())
+    return _update(r, incident_id, change, keys, lambda i: closing(i) if closed_now[0] else None)
 
 
 # --- silences -----------------------------------------------------------------------------------
@@ -295,19 +296,19 @@ def add_silence(
     if not reason.strip():
         raise ValueError("a silence needs a reason (who reads the log later wants to know why)")
     silence = Silence(uuid.uuid4().hex[:12], pattern, start, end, reason.strip(), _who(who)["by"])
-    r.hset((keys or Keys()).silences, silence.id, json.dumps(silence.__dict__))
+    r.hset((keys or Keys(config.key_prefix())).silences, silence.id, json.dumps(silence.__dict__))
     return silence
 
 
 def list_silences(r: redis.Redis, *, keys: Keys | None = None) -> list[Silence]:
     """Every stored silence, soonest-ending first (expired ones included until removed)."""
-    raws = r.hgetall((keys or Keys()).silences).values()
+    raws = r.hgetall((keys or Keys(config.key_prefix())).silences).values()
     return sorted((Silence(**json.loads(x)) for x in raws), key=lambda s: (s.end, s.id))
 
 
 def remove_silence(r: redis.Redis, silence_id: str, *, keys: Keys | None = None) -> None:
     """Delete a silence; IncidentError when there is no such id."""
-    if not r.hdel((keys or Keys()).silences, silence_id):
+    if not r.hdel((keys or Keys(config.key_prefix())).silences, silence_id):
         raise IncidentError(f"no silence {silence_id!r} (see `anomalydesk incidents silences`)")
 
 

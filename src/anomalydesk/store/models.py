@@ -110,7 +110,7 @@ def save(
     keys: Keys | None = None,
 ) -> int:
     """Store a new model version for `service` (optionally activating it); return its version."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     meta = {"created": time.time(), "schema": SCHEMA_VERSION, **metadata}
     version = int(r.hincrby(keys.models(service), _SEQ_FIELD, 1))
     pipe = r.pipeline(transaction=True)  # both keys share the service's hash slot
@@ -138,26 +138,26 @@ def _trim(r: redis.Redis, service: str, keep: int, keys: Keys) -> None:
 
 def versions_of(r: redis.Redis, service: str, *, keys: Keys | None = None) -> list[int]:
     """Kept versions of a service, oldest first."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     return [int(v) for v in r.lrange(keys.model_versions(service), 0, -1)]
 
 
 def active_version(r: redis.Redis, service: str, *, keys: Keys | None = None) -> int | None:
     """The active version of a service, or None when it has none."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     value = r.hget(keys.models_index, service)
     return int(value) if value is not None else None
 
 
 def active_versions(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, int]:
     """Service → active version, for every service with an active model."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     return {_text(k) or "": int(v) for k, v in r.hgetall(keys.models_index).items()}
 
 
 def list_models(r: redis.Redis, service: str, *, keys: Keys | None = None) -> list[ModelInfo]:
     """Metadata of every kept version of one service, oldest first (blobs are not read)."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     versions = versions_of(r, service, keys=keys)
     if not versions:
         return []
@@ -168,7 +168,7 @@ def list_models(r: redis.Redis, service: str, *, keys: Keys | None = None) -> li
 
 def info(r: redis.Redis, service: str, version: int | None = None, *, keys: Keys | None = None) -> ModelInfo:
     """Metadata of one version (default: the active one); ModelNotFound when there is none."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     active = active_version(r, service, keys=keys)
     version = active if version is None else version
     if version is None:
@@ -183,7 +183,7 @@ def load_blob(
     r: redis.Redis, service: str, version: int | None = None, *, keys: Keys | None = None
 ) -> tuple[ModelInfo, bytes]:
     """Metadata and raw blob of one version (default: the active one)."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     meta = info(r, service, version, keys=keys)
     blob = r.hget(keys.models(service), str(meta.version))
     if blob is None:
@@ -209,7 +209,7 @@ def load(
 
 def activate(r: redis.Redis, service: str, version: int, *, keys: Keys | None = None) -> ModelInfo:
     """Make a kept version the active one; ModelNotFound when it is not kept."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     if not r.hexists(keys.models(service), f"{version}:meta"):
         kept = versions_of(r, service, keys=keys)
         raise ModelNotFound(
@@ -221,7 +221,7 @@ def activate(r: redis.Redis, service: str, version: int, *, keys: Keys | None = 
 
 def rollback(r: redis.Redis, service: str, *, keys: Keys | None = None) -> ModelInfo:
     """Activate the kept version just before the active one; ModelNotFound when there is none."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     versions = versions_of(r, service, keys=keys)
     active = active_version(r, service, keys=keys)
     older = [v for v in versions if active is not None and v < active]
@@ -234,6 +234,6 @@ def rollback(r: redis.Redis, service: str, *, keys: Keys | None = None) -> Model
 
 def remove_service(r: redis.Redis, service: str, *, keys: Keys | None = None) -> None:
     """Forget every model of a service (used when a service is retired and purged)."""
-    keys = keys or Keys()
+    keys = keys or Keys(config.key_prefix())
     r.delete(keys.models(service), keys.model_versions(service))
     r.hdel(keys.models_index, service)

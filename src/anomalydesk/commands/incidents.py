@@ -1,0 +1,129 @@
+"""`anomalydesk incidents [list | ack ID | snooze ID DURATION | resolve ID | false-positive ID]`.
+
+Extension (documented in docs/alerts.md): `incidents silence PATTERN --until WHEN --reason TEXT`,
+`incidents silences`, `incidents unsilence SILENCE_ID`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from datetime import datetime
+from typing import Any
+
+from anomalydesk.cli import CommandError
+from anomalydesk.commands._common import client, emit
+
+ACTIONS = ("list", "ack", "snooze", "resolve", "false-positive", "silence", "silences", "unsilence")
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the `incidents` parser."""
+    p = subparsers.add_parser(
+        "incidents", parents=[parent], help="list incidents; ack, snooze, resolve, mark false positive; silences",
+        description="`list` (default; --all includes resolved ones), `ack ID`, `snooze ID DURATION` "
+        "(15m, 1h, 2d), `resolve ID`, `false-positive ID` (its windows go back into the next training). "
+        "Silences mute notifications for services matching a glob pattern: `silence PATTERN --until "
+        "WHEN --reason TEXT` (WHEN: a duration from now or an RFC 3339 time), `silences`, "
+        "`unsilence SILENCE_ID`.",
+    )  # fmt: skip
+    p.add_argument("action", nargs="?", choices=ACTIONS, default="list")
+    p.add_argument("target", nargs="?", metavar="ID|PATTERN")
+    p.add_argument("duration", nargs="?", metavar="DURATION")
+    p.add_argument("--all", action="store_true", help="list: include resolved incidents")
+    p.add_argument("--service", metavar="S", help="list: only this service")
+    p.add_argument("--by", metavar="WHO", help="who acts (default: the login name)")
+    p.add_argument("--until", metavar="WHEN", help="silence: end, as a duration (2h) or RFC 3339 time")
+    p.add_argument("--start", metavar="WHEN", help="silence: start (default now), duration or RFC 3339 time")
+    p.add_argument("--reason", metavar="TEXT", help="silence: why (required)")
+
+
+def _when(text: str, flag: str) -> float:
+    from anomalydesk.detect.incidents import parse_duration
+
+    try:
+        return time.time() + parse_duration(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError(f"{flag} {text!r}: expected a duration (90s, 15m, 2h, 1d) or an RFC 3339 time") from None
+    if moment.tzinfo is None:
+        raise CommandError(f"{flag} {text!r}: give the time zone (e.g. 2026-01-31T22:00:00Z)")
+    return moment.timestamp()
+
+
+def _row(i: dict[str, Any]) -> str:
+    marks = [m for m, on in (("acked", i.get("acked")), ("snoozed", i.get("snoozed_until")),
+                             ("silenced", i.get("silenced")), ("false positive", i.get("false_positive"))) if on]
+    first = (i.get("reasons") or [{}])[0].get("text", "")
+    return (f"{i['id']:<28} {i['status']:<8} {i['severity']:<8} {i['score']:>5.0f}  {i['opened']}  "
+            f"{i['windows']:>4} win  {first}{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    """Dispatch one incidents action."""
+    from anomalydesk.detect import incidents as inc
+
+    needs_target = args.action in ("ack", "snooze", "resolve", "false-positive", "silence", "unsilence")
+    if needs_target and not args.target:
+        what = "PATTERN" if args.action == "silence" else "ID"
+        raise CommandError(f"`incidents {args.action}` needs the {what}")
+    r = client(args)
+    try:
+        if args.action == "list":
+            found = inc.list_incidents(r, open_only=not args.all, service=args.service)
+            none = "no open incidents" if not args.all else "no incidents"
+            emit(args, {"incidents": found}, "\n".join(map(_row, found)) or none)
+            return 0
+        if args.action == "silences":
+            found = [s.as_dict() for s in inc.list_silences(r)]
+            text = "\n".join(f"{s['id']}  {s['pattern']:<20} {s['start']} → {s['end']}  {s['reason']} ({s['by']})"
+                             for s in found)  # fmt: skip
+            emit(args, {"silences": found}, text or "no silences")
+            return 0
+        if args.action == "silence":
+            if not args.until or not args.reason:
+                raise CommandError("`incidents silence PATTERN` needs --until WHEN and --reason TEXT")
+            start = _when(args.start, "--start") if args.start else None
+            try:
+                silence = inc.add_silence(r, args.target, _when(args.until, "--until"), args.reason,
+                                          start=start, who=args.by)  # fmt: skip
+            except ValueError as err:
+                raise CommandError(str(err)) from None
+            data = silence.as_dict()
+            emit(args, data, f"silence {data['id']}: {data['pattern']} muted until {data['end']} ({data['reason']})")
+            return 0
+        return _act(args, r, inc)
+    except inc.IncidentError as err:
+        raise CommandError(str(err), code=1) from None
+    finally:
+        r.close()
+
+
+def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
+    if args.action == "unsilence":
+        inc.remove_silence(r, args.target)
+        emit(args, {"removed": args.target}, f"silence {args.target} removed")
+        return 0
+    if args.action == "snooze":
+        if not args.duration:
+            raise CommandError("`incidents snooze ID DURATION` needs a DURATION (e.g. 15m, 1h, 2d)")
+        try:
+            seconds = inc.parse_duration(args.duration)
+        except ValueError as err:
+            raise CommandError(str(err)) from None
+        incident = inc.snooze(r, args.target, seconds, args.by)
+        text = f"{incident['id']} snoozed until {incident['snoozed_until']}"
+    elif args.action == "ack":
+        incident = inc.ack(r, args.target, args.by)
+        text = f"{incident['id']} acknowledged by {incident['acked']['by']}"
+    elif args.action == "resolve":
+        incident = inc.resolve(r, args.target, args.by)
+        text = f"{incident['id']} resolved"
+    else:
+        incident = inc.false_positive(r, args.target, args.by)
+        text = f"{incident['id']} marked false positive: its windows go back into the next training"
+    emit(args, incident, text)
+    return 0

@@ -1,0 +1,67 @@
+"""`anomalydesk models [list | activate SERVICE VERSION | rollback SERVICE]`: the model registry."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from anomalydesk.cli import CommandError
+from anomalydesk.commands._common import client, emit
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the `models` parser."""
+    p = subparsers.add_parser(
+        "models", parents=[parent], help="list model versions, activate one, or roll back",
+        description="`list` (default) shows every kept model version per service (active, stale = "
+        "trained on an older fingerprint schema); `activate SERVICE VERSION`; `rollback SERVICE` "
+        "activates the version before the active one.",
+    )  # fmt: skip
+    p.add_argument("action", nargs="?", choices=("list", "activate", "rollback"), default="list")
+    p.add_argument("service", nargs="?", metavar="SERVICE")
+    p.add_argument("version", nargs="?", metavar="VERSION")
+
+
+def _row(m: dict[str, Any]) -> str:
+    created = datetime.fromtimestamp(m["created"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    flags = ", ".join(x for x in ("active" if m["active"] else "", "STALE" if m["stale"] else "") if x)
+    return f"{m['service']:<20} v{m['version']:<4} {created}  {m['windows']:>7} windows  {flags}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """List, activate or roll back."""
+    from anomalydesk.store import models as registry
+
+    r = client(args)
+    try:
+        if args.action == "list":
+            services = [args.service] if args.service else sorted(_services(r))
+            found = [m.as_dict() for s in services for m in registry.list_models(r, s)]
+            emit(args, {"models": found}, "\n".join(map(_row, found)) or "no models yet (run `anomalydesk train`)")
+            return 0
+        if not args.service:
+            raise CommandError(f"`models {args.action}` needs the SERVICE")
+        try:
+            if args.action == "activate":
+                if args.version is None or not args.version.lstrip("v").isdigit():
+                    raise CommandError(f"`models activate {args.service}` needs a VERSION number, got {args.version!r}")
+                info = registry.activate(r, args.service, int(args.version.lstrip("v")))
+            else:
+                info = registry.rollback(r, args.service)
+        except registry.ModelNotFound as err:
+            raise CommandError(str(err), code=1) from None
+    finally:
+        r.close()
+    emit(args, info.as_dict(), f"{info.service}: model v{info.version} is active")
+    return 0
+
+
+def _services(r: Any) -> set[str]:
+    from anomalydesk import config
+    from anomalydesk.store import models as registry
+    from anomalydesk.store.keys import Keys
+
+    keys = Keys(config.key_prefix())
+    names = {s.decode() if isinstance(s, bytes) else s for s in r.smembers(keys.services)}
+    return names | set(registry.active_versions(r, keys=keys))

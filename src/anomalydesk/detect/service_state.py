@@ -1,0 +1,86 @@
+"""Per-service detection state (learning / ready / stale) and the glue from registry to scorer.
+
+- `decode_model(blob)`: the only way a stored blob becomes a model: `Model.from_json`, which
+  validates every array and the integrity digest (never pickle).
+- `load_model(r, service)`: the active model of a service, or a clear `ModelLoadError`.
+- `score_window(model, history, fp)`: the live detector's scorer (context = the service's previous
+  fingerprints, oldest first).
+- `service_states(r)`: "learning" (no model yet, with the windows still needed), "ready" (an active
+  model of today's fingerprint schema), "stale" (its model is of an older schema: retrain), or
+  "retired".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import redis
+
+from anomalydesk import config
+from anomalydesk.detect.forest import ModelFormatError
+from anomalydesk.detect.incident_flow import Verdict
+from anomalydesk.detect.model import Model
+from anomalydesk.detect.score import score
+from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, matrix
+from anomalydesk.store import models as registry
+from anomalydesk.store.keys import Keys
+
+
+def decode_model(blob: bytes) -> Model:
+    """A stored blob as a Model; a tampered or malformed blob raises ValueError (ModelFormatError)."""
+    try:
+        return Model.from_json(blob)
+    except ModelFormatError:
+        raise
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelFormatError(f"not a valid model blob: {err}") from err
+
+
+def load_model(
+    r: redis.Redis, service: str, version: int | None = None, *, keys: Keys | None = None
+) -> tuple[registry.ModelInfo, Model]:
+    """The active (or given) model of `service`; ModelNotFound / ModelLoadError with the reason."""
+    return registry.load(r, service, decode_model, version, keys=keys)
+
+
+def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint) -> Verdict:
+    """Score one fingerprint with the service's previous fingerprints as context."""
+    context = [h for h in history if not h.no_data][-(model.context_rows - 1):] if model.context_rows > 1 else []
+    rows = [*context, fp]
+    result = score(model, matrix(rows), np.array([x.start for x in rows], dtype=np.float64))
+    return Verdict(score=result.score, severity=result.severity, reasons=list(result.reasons),
+                   anomalous=bool(result.anomalous))  # fmt: skip
+
+
+def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dict[str, Any]]:
+    """service → {"state": learning|ready|stale|retired, "model_version", "windows", "needed"}."""
+    keys = keys or Keys(config.key_prefix())
+    pipe = r.pipeline(transaction=False)
+    pipe.smembers(keys.services)
+    pipe.smembers(keys.retired)
+    known, retired = pipe.execute()
+    names = sorted(s.decode() if isinstance(s, bytes) else s for s in known)
+    retired_names = {s.decode() if isinstance(s, bytes) else s for s in retired}
+    active = registry.active_versions(r, keys=keys)
+    pipe = r.pipeline(transaction=False)
+    for name in names:
+        pipe.xlen(keys.fingerprints(name))
+    lengths = pipe.execute()
+    states: dict[str, dict[str, Any]] = {}
+    for name, length in zip(names, lengths, strict=True):
+        entry: dict[str, Any] = {"model_version": active.get(name), "windows": int(length)}
+        if name in retired_names:
+            entry["state"] = "retired"
+        elif name not in active:
+            entry["state"] = "learning"
+            entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - int(length))
+        else:
+            try:
+                meta = registry.info(r, name, active[name], keys=keys)
+                entry["state"] = "stale" if meta.schema != SCHEMA_VERSION else "ready"
+            except registry.ModelNotFound:
+                entry["state"] = "learning"
+                entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - int(length))
+        states[name] = entry
+    return states
