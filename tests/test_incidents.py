@@ -1,0 +1,109 @@
+"""Incident state, operator actions and silences against a real redis-server; the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from anomalydesk.detect import incidents as inc
+from anomalydesk.detect.incident_flow import Committer, Plan
+from anomalydesk.store.keys import Keys
+
+K = Keys()
+
+
+def open_incident(r: redis.Redis, service: str = "payments", first: int = 100, last: int = 104) -> dict:
+    """Write an open incident the way the detector does (through the commit script)."""
+    incident = inc.new_incident(service, "anomaly", first, first * 5.0)
+    incident.update(last_window=last, windows=last - first + 1, score=88.0, severity="warning",
+                    reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.01, "text": "5xx ratio 20%"}])
+    r.xadd(K.fingerprints(service), {"window": last}, id=f"{last * 5000}-1")
+    r.xgroup_create(K.fingerprints(service), "detectors", id="0")
+    r.xreadgroup("detectors", "t", {K.fingerprints(service): ">"})
+    plan = Plan(state={"last_window": last, "incident": incident["id"]}, incidents=[(incident, 0)])
+    assert Committer(r, K).commit(service, f"{last * 5000}-1", last, plan) == 1
+    return incident
+
+
+def logged(r: redis.Redis) -> list[dict]:
+    return [json.loads(f[b"alert"]) for _, f in r.xrange(K.alerts_log)]
+
+
+def test_parse_duration() -> None:
+    assert [inc.parse_duration(x) for x in ("90s", "15m", "1h", "2d", "30")] == [90, 900, 3600, 172800, 30]
+    for bad in ("", "h", "-5m", "1w", "soon"):
+        with pytest.raises(ValueError, match="duration"):
+            inc.parse_duration(bad)
+
+
+def test_ack_snooze_resolve_record_who_and_when(r: redis.Redis) -> None:
+    incident = open_incident(r)
+    acked = inc.ack(r, incident["id"], who="alice")
+    assert acked["acked"]["by"] == "alice" and acked["acked"]["at"].endswith("Z") and acked["rev"] == 1
+    snoozed = inc.snooze(r, incident["id"], 3600, who="bob")
+    assert snoozed["snoozed_until_epoch"] > time.time() + 3500 and snoozed["snoozed_by"]["by"] == "bob"
+    resolved = inc.resolve(r, incident["id"], who="carol")
+    assert resolved["status"] == "resolved" and resolved["resolved"]["by"] == "carol"
+    assert r.scard(K.incidents_open) == 0
+    (alert,) = logged(r)
+    assert alert["kind"] == "resolved" and alert["incident_id"] == incident["id"]
+    with pytest.raises(inc.IncidentError, match="already resolved"):
+        inc.resolve(r, incident["id"])
+    with pytest.raises(inc.IncidentError, match="no incident 'nope'"):
+        inc.ack(r, "nope")
+
+
+def test_false_positive_windows_go_back_into_training(r: redis.Redis) -> None:
+    confirmed = open_incident(r, "payments", 100, 104)
+    mistaken = open_incident(r, "orders", 200, 203)
+    inc.false_positive(r, mistaken["id"], who="alice")
+    assert inc.training_windows(r, "payments") == ([(100, 104)], [])
+    assert inc.training_windows(r, "orders") == ([], [(200, 203)])
+    assert inc.get(r, mistaken["id"])["false_positive"]["by"] == "alice"
+    assert inc.get(r, confirmed["id"])["status"] == "open"
+    assert [a["kind"] for a in logged(r)] == ["resolved"]
+
+
+def test_silences_match_by_pattern_and_time(r: redis.Redis) -> None:
+    s = inc.add_silence(r, "svc-*", end=2000.0, start=1000.0, reason="deploy", who="ops")
+    found = inc.list_silences(r)
+    assert found == [s]
+    assert inc.silenced(found, "svc-7", 1500.0)
+    assert not inc.silenced(found, "svc-7", 2500.0)
+    assert not inc.silenced(found, "payments", 1500.0)
+    with pytest.raises(ValueError, match="ends"):
+        inc.add_silence(r, "*", end=10.0, start=20.0, reason="x")
+    with pytest.raises(ValueError, match="reason"):
+        inc.add_silence(r, "*", end=30.0, start=20.0, reason=" ")
+    inc.remove_silence(r, s.id)
+    assert inc.list_silences(r) == []
+
+
+def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anomalydesk.cli", *args, "--redis", redis_url],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
+    incident = open_incident(r)
+    listed = cli(redis_url, "incidents", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [i["id"] for i in json.loads(listed.stdout)["incidents"]] == [incident["id"]]
+    snoozed = cli(redis_url, "incidents", "snooze", incident["id"], "15m", "--json", "--by", "dave")
+    assert snoozed.returncode == 0 and json.loads(snoozed.stdout)["snoozed_by"]["by"] == "dave"
+    bad = cli(redis_url, "incidents", "snooze", incident["id"], "soon")
+    assert bad.returncode == 2 and "duration 'soon'" in bad.stderr
+    missing = cli(redis_url, "incidents", "ack", "nope")
+    assert missing.returncode == 1 and "no incident 'nope'" in missing.stderr
+    silence = cli(redis_url, "incidents", "silence", "pay*", "--until", "2h", "--reason", "db upgrade", "--json")
+    assert silence.returncode == 0 and json.loads(silence.stdout)["pattern"] == "pay*"
+    assert json.loads(cli(redis_url, "incidents", "silences", "--json").stdout)["silences"][0]["reason"] == "db upgrade"
+    models = cli(redis_url, "models", "--json")
+    assert models.returncode == 0 and json.loads(models.stdout) == {"models": []}
+    rollback = cli(redis_url, "models", "rollback", "payments")
+    assert rollback.returncode == 1 and "no version older" in rollback.stderr

@@ -1,0 +1,99 @@
+"""Model registry against a real redis-server: versions, activation, rollback, trimming, stale, tampering."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import redis
+
+from anomalydesk import config
+from anomalydesk.detect.service_state import decode_model, load_model, service_states
+from anomalydesk.detect.train import TrainParams, train
+from anomalydesk.fingerprint import N_FEATURES, SCHEMA_VERSION
+from anomalydesk.store import models as registry
+from anomalydesk.store.keys import Keys
+
+K = Keys()
+
+
+@pytest.fixture(scope="module")
+def model_blob() -> bytes:
+    rng = np.random.default_rng(7)
+    X = rng.normal(100, 5, size=(400, N_FEATURES))
+    model = train(X, TrainParams(trees=20, min_windows=100), timestamps=np.arange(400) * 5.0)
+    return model.to_json()
+
+
+def test_save_list_activate_rollback(r: redis.Redis) -> None:
+    v1 = registry.save(r, "payments", b"blob-1", {"windows": 10, "params": {"trees": 5}})
+    v2 = registry.save(r, "payments", b"blob-2", {"windows": 20})
+    v3 = registry.save(r, "payments", b"blob-3", {"windows": 30}, activate=False)
+    assert (v1, v2, v3) == (1, 2, 3)
+    listed = registry.list_models(r, "payments")
+    assert [(m.version, m.active, m.windows) for m in listed] == [(1, False, 10), (2, True, 20), (3, False, 30)]
+    assert listed[0].params == {"trees": 5} and listed[0].schema == SCHEMA_VERSION and not listed[0].stale
+    assert registry.active_versions(r) == {"payments": 2}
+    assert registry.rollback(r, "payments").version == 1
+    with pytest.raises(registry.ModelNotFound, match="no version older"):
+        registry.rollback(r, "payments")
+    assert registry.activate(r, "payments", 3).active
+    assert registry.load_blob(r, "payments")[1] == b"blob-3"
+    with pytest.raises(registry.ModelNotFound, match="no model version 9"):
+        registry.activate(r, "payments", 9)
+
+
+def test_keeps_last_n_but_never_the_active_one(r: redis.Redis) -> None:
+    registry.save(r, "orders", b"first", {"windows": 1})
+    for i in range(2, 9):
+        registry.save(r, "orders", f"v{i}".encode(), {"windows": i}, activate=False, keep=3)
+    kept = registry.versions_of(r, "orders")
+    assert kept == [1, 6, 7, 8]  # 1 stays: it is active
+    assert r.hget(K.models("orders"), "2") is None and r.hget(K.models("orders"), "2:meta") is None
+
+
+def test_older_schema_is_stale(r: redis.Redis) -> None:
+    registry.save(r, "users", b"x", {"windows": 5, "schema": SCHEMA_VERSION - 1})
+    r.sadd(K.services, "users", "gateway")
+    assert registry.info(r, "users").stale
+    states = service_states(r)
+    assert states["users"]["state"] == "stale"
+    assert states["gateway"] == {"state": "learning", "model_version": None, "windows": 0,
+                                 "needed": config.MIN_TRAINING_WINDOWS}
+
+
+def test_real_model_roundtrip_and_tampered_blob_refused(r: redis.Redis, model_blob: bytes) -> None:
+    registry.save(r, "payments", model_blob, {"windows": 400})
+    info, model = load_model(r, "payments")
+    assert info.version == 1 and model.n_features == N_FEATURES
+    tampered = model_blob.replace(b'"threshold":[', b'"threshold":[1e9,', 1)
+    assert tampered != model_blob
+    registry.save(r, "payments", tampered, {"windows": 400})
+    with pytest.raises(registry.ModelLoadError, match=r"model payments v2 refused: .*"):
+        load_model(r, "payments")
+    registry.save(r, "payments", b"\x80\x04pickle-like bytes", {"windows": 1})
+    with pytest.raises(registry.ModelLoadError, match="v3 refused"):
+        load_model(r, "payments")
+
+
+def test_model_saved_in_one_process_scores_identically_in_another(redis_url: str, model_blob: bytes) -> None:
+    r = redis.Redis.from_url(redis_url)
+    registry.save(r, "payments", model_blob, {"windows": 400})
+    rows = np.random.default_rng(3).normal(100, 8, size=(50, N_FEATURES))
+    here = decode_model(model_blob).scores(rows, np.arange(50) * 5.0)
+    program = (
+        "import sys, json, numpy as np, redis\n"
+        "from anomalydesk.detect.service_state import load_model\n"
+        "r = redis.Redis.from_url(sys.argv[1])\n"
+        "rows = np.array(json.loads(sys.stdin.read()))\n"
+        "_, m = load_model(r, 'payments')\n"
+        "print(json.dumps(m.scores(rows, np.arange(len(rows)) * 5.0).tolist()))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", program, redis_url], input=json.dumps(rows.tolist()),
+                         capture_output=True, text=True, timeout=120, check=True)
+    there = np.array(json.loads(out.stdout))
+    assert np.array_equal(here, there)
+    r.close()
