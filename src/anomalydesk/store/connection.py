@@ -12,7 +12,10 @@ Accepted forms:
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -20,7 +23,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, BusyLoadingError, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, RedisError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -32,6 +35,7 @@ TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 CERT_REQS = ("none", "optional", "required")
 DEFAULT_PORT = 6379
 _RETRIED = (RedisConnectionError, RedisTimeoutError)
+_NEVER_RETRIED = (AuthenticationError, AuthorizationError)
 _AUTH_REPLIES = ("NOAUTH", "WRONGPASS", "Authentication")
 
 
@@ -143,14 +147,64 @@ def _backoff() -> ExponentialBackoff:
     return ExponentialBackoff(cap=config.RETRY_BACKOFF_CAP_SECONDS, base=config.RETRY_BACKOFF_BASE_SECONDS)
 
 
+def _retryable(err: Exception, is_retryable: Callable[[Exception], bool] | None) -> bool:
+    # a refused password is a ConnectionError subclass in redis-py, but retrying cannot fix it (and the
+    # connect and command retries nest: a wrong password would otherwise cost seconds before the error)
+    return not isinstance(err, _NEVER_RETRIED) and (is_retryable is None or is_retryable(err))
+
+
+class PolicyRetry(Retry):
+    """Retry dropped connections and timeouts with exponential backoff; never a refused password."""
+
+    def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any],
+                        is_retryable: Callable[[Exception], bool] | None = None,
+                        with_failure_count: bool = False) -> Any:  # fmt: skip
+        """Run `do`, retrying as redis-py's Retry does except for authentication errors."""
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return do()
+            except self._supported_errors as err:
+                if not _retryable(err, is_retryable):
+                    raise
+                failures += 1
+                fail(err, failures) if with_failure_count else fail(err)
+                if 0 <= self._retries < failures:
+                    raise
+                time.sleep(self._backoff.compute(failures))
+
+
+class AsyncPolicyRetry(redis.asyncio.retry.Retry):
+    """The asyncio twin of PolicyRetry."""
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[Any]], fail: Callable[..., Awaitable[Any]],
+                              is_retryable: Callable[[Exception], bool] | None = None,
+                              with_failure_count: bool = False) -> Any:  # fmt: skip
+        """Await `do`, retrying as redis-py's Retry does except for authentication errors."""
+        self._backoff.reset()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as err:
+                if not _retryable(err, is_retryable):
+                    raise
+                failures += 1
+                await (fail(err, failures) if with_failure_count else fail(err))
+                if 0 <= self._retries < failures:
+                    raise
+                await asyncio.sleep(self._backoff.compute(failures))
+
+
 def retry_policy() -> Retry:
     """Reconnect and resend after a dropped connection or a timeout, with exponential backoff."""
-    return Retry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
+    return PolicyRetry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
 
 
 def async_retry_policy() -> redis.asyncio.retry.Retry:
     """The asyncio twin of `retry_policy`."""
-    return redis.asyncio.retry.Retry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
+    return AsyncPolicyRetry(_backoff(), config.RETRY_ATTEMPTS, supported_errors=_RETRIED)
 
 
 def describe_error(err: BaseException) -> str:
@@ -185,7 +239,10 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> 
             client.ping()
         except RedisError as err:
             client.close()
-            raise ConnectionFailed(url, describe_error(err)) from err
+            reason = describe_error(err)
+            if reason.startswith("authentication failed") and "password" not in options:
+                reason = "authentication failed: the server needs a password and the URL has none"
+            raise ConnectionFailed(url, reason) from err
         except OSError as err:  # TLS files that cannot be read surface here
             client.close()
             raise ConnectionFailed(url, str(err)) from err
