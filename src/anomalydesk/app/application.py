@@ -1,0 +1,156 @@
+"""Wiring: state, session, actions, notifier, window and tray of one running app, on the qasync loop.
+
+`DesktopApp` is what `anomalydesk app`, `--check`, the tests and the bench build; `main()` is the
+command's entry: single instance, QApplication + qasync loop, run until quit, save settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Any
+
+from PySide6 import QtWidgets
+
+from anomalydesk.app import settings as settings_mod
+from anomalydesk.app.actions import Actions
+from anomalydesk.app.notifier import Notifier
+from anomalydesk.app.session import Session
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.state import AppState
+from anomalydesk.store.keys import Keys
+
+log = logging.getLogger(__name__)
+
+
+class DesktopApp:
+    """One app: build with `DesktopApp(...)`, then `await start()`, and `await shutdown()` at the end."""
+
+    def __init__(self, settings: AppSettings, url: str | None = None, *, keys: Keys | None = None,
+                 force_banner: bool = False, run_detector: bool | None = None) -> None:  # fmt: skip
+        from anomalydesk.app.main_window import MainWindow
+        from anomalydesk.app.tray import Tray
+
+        self.settings = settings
+        self.url = url or settings.redis_url or None
+        self.state = AppState()
+        self.notifier = Notifier(lambda note: None)
+        self.notifier.paused_until = settings.notifications_paused_until
+        self.session = Session(self.state, self.url, keys=keys, notifier=self.notifier)
+        self.actions = Actions(self.session)
+        self.run_detector = settings.run_detector if run_detector is None else run_detector
+        self.window = MainWindow(self.state, self.actions, settings, reconnect=self.reconnect)
+        self.tray = Tray(self.state.incidents, self.notifier, self.window.banner.show_notification,
+                         force_banner=force_banner)  # fmt: skip
+        self.window.tray_available = self.tray.available
+        self.tray.open_incident.connect(self.window.open_incident)
+        self.tray.toggle_window.connect(self.window.toggle_visible)
+        self.tray.quit_requested.connect(self.window.quit)
+        self.state.connection.update(secret_store=settings_mod.secret_store_description())
+        self._reconnecting: asyncio.Task[None] | None = None
+        self._summary_timer: Any = None
+        self._after: asyncio.Future[None] | None = None
+
+    async def start(self, demo: bool = False) -> None:
+        """Connect (starting the embedded server when no URL is set), then the detector and demo."""
+        from PySide6 import QtCore
+
+        await self.session.start()
+        self._summary_timer = QtCore.QTimer()
+        self._summary_timer.setInterval(10_000)
+        self._summary_timer.timeout.connect(self.notifier.flush_summary)
+        self._summary_timer.start()
+        self._after = asyncio.ensure_future(self._after_connect(demo))
+
+    async def _after_connect(self, demo: bool) -> None:
+        await self.session.connected.wait()
+        if self.run_detector:
+            self.actions.start_detector()
+        for coro in (self.actions.silences(), self.actions.refresh_models(), self.actions.sketch_settings()):
+            try:
+                await coro
+            except Exception as err:  # shown in the panels; start-up goes on
+                log.warning("start-up read failed: %s", err)
+        if demo:
+            await self.actions.start_demo(self.settings.demo_rate, self.settings.demo_services)
+            if self.settings.offer_backfill and not any(
+                v.get("versions") for v in self.state.training.services.values()
+            ):
+                self.window.backfill_offer.setVisible(True)
+
+    def reconnect(self) -> None:
+        """Apply a new URL from the connection panel: close the session and open a new one."""
+        self._reconnecting = asyncio.ensure_future(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        from anomalydesk.app.connection_panel import build_url
+
+        password = settings_mod.get_password(self.window.connection.account()) or ""
+        url = build_url(self.settings.redis_url, self.settings.tls, self.settings.username, password)
+        was_running = self.actions.detector_thread is not None
+        await self.actions.close()
+        await self.session.close()
+        self.url = url or None
+        self.session = Session(self.state, self.url, keys=self.session.keys, notifier=self.notifier)
+        self.actions.rebind(self.session)  # same object: the panels keep their reference
+        await self.session.start()
+        if was_running:
+            await self.session.connected.wait()
+            self.actions.start_detector()
+
+    async def shutdown(self) -> None:
+        """Stop everything and save the settings."""
+        if self._summary_timer is not None:
+            self._summary_timer.stop()
+        if self._after is not None and not self._after.done():
+            self._after.cancel()
+        self.settings.notifications_paused_until = self.notifier.paused_until
+        self.window.save_layout()
+        await self.actions.close()
+        await self.session.close()
+        self.tray.close()
+        self.window.live.timer.stop()
+
+    def dispose(self) -> None:
+        """Close and delete the window (tests and `--check`; `main` lets Qt do it at exit)."""
+        self.window.quitting = True
+        self.window.close()
+        self.window.deleteLater()
+
+
+def main(demo: bool = False, url: str | None = None) -> int:
+    """Run the desktop app until the operator quits; a second launch focuses the first."""
+    import qasync
+
+    from anomalydesk.app.single_instance import InstanceServer, notify_running
+
+    app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
+    app.setApplicationName("AnomalyDesk")
+    app.setQuitOnLastWindowClosed(False)
+    if notify_running():
+        print("AnomalyDesk is already running: brought its window to the front", file=sys.stderr)
+        return 0
+    settings = settings_mod.load()
+    loop = qasync.QEventLoop(app)
+    asyncio.set_event_loop(loop)
+    desktop = DesktopApp(settings, url)
+    instance = InstanceServer()
+    instance.listen()
+    instance.activate.connect(desktop.window.bring_to_front)
+    done = asyncio.Event()
+    desktop.window.closing.connect(done.set)
+
+    async def run() -> None:
+        desktop.window.show()
+        await desktop.start(demo=demo)
+        await done.wait()
+        await desktop.shutdown()
+
+    try:
+        with loop:
+            loop.run_until_complete(run())
+    finally:
+        instance.close()
+        settings_mod.save(settings)
+    return 0

@@ -1,0 +1,307 @@
+"""The app's calls into the core (store / detect / ingest), as plain synchronous functions (Qt-free).
+
+The session runs these in its I/O thread pool (`Session.call`) and the training job in its own
+executor; every function takes the sync client and the key layout explicitly so `--check` can work
+under a private prefix. Results are plain dicts/lists, ready for the state objects.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+import redis
+import redis.asyncio
+
+from anomalydesk import config
+from anomalydesk.store import connection
+from anomalydesk.store.keys import Keys
+
+
+class BackendError(Exception):
+    """A core call failed in a way the UI should show as a reason (not a crash)."""
+
+
+def prefix() -> str:
+    """The key prefix in force (`$ANOMALYDESK_PREFIX` or the default)."""
+    return config.key_prefix()
+
+
+def resolve_url(url: str | None) -> str:
+    """Explicit URL, else $ANOMALYDESK_REDIS_URL, else the embedded server (started on demand)."""
+    return connection.resolve_url(url or None)
+
+
+def redact(url: str) -> str:
+    """The URL without its password."""
+    return connection.redact_url(url) if url else ""
+
+
+def connect_async(url: str) -> redis.asyncio.Redis:
+    """The app's one long-lived asyncio client."""
+    return connection.connect_async(url)
+
+
+def connect_sync(url: str) -> redis.Redis:
+    """The client the I/O pool uses for the synchronous store APIs (not checked: the supervisor pings)."""
+    return connection.connect(url, check=False)
+
+
+def describe(err: BaseException) -> str:
+    """A short reason for an error, for the connection panel."""
+    if isinstance(err, redis.RedisError):
+        return connection.describe_error(err)
+    return str(err) or type(err).__name__
+
+
+# --- start-up ---------------------------------------------------------------------------------
+def prepare(r: redis.Redis, keys: Keys, first_run_setup: bool) -> dict[str, Any]:
+    """Check the server, load the gears library and, on first run, create the sketches."""
+    from anomalydesk.store import admin, capabilities, gears
+
+    try:
+        caps = capabilities.detect(r)
+    except capabilities.UnsupportedServer as err:
+        raise BackendError(str(err)) from err
+    gears.ensure_library(r)
+    created = False
+    if first_run_setup and not admin.read_settings(r, keys).configured:
+        admin.setup(r, config.SketchSettings(), keys=keys)
+        created = True
+    return {"server_version": caps.server_version, "sketch_backend": caps.sketch_backend, "created": created}
+
+
+def status(r: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """The `status --json` document."""
+    from anomalydesk.store import admin
+
+    return admin.status(r, keys)
+
+
+def detector_holder(r: redis.Redis, keys: Keys) -> str:
+    """Who holds the detector lease ("" when no detector is alive)."""
+    value = r.get(keys.detector_lease)
+    return value.decode() if isinstance(value, bytes) else (value or "")
+
+
+# --- incidents --------------------------------------------------------------------------------
+def app_state_of(incident: dict[str, Any], now: float | None = None) -> tuple[str, float]:
+    """The incidents table's state for a stored incident record, and its snooze end."""
+    now = time.time() if now is None else now
+    until = float(incident.get("snoozed_until_epoch") or 0.0)
+    if incident.get("false_positive"):
+        return "false_positive", 0.0
+    if incident.get("status") == "resolved":
+        return "resolved", 0.0
+    if until > now:
+        return "snoozed", until
+    if incident.get("acked"):
+        return "acknowledged", 0.0
+    return "open", 0.0
+
+
+def incident_states(r: redis.Redis, keys: Keys) -> dict[str, tuple[str, float]]:
+    """Every stored incident's table state."""
+    from anomalydesk.detect import incidents
+
+    return {i["id"]: app_state_of(i) for i in incidents.list_incidents(r, keys=keys)}
+
+
+def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, seconds: float = 0.0
+                    ) -> tuple[str, float]:  # fmt: skip
+    """ack | snooze | resolve | false_positive on one incident; returns its new table state."""
+    from anomalydesk.detect import incidents
+
+    try:
+        if action == "ack":
+            record = incidents.ack(r, incident_id, keys=keys)
+        elif action == "snooze":
+            record = incidents.snooze(r, incident_id, seconds, keys=keys)
+        elif action == "resolve":
+            record = incidents.resolve(r, incident_id, keys=keys)
+        elif action == "false_positive":
+            record = incidents.false_positive(r, incident_id, keys=keys)
+        else:
+            raise BackendError(f"unknown incident action {action!r}")
+    except incidents.IncidentError as err:
+        raise BackendError(str(err)) from err
+    return app_state_of(record)
+
+
+def incident_record(r: redis.Redis, keys: Keys, incident_id: str) -> dict[str, Any] | None:
+    """The stored incident record, or None."""
+    from anomalydesk.detect import incidents
+
+    try:
+        return incidents.get(r, incident_id, keys=keys)
+    except incidents.IncidentError:
+        return None
+
+
+def silences(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Stored silences as dicts (id, pattern, start_epoch, end_epoch, reason, by)."""
+    from anomalydesk.detect import incidents
+
+    return [s.as_dict() for s in incidents.list_silences(r, keys=keys)]
+
+
+def add_silence(r: redis.Redis, keys: Keys, pattern: str, seconds: float, reason: str) -> dict[str, Any]:
+    """Silence services matching `pattern` from now for `seconds`."""
+    from anomalydesk.detect import incidents
+
+    try:
+        return incidents.add_silence(r, pattern, time.time() + seconds, reason, keys=keys).as_dict()
+    except ValueError as err:
+        raise BackendError(str(err)) from err
+
+
+def remove_silence(r: redis.Redis, keys: Keys, silence_id: str) -> None:
+    """Delete a silence."""
+    from anomalydesk.detect import incidents
+
+    try:
+        incidents.remove_silence(r, silence_id, keys=keys)
+    except incidents.IncidentError as err:
+        raise BackendError(str(err)) from err
+
+
+# --- fingerprints -----------------------------------------------------------------------------
+def fingerprint_window(r: redis.Redis, keys: Keys, service: str, start: float, end: float) -> np.ndarray:
+    """(n, 1 + features) rows [start, features…] of `service` between two epoch times."""
+    from anomalydesk.fingerprint import from_stream_entry
+
+    entries = r.xrange(keys.fingerprints(service), min=int(start * 1000), max=int(end * 1000) + 1, count=2000)
+    rows = []
+    for _id, fields in entries:
+        fp = from_stream_entry(service, fields)
+        rows.append([fp.start, *fp.vector])
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1) if rows else np.empty((0, 0))
+
+
+# --- sketches ---------------------------------------------------------------------------------
+SKETCH_FIELDS = ("window_seconds", "cms_width", "cms_depth", "cms_error", "cms_prob", "filter_capacity",
+                 "filter_error", "topk", "retention")  # fmt: skip
+
+
+def sketch_overview(r: redis.Redis, keys: Keys) -> dict[str, Any]:
+    """Stored settings and, per service, its sketches' sizes and memory."""
+    from dataclasses import asdict
+
+    from anomalydesk.store import admin, sketches
+
+    stored = admin.read_settings(r, keys)
+    per_service: dict[str, Any] = {}
+    for service in admin.active_services(r, keys):
+        try:
+            per_service[service] = sketches.info(r, service, keys=keys)
+        except sketches.NoSketches as err:
+            per_service[service] = {"error": str(err)}
+    return {"settings": asdict(stored.settings), "backend": stored.backend, "configured": stored.configured,
+            "services": per_service}  # fmt: skip
+
+
+def apply_setup(r: redis.Redis, keys: Keys, values: dict[str, Any], force: bool) -> dict[str, Any]:
+    """`setup` with new sizes; a change that recreates sketches raises BackendError unless `force`."""
+    from anomalydesk.store import admin
+
+    unknown = set(values) - set(SKETCH_FIELDS)
+    if unknown:
+        raise BackendError(f"unknown sketch setting(s): {', '.join(sorted(unknown))}")
+    try:
+        settings = config.SketchSettings(**values)
+        return admin.setup(r, settings, force=force, keys=keys)
+    except admin.SetupConflict as err:
+        raise BackendError(str(err)) from err
+    except (TypeError, ValueError) as err:
+        raise BackendError(f"invalid sketch settings: {err}") from err
+
+
+def sketch_query(r: redis.Redis, keys: Keys, kind: str, service: str, items: list[str]) -> Any:
+    """The inspector's queries: endpoint counts, status counts, interaction membership, Top-K."""
+    from anomalydesk.events import EventError
+    from anomalydesk.store import sketches
+
+    try:
+        if kind == "endpoint":
+            return sketches.endpoint_counts(r, service, items, keys=keys)
+        if kind == "status":
+            try:
+                codes = [int(c) for c in items]
+            except ValueError:
+                raise BackendError(f"status codes must be numbers, got {items!r}") from None
+            return sketches.status_counts(r, service, codes, keys=keys)
+        if kind == "interaction":
+            return dict(zip(items, sketches.has_interactions(r, service, items, keys=keys), strict=True))
+        if kind == "topk":
+            return sketches.topk(r, service, keys=keys)
+    except (sketches.NoSketches, EventError) as err:
+        raise BackendError(str(err)) from err
+    except redis.ResponseError as err:
+        raise BackendError(f"query failed: {err}") from err
+    raise BackendError(f"unknown query {kind!r} (endpoint, status, interaction, topk)")
+
+
+# --- demo, detector, models -------------------------------------------------------------------
+def start_demo(url: str, keys: Keys, rate: int, services: int) -> Any:
+    """Start live demo traffic (its own client and thread); returns the running DemoTraffic."""
+    from anomalydesk.ingest.demo import DemoTraffic
+
+    try:
+        return DemoTraffic(url, rate=rate, services=services, keys=keys).start()
+    except ValueError as err:
+        raise BackendError(str(err)) from err
+
+
+def describe_fault(fault: Any, now: float | None = None) -> str:
+    """'latency on payments, 42 s left'."""
+    now = time.time() if now is None else now
+    return f"{fault.kind} on {fault.service}, {max(0, fault.end - now):.0f} s left"
+
+
+def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, Any]:
+    """`demo --fast`: `seconds` of history ending now, in simulated time."""
+    from anomalydesk.ingest.demo import run_fast
+    from anomalydesk.store import connection as conn
+
+    r = conn.connect(url)
+    try:
+        return run_fast(r, duration=seconds, services=services, keys=keys)
+    finally:
+        r.close()
+
+
+def detector_runner(url: str, keys: Keys) -> Any:
+    """A `run(stop_event)` for the in-process detector (it yields while another holds the lease)."""
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.store import connection as conn
+
+    def run(stop_event: Any) -> None:
+        r = conn.connect(url, check=False)
+        try:
+            Detector(r, keys=keys, respect_lease=True, name=f"app-{os.getpid()}").run(stop_event)
+        finally:
+            r.close()
+
+    return run
+
+
+def load_model(r: redis.Redis, keys: Keys, service: str) -> Any:
+    """The service's active model (None when it has none or it cannot be loaded)."""
+    from anomalydesk.detect.service_state import load_model as load
+    from anomalydesk.store import models as registry
+
+    try:
+        return load(r, service, keys=keys)[1]
+    except (registry.ModelNotFound, registry.ModelLoadError):
+        return None
+
+
+def score_rows(model: Any, X: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
+    """0–100 scores of a series of windows (each with the rows before it as context)."""
+    from anomalydesk.detect.score import score_batch
+
+    if len(X) == 0:
+        return np.empty(0)
+    return score_batch(model, X, timestamps)

@@ -1,0 +1,105 @@
+"""Connection panel: URL, TLS, user/password; live connection state, server facts, self-monitoring."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from PySide6 import QtWidgets
+
+from anomalydesk.app import settings as settings_mod
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.state import AppState
+
+STATUS_COLOUR = {"connected": "#2e8b57", "connecting": "#b8860b", "reconnecting": "#d2691e",
+                 "failed": "#c0392b", "disconnected": "#777777"}  # fmt: skip
+
+
+def build_url(url: str, tls: bool, user: str, password: str) -> str:
+    """Fold the form's TLS flag and credentials into a Redis URL."""
+    if not url:
+        return ""
+    parts = urlsplit(url if "://" in url else f"redis://{url}")
+    scheme = "rediss" if tls and parts.scheme == "redis" else parts.scheme
+    host = parts.netloc.rpartition("@")[2]
+    creds = ""
+    if user or password:
+        creds = f"{quote(user, safe='')}:{quote(password, safe='')}@" if password else f"{quote(user, safe='')}@"
+    return parts._replace(scheme=scheme, netloc=creds + host).geturl()
+
+
+class ConnectionPanel(QtWidgets.QWidget):
+    """Shows `state.connection`; Apply saves the form and asks the app to reconnect."""
+
+    def __init__(self, state: AppState, settings: AppSettings, reconnect: Callable[[], Any],
+                 parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.state = state
+        self.settings = settings
+        self.reconnect = reconnect
+        self.url = QtWidgets.QLineEdit(settings.redis_url, placeholderText="empty: the embedded server")
+        self.tls = QtWidgets.QCheckBox("TLS (rediss://)")
+        self.tls.setChecked(settings.tls)
+        self.user = QtWidgets.QLineEdit(settings.username)
+        self.password = QtWidgets.QLineEdit()
+        self.password.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
+        self.password.setPlaceholderText("stored in the OS keyring")
+        self.apply_button = QtWidgets.QPushButton("Apply and reconnect")
+        self.apply_button.clicked.connect(self.apply)
+        form = QtWidgets.QFormLayout()
+        form.addRow("Redis URL", self.url)
+        form.addRow("", self.tls)
+        form.addRow("User", self.user)
+        form.addRow("Password", self.password)
+        form.addRow("", self.apply_button)
+
+        self.status = QtWidgets.QLabel()
+        self.reason = QtWidgets.QLabel()
+        self.reason.setWordWrap(True)
+        self.facts = QtWidgets.QLabel()
+        self.facts.setWordWrap(True)
+        self.warnings = QtWidgets.QLabel()
+        self.warnings.setWordWrap(True)
+        self.secrets = QtWidgets.QLabel(f"Passwords: {settings_mod.secret_store_description()}")
+        self.secrets.setWordWrap(True)
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.addLayout(form)
+        for w in (self.status, self.reason, self.facts, self.warnings, self.secrets):
+            layout.addWidget(w)
+        layout.addStretch(1)
+        state.connection.changed.connect(self.refresh)
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show `state.connection`."""
+        c = self.state.connection
+        colour = STATUS_COLOUR.get(c.status, "#777777")
+        self.status.setText(f"<b style='color:{colour}'>{c.status}</b> — {c.url or '…'}")
+        retrying = c.status in ("reconnecting", "failed")
+        retry = f" (attempt {c.attempts}, next in {c.next_retry_s:.1f} s)" if retrying else ""
+        self.reason.setText(f"{c.reason}{retry}" if c.reason else "")
+        s = c.status_json
+        facts = [f"Redis {c.server_version}" if c.server_version else "",
+                 f"sketches: {c.sketch_backend}" if c.sketch_backend else "",
+                 f"memory {c.used_memory / 1e6:.1f} MB" if c.used_memory else "",
+                 f"detector: {c.detector or 'none'}",
+                 f"{len(s.get('services', []))} services, {s.get('fingerprints', 0):,} fingerprints, "
+                 f"{s.get('incidents_open', 0)} open incidents" if s else ""]  # fmt: skip
+        self.facts.setText(" · ".join(f for f in facts if f))
+        self.warnings.setText("".join(f"<p style='color:#c0392b'>⚠ {w}</p>" for w in c.warnings))
+
+    def apply(self) -> None:
+        """Save URL/TLS/user (password to the keyring) and reconnect."""
+        self.settings.redis_url = self.url.text().strip()
+        self.settings.tls = self.tls.isChecked()
+        self.settings.username = self.user.text().strip()
+        if self.password.text():
+            where = settings_mod.set_password(self.account(), self.password.text())
+            self.secrets.setText(f"Password saved: {where}")
+            self.password.clear()
+        self.reconnect()
+
+    def account(self) -> str:
+        """The keyring account name for the configured server."""
+        return f"{self.settings.username or 'default'}@{self.settings.redis_url}"

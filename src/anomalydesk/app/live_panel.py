@@ -1,0 +1,270 @@
+"""Live panel: a service's fingerprint features over time, its anomaly score, threshold and incidents.
+
+Plots redraw on a fixed-rate QTimer from the ring buffers in `LiveState` (never once per Redis
+message); curves are created once per feature selection and updated with `setData`, with peak
+downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
+from anomalydesk.app.state import AppState
+from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
+
+SEVERITY_BRUSH = {"info": (80, 140, 220, 40), "warning": (240, 170, 40, 60), "critical": (220, 50, 50, 70)}
+_FEATURE_BY_NAME = {f.name: f for f in FEATURES}
+
+
+class LivePanel(QtWidgets.QWidget):
+    """Per-service feature curves plus the score plot, fed from `state.live`."""
+
+    def __init__(self, state: AppState, settings: AppSettings, parent: QtWidgets.QWidget | None = None):
+        super().__init__(parent)
+        self.state = state
+        self.settings = settings
+        self.paused = False
+        self._drawn_version = -1
+        self._drawn_service = ""
+        self._bands_key: tuple = ()
+        self._feature_plots: list[pg.PlotItem] = []
+        self._curves: dict[str, pg.PlotDataItem] = {}
+        self._bands: list[pg.LinearRegionItem] = []
+
+        self.service_box = QtWidgets.QComboBox()
+        self.service_box.setMinimumContentsLength(12)
+        self.features_button = QtWidgets.QToolButton(text="Features")
+        self.features_button.setPopupMode(QtWidgets.QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.features_menu = QtWidgets.QMenu(self)
+        self.feature_actions: dict[str, QtGui.QAction] = {}
+        for feature in FEATURES:
+            action = self.features_menu.addAction(feature.label)
+            action.setCheckable(True)
+            action.setChecked(feature.name in settings.live_features)
+            action.toggled.connect(self._features_toggled)
+            self.feature_actions[feature.name] = action
+        self.features_button.setMenu(self.features_menu)
+        self.pause_button = QtWidgets.QPushButton("Pause", checkable=True)
+        self.pause_button.toggled.connect(self.set_paused)
+        self.zoom_button = QtWidgets.QPushButton("Reset zoom")
+        self.zoom_button.clicked.connect(self.reset_zoom)
+        self.png_button = QtWidgets.QPushButton("Export PNG…")
+        self.png_button.clicked.connect(lambda: self._ask_export("png"))
+        self.csv_button = QtWidgets.QPushButton("Export CSV…")
+        self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
+        self.info_label = QtWidgets.QLabel("no data yet")
+
+        bar = QtWidgets.QHBoxLayout()
+        bar.addWidget(QtWidgets.QLabel("Service"))
+        for w in (self.service_box, self.features_button, self.pause_button, self.zoom_button,
+                  self.png_button, self.csv_button):  # fmt: skip
+            bar.addWidget(w)
+        bar.addStretch(1)
+        bar.addWidget(self.info_label)
+
+        self.graphics = pg.GraphicsLayoutWidget()
+        self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem()})
+        self.score_plot.setLabel("left", "score")
+        self.score_plot.setYRange(0, 100)
+        self.score_plot.showGrid(y=True, alpha=0.2)
+        self.score_curve = self.score_plot.plot(pen=pg.mkPen((230, 230, 230), width=2), name="score")
+        self._tune(self.score_curve)
+        dashed = pg.mkPen((220, 60, 60), style=QtCore.Qt.PenStyle.DashLine)
+        self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
+        self.threshold_line.setVisible(False)
+        self.score_plot.addItem(self.threshold_line)
+
+        layout = QtWidgets.QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addLayout(bar)
+        layout.addWidget(self.graphics, 1)
+
+        self.timer = QtCore.QTimer(self)
+        self.timer.setInterval(REDRAW_INTERVAL_MS)
+        self.timer.timeout.connect(self.redraw)
+        self.timer.start()
+
+        self.service_box.currentTextChanged.connect(self._service_changed)
+        state.services_changed.connect(self._services_changed)
+        state.live.services_changed.connect(self._services_changed)
+        self._rebuild_plots()
+        self._services_changed()
+
+    # --- building -----------------------------------------------------------------------------
+    @staticmethod
+    def _tune(curve: pg.PlotDataItem) -> None:
+        curve.setDownsampling(auto=True, method="peak")
+        curve.setClipToView(True)
+        curve.setSkipFiniteCheck(True)
+
+    def selected_features(self) -> list[str]:
+        """Names of the features currently plotted, in schema order."""
+        return [name for name, action in self.feature_actions.items() if action.isChecked()]
+
+    def set_features(self, names: list[str]) -> None:
+        """Plot exactly these features."""
+        for name, action in self.feature_actions.items():
+            action.blockSignals(True)
+            action.setChecked(name in names)
+            action.blockSignals(False)
+        self._features_toggled()
+
+    def _features_toggled(self, *_args: object) -> None:
+        self.settings.live_features = self.selected_features()
+        self._rebuild_plots()
+
+    def _rebuild_plots(self) -> None:
+        self.graphics.clear()
+        self._feature_plots.clear()
+        self._curves.clear()
+        names = self.selected_features()
+        colours = [pg.intColor(i, hues=max(len(names), 3)) for i in range(len(names))]
+        for i, name in enumerate(names):
+            feature = _FEATURE_BY_NAME[name]
+            plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem()})
+            plot.setLabel("left", feature.label, units=None if feature.unit in ("", "/window") else feature.unit)
+            plot.showGrid(y=True, alpha=0.15)
+            plot.getAxis("bottom").setStyle(showValues=False)
+            curve = plot.plot(pen=pg.mkPen(colours[i], width=1.5), name=feature.label)
+            self._tune(curve)
+            self._curves[name] = curve
+            self._feature_plots.append(plot)
+            if self._feature_plots[0] is not plot:
+                plot.setXLink(self._feature_plots[0])
+        self.graphics.addItem(self.score_plot, row=len(names), col=0)
+        if self._feature_plots:
+            self.score_plot.setXLink(self._feature_plots[0])
+        self._drawn_version = -1
+        self._bands_key = ()
+        self.redraw()
+
+    # --- data ---------------------------------------------------------------------------------
+    def _services_changed(self) -> None:
+        names = sorted(set(self.state.services) | set(self.state.live.buffers))
+        current = self.service_box.currentText()
+        if names == [self.service_box.itemText(i) for i in range(self.service_box.count())]:
+            return
+        self.service_box.blockSignals(True)
+        self.service_box.clear()
+        self.service_box.addItems(names)
+        wanted = current or self.settings.live_service
+        if wanted in names:
+            self.service_box.setCurrentText(wanted)
+        self.service_box.blockSignals(False)
+        self._service_changed(self.service_box.currentText())
+
+    def _service_changed(self, name: str) -> None:
+        if name:
+            self.settings.live_service = name
+        self._drawn_version = -1
+        self._bands_key = ()
+        self.redraw()
+
+    def select_service(self, name: str) -> None:
+        """Show `name` (adding it to the list if it is not there yet)."""
+        if self.service_box.findText(name) < 0:
+            self.service_box.addItem(name)
+        self.service_box.setCurrentText(name)
+
+    @property
+    def service(self) -> str:
+        return self.service_box.currentText()
+
+    def set_paused(self, paused: bool) -> None:
+        """Freeze the plots (data keeps arriving in the buffers)."""
+        self.paused = paused
+        self.pause_button.setChecked(paused)
+        self.pause_button.setText("Resume" if paused else "Pause")
+        if not paused:
+            self.redraw()
+
+    def reset_zoom(self) -> None:
+        """Back to showing all buffered data."""
+        for plot in [*self._feature_plots, self.score_plot]:
+            plot.enableAutoRange(axis="x")
+            if plot is not self.score_plot:
+                plot.enableAutoRange(axis="y")
+
+    def redraw(self, force: bool = False) -> bool:
+        """Push the buffer into the curves if it changed; returns whether anything was drawn."""
+        if self.paused and not force:
+            return False
+        service = self.service
+        buf = self.state.live.buffers.get(service)
+        self._update_bands(service)
+        if buf is None:
+            if self._drawn_service != service:
+                for curve in [*self._curves.values(), self.score_curve]:
+                    curve.setData([], [])
+                self._drawn_service = service
+                self.info_label.setText("no data yet")
+            return False
+        if buf.version == self._drawn_version and service == self._drawn_service and not force:
+            return False
+        data = buf.view()
+        x = data[:, 0]
+        for name, curve in self._curves.items():
+            curve.setData(x, data[:, 2 + FEATURE_INDEX[name]])
+        scores = data[:, 1]
+        if np.isfinite(scores).any():
+            self.score_curve.setData(x, np.nan_to_num(scores, nan=0.0))
+        else:
+            self.score_curve.setData([], [])
+        threshold = self.state.live.thresholds.get(service)
+        self.threshold_line.setVisible(threshold is not None)
+        if threshold is not None:
+            self.threshold_line.setValue(threshold)
+        last = scores[-1] if len(scores) else np.nan
+        score_text = "learning (no model)" if threshold is None else (
+            f"score {last:.0f} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
+        self.info_label.setText(f"{len(data)} windows · {score_text}")
+        self._drawn_version = buf.version
+        self._drawn_service = service
+        return True
+
+    def _update_bands(self, service: str) -> None:
+        bands = self.state.incidents.bands(service)
+        key = (service, tuple(bands))
+        if key == self._bands_key:
+            return
+        self._bands_key = key
+        for item in self._bands:
+            self.score_plot.removeItem(item)
+        self._bands = []
+        for start, end, severity in bands[-50:]:
+            brush = pg.mkBrush(SEVERITY_BRUSH.get(severity, SEVERITY_BRUSH["info"]))
+            region = pg.LinearRegionItem(values=(start, end + 1), movable=False, brush=brush)
+            region.setZValue(-10)
+            self.score_plot.addItem(region)
+            self._bands.append(region)
+
+    @property
+    def band_count(self) -> int:
+        return len(self._bands)
+
+    # --- export -------------------------------------------------------------------------------
+    def _ask_export(self, kind: str) -> None:
+        name = f"anomalydesk-{self.service or 'live'}.{kind}"
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, f"Export {kind.upper()}", name)
+        if path:
+            (self.export_png if kind == "png" else self.export_csv)(Path(path))
+
+    def export_png(self, path: Path) -> Path:
+        """Save the plots as they are shown."""
+        self.redraw(force=True)
+        if not self.graphics.grab().save(str(path)):
+            raise OSError(f"could not write {path}")
+        return path
+
+    def export_csv(self, path: Path) -> Path:
+        """Save the selected service's buffered windows (time, score, every feature)."""
+        buf = self.state.live.buffers.get(self.service)
+        data = buf.view() if buf is not None else np.empty((0, 2 + len(FEATURES)))
+        header = ",".join(["window_start", "score", *(f.name for f in FEATURES)])
+        np.savetxt(path, data, delimiter=",", header=header, comments="", fmt="%.6g")
+        return path

@@ -1,0 +1,180 @@
+"""The main window: live plots in the middle, panels in docks, banners on top; close-to-tray.
+
+Geometry and the dock layout are saved into the JSON settings (base64 of saveGeometry/saveState)
+and restored at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from anomalydesk.app import autostart
+from anomalydesk.app.banner import NotificationBanner, OfferBanner
+from anomalydesk.app.connection_panel import ConnectionPanel
+from anomalydesk.app.demo_panel import DemoPanel
+from anomalydesk.app.incidents_panel import IncidentsPanel
+from anomalydesk.app.live_panel import LivePanel
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.sketches_panel import SketchesPanel
+from anomalydesk.app.state import AppState
+from anomalydesk.app.training_panel import TrainingPanel
+from anomalydesk.app.tray import health_icon
+
+
+def _b64(data: QtCore.QByteArray) -> str:
+    return base64.b64encode(bytes(data.data())).decode("ascii")
+
+
+def _unb64(text: str) -> QtCore.QByteArray | None:
+    try:
+        return QtCore.QByteArray(base64.b64decode(text.encode("ascii"), validate=True))
+    except (ValueError, UnicodeError):
+        return None
+
+
+class MainWindow(QtWidgets.QMainWindow):
+    """Composes the panels; knows nothing about Redis."""
+
+    closing = QtCore.Signal()  # the window really closes (not to the tray)
+
+    def __init__(self, state: AppState, actions: Any, settings: AppSettings, reconnect: Any = None,
+                 parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
+        super().__init__(parent)
+        self.state = state
+        self.actions = actions
+        self.settings = settings
+        self.tray_available = False
+        self.quitting = False
+        self.setWindowTitle("AnomalyDesk")
+        self.setWindowIcon(health_icon("none"))
+        self.resize(1280, 820)
+
+        self.banner = NotificationBanner()
+        self.banner.open_incident.connect(self.open_incident)
+        self.backfill_offer = OfferBanner(
+            "No model can be trained yet: the demo has no history. Backfill a day of demo traffic in "
+            "simulated time (takes well under a minute) so you can train at once?", "Backfill a day")
+        self.live = LivePanel(state, settings)
+        central = QtWidgets.QWidget()
+        cl = QtWidgets.QVBoxLayout(central)
+        cl.setContentsMargins(0, 0, 0, 0)
+        cl.addWidget(self.banner)
+        cl.addWidget(self.backfill_offer)
+        cl.addWidget(self.live, 1)
+        self.setCentralWidget(central)
+
+        self.incidents = IncidentsPanel(state, actions)
+        self.connection = ConnectionPanel(state, settings, reconnect or (lambda: None))
+        self.sketches = SketchesPanel(state, actions)
+        self.demo = DemoPanel(state, actions, settings)
+        self.training = TrainingPanel(state, actions, settings)
+        self.backfill_offer.accepted.connect(self.demo.backfill)
+
+        self.docks: dict[str, QtWidgets.QDockWidget] = {}
+        self._dock("incidents", "Incidents", self.incidents, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
+        for name, title, widget in (("demo", "Demo", self.demo), ("training", "Training", self.training),
+                                    ("connection", "Connection", self.connection),
+                                    ("sketches", "Sketches", self.sketches)):  # fmt: skip
+            self._dock(name, title, widget, QtCore.Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(self.docks["demo"], self.docks["training"])
+        self.tabifyDockWidget(self.docks["training"], self.docks["connection"])
+        self.tabifyDockWidget(self.docks["connection"], self.docks["sketches"])
+        self.docks["demo"].raise_()
+
+        view = self.menuBar().addMenu("&View")
+        for dock in self.docks.values():
+            view.addAction(dock.toggleViewAction())
+        file_menu = self.menuBar().addMenu("&File")
+        self.login_action = file_menu.addAction("Start at login")
+        self.login_action.setCheckable(True)
+        self.login_action.setChecked(autostart.is_enabled())
+        self.login_action.toggled.connect(self.set_start_at_login)
+        self.tray_close_action = file_menu.addAction("Close to tray")
+        self.tray_close_action.setCheckable(True)
+        self.tray_close_action.setChecked(settings.close_to_tray)
+        self.tray_close_action.toggled.connect(lambda on: setattr(self.settings, "close_to_tray", on))
+        self.quit_action = file_menu.addAction("Quit")
+        self.quit_action.setShortcut(QtGui.QKeySequence.StandardKey.Quit)
+        self.quit_action.triggered.connect(self.quit)
+        self.status = self.statusBar()
+        state.connection.changed.connect(self._status_changed)
+        state.incidents.health_changed.connect(lambda level: self.setWindowIcon(health_icon(level)))
+        self.restore_layout()
+
+    def _dock(self, name: str, title: str, widget: QtWidgets.QWidget, area: QtCore.Qt.DockWidgetArea) -> None:
+        dock = QtWidgets.QDockWidget(title, self)
+        dock.setObjectName(f"dock-{name}")
+        dock.setWidget(widget)
+        self.addDockWidget(area, dock)
+        self.docks[name] = dock
+
+    def _status_changed(self) -> None:
+        c = self.state.connection
+        text = f"{c.status} · {c.url}"
+        if c.reason and c.status != "connected":
+            text += f" · {c.reason}"
+        if c.warnings:
+            text += " · ⚠ " + "; ".join(c.warnings)
+        self.status.showMessage(text)
+
+    def set_start_at_login(self, enabled: bool) -> None:
+        """Create or remove the login item (XDG autostart on Linux)."""
+        path = autostart.set_enabled(enabled)
+        self.settings.start_at_login = enabled
+        self.status.showMessage(f"start at login {'on' if enabled else 'off'}: {path}", 10_000)
+
+    # --- layout persistence -------------------------------------------------------------------
+    def restore_layout(self) -> None:
+        """Apply saved geometry and dock layout (ignored when unreadable)."""
+        geometry = _unb64(self.settings.geometry) if self.settings.geometry else None
+        if geometry is not None:
+            self.restoreGeometry(geometry)
+        layout = _unb64(self.settings.window_state) if self.settings.window_state else None
+        if layout is not None:
+            self.restoreState(layout)
+
+    def save_layout(self) -> None:
+        """Store geometry and dock layout into the settings object."""
+        self.settings.geometry = _b64(self.saveGeometry())
+        self.settings.window_state = _b64(self.saveState())
+
+    # --- navigation ---------------------------------------------------------------------------
+    def open_incident(self, incident_id: str) -> None:
+        """Bring the window up with the incident selected and its service in the live plot."""
+        self.bring_to_front()
+        self.docks["incidents"].show()
+        self.docks["incidents"].raise_()
+        if incident_id and self.incidents.select_incident(incident_id):
+            inc = self.state.incidents.incidents[incident_id]
+            self.live.select_service(inc.service)
+
+    def bring_to_front(self) -> None:
+        """Show, un-minimise and raise the window (a second launch lands here)."""
+        self.show()
+        self.setWindowState(self.windowState() & ~QtCore.Qt.WindowState.WindowMinimized)
+        self.raise_()
+        self.activateWindow()
+
+    def toggle_visible(self) -> None:
+        """Tray menu's show/hide."""
+        if self.isVisible():
+            self.hide()
+        else:
+            self.bring_to_front()
+
+    def quit(self) -> None:
+        """Really close (File → Quit, tray → Quit)."""
+        self.quitting = True
+        self.close()
+
+    def closeEvent(self, event: QtGui.QCloseEvent) -> None:
+        self.save_layout()
+        if self.settings.close_to_tray and self.tray_available and not self.quitting:
+            event.ignore()
+            self.hide()
+            return
+        self.closing.emit()
+        event.accept()

@@ -1,0 +1,82 @@
+"""Fixed-capacity numpy ring buffers for the live plots (Qt-free).
+
+Appends are O(1); `view()` returns the rows in time order as one contiguous array (a copy of at most
+`capacity` rows), which is what the fixed-rate redraw hands to `setData`. Memory never grows past
+`capacity × width` floats, however long the app runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class RingBuffer:
+    """`capacity` rows of `width` float64 columns; the oldest rows are overwritten when full."""
+
+    def __init__(self, capacity: int, width: int):
+        if capacity <= 0 or width <= 0:
+            raise ValueError(f"capacity and width must be positive, got {capacity} and {width}")
+        self._data = np.full((capacity, width), np.nan, dtype=np.float64)
+        self._next = 0
+        self._size = 0
+        self.version = 0  # bumps on every change, so a redraw can skip unchanged buffers
+
+    @property
+    def capacity(self) -> int:
+        return self._data.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self._data.shape[1]
+
+    def __len__(self) -> int:
+        return self._size
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._data.nbytes)
+
+    def append(self, row: np.ndarray | list[float]) -> None:
+        """Add one row (length `width`)."""
+        self._data[self._next] = row
+        self._next = (self._next + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+        self.version += 1
+
+    def extend(self, rows: np.ndarray) -> None:
+        """Add many rows at once (shape (n, width)); only the last `capacity` are kept."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.width)
+        if len(rows) >= self.capacity:
+            self._data[:] = rows[-self.capacity :]
+            self._next = 0
+            self._size = self.capacity
+        else:
+            end = self._next + len(rows)
+            if end <= self.capacity:
+                self._data[self._next : end] = rows
+            else:
+                split = self.capacity - self._next
+                self._data[self._next :] = rows[:split]
+                self._data[: end - self.capacity] = rows[split:]
+            self._next = end % self.capacity
+            self._size = min(self._size + len(rows), self.capacity)
+        self.version += 1
+
+    def view(self) -> np.ndarray:
+        """The stored rows, oldest first (a copy)."""
+        if self._size < self.capacity:
+            return self._data[: self._size].copy()
+        return np.concatenate((self._data[self._next :], self._data[: self._next]))
+
+    def last(self) -> np.ndarray | None:
+        """The newest row, or None when empty."""
+        if self._size == 0:
+            return None
+        return self._data[(self._next - 1) % self.capacity].copy()
+
+    def clear(self) -> None:
+        """Forget every row."""
+        self._data[:] = np.nan
+        self._next = 0
+        self._size = 0
+        self.version += 1

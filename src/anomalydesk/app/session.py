@@ -1,0 +1,325 @@
+"""The app's connection to Redis and the loops that read it (Qt-free, asyncio on the qasync loop).
+
+One long-lived `redis.asyncio` client per process, opened here and closed in `close()`; its retry
+policy, timeouts and health checks come from `store.connection`. A supervisor keeps it connected
+with capped exponential backoff and, once connected, runs three readers side by side:
+
+* alerts: SUBSCRIBE to `Keys.alerts_channel` first, then catch up from `Keys.alerts_log` since the
+  last entry seen, then read pub/sub — so an alert published while the app was away or reconnecting
+  is not lost (duplicates are dropped by alert id);
+* fingerprints: XREAD on every service's fingerprint stream into the live ring buffers, scored with
+  the service's active model when there is one;
+* status: server facts, `status` counters, and self-monitoring warnings.
+
+Calls into the synchronous store/detect APIs (setup, models, incidents, sketches) run in a small I/O
+thread pool on a second client (`self.sync`); nothing here touches a widget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import numpy as np
+import redis
+import redis.asyncio
+from redis.exceptions import RedisError
+
+from anomalydesk import config
+from anomalydesk.app import backend
+from anomalydesk.app.notifier import Notifier
+from anomalydesk.app.settings import (
+    CATCHUP_MAX_ALERTS,
+    FINGERPRINT_BLOCK_MS,
+    RECONNECT_BASE_SECONDS,
+    RECONNECT_CAP_SECONDS,
+    SILENT_FINGERPRINT_WARN_WINDOWS,
+    STATUS_POLL_SECONDS,
+)
+from anomalydesk.app.state import AppState
+from anomalydesk.fingerprint import Fingerprint, from_stream_entry
+from anomalydesk.store.keys import Keys
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+_FATAL_WORDS = ("authentication", "WRONGPASS", "NOAUTH", "too old", "NOPERM")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def parse_alert_entry(fields: dict[Any, Any]) -> dict[str, Any] | None:
+    """An alert from an alerts-log entry: a JSON field (any name) or the fields themselves."""
+    decoded = {_text(k): _text(v) for k, v in fields.items()}
+    for value in decoded.values():
+        if value.startswith("{"):
+            try:
+                alert = json.loads(value)
+            except ValueError:
+                continue
+            if isinstance(alert, dict) and ("incident_id" in alert or "service" in alert):
+                return alert
+    return decoded if "service" in decoded else None
+
+
+class Session:
+    """Owns the async client and the reader tasks; publishes into `state`; exposes actions."""
+
+    def __init__(self, state: AppState, url: str | None, *, keys: Keys | None = None,
+                 notifier: Notifier | None = None, first_run_setup: bool = True) -> None:  # fmt: skip
+        self.state = state
+        self.requested_url = url
+        self.keys = keys or Keys(backend.prefix())
+        self.notifier = notifier
+        self.first_run_setup = first_run_setup
+        self.url = ""
+        self.client: redis.asyncio.Redis | None = None
+        self.sync: redis.Redis | None = None
+        self.io = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ad-io")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._fp_last: dict[str, bytes | str] = {}
+        self._models: dict[str, Any] = {}  # service → its active model (or None: learning)
+        self._context: dict[str, deque[Fingerprint]] = {}  # recent windows: the scorer's context
+        self._initial_catchup_done = False
+        self.connected = asyncio.Event()
+        self.alerts_received = 0
+        self.on_alert_hooks: list[Callable[[dict[str, Any]], None]] = []
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Resolve the URL (may start the embedded server) and start the supervisor."""
+        self.state.connection.update(status="connecting", reason="")
+        self.url = await self.call(backend.resolve_url, self.requested_url)
+        self.state.connection.update(url=backend.redact(self.url))
+        self.client = backend.connect_async(self.url)
+        self.sync = backend.connect_sync(self.url)
+        self._task = asyncio.ensure_future(self._supervise())
+
+    async def close(self) -> None:
+        """Stop the readers, close both clients and the thread pool."""
+        self._closing = True
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self.client is not None:
+            await self.client.aclose()
+        self.io.shutdown(wait=True, cancel_futures=True)
+        if self.sync is not None:
+            self.sync.close()
+        self.state.connection.update(status="disconnected")
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store/detect call in the I/O pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    # --- supervisor ---------------------------------------------------------------------------
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._closing:
+            try:
+                assert self.client is not None and self.sync is not None
+                await self.client.ping()
+                facts = await self.call(backend.prepare, self.sync, self.keys, self.first_run_setup)
+                self.state.connection.update(
+                    status="connected", reason="", attempts=0, next_retry_s=0.0,
+                    server_version=facts["server_version"], sketch_backend=facts["sketch_backend"],
+                )  # fmt: skip
+                self.connected.set()
+                attempt = 0
+                await asyncio.gather(self._alerts_loop(), self._fingerprints_loop(), self._status_loop())
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, backend.BackendError) as err:
+                self.connected.clear()
+                attempt += 1
+                reason = backend.describe(err)
+                fatal = any(word in reason for word in _FATAL_WORDS)
+                delay = RECONNECT_CAP_SECONDS if fatal else min(
+                    RECONNECT_CAP_SECONDS, RECONNECT_BASE_SECONDS * 2 ** (attempt - 1)
+                )
+                log.warning("Redis %s: %s (retry in %.1f s)", backend.redact(self.url), reason, delay)
+                self.state.connection.update(
+                    status="failed" if fatal else "reconnecting", reason=reason, attempts=attempt,
+                    next_retry_s=delay,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+
+    # --- alerts -------------------------------------------------------------------------------
+    async def _alerts_loop(self) -> None:
+        assert self.client is not None
+        pubsub = self.client.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.alerts_channel)
+            await self._catch_up()  # after SUBSCRIBE: nothing published in between is missed
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message.get("type") != "message":
+                    continue
+                try:
+                    alert = json.loads(message["data"])
+                except ValueError:
+                    log.warning("ignoring a non-JSON message on %s", self.keys.alerts_channel)
+                    continue
+                if isinstance(alert, dict):
+                    self.handle_alert(alert, notify=True)
+        finally:
+            try:
+                await pubsub.aclose()
+            except (RedisError, OSError):
+                pass
+
+    async def _catch_up(self) -> None:
+        """Read the alerts log: the newest entries at start-up, everything since the last seen after."""
+        assert self.client is not None
+        incidents = self.state.incidents
+        if not self._initial_catchup_done:
+            entries = list(reversed(await self.client.xrevrange(self.keys.alerts_log, count=CATCHUP_MAX_ALERTS)))
+        else:
+            entries = await self.client.xrange(
+                self.keys.alerts_log, min=f"({incidents.last_log_id}", count=CATCHUP_MAX_ALERTS
+            )
+        for entry_id, fields in entries:
+            incidents.last_log_id = _text(entry_id)
+            alert = parse_alert_entry(fields)
+            if alert is not None:
+                # alerts missed while reconnecting still notify; the history at start-up does not
+                self.handle_alert(alert, notify=self._initial_catchup_done)
+        if not self._initial_catchup_done:
+            self._initial_catchup_done = True
+            states = await self.call(backend.incident_states, self.sync, self.keys)
+            for iid, (st, until) in states.items():
+                if iid in incidents.incidents:
+                    incidents.set_state(iid, st, until)
+
+    def handle_alert(self, alert: dict[str, Any], notify: bool = True) -> None:
+        """Fold an alert into the incidents state and pass it to the notifier."""
+        incident, is_new = self.state.incidents.apply_alert(alert)
+        if incident is None:
+            return
+        self.alerts_received += 1
+        if notify and self.notifier is not None and not alert.get("silenced"):
+            self.notifier.on_alert(alert, incident, is_new)
+        for hook in list(self.on_alert_hooks):
+            hook(alert)
+
+    # --- fingerprints -------------------------------------------------------------------------
+    async def _fingerprints_loop(self) -> None:
+        assert self.client is not None
+        while True:
+            services = sorted(_text(s) for s in await self.client.smembers(self.keys.services))
+            self.state.set_services(services)
+            for service in services:
+                if service not in self._fp_last:
+                    await self._load_history(service)
+            if not services:
+                await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
+                continue
+            streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
+            reply = await self.client.xread(streams, count=1000, block=FINGERPRINT_BLOCK_MS)
+            for stream, entries in reply or []:
+                service = self._service_of(_text(stream))
+                for entry_id, fields in entries:
+                    self._fp_last[service] = entry_id
+                    self._add_fingerprint(service, fields)
+
+    def _service_of(self, stream: str) -> str:
+        return stream[stream.index("{") + 1 : stream.rindex("}")]
+
+    async def _load_history(self, service: str) -> None:
+        assert self.client is not None
+        capacity = self.state.live.capacity
+        entries = await self.client.xrevrange(self.keys.fingerprints(service), count=capacity)
+        self._fp_last[service] = entries[0][0] if entries else "0-0"
+        fps = []
+        for _entry_id, fields in reversed(entries):
+            fp = self._parse(service, fields)
+            if fp is not None:
+                fps.append(fp)
+        self._models[service] = model = await self.call(backend.load_model, self.sync, self.keys, service)
+        self._set_threshold(service, model)
+        scores = np.full(len(fps), np.nan)
+        scoreable = [i for i, fp in enumerate(fps) if not fp.no_data]
+        if model is not None and scoreable:
+            X = np.vstack([fps[i].vector for i in scoreable])
+            ts = np.array([fps[i].start for i in scoreable])
+            scores[scoreable] = await self.call(backend.score_rows, model, X, ts)
+        if fps:
+            rows = np.empty((len(fps), 2 + len(fps[0].vector)))
+            rows[:, 0] = [fp.start for fp in fps]
+            rows[:, 1] = scores
+            rows[:, 2:] = np.vstack([fp.vector for fp in fps])
+            self.state.live.buffer(service).extend(rows)
+            self._note_arrival(fps[-1].start)
+        context = self._context[service] = deque(maxlen=config.MODEL_CONTEXT_ROWS)
+        context.extend(fp for fp in fps if not fp.no_data)
+
+    def _parse(self, service: str, fields: dict[Any, Any]) -> Fingerprint | None:
+        try:
+            return from_stream_entry(service, fields)
+        except (KeyError, ValueError) as err:
+            log.warning("skipping an unreadable fingerprint of %s: %s", service, err)
+            return None
+
+    def _note_arrival(self, start: float) -> None:
+        self.state.connection.last_fingerprint_at = max(self.state.connection.last_fingerprint_at, start)
+
+    def _add_fingerprint(self, service: str, fields: dict[Any, Any]) -> None:
+        fp = self._parse(service, fields)
+        if fp is None:
+            return
+        model = self._models.get(service)
+        score = None
+        if not fp.no_data:
+            context = self._context.setdefault(service, deque(maxlen=config.MODEL_CONTEXT_ROWS))
+            context.append(fp)
+            if model is not None:
+                try:
+                    X = np.vstack([c.vector for c in context])
+                    score = float(backend.score_rows(model, X, np.array([c.start for c in context]))[-1])
+                except ValueError as err:  # a model of another schema: shown as "no score"
+                    log.warning("cannot score %s: %s", service, err)
+        self.state.live.append(service, fp.start, fp.vector, score)
+        self._note_arrival(fp.start)
+
+    def _set_threshold(self, service: str, model: Any) -> None:
+        if model is None:
+            self.state.live.thresholds.pop(service, None)
+        else:
+            self.state.live.thresholds[service] = float(model.threshold)
+
+    async def refresh_model(self, service: str) -> None:
+        """Reload the service's active model (after training, activation or rollback)."""
+        model = await self.call(backend.load_model, self.sync, self.keys, service)
+        self._models[service] = model
+        self._set_threshold(service, model)
+
+    # --- status and self-monitoring -----------------------------------------------------------
+    async def _status_loop(self) -> None:
+        assert self.client is not None
+        while True:
+            info = await self.client.info("memory")
+            status = await self.call(backend.status, self.sync, self.keys)
+            detector = await self.call(backend.detector_holder, self.sync, self.keys)
+            warnings = []
+            window = float(status.get("window_seconds") or 5)
+            last = self.state.connection.last_fingerprint_at  # newest window start seen
+            if status.get("services") and time.time() - last > (SILENT_FINGERPRINT_WARN_WINDOWS + 1) * window:
+                warnings.append(f"no fingerprints arrived in the last {SILENT_FINGERPRINT_WARN_WINDOWS} windows")
+            if not detector:
+                warnings.append("no detector is alive: nothing is being scored or alerted")
+            self.state.connection.update(
+                used_memory=int(info.get("used_memory", 0)), status_json=status, warnings=warnings,
+                detector=detector,
+            )  # fmt: skip
+            await asyncio.sleep(STATUS_POLL_SECONDS)

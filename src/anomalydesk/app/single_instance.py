@@ -1,0 +1,63 @@
+"""One app per user: the first instance listens on a QLocalServer; a second launch asks it to show itself."""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+
+from PySide6 import QtCore, QtNetwork
+
+from anomalydesk import config
+
+ACTIVATE = b"activate\n"
+
+
+def server_name() -> str:
+    """A per-user (and per config dir, so tests do not collide) socket name."""
+    digest = hashlib.sha1(str(config.config_dir()).encode()).hexdigest()[:10]
+    return f"anomalydesk-{getpass.getuser()}-{digest}"
+
+
+def notify_running(timeout_ms: int = 500) -> bool:
+    """True when another instance answered (and was told to come to the front)."""
+    socket = QtNetwork.QLocalSocket()
+    socket.connectToServer(server_name())
+    if not socket.waitForConnected(timeout_ms):
+        return False
+    socket.write(ACTIVATE)
+    socket.waitForBytesWritten(timeout_ms)
+    socket.disconnectFromServer()
+    return True
+
+
+class InstanceServer(QtCore.QObject):
+    """Listens for later launches; emits `activate` when one knocks."""
+
+    activate = QtCore.Signal()
+
+    def __init__(self, parent: QtCore.QObject | None = None):
+        super().__init__(parent)
+        self.server = QtNetwork.QLocalServer(self)
+        self.server.newConnection.connect(self._connection)
+
+    def listen(self) -> bool:
+        """Start listening (removing a stale socket left by a crash)."""
+        name = server_name()
+        if self.server.listen(name):
+            return True
+        QtNetwork.QLocalServer.removeServer(name)
+        return self.server.listen(name)
+
+    def _connection(self) -> None:
+        while self.server.hasPendingConnections():
+            socket = self.server.nextPendingConnection()
+            socket.readyRead.connect(lambda s=socket: self._read(s))
+            socket.disconnected.connect(socket.deleteLater)
+
+    def _read(self, socket: QtNetwork.QLocalSocket) -> None:
+        if bytes(socket.readAll().data()).startswith(ACTIVATE.strip()):
+            self.activate.emit()
+
+    def close(self) -> None:
+        """Stop listening."""
+        self.server.close()

@@ -1,0 +1,46 @@
+"""Helpers for the app's pytest-qt tests: a qasync loop driven by qtbot, and a running DesktopApp.
+
+The qasync loop is created `already_running`, so coroutines advance whenever Qt processes events —
+which is what `qtbot.waitUntil` does; tests never sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
+
+import pytest
+
+T = TypeVar("T")
+
+
+@pytest.fixture()
+def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
+    """A qasync event loop on the test's QApplication (set as the running loop)."""
+    import qasync
+
+    threads_before = set(threading.enumerate())
+    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.set_event_loop(loop)
+    yield loop
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    for _ in range(20):
+        qapp.processEvents()
+    loop.stop()
+    asyncio.events._set_running_loop(None)
+    loop.close()
+    asyncio.set_event_loop(None)
+    leaked = [t for t in set(threading.enumerate()) - threads_before
+              if t.is_alive() and t.name.startswith(("ad-", "anomalydesk-"))]  # fmt: skip
+    assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+
+
+def run(qtbot: Any, awaitable: Awaitable[T], timeout: float = 30.0) -> T:
+    """Run a coroutine on the qasync loop until done (Qt events keep flowing meanwhile)."""
+    task = asyncio.ensure_future(awaitable)
+    qtbot.waitUntil(task.done, timeout=int(timeout * 1000))
+    return task.result()
