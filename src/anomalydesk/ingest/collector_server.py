@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -99,6 +100,14 @@ class StoreBinding:
         await self.ar.aclose()
 
 
+async def _prepare_or_warn(binding: StoreBinding) -> None:
+    try:
+        await binding.prepare()
+    except (*REDIS_DOWN, redis.RedisError) as err:
+        log.warning("Redis at %s is not reachable yet (%s); answering 503 until it is",
+                    redact_url(binding.url), err)
+
+
 def build(settings: CollectorSettings, url: str) -> tuple[Collector, StoreBinding]:
     """A collector bound to the store at `url` (SettingsError for unusable settings)."""
     keys = load_keys(settings)
@@ -118,11 +127,7 @@ async def serve(
     url = resolve_url(url)
     ssl_context = tls_context(settings)
     collector, binding = build(settings, url)
-    try:
-        await binding.prepare()
-    except (*REDIS_DOWN, redis.RedisError) as err:
-        log.warning("Redis at %s is not reachable yet (%s); answering 503 until it is",
-                    redact_url(url), err)
+    await _prepare_or_warn(binding)
     runner = web.AppRunner(collector.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, ssl_context=ssl_context,
@@ -148,3 +153,76 @@ async def serve(
     finally:
         await runner.cleanup()  # stops accepting, drains the micro-batcher
         await binding.aclose()
+
+
+class BackgroundCollector:
+    """A collector on its own event loop in a daemon thread (tests, bench, embedding in an app).
+
+    `make` builds the Collector inside that loop (default: bound to the store at `url`); `url` is
+    where it listens once `start()` returned.
+    """
+
+    def __init__(self, settings: CollectorSettings, redis_url: str | None = None,
+                 make: Callable[[], tuple[Collector, StoreBinding | None]] | None = None):
+        self.settings = settings
+        self.redis_url = redis_url
+        self._make = make
+        self.collector: Collector | None = None
+        self.url = ""
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._main, name="anomalydesk-collector", daemon=True)
+
+    def start(self, timeout: float = 30.0) -> BackgroundCollector:
+        """Start and wait until it listens (re-raises a start-up failure)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the collector did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _main(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as err:  # reported by start()
+            self._error = err
+            self._ready.set()
+
+    async def _serve(self) -> None:
+        from aiohttp import web
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        collector, binding = self._make() if self._make else build(self.settings, resolve_url(self.redis_url))
+        self.collector = collector
+        if binding is not None:
+            await _prepare_or_warn(binding)
+        runner = web.AppRunner(collector.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port,
+                           ssl_context=tls_context(self.settings))
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"{'https' if self.settings.tls_cert else 'http'}://{self.settings.host}:{port}"
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await runner.cleanup()
+            if binding is not None:
+                await binding.aclose()
+
+    def stop(self) -> None:
+        """Stop serving (drains waiting events) and join the thread."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def __enter__(self) -> BackgroundCollector:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
