@@ -102,6 +102,21 @@ DETECTOR_BLOCK_MS = 500  # XREADGROUP block per step
 DETECTOR_READ_COUNT = 200  # fingerprints read per service per step
 DETECTOR_HISTORY_WINDOWS = 12  # recent fingerprints kept per service as scoring context
 RETRAIN_HOLDOUT_FRACTION = 0.2  # newest normal windows held back to compare old and new model
+# training and scoring (detect/train.py, detect/score.py; docs/detection.md says why these values)
+MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "learning"
+DEFAULT_TREES = 100
+DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree
+DEFAULT_FALSE_ALARM_RATE = 0.02  # share of normal windows allowed above the threshold (before k-of-n)
+MODEL_CONTEXT_ROWS = 6  # recent fingerprints (this one included) behind each window's features
+TRAIN_CHUNK_TREES = 10  # the forest grows this many trees per step (progress, cancel)
+DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models the time of day
+SCORE_AT_MEDIAN = 35.0  # calibrated score of a typical training window (threshold → SEVERITY_WARNING)
+REASONS_MAX = 3  # contributing features named per anomalous window
+REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
+BACKTEST_TRAIN_FRACTION = 0.3  # backtest without --train: the first 30 % of TEST trains
+REFERENCE_TREES = 100  # backtest --reference: plain IsolationForest …
+REFERENCE_PERCENTILE = 99.0  # … threshold at this percentile of its training scores …
+REFERENCE_SEEDS = (0, 1, 2, 3, 4)  # … averaged over these seeds
 DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerprints back
 RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance outside the range,
 RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)

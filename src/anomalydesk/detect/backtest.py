@@ -1,0 +1,250 @@
+"""Backtesting the product's detector on labelled series (`anomalydesk backtest`).
+
+The product path is used unchanged: `train()` on the training rows, `score_batch()` on the test rows
+(the last training rows serve as context for the first test rows, as the live detector would have
+them), flags = score ≥ the model's threshold, then `episodes.track()`; a row counts as flagged when
+it lies inside an incident. Labels are only read to compute the metrics.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalydesk import config
+from anomalydesk.detect.episodes import track
+from anomalydesk.detect.score import score_batch
+from anomalydesk.detect.train import TrainParams, train
+
+TIMESTAMP_COLUMN = "timestamp"
+LABEL_COLUMN = "label"
+
+
+class BacktestError(ValueError):
+    """Unusable input: the message says which file, column or row."""
+
+
+@dataclass(frozen=True)
+class Series:
+    """A CSV read into arrays: features (n, f), optional timestamps and labels."""
+
+    path: str
+    feature_names: tuple[str, ...]
+    X: np.ndarray
+    timestamps: np.ndarray | None
+    labels: np.ndarray | None
+
+
+def read_csv(path: str | Path) -> Series:
+    """Read a CSV or CSV.gz with a header row; every column but timestamp/label must be numeric."""
+    path = Path(path)
+    if not path.is_file():
+        raise BacktestError(f"{path}: no such file")
+    try:
+        raw = path.read_bytes()
+        text = (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw).decode("utf-8-sig")
+    except (OSError, EOFError, gzip.BadGzipFile, UnicodeDecodeError) as err:
+        raise BacktestError(f"{path}: cannot read ({err})") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or not any(cell.strip() for cell in rows[0]):
+        raise BacktestError(f"{path}: empty file (a header row is required)")
+    header = [cell.strip() for cell in rows[0]]
+    body = [row for row in rows[1:] if any(cell.strip() for cell in row)]
+    if not body:
+        raise BacktestError(f"{path}: no data rows after the header")
+    if len(set(header)) != len(header):
+        raise BacktestError(f"{path}: duplicate column names in the header")
+    for line, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise BacktestError(f"{path}: row {line} has {len(row)} values, the header has {len(header)}")
+    columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
+    names = tuple(n for n in header if n not in (TIMESTAMP_COLUMN, LABEL_COLUMN))
+    if not names:
+        raise BacktestError(f"{path}: no feature columns (only timestamp/label)")
+    X = np.column_stack([_numeric(path, name, columns[name]) for name in names])
+    timestamps = _timestamps(path, columns[TIMESTAMP_COLUMN]) if TIMESTAMP_COLUMN in columns else None
+    labels = _labels(f"{path}: column 'label'", columns[LABEL_COLUMN]) if LABEL_COLUMN in columns else None
+    return Series(str(path), names, X, timestamps, labels)
+
+
+def read_labels(path: str | Path) -> np.ndarray:
+    """A labels file: one 0 or 1 per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise BacktestError(f"{path}: no such file")
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return _labels(f"{path}", lines)
+
+
+def _numeric(path: Path, name: str, values: list[str]) -> np.ndarray:
+    out = np.empty(len(values))
+    for i, value in enumerate(values):
+        try:
+            out[i] = float(value)
+        except ValueError:
+            raise BacktestError(f"{path}: column {name!r} is not numeric (row {i + 2}: {value!r})") from None
+        if not np.isfinite(out[i]):
+            raise BacktestError(f"{path}: column {name!r} has a non-finite value (row {i + 2}: {value!r})")
+    return out
+
+
+def _timestamps(path: Path, values: list[str]) -> np.ndarray:
+    out = np.empty(len(values))
+    for i, value in enumerate(values):
+        try:
+            out[i] = float(value)
+        except ValueError:
+            try:
+                out[i] = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise BacktestError(f"{path}: column 'timestamp' row {i + 2}: {value!r} is neither epoch "
+                                    "seconds nor RFC 3339") from None
+    return out
+
+
+def _labels(where: str, values: list[str]) -> np.ndarray:
+    for i, value in enumerate(values):
+        if value not in ("0", "1", "0.0", "1.0"):
+            raise BacktestError(f"{where}: labels must be 0 or 1, found {value!r} (line/row {i + 1})")
+    return np.array([float(v) for v in values], dtype=np.int64)
+
+
+# --- metrics -------------------------------------------------------------------------------------
+
+def _prf(tp: float, flagged: float, positives: float) -> dict[str, float]:
+    precision = tp / flagged if flagged else 0.0
+    recall = tp / positives if positives else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """Maximal runs of true values as [start, end) pairs."""
+    edges = np.diff(np.concatenate([[0], np.asarray(mask, dtype=np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
+def metrics(labels: np.ndarray, flagged: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
+    """pointwise, point_adjusted, events (+ mean_delay in rows) and auprc, as DESIGN.md names them."""
+    y = np.asarray(labels, dtype=bool)
+    p = np.asarray(flagged, dtype=bool)
+    events = runs(y)
+    adjusted = p.copy()
+    detected, delays = 0, []
+    for start, end in events:
+        hits = np.flatnonzero(p[start:end])
+        if hits.size:
+            adjusted[start:end] = True
+            detected += 1
+            delays.append(int(hits[0]))
+    alarms = runs(p)
+    true_alarms = sum(1 for start, end in alarms if y[start:end].any())
+    event_block = _prf_events(true_alarms, len(alarms), detected, len(events))
+    event_block["mean_delay"] = float(np.mean(delays)) if delays else None
+    return {
+        "pointwise": _prf(float((y & p).sum()), float(p.sum()), float(y.sum())),
+        "point_adjusted": _prf(float((y & adjusted).sum()), float(adjusted.sum()), float(y.sum())),
+        "events": event_block,
+        "auprc": average_precision(y, scores),
+    }
+
+
+def _prf_events(true_alarms: int, alarms: int, detected: int, events: int) -> dict[str, Any]:
+    precision = true_alarms / alarms if alarms else 0.0
+    recall = detected / events if events else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def average_precision(y: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the precision-recall curve (step-wise, as scikit-learn's average_precision_score)."""
+    if not y.any():
+        return None
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, scores))
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def split(test: Series, train_series: Series | None) -> tuple[Series, Series]:
+    """(training part, scored part): the TRAIN file, or the first 30 % of TEST."""
+    if train_series is not None:
+        if train_series.feature_names != test.feature_names:
+            raise BacktestError(f"{train_series.path} and {test.path} have different feature columns: "
+                                f"{', '.join(train_series.feature_names)} vs {', '.join(test.feature_names)}")
+        return train_series, test
+    cut = round(test.X.shape[0] * config.BACKTEST_TRAIN_FRACTION)
+    head = Series(test.path, test.feature_names, test.X[:cut],
+                  None if test.timestamps is None else test.timestamps[:cut], None)
+    tail = Series(test.path, test.feature_names, test.X[cut:],
+                  None if test.timestamps is None else test.timestamps[cut:],
+                  None if test.labels is None else test.labels[cut:])
+    return head, tail
+
+
+def run_backtest(test: Series, train_series: Series | None = None, labels: np.ndarray | None = None,
+                 reference: bool = False, params: TrainParams | None = None) -> dict[str, Any]:
+    """Train on the training part, score the rest with the product's pipeline, compute the metrics."""
+    if labels is not None:
+        if labels.shape[0] != test.X.shape[0]:
+            raise BacktestError(f"--labels has {labels.shape[0]} values but {test.path} has "
+                                f"{test.X.shape[0]} rows")
+        test = Series(test.path, test.feature_names, test.X, test.timestamps, labels)
+    if test.labels is None:
+        raise BacktestError(f"{test.path}: no labels (add a 'label' column or pass --labels FILE)")
+    fit_part, scored = split(test, train_series)
+    params = params or TrainParams(feature_names=test.feature_names)
+    if fit_part.X.shape[0] < params.min_windows:
+        raise BacktestError(f"only {fit_part.X.shape[0]} training rows; the product needs at least "
+                            f"{params.min_windows} (config.MIN_TRAINING_WINDOWS) to train")
+    model = train(fit_part.X, params, timestamps=fit_part.timestamps)
+    context = model.context_rows - 1
+    X = np.vstack([fit_part.X[fit_part.X.shape[0] - context:], scored.X]) if context else scored.X
+    stamps = None
+    if scored.timestamps is not None and fit_part.timestamps is not None:
+        stamps = np.concatenate([fit_part.timestamps[fit_part.timestamps.shape[0] - context:],
+                                 scored.timestamps]) if context else scored.timestamps
+    scores = score_batch(model, X, stamps)[X.shape[0] - scored.X.shape[0]:]
+    flagged, episodes = track(scores >= model.threshold)
+    assert scored.labels is not None
+    result = metrics(scored.labels, flagged, scores)
+    result["threshold"] = model.threshold
+    result["rows"] = {"train": int(fit_part.X.shape[0]), "scored": int(scored.X.shape[0]),
+                      "flagged": int(flagged.sum()), "incidents": len(episodes),
+                      "labelled_anomalous": int(scored.labels.sum())}
+    result["daily_cycle"] = bool(model.metadata["daily_cycle"])
+    if reference:
+        result["reference"] = reference_metrics(fit_part.X, scored.X, scored.labels)
+    return result
+
+
+def reference_metrics(train_X: np.ndarray, test_X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """Plain IsolationForest (100 trees, threshold = 99th percentile of training scores), mean over seeds."""
+    from sklearn.ensemble import IsolationForest
+
+    per_seed = []
+    for seed in config.REFERENCE_SEEDS:
+        forest = IsolationForest(n_estimators=config.REFERENCE_TREES, random_state=seed).fit(train_X)
+        threshold = np.percentile(-forest.score_samples(train_X), config.REFERENCE_PERCENTILE)
+        scores = -forest.score_samples(test_X)
+        per_seed.append(metrics(labels, scores > threshold, scores))
+    return _mean_blocks(per_seed)
+
+
+def _mean_blocks(results: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in results[0].items():
+        if isinstance(value, dict):
+            out[key] = _mean_blocks([r[key] for r in results])
+        else:
+            values = [r[key] for r in results if r[key] is not None]
+            out[key] = float(np.mean(values)) if values else None
+    return out

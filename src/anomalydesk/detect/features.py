@@ -1,0 +1,84 @@
+"""What the forest sees: each fingerprint plus a short look back over the service's recent windows.
+
+For every row (window) and every base feature the model uses four numbers, computed from that row
+and the `context_rows - 1` rows before it (fewer at the very start of a series):
+
+- `value`: the feature itself;
+- `mean`: its mean over the context;
+- `std`: its standard deviation over the context (a metric that starts to jitter is anomalous even
+  when every single value is in range — on the ASD data this is what made the biggest difference);
+- `jump`: |value − previous value|.
+
+All of them are computable online: the live detector passes the last `model.context_rows`
+fingerprints of a service (oldest first) and scores the last one.
+
+Daily cycle: with a profile (24 per-hour-of-day medians per feature, UTC), each value is first
+replaced by `value − profile[hour] + overall median`, i.e. its deviation from what is usual at that
+hour, so a normal night-time low looks like any other normal window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+KINDS = ("value", "mean", "std", "jump")
+HOURS_PER_DAY = 24
+SECONDS_PER_HOUR = 3600
+
+
+def derived_names(feature_names: tuple[str, ...] | list[str]) -> list[str]:
+    """Names of the derived columns, kind-major: value:<f>…, mean:<f>…, std:<f>…, jump:<f>…."""
+    return [f"{kind}:{name}" for kind in KINDS for name in feature_names]
+
+
+def window_features(X: np.ndarray, context_rows: int) -> np.ndarray:
+    """(n, 4·f) value/mean/std/jump of each row over its `context_rows` most recent rows."""
+    X = np.asarray(X, dtype=np.float64)
+    n, f = X.shape
+    if n == 0:
+        return np.empty((0, len(KINDS) * f))
+    w = max(1, int(context_rows))
+    padded = np.vstack([np.full((w - 1, f), np.nan), X])
+    windows = sliding_window_view(padded, w, axis=0)  # (n, f, w)
+    count = np.sum(~np.isnan(windows), axis=2)
+    mean = np.nansum(windows, axis=2) / count
+    std = np.sqrt(np.nansum((windows - mean[:, :, None]) ** 2, axis=2) / count)
+    jump = np.abs(np.diff(X, axis=0, prepend=X[:1]))
+    return np.hstack([X, mean, std, jump])
+
+
+def hours_of_day(timestamps: np.ndarray) -> np.ndarray:
+    """UTC hour of day (0–23) of epoch-second timestamps."""
+    return (np.floor(np.asarray(timestamps, dtype=np.float64) / SECONDS_PER_HOUR) % HOURS_PER_DAY).astype(
+        np.int64)
+
+
+def daily_profile(X: np.ndarray, timestamps: np.ndarray, overall: np.ndarray) -> np.ndarray:
+    """(24, f) per-hour-of-day medians; an hour never seen in training falls back to `overall`."""
+    hours = hours_of_day(timestamps)
+    profile = np.tile(overall, (HOURS_PER_DAY, 1)).astype(np.float64)
+    for h in range(HOURS_PER_DAY):
+        rows = X[hours == h]
+        if rows.shape[0]:
+            profile[h] = np.median(rows, axis=0)
+    return profile
+
+
+def deseasonalise(X: np.ndarray, timestamps: np.ndarray | None, profile: np.ndarray | None,
+                  overall: np.ndarray) -> np.ndarray:
+    """Each value minus what is usual at its hour of day, plus the overall median (no-op without one)."""
+    if profile is None or timestamps is None:
+        return np.asarray(X, dtype=np.float64)
+    return X - profile[hours_of_day(timestamps)] + overall
+
+
+def robust_center_scale(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Median and IQR per column; a column with (almost) no spread falls back to std, then 1."""
+    center = np.median(D, axis=0)
+    q75, q25 = np.percentile(D, [75, 25], axis=0)
+    scale = q75 - q25
+    tiny = 1e-9 * (1.0 + np.abs(center))
+    std = D.std(axis=0)
+    scale = np.where(scale > tiny, scale, np.where(std > tiny, std, 1.0))
+    return center, scale

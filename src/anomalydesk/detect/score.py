@@ -1,0 +1,118 @@
+"""Scoring: fingerprint(s) → a 0–100 score, a severity and the reasons, in an operator's words.
+
+`score(model, rows, timestamps)` scores the **last** row, with the rows before it as context: the
+live detector passes the service's last `model.context_rows` fingerprints, oldest first (a single
+vector works too, with no context). `score_batch` scores every row of a series (backtest, catch-up).
+
+Attribution (which features to name): the forest says *whether* a window is unusual; the reasons say
+*where*. Each derived input (value, mean, std, jump of each feature) is already a robust z-score
+(deviation from the training median in training IQRs), so a feature's contribution is the largest
+|z| among its four inputs. The top features (at most `REASONS_MAX`, each with |z| ≥
+`REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value, and, when
+the deviation is in the variability rather than the level, that it is fluctuating.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anomalydesk import config
+from anomalydesk.detect.features import KINDS
+from anomalydesk.detect.model import Model
+from anomalydesk.fingerprint import FEATURES
+
+_BY_NAME = {f.name: f for f in FEATURES}
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """The verdict on one window."""
+
+    score: float  # 0–100
+    severity: str  # info | warning | critical
+    anomalous: bool  # score ≥ the model's threshold
+    reasons: list[dict[str, Any]] = field(default_factory=list)  # {feature, actual, expected, text}
+
+
+def severity_of(score: float, warning: float = config.SEVERITY_WARNING,
+                critical: float = config.SEVERITY_CRITICAL) -> str:
+    """info below `warning`, warning below `critical`, critical at and above it."""
+    if score >= critical:
+        return "critical"
+    return "warning" if score >= warning else "info"
+
+
+def score_batch(model: Model, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
+    """0–100 score of every row of a series (each with the rows before it as context)."""
+    return model.scores(X, timestamps)
+
+
+def score(model: Model, rows: np.ndarray, timestamps: np.ndarray | None = None) -> ScoreResult:
+    """Score the last row of `rows` (earlier rows are its context); reasons when it is anomalous."""
+    X = model.check_rows(rows)
+    X = X[-model.context_rows:]
+    if timestamps is not None:
+        timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)[-X.shape[0]:]
+    Z = model.transform(X, timestamps)
+    value = float(model.calibrate(model.raw_scores(Z[-1:]))[0])
+    anomalous = value >= model.threshold
+    expected = model.expected_rows(X.shape[0], timestamps)
+    reasons = explain(model, X, Z, expected) if anomalous else []
+    return ScoreResult(score=value, severity=severity_of(value), anomalous=anomalous, reasons=reasons)
+
+
+def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
+            limit: int = config.REASONS_MAX) -> list[dict[str, Any]]:
+    """Reasons for the last row: the features with the largest robust deviation, most deviant first."""
+    f = model.n_features
+    z = np.abs(Z[-1]).reshape(len(KINDS), f)  # kind-major, as features.derived_names
+    contribution = z.max(axis=0)
+    dominant = z.argmax(axis=0)
+    reasons = []
+    for column in np.argsort(-contribution, kind="stable")[:limit]:
+        if reasons and contribution[column] < config.REASON_MIN_DEVIATION:
+            break
+        name = model.feature_names[column]
+        actual, normal = float(X[-1, column]), float(expected[-1, column])
+        kind = KINDS[int(dominant[column])]
+        if kind in ("std", "jump") and X.shape[0] > 1:
+            recent = X[:, column]
+            text = (f"{_label(name)} fluctuating: {_fmt(name, float(recent.min()))} to "
+                    f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
+                    f"{_fmt(name, normal)} normal")
+        else:
+            text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
+        reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text})
+    return reasons
+
+
+def _label(name: str) -> str:
+    feature = _BY_NAME.get(name)
+    return feature.label if feature else name
+
+
+def _fmt(name: str, value: float) -> str:
+    """A value in the feature's unit, as an operator reads it: 18%, 1,240 ms, 3.2 requests/window."""
+    feature = _BY_NAME.get(name)
+    unit = feature.unit if feature else ""
+    if unit == "%":
+        return f"{_number(value * 100)}%"
+    if unit == "/window":
+        return f"{_number(value)}/window"
+    if unit == "x":
+        return f"{_number(value)}×"
+    return f"{_number(value)} {unit}" if unit else _number(value)
+
+
+def _number(value: float) -> str:
+    magnitude = abs(value)
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
+    if magnitude == 0:
+        return "0"
+    return f"{value:.2g}" if magnitude >= 0.01 else f"{value:.1g}"

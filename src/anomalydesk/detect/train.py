@@ -1,0 +1,203 @@
+"""Training: a pure function from a service's recent fingerprint vectors to a `Model`.
+
+`train(X, params, progress, cancel, timestamps)` runs in a worker (GUI) or the detector process; it
+touches no Redis and no Qt. Progress is real: the forest grows `params.chunk_trees` trees at a time
+with `warm_start`, and `cancel()` is checked between chunks.
+
+The threshold comes from the training data alone: each training window is scored out-of-bag (only by
+the trees that did not draw it), and the threshold is the (1 − false_alarm_rate) quantile of those
+scores. The calibrated 0–100 score maps the typical window to `SCORE_AT_MEDIAN`, the threshold to
+`SEVERITY_WARNING`, and windows as far beyond the threshold as the threshold is beyond a typical
+window to `SEVERITY_CRITICAL`; it is monotone in the forest's anomaly score.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from anomalydesk import config
+from anomalydesk.detect.features import (
+    daily_profile,
+    deseasonalise,
+    robust_center_scale,
+    window_features,
+)
+from anomalydesk.detect.forest import ForestArrays
+from anomalydesk.detect.model import Model
+from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION
+
+QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
+
+
+class TrainingCancelled(Exception):
+    """`cancel()` returned true while the forest was growing."""
+
+
+class InsufficientHistory(ValueError):
+    """Fewer training windows than `min_windows`: the service is still learning."""
+
+    def __init__(self, have: int, need: int):
+        super().__init__(f"need at least {need} windows of history to train, have {have} "
+                         f"({need - have} more to go)")
+        self.have, self.need = have, need
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    """What `train` is told; stored in the model's metadata."""
+
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    trees: int = config.DEFAULT_TREES
+    max_samples: int = config.DEFAULT_MAX_SAMPLES
+    false_alarm_rate: float = config.DEFAULT_FALSE_ALARM_RATE
+    context_rows: int = config.MODEL_CONTEXT_ROWS
+    chunk_trees: int = config.TRAIN_CHUNK_TREES
+    min_windows: int = config.MIN_TRAINING_WINDOWS
+    random_state: int = 0
+    schema_version: int = SCHEMA_VERSION
+    extra: dict[str, object] = field(default_factory=dict)  # recorded as given (e.g. service name)
+
+    def __post_init__(self) -> None:
+        if not self.feature_names:
+            raise ValueError("feature_names must not be empty")
+        if self.trees < 1 or self.chunk_trees < 1:
+            raise ValueError("trees and chunk_trees must be at least 1")
+        if self.max_samples < 2:
+            raise ValueError("max_samples must be at least 2")
+        if not 0.0 < self.false_alarm_rate < 0.5:
+            raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {self.false_alarm_rate}")
+        if self.context_rows < 1:
+            raise ValueError("context_rows must be at least 1")
+        if self.min_windows < 2:
+            raise ValueError("min_windows must be at least 2")
+
+
+def train(
+    X: np.ndarray,
+    params: TrainParams | None = None,
+    progress: Callable[[float], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+    timestamps: np.ndarray | None = None,
+) -> Model:
+    """Fit a model on (n, f) windows (oldest first); raises InsufficientHistory or TrainingCancelled."""
+    params = params or TrainParams()
+    report = progress or (lambda fraction: None)
+    X = _check_matrix(X, params.feature_names)
+    n = X.shape[0]
+    if n < params.min_windows:
+        raise InsufficientHistory(n, params.min_windows)
+    if timestamps is not None:
+        timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+        if timestamps.shape[0] != n or not np.all(np.isfinite(timestamps)):
+            raise ValueError(f"timestamps: need {n} finite values, got {timestamps.shape[0]}")
+    report(0.0)
+
+    expected = np.median(X, axis=0)
+    q75, q25 = np.percentile(X, [75, 25], axis=0)
+    span = float(timestamps.max() - timestamps.min()) if timestamps is not None else 0.0
+    daily_cycle = timestamps is not None and span >= config.DAILY_CYCLE_MIN_SECONDS
+    profile = daily_profile(X, timestamps, expected) if daily_cycle else None
+    derived = window_features(deseasonalise(X, timestamps, profile, expected), params.context_rows)
+    center, scale = robust_center_scale(derived)
+    Z = (derived - center) / scale
+
+    forest = _grow(Z, params, report, cancel)
+    arrays = ForestArrays.from_sklearn(forest)
+    oob_raw = _out_of_bag_scores(arrays, forest, Z)
+    threshold_raw = float(np.quantile(oob_raw, 1.0 - params.false_alarm_rate))
+    cal_raw, cal_score = _calibration(oob_raw, threshold_raw)
+    calibrated = np.interp(oob_raw, cal_raw, cal_score)
+
+    if daily_cycle:
+        note = f"daily cycle modelled: history spans {span / 86400:.1f} days"
+    elif timestamps is None:
+        note = "no timestamps: time of day not modelled"
+    else:
+        note = (f"less than a day of history ({span / 3600:.1f} h): the daily cycle is not modelled yet, "
+                "so a normal night-time low may be flagged until the model is retrained")
+    metadata = {
+        "trained_at": time.time(),
+        "windows": n,
+        "schema": params.schema_version,
+        "params": _params_dict(params),
+        "threshold": config.SEVERITY_WARNING,
+        "threshold_raw": threshold_raw,
+        "severity_cutoffs": {"warning": config.SEVERITY_WARNING, "critical": config.SEVERITY_CRITICAL},
+        "score_quantiles": {f"p{q * 100:g}": float(np.quantile(calibrated, q)) for q in QUANTILES},
+        "raw_quantiles": {f"p{q * 100:g}": float(np.quantile(oob_raw, q)) for q in QUANTILES},
+        "training_flag_rate": float(np.mean(calibrated >= config.SEVERITY_WARNING)),
+        "daily_cycle": bool(daily_cycle),
+        "history_seconds": span if timestamps is not None else None,
+        "note": note,
+        "feature_median": dict(zip(params.feature_names, map(float, expected), strict=True)),
+        "feature_iqr": dict(zip(params.feature_names, map(float, q75 - q25), strict=True)),
+    }
+    model = Model(
+        forest=arrays, feature_names=tuple(params.feature_names), context_rows=params.context_rows,
+        center=center, scale=scale, expected=expected, spread=q75 - q25, profile=profile,
+        calibration_raw=cal_raw, calibration_score=cal_score, metadata=metadata,
+    )
+    report(1.0)
+    return model
+
+
+def _check_matrix(X: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != len(names):
+        raise ValueError(f"training data must be (windows, {len(names)}) for features {', '.join(names)}; "
+                         f"got shape {X.shape}")
+    bad = ~np.isfinite(X)
+    if bad.any():
+        row, column = (int(v) for v in np.argwhere(bad)[0])
+        raise ValueError(f"training data: feature {names[column]!r} is not a finite number in window {row}")
+    return X
+
+
+def _grow(Z: np.ndarray, params: TrainParams, report: Callable[[float], None],
+          cancel: Callable[[], bool] | None) -> IsolationForest:
+    forest = IsolationForest(n_estimators=0, max_samples=min(params.max_samples, Z.shape[0]),
+                             random_state=params.random_state, warm_start=True, n_jobs=1)
+    grown = 0
+    while grown < params.trees:
+        if cancel is not None and cancel():
+            raise TrainingCancelled(f"training cancelled after {grown} of {params.trees} trees")
+        grown = min(params.trees, grown + params.chunk_trees)
+        forest.set_params(n_estimators=grown)
+        forest.fit(Z)
+        report(0.9 * grown / params.trees)
+    return forest
+
+
+def _out_of_bag_scores(arrays: ForestArrays, forest: IsolationForest, Z: np.ndarray) -> np.ndarray:
+    """Each training window's anomaly score from the trees that did not draw it (all trees if none)."""
+    paths = arrays.leaf_paths(Z)
+    out_of_bag = np.ones(paths.shape, dtype=bool)
+    for t, drawn in enumerate(forest.estimators_samples_):
+        out_of_bag[drawn, t] = False
+    out_of_bag[~out_of_bag.any(axis=1)] = True
+    return arrays.anomaly_score_from_paths(paths, out_of_bag)
+
+
+def _calibration(raw: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors (raw → 0–100): 0, typical, threshold, critical, 1."""
+    typical = float(np.median(raw))
+    threshold = min(max(threshold, typical + 1e-6), 1.0 - 2e-6)
+    typical = min(typical, threshold - 1e-6)
+    critical = min(threshold + (threshold - typical), (threshold + 1.0) / 2.0)
+    anchors_raw = np.array([0.0, typical, threshold, critical, 1.0])
+    anchors_score = np.array([0.0, config.SCORE_AT_MEDIAN, config.SEVERITY_WARNING,
+                              config.SEVERITY_CRITICAL, 100.0])
+    if typical <= 0.0:
+        anchors_raw, anchors_score = anchors_raw[1:], anchors_score[1:]
+    return anchors_raw, anchors_score
+
+
+def _params_dict(params: TrainParams) -> dict[str, object]:
+    data = asdict(params)
+    data["feature_names"] = list(params.feature_names)
+    return data
