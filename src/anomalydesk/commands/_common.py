@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
+
+if TYPE_CHECKING:
+    import redis
 
 
 def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
@@ -32,3 +35,15 @@ def _render(data: Any, indent: int = 0) -> str:
     if isinstance(data, list):
         return "\n".join(f"{pad}- {item}" for item in data)
     return f"{pad}{data}"
+
+
+def client(args: argparse.Namespace) -> redis.Redis:
+    """The Redis client for the global --redis option (else $ANOMALYDESK_REDIS_URL, else embedded), pinged."""
+    from anomalydesk.cli import CommandError
+    from anomalydesk.store.connection import ConnectionFailed, connect
+    from anomalydesk.store.embedded import EmbeddedServerError
+
+    try:
+        return connect(getattr(args, "redis", None))
+    except (ConnectionFailed, EmbeddedServerError) as err:
+        raise CommandError(str(err)) from err

@@ -158,21 +158,33 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _runs_config(pid: int, conf: Path) -> bool:
-    """Whether `pid` is a live redis-server started with our `conf` (not some reused pid)."""
+def _serves(proc: psutil.Process, directory: str) -> bool:
+    # redis-server rewrites its command line into a title and chdirs to its `dir`: match name and cwd
+    return (
+        proc.status() != psutil.STATUS_ZOMBIE
+        and proc.name().lower().startswith(("redis-server", "memurai"))
+        and os.path.samefile(proc.cwd(), directory)
+    )
+
+
+def _runs_in(pid: int, directory: Path) -> bool:
+    """Whether `pid` is a live redis-server working in `directory` (not some reused pid)."""
     try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE and str(conf) in proc.cmdline()
-    except psutil.Error:
+        return _serves(psutil.Process(pid), str(directory))
+    except (psutil.Error, OSError):
         return False
 
 
-def _orphans(conf: Path) -> list[int]:
-    """Pids of redis-servers running our config file without (or despite) the info file."""
+def server_pids(directory: Path) -> list[int]:
+    """Pids of live redis-servers working in `directory` (recorded in the info file or not)."""
+    if not Path(directory).is_dir():
+        return []
     found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        with contextlib.suppress(psutil.Error):
-            if str(conf) in (proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+    for proc in psutil.process_iter(["pid", "name"]):
+        if not (proc.info["name"] or "").lower().startswith(("redis-server", "memurai")):
+            continue
+        with contextlib.suppress(psutil.Error, OSError):
+            if _serves(proc, str(directory)):
                 found.append(proc.info["pid"])
     return found
 
@@ -309,7 +321,7 @@ def _record(server: EmbeddedServer) -> None:
 
 def _start_locked(port: int | None, directory: Path | None, detach: bool = True) -> EmbeddedServer:
     directory = (directory or default_directory()).resolve()
-    running = _orphans(directory / "redis.conf")
+    running = server_pids(directory)
     if running:
         raise EmbeddedServerError(
             f"a redis-server (pid {running[0]}) already runs on {directory} but {info_path()} does not "
@@ -334,8 +346,7 @@ def _usable(server: EmbeddedServer) -> bool:
         state = _answers(server)
         if state:
             return True
-        conf = Path(server.directory) / "redis.conf"
-        if not _runs_config(server.pid, conf) or time.monotonic() > deadline:
+        if not _runs_in(server.pid, Path(server.directory)) or time.monotonic() > deadline:
             return False
         time.sleep(0.1)
 
@@ -386,7 +397,7 @@ def stop(timeout: float = config.EMBEDDED_STOP_TIMEOUT_SECONDS) -> bool:
             pids.append(server.pid)
         else:  # no answer: a stale file, or a server that lost its file; ask ours to stop by signal
             directory = Path(server.directory) if server else default_directory()
-            pids = _orphans(directory / "redis.conf")
+            pids = server_pids(directory)
             for pid in pids:
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).terminate()  # SIGTERM: redis-server saves and exits cleanly
