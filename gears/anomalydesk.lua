@@ -52,6 +52,14 @@ local function fail(msg)
   return redis.error_reply('ERR anomalydesk: ' .. msg)
 end
 
+-- redis.call(cmd, key, items...) in chunks: unpack() is limited to a few thousand values
+local function call_chunked(cmd, key, items, step)
+  for i = 1, #items, step do
+    local j = math.min(i + step - 1, #items)
+    redis.call(cmd, key, unpack(items, i, j))
+  end
+end
+
 local function num(x)
   return string.format('%.17g', x)
 end
@@ -504,7 +512,7 @@ local function ad_ingest(keys, args)
         end
         if first_seen then new = new + 1 end
       end
-      if #names > 0 then redis.call('PFADD', ks.wh(win), unpack(names)) end
+      if #names > 0 then call_chunked('PFADD', ks.wh(win), names, 1000) end
       if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
       new_total = new_total + new
       for i = 1, #w.st, 2 do
@@ -538,8 +546,8 @@ local function ad_ingest(keys, args)
   for s, cnt in pairs(cms_st) do st_items[#st_items + 1] = s; st_items[#st_items + 1] = cnt end
   if #ep_items > 0 then
     if c.be == 'native' then
-      redis.call('CMS.INCRBY', ks.cms_ep, unpack(ep_items))
-      redis.call('TOPK.INCRBY', ks.topk, unpack(ep_items))
+      call_chunked('CMS.INCRBY', ks.cms_ep, ep_items, 1000)
+      call_chunked('TOPK.INCRBY', ks.topk, ep_items, 1000)
     else
       cms_incr(ks.cms_ep, c.cw, c.cd, ep_items)
       for i = 1, #ep_items, 2 do topk_incr(ks.topk, topk_counters, ep_items[i], ep_items[i + 1]) end
@@ -547,7 +555,7 @@ local function ad_ingest(keys, args)
   end
   if #st_items > 0 then
     if c.be == 'native' then
-      redis.call('CMS.INCRBY', ks.cms_st, unpack(st_items))
+      call_chunked('CMS.INCRBY', ks.cms_st, st_items, 1000)
     else
       cms_incr(ks.cms_st, c.cw, c.cd, st_items)
     end

@@ -45,6 +45,7 @@ from anomalydesk.store.keys import Keys
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL_SECONDS = 5.0
+MAX_ENDPOINTS_PER_CALL = 2_000
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 Event = Metric | BusinessMetric
 
@@ -129,8 +130,8 @@ def _pairs(keys: np.ndarray, counts: np.ndarray, lo: int, hi: int, key_of) -> li
     return out
 
 
-def _window_groups(cols: _Columns, replay: bool, window_s: int) -> list[dict[str, Any]]:
-    ep, st, lat, ts = cols.columns()
+def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarray, names: list[str],
+                   replay: bool, window_s: int) -> list[dict[str, Any]]:
     if len(ep) == 0:
         return []
     if replay:
@@ -145,7 +146,6 @@ def _window_groups(cols: _Columns, replay: bool, window_s: int) -> list[dict[str
     e4 = np.bincount(winv, weights=(st >= 400) & (st < 500), minlength=nwin)
     e5 = np.bincount(winv, weights=st >= 500, minlength=nwin)
     ls = np.bincount(winv, weights=lat, minlength=nwin)
-    names = list(cols.vocab)
     vsize = max(len(names), 1)
 
     def grouped(keys: np.ndarray, base: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -204,13 +204,21 @@ def encode(columns: dict[str, _Columns], config: _Config, replay: bool, batch_id
     """Per-service FCALL payloads for buffered columns: [(service, payload JSON)]."""
     out = []
     for service, cols in columns.items():
-        groups = _window_groups(cols, replay, config.window_s)
-        kpis = _kpi_rows(cols, replay, config.window_s)
-        if not groups and not kpis:
-            continue
-        payload = {"v": 1, "mode": "replay" if replay else "live", "batch": batch_id,
-                   "sparse": 1 if sparse else 0, "cfg": config.payload_cfg, "w": groups, "k": kpis}
-        out.append((service, orjson.dumps(payload)))
+        ep, st, lat, ts = cols.columns()
+        names = list(cols.vocab)
+        # one FCALL's work grows with the distinct endpoints it updates: split a high-cardinality
+        # batch by endpoint so no call blocks the server for long (each part has its own batch id)
+        parts = max(1, math.ceil(len(names) / MAX_ENDPOINTS_PER_CALL))
+        for part in range(parts):
+            sel = slice(None) if parts == 1 else (ep // MAX_ENDPOINTS_PER_CALL) == part
+            groups = _window_groups(ep[sel], st[sel], lat[sel], ts[sel], names, replay, config.window_s)
+            kpis = _kpi_rows(cols, replay, config.window_s) if part == 0 else []
+            if not groups and not kpis:
+                continue
+            payload = {"v": 1, "mode": "replay" if replay else "live",
+                       "batch": batch_id if parts == 1 or batch_id is None else f"{batch_id}:{part}",
+                       "sparse": 1 if sparse else 0, "cfg": config.payload_cfg, "w": groups, "k": kpis}
+            out.append((service, orjson.dumps(payload)))
     return out
 
 
@@ -259,6 +267,7 @@ class _Writer:
             elif self._config is None:
                 ensure_library(self.r)
             self._config = _config_from(stored.settings, stored.backend)
+            self._known.clear()  # re-register services now and then: the server may have lost them
         return self._config
 
     def write(self, payloads: list[tuple[str, bytes]]) -> IngestResult:
@@ -274,6 +283,7 @@ class _Writer:
         replies = pipe.execute(raise_on_error=False)[2 if new else 0:]
         if any(_is_missing_function(x) for x in replies):
             ensure_library(self.r)  # the server lost its functions (restart without persistence)
+            self._known.clear()
             return self.write(payloads)
         self._known.update(new)
         total = IngestResult()
@@ -321,6 +331,7 @@ class AsyncWriter:
             if not stored.configured:
                 raise NotSetUp("AnomalyDesk is not set up on this server: run `anomalydesk setup`")
             self._config = _config_from(stored.settings, stored.backend)
+            self._known.clear()
         return self._config
 
     async def ingest(self, events: Iterable[Event], *, batch_id: str | None = None,
@@ -340,6 +351,7 @@ class AsyncWriter:
             # the server lost its functions (restarted without persistence): the version was
             # checked at start-up, so loading our library is safe
             await self.ar.function_load(library_source()[0], replace=True)
+            self._known.clear()
             return await self.ingest(events, batch_id=batch_id, replay=replay, sparse=sparse)
         self._known.update(new)
         total = IngestResult()
@@ -372,7 +384,8 @@ class IngestSink:
 
     def __init__(self, r: redis.Redis, *, replay: bool = False, max_batch: int = SINK_MAX_BATCH_EVENTS,
                  max_buffered: int = SINK_MAX_BUFFERED_EVENTS, flush_interval: float = SINK_FLUSH_SECONDS,
-                 keys: Keys | None = None):
+                 retry_attempts: int = SINK_RETRY_ATTEMPTS, keys: Keys | None = None):
+        self.retry_attempts = retry_attempts
         self.replay = replay
         self.max_batch = max_batch
         self.max_buffered = max_buffered
@@ -468,7 +481,7 @@ class IngestSink:
             while self._pending:
                 payloads, count = self._pending[0]
                 try:
-                    result = result + self._writer.write_retrying(payloads)
+                    result = result + self._writer.write_retrying(payloads, self.retry_attempts)
                 except _RETRYABLE as err:
                     self.last_error = err
                     raise

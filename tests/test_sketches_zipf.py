@@ -1,0 +1,71 @@
+"""Count-Min Sketch and Top-K of the gears library against exact counts of a Zipf stream (100k keys)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from anomalydesk.config import SketchSettings
+from anomalydesk.store import admin, sketches
+from anomalydesk.store.sink import IngestSink
+
+SERVICE = "zipf"
+
+
+def _zipf_stream(n_keys: int, n_events: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_keys + 1) ** 1.1
+    return rng.choice(n_keys, size=n_events, p=weights / weights.sum())
+
+
+@pytest.fixture(scope="module")
+def zipf_service(redis_server) -> Iterator[tuple[redis.Redis, np.ndarray, list[str], int]]:
+    """100k distinct endpoints, 1M events in a Zipf(1.1) mix, ingested in batches (once per module)."""
+    r = redis_server.client()
+    r.flushall()
+    admin.setup(r, SketchSettings(window_seconds=5))
+    n_keys, n_events = 100_000, 1_000_000
+    stream = _zipf_stream(n_keys, n_events)
+    names = [f"GET:/item/k{i}" for i in range(n_keys)]
+    sink = IngestSink(r, max_batch=200_000)
+    for chunk in np.array_split(stream, 10):
+        sink.add_arrays(SERVICE, names, chunk, np.full(len(chunk), 200), np.full(len(chunk), 3.0))
+    sink.close()
+    yield r, np.bincount(stream, minlength=n_keys), names, n_events
+    r.close()
+
+
+def test_count_min_sketch_within_its_error_bound(zipf_service) -> None:
+    r, exact, names, total = zipf_service
+    info = sketches.info(r, SERVICE)
+    width, depth = info["cms"]["width"], info["cms"]["depth"]
+    bound = math.e / width * total  # additive error bound ε·N, exceeded with probability ≤ e^-depth
+    estimates = np.empty(len(names), dtype=np.int64)
+    for start in range(0, len(names), 5_000):
+        batch = names[start:start + 5_000]
+        counts = sketches.endpoint_counts(r, SERVICE, batch)
+        estimates[start:start + 5_000] = [counts[n] for n in batch]
+    assert (estimates >= exact).all()  # a Count-Min Sketch never under-counts
+    violations = np.mean(estimates - exact > bound)
+    assert violations <= math.exp(-depth), f"{violations:.4%} of keys beyond ε·N={bound:.0f}"
+    # and the heavy keys are close in relative terms
+    assert estimates[0] == pytest.approx(exact[0], rel=0.01)
+
+
+def test_topk_finds_the_true_heavy_hitters(zipf_service) -> None:
+    r, exact, names, total = zipf_service
+    listed = sketches.topk(r, SERVICE)
+    k = sketches.info(r, SERVICE)["topk"]["k"]
+    assert len(listed) == k
+    counters = max(100, 10 * k)
+    true_order = np.argsort(-exact)
+    heavy = [names[i] for i in true_order[:k] if exact[i] > total / counters]
+    assert heavy, "the stream should have heavy hitters"
+    assert set(heavy) <= {name for name, _ in listed}
+    for name, estimate in listed:  # Space-Saving over-estimates by at most N / counters
+        truth = exact[names.index(name)]
+        assert truth <= estimate <= truth + total / counters
