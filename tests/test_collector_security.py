@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from test_collector import events_total, metric, post, request
 
 from anomalydesk.ingest.collector import CollectorSettings, SettingsError, load_keys
 from anomalydesk.ingest.collector_server import BackgroundCollector
 from anomalydesk.ingest.http_auth import ApiKeys, KeyFileError, RateLimiter
+from test_collector import events_total, metric, post, request
 
 KEY_A = "key-aaaaaaaaaaaaaaaaaaaa"
 KEY_B = "key-bbbbbbbbbbbbbbbbbbbb"
@@ -30,7 +30,7 @@ def bearer(key: str) -> dict[str, str]:
 
 def test_keys_are_required_for_ingest_and_metrics(redis_url: str, r: redis.Redis) -> None:
     with BackgroundCollector(CollectorSettings(port=0, api_keys=[KEY_A]), redis_url) as c:
-        status, headers, body = post(c.url, "/metrics", metric())
+        status, headers, _ = post(c.url, "/metrics", metric())
         assert status == 401 and headers["www-authenticate"].startswith("Bearer")
         assert post(c.url, "/metrics", metric(), bearer(KEY_B))[0] == 401
         assert post(c.url, "/metrics", metric(), bearer(KEY_A[:-1]))[0] == 401
@@ -130,7 +130,7 @@ def make_self_signed(directory: Path) -> tuple[Path, Path]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "anomalydesk-test")])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
