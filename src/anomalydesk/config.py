@@ -111,6 +111,7 @@ MODEL_CONTEXT_ROWS = 6  # recent fingerprints (this one included) behind each wi
 TRAIN_CHUNK_TREES = 10  # the forest grows this many trees per step (progress, cancel)
 DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models the time of day
 SCORE_AT_MEDIAN = 35.0  # calibrated score of a typical training window (threshold → SEVERITY_WARNING)
+DEVIATION_ALARM_SHARE = 0.25  # share of the false-alarm budget given to the largest-|z| verdict
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
 BACKTEST_TRAIN_FRACTION = 0.3  # backtest without --train: the first 30 % of TEST trains

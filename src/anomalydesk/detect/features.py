@@ -25,6 +25,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 KINDS = ("value", "mean", "std", "jump")
 HOURS_PER_DAY = 24
 SECONDS_PER_HOUR = 3600
+CONSTANT_SCALE = 1e-3  # scale of a constant column, relative to 1 + |median|
 
 
 def derived_names(feature_names: tuple[str, ...] | list[str]) -> list[str]:
@@ -74,11 +75,15 @@ def deseasonalise(X: np.ndarray, timestamps: np.ndarray | None, profile: np.ndar
 
 
 def robust_center_scale(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and IQR per column; a column with (almost) no spread falls back to std, then 1."""
+    """Median and IQR per column; with (almost) no spread: std, else 0.1 % of (1 + |median|).
+
+    The last fallback is deliberately small: a feature that never moved in training and now moves
+    is news (a z-score in the hundreds), while float round-off stays far below one.
+    """
     center = np.median(D, axis=0)
     q75, q25 = np.percentile(D, [75, 25], axis=0)
     scale = q75 - q25
     tiny = 1e-9 * (1.0 + np.abs(center))
     std = D.std(axis=0)
-    scale = np.where(scale > tiny, scale, np.where(std > tiny, std, 1.0))
+    scale = np.where(scale > tiny, scale, np.where(std > tiny, std, CONSTANT_SCALE * (1.0 + np.abs(center))))
     return center, scale

@@ -7,7 +7,8 @@ robust-scaling constants, the optional daily profile, the calibration anchors an
 
 Scoring pipeline (the same for training, live scoring and the backtest):
 rows → deseasonalise (daily profile, if any) → value/mean/std/jump over `context_rows`
-→ robust scaling → forest anomaly score in (0, 1] → calibrated 0–100 score.
+→ robust scaling → forest anomaly score in (0, 1] and largest robust |z| → each calibrated to 0–100
+→ the larger of the two.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class Model:
     profile: np.ndarray | None  # (24, f) per-hour-of-day medians, or None without a daily cycle
     calibration_raw: np.ndarray  # increasing raw anomaly scores …
     calibration_score: np.ndarray  # … and the 0–100 scores they map to (piecewise linear)
+    deviation_raw: np.ndarray  # increasing largest-|z| values …
+    deviation_score: np.ndarray  # … and their 0–100 scores
     metadata: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -98,12 +101,26 @@ class Model:
         return -self.forest.score_samples(Z)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Raw anomaly scores → 0–100, monotone, threshold ↦ SEVERITY_WARNING at training time."""
+        """Raw forest anomaly scores → 0–100, monotone, threshold ↦ SEVERITY_WARNING."""
         return np.interp(raw, self.calibration_raw, self.calibration_score)
+
+    def calibrate_deviation(self, deviation: np.ndarray) -> np.ndarray:
+        """Largest robust |z| of a row → 0–100, monotone, threshold ↦ SEVERITY_WARNING."""
+        return np.interp(deviation, self.deviation_raw, self.deviation_score)
+
+    def scores_from(self, Z: np.ndarray) -> np.ndarray:
+        """0–100 score of transformed rows: the larger of the forest's and the deviation's verdict.
+
+        The forest sees unusual combinations; it is blind to *how far* out a single input is (a
+        point beyond the training range is isolated at the first split on that input, which few
+        paths reach among 4·f inputs). The largest robust |z| sees exactly that.
+        """
+        deviation = np.abs(Z).max(axis=1)
+        return np.maximum(self.calibrate(self.raw_scores(Z)), self.calibrate_deviation(deviation))
 
     def scores(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
         """Calibrated 0–100 score of every row (each with the rows before it as context)."""
-        return self.calibrate(self.raw_scores(self.transform(X, timestamps)))
+        return self.scores_from(self.transform(X, timestamps))
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -121,6 +138,8 @@ class Model:
             "profile": None if self.profile is None else self.profile.tolist(),
             "calibration_raw": self.calibration_raw.tolist(),
             "calibration_score": self.calibration_score.tolist(),
+            "deviation_raw": self.deviation_raw.tolist(),
+            "deviation_score": self.deviation_score.tolist(),
             "metadata": self.metadata,
         }
 
@@ -165,15 +184,16 @@ class Model:
             profile = float_array(data, "profile", where, ndim=2)
             if profile.shape != (HOURS_PER_DAY, f):
                 raise ModelFormatError(f"model: 'profile' has shape {profile.shape}, expected ({HOURS_PER_DAY}, {f})")
-        cal_raw = float_array(data, "calibration_raw", where)
-        cal_score = float_array(data, "calibration_score", where)
-        if cal_raw.shape != cal_score.shape or cal_raw.size < 3:
-            raise ModelFormatError("model: calibration anchors must be two arrays of equal length (≥ 3)")
-        if np.any(np.diff(cal_raw) <= 0) or np.any(np.diff(cal_score) < 0):
-            raise ModelFormatError("model: calibration anchors must be increasing")
+        anchors = {}
+        for raw_key, score_key in (("calibration_raw", "calibration_score"), ("deviation_raw", "deviation_score")):
+            raw, mapped = float_array(data, raw_key, where), float_array(data, score_key, where)
+            if raw.shape != mapped.shape or raw.size < 3:
+                raise ModelFormatError(f"model: {raw_key!r} and {score_key!r} must have equal length (≥ 3)")
+            if np.any(np.diff(raw) <= 0) or np.any(np.diff(mapped) < 0):
+                raise ModelFormatError(f"model: {raw_key!r} anchors must be increasing")
+            anchors[raw_key], anchors[score_key] = raw, mapped
         metadata = data.get("metadata")
         if not isinstance(metadata, dict):
             raise ModelFormatError("model: 'metadata' must be an object")
         return cls(forest=forest, feature_names=tuple(names), context_rows=context_rows,
-                   profile=profile, calibration_raw=cal_raw, calibration_score=cal_score,
-                   metadata=metadata, **arrays)
+                   profile=profile, metadata=metadata, **arrays, **anchors)

@@ -57,7 +57,7 @@ def score(model: Model, rows: np.ndarray, timestamps: np.ndarray | None = None) 
     if timestamps is not None:
         timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)[-X.shape[0]:]
     Z = model.transform(X, timestamps)
-    value = float(model.calibrate(model.raw_scores(Z[-1:]))[0])
+    value = float(model.scores_from(Z[-1:])[0])
     anomalous = value >= model.threshold
     expected = model.expected_rows(X.shape[0], timestamps)
     reasons = explain(model, X, Z, expected) if anomalous else []

@@ -4,11 +4,13 @@
 touches no Redis and no Qt. Progress is real: the forest grows `params.chunk_trees` trees at a time
 with `warm_start`, and `cancel()` is checked between chunks.
 
-The threshold comes from the training data alone: each training window is scored out-of-bag (only by
-the trees that did not draw it), and the threshold is the (1 − false_alarm_rate) quantile of those
-scores. The calibrated 0–100 score maps the typical window to `SCORE_AT_MEDIAN`, the threshold to
-`SEVERITY_WARNING`, and windows as far beyond the threshold as the threshold is beyond a typical
-window to `SEVERITY_CRITICAL`; it is monotone in the forest's anomaly score.
+Two verdicts are calibrated from the training data alone (no labels): the forest's anomaly score,
+each training window scored out-of-bag (only by the trees that did not draw it), and the largest
+robust |z| of the window's inputs. Each threshold is the (1 − false_alarm_rate / 2) quantile of its
+training values, so together they flag at most `false_alarm_rate` of the training windows. Each is
+calibrated to 0–100 (typical window → `SCORE_AT_MEDIAN`, threshold → `SEVERITY_WARNING`, as far
+beyond the threshold as the threshold is beyond typical → `SEVERITY_CRITICAL`), monotone, and a
+window's score is the larger of the two.
 """
 
 from __future__ import annotations
@@ -109,9 +111,14 @@ def train(
     forest = _grow(Z, params, report, cancel)
     arrays = ForestArrays.from_sklearn(forest)
     oob_raw = _out_of_bag_scores(arrays, forest, Z)
-    threshold_raw = float(np.quantile(oob_raw, 1.0 - params.false_alarm_rate))
-    cal_raw, cal_score = _calibration(oob_raw, threshold_raw)
-    calibrated = np.interp(oob_raw, cal_raw, cal_score)
+    deviation = np.abs(Z).max(axis=1)
+    # two verdicts sharing the false-alarm budget, so the union stays within it
+    rate_dev = params.false_alarm_rate * config.DEVIATION_ALARM_SHARE
+    threshold_raw = float(np.quantile(oob_raw, 1.0 - (params.false_alarm_rate - rate_dev)))
+    threshold_dev = float(np.quantile(deviation, 1.0 - rate_dev))
+    cal_raw, cal_score = _calibration(oob_raw, threshold_raw, ceiling=1.0)
+    dev_raw, dev_score = _calibration(deviation, threshold_dev, ceiling=None)
+    calibrated = np.maximum(np.interp(oob_raw, cal_raw, cal_score), np.interp(deviation, dev_raw, dev_score))
 
     if daily_cycle:
         note = f"daily cycle modelled: history spans {span / 86400:.1f} days"
@@ -127,6 +134,7 @@ def train(
         "params": _params_dict(params),
         "threshold": config.SEVERITY_WARNING,
         "threshold_raw": threshold_raw,
+        "threshold_deviation": threshold_dev,
         "severity_cutoffs": {"warning": config.SEVERITY_WARNING, "critical": config.SEVERITY_CRITICAL},
         "score_quantiles": {f"p{q * 100:g}": float(np.quantile(calibrated, q)) for q in QUANTILES},
         "raw_quantiles": {f"p{q * 100:g}": float(np.quantile(oob_raw, q)) for q in QUANTILES},
@@ -140,7 +148,8 @@ def train(
     model = Model(
         forest=arrays, feature_names=tuple(params.feature_names), context_rows=params.context_rows,
         center=center, scale=scale, expected=expected, spread=q75 - q25, profile=profile,
-        calibration_raw=cal_raw, calibration_score=cal_score, metadata=metadata,
+        calibration_raw=cal_raw, calibration_score=cal_score, deviation_raw=dev_raw,
+        deviation_score=dev_score, metadata=metadata,
     )
     report(1.0)
     return model
@@ -183,13 +192,20 @@ def _out_of_bag_scores(arrays: ForestArrays, forest: IsolationForest, Z: np.ndar
     return arrays.anomaly_score_from_paths(paths, out_of_bag)
 
 
-def _calibration(raw: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Anchors (raw → 0–100): 0, typical, threshold, critical, 1."""
-    typical = float(np.median(raw))
-    threshold = min(max(threshold, typical + 1e-6), 1.0 - 2e-6)
+def _calibration(values: np.ndarray, threshold: float, ceiling: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Anchors (raw → 0–100): 0, typical, threshold, critical, ceiling.
+
+    critical lies as far beyond the threshold as the threshold lies beyond the typical window; the
+    ceiling (100) is the raw score's maximum when it has one, else 4 such steps beyond critical.
+    """
+    typical = float(np.median(values))
+    top = ceiling if ceiling is not None else np.inf
+    threshold = min(max(threshold, typical + 1e-6), top - 2e-6)
     typical = min(typical, threshold - 1e-6)
-    critical = min(threshold + (threshold - typical), (threshold + 1.0) / 2.0)
-    anchors_raw = np.array([0.0, typical, threshold, critical, 1.0])
+    step = threshold - typical
+    critical = min(threshold + step, (threshold + top) / 2.0)
+    top = top if ceiling is not None else critical + 4.0 * step
+    anchors_raw = np.array([0.0, typical, threshold, critical, top])
     anchors_score = np.array([0.0, config.SCORE_AT_MEDIAN, config.SEVERITY_WARNING,
                               config.SEVERITY_CRITICAL, 100.0])
     if typical <= 0.0:
