@@ -36,7 +36,7 @@ from anomalydesk.config import (
     SketchSettings,
     key_prefix,
 )
-from anomalydesk.events import BusinessMetric, Metric
+from anomalydesk.events import BusinessMetric, Metric, normalize_endpoint
 from anomalydesk.fingerprint import latency_buckets
 from anomalydesk.store.admin import read_settings, setup
 from anomalydesk.store.gears import ensure_library, library_source
@@ -449,6 +449,9 @@ class IngestSink:
             raise ValueError("add_arrays: endpoint_idx, status, latency_ms and timestamps differ in length")
         if n == 0:
             return
+        for name in endpoints:
+            if normalize_endpoint(name) != name:  # cached: costs a dict lookup per distinct name
+                raise ValueError(f"add_arrays: endpoint {name!r} is not normalised ({normalize_endpoint(name)!r})")
         status = np.asarray(status)
         latency_ms = np.asarray(latency_ms, dtype=np.float64)
         if status.min() < 100 or status.max() > 599:
