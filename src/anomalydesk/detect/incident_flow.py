@@ -82,8 +82,8 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
 
     With per-KPI ranges (`kpi_ranges` in the fingerprint entry) the distance is how far the window's
     mean lies outside [lo, hi], in half-widths of the range, and the KPIs named are those outside;
-    without them it is |kpi_level − 1| (the mean relative to the range midpoint) and every KPI of
-    the window is named with its mean.
+    without them the count of values out of range stands in for it and every KPI of the window is
+    named with its mean.
     """
     kpis = dict(fp.kpis or {})
     reasons: list[dict[str, Any]] = []
@@ -102,9 +102,11 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
         elif not ranges:
             reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": None,
                             "text": f"{name} mean {_fmt(mean)} (out of its expected range)"})  # fmt: skip
-    if not ranges:
-        distance = abs(fp.get("kpi_level") - 1.0) if fp.get("kpi_level") else 0.0
     count = int(fp.get("kpi_out_of_range"))
+    if not ranges:
+        # no ranges in the fingerprint: the number of values out of range stands in for the distance
+        # (one stray value is info, two a warning, four or more critical)
+        distance = max(0, count - 1) / 3
     if not reasons:
         reasons.append({"feature": "kpi_out_of_range", "actual": count, "expected": 0,
                         "text": f"{count} business values outside their expected range"})  # fmt: skip

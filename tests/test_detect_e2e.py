@@ -1,0 +1,232 @@
+"""End to end against a real redis-server: demo traffic → fingerprints → trained models → incidents.
+
+A module fixture backfills a day of demo traffic (plus an hour, so the daily cycle is modelled),
+trains every service through the CLI and copies that database into a few others, one per scenario:
+injected faults (and a silence), a normal day, and a detector killed mid-stream. Slow: the day of
+demo traffic alone takes minutes on a shared machine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from anomalydesk.detect import incidents as inc
+from anomalydesk.detect.detector import Detector
+from anomalydesk.ingest.demo import run_fast
+from anomalydesk.ingest.demo_model import parse_inject
+from anomalydesk.store.keys import Keys
+from conftest import RedisServer
+
+pytestmark = pytest.mark.slow
+
+K = Keys()
+W = 5
+HISTORY_S = 25 * 3600
+FAULT_AT = 600  # seconds into the continuation
+FAULTS = {  # kind → (service, top features that name it correctly)
+    "latency": ("gateway", {"latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms"}),
+    "errors": ("users", {"rate_5xx"}),
+    "drop": ("orders", {"requests"}),
+    "spike": ("payments", {"requests"}),
+    "new-dependency": ("inventory", {"new_interactions", "endpoints_distinct"}),
+}
+BUSINESS_AT = 2400  # payments again, well after its spike resolved
+DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE = 1, 2, 3, 4
+
+
+def url_of(server: RedisServer, db: int) -> str:
+    return f"redis://127.0.0.1:{server.port}/{db}"
+
+
+def cli(server: RedisServer, db: int, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anomalydesk.cli", *args, "--redis", url_of(server, db)],
+                          capture_output=True, text=True, timeout=900)
+
+
+def drain(det: Detector) -> int:
+    """Step until a step handles nothing (the backlog is done)."""
+    total = 0
+    while (n := det.step().processed) > 0:
+        total += n
+    return total
+
+
+def alerts(r: redis.Redis) -> list[dict]:
+    return [json.loads(f[b"alert"]) for _, f in r.xrange(K.alerts_log)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisServer, float]]:
+    """A server whose db 0 holds 25 h of demo fingerprints and a trained model per service."""
+    server = RedisServer(tmp_path_factory.mktemp("e2e-redis"))
+    r = server.client()
+    end = math.floor(time.time() / W) * W - 3 * 86400  # continuations stay in the past
+    run_fast(r, duration=HISTORY_S, seed=11, end=end)
+    result = cli(server, 0, "train", "--json")
+    assert result.returncode == 0, result.stderr
+    trained_services = {t["service"] for t in json.loads(result.stdout)["trained"]}
+    assert trained_services == {"gateway", "users", "orders", "payments", "inventory"}
+    for db in (DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE):
+        for key in r.scan_iter(count=1000):
+            r.copy(key, key, destination_db=db)
+    r.close()
+    yield server, float(end)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def fault_run(trained: tuple[RedisServer, float]) -> dict:
+    """Inject every fault kind after the history, with inventory silenced; detect; collect what came out."""
+    server, t0 = trained
+    r = server.client(db=DB_FAULTS)
+    det = Detector(r, seal=False, block_ms=10)
+    drain(det)  # joins the group and catches up on the end of the history
+    inc.add_silence(r, "inventory", start=t0, end=t0 + 3600, reason="planned maintenance (test)")
+    pubsub = server.client().pubsub()
+    pubsub.subscribe(K.alerts_channel)
+    published: list[dict] = []
+
+    def listen() -> None:
+        for message in pubsub.listen():
+            if message["type"] == "message":
+                published.append(json.loads(message["data"]))
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    specs = [parse_inject(f"{kind}@{FAULT_AT}+120:{service}") for kind, (service, _) in FAULTS.items()]
+    specs.append(parse_inject(f"business@{BUSINESS_AT}+120:payments"))
+    run_fast(r, duration=3600, seed=12, end=t0 + 3600, injects=specs)
+    drain(det)
+    logged = alerts(r)
+    deadline = time.monotonic() + 30
+    while len(published) < sum(1 for a in logged if not a.get("silenced")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pubsub.close()
+    return {"t0": t0, "alerts": logged, "published": list(published), "r": r}
+
+
+@pytest.mark.parametrize("kind", list(FAULTS))
+def test_each_fault_opens_an_incident_within_two_windows_naming_service_and_feature(kind: str,
+                                                                                    fault_run: dict) -> None:
+    service, features = FAULTS[kind]
+    first_window = int((fault_run["t0"] + FAULT_AT) // W)
+    opened = [a for a in fault_run["alerts"] if a["service"] == service and a["kind"] == "new"
+              and first_window <= a["window"] <= first_window + 24]
+    assert opened, f"no incident for {kind} on {service}"
+    alert = opened[0]
+    assert alert["window"] - first_window <= 2, f"{kind}: opened {alert['window'] - first_window} windows late"
+    assert alert["reasons"] and alert["reasons"][0]["feature"] in features, alert["reasons"]
+
+
+def test_business_fault_raises_a_rule_alert_at_once(fault_run: dict) -> None:
+    first_window = int((fault_run["t0"] + BUSINESS_AT) // W)
+    rules = [a for a in fault_run["alerts"] if a["service"] == "payments" and a["kind"] == "rule"
+             and first_window <= a["window"] <= first_window + 24]
+    assert rules, "no rule alert for the business fault"
+    assert rules[0]["window"] - first_window <= 2
+    assert rules[0]["reasons"][0]["feature"] == "kpi:payment_amount"
+    assert rules[0]["severity"] == "critical"
+
+
+def test_silence_mutes_notifications_but_keeps_the_incident(fault_run: dict) -> None:
+    muted = [a for a in fault_run["alerts"] if a["service"] == "inventory"]
+    assert muted and all(a.get("silenced") is True for a in muted)
+    incident = inc.get(fault_run["r"], muted[0]["incident_id"])
+    assert incident["silenced"] is True
+    published_services = {a["service"] for a in fault_run["published"]}
+    assert "inventory" not in published_services
+    assert {"gateway", "users", "orders", "payments"} <= published_services
+
+
+def test_no_alert_is_written_twice(fault_run: dict) -> None:
+    ids = [a["id"] for a in fault_run["alerts"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[RedisServer, float]) -> None:
+    server, t0 = trained
+    r = server.client(db=DB_NORMAL)
+    det = Detector(r, seal=False, block_ms=10)
+    drain(det)
+    run_fast(r, duration=86400, seed=13, end=t0 + 86400)
+    handled = drain(det)
+    assert handled >= 5 * 17_000
+    opened = [i for i in inc.list_incidents(r) if i["kind"] == "anomaly"]
+    assert len(opened) <= 1, [(i["id"], i["windows"], i["reasons"][:1]) for i in opened]
+    # business rule breaches of normal traffic (a stray value just outside its range) stay "info"
+    assert all(i["severity"] == "info" for i in inc.list_incidents(r) if i["kind"] == "rule")
+
+
+def _progress(r: redis.Redis, services: list[str]) -> dict[str, int]:
+    out = {}
+    for service in services:
+        raw = r.get(K.detector_state(service))
+        out[service] = json.loads(raw)["last_window"] if raw else -1
+    return out
+
+
+def _last_windows(r: redis.Redis, services: list[str]) -> dict[str, int]:
+    return {s: int(r.xrevrange(K.fingerprints(s), count=1)[0][1][b"window"]) for s in services}
+
+
+def _start_detector(server: RedisServer, name: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "anomalydesk.cli", "detect", "--redis", url_of(server, DB_KILL), "--no-seal",
+         "--name", name, "--service-lease-ms", "1000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ},
+    )  # fmt: skip
+
+
+def test_killed_detector_loses_no_fingerprint_and_duplicates_no_alert(trained: tuple[RedisServer, float]) -> None:
+    server, t0 = trained
+    services = ["gateway", "users", "orders", "payments", "inventory"]
+    specs = [parse_inject(f"{kind}@{FAULT_AT + 900 * i}+120:{svc}") for i, (kind, (svc, _)) in
+             enumerate(FAULTS.items())]  # fmt: skip
+    r = server.client(db=DB_KILL)
+    ref = server.client(db=DB_KILL_REFERENCE)
+    for client in (r, ref):  # both groups start at the end of the history: same work for both
+        for service in services:
+            client.xgroup_create(K.fingerprints(service), "detectors", id="$")
+    first = _start_detector(server, "first")
+    killed_at: dict[str, int] = {}
+
+    def kill_midway(fraction: float) -> None:
+        if fraction >= 0.5 and first.poll() is None and not killed_at:
+            killed_at.update(_progress(r, services))
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=30)
+
+    run_fast(r, duration=2 * 3600, seed=14, end=t0 + 2 * 3600, injects=specs, progress=kill_midway)
+    assert killed_at, "the detector was not killed mid-stream"
+    assert max(killed_at.values()) > 0, "the first detector handled nothing before it was killed"
+    second = _start_detector(server, "second")
+    target = _last_windows(r, services)
+    deadline = time.monotonic() + 600
+    while _progress(r, services) != target and time.monotonic() < deadline:
+        assert second.poll() is None, second.stderr.read().decode() if second.stderr else ""
+        time.sleep(0.2)
+    second.send_signal(signal.SIGTERM)
+    second.wait(timeout=60)
+    assert _progress(r, services) == target
+    for service in services:
+        assert r.xpending(K.fingerprints(service), "detectors")["pending"] == 0
+    got = alerts(r)
+    ids = [a["id"] for a in got]
+    assert len(ids) == len(set(ids)), "an alert was written twice"
+    # the same traffic through one detector that never crashed gives exactly the same alerts
+    det = Detector(ref, seal=False, block_ms=10)
+    run_fast(ref, duration=2 * 3600, seed=14, end=t0 + 2 * 3600, injects=specs)
+    drain(det)
+    assert sorted(ids) == sorted(a["id"] for a in alerts(ref))
+    assert any(a["kind"] == "new" for a in got)
