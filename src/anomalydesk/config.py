@@ -69,6 +69,25 @@ COLLECTOR_KEYS_RELOAD_SECONDS = 1.0  # how often --api-keys-file is checked for 
 COLLECTOR_API_KEY_MIN_LENGTH = 16
 COLLECTOR_IDEMPOTENCY_KEY_MAX = 128
 
+# --- demo traffic (`anomalydesk demo`, the app's demo panel) ------------------------------------
+DEMO_DEFAULT_RATE = 200.0  # events/s over all services, the mean over a simulated day
+DEMO_DEFAULT_SERVICES = 5
+DEMO_MAX_SERVICES = 200
+DEMO_MAX_RATE = 1_000_000.0
+DEMO_FAST_DEFAULT_SECONDS = 86_400  # `demo --fast` without --duration backfills one day
+DEMO_FAST_CHUNK_SECONDS = 60  # simulated seconds generated per step (whole windows)
+DEMO_TICK_SECONDS = 0.1  # live mode: one numpy batch per service per tick
+DEMO_RATE_WINDOW_SECONDS = 2.0  # `events_per_second` is measured over this trailing span
+DEMO_INJECT_DEFAULT_SECONDS = 60
+DEMO_INJECT_DEFAULT_SERVICE = "payments"
+DEMO_TRUTH_MAXLEN = 10_000  # ground-truth stream entries kept (MAXLEN ~)
+DEMO_FAULT_LATENCY_FACTOR = 5.0  # latency: response times ×5
+DEMO_FAULT_ERROR_RATE = 0.2  # errors: this share of otherwise successful requests answers 5xx
+DEMO_FAULT_DROP_FRACTION = 0.8  # drop: 80 % fewer requests
+DEMO_FAULT_SPIKE_FACTOR = 5.0  # spike: 5× requests
+DEMO_FAULT_NEW_DEPENDENCY_SHARE = 0.15  # new-dependency: share of calls going to never-used endpoints
+DEMO_FAULT_BUSINESS_FACTOR = 0.3  # business: KPI values ×0.3
+
 # --- connection -------------------------------------------------------------------------------
 SOCKET_TIMEOUT_SECONDS = 5.0
 CONNECT_TIMEOUT_SECONDS = 3.0

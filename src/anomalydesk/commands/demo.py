@@ -1,0 +1,129 @@
+"""`anomalydesk demo`: simulated microservice traffic with injected faults and recorded ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from anomalydesk import config
+from anomalydesk.cli import CommandError
+from anomalydesk.commands._common import client, emit
+
+PROGRESS_SECONDS = 5.0  # how often a running demo reports on stderr
+
+
+def _seconds(text: str) -> float:
+    from anomalydesk.ingest.demo_model import parse_seconds
+
+    try:
+        return parse_seconds(text, "--duration")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _inject(text: str) -> Any:
+    from anomalydesk.ingest.demo_model import parse_inject
+
+    try:
+        return parse_inject(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
+    """Add the `demo` parser."""
+    p = subparsers.add_parser(
+        "demo", parents=[parent], help="send simulated microservice traffic, optionally with faults",
+        description="A gateway in front of users, orders, payments and inventory (svc-6, … with "
+        "--services), with a daily load cycle and business KPIs. Live by default (until --duration "
+        "or Ctrl-C); --fast generates --duration simulated seconds ending now, in a few seconds.",
+        epilog="Fault kinds: latency (x5 latency), errors (20%% 5xx), drop (80%% fewer requests), "
+        "spike (5x requests), new-dependency (calls to endpoints never used), business (KPI x0.3). "
+        "Example: --inject errors@30+20:payments. Ground truth goes to the stream <prefix>demo:truth.",
+    )  # fmt: skip
+    p.add_argument("--rate", type=float, default=config.DEMO_DEFAULT_RATE, metavar="EPS",
+                   help=f"mean events per second over all services (default {config.DEMO_DEFAULT_RATE:g})")
+    p.add_argument("--duration", type=_seconds, metavar="S",
+                   help="seconds to run (s/m/h suffixes allowed); live default: until Ctrl-C, "
+                   f"--fast default: {config.DEMO_FAST_DEFAULT_SECONDS} (one day)")
+    p.add_argument("--services", type=int, default=config.DEMO_DEFAULT_SERVICES, metavar="N",
+                   help="number of services (default 5: gateway, users, orders, payments, inventory)")
+    p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same traffic)")
+    p.add_argument("--fast", action="store_true", help="simulated clock: generate history as fast as possible")
+    p.add_argument("--inject", type=_inject, action="append", default=[], metavar="KIND@START[+LEN][:SERVICE]",
+                   help="inject a fault START seconds after the demo starts for LEN seconds "
+                   f"(default {config.DEMO_INJECT_DEFAULT_SECONDS}) into SERVICE "
+                   f"(default {config.DEMO_INJECT_DEFAULT_SERVICE}); repeatable")
+    p.add_argument("--truth", metavar="FILE", help="also append the ground truth to FILE (JSON lines)")
+
+
+def _fast(args: argparse.Namespace) -> dict[str, Any]:
+    from anomalydesk.ingest.demo import run_fast
+
+    r = client(args)
+    shown = [0.0]
+
+    def progress(done: float) -> None:
+        now = time.monotonic()
+        if now - shown[0] >= PROGRESS_SECONDS:
+            shown[0] = now
+            print(f"demo --fast: {done:.0%}", file=sys.stderr, flush=True)
+
+    try:
+        return run_fast(r, duration=args.duration or config.DEMO_FAST_DEFAULT_SECONDS, rate=args.rate,
+                        services=args.services, seed=args.seed, injects=args.inject, truth_path=args.truth,
+                        progress=progress)  # fmt: skip
+    finally:
+        r.close()
+
+
+def _live(args: argparse.Namespace) -> dict[str, Any]:
+    from anomalydesk.ingest.demo import DemoTraffic
+
+    r = client(args)
+    demo = DemoTraffic(r, rate=args.rate, services=args.services, seed=args.seed, duration=args.duration,
+                       injects=args.inject, truth_path=args.truth)  # fmt: skip
+    try:
+        demo.start()
+        print(f"demo: {args.rate:g} events/s over {', '.join(demo.services)}"
+              + ("" if args.duration else " (Ctrl-C stops)"), file=sys.stderr, flush=True)  # fmt: skip
+        while not demo.wait(PROGRESS_SECONDS):
+            active = ", ".join(str(f) for f in demo.faults)
+            print(f"demo: {demo.events:,} events, {demo.events_per_second:,.0f}/s"
+                  + (f"; faults: {active}" if active else ""), file=sys.stderr, flush=True)  # fmt: skip
+    except KeyboardInterrupt:
+        print("demo: stopping", file=sys.stderr, flush=True)
+    finally:
+        demo.stop()
+        r.close()
+    if demo.error is not None:
+        raise CommandError(f"demo traffic stopped: {demo.error}")
+    return demo.summary()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo (live or --fast) and print its summary."""
+    from anomalydesk.ingest.demo import check_options
+    from anomalydesk.ingest.demo_model import check_fault, service_names
+
+    try:
+        check_options(args.rate, args.services, args.duration)
+        names = service_names(args.services)
+        for spec in args.inject:
+            check_fault(spec.kind, spec.service, names)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    try:
+        summary = _fast(args) if args.fast else _live(args)
+    except ValueError as err:
+        raise CommandError(str(err)) from None
+    text = summary.get("summary") or (f"{summary['events']:,} events in {summary['duration_s']:g} s "
+                                      f"({summary['events_per_s']} events/s)")  # fmt: skip
+    if summary.get("late"):
+        text += "; late events were for windows already sealed (run on data older than the existing history?)"
+    for fault in summary["faults"]:
+        text += f"\n  fault {fault['kind']} on {fault['service']}: {fault['start']} – {fault['end']}"
+    emit(args, summary, text)
+    return 0

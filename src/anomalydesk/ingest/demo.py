@@ -1,0 +1,421 @@
+"""Demo traffic: the simulated system (`demo_model`) driven into Redis, with faults and ground truth.
+
+Two ways to run it:
+- `run_fast(...)`: simulated clock. The period ends at the present (its last window is the one
+  before the current one), events carry timestamps and go through a replay-mode sink, so their
+  windows follow them; a day of traffic takes seconds and live traffic can continue afterwards
+  without late events.
+- `DemoTraffic(...)`: live, paced in real time by a steady scheduler in a thread (one numpy batch
+  per service every `DEMO_TICK_SECONDS`), sealing every half window. The desktop app's demo panel
+  uses it: start, stop, set_rate, inject a fault now, measured events per second.
+
+Every fault is recorded as ground truth in the stream `<prefix>demo:truth` (fields kind, service,
+start, end in epoch seconds) and, when asked, in a JSON-lines file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from anomalydesk import config
+from anomalydesk.events import BusinessMetric
+from anomalydesk.ingest.demo_model import (
+    Fault,
+    InjectSpec,
+    Simulation,
+    Traffic,
+    check_fault,
+    load_factor,
+    service_names,
+)
+from anomalydesk.store.admin import read_settings, setup
+from anomalydesk.store.gears import ensure_library
+from anomalydesk.store.keys import Keys
+from anomalydesk.store.sink import IngestResult, IngestSink, seal_all
+
+log = logging.getLogger(__name__)
+
+
+def prepare(r: redis.Redis, keys: Keys) -> int:
+    """Make sure setup ran (default settings if never) and the library is loaded; the window length."""
+    stored = read_settings(r, keys)
+    if stored.configured:
+        ensure_library(r)
+        return stored.settings.window_seconds
+    setup(r, config.SketchSettings(), keys=keys)
+    return read_settings(r, keys).settings.window_seconds
+
+
+def check_options(rate: float, n_services: int, duration: float | None) -> None:
+    """Raise ValueError naming the option when a demo option is out of range."""
+    if not (math.isfinite(rate) and 0 < rate <= config.DEMO_MAX_RATE):
+        raise ValueError(f"--rate must be more than 0 and at most {config.DEMO_MAX_RATE:,.0f} events/s, got {rate}")
+    service_names(n_services)
+    if duration is not None and not (math.isfinite(duration) and duration > 0):
+        raise ValueError(f"--duration must be more than 0 seconds, got {duration}")
+
+
+def plan_faults(specs: Sequence[InjectSpec], start: float, end: float | None,
+                services: Sequence[str]) -> list[Fault]:
+    """Faults at absolute times for `--inject` specs of a demo starting at `start` (end clips them)."""
+    faults = []
+    for spec in specs:
+        check_fault(spec.kind, spec.service, services)
+        if end is not None and start + spec.offset >= end:
+            raise ValueError(f"--inject {spec.kind}@{spec.offset:g}: starts after the demo ends "
+                             f"(--duration {end - start:g} s)")  # fmt: skip
+        stop = start + spec.offset + spec.length
+        faults.append(Fault(spec.kind, spec.service, start + spec.offset, stop if end is None else min(stop, end)))
+    return faults
+
+
+class TruthRecorder:
+    """Writes ground truth: XADD to the truth stream (trimmed) and, optionally, a JSON-lines file."""
+
+    def __init__(self, r: redis.Redis, keys: Keys, path: Path | str | None = None):
+        self.r = r
+        self.keys = keys
+        self.recorded: list[dict[str, Any]] = []
+        self._file = open(path, "a", encoding="utf-8") if path is not None else None  # noqa: SIM115
+
+    def record(self, fault: Fault) -> None:
+        """Record one fault in the stream and the file."""
+        truth = fault.truth()
+        self.r.xadd(self.keys.demo_truth, {k: str(v) for k, v in truth.items()},
+                    maxlen=config.DEMO_TRUTH_MAXLEN, approximate=True)  # fmt: skip
+        if self._file is not None:
+            self._file.write(json.dumps(truth) + "\n")
+            self._file.flush()
+        self.recorded.append(truth)
+
+    def close(self) -> None:
+        """Close the file (the stream needs nothing)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def send(sink: IngestSink, traffic: Traffic, replay: bool) -> int:
+    """Hand one service's traffic to the sink (business metrics first); the number of metrics sent."""
+    kpis = 0
+    for kpi in traffic.kpis:
+        stamps = kpi.timestamps.tolist() if replay else [None] * kpi.values.size
+        for value, low, high, ts in zip(kpi.values.tolist(), kpi.low.tolist(), kpi.high.tolist(), stamps,
+                                        strict=True):  # fmt: skip
+            sink.add(BusinessMetric(traffic.service, kpi.name, value, low, high, ts))
+        kpis += kpi.values.size
+    sink.add_arrays(traffic.service, traffic.endpoints, traffic.endpoint_idx, traffic.status,
+                    traffic.latency_ms, traffic.timestamps if replay else None)  # fmt: skip
+    return kpis
+
+
+def _clip(traffic: Traffic, start: float, end: float) -> Traffic:
+    keep = (traffic.timestamps >= start) & (traffic.timestamps < end)
+    if not keep.all():
+        traffic = Traffic(traffic.service, traffic.endpoints, traffic.endpoint_idx[keep], traffic.status[keep],
+                          traffic.latency_ms[keep], traffic.timestamps[keep], traffic.kpis)  # fmt: skip
+    for kpi in traffic.kpis:
+        inside = (kpi.timestamps >= start) & (kpi.timestamps < end)
+        kpi.values, kpi.timestamps = kpi.values[inside], kpi.timestamps[inside]
+        kpi.low, kpi.high = kpi.low[inside], kpi.high[inside]
+    return traffic
+
+
+def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAULT_RATE,
+             services: int = config.DEMO_DEFAULT_SERVICES, seed: int | None = None,
+             injects: Sequence[InjectSpec] = (), truth_path: Path | str | None = None,
+             end: float | None = None, keys: Keys | None = None,
+             progress: Callable[[float], None] | None = None) -> dict[str, Any]:
+    """Generate `duration` simulated seconds ending now (or at `end`) as fast as possible.
+
+    Deterministic for a seed: the traffic of a window depends only on the seed, the service and
+    the absolute time (a random generator per service and aligned chunk), so two runs with the same
+    seed produce identical fingerprints for every window they both cover. `progress` gets the
+    fraction done. Returns the summary `demo --fast --json` prints.
+    """
+    check_options(rate, services, duration)
+    keys = keys or Keys(config.key_prefix())
+    window_s = prepare(r, keys)
+    seed = random.randrange(2**31) if seed is None else seed
+    sim = Simulation(services, window_s)
+    if end is None:
+        end = math.floor(time.time() / window_s) * window_s  # the current window stays open for live
+    start = end - duration
+    faults = plan_faults(injects, start, end, sim.names)
+    truth = TruthRecorder(r, keys, truth_path)
+    chunk_s = window_s * max(1, round(config.DEMO_FAST_CHUNK_SECONDS / window_s))
+    # bounded buffer for one service's chunk at a time; we flush after each, never on size
+    per_chunk = rate * chunk_s * 6 * config.DEMO_FAULT_SPIKE_FACTOR
+    sink = IngestSink(r, replay=True, max_batch=2**62, max_buffered=int(max(per_chunk, 1e6)), keys=keys)
+    wall0 = time.perf_counter()
+    events = kpis = 0
+    result = IngestResult()
+    try:
+        for fault in faults:
+            truth.record(fault)
+        first, last = math.floor(start / chunk_s), math.ceil(end / chunk_s)
+        for chunk in range(first, last):
+            c0, c1 = chunk * chunk_s, (chunk + 1) * chunk_s
+            for svc in range(services):
+                rng = np.random.default_rng([seed, svc, chunk])
+                traffic = _clip(sim.generate(svc, c0, c1, rate, rng, faults), start, end)
+                kpis += send(sink, traffic, replay=True)
+                events += len(traffic)
+                result = result + sink.flush()  # one FCALL per service and chunk, in time order
+            if progress is not None:
+                progress((chunk - first + 1) / (last - first))
+        result = result + sink.close()
+        sealed = seal_all(r, now=end, keys=keys)
+    finally:
+        truth.close()
+    wall = time.perf_counter() - wall0
+    summary = {
+        "mode": "fast", "services": sim.names, "rate": rate, "seed": seed, "window_seconds": window_s,
+        "start": start, "end": end, "duration_s": duration, "wall_s": round(wall, 3),
+        "events": events, "business_metrics": kpis, "accepted": result.accepted, "late": result.late,
+        "windows_sealed": result.sealed + sealed, "events_per_s": round(events / wall, 1) if wall > 0 else None,
+        "faults": truth.recorded, "truth_file": str(truth_path) if truth_path is not None else None,
+    }  # fmt: skip
+    summary["summary"] = (f"{events:,} events over {duration:g} simulated s in {wall:.1f} s"
+                          + (f", {result.late:,} late" if result.late else ""))  # fmt: skip
+    return summary
+
+
+@dataclass
+class _Rate:
+    """Events per second over a trailing span of monotonic time."""
+
+    span: float
+    samples: deque[tuple[float, int]]
+
+    def add(self, at: float, n: int) -> None:
+        self.samples.append((at, n))
+        while self.samples and self.samples[0][0] < at - self.span:
+            self.samples.popleft()
+
+    def value(self, now: float) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        first_at = self.samples[0][0]
+        total = sum(n for at, n in self.samples if at > first_at)
+        return total / max(now - first_at, 1e-9)
+
+
+class DemoTraffic:
+    """Live demo traffic in a background thread (thread-safe; no Qt): start, stop, set_rate, inject.
+
+    `redis_client_or_url` is a redis client (used as is, not closed) or a URL (a client of our own,
+    closed on stop). `duration` stops the traffic by itself after that many seconds; `injects`
+    schedules faults relative to the start (recorded as ground truth when each begins).
+    """
+
+    def __init__(self, redis_client_or_url: redis.Redis | str, rate: float = config.DEMO_DEFAULT_RATE,
+                 services: int = config.DEMO_DEFAULT_SERVICES, seed: int | None = None, *,
+                 duration: float | None = None, injects: Sequence[InjectSpec] = (),
+                 truth_path: Path | str | None = None, keys: Keys | None = None,
+                 tick: float = config.DEMO_TICK_SECONDS):
+        check_options(rate, services, duration)
+        self.services = service_names(services)
+        for spec in injects:
+            check_fault(spec.kind, spec.service, self.services)
+        self._url = redis_client_or_url if isinstance(redis_client_or_url, str) else None
+        self._r = None if self._url is not None else redis_client_or_url
+        self.keys = keys or Keys(config.key_prefix())
+        self.seed = random.randrange(2**31) if seed is None else seed
+        self.duration = duration
+        self.tick = tick
+        self._specs = list(injects)
+        self._truth_path = truth_path
+        self._rate = float(rate)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduled: list[Fault] = []  # not begun yet
+        self._faults: list[Fault] = []  # begun (active or over)
+        self._truth: TruthRecorder | None = None
+        self._measured = _Rate(config.DEMO_RATE_WINDOW_SECONDS, deque())
+        self.events = 0  # request events handed to Redis
+        self.scheduled = 0.0  # events the schedule asked for (rate × daily load × time), for comparison
+        self.business_metrics = 0
+        self.result = IngestResult()
+        self.started_at: float | None = None  # epoch seconds
+        self.stopped_at: float | None = None
+        self.error: BaseException | None = None  # why the thread stopped, when it failed
+
+    # --- control ------------------------------------------------------------------------------
+    def start(self) -> DemoTraffic:
+        """Connect, make sure setup ran, and start the traffic thread."""
+        if self._thread is not None:
+            raise RuntimeError("demo traffic is already running")
+        if self._r is None:
+            from anomalydesk.store.connection import connect
+
+            self._r = connect(self._url)
+        self.window_s = prepare(self._r, self.keys)
+        self._sim = Simulation(len(self.services), self.window_s)
+        self._rng = np.random.default_rng(self.seed)
+        self._truth = TruthRecorder(self._r, self.keys, self._truth_path)
+        self.started_at = time.time()
+        end = None if self.duration is None else self.started_at + self.duration
+        self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="anomalydesk-demo", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the traffic, send what is buffered and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        if self._url is not None and self._r is not None:
+            self._r.close()
+            self._r = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the traffic stops by itself (duration over, or failed); False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    def set_rate(self, eps: float) -> None:
+        """Change the mean rate (events per second over all services)."""
+        check_options(eps, len(self.services), None)
+        with self._lock:
+            self._rate = float(eps)
+
+    def inject(self, kind: str, seconds: float = config.DEMO_INJECT_DEFAULT_SECONDS,
+               service: str = config.DEMO_INJECT_DEFAULT_SERVICE) -> Fault:
+        """Inject a fault now for `seconds`, recorded as ground truth; raises ValueError if impossible."""
+        check_fault(kind, service, self.services)
+        if not (math.isfinite(seconds) and seconds > 0):
+            raise ValueError(f"a fault lasts more than 0 seconds, got {seconds}")
+        if not self.running or self._truth is None:
+            raise RuntimeError("demo traffic is not running: start it before injecting faults")
+        now = time.time()
+        fault = Fault(kind, service, now, now + seconds)
+        with self._lock:
+            self._faults.append(fault)
+            self._truth.record(fault)
+        return fault
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def rate(self) -> float:
+        """The requested mean rate, events per second."""
+        return self._rate
+
+    @property
+    def running(self) -> bool:
+        """True while the traffic thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def events_per_second(self) -> float:
+        """Request events per second actually sent, over the last couple of seconds."""
+        with self._lock:
+            return self._measured.value(time.monotonic()) if self.running else 0.0
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The faults active now."""
+        now = time.time()
+        with self._lock:
+            return [f for f in self._faults if f.start <= now < f.end]
+
+    @property
+    def truth(self) -> list[dict[str, Any]]:
+        """Every fault recorded as ground truth so far."""
+        return list(self._truth.recorded) if self._truth is not None else []
+
+    # --- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._r is not None and self._truth is not None and self.started_at is not None
+        sink = IngestSink(self._r, replay=False, max_batch=2**62,
+                          max_buffered=int(max(self._rate * 30, config.SINK_MAX_BUFFERED_EVENTS)),
+                          keys=self.keys)  # fmt: skip
+        mono0 = time.monotonic()
+        epoch0 = self.started_at
+        end = None if self.duration is None else epoch0 + self.duration
+        last, last_seal, deadline = epoch0, epoch0, mono0
+        try:
+            while not self._stop.is_set():
+                now = epoch0 + (time.monotonic() - mono0)
+                if end is not None:
+                    now = min(now, end)
+                self._step(sink, last, now)
+                last = now
+                if now - last_seal >= self.window_s / 2:
+                    seal_all(self._r, keys=self.keys)
+                    last_seal = now
+                if end is not None and now >= end:
+                    break
+                deadline += self.tick
+                pause = deadline - time.monotonic()
+                if pause < -1.0:
+                    deadline = time.monotonic()  # far behind: do not try to catch up in a burst
+                elif pause > 0:
+                    self._stop.wait(pause)
+            self.result = self.result + sink.close()
+            seal_all(self._r, keys=self.keys)
+        except Exception as err:  # the owner reads `error`; the thread must not die silently
+            self.error = err
+            log.exception("demo traffic stopped")
+        finally:
+            self.stopped_at = time.time()
+            self._truth.close()
+
+    def _step(self, sink: IngestSink, t0: float, t1: float) -> None:
+        if t1 <= t0:
+            return
+        with self._lock:
+            rate = self._rate
+            begun = [f for f in self._scheduled if f.start < t1]
+            for fault in begun:
+                self._scheduled.remove(fault)
+                self._faults.append(fault)
+                assert self._truth is not None
+                self._truth.record(fault)
+            faults = [f for f in self._faults if f.overlaps(t0, t1)]
+        sent = kpis = 0
+        for svc in range(len(self.services)):
+            traffic = self._sim.generate(svc, t0, t1, rate, self._rng, faults)
+            kpis += send(sink, traffic, replay=False)
+            sent += len(traffic)
+        self.result = self.result + sink.flush()
+        wanted = rate * float(load_factor((t0 + t1) / 2)) * (t1 - t0)
+        with self._lock:
+            self.scheduled += wanted
+            self.events += sent
+            self.business_metrics += kpis
+            self._measured.add(time.monotonic(), sent)
+
+    def summary(self) -> dict[str, Any]:
+        """What `demo --json` prints for a live run."""
+        began = self.started_at or time.time()
+        elapsed = (self.stopped_at or time.time()) - began
+        return {
+            "mode": "live", "services": self.services, "rate": self._rate, "seed": self.seed,
+            "window_seconds": getattr(self, "window_s", None), "start": began, "end": began + elapsed,
+            "duration_s": round(elapsed, 3), "events": self.events, "business_metrics": self.business_metrics,
+            "accepted": self.result.accepted, "late": self.result.late,
+            "events_per_s": round(self.events / elapsed, 1) if elapsed > 0 else None,
+            "scheduled_events_per_s": round(self.scheduled / elapsed, 1) if elapsed > 0 else None,
+            "faults": self.truth, "error": None if self.error is None else str(self.error),
+        }  # fmt: skip
