@@ -8,8 +8,8 @@ Attribution (which features to name): the forest says *whether* a window is unus
 *where*. Each derived input (value, mean, std, jump of each feature) is already a robust z-score
 (deviation from the training median in training IQRs), so a feature's contribution is the largest
 |z| among its four inputs. The top features (at most `REASONS_MAX`, each with |z| ≥
-`REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value, and, when
-the deviation is in the variability rather than the level, that it is fluctuating.
+`REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value when the
+value itself is out of line; otherwise what is: the recent average, or that it is fluctuating.
 """
 
 from __future__ import annotations
@@ -77,12 +77,16 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             break
         name = model.feature_names[column]
         actual, normal = float(X[-1, column]), float(expected[-1, column])
-        kind = KINDS[int(dominant[column])]
-        if kind in ("std", "jump") and X.shape[0] > 1:
-            recent = X[:, column]
+        level = z[KINDS.index("value"), column] >= config.REASON_MIN_DEVIATION
+        kind = "value" if level or X.shape[0] == 1 else KINDS[int(dominant[column])]
+        recent = X[:, column]
+        if kind in ("std", "jump"):
             text = (f"{_label(name)} fluctuating: {_fmt(name, float(recent.min()))} to "
                     f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
                     f"{_fmt(name, normal)} normal")
+        elif kind == "mean":
+            text = (f"{_label(name)} averaged {_fmt(name, float(recent.mean()))} over the last "
+                    f"{X.shape[0]} windows vs {_fmt(name, normal)} normal")
         else:
             text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
         reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text})

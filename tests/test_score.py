@@ -1,0 +1,109 @@
+"""score(): 0–100 score, severity from the config cut-offs, and reasons in an operator's words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from anomalydesk import config
+from anomalydesk.detect.model import Model
+from anomalydesk.detect.score import ScoreResult, score, score_batch, severity_of
+from anomalydesk.detect.train import TrainParams, train
+from anomalydesk.fingerprint import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES
+
+
+def _fingerprints(n: int, seed: int) -> np.ndarray:
+    """Service-like windows; 5xx ratio and p99 latency have exact medians (0.4 %, 210 ms)."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, N_FEATURES))
+    col = FEATURE_INDEX
+    X[:, col["requests"]] = rng.normal(500, 25, n).round()
+    X[:, col["rate_4xx"]] = rng.uniform(0.01, 0.03, n)
+    X[:, col["rate_5xx"]] = rng.choice([0.003, 0.004, 0.005], n)
+    X[:, col["latency_p50_ms"]] = rng.normal(40, 3, n)
+    X[:, col["latency_p95_ms"]] = rng.normal(150, 10, n)
+    X[:, col["latency_p99_ms"]] = rng.choice([200.0, 210.0, 220.0], n)
+    X[:, col["latency_mean_ms"]] = rng.normal(55, 4, n)
+    X[:, col["endpoints_distinct"]] = rng.integers(11, 14, n)
+    X[:, col["top_endpoint_share"]] = rng.uniform(0.2, 0.3, n)
+    X[:, col["endpoint_entropy"]] = rng.normal(3.0, 0.1, n)
+    X[:, col["kpi_level"]] = rng.normal(1.0, 0.05, n)
+    return X
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return train(_fingerprints(1200, seed=0), TrainParams(trees=60))
+
+
+def test_normal_window_is_info_without_reasons(model: Model) -> None:
+    rows = _fingerprints(12, seed=1)
+    result = score(model, rows)
+    assert isinstance(result, ScoreResult)
+    assert 0.0 <= result.score < config.SEVERITY_WARNING
+    assert result.severity == "info" and not result.anomalous and result.reasons == []
+
+
+def test_5xx_spike_is_named_in_operator_words(model: Model) -> None:
+    rows = _fingerprints(model.context_rows, seed=2)
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.18
+    result = score(model, rows)
+    assert result.anomalous and result.severity == "critical"
+    top = result.reasons[0]
+    assert set(top) == {"feature", "actual", "expected", "text"}
+    assert top["feature"] == "rate_5xx" and top["actual"] == 0.18 and top["expected"] == 0.004
+    assert top["text"] == "5xx ratio 18% vs 0.4% normal"
+
+
+def test_latency_reason_uses_the_unit(model: Model) -> None:
+    rows = _fingerprints(model.context_rows, seed=3)
+    rows[-1, FEATURE_INDEX["latency_p99_ms"]] = 1240.0
+    result = score(model, rows)
+    assert result.anomalous
+    assert result.reasons[0]["text"] == "p99 latency 1,240 ms vs 210 ms normal"
+
+
+def test_sustained_fluctuation_is_described_as_such(model: Model) -> None:
+    rows = _fingerprints(model.context_rows, seed=4)
+    rows[:, FEATURE_INDEX["latency_p99_ms"]] = [210.0, 900.0, 215.0, 880.0, 205.0, 920.0][: model.context_rows]
+    rows[-1, FEATURE_INDEX["latency_p99_ms"]] = 212.0  # the last value alone is normal
+    result = score(model, rows)
+    assert result.anomalous
+    assert result.reasons[0]["feature"] == "latency_p99_ms"
+    assert result.reasons[0]["text"] == (
+        f"p99 latency fluctuating: 205 ms to 900 ms over the last {model.context_rows} windows, 210 ms normal")
+
+
+def test_score_of_last_row_equals_batch_score(model: Model) -> None:
+    rows = _fingerprints(40, seed=5)
+    rows[30, FEATURE_INDEX["requests"]] = 40
+    batch = score_batch(model, rows)
+    for i in (0, 3, 29, 30, 39):
+        assert score(model, rows[: i + 1]).score == pytest.approx(batch[i], abs=1e-12)
+    assert score(model, rows[0]).score == pytest.approx(batch[0], abs=1e-12)  # a single vector
+
+
+def test_reasons_are_few_and_ordered(model: Model) -> None:
+    rows = _fingerprints(model.context_rows, seed=6)
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.5
+    rows[-1, FEATURE_INDEX["latency_p99_ms"]] = 5000.0
+    rows[-1, FEATURE_INDEX["requests"]] = 5
+    reasons = score(model, rows).reasons
+    assert 1 <= len(reasons) <= config.REASONS_MAX
+    assert {r["feature"] for r in reasons} == {"rate_5xx", "latency_p99_ms", "requests"}
+
+
+def test_severity_cut_offs() -> None:
+    assert severity_of(config.SEVERITY_WARNING - 0.01) == "info"
+    assert severity_of(config.SEVERITY_WARNING) == "warning"
+    assert severity_of(config.SEVERITY_CRITICAL - 0.01) == "warning"
+    assert severity_of(config.SEVERITY_CRITICAL) == "critical"
+
+
+def test_wrong_input_is_a_clear_error(model: Model) -> None:
+    with pytest.raises(ValueError, match=f"expected rows of {N_FEATURES} features"):
+        score(model, np.zeros((3, N_FEATURES - 1)))
+    rows = _fingerprints(3, seed=7)
+    rows[-1, 2] = np.inf
+    with pytest.raises(ValueError, match=f"feature '{FEATURE_NAMES[2]}' has a non-finite value"):
+        score(model, rows)
