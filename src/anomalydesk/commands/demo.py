@@ -111,8 +111,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         check_options(args.rate, args.services, args.duration)
         names = service_names(args.services)
+        duration = args.duration or (config.DEMO_FAST_DEFAULT_SECONDS if args.fast else None)
         for spec in args.inject:
             check_fault(spec.kind, spec.service, names)
+            if duration is not None and spec.offset >= duration:
+                raise ValueError(f"--inject {spec.kind}@{spec.offset:g}: starts after the demo ends "
+                                 f"(--duration {duration:g} s)")  # fmt: skip
     except ValueError as err:
         raise CommandError(str(err)) from None
     try:

@@ -1,0 +1,64 @@
+"""`anomalydesk demo` as a subprocess against the test redis-server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import redis
+
+from anomalydesk.cli import main
+from anomalydesk.store import fingerprints
+
+TIMEOUT = 180
+
+
+def demo(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "anomalydesk.cli", "demo", *args, "--redis", redis_url],
+                          capture_output=True, text=True, timeout=TIMEOUT)  # fmt: skip
+
+
+def test_fast_demo_json(redis_url: str, r: redis.Redis) -> None:
+    done = demo(redis_url, "--fast", "--duration", "300", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["mode"] == "fast" and summary["services"] == ["gateway", "users", "orders", "payments", "inventory"]
+    assert summary["events"] > 0 and summary["late"] == 0
+    assert summary["accepted"] == summary["events"] + summary["business_metrics"]
+    assert summary["end"] - summary["start"] == 300 and summary["windows_sealed"] == 5 * 60
+    for service in summary["services"]:
+        assert len(fingerprints.read(r, service)) == 60
+
+
+def test_fast_demo_with_a_fault_and_a_truth_file(redis_url: str, r: redis.Redis, tmp_path) -> None:
+    truth = tmp_path / "truth.jsonl"
+    done = demo(redis_url, "--fast", "--duration", "2m", "--seed", "4", "--inject", "errors@30+20",
+                "--truth", str(truth), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    start = summary["start"]
+    record = {"kind": "errors", "service": "payments", "start": start + 30, "end": start + 50}
+    assert summary["faults"] == [record] and json.loads(truth.read_text()) == record
+    high = [fp.start - start for fp in fingerprints.read(r, "payments") if fp.get("rate_5xx") > 0.1]
+    assert high == [30, 35, 40, 45]
+
+
+def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cases = {
+        ("--inject", "errors@soon"): "START must be a number of seconds",
+        ("--inject", "meltdown@5"): "unknown fault kind 'meltdown'",
+        ("--inject", "business@5:users"): "business KPIs",
+        ("--services", "3", "--inject", "errors@5"): "'payments' is not part of this demo",
+        ("--rate", "-5"): "--rate must be more than 0",
+        ("--duration", "0"): "--duration must be more than 0",
+        ("--duration", "60", "--inject", "drop@90"): "starts after the demo ends",
+    }
+    for args, message in cases.items():
+        try:  # in-process: the subprocess path is smoke-tested above
+            code = main(["demo", "--fast", *args, "--redis", redis_url])
+        except SystemExit as exit_:  # argparse refuses bad option values itself
+            code = exit_.code
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (args, err)
