@@ -138,6 +138,7 @@ REFERENCE_TREES = 100  # backtest --reference: plain IsolationForest …
 REFERENCE_PERCENTILE = 99.0  # … threshold at this percentile of its training scores …
 REFERENCE_SEEDS = (0, 1, 2, 3, 4)  # … averaged over these seeds
 DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerprints back
+DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list, models and silences re-read at most this often
 RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance outside the range,
 RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)
 

@@ -124,6 +124,9 @@ class Detector:
         self._services: dict[str, _Service] = {}
         self._groups: set[str] = set()
         self._last_seal = 0.0
+        self._last_refresh = 0.0
+        self._owned: list[str] | None = None
+        self._silences: list[incidents_mod.Silence] = []
         self._last_retrain = clock()
         self._window_seconds: float | None = None
 
@@ -150,6 +153,7 @@ class Detector:
         for service in list(self._services):
             self._release(keys=[self.keys.detector_owner(service)], args=[self.name])
         self._services.clear()
+        self._owned = None
         self._release(keys=[self.keys.detector_lease], args=[self.name])
 
     # --- services -------------------------------------------------------------------------------
@@ -201,25 +205,13 @@ class Detector:
     # --- the loop -------------------------------------------------------------------------------
     def step(self) -> StepResult:
         """One round: leases, sealing, recovery of pending entries, one blocking read, handling."""
-        if not self._hold_global_lease():
-            if self._services:
-                self.release()
-            return StepResult(active=False)
         now = self.clock()
-        if self.seal and now - self._last_seal >= self._window_s() / 2:
-            from anomalydesk.store.sink import seal_all
-
-            self._last_seal = now
-            try:
-                seal_all(self.r, keys=self.keys)
-            except redis.ResponseError as err:
-                log.warning("detector: sealing failed (%s); is the server set up?", err)
-        owned = self._own(self.live_services())
-        result = StepResult(services=owned)
-        for service in owned:
-            self._ensure_group(service)
-        self._refresh_models(owned)
-        silences = incidents_mod.list_silences(self.r, keys=self.keys)
+        refresh = min(config.DETECTOR_REFRESH_SECONDS, self.service_lease_ms / 3000, self.lease_ms / 3000)
+        stale = self._owned is None or now - self._last_refresh >= refresh
+        if stale and not self._refresh(now):
+            return StepResult(active=False)
+        owned, silences = self._owned or [], self._silences
+        result = StepResult(services=list(owned))
         for service in owned:
             if self._services[service].needs_recovery:
                 self._recover(service, silences, result)
@@ -244,6 +236,29 @@ class Detector:
                 log.info("%s: scheduled retraining: %s", service,
                          outcome.skipped or f"model v{outcome.version} activated")
         return result
+
+    def _refresh(self, now: float) -> bool:
+        """Leases, sealing, services, groups, models and silences (at most every refresh interval)."""
+        self._last_refresh = now
+        if not self._hold_global_lease():
+            if self._services:
+                self.release()
+            self._owned = None
+            return False
+        if self.seal and now - self._last_seal >= self._window_s() / 2:
+            from anomalydesk.store.sink import seal_all
+
+            self._last_seal = now
+            try:
+                seal_all(self.r, keys=self.keys)
+            except redis.ResponseError as err:
+                log.warning("detector: sealing failed (%s); is the server set up?", err)
+        self._owned = self._own(self.live_services())
+        for service in self._owned:
+            self._ensure_group(service)
+        self._refresh_models(self._owned)
+        self._silences = incidents_mod.list_silences(self.r, keys=self.keys)
+        return True
 
     def _recover(self, service: str, silences: list[incidents_mod.Silence], result: StepResult) -> None:
         stream, cursor = self.keys.fingerprints(service), "0-0"
