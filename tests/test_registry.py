@@ -97,3 +97,34 @@ def test_model_saved_in_one_process_scores_identically_in_another(redis_url: str
     there = np.array(json.loads(out.stdout))
     assert np.array_equal(here, there)
     r.close()
+
+
+def test_train_cli_stores_and_activates_a_model_per_service(r: redis.Redis, redis_url: str) -> None:
+    from anomalydesk.bench.detect import synthetic
+    from anomalydesk.fingerprint import FEATURE_NAMES
+
+    rows = synthetic(400, 1000)
+    pipe = r.pipeline()
+    for i, row in enumerate(rows):
+        fields = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+        fields.update(window=1000 + i, start=(1000 + i) * 5, schema=SCHEMA_VERSION, no_data=0, kpis="")
+        pipe.xadd(K.fingerprints("orders"), fields, id=f"{(1000 + i) * 5000}-1")
+    pipe.sadd(K.services, "orders", "newcomer")
+    pipe.execute()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "anomalydesk.cli", *args, "--redis", redis_url],
+                              capture_output=True, text=True, timeout=120)
+
+    done = cli("train", "--trees", "10", "--json")
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert [t["service"] for t in out["trained"]] == ["orders"] and out["trained"][0]["windows"] == 400
+    assert out["skipped"][0]["service"] == "newcomer" and "learning" in out["skipped"][0]["skipped"]
+    assert "training orders: 100%" in done.stderr
+    assert registry.active_versions(r) == {"orders": 1}
+    assert registry.info(r, "orders").params["trees"] == 10
+    unknown = cli("train", "--service", "nope")
+    assert unknown.returncode == 2 and "no live service named 'nope'" in unknown.stderr
+    bad = cli("train", "--false-alarm-rate", "0.7")
+    assert bad.returncode == 2 and "false_alarm_rate" in bad.stderr
