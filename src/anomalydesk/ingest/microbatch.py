@@ -21,6 +21,7 @@ from anomalydesk.ingest.collector_metrics import CollectorMetrics
 
 Event = Metric | BusinessMetric
 IngestFn = Callable[[list[Event], str], Awaitable[Any]]
+MERGED_INFLIGHT = 2  # merged writes at once (one being written, one being prepared)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class MicroBatcher:
         self.pending_events = 0
         self.inflight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._due = False
+        self._merged_inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def submit(self, events: list[Event], batch_id: str | None = None) -> Outcome:
@@ -58,29 +61,57 @@ class MicroBatcher:
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((events, future))
         self.pending_events += len(events)
-        if self.pending_events >= self.max_events:
-            self.flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.max_delay, self.flush)
+        if self.pending_events >= self.max_events or self._merged_inflight == 0:
+            self._due = True  # full, or Redis idle: no reason to wait
+        self._schedule()
         return await future
+
+    def _schedule(self) -> None:
+        """Write what waits when it is due and a merged write may start; else wait for the timer.
+
+        Events are due at once when no merged write is running, else after `max_delay` or when
+        `max_events` wait. At most `MERGED_INFLIGHT` merged writes run at once: under load the next
+        batch grows while the current one is written, so many small requests become few large ingest
+        calls, and a lone request is not delayed.
+        """
+        if not self._pending:
+            return
+        if self._due and self._merged_inflight < MERGED_INFLIGHT:
+            self.flush()
+        elif self._timer is None and not self._due:
+            self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._due = True
+        self._schedule()
 
     def flush(self) -> None:
         """Start the ingest call for everything waiting now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._due = False
         if not self._pending:
             return
         waiting, self._pending = self._pending, []
         self.pending_events = 0
+        self._merged_inflight += 1
         task = asyncio.get_running_loop().create_task(self._write_merged(waiting))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._merged_done)
+
+    def _merged_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._merged_inflight -= 1
+        if self._pending:
+            self._due = True  # these waited while the previous batch was written
+            self._schedule()
 
     async def drain(self) -> None:
         """Write everything still waiting and wait for the calls in flight (at shutdown)."""
-        self.flush()
-        while self._tasks:
+        while self._pending or self._tasks:
+            self.flush()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _write_merged(self, waiting: list[tuple[list[Event], asyncio.Future[Outcome]]]) -> None:
