@@ -128,3 +128,53 @@ def test_train_cli_stores_and_activates_a_model_per_service(r: redis.Redis, redi
     assert unknown.returncode == 2 and "no live service named 'nope'" in unknown.stderr
     bad = cli("train", "--false-alarm-rate", "0.7")
     assert bad.returncode == 2 and "false_alarm_rate" in bad.stderr
+
+
+def _fill(r: redis.Redis, service: str, rows: np.ndarray, first: int) -> None:
+    from anomalydesk.fingerprint import FEATURE_NAMES
+
+    pipe = r.pipeline()
+    for i, row in enumerate(rows):
+        fields = dict(zip(FEATURE_NAMES, row.tolist(), strict=True))
+        fields.update(window=first + i, start=(first + i) * 5, schema=SCHEMA_VERSION, no_data=0, kpis="")
+        pipe.xadd(K.fingerprints(service), fields, id=f"{(first + i) * 5000}-1")
+    pipe.sadd(K.services, service)
+    pipe.execute()
+
+
+def test_scheduled_retraining_keeps_the_active_model_when_the_candidate_is_worse(
+    r: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anomalydesk.bench.detect import synthetic
+    from anomalydesk.detect import training_run
+
+    _fill(r, "orders", synthetic(800, 1000), 1000)
+    params = TrainParams(trees=10, min_windows=100)
+    first = training_run.retrain_if_better(r, "orders", params=params)
+    assert first.version == 1 and first.metadata["replaced"]  # no model yet: any candidate is better
+    rates = iter([0.01, 0.20])  # the active model, then the candidate, on the held-back windows
+    monkeypatch.setattr(training_run, "holdout_flag_rate", lambda *a: next(rates))
+    worse = training_run.retrain_if_better(r, "orders", params=params)
+    assert worse.version is None and "kept the active model" in (worse.skipped or "")
+    assert registry.active_versions(r) == {"orders": 1} and registry.versions_of(r, "orders") == [1]
+    rates = iter([0.05, 0.05])
+    better = training_run.retrain_if_better(r, "orders", params=params)
+    assert better.version == 2 and registry.active_versions(r) == {"orders": 2}
+
+
+def test_training_leaves_out_confirmed_incidents_and_puts_back_false_positives(r: redis.Redis) -> None:
+    from anomalydesk.bench.detect import synthetic
+    from anomalydesk.detect import incidents
+    from anomalydesk.detect.training_run import training_data
+
+    _fill(r, "orders", synthetic(300, 1000), 1000)
+    confirmed = incidents.new_incident("orders", "anomaly", 1100, 5500.0)
+    confirmed.update(last_window=1109)
+    mistaken = incidents.new_incident("orders", "anomaly", 1000, 5000.0)
+    mistaken.update(last_window=1004, false_positive={"by": "x", "at": "y"}, status="resolved")
+    r.hset(K.incidents, mapping={confirmed["id"]: json.dumps(confirmed), mistaken["id"]: json.dumps(mistaken)})
+    data = training_data(r, "orders", windows=250)  # reads windows 1050–1299
+    windows = [fp.window for fp in data.fingerprints]
+    assert data.excluded == 10 and not set(range(1100, 1110)) & set(windows)
+    assert data.restored == 5 and windows[:5] == [1000, 1001, 1002, 1003, 1004]
+    assert len(windows) == 250 - 10 + 5 and windows == sorted(windows)

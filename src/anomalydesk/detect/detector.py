@@ -283,7 +283,10 @@ class Detector:
             except Exception:
                 # left pending: recovered (and retried) on the next step, never silently dropped
                 log.exception("%s: handling fingerprint %s failed", service, _text(entry_id))
-                self._services[service].needs_recovery = True
+                state = self._services[service]
+                state.needs_recovery = True
+                state.history.clear()  # reloaded from the stream before the retry
+                state.history_loaded = False
                 return
 
     def _history(self, service: str, entry_id: bytes | str) -> deque[Fingerprint]:
