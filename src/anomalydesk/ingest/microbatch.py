@@ -94,8 +94,14 @@ class MicroBatcher:
         self._due = False
         if not self._pending:
             return
-        waiting, self._pending = self._pending, []
-        self.pending_events = 0
+        taken, size = 0, 0
+        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken][0]) <= self.max_events):
+            size += len(self._pending[taken][0])
+            taken += 1
+        waiting, self._pending = self._pending[:taken], self._pending[taken:]
+        self.pending_events -= size
+        if self._pending:
+            self._due = True  # the rest goes as soon as a write slot is free
         self._merged_inflight += 1
         task = asyncio.get_running_loop().create_task(self._write_merged(waiting))
         self._tasks.add(task)
@@ -111,7 +117,8 @@ class MicroBatcher:
     async def drain(self) -> None:
         """Write everything still waiting and wait for the calls in flight (at shutdown)."""
         while self._pending or self._tasks:
-            self.flush()
+            while self._pending:
+                self.flush()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _write_merged(self, waiting: list[tuple[list[Event], asyncio.Future[Outcome]]]) -> None:

@@ -1,0 +1,94 @@
+"""The collector's micro-batcher (pure unit tests with a recording ingest function)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import redis
+
+from anomalydesk.events import Metric
+from anomalydesk.ingest.collector_metrics import CollectorMetrics
+from anomalydesk.ingest.microbatch import MicroBatcher
+
+EVENT = Metric("orders", "GET:/a", 200, 1.0, None)
+
+
+class Recorder:
+    """An ingest function that records its calls and can be held or made to fail."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+        self.release = asyncio.Event()
+        self.release.set()
+        self.fail: Exception | None = None
+
+    async def __call__(self, events: list, batch_id: str) -> None:
+        self.calls.append((len(events), batch_id))
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+
+
+def batcher(ingest: Recorder, max_events: int = 1000) -> MicroBatcher:
+    return MicroBatcher(ingest, CollectorMetrics(), max_events=max_events, max_delay=0.002, max_inflight=8)
+
+
+async def test_requests_arriving_during_a_write_are_merged() -> None:
+    ingest = Recorder()
+    mb = batcher(ingest)
+    ingest.release.clear()  # hold the first write so the next requests pile up
+    first = asyncio.create_task(mb.submit([EVENT]))
+    await asyncio.sleep(0)
+    later = [asyncio.create_task(mb.submit([EVENT] * 2)) for _ in range(30)]
+    await asyncio.sleep(0.01)
+    ingest.release.set()
+    outcomes = await asyncio.gather(first, *later)
+    assert [o.accepted for o in outcomes] == [1] + [2] * 30
+    assert sum(n for n, _ in ingest.calls) == 61
+    assert len(ingest.calls) <= 3  # 31 requests, at most 3 ingest calls
+    assert len({batch for _, batch in ingest.calls}) == len(ingest.calls)  # a fresh batch id per call
+
+
+async def test_size_limit_splits_batches() -> None:
+    ingest = Recorder()
+    mb = batcher(ingest, max_events=10)
+    ingest.release.clear()
+    tasks = [asyncio.create_task(mb.submit([EVENT] * 4)) for _ in range(12)]
+    await asyncio.sleep(0.02)
+    ingest.release.set()
+    await asyncio.gather(*tasks)
+    assert sum(n for n, _ in ingest.calls) == 48
+    assert max(n for n, _ in ingest.calls) <= 10  # whole requests, never more than the limit
+
+
+async def test_keyed_requests_are_written_alone_with_their_key() -> None:
+    ingest = Recorder()
+    mb = batcher(ingest)
+    await asyncio.gather(mb.submit([EVENT], "k:a"), mb.submit([EVENT] * 3, "k:b"))
+    assert sorted(ingest.calls) == [(1, "k:a"), (3, "k:b")]
+
+
+async def test_a_failed_write_fails_every_waiting_request() -> None:
+    ingest = Recorder()
+    ingest.fail = redis.ConnectionError("down")
+    mb = batcher(ingest)
+    results = await asyncio.gather(*(mb.submit([EVENT]) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(r, redis.ConnectionError) for r in results)
+    ingest.fail = None
+    assert (await mb.submit([EVENT])).accepted == 1
+    with pytest.raises(redis.ConnectionError):
+        ingest.fail = redis.ConnectionError("down again")
+        await mb.submit([EVENT], "k:x")
+
+
+async def test_drain_writes_what_waits() -> None:
+    ingest = Recorder()
+    mb = batcher(ingest)
+    ingest.release.clear()
+    tasks = [asyncio.create_task(mb.submit([EVENT])) for _ in range(4)]
+    await asyncio.sleep(0)
+    ingest.release.set()
+    await mb.drain()
+    assert all(t.done() for t in tasks)
+    assert sum(n for n, _ in ingest.calls) == 4
