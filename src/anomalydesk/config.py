@@ -62,6 +62,7 @@ COLLECTOR_MAX_BATCH_EVENTS = 10_000  # more events in one request get 413
 COLLECTOR_MICROBATCH_EVENTS = 5_000  # concurrent requests merged into one ingest call up to this size
 COLLECTOR_MICROBATCH_SECONDS = 0.002  # ... or until the oldest waiting event is this old
 COLLECTOR_MAX_INFLIGHT_INGESTS = 8  # concurrent ingest calls to Redis
+COLLECTOR_MERGED_INFLIGHT = 2  # merged writes at once: one written, the next one growing
 COLLECTOR_RATE_PER_KEY = 2_000.0  # requests per second per API key (or per client address without keys)
 COLLECTOR_RATE_BURST = 4_000.0
 COLLECTOR_RETRY_AFTER_SECONDS = 2  # Retry-After on 503 (Redis unreachable)

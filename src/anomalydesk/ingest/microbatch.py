@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from anomalydesk.config import COLLECTOR_MERGED_INFLIGHT
 from anomalydesk.events import BusinessMetric, Metric
 from anomalydesk.ingest.collector_metrics import CollectorMetrics
 
 Event = Metric | BusinessMetric
 IngestFn = Callable[[list[Event], str], Awaitable[Any]]
-MERGED_INFLIGHT = 2  # merged writes at once (one being written, one being prepared)
 
 
 @dataclass(frozen=True)
@@ -70,13 +70,13 @@ class MicroBatcher:
         """Write what waits when it is due and a merged write may start; else wait for the timer.
 
         Events are due at once when no merged write is running, else after `max_delay` or when
-        `max_events` wait. At most `MERGED_INFLIGHT` merged writes run at once: under load the next
+        `max_events` wait. At most `COLLECTOR_MERGED_INFLIGHT` merged writes run at once: under load the next
         batch grows while the current one is written, so many small requests become few large ingest
         calls, and a lone request is not delayed.
         """
         if not self._pending:
             return
-        if self._due and self._merged_inflight < MERGED_INFLIGHT:
+        if self._due and self._merged_inflight < COLLECTOR_MERGED_INFLIGHT:
             self.flush()
         elif self._timer is None and not self._due:
             self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._on_timer)
