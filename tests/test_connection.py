@@ -269,14 +269,14 @@ def test_capabilities_of_stock_redis_7(r: redis.Redis) -> None:
 
 
 def test_native_backend_when_the_probabilistic_commands_exist() -> None:
-    redis8 = {"get", "function", *capabilities.NATIVE_CMS, *capabilities.NATIVE_TOPK,
-              *capabilities.NATIVE_FILTERS["cf"], *capabilities.NATIVE_FILTERS["bf"]}  # fmt: skip
-    assert capabilities.choose_backend(redis8, {}) == ("native", "cf")
-    only_bloom = redis8 - set(capabilities.NATIVE_FILTERS["cf"])
-    assert capabilities.choose_backend(only_bloom, {}) == ("native", "bf")
-    no_topk = redis8 - {"topk.add"}
+    redis8 = {"get", "function", "cf.reserve", "cf.add", "cf.exists", *capabilities.NATIVE_CMS,
+              *capabilities.NATIVE_TOPK, *capabilities.NATIVE_FILTERS["bf"]}  # fmt: skip
+    assert capabilities.choose_backend(redis8, {}) == ("native", "bf")
+    no_bloom = redis8 - set(capabilities.NATIVE_FILTERS["bf"])  # the gears library calls BF.*
+    assert capabilities.choose_backend(no_bloom, {}) == ("functions", None)
+    no_topk = redis8 - {"topk.incrby"}
     assert capabilities.choose_backend(no_topk, {}) == ("functions", None)
-    assert capabilities.choose_backend(None, {"bf": 20812}) == ("native", "cf")
+    assert capabilities.choose_backend(None, {"bf": 20812}) == ("native", "bf")
     assert capabilities.choose_backend(None, {}) == ("functions", None)
 
 

@@ -10,6 +10,7 @@ import redis
 
 from anomalydesk.config import SketchSettings, key_prefix
 from anomalydesk.fingerprint import SCHEMA_VERSION
+from anomalydesk.store import capabilities
 from anomalydesk.store.gears import ensure_library
 from anomalydesk.store.keys import Keys
 
@@ -51,13 +52,7 @@ def _text(v: Any) -> str:
 
 def detect_backend(r: redis.Redis) -> str:
     """'native' when the server has RedisBloom's CMS/BF/TOPK commands (Redis 8, Stack), else 'functions'."""
-    for command in ("CMS.INFO", "BF.INFO", "TOPK.INFO"):
-        try:
-            r.execute_command(command, "ad:__probe__")
-        except redis.ResponseError as err:
-            if "unknown command" in str(err).lower():
-                return "functions"
-    return "native"
+    return capabilities.detect(r).sketch_backend
 
 
 def read_settings(r: redis.Redis, keys: Keys | None = None) -> StoredSettings:

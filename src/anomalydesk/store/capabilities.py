@@ -15,11 +15,11 @@ from redis.exceptions import ResponseError
 
 from anomalydesk.config import MIN_REDIS_VERSION
 
-# The commands the native backend calls; the filter may be a Cuckoo or a Bloom filter.
+# The commands the gears library calls on the native backend (gears/anomalydesk.lua): the interaction
+# filter is a scalable Bloom filter there (BF.RESERVE … EXPANSION), like the library's own.
 NATIVE_CMS = ("cms.initbydim", "cms.incrby", "cms.query", "cms.info")
-NATIVE_TOPK = ("topk.reserve", "topk.add", "topk.list")
+NATIVE_TOPK = ("topk.reserve", "topk.incrby", "topk.list")
 NATIVE_FILTERS = {
-    "cf": ("cf.reserve", "cf.add", "cf.exists"),
     "bf": ("bf.reserve", "bf.add", "bf.exists"),
 }
 
@@ -83,7 +83,7 @@ def choose_backend(commands: set[str] | None, modules: dict[str, int]) -> tuple[
     """('native', filter kind) when the probabilistic commands are all there, else ('functions', None)."""
     if commands is None:  # cannot list commands: trust MODULE LIST (RedisBloom calls itself "bf")
         if "bf" in {name.lower() for name in modules}:
-            return "native", "cf"
+            return "native", "bf"
         return "functions", None
     if not all(c in commands for c in (*NATIVE_CMS, *NATIVE_TOPK)):
         return "functions", None
