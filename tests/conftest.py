@@ -85,8 +85,39 @@ class RedisServer:
         return redis.Redis(port=self.port, **kwargs)
 
 
+# --- opt-in: an external server -------------------------------------------------------------------
+# Hosted CI runs the suite once more against a `redis:8` service container (the only place the native
+# CMS/CF/TOPK sketch path runs): with $ANOMALYDESK_TEST_REDIS_URL set, the session's `redis_server` (and so
+# `redis_url` and `r`) is that server instead of one started here. Tests that start servers of their own
+# (RedisServer(...)) still start them. Unset (the default), nothing changes.
+ENV_TEST_REDIS_URL = "ANOMALYDESK_TEST_REDIS_URL"
+
+
+class ExternalRedis:
+    """A server somebody else runs, at $ANOMALYDESK_TEST_REDIS_URL: same attributes as RedisServer, never stopped."""
+
+    def __init__(self, url: str):
+        self.url = url
+        kwargs = redis.connection.parse_url(url)
+        self.host = kwargs.get("host", "127.0.0.1")
+        self.port = int(kwargs.get("port", 6379))
+        try:
+            self.client().ping()
+        except redis.RedisError as err:
+            pytest.exit(f"${ENV_TEST_REDIS_URL} is {url!r} but that server does not answer: {err}", returncode=2)
+
+    def stop(self, sig: int | None = None) -> None:
+        """Not ours to stop."""
+
+    def client(self, **kwargs) -> redis.Redis:
+        return redis.Redis.from_url(self.url, **kwargs)
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | ExternalRedis]:
+    if os.environ.get(ENV_TEST_REDIS_URL):
+        yield ExternalRedis(os.environ[ENV_TEST_REDIS_URL])
+        return
     server = RedisServer(tmp_path_factory.mktemp("redis"))
     yield server
     server.stop()
