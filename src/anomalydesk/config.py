@@ -144,6 +144,23 @@ RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance
 RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)
 
 
+# --- integrations: OTLP receiver, Prometheus scrape, webhooks (docs/integrations.md) -------------
+ENV_METRIC_MAP = "ANOMALYDESK_METRIC_MAP"  # mapping file (TOML) the collector's OTLP receiver reads
+OTLP_PATH = "/v1/metrics"
+OTLP_STATE_TTL_SECONDS = 86_400  # per-service cumulative state expires a day after its last report
+OTLP_FIRST_POINT_MAX_AGE_SECONDS = 300.0  # a new cumulative series older than this is a baseline only
+OTLP_UNKNOWN_NAMES_MAX = 1_000  # distinct unknown metric names counted by name; the rest as "(other)"
+SCRAPE_DEFAULT_INTERVAL_SECONDS = 15.0
+SCRAPE_TIMEOUT_SECONDS = 10.0
+SCRAPE_STATE_TTL_SECONDS = 86_400
+WEBHOOK_TIMEOUT_SECONDS = 10.0
+WEBHOOK_BACKOFF_BASE_SECONDS = 1.0  # a failing route waits 1 s, 2 s, 4 s … between attempts
+WEBHOOK_BACKOFF_MAX_SECONDS = 60.0
+WEBHOOK_GIVE_UP_SECONDS = 3_600.0  # an alert still undelivered this long after it was logged is dead-lettered
+WEBHOOK_CLAIM_IDLE_MS = 300_000  # pending deliveries of a consumer silent this long are taken over
+WEBHOOK_BLOCK_MS = 1_000
+WEBHOOK_DEAD_MAXLEN = 10_000
+
 @dataclass(frozen=True)
 class SketchSettings:
     """Sizes of the per-service sketches, as `setup` stores them in the config hash."""

@@ -31,6 +31,7 @@ from anomalydesk.ingest.collector_metrics import PROMETHEUS_CONTENT_TYPE, Collec
 from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter, presented_key
 from anomalydesk.ingest.microbatch import Event, IngestFn, MicroBatcher
 from anomalydesk.ingest.openapi import openapi_document
+from anomalydesk.ingest.otlp import OtlpReceiver
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ class Collector:
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/prometheus", self._get_prometheus)
         app.router.add_get("/openapi.json", self._get_openapi)
+        app.router.add_post(config.OTLP_PATH, OtlpReceiver(self).handle)  # OTLP/HTTP metrics (ingest/otlp.py)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app

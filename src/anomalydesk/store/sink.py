@@ -222,6 +222,71 @@ def encode(columns: dict[str, _Columns], config: _Config, replay: bool, batch_id
     return out
 
 
+@dataclass
+class WindowAggregate:
+    """One window's pre-aggregated traffic of a service, as the gears payload takes it.
+
+    `hist` maps latency buckets (`fingerprint.latency_bucket`) to counts; `hist`, `endpoints` and
+    `statuses` each add up to `n`. `window` is the window index in replay mode (ignored live).
+    """
+
+    n: int = 0
+    e4: int = 0
+    e5: int = 0
+    latency_sum_ms: float = 0.0
+    hist: dict[int, int] = field(default_factory=dict)
+    endpoints: dict[str, int] = field(default_factory=dict)
+    statuses: dict[int, int] = field(default_factory=dict)
+    window: int = 0
+
+    def check(self) -> None:
+        """Raise ValueError naming the part that does not add up (the server would refuse it)."""
+        for name, part in (("hist", self.hist), ("endpoints", self.endpoints), ("statuses", self.statuses)):
+            if sum(part.values()) != self.n:
+                raise ValueError(f"window aggregate: {name} counts add up to {sum(part.values())}, not n={self.n}")
+        if not (0 <= self.e4 <= self.n and 0 <= self.e5 <= self.n and self.e4 + self.e5 <= self.n):
+            raise ValueError(f"window aggregate: e4={self.e4}/e5={self.e5} must lie within n={self.n}")
+        if len(self.endpoints) > MAX_ENDPOINTS_PER_CALL:
+            raise ValueError(f"window aggregate: {len(self.endpoints)} endpoints, at most {MAX_ENDPOINTS_PER_CALL}")
+        if not math.isfinite(self.latency_sum_ms) or self.latency_sum_ms < 0:
+            raise ValueError("window aggregate: latency_sum_ms must be finite and >= 0")
+
+
+def encode_aggregates(service: str, windows: Sequence[WindowAggregate], config: _Config, *,
+                      kpis: Sequence[BusinessMetric] = (), replay: bool = False, batch_id: str | None = None,
+                      sparse: bool = False) -> list[tuple[str, bytes]]:
+    """The FCALL payload for pre-aggregated windows (and business KPIs) of one service: [(service, JSON)]."""
+    groups = []
+    for w in windows:
+        w.check()
+        if w.n == 0:
+            continue
+        groups.append({
+            "win": int(w.window) if replay else 0, "n": int(w.n), "e4": int(w.e4), "e5": int(w.e5),
+            "ls": float(w.latency_sum_ms),
+            "h": [x for b, c in sorted(w.hist.items()) if c for x in (int(b), int(c))],
+            "ep": [x for e, c in w.endpoints.items() if c for x in (e, int(c))],
+            "st": [x for s, c in sorted(w.statuses.items()) if c for x in (int(s), int(c))],
+        })
+    cols = _Columns()
+    cols.kpis = [(k.name, k.value, k.low, k.high, k.timestamp) for k in kpis]
+    rows = _kpi_rows(cols, replay, config.window_s)
+    if not groups and not rows:
+        return []
+    payload = {"v": 1, "mode": "replay" if replay else "live", "batch": batch_id, "sparse": 1 if sparse else 0,
+               "cfg": config.payload_cfg, "w": groups, "k": rows}
+    return [(service, orjson.dumps(payload))]
+
+
+def ingest_aggregates(r: redis.Redis, service: str, windows: Sequence[WindowAggregate], *,
+                      kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None, replay: bool = False,
+                      sparse: bool = False, keys: Keys | None = None) -> IngestResult:
+    """Write pre-aggregated windows of one service now (the synchronous twin of AsyncWriter's)."""
+    writer = _Writer(r, keys or Keys(key_prefix()))
+    return writer.write(encode_aggregates(service, windows, writer.config(), kpis=kpis, replay=replay,
+                                          batch_id=batch_id or uuid.uuid4().hex, sparse=sparse))
+
+
 def columns_of(events: Iterable[Event]) -> dict[str, _Columns]:
     columns: dict[str, _Columns] = {}
     for e in events:
@@ -358,6 +423,37 @@ class AsyncWriter:
         for (service, _), reply in zip(payloads, replies, strict=True):
             total = total + _result_of(service, reply)
         return total
+
+
+    async def write(self, payloads: list[tuple[str, bytes]]) -> IngestResult:
+        """Send already-encoded payloads (from `encode` or `encode_aggregates`): one FCALL each, pipelined."""
+        if not payloads:
+            return IngestResult()
+        pipe = self.ar.pipeline(transaction=False)
+        new = sorted({s for s, _ in payloads if s not in self._known})
+        if new:
+            pipe.sadd(self.keys.services, *new)
+            pipe.srem(self.keys.retired, *new)
+        for service, body in payloads:
+            pipe.fcall("ad_ingest", 1, self.keys.state(service), self.keys.prefix, service, body)
+        replies = (await pipe.execute(raise_on_error=False))[2 if new else 0:]
+        if any(_is_missing_function(x) for x in replies):
+            await self.ar.function_load(library_source()[0], replace=True)
+            self._known.clear()
+            return await self.write(payloads)
+        self._known.update(new)
+        total = IngestResult()
+        for (service, _), reply in zip(payloads, replies, strict=True):
+            total = total + _result_of(service, reply)
+        return total
+
+    async def ingest_aggregates(self, service: str, windows: Sequence[WindowAggregate], *,
+                                kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None,
+                                replay: bool = False, sparse: bool = False) -> IngestResult:
+        """Write pre-aggregated windows (OTLP histograms, scrapes) without inventing single events."""
+        payloads = encode_aggregates(service, windows, await self.config(), kpis=kpis, replay=replay,
+                                     batch_id=batch_id or uuid.uuid4().hex, sparse=sparse)
+        return await self.write(payloads)
 
 
 class _DictReader:
