@@ -16,13 +16,29 @@ import pytest
 T = TypeVar("T")
 
 
-@pytest.fixture()
-def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
-    """A qasync event loop on the test's QApplication (set as the running loop)."""
+_LOOP: asyncio.AbstractEventLoop | None = None
+
+
+def shared_loop(qapp: Any) -> asyncio.AbstractEventLoop:
+    """One qasync loop for the whole session, never stopped.
+
+    (Stopping a qasync loop calls QApplication.exit(), after which pytest-qt's waits — nested
+    QEventLoop.exec() calls — return at once without processing events.)
+    """
     import qasync
 
+    global _LOOP
+    if _LOOP is None:
+        _LOOP = qasync.QEventLoop(qapp, already_running=True)
+    return _LOOP
+
+
+@pytest.fixture()
+def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
+    """The qasync loop; after the test, no task of the test may be pending and no app thread alive."""
+    loop = shared_loop(qapp)
     threads_before = set(threading.enumerate())
-    loop = qasync.QEventLoop(qapp, already_running=True)
+    asyncio.events._set_running_loop(loop)
     asyncio.set_event_loop(loop)
     yield loop
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
@@ -30,13 +46,10 @@ def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
         task.cancel()
     for _ in range(20):
         qapp.processEvents()
-    loop.stop()
-    asyncio.events._set_running_loop(None)
-    loop.close()
-    asyncio.set_event_loop(None)
     leaked = [t for t in set(threading.enumerate()) - threads_before
               if t.is_alive() and t.name.startswith(("ad-", "anomalydesk-"))]  # fmt: skip
     assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+    assert not pending, f"tasks left pending: {pending}"
 
 
 def run(qtbot: Any, awaitable: Awaitable[T], timeout: float = 30.0) -> T:

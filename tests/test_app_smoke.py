@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from app_support import qloop, run  # noqa: F401  (fixture)
 
-pytestmark = pytest.mark.gui
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
 
 
 @pytest.fixture()

@@ -24,6 +24,18 @@ from anomalydesk.store.keys import Keys
 log = logging.getLogger(__name__)
 
 
+def preload_core() -> None:
+    """Import the training/scoring stack (scikit-learn, scipy) now, on the GUI thread before the loop runs.
+
+    A first import inside a worker thread holds the GIL for whole C-extension initialisations and
+    stalled the event loop by up to ~0.4 s when the Train button was first pressed.
+    """
+    import anomalydesk.detect.detector
+    import anomalydesk.detect.service_state
+    import anomalydesk.detect.train
+    import anomalydesk.ingest.demo  # noqa: F401
+
+
 class DesktopApp:
     """One app: build with `DesktopApp(...)`, then `await start()`, and `await shutdown()` at the end."""
 
@@ -31,6 +43,8 @@ class DesktopApp:
                  force_banner: bool = False, run_detector: bool | None = None) -> None:  # fmt: skip
         from anomalydesk.app.main_window import MainWindow
         from anomalydesk.app.tray import Tray
+
+        preload_core()
 
         self.settings = settings
         self.url = url or settings.redis_url or None

@@ -69,6 +69,20 @@ def parse_alert_entry(fields: dict[Any, Any]) -> dict[str, Any] | None:
     return decoded if "service" in decoded else None
 
 
+HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
+
+
+def _parse_entries(service: str, entries: list[Any]) -> list[Fingerprint]:
+    """Parse stream entries (oldest first), skipping unreadable ones with a warning."""
+    found = []
+    for _entry_id, fields in entries:
+        try:
+            found.append(from_stream_entry(service, fields))
+        except (KeyError, ValueError) as err:
+            log.warning("skipping an unreadable fingerprint of %s: %s", service, err)
+    return found
+
+
 class Session:
     """Owns the async client and the reader tasks; publishes into `state`; exposes actions."""
 
@@ -90,6 +104,7 @@ class Session:
         self._context: dict[str, deque[Fingerprint]] = {}  # recent windows: the scorer's context
         self._initial_catchup_done = False
         self.connected = asyncio.Event()
+        self.caught_up = asyncio.Event()  # subscribed and the alerts log read, on this connection
         self.alerts_received = 0
         self.on_alert_hooks: list[Callable[[dict[str, Any]], None]] = []
 
@@ -137,11 +152,12 @@ class Session:
                 )  # fmt: skip
                 self.connected.set()
                 attempt = 0
-                await asyncio.gather(self._alerts_loop(), self._fingerprints_loop(), self._status_loop())
+                await self._run_readers()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, backend.BackendError) as err:
                 self.connected.clear()
+                self.caught_up.clear()
                 attempt += 1
                 reason = backend.describe(err)
                 fatal = any(word in reason for word in _FATAL_WORDS)
@@ -155,6 +171,20 @@ class Session:
                 )  # fmt: skip
                 await asyncio.sleep(delay)
 
+    async def _run_readers(self) -> None:
+        """Run the three readers until one fails; then stop the others and re-raise (a reconnect follows)."""
+        readers = (self._alerts_loop(), self._fingerprints_loop(), self._status_loop())
+        tasks = [asyncio.ensure_future(c) for c in readers]
+        try:
+            done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
     # --- alerts -------------------------------------------------------------------------------
     async def _alerts_loop(self) -> None:
         assert self.client is not None
@@ -162,6 +192,7 @@ class Session:
         try:
             await pubsub.subscribe(self.keys.alerts_channel)
             await self._catch_up()  # after SUBSCRIBE: nothing published in between is missed
+            self.caught_up.set()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                 if message is None or message.get("type") != "message":
@@ -237,15 +268,21 @@ class Session:
         return stream[stream.index("{") + 1 : stream.rindex("}")]
 
     async def _load_history(self, service: str) -> None:
+        """Fill the service's ring buffer from its stream: read in chunks, parse in the I/O pool."""
         assert self.client is not None
-        capacity = self.state.live.capacity
-        entries = await self.client.xrevrange(self.keys.fingerprints(service), count=capacity)
-        self._fp_last[service] = entries[0][0] if entries else "0-0"
-        fps = []
-        for _entry_id, fields in reversed(entries):
-            fp = self._parse(service, fields)
-            if fp is not None:
-                fps.append(fp)
+        stream, remaining, upper = self.keys.fingerprints(service), self.state.live.capacity, "+"
+        chunks: list[list[Fingerprint]] = []
+        newest: Any = None
+        while remaining > 0:
+            entries = await self.client.xrevrange(stream, max=upper, count=min(HISTORY_CHUNK, remaining))
+            if not entries:
+                break
+            newest = newest or entries[0][0]
+            chunks.append(await self.call(_parse_entries, service, entries[::-1]))
+            remaining -= len(entries)
+            upper = f"({_text(entries[-1][0])}"
+        self._fp_last[service] = newest or "0-0"
+        fps = [fp for chunk in reversed(chunks) for fp in chunk]
         self._models[service] = model = await self.call(backend.load_model, self.sync, self.keys, service)
         self._set_threshold(service, model)
         scores = np.full(len(fps), np.nan)

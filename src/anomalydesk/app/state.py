@@ -224,8 +224,8 @@ class IncidentsState:
                 inc.reasons, inc.reason = list(reasons), first_reason or inc.reason
             inc.message = str(alert.get("message", inc.message))
         inc.alerts += 1
-        if kind == "resolved":
-            inc.state = "resolved"
+        if kind == "resolved" and inc.state not in CLOSED_STATES:
+            inc.state = "resolved"  # a false positive stays one when its closing alert arrives
         self.changed.emit(inc)
         self._update_health()
         return inc, is_new

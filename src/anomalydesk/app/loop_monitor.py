@@ -1,0 +1,45 @@
+"""Measures event-loop responsiveness: the longest gap between ticks of a fast QTimer."""
+
+from __future__ import annotations
+
+import time
+
+from PySide6 import QtCore
+
+TICK_MS = 5
+
+
+class StallMeter(QtCore.QObject):
+    """While running, records the longest time the GUI loop did not service a 5 ms timer."""
+
+    def __init__(self, parent: QtCore.QObject | None = None):
+        super().__init__(parent)
+        self.timer = QtCore.QTimer(self)
+        self.timer.setTimerType(QtCore.Qt.TimerType.PreciseTimer)
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self._tick)
+        self.max_gap_ms = 0.0
+        self.ticks = 0
+        self._last = 0.0
+
+    def start(self) -> None:
+        """Reset and start measuring."""
+        self.max_gap_ms = 0.0
+        self.ticks = 0
+        self._last = time.perf_counter()
+        self.timer.start()
+
+    def stop(self) -> float:
+        """Stop; returns the longest stall beyond the timer's own interval, in ms."""
+        self.timer.stop()
+        return self.max_stall_ms
+
+    @property
+    def max_stall_ms(self) -> float:
+        return max(0.0, self.max_gap_ms - TICK_MS)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.max_gap_ms = max(self.max_gap_ms, (now - self._last) * 1000)
+        self._last = now
+        self.ticks += 1

@@ -1,0 +1,148 @@
+"""Incidents panel and the alert subscription against real redis-servers (offscreen window).
+
+Alerts are written the way the detector writes them (incident record, alerts-log entry, PUBLISH),
+so these tests do not depend on detection quality; the workflow test covers the detector path.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+
+import pytest
+import redis
+from app_support import qloop, run  # noqa: F401  (fixture)
+
+from anomalydesk import config
+from anomalydesk.detect import incidents
+from anomalydesk.store.keys import Keys
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+
+def raise_alert(r: redis.Redis, service: str, window: int, *, kind: str = "new", severity: str = "critical",
+                score: float = 95.0, publish: bool = True, keys: Keys | None = None) -> dict:  # fmt: skip
+    """Store an incident and log (and publish) its alert, as the detector does."""
+    keys = keys or Keys()
+    incident = incidents.new_incident(service, "anomaly", window, window * 5.0)
+    incident.update(score=score, severity=severity, windows=1)
+    reasons = [{"feature": "rate_5xx", "actual": 0.2, "expected": 0.004, "text": "5xx ratio 20% vs 0.4% normal"}]
+    alert = incidents.make_alert(kind=kind, incident=incident, window=window, window_start=time.time(), score=score,
+                                 severity=severity, reasons=reasons, model_version=1,
+                                 message=f"{service}: 5xx ratio 20% vs 0.4% normal")  # fmt: skip
+    r.hset(keys.incidents, incident["id"], json.dumps(incident))
+    r.sadd(keys.incidents_open, incident["id"])
+    r.xadd(keys.alerts_log, {"alert": json.dumps(alert)}, maxlen=config.ALERT_LOG_MAXLEN, approximate=True)
+    if publish:
+        r.publish(keys.alerts_channel, json.dumps(alert))
+    return alert
+
+
+def open_app(qtbot, url):
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.settings import AppSettings
+
+    app = DesktopApp(AppSettings(), url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
+    return app
+
+
+def close_app(qtbot, app):
+    run(qtbot, app.shutdown())
+    app.dispose()
+
+
+def test_catch_up_then_live_alerts_and_operator_actions(qtbot, qloop, redis_url, r):  # noqa: F811
+    old = raise_alert(r, "payments", 1000)  # before the app starts: catch-up from the log
+    app = open_app(qtbot, redis_url)
+    try:
+        window, state = app.window, app.state
+        qtbot.waitUntil(lambda: old["incident_id"] in state.incidents.incidents, timeout=10_000)
+        assert not window.banner.isVisible()  # history at start-up is listed, not notified
+        live = raise_alert(r, "orders", 2000)  # after: pub/sub, notified
+        qtbot.waitUntil(lambda: live["incident_id"] in window.incidents.model.ids, timeout=10_000)
+        qtbot.waitUntil(window.banner.isVisible, timeout=5_000)
+        assert "orders" in window.banner.text and "5xx ratio 20%" in window.banner.text
+        assert state.incidents.health == "critical"
+        model = window.incidents.model
+        assert model.ids == [live["incident_id"], old["incident_id"]] or set(model.ids) == {
+            live["incident_id"], old["incident_id"]}
+
+        window.banner.open_button.click()  # opens the notified incident
+        assert window.incidents.selected().incident_id == live["incident_id"]
+        assert "5xx ratio 20% vs 0.4% normal" in window.incidents.details.toPlainText()
+        window.incidents.ack_button.click()
+        qtbot.waitUntil(lambda: state.incidents.incidents[live["incident_id"]].state == "acknowledged", timeout=10_000)
+        assert json.loads(r.hget(Keys().incidents, live["incident_id"]))["acked"]["by"]
+
+        window.incidents.snooze_actions["1 hour"].trigger()
+        qtbot.waitUntil(lambda: state.incidents.incidents[live["incident_id"]].state == "snoozed", timeout=10_000)
+        stored = json.loads(r.hget(Keys().incidents, live["incident_id"]))
+        assert 3500 < stored["snoozed_until_epoch"] - time.time() <= 3600
+
+        window.incidents.resolve_button.click()
+        qtbot.waitUntil(lambda: state.incidents.incidents[live["incident_id"]].state == "resolved", timeout=10_000)
+        assert json.loads(r.hget(Keys().incidents, live["incident_id"]))["status"] == "resolved"
+
+        window.incidents.select_incident(old["incident_id"])
+        window.incidents.fp_button.click()
+        qtbot.waitUntil(lambda: state.incidents.incidents[old["incident_id"]].state == "false_positive",
+                        timeout=10_000)  # fmt: skip
+        assert json.loads(r.hget(Keys().incidents, old["incident_id"]))["false_positive"]
+        assert state.incidents.health == "none"
+    finally:
+        close_app(qtbot, app)
+
+
+def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_url, r):  # noqa: F811
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        panel.silence_pattern.setText("svc-*")
+        panel.silence_hours.setValue(1.0)
+        panel.silence_reason.setText("maintenance window")
+        panel.silence_add.click()
+        qtbot.waitUntil(lambda: panel.silence_list.count() == 1, timeout=10_000)
+        assert len(incidents.list_silences(r)) == 1
+        muted = raise_alert(r, "svc-7", 3000)
+        qtbot.waitUntil(lambda: muted["incident_id"] in panel.model.ids, timeout=10_000)
+        heard = raise_alert(r, "users", 3001)
+        qtbot.waitUntil(lambda: heard["incident_id"] in panel.model.ids, timeout=10_000)
+        qtbot.waitUntil(app.window.banner.isVisible, timeout=5_000)
+        assert [n.incident_id for n in app.tray.delivered] == [heard["incident_id"]]
+    finally:
+        close_app(qtbot, app)
+
+
+def test_reconnects_after_redis_restart_and_catches_up(qtbot, qloop, tmp_path):  # noqa: F811
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    app = None
+    try:
+        app = open_app(qtbot, server.url)
+        conn = app.state.connection
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=10_000)
+        server.stop(signal.SIGKILL)
+        qtbot.waitUntil(lambda: conn.status in ("reconnecting", "failed"), timeout=30_000)
+        assert conn.reason
+        server.start()  # same port, empty (no persistence)
+        client = server.client()
+        # logged while the app was away and not published to it: only the catch-up can find it
+        missed = raise_alert(client, "inventory", 4000, publish=False)
+        qtbot.waitUntil(lambda: conn.status == "connected", timeout=30_000)
+        qtbot.waitUntil(lambda: missed["incident_id"] in app.state.incidents.incidents, timeout=10_000)
+        qtbot.waitUntil(lambda: any(n.incident_id == missed["incident_id"] for n in app.tray.delivered),
+                        timeout=5_000)  # fmt: skip
+        # and pub/sub works again after the resubscribe
+        later = raise_alert(client, "gateway", 4001)
+        qtbot.waitUntil(lambda: later["incident_id"] in app.state.incidents.incidents, timeout=10_000)
+        client.close()
+    finally:
+        if app is not None:
+            close_app(qtbot, app)
+        server.stop()
