@@ -12,11 +12,11 @@ import time
 
 import pytest
 import redis
-from app_support import qloop, run  # noqa: F401  (fixture)
 
 from anomalydesk import config
 from anomalydesk.detect import incidents
 from anomalydesk.store.keys import Keys
+from app_support import qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from app_support import qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
