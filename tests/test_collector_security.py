@@ -188,3 +188,21 @@ def test_tls_needs_both_files(tmp_path: Path) -> None:
     (tmp_path / "key.pem").write_text("not a key")
     with pytest.raises(SettingsError, match="cannot load"):
         tls_context(CollectorSettings(tls_cert=str(tmp_path / "cert.pem"), tls_key=str(tmp_path / "key.pem")))
+
+
+def test_collect_help_smoke() -> None:
+    proc = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "collect", "--help"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    for flag in ("--host", "--port", "--api-key", "--api-keys-file", "--tls-cert", "--tls-key", "--rate-limit"):
+        assert flag in proc.stdout
+
+
+def test_cli_rejects_bad_flags(redis_url: str, tmp_path: Path) -> None:
+    cert, _ = make_self_signed(tmp_path)
+    for extra, words in ((["--api-key", "short"], "at least 16 characters"),
+                         (["--tls-cert", str(cert)], "go together"),
+                         (["--port", "70000"], "between 0 and 65535")):
+        proc = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "collect", "--port", "0",
+                               "--redis", redis_url, *extra], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and words in proc.stderr, (extra, proc.stderr)
