@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     from anomalydesk.commands._common import emit
     from anomalydesk.ingest.collector import CollectorSettings, SettingsError
     from anomalydesk.ingest.collector_server import serve
+    from anomalydesk.store.admin import SetupConflict
     from anomalydesk.store.connection import ConnectionFailed
+    from anomalydesk.store.gears import GearsError
 
     if not 0 <= args.port <= 65535:
         raise CommandError(f"--port must be between 0 and 65535, got {args.port}")
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings, getattr(args, "redis", None), on_ready=ready))
     except SettingsError as err:
         raise CommandError(str(err)) from None
-    except ConnectionFailed as err:
+    except (ConnectionFailed, GearsError, SetupConflict) as err:
         raise CommandError(str(err)) from None
     except OSError as err:  # the port is taken, the address is not ours
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
