@@ -17,7 +17,9 @@ Functions
 Ingest payload (JSON, built by anomalydesk.store.sink):
   {"v": 1, "mode": "live"|"replay", "batch": id|null, "sparse": 0|1,
    "cfg": {"W": window_s, "cw": cms_width, "cd": cms_depth, "fc": filter_capacity,
-           "fe": filter_error, "tk": topk_k, "ret": retention, "be": "native"|"functions"},
+           "fe": filter_error, "tk": topk_k, "ret": retention, "be": "native"|"functions",
+           "rm": raw stream length},
+   "raw": [[endpoint, status, latency_ms, timestamp|null], ...] (optional, full-fidelity mode),
    "w": [{"win": window (ignored in live mode), "n": requests, "e4": n_4xx, "e5": n_5xx,
           "ls": latency_sum_ms, "h": [bucket, count, ...], "ep": [endpoint, count, ...],
           "st": [status, count, ...]}, ...],
@@ -138,6 +140,18 @@ local function validate(p, service)
       or check_pairs(w.ep, at .. '.ep', endpoint_ok, w.n)
       or check_pairs(w.st, at .. '.st', status_ok, w.n)
     if err then return err end
+  end
+  if p.raw ~= nil then
+    if type(p.raw) ~= 'table' then return 'raw must be a list' end
+    if not is_int(c.rm, 1) then return 'cfg.rm (raw stream length) must be a positive integer' end
+    for i, e in ipairs(p.raw) do
+      local at = 'raw[' .. i .. ']'
+      if type(e) ~= 'table' then return at .. ' must be a list' end
+      local err = endpoint_ok(e[1]) or status_ok(e[2])
+      if err then return at .. ': ' .. err end
+      if not is_finite(e[3]) or e[3] < 0 then return at .. ': latency must be finite and >= 0' end
+      if e[4] ~= nil and e[4] ~= cjson.null and not is_finite(e[4]) then return at .. ': bad timestamp' end
+    end
   end
   if p.k ~= nil and type(p.k) ~= 'table' then return 'k must be a list' end
   for i, k in ipairs(p.k or {}) do
@@ -559,6 +573,13 @@ local function ad_ingest(keys, args)
     else
       cms_incr(ks.cms_st, c.cw, c.cd, st_items)
     end
+  end
+
+  -- full-fidelity mode: the sampled raw events, after the batch-id check so a retry adds none twice
+  for _, e in ipairs(p.raw or {}) do
+    local ts = (e[4] ~= nil and e[4] ~= cjson.null) and num(e[4]) or ''
+    redis.call('XADD', ks.tag .. ':raw', 'MAXLEN', '~', c.rm, '*', 'endpoint', e[1], 'status', e[2],
+      'latency_ms', num(e[3]), 'timestamp', ts)
   end
 
   if p.sparse == 1 then redis.call('HSET', state, 'sparse', '1') end

@@ -195,3 +195,17 @@ def test_sink_buffers_while_redis_is_down_and_never_drops_silently(tmp_path) -> 
         assert admin.status(client)["events_total"] == 100
     finally:
         server.stop()
+
+
+def test_full_fidelity_mode_keeps_raw_events_once(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=W))
+    events = [metric("pay", "GET:/a/{id}", 200, 5.5, T0 + i * 0.01) for i in range(50)]
+    ingest(r, events, replay=True, batch_id="raw-1")
+    assert r.xlen(Keys().raw("pay")) == 0  # off by default
+    admin.setup(r, SketchSettings(window_seconds=W, raw_sample=1.0))
+    ingest(r, events, replay=True, batch_id="raw-2")
+    ingest(r, events, replay=True, batch_id="raw-2")  # a retry adds nothing
+    entries = r.xrange(Keys().raw("pay"))
+    assert len(entries) == 50
+    assert entries[0][1] == {b"endpoint": b"GET:/a/{id}", b"status": b"200", b"latency_ms": b"5.5",
+                             b"timestamp": b"%d" % T0}

@@ -38,7 +38,9 @@ DEFAULT_TOPK = 10
 DEFAULT_RETENTION_WINDOWS = 17_280 * 2  # two days of 5 s windows per fingerprint stream
 MAX_SILENT_WINDOWS_SEALED = 720  # a long silence seals at most this many zero-traffic windows
 REPLAY_CLOCK_HOLD_SECONDS = 30  # a replaying service is sealed by its event clock for this long
-WINDOW_ENDPOINTS_CAP = 512  # distinct endpoints counted exactly per window; the rest go to "other"
+WINDOW_ENDPOINTS_CAP = 512
+DEFAULT_RAW_SAMPLE = 0.0  # full-fidelity mode: share of events also kept raw (0 = off, 1 = all)
+RAW_STREAM_MAXLEN = 100_000  # raw events kept per service (trimmed stream)  # distinct endpoints counted exactly per window; the rest go to "other"
 
 # --- names ------------------------------------------------------------------------------------
 SERVICE_NAME_MAX = 64
@@ -76,7 +78,8 @@ DEMO_DEFAULT_SERVICES = 5
 DEMO_MAX_SERVICES = 200
 DEMO_MAX_RATE = 1_000_000.0
 DEMO_FAST_DEFAULT_SECONDS = 86_400  # `demo --fast` without --duration backfills one day
-DEMO_FAST_CHUNK_SECONDS = 60  # simulated seconds generated per step (whole windows)
+DEMO_FAST_CHUNK_SECONDS = 300  # at most this many simulated seconds per step (whole windows) …
+DEMO_FAST_CHUNK_EVENTS = 200_000  # … and about at most this many events (high rates: shorter steps)
 DEMO_TICK_SECONDS = 0.1  # live mode: one numpy batch per service per tick
 DEMO_RATE_WINDOW_SECONDS = 2.0  # `events_per_second` is measured over this trailing span
 DEMO_INJECT_DEFAULT_SECONDS = 60
@@ -143,7 +146,6 @@ DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list, models and silences re-r
 RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance outside the range,
 RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)
 
-
 # --- integrations: OTLP receiver, Prometheus scrape, webhooks (docs/integrations.md) -------------
 ENV_METRIC_MAP = "ANOMALYDESK_METRIC_MAP"  # mapping file (TOML) the collector's OTLP receiver reads
 OTLP_PATH = "/v1/metrics"
@@ -161,6 +163,7 @@ WEBHOOK_CLAIM_IDLE_MS = 300_000  # pending deliveries of a consumer silent this 
 WEBHOOK_BLOCK_MS = 1_000
 WEBHOOK_DEAD_MAXLEN = 10_000
 
+
 @dataclass(frozen=True)
 class SketchSettings:
     """Sizes of the per-service sketches, as `setup` stores them in the config hash."""
@@ -174,6 +177,7 @@ class SketchSettings:
     filter_error: float = DEFAULT_FILTER_ERROR
     topk: int = DEFAULT_TOPK
     retention: int = DEFAULT_RETENTION_WINDOWS
+    raw_sample: float = DEFAULT_RAW_SAMPLE
 
     def cms_dims(self) -> tuple[int, int]:
         """(width, depth) of the Count-Min Sketch: given directly, or from error and probability."""

@@ -32,6 +32,16 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
+
+
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
     """Add the `setup` parser."""
     p = subparsers.add_parser(
@@ -52,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--topk", type=_positive_int, metavar="K", help="heavy-hitter endpoints kept per service")
     p.add_argument("--retention", type=_positive_int, metavar="WINDOWS",
                    help="windows kept per fingerprint stream")
+    p.add_argument("--raw-sample", type=_share, metavar="RATE",
+                   help="full-fidelity mode: share of events also kept raw in a trimmed stream per service "
+                        "(0 = off, the default; 1 = every event)")
     p.add_argument("--force", action="store_true", help="recreate sketches whose size changed (resets them)")
 
 
@@ -76,7 +89,7 @@ def build_settings(args: argparse.Namespace, base: Any) -> Any:
     elif args.cms_error is not None:
         changes.update(cms_width=0, cms_depth=0, cms_error=args.cms_error, cms_prob=args.cms_prob)
     for flag, field in (("window", "window_seconds"), ("cf_capacity", "filter_capacity"),
-                        ("topk", "topk"), ("retention", "retention")):  # fmt: skip
+                        ("topk", "topk"), ("retention", "retention"), ("raw_sample", "raw_sample")):  # fmt: skip
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
     return dataclasses.replace(base, **changes)
@@ -87,7 +100,8 @@ def _summary(result: dict[str, Any]) -> str:
     sizes = (
         f"window {s.get('window_seconds')} s, Count-Min Sketch {s.get('cms_width')}×{s.get('cms_depth')}, "
         f"filter capacity {s.get('filter_capacity')}, Top-K {s.get('topk')}, "
-        f"retention {s.get('retention')} windows, sketches: {result.get('sketch_backend')}"
+        f"retention {s.get('retention')} windows, raw sample {s.get('raw_sample')}, "
+        f"sketches: {result.get('sketch_backend')}"
     )
     if result.get("created"):
         return f"set up: {sizes}"

@@ -23,6 +23,7 @@ _SIZE_FIELDS = {
     "filter_error": "filter_error",
     "topk": "topk",
     "retention": "retention",
+    "raw_sample": "raw_sample",
 }
 # what a change of each setting resets (said before --force and after it)
 _RESETS = {
@@ -66,7 +67,7 @@ def read_settings(r: redis.Redis, keys: Keys | None = None) -> StoredSettings:
     values: dict[str, Any] = {}
     for field, attr in _SIZE_FIELDS.items():
         if field in raw:
-            values[attr] = float(raw[field]) if attr == "filter_error" else int(raw[field])
+            values[attr] = float(raw[field]) if attr in ("filter_error", "raw_sample") else int(raw[field])
     return StoredSettings(SketchSettings(**values), raw.get("backend", "functions"), True)
 
 
@@ -80,6 +81,7 @@ def _explicit(settings: SketchSettings) -> dict[str, Any]:
         "filter_error": settings.filter_error,
         "topk": settings.topk,
         "retention": settings.retention,
+        "raw_sample": settings.raw_sample,
     }
 
 

@@ -26,6 +26,7 @@ import redis.asyncio
 
 from anomalydesk.config import (
     MAX_SILENT_WINDOWS_SEALED,
+    RAW_STREAM_MAXLEN,
     REPLAY_CLOCK_HOLD_SECONDS,
     SINK_FLUSH_SECONDS,
     SINK_MAX_BATCH_EVENTS,
@@ -45,6 +46,7 @@ from anomalydesk.store.keys import Keys
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL_SECONDS = 5.0
+_RAW_RNG = np.random.default_rng()
 MAX_ENDPOINTS_PER_CALL = 2_000
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 Event = Metric | BusinessMetric
@@ -168,6 +170,17 @@ def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarr
     return groups
 
 
+def _raw_rows(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarray, names: list[str],
+              sample: float) -> list[list[Any]]:
+    """Full-fidelity mode: a random `sample` share of the events, kept raw by the server."""
+    if sample <= 0 or len(ep) == 0:
+        return []
+    picked = np.flatnonzero(_RAW_RNG.random(len(ep)) < sample) if sample < 1 else np.arange(len(ep))
+    return [[names[e], s, la, None if t != t else t]
+            for e, s, la, t in zip(ep[picked].tolist(), st[picked].tolist(), lat[picked].tolist(),
+                                   ts[picked].tolist(), strict=True)]
+
+
 def _kpi_rows(cols: _Columns, replay: bool, window_s: int) -> list[list[Any]]:
     agg: dict[tuple[int, str], list[Any]] = {}
     for name, value, low, high, ts in cols.kpis:
@@ -190,13 +203,15 @@ class _Config:
     payload_cfg: dict[str, Any]
     retention: int
     read_at: float
+    raw_sample: float = 0.0
 
 
 def _config_from(settings: SketchSettings, backend: str) -> _Config:
     width, depth = settings.cms_dims()
     cfg = {"W": settings.window_seconds, "cw": width, "cd": depth, "fc": settings.filter_capacity,
-           "fe": settings.filter_error, "tk": settings.topk, "ret": settings.retention, "be": backend}
-    return _Config(settings.window_seconds, cfg, settings.retention, time.monotonic())
+           "fe": settings.filter_error, "tk": settings.topk, "ret": settings.retention, "be": backend,
+           "rm": RAW_STREAM_MAXLEN}
+    return _Config(settings.window_seconds, cfg, settings.retention, time.monotonic(), settings.raw_sample)
 
 
 def encode(columns: dict[str, _Columns], config: _Config, replay: bool, batch_id: str | None,
@@ -212,12 +227,15 @@ def encode(columns: dict[str, _Columns], config: _Config, replay: bool, batch_id
         for part in range(parts):
             sel = slice(None) if parts == 1 else (ep // MAX_ENDPOINTS_PER_CALL) == part
             groups = _window_groups(ep[sel], st[sel], lat[sel], ts[sel], names, replay, config.window_s)
+            raw = _raw_rows(ep[sel], st[sel], lat[sel], ts[sel], names, config.raw_sample)
             kpis = _kpi_rows(cols, replay, config.window_s) if part == 0 else []
             if not groups and not kpis:
                 continue
             payload = {"v": 1, "mode": "replay" if replay else "live",
                        "batch": batch_id if parts == 1 or batch_id is None else f"{batch_id}:{part}",
                        "sparse": 1 if sparse else 0, "cfg": config.payload_cfg, "w": groups, "k": kpis}
+            if raw:
+                payload["raw"] = raw
             out.append((service, orjson.dumps(payload)))
     return out
 
