@@ -25,7 +25,7 @@ from anomalydesk.store.sink import WindowAggregate
 _OPEN_END_OCTAVES = 1.0
 
 
-def _integer_split(total: int, weights: Sequence[float]) -> list[int]:
+def integer_split(total: int, weights: Sequence[float]) -> list[int]:
     """`total` split in proportion to `weights` as integers adding up to `total` (largest remainder)."""
     s = sum(weights)
     if total <= 0 or s <= 0:
@@ -55,7 +55,7 @@ def _spread_interval(lo: float, hi: float, count: int, into: dict[int, int]) -> 
             b_hi = max(b_hi, hi)
         overlap = math.log2(min(hi, b_hi)) - math.log2(max(lo, b_lo))
         weights.append(max(overlap, 0.0))
-    for b, c in zip(range(first, last + 1), _integer_split(count, weights), strict=True):
+    for b, c in zip(range(first, last + 1), integer_split(count, weights), strict=True):
         if c:
             into[b] = into.get(b, 0) + c
 
@@ -130,4 +130,4 @@ class TrafficBuilder:
 def rescale(hist: dict[int, int], n: int) -> dict[int, int]:
     """A histogram with the same shape holding exactly `n` values (n=0 → empty)."""
     keys = sorted(hist)
-    return {b: c for b, c in zip(keys, _integer_split(n, [hist[b] for b in keys]), strict=True) if c}
+    return {b: c for b, c in zip(keys, integer_split(n, [hist[b] for b in keys]), strict=True) if c}
