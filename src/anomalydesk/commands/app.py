@@ -31,7 +31,19 @@ def run(args: argparse.Namespace) -> int:
             os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
         from anomalydesk.app.check import main as check_main
 
-        return check_main(args.check, getattr(args, "redis", None))
+        _exit_now(check_main(args.check, getattr(args, "redis", None)))
     from anomalydesk.app.application import main
 
-    return main(demo=args.demo, url=getattr(args, "redis", None))
+    _exit_now(main(demo=args.demo, url=getattr(args, "redis", None)))
+    return 0
+
+
+def _exit_now(code: int) -> None:
+    """Exit without interpreter finalisation once the app has shut down and saved everything.
+
+    PySide6 6.12 can abort while the garbage collector tears Qt objects down at interpreter exit
+    ("bool_dealloc" fatal error), which would turn a clean run into exit status 134.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
