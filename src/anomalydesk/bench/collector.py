@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+import psutil
 import redis
 
 from anomalydesk.bench.server import throwaway
@@ -48,7 +49,7 @@ def _events(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _collector_process(url: str) -> Iterator[str]:
+def _collector_process(url: str) -> Iterator[tuple[str, int]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "anomalydesk.cli", "collect", "--port", "0", "--redis", url, "--json",
          "--rate-limit", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
@@ -61,10 +62,15 @@ def _collector_process(url: str) -> Iterator[str]:
             if not line and (proc.poll() is not None or time.monotonic() > deadline):
                 raise RuntimeError("the collector did not start for the benchmark")
             text += line
-        yield match.group(1)
+        yield match.group(1), proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def _events_total(r: redis.Redis) -> int:
@@ -151,14 +157,17 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
             ensure_library(r)
             if not admin.read_settings(r).configured:
                 admin.setup(r, SketchSettings())
-            with _collector_process(url) as base:
+            with _collector_process(url) as (base, pid):
                 asyncio.run(_http_throughput(base, bodies[:2], 0.5))  # warm-up: connections, caches
-                before = _events_total(r)
+                before, cpu_before = _events_total(r), _cpu_seconds(pid)
                 started = time.perf_counter()
                 ok, errors = asyncio.run(_http_throughput(base, bodies, seconds))
                 elapsed = time.perf_counter() - started
                 stored = _events_total(r) - before
+                cpu_batches = _cpu_seconds(pid) - cpu_before
+                cpu_before = _cpu_seconds(pid)
                 latencies, single_errors = asyncio.run(_single_latencies(base, singles, seconds))
+                cpu_singles = _cpu_seconds(pid) - cpu_before
             direct = _direct(r, batches, seconds)
         finally:
             r.close()
@@ -175,6 +184,9 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
         "http_requests": ok,
         "http_errors": errors + single_errors,
         "stored_events_match": stored == ok * BATCH,
+        # CPU the collector process spent (less sensitive to a busy machine than wall-clock rates)
+        "collector_cpu_us_per_event": round(cpu_batches / max(stored, 1) * 1e6, 2),
+        "collector_cpu_us_per_single_request": round(cpu_singles / max(len(latencies), 1) * 1e6, 1),
         "seconds": seconds,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
