@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "backtest": "backtest",
     "bench": "bench",
     "scrape": "scrape",
+    "notify": "notify",  # extension: webhook routing of alerts (docs/integrations.md)
 }
 
 
