@@ -290,9 +290,12 @@ class _QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         pass
 
 
-def test_async_client_flushes_on_time(collector: BackgroundCollector, r: redis.Redis) -> None:
+@pytest.mark.parametrize("use_httpx", [False, True], ids=["stdlib", "httpx"])
+def test_async_client_flushes_on_time(collector: BackgroundCollector, r: redis.Redis, use_httpx: bool) -> None:
     async def main() -> None:
-        async with AsyncAnomalyClient(collector.url, service="aio", flush_interval=0.05) as client:
+        async with AsyncAnomalyClient(collector.url, service="aio", flush_interval=0.05,
+                                      use_httpx=use_httpx) as client:
+            assert (client._httpx is not None) == use_httpx
             await client.send_metric("GET:/a", 200, 3.0)
             await client.send_business_metric("signups", 3.0)
             deadline = time.monotonic() + 20
@@ -334,3 +337,18 @@ def test_https_with_a_private_ca(redis_url: str, tmp_path: Path, r: redis.Redis)
         assert caught.value.status == 401
         wrong_key.close()
     assert events_total(r) == 1
+
+
+@pytest.mark.parametrize("use_httpx", [False, True], ids=["stdlib", "httpx"])
+def test_async_client_reports_an_unreachable_collector(use_httpx: bool) -> None:
+    from conftest import free_port
+
+    async def main() -> None:
+        client = AsyncAnomalyClient(f"http://127.0.0.1:{free_port()}", service="s", max_retries=2, backoff=0.001,
+                                    use_httpx=use_httpx)
+        with pytest.raises(AnomalyClientError, match="unreachable") as caught:
+            await client.send_batch([{"endpoint": "GET:/a", "status_code": 200, "response_time": 1}])
+        assert caught.value.status is None
+        await client.aclose()
+
+    asyncio.run(main())
