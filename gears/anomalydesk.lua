@@ -251,8 +251,8 @@ local function bloom_layers(state)
   return layers
 end
 
-local function bloom_exists(state, base, item)
-  for i, l in ipairs(bloom_layers(state)) do
+local function bloom_exists(base, item, layers)
+  for i, l in ipairs(layers) do
     if bloom_layer_has(base .. ':' .. i, l.m, l.k, item) then return true end
   end
   return false
@@ -266,9 +266,9 @@ local function bloom_add_layer(state, capacity, err)
   return i
 end
 
--- returns true when item was not in the filter (a first sighting)
-local function bloom_add(state, base, item)
-  local layers = bloom_layers(state)
+-- returns true when item was not in the filter (a first sighting); `layers` is bloom_layers(state),
+-- loaded once per call and kept in step here
+local function bloom_add(state, base, item, layers)
   for i, l in ipairs(layers) do
     if bloom_layer_has(base .. ':' .. i, l.m, l.k, item) then return false end
   end
@@ -277,8 +277,9 @@ local function bloom_add(state, base, item)
   if l.n >= l.cap then
     local err = tonumber(redis.call('HGET', state, 'bf_err' .. last)) / 2
     last = bloom_add_layer(state, l.cap * 2, err)
-    local f = redis.call('HMGET', state, 'bf_m' .. last, 'bf_k' .. last)
-    l = { m = tonumber(f[1]), k = tonumber(f[2]) }
+    local f = redis.call('HMGET', state, 'bf_m' .. last, 'bf_k' .. last, 'bf_cap' .. last)
+    l = { m = tonumber(f[1]), k = tonumber(f[2]), cap = tonumber(f[3]), n = 0 }
+    layers[last] = l
   end
   local args = { base .. ':' .. last }
   for _, p in ipairs(bloom_positions(item, l.m, l.k)) do
@@ -286,6 +287,7 @@ local function bloom_add(state, base, item)
   end
   redis.call('BITFIELD', unpack(args))
   redis.call('HINCRBY', state, 'bf_n' .. last, 1)
+  l.n = l.n + 1
   return true
 end
 
@@ -491,6 +493,7 @@ local function ad_ingest(keys, args)
   local late_windows = {}
   local cms_ep, cms_st = {}, {}
   local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
+  local checked, layers = {}, nil
 
   for _, w in ipairs(p.w) do
     local win = (p.mode == 'live') and now_win or w.win
@@ -518,13 +521,18 @@ local function ad_ingest(keys, args)
           redis.call('HINCRBY', wek, e, cnt)
         end
         cms_ep[e] = (cms_ep[e] or 0) + cnt
-        local first_seen
-        if c.be == 'native' then
-          first_seen = redis.call('BF.ADD', ks.bf, e) == 1
-        else
-          first_seen = bloom_add(state, ks.bf, e)
+        -- an endpoint already checked in this call is in the filter now: one check per call
+        if not checked[e] then
+          checked[e] = true
+          local first_seen
+          if c.be == 'native' then
+            first_seen = redis.call('BF.ADD', ks.bf, e) == 1
+          else
+            layers = layers or bloom_layers(state)
+            first_seen = bloom_add(state, ks.bf, e, layers)
+          end
+          if first_seen then new = new + 1 end
         end
-        if first_seen then new = new + 1 end
       end
       if #names > 0 then call_chunked('PFADD', ks.wh(win), names, 1000) end
       if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
@@ -641,9 +649,10 @@ local function ad_query(keys, args)
       end
     end
   elseif what == 'interaction' then
+    local layers = (not native) and bloom_layers(state) or nil
     for i, item in ipairs(items) do
       local found
-      if native then found = redis.call('BF.EXISTS', ks.bf, item) == 1 else found = bloom_exists(state, ks.bf, item) end
+      if native then found = redis.call('BF.EXISTS', ks.bf, item) == 1 else found = bloom_exists(ks.bf, item, layers) end
       out[i] = found and 1 or 0
     end
   elseif what == 'topk' then
