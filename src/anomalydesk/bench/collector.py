@@ -50,9 +50,11 @@ def _events(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
 
 @contextlib.contextmanager
 def _collector_process(url: str) -> Iterator[tuple[str, int]]:
+    # a frozen (PyInstaller) build is the `anomalydesk` command itself
+    command = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "anomalydesk.cli"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "anomalydesk.cli", "collect", "--port", "0", "--redis", url, "--json",
-         "--rate-limit", "0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [*command, "collect", "--port", "0", "--redis", url, "--json", "--rate-limit", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
         text = ""
