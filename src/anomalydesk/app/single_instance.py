@@ -39,6 +39,7 @@ class InstanceServer(QtCore.QObject):
         super().__init__(parent)
         self.server = QtNetwork.QLocalServer(self)
         self.server.newConnection.connect(self._connection)
+        self._sockets: list[QtNetwork.QLocalSocket] = []
 
     def listen(self) -> bool:
         """Start listening (removing a stale socket left by a crash)."""
@@ -50,14 +51,20 @@ class InstanceServer(QtCore.QObject):
 
     def _connection(self) -> None:
         while self.server.hasPendingConnections():
-            socket = self.server.nextPendingConnection()
-            socket.readyRead.connect(lambda s=socket: self._read(s))
-            socket.disconnected.connect(socket.deleteLater)
+            socket = self.server.nextPendingConnection()  # owned (and deleted) by the server
+            self._sockets.append(socket)
+            socket.readyRead.connect(self._read)
+            if socket.bytesAvailable():
+                self._read()
 
-    def _read(self, socket: QtNetwork.QLocalSocket) -> None:
-        if bytes(socket.readAll().data()).startswith(ACTIVATE.strip()):
-            self.activate.emit()
+    def _read(self) -> None:
+        for socket in list(self._sockets):
+            if socket.bytesAvailable() and bytes(socket.readAll().data()).startswith(ACTIVATE.strip()):
+                self.activate.emit()
+        connected = QtNetwork.QLocalSocket.LocalSocketState.ConnectedState
+        self._sockets = [s for s in self._sockets if s.state() == connected]
 
     def close(self) -> None:
         """Stop listening."""
+        self._sockets.clear()
         self.server.close()

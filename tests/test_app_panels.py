@@ -1,0 +1,147 @@
+"""Panels and window plumbing, offscreen: live plot export, layout persistence, tray fallback, single
+instance, start at login, and the sketches panel's confirm-before-recreate against a real redis-server."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from app_support import qloop, run  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+
+class NoActions:
+    """Panels that are only shown, never clicked, need no actions."""
+
+    def cancel_training(self) -> None:
+        pass
+
+
+def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
+    from anomalydesk.app.live_panel import LivePanel
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=100)
+    panel = LivePanel(state, AppSettings(live_features=["requests", "rate_5xx"]))
+    qtbot.addWidget(panel)
+    t0 = 1_790_000_000.0
+    for i in range(150):
+        state.live.append("payments", t0 + 5 * i, np.full(N_FEATURES, float(i)), 10.0 + i % 7)
+    state.live.thresholds["payments"] = 70.0
+    state.set_services(["payments"])
+    state.incidents.apply_alert({"id": "x", "kind": "new", "incident_id": "payments:a1", "service": "payments",
+                                 "time": t0 + 600, "window": 1, "score": 90, "severity": "critical"})  # fmt: skip
+    assert panel.redraw(force=True)
+    x, y = panel._curves["requests"].getData()
+    assert len(x) == 100 and y[-1] == 149.0  # bounded: the oldest 50 windows are gone
+    assert panel.threshold_line.isVisible() and panel.threshold_line.value() == 70.0
+    assert panel.band_count == 1
+    panel.set_paused(True)
+    state.live.append("payments", t0 + 5 * 150, np.full(N_FEATURES, 999.0), 50.0)
+    assert not panel.redraw()  # paused: the buffer fills, the plot waits
+    panel.set_paused(False)
+    assert panel._curves["requests"].getData()[1][-1] == 999.0
+    png = panel.export_png(tmp_path / "live.png")
+    assert png.stat().st_size > 1000
+    csv = panel.export_csv(tmp_path / "live.csv")
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1)
+    assert rows.shape == (100, 2 + N_FEATURES) and rows[-1, 2] == 999.0
+    panel.set_features(["latency_p95_ms"])
+    assert list(panel._curves) == ["latency_p95_ms"]
+
+
+def test_window_layout_persists_and_no_tray_means_banner(qtbot):
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.notifier import Notification, Notifier
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.app.tray import Tray
+
+    settings = AppSettings()
+    state = AppState()
+    window = MainWindow(state, NoActions(), settings)
+    qtbot.addWidget(window)
+    window.show()
+    window.docks["sketches"].hide()
+    window.resize(900, 600)
+    window.save_layout()
+    assert settings.geometry and settings.window_state
+    again = MainWindow(state, NoActions(), settings)
+    qtbot.addWidget(again)
+    again.show()
+    assert again.docks["sketches"].isHidden() and not again.docks["incidents"].isHidden()
+
+    tray = Tray(state.incidents, Notifier(lambda n: None), window.banner.show_notification)
+    assert not tray.available  # offscreen: QSystemTrayIcon.isSystemTrayAvailable() is False
+    tray.deliver(Notification("CRITICAL payments", "5xx ratio 20%", "critical", "payments:a1"))
+    tray.deliver(Notification("WARNING users", "p95 latency", "warning", "users:a1"))
+    assert window.banner.isVisible() and "(+1 more)" in window.banner.text
+    with qtbot.waitSignal(window.banner.open_incident) as opened:
+        window.banner.open_button.click()
+    assert opened.args == ["users:a1"] and not window.banner.isVisible()
+    window.settings.close_to_tray = True
+    window.close()  # no tray: closing really closes, it does not hide into nothing
+    assert not window.isVisible()
+
+
+def test_second_launch_focuses_the_first(qtbot):
+    from anomalydesk.app.single_instance import InstanceServer, notify_running
+
+    assert not notify_running(timeout_ms=200)
+    server = InstanceServer()
+    assert server.listen()
+    try:
+        with qtbot.waitSignal(server.activate, timeout=5000):
+            assert notify_running()
+    finally:
+        server.close()
+
+
+def test_start_at_login_writes_an_xdg_autostart_entry(monkeypatch, tmp_path):
+    from anomalydesk.app import autostart
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    monkeypatch.setattr(autostart.sys, "platform", "linux")
+    path = autostart.set_enabled(True)
+    assert path == tmp_path / "autostart" / "anomalydesk.desktop"
+    text = path.read_text()
+    assert "[Desktop Entry]" in text and "anomalydesk.cli app" in text
+    assert autostart.is_enabled()
+    autostart.set_enabled(False)
+    assert not autostart.is_enabled()
+
+
+def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # noqa: F811
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.store import admin
+
+    app = DesktopApp(AppSettings(), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        panel = app.window.sketches
+        qtbot.waitUntil(lambda: app.state.sketches.get("configured") is True, timeout=20_000)
+        assert panel.topk.value() == 10
+        panel.topk.setValue(20)
+        panel.apply_button.click()
+        qtbot.waitUntil(panel.confirm.isVisible, timeout=10_000)
+        assert "Top-K" in panel.confirm_text.text()
+        assert admin.read_settings(r).settings.topk == 10  # nothing changed yet
+        panel.recreate_button.click()
+        qtbot.waitUntil(lambda: admin.read_settings(r).settings.topk == 20, timeout=10_000)
+        qtbot.waitUntil(lambda: not panel.confirm.isVisible(), timeout=5_000)
+        panel.retention.setValue(1000)  # changes no sketch: applied at once
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: admin.read_settings(r).settings.retention == 1000, timeout=10_000)
+        assert not panel.confirm.isVisible()
+    finally:
+        run(qtbot, app.shutdown())
+        app.dispose()
+        time.sleep(0)
