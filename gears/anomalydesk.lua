@@ -62,6 +62,18 @@ local function call_chunked(cmd, key, items, step)
   end
 end
 
+-- add incs[i] to the integer field fields[i] of a hash: one HMGET and one HSET
+local function hash_add(key, fields, incs)
+  if #fields == 0 then return end
+  local cur = redis.call('HMGET', key, unpack(fields))
+  local args = {}
+  for i = 1, #fields do
+    args[#args + 1] = fields[i]
+    args[#args + 1] = (tonumber(cur[i]) or 0) + incs[i]
+  end
+  redis.call('HSET', key, unpack(args))
+end
+
 local function num(x)
   return string.format('%.17g', x)
 end
@@ -504,22 +516,31 @@ local function ad_ingest(keys, args)
       st[1] = note_first(state, st[1], sealed, win)
       if max_win == nil or win > max_win then max_win = win end
       local wk = ks.win(win)
-      redis.call('HINCRBY', wk, 'n', w.n)
-      if w.e4 > 0 then redis.call('HINCRBY', wk, 'e4', w.e4) end
-      if w.e5 > 0 then redis.call('HINCRBY', wk, 'e5', w.e5) end
+      -- window totals and histogram: one read and one write instead of an HINCRBY per bucket
+      local f, inc = { 'n', 'e4', 'e5' }, { w.n, w.e4, w.e5 }
+      for i = 1, #w.h, 2 do f[#f + 1] = 'h' .. w.h[i]; inc[#inc + 1] = w.h[i + 1] end
+      hash_add(wk, f, inc)
       redis.call('HINCRBYFLOAT', wk, 'ls', num(w.ls))
-      for i = 1, #w.h, 2 do redis.call('HINCRBY', wk, 'h' .. w.h[i], w.h[i + 1]) end
+      -- exact endpoint counts, up to WINDOW_ENDPOINTS_CAP distinct ones, the rest as OTHER_ENDPOINT
       local names, new = {}, 0
+      for i = 1, #w.ep, 2 do names[#names + 1] = w.ep[i] end
       local wek = ks.we(win)
-      local cap_reached = redis.call('HLEN', wek) >= WINDOW_ENDPOINTS_CAP
+      local present = redis.call('HMGET', wek, unpack(names))
+      local room = WINDOW_ENDPOINTS_CAP - redis.call('HLEN', wek)
+      local ef, einc, other = {}, {}, 0
       for i = 1, #w.ep, 2 do
         local e, cnt = w.ep[i], w.ep[i + 1]
-        names[#names + 1] = e
-        if cap_reached and redis.call('HEXISTS', wek, e) == 0 then
-          redis.call('HINCRBY', wek, OTHER_ENDPOINT, cnt)
+        if present[(i + 1) / 2] or room > 0 then
+          if not present[(i + 1) / 2] then room = room - 1 end
+          ef[#ef + 1] = e; einc[#einc + 1] = cnt
         else
-          redis.call('HINCRBY', wek, e, cnt)
+          other = other + cnt
         end
+      end
+      if other > 0 then ef[#ef + 1] = OTHER_ENDPOINT; einc[#einc + 1] = other end
+      hash_add(wek, ef, einc)
+      for i = 1, #w.ep, 2 do
+        local e, cnt = w.ep[i], w.ep[i + 1]
         cms_ep[e] = (cms_ep[e] or 0) + cnt
         -- an endpoint already checked in this call is in the filter now: one check per call
         if not checked[e] then
