@@ -35,7 +35,7 @@ from anomalydesk import config
 from anomalydesk.events import BusinessMetric, EventError, normalize_endpoint
 from anomalydesk.ingest.histograms import estimated_sum, integer_split, rescale, spread
 from anomalydesk.ingest.metric_map import MetricMap
-from anomalydesk.ingest.otlp import service_name
+from anomalydesk.ingest.otlp_convert import service_name
 from anomalydesk.store.admin import read_settings
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import WindowAggregate, ingest_aggregates
