@@ -81,14 +81,17 @@ def _fast(args: argparse.Namespace) -> dict[str, Any]:
 
 def _live(args: argparse.Namespace) -> dict[str, Any]:
     from anomalydesk.ingest.demo import DemoTraffic
+    from anomalydesk.ingest.demo_model import load_factor
 
     r = client(args)
     demo = DemoTraffic(r, rate=args.rate, services=args.services, seed=args.seed, duration=args.duration,
                        injects=args.inject, truth_path=args.truth)  # fmt: skip
     try:
         demo.start()
-        print(f"demo: {args.rate:g} events/s over {', '.join(demo.services)}"
-              + ("" if args.duration else " (Ctrl-C stops)"), file=sys.stderr, flush=True)  # fmt: skip
+        now = args.rate * float(load_factor(time.time()))
+        print(f"demo: {args.rate:g} events/s on average over the day ({now:,.0f}/s at this hour) over "
+              f"{', '.join(demo.services)}" + ("" if args.duration else " (Ctrl-C stops)"),
+              file=sys.stderr, flush=True)  # fmt: skip
         while not demo.wait(PROGRESS_SECONDS):
             active = ", ".join(str(f) for f in demo.faults)
             print(f"demo: {demo.events:,} events, {demo.events_per_second:,.0f}/s"

@@ -18,14 +18,15 @@ from __future__ import annotations
 import json
 import logging
 import math
+import queue
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -47,6 +48,7 @@ from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import IngestResult, IngestSink, seal_all
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 def prepare(r: redis.Redis, keys: Keys) -> int:
@@ -141,9 +143,9 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
              progress: Callable[[float], None] | None = None) -> dict[str, Any]:
     """Generate `duration` simulated seconds ending now (or at `end`) as fast as possible.
 
-    Deterministic for a seed: the traffic of a window depends only on the seed, the service and
-    the absolute time (a random generator per service and aligned chunk), so two runs with the same
-    seed produce identical fingerprints for every window they both cover. `progress` gets the
+    Deterministic for a seed: the traffic of a window depends only on the seed, the rate, the
+    service and the absolute time (a random generator per service and aligned chunk), so two runs
+    with the same seed and rate produce identical fingerprints for every window they both cover. `progress` gets the
     fraction done. Returns the summary `demo --fast --json` prints.
     """
     check_options(rate, services, duration)
@@ -156,9 +158,18 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     start = end - duration
     faults = plan_faults(injects, start, end, sim.names)
     truth = TruthRecorder(r, keys, truth_path)
-    chunk_s = window_s * max(1, round(config.DEMO_FAST_CHUNK_SECONDS / window_s))
-    # bounded buffer for one service's chunk at a time; we flush after each, never on size
-    per_chunk = rate * chunk_s * 6 * config.DEMO_FAULT_SPIKE_FACTOR
+    chunk_s = window_s * max(1, min(config.DEMO_FAST_CHUNK_SECONDS // window_s,
+                                    round(config.DEMO_FAST_CHUNK_EVENTS / (rate * window_s))))  # fmt: skip
+    first, last = math.floor(start / chunk_s), math.ceil(end / chunk_s)
+
+    def chunks() -> Iterator[list[Traffic]]:
+        for chunk in range(first, last):
+            c0, c1 = chunk * chunk_s, (chunk + 1) * chunk_s
+            yield [_clip(sim.generate(svc, c0, c1, rate, np.random.default_rng([seed, svc, chunk]), faults),
+                         start, end) for svc in range(services)]  # fmt: skip
+
+    # the sink holds one chunk of every service; we flush after each chunk, never on size
+    per_chunk = rate * chunk_s * 2 * config.DEMO_FAULT_SPIKE_FACTOR
     sink = IngestSink(r, replay=True, max_batch=2**62, max_buffered=int(max(per_chunk, 1e6)), keys=keys)
     wall0 = time.perf_counter()
     events = kpis = 0
@@ -166,17 +177,13 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     try:
         for fault in faults:
             truth.record(fault)
-        first, last = math.floor(start / chunk_s), math.ceil(end / chunk_s)
-        for chunk in range(first, last):
-            c0, c1 = chunk * chunk_s, (chunk + 1) * chunk_s
-            for svc in range(services):
-                rng = np.random.default_rng([seed, svc, chunk])
-                traffic = _clip(sim.generate(svc, c0, c1, rate, rng, faults), start, end)
+        for done, traffics in enumerate(_prefetched(chunks()), start=1):
+            for traffic in traffics:
                 kpis += send(sink, traffic, replay=True)
                 events += len(traffic)
-                result = result + sink.flush()  # one FCALL per service and chunk, in time order
+            result = result + sink.flush()  # one FCALL per service per chunk, chunks in time order
             if progress is not None:
-                progress((chunk - first + 1) / (last - first))
+                progress(done / (last - first))
         result = result + sink.close()
         sealed = seal_all(r, now=end, keys=keys)
     finally:
@@ -192,6 +199,46 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     summary["summary"] = (f"{events:,} events over {duration:g} simulated s in {wall:.1f} s"
                           + (f", {result.late:,} late" if result.late else ""))  # fmt: skip
     return summary
+
+
+def _prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
+    """Iterate `items` in a background thread up to `depth` ahead.
+
+    Generating the next chunk (numpy, which releases the GIL) then overlaps with Redis working on
+    the current one. An exception in the producer is raised here; leaving early stops the producer.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+
+    thread = threading.Thread(target=produce, name="anomalydesk-demo-generate", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not end:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 @dataclass
