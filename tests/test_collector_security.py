@@ -174,7 +174,7 @@ def test_tls_from_the_command_line(redis_url: str, tmp_path: Path, r: redis.Redi
         plain.close()
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)  # waits and closes the pipes
     assert proc.returncode == 0
     assert events_total(r) == 1
 
