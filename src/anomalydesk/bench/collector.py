@@ -67,7 +67,7 @@ def _collector_process(url: str) -> Iterator[tuple[str, int]]:
         yield match.group(1), proc.pid
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        proc.communicate(timeout=30)
 
 
 def _cpu_seconds(pid: int) -> float:
