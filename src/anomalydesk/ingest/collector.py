@@ -17,7 +17,7 @@ import math
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,7 +182,7 @@ class Collector:
     def __init__(
         self, ingest: IngestFn, settings: CollectorSettings, keys: ApiKeys | None = None, *,
         health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        on_rejected: Callable[[int], Awaitable[None]] | None = None,
+        on_rejected: Callable[[int], Coroutine[Any, Any, None]] | None = None,
     ):
         self.settings = settings
         self.keys = keys if keys is not None else load_keys(settings)
@@ -194,6 +194,7 @@ class Collector:
         self._on_rejected = on_rejected
         self._started = time.monotonic()
         self._reload_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def app(self) -> web.Application:
         """The web application: routes, JSON errors, per-request metrics, key-file watcher."""
@@ -223,6 +224,8 @@ class Collector:
             self._reload_task.cancel()
         if self.batcher is not None:
             await self.batcher.drain()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _watch_keys(self) -> None:
         while True:
@@ -288,13 +291,10 @@ class Collector:
             return _refused(413, "body", f"has {len(items)} events; the limit is "
                                          f"{self.settings.max_batch_events} per request")
         valid, rejected = validate_items(items, business_only)
-        if rejected:
-            self.metrics.events_rejected += len(rejected)
-            if self._on_rejected is not None:
-                await self._on_rejected(len(rejected))
         if not valid:
             if not rejected:  # an empty batch: nothing to do, nothing wrong
                 return _answer(202, {"accepted": 0, "rejected": []})
+            self._count_rejected(len(rejected))
             return _answer(422, {"accepted": 0, "rejected": rejected,
                                  "error": f"none of the {len(items)} events is valid"})
         batch_id = None if idempotency is None else f"k:{key_id or 'open'}:{idempotency}"
@@ -308,10 +308,20 @@ class Collector:
                           {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
         self.metrics.events_accepted += outcome.accepted
         headers = None
-        if outcome.duplicate:
+        if outcome.duplicate:  # its rejected items were counted the first time
             self.metrics.duplicate_batches += 1
             headers = {"Idempotent-Replayed": "true"}
+        elif rejected:
+            self._count_rejected(len(rejected))
         return _answer(200 if rejected else 202, {"accepted": outcome.accepted, "rejected": rejected}, headers)
+
+    def _count_rejected(self, n: int) -> None:
+        """Count invalid events here and (in the background, never delaying the answer) in the store."""
+        self.metrics.events_rejected += n
+        if self._on_rejected is not None:
+            task = asyncio.get_running_loop().create_task(self._on_rejected(n))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     # --- GET -------------------------------------------------------------------------------------
     async def _get_health(self, _request: web.Request) -> web.Response:
