@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 
@@ -62,3 +63,22 @@ def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str
             code = exit_.code
         err = capsys.readouterr().err
         assert code == 2 and message in err, (args, err)
+
+
+def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", "demo", "--rate", "500", "--json",
+                             "--redis", redis_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()  # printed once the traffic thread runs
+        assert banner.startswith("demo: 500 events/s on average over the day"), banner
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["mode"] == "live" and summary["late"] == 0 and summary["error"] is None
+    assert summary["accepted"] == summary["events"] + summary["business_metrics"]
+    assert {s.decode() for s in r.smembers("ad:services")} <= set(summary["services"])
