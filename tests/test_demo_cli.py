@@ -66,8 +66,8 @@ def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str
 
 
 def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", "demo", "--rate", "500", "--json",
-                             "--redis", redis_url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command = [sys.executable, "-m", "anomalydesk.cli", "demo", "--rate", "500", "--json", "--redis", redis_url]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
         banner = proc.stderr.readline()  # printed once the traffic thread runs
