@@ -291,3 +291,15 @@ def test_spread_keeps_counts_below_every_bound() -> None:
         inside = sum(c for b, c in hist.items() if bucket_bounds(b)[1] <= bound)
         straddling = sum(c for b, c in hist.items() if bucket_bounds(b)[0] < bound < bucket_bounds(b)[1])
         assert inside <= below <= inside + straddling
+
+
+def test_gzip_bodies_are_accepted(collector: BackgroundCollector, r: redis.Redis) -> None:
+    import gzip
+
+    now = time.time()
+    body = gzip.compress(_otlp_json([_point(now - 5, now, [3, 0, 0, 0], [0.01, 0.1, 1.0], 0.01)], temporality=1))
+    req = urllib.request.Request(f"{collector.url}/v1/metrics", data=body, method="POST",
+                                 headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    assert _requests(r, "json-svc") == 3

@@ -123,7 +123,8 @@ async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Respo
         return _error(413, f"body is {request.content_length} bytes; the limit is {limit}")
     try:
         body = await request.read()
-        export = decode(body, request.headers.get("Content-Type", ""), request.headers.get("Content-Encoding", ""))
+        # aiohttp has already undone Content-Encoding (gzip, deflate) when it read the body
+        export = decode(body, request.headers.get("Content-Type", ""))
         mapping = receiver.mapping
     except web.HTTPRequestEntityTooLarge:
         return _error(413, f"body is larger than the limit of {limit} bytes")
