@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     """Scrape until interrupted (or --count scrapes); one line (or JSON object) per scrape."""
     from anomalydesk.commands._common import client, emit
     from anomalydesk.ingest.metric_map import MapError, load_map
-    from anomalydesk.ingest.scrape import Scraper, ScrapeError, ScrapeReport
+    from anomalydesk.ingest.scrape import ScrapeError, Scraper, ScrapeReport
     from anomalydesk.store.admin import read_settings, setup
 
     if args.interval <= 0:
