@@ -274,3 +274,21 @@ def test_notify_check_command(redis_url: str, tmp_path) -> None:
     bad = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "notify", "--routes", str(routes), "--check",
                           "--redis", redis_url], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "not valid JSON" in bad.stderr
+
+
+def test_the_notifier_survives_a_redis_restart(tmp_path, receiver: Receiver) -> None:
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        with RunningNotifier(server.url, [Route("steady", receiver.url)], **FAST):
+            first = log_alert(server.client(), "users", "warning", window=700)
+            wait_for(lambda: first["id"] in receiver.ids(), "the alert before the restart")
+            server.stop()  # without persistence: the stream and the consumer groups are gone
+            server.start()
+            r = server.client()
+            wait_for(lambda: r.exists(KEYS.alerts_log) == 1, "the notifier recreating its group")
+            second = log_alert(r, "users", "critical", window=701)
+            wait_for(lambda: second["id"] in receiver.ids(), "the alert after the restart")
+    finally:
+        server.stop()

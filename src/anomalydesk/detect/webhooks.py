@@ -255,11 +255,12 @@ class Notifier:
         self.give_up_after = give_up_after
         self.claim_idle_ms, self.block_ms = claim_idle_ms, block_ms
 
-    async def ensure_groups(self) -> None:
+    async def ensure_groups(self, start_id: str | None = None) -> None:
         """Create every route's consumer group (new groups start at `start_id`: "$" = new alerts only)."""
         for route in self.routes:
             try:
-                await self.ar.xgroup_create(self.keys.alerts_log, route.group, id=self.start_id, mkstream=True)
+                await self.ar.xgroup_create(self.keys.alerts_log, route.group, id=start_id or self.start_id,
+                                            mkstream=True)
             except redis.ResponseError as err:
                 if "BUSYGROUP" not in str(err):
                     raise
@@ -292,39 +293,49 @@ class Notifier:
         attempts: dict[str, int] = {}
         while not stop.is_set():
             try:
-                entry = await self._next(route)
+                backoff = await self._step(route, session, stop, backoff, attempts)
             except (redis.ConnectionError, redis.TimeoutError) as err:
+                # nothing acknowledged is lost: unacknowledged alerts stay pending and come back first
                 log.warning("notify %s: Redis unreachable (%s); retrying", route.name, err)
                 await _sleep(stop, backoff)
                 backoff = min(backoff * 2, self.backoff_max)
-                continue
-            if entry is None:
-                continue
-            entry_id, fields = entry
-            alert = _alert_of(fields)
-            if alert is None:
-                await self._dead(route, entry_id, fields, "alert entry trimmed or not JSON before delivery", 0)
-                continue
-            if alert.get("silenced") or not route.matches(alert):
-                await self._ack(route, entry_id, "skipped")
-                continue
-            outcome = await self._deliver(session, route, alert)
-            attempts[entry_id] = attempts.get(entry_id, 0) + 1
-            if outcome.ok:
-                await self._ack(route, entry_id, "delivered")
-                attempts.pop(entry_id, None)
-                backoff = self.backoff_base
-                continue
-            age = time.time() - int(entry_id.split("-", 1)[0]) / 1000
-            if outcome.permanent or age >= self.give_up_after:
-                why = outcome.error if outcome.permanent else f"{outcome.error} (still failing after {age:.0f} s)"
-                await self._dead(route, entry_id, fields, why, attempts.pop(entry_id))
-                continue
-            await self.ar.hincrby(stats_key(self.keys), f"{route.name}:failed_attempts", 1)
-            log.info("notify %s: %s; retrying %s in %.1f s", route.name, outcome.error, alert.get("id"), backoff)
-            wait = max(backoff, min(outcome.retry_after or 0.0, self.backoff_max))
-            await _sleep(stop, wait * (0.75 + random.random() / 2))
-            backoff = min(backoff * 2, self.backoff_max)
+            except redis.ResponseError as err:
+                if "NOGROUP" not in str(err):
+                    raise
+                # the server lost the stream or the group (restarted without persistence, flushed)
+                log.warning("notify %s: consumer group missing; creating it again", route.name)
+                await self.ensure_groups("0")  # whatever the stream holds now was logged after the loss
+
+    async def _step(self, route: Route, session: aiohttp.ClientSession, stop: asyncio.Event, backoff: float,
+                    attempts: dict[str, int]) -> float:
+        """Handle the route's next alert; the backoff to use next."""
+        entry = await self._next(route)
+        if entry is None:
+            return backoff
+        entry_id, fields = entry
+        alert = _alert_of(fields)
+        if alert is None:
+            await self._dead(route, entry_id, fields, "alert entry trimmed or not JSON before delivery", 0)
+            return backoff
+        if alert.get("silenced") or not route.matches(alert):
+            await self._ack(route, entry_id, "skipped")
+            return backoff
+        outcome = await self._deliver(session, route, alert)
+        attempts[entry_id] = attempts.get(entry_id, 0) + 1
+        if outcome.ok:
+            await self._ack(route, entry_id, "delivered")
+            attempts.pop(entry_id, None)
+            return self.backoff_base
+        age = time.time() - int(entry_id.split("-", 1)[0]) / 1000
+        if outcome.permanent or age >= self.give_up_after:
+            why = outcome.error if outcome.permanent else f"{outcome.error} (still failing after {age:.0f} s)"
+            await self._dead(route, entry_id, fields, why, attempts.pop(entry_id))
+            return backoff  # the next alert is tried at once: it may well be old enough to give up too
+        await self.ar.hincrby(stats_key(self.keys), f"{route.name}:failed_attempts", 1)
+        log.info("notify %s: %s; retrying %s in %.1f s", route.name, outcome.error, alert.get("id"), backoff)
+        wait = max(backoff, min(outcome.retry_after or 0.0, self.backoff_max))
+        await _sleep(stop, wait * (0.75 + random.random() / 2))
+        return min(backoff * 2, self.backoff_max)
 
     async def _deliver(self, session: aiohttp.ClientSession, route: Route, alert: dict[str, Any]) -> Outcome:
         headers = {"Content-Type": "application/json", "Idempotency-Key": str(alert.get("id")),

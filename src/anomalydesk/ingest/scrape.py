@@ -147,6 +147,7 @@ class Scraper:
         except (ValueError, IndexError) as err:
             raise ScrapeError(f"{self.target}: not Prometheus text format: {err}") from None
         elapsed = None if self._prev_at is None else max(now - self._prev_at, 1e-9)
+        saved = (self._prev_at, dict(self._counters), dict(self._hists))
         report = ScrapeReport(at=now, elapsed=elapsed)
         created = {(f.name.removesuffix("_created"), tuple(sorted(s.labels.items()))): s.value
                    for f in families if f.name.endswith("_created") for s in f.samples}
@@ -177,7 +178,12 @@ class Scraper:
                 report.unknown[fam.name] = report.unknown.get(fam.name, 0) + len(fam.samples)
         self._prev_at = now
         if elapsed is not None:
-            self._write(report, traffic, latency, kpi_values)
+            try:
+                self._write(report, traffic, latency, kpi_values)
+            except redis.RedisError as err:
+                # keep the previous values: the next scrape's increase covers this interval too
+                self._prev_at, self._counters, self._hists = saved
+                raise ScrapeError(f"scraped {self.target} but could not write to Redis: {err}") from err
         return report
 
     def _increase(self, name: str, labels: dict[str, str], value: float, created: dict,
