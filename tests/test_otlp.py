@@ -303,3 +303,26 @@ def test_gzip_bodies_are_accepted(collector: BackgroundCollector, r: redis.Redis
     with urllib.request.urlopen(req, timeout=10) as resp:
         assert resp.status == 200
     assert _requests(r, "json-svc") == 3
+
+
+def test_redis_down_is_503_and_the_retry_counts_once(tmp_path) -> None:
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        with BackgroundCollector(CollectorSettings(port=0), server.url) as running:
+            t0 = time.time() - 30
+            bounds = [0.01, 0.1, 1.0]
+            assert _post(running.url, _otlp_json([_point(t0, t0 + 10, [2, 0, 0, 0], bounds, 0.01)]))[0] == 200
+            server.stop()
+            retry = _otlp_json([_point(t0, t0 + 20, [5, 1, 0, 0], bounds, 0.1)])
+            status, answer = _post(running.url, retry)
+            assert status == 503 and "Redis" in answer["message"]
+            server.start()  # empty again (no persistence): the lost state makes the next point a new series
+            r = server.client()
+            time.sleep(6)  # past the writer's cached settings: the collector must notice the empty server
+            assert _post(running.url, retry)[0] == 200
+            assert _post(running.url, retry)[0] == 200  # the exporter's retry of the same body: no double count
+            assert _requests(r, "json-svc") == 6  # t0 is 30 s ago: a fresh series counts from its start
+    finally:
+        server.stop()

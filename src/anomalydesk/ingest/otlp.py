@@ -35,6 +35,7 @@ from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportM
 from anomalydesk import config
 from anomalydesk.ingest.metric_map import MapError, MetricMap, load_map
 from anomalydesk.ingest.otlp_convert import PROTOBUF, Extracted, OtlpError, convert, decode, extract
+from anomalydesk.store.sink import NotSetUp
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +138,12 @@ async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Respo
     media = PROTOBUF if request.headers.get("Content-Type", "").startswith(PROTOBUF) else "application/json"
     try:
         await store.prepare()
-        await _write(store, extracted, hashlib.sha1(body).hexdigest())
+        try:
+            await _write(store, extracted, hashlib.sha1(body).hexdigest())
+        except NotSetUp:  # the server was flushed or replaced under us: set it up again, same batch ids
+            store.gears_version = None
+            await store.prepare()
+            await _write(store, extracted, hashlib.sha1(body).hexdigest())
     except REDIS_DOWN as err:
         log.warning("OTLP: Redis unreachable, answering 503: %s", err)
         return _error(503, "Redis is unreachable; nothing was stored, retry later",
