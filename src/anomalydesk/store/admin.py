@@ -165,9 +165,13 @@ def retire_service(r: redis.Redis, name: str, keys: Keys | None = None) -> bool:
     known = r.sismember(keys.services, name) or r.sismember(keys.retired, name)
     if not known:
         return False
-    pipe = r.pipeline(transaction=True)
-    pipe.srem(keys.services, name)
+    from anomalydesk.store.cluster import is_cluster
+
+    # on a cluster the two sets live in different slots (no MULTI across them); retired first, so a
+    # crash in between leaves the service in both sets, which still counts as active
+    pipe = r.pipeline(transaction=not is_cluster(r))
     pipe.sadd(keys.retired, name)
+    pipe.srem(keys.services, name)
     pipe.execute()
     return True
 

@@ -8,6 +8,11 @@ Accepted forms:
     redis://[[user]:password@]host[:port][/db]
     rediss://[[user]:password@]host[:port][/db][?ssl_ca_certs=F&ssl_certfile=F&ssl_keyfile=F&ssl_cert_reqs=R]
     unix://[[user]:password@]/path/to/redis.sock[?db=N]
+
+Redis Cluster (docs/cluster.md): `redis+cluster://` or `rediss+cluster://` (any one node; the others
+are discovered), or `?cluster=1` on a redis:// / rediss:// URL. Without either, `connect()` asks the
+node (`INFO cluster`) and returns a cluster client when it says `cluster_enabled:1`; `?cluster=0`
+skips that check. A cluster has only database 0 and no unix sockets.
 """
 
 from __future__ import annotations
@@ -22,8 +27,15 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import AuthenticationError, AuthorizationError, BusyLoadingError, RedisError, ResponseError
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
@@ -31,6 +43,8 @@ from redis.retry import Retry
 from anomalydesk import config
 
 SCHEMES = ("redis", "rediss", "unix")
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CLUSTER_OPTION = "cluster"
 TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs")
 CERT_REQS = ("none", "optional", "required")
 DEFAULT_PORT = 6379
@@ -82,10 +96,12 @@ def parse_url(url: str) -> dict[str, Any]:
     except ValueError as err:
         raise ConnectionFailed(url, f"not a valid URL ({err})") from None
     scheme = parts.scheme.lower()
+    scheme = CLUSTER_SCHEMES.get(scheme, scheme)
     if scheme not in SCHEMES:
         raise ConnectionFailed(url, f"unsupported scheme {scheme or '(none)'!r}; use redis://, rediss:// or unix://")
     query = parse_qs(parts.query, keep_blank_values=True)
-    known = ("db", *TLS_OPTIONS)
+    query.pop(CLUSTER_OPTION, None)  # read by cluster_mode()
+    known = ("db", *TLS_OPTIONS, CLUSTER_OPTION)
     for name, values in query.items():
         if name not in known:
             raise ConnectionFailed(url, f"unknown URL option {name!r} (known: {', '.join(known)})")
@@ -130,6 +146,26 @@ def parse_url(url: str) -> dict[str, Any]:
     elif tls:
         raise ConnectionFailed(url, f"TLS options ({', '.join(tls)}) need a rediss:// URL")
     return kwargs
+
+
+def cluster_mode(url: str) -> bool | None:
+    """True for a cluster URL, False for `?cluster=0`, None when the server should be asked."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    values = parse_qs(parts.query, keep_blank_values=True).get(CLUSTER_OPTION)
+    if scheme in CLUSTER_SCHEMES:
+        if values and values[-1] in ("0", "no", "false"):
+            raise ConnectionFailed(url, f"{scheme}:// and ?cluster={values[-1]} contradict each other")
+        return True
+    if values is None:
+        return None
+    if len(values) != 1 or values[0] not in ("0", "1", "yes", "no", "true", "false"):
+        raise ConnectionFailed(url, f"URL option 'cluster' must be 0 or 1, not {values!r}")
+    if values[0] in ("1", "yes", "true"):
+        if scheme == "unix":
+            raise ConnectionFailed(url, "Redis Cluster cannot be reached over a unix socket")
+        return True
+    return False
 
 
 def client_options() -> dict[str, Any]:
@@ -221,19 +257,30 @@ def describe_error(err: BaseException) -> str:
     return text
 
 
-def build_client(options: dict[str, Any]) -> redis.Redis:
-    """The client for complete options: the one place that will choose a cluster client later."""
-    return redis.Redis(**options)
+def build_client(options: dict[str, Any], cluster: bool = False) -> redis.Redis:
+    """The client for complete options: a ClusterClient when `cluster`, else a plain redis.Redis."""
+    if not cluster:
+        return redis.Redis(**options)
+    from anomalydesk.store.cluster import ClusterClient
+
+    options = dict(options)
+    if options.pop("db", 0) != 0:
+        raise ValueError("Redis Cluster has only database 0")
+    if "unix_socket_path" in options:
+        raise ValueError("Redis Cluster cannot be reached over a unix socket")
+    return ClusterClient(**options)  # type: ignore[return-value]
 
 
 def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> redis.Redis:
-    """A client for `url` (see `resolve_url`), checked with PING unless `check=False`."""
+    """A client for `url` (see `resolve_url`), checked with PING unless `check=False`.
+
+    A URL that does not say whether it is a cluster is asked (`INFO cluster`, on the connection the
+    PING opened) and a cluster client is returned when the node runs in cluster mode.
+    """
     url = resolve_url(url)
     options = {**parse_url(url), **client_options(), "retry": retry_policy(), **overrides}
-    try:
-        client = build_client(options)
-    except (TypeError, ValueError) as err:
-        raise ConnectionFailed(url, str(err)) from None
+    cluster = cluster_mode(url)
+    client = _build(url, options, bool(cluster))
     if check:
         try:
             client.ping()
@@ -246,7 +293,28 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> 
         except OSError as err:  # TLS files that cannot be read surface here
             client.close()
             raise ConnectionFailed(url, str(err)) from err
+    if cluster is None and _says_cluster(client):
+        client.close()
+        client = _build(url, options, True)
     return client
+
+
+def _build(url: str, options: dict[str, Any], cluster: bool) -> redis.Redis:
+    try:
+        return build_client(options, cluster)
+    except (TypeError, ValueError) as err:
+        raise ConnectionFailed(url, str(err)) from None
+    except (RedisError, RedisClusterException) as err:  # a cluster client reads the slot map when built
+        raise ConnectionFailed(url, describe_error(err)) from err
+
+
+def _says_cluster(client: redis.Redis) -> bool:
+    from anomalydesk.store.cluster import cluster_enabled
+
+    try:
+        return cluster_enabled(client)
+    except (RedisError, OSError):  # unreachable now: the caller sees that on its first command
+        return False
 
 
 def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Redis:
@@ -257,4 +325,15 @@ def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Red
     """
     url = resolve_url(url)
     kwargs = {**parse_url(url), **client_options(), "retry": async_retry_policy(), **overrides}
+    cluster = cluster_mode(url)
+    if cluster is None:
+        probe = redis.Redis(**{**parse_url(url), **client_options(), "retry": Retry(NoBackoff(), 0)})
+        try:
+            cluster = _says_cluster(probe)
+        finally:
+            probe.close()
+    if cluster:
+        from anomalydesk.store.cluster import async_cluster_client
+
+        return async_cluster_client(kwargs)  # type: ignore[return-value]
     return redis.asyncio.Redis(**kwargs)

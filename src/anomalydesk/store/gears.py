@@ -73,7 +73,11 @@ def _pairs(lib: object) -> list[tuple[object, object]]:
 
 
 def ensure_library(r: redis.Redis) -> int:
-    """Load or upgrade the library on this server; returns the version now loaded."""
+    """Load or upgrade the library on this server (on every primary of a cluster); returns the version."""
+    from anomalydesk.store.cluster import is_cluster, node_client, primaries
+
+    if is_cluster(r):
+        return min(ensure_library(node_client(r, node)) for node in primaries(r))  # type: ignore[arg-type]
     code, version = library_source()
     try:
         loaded = server_library(r)
