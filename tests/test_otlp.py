@@ -141,6 +141,7 @@ def test_real_sdk_requests_land_in_the_services_fingerprints(collector: Backgrou
     assert len(toy.recorded) == 65
     assert r.hlen(otlp_state_key(KEYS, SERVICE)) >= 4  # per-series cumulative state lives in Redis
 
+    assert r.smembers(KEYS.services) == {SERVICE.encode()}  # service.name decides, nothing else
     seal_all(r, now=time.time() + 3 * 5)
     fps = {fp.window: fp for fp in fingerprints.read(r, SERVICE)}
     assert sum(fp.get("requests") for fp in fps.values()) == 65
