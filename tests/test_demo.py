@@ -250,3 +250,17 @@ def test_scheduled_faults_in_live_mode_are_recorded_when_they_begin(r: redis.Red
                 {"kind": "drop", "service": "users", "start": round(t0 + 0.4, 3), "end": round(t0 + 1.0, 3)}]
     assert demo.truth == expected
     assert [json.loads(line) for line in truth_file.read_text().splitlines()] == expected
+
+
+@pytest.mark.slow
+def test_a_day_of_history(r: redis.Redis) -> None:
+    """`demo --fast` default: 24 simulated hours of 5 services, every window sealed, nothing late."""
+    summary = run_fast(r, duration=86_400, seed=1, end=END, injects=[parse_inject("latency@13h+10m")])
+    assert summary["late"] == 0 and summary["windows_sealed"] == 5 * 86_400 // W
+    assert summary["accepted"] == summary["events"] + summary["business_metrics"]
+    for service in SERVICES:
+        fps = fingerprints.read(r, service)
+        assert len(fps) == 86_400 // W
+        hours = np.array([int(fp.start % 86_400) // 3600 for fp in fps])
+        hourly = np.bincount(hours, weights=[fp.get("requests") for fp in fps], minlength=24)
+        assert hourly.argmax() in range(13, 18) and hourly.argmin() in range(0, 6)  # the daily cycle (UTC)
