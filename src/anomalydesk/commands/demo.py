@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "demo", parents=[parent], help="send simulated microservice traffic, optionally with faults",
         description="A gateway in front of users, orders, payments and inventory (svc-6, … with "
         "--services), with a daily load cycle and business KPIs. Live by default (until --duration "
-        "or Ctrl-C); --fast generates --duration simulated seconds ending now, in a few seconds.",
-        epilog="Fault kinds: latency (x5 latency), errors (20%% 5xx), drop (80%% fewer requests), "
+        "or Ctrl-C); --fast generates --duration simulated seconds ending now, as fast as it can.",
+        epilog="Fault kinds: latency (x5 latency), errors (20% 5xx), drop (80% fewer requests), "
         "spike (5x requests), new-dependency (calls to endpoints never used), business (KPI x0.3). "
         "Example: --inject errors@30+20:payments. Ground truth goes to the stream <prefix>demo:truth.",
     )  # fmt: skip
