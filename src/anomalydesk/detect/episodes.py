@@ -35,6 +35,7 @@ class Episode:
 
     @property
     def length(self) -> int:
+        """Windows from start to end, inclusive."""
         return self.end - self.start + 1
 
 

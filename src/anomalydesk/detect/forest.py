@@ -57,6 +57,7 @@ class ForestArrays:
 
     @property
     def n_trees(self) -> int:
+        """Number of trees."""
         return int(self.roots.shape[0])
 
     @classmethod

@@ -58,6 +58,7 @@ class Model:
 
     @property
     def n_features(self) -> int:
+        """Number of raw features per row."""
         return len(self.feature_names)
 
     @property
