@@ -327,3 +327,15 @@ def test_redis_down_is_503_and_the_retry_counts_once(tmp_path) -> None:
             assert _requests(r, "json-svc") == 6  # t0 is 30 s ago: a fresh series counts from its start
     finally:
         server.stop()
+
+
+def test_a_malformed_histogram_point_is_rejected_alone(collector: BackgroundCollector, r: redis.Redis) -> None:
+    now = time.time()
+    bad = _point(now - 5, now, [1, 1, 0, 0], [0.01, 0.1, 1.0], 0.01, route="/bad")
+    bad["count"] = "5"  # buckets add up to 2
+    body = _otlp_json([bad, _point(now - 5, now, [2, 1, 0, 0], [0.01, 0.1, 1.0], 0.02)], temporality=1)
+    status, answer = _post(collector.url, body)
+    assert status == 200
+    assert answer["partialSuccess"]["rejectedDataPoints"] == "1"
+    assert "add up to 2, not count=5" in answer["partialSuccess"]["errorMessage"]
+    assert _requests(r, "json-svc") == 3

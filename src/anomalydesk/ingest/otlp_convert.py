@@ -6,13 +6,13 @@ points, unknown metrics); this module holds the parts that need neither aiohttp 
 
 from __future__ import annotations
 
-import gzip
 import hashlib
+import math
 import re
-import zlib
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -54,18 +54,8 @@ def _attrs(kvs: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def decode(body: bytes, content_type: str, content_encoding: str = "") -> ExportMetricsServiceRequest:
-    """Bytes (protobuf or JSON, optionally gzip/deflate) → the export request (OtlpError otherwise)."""
-    encoding = content_encoding.strip().lower()
-    try:
-        if encoding == "gzip":
-            body = gzip.decompress(body)
-        elif encoding == "deflate":
-            body = zlib.decompress(body)
-        elif encoding not in ("", "identity"):
-            raise OtlpError(415, f"Content-Encoding {encoding!r} is not supported (gzip, deflate or none)")
-    except (OSError, zlib.error, EOFError) as err:
-        raise OtlpError(400, f"body is not valid {encoding}: {err}") from None
+def decode(body: bytes, content_type: str) -> ExportMetricsServiceRequest:
+    """Bytes (protobuf or JSON; aiohttp has undone any Content-Encoding) → the export request (OtlpError)."""
     request = ExportMetricsServiceRequest()
     media = content_type.split(";", 1)[0].strip().lower()
     if media == PROTOBUF:
@@ -156,11 +146,19 @@ def _http_point(metric: Any, dp: Any, attrs: dict[str, Any], cumulative: bool) -
     method = method if method.isalpha() else "OTHER"
     route = str(_first(attrs, "http.route", "url.template") or "/(unrouted)")
     endpoint = normalize_endpoint(f"{method}:{route if route.startswith('/') else '/' + route}")
+    bounds, counts = list(dp.explicit_bounds), [int(c) for c in dp.bucket_counts]
+    if dp.count and len(counts) != len(bounds) + 1:
+        raise EventError("bucket_counts", f"{len(counts)} counts for {len(bounds)} bounds (expected one more "
+                                          "count than bounds; histograms without buckets carry no latency)")
+    if sum(counts) != dp.count:
+        raise EventError("bucket_counts", f"add up to {sum(counts)}, not count={dp.count}")
+    if any(not math.isfinite(b) for b in bounds) or any(b2 <= b1 for b1, b2 in pairwise(bounds)):
+        raise EventError("explicit_bounds", "must be finite and strictly increasing")
     return HttpPoint(
         series="", endpoint=endpoint, status=status, cumulative=cumulative,
         start_ns=dp.start_time_unix_nano, time_ns=dp.time_unix_nano, count=int(dp.count),
         sum_ms=dp.sum * scale if dp.HasField("sum") else None,
-        bounds_ms=[b * scale for b in dp.explicit_bounds], counts=[int(c) for c in dp.bucket_counts],
+        bounds_ms=[b * scale for b in bounds], counts=counts,
         min_ms=dp.min * scale if dp.HasField("min") else None, max_ms=dp.max * scale if dp.HasField("max") else None,
     )
 
