@@ -126,8 +126,6 @@ def test_train_cli_stores_and_activates_a_model_per_service(r: redis.Redis, redi
     assert registry.info(r, "orders").params["trees"] == 10
     unknown = cli("train", "--service", "nope")
     assert unknown.returncode == 2 and "no live service named 'nope'" in unknown.stderr
-    bad = cli("train", "--false-alarm-rate", "0.7")
-    assert bad.returncode == 2 and "false_alarm_rate" in bad.stderr
 
 
 def _fill(r: redis.Redis, service: str, rows: np.ndarray, first: int) -> None:
