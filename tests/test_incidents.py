@@ -107,3 +107,12 @@ def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
     assert models.returncode == 0 and json.loads(models.stdout) == {"models": []}
     rollback = cli(redis_url, "models", "rollback", "payments")
     assert rollback.returncode == 1 and "no version older" in rollback.stderr
+
+
+def test_prune_forgets_oldest_resolved_incidents_only(r: redis.Redis) -> None:
+    for first in (10, 20, 30):
+        incident = inc.new_incident("orders", "anomaly", first, first * 5.0)
+        incident.update(last_window=first + 2, status="resolved" if first < 30 else "open")
+        r.hset(K.incidents, incident["id"], json.dumps(incident))
+    assert inc.prune(r, keep=1) == 1
+    assert sorted(i["id"] for i in inc.list_incidents(r)) == ["orders:a20", "orders:a30"]

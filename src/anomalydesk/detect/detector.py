@@ -125,6 +125,7 @@ class Detector:
         self._groups: set[str] = set()
         self._last_seal = 0.0
         self._last_refresh = 0.0
+        self._last_prune = 0.0
         self._owned: list[str] | None = None
         self._silences: list[incidents_mod.Silence] = []
         self._last_retrain = clock()
@@ -258,6 +259,9 @@ class Detector:
             self._ensure_group(service)
         self._refresh_models(self._owned)
         self._silences = incidents_mod.list_silences(self.r, keys=self.keys)
+        if now - self._last_prune >= config.INCIDENT_PRUNE_SECONDS:
+            self._last_prune = now
+            incidents_mod.prune(self.r, keys=self.keys)
         return True
 
     def _recover(self, service: str, silences: list[incidents_mod.Silence], result: StepResult) -> None:

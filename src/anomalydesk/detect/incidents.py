@@ -162,6 +162,16 @@ def training_windows(
     return sorted(excluded), sorted(included)
 
 
+def prune(r: redis.Redis, keep: int = config.INCIDENTS_KEPT, *, keys: Keys | None = None) -> int:
+    """Forget the oldest resolved incidents beyond `keep` (open ones are never dropped); how many."""
+    keys = keys or Keys(config.key_prefix())
+    resolved = [i for i in list_incidents(r, keys=keys) if i["status"] != "open"]
+    drop = [i["id"] for i in resolved[keep:]]
+    if drop:
+        r.hdel(keys.incidents, *drop)
+    return len(drop)
+
+
 # --- operator actions ---------------------------------------------------------------------------
 def _update(
     r: redis.Redis, incident_id: str, change: Any, keys: Keys, alert: Any = None
