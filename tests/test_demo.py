@@ -11,7 +11,8 @@ import redis
 
 from anomalydesk.fingerprint import FEATURE_NAMES, Fingerprint
 from anomalydesk.ingest.demo import DemoTraffic, run_fast
-from anomalydesk.ingest.demo_model import build_services, parse_inject
+from anomalydesk.ingest.demo_model import parse_inject
+from anomalydesk.ingest.demo_services import build_services
 from anomalydesk.store import fingerprints, sketches
 from anomalydesk.store.keys import Keys
 

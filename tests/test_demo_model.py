@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import numpy as np
 import pytest
@@ -17,12 +18,10 @@ from anomalydesk.ingest.demo_model import (
     Fault,
     InjectSpec,
     Simulation,
-    build_services,
     check_fault,
-    load_factor,
     parse_inject,
-    service_names,
 )
+from anomalydesk.ingest.demo_services import build_services, load_factor, raw_paths, service_names
 
 T0 = 20_782 * 86_400.0  # 2026-11-25 00:00 UTC
 W = 5
@@ -99,10 +98,17 @@ def test_every_endpoint_template_normalises_to_its_name() -> None:
 
 
 def test_raw_paths_carry_ids_and_are_normalised() -> None:
+    rng = np.random.default_rng(1)
+    templates = ["GET:/users/{id}", "GET:/payments/{hex}", "DELETE:/orders/{uuid}/items/{id}", "GET:/health"]
+    first, second = raw_paths(templates, rng), raw_paths(templates, rng)
+    assert first[3] == "GET:/health" and first[:3] != second[:3]  # fresh ids every batch
+    assert re.fullmatch(r"GET:/users/\d+", first[0]) and re.fullmatch(r"GET:/payments/[0-9a-f]{16}", first[1])
+    assert re.fullmatch(r"DELETE:/orders/[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}/items/\d+", first[2])
+    assert [normalize_endpoint(p) for p in first] == [
+        "GET:/users/{id}", "GET:/payments/{id}", "DELETE:/orders/{id}/items/{id}", "GET:/health"]
     sim = Simulation(5, W)
-    a = sim.generate(1, T0, T0 + 5, 400.0, np.random.default_rng(1))
-    assert "GET:/users/{id}" in a.endpoints
-    assert set(a.endpoints) == {e.name for e in sim.services[1].endpoints}
+    users = sim.generate(1, T0, T0 + 5, 400.0, np.random.default_rng(1))
+    assert set(users.endpoints) == {e.name for e in sim.services[1].endpoints}
 
 
 def test_daily_load_has_a_24h_period_and_mean_one() -> None:

@@ -81,7 +81,7 @@ def _fast(args: argparse.Namespace) -> dict[str, Any]:
 
 def _live(args: argparse.Namespace) -> dict[str, Any]:
     from anomalydesk.ingest.demo import DemoTraffic
-    from anomalydesk.ingest.demo_model import load_factor
+    from anomalydesk.ingest.demo_services import load_factor
 
     r = client(args)
     demo = DemoTraffic(r, rate=args.rate, services=args.services, seed=args.seed, duration=args.duration,
@@ -109,7 +109,8 @@ def _live(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     """Run the demo (live or --fast) and print its summary."""
     from anomalydesk.ingest.demo import check_options
-    from anomalydesk.ingest.demo_model import check_fault, service_names
+    from anomalydesk.ingest.demo_model import check_fault
+    from anomalydesk.ingest.demo_services import service_names
 
     try:
         check_options(args.rate, args.services, args.duration)

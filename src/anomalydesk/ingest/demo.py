@@ -39,9 +39,8 @@ from anomalydesk.ingest.demo_model import (
     Simulation,
     Traffic,
     check_fault,
-    load_factor,
-    service_names,
 )
+from anomalydesk.ingest.demo_services import load_factor, service_names
 from anomalydesk.store.admin import read_settings, setup
 from anomalydesk.store.gears import ensure_library
 from anomalydesk.store.keys import Keys
