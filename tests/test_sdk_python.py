@@ -352,3 +352,109 @@ def test_async_client_reports_an_unreachable_collector(use_httpx: bool) -> None:
         await client.aclose()
 
     asyncio.run(main())
+
+
+class _ScriptedCollector:
+    """A fake collector (http.server in a thread) answering scripted (status, headers, body) in order."""
+
+    def __init__(self, script: list[tuple[int, dict[str, str], dict]]):
+        import http.server
+
+        self.seen: list[tuple[dict[str, str], bytes]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                outer.seen.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                status, headers, answer = script[min(len(outer.seen), len(script)) - 1]
+                raw = json.dumps(answer).encode()
+                self.send_response(status)
+                for key, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(key, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_503_and_429_are_retried_with_one_key_and_the_same_body() -> None:
+    fake = _ScriptedCollector([(503, {"Retry-After": "0"}, {"error": "Redis is unreachable"}),
+                               (429, {"Retry-After": "0"}, {"error": "rate limit"}),
+                               (202, {}, {"accepted": 2, "rejected": []})])
+    try:
+        client = AnomalyClient(fake.url, "k" * 20, service="svc")
+        client.send_metric("GET:/a", 200, 1.0)
+        client.send_metric("GET:/b", 500, 2.0)
+        client.close()
+    finally:
+        fake.close()
+    assert len(fake.seen) == 3
+    assert len({headers["idempotency-key"] for headers, _ in fake.seen}) == 1
+    assert len({body for _, body in fake.seen}) == 1
+    assert fake.seen[0][0]["authorization"] == "Bearer " + "k" * 20
+    assert [e["endpoint"] for e in json.loads(fake.seen[0][1])] == ["GET:/a", "GET:/b"]
+    assert (client.stats.sent, client.stats.failed) == (2, 0)
+
+
+@pytest.mark.parametrize("status", [400, 401, 413, 422])
+def test_other_4xx_are_not_retried(status: int, caplog: pytest.LogCaptureFixture) -> None:
+    fake = _ScriptedCollector([(status, {}, {"error": "no"})])
+    try:
+        client = AnomalyClient(fake.url, service="svc")
+        client.send_metric("GET:/a", 200, 1.0)
+        with caplog.at_level(logging.WARNING, logger="anomalydesk_client"):
+            client.close()
+    finally:
+        fake.close()
+    assert len(fake.seen) == 1
+    assert client.stats.failed == 1
+    assert f"collector answered {status}" in caplog.text
+
+
+def test_close_gives_up_after_its_deadline_and_counts_it(caplog: pytest.LogCaptureFixture) -> None:
+    fake = _ScriptedCollector([(503, {"Retry-After": "0"}, {"error": "Redis is unreachable"})])
+    try:
+        client = AnomalyClient(fake.url, service="svc", timeout=0.5, max_retries=10**6, batch_size=2,
+                               flush_interval=3600)
+        for _ in range(6):
+            client.send_metric("GET:/a", 200, 1.0)
+        with caplog.at_level(logging.WARNING, logger="anomalydesk_client"):
+            client.close()
+    finally:
+        fake.close()
+    assert client.stats.failed == 6 and client.stats.sent == 0
+    assert "gave up" in caplog.text
+
+
+def test_async_close_keeps_a_batch_interrupted_in_the_background() -> None:
+    """aclose() cancels a background send that is retrying: its events go back and are sent once."""
+    fake = _ScriptedCollector([(503, {"Retry-After": "0.2"}, {"error": "busy"})] * 3
+                              + [(202, {}, {"accepted": 3, "rejected": []})])
+
+    async def main() -> AsyncAnomalyClient:
+        client = AsyncAnomalyClient(fake.url, service="svc", batch_size=3, max_retries=50, use_httpx=False)
+        for _ in range(3):
+            await client.send_metric("GET:/a", 200, 1.0)
+        while not fake.seen:
+            await asyncio.sleep(0.01)  # the background send has started (and met a 503)
+        await client.aclose()
+        return client
+
+    try:
+        client = asyncio.run(main())
+    finally:
+        fake.close()
+    assert (client.stats.sent, client.stats.failed) == (3, 0)
+    assert len({headers["idempotency-key"] for headers, _ in fake.seen}) == 1  # same key after the interruption
+    assert all(len(json.loads(body)) == 3 for _, body in fake.seen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -41,6 +42,8 @@ class AsyncAnomalyClient(_Base):
         self._task: asyncio.Task | None = None
         self._send_lock: asyncio.Lock | None = None
         self._closed = False
+        self._close_deadline = float("inf")
+        self._interrupted: list[tuple[list[bytes], str]] = []
         atexit.register(self._flush_at_exit)
 
     # --- public API --------------------------------------------------------------------------
@@ -65,7 +68,16 @@ class AsyncAnomalyClient(_Base):
     async def flush(self) -> None:
         """Send everything queued now."""
         async with self._lock():
+            while self._interrupted:  # sent again under the same key: stored once even if it got through
+                batch, key = self._interrupted.pop(0)
+                await self._send_queued(batch, key)
             while len(self.queue):
+                if self._past_close_deadline():
+                    left = self.queue.take(len(self.queue))
+                    self.stats.failed += len(left)
+                    log.warning("anomalydesk: closing: gave up on %d queued event(s) after %.0fs",
+                                len(left), self.timeout)
+                    return
                 await self._send_queued(self.queue.take(self.batch_size))
 
     async def health(self) -> dict[str, Any]:
@@ -76,6 +88,7 @@ class AsyncAnomalyClient(_Base):
         """Flush, stop the background task, close connections (idempotent)."""
         if self._closed:
             return
+        self._close_deadline = time.monotonic() + self.timeout  # closing never hangs longer
         self._closed = True
         if self._task is not None:
             self._task.cancel()
@@ -135,18 +148,25 @@ class AsyncAnomalyClient(_Base):
             return await self._httpx.request(method, path, body, headers)
         return await asyncio.to_thread(self._sync.request, method, path, body, headers)
 
-    async def _send_queued(self, batch: list[bytes]) -> None:
+    def _past_close_deadline(self) -> bool:
+        return self._closed and time.monotonic() > self._close_deadline
+
+    async def _send_queued(self, batch: list[bytes], key: str | None = None) -> None:
+        key = key or uuid.uuid4().hex
         try:
-            body = check_answer(await self._post_with_retries(batch))
+            body = check_answer(await self._post_with_retries(batch, key))
+        except asyncio.CancelledError:
+            self._interrupted.append((batch, key))  # aclose() cancelled the background send
+            raise
         except AnomalyClientError as err:
             self.stats.failed += len(batch)
             log.warning("anomalydesk: gave up on %d event(s): %s", len(batch), err)
             return
         self._account(len(batch), body)
 
-    async def _post_with_retries(self, batch: list[bytes]) -> Answer:
+    async def _post_with_retries(self, batch: list[bytes], key: str | None = None) -> Answer:
         body = b"[" + b",".join(batch) + b"]"
-        headers = self._headers(uuid.uuid4().hex)
+        headers = self._headers(key or uuid.uuid4().hex)  # one key for all attempts of this batch
         attempt = 0
         while True:
             try:
@@ -158,22 +178,27 @@ class AsyncAnomalyClient(_Base):
                 retry_after = answer.headers.get("retry-after")
             except TransportError as err:
                 error, retry_after = err, None
-            if attempt >= self.max_retries:
+            if attempt >= self.max_retries or self._past_close_deadline():
                 if isinstance(error, AnomalyClientError):
                     raise error
                 raise AnomalyClientError(f"collector unreachable: {error}") from error
             delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+            if self._closed:
+                delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
             log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
             await asyncio.sleep(delay)
             attempt += 1
 
     def _flush_at_exit(self) -> None:
         """Send what is still queued with the blocking transport (the event loop may be gone)."""
+        pending = list(self._interrupted)  # cancelled when the loop ended: same keys again
+        self._interrupted.clear()
         while len(self.queue):
-            batch = self.queue.take(self.batch_size)
+            pending.append((self.queue.take(self.batch_size), uuid.uuid4().hex))
+        for batch, key in pending:
             try:
                 answer = self._sync.request("POST", "/metrics", b"[" + b",".join(batch) + b"]",
-                                            self._headers(uuid.uuid4().hex))
+                                            self._headers(key))
                 self._account(len(batch), check_answer(answer))
             except (AnomalyClientError, TransportError) as err:
                 self.stats.failed += len(batch)

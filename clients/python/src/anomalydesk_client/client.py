@@ -102,6 +102,7 @@ class AnomalyClient(_Base):
         self._send_lock = threading.Lock()
         self._wakeup = threading.Event()
         self._closed = threading.Event()
+        self._close_deadline = float("inf")
         self._thread: threading.Thread | None = None
         self._thread_lock = threading.Lock()
         atexit.register(self.close)
@@ -128,6 +129,12 @@ class AnomalyClient(_Base):
         """Send everything queued now (blocks until sent or given up)."""
         with self._send_lock:
             while len(self.queue):
+                if self._past_close_deadline():
+                    left = self.queue.take(len(self.queue))
+                    self.stats.failed += len(left)
+                    log.warning("anomalydesk: closing: gave up on %d queued event(s) after %.0fs",
+                                len(left), self.timeout)
+                    return
                 self._send_queued(self.queue.take(self.batch_size))
 
     def health(self) -> dict[str, Any]:
@@ -138,10 +145,11 @@ class AnomalyClient(_Base):
         """Flush, stop the background thread and the connection (idempotent)."""
         if self._closed.is_set():
             return
+        self._close_deadline = time.monotonic() + self.timeout  # close (and exit) never hangs longer
         self._closed.set()
         self._wakeup.set()
         if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=self.timeout * (self.max_retries + 1))
+            self._thread.join(timeout=2 * self.timeout + self.backoff_max)
         self.flush()
         self._transport.close()
         atexit.unregister(self.close)
@@ -161,6 +169,9 @@ class AnomalyClient(_Base):
 
     def _wake(self) -> None:
         self._wakeup.set()
+
+    def _past_close_deadline(self) -> bool:
+        return self._closed.is_set() and time.monotonic() > self._close_deadline
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
@@ -201,11 +212,13 @@ class AnomalyClient(_Base):
                 retry_after = answer.headers.get("retry-after")
             except TransportError as err:
                 error, retry_after = err, None
-            if attempt >= self.max_retries or (self._closed.is_set() and attempt >= 1):
+            if attempt >= self.max_retries or self._past_close_deadline():
                 if isinstance(error, AnomalyClientError):
                     raise error
                 raise AnomalyClientError(f"collector unreachable: {error}") from error
             delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+            if self._closed.is_set():
+                delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
             log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
             time.sleep(delay)
             attempt += 1
