@@ -339,3 +339,23 @@ def test_a_malformed_histogram_point_is_rejected_alone(collector: BackgroundColl
     assert answer["partialSuccess"]["rejectedDataPoints"] == "1"
     assert "add up to 2, not count=5" in answer["partialSuccess"]["errorMessage"]
     assert _requests(r, "json-svc") == 3
+
+
+def test_older_semconv_names_in_milliseconds(collector: BackgroundCollector, r: redis.Redis) -> None:
+    now = time.time()
+    point = {"timeUnixNano": str(int(now * 1e9)), "startTimeUnixNano": str(int((now - 5) * 1e9)), "count": "4",
+             "sum": 400.0, "bucketCounts": ["0", "4", "0"], "explicitBounds": [50.0, 200.0],
+             "attributes": [{"key": "http.route", "value": {"stringValue": "/orders/{id}"}},
+                            {"key": "http.method", "value": {"stringValue": "GET"}},
+                            {"key": "http.status_code", "value": {"intValue": "404"}}]}
+    body = json.dumps({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "legacy"}}]},
+        "scopeMetrics": [{"metrics": [{"name": "http.server.duration", "unit": "ms", "histogram": {
+            "aggregationTemporality": 1, "dataPoints": [point]}}]}]}]}).encode()
+    assert _post(collector.url, body)[0] == 200
+    seal_all(r, now=time.time() + 15)
+    fp = next(fp for fp in fingerprints.read(r, "legacy") if fp.get("requests"))
+    assert fp.get("requests") == 4 and fp.get("rate_4xx") == 1.0
+    assert fp.get("latency_mean_ms") == pytest.approx(100.0)  # milliseconds, not seconds × 1000
+    assert 50 / 1.05 <= fp.get("latency_p50_ms") <= 200 * 1.05
+    assert sketches.endpoint_counts(r, "legacy", ["GET:/orders/{id}"]) == {"GET:/orders/{id}": 4}
