@@ -153,7 +153,9 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     seed = random.randrange(2**31) if seed is None else seed
     sim = Simulation(services, window_s)
     if end is None:
-        end = math.floor(time.time() / window_s) * window_s  # the current window stays open for live
+        # the server's clock, which live windows follow; the current window stays open for live
+        seconds, micros = r.time()
+        end = math.floor((seconds + micros / 1e6) / window_s) * window_s
     start = end - duration
     faults = plan_faults(injects, start, end, sim.names)
     truth = TruthRecorder(r, keys, truth_path)
