@@ -151,6 +151,12 @@ export class AnomalyClient {
   flush() {
     this._sending = this._sending.then(async () => {
       while (this._queue.length) {
+        if (this._pastCloseDeadline()) {
+          const left = this._queue.splice(0, this._queue.length);
+          this.stats.failed += left.length;
+          this.logger.warn(`anomalydesk: closing: gave up on ${left.length} queued event(s)`);
+          break;
+        }
         const batch = this._queue.splice(0, this.batchSize);
         try {
           this._account(this._check(await this._postWithRetries(batch)));
@@ -166,6 +172,7 @@ export class AnomalyClient {
   /** Flush and stop the timer and the exit hook (idempotent). */
   async close() {
     if (this._closed) return this._sending;
+    this._closeDeadline ??= Date.now() + this.timeoutMs; // closing never hangs longer
     clearInterval(this._timer);
     process.removeListener('beforeExit', this._onBeforeExit);
     await this.flush();
@@ -247,6 +254,10 @@ export class AnomalyClient {
     return headers;
   }
 
+  _pastCloseDeadline() {
+    return this._closeDeadline !== undefined && Date.now() > this._closeDeadline;
+  }
+
   _account(body) {
     this.stats.sent += body.accepted ?? 0;
     this.stats.rejected += (body.rejected ?? []).length;
@@ -289,8 +300,10 @@ export class AnomalyClient {
       } catch (err) {
         error = new AnomalyClientError(`collector unreachable: ${err.cause?.message ?? err.message}`);
       }
-      if (attempt >= this.maxRetries) throw error;
-      await sleep(this._delay(attempt, retryAfter));
+      if (attempt >= this.maxRetries || this._pastCloseDeadline()) throw error;
+      let delay = this._delay(attempt, retryAfter);
+      if (this._closeDeadline !== undefined) delay = Math.min(delay, Math.max(0, this._closeDeadline - Date.now()));
+      await sleep(delay);
     }
   }
 }

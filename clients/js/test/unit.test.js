@@ -128,3 +128,15 @@ test('middleware: a response aborted by the client is recorded once as 499', asy
   client._queue.length = 0;
   await client.close();
 });
+
+test('close() gives up after its deadline and counts what it could not send', async () => {
+  const fake = await fakeCollector([[503, { 'retry-after': '0' }, { error: 'Redis is unreachable' }]]);
+  const client = new AnomalyClient(fake.url, {
+    service: 's', timeoutMs: 300, maxRetries: 1e9, batchSize: 2, flushIntervalMs: 3_600_000, logger: quiet,
+  });
+  for (let i = 0; i < 6; i += 1) client.sendMetric('GET:/a', 200, 1);
+  await client.close();
+  await fake.close();
+  assert.equal(client.stats.failed, 6);
+  assert.equal(client.stats.sent, 0);
+});
