@@ -45,6 +45,13 @@ def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
 
     # train every service with the button; the loop must keep servicing a 5 ms timer meanwhile
     training = window.training
+    training.trees.setValue(600)  # Cancel stops a long run between chunks of trees
+    training.train_button.click()
+    qtbot.waitUntil(lambda: desktop.state.training.running, timeout=10_000)
+    qtbot.waitUntil(training.cancel_button.isEnabled, timeout=5_000)
+    training.cancel_button.click()
+    qtbot.waitUntil(lambda: not desktop.state.training.running, timeout=60_000)
+    assert desktop.state.training.result.startswith("cancelled"), desktop.state.training.result
     training.trees.setValue(60)
     meter = StallMeter()
     meter.start()
@@ -91,7 +98,14 @@ def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
     assert window.incidents.selected() is incident
     assert window.live.service == "orders"
     window.incidents.ack_button.click()
-    qtbot.waitUntil(lambda: incident.state == "acknowledged", timeout=10_000)
+    try:
+        qtbot.waitUntil(lambda: incident.state == "acknowledged" or "failed" in window.incidents.status_label.text(),
+                        timeout=30_000)  # fmt: skip
+    except Exception:
+        pytest.fail(f"ack: label {window.incidents.status_label.text()!r}, state {incident.state}, "
+                    f"selected {window.incidents.selected()}, record {r.hget(Keys().incidents, incident.incident_id)}")
+    assert incident.state == "acknowledged", (window.incidents.status_label.text(),
+                                              r.hget(Keys().incidents, incident.incident_id))
     stored = json.loads(r.hget(Keys().incidents, incident.incident_id))
     assert stored["acked"]["by"]
     demo.start_button.click()

@@ -226,19 +226,23 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.fp_button.setEnabled(inc is not None and inc.state != "false_positive")
 
     # --- actions ------------------------------------------------------------------------------
-    @asyncSlot()
-    async def run_action(self, action: str, seconds: float = 0.0) -> None:
-        """Apply an operator action to the selected incident."""
+    def run_action(self, action: str, seconds: float = 0.0) -> None:
+        """Apply an operator action to the incident selected now (at the click, not when the task runs)."""
         inc = self.selected()
         if inc is None:
+            self.status_label.setText("select an incident first")
             return
         if action == "snooze" and seconds < 0:
             seconds = seconds_until_tomorrow()
         self.status_label.setText(f"{action.replace('_', ' ')} {inc.incident_id} …")
+        self._apply(action, inc, seconds)
+
+    @asyncSlot()
+    async def _apply(self, action: str, inc: Incident, seconds: float) -> None:
         try:
             await self.actions.incident_action(action, inc.incident_id, seconds)
         except Exception as err:  # shown to the operator, not swallowed
-            self.status_label.setText(f"failed: {err}")
+            self.status_label.setText(f"{action.replace('_', ' ')} failed: {err}")
             return
         self.status_label.setText(f"{inc.incident_id}: {inc.state.replace('_', ' ')}")
         self._update_buttons()
