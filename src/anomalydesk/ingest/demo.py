@@ -299,7 +299,8 @@ class DemoTraffic:
         self.scheduled = 0.0  # events the schedule asked for (rate × daily load × time), for comparison
         self.business_metrics = 0
         self.result = IngestResult()
-        self.started_at: float | None = None  # epoch seconds
+        self.started_at: float | None = None  # epoch seconds, server clock
+        self._mono0 = 0.0
         self.stopped_at: float | None = None
         self.error: BaseException | None = None  # why the thread stopped, when it failed
 
@@ -316,7 +317,9 @@ class DemoTraffic:
         self._sim = Simulation(len(self.services), self.window_s)
         self._rng = np.random.default_rng(self.seed)
         self._truth = TruthRecorder(self._r, self.keys, self._truth_path)
-        self.started_at = time.time()
+        seconds, micros = self._r.time()  # the server's clock: live windows follow it
+        self._mono0 = time.monotonic()
+        self.started_at = seconds + micros / 1e6
         end = None if self.duration is None else self.started_at + self.duration
         self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
         self._stop.clear()
@@ -356,7 +359,7 @@ class DemoTraffic:
             raise ValueError(f"a fault lasts more than 0 seconds, got {seconds}")
         if not self.running or self._truth is None:
             raise RuntimeError("demo traffic is not running: start it before injecting faults")
-        now = time.time()
+        now = self.clock()
         fault = Fault(kind, service, now, now + seconds)
         with self._lock:
             self._faults.append(fault)
@@ -364,6 +367,12 @@ class DemoTraffic:
         return fault
 
     # --- state --------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Now in epoch seconds by the Redis server's clock (read at start, then kept by monotonic time)."""
+        if self.started_at is None:
+            return time.time()
+        return self.started_at + (time.monotonic() - self._mono0)
+
     @property
     def rate(self) -> float:
         """The requested mean rate, events per second."""
@@ -383,7 +392,7 @@ class DemoTraffic:
     @property
     def faults(self) -> list[Fault]:
         """The faults active now."""
-        now = time.time()
+        now = self.clock()
         with self._lock:
             return [f for f in self._faults if f.start <= now < f.end]
 
@@ -398,7 +407,7 @@ class DemoTraffic:
         sink = IngestSink(self._r, replay=False, max_batch=2**62,
                           max_buffered=int(max(self._rate * 30, config.SINK_MAX_BUFFERED_EVENTS)),
                           keys=self.keys)  # fmt: skip
-        mono0 = time.monotonic()
+        mono0 = self._mono0
         epoch0 = self.started_at
         end = None if self.duration is None else epoch0 + self.duration
         last, last_seal, deadline = epoch0, epoch0, mono0
@@ -426,7 +435,7 @@ class DemoTraffic:
             self.error = err
             log.exception("demo traffic stopped")
         finally:
-            self.stopped_at = time.time()
+            self.stopped_at = self.clock()
             self._truth.close()
 
     def _step(self, sink: IngestSink, t0: float, t1: float) -> None:
@@ -457,7 +466,7 @@ class DemoTraffic:
     def summary(self) -> dict[str, Any]:
         """What `demo --json` prints for a live run."""
         began = self.started_at or time.time()
-        elapsed = (self.stopped_at or time.time()) - began
+        elapsed = (self.stopped_at or self.clock()) - began
         return {
             "mode": "live", "services": self.services, "rate": self._rate, "seed": self.seed,
             "window_seconds": getattr(self, "window_s", None), "start": began, "end": began + elapsed,
