@@ -45,9 +45,11 @@ class Silence:
 class Notifier:
     """Decides, throttles and delivers; `deliver(Notification)` does the showing."""
 
-    def __init__(self, deliver: Callable[[Notification], None], clock: Callable[[], float] = time.time):
+    def __init__(self, deliver: Callable[[Notification], None], clock: Callable[[], float] = time.time,
+                 burst_max: int = BURST_MAX) -> None:  # fmt: skip
         self.deliver = deliver
         self.clock = clock
+        self.burst_max = burst_max
         self.paused_until = 0.0
         self.silences: list[Silence] = []
         self._last_for: dict[str, float] = {}
@@ -82,7 +84,7 @@ class Notifier:
             return None
         while self._recent and now - self._recent[0] > BURST_WINDOW_SECONDS:
             self._recent.popleft()
-        if len(self._recent) >= BURST_MAX:
+        if len(self._recent) >= self.burst_max:
             self.suppressed += 1
             return None
         self._last_for[incident.incident_id] = now
