@@ -24,6 +24,7 @@ import numpy as np
 FOREST_FORMAT = "anomalydesk.iforest"
 FOREST_FORMAT_VERSION = 1
 _LEAF = -1
+_BATCH_ROWS = 4096  # rows walked at once: bounded memory, cache-friendly
 
 
 class ModelFormatError(ValueError):
@@ -54,6 +55,12 @@ class ForestArrays:
     n_node_samples: np.ndarray  # int64 (n_nodes,)
     leaf_path: np.ndarray  # float64 (n_nodes,): depth + c(n_node_samples) - 1 (used at leaves)
     max_depth: int
+    # the walk's tables: a leaf loops onto itself (feature 0, threshold +inf), so every sample can
+    # take exactly max_depth - 1 steps without asking whether it has arrived
+    walk_left: np.ndarray
+    walk_right: np.ndarray
+    walk_feature: np.ndarray
+    walk_threshold: np.ndarray
 
     @property
     def n_trees(self) -> int:
@@ -106,23 +113,30 @@ class ForestArrays:
                 max_depth = level
             frontier = children
         leaf_path = depth + average_path_length(n_node_samples) - 1.0
+        leaf = left == _LEAF
+        own = np.arange(left.shape[0], dtype=np.int64)
         return cls(n_features, max_samples, roots, left, right, feature, threshold, n_node_samples,
-                   leaf_path, max_depth)
+                   leaf_path, max_depth, np.where(leaf, own, left), np.where(leaf, own, right),
+                   np.where(leaf, 0, feature), np.where(leaf, np.inf, threshold))
 
     def leaf_paths(self, X: np.ndarray) -> np.ndarray:
         """(n_samples, n_trees) path length of each sample in each tree."""
         X = _as_input(X, self.n_features)
-        n = X.shape[0]
-        node = np.broadcast_to(self.roots, (n, self.n_trees)).copy()
-        rows = np.arange(n)[:, None]
+        out = np.empty((X.shape[0], self.n_trees))
+        for start in range(0, X.shape[0], _BATCH_ROWS):
+            out[start:start + _BATCH_ROWS] = self._walk(X[start:start + _BATCH_ROWS])
+        return out
+
+    def _walk(self, X: np.ndarray) -> np.ndarray:
+        n, width = X.shape
+        flat = X.ravel()
+        offsets = (np.arange(n, dtype=np.int64) * width)[:, None]
+        node = np.tile(self.roots, (n, 1))
         for _ in range(self.max_depth - 1):
-            inner = self.left[node] != _LEAF
-            if not inner.any():
-                break
-            column = np.where(inner, self.feature[node], 0)
-            go_left = X[rows, column] <= self.threshold[node]
-            node = np.where(inner, np.where(go_left, self.left[node], self.right[node]), node)
-        return self.leaf_path[node]
+            value = np.take(flat, offsets + np.take(self.walk_feature, node))
+            node = np.where(value <= np.take(self.walk_threshold, node),
+                            np.take(self.walk_left, node), np.take(self.walk_right, node))
+        return np.take(self.leaf_path, node)
 
     def score_samples(self, X: np.ndarray) -> np.ndarray:
         """Same as `IsolationForest.score_samples`: minus the anomaly score (lower = more abnormal)."""
