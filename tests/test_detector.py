@@ -193,3 +193,29 @@ def test_tampered_model_is_not_used(r: redis.Redis, caplog: pytest.LogCaptureFix
     drain(make_detector(r))
     assert alerts(r) == []
     assert "refused" in caplog.text
+
+
+def test_quick_end_to_end_demo_fault_becomes_an_incident_with_the_right_reason(r: redis.Redis) -> None:
+    """Half an hour of demo history, a trained model, then a 5xx fault: one incident naming rate_5xx."""
+    import math
+    import time
+
+    from anomalydesk.detect.service_state import decode_model, score_window
+    from anomalydesk.detect.train import TrainParams
+    from anomalydesk.detect.training_run import train_service
+    from anomalydesk.ingest.demo import run_fast
+    from anomalydesk.ingest.demo_model import parse_inject
+
+    t0 = math.floor(time.time() / W) * W - 86400
+    run_fast(r, duration=1800, services=2, seed=21, end=t0)
+    outcome = train_service(r, "users", params=TrainParams(trees=30))
+    assert outcome.version == 1, outcome.skipped
+    det = Detector(r, scorer=score_window, decode=decode_model, seal=False, block_ms=10)
+    drain(det)
+    run_fast(r, duration=600, services=2, seed=22, end=t0 + 600, injects=[parse_inject("errors@300+60:users")])
+    drain(det)
+    fault_window = (t0 + 300) // W
+    opened = [a for a in alerts(r) if a["kind"] == "new" and a["service"] == "users" and a["window"] >= fault_window]
+    assert opened and 0 <= opened[0]["window"] - fault_window <= 2
+    assert opened[0]["reasons"][0]["feature"] == "rate_5xx"
+    assert opened[0]["model_version"] == 1
