@@ -98,10 +98,12 @@ def fault_run(trained: tuple[RedisServer, float]) -> dict:
     pubsub = server.client().pubsub()
     pubsub.subscribe(K.alerts_channel)
     published: list[dict] = []
+    stop = threading.Event()
 
     def listen() -> None:
-        for message in pubsub.listen():
-            if message["type"] == "message":
+        while not stop.is_set():
+            message = pubsub.get_message(timeout=0.1)
+            if message and message["type"] == "message":
                 published.append(json.loads(message["data"]))
 
     listener = threading.Thread(target=listen, daemon=True)
@@ -114,6 +116,8 @@ def fault_run(trained: tuple[RedisServer, float]) -> dict:
     deadline = time.monotonic() + 30
     while len(published) < sum(1 for a in logged if not a.get("silenced")) and time.monotonic() < deadline:
         time.sleep(0.05)
+    stop.set()
+    listener.join(timeout=10)
     pubsub.close()
     return {"t0": t0, "alerts": logged, "published": list(published), "r": r}
 
