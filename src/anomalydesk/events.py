@@ -115,8 +115,33 @@ def parse_timestamp(value: Any, field: str = "timestamp") -> float:
     return ts
 
 
+_KNOWN_SERVICES: set[str] = set()  # names already validated (bounded): the hot path skips the regex
+_KNOWN_SERVICES_MAX = 10_000
+
+
 def parse_metric(obj: Any) -> Metric:
     """Validate one metric event in DESIGN.md's format; raises EventError naming the field."""
+    # fast path for the common, well-formed event; anything unusual takes the full checks below,
+    # which also build the error messages
+    if type(obj) is dict and "metrics" not in obj and "method" not in obj:
+        service, endpoint = obj.get("service"), obj.get("endpoint")
+        status, latency, ts = obj.get("status_code"), obj.get("response_time"), obj.get("timestamp")
+        if (
+            service in _KNOWN_SERVICES
+            and type(endpoint) is str
+            and type(status) is int and 100 <= status <= 599
+            and (type(latency) is float or type(latency) is int) and 0 <= latency < math.inf
+            and (ts is None or ((type(ts) is float or type(ts) is int) and _TS_MIN <= ts <= _TS_MAX))
+        ):
+            return Metric(service, normalize_endpoint(endpoint), status, float(latency),
+                          None if ts is None else float(ts))
+    metric = _parse_metric_checked(obj)
+    if len(_KNOWN_SERVICES) < _KNOWN_SERVICES_MAX:
+        _KNOWN_SERVICES.add(metric.service)
+    return metric
+
+
+def _parse_metric_checked(obj: Any) -> Metric:
     if not isinstance(obj, dict):
         raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
     service = validate_service(obj.get("service"))
