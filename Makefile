@@ -27,5 +27,9 @@ test-slow: setup
 bench: setup
 	$(VENV)/bin/anomalydesk bench all --json
 
+# Linux: dist/anomalydesk_<version>_amd64.deb and the portable tarball (docs/installers.md)
+dist: setup
+	./scripts/build_dist.sh
+
 clean:
 	rm -rf build dist .pytest_cache
