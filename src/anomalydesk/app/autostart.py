@@ -23,7 +23,9 @@ def autostart_path() -> Path:
 
 
 def command() -> list[str]:
-    """The command a login starts: this interpreter running the app."""
+    """The command a login starts: this interpreter running the app (a packaged app: its own executable)."""
+    if getattr(sys, "frozen", False):  # PyInstaller build: sys.executable is the app, it takes no -m
+        return [sys.executable, "app"]
     return [sys.executable, "-m", "anomalydesk.cli", "app"]
 
 
