@@ -49,6 +49,13 @@ local BATCH_TTL = 600
 local MAX_SILENT = 720  -- config.MAX_SILENT_WINDOWS_SEALED
 local LAT_MIN_MS = 0.1
 local LAT_PER_OCTAVE = 8
+-- bounds that keep every later write valid: counts and windows stay integers Redis accepts (Lua
+-- prints numbers >= 1e14 in exponent form), sums stay finite when added up, and no list is longer
+-- than unpack() can spread (the sink never sends more than 2,000 endpoints in one call)
+local MAX_COUNT = 1e12
+local MAX_SUM = 1e18
+local MAX_PAIRS = 4000
+local MAX_EPOCH_S = 1e11
 
 local function fail(msg)
   return redis.error_reply('ERR anomalydesk: ' .. msg)
@@ -93,6 +100,7 @@ local function check_pairs(list, where, key_ok, total)
   if type(list) ~= 'table' or #list % 2 ~= 0 then
     return where .. ' must be a flat list of [key, count] pairs'
   end
+  if #list > 2 * MAX_PAIRS then return where .. ' has more than ' .. MAX_PAIRS .. ' pairs (split the batch)' end
   local sum = 0
   for i = 1, #list, 2 do
     local err = key_ok(list[i])
@@ -136,18 +144,22 @@ local function validate(p, service)
   if not is_int(c.fc, 1, 1000000000) or not is_finite(c.fe) or c.fe <= 0 or c.fe >= 1 then
     return 'cfg.fc/fe out of range'
   end
-  if not is_int(c.tk, 1, 100000) or not is_int(c.ret, 1) then return 'cfg.tk/ret out of range' end
+  if not is_int(c.tk, 1, 100000) or not is_int(c.ret, 1, MAX_COUNT) then return 'cfg.tk/ret out of range' end
   if c.be ~= 'native' and c.be ~= 'functions' then return 'cfg.be must be native or functions' end
   if type(p.w) ~= 'table' then return 'w must be a list of windows' end
   for i, w in ipairs(p.w) do
     local at = 'w[' .. i .. ']'
     if type(w) ~= 'table' then return at .. ' must be an object' end
-    if p.mode == 'replay' and not is_int(w.win, 1) then return at .. '.win must be a positive integer' end
-    if not is_int(w.n, 0) then return at .. '.n must be a non-negative integer' end
+    if p.mode == 'replay' and not is_int(w.win, 1, MAX_EPOCH_S / c.W) then
+      return at .. '.win must be a positive integer (a window index, not a time far in the future)'
+    end
+    if not is_int(w.n, 0, MAX_COUNT) then return at .. '.n must be an integer in 0..' .. MAX_COUNT end
     if not is_int(w.e4, 0, w.n) or not is_int(w.e5, 0, w.n) or w.e4 + w.e5 > w.n then
       return at .. '.e4/e5 must be integers within n'
     end
-    if not is_finite(w.ls) or w.ls < 0 then return at .. '.ls must be a finite latency sum >= 0' end
+    if not is_finite(w.ls) or w.ls < 0 or w.ls > MAX_SUM then
+      return at .. '.ls must be a latency sum in 0..' .. MAX_SUM
+    end
     local err = check_pairs(w.h, at .. '.h', bucket_ok, w.n)
       or check_pairs(w.ep, at .. '.ep', endpoint_ok, w.n)
       or check_pairs(w.st, at .. '.st', status_ok, w.n)
@@ -155,7 +167,7 @@ local function validate(p, service)
   end
   if p.raw ~= nil then
     if type(p.raw) ~= 'table' then return 'raw must be a list' end
-    if not is_int(c.rm, 1) then return 'cfg.rm (raw stream length) must be a positive integer' end
+    if not is_int(c.rm, 1, MAX_COUNT) then return 'cfg.rm (raw stream length) must be a positive integer' end
     for i, e in ipairs(p.raw) do
       local at = 'raw[' .. i .. ']'
       if type(e) ~= 'table' then return at .. ' must be a list' end
@@ -169,10 +181,12 @@ local function validate(p, service)
   for i, k in ipairs(p.k or {}) do
     local at = 'k[' .. i .. ']'
     if type(k) ~= 'table' then return at .. ' must be a list' end
-    if p.mode == 'replay' and not is_int(k[1], 1) then return at .. ': window must be a positive integer' end
+    if p.mode == 'replay' and not is_int(k[1], 1, MAX_EPOCH_S / c.W) then
+      return at .. ': window must be a positive integer'
+    end
     if type(k[2]) ~= 'string' or #k[2] == 0 or #k[2] > MAX_KPI_NAME then return at .. ': bad name' end
-    if not is_finite(k[3]) then return at .. ': sum must be finite' end
-    if not is_int(k[4], 1) or not is_int(k[5], 0, k[4]) then return at .. ': count/out_of_range' end
+    if not is_finite(k[3]) or math.abs(k[3]) > MAX_SUM then return at .. ': sum must be within +-' .. MAX_SUM end
+    if not is_int(k[4], 1, MAX_COUNT) or not is_int(k[5], 0, k[4]) then return at .. ': count/out_of_range' end
     for j = 6, 7 do
       if k[j] ~= nil and k[j] ~= cjson.null and not is_finite(k[j]) then
         return at .. ': range bounds must be numbers or null'

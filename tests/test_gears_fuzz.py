@@ -1,0 +1,163 @@
+"""The gears functions fuzzed with hypothesis on the real redis-server.
+
+Arbitrary bytes, valid payloads with one part replaced by a value of the wrong type or range, huge
+batches: the server must answer (no crash), refuse with an `anomalydesk:` error that names the
+offending part, and write nothing — a DUMP of every key before and after a refused call is equal.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from anomalydesk.config import SketchSettings
+from anomalydesk.events import parse_metric
+from anomalydesk.store import admin, sink
+from anomalydesk.store.keys import Keys
+
+K = Keys()
+SERVICE = "payments"
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def snapshot(r: redis.Redis) -> dict[bytes, bytes | None]:
+    """DUMP of every key (the serialized value: any change to any key shows)."""
+    return {key: r.dump(key) for key in sorted(r.scan_iter(count=1000))}
+
+
+def baseline_payload(r: redis.Redis, replay: bool = False) -> dict[str, Any]:
+    """A payload the sink would send for a small batch (decoded JSON)."""
+    writer = sink._Writer(r, K)
+    ts = 1_700_000_000.0
+    events = [parse_metric({"service": SERVICE, "endpoint": f"GET:/items/{i % 3}", "status_code": 200 + 300 * (i % 2),
+                            "response_time": 5 + i, "timestamp": ts + i}) for i in range(6)]  # fmt: skip
+    cols = sink.columns_of(events)
+    cols[SERVICE].kpis.append(("orders", 3.0, 1.0, 5.0, ts))
+    [(_, body)] = sink.encode(cols, writer.config(), replay, "fuzz-batch")
+    return json.loads(body)
+
+
+def ingest(r: redis.Redis, payload: bytes, service: str = SERVICE, key: str | None = None) -> Any:
+    return r.fcall("ad_ingest", 1, key or K.state(service), K.prefix, service, payload)
+
+
+@pytest.fixture()
+def ready(r: redis.Redis) -> redis.Redis:
+    admin.setup(r, SketchSettings())
+    sink.ingest(r, [parse_metric({"service": SERVICE, "endpoint": "GET:/a", "status_code": 200, "response_time": 3})])
+    return r
+
+
+def check_refused_or_applied(r: redis.Redis, call: Any) -> str:
+    """Run `call`; a refusal must be a clear anomalydesk error and leave every key as it was."""
+    before = snapshot(r)
+    try:
+        call()
+    except redis.ResponseError as err:
+        text = str(err)
+        assert text.startswith("anomalydesk: "), f"not a clear error: {text!r}"
+        assert snapshot(r) == before, f"refused ({text}) but something was written"
+        return "refused"
+    finally:
+        assert r.ping()
+    return "applied"
+
+
+# --- values a field may wrongly hold --------------------------------------------------------------
+WRONG = st.one_of(
+    st.none(), st.booleans(), st.text(max_size=20), st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    st.sampled_from([-1, 0, 1.5, -0.0, 1e20, 2**53 + 1, 1e308, -1e308, 2**63, "1", "NaN", ""]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+)  # fmt: skip
+
+
+def paths(value: Any, prefix: tuple = ()) -> list[tuple]:
+    """Every path to a value inside nested dicts/lists (cfg sizes only by type: no giant valid sizes)."""
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += paths(v, (*prefix, i))
+    return out
+
+
+def replaced(payload: dict, path: tuple, new: Any) -> dict:
+    out = copy.deepcopy(payload)
+    target = out
+    for step in path[:-1]:
+        target = target[step]
+    target[path[-1]] = new
+    return out
+
+
+# --- the fuzz -----------------------------------------------------------------------------------
+@FUZZ
+@given(blob=st.binary(max_size=3000))
+def test_arbitrary_bytes_are_refused_without_a_write(ready: redis.Redis, blob: bytes) -> None:
+    check_refused_or_applied(ready, lambda: ingest(ready, blob))
+
+
+@FUZZ
+@given(data=st.data(), replay=st.booleans())
+def test_one_wrong_part_refuses_the_whole_batch(ready: redis.Redis, data: st.DataObject, replay: bool) -> None:
+    base = baseline_payload(ready, replay)
+    path = data.draw(st.sampled_from(paths(base)), label="path")
+    new = data.draw(WRONG, label="value")
+    if path[0] == "cfg" and isinstance(new, int | float) and not isinstance(new, bool) and 0 < new < 2**31:
+        new = -abs(new)  # in-range giant sketch sizes would allocate gigabytes: only invalid sizes here
+    payload = replaced(base, path, new)
+    outcome = check_refused_or_applied(ready, lambda: ingest(ready, json.dumps(payload).encode()))
+    if outcome == "applied":  # a replacement that is still valid (e.g. another valid count) may pass
+        assert ready.ping()
+
+
+@FUZZ
+@given(service=st.text(max_size=80), prefix=st.text(max_size=12), key=st.text(max_size=80))
+def test_service_prefix_and_key_arguments(ready: redis.Redis, service: str, prefix: str, key: str) -> None:
+    body = json.dumps(baseline_payload(ready)).encode()
+    check_refused_or_applied(ready, lambda: ready.fcall("ad_ingest", 1, key or "k", prefix, service, body))
+
+
+@pytest.mark.parametrize("what", ["groups", "endpoints", "pairs", "kpis", "long_names", "counts", "window", "raw"])
+def test_huge_batches_are_refused_or_applied_whole(ready: redis.Redis, what: str) -> None:
+    base = baseline_payload(ready)
+    group = base["w"][0]
+    if what == "groups":
+        base["w"] = [copy.deepcopy(group) for _ in range(20_000)]
+    elif what == "endpoints":  # more distinct endpoints in one call than the sink ever sends
+        n = 50_000
+        group.update(n=n, e4=0, e5=0, ls=float(n), h=[10, n], st=[200, n],
+                     ep=[x for i in range(n) for x in (f"GET:/e{i}", 1)])  # fmt: skip
+    elif what == "pairs":  # an odd, huge pair list
+        group["h"] = [1] * 100_001
+    elif what == "kpis":
+        base["k"] = [[0, f"kpi{i}", 1.0, 1, 0, None, None] for i in range(20_000)]
+    elif what == "counts":  # consistent, but beyond what a counter can hold
+        n = 10**20
+        group.update(n=n, e4=0, e5=0, ls=1.0, h=[10, n], st=[200, n], ep=["GET:/a", n])
+    elif what == "raw":  # full-fidelity mode: raw events beside the aggregates
+        base["cfg"]["rm"] = 1000
+        base["raw"] = [["GET:/a", 200, 1.0, None]] * 100_000
+    elif what == "window":
+        base["mode"] = "replay"
+        group["win"] = 10**300
+    else:
+        group["ep"] = ["GET:/" + "x" * 100_000, group["n"]]
+    outcome = check_refused_or_applied(ready, lambda: ingest(ready, json.dumps(base).encode()))
+    assert outcome in ("refused", "applied")
+
+
+def test_a_valid_call_after_the_fuzz_still_counts(ready: redis.Redis) -> None:
+    """Control: the baseline payload itself is accepted (so refusals above are about the change)."""
+    payload = baseline_payload(ready)
+    payload["batch"] = "control"
+    assert int(ingest(ready, json.dumps(payload).encode())[0]) == 7
