@@ -149,12 +149,15 @@ def test_installed_package_runs_and_purges_cleanly(installed: Path, tmp_path: Pa
     for name, path in INSTALLED.items():
         assert path.exists(), f"{name}: {path} missing after dpkg -i"
     _run("desktop-file-validate", INSTALLED["desktop"])
-    # every shared library in the bundle resolves on this system (the Depends list is complete)
+    # every shared library in the bundle resolves, from the bundle or this system (the Depends list is
+    # complete); the bundle's folders go on the search path because bundled libraries find one another
+    # through what is already loaded (auditwheel's layout), not through paths of their own
+    libs = [lib for lib in sorted(INSTALLED["app"].rglob("*.so*")) if lib.is_file() and not lib.is_symlink()]
+    ldd_env = {**os.environ, "LD_LIBRARY_PATH": ":".join(sorted({str(lib.parent) for lib in libs}))}
     unresolved = []
-    for lib in sorted(INSTALLED["app"].rglob("*.so*")):
-        if lib.is_file() and not lib.is_symlink():
-            out = _run("ldd", lib, check=False).stdout
-            unresolved += [f"{lib.name}: {line.strip()}" for line in out.splitlines() if "not found" in line]
+    for lib in libs:
+        out = _run("ldd", lib, check=False, env=ldd_env).stdout
+        unresolved += [f"{lib.name}: {line.strip()}" for line in out.splitlines() if "not found" in line]
     assert not unresolved, "\n".join(unresolved[:20])
 
     env = _app_env(tmp_path)
