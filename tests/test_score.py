@@ -107,3 +107,13 @@ def test_wrong_input_is_a_clear_error(model: Model) -> None:
     rows[-1, 2] = np.inf
     with pytest.raises(ValueError, match=f"feature '{FEATURE_NAMES[2]}' has a non-finite value"):
         score(model, rows)
+
+
+def test_request_drop_names_requests_not_the_endpoint_count(model: Model) -> None:
+    rows = _fingerprints(model.context_rows, seed=8)
+    rows[-2:, FEATURE_INDEX["requests"]] = 100.0
+    rows[-1, FEATURE_INDEX["endpoints_distinct"]] = 10.0  # fewer requests reach fewer endpoints
+    result = score(model, rows)
+    assert result.anomalous and result.reasons[0]["feature"] == "requests"
+    normal = model.expected[FEATURE_INDEX["requests"]]
+    assert result.reasons[0]["text"] == f"requests 100/window vs {normal:,.0f}/window normal"

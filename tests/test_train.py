@@ -176,3 +176,33 @@ def test_tampered_model_refused(model: Model) -> None:
     outer["payload"]["expected"][0] = 1e9
     with pytest.raises(ModelFormatError, match="sha256 mismatch"):
         Model.from_json(json.dumps(outer))
+
+
+@pytest.mark.parametrize(("spacing", "expected"), [
+    (5.0, config.FALSE_ALARM_WINDOWS_PER_DAY * 5.0 / DAY),  # 17,280 windows a day: the daily budget rules
+    (STEP, min(config.DEFAULT_FALSE_ALARM_RATE, config.FALSE_ALARM_WINDOWS_PER_DAY * STEP / DAY)),
+    (None, config.DEFAULT_FALSE_ALARM_RATE),
+])
+def test_false_alarm_budget_per_day_when_the_window_length_is_known(spacing, expected) -> None:
+    X = _normal(400)
+    stamps = None if spacing is None else 1_700_000_000 + spacing * np.arange(400)
+    model = train(X, _params(), timestamps=stamps)
+    assert model.metadata["false_alarm_rate"] == pytest.approx(expected)
+    assert model.metadata["window_seconds"] == spacing
+
+
+def test_counts_are_judged_relative_to_their_level() -> None:
+    rng = np.random.default_rng(4)
+    X = np.column_stack([rng.poisson(200, 3000), rng.normal(50, 2, 3000), rng.integers(11, 14, 3000)])
+    model = train(X.astype(float), _params(trees=60))
+    assert model.counts.tolist() == [True, False, True]
+    assert model.metadata["count_features"] == ["a", "c"]
+    quiet = X[:6].astype(float)
+    one_less = quiet.copy()
+    one_less[-1, 2] = 10  # one endpoint fewer than ever: a count's smallest step is not an alarm
+    assert score_batch(model, one_less)[-1] < config.SEVERITY_WARNING
+    dropped = quiet.copy()
+    dropped[-2:, 0] = 40  # requests down 80 %
+    assert score_batch(model, dropped)[-1] >= config.SEVERITY_WARNING
+    with pytest.raises(ModelFormatError, match="'counts' must be 3 values of 0 or 1"):
+        Model.from_json(_tampered(model, lambda p: p["counts"].__setitem__(0, 2)))

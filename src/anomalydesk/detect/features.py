@@ -12,6 +12,9 @@ and the `context_rows - 1` rows before it (fewer at the very start of a series):
 All of them are computable online: the live detector passes the last `model.context_rows`
 fingerprints of a service (oldest first) and scores the last one.
 
+Counts (features whose training values are non-negative integers, e.g. requests per window) are
+used as log(1 + x), so a change is judged relative to the level.
+
 Daily cycle: with a profile (24 per-hour-of-day medians per feature, UTC), each value is first
 replaced by `value − profile[hour] + overall median`, i.e. its deviation from what is usual at that
 hour, so a normal night-time low looks like any other normal window.
@@ -74,8 +77,37 @@ def deseasonalise(X: np.ndarray, timestamps: np.ndarray | None, profile: np.ndar
     return X - profile[hours_of_day(timestamps)] + overall
 
 
-def robust_center_scale(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Median and IQR per column; with (almost) no spread: std, else 0.1 % of (1 + |median|).
+def count_features(X: np.ndarray) -> np.ndarray:
+    """Which features are counts: non-negative integers with at least two distinct values."""
+    out = np.zeros(X.shape[1], dtype=bool)
+    for j in range(X.shape[1]):
+        values = np.unique(X[:, j])
+        out[j] = values.size >= 2 and values[0] >= 0 and bool(np.all(values == np.round(values)))
+    return out
+
+
+def to_model_space(X: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Counts as log(1 + x): a drop from 20 to 4 requests at night is as clear as 200 to 40 by day."""
+    return np.where(counts, np.log1p(np.maximum(X, 0.0)), X)
+
+
+def from_model_space(V: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Inverse of `to_model_space`."""
+    return np.where(counts, np.expm1(V), V)
+
+
+def count_resolution(median: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Smallest scale of a count's inputs: one unit at its median, in model space (0 for others).
+
+    A count that is 12 in most windows has an IQR of 0; without a floor, 11 would be as alarming as
+    a tenfold latency. One unit is the smallest change a count can make.
+    """
+    m = np.maximum(median, 0.0)
+    return np.where(counts, np.log1p(m + 1.0) - np.log1p(m), 0.0)
+
+
+def robust_center_scale(D: np.ndarray, floor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Median and IQR per column (at least `floor`); with no spread: std, else 0.1 % of (1 + |median|).
 
     The last fallback is deliberately small: a feature that never moved in training and now moves
     is news (a z-score in the hundreds), while float round-off stays far below one.
@@ -86,4 +118,6 @@ def robust_center_scale(D: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     tiny = 1e-9 * (1.0 + np.abs(center))
     std = D.std(axis=0)
     scale = np.where(scale > tiny, scale, np.where(std > tiny, std, CONSTANT_SCALE * (1.0 + np.abs(center))))
+    if floor is not None:
+        scale = np.where(floor > 0, np.maximum(scale, floor), scale)
     return center, scale

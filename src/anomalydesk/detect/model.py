@@ -6,7 +6,7 @@ robust-scaling constants, the optional daily profile, the calibration anchors an
 `ModelFormatError`; loading never executes anything.
 
 Scoring pipeline (the same for training, live scoring and the backtest):
-rows → deseasonalise (daily profile, if any) → value/mean/std/jump over `context_rows`
+rows → counts as log(1 + x) → deseasonalise (daily profile, if any) → value/mean/std/jump over `context_rows`
 → robust scaling → forest anomaly score in (0, 1] and largest robust |z| → each calibrated to 0–100
 → the larger of the two.
 """
@@ -22,13 +22,16 @@ from anomalydesk.detect.features import (
     HOURS_PER_DAY,
     KINDS,
     deseasonalise,
+    from_model_space,
     hours_of_day,
+    to_model_space,
     window_features,
 )
 from anomalydesk.detect.forest import (
     ForestArrays,
     ModelFormatError,
     float_array,
+    int_array,
     require_int,
     seal,
     unseal,
@@ -49,7 +52,8 @@ class Model:
     scale: np.ndarray  # (4·f,) its IQR (guarded, see features.robust_center_scale)
     expected: np.ndarray  # (f,) median of each raw feature in training: the "normal" value
     spread: np.ndarray  # (f,) IQR of each raw feature in training
-    profile: np.ndarray | None  # (24, f) per-hour-of-day medians, or None without a daily cycle
+    profile: np.ndarray | None  # (24, f) per-hour-of-day medians (model space), or None
+    counts: np.ndarray  # (f,) bool: used as log(1 + x) (features.count_features)
     calibration_raw: np.ndarray  # increasing raw anomaly scores …
     calibration_score: np.ndarray  # … and the 0–100 scores they map to (piecewise linear)
     deviation_raw: np.ndarray  # increasing largest-|z| values …
@@ -84,7 +88,7 @@ class Model:
     def expected_rows(self, n: int, timestamps: np.ndarray | None = None) -> np.ndarray:
         """(n, f) expected value of each feature: the hour's profile with a daily cycle, else the median."""
         if self.profile is not None and timestamps is not None:
-            return self.profile[hours_of_day(timestamps)]
+            return from_model_space(self.profile[hours_of_day(timestamps)], self.counts)
         return np.tile(self.expected, (n, 1))
 
     def transform(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
@@ -94,7 +98,8 @@ class Model:
             timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
             if timestamps.shape[0] != X.shape[0]:
                 raise ValueError(f"{timestamps.shape[0]} timestamps for {X.shape[0]} rows")
-        adjusted = deseasonalise(X, timestamps, self.profile, self.expected)
+        adjusted = deseasonalise(to_model_space(X, self.counts), timestamps, self.profile,
+                                 to_model_space(self.expected, self.counts))
         return (window_features(adjusted, self.context_rows) - self.center) / self.scale
 
     def raw_scores(self, Z: np.ndarray) -> np.ndarray:
@@ -137,6 +142,7 @@ class Model:
             "expected": self.expected.tolist(),
             "spread": self.spread.tolist(),
             "profile": None if self.profile is None else self.profile.tolist(),
+            "counts": [int(c) for c in self.counts],
             "calibration_raw": self.calibration_raw.tolist(),
             "calibration_score": self.calibration_score.tolist(),
             "deviation_raw": self.deviation_raw.tolist(),
@@ -180,6 +186,9 @@ class Model:
                 raise ModelFormatError(f"model: {key!r} has shape {arrays[key].shape}, expected ({size},)")
         if np.any(arrays["scale"] <= 0):
             raise ModelFormatError("model: 'scale' must be positive")
+        counts = int_array(data, "counts", where)
+        if counts.shape != (f,) or not np.all((counts == 0) | (counts == 1)):
+            raise ModelFormatError(f"model: 'counts' must be {f} values of 0 or 1")
         profile = None
         if data.get("profile") is not None:
             profile = float_array(data, "profile", where, ndim=2)
@@ -197,4 +206,4 @@ class Model:
         if not isinstance(metadata, dict):
             raise ModelFormatError("model: 'metadata' must be an object")
         return cls(forest=forest, feature_names=tuple(names), context_rows=context_rows,
-                   profile=profile, metadata=metadata, **arrays, **anchors)
+                   profile=profile, counts=counts.astype(bool), metadata=metadata, **arrays, **anchors)

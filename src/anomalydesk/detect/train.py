@@ -24,9 +24,13 @@ from sklearn.ensemble import IsolationForest
 
 from anomalydesk import config
 from anomalydesk.detect.features import (
+    KINDS,
+    count_features,
+    count_resolution,
     daily_profile,
     deseasonalise,
     robust_center_scale,
+    to_model_space,
     window_features,
 )
 from anomalydesk.detect.forest import ForestArrays
@@ -57,6 +61,7 @@ class TrainParams:
     trees: int = config.DEFAULT_TREES
     max_samples: int = config.DEFAULT_MAX_SAMPLES
     false_alarm_rate: float = config.DEFAULT_FALSE_ALARM_RATE
+    false_alarms_per_day: float = config.FALSE_ALARM_WINDOWS_PER_DAY
     context_rows: int = config.MODEL_CONTEXT_ROWS
     chunk_trees: int = config.TRAIN_CHUNK_TREES
     min_windows: int = config.MIN_TRAINING_WINDOWS
@@ -73,6 +78,8 @@ class TrainParams:
             raise ValueError("max_samples must be at least 2")
         if not 0.0 < self.false_alarm_rate < 0.5:
             raise ValueError(f"false_alarm_rate must be in (0, 0.5), got {self.false_alarm_rate}")
+        if self.false_alarms_per_day <= 0:
+            raise ValueError(f"false_alarms_per_day must be positive, got {self.false_alarms_per_day}")
         if self.context_rows < 1:
             raise ValueError("context_rows must be at least 1")
         if self.min_windows < 2:
@@ -103,18 +110,21 @@ def train(
     q75, q25 = np.percentile(X, [75, 25], axis=0)
     span = float(timestamps.max() - timestamps.min()) if timestamps is not None else 0.0
     daily_cycle = timestamps is not None and span >= config.DAILY_CYCLE_MIN_SECONDS
-    profile = daily_profile(X, timestamps, expected) if daily_cycle else None
-    derived = window_features(deseasonalise(X, timestamps, profile, expected), params.context_rows)
-    center, scale = robust_center_scale(derived)
+    counts = count_features(X)
+    Xm, overall = to_model_space(X, counts), to_model_space(expected, counts)
+    profile = daily_profile(Xm, timestamps, overall) if daily_cycle else None
+    derived = window_features(deseasonalise(Xm, timestamps, profile, overall), params.context_rows)
+    center, scale = robust_center_scale(derived, np.tile(count_resolution(expected, counts), len(KINDS)))
     Z = (derived - center) / scale
 
     forest = _grow(Z, params, report, cancel)
     arrays = ForestArrays.from_sklearn(forest)
     oob_raw = _out_of_bag_scores(arrays, forest, Z)
     deviation = np.abs(Z).max(axis=1)
+    rate, spacing = _false_alarm_rate(params, timestamps)
     # two verdicts sharing the false-alarm budget, so the union stays within it
-    rate_dev = params.false_alarm_rate * config.DEVIATION_ALARM_SHARE
-    threshold_raw = float(np.quantile(oob_raw, 1.0 - (params.false_alarm_rate - rate_dev)))
+    rate_dev = rate * config.DEVIATION_ALARM_SHARE
+    threshold_raw = float(np.quantile(oob_raw, 1.0 - (rate - rate_dev)))
     threshold_dev = float(np.quantile(deviation, 1.0 - rate_dev))
     cal_raw, cal_score = _calibration(oob_raw, threshold_raw, ceiling=1.0)
     dev_raw, dev_score = _calibration(deviation, threshold_dev, ceiling=None)
@@ -133,6 +143,8 @@ def train(
         "schema": params.schema_version,
         "params": _params_dict(params),
         "threshold": config.SEVERITY_WARNING,
+        "false_alarm_rate": rate,
+        "window_seconds": spacing,
         "threshold_raw": threshold_raw,
         "threshold_deviation": threshold_dev,
         "severity_cutoffs": {"warning": config.SEVERITY_WARNING, "critical": config.SEVERITY_CRITICAL},
@@ -140,6 +152,7 @@ def train(
         "raw_quantiles": {f"p{q * 100:g}": float(np.quantile(oob_raw, q)) for q in QUANTILES},
         "training_flag_rate": float(np.mean(calibrated >= config.SEVERITY_WARNING)),
         "daily_cycle": bool(daily_cycle),
+        "count_features": [name for name, c in zip(params.feature_names, counts, strict=True) if c],
         "history_seconds": span if timestamps is not None else None,
         "note": note,
         "feature_median": dict(zip(params.feature_names, map(float, expected), strict=True)),
@@ -147,7 +160,7 @@ def train(
     }
     model = Model(
         forest=arrays, feature_names=tuple(params.feature_names), context_rows=params.context_rows,
-        center=center, scale=scale, expected=expected, spread=q75 - q25, profile=profile,
+        center=center, scale=scale, expected=expected, spread=q75 - q25, profile=profile, counts=counts,
         calibration_raw=cal_raw, calibration_score=cal_score, deviation_raw=dev_raw,
         deviation_score=dev_score, metadata=metadata,
     )
@@ -165,6 +178,24 @@ def _check_matrix(X: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         row, column = (int(v) for v in np.argwhere(bad)[0])
         raise ValueError(f"training data: feature {names[column]!r} is not a finite number in window {row}")
     return X
+
+
+def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tuple[float, float | None]:
+    """(share of windows allowed over the threshold, window spacing in seconds if known).
+
+    The stricter of `false_alarm_rate` and `false_alarms_per_day` windows a day: at 5-minute
+    windows (288 a day) the default 2 % is 5.8 windows a day, but at 5-second windows (17,280 a
+    day) it would be 346, each a chance to open an incident.
+    """
+    if timestamps is None or timestamps.shape[0] < 2:
+        return params.false_alarm_rate, None
+    steps = np.diff(np.sort(timestamps))
+    steps = steps[steps > 0]
+    if steps.size == 0:
+        return params.false_alarm_rate, None
+    spacing = float(np.median(steps))
+    per_day = params.false_alarms_per_day * spacing / config.DAILY_CYCLE_MIN_SECONDS
+    return min(params.false_alarm_rate, per_day), spacing
 
 
 def _grow(Z: np.ndarray, params: TrainParams, report: Callable[[float], None],
