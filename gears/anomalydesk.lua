@@ -336,7 +336,7 @@ local function keyset(prefix, service)
   local t = prefix .. '{' .. service .. '}'
   return {
     tag = t, fp = t .. ':fp', cms_ep = t .. ':cms:ep', cms_st = t .. ':cms:st', bf = t .. ':bf',
-    topk = t .. ':topk',
+    topk = t .. ':topk', open = t .. ':open',
     win = function(w) return t .. ':w:' .. w end,
     we = function(w) return t .. ':we:' .. w end,
     wh = function(w) return t .. ':wh:' .. w end,
@@ -454,7 +454,14 @@ local function seal_upto(state, ks, W, upto, retention, max_silent)
   if upto - from > max_silent then
     -- a long silence: seal only the last max_silent windows (the rest were empty anyway,
     -- except for aggregates of windows we skip, which are dropped explicitly here)
-    for w = from, upto - max_silent - 1 do
+    -- the open windows are listed in ks.open, so this costs the windows that exist, not the gap (a
+    -- backfill from years ago would otherwise loop over millions of windows with the server blocked)
+    local skip_to = upto - max_silent - 1
+    for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, '-inf', skip_to)) do
+      redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
+    end
+    redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', skip_to)
+    for w = from, math.min(skip_to, from + max_silent) do  -- windows opened before ks.open existed
       if redis.call('EXISTS', ks.win(w)) == 1 then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
     end
     redis.call('HINCRBY', state, 'windows_skipped', upto - max_silent - from)
@@ -468,6 +475,7 @@ local function seal_upto(state, ks, W, upto, retention, max_silent)
     count = count + 1
   end
   if count > 0 then
+    redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', upto - 1)
     redis.call('HSET', state, 'sealed', upto - 1)
     redis.call('HINCRBY', state, 'windows_sealed', count)
   end
@@ -520,6 +528,7 @@ local function ad_ingest(keys, args)
   local cms_ep, cms_st = {}, {}
   local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
   local checked, layers = {}, nil
+  local opened = {}  -- windows this call writes to, listed in ks.open until sealed
 
   for _, w in ipairs(p.w) do
     local win = (p.mode == 'live') and now_win or w.win
@@ -528,6 +537,7 @@ local function ad_ingest(keys, args)
       late_windows[win] = true
     elseif w.n > 0 then
       st[1] = note_first(state, st[1], sealed, win)
+      opened[win] = true
       if max_win == nil or win > max_win then max_win = win end
       local wk = ks.win(win)
       -- window totals and histogram: one read and one write instead of an HINCRBY per bucket
@@ -585,6 +595,7 @@ local function ad_ingest(keys, args)
       late = late + k[4]
     else
       st[1] = note_first(state, st[1], sealed, win)
+      opened[win] = true
       if max_win == nil or win > max_win then max_win = win end
       local wk, base = ks.win(win), 'k:' .. k[2] .. ':'
       redis.call('HINCRBYFLOAT', wk, base .. 's', num(k[3]))
@@ -596,6 +607,10 @@ local function ad_ingest(keys, args)
       accepted = accepted + k[4]
     end
   end
+
+  local open_items = {}
+  for win in pairs(opened) do open_items[#open_items + 1] = win; open_items[#open_items + 1] = win end
+  if #open_items > 0 then call_chunked('ZADD', ks.open, open_items, 1000) end
 
   -- sketches over the whole batch: one update per distinct endpoint / status
   local ep_items, st_items = {}, {}
@@ -718,9 +733,14 @@ local function ad_reset(keys, args)
     local st = redis.call('HMGET', state, 'first', 'sealed', 'clock')
     if st[1] then
       local from = tonumber(st[2] or (tonumber(st[1]) - 1)) + 1
-      local upto = math.max(tonumber(st[3] or '0'), from + 2 * MAX_SILENT)
-      for w = from, upto do n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+      for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, from, '+inf')) do
+        n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
+      end
+      for w = from, from + 2 * MAX_SILENT do  -- windows opened before ks.open existed
+        n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
+      end
     end
+    redis.call('DEL', ks.open)
     redis.call('HDEL', state, 'first', 'sealed', 'clock', 'clock_at')
   end
   return n

@@ -39,12 +39,16 @@ class LocalCluster:
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.bus_ports: dict[int, int] = {}
         ports = [free_port() for _ in range(primaries * (1 + replicas))]
-        for port in ports:
-            self.start_node(port)
-        subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
-                        "--cluster-replicas", str(replicas), "--cluster-yes"],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
-        self.wait_ok(ports)
+        try:
+            for port in ports:
+                self.start_node(port)
+            subprocess.run(["redis-cli", "--cluster", "create", *(f"127.0.0.1:{p}" for p in ports),
+                            "--cluster-replicas", str(replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)  # fmt: skip
+            self.wait_ok(ports)
+        except BaseException:
+            self.stop()  # no node outlives a failed start
+            raise
 
     def start_node(self, port: int) -> None:
         node_dir = self.directory / str(port)

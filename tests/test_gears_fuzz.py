@@ -161,3 +161,26 @@ def test_a_valid_call_after_the_fuzz_still_counts(ready: redis.Redis) -> None:
     payload = baseline_payload(ready)
     payload["batch"] = "control"
     assert int(ingest(ready, json.dumps(payload).encode())[0]) == 7
+
+
+def test_a_backfill_from_long_ago_does_not_block_the_server(ready: redis.Redis) -> None:
+    """Found by the fuzz: sealing across a gap of years looped over every window in it (minutes, server BUSY).
+
+    Open windows are listed per service, so skipping a long gap costs the windows that exist. Without
+    that, the second ingest below keeps the server busy far beyond the client's socket timeout.
+    """
+    old, later = 946_684_800.0, 1_262_304_000.0  # 2000-01-01 and 2010-01-01: 63 million 5 s windows apart
+    first = parse_metric({"service": "old", "endpoint": "GET:/a", "status_code": 200, "response_time": 1,
+                          "timestamp": old})  # fmt: skip
+    assert sink.ingest(ready, [first], replay=True).accepted == 1
+    old_window = int(old // 5)
+    assert ready.exists(f"{K.prefix}{{old}}:w:{old_window}") == 1
+    second = parse_metric({"service": "old", "endpoint": "GET:/b", "status_code": 200, "response_time": 1,
+                           "timestamp": later})  # fmt: skip
+    result = sink.ingest(ready, [second], replay=True)
+    assert (result.accepted, result.sealed) == (1, 720)  # only the last 720 windows of the gap are sealed
+    assert ready.exists(f"{K.prefix}{{old}}:w:{old_window}") == 0  # the skipped window's data is gone
+    assert [int(w) for w in ready.zrange(f"{K.prefix}{{old}}:open", 0, -1)] == [int(later // 5)]
+    state = {k.decode(): v.decode() for k, v in ready.hgetall(K.state("old")).items()}
+    assert int(state["windows_skipped"]) == int(later // 5) - old_window - 720
+    assert ready.ping()
