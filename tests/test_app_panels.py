@@ -145,3 +145,20 @@ def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # n
         run(qtbot, app.shutdown())
         app.dispose()
         time.sleep(0)
+
+
+def test_the_installed_pyside_keeps_slot_return_values_alive():
+    """PySide6 6.12.0 drops a reference to a slot's return value on every call (the app then aborts)."""
+    import sys
+
+    from PySide6 import QtCore
+
+    class Emitter(QtCore.QObject):
+        fired = QtCore.Signal()
+
+    emitter = Emitter()
+    emitter.fired.connect(lambda: True)
+    before = sys.getrefcount(True)
+    for _ in range(2000):
+        emitter.fired.emit()
+    assert sys.getrefcount(True) - before > -10, "this PySide6 leaks slot return values: use another version"

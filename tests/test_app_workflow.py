@@ -9,6 +9,7 @@ system tray), acknowledge it and find the acknowledgement in Redis.
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -43,6 +44,13 @@ def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
     assert result["events"] > 0
     qtbot.waitUntil(lambda: {"gateway", "users", "orders"} <= set(desktop.state.services), timeout=20_000)
 
+    # live demo traffic from the panel right after the history (no silent gap)
+    demo = window.demo
+    demo.rate.setValue(200)
+    demo.services.setValue(3)
+    demo.start_button.click()
+    qtbot.waitUntil(lambda: desktop.state.demo.running, timeout=20_000)
+
     # train every service with the button; the loop must keep servicing a 5 ms timer meanwhile
     training = window.training
     training.trees.setValue(600)  # Cancel stops a long run between chunks of trees
@@ -69,19 +77,17 @@ def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
     qtbot.waitUntil(lambda: all(v.get("active") for v in desktop.state.training.services.values()), timeout=10_000)
     assert training.services_table.rowCount() == 3
 
-    # live demo traffic from the panel, then a fault from its button
-    demo = window.demo
-    demo.rate.setValue(200)
-    demo.services.setValue(3)
-    demo.start_button.click()
-    qtbot.waitUntil(lambda: desktop.state.demo.running, timeout=20_000)
+    # then a fault from the demo panel's button
     demo.fault_service.setCurrentText("orders")
     demo.fault_seconds.setValue(120)
     demo.fault_buttons["errors"].click()
     qtbot.waitUntil(lambda: bool(desktop.state.demo.faults), timeout=5_000)
 
-    def orders_incident():
-        return next((i for i in desktop.state.incidents.incidents.values() if i.service == "orders"), None)
+    injected_at = time.time()
+
+    def orders_incident():  # the injected fault's: opened after the injection, still open
+        return next((i for i in desktop.state.incidents.incidents.values()
+                     if i.service == "orders" and i.start >= injected_at - 10 and i.state == "open"), None)  # fmt: skip
 
     qtbot.waitUntil(lambda: orders_incident() is not None, timeout=90_000)
     incident = orders_incident()

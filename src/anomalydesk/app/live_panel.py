@@ -73,7 +73,7 @@ class LivePanel(QtWidgets.QWidget):
         self.score_plot.setYRange(0, 100)
         self.score_plot.showGrid(y=True, alpha=0.2)
         self.score_curve = self.score_plot.plot(pen=pg.mkPen((230, 230, 230), width=2), name="score")
-        self._tune(self.score_curve)
+        self._tune(self.score_curve, finite=False)
         dashed = pg.mkPen((220, 60, 60), style=QtCore.Qt.PenStyle.DashLine)
         self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
         self.threshold_line.setVisible(False)
@@ -97,10 +97,10 @@ class LivePanel(QtWidgets.QWidget):
 
     # --- building -----------------------------------------------------------------------------
     @staticmethod
-    def _tune(curve: pg.PlotDataItem) -> None:
+    def _tune(curve: pg.PlotDataItem, finite: bool = True) -> None:
         curve.setDownsampling(auto=True, method="peak")
         curve.setClipToView(True)
-        curve.setSkipFiniteCheck(True)
+        curve.setSkipFiniteCheck(finite)  # features are always finite; scores have gaps (NaN)
 
     def selected_features(self) -> list[str]:
         """Names of the features currently plotted, in schema order."""
@@ -127,7 +127,8 @@ class LivePanel(QtWidgets.QWidget):
         for i, name in enumerate(names):
             feature = _FEATURE_BY_NAME[name]
             plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem()})
-            plot.setLabel("left", feature.label, units=None if feature.unit in ("", "/window") else feature.unit)
+            unit = {"": "", "/window": "/window", "%": "%"}.get(feature.unit, feature.unit)
+            plot.setLabel("left", f"{feature.label} ({unit})" if unit else feature.label)
             plot.showGrid(y=True, alpha=0.15)
             plot.getAxis("bottom").setStyle(showValues=False)
             curve = plot.plot(pen=pg.mkPen(colours[i], width=1.5), name=feature.label)
@@ -209,10 +210,11 @@ class LivePanel(QtWidgets.QWidget):
         data = buf.view()
         x = data[:, 0]
         for name, curve in self._curves.items():
-            curve.setData(x, data[:, 2 + FEATURE_INDEX[name]])
+            values = data[:, 2 + FEATURE_INDEX[name]]
+            curve.setData(x, values * 100 if _FEATURE_BY_NAME[name].unit == "%" else values)  # ratios as %
         scores = data[:, 1]
         if np.isfinite(scores).any():
-            self.score_curve.setData(x, np.nan_to_num(scores, nan=0.0))
+            self.score_curve.setData(x, scores, connect="finite")  # windows without a score are gaps
         else:
             self.score_curve.setData([], [])
         threshold = self.state.live.thresholds.get(service)

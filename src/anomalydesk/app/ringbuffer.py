@@ -68,6 +68,18 @@ class RingBuffer:
             return self._data[: self._size].copy()
         return np.concatenate((self._data[self._next :], self._data[: self._next]))
 
+    def assign_column(self, column: int, values: np.ndarray) -> None:
+        """Overwrite one column for every stored row; `values` in `view()` order (oldest first)."""
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if len(values) != self._size:
+            raise ValueError(f"{len(values)} values for {self._size} rows")
+        if self._size < self.capacity:
+            self._data[: self._size, column] = values
+        else:
+            order = (self._next + np.arange(self.capacity)) % self.capacity
+            self._data[order, column] = values
+        self.version += 1
+
     def last(self) -> np.ndarray | None:
         """The newest row, or None when empty."""
         if self._size == 0:

@@ -336,10 +336,23 @@ class Session:
             self.state.live.thresholds[service] = float(model.threshold)
 
     async def refresh_model(self, service: str) -> None:
-        """Reload the service's active model (after training, activation or rollback)."""
+        """Reload the service's active model (after training, activation or rollback) and rescore the plot."""
         model = await self.call(backend.load_model, self.sync, self.keys, service)
         self._models[service] = model
         self._set_threshold(service, model)
+        buf = self.state.live.buffers.get(service)
+        if buf is None or not len(buf):
+            return
+        rows = buf.view()
+        version = buf.version
+        scores = np.full(len(rows), np.nan)
+        if model is not None:
+            try:
+                scores = await self.call(backend.score_rows, model, rows[:, 2:], rows[:, 0])
+            except ValueError as err:  # a model of another schema: the plot shows no score
+                log.warning("cannot score %s: %s", service, err)
+        if buf.version == version:  # no window arrived meanwhile (else the next model refresh fixes it)
+            buf.assign_column(1, scores)
 
     # --- status and self-monitoring -----------------------------------------------------------
     async def _status_loop(self) -> None:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Make the README screenshots under Xvfb: the real app on a real desktop stack (D-Bus session,
+# StatusNotifier watcher, dunst), demo history, training, an injected fault and its notification.
+# Writes docs/screenshots/{main-window,desktop,training-panel,sketches-panel}.png.
+# Needs: xvfb dbus-x11 dunst libnotify-bin imagemagick haskell-status-notifier-item-utils x11-utils,
+# redis-server; run from anywhere: scripts/screenshots.sh
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PY="${PYTHON:-$ROOT/.venv/bin/python}"
+OUT="$ROOT/docs/screenshots"
+WORK="$(mktemp -d)"
+PORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+redis-server --port "$PORT" --bind 127.0.0.1 --dir "$WORK" --save "" --appendonly no --logfile redis.log &
+REDIS_PID=$!
+cleanup() { kill "$REDIS_PID" 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+for _ in $(seq 100); do redis-cli -p "$PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+export ANOMALYDESK_CONFIG_DIR="$WORK/config" ANOMALYDESK_DATA_DIR="$WORK/data"
+export PYTHON_KEYRING_BACKEND=keyring.backends.null.Keyring QT_QPA_PLATFORM=xcb
+unset DISPLAY
+dbus-run-session -- "$PY" "$ROOT/tests/tray_e2e_session.py" --redis "redis://127.0.0.1:$PORT/0" \
+    --out "$WORK/shots" --display ":$((200 + PORT % 300))" > "$WORK/summary.json"
+mkdir -p "$OUT"
+for name in main-window desktop training-panel sketches-panel; do
+    cp "$WORK/shots/$name.png" "$OUT/$name.png"
+done
+echo "notification that reached dunst:"
+cut -d'|' -f2-3 "$WORK/shots/dunst.log" | tail -3
+ls -l "$OUT"
