@@ -451,34 +451,40 @@ local function seal_upto(state, ks, W, upto, retention, max_silent)
   if not st[1] then return 0 end
   local sealed = tonumber(st[2] or (tonumber(st[1]) - 1))
   local from = sealed + 1
-  if upto - from > max_silent then
-    -- a long silence: seal only the last max_silent windows (the rest were empty anyway,
-    -- except for aggregates of windows we skip, which are dropped explicitly here)
-    -- the open windows are listed in ks.open, so this costs the windows that exist, not the gap (a
-    -- backfill from years ago would otherwise loop over millions of windows with the server blocked)
-    local skip_to = upto - max_silent - 1
-    for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, '-inf', skip_to)) do
-      redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
+  if upto <= from then return 0 end
+  -- windows holding data (listed in ks.open) are all sealed, however far apart; a silent run longer
+  -- than max_silent seals only its last max_silent windows. So the work is the windows with data plus
+  -- at most max_silent per silence, never the length of the gap (a backfill from years ago would
+  -- otherwise loop over millions of windows with the server blocked, or drop the data it skipped).
+  local data, seen = {}, {}
+  for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, from, upto - 1)) do
+    w = tonumber(w); data[#data + 1] = w; seen[w] = true
+  end
+  for w = from, math.min(upto - 1, from + max_silent) do  -- windows opened before ks.open existed
+    if not seen[w] and redis.call('EXISTS', ks.win(w)) == 1 then data[#data + 1] = w; seen[w] = true end
+  end
+  table.sort(data)
+  data[#data + 1] = upto  -- sentinel: the silence after the last window with data
+  local count, skipped, cursor = 0, 0, from
+  local sparse = st[3] == '1'
+  for _, d in ipairs(data) do
+    local run_from = cursor
+    if d - cursor > max_silent then
+      skipped = skipped + (d - max_silent - cursor)
+      run_from = d - max_silent
     end
-    redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', skip_to)
-    for w = from, math.min(skip_to, from + max_silent) do  -- windows opened before ks.open existed
-      if redis.call('EXISTS', ks.win(w)) == 1 then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+    for w = run_from, math.min(d, upto - 1) do
+      local fields = fingerprint(ks, w, sparse)
+      redis.call('XADD', ks.fp, 'MAXLEN', '~', retention, (w * W * 1000) .. '-1',
+        'window', w, 'start', w * W, 'schema', 1, unpack(fields))
+      count = count + 1
     end
-    redis.call('HINCRBY', state, 'windows_skipped', upto - max_silent - from)
-    from = upto - max_silent
+    cursor = d + 1
   end
-  local count = 0
-  for w = from, upto - 1 do
-    local fields = fingerprint(ks, w, st[3] == '1')
-    redis.call('XADD', ks.fp, 'MAXLEN', '~', retention, (w * W * 1000) .. '-1',
-      'window', w, 'start', w * W, 'schema', 1, unpack(fields))
-    count = count + 1
-  end
-  if count > 0 then
-    redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', upto - 1)
-    redis.call('HSET', state, 'sealed', upto - 1)
-    redis.call('HINCRBY', state, 'windows_sealed', count)
-  end
+  if skipped > 0 then redis.call('HINCRBY', state, 'windows_skipped', skipped) end
+  redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', upto - 1)
+  redis.call('HSET', state, 'sealed', upto - 1)
+  if count > 0 then redis.call('HINCRBY', state, 'windows_sealed', count) end
   return count
 end
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import parse_metric
-from anomalydesk.store import admin, sink
+from anomalydesk.store import admin, fingerprints, sink
 from anomalydesk.store.keys import Keys
 
 K = Keys()
@@ -178,9 +178,25 @@ def test_a_backfill_from_long_ago_does_not_block_the_server(ready: redis.Redis) 
     second = parse_metric({"service": "old", "endpoint": "GET:/b", "status_code": 200, "response_time": 1,
                            "timestamp": later})  # fmt: skip
     result = sink.ingest(ready, [second], replay=True)
-    assert (result.accepted, result.sealed) == (1, 720)  # only the last 720 windows of the gap are sealed
-    assert ready.exists(f"{K.prefix}{{old}}:w:{old_window}") == 0  # the skipped window's data is gone
+    # the window with data is sealed, then only the last 720 windows of the silence after it
+    assert (result.accepted, result.sealed) == (1, 1 + 720)
+    assert ready.exists(f"{K.prefix}{{old}}:w:{old_window}") == 0
     assert [int(w) for w in ready.zrange(f"{K.prefix}{{old}}:open", 0, -1)] == [int(later // 5)]
     state = {k.decode(): v.decode() for k, v in ready.hgetall(K.state("old")).items()}
-    assert int(state["windows_skipped"]) == int(later // 5) - old_window - 720
+    assert int(state["windows_skipped"]) == int(later // 5) - old_window - 1 - 720
+    assert fingerprints.read(ready, "old", count=1)[0].get("requests") == 1
     assert ready.ping()
+
+
+def test_a_replayed_batch_spanning_many_windows_seals_every_window_with_data(ready: redis.Redis) -> None:
+    """Found while measuring memory: one replay call across more than 720 windows dropped all but the last 720."""
+    start = 1_700_000_000.0
+    events = [parse_metric({"service": "bulk", "endpoint": "GET:/a", "status_code": 200, "response_time": 1,
+                            "timestamp": start + 5 * i}) for i in range(3000)]  # fmt: skip
+    events.append(parse_metric({"service": "bulk", "endpoint": "GET:/a", "status_code": 200, "response_time": 1,
+                                "timestamp": start + 5 * 3000 + 5 * 2000}))  # then a silence of 2,000 windows
+    result = sink.ingest(ready, events, replay=True)
+    assert result.accepted == 3001
+    prints = fingerprints.read(ready, "bulk")
+    assert sum(fp.get("requests") for fp in prints) == 3000  # every event before the clock is in a fingerprint
+    assert len(prints) == 3000 + 720  # ... and the silence seals its last 720 windows
