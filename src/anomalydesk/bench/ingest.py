@@ -4,11 +4,15 @@ Full path: events as columns (service, endpoint, status, latency) → client val
 pre-aggregation per service and window → one FCALL per service batch updating window aggregates, HLL,
 interaction filter, two Count-Min Sketches and Top-K (raw-event stream off). The naive design is what
 the public demo did: one XADD per event, pipelined 1,000 at a time, with the same client library on
-the same server. Memory is Redis `used_memory` before and after the run (after sealing).
+the same server. For context, `server_xadd_per_s` is the same XADD from redis-benchmark's C client
+(pipelined 1,000): the server's own ceiling for the naive design, whatever the client language.
+Memory is Redis `used_memory` before and after the run (after sealing).
 """
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 import time
 from typing import Any
 
@@ -83,6 +87,25 @@ def _naive_xadd(r: redis.Redis, cols: tuple[np.ndarray, ...], stream: str) -> fl
     return rate
 
 
+def _server_xadd_ceiling(url: str, n: int, stream: str) -> float | None:
+    """XADD rate of redis-benchmark (C client, pipelined 1,000) on the same server: the server's own ceiling."""
+    binary = shutil.which("redis-benchmark")
+    kwargs = redis.connection.parse_url(url)
+    if binary is None or "unix_socket_path" in kwargs or kwargs.get("ssl"):
+        return None
+    args = [binary, "-h", kwargs.get("host", "127.0.0.1"), "-p", str(kwargs.get("port", 6379)), "-P", "1000",
+            "-n", str(n), "-q", "--csv"]
+    if kwargs.get("password"):
+        args += ["-a", kwargs["password"], "--no-auth-warning"]
+    if kwargs.get("username"):
+        args += ["--user", kwargs["username"]]
+    args += ["XADD", stream, "*", "service", "payments", "endpoint", "GET:/api/v1/pay", "status_code", "200",
+             "response_time", "12.5"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    rows = [line.split(",") for line in out.stdout.splitlines() if line.startswith('"XADD')]
+    return float(rows[-1][1].strip('"')) if out.returncode == 0 and rows else None
+
+
 def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
     from anomalydesk.bench.server import throwaway
 
@@ -101,6 +124,8 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
             used_after = int(r.info("memory")["used_memory"])
             objects_per_s = _object_path(r, n_objects, keys)
             naive = _naive_xadd(r, _columns(n_naive, seed=3), f"{keys.prefix}naive")
+            server_xadd = _server_xadd_ceiling(url, n_naive, f"{keys.prefix}naive-c")
+            r.delete(f"{keys.prefix}naive-c")
         finally:
             if redis_url:  # on the user's server: remove what we wrote
                 for key in r.scan_iter(match=f"{keys.prefix}*", count=1000):
@@ -115,4 +140,6 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
         "events": n_full,
         "event_objects_per_s": round(objects_per_s),
         "batch_events_per_service": BATCH_PER_SERVICE,
+        # context: the same XADDs from redis-benchmark's C client (None when it is not installed)
+        "server_xadd_per_s": None if server_xadd is None else round(server_xadd),
     }
