@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import sys
 
-from anomalydesk import __version__
+from anomalydesk import __version__, logs
 
 # subcommand name → module in anomalydesk.commands (imported lazily: `--help` stays fast and the
 # command-line tools never import Qt unless they open the app)
@@ -34,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "bench": "bench",
     "scrape": "scrape",
     "notify": "notify",  # extension: webhook routing of alerts (docs/integrations.md)
+    "diagnose": "diagnose",  # a zip for support (docs/reliability.md)
 }
 
 
@@ -86,11 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if not names_command and not asks_help and "app" in _available():
         argv = ["app", *argv]  # `anomalydesk` alone opens the desktop app
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING - 10 * min(getattr(args, "verbose", 0), 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    logs.setup(getattr(args, "command", None) or "anomalydesk", getattr(args, "verbose", 0))
     if not getattr(args, "command", None):
         parser.print_help()
         return 0

@@ -101,6 +101,14 @@ RETRY_BACKOFF_BASE_SECONDS = 0.1  # 0.2 s, 0.4 s, 0.8 s … between reconnect at
 RETRY_BACKOFF_CAP_SECONDS = 2.0
 MIN_REDIS_VERSION = (7, 0)  # Redis Functions
 
+# --- logs and diagnostics (docs/reliability.md) ------------------------------------------------
+ENV_LOG_DIR = "ANOMALYDESK_LOG_DIR"  # default: data_dir()/logs
+ENV_LOG_LEVEL = "ANOMALYDESK_LOG_LEVEL"  # level of the log files (stderr follows -v)
+LOG_DEFAULT_LEVEL = "INFO"
+LOG_MAX_BYTES = 5 * 1024 * 1024  # one process's log file is rotated at this size …
+LOG_BACKUP_COUNT = 5  # … keeping this many old files (at most 30 MB per process)
+DIAGNOSE_LOG_TAIL_BYTES = 1024 * 1024  # `diagnose` takes the last this-many bytes of each log file
+
 # --- embedded server (a private redis-server when no URL is configured) -------------------------
 ENV_REDIS_SERVER = "ANOMALYDESK_REDIS_SERVER"  # path to a redis-server binary, else bundled, else PATH
 EMBEDDED_INFO_FILE = "embedded.json"  # in data_dir(): URL with password, pid, port (mode 0600)
