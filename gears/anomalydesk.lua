@@ -23,7 +23,7 @@ Ingest payload (JSON, built by anomalydesk.store.sink):
    "w": [{"win": window (ignored in live mode), "n": requests, "e4": n_4xx, "e5": n_5xx,
           "ls": latency_sum_ms, "h": [bucket, count, ...], "ep": [endpoint, count, ...],
           "st": [status, count, ...]}, ...],
-   "k": [[window, name, sum, count, out_of_range, low|null, high|null], ...]}
+   "k": [[window, name, sum, count, out_of_range, low|null, high|null, min, max], ...]}
   The whole payload is validated before anything is written: an invalid batch returns an error
   naming the offending part and changes nothing.
 
@@ -187,11 +187,12 @@ local function validate(p, service)
     if type(k[2]) ~= 'string' or #k[2] == 0 or #k[2] > MAX_KPI_NAME then return at .. ': bad name' end
     if not is_finite(k[3]) or math.abs(k[3]) > MAX_SUM then return at .. ': sum must be within +-' .. MAX_SUM end
     if not is_int(k[4], 1, MAX_COUNT) or not is_int(k[5], 0, k[4]) then return at .. ': count/out_of_range' end
-    for j = 6, 7 do
-      if k[j] ~= nil and k[j] ~= cjson.null and not is_finite(k[j]) then
-        return at .. ': range bounds must be numbers or null'
+    for j = 6, 9 do
+      if k[j] ~= nil and k[j] ~= cjson.null and (not is_finite(k[j]) or math.abs(k[j]) > MAX_SUM) then
+        return at .. ': range bounds and min/max must be numbers within +-' .. MAX_SUM .. ' or null'
       end
     end
+    if type(k[8]) == 'number' and type(k[9]) == 'number' and k[8] > k[9] then return at .. ': min > max' end
   end
   return nil
 end
@@ -411,10 +412,11 @@ local function fingerprint(ks, w, sparse)
       if p > top then top = p end
     end
   end
-  local kpis, level_sum, level_n, out_of_range = {}, 0, 0, 0
+  local kpis, ranges, level_sum, level_n, out_of_range = {}, {}, 0, 0, 0
   for name, k in pairs(kpi) do
     local mean = k.s / k.c
     kpis[name] = mean
+    if k.lo and k.hi then ranges[name] = { k.lo, k.hi, k.mn or mean, k.mx or mean } end
     out_of_range = out_of_range + (k.o or 0)
     if k.lo and k.hi and (k.lo + k.hi) ~= 0 then
       level_sum = level_sum + mean / ((k.lo + k.hi) / 2); level_n = level_n + 1
@@ -435,6 +437,7 @@ local function fingerprint(ks, w, sparse)
     'kpi_out_of_range', out_of_range,
     'no_data', no_data,
     'kpis', next(kpis) and cjson.encode(kpis) or '',
+    'kpi_ranges', next(ranges) and cjson.encode(ranges) or '',
   }
   redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
   return fields
@@ -607,6 +610,12 @@ local function ad_ingest(keys, args)
       redis.call('HINCRBYFLOAT', wk, base .. 's', num(k[3]))
       redis.call('HINCRBY', wk, base .. 'c', k[4])
       if k[5] > 0 then redis.call('HINCRBY', wk, base .. 'o', k[5]) end
+      if type(k[8]) == 'number' and type(k[9]) == 'number' then
+        local cur = redis.call('HMGET', wk, base .. 'mn', base .. 'mx')
+        local mn, mx = tonumber(cur[1]), tonumber(cur[2])
+        redis.call('HSET', wk, base .. 'mn', num((mn and mn < k[8]) and mn or k[8]),
+          base .. 'mx', num((mx and mx > k[9]) and mx or k[9]))
+      end
       if k[6] ~= nil and k[6] ~= cjson.null and k[7] ~= nil and k[7] ~= cjson.null then
         redis.call('HSET', wk, base .. 'lo', num(k[6]), base .. 'hi', num(k[7]))
       end

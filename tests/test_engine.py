@@ -209,3 +209,13 @@ def test_full_fidelity_mode_keeps_raw_events_once(r: redis.Redis) -> None:
     assert len(entries) == 50
     assert entries[0][1] == {b"endpoint": b"GET:/a/{id}", b"status": b"200", b"latency_ms": b"5.5",
                              b"timestamp": b"%d" % T0}
+
+
+def test_kpi_ranges_carry_the_window_extremes(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=W))
+    values = [50.0, 52.0, 400.0, 48.0]  # one stray payment; the mean (137.5) is out too, but by less
+    ingest(r, [BusinessMetric("pay", "amount", v, 10.0, 100.0, T0 + i) for i, v in enumerate(values)]
+           + [metric("pay", "GET:/a", 200, 1, T0 + W + 1)], replay=True)
+    entry = r.xrange(Keys().fingerprints("pay"))[0][1]
+    assert orjson.loads(entry[b"kpi_ranges"]) == {"amount": [10.0, 100.0, 48.0, 400.0]}
+    assert float(entry[b"kpi_out_of_range"]) == 1

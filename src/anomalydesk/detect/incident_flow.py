@@ -80,8 +80,9 @@ def _fmt(value: float) -> str:
 def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
     """Severity of a business rule breach from its distance outside the expected range.
 
-    With per-KPI ranges (`kpi_ranges` in the fingerprint entry) the distance is how far the window's
-    mean lies outside [lo, hi], in half-widths of the range, and the KPIs named are those outside;
+    With per-KPI ranges (`kpi_ranges` in the fingerprint entry: name → [lo, hi, min, max]) the distance
+    is how far the window's most extreme value lies outside [lo, hi], in half-widths of the range, and
+    the KPIs named are those outside;
     without them the count of values out of range stands in for it and every KPI of the window is
     named with its mean.
     """
@@ -92,13 +93,17 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
         bounds = (ranges or {}).get(name)
         if bounds and bounds[0] is not None and bounds[1] is not None:
             lo, hi = float(bounds[0]), float(bounds[1])
+            # [lo, hi, min, max]: the window's extreme values decide (one stray value is a breach
+            # even when the mean stays inside); older entries carry [lo, hi] and the mean decides
+            low_value, high_value = (float(bounds[2]), float(bounds[3])) if len(bounds) >= 4 else (mean, mean)
             half = max((hi - lo) / 2, 1e-12)
-            outside = max(lo - mean, mean - hi, 0.0) / half
+            outside = max(lo - low_value, high_value - hi, 0.0) / half
             if outside <= 0:
                 continue
             distance = max(distance, outside)
-            text = f"{name} {_fmt(mean)} outside expected {_fmt(lo)}–{_fmt(hi)}"
-            reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": [lo, hi], "text": text})
+            actual = low_value if lo - low_value >= high_value - hi else high_value
+            text = f"{name} {_fmt(actual)} outside expected {_fmt(lo)}–{_fmt(hi)}"
+            reasons.append({"feature": f"kpi:{name}", "actual": actual, "expected": [lo, hi], "text": text})
         elif not ranges:
             reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": None,
                             "text": f"{name} mean {_fmt(mean)} (out of its expected range)"})  # fmt: skip

@@ -187,9 +187,10 @@ def _kpi_rows(cols: _Columns, replay: bool, window_s: int) -> list[list[Any]]:
         if replay and ts is None:
             raise ValueError("replay mode needs a timestamp on every business metric")
         win = int(ts // window_s) if replay and ts is not None else 0
-        row = agg.setdefault((win, name), [win, name, 0.0, 0, 0, None, None])
+        row = agg.setdefault((win, name), [win, name, 0.0, 0, 0, None, None, value, value])
         row[2] += value
         row[3] += 1
+        row[7], row[8] = min(row[7], value), max(row[8], value)
         if low is not None and high is not None:
             row[5], row[6] = low, high
             if not low <= value <= high:
