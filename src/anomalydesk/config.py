@@ -38,9 +38,9 @@ DEFAULT_TOPK = 10
 DEFAULT_RETENTION_WINDOWS = 17_280 * 2  # two days of 5 s windows per fingerprint stream
 MAX_SILENT_WINDOWS_SEALED = 720  # a long silence seals at most this many zero-traffic windows
 REPLAY_CLOCK_HOLD_SECONDS = 30  # a replaying service is sealed by its event clock for this long
-WINDOW_ENDPOINTS_CAP = 512
+WINDOW_ENDPOINTS_CAP = 512  # distinct endpoints counted exactly per window; the rest go to "other"
 DEFAULT_RAW_SAMPLE = 0.0  # full-fidelity mode: share of events also kept raw (0 = off, 1 = all)
-RAW_STREAM_MAXLEN = 100_000  # raw events kept per service (trimmed stream)  # distinct endpoints counted exactly per window; the rest go to "other"
+RAW_STREAM_MAXLEN = 100_000  # raw events kept per service (trimmed stream)
 
 # --- names ------------------------------------------------------------------------------------
 SERVICE_NAME_MAX = 64
