@@ -97,3 +97,8 @@ def ensure_library(r: redis.Redis) -> int:
     except redis.ResponseError as err:
         raise GearsError(f"loading the gears library failed: {err}") from err
     return version
+
+
+def is_missing_function(reply: object) -> bool:
+    """Whether a reply says the server does not have our functions (lost them in a restart, a new node)."""
+    return isinstance(reply, redis.ResponseError) and "function not found" in str(reply).lower()
