@@ -10,6 +10,8 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,17 +22,22 @@ from pathlib import Path
 import pytest
 import redis
 
+from anomalydesk import config
 from anomalydesk.config import SketchSettings
 from anomalydesk.ingest.collector import CollectorSettings
 from anomalydesk.ingest.collector_server import BackgroundCollector
 from anomalydesk.ingest.demo import DemoTraffic
 from anomalydesk.store import admin
 from anomalydesk.store.connection import connect
+from anomalydesk.store.keys import Keys
 from conftest import RedisServer
 
 pytestmark = pytest.mark.slow
 
-COLLECTED = "collected"  # the HTTP sender's service; the demo's are gateway, users, orders
+COLLECTED = "collected"  # the HTTP sender's service
+DEMO_SERVICES = ["gateway", "users", "orders"]
+KEYS = Keys()
+WINDOW_SECONDS = 5
 BATCH = 20
 DEMO_RATE = 2_000.0
 SECONDS_BETWEEN_RESTARTS = 3.0
@@ -99,6 +106,8 @@ class Outcome:
     acked_in_last_2s_before_kill: list[int]
     unavailable_answers: int
     duplicate_batches: int
+    detector_alive: bool
+    detector_caught_up: bool  # its consumer group delivered a fingerprint sealed after the last restart
 
 
 def _wait_ping(port: int) -> None:
@@ -109,6 +118,16 @@ def _wait_ping(port: int) -> None:
                 return
         except redis.RedisError:
             time.sleep(0.01)
+
+
+def _delivered_after(r: redis.Redis, since: float) -> bool:
+    """True when the detectors' group delivered, on every demo service, a fingerprint of a window after `since`."""
+    for service in DEMO_SERVICES:
+        groups = r.xinfo_groups(KEYS.fingerprints(service))
+        delivered = [g["last-delivered-id"] for g in groups if g["name"] == config.DETECTOR_GROUP.encode()]
+        if not delivered or int(delivered[0].split(b"-")[0]) / 1000 < since - WINDOW_SECONDS:
+            return False
+    return True
 
 
 def run_restarts(directory: Path, fsync: str, sig: signal.Signals, restarts: int = 2) -> Outcome:
@@ -122,6 +141,8 @@ def run_restarts(directory: Path, fsync: str, sig: signal.Signals, restarts: int
     sender = HttpSender(collector.url)
     thread = threading.Thread(target=sender.run, daemon=True)
     thread.start()
+    detector = subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", "detect", "--redis", url, "--no-seal"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
     downtimes, recoveries, recent = [], [], []
     try:
         for _ in range(restarts):
@@ -137,8 +158,14 @@ def run_restarts(directory: Path, fsync: str, sig: signal.Signals, restarts: int
                 assert demo.error is None and sender.error is None, (demo.error, sender.error)
                 time.sleep(0.01)
             recoveries.append(time.time() - killed_at)
-        time.sleep(SECONDS_BETWEEN_RESTARTS)
+        restarted_at = time.time()
+        time.sleep(SECONDS_BETWEEN_RESTARTS + 2 * WINDOW_SECONDS)  # fingerprints sealed after the restart
+        detector_alive = detector.poll() is None
+        caught_up = _delivered_after(r, restarted_at)
     finally:
+        if detector.poll() is None:
+            detector.send_signal(signal.SIGTERM)
+            detector.wait(timeout=60)
         sender.stop.set()
         thread.join(30)
         demo.stop()
@@ -153,7 +180,8 @@ def run_restarts(directory: Path, fsync: str, sig: signal.Signals, restarts: int
         counted_demo=sum(v for k, v in counted.items() if k != COLLECTED),
         acked_http=sender.acked, counted_http=counted.get(COLLECTED, 0), downtimes_s=downtimes,
         recovery_s=recoveries, acked_in_last_2s_before_kill=recent, unavailable_answers=sender.unavailable,
-        duplicate_batches=demo.result.duplicate_batches,
+        duplicate_batches=demo.result.duplicate_batches, detector_alive=detector_alive,
+        detector_caught_up=caught_up,
     )  # fmt: skip
 
 
@@ -169,6 +197,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 def test_graceful_restarts_lose_nothing_and_count_nothing_twice(workdir: Path) -> None:
     outcome = run_restarts(workdir, "everysec", signal.SIGTERM)
     report("graceful (SIGTERM, appendfsync everysec)", outcome)
+    assert outcome.detector_alive and outcome.detector_caught_up  # the detector reconnected and resumed
     assert outcome.acked_demo > 0 and outcome.acked_http > 0
     assert outcome.counted_demo == outcome.acked_demo
     assert outcome.counted_http == outcome.acked_http
@@ -177,6 +206,7 @@ def test_graceful_restarts_lose_nothing_and_count_nothing_twice(workdir: Path) -
 def test_hard_kills_with_fsync_always_lose_nothing(workdir: Path) -> None:
     outcome = run_restarts(workdir, "always", signal.SIGKILL)
     report("hard kill (SIGKILL, appendfsync always)", outcome)
+    assert outcome.detector_alive and outcome.detector_caught_up
     assert outcome.counted_demo == outcome.acked_demo
     assert outcome.counted_http == outcome.acked_http
 
