@@ -12,6 +12,7 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
@@ -152,10 +153,26 @@ class _Writer:
         raise AssertionError("unreachable")
 
 
+# one writer per client and key prefix, so one-off `ingest` calls do not re-read the config and
+# re-check the library (FUNCTION LIST) every time
+_WRITERS: weakref.WeakKeyDictionary[redis.Redis, dict[str, _Writer]] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _writer_for(r: redis.Redis, keys: Keys | None) -> _Writer:
+    keys = keys or Keys(key_prefix())
+    with _WRITERS_LOCK:
+        per_prefix = _WRITERS.setdefault(r, {})
+        writer = per_prefix.get(keys.prefix)
+        if writer is None:
+            writer = per_prefix[keys.prefix] = _Writer(r, keys)
+        return writer
+
+
 def ingest(r: redis.Redis, events: Iterable[Event], *, batch_id: str | None = None,
            replay: bool = False, keys: Keys | None = None) -> IngestResult:
     """Write validated events now: one pre-aggregated FCALL per service, pipelined."""
-    writer = _Writer(r, keys or Keys(key_prefix()))
+    writer = _writer_for(r, keys)
     return writer.write(encode(columns_of(events), writer.config(), replay, batch_id or uuid.uuid4().hex))
 
 
@@ -163,7 +180,7 @@ def ingest_aggregates(r: redis.Redis, service: str, windows: Sequence[WindowAggr
                       kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None, replay: bool = False,
                       sparse: bool = False, keys: Keys | None = None) -> IngestResult:
     """Write pre-aggregated windows of one service now (the synchronous twin of AsyncWriter's)."""
-    writer = _Writer(r, keys or Keys(key_prefix()))
+    writer = _writer_for(r, keys)
     return writer.write(encode_aggregates(service, windows, writer.config(), kpis=kpis, replay=replay,
                                           batch_id=batch_id or uuid.uuid4().hex, sparse=sparse))
 
