@@ -60,6 +60,16 @@ def start_desktop(out: Path, display: str) -> list[subprocess.Popen]:
     return procs
 
 
+async def shot(window, path: Path) -> None:
+    """Grab the window outside any task step: QWidget.grab() delivers posted events, which would run
+    other asyncio tasks re-entrantly ("Cannot enter into task") if called inside a coroutine."""
+    from qasync import asyncWrap
+
+    saved = await asyncWrap(lambda: window.grab().save(str(path)))
+    if not saved:
+        raise OSError(f"could not write {path}")
+
+
 async def drive_app(url: str, out: Path, fault_service: str) -> dict:
     """The operator's path through the real window, on xcb with a real tray."""
     from anomalydesk.app.application import DesktopApp
@@ -113,18 +123,18 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
         window.open_incident(note.incident_id)
         window.docks["demo"].raise_()
         await asyncio.sleep(2.5)  # a few redraws of the live plot
-        window.grab().save(str(out / "main-window.png"))
+        await shot(window, out / "main-window.png")
         subprocess.run(["import", "-window", "root", str(out / "desktop.png")], timeout=30, check=False)
         window.docks["training"].raise_()
         await asyncio.sleep(0.5)
-        window.grab().save(str(out / "training-panel.png"))
+        await shot(window, out / "training-panel.png")
         window.docks["sketches"].raise_()
         await desktop.actions.sketch_settings()
         window.sketches.q_service.setCurrentText(fault_service)
         window.sketches.q_kind.setCurrentText("topk")
         window.sketches.run_query()
         await asyncio.sleep(1.0)
-        window.grab().save(str(out / "sketches-panel.png"))
+        await shot(window, out / "sketches-panel.png")
     finally:
         await desktop.actions.stop_demo()
         await desktop.shutdown()

@@ -69,6 +69,7 @@ def parse_alert_entry(fields: dict[Any, Any]) -> dict[str, Any] | None:
     return decoded if "service" in decoded else None
 
 
+CLOSE_TIMEOUT_SECONDS = 3.0
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
 
 
@@ -123,12 +124,15 @@ class Session:
         self._closing = True
         if self._task is not None:
             self._task.cancel()
-            try:
-                await self._task
+            try:  # bounded: a reader stuck in a half-closed connection must not hold the app open
+                await asyncio.wait_for(self._task, timeout=CLOSE_TIMEOUT_SECONDS)
             except (asyncio.CancelledError, Exception):
                 pass
         if self.client is not None:
-            await self.client.aclose()
+            try:
+                await asyncio.wait_for(self.client.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
+            except (TimeoutError, RedisError, OSError) as err:
+                log.warning("closing the Redis client: %s", backend.describe(err) if str(err) else "timed out")
         self.io.shutdown(wait=True, cancel_futures=True)
         if self.sync is not None:
             self.sync.close()
@@ -206,8 +210,8 @@ class Session:
                     self.handle_alert(alert, notify=True)
         finally:
             try:
-                await pubsub.aclose()
-            except (RedisError, OSError):
+                await asyncio.wait_for(pubsub.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
+            except (TimeoutError, RedisError, OSError):
                 pass
 
     async def _catch_up(self) -> None:
