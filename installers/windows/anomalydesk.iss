@@ -9,7 +9,7 @@
 #endif
 
 #define AppName "AnomalyDesk"
-#define SourceDir "..\..\dist\anomalydesk"
+#define BundleDir "..\..\dist\anomalydesk"
 
 [Setup]
 AppId={{6A0C5F7E-2F7B-4C1D-9B8E-4D1B7A3E9C21}
@@ -21,8 +21,8 @@ DefaultGroupName={#AppName}
 DisableProgramGroupPage=yes
 PrivilegesRequired=lowest
 PrivilegesRequiredOverridesAllowed=dialog
-ArchitecturesAllowed=x64compatible
-ArchitecturesInstallIn64BitMode=x64compatible
+ArchitecturesAllowed=x64
+ArchitecturesInstallIn64BitMode=x64
 OutputDir=..\..\dist
 OutputBaseFilename=anomalydesk-{#AppVersion}-windows-x64-setup
 SetupIconFile=..\..\resources\anomalydesk.ico
@@ -37,7 +37,7 @@ Name: "desktopicon"; Description: "{cm:CreateDesktopIcon}"; GroupDescription: "{
 Name: "addtopath"; Description: "Add the anomalydesk command to PATH"; GroupDescription: "Command line:"
 
 [Files]
-Source: "{#SourceDir}\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs createallsubdirs
+Source: "{#BundleDir}\*"; DestDir: "{app}"; Flags: ignoreversion recursesubdirs createallsubdirs
 
 [Icons]
 Name: "{group}\{#AppName}"; Filename: "{app}\anomalydesk-gui.exe"; Parameters: "app"; IconFilename: "{app}\_internal\resources\anomalydesk.ico"
