@@ -183,7 +183,7 @@ def test_demo_spreads_services_over_shards_and_everything_reads_back(
 ) -> None:
     url = cluster3.url
     cli(url, "setup")
-    demo = cli(url, "demo", "--services", "6", "--fast", "--duration", "300", "--seed", "3")
+    demo = cli(url, "demo", "--services", "6", "--fast", "--duration", "1300", "--seed", "3")
     shards = {cluster.shard_of(rc, KEYS.state(s)) for s in DEMO_SERVICES}
     assert len(shards) >= 2
     # every service's keys sit on its own shard: the fingerprint stream is on the node that owns the tag
@@ -196,13 +196,18 @@ def test_demo_spreads_services_over_shards_and_everything_reads_back(
     stored = admin.list_services(rc)
     assert status["events_total"] == sum(s["events"] for s in stored)
     assert status["events_total"] >= demo["events"] > 0
-    assert status["fingerprints"] == status["windows_sealed"] == 6 * 60
+    assert status["fingerprints"] == status["windows_sealed"] == 6 * 260
     for service in DEMO_SERVICES:
         prints = fingerprints.read(rc, service)
-        assert len(prints) == 60
+        assert len(prints) == 260
         assert sum(fp.get("requests") for fp in prints) > 0
     assert cli(url, "incidents", "list") == {"incidents": []}
+    trained = cli(url, "train", "--service", "payments")  # a model stored with MULTI on its shard
+    assert [t["service"] for t in trained["trained"]] == ["payments"]
+    assert cli(url, "status")["models"] == {"payments": 1}
     assert cli(url, "query", "topk", "--service", "payments")
+    per_node = [redis.Redis(port=p).info("memory")["used_memory"] for p in cluster3.ports]
+    assert max(per_node) < status["used_memory"] <= 1.2 * sum(per_node)  # all primaries, not one node
     cli(url, "services", "retire", "svc-6")
     assert cli(url, "status")["retired_services"] == ["svc-6"]
 

@@ -191,6 +191,11 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
     late = sum(s["late"] for s in services)
     info = r.info("server")
     memory = r.info("memory")
+    from anomalydesk.store.cluster import is_cluster, node_client, primaries
+
+    if is_cluster(r):  # INFO answers for one node: the data is spread over every primary
+        memory = {"used_memory": sum(int(node_client(r, n).info("memory")["used_memory"])  # type: ignore[arg-type]
+                                     for n in primaries(r))}  # type: ignore[arg-type]
     alerts_total = int(stats["alerts_total"]) if "alerts_total" in stats else int(r.xlen(keys.alerts_log))
     return {
         "window_seconds": stored.settings.window_seconds,
