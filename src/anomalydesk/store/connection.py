@@ -326,8 +326,12 @@ def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Red
     url = resolve_url(url)
     kwargs = {**parse_url(url), **client_options(), "retry": async_retry_policy(), **overrides}
     cluster = cluster_mode(url)
-    if cluster is None:
-        probe = redis.Redis(**{**parse_url(url), **client_options(), "retry": Retry(NoBackoff(), 0)})
+    if cluster is None and "unix_socket_path" not in kwargs:
+        # one short synchronous question (a cluster needs another client class); an unreachable
+        # server costs at most CLUSTER_PROBE_TIMEOUT_SECONDS here and is reported by the first command
+        probe = redis.Redis(**{**parse_url(url), **client_options(), "retry": Retry(NoBackoff(), 0),
+                               "socket_connect_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS,
+                               "socket_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS})  # fmt: skip
         try:
             cluster = _says_cluster(probe)
         finally:
