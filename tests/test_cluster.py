@@ -147,6 +147,20 @@ def test_cluster_urls_give_a_cluster_client(cluster3: LocalCluster) -> None:
     plain = connect(f"redis://127.0.0.1:{port}?cluster=0")
     assert not cluster.is_cluster(plain)
     plain.close()
+    unchecked = connect(f"redis://127.0.0.1:{port}", check=False)  # asked once, briefly
+    assert cluster.is_cluster(unchecked)
+    unchecked.close()
+    assert not cluster.is_cluster(connect(f"redis://127.0.0.1:{free_port()}", check=False))  # nobody there
+
+
+async def test_async_clients_for_a_cluster(cluster3: LocalCluster) -> None:
+    from anomalydesk.store.connection import connect_async
+
+    client = connect_async(f"redis://127.0.0.1:{cluster3.ports[0]}")
+    assert cluster.is_cluster(client)
+    await client.set("{t}:x", "1")
+    assert await client.get("{t}:x") == b"1"
+    await client.aclose()
 
 
 def test_fcall_is_routed_by_its_key_without_command_getkeys(rc: redis.RedisCluster) -> None:

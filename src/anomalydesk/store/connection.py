@@ -293,7 +293,7 @@ def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> 
         except OSError as err:  # TLS files that cannot be read surface here
             client.close()
             raise ConnectionFailed(url, str(err)) from err
-    if cluster is None and _says_cluster(client):
+    if cluster is None and (_says_cluster(client) if check else _quick_probe(url)):
         client.close()
         client = _build(url, options, True)
     return client
@@ -306,6 +306,24 @@ def _build(url: str, options: dict[str, Any], cluster: bool) -> redis.Redis:
         raise ConnectionFailed(url, str(err)) from None
     except (RedisError, RedisClusterException) as err:  # a cluster client reads the slot map when built
         raise ConnectionFailed(url, describe_error(err)) from err
+
+
+def _quick_probe(url: str) -> bool:
+    """Ask a URL's node whether it runs in cluster mode: one short try, False if it does not answer.
+
+    For clients created without a check (`connect(check=False)`, `connect_async`): an unreachable
+    server costs at most CLUSTER_PROBE_TIMEOUT_SECONDS here and is reported by the first command.
+    """
+    options = parse_url(url)
+    if "unix_socket_path" in options:
+        return False
+    probe = redis.Redis(**{**options, **client_options(), "retry": Retry(NoBackoff(), 0),
+                           "socket_connect_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS,
+                           "socket_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS})  # fmt: skip
+    try:
+        return _says_cluster(probe)
+    finally:
+        probe.close()
 
 
 def _says_cluster(client: redis.Redis) -> bool:
@@ -326,16 +344,8 @@ def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Red
     url = resolve_url(url)
     kwargs = {**parse_url(url), **client_options(), "retry": async_retry_policy(), **overrides}
     cluster = cluster_mode(url)
-    if cluster is None and "unix_socket_path" not in kwargs:
-        # one short synchronous question (a cluster needs another client class); an unreachable
-        # server costs at most CLUSTER_PROBE_TIMEOUT_SECONDS here and is reported by the first command
-        probe = redis.Redis(**{**parse_url(url), **client_options(), "retry": Retry(NoBackoff(), 0),
-                               "socket_connect_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS,
-                               "socket_timeout": config.CLUSTER_PROBE_TIMEOUT_SECONDS})  # fmt: skip
-        try:
-            cluster = _says_cluster(probe)
-        finally:
-            probe.close()
+    if cluster is None:
+        cluster = _quick_probe(url)
     if cluster:
         from anomalydesk.store.cluster import async_cluster_client
 
