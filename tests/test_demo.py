@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import redis
 
+from anomalydesk.config import SketchSettings
 from anomalydesk.fingerprint import FEATURE_NAMES, Fingerprint
 from anomalydesk.ingest.demo import DemoTraffic, run_fast
 from anomalydesk.ingest.demo_model import parse_inject
 from anomalydesk.ingest.demo_services import build_services
-from anomalydesk.store import fingerprints, sketches
+from anomalydesk.store import admin, fingerprints, sketches
 from anomalydesk.store.keys import Keys
+from anomalydesk.store.sink import seal_all
 
 W = 5  # the default window: the tests run on a fresh setup
 END = 20_782 * 86_400.0 + 12 * 3600  # 2026-11-25 12:00 UTC, a whole window
@@ -201,6 +203,18 @@ def test_fast_history_ends_now_and_live_traffic_follows_without_late_events(r: r
     assert demo.error is None
     assert demo.events > 0 and demo.result.late == 0
     assert demo.result.accepted == demo.events + demo.business_metrics
+
+
+def test_fast_history_catches_up_with_the_clock_so_live_traffic_leaves_no_silent_window(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))  # short windows: the run itself takes several
+    summary = run_fast(r, duration=3 * 3600, rate=400, seed=4)
+    assert summary["caught_up_s"] >= 1, "the run should have taken more than a window of wall time"
+    demo = DemoTraffic(r, rate=2000, seed=4, duration=2).start()
+    assert demo.wait(60) and demo.error is None
+    seal_all(r)
+    history = [fp for fp in fingerprints.read(r, "gateway") if fp.start >= summary["start"]]
+    assert len(history) >= 3 * 3600 + summary["caught_up_s"]
+    assert [fp.start for fp in history if fp.get("requests") == 0] == []
 
 
 # --- the Python API the desktop app uses -------------------------------------------------------------------

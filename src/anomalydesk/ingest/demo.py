@@ -152,10 +152,9 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     window_s = prepare(r, keys)
     seed = random.randrange(2**31) if seed is None else seed
     sim = Simulation(services, window_s)
+    catch_up = end is None
     if end is None:
-        # the server's clock, which live windows follow; the current window stays open for live
-        seconds, micros = r.time()
-        end = math.floor((seconds + micros / 1e6) / window_s) * window_s
+        end = _server_window_start(r, window_s)  # the current window stays open for live traffic
     start = end - duration
     faults = plan_faults(injects, start, end, sim.names)
     truth = TruthRecorder(r, keys, truth_path)
@@ -163,11 +162,11 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
                                     round(config.DEMO_FAST_CHUNK_EVENTS / (rate * window_s))))  # fmt: skip
     first, last = math.floor(start / chunk_s), math.ceil(end / chunk_s)
 
-    def chunks() -> Iterator[list[Traffic]]:
-        for chunk in range(first, last):
+    def chunks(lo: float, hi: float) -> Iterator[list[Traffic]]:
+        for chunk in range(math.floor(lo / chunk_s), math.ceil(hi / chunk_s)):
             c0, c1 = chunk * chunk_s, (chunk + 1) * chunk_s
             yield [_clip(sim.generate(svc, c0, c1, rate, np.random.default_rng([seed, svc, chunk]), faults),
-                         start, end) for svc in range(services)]  # fmt: skip
+                         lo, hi) for svc in range(services)]  # fmt: skip
 
     # the sink holds one chunk of every service; we flush after each chunk, never on size
     per_chunk = rate * chunk_s * 2 * config.DEMO_FAULT_SPIKE_FACTOR
@@ -178,13 +177,22 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     try:
         for fault in faults:
             truth.record(fault)
-        for done, traffics in enumerate(_prefetched(chunks()), start=1):
+        for done, traffics in enumerate(_prefetched(chunks(start, end)), start=1):
             for traffic in traffics:
                 kpis += send(sink, traffic, replay=True)
                 events += len(traffic)
             result = result + sink.flush()  # one FCALL per service per chunk, chunks in time order
             if progress is not None:
                 progress(done / (last - first))
+        # the run took wall time: generate what the present moved on meanwhile (shorter each round),
+        # so live traffic that follows finds no gap of silent windows
+        while catch_up and (now := _server_window_start(r, window_s)) > end:
+            for traffics in chunks(end, now):
+                for traffic in traffics:
+                    kpis += send(sink, traffic, replay=True)
+                    events += len(traffic)
+                result = result + sink.flush()
+            end = now
         result = result + sink.close()
         sealed = seal_all(r, now=end, keys=keys)
     finally:
@@ -192,7 +200,7 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     wall = time.perf_counter() - wall0
     summary = {
         "mode": "fast", "services": sim.names, "rate": rate, "seed": seed, "window_seconds": window_s,
-        "start": start, "end": end, "duration_s": duration, "wall_s": round(wall, 3),
+        "start": start, "end": end, "duration_s": duration, "caught_up_s": end - start - duration, "wall_s": round(wall, 3),
         "events": events, "business_metrics": kpis, "accepted": result.accepted, "late": result.late,
         "windows_sealed": result.sealed + sealed, "events_per_s": round(events / wall, 1) if wall > 0 else None,
         "faults": truth.recorded, "truth_file": str(truth_path) if truth_path is not None else None,
@@ -200,6 +208,12 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     summary["summary"] = (f"{events:,} events over {duration:g} simulated s in {wall:.1f} s"
                           + (f", {result.late:,} late" if result.late else ""))  # fmt: skip
     return summary
+
+
+def _server_window_start(r: redis.Redis, window_s: int) -> float:
+    """Start of the server's current window (live windows follow the server's clock)."""
+    seconds, micros = r.time()
+    return math.floor((seconds + micros / 1e6) / window_s) * window_s
 
 
 def _prefetched(items: Iterator[_T], depth: int = 2) -> Iterator[_T]:
