@@ -156,6 +156,9 @@ def cleanup(url: str, prefix: str) -> int:
         r.close()
 
 
+_SHUTDOWN_TIMEOUT_SECONDS = 15.0
+
+
 def main(seconds: float, url: str | None) -> int:
     """Run the check; print the JSON report on stdout; 0 when every check passed, else 1."""
     import qasync
@@ -176,11 +179,19 @@ def main(seconds: float, url: str | None) -> int:
 
         settings = AppSettings(redis_url=load().redis_url, close_to_tray=False, offer_backfill=False)
         desktop = DesktopApp(settings, url, keys=Keys(prefix), run_detector=False)
+        # every stage is bounded: an install check must answer, never hang (a stuck start or
+        # shutdown is reported as a failed check)
         try:
-            await desktop.start()
+            await asyncio.wait_for(desktop.start(), timeout=max(seconds, 10.0))
             await exercise(desktop, run)
+        except TimeoutError:
+            run.checks["start"] = {"ok": False, "detail": f"the app did not start within {max(seconds, 10.0):g} s"}
         finally:
-            await desktop.shutdown()
+            try:
+                await asyncio.wait_for(desktop.shutdown(), timeout=_SHUTDOWN_TIMEOUT_SECONDS)
+            except TimeoutError:
+                run.checks["shutdown"] = {"ok": False,
+                                          "detail": f"the app did not shut down within {_SHUTDOWN_TIMEOUT_SECONDS:g} s"}
             resolved = desktop.session.url
             desktop.dispose()
         if resolved:
