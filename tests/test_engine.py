@@ -220,3 +220,17 @@ def test_kpi_ranges_carry_the_window_extremes(r: redis.Redis) -> None:
     entry = r.xrange(Keys().fingerprints("pay"))[0][1]
     assert orjson.loads(entry[b"kpi_ranges"]) == {"amount": [10.0, 100.0, 48.0, 400.0]}
     assert float(entry[b"kpi_out_of_range"]) == 1
+
+
+def test_fingerprints_are_read_in_pages(r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
+    admin.setup(r, SketchSettings(window_seconds=W))
+    ingest(r, [metric("pay", "GET:/a", 200, 1, T0 + i * W) for i in range(31)], replay=True)
+    everything = fingerprints.read(r, "pay")
+    assert len(everything) == 30
+    monkeypatch.setattr(fingerprints, "PAGE", 7)
+    windows = [fp.window for fp in everything]
+    assert [fp.window for fp in fingerprints.read(r, "pay")] == windows
+    assert [fp.window for fp in fingerprints.read(r, "pay", count=16)] == windows[:16]
+    assert [fp.window for fp in fingerprints.read(r, "pay", start=T0 + 3 * W, end=T0 + 20 * W)] == windows[3:21]
+    assert [fp.window for fp in fingerprints.latest(r, "pay", 17)] == windows[-17:]
+    assert [fp.window for fp in fingerprints.latest(r, "pay", 100)] == windows
