@@ -145,6 +145,17 @@ TRAIN_CHUNK_TREES = 10  # the forest grows this many trees per step (progress, c
 DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models the time of day
 SCORE_AT_MEDIAN = 35.0  # calibrated score of a typical training window (threshold → SEVERITY_WARNING)
 DEVIATION_ALARM_SHARE = 0.25  # share of the false-alarm budget given to the largest-|z| verdict
+EVIDENCE_COLUMN = "requests"  # per-request statistics are weighted by the requests behind them …
+# … each with its pseudo-count a (deviation × n / (n + a), features.shrink): a tail quantile needs
+# more requests behind it than a ratio or a median before it means as much
+EVIDENCE_PSEUDO_REQUESTS = {
+    "rate_4xx": 500.0, "rate_5xx": 500.0, "latency_p50_ms": 500.0, "latency_mean_ms": 500.0,
+    "latency_p95_ms": 500.0, "latency_p99_ms": 1000.0, "top_endpoint_share": 500.0, "endpoint_entropy": 500.0,
+}
+MODEL_IGNORED_FEATURES = ("kpi_out_of_range",)  # judged by the business rules (incident_flow), not the model
+DEVIATION_EXTREME_QUANTILE = 0.9999  # an input's training extreme: this quantile of its |z| …
+DEVIATION_EXTREME_FLOOR = 1.0  # … at least this; reasons rank features by |z| / extreme
+DEVIATION_EXTREME_POWER = 0.75  # the largest-|z| verdict divides each |z| by (extreme / median extreme) ** this
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
 BACKTEST_TRAIN_FRACTION = 0.3  # backtest without --train: the first 30 % of TEST trains

@@ -15,6 +15,13 @@ fingerprints of a service (oldest first) and scores the last one.
 Counts (features whose training values are non-negative integers, e.g. requests per window) are
 used as log(1 + x), so a change is judged relative to the level.
 
+Evidence: a per-request statistic (an error ratio, a latency quantile, the endpoint mix) of a window
+with few requests is noisy — one error in 18 requests is a 5.6 % error ratio. When the model knows
+which column counts the requests behind each row, such a statistic's deviation from its normal level
+is shrunk by n / (n + a) (n requests, a = the feature's pseudo-count): a quiet window has to deviate
+much further than a busy one to look as unusual, and a fault with hundreds of requests behind it is
+barely changed.
+
 Daily cycle: with a profile (24 per-hour-of-day medians per feature, UTC), each value is first
 replaced by `value − profile[hour] + overall median`, i.e. its deviation from what is usual at that
 hour, so a normal night-time low looks like any other normal window.
@@ -75,6 +82,22 @@ def deseasonalise(X: np.ndarray, timestamps: np.ndarray | None, profile: np.ndar
     if profile is None or timestamps is None:
         return np.asarray(X, dtype=np.float64)
     return X - profile[hours_of_day(timestamps)] + overall
+
+
+def evidence_weights(X: np.ndarray, column: int | None, prior: np.ndarray) -> np.ndarray | None:
+    """(n, f) weight n / (n + a) of each value (1 where the feature's pseudo-count a is 0); None without one."""
+    if column is None or column < 0 or not np.any(prior > 0):
+        return None
+    n = np.maximum(np.asarray(X, dtype=np.float64)[:, column], 0.0)[:, None]
+    a = np.asarray(prior, dtype=np.float64)[None, :]
+    return np.where(a > 0, n / np.maximum(n + a, 1e-12), 1.0)
+
+
+def shrink(adjusted: np.ndarray, overall: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+    """Each (deseasonalised) value's deviation from the normal level, scaled by its evidence weight."""
+    if weights is None:
+        return adjusted
+    return overall + (adjusted - overall) * weights
 
 
 def count_features(X: np.ndarray) -> np.ndarray:

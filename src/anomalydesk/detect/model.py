@@ -6,9 +6,10 @@ robust-scaling constants, the optional daily profile, the calibration anchors an
 `ModelFormatError`; loading never executes anything.
 
 Scoring pipeline (the same for training, live scoring and the backtest):
-rows → counts as log(1 + x) → deseasonalise (daily profile, if any) → value/mean/std/jump over `context_rows`
-→ robust scaling → forest anomaly score in (0, 1] and largest robust |z| → each calibrated to 0–100
-→ the larger of the two.
+rows → counts as log(1 + x) → deseasonalise (daily profile, if any) → per-request statistics shrunk by
+their evidence (features.shrink) → value/mean/std/jump over `context_rows` → robust scaling → forest
+anomaly score in (0, 1] and the largest robust |z|, each input's |z| relative to its own training
+extreme → each calibrated to 0–100 → the larger of the two.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ import numpy as np
 from anomalydesk.detect.features import (
     HOURS_PER_DAY,
     KINDS,
+    count_resolution,
     deseasonalise,
+    evidence_weights,
     from_model_space,
     hours_of_day,
+    shrink,
     to_model_space,
     window_features,
 )
@@ -59,6 +63,11 @@ class Model:
     deviation_raw: np.ndarray  # increasing largest-|z| values …
     deviation_score: np.ndarray  # … and their 0–100 scores
     metadata: dict[str, Any] = field(default_factory=dict)
+    evidence_column: int | None = None  # raw column counting the requests behind a row (features.shrink)
+    evidence_prior: np.ndarray | None = None  # (f,) pseudo-count of each feature, 0 = not shrunk
+    extreme: np.ndarray | None = None  # (4·f,) each input's training extreme |z|
+    extreme_power: float = 1.0  # the deviation's unit per input: (extreme / median extreme) ** this
+    ignored: np.ndarray | None = None  # (f,) bool: held at its normal level, judged elsewhere (rules)
 
     @property
     def n_features(self) -> int:
@@ -98,9 +107,29 @@ class Model:
             timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
             if timestamps.shape[0] != X.shape[0]:
                 raise ValueError(f"{timestamps.shape[0]} timestamps for {X.shape[0]} rows")
-        adjusted = deseasonalise(to_model_space(X, self.counts), timestamps, self.profile,
-                                 to_model_space(self.expected, self.counts))
+        overall = to_model_space(self.expected, self.counts)
+        adjusted = deseasonalise(to_model_space(X, self.counts), timestamps, self.profile, overall)
+        adjusted = shrink(adjusted, overall, self.evidence(X))
+        if self.ignored is not None:
+            adjusted[:, self.ignored] = overall[self.ignored]
         return (window_features(adjusted, self.context_rows) - self.center) / self.scale
+
+    def evidence(self, X: np.ndarray) -> np.ndarray | None:
+        """(n, f) evidence weight of each value (features.evidence_weights), None if not used."""
+        if self.evidence_prior is None:
+            return None
+        return evidence_weights(X, self.evidence_column, self.evidence_prior)
+
+    def relative_deviation(self, Z: np.ndarray) -> np.ndarray:
+        """(n, 4·f) each input's |z| in units of its own training extreme (plain |z| for older models)."""
+        return np.abs(Z) if self.extreme is None else np.abs(Z) / self.extreme
+
+    def deviation(self, Z: np.ndarray) -> np.ndarray:
+        """(n,) the deviation verdict's input: the largest |z| of the row, see `deviation_of`."""
+        if self.extreme is None:
+            return np.abs(Z).max(axis=1)
+        step = np.tile(count_resolution(self.expected, self.counts), len(KINDS)) / self.scale
+        return deviation_of(Z, self.extreme, self.extreme_power, step)
 
     def raw_scores(self, Z: np.ndarray) -> np.ndarray:
         """Forest anomaly score in (0, 1] (0.5 ≈ unremarkable, near 1 = isolated at once)."""
@@ -119,9 +148,10 @@ class Model:
 
         The forest sees unusual combinations; it is blind to *how far* out a single input is (a
         point beyond the training range is isolated at the first split on that input, which few
-        paths reach among 4·f inputs). The largest robust |z| sees exactly that.
+        paths reach among 4·f inputs). The largest robust |z| sees exactly that, each input measured
+        against its own training extreme, so a heavy-tailed input does not set the bar for all.
         """
-        deviation = np.abs(Z).max(axis=1)
+        deviation = self.deviation(Z)
         return np.maximum(self.calibrate(self.raw_scores(Z)), self.calibrate_deviation(deviation))
 
     def scores(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
@@ -148,6 +178,11 @@ class Model:
             "deviation_raw": self.deviation_raw.tolist(),
             "deviation_score": self.deviation_score.tolist(),
             "metadata": self.metadata,
+            "evidence_column": self.evidence_column,
+            "evidence_prior": None if self.evidence_prior is None else self.evidence_prior.tolist(),
+            "extreme": None if self.extreme is None else self.extreme.tolist(),
+            "extreme_power": self.extreme_power,
+            "ignored": None if self.ignored is None else [int(i) for i in self.ignored],
         }
 
     def to_json(self) -> bytes:
@@ -206,4 +241,46 @@ class Model:
         if not isinstance(metadata, dict):
             raise ModelFormatError("model: 'metadata' must be an object")
         return cls(forest=forest, feature_names=tuple(names), context_rows=context_rows,
-                   profile=profile, counts=counts.astype(bool), metadata=metadata, **arrays, **anchors)
+                   profile=profile, counts=counts.astype(bool), metadata=metadata, **arrays, **anchors,
+                   **_optional_arrays(data, f))
+
+
+def _optional_arrays(data: dict[str, Any], f: int) -> dict[str, Any]:
+    """evidence_column, evidence_prior, extreme, ignored: absent (None) in models trained before them."""
+    where = "model"
+    out: dict[str, Any] = {"evidence_column": None, "evidence_prior": None, "extreme": None, "ignored": None}
+    if data.get("ignored") is not None:
+        ignored = int_array(data, "ignored", where)
+        if ignored.shape != (f,) or not np.all((ignored == 0) | (ignored == 1)):
+            raise ModelFormatError(f"model: 'ignored' must be {f} values of 0 or 1")
+        out["ignored"] = ignored.astype(bool)
+    if data.get("evidence_prior") is not None:
+        column = data.get("evidence_column")
+        if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < f:
+            raise ModelFormatError(f"model: 'evidence_column' must be a feature index below {f}, got {column!r}")
+        prior = float_array(data, "evidence_prior", where)
+        if prior.shape != (f,) or np.any(prior < 0):
+            raise ModelFormatError(f"model: 'evidence_prior' must be {f} non-negative values")
+        out["evidence_column"], out["evidence_prior"] = column, prior
+    if data.get("extreme") is not None:
+        extreme = float_array(data, "extreme", where)
+        if extreme.shape != (len(KINDS) * f,) or np.any(extreme <= 0):
+            raise ModelFormatError(f"model: 'extreme' must be {len(KINDS) * f} positive values")
+        out["extreme"] = extreme
+        power = data.get("extreme_power", 1.0)
+        if isinstance(power, bool) or not isinstance(power, int | float) or not 0.0 <= power <= 1.0:
+            raise ModelFormatError(f"model: 'extreme_power' must be a number in [0, 1], got {power!r}")
+        out["extreme_power"] = float(power)
+    return out
+
+
+def deviation_of(Z: np.ndarray, extreme: np.ndarray, power: float, step: np.ndarray) -> np.ndarray:
+    """(n,) largest |z| of each row, each input's |z| less `step` over (its extreme / the median) ** power.
+
+    Power 0 is the plain largest |z| (one heavy-tailed input then sets the bar for all); 1 measures
+    every input against its own training extreme (a light-tailed input drifting just past its
+    extreme then alarms); in between keeps some of both. `step` is a count's smallest change (one
+    unit, in z; 0 for other features): one endpoint fewer than ever is not news.
+    """
+    unit = (extreme / np.median(extreme)) ** power
+    return (np.maximum(np.abs(Z) - step, 0.0) / unit).max(axis=1)

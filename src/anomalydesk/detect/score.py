@@ -6,8 +6,9 @@ vector works too, with no context). `score_batch` scores every row of a series (
 
 Attribution (which features to name): the forest says *whether* a window is unusual; the reasons say
 *where*. Each derived input (value, mean, std, jump of each feature) is already a robust z-score
-(deviation from the training median in training IQRs), so a feature's contribution is the largest
-|z| among its four inputs. The top features (at most `REASONS_MAX`, each with |z| ≥
+(deviation from the training median in training IQRs); a feature's contribution is the largest of
+its four inputs' |z|, each relative to that input's training extreme, so a new endpoint outranks an
+entropy that often swings that far. The top features (at most `REASONS_MAX`, each with |z| ≥
 `REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value when the
 value itself is out of line; otherwise what is: the recent average, or that it is fluctuating.
 """
@@ -69,12 +70,13 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
     """Reasons for the last row: the features with the largest robust deviation, most deviant first."""
     f = model.n_features
     z = np.abs(Z[-1]).reshape(len(KINDS), f)  # kind-major, as features.derived_names
-    contribution = z.max(axis=0)
-    dominant = z.argmax(axis=0)
+    relative = model.relative_deviation(Z[-1:]).reshape(len(KINDS), f)
+    contribution = relative.max(axis=0)  # how far beyond its own training extreme
+    dominant = relative.argmax(axis=0)
     reasons = []
     for column in np.argsort(-contribution, kind="stable")[:limit]:
-        if reasons and contribution[column] < config.REASON_MIN_DEVIATION:
-            break
+        if reasons and z[:, column].max() < config.REASON_MIN_DEVIATION:
+            continue
         name = model.feature_names[column]
         actual, normal = float(X[-1, column]), float(expected[-1, column])
         level = z[KINDS.index("value"), column] >= config.REASON_MIN_DEVIATION

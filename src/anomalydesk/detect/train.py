@@ -6,11 +6,13 @@ with `warm_start`, and `cancel()` is checked between chunks.
 
 Two verdicts are calibrated from the training data alone (no labels): the forest's anomaly score,
 each training window scored out-of-bag (only by the trees that did not draw it), and the largest
-robust |z| of the window's inputs. Each threshold is the (1 − false_alarm_rate / 2) quantile of its
-training values, so together they flag at most `false_alarm_rate` of the training windows. Each is
-calibrated to 0–100 (typical window → `SCORE_AT_MEDIAN`, threshold → `SEVERITY_WARNING`, as far
-beyond the threshold as the threshold is beyond typical → `SEVERITY_CRITICAL`), monotone, and a
-window's score is the larger of the two.
+robust |z| of the window's inputs, each input's |z| taken relative to its own training extreme
+(`model.deviation_of`), so a rarely non-zero count does not set the bar for every input. Each
+threshold is a high quantile of its training values (the budget is shared), so together they
+flag at most `false_alarm_rate` of the training windows. Each is calibrated to 0–100 (typical
+window → `SCORE_AT_MEDIAN`, threshold → `SEVERITY_WARNING`, as far beyond the threshold as the
+threshold is beyond typical → `SEVERITY_CRITICAL`), monotone, and a window's score is the larger of
+the two.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from anomalydesk.detect.features import (
     count_resolution,
     daily_profile,
     deseasonalise,
+    evidence_weights,
     robust_center_scale,
+    shrink,
     to_model_space,
     window_features,
 )
 from anomalydesk.detect.forest import ForestArrays
-from anomalydesk.detect.model import Model
+from anomalydesk.detect.model import Model, deviation_of
 from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -65,6 +69,7 @@ class TrainParams:
     context_rows: int = config.MODEL_CONTEXT_ROWS
     chunk_trees: int = config.TRAIN_CHUNK_TREES
     min_windows: int = config.MIN_TRAINING_WINDOWS
+    evidence: bool = True  # weight per-request statistics by their requests (config.EVIDENCE_PSEUDO_REQUESTS)
     random_state: int = 0
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, object] = field(default_factory=dict)  # recorded as given (e.g. service name)
@@ -113,14 +118,21 @@ def train(
     counts = count_features(X)
     Xm, overall = to_model_space(X, counts), to_model_space(expected, counts)
     profile = daily_profile(Xm, timestamps, overall) if daily_cycle else None
-    derived = window_features(deseasonalise(Xm, timestamps, profile, overall), params.context_rows)
-    center, scale = robust_center_scale(derived, np.tile(count_resolution(expected, counts), len(KINDS)))
+    evidence_column, evidence_prior = _evidence(params)
+    weights = evidence_weights(X, evidence_column, evidence_prior)
+    adjusted = shrink(deseasonalise(Xm, timestamps, profile, overall), overall, weights)
+    ignored = np.array([name in config.MODEL_IGNORED_FEATURES for name in params.feature_names])
+    adjusted[:, ignored] = overall[ignored]
+    derived = window_features(adjusted, params.context_rows)
+    resolution = np.tile(count_resolution(expected, counts), len(KINDS))
+    center, scale = robust_center_scale(derived, resolution)
     Z = (derived - center) / scale
+    extreme = _extremes(Z)
 
     forest = _grow(Z, params, report, cancel)
     arrays = ForestArrays.from_sklearn(forest)
     oob_raw = _out_of_bag_scores(arrays, forest, Z)
-    deviation = np.abs(Z).max(axis=1)
+    deviation = deviation_of(Z, extreme, config.DEVIATION_EXTREME_POWER, resolution / scale)
     rate, spacing = _false_alarm_rate(params, timestamps)
     # two verdicts sharing the false-alarm budget, so the union stays within it
     rate_dev = rate * config.DEVIATION_ALARM_SHARE
@@ -162,7 +174,9 @@ def train(
         forest=arrays, feature_names=tuple(params.feature_names), context_rows=params.context_rows,
         center=center, scale=scale, expected=expected, spread=q75 - q25, profile=profile, counts=counts,
         calibration_raw=cal_raw, calibration_score=cal_score, deviation_raw=dev_raw,
-        deviation_score=dev_score, metadata=metadata,
+        deviation_score=dev_score, metadata=metadata, evidence_column=evidence_column,
+        evidence_prior=evidence_prior if weights is not None else None, extreme=extreme,
+        ignored=ignored if ignored.any() else None, extreme_power=config.DEVIATION_EXTREME_POWER,
     )
     report(1.0)
     return model
@@ -178,6 +192,21 @@ def _check_matrix(X: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
         row, column = (int(v) for v in np.argwhere(bad)[0])
         raise ValueError(f"training data: feature {names[column]!r} is not a finite number in window {row}")
     return X
+
+
+def _evidence(params: TrainParams) -> tuple[int | None, np.ndarray]:
+    """(column counting the requests, pseudo-count of each feature) from the feature names."""
+    names = params.feature_names
+    if config.EVIDENCE_COLUMN not in names or not params.evidence:
+        return None, np.zeros(len(names))
+    prior = np.array([config.EVIDENCE_PSEUDO_REQUESTS.get(name, 0.0) for name in names])
+    return names.index(config.EVIDENCE_COLUMN), prior
+
+
+def _extremes(Z: np.ndarray) -> np.ndarray:
+    """Each input's extreme |z| in training: a high quantile, at least DEVIATION_EXTREME_FLOOR."""
+    return np.maximum(np.quantile(np.abs(Z), config.DEVIATION_EXTREME_QUANTILE, axis=0),
+                      config.DEVIATION_EXTREME_FLOOR)
 
 
 def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tuple[float, float | None]:

@@ -41,7 +41,8 @@ ORDERS_KPI = "orders_per_window"
 PAYMENT_KPI = "payment_amount"
 PAYMENT_MEDIAN = 48.0  # currency units; log-normal amounts
 PAYMENT_SIGMA = 0.25
-PAYMENT_RANGE = (15.0, 160.0)  # about ±4.6 sigma: a normal window has no amount outside it
+PAYMENT_RANGE = (15.0, 160.0)  # about ±4.6 sigma: a normal window has no amount outside it …
+PAYMENT_MAX_SIGMAS = 4.5  # … nor a normal day (the log-normal is cut here, inside the range)
 ORDERS_RANGE_SIGMAS = 3.5  # the orders range is the expected count ± 3.5 Poisson sigmas (and ±10 %)
 
 _NEW_DEPENDENCY_PATHS = (
@@ -267,7 +268,8 @@ class Simulation:
     def _payments(self, traffic: Traffic, business: Sequence[Fault], rng: np.random.Generator) -> KpiValues:
         paid = (traffic.endpoint_idx == self._payments_ep) & (traffic.status < 400)
         ts = traffic.timestamps[paid]
-        amounts = PAYMENT_MEDIAN * np.exp(PAYMENT_SIGMA * rng.standard_normal(ts.size))
+        z = np.clip(rng.standard_normal(ts.size), -PAYMENT_MAX_SIGMAS, PAYMENT_MAX_SIGMAS)
+        amounts = PAYMENT_MEDIAN * np.exp(PAYMENT_SIGMA * z)
         for fault in business:
             amounts = np.where(fault.mask(ts), amounts * config.DEMO_FAULT_BUSINESS_FACTOR, amounts)
         low, high = PAYMENT_RANGE
