@@ -235,7 +235,8 @@ def test_orders_per_window_once_per_window_within_range_and_business_fault() -> 
     stamps = np.concatenate([k.timestamps for k in kpis])
     low, high = np.concatenate([k.low for k in kpis]), np.concatenate([k.high for k in kpis])
     assert kpis[0].name == ORDERS_KPI
-    assert np.array_equal(stamps, T0 + 2.5 + 5 * np.arange(360))  # one value in the middle of every window
+    # one value in the middle of every window but the first, which the traffic covers only half of
+    assert np.array_equal(stamps, T0 + 2.5 + 5 * np.arange(1, 360))
     inside = fault.mask(stamps)
     normal = (values >= low) & (values <= high)
     assert normal[~inside].mean() > 0.97

@@ -166,8 +166,8 @@ DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerpr
 DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list, models and silences re-read at most this often
 INCIDENTS_KEPT = 5_000  # resolved incidents kept in Keys.incidents (the oldest are forgotten)
 INCIDENT_PRUNE_SECONDS = 600  # how often a detector prunes them
-RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance outside the range,
-RULE_SCORE_PER_DISTANCE = 60.0  # in range half-widths): 1/6 → warning (70), 1/2 → critical (90)
+RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance beyond the bound crossed,
+RULE_SCORE_PER_DISTANCE = 90.0  # as a share of that bound): 1/9 → warning (70), 1/3 → critical (90)
 
 # --- integrations: OTLP receiver, Prometheus scrape, webhooks (docs/integrations.md) -------------
 ENV_METRIC_MAP = "ANOMALYDESK_METRIC_MAP"  # mapping file (TOML) the collector's OTLP receiver reads

@@ -81,8 +81,8 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
     """Severity of a business rule breach from its distance outside the expected range.
 
     With per-KPI ranges (`kpi_ranges` in the fingerprint entry: name → [lo, hi, min, max]) the distance
-    is how far the window's most extreme value lies outside [lo, hi], in half-widths of the range, and
-    the KPIs named are those outside;
+    is how far the window's most extreme value lies beyond the bound it crosses, as a share of that
+    bound (11 % beyond: warning; a third beyond: critical), and the KPIs named are those outside;
     without them the count of values out of range stands in for it and every KPI of the window is
     named with its mean.
     """
@@ -96,8 +96,10 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
             # [lo, hi, min, max]: the window's extreme values decide (one stray value is a breach
             # even when the mean stays inside); older entries carry [lo, hi] and the mean decides
             low_value, high_value = (float(bounds[2]), float(bounds[3])) if len(bounds) >= 4 else (mean, mean)
+            # distance as a share of the bound it crosses ("40 % below the minimum"); a zero bound
+            # falls back to the range's half-width
             half = max((hi - lo) / 2, 1e-12)
-            outside = max(lo - low_value, high_value - hi, 0.0) / half
+            outside = max((lo - low_value) / (abs(lo) or half), (high_value - hi) / (abs(hi) or half), 0.0)
             if outside <= 0:
                 continue
             distance = max(distance, outside)
@@ -111,7 +113,7 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
     if not ranges:
         # no ranges in the fingerprint: the number of values out of range stands in for the distance
         # (one stray value is info, two a warning, four or more critical)
-        distance = max(0, count - 1) / 3
+        distance = max(0, count - 1) / 4.5
     if not reasons:
         reasons.append({"feature": "kpi_out_of_range", "actual": count, "expected": 0,
                         "text": f"{count} business values outside their expected range"})  # fmt: skip

@@ -286,21 +286,22 @@ class Simulation:
         report_at = (np.arange(first, math.ceil((t1 - W / 2) / W)) + 0.5) * W
         report_at = report_at[report_at >= t0]
         seen = np.concatenate(list(recent)) if recent else np.empty(0)
-        values, lows, highs = [], [], []
+        values, lows, highs, reported = [], [], [], []
         model = self.services[svc]
         p_ok = 1.0 - model.p4xx[self._orders_ep] - model.p5xx[self._orders_ep]
         order_share = model.share_of(self._orders_ep)
         for t in report_at:
-            covered = min(W, t - self._started[svc])
-            count = np.count_nonzero((seen >= t - W) & (seen < t))
-            value = count * W / covered if covered > 0 else 0.0
+            if t - self._started[svc] < W:
+                continue  # a partly covered window would extrapolate a few seconds' noise: report none
+            value = float(np.count_nonzero((seen >= t - W) & (seen < t)))
             if any(f.start <= t < f.end for f in business):
                 value *= config.DEMO_FAULT_BUSINESS_FACTOR
             expected = self.expected_rate(svc, rate, t) * order_share * p_ok * W
             slack = ORDERS_RANGE_SIGMAS * math.sqrt(expected) + 0.1 * expected
+            reported.append(t)
             values.append(value)
             lows.append(max(0.0, expected - slack))
             highs.append(expected + slack)
         while recent and (recent[0].size == 0 or recent[0][-1] < t1 - 2 * W):
             recent.popleft()
-        return KpiValues(ORDERS_KPI, np.array(values), report_at, np.array(lows), np.array(highs))
+        return KpiValues(ORDERS_KPI, np.array(values), np.array(reported), np.array(lows), np.array(highs))
