@@ -99,7 +99,7 @@ HEALTH_CHECK_INTERVAL_SECONDS = 15
 RETRY_ATTEMPTS = 3
 RETRY_BACKOFF_BASE_SECONDS = 0.1  # 0.2 s, 0.4 s, 0.8 s … between reconnect attempts
 RETRY_BACKOFF_CAP_SECONDS = 2.0
-CLUSTER_PROBE_TIMEOUT_SECONDS = 0.5  # an unchecked client (connect_async, check=False) asks the node once, this long at most
+CLUSTER_PROBE_TIMEOUT_SECONDS = 0.5  # unchecked clients (connect_async, check=False) ask the node once, this long
 MIN_REDIS_VERSION = (7, 0)  # Redis Functions
 
 # --- logs and diagnostics (docs/reliability.md) ------------------------------------------------

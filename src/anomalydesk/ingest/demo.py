@@ -200,7 +200,8 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     wall = time.perf_counter() - wall0
     summary = {
         "mode": "fast", "services": sim.names, "rate": rate, "seed": seed, "window_seconds": window_s,
-        "start": start, "end": end, "duration_s": duration, "caught_up_s": end - start - duration, "wall_s": round(wall, 3),
+        "start": start, "end": end, "duration_s": duration, "caught_up_s": end - start - duration,
+        "wall_s": round(wall, 3),
         "events": events, "business_metrics": kpis, "accepted": result.accepted, "late": result.late,
         "windows_sealed": result.sealed + sealed, "events_per_s": round(events / wall, 1) if wall > 0 else None,
         "faults": truth.recorded, "truth_file": str(truth_path) if truth_path is not None else None,
