@@ -40,16 +40,21 @@ def qloop(qapp: Any) -> Iterator[asyncio.AbstractEventLoop]:
     threads_before = set(threading.enumerate())
     asyncio.events._set_running_loop(loop)
     asyncio.set_event_loop(loop)
-    yield loop
-    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-    for task in pending:
-        task.cancel()
-    for _ in range(20):
-        qapp.processEvents()
-    leaked = [t for t in set(threading.enumerate()) - threads_before
-              if t.is_alive() and t.name.startswith(("ad-", "anomalydesk-"))]  # fmt: skip
-    assert not leaked, f"threads left running: {[t.name for t in leaked]}"
-    assert not pending, f"tasks left pending: {pending}"
+    try:
+        yield loop
+        pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in pending:
+            task.cancel()
+        for _ in range(20):
+            qapp.processEvents()
+        leaked = [t for t in set(threading.enumerate()) - threads_before
+                  if t.is_alive() and t.name.startswith(("ad-", "anomalydesk-"))]  # fmt: skip
+        assert not leaked, f"threads left running: {[t.name for t in leaked]}"
+        assert not pending, f"tasks left pending: {pending}"
+    finally:
+        # the loop is "running" only for the app tests: later tests (asyncio.run) must find none
+        asyncio.events._set_running_loop(None)
+        asyncio.set_event_loop(None)
 
 
 def run(qtbot: Any, awaitable: Awaitable[T], timeout: float = 30.0) -> T:
