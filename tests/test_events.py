@@ -108,3 +108,12 @@ def test_batch_keeps_the_valid_items_and_lists_the_rest() -> None:
 def test_timestamps() -> None:
     assert parse_timestamp(1795687200) == 1795687200.0
     assert parse_timestamp("2026-11-26T11:00:00+01:00") == 1795687200.0
+
+
+def test_values_beyond_what_a_batch_can_sum_are_refused() -> None:
+    with pytest.raises(EventError, match="within") as err:
+        parse_business_metric({"metric_name": "revenue", "value": 1e300})
+    assert err.value.field == "value"
+    with pytest.raises(EventError, match="within") as err:
+        parse_metric({"service": "a", "endpoint": "GET:/", "status_code": 200, "response_time": 2e9})
+    assert err.value.field == "response_time"

@@ -47,6 +47,8 @@ SERVICE_NAME_MAX = 64
 ENDPOINT_MAX = 256
 METRIC_NAME_MAX = 128
 BUSINESS_PSEUDO_SERVICE = "business"
+MAX_ABS_VALUE = 1e12  # business values and range bounds (a batch's sums stay exact and within the server's 1e18)
+MAX_LATENCY_MS = 1e9  # about 11.6 days
 
 # --- ingestion (client side) ------------------------------------------------------------------
 SINK_MAX_BATCH_EVENTS = 5_000  # events pre-aggregated into one FCALL

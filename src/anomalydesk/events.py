@@ -16,7 +16,14 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from anomalydesk.config import BUSINESS_PSEUDO_SERVICE, ENDPOINT_MAX, METRIC_NAME_MAX, SERVICE_NAME_MAX
+from anomalydesk.config import (
+    BUSINESS_PSEUDO_SERVICE,
+    ENDPOINT_MAX,
+    MAX_ABS_VALUE,
+    MAX_LATENCY_MS,
+    METRIC_NAME_MAX,
+    SERVICE_NAME_MAX,
+)
 
 _SERVICE_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{SERVICE_NAME_MAX}}}\Z")
 _METRIC_NAME_RE = re.compile(rf"[A-Za-z0-9._:/-]{{1,{METRIC_NAME_MAX}}}\Z")
@@ -88,13 +95,15 @@ def normalize_endpoint(endpoint: str) -> str:
     return normalized
 
 
-def _number(value: Any, field: str) -> float:
+def _number(value: Any, field: str, limit: float = MAX_ABS_VALUE) -> float:
     # bool is an int subclass; True as a latency is a client bug, not 1 ms
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise EventError(field, f"must be a number, got {type(value).__name__}")
     number = float(value)
     if not math.isfinite(number):
         raise EventError(field, "must be finite (NaN and Infinity are not numbers here)")
+    if abs(number) > limit:  # sums of a batch must stay exact and within what the server accepts
+        raise EventError(field, f"must be within ±{limit:g}, got {number:g}")
     return number
 
 
@@ -109,7 +118,7 @@ def parse_timestamp(value: Any, field: str = "timestamp") -> float:
             raise EventError(field, "an RFC 3339 timestamp needs a time zone (Z or ±hh:mm)")
         ts = parsed.timestamp()
     else:
-        ts = _number(value, field)
+        ts = _number(value, field, math.inf)  # the range check below says "milliseconds?"
     if not _TS_MIN <= ts <= _TS_MAX:
         raise EventError(field, f"{ts:g} is not epoch seconds between 2000 and 2100 (milliseconds?)")
     return ts
@@ -130,7 +139,7 @@ def parse_metric(obj: Any) -> Metric:
             service in _KNOWN_SERVICES
             and type(endpoint) is str
             and type(status) is int and 100 <= status <= 599
-            and (type(latency) is float or type(latency) is int) and 0 <= latency < math.inf
+            and (type(latency) is float or type(latency) is int) and 0 <= latency <= MAX_LATENCY_MS
             and (ts is None or ((type(ts) is float or type(ts) is int) and _TS_MIN <= ts <= _TS_MAX))
         ):
             return Metric(service, normalize_endpoint(endpoint), status, float(latency),
@@ -169,7 +178,7 @@ def _parse_metric_checked(obj: Any) -> Metric:
         latency = extra.get("response_time")
     if latency is None:
         raise EventError("response_time", "is required (milliseconds)")
-    latency = _number(latency, "response_time")
+    latency = _number(latency, "response_time", MAX_LATENCY_MS)
     if latency < 0:
         raise EventError("response_time", f"must not be negative, got {latency:g}")
     ts = obj.get("timestamp")
