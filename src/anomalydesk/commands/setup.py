@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from anomalydesk.cli import CommandError
@@ -22,24 +23,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}")
-    return value
+def _between_0_and_1(exclusive: bool) -> Callable[[str], float]:
+    """An argparse type for a number in (0, 1) (`exclusive`) or [0, 1]."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        inside = 0.0 < value < 1.0 if exclusive else 0.0 <= value <= 1.0
+        if not inside:
+            raise argparse.ArgumentTypeError(
+                f"must be between 0 and 1{' (exclusive)' if exclusive else ''}, got {value}")
+        return value
+
+    return parse
 
 
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
-    return value
+_fraction = _between_0_and_1(exclusive=True)
+_share = _between_0_and_1(exclusive=False)
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
