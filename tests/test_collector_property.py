@@ -120,5 +120,5 @@ def check_random_payloads(redis_url: str, r: redis.Redis, examples: int) -> None
         assert request(collector.url, "GET", "/health")[0] == 200  # still alive
     # the generator reaches every kind of answer, and many events were stored
     assert min(answers.get(code, 0) for code in (200, 202, 400, 422)) >= examples // 40, answers
-    assert accepted >= examples // 4
+    assert accepted >= examples // 5  # values beyond ±1e12 (and latencies beyond 1e9 ms) are refused too
     assert admin.status(r)["events_total"] == accepted
