@@ -11,6 +11,7 @@ from PySide6 import QtWidgets
 from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.state import AppState
+from anomalydesk.store.connection import ConnectionFailed, parse_url
 
 STATUS_COLOUR = {"connected": "#2e8b57", "connecting": "#b8860b", "reconnecting": "#d2691e",
                  "failed": "#c0392b", "disconnected": "#777777"}  # fmt: skip
@@ -53,6 +54,10 @@ class ConnectionPanel(QtWidgets.QWidget):
         form.addRow("User", self.user)
         form.addRow("Password", self.password)
         form.addRow("", self.apply_button)
+        self.form_error = QtWidgets.QLabel()  # a URL that cannot be used is refused here, before reconnecting
+        self.form_error.setWordWrap(True)
+        self.form_error.setStyleSheet("color: #c0392b")
+        form.addRow("", self.form_error)
 
         self.status = QtWidgets.QLabel()
         self.reason = QtWidgets.QLabel()
@@ -90,8 +95,20 @@ class ConnectionPanel(QtWidgets.QWidget):
         self.warnings.setText("".join(f"<p style='color:#c0392b'>⚠ {w}</p>" for w in c.warnings))
 
     def apply(self) -> None:
-        """Save URL/TLS/user (password to the keyring) and reconnect."""
-        self.settings.redis_url = self.url.text().strip()
+        """Check the form, save URL/TLS/user (password to the keyring) and reconnect.
+
+        A URL the client cannot use (bad scheme, TLS options without TLS, …) is refused with the reason
+        and nothing changes: the app stays on its current server.
+        """
+        url = self.url.text().strip()
+        if url:
+            try:
+                parse_url(build_url(url, self.tls.isChecked(), self.user.text().strip(), ""))
+            except ConnectionFailed as err:
+                self.form_error.setText(f"not applied: {err.reason}")
+                return
+        self.form_error.setText("")
+        self.settings.redis_url = url
         self.settings.tls = self.tls.isChecked()
         self.settings.username = self.user.text().strip()
         if self.password.text():

@@ -47,10 +47,11 @@ class IncidentsModel(QtCore.QAbstractTableModel):
         super().__init__(parent)
         self.incidents = incidents
         self.ids: list[str] = []
-        self._reload()
+        self.reload()
         incidents.changed.connect(self._incident_changed)
 
-    def _reload(self) -> None:
+    def reload(self) -> None:
+        """Rebuild the rows from the state."""
         self.beginResetModel()
         order = sorted(self.incidents.incidents.values(), key=lambda i: (i.start, i.incident_id), reverse=True)
         self.ids = [i.incident_id for i in order]
@@ -59,7 +60,7 @@ class IncidentsModel(QtCore.QAbstractTableModel):
     def _incident_changed(self, incident: Incident) -> None:
         known = incident.incident_id in self.ids
         if len(self.incidents.incidents) != len(self.ids) + (0 if known else 1):
-            self._reload()  # the state dropped old incidents
+            self.reload()  # the state dropped old incidents
             return
         if known:
             row = self.ids.index(incident.incident_id)
@@ -199,6 +200,14 @@ class IncidentsPanel(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
+        self._update_buttons()
+
+    def forget(self) -> None:
+        """Show the (emptied) incidents state afresh: the app switched servers."""
+        self.model.reload()
+        self.details.clear()
+        self.detail_plot.clear()
+        self.status_label.setText("")
         self._update_buttons()
 
     # --- selection ----------------------------------------------------------------------------

@@ -100,7 +100,11 @@ class MainWindow(QtWidgets.QMainWindow):
         self.quit_action.setShortcut(QtGui.QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.quit)
         self.status = self.statusBar()
+        self._server_url = state.connection.url
+        self._connections = 0  # transitions to "connected" seen (the first is handled by the app's start-up)
+        self._was_connected = False
         state.connection.changed.connect(self._status_changed)
+        state.connection.changed.connect(self._connection_changed)
         state.incidents.health_changed.connect(lambda level: self.setWindowIcon(health_icon(level)))
         self.restore_layout()
 
@@ -119,6 +123,47 @@ class MainWindow(QtWidgets.QMainWindow):
         if c.warnings:
             text += " · ⚠ " + "; ".join(c.warnings)
         self.status.showMessage(text)
+
+    def _connection_changed(self) -> None:
+        c = self.state.connection
+        if c.url and c.url != self._server_url:
+            if self._server_url:
+                self.forget_server()  # another server: nothing the old one showed still applies
+            self._server_url = c.url
+        connected = c.status == "connected"
+        if connected and not self._was_connected:
+            self._connections += 1
+            if self._connections > 1:
+                self.reload_from_server()
+        self._was_connected = connected
+
+    def forget_server(self) -> None:
+        """Drop what the previous server showed: incidents, live windows, services, models, sketch sizes.
+
+        Runs when the connection's URL changes, i.e. after the old session is closed and before the new
+        one's readers start, so nothing of the old server arrives afterwards.
+        """
+        st = self.state
+        st.live.buffers.clear()
+        st.live.thresholds.clear()
+        st.live.services_changed.emit()
+        st.set_services([])
+        incidents = st.incidents
+        incidents.incidents.clear()
+        incidents.seen_alerts.clear()
+        incidents.last_log_id = "0-0"
+        incidents._update_health()  # back to "none": the tray and window icon follow
+        self.incidents.forget()
+        self.banner.dismiss()  # its notifications were about the old server's incidents
+        st.training.update(services={})
+        st.sketches = {}
+        st.sketches_changed.emit()
+
+    def reload_from_server(self) -> None:
+        """After a reconnect (another server, or the same one restarted): re-read silences, models, sketches."""
+        self.incidents.refresh_silences()
+        self.training.refresh_models()
+        self.sketches.reload()
 
     def set_start_at_login(self, enabled: bool) -> None:
         """Create or remove the login item (XDG autostart on Linux)."""

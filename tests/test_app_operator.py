@@ -1,0 +1,195 @@
+"""Operator paths of the real window (offscreen) against real redis-servers started here: switching
+servers from the connection panel (a password server, TLS), the self-monitoring warnings, and the tray.
+
+Data is written the way producers and the detector write it (the ingest sink, incident records +
+alerts-log + PUBLISH), so these tests do not depend on detection quality.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import redis
+import trustme
+
+from anomalydesk.app import settings as settings_mod
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.config import SketchSettings
+from anomalydesk.store import admin
+from anomalydesk.store.sink import IngestSink
+from app_support import qloop, run  # noqa: F401  (fixture)
+from conftest import RedisServer, free_port
+from test_app_incidents import raise_alert
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+PASSWORD = "s3cret-pw"
+
+
+@pytest.fixture(autouse=True)
+def own_config_dir(tmp_path, monkeypatch):
+    """Passwords (secrets.json: the tests' keyring is the null backend) go to this test's own dir."""
+    monkeypatch.setenv("ANOMALYDESK_CONFIG_DIR", str(tmp_path / "config"))
+
+
+def seed_service(r: redis.Redis, service: str, end: float, windows: int = 3) -> None:
+    """Set the server up and ingest `windows` + 1 five-second windows of `service` ending at `end`.
+
+    Replayed (explicit timestamps): each later window seals the one before, so `windows` fingerprints
+    are written, the newest starting about 5 s before `end`.
+    """
+    if not admin.read_settings(r).configured:
+        admin.setup(r, SketchSettings())
+    sink = IngestSink(r, replay=True)
+    for w in range(windows + 1):
+        t = end - 5.0 * (windows - w)
+        sink.add_arrays(service, ["GET:/a", "POST:/b"], np.array([0, 1, 0]), np.array([200, 200, 500]),
+                        np.array([10.0, 20.0, 30.0]), np.full(3, t))  # fmt: skip
+    sink.close()
+
+
+def open_app(qtbot, settings: AppSettings, run_detector: bool = False):
+    from anomalydesk.app.application import DesktopApp
+
+    app = DesktopApp(settings, run_detector=run_detector)
+    app.window.show()
+    run(qtbot, app.start())
+    return app
+
+
+def close_app(qtbot, app) -> None:
+    run(qtbot, app.shutdown())
+    app.dispose()
+
+
+def wait_connected_to(qtbot, app, server, timeout: int = 30_000) -> None:
+    conn = app.state.connection
+    qtbot.waitUntil(lambda: conn.status == "connected" and f":{server.port}/" in conn.url, timeout=timeout)
+
+
+def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloop, redis_server, redis_url,  # noqa: F811
+                                                                      tmp_path):  # fmt: skip
+    """Apply in the connection panel reconnects the running app: the new server's services and incidents
+    replace the old one's; a wrong password shows "failed" naming authentication (and never the
+    password), a good URL recovers, and the right password (kept in the secret store) connects."""
+    first = redis_server.client()
+    second = RedisServer(tmp_path / "second")
+    locked = RedisServer(tmp_path / "locked")
+    app = None
+    try:
+        locked.client().config_set("requirepass", PASSWORD)  # (the fixture's readiness PING has no password)
+        now = time.time()
+        seed_service(first, "alpha-svc", now)
+        old = raise_alert(first, "alpha-svc", 100)
+        seed_service(second.client(), "beta-svc", now)
+        new = raise_alert(second.client(), "beta-svc", 200)
+        locked_client = locked.client(password=PASSWORD)
+        seed_service(locked_client, "gamma-svc", now)
+
+        app = open_app(qtbot, AppSettings(redis_url=redis_url))
+        state, window, panel = app.state, app.window, app.window.connection
+        wait_connected_to(qtbot, app, redis_server)
+        qtbot.waitUntil(lambda: old["incident_id"] in window.incidents.model.ids, timeout=10_000)
+        qtbot.waitUntil(lambda: state.services == ["alpha-svc"], timeout=10_000)
+        assert panel.url.text() == redis_url
+
+        panel.url.setText(second.url)
+        panel.apply_button.click()
+        wait_connected_to(qtbot, app, second)
+        qtbot.waitUntil(lambda: new["incident_id"] in window.incidents.model.ids, timeout=10_000)
+        qtbot.waitUntil(lambda: state.services == ["beta-svc"], timeout=10_000)
+        assert app.settings.redis_url == second.url
+        assert old["incident_id"] not in window.incidents.model.ids  # the old server's incident is gone
+        live_services = [window.live.service_box.itemText(i) for i in range(window.live.service_box.count())]
+        assert live_services == ["beta-svc"]
+        assert f":{second.port}/" in panel.status.text() and "connected" in panel.status.text()
+        qtbot.waitUntil(lambda: "Redis 7" in panel.facts.text(), timeout=10_000)
+
+        panel.url.setText(locked.url)
+        panel.password.setText("not-the-password")
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: state.connection.status == "failed", timeout=30_000)
+        assert "authentication" in state.connection.reason
+        assert "authentication" in panel.reason.text()
+        assert "not-the-password" not in panel.status.text() + panel.reason.text() + window.status.currentMessage()
+        assert panel.password.text() == ""  # saved to the secret store, not left in the form
+
+        panel.url.setText(second.url)  # back to a good server: recovers
+        panel.apply_button.click()
+        wait_connected_to(qtbot, app, second)
+        qtbot.waitUntil(lambda: new["incident_id"] in window.incidents.model.ids, timeout=10_000)
+
+        panel.url.setText(locked.url)
+        panel.password.setText(PASSWORD)
+        panel.apply_button.click()
+        wait_connected_to(qtbot, app, locked)
+        qtbot.waitUntil(lambda: state.services == ["gamma-svc"], timeout=10_000)
+        assert new["incident_id"] not in window.incidents.model.ids
+        assert settings_mod.get_password(panel.account()) == PASSWORD
+        settings_mod.save(app.settings)
+        assert PASSWORD not in settings_mod.settings_path().read_text()  # the password is not in app.json
+        locked_client.close()
+    finally:
+        if app is not None:
+            close_app(qtbot, app)
+        first.close()
+        second.stop()
+        locked.stop()
+
+
+def test_tls_checkbox_connects_over_tls_and_round_trips_in_settings(qtbot, qloop, tmp_path):  # noqa: F811
+    """With TLS ticked, the panel's URL is used as rediss:// against a TLS-only port (connected); without
+    it the same port cannot be used; the flag is saved to the settings file and shown again on load."""
+    from anomalydesk.app.connection_panel import ConnectionPanel
+    from anomalydesk.app.state import AppState
+
+    certs = tmp_path / "tls"
+    certs.mkdir()
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(certs / "ca.crt"))
+    cert = ca.issue_cert("127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(certs / "server.crt"))
+    cert.private_key_pem.write_to_path(str(certs / "server.key"))
+    tls_port = free_port()
+    server = RedisServer(certs, "--tls-port", str(tls_port), "--tls-cert-file", str(certs / "server.crt"),
+                         "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
+                         "--tls-auth-clients", "no")  # fmt: skip
+    tls_url = f"redis://127.0.0.1:{tls_port}/0?ssl_ca_certs={certs / 'ca.crt'}"
+    app = None
+    try:
+        app = open_app(qtbot, AppSettings(redis_url=server.url))
+        wait_connected_to(qtbot, app, server)
+        panel, conn = app.window.connection, app.state.connection
+        assert not panel.tls.isChecked()
+
+        panel.url.setText(tls_url)  # TLS options without TLS: refused in the form, the app stays where it is
+        panel.apply_button.click()
+        assert "need a rediss:// URL" in panel.form_error.text()
+        assert app.settings.redis_url == server.url and conn.status == "connected" and f":{server.port}/" in conn.url
+
+        panel.url.setText(f"redis://127.0.0.1:{tls_port}/0")  # the TLS port, TLS not ticked: no plain talk there
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: conn.status in ("reconnecting", "failed") and f":{tls_port}/" in conn.url,
+                        timeout=30_000)  # fmt: skip
+        assert conn.reason and panel.form_error.text() == ""
+
+        panel.url.setText(tls_url)
+
+        panel.tls.setChecked(True)
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: conn.status == "connected" and conn.url.startswith(f"rediss://127.0.0.1:{tls_port}/"),
+                        timeout=30_000)  # fmt: skip
+        assert app.settings.tls is True
+        settings_mod.save(app.settings)
+        loaded = settings_mod.load()
+        assert loaded.tls is True and loaded.redis_url == tls_url
+        again = ConnectionPanel(AppState(), loaded, lambda: None)
+        qtbot.addWidget(again)
+        assert again.tls.isChecked() and again.url.text() == tls_url
+    finally:
+        if app is not None:
+            close_app(qtbot, app)
+        server.stop()
