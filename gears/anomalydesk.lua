@@ -36,6 +36,8 @@ the RedisBloom commands built into Redis 8 / Redis Stack):
                     saturates; overall false-positive rate <= 2 * error.
   Top-K             Space-Saving with 10*k (at least 100) counters in a sorted set: every item with
                     true count > N/counters is listed; counts overestimate by at most N/counters.
+  Size limits (cfg, refused with an error naming the field): width <= 1,000,000, depth <= 20,
+  width*depth <= 4,000,000 counters, filter capacity <= 10,000,000, filter error >= 1e-9, k <= 1,000.
 ]]
 
 local LIB_VERSION = '1'
@@ -56,6 +58,13 @@ local MAX_COUNT = 1e12
 local MAX_SUM = 1e18
 local MAX_PAIRS = 4000
 local MAX_EPOCH_S = 1e11
+-- sketch sizes a config may choose (config.SKETCH_MAX_*, checked by `setup` before anything is written)
+local MAX_CMS_WIDTH = 1000000
+local MAX_CMS_DEPTH = 20
+local MAX_CMS_COUNTERS = 4000000
+local MAX_FILTER_CAPACITY = 10000000
+local MIN_FILTER_ERROR = 1e-9
+local MAX_TOPK = 1000
 
 local function fail(msg)
   return redis.error_reply('ERR anomalydesk: ' .. msg)
@@ -140,11 +149,23 @@ local function validate(p, service)
   local c = p.cfg
   if type(c) ~= 'table' then return 'cfg is required' end
   if not is_int(c.W, 1, 86400) then return 'cfg.W must be an integer number of seconds' end
-  if not is_int(c.cw, 1, 10000000) or not is_int(c.cd, 1, 64) then return 'cfg.cw/cd out of range' end
-  if not is_int(c.fc, 1, 1000000000) or not is_finite(c.fe) or c.fe <= 0 or c.fe >= 1 then
-    return 'cfg.fc/fe out of range'
+  if not is_int(c.cw, 1, MAX_CMS_WIDTH) then
+    return 'cfg.cw (Count-Min Sketch width) must be an integer in 1..' .. MAX_CMS_WIDTH
   end
-  if not is_int(c.tk, 1, 100000) or not is_int(c.ret, 1, MAX_COUNT) then return 'cfg.tk/ret out of range' end
+  if not is_int(c.cd, 1, MAX_CMS_DEPTH) then
+    return 'cfg.cd (Count-Min Sketch depth) must be an integer in 1..' .. MAX_CMS_DEPTH
+  end
+  if c.cw * c.cd > MAX_CMS_COUNTERS then
+    return 'cfg.cw * cfg.cd (Count-Min Sketch counters) must be at most ' .. MAX_CMS_COUNTERS
+  end
+  if not is_int(c.fc, 1, MAX_FILTER_CAPACITY) then
+    return 'cfg.fc (filter capacity) must be an integer in 1..' .. MAX_FILTER_CAPACITY
+  end
+  if not is_finite(c.fe) or c.fe < MIN_FILTER_ERROR or c.fe >= 1 then
+    return 'cfg.fe (filter error) must be a number in [' .. MIN_FILTER_ERROR .. ', 1)'
+  end
+  if not is_int(c.tk, 1, MAX_TOPK) then return 'cfg.tk (Top-K k) must be an integer in 1..' .. MAX_TOPK end
+  if not is_int(c.ret, 1, MAX_COUNT) then return 'cfg.ret (retention) must be an integer in 1..' .. MAX_COUNT end
   if c.be ~= 'native' and c.be ~= 'functions' then return 'cfg.be must be native or functions' end
   if type(p.w) ~= 'table' then return 'w must be a list of windows' end
   for i, w in ipairs(p.w) do

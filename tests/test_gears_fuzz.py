@@ -16,7 +16,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anomalydesk.config import SketchSettings
+from anomalydesk.config import SKETCH_MAX_FILTER_CAPACITY, SketchSettings
 from anomalydesk.events import parse_metric
 from anomalydesk.store import admin, fingerprints, sink
 from anomalydesk.store.keys import Keys
@@ -112,8 +112,9 @@ def test_one_wrong_part_refuses_the_whole_batch(ready: redis.Redis, data: st.Dat
     base = baseline_payload(ready, replay)
     path = data.draw(st.sampled_from(paths(base)), label="path")
     new = data.draw(WRONG, label="value")
-    if path[0] == "cfg" and isinstance(new, int | float) and not isinstance(new, bool) and 0 < new < 2**31:
-        new = -abs(new)  # in-range giant sketch sizes would allocate gigabytes: only invalid sizes here
+    size = isinstance(new, int | float) and not isinstance(new, bool)
+    if path[0] == "cfg" and size and 0 < new <= SKETCH_MAX_FILTER_CAPACITY:
+        new = -abs(new)  # sizes within the limits may be valid (tens of MB each); larger ones must be refused
     payload = replaced(base, path, new)
     outcome = check_refused_or_applied(ready, lambda: ingest(ready, json.dumps(payload).encode()))
     if outcome == "applied":  # a replacement that is still valid (e.g. another valid count) may pass

@@ -41,6 +41,15 @@ REPLAY_CLOCK_HOLD_SECONDS = 30  # a replaying service is sealed by its event clo
 WINDOW_ENDPOINTS_CAP = 512  # distinct endpoints counted exactly per window; the rest go to "other"
 DEFAULT_RAW_SAMPLE = 0.0  # full-fidelity mode: share of events also kept raw (0 = off, 1 = all)
 RAW_STREAM_MAXLEN = 100_000  # raw events kept per service (trimmed stream)
+# upper bounds on the sketch sizes a setup may choose (mirrored in gears/anomalydesk.lua, which refuses
+# larger ones too): at most 2 × 16 MiB of Count-Min Sketch, a first filter layer of at most ~54 MB and
+# 10,000 Top-K counters per service
+SKETCH_MAX_CMS_WIDTH = 1_000_000
+SKETCH_MAX_CMS_DEPTH = 20
+SKETCH_MAX_CMS_COUNTERS = 4_000_000  # width × depth: 16 MiB of u32 counters per sketch
+SKETCH_MAX_FILTER_CAPACITY = 10_000_000
+SKETCH_MIN_FILTER_ERROR = 1e-9
+SKETCH_MAX_TOPK = 1_000
 
 # --- names ------------------------------------------------------------------------------------
 SERVICE_NAME_MAX = 64
@@ -204,6 +213,12 @@ class SketchSettings:
     retention: int = DEFAULT_RETENTION_WINDOWS
     raw_sample: float = DEFAULT_RAW_SAMPLE
 
+    def __post_init__(self) -> None:
+        """Refuse sketch sizes beyond the SKETCH_MAX_* limits (ValueError naming the field and the limit)."""
+        error = sketch_limits_error(self)
+        if error:
+            raise ValueError(error)
+
     def cms_dims(self) -> tuple[int, int]:
         """(width, depth) of the Count-Min Sketch: given directly, or from error and probability."""
         import math
@@ -211,6 +226,25 @@ class SketchSettings:
         width = self.cms_width or math.ceil(math.e / self.cms_error)
         depth = self.cms_depth or math.ceil(math.log(1.0 / self.cms_prob))
         return width, depth
+
+
+def sketch_limits_error(s: SketchSettings) -> str | None:
+    """Why these sketch sizes exceed the limits (the field, its value and the limit), or None."""
+    width, depth = s.cms_dims()
+    derived = "" if s.cms_width else f" (from cms_error {s.cms_error:g})"
+    checks = [
+        (width <= SKETCH_MAX_CMS_WIDTH, f"cms_width {width}{derived} exceeds the limit {SKETCH_MAX_CMS_WIDTH:,}"),
+        (depth <= SKETCH_MAX_CMS_DEPTH, f"cms_depth {depth}{derived and f' (from cms_prob {s.cms_prob:g})'} "
+                                        f"exceeds the limit {SKETCH_MAX_CMS_DEPTH}"),
+        (width * depth <= SKETCH_MAX_CMS_COUNTERS, f"cms_width × cms_depth = {width:,} × {depth} exceeds the limit "
+                                                   f"{SKETCH_MAX_CMS_COUNTERS:,} counters"),
+        (s.filter_capacity <= SKETCH_MAX_FILTER_CAPACITY,
+         f"filter_capacity {s.filter_capacity:,} exceeds the limit {SKETCH_MAX_FILTER_CAPACITY:,}"),
+        (s.filter_error >= SKETCH_MIN_FILTER_ERROR,
+         f"filter_error {s.filter_error:g} is below the limit {SKETCH_MIN_FILTER_ERROR:g}"),
+        (s.topk <= SKETCH_MAX_TOPK, f"topk {s.topk:,} exceeds the limit {SKETCH_MAX_TOPK:,}"),
+    ]  # fmt: skip
+    return next((message for ok, message in checks if not ok), None)
 
 
 def data_dir() -> Path:

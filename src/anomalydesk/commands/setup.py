@@ -94,7 +94,10 @@ def build_settings(args: argparse.Namespace, base: Any) -> Any:
                         ("topk", "topk"), ("retention", "retention"), ("raw_sample", "raw_sample")):  # fmt: skip
         if getattr(args, flag) is not None:
             changes[field] = getattr(args, flag)
-    return dataclasses.replace(base, **changes)
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as err:  # a size beyond config.SKETCH_MAX_*: refused before anything is written
+        raise CommandError(f"sketch size refused: {err} (limits: docs/engine.md)") from err
 
 
 def _summary(result: dict[str, Any]) -> str:
