@@ -179,7 +179,7 @@ def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[Redis
 def _progress(r: redis.Redis, services: list[str]) -> dict[str, int]:
     out = {}
     for service in services:
-        raw = r.get(K.detector_state(service))
+        raw = r.hget(K.detector_states, service)
         out[service] = json.loads(raw)["last_window"] if raw else -1
     return out
 

@@ -43,7 +43,7 @@ def alerts(r: redis.Redis) -> list[dict]:
 def progress(r: redis.Redis) -> dict[str, int]:
     out = {}
     for service in SERVICES:
-        raw = r.get(K.detector_state(service))
+        raw = r.hget(K.detector_states, service)
         out[service] = json.loads(raw)["last_window"] if raw else -1
     return out
 

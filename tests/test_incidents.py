@@ -116,3 +116,29 @@ def test_prune_forgets_oldest_resolved_incidents_only(r: redis.Redis) -> None:
         r.hset(K.incidents, incident["id"], json.dumps(incident))
     assert inc.prune(r, keep=1) == 1
     assert sorted(i["id"] for i in inc.list_incidents(r)) == ["orders:a20", "orders:a30"]
+
+
+def test_setup_moves_incident_keys_of_older_releases_into_the_incident_slot(r: redis.Redis) -> None:
+    from anomalydesk.config import SketchSettings
+    from anomalydesk.store import admin
+
+    old = inc.new_incident("orders", "anomaly", 50, 250.0)
+    newer = {**inc.new_incident("users", "anomaly", 60, 300.0), "rev": 3}
+    r.hset(K.legacy_incidents, mapping={old["id"]: json.dumps(old), newer["id"]: json.dumps({**newer, "rev": 1})})
+    r.sadd(K.legacy_incidents_open, old["id"], newer["id"])
+    r.hset(K.incidents, newer["id"], json.dumps(newer))  # already written under the new key: it wins
+    r.sadd(K.services, "orders", "users")
+    r.set(K.legacy_detector_state("orders"), json.dumps({"last_window": 54, "incident": old["id"]}))
+    r.hset(K.stats, "alerts_total", 7)
+    r.xadd(K.alerts_log, {"alert": "{}"})
+    r.hset(K.alert_stats, "alerts_total", 1)
+
+    assert admin.setup(r, SketchSettings())["incident_records_migrated"] == 3
+    assert not r.exists(K.legacy_incidents, K.legacy_incidents_open, K.legacy_detector_state("orders"))
+    assert inc.get(r, old["id"]) == old and inc.get(r, newer["id"])["rev"] == 3
+    assert {i["id"] for i in inc.list_incidents(r, open_only=True)} == {old["id"], newer["id"]}
+    assert json.loads(r.hget(K.detector_states, "orders"))["last_window"] == 54
+    status = admin.status(r)
+    assert (status["incidents_open"], status["alerts_total"]) == (2, 8)  # the old counter is added, not lost
+    assert admin.setup(r, SketchSettings())["incident_records_migrated"] == 0  # idempotent
+    assert inc.ack(r, old["id"], who="dana")["acked"]["by"] == "dana"  # migrated incidents can be acted on

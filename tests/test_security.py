@@ -139,7 +139,7 @@ def test_collector_user_may_ingest_and_nothing_more(acl_server: RedisServer, r: 
     for call in (
         lambda: c.hgetall(K.models("orders")), lambda: c.hget(K.models("orders"), "1"),
         lambda: c.hgetall(K.models_index), lambda: c.hgetall(K.incidents), lambda: c.xrange(K.alerts_log),
-        lambda: c.get(K.detector_state("orders")), lambda: c.xrange(K.fingerprints("orders")),
+        lambda: c.hget(K.detector_states, "orders"), lambda: c.xrange(K.fingerprints("orders")),
         lambda: c.flushall(), lambda: c.flushdb(), lambda: c.function_delete("anomalydesk"),
         lambda: c.function_flush(), lambda: c.function_load("#!lua name=x\nredis.register_function('f', "
                                                             "function() return 1 end)", replace=True),

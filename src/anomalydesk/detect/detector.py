@@ -7,9 +7,13 @@ several detectors split the services between them. A detector that takes a servi
 claims (XAUTOCLAIM) whatever the previous owner left pending, then reads new entries.
 
 Exactly-once effect: a window's incident changes, alerts and the service's detector state are
-written by one Lua script that also XACKs the entry (`incident_flow.Committer`); a window delivered
-again after a crash finds its state already written and is only acknowledged, so no fingerprint is
-lost and no alert is written twice.
+written by one Lua script over the incident slot, then the entry is XACKed (`incident_flow.Committer`);
+a window delivered again after a crash finds its state already written and is only acknowledged, so
+no fingerprint is lost and no alert is written twice.
+
+Redis Cluster: the fingerprint streams are read one per service (a read across slots is refused),
+leases are renewed one call per service, and the commit touches one slot (the alert log's) plus the
+service's stream for the XACK; see docs/cluster.md.
 
 The global lease `Keys.detector_lease` says "a detector runs": standalone detectors (`anomalydesk
 detect`) set it every step; the desktop app's in-process detector (`respect_lease=True`) runs only
@@ -38,6 +42,8 @@ from anomalydesk.detect import incidents as incidents_mod
 from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, from_stream_entry
 from anomalydesk.store import models as registry
+from anomalydesk.store.admin import migrate_incident_keys
+from anomalydesk.store.cluster import is_cluster
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,8 @@ class Detector:
         self.clock = clock
         self.on_alert = on_alert
         self._committer = Committer(r, self.keys)
+        self._cluster = is_cluster(r)
+        self._migrated = False
         self._renew = r.register_script(_RENEW_LUA)
         self._release = r.register_script(_RELEASE_LUA)
         self._services: dict[str, _Service] = {}
@@ -139,11 +147,15 @@ class Detector:
         return True
 
     def _own(self, services: list[str]) -> list[str]:
-        pipe = self.r.pipeline(transaction=False)
-        for service in services:
-            self._renew(keys=[self.keys.detector_owner(service)], args=[self.name, self.service_lease_ms],
-                        client=pipe)  # fmt: skip
-        owned = [s for s, ok in zip(services, pipe.execute(), strict=True) if ok]
+        args = [self.name, self.service_lease_ms]
+        if self._cluster:  # redis-py refuses scripts in a cluster pipeline: one call per service
+            held = [self._renew(keys=[self.keys.detector_owner(s)], args=args) for s in services]
+        else:
+            pipe = self.r.pipeline(transaction=False)
+            for service in services:
+                self._renew(keys=[self.keys.detector_owner(service)], args=args, client=pipe)
+            held = pipe.execute()
+        owned = [s for s, ok in zip(services, held, strict=True) if ok]
         for service in list(self._services):
             if service not in owned:
                 del self._services[service]  # lost (or gave up) the lease: forget cached state
@@ -217,13 +229,9 @@ class Detector:
             if self._services[service].needs_recovery:
                 self._recover(service, silences, result)
         if owned:
-            streams = {self.keys.fingerprints(s): ">" for s in owned}
-            replies = self.r.xreadgroup(config.DETECTOR_GROUP, self.name, streams,
-                                        count=config.DETECTOR_READ_COUNT, block=self.block_ms)  # fmt: skip
             by_stream = {self.keys.fingerprints(s): s for s in owned}
-            for stream, entries in replies or []:
-                service = by_stream[_text(stream)]
-                self._handle_all(service, entries, silences, result)
+            for stream, entries in self._read(list(by_stream), idle=result.processed == 0):
+                self._handle_all(by_stream[_text(stream)], entries, silences, result)
         if self.retrain_every and now - self._last_retrain >= self.retrain_every:
             self._last_retrain = now
             from anomalydesk.detect import training_run
@@ -246,6 +254,9 @@ class Detector:
                 self.release()
             self._owned = None
             return False
+        if not self._migrated:
+            migrate_incident_keys(self.r, keys=self.keys)  # data written before the incident slot
+            self._migrated = True
         if self.seal and now - self._last_seal >= self._window_s() / 2:
             from anomalydesk.store.sink import seal_all
 
@@ -263,6 +274,23 @@ class Detector:
             self._last_prune = now
             incidents_mod.prune(self.r, keys=self.keys)
         return True
+
+    def _read(self, streams: list[str], *, idle: bool) -> list:
+        """New entries of the owned streams: one blocking XREADGROUP, or on a cluster one per stream.
+
+        A cluster refuses a read across slots, so there each stream is read without blocking (one
+        pipeline, grouped per node) and an empty round waits `block_ms` as the blocking read would.
+        """
+        if not self._cluster:
+            return self.r.xreadgroup(config.DETECTOR_GROUP, self.name, dict.fromkeys(streams, ">"),
+                                     count=config.DETECTOR_READ_COUNT, block=self.block_ms) or []  # fmt: skip
+        pipe = self.r.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xreadgroup(config.DETECTOR_GROUP, self.name, {stream: ">"}, count=config.DETECTOR_READ_COUNT)
+        replies = [reply for found in pipe.execute() for reply in found or []]
+        if idle and not any(entries for _, entries in replies):
+            time.sleep(self.block_ms / 1000)
+        return replies
 
     def _recover(self, service: str, silences: list[incidents_mod.Silence], result: StepResult) -> None:
         stream, cursor = self.keys.fingerprints(service), "0-0"
@@ -319,7 +347,7 @@ class Detector:
         ranges = _json_field(fields, "kpi_ranges")
         muted = incidents_mod.silenced(silences, service, fp.start)
         for _ in range(10):
-            state = json.loads(self.r.get(self.keys.detector_state(service)) or "{}")
+            state = json.loads(self.r.hget(self.keys.detector_states, service) or "{}")
             incident = _load(self.r, self.keys, state.get("incident"))
             rule_incident = _load(self.r, self.keys, state.get("rule_incident"))
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,

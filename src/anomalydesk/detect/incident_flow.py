@@ -2,15 +2,16 @@
 
 `advance` is pure: given a service's detector state, the window's fingerprint and verdict, and the
 incidents it currently has open, it returns a `Plan` (new state, incident writes, alerts). `commit`
-writes a plan in one Lua script that also XACKs the fingerprint: the state records the last window
-handled, so a window delivered twice (a detector killed between scoring and XACK) is acknowledged
-and nothing else; an incident changed meanwhile by an operator (its `rev` moved) makes the commit
-return CONFLICT and the caller recomputes. One script, so a crash leaves either all or nothing.
+writes a plan in one Lua script over the incident slot (the alert log and the keys tagged with its
+name, `Keys.incident_tag`), then XACKs the fingerprint: the state records the last window handled,
+so a window delivered twice (a detector killed between the script and the XACK) is acknowledged and
+nothing else; an incident changed meanwhile by an operator (its `rev` moved) makes the commit return
+CONFLICT and the caller recomputes. One script for every write, so a crash leaves all or nothing;
+the XACK alone may be repeated. Operator actions use the same script (`apply_args` with no service).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import redis
 
 from anomalydesk import config
 from anomalydesk.detect.episodes import EpisodeTracker
-from anomalydesk.detect.incidents import make_alert, new_incident, rfc3339, severity_rank
+from anomalydesk.detect.incidents import APPLY_LUA, apply_args, make_alert, new_incident, rfc3339, severity_rank
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
 
@@ -268,62 +269,28 @@ def _advance_rule(
         ))  # fmt: skip
 
 
-_COMMIT_LUA = """
-local st = redis.call('GET', KEYS[1])
-if st then
-  local last = cjson.decode(st).last_window
-  if type(last) == 'number' and last >= tonumber(ARGV[3]) then
-    redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-    return 0
-  end
-end
-local n = tonumber(ARGV[7])
-local i = 8
-for _ = 1, n do
-  local cur = redis.call('HGET', KEYS[3], ARGV[i])
-  local rev = 0
-  if cur then rev = tonumber(cjson.decode(cur).rev) or 0 end
-  if rev ~= tonumber(ARGV[i + 1]) then return -1 end
-  i = i + 4
-end
-i = 8
-for _ = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2])
-  if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[4], ARGV[i]) else redis.call('SREM', KEYS[4], ARGV[i]) end
-  i = i + 4
-end
-while i <= #ARGV do
-  redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[5], '*', 'alert', ARGV[i])
-  redis.call('HINCRBY', KEYS[6], 'alerts_total', 1)
-  if ARGV[i + 1] == '1' then redis.call('PUBLISH', ARGV[6], ARGV[i]) end
-  i = i + 2
-end
-redis.call('SET', KEYS[1], ARGV[4])
-redis.call('XACK', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
-
-
 class Committer:
-    """Writes plans with one Lua script (loaded once per client)."""
+    """Writes plans: the incident-slot script, then the XACK on the service's stream.
+
+    Two steps, so that a Redis Cluster (where the service's stream and the incident keys live in
+    different slots) runs them too. The script records the window in the service's detector state
+    together with its incidents and alerts; a crash before the XACK redelivers the window, the
+    script answers ALREADY_DONE and the entry is only acknowledged. XACK is idempotent.
+    """
 
     def __init__(self, r: redis.Redis, keys: Keys, group: str = config.DETECTOR_GROUP):
-        self._script = r.register_script(_COMMIT_LUA)
+        self.r = r
+        self._script = r.register_script(APPLY_LUA)
         self.keys = keys
         self.group = group
 
     def commit(self, service: str, entry_id: bytes | str, window: int, plan: Plan) -> int:
         """COMMITTED, ALREADY_DONE (window handled before: only XACKed) or CONFLICT (recompute)."""
-        k = self.keys
-        args: list[Any] = [self.group, entry_id, window, json.dumps(plan.state), config.ALERT_LOG_MAXLEN,
-                           k.alerts_channel, len(plan.incidents)]  # fmt: skip
-        for incident, expected_rev in plan.incidents:
-            args += [incident["id"], expected_rev, json.dumps(incident), "1" if incident["status"] == "open" else "0"]
-        for alert in plan.alerts:
-            args += [json.dumps(alert), "0" if alert.get("silenced") else "1"]
-        keys = [k.detector_state(service), k.fingerprints(service), k.incidents, k.incidents_open,
-                k.alerts_log, k.stats]  # fmt: skip
-        return int(self._script(keys=keys, args=args))
+        keys, args = apply_args(self.keys, service, window, plan.state, plan.incidents, plan.alerts)
+        outcome = int(self._script(keys=keys, args=args))
+        if outcome != CONFLICT:
+            self.r.xack(self.keys.fingerprints(service), self.group, entry_id)
+        return outcome
 
 
 def finite(x: float) -> bool:

@@ -4,13 +4,16 @@ An incident is a run of anomalous windows of one service (opened after k-of-n co
 open through short gaps, resolved after a cooldown of normal windows; see `detect.episodes`), or a
 run of windows whose business values are out of their expected range (`rule` incidents). Incidents
 live in the hash `Keys.incidents` (id → JSON) with open ids in `Keys.incidents_open`; each carries a
-revision `rev` so the detector and an operator never overwrite each other's change.
+revision `rev` so the detector and an operator never overwrite each other's change. Every write of
+incidents and alerts goes through one Lua script (`APPLY_LUA`) over the incident slot: the alert log
+and the keys tagged with its name (`Keys.incident_tag`), one slot on a Redis Cluster too.
 
 Alerts follow DESIGN.md exactly (see docs/alerts.md): appended to the trimmed stream
-`Keys.alerts_log` (one field, `alert`, holding the JSON) and PUBLISHed on `Keys.alerts_channel`. An
-alert id is derived from incident, window and kind, so handling the same window twice can never
-write a second alert. A silenced (or snoozed) incident is still recorded and its alerts are still
-logged, with `"silenced": true`, but they are not PUBLISHed: nobody is notified.
+`Keys.alerts_log` (one field, `alert`, holding the JSON), counted in `Keys.alert_stats` and
+PUBLISHed on `Keys.alerts_channel`. An alert id is derived from incident, window and kind, so
+handling the same window twice can never write a second alert. A silenced (or snoozed) incident
+is still recorded and its alerts are still logged, with `"silenced": true`, but they are not
+PUBLISHed: nobody is notified.
 """
 
 from __future__ import annotations
@@ -120,6 +123,60 @@ def new_incident(service: str, kind: str, first_window: int, window_start: float
     }
 
 
+# One script in the incident slot (KEYS: detector states, incidents, open set, alert log, alert
+# stats, all tagged with the alert log's name). ARGV: service ('' for an operator action), window,
+# state JSON, alert log MAXLEN, channel, number of incidents, then per incident (id, expected rev,
+# JSON, open flag), then per alert (JSON, publish flag). -1: an incident's rev moved (recompute);
+# -2: an operator's incident is gone; 0: the service's state already covers the window.
+APPLY_LUA = """
+if ARGV[1] ~= '' then
+  local st = redis.call('HGET', KEYS[1], ARGV[1])
+  if st then
+    local last = cjson.decode(st).last_window
+    if type(last) == 'number' and last >= tonumber(ARGV[2]) then return 0 end
+  end
+end
+local n = tonumber(ARGV[6])
+local i = 7
+for _ = 1, n do
+  local cur = redis.call('HGET', KEYS[2], ARGV[i])
+  local rev = 0
+  if cur then rev = tonumber(cjson.decode(cur).rev) or 0 elseif ARGV[1] == '' then return -2 end
+  if rev ~= tonumber(ARGV[i + 1]) then return -1 end
+  i = i + 4
+end
+i = 7
+for _ = 1, n do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
+  if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
+  i = i + 4
+end
+while i <= #ARGV do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'alert', ARGV[i])
+  redis.call('HINCRBY', KEYS[5], 'alerts_total', 1)
+  if ARGV[i + 1] == '1' then redis.call('PUBLISH', ARGV[5], ARGV[i]) end
+  i = i + 2
+end
+if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+return 1
+"""
+GONE = -2
+
+
+def apply_args(
+    keys: Keys, service: str, window: int, state: dict[str, Any] | None,
+    incidents: list[tuple[dict[str, Any], int]], alerts: list[dict[str, Any]],
+) -> tuple[list[str], list[Any]]:  # fmt: skip
+    """KEYS and ARGV of `APPLY_LUA` (service '' and state None: an operator's change)."""
+    args: list[Any] = [service, window, json.dumps(state) if state is not None else "", config.ALERT_LOG_MAXLEN,
+                       keys.alerts_channel, len(incidents)]  # fmt: skip
+    for incident, expected_rev in incidents:
+        args += [incident["id"], expected_rev, json.dumps(incident), "1" if incident["status"] == "open" else "0"]
+    for alert in alerts:
+        args += [json.dumps(alert), "0" if alert.get("silenced") else "1"]
+    return [keys.detector_states, keys.incidents, keys.incidents_open, keys.alerts_log, keys.alert_stats], args
+
+
 # --- reading -------------------------------------------------------------------------------------
 def get(r: redis.Redis, incident_id: str, *, keys: Keys | None = None) -> dict[str, Any]:
     """One incident; IncidentError when it does not exist."""
@@ -176,32 +233,23 @@ def prune(r: redis.Redis, keep: int = config.INCIDENTS_KEPT, *, keys: Keys | Non
 def _update(
     r: redis.Redis, incident_id: str, change: Any, keys: Keys, alert: Any = None
 ) -> dict[str, Any]:
-    """Apply change(incident) under WATCH with a revision bump; optionally log/publish an alert."""
+    """Apply change(incident) with a revision bump (compare-and-set in the incident slot); maybe alert."""
+    script = r.register_script(APPLY_LUA)
     for _ in range(_OPERATOR_RETRIES):
-        with r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(keys.incidents)
-                raw = pipe.hget(keys.incidents, incident_id)
-                if raw is None:
-                    raise IncidentError(f"no incident {incident_id!r} (see `anomalydesk incidents list`)")
-                incident = json.loads(raw)
-                change(incident)
-                incident["rev"] = int(incident.get("rev", 0)) + 1
-                made = alert(incident) if alert else None
-                pipe.multi()
-                pipe.hset(keys.incidents, incident_id, json.dumps(incident))
-                if incident["status"] != "open":
-                    pipe.srem(keys.incidents_open, incident_id)
-                if made is not None:
-                    pipe.xadd(keys.alerts_log, {"alert": json.dumps(made)},
-                              maxlen=config.ALERT_LOG_MAXLEN, approximate=True)
-                    pipe.hincrby(keys.stats, "alerts_total", 1)
-                    if not made.get("silenced"):
-                        pipe.publish(keys.alerts_channel, json.dumps(made))
-                pipe.execute()
-                return incident
-            except redis.WatchError:
-                continue
+        raw = r.hget(keys.incidents, incident_id)
+        if raw is None:
+            raise IncidentError(f"no incident {incident_id!r} (see `anomalydesk incidents list`)")
+        incident = json.loads(raw)
+        rev = int(incident.get("rev", 0))
+        change(incident)
+        incident["rev"] = rev + 1
+        made = alert(incident) if alert else None
+        script_keys, args = apply_args(keys, "", 0, None, [(incident, rev)], [made] if made is not None else [])
+        outcome = int(script(keys=script_keys, args=args))
+        if outcome == 1:
+            return incident
+        if outcome == GONE:
+            raise IncidentError(f"no incident {incident_id!r} (see `anomalydesk incidents list`)")
     raise IncidentError(f"incident {incident_id!r} kept changing; try again")
 
 

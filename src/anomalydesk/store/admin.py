@@ -113,8 +113,10 @@ def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: K
     if not current.configured:
         mapping["created_at"] = time.time()
     r.hset(keys.config, mapping={k: str(v) for k, v in mapping.items()})
+    migrated = migrate_incident_keys(r, keys)
     return {
         "created": not current.configured,
+        "incident_records_migrated": migrated,
         "changed": changed,
         "reset": resets if changed else [],
         "reset_services": reset_services,
@@ -196,7 +198,11 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
     if is_cluster(r):  # INFO answers for one node: the data is spread over every primary
         memory = {"used_memory": sum(int(node_client(r, n).info("memory")["used_memory"])  # type: ignore[arg-type]
                                      for n in primaries(r))}  # type: ignore[arg-type]
-    alerts_total = int(stats["alerts_total"]) if "alerts_total" in stats else int(r.xlen(keys.alerts_log))
+    counted = [r.hget(keys.alert_stats, "alerts_total"), stats.get("alerts_total")]  # the latter: older data
+    if any(c is not None for c in counted):
+        alerts_total = sum(int(c) for c in counted if c is not None)
+    else:
+        alerts_total = int(r.xlen(keys.alerts_log))
     return {
         "window_seconds": stored.settings.window_seconds,
         "sketch_backend": stored.backend if stored.configured else detect_backend(r),
@@ -216,3 +222,37 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
         "used_memory": int(memory.get("used_memory", 0)),
         "prefix": keys.prefix,
     }
+
+
+def migrate_incident_keys(r: redis.Redis, keys: Keys | None = None) -> int:
+    """Move incidents, open ids and detector states written before the incident slot; how many moved.
+
+    Older releases kept them in `ad:incidents`, `ad:incidents:open` and `ad:{service}:det`; they now
+    share the alert log's slot (`Keys.incident_tag`). Copies never overwrite a newer record (HSETNX),
+    the old key goes only after its copy, so an interrupted run is finished by the next one (`setup`
+    and every detector run it). The old `alerts_total` in `ad:stats` stays where it is and is added.
+    """
+    keys = keys or Keys(key_prefix())
+    moved = 0
+    old = r.hgetall(keys.legacy_incidents)
+    if old:
+        pipe = r.pipeline(transaction=False)
+        for incident_id, raw in old.items():
+            pipe.hsetnx(keys.incidents, incident_id, raw)
+        pipe.execute()
+        moved += len(old)
+    opened = r.smembers(keys.legacy_incidents_open)
+    if opened:
+        r.sadd(keys.incidents_open, *opened)
+    if old or opened:
+        r.delete(keys.legacy_incidents)
+        r.delete(keys.legacy_incidents_open)
+    for service in r.smembers(keys.services):
+        service = _text(service)
+        legacy = keys.legacy_detector_state(service)
+        raw = r.get(legacy)
+        if raw is not None:
+            r.hsetnx(keys.detector_states, service, raw)
+            r.delete(legacy)
+            moved += 1
+    return moved

@@ -2,7 +2,8 @@
 
 Per-service keys carry the service as hash tag, `ad:{payments}:…`, so one service's sketches,
 window aggregates and fingerprint stream share a slot in Redis Cluster and one FCALL touches one
-slot. Global keys are few and small. The gears library builds the same names from the prefix and
+slot. Global keys are few and small; the incident keys share the alert log's slot
+(`incident_tag`). The gears library builds the same names from the prefix and
 service it is given (keep `gears/anomalydesk.lua` in step with this module).
 """
 
@@ -35,7 +36,7 @@ class Keys:
 
     @property
     def stats(self) -> str:
-        """Hash of global counters: events_total, events_rejected, events_late, windows_sealed."""
+        """Hash of global producer counters (events_rejected, otlp_*); alerts are counted in `alert_stats`."""
         return f"{self.prefix}stats"
 
     @property
@@ -46,14 +47,47 @@ class Keys:
     def alerts_log(self) -> str:
         return f"{self.prefix}alerts:log"
 
+    # --- the incident slot: the alert log and everything written together with it -------------
+    @property
+    def incident_tag(self) -> str:
+        """`ad:{ad:alerts:log}`: hash tag = the alert log's own name, so these keys share its slot.
+
+        DESIGN.md fixes the alert stream's name (`ad:alerts:log`, no hash tag). A key without a tag
+        hashes its whole name, so a key tagged with that name lands in the same Redis Cluster slot:
+        incidents, open set, detector states and alert counter are written with the alert log by one
+        script, on a cluster as on one node.
+        """
+        return f"{self.prefix}{{{self.alerts_log}}}"
+
     @property
     def incidents(self) -> str:
-        """Hash incident id → incident JSON."""
-        return f"{self.prefix}incidents"
+        """Hash incident id → incident JSON (in the alert log's slot)."""
+        return f"{self.incident_tag}:incidents"
 
     @property
     def incidents_open(self) -> str:
-        """Set of open incident ids."""
+        """Set of open incident ids (in the alert log's slot)."""
+        return f"{self.incident_tag}:incidents:open"
+
+    @property
+    def detector_states(self) -> str:
+        """Hash service → the detector's JSON state of it (last window handled, tracker, open incidents)."""
+        return f"{self.incident_tag}:det"
+
+    @property
+    def alert_stats(self) -> str:
+        """Hash with `alerts_total`: alerts ever appended to the (trimmed) alert log."""
+        return f"{self.incident_tag}:stats"
+
+    # keys of releases before the incident slot (read once by `store.admin.migrate_incident_keys`)
+    @property
+    def legacy_incidents(self) -> str:
+        """Before the incident slot: hash incident id → JSON."""
+        return f"{self.prefix}incidents"
+
+    @property
+    def legacy_incidents_open(self) -> str:
+        """Before the incident slot: set of open incident ids."""
         return f"{self.prefix}incidents:open"
 
     @property
@@ -118,8 +152,8 @@ class Keys:
         """List of version numbers, newest last."""
         return f"{self.tag(service)}:models:versions"
 
-    def detector_state(self, service: str) -> str:
-        """String: the detector's JSON state of a service (last window, confirmation, open incidents)."""
+    def legacy_detector_state(self, service: str) -> str:
+        """Before the incident slot: string with the detector's JSON state of a service (now `detector_states`)."""
         return f"{self.tag(service)}:det"
 
     def detector_owner(self, service: str) -> str:
