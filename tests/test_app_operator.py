@@ -17,6 +17,7 @@ import trustme
 from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.config import SketchSettings
+from anomalydesk.detect import incidents
 from anomalydesk.store import admin
 from anomalydesk.store.sink import IngestSink
 from app_support import qloop, run  # noqa: F401  (fixture)
@@ -35,17 +36,17 @@ def own_config_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("ANOMALYDESK_CONFIG_DIR", str(tmp_path / "config"))
 
 
-def seed_service(r: redis.Redis, service: str, end: float, windows: int = 3) -> None:
-    """Set the server up and ingest `windows` + 1 five-second windows of `service` ending at `end`.
+def seed_service(r: redis.Redis, service: str, end: float, windows: int = 3, window_seconds: int = 5) -> None:
+    """Set the server up and ingest `windows` + 1 windows of `service` ending at `end`.
 
     Replayed (explicit timestamps): each later window seals the one before, so `windows` fingerprints
-    are written, the newest starting about 5 s before `end`.
+    are written, the newest starting about one window before `end`.
     """
     if not admin.read_settings(r).configured:
-        admin.setup(r, SketchSettings())
+        admin.setup(r, SketchSettings(window_seconds=window_seconds))
     sink = IngestSink(r, replay=True)
     for w in range(windows + 1):
-        t = end - 5.0 * (windows - w)
+        t = end - window_seconds * (windows - w)
         sink.add_arrays(service, ["GET:/a", "POST:/b"], np.array([0, 1, 0]), np.array([200, 200, 500]),
                         np.array([10.0, 20.0, 30.0]), np.full(3, t))  # fmt: skip
     sink.close()
@@ -84,8 +85,10 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         now = time.time()
         seed_service(first, "alpha-svc", now)
         old = raise_alert(first, "alpha-svc", 100)
+        incidents.add_silence(first, "alpha-*", now + 3600, "first server's")
         seed_service(second.client(), "beta-svc", now)
         new = raise_alert(second.client(), "beta-svc", 200)
+        incidents.add_silence(second.client(), "beta-*", now + 3600, "second server's")
         locked_client = locked.client(password=PASSWORD)
         seed_service(locked_client, "gamma-svc", now)
 
@@ -107,6 +110,9 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         assert live_services == ["beta-svc"]
         assert f":{second.port}/" in panel.status.text() and "connected" in panel.status.text()
         qtbot.waitUntil(lambda: "Redis 7" in panel.facts.text(), timeout=10_000)
+        silences = window.incidents.silence_list  # re-read from the new server after the reconnect
+        qtbot.waitUntil(lambda: silences.count() == 1 and "beta-*" in silences.item(0).text(), timeout=10_000)
+        assert [s.pattern for s in app.notifier.silences] == ["beta-*"]  # the old server's no longer mutes
 
         panel.url.setText(locked.url)
         panel.password.setText("not-the-password")
@@ -193,3 +199,35 @@ def test_tls_checkbox_connects_over_tls_and_round_trips_in_settings(qtbot, qloop
         if app is not None:
             close_app(qtbot, app)
         server.stop()
+
+
+def test_self_monitoring_warns_about_silent_services_and_no_detector(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The connection panel warns when services exist but no fingerprint arrived in the last N windows and
+    when no detector holds the lease; each warning clears when fingerprints resume / a detector runs.
+
+    "Fingerprints stopped" is produced with data, not by waiting: windows replayed ten minutes in the past
+    (60-s windows, so N windows = 3 min), then current ones."""
+    from anomalydesk.app.settings import SILENT_FINGERPRINT_WARN_WINDOWS
+
+    silent = f"no fingerprints arrived in the last {SILENT_FINGERPRINT_WARN_WINDOWS} windows"
+    no_detector = "no detector is alive"
+    seed_service(r, "quiet-svc", time.time() - 600, window_seconds=60)
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        conn, panel = app.state.connection, app.window.connection
+        qtbot.waitUntil(lambda: any(silent in w for w in conn.warnings), timeout=20_000)
+        assert any(no_detector in w for w in conn.warnings)
+        assert silent in panel.warnings.text() and no_detector in panel.warnings.text()
+        assert silent in app.window.status.currentMessage()
+
+        seed_service(r, "quiet-svc", time.time(), window_seconds=60)  # fingerprints resume
+        qtbot.waitUntil(lambda: not any(silent in w for w in conn.warnings), timeout=20_000)
+        assert silent not in panel.warnings.text() and no_detector in panel.warnings.text()
+
+        assert app.actions.start_detector()  # the in-process detector takes the free lease
+        qtbot.waitUntil(lambda: not conn.warnings, timeout=30_000)
+        assert conn.detector.startswith("app-") and panel.warnings.text() == ""
+        app.actions.stop_detector()  # releases the lease: the warning is back
+        qtbot.waitUntil(lambda: any(no_detector in w for w in conn.warnings), timeout=20_000)
+    finally:
+        close_app(qtbot, app)
