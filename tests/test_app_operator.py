@@ -231,3 +231,76 @@ def test_self_monitoring_warns_about_silent_services_and_no_detector(qtbot, qloo
         qtbot.waitUntil(lambda: any(no_detector in w for w in conn.warnings), timeout=20_000)
     finally:
         close_app(qtbot, app)
+
+
+def test_tray_menu_pause_click_to_open_and_quit(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The tray's own QActions and QSystemTrayIcon signals, on the real objects of a running app.
+
+    Proven: show/hide toggles the window (menu action and a left click on the icon); "pause for 1 h"
+    keeps the incident row but delivers no notification, and un-pausing delivers the next one; a pause
+    saved in the settings shows as ticked on the next start; clicking the notification (messageClicked)
+    selects its incident and shows its service in the live plot; Quit really closes the window (even
+    with close-to-tray on) and the app shuts down with no thread or task left. Not proven here: that the
+    desktop shows the icon, menu and message (offscreen has no tray: delivery goes to the banner) —
+    tests/test_tray_e2e.py proves delivery to a real notification daemon under Xvfb.
+    """
+    from PySide6 import QtWidgets
+
+    from anomalydesk.app.notifier import Notifier
+    from anomalydesk.app.state import IncidentsState
+    from anomalydesk.app.tray import Tray
+
+    now = time.time()
+    seed_service(r, "orders", now)
+    seed_service(r, "payments", now)
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        tray, window = app.tray, app.window
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=20_000)
+        assert not tray.available and tray.icon is not None and not tray.icon.isVisible()
+
+        assert window.isVisible()
+        tray.show_action.trigger()
+        assert not window.isVisible()
+        tray.icon.activated.emit(QtWidgets.QSystemTrayIcon.ActivationReason.Trigger)  # left click
+        assert window.isVisible()
+        tray.icon.activated.emit(QtWidgets.QSystemTrayIcon.ActivationReason.Context)  # right click: the menu
+        assert window.isVisible()
+
+        tray.pause_action.trigger()
+        assert tray.pause_action.isChecked() and app.notifier.paused
+        muted = raise_alert(r, "payments", 5000)
+        qtbot.waitUntil(lambda: muted["incident_id"] in window.incidents.model.ids, timeout=10_000)
+        assert tray.delivered == [] and not window.banner.isVisible()
+
+        tray.pause_action.trigger()
+        assert not tray.pause_action.isChecked() and not app.notifier.paused
+        heard = raise_alert(r, "orders", 5001)
+        qtbot.waitUntil(lambda: [n.incident_id for n in tray.delivered] == [heard["incident_id"]], timeout=10_000)
+        assert window.banner.isVisible() and "orders" in window.banner.text
+
+        window.live.select_service("payments")
+        window.incidents.select_incident(muted["incident_id"])
+        tray.icon.messageClicked.emit()  # the operator clicks the notification
+        assert window.incidents.selected().incident_id == heard["incident_id"]
+        assert window.live.service == "orders" and window.isVisible()
+
+        tray.pause_action.trigger()  # paused when the app quits: remembered in the settings
+        window.tray_available = True  # as on a desktop with a tray: closing the window only hides it
+        window.close()
+        assert not window.isVisible()
+        window.show()
+        with qtbot.waitSignal(window.closing, timeout=5_000):
+            tray.quit_action.trigger()
+        assert not window.isVisible()
+    finally:
+        close_app(qtbot, app)  # what `main` does once the window closes
+    assert app.settings.notifications_paused_until > time.time()
+    notifier = Notifier(lambda note: None)
+    notifier.paused_until = app.settings.notifications_paused_until
+    again = Tray(IncidentsState(), notifier, lambda note: None)
+    assert again.pause_action.isChecked()  # the saved pause is shown as in force
+    notifier.resume()
+    again.menu.aboutToShow.emit()
+    assert not again.pause_action.isChecked()  # the menu shows the pause as over
+    again.close()

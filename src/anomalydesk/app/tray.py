@@ -1,7 +1,8 @@
 """Tray icon and notification delivery: QSystemTrayIcon where a tray exists, the in-window banner otherwise.
 
 The icon's colour shows health (none / warning / critical, from `IncidentsState`); its menu has
-show/hide, pause notifications for 1 h, and quit. Clicking a notification opens that incident.
+show/hide, pause notifications for 1 h (ticked while a pause, also one saved in the settings, is in
+force), and quit. Clicking a notification opens that incident.
 When `QSystemTrayIcon.isSystemTrayAvailable()` is False (offscreen, a desktop without a tray) every
 notification goes to the window's banner instead — an alert is never dropped silently.
 """
@@ -57,23 +58,26 @@ class Tray(QtCore.QObject):
         self.level = incidents.health
         self.last_incident = ""
         self.delivered: list[Notification] = []
-        self.icon: QtWidgets.QSystemTrayIcon | None = None
         self.available = QtWidgets.QSystemTrayIcon.isSystemTrayAvailable() and not force_banner
+        # the icon and its menu are built either way (shown only where a tray exists), so the menu's
+        # actions and the icon's signals are the same objects on every platform (and in the tests)
+        self.icon: QtWidgets.QSystemTrayIcon | None = QtWidgets.QSystemTrayIcon(health_icon(self.level), self)
+        self.icon.setToolTip("AnomalyDesk")
+        self.menu = QtWidgets.QMenu()
+        self.show_action = self.menu.addAction("Show / hide window")
+        self.show_action.triggered.connect(self.toggle_window.emit)
+        self.pause_action = self.menu.addAction("Pause notifications for 1 hour")
+        self.pause_action.setCheckable(True)
+        self.pause_action.setChecked(notifier.paused)  # a pause saved in the settings is still in force
+        self.pause_action.toggled.connect(self.set_paused)
+        self.menu.aboutToShow.connect(self._sync_pause)
+        self.menu.addSeparator()
+        self.quit_action = self.menu.addAction("Quit")
+        self.quit_action.triggered.connect(self.quit_requested.emit)
+        self.icon.setContextMenu(self.menu)
+        self.icon.messageClicked.connect(self._message_clicked)
+        self.icon.activated.connect(self._activated)
         if self.available:
-            self.icon = QtWidgets.QSystemTrayIcon(health_icon(self.level), self)
-            self.icon.setToolTip("AnomalyDesk")
-            self.menu = QtWidgets.QMenu()
-            self.show_action = self.menu.addAction("Show / hide window")
-            self.show_action.triggered.connect(self.toggle_window.emit)
-            self.pause_action = self.menu.addAction("Pause notifications for 1 hour")
-            self.pause_action.setCheckable(True)
-            self.pause_action.toggled.connect(self.set_paused)
-            self.menu.addSeparator()
-            self.quit_action = self.menu.addAction("Quit")
-            self.quit_action.triggered.connect(self.quit_requested.emit)
-            self.icon.setContextMenu(self.menu)
-            self.icon.messageClicked.connect(self._message_clicked)
-            self.icon.activated.connect(self._activated)
             self.icon.show()
         else:
             log.info("no system tray: notifications are shown in the window's banner")
@@ -95,10 +99,17 @@ class Tray(QtCore.QObject):
         else:
             self.notifier.resume()
 
+    def _sync_pause(self) -> None:
+        """Untick "Pause" once the hour is over (the menu is about to be shown)."""
+        if self.pause_action.isChecked() != self.notifier.paused:
+            self.pause_action.blockSignals(True)
+            self.pause_action.setChecked(self.notifier.paused)
+            self.pause_action.blockSignals(False)
+
     def deliver(self, note: Notification) -> None:
         """Show one notification: a tray message, or the banner when there is no tray."""
         self.last_incident = note.incident_id or self.last_incident
-        if self.icon is not None:
+        if self.available and self.icon is not None:
             self.icon.showMessage(note.title, note.body, _TRAY_ICON.get(note.severity, _TRAY_ICON["info"]), 15_000)
         else:
             self.banner(note)
@@ -115,8 +126,9 @@ class Tray(QtCore.QObject):
             self.toggle_window.emit()
 
     def close(self) -> None:
-        """Remove the icon."""
+        """Remove the icon and its menu."""
         if self.icon is not None:
             self.icon.hide()
             self.icon.deleteLater()
             self.icon = None
+            self.menu.deleteLater()
