@@ -326,3 +326,81 @@ def test_the_system_carries_on_after_a_primary_fails_over(tmp_path: Path) -> Non
     finally:
         rc.close()
         nodes.stop()
+
+
+# --- detector and incidents -------------------------------------------------------------------------
+def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, cluster3: LocalCluster) -> None:
+    """Services on 2+ shards scored by one Detector; incidents acted on through the CLI; alerts published."""
+    from anomalydesk.detect import incidents as inc
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.detect.incident_flow import Confirmation
+    from anomalydesk.store import models as registry
+    from test_detector import add_window, toy_decode, toy_scorer
+
+    services = ["payments", "users", "gateway"]
+    assert len({cluster.shard_of(rc, KEYS.state(s)) for s in services}) >= 2
+    incident_node = cluster.shard_of(rc, KEYS.incidents)
+    assert cluster.shard_of(rc, KEYS.alerts_log) == cluster.shard_of(rc, KEYS.detector_states) == incident_node
+    admin.setup(rc, SketchSettings())
+    for service in services:
+        registry.save(rc, service, json.dumps({"limit": 200}), {"windows": 100})
+    flow = [100, 300, 300, 900, 100, 100, 100, 300, 300]  # opens, escalates, resolves; opens again
+    for service in services:
+        for i, value in enumerate(flow):
+            add_window(rc, service, 1000 + i, requests=value)
+    det = Detector(rc, scorer=toy_scorer, decode=toy_decode, seal=False, block_ms=10,  # type: ignore[arg-type]
+                   confirmation=Confirmation(k=2, n=3, cooldown=2))  # fmt: skip
+    assert sum(det.step().processed for _ in range(4)) == len(services) * len(flow)
+    logged = [json.loads(f[b"alert"]) for _, f in rc.xrange(KEYS.alerts_log)]
+    for service in services:
+        kinds = [a["kind"] for a in logged if a["service"] == service]
+        assert kinds == ["new", "escalated", "resolved", "new"], (service, kinds)
+        assert rc.xpending(KEYS.fingerprints(service), "detectors")["pending"] == 0
+        assert json.loads(rc.hget(KEYS.detector_states, service))["last_window"] == 1000 + len(flow) - 1
+    assert len({a["id"] for a in logged}) == len(logged)
+
+    # operator actions through the CLI; a subscriber on a node that does not hold the incident slot
+    # receives what the script PUBLISHes there
+    listener_port = next(p for p in cluster3.ports if f"127.0.0.1:{p}" != incident_node)
+    pubsub = redis.Redis(port=listener_port).pubsub()
+    pubsub.subscribe(KEYS.alerts_channel)
+    url = cluster3.url
+    opened = {i["service"]: i["id"] for i in cli(url, "incidents", "list")["incidents"]}
+    assert sorted(opened) == sorted(services)
+    assert cli(url, "incidents", "ack", opened["payments"], "--by", "alice")["acked"]["by"] == "alice"
+    assert cli(url, "incidents", "snooze", opened["payments"], "15m")["snoozed_until"]
+    assert cli(url, "incidents", "resolve", opened["payments"], "--by", "bob")["status"] == "resolved"
+    assert cli(url, "incidents", "false-positive", opened["users"])["false_positive"]
+    silence = cli(url, "incidents", "silence", "gate*", "--start", "1970-01-01T00:00:00Z", "--until", "1h",
+                  "--reason", "maintenance (test)")  # the test's windows lie in 1970
+    assert [s["id"] for s in cli(url, "incidents", "silences")["silences"]] == [silence["id"]]
+    published: list[dict] = []
+    deadline = time.monotonic() + 30
+    while len(published) < 2 and time.monotonic() < deadline:
+        message = pubsub.get_message(timeout=0.1)
+        if message and message["type"] == "message":
+            published.append(json.loads(message["data"]))
+    pubsub.close()
+    assert sorted(a["incident_id"] for a in published) == sorted([opened["payments"], opened["users"]])
+    assert all(a["kind"] == "resolved" for a in published)
+    stored = inc.get(rc, opened["payments"])
+    assert (stored["status"], stored["acked"]["by"], stored["resolved"]["how"]) == ("resolved", "alice", "operator")
+    assert stored["rev"] == 3  # opened at rev 0 by its last window, then ack, snooze, resolve
+
+    # the detector sees the operators' changes: payments' anomaly continues as a new incident, the
+    # silenced gateway's incident is kept but its alerts are muted
+    for service in services:
+        for i, value in enumerate([900, 900], start=len(flow)):
+            add_window(rc, service, 1000 + i, requests=value)
+    det._last_refresh = 0.0  # re-read the silences now (they are re-read at most once a second)
+    assert sum(det.step().processed for _ in range(3)) == 2 * len(services)
+    status = cli(url, "status")
+    assert status["incidents_open"] == 3 and status["alerts_total"] == rc.xlen(KEYS.alerts_log)
+    after = [json.loads(f[b"alert"]) for _, f in rc.xrange(KEYS.alerts_log)][len(logged):]
+    new_payments = [a for a in after if a["service"] == "payments" and a["kind"] == "new"]
+    assert len(new_payments) == 1 and new_payments[0]["incident_id"] != opened["payments"]
+    gateway = [a for a in after if a["service"] == "gateway"]
+    assert gateway and all(a.get("silenced") for a in gateway)
+    assert cli(url, "incidents", "unsilence", silence["id"]) == {"removed": silence["id"]}
+    det.release()
+    assert rc.get(KEYS.detector_lease) is None
