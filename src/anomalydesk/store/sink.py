@@ -54,6 +54,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _CONFIG_TTL_SECONDS = 5.0
+_CONFIG_RETRY_SECONDS = 1.0  # a failed re-read is tried again after this long (the cached config serves)
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
 Payloads = list[tuple[str, bytes]]
 
@@ -112,17 +113,32 @@ class _Writer:
         self.keys = keys
         self._known: set[str] = set()
         self._config: Config | None = None
+        self._retry_at = 0.0
 
     def config(self) -> Config:
-        if self._config is None or time.monotonic() - self._config.read_at > _CONFIG_TTL_SECONDS:
+        """The server's settings, re-read every few seconds; while a re-read fails, the cached ones.
+
+        Only the first read may raise: during a Redis outage a producer (the demo's traffic thread)
+        keeps encoding with what it knows, and its write is what fails and is retried.
+        """
+        now = time.monotonic()
+        if self._config is not None and (now - self._config.read_at <= _CONFIG_TTL_SECONDS or now < self._retry_at):
+            return self._config
+        try:
             stored = read_settings(self.r, self.keys)
             if not stored.configured:
                 setup(self.r, SketchSettings(), keys=self.keys)
                 stored = read_settings(self.r, self.keys)
             elif self._config is None:
                 ensure_library(self.r)
-            self._config = config_from(stored.settings, stored.backend)
-            self._known.clear()  # re-register services now and then: the server may have lost them
+        except _RETRYABLE as err:
+            if self._config is None:
+                raise
+            log.debug("keeping the cached settings: re-reading them failed (%s)", err)
+            self._retry_at = now + _CONFIG_RETRY_SECONDS
+            return self._config
+        self._config = config_from(stored.settings, stored.backend)
+        self._known.clear()  # re-register services now and then: the server may have lost them
         return self._config
 
     def write(self, payloads: Payloads) -> IngestResult:

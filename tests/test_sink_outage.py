@@ -1,0 +1,59 @@
+"""The sink through a Redis outage: a failed settings re-read keeps the cached settings (real redis-server)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import redis
+
+from anomalydesk.events import Metric
+from anomalydesk.store import admin
+from anomalydesk.store import sink as sink_module
+from anomalydesk.store.sink import IngestSink
+from conftest import RedisServer
+
+EVENT = Metric("orders", "GET:/orders/{id}", 200, 12.5, None)
+
+
+def test_cached_settings_serve_while_redis_is_down_and_events_land_after_restart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = RedisServer(tmp_path / "redis")  # our own server: this test stops it
+    client = server.client(socket_timeout=2, socket_connect_timeout=1)
+    try:
+        sink = IngestSink(client, retry_attempts=1)
+        sink.add(EVENT)
+        assert sink.flush().accepted == 1  # the first read: setup written, settings cached
+        cached = sink._writer.config()
+        monkeypatch.setattr(sink_module, "_CONFIG_TTL_SECONDS", 0.0)  # every call now wants a re-read
+        monkeypatch.setattr(sink_module, "_CONFIG_RETRY_SECONDS", 0.0)
+
+        server.stop()
+        assert sink._writer.config() is cached  # the re-read failed: no exception, the cached settings
+        sink.add(EVENT)
+        with pytest.raises(redis.ConnectionError):
+            sink.flush()  # the write is what fails; the event stays buffered for the next flush
+        assert sink.buffered == 1
+
+        server.start()  # no persistence: the server comes back empty, without functions or setup
+        assert sink.flush().accepted == 1  # settings re-read (setup again), library reloaded, written
+        assert sink._writer.config() is not cached
+        assert admin.status(client)["events_total"] == 1
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_the_first_settings_read_still_raises_when_redis_is_down(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    client = server.client(socket_timeout=2, socket_connect_timeout=1)
+    server.stop()
+    try:
+        sink = IngestSink(client, retry_attempts=1)
+        sink.add(EVENT)
+        with pytest.raises(redis.ConnectionError):
+            sink.flush()  # nothing cached to fall back on: the caller learns Redis is down
+        assert sink.buffered == 1
+    finally:
+        client.close()
