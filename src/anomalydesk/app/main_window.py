@@ -7,6 +7,7 @@ and restored at start-up.
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 from PySide6 import QtCore, QtGui, QtWidgets
@@ -22,6 +23,8 @@ from anomalydesk.app.sketches_panel import SketchesPanel
 from anomalydesk.app.state import AppState
 from anomalydesk.app.training_panel import TrainingPanel
 from anomalydesk.app.tray import health_icon
+
+log = logging.getLogger(__name__)
 
 
 def _b64(data: QtCore.QByteArray) -> str:
@@ -198,6 +201,7 @@ class MainWindow(QtWidgets.QMainWindow):
 
     def bring_to_front(self) -> None:
         """Show, un-minimise and raise the window (a second launch lands here)."""
+        log.info("main window brought to the front")
         self.show()
         self.setWindowState(self.windowState() & ~QtCore.Qt.WindowState.WindowMinimized)
         self.raise_()

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import logging
 
 from PySide6 import QtCore, QtNetwork
 
 from anomalydesk import config
 
 ACTIVATE = b"activate\n"
+log = logging.getLogger(__name__)
 
 
 def server_name() -> str:
@@ -44,10 +46,15 @@ class InstanceServer(QtCore.QObject):
     def listen(self) -> bool:
         """Start listening (removing a stale socket left by a crash)."""
         name = server_name()
-        if self.server.listen(name):
-            return True
-        QtNetwork.QLocalServer.removeServer(name)
-        return self.server.listen(name)
+        listening = self.server.listen(name)
+        if not listening:
+            QtNetwork.QLocalServer.removeServer(name)
+            listening = self.server.listen(name)
+        if listening:
+            log.info("single instance: listening for later launches on %s", self.server.fullServerName())
+        else:
+            log.warning("single instance: cannot listen on %s: %s", name, self.server.errorString())
+        return listening
 
     def _connection(self) -> None:
         while self.server.hasPendingConnections():
@@ -60,6 +67,7 @@ class InstanceServer(QtCore.QObject):
     def _read(self) -> None:
         for socket in list(self._sockets):
             if socket.bytesAvailable() and bytes(socket.readAll().data()).startswith(ACTIVATE.strip()):
+                log.info("single instance: a second launch asked this one to come to the front")
                 self.activate.emit()
         connected = QtNetwork.QLocalSocket.LocalSocketState.ConnectedState
         self._sockets = [s for s in self._sockets if s.state() == connected]
