@@ -404,3 +404,141 @@ def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, 
     assert cli(url, "incidents", "unsilence", silence["id"]) == {"removed": silence["id"]}
     det.release()
     assert rc.get(KEYS.detector_lease) is None
+
+
+class XackFails:
+    """A cluster client whose XACKs fail: a detector killed between its commit script and the XACK."""
+
+    def __init__(self, rc: redis.RedisCluster):
+        self.rc = rc
+
+    def xack(self, *args: object) -> int:
+        raise redis.ConnectionError("killed before the XACK (test)")
+
+
+def test_a_window_committed_but_not_acknowledged_writes_nothing_twice_on_a_cluster(rc: redis.RedisCluster) -> None:
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.detect.incident_flow import Confirmation
+    from anomalydesk.store import models as registry
+    from test_detector import add_window, toy_decode, toy_scorer
+
+    registry.save(rc, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    for i in range(4):
+        add_window(rc, "payments", 2000 + i, requests=900)
+
+    def detector(name: str) -> Detector:
+        return Detector(rc, name=name, scorer=toy_scorer, decode=toy_decode, seal=False, block_ms=10,  # type: ignore[arg-type]
+                        confirmation=Confirmation(k=1, n=1, cooldown=2))  # fmt: skip
+
+    crashing = detector("crashing")
+    crashing._committer.r = XackFails(rc)  # type: ignore[assignment]
+    with pytest.raises(redis.ConnectionError):
+        crashing.step()
+    committed = [f[b"alert"] for _, f in rc.xrange(KEYS.alerts_log)]
+    assert committed and json.loads(rc.hget(KEYS.detector_states, "payments"))["last_window"] == 2000
+    assert rc.xpending(KEYS.fingerprints("payments"), "detectors")["pending"] == 4
+    rc.delete(KEYS.detector_owner("payments"))  # its lease ran out
+    assert sum(detector("next").step().processed for _ in range(3)) == 4
+    alerts = [json.loads(f[b"alert"]) for _, f in rc.xrange(KEYS.alerts_log)]
+    assert [a["id"] for a in alerts][: len(committed)] == [json.loads(a)["id"] for a in committed]
+    assert len({a["id"] for a in alerts}) == len(alerts)
+    assert rc.xpending(KEYS.fingerprints("payments"), "detectors")["pending"] == 0
+    assert json.loads(rc.hget(KEYS.detector_states, "payments"))["last_window"] == 2003
+
+def copy_to(rc: redis.RedisCluster, target: redis.Redis) -> int:
+    """Every key of every primary (streams with their consumer groups) into one standalone server."""
+    copied = 0
+    for node in cluster.primaries(rc):
+        source = cluster.node_client(rc, node)
+        for key in source.scan_iter(count=1000):
+            target.restore(key, 0, source.dump(key), replace=True)
+            copied += 1
+    return copied
+
+
+@pytest.mark.slow
+def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_nothing(
+    rc: redis.RedisCluster, cluster3: LocalCluster, tmp_path: Path
+) -> None:
+    """`detect` on demo fingerprints of 6 services over 3 shards, SIGKILLed 10 times, then finished.
+
+    The alerts must be exactly those a detector that never crashed writes on a standalone copy of
+    the same data, every fingerprint handled, none pending, and the injected faults (on services
+    of different shards) opened as incidents.
+    """
+    import math
+    import random
+
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.ingest.demo import run_fast
+    from anomalydesk.ingest.demo_model import parse_inject
+    from conftest import RedisServer
+
+    window, kills_wanted = 5, 10
+    admin.setup(rc, SketchSettings())
+    end = math.floor(time.time() / window) * window - 2 * 86400
+    run_fast(rc, duration=7200, services=6, seed=31, end=end)
+    assert len(cli(cluster3.url, "train", timeout=600)["trained"]) == 6
+    for service in DEMO_SERVICES:
+        rc.xgroup_create(KEYS.fingerprints(service), "detectors", id="$")
+    faults = {"payments": ("spike", 600), "users": ("errors", 1500), "orders": ("latency", 2400)}
+    assert len({cluster.shard_of(rc, KEYS.state(s)) for s in faults}) >= 2
+    specs = [parse_inject(f"{kind}@{at}+120:{service}") for service, (kind, at) in faults.items()]
+    run_fast(rc, duration=3600, services=6, seed=32, end=end + 3600, injects=specs)
+    reference_server = RedisServer(tmp_path / "reference")
+    try:
+        reference = reference_server.client()
+        assert copy_to(rc, reference) > 0
+
+        def progress(client: redis.Redis) -> dict[str, int]:
+            states = {s: client.hget(KEYS.detector_states, s) for s in DEMO_SERVICES}
+            return {s: json.loads(raw)["last_window"] if raw else -1 for s, raw in states.items()}
+
+        target = {s: int(rc.xrevrange(KEYS.fingerprints(s), count=1)[0][1][b"window"]) for s in DEMO_SERVICES}
+
+        def start(name: str) -> subprocess.Popen[bytes]:
+            return subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", "detect", "--redis", cluster3.url,
+                                     "--no-seal", "--name", name, "--service-lease-ms", "500"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
+
+        rng, kills = random.Random(9), 0
+        while kills < kills_wanted and progress(rc) != target:
+            before = progress(rc)
+            proc = start(f"victim-{kills}")
+            deadline = time.monotonic() + 120
+            while progress(rc) == before and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.01)  # until it has started working
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            time.sleep(rng.uniform(0.0, 0.3))  # a random moment while it works
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+            kills += 1
+        assert kills == kills_wanted and progress(rc) != target, "the backlog ended before the last kill"
+        survivor = start("survivor")
+        deadline = time.monotonic() + 600
+        while progress(rc) != target and time.monotonic() < deadline:
+            assert survivor.poll() is None, survivor.stderr.read().decode() if survivor.stderr else ""
+            time.sleep(0.1)
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(timeout=60)
+
+        assert progress(rc) == target  # no fingerprint skipped
+        for service in DEMO_SERVICES:
+            assert rc.xpending(KEYS.fingerprints(service), "detectors")["pending"] == 0
+        got = [json.loads(f[b"alert"]) for _, f in rc.xrange(KEYS.alerts_log)]
+        ids = [a["id"] for a in got]
+        assert len(ids) == len(set(ids)), "an alert was written twice"
+        det = Detector(reference, seal=False, block_ms=10)
+        while det.step().processed > 0:
+            pass
+        assert progress(reference) == target
+        expected = [json.loads(f[b"alert"])["id"] for _, f in reference.xrange(KEYS.alerts_log)]
+        assert sorted(ids) == sorted(expected)
+        for service, (kind, at) in faults.items():
+            first = int((end + at) // window)
+            opened = [a for a in got if a["service"] == service and a["kind"] == "new"
+                      and first <= a["window"] <= first + 6]  # fmt: skip
+            assert opened, f"no incident for the {kind} fault on {service}"
+        print(f"\ndetect on a cluster killed {kills} times; {len(ids)} alerts, none twice, none missing")
+    finally:
+        reference_server.stop()
