@@ -3,14 +3,25 @@
     .venv/bin/python scripts/soak.py [--duration 3600] [--rate 5000] [--fault-every 300]
                                      [--fault-length 120] [--history-hours 25] [--out docs/soak]
 
-On a throwaway redis-server it backfills `--history-hours` of demo traffic, trains every service,
-then runs for `--duration` seconds: `anomalydesk demo` (live, `--rate` events/s, a fault every
-`--fault-every` s, kinds and services in rotation), `anomalydesk detect`, `anomalydesk collect` with
-a small SDK sender beside it. Every `--sample` seconds it records the memory (RSS) of every process
-and Redis's used_memory. At the end it writes to `--out`: `soak.json` (detection recall per fault,
-false incidents, events, memory start/peak/end per process), `memory.csv` and `memory.png`.
+On a throwaway redis-server it backfills `--history-hours` of demo traffic at the live rate, then at
+once starts `anomalydesk demo` live (`--rate` events/s, a fault every `--fault-every` s, kinds and
+services in rotation) with `anomalydesk collect` and a small SDK sender beside it, so no window is
+left silent between the history and the live traffic. `anomalydesk train` runs while the live
+traffic flows; `anomalydesk detect` starts when it is done and catches up on the live windows.
+After `--duration` s of live traffic the detector is given a few windows to finish, then stopped
+while the demo still runs; only then does the demo stop, so no window after the traffic is scored.
+Every `--sample` seconds it records the memory (RSS) of every process and Redis's used_memory. At
+the end it writes to `--out`: `soak.json` (detection recall per fault, false incidents, events,
+memory start/peak/end per process), `memory.csv` and `memory.png`.
+
 A fault counts as detected when an incident of its service begins between its start and two windows
-after its end; an incident that overlaps no fault (± two windows) on its service is a false incident.
+after its end. An incident that overlaps no fault (± two windows) on its service is a false
+incident, and is counted when it begins in a live window. Not counted, and listed apart in
+`soak.json` under `excluded`: incidents that begin in the backfilled history (the detector starts
+an hour back and scores the history it was trained on) and incidents that begin in the handover
+windows — from the window in which the backfill ended to the window in which the live demo started,
+which hold only part of a window's traffic (the demo process starts a second or two after the
+backfill ends), or none.
 """
 
 from __future__ import annotations
@@ -35,6 +46,9 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 FAULTS = [("latency", "orders"), ("errors", "users"), ("drop", "gateway"), ("spike", "payments"),
           ("new-dependency", "inventory"), ("business", "payments")]  # fmt: skip
+DETECTOR_FINISH_WINDOWS = 4  # after the live span, the detector gets this many windows to finish
+DEMO_TAIL_WINDOWS = 8  # the demo runs this many windows past the live span, so it outlives the detector
+LOG_COPY_MAX_BYTES = 2 * 2**20  # process logs up to this size are copied to --out/logs
 
 
 def free_port() -> int:
@@ -55,6 +69,11 @@ def run_cli(url: str, *argv: str) -> str:
     return done.stdout
 
 
+def server_window(r: redis.Redis, window_s: int) -> int:
+    seconds, micros = r.time()
+    return int((seconds + micros / 1e6) // window_s)
+
+
 def sdk_sender(collector_url: str, stop: threading.Event, rate: float) -> None:
     """A steady trickle through the HTTP collector, so its memory is measured under load."""
     sys.path.insert(0, str(ROOT / "clients" / "python" / "src"))
@@ -66,31 +85,40 @@ def sdk_sender(collector_url: str, stop: threading.Event, rate: float) -> None:
     client.close()
 
 
-def evaluate(r: redis.Redis, truth: list[dict], window_s: int) -> dict:
-    """Recall per fault and false incidents, from the incidents the detector wrote."""
+def evaluate(r: redis.Redis, truth: list[dict], window_s: int, span: dict[str, int]) -> dict:
+    """Recall per fault and false incidents (those beginning in the live span), from the detector's incidents."""
     from anomalydesk.detect import incidents as inc
 
     found = inc.list_incidents(r)
     spans = [(f["service"], int(f["start"] // window_s), int(f["end"] // window_s)) for f in truth]
-    per_fault, matched = [], set()
+    per_fault = []
     for fault, (service, first, last) in zip(truth, spans, strict=True):
         hits = [i for i in found if i["service"] == service and first <= int(i["first_window"]) <= last + 2]
         per_fault.append({**fault, "detected": bool(hits), "incident": hits[0]["id"] if hits else None})
-        matched.update(i["id"] for i in hits)
+
     def overlaps(incident: dict, service: str, first: int, last: int) -> bool:
         end = int(incident.get("last_window", incident["first_window"]))
         return incident["service"] == service and int(incident["first_window"]) <= last + 2 and end >= first - 2
 
-    false = [i["id"] for i in found if not any(overlaps(i, *span) for span in spans)]
+    def brief(i: dict) -> dict:
+        return {k: i.get(k) for k in ("id", "service", "kind", "first_window", "last_window", "severity")}
+
+    unmatched = [i for i in found if not any(overlaps(i, *s) for s in spans)]
+    history = [brief(i) for i in unmatched if int(i["first_window"]) < span["backfill_end_window"]]
+    handover = [brief(i) for i in unmatched
+                if span["backfill_end_window"] <= int(i["first_window"]) <= span["live_start_window"]]  # fmt: skip
+    false = [brief(i) for i in unmatched if int(i["first_window"]) > span["live_start_window"]]
     detected = sum(f["detected"] for f in per_fault)
-    listed = [{k: i.get(k) for k in ("id", "service", "kind", "first_window", "last_window", "severity")}
-              for i in found]  # fmt: skip
     return {"faults": len(per_fault), "detected": detected, "recall": detected / len(per_fault) if per_fault else None,
-            "incidents": len(found), "false_incidents": len(false), "false_incident_ids": false,
-            "per_fault": per_fault, "incident_list": listed}  # fmt: skip
+            "incidents": len(found), "false_incidents": len(false), "false_incident_list": false,
+            "excluded": {"rule": "not counted as false: incidents beginning before backfill_end_window (the "
+                                 "detector's catch-up over the trained history) or in the handover windows "
+                                 "backfill_end_window..live_start_window (partly filled or empty)",
+                         "history": history, "handover": handover},
+            "span": span, "per_fault": per_fault, "incident_list": [brief(i) for i in found]}  # fmt: skip
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, marks: dict[str, float]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -98,17 +126,67 @@ def plot(rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 4.5))
     t0 = rows[0]["t"]
-    for name in [k for k in rows[0] if k.startswith("rss_")]:
-        ax.plot([(row["t"] - t0) / 60 for row in rows], [row[name] / 2**20 for row in rows], label=name[4:])
+    for name in [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith("rss_")]:
+        points = [((row["t"] - t0) / 60, row[name] / 2**20) for row in rows if row.get(name)]
+        ax.plot([p[0] for p in points], [p[1] for p in points], label=name[4:])
     ax.plot([(row["t"] - t0) / 60 for row in rows], [row["redis_used_memory"] / 2**20 for row in rows],
             label="redis used_memory", linestyle="--")
-    ax.set_xlabel("minutes")
+    for label, at in marks.items():
+        ax.axvline((at - t0) / 60, color="grey", linewidth=0.8, linestyle=":")
+        ax.annotate(label, ((at - t0) / 60, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right")
+    ax.set_xlabel("minutes since live traffic began")
     ax.set_ylabel("MiB")
     ax.set_title("AnomalyDesk soak: memory of every process")
-    ax.legend()
+    ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def wait_for_line(path: Path, prefix: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Block until `path` has a line starting with `prefix` (the process's start message)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and any(line.startswith(prefix) for line in path.read_text().splitlines()):
+            return
+        if proc.poll() is not None:
+            raise SystemExit(f"{path.stem} exited with {proc.returncode}: {path.read_text()[-2000:]}")
+        time.sleep(0.05)
+    raise SystemExit(f"{path.stem} did not start within {timeout:g} s")
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
+    """Block until something accepts connections on `port` (the collector is up)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the collector exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"the collector did not listen on {port} within {timeout:g} s")
+
+
+def sample(r: redis.Redis, handles: dict[str, psutil.Process]) -> dict:
+    row = {"t": time.time(), "redis_used_memory": int(r.info("memory")["used_memory"])}
+    for name, handle in handles.items():
+        try:
+            row[f"rss_{name}"] = handle.memory_info().rss
+        except psutil.Error:
+            row[f"rss_{name}"] = None
+    return row
+
+
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> int:
@@ -139,73 +217,105 @@ def main() -> int:
         except redis.ConnectionError:
             time.sleep(0.05)
     procs: dict[str, subprocess.Popen[bytes]] = {"redis": server}
+    logs: dict[str, Path] = {}
     stop = threading.Event()
+    phases: dict[str, float] = {}
+
+    def launch(name: str, *argv: str) -> subprocess.Popen[bytes]:
+        logs[name] = work / f"{name}.log"
+        with logs[name].open("wb") as log:
+            procs[name] = cli(url, *argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        return procs[name]
+
     try:
-        print(f"backfilling {args.history_hours} h of history and training …", flush=True)
         run_cli(url, "setup")
+        window_s = int(r.hget("ad:config", "window_seconds"))
+        print(f"backfilling {args.history_hours} h of history at {args.rate:g} events/s …", flush=True)
+        t = time.time()
         # the history at the live rate: a model of 200 events/s would (rightly) flag 5,000 events/s
         run_cli(url, "demo", "--fast", "--duration", str(int(args.history_hours * 3600)), "--services",
                 str(args.services), "--seed", str(args.seed), "--rate", str(args.rate))  # fmt: skip
-        run_cli(url, "train")
-        window_s = int(r.hget("ad:config", "window_seconds"))
+        backfill_end_window = server_window(r, window_s)  # --fast caught up with the clock up to this window
+        phases["backfill_s"] = time.time() - t
+        print(f"backfill done in {phases['backfill_s']:.0f} s; starting live traffic", flush=True)
         injects = []
         starts = range(int(args.fault_every), int(args.duration - args.fault_length), int(args.fault_every))
         for i, at in enumerate(starts):
             kind, service = FAULTS[i % len(FAULTS)]
             injects += ["--inject", f"{kind}@{at}+{int(args.fault_length)}:{service}"]
         truth_file = work / "truth.jsonl"
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env}
-        procs["detector"] = cli(url, "detect", **quiet)
+        demo = launch("demo", "demo", "--rate", str(args.rate), "--services", str(args.services),
+                      "--duration", str(int(args.duration + DEMO_TAIL_WINDOWS * window_s)),
+                      "--seed", str(args.seed + 1), "--truth", str(truth_file), *injects)  # fmt: skip
+        wait_for_line(logs["demo"], "demo: ", demo)
+        live_started = time.time()
+        live_start_window = server_window(r, window_s)
         collector_port = free_port()
-        procs["collector"] = cli(url, "collect", "--port", str(collector_port), **quiet)
-        procs["demo"] = cli(url, "demo", "--rate", str(args.rate), "--duration", str(int(args.duration)),
-                            "--services", str(args.services), "--seed", str(args.seed + 1), "--truth", str(truth_file),
-                            *injects, **quiet)  # fmt: skip
-        time.sleep(2)
+        launch("collector", "collect", "--port", str(collector_port))
+        train = launch("train", "train")
+        wait_for_port(collector_port, procs["collector"])
         sender = threading.Thread(target=sdk_sender, args=(f"http://127.0.0.1:{collector_port}", stop, 200.0),
                                   daemon=True)  # fmt: skip
         sender.start()
         rows: list[dict] = []
         handles = {name: psutil.Process(proc.pid) for name, proc in procs.items()}
         handles["soak-script+sdk"] = psutil.Process()
-        started = time.time()
-        while procs["demo"].poll() is None:
-            row = {"t": time.time(), "redis_used_memory": int(r.info("memory")["used_memory"])}
-            for name, handle in handles.items():
-                try:
-                    row[f"rss_{name}"] = handle.memory_info().rss
-                except psutil.Error:
-                    row[f"rss_{name}"] = 0
+        marks = {"live": live_started}
+        while time.time() - live_started < args.duration:
+            if "detector" not in procs and train.poll() is not None:
+                if train.returncode != 0:
+                    raise SystemExit(f"anomalydesk train failed: {logs['train'].read_text()[-2000:]}")
+                phases["train_s"] = time.time() - live_started
+                marks["trained, detector on"] = time.time()
+                print(f"trained in {phases['train_s']:.0f} s (under live traffic); starting the detector", flush=True)
+                handles["detector"] = psutil.Process(launch("detector", "detect").pid)
+            if demo.poll() is not None:
+                raise SystemExit(f"the demo stopped early ({demo.returncode}): {logs['demo'].read_text()[-2000:]}")
+            row = sample(r, handles)
             rows.append(row)
-            print(f"{row['t'] - started:7.0f} s  redis {row['redis_used_memory'] / 2**20:7.1f} MiB", flush=True)
-            time.sleep(args.sample)
-        time.sleep(4 * window_s)  # the detector handles the last windows
+            print(f"{row['t'] - live_started:7.0f} s  redis {row['redis_used_memory'] / 2**20:7.1f} MiB", flush=True)
+            time.sleep(max(0.0, min(args.sample, live_started + args.duration - time.time())))
+        if "detector" not in procs:
+            raise SystemExit("training did not finish within --duration; nothing was detected")
+        time.sleep(DETECTOR_FINISH_WINDOWS * window_s)  # the detector handles the last windows of the span
+        rows.append(sample(r, handles))
+        stop_process(procs["detector"])  # before the demo: no window after the traffic is ever scored
+        detector_stop_window = server_window(r, window_s)
+        if demo.poll() is not None:
+            raise SystemExit("the demo stopped before the detector; the tail windows may have been scored")
+        stop.set()
+        stop_process(demo)
         truth = [json.loads(line) for line in truth_file.read_text().splitlines() if line.strip()]
-        report = evaluate(r, truth, window_s)
+        span = {"backfill_end_window": backfill_end_window, "live_start_window": live_start_window,
+                "detector_stop_window": detector_stop_window, "window_s": window_s}  # fmt: skip
+        report = evaluate(r, truth, window_s, span)
         status = json.loads(run_cli(url, "status", "--json"))
-        memory = {k: {"start": rows[0][k], "peak": max(row[k] for row in rows), "end": rows[-1][k]}
-                  for k in rows[0] if k != "t"}  # fmt: skip
+        series = {k: [row[k] for row in rows if row.get(k)] for k in dict.fromkeys(k for row in rows for k in row)}
+        memory = {k: {"start": v[0], "peak": max(v), "end": v[-1]} for k, v in series.items() if k != "t" and v}
         summary = {"command": " ".join(sys.argv), "duration_s": args.duration, "rate": args.rate,
+                   "history_hours": args.history_hours, "phases_s": phases,
                    "events_total": status["events_total"], "fingerprints": status["fingerprints"],
-                   "alerts_total": status["alerts_total"], "detection": report, "memory_bytes": memory}  # fmt: skip
+                   "alerts_total": status["alerts_total"], "detection": report, "memory_bytes": memory,
+                   "memory_note": "rss_train: `anomalydesk train` (it ends); the detector starts then"}  # fmt: skip
         (args.out / "soak.json").write_text(json.dumps(summary, indent=2))
+        fields = list(dict.fromkeys(k for row in rows for k in row))
         with (args.out / "memory.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        plot(rows, args.out / "memory.png")
+        plot(rows, args.out / "memory.png", marks)
         print(json.dumps({k: v for k, v in summary.items() if k != "memory_bytes"} | {
             "detection": {k: v for k, v in report.items() if k not in ("per_fault", "incident_list")}}, indent=2))
         return 0
     finally:
         stop.set()
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+        for name in ("detector", "demo", "collector", "train", "redis"):
+            if name in procs:
+                stop_process(procs[name])
+        (args.out / "logs").mkdir(exist_ok=True)
+        for path in logs.values():
+            if path.exists() and path.stat().st_size <= LOG_COPY_MAX_BYTES:
+                shutil.copy(path, args.out / "logs" / path.name)
         shutil.rmtree(work, ignore_errors=True)
 
 
