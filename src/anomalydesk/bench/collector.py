@@ -1,12 +1,17 @@
 """Collector throughput and latency: HTTP ingest beside the direct sink, measured in the same run.
 
 - `events_per_s`: events stored per second (Redis `events_total` delta / wall time) while a load
-  generator in this process POSTs pre-encoded JSON batches of 500 events over several keep-alive
-  connections to `anomalydesk collect` running as a separate process on the same machine.
+  generator in this process (`bench.collector_load`: pre-built requests over raw keep-alive
+  connections) POSTs JSON batches of 500 events over several connections to `anomalydesk collect`
+  running as a separate process on the same machine.
 - `direct_events_per_s`: the same events, already validated, written with `store.sink.ingest` in
   batches of 500 on the same server (no HTTP, no JSON parsing): the ceiling the collector sits under.
 - `single_p99_ms`: 99th percentile latency of single-event requests sent open-loop at 1,000
   requests/s (latency counted from each request's scheduled send time, so a stall is not hidden).
+
+Beside them: the CPU seconds the collector, redis-server and the generator each spent per event or
+request, and how late the generator itself sent (`single_send_lag_p99_ms`): on a 2-core machine
+all three compete for the same cores.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -27,6 +33,7 @@ import orjson
 import psutil
 import redis
 
+from anomalydesk.bench.collector_load import build_request, closed_loop, open_loop
 from anomalydesk.bench.server import throwaway
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import parse_batch
@@ -75,62 +82,44 @@ def _cpu_seconds(pid: int) -> float:
     return times.user + times.system
 
 
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _events_total(r: redis.Redis) -> int:
     return int(admin.status(r)["events_total"])
 
 
-async def _http_throughput(base: str, bodies: list[bytes], seconds: float) -> tuple[int, int]:
-    import aiohttp
+class _Cpu:
+    """CPU seconds of the collector, redis-server and this process (the generator) since `mark()`."""
 
-    ok = errors = 0
-    deadline = time.perf_counter() + seconds
-    connector = aiohttp.TCPConnector(limit=CONNECTIONS)
-    async with aiohttp.ClientSession(connector=connector) as session:
+    def __init__(self, collector_pid: int, redis_pid: int | None):
+        self.pids = {"collector": collector_pid, "redis": redis_pid}
+        self._start: dict[str, float] = {}
 
-        async def worker(offset: int) -> None:
-            nonlocal ok, errors
-            i = offset
-            while time.perf_counter() < deadline:
-                async with session.post(f"{base}/metrics", data=bodies[i % len(bodies)],
-                                        headers={"Content-Type": "application/json"}) as response:
-                    await response.read()
-                    if response.status == 202:
-                        ok += 1
-                    else:
-                        errors += 1
-                i += 1
+    def _now(self) -> dict[str, float]:
+        now = {"generator": _own_cpu_seconds()}
+        for name, pid in self.pids.items():
+            with contextlib.suppress(psutil.Error, TypeError):
+                now[name] = _cpu_seconds(pid)  # type: ignore[arg-type]
+        return now
 
-        await asyncio.gather(*(worker(k) for k in range(CONNECTIONS)))
-    return ok, errors
+    def mark(self) -> None:
+        self._start = self._now()
+
+    def spent(self) -> dict[str, float]:
+        return {name: value - self._start[name] for name, value in self._now().items() if name in self._start}
 
 
-async def _single_latencies(base: str, bodies: list[bytes], seconds: float) -> tuple[list[float], int]:
-    import aiohttp
+def _redis_pid(r: redis.Redis) -> int | None:
+    """The server's pid when it runs on this machine (CPU per event), else None."""
+    pid = int(r.info("server").get("process_id", 0))
+    return pid if pid and psutil.pid_exists(pid) else None
 
-    latencies: list[float] = []
-    errors = 0
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector) as session:
 
-        async def one(body: bytes, scheduled: float) -> None:
-            nonlocal errors
-            async with session.post(f"{base}/metrics", data=body,
-                                    headers={"Content-Type": "application/json"}) as response:
-                await response.read()
-                if response.status != 202:
-                    errors += 1
-            latencies.append(time.perf_counter() - scheduled)
-
-        start = time.perf_counter() + 0.05
-        tasks = []
-        for i in range(int(seconds * SINGLE_RATE)):
-            scheduled = start + i / SINGLE_RATE
-            delay = scheduled - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(bodies[i % len(bodies)], scheduled)))
-        await asyncio.gather(*tasks)
-    return latencies, errors
+def _per(spent: dict[str, float], n: int, scale: float) -> dict[str, float]:
+    return {name: round(seconds / max(n, 1) * scale, 1) for name, seconds in spent.items()}
 
 
 def _direct(r: redis.Redis, batches: list[list], seconds: float) -> float:
@@ -150,8 +139,6 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
     load_before = os.getloadavg()[0]  # the machine may be shared: say how busy it was
     rng = np.random.default_rng(7)
     raw = [_events(BATCH, rng) for _ in range(BODIES)]
-    bodies = [orjson.dumps(batch) for batch in raw]
-    singles = [orjson.dumps(event) for event in _events(256, rng)]
     batches = [parse_batch(batch)[0] for batch in raw]
     with throwaway(redis_url) as url:
         r = redis.Redis.from_url(url)
@@ -160,35 +147,46 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
             if not admin.read_settings(r).configured:
                 admin.setup(r, SketchSettings())
             with _collector_process(url) as (base, pid):
-                asyncio.run(_http_throughput(base, bodies[:2], 0.5))  # warm-up: connections, caches
-                before, cpu_before = _events_total(r), _cpu_seconds(pid)
+                bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in raw]
+                singles = [build_request(base, "/metrics", orjson.dumps(event)) for event in _events(256, rng)]
+                cpu = _Cpu(pid, _redis_pid(r))
+                asyncio.run(closed_loop(base, bodies[:2], CONNECTIONS, 0.5))  # warm-up: caches, first FCALLs
+                before = _events_total(r)
+                cpu.mark()
                 started = time.perf_counter()
-                ok, errors = asyncio.run(_http_throughput(base, bodies, seconds))
+                ok, errors = asyncio.run(closed_loop(base, bodies, CONNECTIONS, seconds))
                 elapsed = time.perf_counter() - started
                 stored = _events_total(r) - before
-                cpu_batches = _cpu_seconds(pid) - cpu_before
-                cpu_before = _cpu_seconds(pid)
-                latencies, single_errors = asyncio.run(_single_latencies(base, singles, seconds))
-                cpu_singles = _cpu_seconds(pid) - cpu_before
+                cpu_batches = cpu.spent()
+                cpu.mark()
+                single = asyncio.run(open_loop(base, singles, SINGLE_RATE, seconds))
+                cpu_singles = cpu.spent()
             direct = _direct(r, batches, seconds)
         finally:
             r.close()
+    latencies = single["latencies"]
     lat_ms = np.asarray(latencies) * 1000.0
+    lag_ms = np.asarray(single["send_lag"]) * 1000.0
     return {
         "events_per_s": round(stored / elapsed),
         "direct_events_per_s": round(direct),
         "single_p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "single_p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
+        "single_max_ms": round(float(lat_ms.max()), 2),
+        "single_send_lag_p99_ms": round(float(np.percentile(lag_ms, 99)), 2),
         "single_requests": len(latencies),
         "single_rate_target": SINGLE_RATE,
+        "single_connections": single["connections"],
         "batch_events": BATCH,
         "connections": CONNECTIONS,
         "http_requests": ok,
-        "http_errors": errors + single_errors,
+        "http_errors": errors + single["errors"],
         "stored_events_match": stored == ok * BATCH,
-        # CPU the collector process spent (less sensitive to a busy machine than wall-clock rates)
-        "collector_cpu_us_per_event": round(cpu_batches / max(stored, 1) * 1e6, 2),
-        "collector_cpu_us_per_single_request": round(cpu_singles / max(len(latencies), 1) * 1e6, 1),
+        # CPU each process spent (less sensitive to a busy machine than wall-clock rates)
+        "collector_cpu_us_per_event": round(cpu_batches["collector"] / max(stored, 1) * 1e6, 2),
+        "collector_cpu_us_per_single_request": round(cpu_singles["collector"] / max(len(latencies), 1) * 1e6, 1),
+        "cpu_us_per_event": _per(cpu_batches, stored, 1e6),
+        "cpu_us_per_single_request": _per(cpu_singles, len(latencies), 1e6),
         "seconds": seconds,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),

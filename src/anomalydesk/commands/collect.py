@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 
 from anomalydesk import config
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     """Serve until interrupted; with --json, print `{"listening": URL}` once ready."""
     from anomalydesk.commands._common import emit
     from anomalydesk.ingest.collector import CollectorSettings, SettingsError
-    from anomalydesk.ingest.collector_server import serve
+    from anomalydesk.ingest.collector_server import run as run_collector
     from anomalydesk.store.admin import SetupConflict
     from anomalydesk.store.connection import ConnectionFailed
     from anomalydesk.store.gears import GearsError
@@ -60,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"collector listening on {url} (Ctrl+C to stop)", file=sys.stderr, flush=True)
 
     try:
-        asyncio.run(serve(settings, getattr(args, "redis", None), on_ready=ready))
+        run_collector(settings, getattr(args, "redis", None), on_ready=ready)
     except SettingsError as err:
         raise CommandError(str(err)) from None
     except (ConnectionFailed, GearsError, SetupConflict) as err:

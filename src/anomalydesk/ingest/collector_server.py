@@ -155,6 +155,17 @@ async def serve(
         await binding.aclose()
 
 
+def run(settings: CollectorSettings, url: str | None, on_ready: Callable[[str], None] | None = None) -> None:
+    """`serve` in this thread until SIGINT/SIGTERM, on uvloop where it is installed (cheaper I/O per request)."""
+    try:
+        import uvloop
+    except ImportError:  # uvloop has no Windows build: the standard loop serves the same answers
+        asyncio.run(serve(settings, url, on_ready))
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(serve(settings, url, on_ready))
+
+
 class BackgroundCollector:
     """A collector on its own event loop in a daemon thread (tests, bench, embedding in an app).
 

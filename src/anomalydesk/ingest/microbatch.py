@@ -48,6 +48,7 @@ class MicroBatcher:
         self.pending_events = 0
         self.inflight = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._soon: asyncio.Handle | None = None
         self._due = False
         self._merged_inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -61,9 +62,16 @@ class MicroBatcher:
         future: asyncio.Future[Outcome] = loop.create_future()
         self._pending.append((events, future))
         self.pending_events += len(events)
-        if self.pending_events >= self.max_events or self._merged_inflight == 0:
-            self._due = True  # full, or Redis idle: no reason to wait
-        self._schedule()
+        if self.pending_events >= self.max_events:
+            self._due = True  # full: no reason to wait
+            self._schedule()
+        elif self._merged_inflight == 0:
+            # Redis idle: write in the loop's next turn, together with every request whose body
+            # arrived in the same turn (no added delay, fewer FCALLs under load)
+            if self._soon is None:
+                self._soon = loop.call_soon(self._on_soon)
+        else:
+            self._schedule()
         return await future
 
     def _schedule(self) -> None:
@@ -86,11 +94,19 @@ class MicroBatcher:
         self._due = True
         self._schedule()
 
+    def _on_soon(self) -> None:
+        self._soon = None
+        self._due = True
+        self._schedule()
+
     def flush(self) -> None:
         """Start the ingest call for everything waiting now."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._soon is not None:
+            self._soon.cancel()
+            self._soon = None
         self._due = False
         if not self._pending:
             return
