@@ -174,6 +174,9 @@ def test_tls_checkbox_connects_over_tls_and_round_trips_in_settings(qtbot, qloop
         panel.url.setText(tls_url)  # TLS options without TLS: refused in the form, the app stays where it is
         panel.apply_button.click()
         assert "need a rediss:// URL" in panel.form_error.text()
+        panel.url.setText(f"http://127.0.0.1:{tls_port}/0")
+        panel.apply_button.click()
+        assert "unsupported scheme" in panel.form_error.text()
         assert app.settings.redis_url == server.url and conn.status == "connected" and f":{server.port}/" in conn.url
 
         panel.url.setText(f"redis://127.0.0.1:{tls_port}/0")  # the TLS port, TLS not ticked: no plain talk there

@@ -11,7 +11,7 @@ from PySide6 import QtWidgets
 from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.state import AppState
-from anomalydesk.store.connection import ConnectionFailed, parse_url
+from anomalydesk.store.connection import ConnectionFailed, cluster_mode, parse_url
 
 STATUS_COLOUR = {"connected": "#2e8b57", "connecting": "#b8860b", "reconnecting": "#d2691e",
                  "failed": "#c0392b", "disconnected": "#777777"}  # fmt: skip
@@ -103,7 +103,9 @@ class ConnectionPanel(QtWidgets.QWidget):
         url = self.url.text().strip()
         if url:
             try:
-                parse_url(build_url(url, self.tls.isChecked(), self.user.text().strip(), ""))
+                candidate = build_url(url, self.tls.isChecked(), self.user.text().strip(), "")
+                parse_url(candidate)
+                cluster_mode(candidate)
             except ConnectionFailed as err:
                 self.form_error.setText(f"not applied: {err.reason}")
                 return
