@@ -210,10 +210,13 @@ def test_demo_spreads_services_over_shards_and_everything_reads_back(
     stored = admin.list_services(rc)
     assert status["events_total"] == sum(s["events"] for s in stored)
     assert status["events_total"] >= demo["events"] > 0
-    assert status["fingerprints"] == status["windows_sealed"] == 6 * 260
+    # 1300 s are 260 windows; the demo then catches up with the clock (more windows under load)
+    assert status["fingerprints"] == status["windows_sealed"]
+    per_service = status["fingerprints"] // 6
+    assert per_service * 6 == status["fingerprints"] and per_service >= 260
     for service in DEMO_SERVICES:
         prints = fingerprints.read(rc, service)
-        assert len(prints) == 260
+        assert len(prints) == per_service
         assert sum(fp.get("requests") for fp in prints) > 0
     assert cli(url, "incidents", "list") == {"incidents": []}
     trained = cli(url, "train", "--service", "payments")  # a model stored with MULTI on its shard
@@ -542,3 +545,23 @@ def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_not
         print(f"\ndetect on a cluster killed {kills} times; {len(ids)} alerts, none twice, none missing")
     finally:
         reference_server.stop()
+
+
+def test_webhook_notifier_on_a_cluster(rc: redis.RedisCluster, cluster3: LocalCluster) -> None:
+    """`notify` reads the alert log with its consumer groups; ack + counters and dead letters in one slot."""
+    from anomalydesk.detect.webhooks import Route, dead_letter_key, route_status
+    from test_webhooks import FAST, Receiver, RunningNotifier, log_alert, wait_for
+
+    good, gone = Receiver().start(), Receiver(answer=lambda _n: 404).start()
+    routes = [Route("all", good.url), Route("gone", gone.url)]
+    try:
+        with RunningNotifier(cluster3.url, routes, **FAST):
+            sent = [log_alert(rc, service, "critical", window=300 + i) for i, service in enumerate(DEMO_SERVICES[:3])]
+            wait_for(lambda: len(good.received) == 3 and rc.xlen(dead_letter_key(KEYS)) == 3, "deliveries")
+    finally:
+        good.stop()
+        gone.stop()
+    assert [body for _, body in good.received] == sent
+    status = {s["name"]: s for s in route_status(rc, routes)}
+    assert (status["all"]["delivered"], status["all"]["pending"]) == (3, 0)
+    assert (status["gone"]["dead"], status["gone"]["pending"]) == (3, 0)

@@ -142,3 +142,18 @@ def test_setup_moves_incident_keys_of_older_releases_into_the_incident_slot(r: r
     assert (status["incidents_open"], status["alerts_total"]) == (2, 8)  # the old counter is added, not lost
     assert admin.setup(r, SketchSettings())["incident_records_migrated"] == 0  # idempotent
     assert inc.ack(r, old["id"], who="dana")["acked"]["by"] == "dana"  # migrated incidents can be acted on
+
+
+def test_webhook_counters_and_dead_letters_of_older_releases_are_moved(r: redis.Redis) -> None:
+    from anomalydesk.store import admin
+
+    r.hset(K.legacy_webhook_stats, mapping={"oncall:delivered": 5, "oncall:dead": 1})
+    r.hset(K.webhook_stats, "oncall:delivered", 2)
+    r.xadd(K.legacy_alerts_dead, {"route": "oncall", "alert": "{}"}, id="1000-0")
+    r.xadd(K.legacy_alerts_dead, {"route": "oncall", "alert": "{}"}, id="2000-0")
+    r.xadd(K.alerts_dead, {"route": "oncall", "alert": "{}"}, id="1500-0")  # written since the upgrade
+    assert admin.migrate_incident_keys(r) == 4
+    assert not r.exists(K.legacy_webhook_stats, K.legacy_alerts_dead)
+    assert r.hgetall(K.webhook_stats) == {b"oncall:delivered": b"7", b"oncall:dead": b"1"}
+    ids = [entry_id.decode() for entry_id, _ in r.xrange(K.alerts_dead)]
+    assert len(ids) == 3 and ids[0] == "1500-0"  # the older ones appended after the newer one, none lost

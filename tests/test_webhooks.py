@@ -180,7 +180,7 @@ def test_a_receiver_down_for_a_while_gets_everything_after_it_recovers(redis_url
     route = Route("later", down.url)
     with RunningNotifier(redis_url, [route], **FAST):
         alerts = [log_alert(r, "inventory", "critical", window=w) for w in range(300, 305)]
-        wait_for(lambda: int(r.hget(f"{KEYS.prefix}webhooks:stats", "later:failed_attempts") or 0) >= 3,
+        wait_for(lambda: int(r.hget(KEYS.webhook_stats, "later:failed_attempts") or 0) >= 3,
                  "failed attempts while the receiver is down")
         down.start()
         try:
@@ -197,7 +197,7 @@ def test_the_notifier_resumes_pending_deliveries_after_a_restart(redis_url: str,
     route = Route("resume", down.url)
     with RunningNotifier(redis_url, [route], **FAST):
         alert = log_alert(r, "gateway", "warning", window=400)
-        wait_for(lambda: int(r.hget(f"{KEYS.prefix}webhooks:stats", "resume:failed_attempts") or 0) >= 1,
+        wait_for(lambda: int(r.hget(KEYS.webhook_stats, "resume:failed_attempts") or 0) >= 1,
                  "a failed attempt")
     assert route_status(r, [route])[0]["pending"] == 1  # read, not delivered: still pending
     down.start()

@@ -10,8 +10,11 @@ an alert twice; every delivery carries the alert's `id` and `incident_id` (also 
 same alert with exponential backoff (1 s, 2 s, … up to 60 s; Retry-After respected), in order.
 An alert that is still undelivered WEBHOOK_GIVE_UP_SECONDS after it was logged, or that a receiver
 refuses for good (4xx other than 408/425/429), goes to the dead-letter stream
-`<prefix>alerts:dead` with the route, the error and the number of attempts. Silenced alerts are
+`Keys.alerts_dead` with the route, the error and the number of attempts. Silenced alerts are
 not sent (they were not published either).
+
+The dead-letter stream and the delivery counters share the alert log's slot (`Keys.incident_tag`),
+so acknowledging an alert and counting it is one MULTI on a Redis Cluster too.
 
 Routes file (TOML, or JSON with the same structure), documented in docs/integrations.md:
 
@@ -168,13 +171,13 @@ def routes_summary(routes: list[Route]) -> list[dict[str, Any]]:
 
 
 def dead_letter_key(keys: Keys) -> str:
-    """Stream of deliveries that kept failing (route, alert, error, attempts)."""
-    return f"{keys.prefix}alerts:dead"
+    """Stream of deliveries that kept failing (route, alert, error, attempts), in the alert log's slot."""
+    return keys.alerts_dead
 
 
 def stats_key(keys: Keys) -> str:
-    """Hash `<route>:delivered|failed_attempts|dead|skipped` → count."""
-    return f"{keys.prefix}webhooks:stats"
+    """Hash `<route>:delivered|failed_attempts|dead|skipped` → count, in the alert log's slot."""
+    return keys.webhook_stats
 
 
 def route_status(r: redis.Redis, routes: list[Route], keys: Keys | None = None) -> list[dict[str, Any]]:

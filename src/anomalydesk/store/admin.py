@@ -227,8 +227,9 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
 def migrate_incident_keys(r: redis.Redis, keys: Keys | None = None) -> int:
     """Move incidents, open ids and detector states written before the incident slot; how many moved.
 
-    Older releases kept them in `ad:incidents`, `ad:incidents:open` and `ad:{service}:det`; they now
-    share the alert log's slot (`Keys.incident_tag`). Copies never overwrite a newer record (HSETNX),
+    Older releases kept them in `ad:incidents`, `ad:incidents:open`, `ad:{service}:det` (and the
+    webhook keys in `ad:alerts:dead`, `ad:webhooks:stats`); they now share the alert log's slot
+    (`Keys.incident_tag`). Copies never overwrite a newer record (HSETNX),
     the old key goes only after its copy, so an interrupted run is finished by the next one (`setup`
     and every detector run it). The old `alerts_total` in `ad:stats` stays where it is and is added.
     """
@@ -247,6 +248,7 @@ def migrate_incident_keys(r: redis.Redis, keys: Keys | None = None) -> int:
     if old or opened:
         r.delete(keys.legacy_incidents)
         r.delete(keys.legacy_incidents_open)
+    moved += _move_webhook_keys(r, keys)
     for service in r.smembers(keys.services):
         service = _text(service)
         legacy = keys.legacy_detector_state(service)
@@ -255,4 +257,29 @@ def migrate_incident_keys(r: redis.Redis, keys: Keys | None = None) -> int:
             r.hsetnx(keys.detector_states, service, raw)
             r.delete(legacy)
             moved += 1
+    return moved
+
+
+def _move_webhook_keys(r: redis.Redis, keys: Keys) -> int:
+    """Webhook counters (added up) and dead letters (same entry ids) into the incident slot."""
+    moved = 0
+    counters = r.hgetall(keys.legacy_webhook_stats)
+    if counters:
+        r.delete(keys.legacy_webhook_stats)  # first: an interrupted move loses counts, never doubles them
+        pipe = r.pipeline(transaction=False)
+        for name, count in counters.items():
+            pipe.hincrby(keys.webhook_stats, name, int(count))
+        pipe.execute()
+        moved += len(counters)
+    entries = r.xrange(keys.legacy_alerts_dead)
+    for entry_id, fields in entries:
+        if r.xrange(keys.alerts_dead, min=entry_id, max=entry_id):
+            continue  # copied by an interrupted run
+        try:
+            r.xadd(keys.alerts_dead, fields, id=entry_id)
+        except redis.ResponseError:  # newer dead letters are there already: append it after them
+            r.xadd(keys.alerts_dead, fields)
+    if entries:
+        r.delete(keys.legacy_alerts_dead)
+        moved += len(entries)
     return moved

@@ -79,6 +79,16 @@ class Keys:
         """Hash with `alerts_total`: alerts ever appended to the (trimmed) alert log."""
         return f"{self.incident_tag}:stats"
 
+    @property
+    def alerts_dead(self) -> str:
+        """Stream of webhook deliveries that kept failing (acknowledged on the alert log with them)."""
+        return f"{self.incident_tag}:alerts:dead"
+
+    @property
+    def webhook_stats(self) -> str:
+        """Hash `<route>:delivered|failed_attempts|dead|skipped` → count."""
+        return f"{self.incident_tag}:webhooks:stats"
+
     # keys of releases before the incident slot (read once by `store.admin.migrate_incident_keys`)
     @property
     def legacy_incidents(self) -> str:
@@ -89,6 +99,16 @@ class Keys:
     def legacy_incidents_open(self) -> str:
         """Before the incident slot: set of open incident ids."""
         return f"{self.prefix}incidents:open"
+
+    @property
+    def legacy_alerts_dead(self) -> str:
+        """Before the incident slot: the webhook dead-letter stream."""
+        return f"{self.prefix}alerts:dead"
+
+    @property
+    def legacy_webhook_stats(self) -> str:
+        """Before the incident slot: the webhook delivery counters."""
+        return f"{self.prefix}webhooks:stats"
 
     @property
     def silences(self) -> str:
