@@ -75,7 +75,8 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
                                                                       tmp_path):  # fmt: skip
     """Apply in the connection panel reconnects the running app: the new server's services and incidents
     replace the old one's; a wrong password shows "failed" naming authentication (and never the
-    password), a good URL recovers, and the right password (kept in the secret store) connects."""
+    password), a good URL recovers, the right password (kept in the secret store) connects, and so does
+    an ACL user with its own password (the server lists the app's clients under that user)."""
     first = redis_server.client()
     second = RedisServer(tmp_path / "second")
     locked = RedisServer(tmp_path / "locked")
@@ -135,6 +136,15 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         qtbot.waitUntil(lambda: state.services == ["gamma-svc"], timeout=10_000)
         assert new["incident_id"] not in window.incidents.model.ids
         assert settings_mod.get_password(panel.account()) == PASSWORD
+
+        locked_client.execute_command("ACL", "SETUSER", "alice", "on", ">al1ce-pw", "~*", "&*", "+@all")
+        panel.user.setText("alice")  # an ACL user on the same server
+        panel.password.setText("al1ce-pw")
+        panel.apply_button.click()
+        qtbot.waitUntil(lambda: state.connection.status == "connected"
+                        and state.connection.url.startswith("redis://alice:***@"), timeout=30_000)  # fmt: skip
+        qtbot.waitUntil(lambda: state.services == ["gamma-svc"], timeout=10_000)
+        assert any(c.get("user") == "alice" for c in locked_client.client_list())
         settings_mod.save(app.settings)
         assert PASSWORD not in settings_mod.settings_path().read_text()  # the password is not in app.json
         locked_client.close()
