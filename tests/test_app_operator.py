@@ -107,6 +107,8 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         qtbot.waitUntil(lambda: state.services == ["beta-svc"], timeout=10_000)
         assert app.settings.redis_url == second.url
         assert old["incident_id"] not in window.incidents.model.ids  # the old server's incident is gone
+        qtbot.waitUntil(lambda: set(state.training.services) == {"beta-svc"}, timeout=10_000)  # its model states
+        assert window.training.message.text() == ""  # no error from reading models while switching
         live_services = [window.live.service_box.itemText(i) for i in range(window.live.service_box.count())]
         assert live_services == ["beta-svc"]
         assert f":{second.port}/" in panel.status.text() and "connected" in panel.status.text()
