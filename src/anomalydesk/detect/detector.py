@@ -48,6 +48,9 @@ from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
 
+# a server down, or a cluster in the middle of a failover (slots without a primary for a moment)
+UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.exceptions.ClusterDownError,
+               redis.exceptions.TryAgainError, redis.exceptions.SlotNotCoveredError)
 Scorer = Callable[[Any, list[Fingerprint], Fingerprint], Verdict]
 Decoder = Callable[[bytes], Any]
 _RELEASE_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
@@ -372,7 +375,7 @@ class Detector:
             while not stop_event.is_set():
                 try:
                     result = self.step()
-                except (redis.ConnectionError, redis.TimeoutError) as err:
+                except UNAVAILABLE as err:
                     log.warning("detector: Redis unavailable (%s); retrying", err)
                     stop_event.wait(1.0)
                     continue
