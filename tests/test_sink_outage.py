@@ -57,3 +57,28 @@ def test_the_first_settings_read_still_raises_when_redis_is_down(tmp_path: Path)
         assert sink.buffered == 1
     finally:
         client.close()
+
+
+async def test_async_writer_single_call_path_reloads_lost_functions_and_names_refusals(redis_url: str) -> None:
+    """One known service's payload goes without a pipeline: replies, lost functions and errors as before."""
+    from anomalydesk.config import SketchSettings
+    from anomalydesk.store.connection import connect_async
+    from anomalydesk.store.gears import ensure_library
+    from anomalydesk.store.sink import AsyncWriter, InvalidBatch
+
+    plain = redis.Redis.from_url(redis_url)
+    admin.setup(plain, SketchSettings())
+    ensure_library(plain)
+    ar = connect_async(redis_url)
+    try:
+        writer = AsyncWriter(ar)
+        assert (await writer.ingest([EVENT])).accepted == 1  # new service: pipeline with its registration
+        assert (await writer.ingest([EVENT, EVENT])).accepted == 2  # known service: the single call
+        plain.function_flush()  # as after a restart without persistence
+        assert (await writer.ingest([EVENT])).accepted == 1  # library loaded again, then written
+        with pytest.raises(InvalidBatch, match="orders"):
+            await writer.write([("orders", b'{"v": 1, "not": "a payload"}')])
+        assert admin.status(plain)["events_total"] == 4
+    finally:
+        await ar.aclose()
+        plain.close()
