@@ -506,6 +506,39 @@ def test_a_window_committed_but_not_acknowledged_writes_nothing_twice_on_a_clust
     assert rc.xpending(KEYS.fingerprints("payments"), "detectors")["pending"] == 0
     assert json.loads(rc.hget(KEYS.detector_states, "payments"))["last_window"] == 2003
 
+def test_detectors_share_services_and_the_app_detector_respects_the_lease_on_a_cluster(
+    rc: redis.RedisCluster,
+) -> None:
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.store import models as registry
+    from test_detector import add_window, toy_decode, toy_scorer
+
+    services = ["payments", "users", "gateway"]
+    for service in services:
+        registry.save(rc, service, json.dumps({"limit": 200}), {"windows": 100})
+        for i in range(3):
+            add_window(rc, service, 5000 + i, requests=500)
+
+    def detector(name: str, **kw: object) -> Detector:
+        return Detector(rc, name=name, scorer=toy_scorer, decode=toy_decode, seal=False, block_ms=10,  # type: ignore[arg-type]
+                        service_lease_ms=60_000, **kw)  # type: ignore[arg-type]  # fmt: skip
+
+    one, two, app = detector("one"), detector("two"), detector("app", respect_lease=True)
+    assert one.step().services == sorted(services)
+    assert two.step().services == []  # every service is owned by "one"
+    assert app.step().active is False
+    rc.delete(KEYS.detector_owner("users"))  # as if "one" had stopped renewing it
+    one._last_refresh = two._last_refresh = 0.0
+    assert two.step().services == ["users"] and one.step().services == ["gateway", "payments"]
+    for _ in range(3):
+        one.step(), two.step()
+    assert sorted(json.loads(f[b"alert"])["service"] for _, f in rc.xrange(KEYS.alerts_log)) == sorted(services)
+    for service in services:
+        assert rc.xpending(KEYS.fingerprints(service), "detectors")["pending"] == 0
+    one.release()
+    two.release()
+    assert app.step().active is True and app.step().services == sorted(services)
+
 def copy_to(rc: redis.RedisCluster, target: redis.Redis) -> int:
     """Every key of every primary (streams with their consumer groups) into one standalone server."""
     copied = 0
