@@ -34,9 +34,6 @@ def desktop(qtbot, qloop, redis_url):  # noqa: F811
     app.dispose()
 
 
-@pytest.mark.skip(reason="known deadlock, issue 5 left open: now and then (3 runs today, under load) every thread "
-                         "of the process waits on the GIL — the GUI thread inside a pyqtgraph paint, the training "
-                         "worker parsing a Redis reply — and the test hangs; not yet diagnosed")
 def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
     from anomalydesk.app.loop_monitor import StallMeter
     from anomalydesk.store.keys import Keys

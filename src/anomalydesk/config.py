@@ -146,6 +146,7 @@ DETECTOR_READ_COUNT = 200  # fingerprints read per service per step
 DETECTOR_HISTORY_WINDOWS = 12  # recent fingerprints kept per service as scoring context
 RETRAIN_HOLDOUT_FRACTION = 0.2  # newest normal windows held back to compare old and new model
 # training and scoring (detect/train.py, detect/score.py; docs/detection.md says why these values)
+TRAIN_WORKER_NICENESS = 10  # `train --worker` (the app's background training) lowers its CPU priority by this
 MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "learning"
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree

@@ -15,6 +15,7 @@ from PySide6 import QtWidgets
 
 from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.actions import Actions
+from anomalydesk.app.gui_gc import GuiThreadCollector
 from anomalydesk.app.notifier import Notifier
 from anomalydesk.app.session import Session
 from anomalydesk.app.settings import AppSettings
@@ -45,6 +46,7 @@ class DesktopApp:
         from anomalydesk.app.tray import Tray
 
         preload_core()
+        self.collector = GuiThreadCollector()  # before any worker thread starts
 
         self.settings = settings
         self.url = url or settings.redis_url or None
@@ -131,6 +133,7 @@ class DesktopApp:
         self.window.quitting = True
         self.window.close()
         self.window.deleteLater()
+        self.collector.stop()
 
 
 def main(demo: bool = False, url: str | None = None) -> int:

@@ -1,68 +1,103 @@
-"""The training job the app runs in its training executor, and model-registry reads (Qt-free).
+"""The training job the app runs, and model-registry reads (Qt-free).
 
-`run` is a plain function: it opens its own client and, per service, calls
-`detect.training_run.train_service` (the same window selection as `anomalydesk train`: confirmed
-incidents left out, false positives put back; the pure `detect.train.train` with a progress callback
-and a cancel flag; the model stored and activated in the registry). Progress is reported as one
-fraction over all services; the caller throttles it.
+`run` trains in a child process, `anomalydesk train --worker` (the same code as the command:
+`detect.batch_training.train_services`), reading its progress and result as JSON lines on the
+child's stdout and asking it to stop with a line on its stdin. Training in the app's own process
+held the interpreter lock for whole C calls (parsing a day of fingerprints, growing trees) and
+stalled the event loop by hundreds of milliseconds; a child process cannot.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis
 
 from anomalydesk import config
 from anomalydesk.store.keys import Keys
 
+STDERR_TAIL_LINES = 20
+
+
+class TrainingFailed(RuntimeError):
+    """The training process ended without a result (its last words on stderr are in the message)."""
+
+
+def self_command() -> list[str]:
+    """How to run `anomalydesk` itself: the frozen executable, or this interpreter with the CLI module."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable]
+    return [sys.executable, "-m", "anomalydesk.cli"]
+
 
 def run(url: str, keys: Keys, services: list[str], params: dict[str, Any],
         progress: Callable[[float, str], None], cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
-    """Train each service; returns {"trained": [...], "skipped": {service: reason}, "cancelled", "summary"}."""
-    from anomalydesk.detect.train import TrainingCancelled, TrainParams
-    from anomalydesk.detect.training_run import train_service
-    from anomalydesk.store import connection
+    """Train each service in a child process; {"trained", "skipped", "cancelled", "summary", "outcomes"}."""
+    argv = [*self_command(), "train", "--worker", "--trees", str(int(params["trees"])),
+            "--false-alarm-rate", str(float(params["false_alarm_rate"]))]  # fmt: skip
+    if params.get("windows"):
+        argv += ["--windows", str(int(params["windows"]))]
+    for service in services:
+        argv += ["--service", service]
+    child = subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix},  # a password stays off argv
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+    )  # fmt: skip
+    stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+    done = threading.Event()
+    helpers = [threading.Thread(target=_keep_tail, args=(child.stderr, stderr_tail), name="ad-train-stderr"),
+               threading.Thread(target=_forward_cancel, args=(cancel, done, child), name="ad-train-cancel")]
+    for thread in helpers:
+        thread.start()
+    result: dict[str, Any] | None = None
+    with child:
+        try:
+            for line in child.stdout:  # type: ignore[union-attr]
+                try:
+                    message = orjson.loads(line)
+                except orjson.JSONDecodeError:  # something printed by a library: not ours
+                    continue
+                if "progress" in message:
+                    progress(float(message["progress"]), str(message.get("message", "")))
+                elif "result" in message:
+                    result = message["result"]
+        finally:
+            code = child.wait()
+            done.set()
+            for thread in helpers:
+                thread.join()
+    if result is None:
+        words = "".join(stderr_tail).strip().splitlines()
+        raise TrainingFailed(f"training process exited with code {code}: {words[-1] if words else 'no output'}")
+    return result
 
-    trained: list[str] = []
-    skipped: dict[str, str] = {}
-    cancelled = False
-    r = connection.connect(url)
-    try:
-        n = max(1, len(services))
-        for i, service in enumerate(services):
-            if cancel.is_set():
-                cancelled = True
-                break
-            progress(i / n, f"{service}: reading fingerprints")
-            train_params = TrainParams(trees=int(params["trees"]), false_alarm_rate=float(params["false_alarm_rate"]))
 
-            def report(fraction: float, i: int = i, service: str = service) -> None:
-                progress((i + fraction) / n, f"{service}: growing the forest ({fraction:.0%})")
+def _keep_tail(stream: Any, tail: deque[str]) -> None:
+    for line in stream:
+        tail.append(line.decode(errors="replace"))
 
+
+def _forward_cancel(cancel: threading.Event, done: threading.Event, child: subprocess.Popen[bytes]) -> None:
+    """Tell the child to stop when `cancel` is set (it stops between chunks of trees); close its stdin at the end."""
+    while not done.is_set():
+        if cancel.wait(0.1):
             try:
-                outcome = train_service(r, service, windows=int(params["windows"]), params=train_params,
-                                        progress=report, cancel=cancel.is_set, keys=keys)  # fmt: skip
-            except TrainingCancelled:
-                cancelled = True
-                break
-            if outcome.skipped:
-                skipped[service] = outcome.skipped
-                continue
-            trained.append(service)
-    finally:
-        r.close()
-    if cancelled:
-        summary = f"cancelled; trained {len(trained)} of {len(services)} service(s)"
-    else:
-        summary = f"trained {len(trained)} of {len(services)} service(s)"
-    if skipped:
-        summary += "; " + "; ".join(f"{s} {why}" for s, why in sorted(skipped.items()))
-    if not cancelled:
-        progress(1.0, summary)
-    return {"trained": trained, "skipped": skipped, "cancelled": cancelled, "summary": summary}
+                child.stdin.write(b"cancel\n")  # type: ignore[union-attr]
+            except OSError:  # the child ended meanwhile
+                pass
+            break
+    try:
+        child.stdin.close()  # type: ignore[union-attr]
+    except OSError:
+        pass
 
 
 def model_overview(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str, dict[str, Any]]:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from anomalydesk import config
 from anomalydesk.cli import CommandError
@@ -20,34 +25,76 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "incidents, putting back windows marked false positive), trains an Isolation Forest model, "
         "stores it as a new version and activates it. Progress goes to stderr.",
     )  # fmt: skip
-    p.add_argument("--service", metavar="S", help="train only this service (default: every live service)")
+    p.add_argument("--service", metavar="S", action="append",
+                   help="train only this service; repeat for several (default: every live service)")
     p.add_argument("--windows", type=int, metavar="N", help="most recent windows to train on (default: all kept)")
     p.add_argument("--trees", type=int, metavar="T", default=config.DEFAULT_TREES,
                    help=f"trees in the forest (default {config.DEFAULT_TREES})")
     p.add_argument("--false-alarm-rate", type=float, metavar="R", default=config.DEFAULT_FALSE_ALARM_RATE,
                    help=f"share of normal windows allowed over the threshold (default "
                         f"{config.DEFAULT_FALSE_ALARM_RATE})")  # fmt: skip
+    p.add_argument("--worker", action="store_true",
+                   help="machine interface (the desktop app runs training this way): progress and the result "
+                        "as JSON lines on stdout; a line 'cancel' on stdin, or stdin closing, stops the run "
+                        "between chunks of trees")  # fmt: skip
 
 
-def _progress(service: str, quiet: bool) -> Any:
-    last = [0.0]
+def _progress(services: list[str]) -> Callable[[float, str], None]:
+    """Each service's own progress on stderr (`training S: 40%`), at most five times a second."""
+    last: list[Any] = [0.0, None]
 
-    def report(fraction: float) -> None:
-        now = time.monotonic()
-        if fraction < 1.0 and now - last[0] < 0.2:
+    def report(fraction: float, message: str) -> None:
+        service = message.split(":", 1)[0]
+        if service not in services:  # the closing summary
             return
-        last[0] = now
-        end = "\n" if fraction >= 1.0 else ""
-        print(f"\rtraining {service}: {fraction:4.0%}", end=end, file=sys.stderr, flush=True)
+        local = min(1.0, fraction * len(services) - services.index(service))
+        now = time.monotonic()
+        if service == last[1] and local < 1.0 and now - last[0] < 0.2:
+            return
+        start = "\n" if last[1] not in (None, service) else "\r"
+        last[0], last[1] = now, service
+        print(f"{start}training {service}: {local:4.0%}", end="", file=sys.stderr, flush=True)
 
-    return None if quiet else report
+    return report
+
+
+def _line(data: dict[str, Any]) -> None:
+    sys.stdout.write(orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+    sys.stdout.flush()
+
+
+def _cancel_on_stdin() -> threading.Event:
+    """An event set when stdin says `cancel` or closes (the app quit or died)."""
+    cancel = threading.Event()
+
+    def watch() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                break
+        cancel.set()
+
+    threading.Thread(target=watch, name="ad-train-stdin", daemon=True).start()
+    return cancel
+
+
+def _lower_priority() -> None:
+    """Background training yields the CPU to the desktop app that started it (a nicer process)."""
+    try:
+        if hasattr(os, "nice"):
+            os.nice(config.TRAIN_WORKER_NICENESS)
+        else:  # Windows
+            import psutil
+
+            psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
+    except (OSError, ImportError):
+        pass  # not allowed or not available: train at the normal priority
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train the named service or every live one."""
+    """Train the named services or every live one."""
+    from anomalydesk.detect.batch_training import train_services
     from anomalydesk.detect.detector import live_services
     from anomalydesk.detect.train import TrainParams
-    from anomalydesk.detect.training_run import train_service
 
     if args.windows is not None and args.windows < 2:
         raise CommandError(f"--windows must be at least 2, got {args.windows}")
@@ -58,19 +105,27 @@ def run(args: argparse.Namespace) -> int:
     r = client(args)
     try:
         live = live_services(r)
-        if args.service:
-            if args.service not in live:
-                raise CommandError(f"no live service named {args.service!r} (known: {', '.join(live) or 'none'})")
-            live = [args.service]
-        if not live:
+        unknown = [s for s in args.service or [] if s not in live]
+        if unknown:
+            raise CommandError(f"no live service named {unknown[0]!r} (known: {', '.join(live) or 'none'})")
+        services = list(dict.fromkeys(args.service)) if args.service else live
+        if not services:
             raise CommandError("no services yet: send some traffic (or run `anomalydesk demo --fast`) first")
-        outcomes = [train_service(r, s, windows=args.windows, params=params,
-                                  progress=_progress(s, quiet=False)).as_dict() for s in live]  # fmt: skip
+        if args.worker:
+            _lower_priority()
+            cancel = _cancel_on_stdin()
+            result = train_services(r, services, params, windows=args.windows, cancel=cancel.is_set,
+                                    progress=lambda f, m: _line({"progress": f, "message": m}))  # fmt: skip
+            _line({"result": result})
+            return 0
+        result = train_services(r, services, params, windows=args.windows, progress=_progress(services))
     finally:
         r.close()
+    print(file=sys.stderr)
+    outcomes = result["outcomes"]
     emit(args, {"trained": [o for o in outcomes if not o.get("skipped")],
                 "skipped": [o for o in outcomes if o.get("skipped")]}, _render(outcomes))  # fmt: skip
-    return 0 if any(not o.get("skipped") for o in outcomes) else 1
+    return 0 if result["trained"] else 1
 
 
 def _render(outcomes: list[dict[str, Any]]) -> str:

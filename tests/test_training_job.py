@@ -1,0 +1,59 @@
+"""The app's training job: `anomalydesk train --worker` in a child process, against a real redis-server.
+
+The child reports progress and its result as JSON lines; a cancel reaches it over stdin and stops it
+between chunks of trees; a child that fails says why. Qt-free: the GUI test (test_app_workflow.py)
+drives the same job through the Train button.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from anomalydesk.app import backend, training_job
+from anomalydesk.store import models as registry
+from anomalydesk.store.keys import Keys
+
+PARAMS = {"windows": 0, "trees": 60, "false_alarm_rate": 0.01}
+
+
+@pytest.fixture()
+def history(redis_url):
+    """40 minutes of demo history (480 windows) for two services under a private prefix."""
+    keys = Keys("adjob:")
+    backend.backfill(redis_url, keys, 40 * 60, 2)
+    return keys
+
+
+def test_the_child_trains_reports_progress_and_activates(redis_url, r, history):
+    seen: list[tuple[float, str]] = []
+    result = training_job.run(redis_url, history, ["gateway", "users"], PARAMS,
+                              lambda f, m: seen.append((f, m)), threading.Event())  # fmt: skip
+    assert result["trained"] == ["gateway", "users"] and not result["cancelled"], result
+    fractions = [f for f, _m in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 4
+    assert any(m.startswith("users: growing the forest") for _f, m in seen)
+    for service in ("gateway", "users"):
+        active = registry.active_version(r, service, keys=history)
+        assert active is not None and active >= 1
+    assert not r.keys("ad:models*")  # the child used the app's prefix, not the default
+
+
+def test_cancel_stops_the_child_between_chunks(redis_url, r, history):
+    cancel = threading.Event()
+    before = {s: registry.active_version(r, s, keys=history) for s in ("gateway", "users")}
+
+    def progress(fraction: float, message: str) -> None:
+        if "growing the forest" in message:
+            cancel.set()
+
+    result = training_job.run(redis_url, history, ["gateway", "users"], {**PARAMS, "trees": 3000}, progress, cancel)
+    assert result["cancelled"] and result["trained"] == [], result
+    assert result["summary"].startswith("cancelled")
+    assert {s: registry.active_version(r, s, keys=history) for s in ("gateway", "users")} == before
+
+
+def test_a_failing_child_says_why(redis_url, history):
+    with pytest.raises(training_job.TrainingFailed, match="no live service named 'nosuch'"):
+        training_job.run(redis_url, history, ["nosuch"], PARAMS, lambda f, m: None, threading.Event())
