@@ -219,3 +219,27 @@ def test_quick_end_to_end_demo_fault_becomes_an_incident_with_the_right_reason(r
     assert opened and 0 <= opened[0]["window"] - fault_window <= 2
     assert opened[0]["reasons"][0]["feature"] == "rate_5xx"
     assert opened[0]["model_version"] == 1
+
+
+def test_a_connection_lost_before_the_commit_retries_that_window_before_newer_ones(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    flow = [100, 300, 300, 900, 100, 100, 100]
+    for i, value in enumerate(flow):
+        add_window(r, "payments", 3000 + i, requests=value)
+    det = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    script, calls = det._committer._script, []
+
+    def lost_once(**kw: object) -> object:
+        calls.append(kw)
+        if len(calls) == 3:  # the third window: the connection drops before the script ran
+            raise redis.ConnectionError("connection lost (test)")
+        return script(**kw)
+
+    det._committer._script = lost_once  # type: ignore[assignment]
+    with pytest.raises(redis.ConnectionError):
+        det.step()
+    assert json.loads(r.hget(K.detector_states, "payments"))["last_window"] == 3001
+    assert drain(det) == len(flow) - 2
+    assert json.loads(r.hget(K.detector_states, "payments"))["last_window"] == 3000 + len(flow) - 1
+    assert [a["kind"] for a in alerts(r)] == ["new", "escalated", "resolved"]  # window 3002 was not skipped
+    assert r.xpending(K.fingerprints("payments"), "detectors")["pending"] == 0

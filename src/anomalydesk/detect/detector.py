@@ -314,15 +314,22 @@ class Detector:
             try:
                 self._handle(service, entry_id, fields, silences, result)
             except redis.ConnectionError:
+                # Redis went away mid-window: the entry stays pending and is handled again, before
+                # any newer one, once the connection is back (else a later window's state would
+                # mark it done unhandled)
+                self._retry_pending(service)
                 raise
             except Exception:
                 # left pending: recovered (and retried) on the next step, never silently dropped
                 log.exception("%s: handling fingerprint %s failed", service, _text(entry_id))
-                state = self._services[service]
-                state.needs_recovery = True
-                state.history.clear()  # reloaded from the stream before the retry
-                state.history_loaded = False
+                self._retry_pending(service)
                 return
+
+    def _retry_pending(self, service: str) -> None:
+        state = self._services[service]
+        state.needs_recovery = True
+        state.history.clear()  # reloaded from the stream before the retry
+        state.history_loaded = False
 
     def _history(self, service: str, entry_id: bytes | str) -> deque[Fingerprint]:
         state = self._services[service]
