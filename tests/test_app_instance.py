@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -57,6 +58,10 @@ def test_a_second_launch_exits_and_brings_the_first_to_the_front(tmp_path, redis
         assert first.poll() is None  # the first keeps running
         listeners = [line for line in log.read_text(encoding="utf-8").splitlines() if "listening for later" in line]
         assert len(listeners) == 1 and f" {first.pid} " in listeners[0]  # the second never opened a window
+        # `kill` quits like the menu's Quit: exit 0 with the window layout saved
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=START_TIMEOUT_S) == 0, (tmp_path / "first.err").read_text()
+        assert json.loads((config_dir / "app.json").read_text())["geometry"]
     finally:
         first.terminate()
         try:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any
 
 from PySide6 import QtWidgets
 
+from anomalydesk.app import backend
 from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.actions import Actions
 from anomalydesk.app.gui_gc import GuiThreadCollector
@@ -63,6 +65,7 @@ class DesktopApp:
         self.tray.open_incident.connect(self.window.open_incident)
         self.tray.toggle_window.connect(self.window.toggle_visible)
         self.tray.quit_requested.connect(self.window.quit)
+        self.window.add_notification_pause(self.tray.pause_action)  # also where there is no tray
         self.state.connection.update(secret_store=settings_mod.secret_store_description())
         self._reconnecting: asyncio.Task[None] | None = None
         self._summary_timer: Any = None
@@ -110,7 +113,12 @@ class DesktopApp:
         self.url = url or None
         self.session = Session(self.state, self.url, keys=self.session.keys, notifier=self.notifier)
         self.actions.rebind(self.session)  # same object: the panels keep their reference
-        await self.session.start()
+        try:
+            await self.session.start()
+        except Exception as err:  # e.g. the embedded server does not start: say so, stay usable
+            log.warning("connecting to %s failed: %s", backend.redact(url), backend.describe(err))
+            self.state.connection.update(status="failed", reason=backend.describe(err))
+            return
         if was_running:
             await self.session.connected.wait()
             self.actions.start_detector()
@@ -157,6 +165,9 @@ def main(demo: bool = False, url: str | None = None) -> int:
     instance.activate.connect(desktop.window.bring_to_front)
     done = asyncio.Event()
     desktop.window.closing.connect(done.set)
+    # `kill` (SIGTERM) and Ctrl+C quit like the menu's Quit: settings saved, connections closed
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: loop.call_soon_threadsafe(done.set))
 
     async def run() -> None:
         desktop.window.show()

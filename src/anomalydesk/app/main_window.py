@@ -99,6 +99,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tray_close_action.setCheckable(True)
         self.tray_close_action.setChecked(settings.close_to_tray)
         self.tray_close_action.toggled.connect(lambda on: setattr(self.settings, "close_to_tray", on))
+        self.file_menu = file_menu
         self.quit_action = file_menu.addAction("Quit")
         self.quit_action.setShortcut(QtGui.QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.quit)
@@ -146,21 +147,13 @@ class MainWindow(QtWidgets.QMainWindow):
         Runs when the connection's URL changes, i.e. after the old session is closed and before the new
         one's readers start, so nothing of the old server arrives afterwards.
         """
-        st = self.state
-        st.live.buffers.clear()
-        st.live.thresholds.clear()
-        st.live.services_changed.emit()
-        st.set_services([])
-        incidents = st.incidents
-        incidents.incidents.clear()
-        incidents.seen_alerts.clear()
-        incidents.last_log_id = "0-0"
-        incidents._update_health()  # back to "none": the tray and window icon follow
+        self.state.forget_server()
         self.incidents.forget()
         self.banner.dismiss()  # its notifications were about the old server's incidents
-        st.training.update(services={})
-        st.sketches = {}
-        st.sketches_changed.emit()
+
+    def add_notification_pause(self, action: QtGui.QAction) -> None:
+        """Put the tray's "Pause notifications" item in the File menu too (the only place without a tray)."""
+        self.file_menu.insertAction(self.quit_action, action)
 
     def reload_from_server(self) -> None:
         """After a reconnect (another server, or the same one restarted): re-read silences, models, sketches."""

@@ -115,8 +115,9 @@ class Session:
         self.state.connection.update(status="connecting", reason="")
         self.url = await self.call(backend.resolve_url, self.requested_url)
         self.state.connection.update(url=backend.redact(self.url))
-        self.client = backend.connect_async(self.url)
-        self.sync = backend.connect_sync(self.url)
+        # both may probe whether the server is a cluster (a blocking round trip): off the GUI thread
+        self.client = await self.call(backend.connect_async, self.url)
+        self.sync = await self.call(backend.connect_sync, self.url)
         self._task = asyncio.ensure_future(self._supervise())
 
     async def close(self) -> None:

@@ -189,6 +189,13 @@ class IncidentsState:
         self.health_changed = Signal()  # (level)
         self._health = "none"
 
+    def forget(self) -> None:
+        """No incidents and no alerts seen (another server): health goes back to "none"."""
+        self.incidents.clear()
+        self.seen_alerts.clear()
+        self.last_log_id = "0-0"
+        self._update_health()
+
     def apply_alert(self, alert: dict[str, Any]) -> tuple[Incident | None, bool]:
         """Fold one alert in; returns (incident, is_new) and (None, False) for a duplicate alert."""
         alert_id = str(alert.get("id", ""))
@@ -284,6 +291,17 @@ class AppState:
         self.services_changed = Signal()
         self.sketches: dict[str, Any] = {}  # settings + per-service info for the sketches panel
         self.sketches_changed = Signal()
+
+    def forget_server(self) -> None:
+        """Drop what the previous server showed: live windows, services, incidents, models, sketch sizes."""
+        self.live.buffers.clear()
+        self.live.thresholds.clear()
+        self.live.services_changed.emit()
+        self.set_services([])
+        self.incidents.forget()
+        self.training.update(services={})
+        self.sketches = {}
+        self.sketches_changed.emit()
 
     def set_services(self, names: list[str]) -> None:
         """Replace the known services, notifying only on change."""
