@@ -19,9 +19,10 @@ from anomalydesk.ingest.demo_model import (
     InjectSpec,
     Simulation,
     check_fault,
+    orders_range,
     parse_inject,
 )
-from anomalydesk.ingest.demo_services import build_services, load_factor, raw_paths, service_names
+from anomalydesk.ingest.demo_services import KPI_ENDPOINT, build_services, load_factor, raw_paths, service_names
 
 T0 = 20_782 * 86_400.0  # 2026-11-25 00:00 UTC
 W = 5
@@ -240,9 +241,27 @@ def test_orders_per_window_once_per_window_within_range_and_business_fault() -> 
     inside = fault.mask(stamps)
     normal = (values >= low) & (values <= high)
     assert normal[~inside].mean() > 0.97
-    mid = (low + high) / 2
-    assert np.mean(values[inside] / mid[inside]) == pytest.approx(0.3, abs=0.05)
-    assert np.mean(values[~inside] / mid[~inside]) == pytest.approx(1.0, abs=0.05)
+    expected = ((np.sqrt(low) + np.sqrt(high)) / 2) ** 2  # the range is symmetric on the square-root scale
+    assert np.all(low > 0) and np.all(high - expected > expected - low)  # skewed like the Poisson count
+    assert np.mean(values[inside] / expected[inside]) == pytest.approx(0.3, abs=0.05)
+    assert np.mean(values[~inside] / expected[~inside]) == pytest.approx(1.0, abs=0.05)
+    assert np.mean(values[inside] < low[inside]) > 0.8  # the business fault leaves the range (mostly: ×0.3 of a count)
+
+
+def test_orders_range_is_left_about_once_in_months_by_poisson_counts() -> None:
+    """Exact Poisson tails over a day of 5-second windows at the demo's load (the old ±3.5σ + 10 %: ~2 a day)."""
+    from scipy.stats import poisson
+
+    sim = Simulation(5, W)
+    svc = sim.names.index("orders")
+    model, ep = sim.services[svc], KPI_ENDPOINT["orders"]
+    t = T0 + np.arange(0, 86_400, W, dtype=np.float64)
+    mu = np.array([sim.expected_rate(svc, 200.0, x) for x in t]) * model.share_of(ep) * W * (
+        1 - model.p4xx[ep] - model.p5xx[ep])
+    bounds = np.array([orders_range(m) for m in mu])
+    outside = poisson.sf(np.floor(bounds[:, 1]), mu) + poisson.cdf(np.ceil(bounds[:, 0]) - 1, mu)
+    assert outside.sum() < 0.1  # expected breaches in a normal day
+    assert orders_range(0.0) == (0.0, pytest.approx(5.0**2 / 4))
 
 
 def test_services_are_stable_across_instances() -> None:

@@ -12,7 +12,7 @@ from anomalydesk import config
 from anomalydesk.detect.forest import ModelFormatError, seal
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
-from anomalydesk.detect.train import InsufficientHistory, TrainingCancelled, TrainParams, train
+from anomalydesk.detect.train import InsufficientHistory, TrainingCancelled, TrainParams, train, upper_quantile
 
 NAMES = ("a", "b", "c")
 DAY = 86_400.0
@@ -206,3 +206,47 @@ def test_counts_are_judged_relative_to_their_level() -> None:
     assert score_batch(model, dropped)[-1] >= config.SEVERITY_WARNING
     with pytest.raises(ModelFormatError, match="'counts' must be 3 values of 0 or 1"):
         Model.from_json(_tampered(model, lambda p: p["counts"].__setitem__(0, 2)))
+
+
+def test_upper_quantile_extrapolates_beyond_the_training_maximum() -> None:
+    """A budget below what the data resolves: the exponential tail, not the training maximum."""
+    rng = np.random.default_rng(4)
+    values = rng.exponential(1.0, 17_280)  # a day of 5-second windows
+    assert upper_quantile(values, 0.02) == pytest.approx(float(np.quantile(values, 0.98)))
+    rate = 1.0 / 17_280 / 10  # one window in ten days: true quantile ln(172,800) = 12.06
+    extrapolated = upper_quantile(values, rate)
+    assert extrapolated > values.max() + 1.0
+    assert extrapolated == pytest.approx(np.log(1.0 / rate), rel=0.2)
+    fresh = rng.exponential(1.0, 17_280 * 10)  # ten new days pass it about once, not every other day
+    assert np.count_nonzero(fresh > extrapolated) <= 5
+
+
+def test_recent_windows_reads_what_the_store_reads(r, redis_url: str) -> None:
+    """Training's lean reader (features only) against `fingerprints.latest`, on a real redis-server."""
+    import redis
+
+    from anomalydesk.detect.training_run import recent_windows
+    from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, matrix
+    from anomalydesk.store import fingerprints
+    from anomalydesk.store.keys import Keys
+
+    keys = Keys()
+    rng = np.random.default_rng(2)
+    for w in range(1000, 2500):  # more than one page of 1,000
+        fields = {name: float(v) for name, v in zip(FEATURE_NAMES, rng.random(len(FEATURE_NAMES)) * 100, strict=True)}
+        fields.update(window=w, start=w * 5, schema=SCHEMA_VERSION, no_data=int(w % 97 == 0),
+                      kpis=json.dumps({"orders_per_window": 3.0}))
+        if w == 1500:
+            del fields["endpoint_entropy"], fields["schema"]  # an older entry: defaults apply
+        r.xadd(keys.fingerprints("svc"), fields, id=f"{w * 5000}-1")
+    text = redis.Redis.from_url(redis_url, decode_responses=True)
+    for n in (10, 1200, 5000):
+        expected = fingerprints.latest(r, "svc", n, keys=keys)
+        for client in (r, text):
+            got = recent_windows(client, "svc", n, keys=keys)
+            assert [fp.window for fp in got] == [fp.window for fp in expected]
+            assert [(fp.start, fp.schema, fp.no_data) for fp in got] == [
+                (fp.start, fp.schema, fp.no_data) for fp in expected]
+            np.testing.assert_array_equal(matrix(got), matrix(expected))
+    text.close()
+    assert recent_windows(r, "nothing", 10, keys=keys) == []

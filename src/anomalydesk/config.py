@@ -151,12 +151,13 @@ MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "le
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree
 DEFAULT_FALSE_ALARM_RATE = 0.02  # share of normal windows allowed above the threshold (before k-of-n)
-FALSE_ALARM_WINDOWS_PER_DAY = 6.0  # … and at most this many a day when the window length is known
+FALSE_ALARM_WINDOWS_PER_DAY = 2.0  # … and at most this many a day when the window length is known
 MODEL_CONTEXT_ROWS = 6  # recent fingerprints (this one included) behind each window's features
 TRAIN_CHUNK_TREES = 10  # the forest grows this many trees per step (progress, cancel)
 DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models the time of day
 SCORE_AT_MEDIAN = 35.0  # calibrated score of a typical training window (threshold → SEVERITY_WARNING)
 DEVIATION_ALARM_SHARE = 0.25  # share of the false-alarm budget given to the largest-|z| verdict
+THRESHOLD_TAIL_WINDOWS = 20  # a threshold exceeded by fewer training windows is extrapolated (exponential tail)
 EVIDENCE_COLUMN = "requests"  # per-request statistics are weighted by the requests behind them …
 # … each with its pseudo-count a (deviation × n / (n + a), features.shrink): a tail quantile needs
 # more requests behind it than a ratio or a median before it means as much

@@ -68,11 +68,19 @@ class ForestArrays:
         return int(self.roots.shape[0])
 
     @classmethod
-    def from_sklearn(cls, forest: Any) -> ForestArrays:
-        """Export a fitted `sklearn.ensemble.IsolationForest` into arrays."""
+    def from_sklearn(cls, forest: Any, *more: Any) -> ForestArrays:
+        """Export a fitted `sklearn.ensemble.IsolationForest` (or several, trees concatenated) into arrays.
+
+        Several forests must share the training data's width and `max_samples_`: their trees are
+        then one forest, each tree grown on its own subsample exactly as in a single fit.
+        """
+        forests = (forest, *more)
+        if len({(int(f.n_features_in_), int(f.max_samples_)) for f in forests}) != 1:
+            raise ValueError("forests to concatenate must share n_features_in_ and max_samples_")
         roots, lefts, rights, feats, thresholds, counts = [], [], [], [], [], []
         offset = 0
-        for tree, columns in zip(forest.estimators_, forest.estimators_features_, strict=True):
+        trees = [pair for f in forests for pair in zip(f.estimators_, f.estimators_features_, strict=True)]
+        for tree, columns in trees:
             t = tree.tree_
             is_leaf = t.children_left == _LEAF
             columns = np.asarray(columns, dtype=np.int64)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from itertools import chain
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -24,7 +26,7 @@ from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.service_state import load_model
 from anomalydesk.detect.train import InsufficientHistory, TrainParams, train
-from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, matrix
+from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint, matrix
 from anomalydesk.store import fingerprints
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
@@ -71,6 +73,46 @@ class TrainOutcome:
         return out
 
 
+_PAGE = fingerprints.PAGE
+_NAMES = ("window", "start", "schema", "no_data", *FEATURE_NAMES)
+_FIELDS = {bytes: tuple(name.encode() for name in _NAMES), str: _NAMES}
+_DEFAULTS = ("nan", "nan", str(SCHEMA_VERSION), "0", *("0" for _ in FEATURE_NAMES))  # as from_stream_entry
+
+
+def recent_windows(r: redis.Redis, service: str, n: int, *, keys: Keys) -> list[Fingerprint]:
+    """The last `n` fingerprints of a service, oldest first, features only (no KPI values).
+
+    Training reads up to a day of windows: parsing only the fields it uses (no key decoding, no
+    KPI JSON) makes reading 10,000 fingerprints several times faster than `fingerprints.latest`.
+    """
+    stream, high = keys.fingerprints(service), "+"
+    rows: list[tuple[str | bytes, ...]] = []  # newest first: window, start, schema, no_data, features…
+    while len(rows) < n:
+        page = min(_PAGE, n - len(rows))
+        entries = r.xrevrange(stream, high, "-", count=page)
+        if entries:
+            names = _FIELDS[type(next(iter(entries[0][1])))]
+            pick = itemgetter(*names)
+            for _id, fields in entries:
+                try:
+                    rows.append(pick(fields))
+                except KeyError:  # an older entry without some field: the defaults of from_stream_entry
+                    pairs = zip(names, _DEFAULTS, strict=True)
+                    rows.append(tuple(fields.get(name, default) for name, default in pairs))
+        if len(entries) < page:
+            break
+        last = entries[-1][0]
+        high = "(" + (last.decode() if isinstance(last, bytes) else last)
+    if not rows:
+        return []
+    values = np.fromiter(map(float, chain.from_iterable(reversed(rows))), dtype=np.float64,
+                         count=len(rows) * len(_NAMES)).reshape(len(rows), len(_NAMES))
+    if not np.all(np.isfinite(values[:, :2])):
+        raise ValueError(f"fingerprint stream of {service!r}: an entry without a window or start")
+    return [Fingerprint(service=service, window=int(v[0]), start=float(v[1]), vector=v[4:], schema=int(v[2]),
+                        no_data=bool(v[3] == 1.0)) for v in values]  # fmt: skip
+
+
 def _inside(window: int, spans: list[tuple[int, int]]) -> bool:
     return any(lo <= window <= hi for lo, hi in spans)
 
@@ -81,7 +123,7 @@ def training_data(
     """The service's training windows (see the module docstring), oldest first."""
     keys = keys or Keys(config.key_prefix())
     count = windows or config.DEFAULT_RETENTION_WINDOWS
-    recent = fingerprints.latest(r, service, count, keys=keys)
+    recent = recent_windows(r, service, count, keys=keys)
     excluded_spans, included_spans = incidents.training_windows(r, service, keys=keys)
     kept: dict[int, Fingerprint] = {}
     excluded = 0
