@@ -303,12 +303,34 @@ def encode_aggregates(service: str, windows: Sequence[WindowAggregate], config: 
 def columns_of(events: Iterable[Event]) -> dict[str, Columns]:
     """Validated events grouped into per-service columns."""
     columns: dict[str, Columns] = {}
+    # per service: the bound appends and the endpoint vocabulary (Columns.add_metric, inlined: this
+    # loop runs once per event the collector stores)
+    appenders: dict[str, tuple[Any, ...]] = {}
+    nan = math.nan
     for e in events:
-        cols = columns.get(e.service)
-        if cols is None:
-            cols = columns[e.service] = Columns()
+        service = e[0]
         if type(e) is BusinessMetric:
+            cols = columns.get(service)
+            if cols is None:
+                cols = columns[service] = Columns()
             cols.kpis.append((e.name, e.value, e.low, e.high, e.timestamp))
-        else:
-            cols.add_metric(e)  # type: ignore[arg-type]
+            continue
+        bound = appenders.get(service)
+        if bound is None:
+            cols = columns.get(service)
+            if cols is None:
+                cols = columns[service] = Columns()
+            bound = appenders[service] = (cols.vocab, cols.ep_list.append, cols.status_list.append,
+                                          cols.latency_list.append, cols.ts_list.append)
+        vocab, add_ep, add_status, add_latency, add_ts = bound
+        _, endpoint, status, latency, ts = e
+        index = vocab.get(endpoint)
+        if index is None:
+            index = vocab[endpoint] = len(vocab)
+        add_ep(index)
+        add_status(status)
+        add_latency(latency)
+        add_ts(nan if ts is None else ts)
+    for cols in columns.values():
+        cols.count = len(cols.ep_list) + sum(len(chunk) for chunk in cols.ep)
     return columns
