@@ -160,8 +160,6 @@ def test_no_alert_is_written_twice(fault_run: dict) -> None:
     assert len(ids) == len(set(ids))
 
 
-@pytest.mark.xfail(strict=False, reason="issue 4 target not met yet: the last runs opened 2 anomaly incidents on "
-                   "a normal day (low-traffic latency fluctuations on inventory); docs/detection.md, Known limits")
 def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[RedisServer, float]) -> None:
     server, t0 = trained
     r = server.client(db=DB_NORMAL)
@@ -173,7 +171,9 @@ def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[Redis
     opened = [i for i in inc.list_incidents(r) if i["kind"] == "anomaly"]
     assert len(opened) <= 1, [(i["id"], i["windows"], i["reasons"][:1]) for i in opened]
     # business rule breaches of normal traffic (a stray value just outside its range) stay "info"
-    assert all(i["severity"] == "info" for i in inc.list_incidents(r) if i["kind"] == "rule")
+    rules = [i for i in inc.list_incidents(r) if i["kind"] == "rule"]
+    assert all(i["severity"] == "info" for i in rules)
+    print(f"normal day: {len(opened)} anomaly incident(s), {len(rules)} rule incident(s)")
 
 
 def _progress(r: redis.Redis, services: list[str]) -> dict[str, int]:

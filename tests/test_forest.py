@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 
@@ -46,21 +45,6 @@ def test_warm_start_forest_matches_sklearn() -> None:
     arrays = ForestArrays.from_sklearn(forest)
     assert arrays.n_trees == 30
     np.testing.assert_allclose(arrays.score_samples(test), forest.score_samples(test), rtol=0, atol=1e-12)
-
-
-def test_forests_grown_in_chunks_score_as_one_forest() -> None:
-    """Concatenated chunk forests (how train() grows them): the mean path over all their trees."""
-    X, test = _data(7, "skewed")
-    parts = [IsolationForest(n_estimators=n, random_state=seed).fit(X) for n, seed in ((10, 1), (10, 2), (5, 3))]
-    arrays = ForestArrays.from_json(ForestArrays.from_sklearn(*parts).to_json())
-    assert arrays.n_trees == 25
-    c = float(2.0 * (np.log(255.0) + np.euler_gamma) - 2.0 * 255.0 / 256.0)  # c(max_samples = 256)
-    # sklearn's score is -2**(-E[path] / c): recover each part's mean path and pool them by tree count
-    pooled = sum(p.n_estimators * -c * np.log2(-p.score_samples(test)) for p in parts) / 25
-    np.testing.assert_allclose(arrays.score_samples(test), -(2.0 ** (-pooled / c)), rtol=0, atol=1e-12)
-    narrow = IsolationForest(n_estimators=5, random_state=0).fit(X[:, :2])
-    with pytest.raises(ValueError, match="n_features_in_"):
-        ForestArrays.from_sklearn(parts[0], narrow)
 
 
 def test_single_row_and_wrong_width() -> None:
@@ -135,12 +119,8 @@ def test_nan_refused(blob: bytes) -> None:
     text = blob.decode()
     payload_start = text.index('"threshold":[') + len('"threshold":[')
     nan_blob = (text[:payload_start] + "NaN," + text[payload_start:]).encode()
-    with pytest.raises(ModelFormatError, match="integrity check"):  # the digest no longer matches
+    with pytest.raises(ModelFormatError, match="NaN"):
         ForestArrays.from_json(nan_blob)
-    body = nan_blob[len(b'{"payload":'):nan_blob.rindex(b',"sha256":')]
-    resealed = b'{"payload":' + body + b',"sha256":"' + hashlib.sha256(body).hexdigest().encode() + b'"}'
-    with pytest.raises(ModelFormatError, match="NaN"):  # with a matching digest: refused by the parser
-        ForestArrays.from_json(resealed)
     with pytest.raises(ModelFormatError, match="non-finite"):
         seal({"x": float("nan")})
 

@@ -250,3 +250,20 @@ def test_recent_windows_reads_what_the_store_reads(r, redis_url: str) -> None:
             np.testing.assert_array_equal(matrix(got), matrix(expected))
     text.close()
     assert recent_windows(r, "nothing", 10, keys=keys) == []
+
+
+def test_robust_context_spread_reports_one_outlier_once() -> None:
+    """window_features: a robust column's std leaves out the context's most outlying value."""
+    from anomalydesk.detect.features import window_features
+
+    X = np.ones((14, 2))
+    X[3] = 9.0  # one outlier
+    X[[10, 12]] = 5.0  # a fluctuation over several windows
+    F = window_features(X, 6, robust=np.array([True, False]))
+    robust_std, plain_std = F[:, 4], F[:, 5]
+    assert np.all(robust_std[:10] == 0.0) and np.all(plain_std[3:9] > 2.9)  # plain: six windows of it
+    assert robust_std[12] == pytest.approx(1.6) and robust_std[13] == pytest.approx(1.6)
+    # the jump of a robust column is measured from the recent level: the return is no second change
+    robust_jump, plain_jump = F[:, 6], F[:, 7]
+    assert robust_jump[3] == plain_jump[3] == 8.0 and robust_jump[4] == 0.0 and plain_jump[4] == 8.0
+    np.testing.assert_array_equal(F[:, [0, 1, 2, 3, 5, 7]], window_features(X, 6)[:, [0, 1, 2, 3, 5, 7]])

@@ -151,7 +151,7 @@ MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "le
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree
 DEFAULT_FALSE_ALARM_RATE = 0.02  # share of normal windows allowed above the threshold (before k-of-n)
-FALSE_ALARM_WINDOWS_PER_DAY = 2.0  # … and at most this many a day when the window length is known
+FALSE_ALARM_WINDOWS_PER_DAY = 1.0  # … and at most this many a day when the window length is known (extrapolated)
 MODEL_CONTEXT_ROWS = 6  # recent fingerprints (this one included) behind each window's features
 TRAIN_CHUNK_TREES = 10  # the forest grows this many trees per step (progress, cancel)
 DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models the time of day
@@ -166,6 +166,8 @@ EVIDENCE_PSEUDO_REQUESTS = {
     "latency_p95_ms": 500.0, "latency_p99_ms": 1000.0, "top_endpoint_share": 500.0, "endpoint_entropy": 500.0,
 }
 MODEL_IGNORED_FEATURES = ("kpi_out_of_range",)  # judged by the business rules (incident_flow), not the model
+# latencies are used as log(1 + ms), like counts: log-normal response times make their quantiles heavy-tailed in ms
+MODEL_LOG_FEATURES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "latency_mean_ms")
 DEVIATION_EXTREME_QUANTILE = 0.9999  # an input's training extreme: this quantile of its |z| …
 DEVIATION_EXTREME_FLOOR = 1.0  # … at least this; reasons rank features by |z| / extreme
 DEVIATION_EXTREME_POWER = 0.75  # the largest-|z| verdict divides each |z| by (extreme / median extreme) ** this

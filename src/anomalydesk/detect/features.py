@@ -43,8 +43,17 @@ def derived_names(feature_names: tuple[str, ...] | list[str]) -> list[str]:
     return [f"{kind}:{name}" for kind in KINDS for name in feature_names]
 
 
-def window_features(X: np.ndarray, context_rows: int) -> np.ndarray:
-    """(n, 4·f) value/mean/std/jump of each row over its `context_rows` most recent rows."""
+def window_features(X: np.ndarray, context_rows: int, robust: np.ndarray | None = None) -> np.ndarray:
+    """(n, 4·f) value/mean/std/jump of each row over its `context_rows` most recent rows.
+
+    For `robust` columns the std leaves out the context's most outlying value (farthest from the
+    context's median): a per-request statistic over a few hundred requests has single-window
+    outliers (one slow request is the p99 of 270), which its value and jump already report once;
+    without this the std would report it again in each of the next `context_rows` windows, and
+    two such windows in a row open an incident. A fluctuation over several windows still counts.
+    Likewise their jump is measured from the median of the previous context rows, not from the
+    previous row, so the return from a one-window outlier is not a second change.
+    """
     X = np.asarray(X, dtype=np.float64)
     n, f = X.shape
     if n == 0:
@@ -56,7 +65,30 @@ def window_features(X: np.ndarray, context_rows: int) -> np.ndarray:
     mean = np.nansum(windows, axis=2) / count
     std = np.sqrt(np.nansum((windows - mean[:, :, None]) ** 2, axis=2) / count)
     jump = np.abs(np.diff(X, axis=0, prepend=X[:1]))
+    if robust is not None and np.any(robust) and w > 2:
+        std[:, robust] = _std_without_outlier(windows[:, robust, :])
+        jump[:, robust] = _step_from_recent_level(windows[:, robust, :])
     return np.hstack([X, mean, std, jump])
+
+
+def _step_from_recent_level(windows: np.ndarray) -> np.ndarray:
+    """(n, k) |last value − median of the earlier values| of each (n, k, w) window (0 without any)."""
+    earlier = windows[:, :, :-1]
+    seen = np.any(~np.isnan(earlier), axis=2)
+    level = np.nanmedian(np.where(seen[:, :, None], earlier, 0.0), axis=2)
+    return np.where(seen, np.abs(windows[:, :, -1] - level), 0.0)
+
+
+def _std_without_outlier(windows: np.ndarray) -> np.ndarray:
+    """(n, k) std of each (n, k, w) window (NaN = before the series) without its most outlying value."""
+    trimmed = windows.copy()
+    distance = np.abs(trimmed - np.nanmedian(trimmed, axis=2, keepdims=True))
+    distance[np.isnan(distance)] = -1.0
+    np.put_along_axis(trimmed, distance.argmax(axis=2)[:, :, None], np.nan, axis=2)
+    count = np.sum(~np.isnan(trimmed), axis=2)
+    mean = np.nansum(trimmed, axis=2) / np.maximum(count, 1)
+    spread = np.nansum((trimmed - mean[:, :, None]) ** 2, axis=2) / np.maximum(count, 1)
+    return np.where(count > 0, np.sqrt(spread), 0.0)
 
 
 def hours_of_day(timestamps: np.ndarray) -> np.ndarray:

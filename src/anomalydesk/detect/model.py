@@ -6,7 +6,7 @@ robust-scaling constants, the optional daily profile, the calibration anchors an
 `ModelFormatError`; loading never executes anything.
 
 Scoring pipeline (the same for training, live scoring and the backtest):
-rows → counts as log(1 + x) → deseasonalise (daily profile, if any) → per-request statistics shrunk by
+rows → counts and latencies as log(1 + x) → deseasonalise (daily profile, if any) → per-request statistics shrunk by
 their evidence (features.shrink) → value/mean/std/jump over `context_rows` → robust scaling → forest
 anomaly score in (0, 1] and the largest robust |z|, each input's |z| relative to its own training
 extreme → each calibrated to 0–100 → the larger of the two.
@@ -68,6 +68,7 @@ class Model:
     extreme: np.ndarray | None = None  # (4·f,) each input's training extreme |z|
     extreme_power: float = 1.0  # the deviation's unit per input: (extreme / median extreme) ** this
     ignored: np.ndarray | None = None  # (f,) bool: held at its normal level, judged elsewhere (rules)
+    logs: np.ndarray | None = None  # (f,) bool: non-count features also used as log(1 + x) (latencies)
 
     @property
     def n_features(self) -> int:
@@ -78,6 +79,16 @@ class Model:
     def threshold(self) -> float:
         """The calibrated score at and above which a window is anomalous."""
         return float(self.metadata.get("threshold", self.calibration_score[2]))
+
+    @property
+    def log_scale(self) -> np.ndarray:
+        """(f,) bool: features used as log(1 + x): the counts and `logs`."""
+        return self.counts if self.logs is None else self.counts | self.logs
+
+    @property
+    def robust_spread(self) -> np.ndarray | None:
+        """(f,) bool: per-request statistics, whose context std leaves out one outlier (with evidence)."""
+        return None if self.evidence_prior is None else self.evidence_prior > 0
 
     # --- the pipeline ---------------------------------------------------------------------------
     def check_rows(self, X: np.ndarray) -> np.ndarray:
@@ -97,7 +108,7 @@ class Model:
     def expected_rows(self, n: int, timestamps: np.ndarray | None = None) -> np.ndarray:
         """(n, f) expected value of each feature: the hour's profile with a daily cycle, else the median."""
         if self.profile is not None and timestamps is not None:
-            return from_model_space(self.profile[hours_of_day(timestamps)], self.counts)
+            return from_model_space(self.profile[hours_of_day(timestamps)], self.log_scale)
         return np.tile(self.expected, (n, 1))
 
     def transform(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
@@ -107,12 +118,12 @@ class Model:
             timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
             if timestamps.shape[0] != X.shape[0]:
                 raise ValueError(f"{timestamps.shape[0]} timestamps for {X.shape[0]} rows")
-        overall = to_model_space(self.expected, self.counts)
-        adjusted = deseasonalise(to_model_space(X, self.counts), timestamps, self.profile, overall)
+        overall = to_model_space(self.expected, self.log_scale)
+        adjusted = deseasonalise(to_model_space(X, self.log_scale), timestamps, self.profile, overall)
         adjusted = shrink(adjusted, overall, self.evidence(X))
         if self.ignored is not None:
             adjusted[:, self.ignored] = overall[self.ignored]
-        return (window_features(adjusted, self.context_rows) - self.center) / self.scale
+        return (window_features(adjusted, self.context_rows, self.robust_spread) - self.center) / self.scale
 
     def evidence(self, X: np.ndarray) -> np.ndarray | None:
         """(n, f) evidence weight of each value (features.evidence_weights), None if not used."""
@@ -183,6 +194,7 @@ class Model:
             "extreme": None if self.extreme is None else self.extreme.tolist(),
             "extreme_power": self.extreme_power,
             "ignored": None if self.ignored is None else [int(i) for i in self.ignored],
+            "logs": None if self.logs is None else [int(i) for i in self.logs],
         }
 
     def to_json(self) -> bytes:
@@ -246,14 +258,16 @@ class Model:
 
 
 def _optional_arrays(data: dict[str, Any], f: int) -> dict[str, Any]:
-    """evidence_column, evidence_prior, extreme, ignored: absent (None) in models trained before them."""
+    """evidence_column, evidence_prior, extreme, ignored, logs: absent (None) in models trained before them."""
     where = "model"
-    out: dict[str, Any] = {"evidence_column": None, "evidence_prior": None, "extreme": None, "ignored": None}
-    if data.get("ignored") is not None:
-        ignored = int_array(data, "ignored", where)
-        if ignored.shape != (f,) or not np.all((ignored == 0) | (ignored == 1)):
-            raise ModelFormatError(f"model: 'ignored' must be {f} values of 0 or 1")
-        out["ignored"] = ignored.astype(bool)
+    out: dict[str, Any] = {"evidence_column": None, "evidence_prior": None, "extreme": None, "ignored": None,
+                           "logs": None}  # fmt: skip
+    for key in ("ignored", "logs"):
+        if data.get(key) is not None:
+            mask = int_array(data, key, where)
+            if mask.shape != (f,) or not np.all((mask == 0) | (mask == 1)):
+                raise ModelFormatError(f"model: {key!r} must be {f} values of 0 or 1")
+            out[key] = mask.astype(bool)
     if data.get("evidence_prior") is not None:
         column = data.get("evidence_column")
         if isinstance(column, bool) or not isinstance(column, int) or not 0 <= column < f:

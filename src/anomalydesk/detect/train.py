@@ -2,7 +2,7 @@
 
 `train(X, params, progress, cancel, timestamps)` runs in a worker (GUI) or the detector process; it
 touches no Redis and no Qt. Progress is real: the forest grows `params.chunk_trees` trees at a time
-(each chunk an independent scikit-learn forest, see `_grow`), and `cancel()` is checked between chunks.
+with `warm_start`, and `cancel()` is checked between chunks.
 
 Two verdicts are calibrated from the training data alone (no labels): the forest's anomaly score,
 each training window scored out-of-bag (only by the trees that did not draw it), and the largest
@@ -117,21 +117,23 @@ def train(
     span = float(timestamps.max() - timestamps.min()) if timestamps is not None else 0.0
     daily_cycle = timestamps is not None and span >= config.DAILY_CYCLE_MIN_SECONDS
     counts = count_features(X)
-    Xm, overall = to_model_space(X, counts), to_model_space(expected, counts)
+    logs = np.array([name in config.MODEL_LOG_FEATURES for name in params.feature_names]) & np.all(X >= 0, axis=0)
+    Xm, overall = to_model_space(X, counts | logs), to_model_space(expected, counts | logs)
     profile = daily_profile(Xm, timestamps, overall) if daily_cycle else None
     evidence_column, evidence_prior = _evidence(params)
     weights = evidence_weights(X, evidence_column, evidence_prior)
     adjusted = shrink(deseasonalise(Xm, timestamps, profile, overall), overall, weights)
     ignored = np.array([name in config.MODEL_IGNORED_FEATURES for name in params.feature_names])
     adjusted[:, ignored] = overall[ignored]
-    derived = window_features(adjusted, params.context_rows)
+    derived = window_features(adjusted, params.context_rows, evidence_prior > 0 if weights is not None else None)
     resolution = np.tile(count_resolution(expected, counts), len(KINDS))
     center, scale = robust_center_scale(derived, resolution)
     Z = (derived - center) / scale
     extreme = _extremes(Z)
 
-    arrays, drawn = _grow(Z, params, report, cancel)
-    oob_raw = _out_of_bag_scores(arrays, drawn, Z)
+    forest = _grow(Z, params, report, cancel)
+    arrays = ForestArrays.from_sklearn(forest)
+    oob_raw = _out_of_bag_scores(arrays, forest, Z)
     deviation = deviation_of(Z, extreme, config.DEVIATION_EXTREME_POWER, resolution / scale)
     rate, spacing = _false_alarm_rate(params, timestamps)
     # two verdicts sharing the false-alarm budget, so the union stays within it
@@ -165,6 +167,7 @@ def train(
         "training_flag_rate": float(np.mean(calibrated >= config.SEVERITY_WARNING)),
         "daily_cycle": bool(daily_cycle),
         "count_features": [name for name, c in zip(params.feature_names, counts, strict=True) if c],
+        "log_features": [name for name, c in zip(params.feature_names, logs, strict=True) if c],
         "history_seconds": span if timestamps is not None else None,
         "note": note,
         "feature_median": dict(zip(params.feature_names, map(float, expected), strict=True)),
@@ -177,6 +180,7 @@ def train(
         deviation_score=dev_score, metadata=metadata, evidence_column=evidence_column,
         evidence_prior=evidence_prior if weights is not None else None, extreme=extreme,
         ignored=ignored if ignored.any() else None, extreme_power=config.DEVIATION_EXTREME_POWER,
+        logs=logs if logs.any() else None,
     )
     report(1.0)
     return model
@@ -228,36 +232,26 @@ def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tup
 
 
 def _grow(Z: np.ndarray, params: TrainParams, report: Callable[[float], None],
-          cancel: Callable[[], bool] | None) -> tuple[ForestArrays, list[np.ndarray]]:
-    """(forest, the training rows each tree drew), grown `chunk_trees` trees at a time.
-
-    Each chunk is an independent scikit-learn forest with its own seed (drawn from
-    `random_state`); their trees together are the forest, every tree grown on its own subsample
-    as in one fit. (A single forest grown with `warm_start` recomputed every earlier tree's path
-    lengths after each chunk: 5.5× the tree work at 10 chunks.)
-    """
-    chunks = -(-params.trees // params.chunk_trees)
-    seeds = np.random.RandomState(params.random_state).randint(np.iinfo(np.int32).max, size=chunks)
-    parts: list[IsolationForest] = []
+          cancel: Callable[[], bool] | None) -> IsolationForest:
+    forest = IsolationForest(n_estimators=0, max_samples=min(params.max_samples, Z.shape[0]),
+                             random_state=params.random_state, warm_start=True, n_jobs=1)
     grown = 0
-    for seed in seeds:
+    while grown < params.trees:
         if cancel is not None and cancel():
             raise TrainingCancelled(f"training cancelled after {grown} of {params.trees} trees")
-        size = min(params.chunk_trees, params.trees - grown)
-        parts.append(IsolationForest(n_estimators=size, max_samples=min(params.max_samples, Z.shape[0]),
-                                     random_state=int(seed), n_jobs=1).fit(Z))
-        grown += size
+        grown = min(params.trees, grown + params.chunk_trees)
+        forest.set_params(n_estimators=grown)
+        forest.fit(Z)
         report(0.9 * grown / params.trees)
-    drawn = [samples for part in parts for samples in part.estimators_samples_]
-    return ForestArrays.from_sklearn(*parts), drawn
+    return forest
 
 
-def _out_of_bag_scores(arrays: ForestArrays, drawn: list[np.ndarray], Z: np.ndarray) -> np.ndarray:
+def _out_of_bag_scores(arrays: ForestArrays, forest: IsolationForest, Z: np.ndarray) -> np.ndarray:
     """Each training window's anomaly score from the trees that did not draw it (all trees if none)."""
     paths = arrays.leaf_paths(Z)
     out_of_bag = np.ones(paths.shape, dtype=bool)
-    for t, rows in enumerate(drawn):
-        out_of_bag[rows, t] = False
+    for t, drawn in enumerate(forest.estimators_samples_):
+        out_of_bag[drawn, t] = False
     out_of_bag[~out_of_bag.any(axis=1)] = True
     return arrays.anomaly_score_from_paths(paths, out_of_bag)
 
