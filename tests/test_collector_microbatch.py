@@ -92,3 +92,27 @@ async def test_drain_writes_what_waits() -> None:
     await mb.drain()
     assert all(t.done() for t in tasks)
     assert sum(n for n, _ in ingest.calls) == 4
+
+
+async def test_a_lone_request_is_written_in_the_next_loop_turn() -> None:
+    ingest = Recorder()
+    mb = MicroBatcher(ingest, CollectorMetrics(), max_events=1000, max_delay=30.0, max_inflight=8)
+    task = asyncio.create_task(mb.submit([EVENT]))
+    for _ in range(5):  # loop turns, not time: a 30 s linger would still be waiting
+        await asyncio.sleep(0)
+    assert task.done() and [n for n, _ in ingest.calls] == [1]
+
+
+async def test_a_steady_stream_shares_writes_while_redis_is_idle() -> None:
+    ingest = Recorder()
+    mb = MicroBatcher(ingest, CollectorMetrics(), max_events=1000, max_delay=30.0, max_inflight=8)
+    await mb.submit([EVENT])  # lone: written at once
+    second = asyncio.create_task(mb.submit([EVENT] * 2))  # right after the first: traffic is steady
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not second.done() and len(ingest.calls) == 1  # lingers for the next request
+    third = asyncio.create_task(mb.submit([EVENT] * 3))
+    await asyncio.sleep(0)
+    await mb.drain()  # instead of waiting out the linger
+    assert (await second).accepted == 2 and (await third).accepted == 3
+    assert [n for n, _ in ingest.calls] == [1, 5]  # the second and third requests: one write
