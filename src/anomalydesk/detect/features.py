@@ -66,29 +66,20 @@ def window_features(X: np.ndarray, context_rows: int, robust: np.ndarray | None 
     std = np.sqrt(np.nansum((windows - mean[:, :, None]) ** 2, axis=2) / count)
     jump = np.abs(np.diff(X, axis=0, prepend=X[:1]))
     if robust is not None and np.any(robust) and w > 2:
-        std[:, robust] = _std_without_outlier(windows[:, robust, :])
-        jump[:, robust] = _step_from_recent_level(windows[:, robust, :])
+        # the first row stands in for the rows before the series (no NaN: plain numpy reductions)
+        edge = np.vstack([np.repeat(X[:1, robust], w - 1, axis=0), X[:, robust]])
+        std[:, robust], jump[:, robust] = _robust_spread_and_step(sliding_window_view(edge, w, axis=0))
     return np.hstack([X, mean, std, jump])
 
 
-def _step_from_recent_level(windows: np.ndarray) -> np.ndarray:
-    """(n, k) |last value − median of the earlier values| of each (n, k, w) window (0 without any)."""
-    earlier = windows[:, :, :-1]
-    seen = np.any(~np.isnan(earlier), axis=2)
-    level = np.nanmedian(np.where(seen[:, :, None], earlier, 0.0), axis=2)
-    return np.where(seen, np.abs(windows[:, :, -1] - level), 0.0)
-
-
-def _std_without_outlier(windows: np.ndarray) -> np.ndarray:
-    """(n, k) std of each (n, k, w) window (NaN = before the series) without its most outlying value."""
-    trimmed = windows.copy()
-    distance = np.abs(trimmed - np.nanmedian(trimmed, axis=2, keepdims=True))
-    distance[np.isnan(distance)] = -1.0
-    np.put_along_axis(trimmed, distance.argmax(axis=2)[:, :, None], np.nan, axis=2)
-    count = np.sum(~np.isnan(trimmed), axis=2)
-    mean = np.nansum(trimmed, axis=2) / np.maximum(count, 1)
-    spread = np.nansum((trimmed - mean[:, :, None]) ** 2, axis=2) / np.maximum(count, 1)
-    return np.where(count > 0, np.sqrt(spread), 0.0)
+def _robust_spread_and_step(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(std without the most outlying value, |last − median of the earlier values|) of (n, k, w) windows."""
+    center = np.median(windows, axis=2, keepdims=True)
+    keep = np.ones(windows.shape, dtype=bool)
+    np.put_along_axis(keep, np.abs(windows - center).argmax(axis=2)[:, :, None], False, axis=2)
+    spread = np.std(windows, axis=2, where=keep)
+    step = np.abs(windows[:, :, -1] - np.median(windows[:, :, :-1], axis=2))
+    return spread, step
 
 
 def hours_of_day(timestamps: np.ndarray) -> np.ndarray:
