@@ -267,3 +267,18 @@ def test_robust_context_spread_reports_one_outlier_once() -> None:
     robust_jump, plain_jump = F[:, 6], F[:, 7]
     assert robust_jump[3] == plain_jump[3] == 8.0 and robust_jump[4] == 0.0 and plain_jump[4] == 8.0
     np.testing.assert_array_equal(F[:, [0, 1, 2, 3, 5, 7]], window_features(X, 6)[:, [0, 1, 2, 3, 5, 7]])
+
+
+def test_robust_spread_and_step_match_their_definition() -> None:
+    from numpy.lib.stride_tricks import sliding_window_view
+
+    from anomalydesk.detect.features import _robust_spread_and_step
+
+    Y = np.random.default_rng(0).lognormal(size=(300, 3))
+    windows = sliding_window_view(np.concatenate([np.repeat(Y[:1], 5, axis=0), Y]), 6, axis=0)
+    spread, step = _robust_spread_and_step(windows)
+    for i, j in itertools.product(range(windows.shape[0]), range(windows.shape[1])):
+        v = windows[i, j]
+        outlier = np.argmax(np.abs(v - np.median(v)))
+        assert spread[i, j] == pytest.approx(np.delete(v, outlier).std(), abs=1e-12)
+        assert step[i, j] == pytest.approx(abs(v[-1] - np.median(v[:-1])), abs=1e-12)

@@ -67,19 +67,29 @@ def window_features(X: np.ndarray, context_rows: int, robust: np.ndarray | None 
     jump = np.abs(np.diff(X, axis=0, prepend=X[:1]))
     if robust is not None and np.any(robust) and w > 2:
         # the first row stands in for the rows before the series (no NaN: plain numpy reductions)
-        edge = np.vstack([np.repeat(X[:1, robust], w - 1, axis=0), X[:, robust]])
+        edge = np.concatenate([np.repeat(X[:1, robust], w - 1, axis=0), X[:, robust]])
         std[:, robust], jump[:, robust] = _robust_spread_and_step(sliding_window_view(edge, w, axis=0))
     return np.hstack([X, mean, std, jump])
 
 
 def _robust_spread_and_step(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(std without the most outlying value, |last − median of the earlier values|) of (n, k, w) windows."""
-    center = np.median(windows, axis=2, keepdims=True)
-    keep = np.ones(windows.shape, dtype=bool)
-    np.put_along_axis(keep, np.abs(windows - center).argmax(axis=2)[:, :, None], False, axis=2)
-    spread = np.std(windows, axis=2, where=keep)
-    step = np.abs(windows[:, :, -1] - np.median(windows[:, :, :-1], axis=2))
-    return spread, step
+    """(std without the most outlying value, |last − median of the earlier values|) of (n, k, w) windows.
+
+    The most outlying value (farthest from the median) is the smallest or the largest one; sums
+    over the sorted window (centred on its median) give the std of the rest without a copy.
+    """
+    w = windows.shape[2]
+    ordered = np.sort(windows, axis=2)
+    center = (ordered[:, :, (w - 1) // 2] + ordered[:, :, w // 2]) / 2.0
+    low, high = ordered[:, :, 0] - center, ordered[:, :, -1] - center
+    dropped = np.where(-low >= high, low, high)
+    centred = windows - center[:, :, None]
+    total, squares = centred.sum(axis=2) - dropped, (centred**2).sum(axis=2) - dropped**2
+    mean = total / (w - 1)
+    spread = np.sqrt(np.maximum(squares / (w - 1) - mean**2, 0.0))
+    earlier = np.sort(windows[:, :, :-1], axis=2)
+    level = (earlier[:, :, (w - 2) // 2] + earlier[:, :, (w - 1) // 2]) / 2.0
+    return spread, np.abs(windows[:, :, -1] - level)
 
 
 def hours_of_day(timestamps: np.ndarray) -> np.ndarray:
