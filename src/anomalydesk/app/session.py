@@ -160,7 +160,9 @@ class Session:
                 await self._run_readers()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError, backend.BackendError) as err:
+            except Exception as err:  # a reader failed: reconnect and run them again, never end silently
+                if not isinstance(err, RedisError | OSError | backend.BackendError):
+                    log.exception("a Redis reader failed unexpectedly")
                 self.connected.clear()
                 self.caught_up.clear()
                 attempt += 1
@@ -200,6 +202,9 @@ class Session:
             self.caught_up.set()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():  # redis-py's read timeout can swallow a cancel
+                    raise asyncio.CancelledError
                 if message is None or message.get("type") != "message":
                     continue
                 try:
@@ -262,12 +267,25 @@ class Session:
                 await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
                 continue
             streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
-            reply = await self.client.xread(streams, count=1000, block=FINGERPRINT_BLOCK_MS)
-            for stream, entries in reply or []:
+            for stream, entries in await self._read_streams(streams):
                 service = self._service_of(_text(stream))
                 for entry_id, fields in entries:
                     self._fp_last[service] = entry_id
                     self._add_fingerprint(service, fields)
+
+    async def _read_streams(self, streams: dict[str, Any]) -> list[Any]:
+        """New entries of every stream: one blocking XREAD, or on a cluster (streams in different slots,
+        which one XREAD cannot span) a non-blocking read per stream in one pipeline and a pause when empty."""
+        assert self.client is not None
+        if not isinstance(self.client, redis.asyncio.RedisCluster):
+            return await self.client.xread(streams, count=1000, block=FINGERPRINT_BLOCK_MS) or []
+        pipe = self.client.pipeline(transaction=False)
+        for stream, last in streams.items():
+            pipe.xread({stream: last}, count=1000)
+        found = [pair for reply in await pipe.execute() for pair in reply or []]
+        if not any(entries for _stream, entries in found):
+            await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
+        return found
 
     def _service_of(self, stream: str) -> str:
         return stream[stream.index("{") + 1 : stream.rindex("}")]
