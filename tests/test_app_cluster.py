@@ -8,6 +8,10 @@ which ended the supervisor silently: the window said "connected" and nothing arr
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -85,3 +89,17 @@ def test_an_unexpected_reader_failure_reconnects_instead_of_ending(qtbot, qloop,
         qtbot.waitUntil(lambda: alert["incident_id"] in app.state.incidents.incidents, timeout=20_000)
     finally:
         close_app(qtbot, app)
+
+
+def test_app_check_passes_on_a_cluster_and_leaves_no_key_on_any_primary(cluster):
+    rc = connection.connect(cluster.url)
+    rc.set("user:data", "keep me")
+    before = sorted(rc.scan_iter("*", target_nodes=redis.RedisCluster.PRIMARIES))
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+    done = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "app", "--check", "120", "--redis", cluster.url],
+                          capture_output=True, text=True, timeout=240, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert all(check["ok"] for check in report["checks"].values()), report
+    assert sorted(rc.scan_iter("*", target_nodes=redis.RedisCluster.PRIMARIES)) == before
+    rc.close()
