@@ -241,11 +241,12 @@ def test_orders_per_window_once_per_window_within_range_and_business_fault() -> 
     inside = fault.mask(stamps)
     normal = (values >= low) & (values <= high)
     assert normal[~inside].mean() > 0.97
-    expected = ((np.sqrt(low) + np.sqrt(high)) / 2) ** 2  # the range is symmetric on the square-root scale
+    root = (5.0 * np.sqrt(low) + 5.5 * np.sqrt(high)) / 10.5  # -5.5 / +5 half-sigmas on the square-root scale
+    expected = root**2
     assert np.all(low > 0) and np.all(high - expected > expected - low)  # skewed like the Poisson count
     assert np.mean(values[inside] / expected[inside]) == pytest.approx(0.3, abs=0.05)
     assert np.mean(values[~inside] / expected[~inside]) == pytest.approx(1.0, abs=0.05)
-    assert np.mean(values[inside] < low[inside]) > 0.8  # the business fault leaves the range (mostly: ×0.3 of a count)
+    assert np.mean(values[inside] < low[inside]) > 0.5  # the business fault leaves the range (mostly: ×0.3 of a count)
 
 
 def test_orders_range_is_left_about_once_in_months_by_poisson_counts() -> None:
@@ -260,7 +261,7 @@ def test_orders_range_is_left_about_once_in_months_by_poisson_counts() -> None:
         1 - model.p4xx[ep] - model.p5xx[ep])
     bounds = np.array([orders_range(m) for m in mu])
     outside = poisson.sf(np.floor(bounds[:, 1]), mu) + poisson.cdf(np.ceil(bounds[:, 0]) - 1, mu)
-    assert outside.sum() < 0.1  # expected breaches in a normal day
+    assert outside.sum() < 0.03  # expected breaches in a normal day
     assert orders_range(0.0) == (0.0, pytest.approx(5.0**2 / 4))
 
 

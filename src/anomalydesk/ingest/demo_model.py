@@ -43,8 +43,8 @@ PAYMENT_MEDIAN = 48.0  # currency units; log-normal amounts
 PAYMENT_SIGMA = 0.25
 PAYMENT_RANGE = (15.0, 160.0)  # about ±4.6 sigma: a normal window has no amount outside it …
 PAYMENT_MAX_SIGMAS = 4.5  # … nor a normal day (the log-normal is cut here, inside the range)
-ORDERS_RANGE_SIGMAS = 5.0  # orders range: the expected count ± 5 sigmas on the square-root scale (see
-# `orders_range`): a normal day leaves it about once in 13 days (the old ±3.5 σ + 10 %: twice a day)
+ORDERS_RANGE_SIGMAS = (5.5, 5.0)  # orders range: the expected count − 5.5 / + 5 sigmas on the square-root
+# scale (`orders_range`): a normal day leaves it about once in 65 days (the old ±3.5 σ + 10 %: twice a day)
 
 _NEW_DEPENDENCY_PATHS = (
     "GET:/ext/{tag}/accounts/{id}", "POST:/ext/{tag}/score", "GET:/ext/{tag}/limits",
@@ -144,18 +144,20 @@ def check_fault(kind: str, service: str, services: Sequence[str]) -> None:
                          f"not {service!r}")
 
 
-def orders_range(expected: float, sigmas: float = ORDERS_RANGE_SIGMAS) -> tuple[float, float]:
-    """Expected range of a Poisson count with mean `expected`: ± `sigmas` on the square-root scale.
+def orders_range(expected: float, sigmas: tuple[float, float] = ORDERS_RANGE_SIGMAS) -> tuple[float, float]:
+    """Expected range of a Poisson count with mean `expected`: (below, above) sigmas on the square-root scale.
 
-    The square root of a Poisson count has a standard deviation of about 1/2 whatever its mean,
-    so (√μ ∓ sigmas/2)² bounds it with the Poisson's own skew: wider above than below, which a
-    symmetric μ ± k·√μ is not. At 5-second windows a normal day has 17,280 chances to leave the
-    range: the symmetric ±3.5 σ (+10 %) range was left about twice a day (exact Poisson tails over
-    the demo's daily load), ±5 on the square-root scale about once in 13 days, while its lower bound
-    stays as tight at daytime load (a business fault of ×0.3 still leaves it).
+    The square root of a Poisson count has a standard deviation of about 1/2 whatever its mean, so
+    (√μ ∓ sigmas/2)² bounds it with the Poisson's own skew: wider above than below, which a
+    symmetric μ ± k·√μ is not (its lower tail is still a little heavier than the normal's, hence
+    more sigmas below). At 5-second windows a normal day has 17,280 chances to leave the range: the
+    symmetric ±3.5 σ (+10 %) range was left about twice a day (exact Poisson tails over the demo's
+    daily load), this one about once in 65 days; a business fault of ×0.3 at daytime load still
+    leaves it in most windows.
     """
     root = math.sqrt(max(expected, 0.0))
-    return max(0.0, root - sigmas / 2) ** 2, (root + sigmas / 2) ** 2
+    below, above = sigmas
+    return max(0.0, root - below / 2) ** 2, (root + above / 2) ** 2
 
 
 # --- generated traffic ------------------------------------------------------------------------
