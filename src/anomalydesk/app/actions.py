@@ -22,6 +22,7 @@ from anomalydesk.app.session import Session
 from anomalydesk.app.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
 
 log = logging.getLogger(__name__)
+OUTAGE_NOTE = "Redis unreachable, demo traffic waiting"
 
 
 class Actions:
@@ -121,9 +122,14 @@ class Actions:
 
     async def _watch_demo(self) -> None:
         while self.demo is not None:
+            error = self.state.demo.error
+            if self.demo.outage:
+                error = f"{OUTAGE_NOTE}: {self.demo.outage}"
+            elif error.startswith(OUTAGE_NOTE):
+                error = ""
             self.state.demo.update(
                 running=bool(self.demo.running), events_per_second=float(self.demo.events_per_second),
-                faults=[str(f) for f in self.demo.faults],
+                faults=[str(f) for f in self.demo.faults], error=error,
             )  # fmt: skip
             await asyncio.sleep(1.0)
 

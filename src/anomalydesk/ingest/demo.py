@@ -44,7 +44,7 @@ from anomalydesk.ingest.demo_services import load_factor, service_names
 from anomalydesk.store.admin import read_settings, setup
 from anomalydesk.store.gears import ensure_library
 from anomalydesk.store.keys import Keys
-from anomalydesk.store.sink import IngestResult, IngestSink, seal_all
+from anomalydesk.store.sink import BufferFull, IngestResult, IngestSink, seal_all
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -318,6 +318,7 @@ class DemoTraffic:
         self._mono0 = 0.0
         self.stopped_at: float | None = None
         self.error: BaseException | None = None  # why the thread stopped, when it failed
+        self.outage = ""  # while Redis is unreachable: why (the thread waits and resumes)
 
     # --- control ------------------------------------------------------------------------------
     def start(self) -> DemoTraffic:
@@ -419,23 +420,36 @@ class DemoTraffic:
     # --- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         assert self._r is not None and self._truth is not None and self.started_at is not None
+        # one attempt per flush: an outage is waited out by this loop, which stays responsive to stop()
         sink = IngestSink(self._r, replay=False, max_batch=2**62,
                           max_buffered=int(max(self._rate * 30, config.SINK_MAX_BUFFERED_EVENTS)),
-                          keys=self.keys)  # fmt: skip
+                          retry_attempts=1, keys=self.keys)  # fmt: skip
         mono0 = self._mono0
         epoch0 = self.started_at
         end = None if self.duration is None else epoch0 + self.duration
         last, last_seal, deadline = epoch0, epoch0, mono0
+        backoff = 0.0
         try:
             while not self._stop.is_set():
                 now = epoch0 + (time.monotonic() - mono0)
                 if end is not None:
                     now = min(now, end)
-                self._step(sink, last, now)
+                try:
+                    self._step(sink, last, now)
+                    if now - last_seal >= self.window_s / 2:
+                        seal_all(self._r, keys=self.keys)
+                        last_seal = now
+                except (redis.ConnectionError, redis.TimeoutError, BufferFull) as err:
+                    # Redis is down: wait and carry on (what was generated meanwhile stays in the bounded
+                    # buffer and is written once Redis is back; beyond the buffer it is dropped, as a
+                    # real service's failed requests would be)
+                    backoff = self._wait_out(err, backoff)
+                    last, deadline = now, time.monotonic()
+                    continue
+                if self.outage:
+                    log.warning("Redis is reachable again: demo traffic resumes")
+                    self.outage, backoff = "", 0.0
                 last = now
-                if now - last_seal >= self.window_s / 2:
-                    seal_all(self._r, keys=self.keys)
-                    last_seal = now
                 if end is not None and now >= end:
                     break
                 deadline += self.tick
@@ -453,6 +467,15 @@ class DemoTraffic:
             self.stopped_at = self.clock()
             self._truth.close()
 
+    def _wait_out(self, err: Exception, backoff: float) -> float:
+        """One wait of an outage (exponential, capped); the first logs why."""
+        if not self.outage:
+            log.warning("Redis unreachable (%s): demo traffic waits and resumes when it is back", err)
+        self.outage = str(err) or type(err).__name__
+        backoff = min(max(backoff * 2, config.DEMO_OUTAGE_RETRY_SECONDS), config.DEMO_OUTAGE_RETRY_MAX_SECONDS)
+        self._stop.wait(backoff)
+        return backoff
+
     def _step(self, sink: IngestSink, t0: float, t1: float) -> None:
         if t1 <= t0:
             return
@@ -465,18 +488,16 @@ class DemoTraffic:
                 assert self._truth is not None
                 self._truth.record(fault)
             faults = [f for f in self._faults if f.overlaps(t0, t1)]
-        sent = kpis = 0
+        with self._lock:
+            self.scheduled += rate * float(load_factor((t0 + t1) / 2)) * (t1 - t0)
         for svc in range(len(self.services)):
             traffic = self._sim.generate(svc, t0, t1, rate, self._rng, faults)
-            kpis += send(sink, traffic, replay=False)
-            sent += len(traffic)
+            kpis = send(sink, traffic, replay=False)
+            with self._lock:
+                self.events += len(traffic)
+                self.business_metrics += kpis
+                self._measured.add(time.monotonic(), len(traffic))
         self.result = self.result + sink.flush()
-        wanted = rate * float(load_factor((t0 + t1) / 2)) * (t1 - t0)
-        with self._lock:
-            self.scheduled += wanted
-            self.events += sent
-            self.business_metrics += kpis
-            self._measured.add(time.monotonic(), sent)
 
     def summary(self) -> dict[str, Any]:
         """What `demo --json` prints for a live run."""
