@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -258,12 +259,21 @@ def seal(payload: dict[str, Any]) -> bytes:
     return b'{"payload":' + body + b',"sha256":"' + digest.encode() + b'"}'
 
 
+_AS_SEALED = re.compile(rb'\{"payload":(\{.*\}),"sha256":"([0-9a-f]{64})"\}', re.DOTALL)
+
+
 def unseal(blob: bytes | str) -> dict[str, Any]:
     """Parse a sealed blob and check its digest; returns the payload. Never executes anything."""
     if isinstance(blob, str):
         blob = blob.encode()
     if not isinstance(blob, bytes | bytearray):
         raise ModelFormatError(f"model blob must be bytes, got {type(blob).__name__}")
+    as_sealed = _AS_SEALED.fullmatch(blob)
+    if as_sealed is not None:  # the bytes `seal` wrote: check the digest over them, parse once
+        body, digest = as_sealed.groups()
+        if hashlib.sha256(body).hexdigest() != digest.decode():
+            raise ModelFormatError("model blob failed its integrity check (sha256 mismatch): tampered or corrupted")
+        return _parse_payload(body)
     try:
         outer = json.loads(blob, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -276,6 +286,16 @@ def unseal(blob: bytes | str) -> dict[str, Any]:
     actual = hashlib.sha256(canonical(payload)).hexdigest()
     if actual != digest:
         raise ModelFormatError("model blob failed its integrity check (sha256 mismatch): tampered or corrupted")
+    return payload
+
+
+def _parse_payload(body: bytes) -> dict[str, Any]:
+    try:
+        payload = json.loads(body, parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"model blob's payload is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise ModelFormatError("model blob: 'payload' must be an object")
     return payload
 
 
@@ -309,7 +329,9 @@ def float_array(data: dict[str, Any], key: str, where: str, ndim: int = 1) -> np
 def int_array(data: dict[str, Any], key: str, where: str) -> np.ndarray:
     """A 1-D integer array field, or ModelFormatError naming it."""
     values = data.get(key)
-    if not isinstance(values, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values):
+    if not isinstance(values, list) or set(map(type, values)) - {int}:  # bool is not int here
         raise ModelFormatError(f"{where}: {key!r} must be a list of integers")
-    return np.array(values, dtype=np.int64)
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        raise ModelFormatError(f"{where}: {key!r} holds an integer beyond 64 bits") from None
