@@ -133,7 +133,8 @@ def plot(rows: list[dict], path: Path, marks: dict[str, float]) -> None:
             label="redis used_memory", linestyle="--")
     for label, at in marks.items():
         ax.axvline((at - t0) / 60, color="grey", linewidth=0.8, linestyle=":")
-        ax.annotate(label, ((at - t0) / 60, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right")
+        ax.text((at - t0) / 60, 0.5, f" {label}", transform=ax.get_xaxis_transform(), fontsize=7, rotation=90,
+                va="center", ha="left", color="grey")  # fmt: skip
     ax.set_xlabel("minutes since live traffic began")
     ax.set_ylabel("MiB")
     ax.set_title("AnomalyDesk soak: memory of every process")
