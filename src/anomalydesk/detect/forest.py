@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 FOREST_FORMAT = "anomalydesk.iforest"
 FOREST_FORMAT_VERSION = 1
@@ -290,12 +291,20 @@ def unseal(blob: bytes | str) -> dict[str, Any]:
 
 
 def _parse_payload(body: bytes) -> dict[str, Any]:
+    try:  # orjson: a few ms for a 100-tree model
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError:  # the standard parser names what is wrong (NaN, Infinity, …)
+        payload = _parse_payload_slowly(body)
+    if not isinstance(payload, dict):
+        raise ModelFormatError("model blob: 'payload' must be an object")
+    return payload
+
+
+def _parse_payload_slowly(body: bytes) -> Any:
     try:
         payload = json.loads(body, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ModelFormatError(f"model blob's payload is not valid JSON: {err}") from None
-    if not isinstance(payload, dict):
-        raise ModelFormatError("model blob: 'payload' must be an object")
     return payload
 
 
