@@ -71,3 +71,20 @@ def test_rescoring_in_chunks_gives_the_same_scores(redis_url, r, history):
     X, ts = np.vstack([fp.vector for fp in fps]), np.array([fp.start for fp in fps])
     assert len(X) > backend.SCORE_CHUNK_ROWS  # more than one chunk
     assert np.array_equal(backend.score_rows(model, X, ts), score_batch(model, X, ts), equal_nan=True)
+
+
+def test_the_child_returns_the_recent_windows_scored_by_the_new_model(redis_url, r, history):
+    import numpy as np
+
+    from anomalydesk.detect.score import score_batch
+    from anomalydesk.detect.training_run import recent_windows
+
+    result = training_job.run(redis_url, history, ["gateway"], {**PARAMS, "score_recent": 300},
+                              lambda f, m: None, threading.Event())  # fmt: skip
+    scored = result["recent_scores"]["gateway"]
+    fps = [fp for fp in recent_windows(r, "gateway", 300, keys=history) if not fp.no_data]
+    assert len(scored["start"]) == len(fps) > 200
+    assert scored["start"] == [fp.start for fp in fps]
+    model = backend.load_model(r, history, "gateway")
+    expected = score_batch(model, np.vstack([fp.vector for fp in fps]), np.array(scored["start"]))
+    assert np.allclose(scored["score"], expected, equal_nan=True)

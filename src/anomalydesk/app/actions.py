@@ -192,7 +192,8 @@ class Actions:
         try:
             result = await loop.run_in_executor(
                 self.train_executor, training_job.run, s.url, s.keys, services,
-                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate}, progress, cancel,
+                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate,
+                 "score_recent": self.state.live.capacity}, progress, cancel,
             )  # fmt: skip
         except Exception as err:
             training.update(running=False, result=f"failed: {err}")
@@ -202,8 +203,9 @@ class Actions:
                 self._train_cancel = None
         training.set_progress(1.0 if not result["cancelled"] else training.progress, result["summary"])
         training.update(running=False, result=result["summary"])
-        for name in result["trained"]:
-            await s.refresh_model(name)
+        recent = result.get("recent_scores") or {}
+        for name in result["trained"]:  # the child scored the plot's windows with the new models
+            await s.refresh_model(name, recent.get(name))
         await self.refresh_models()
         return result
 

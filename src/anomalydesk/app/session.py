@@ -358,8 +358,12 @@ class Session:
         else:
             self.state.live.thresholds[service] = float(model.threshold)
 
-    async def refresh_model(self, service: str) -> None:
-        """Reload the service's active model (after training, activation or rollback) and rescore the plot."""
+    async def refresh_model(self, service: str, scored: dict[str, list[float]] | None = None) -> None:
+        """Reload the service's active model (after training, activation or rollback) and rescore the plot.
+
+        `scored` ({"start": [...], "score": [...]}) holds windows the training process already scored
+        with this model: those rows take their scores from it and only newer rows are scored here.
+        """
         model = await self.call(backend.load_model, self.sync, self.keys, service)
         self._models[service] = model
         self._set_threshold(service, model)
@@ -369,9 +373,18 @@ class Session:
         rows = buf.view()
         version = buf.version
         scores = np.full(len(rows), np.nan)
-        if model is not None:
+        todo = 0  # rows from here on are scored in this process
+        if model is not None and scored and scored.get("start"):
+            starts = np.asarray(scored["start"], dtype=np.float64)
+            found = np.searchsorted(starts, rows[:, 0]).clip(0, len(starts) - 1)
+            known = starts[found] == rows[:, 0]
+            scores[known] = np.asarray(scored["score"], dtype=np.float64)[found[known]]
+            todo = int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0
+        if model is not None and todo < len(rows):
+            context = max(0, model.context_rows - 1)
+            low = max(0, todo - context)
             try:
-                scores = await self.call(backend.score_rows, model, rows[:, 2:], rows[:, 0])
+                scores[todo:] = (await self.call(backend.score_rows, model, rows[low:, 2:], rows[low:, 0]))[todo - low:]
             except ValueError as err:  # a model of another schema: the plot shows no score
                 log.warning("cannot score %s: %s", service, err)
         if buf.version == version:  # no window arrived meanwhile (else the next model refresh fixes it)

@@ -40,7 +40,8 @@ def self_command() -> list[str]:
 def run(url: str, keys: Keys, services: list[str], params: dict[str, Any],
         progress: Callable[[float, str], None], cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
     """Train each service in a child process; {"trained", "skipped", "cancelled", "summary", "outcomes"}."""
-    argv = [*self_command(), "train", "--worker", "--trees", str(int(params["trees"])),
+    argv = [*self_command(), "train", "--worker", "--score-recent", str(int(params.get("score_recent", 0))),
+            "--trees", str(int(params["trees"])),
             "--false-alarm-rate", str(float(params["false_alarm_rate"]))]  # fmt: skip
     if params.get("windows"):
         argv += ["--windows", str(int(params["windows"]))]

@@ -37,6 +37,10 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                    help="machine interface (the desktop app runs training this way): progress and the result "
                         "as JSON lines on stdout; a line 'cancel' on stdin, or stdin closing, stops the run "
                         "between chunks of trees")  # fmt: skip
+    p.add_argument("--score-recent", type=int, metavar="N", default=0,
+                   help="with --worker: the result also holds each trained service's last N windows scored "
+                        "by its new model (`recent_scores`: service → {start, score}), so the app need not "
+                        "rescore them itself")  # fmt: skip
 
 
 def _progress(services: list[str]) -> Callable[[float, str], None]:
@@ -90,6 +94,24 @@ def _lower_priority() -> None:
         pass  # not allowed or not available: train at the normal priority
 
 
+def _recent_scores(r: Any, service: str, n: int) -> dict[str, list[float]]:
+    """The service's last `n` windows with data, scored by its active model: {"start": [...], "score": [...]}."""
+    import numpy as np
+
+    from anomalydesk.detect.score import score_batch
+    from anomalydesk.detect.service_state import load_model
+    from anomalydesk.detect.training_run import recent_windows
+    from anomalydesk.store.keys import Keys
+
+    keys = Keys(config.key_prefix())
+    fps = [fp for fp in recent_windows(r, service, n, keys=keys) if not fp.no_data]
+    if not fps:
+        return {"start": [], "score": []}
+    starts = np.array([fp.start for fp in fps], dtype=np.float64)
+    scores = score_batch(load_model(r, service, keys=keys)[1], np.vstack([fp.vector for fp in fps]), starts)
+    return {"start": starts.tolist(), "score": scores.tolist()}
+
+
 def run(args: argparse.Namespace) -> int:
     """Train the named services or every live one."""
     from anomalydesk.detect.batch_training import train_services
@@ -116,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             cancel = _cancel_on_stdin()
             result = train_services(r, services, params, windows=args.windows, cancel=cancel.is_set,
                                     progress=lambda f, m: _line({"progress": f, "message": m}))  # fmt: skip
+            if args.score_recent > 0:
+                result["recent_scores"] = {s: _recent_scores(r, s, args.score_recent) for s in result["trained"]}
             _line({"result": result})
             return 0
         result = train_services(r, services, params, windows=args.windows, progress=_progress(services))
