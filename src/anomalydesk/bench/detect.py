@@ -69,8 +69,18 @@ def _percentile_ms(samples: list[float], q: float) -> float:
     return round(float(np.percentile(np.array(samples) * 1000.0, q)), 3)
 
 
-def run(quick: bool, redis_url: str) -> dict[str, Any]:
-    """Measure and return {score_p50_ms, score_p99_ms, sklearn_score_p99_ms, train_s, sklearn_fit_s}."""
+def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
+    """Measure and return {score_p50_ms, score_p99_ms, sklearn_score_p99_ms, train_s, sklearn_fit_s}.
+
+    Without `redis_url` the measurement runs on a throwaway redis-server, as the other parts do.
+    """
+    from anomalydesk.bench.server import throwaway
+
+    with throwaway(redis_url) as url:
+        return _measure(quick, url)
+
+
+def _measure(quick: bool, redis_url: str) -> dict[str, Any]:
     from anomalydesk.detect.detector import Detector
     from anomalydesk.detect.service_state import load_model
     from anomalydesk.detect.train import TrainParams
