@@ -69,7 +69,10 @@ def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str
 
 def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> None:
     command = [sys.executable, "-m", "anomalydesk.cli", "demo", "--rate", "500", "--json", "--redis", redis_url]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a suite started in the background by a shell inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the child the default disposition, as a terminal's Ctrl-C has
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     try:
         assert proc.stderr is not None
         banner = proc.stderr.readline()  # printed once the traffic thread runs
