@@ -282,3 +282,20 @@ def test_robust_spread_and_step_match_their_definition() -> None:
         outlier = np.argmax(np.abs(v - np.median(v)))
         assert spread[i, j] == pytest.approx(np.delete(v, outlier).std(), abs=1e-12)
         assert step[i, j] == pytest.approx(abs(v[-1] - np.median(v[:-1])), abs=1e-12)
+
+
+def test_out_of_bag_rows_are_each_trees_own_draw_when_grown_in_chunks() -> None:
+    """warm_start keeps only the last fit's seeds, so `estimators_samples_` of the grown forest covers the
+    last chunk only; `_grow` collects every chunk's draw, which must equal a single fit's, tree by tree."""
+    from sklearn.ensemble import IsolationForest
+
+    from anomalydesk.detect.train import _grow
+
+    Z = _normal(600)
+    params = _params(trees=30, chunk_trees=10, max_samples=128)
+    forest, drawn = _grow(Z, params, lambda f: None, None)
+    assert len(forest.estimators_samples_) == 10  # what scikit-learn alone would give for 30 trees
+    single = IsolationForest(n_estimators=30, max_samples=128, random_state=params.random_state).fit(Z)
+    assert len(drawn) == 30
+    for mine, theirs in zip(drawn, single.estimators_samples_, strict=True):
+        assert np.array_equal(np.sort(mine), np.sort(theirs))

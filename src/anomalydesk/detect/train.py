@@ -131,9 +131,9 @@ def train(
     Z = (derived - center) / scale
     extreme = _extremes(Z)
 
-    forest = _grow(Z, params, report, cancel)
+    forest, drawn = _grow(Z, params, report, cancel)
     arrays = ForestArrays.from_sklearn(forest)
-    oob_raw = _out_of_bag_scores(arrays, forest, Z)
+    oob_raw = _out_of_bag_scores(arrays, drawn, Z)
     deviation = deviation_of(Z, extreme, config.DEVIATION_EXTREME_POWER, resolution / scale)
     rate, spacing = _false_alarm_rate(params, timestamps)
     # two verdicts sharing the false-alarm budget, so the union stays within it
@@ -232,26 +232,28 @@ def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tup
 
 
 def _grow(Z: np.ndarray, params: TrainParams, report: Callable[[float], None],
-          cancel: Callable[[], bool] | None) -> IsolationForest:
+          cancel: Callable[[], bool] | None) -> tuple[IsolationForest, list[np.ndarray]]:
     forest = IsolationForest(n_estimators=0, max_samples=min(params.max_samples, Z.shape[0]),
                              random_state=params.random_state, warm_start=True, n_jobs=1)
     grown = 0
+    drawn: list[np.ndarray] = []
     while grown < params.trees:
         if cancel is not None and cancel():
             raise TrainingCancelled(f"training cancelled after {grown} of {params.trees} trees")
         grown = min(params.trees, grown + params.chunk_trees)
         forest.set_params(n_estimators=grown)
         forest.fit(Z)
+        drawn.extend(forest.estimators_samples_)  # this chunk's trees (warm_start keeps only its seeds)
         report(0.9 * grown / params.trees)
-    return forest
+    return forest, drawn
 
 
-def _out_of_bag_scores(arrays: ForestArrays, forest: IsolationForest, Z: np.ndarray) -> np.ndarray:
+def _out_of_bag_scores(arrays: ForestArrays, drawn: list[np.ndarray], Z: np.ndarray) -> np.ndarray:
     """Each training window's anomaly score from the trees that did not draw it (all trees if none)."""
     paths = arrays.leaf_paths(Z)
     out_of_bag = np.ones(paths.shape, dtype=bool)
-    for t, drawn in enumerate(forest.estimators_samples_):
-        out_of_bag[drawn, t] = False
+    for t, rows in enumerate(drawn):
+        out_of_bag[rows, t] = False
     out_of_bag[~out_of_bag.any(axis=1)] = True
     return arrays.anomaly_score_from_paths(paths, out_of_bag)
 
