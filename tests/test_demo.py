@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 
 import numpy as np
@@ -252,6 +254,28 @@ def test_demo_traffic_api(redis_url: str, r: redis.Redis) -> None:
         {k: str(v) for k, v in fault.truth().items()}]
     summary = demo.summary()
     assert summary["mode"] == "live" and summary["faults"] == [fault.truth()] and summary["late"] == 0
+
+
+def test_stop_after_ctrl_c_in_wait_still_waits_for_the_last_flush(r: redis.Redis) -> None:
+    # Python 3.11's Thread.join, interrupted by KeyboardInterrupt, marks the running thread as finished;
+    # stop() must still wait until the thread has written what it generated (the Ctrl-C summary counts it)
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    demo = DemoTraffic(r, rate=2000, seed=3).start()
+    try:
+        _until(lambda: demo.events > 0)
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            demo.wait(30)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        demo.stop()
+    assert "anomalydesk-demo" not in [t.name for t in threading.enumerate()]
+    assert not demo.running and demo.error is None
+    assert demo.result.accepted == demo.events + demo.business_metrics > 0
 
 
 def test_scheduled_faults_in_live_mode_are_recorded_when_they_begin(r: redis.Redis, tmp_path) -> None:

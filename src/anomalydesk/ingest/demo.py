@@ -305,6 +305,9 @@ class DemoTraffic:
         self._rate = float(rate)
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # set by the thread as it ends; waited on instead of Thread.join, which on Python 3.11 takes a
+        # thread interrupted mid-join (Ctrl-C) for finished while it still flushes (bpo-45274's handler)
+        self._done = threading.Event()
         self._thread: threading.Thread | None = None
         self._scheduled: list[Fault] = []  # not begun yet
         self._faults: list[Fault] = []  # begun (active or over)
@@ -339,6 +342,7 @@ class DemoTraffic:
         end = None if self.duration is None else self.started_at + self.duration
         self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
         self._stop.clear()
+        self._done.clear()
         self._thread = threading.Thread(target=self._run, name="anomalydesk-demo", daemon=True)
         self._thread.start()
         return self
@@ -347,7 +351,7 @@ class DemoTraffic:
         """Stop the traffic, send what is buffered and wait for the thread."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._done.wait(timeout)
             self._thread = None
         if self._url is not None and self._r is not None:
             self._r.close()
@@ -355,11 +359,7 @@ class DemoTraffic:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the traffic stops by itself (duration over, or failed); False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return self._thread is None or self._done.wait(timeout)
 
     def set_rate(self, eps: float) -> None:
         """Change the mean rate (events per second over all services)."""
@@ -397,7 +397,7 @@ class DemoTraffic:
     @property
     def running(self) -> bool:
         """True while the traffic thread runs."""
-        return self._thread is not None and self._thread.is_alive()
+        return self._thread is not None and not self._done.is_set()
 
     @property
     def events_per_second(self) -> float:
@@ -465,7 +465,10 @@ class DemoTraffic:
             log.exception("demo traffic stopped")
         finally:
             self.stopped_at = self.clock()
-            self._truth.close()
+            try:
+                self._truth.close()
+            finally:
+                self._done.set()
 
     def _wait_out(self, err: Exception, backoff: float) -> float:
         """One wait of an outage (exponential, capped); the first logs why."""
