@@ -284,18 +284,29 @@ def test_robust_spread_and_step_match_their_definition() -> None:
         assert step[i, j] == pytest.approx(abs(v[-1] - np.median(v[:-1])), abs=1e-12)
 
 
-def test_out_of_bag_rows_are_each_trees_own_draw_when_grown_in_chunks() -> None:
-    """warm_start keeps only the last fit's seeds, so `estimators_samples_` of the grown forest covers the
-    last chunk only; `_grow` collects every chunk's draw, which must equal a single fit's, tree by tree."""
+def test_trees_grown_one_at_a_time_are_isolation_forests_trees_with_their_draws() -> None:
+    """`_grow` gives each tree the seed, rows and depth `IsolationForest.fit` would: same trees, node by
+    node, the same rows drawn, and the same out-of-bag leaves from `apply` as from the arrays' walk."""
     from sklearn.ensemble import IsolationForest
 
+    from anomalydesk.detect.forest import ForestArrays
     from anomalydesk.detect.train import _grow
 
     Z = _normal(600)
-    params = _params(trees=30, chunk_trees=10, max_samples=128)
-    forest, drawn = _grow(Z, params, lambda f: None, None)
-    assert len(forest.estimators_samples_) == 10  # what scikit-learn alone would give for 30 trees
-    single = IsolationForest(n_estimators=30, max_samples=128, random_state=params.random_state).fit(Z)
-    assert len(drawn) == 30
-    for mine, theirs in zip(drawn, single.estimators_samples_, strict=True):
-        assert np.array_equal(np.sort(mine), np.sort(theirs))
+    X32 = np.ascontiguousarray(Z, dtype=np.float32)
+    params = _params(trees=30, chunk_trees=7, max_samples=128, random_state=11)
+    trees, drawn = _grow(X32, params, lambda f: None, None)
+    forest = IsolationForest(n_estimators=30, max_samples=128, random_state=11).fit(Z)
+    assert len(trees) == len(drawn) == 30
+    for mine, theirs, rows, their_rows in zip(trees, forest.estimators_, drawn, forest.estimators_samples_,
+                                              strict=True):  # fmt: skip
+        a, b = mine.tree_, theirs.tree_
+        assert a.node_count == b.node_count > 1
+        for name in ("children_left", "children_right", "feature", "threshold", "n_node_samples"):
+            assert np.array_equal(getattr(a, name), getattr(b, name)), name
+        assert np.array_equal(rows, np.sort(their_rows))
+    mine_arrays = ForestArrays.from_trees(trees, n_features=Z.shape[1], max_samples=128)
+    np.testing.assert_allclose(mine_arrays.score_samples(Z), forest.score_samples(Z), rtol=1e-12)  # sum order
+    applied = np.stack([mine_arrays.leaf_path[mine_arrays.roots[t] + tree.apply(X32, check_input=False)]
+                        for t, tree in enumerate(trees)], axis=1)  # fmt: skip
+    np.testing.assert_array_equal(applied, mine_arrays.leaf_paths(Z))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,22 +73,33 @@ class ForestArrays:
     @classmethod
     def from_sklearn(cls, forest: Any) -> ForestArrays:
         """Export a fitted `sklearn.ensemble.IsolationForest` into arrays."""
+        return cls.from_trees(forest.estimators_, forest.estimators_features_,
+                              n_features=int(forest.n_features_in_), max_samples=int(forest.max_samples_))  # fmt: skip
+
+    @classmethod
+    def from_trees(cls, trees: Sequence[Any], columns: Sequence[np.ndarray] | None = None, *, n_features: int,
+                   max_samples: int) -> ForestArrays:
+        """Export fitted isolation trees (scikit-learn `ExtraTreeRegressor`s) into arrays.
+
+        `columns[t]` maps tree t's feature numbers to columns of X (all columns, in order, if None).
+        """
         roots, lefts, rights, feats, thresholds, counts = [], [], [], [], [], []
         offset = 0
-        for tree, columns in zip(forest.estimators_, forest.estimators_features_, strict=True):
+        every = np.arange(n_features, dtype=np.int64)
+        for i, tree in enumerate(trees):
             t = tree.tree_
             is_leaf = t.children_left == _LEAF
-            columns = np.asarray(columns, dtype=np.int64)
+            cols = every if columns is None else np.asarray(columns[i], dtype=np.int64)
             roots.append(offset)
             lefts.append(np.where(is_leaf, _LEAF, t.children_left + offset))
             rights.append(np.where(is_leaf, _LEAF, t.children_right + offset))
-            feats.append(np.where(is_leaf, _LEAF, columns[np.maximum(t.feature, 0)]))
+            feats.append(np.where(is_leaf, _LEAF, cols[np.maximum(t.feature, 0)]))
             thresholds.append(np.where(is_leaf, 0.0, t.threshold))
             counts.append(t.n_node_samples.astype(np.int64))
             offset += t.node_count
         return cls.build(
-            n_features=int(forest.n_features_in_),
-            max_samples=int(forest.max_samples_),
+            n_features=n_features,
+            max_samples=max_samples,
             roots=np.asarray(roots, dtype=np.int64),
             left=np.concatenate(lefts).astype(np.int64),
             right=np.concatenate(rights).astype(np.int64),
