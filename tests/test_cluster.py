@@ -221,6 +221,8 @@ def test_demo_spreads_services_over_shards_and_everything_reads_back(
     assert cli(url, "incidents", "list") == {"incidents": []}
     trained = cli(url, "train", "--service", "payments")  # a model stored with MULTI on its shard
     assert [t["service"] for t in trained["trained"]] == ["payments"]
+    # training read every window from the stream's own node (raw replies, not through the cluster client)
+    assert trained["trained"][0]["windows"] == len([fp for fp in fingerprints.read(rc, "payments") if not fp.no_data])
     assert cli(url, "status")["models"] == {"payments": 1}
     assert cli(url, "query", "topk", "--service", "payments")
     per_node = [redis.Redis(port=p).info("memory")["used_memory"] for p in cluster3.ports]

@@ -172,7 +172,7 @@ def test_training_leaves_out_confirmed_incidents_and_puts_back_false_positives(r
     mistaken.update(last_window=1004, false_positive={"by": "x", "at": "y"}, status="resolved")
     r.hset(K.incidents, mapping={confirmed["id"]: json.dumps(confirmed), mistaken["id"]: json.dumps(mistaken)})
     data = training_data(r, "orders", windows=250)  # reads windows 1050–1299
-    windows = [fp.window for fp in data.fingerprints]
+    windows = data.windows.tolist()
     assert data.excluded == 10 and not set(range(1100, 1110)) & set(windows)
     assert data.restored == 5 and windows[:5] == [1000, 1001, 1002, 1003, 1004]
     assert len(windows) == 250 - 10 + 5 and windows == sorted(windows)

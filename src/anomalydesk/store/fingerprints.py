@@ -6,13 +6,20 @@ GIL, which stalls every other thread of the process (the desktop app's event loo
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from itertools import chain
+from operator import itemgetter
+
+import numpy as np
 import redis
+from redis.client import NEVER_DECODE
 
 from anomalydesk.config import key_prefix
 from anomalydesk.fingerprint import Fingerprint, from_stream_entry
 from anomalydesk.store.keys import Keys
 
 PAGE = 1_000
+_Pick = Callable[[list[bytes]], tuple[bytes, ...]]  # the wanted values out of a flat entry
 
 
 def _bound(seconds: float | None, default: str) -> str:
@@ -51,3 +58,56 @@ def latest(r: redis.Redis, service: str, n: int, keys: Keys | None = None) -> li
         high = "(" + (last.decode() if isinstance(last, bytes) else last)
     found.reverse()
     return found
+
+
+def latest_columns(r: redis.Redis, service: str, n: int, names: Sequence[str], defaults: Sequence[str], *,
+                   keys: Keys) -> np.ndarray:
+    """(m ≤ n, len(names)) float64: the named fields of the last `n` entries, oldest first.
+
+    For training on up to a day of windows: entries are taken as the server sends them (no dict per
+    entry, no decoding), and only the named fields are converted, in one pass; an entry without a
+    field gets its default. A field that is not a number raises ValueError.
+    """
+    stream, high = keys.fingerprints(service), b"+"
+    raw = _raw_client(r, stream)
+    wanted = [name.encode() for name in names]
+    fallback = [default.encode() for default in defaults]
+    rows: list[tuple[bytes, ...]] = []  # newest first
+    layout: list[bytes] | None = None
+    pick: _Pick = tuple
+    while len(rows) < n:
+        page = min(PAGE, n - len(rows))
+        entries = raw.execute_command("XREVRANGE", stream, high, "-", "COUNT", page, **{NEVER_DECODE: True})
+        for _id, fields in entries:
+            if fields[0::2] != layout:  # the library writes one layout: rebuilt only when it changes
+                layout = fields[0::2]
+                pick = _picker(layout, wanted, fallback)
+            rows.append(pick(fields))
+        if len(entries) < page:
+            break
+        high = b"(" + entries[-1][0]
+    values = np.fromiter(map(float, chain.from_iterable(reversed(rows))), dtype=np.float64,
+                         count=len(rows) * len(wanted))  # fmt: skip
+    return values.reshape(len(rows), len(wanted))
+
+
+def _picker(layout: list[bytes], wanted: list[bytes], fallback: list[bytes]) -> _Pick:
+    """Takes the wanted fields' values out of a flat [name, value, …] entry with this layout."""
+    where = {name: 2 * i + 1 for i, name in enumerate(layout)}
+    if all(name in where for name in wanted):
+        get = itemgetter(*(where[name] for name in wanted))
+        return get if len(wanted) > 1 else lambda fields: (get(fields),)
+    slots = [(where.get(name), default) for name, default in zip(wanted, fallback, strict=True)]
+    return lambda fields: tuple(default if at is None else fields[at] for at, default in slots)
+
+
+def _raw_client(r: redis.Redis, key: str) -> redis.Redis:
+    """A client on `r`'s connections (the key's node in a cluster) whose XREVRANGE returns the reply as
+    the server sends it: [[id, [name, value, …]], …], without redis-py's dict per entry."""
+    from anomalydesk.store.cluster import is_cluster
+
+    if is_cluster(r):
+        r = r.get_redis_connection(r.get_node_from_key(key))  # type: ignore[attr-defined]
+    raw = redis.Redis(connection_pool=r.connection_pool)  # shares the pool; closing it leaves the pool open
+    raw.set_response_callback("XREVRANGE", lambda response, **options: response)
+    return raw
