@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+import sklearn
 from sklearn.tree import ExtraTreeRegressor
 from sklearn.utils.random import sample_without_replacement
 
@@ -262,7 +263,8 @@ def _grow(X: np.ndarray, params: TrainParams, report: Callable[[float], None],
         rows = np.sort(sample_without_replacement(n, max_samples, random_state=draw))
         tree = ExtraTreeRegressor(max_features=1, splitter="random", max_depth=max_depth,
                                   random_state=np.random.RandomState(seed).randint(_MAX_INT))  # fmt: skip
-        trees.append(tree.fit(X[rows], y[rows], check_input=False))
+        with sklearn.config_context(skip_parameter_validation=True):  # constant, valid parameters
+            trees.append(tree.fit(X[rows], y[rows], check_input=False))
         drawn.append(rows)
     report(0.9)
     return trees, drawn
