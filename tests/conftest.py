@@ -7,11 +7,13 @@ into a session temp dir, and the keyring uses a file backend.
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -139,3 +141,34 @@ def r(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
+
+
+def kill_at_random_then_finish(start: Callable[[str], subprocess.Popen[bytes]], progress: Callable[[], object],
+                               target: object, kills: int, seed: int) -> None:
+    """SIGKILL `kills` detectors started by `start(name)`, each at a random moment once it has begun
+    working, then let a survivor finish the backlog (`progress()` reaches `target`) and stop it."""
+    rng = random.Random(seed)
+    for victim in range(kills):
+        assert progress() != target, f"the backlog was done after {victim} kills: make it longer"
+        before = progress()
+        proc = start(f"victim-{victim}")
+        deadline = time.monotonic() + 120
+        while progress() == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # until it has started working
+        assert proc.poll() is None, _stderr(proc)
+        time.sleep(rng.uniform(0.0, 0.3))  # a random moment while it works
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert progress() != target, "the last kill came after the end of the backlog"
+    survivor = start("survivor")
+    deadline = time.monotonic() + 600
+    while progress() != target and time.monotonic() < deadline:
+        assert survivor.poll() is None, _stderr(survivor)
+        time.sleep(0.1)
+    survivor.send_signal(signal.SIGTERM)
+    survivor.wait(timeout=60)
+    assert progress() == target  # no fingerprint skipped
+
+
+def _stderr(proc: subprocess.Popen[bytes]) -> str:
+    return proc.stderr.read().decode() if proc.stderr else ""

@@ -563,12 +563,11 @@ def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_not
     of different shards) opened as incidents.
     """
     import math
-    import random
 
     from anomalydesk.detect.detector import Detector
     from anomalydesk.ingest.demo import run_fast
     from anomalydesk.ingest.demo_model import parse_inject
-    from conftest import RedisServer
+    from conftest import RedisServer, kill_at_random_then_finish
 
     window, kills_wanted = 5, 10
     admin.setup(rc, SketchSettings())
@@ -597,28 +596,7 @@ def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_not
                                      "--no-seal", "--name", name, "--service-lease-ms", "500"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ})  # fmt: skip
 
-        rng, kills = random.Random(9), 0
-        while kills < kills_wanted and progress(rc) != target:
-            before = progress(rc)
-            proc = start(f"victim-{kills}")
-            deadline = time.monotonic() + 120
-            while progress(rc) == before and proc.poll() is None and time.monotonic() < deadline:
-                time.sleep(0.01)  # until it has started working
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            time.sleep(rng.uniform(0.0, 0.3))  # a random moment while it works
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-            kills += 1
-        assert kills == kills_wanted and progress(rc) != target, "the backlog ended before the last kill"
-        survivor = start("survivor")
-        deadline = time.monotonic() + 600
-        while progress(rc) != target and time.monotonic() < deadline:
-            assert survivor.poll() is None, survivor.stderr.read().decode() if survivor.stderr else ""
-            time.sleep(0.1)
-        survivor.send_signal(signal.SIGTERM)
-        survivor.wait(timeout=60)
-
-        assert progress(rc) == target  # no fingerprint skipped
+        kill_at_random_then_finish(start, lambda: progress(rc), target, kills_wanted, seed=9)
         for service in DEMO_SERVICES:
             assert rc.xpending(KEYS.fingerprints(service), "detectors")["pending"] == 0
         got = [json.loads(f[b"alert"]) for _, f in rc.xrange(KEYS.alerts_log)]
@@ -635,7 +613,7 @@ def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_not
             opened = [a for a in got if a["service"] == service and a["kind"] == "new"
                       and first <= a["window"] <= first + 6]  # fmt: skip
             assert opened, f"no incident for the {kind} fault on {service}"
-        print(f"\ndetect on a cluster killed {kills} times; {len(ids)} alerts, none twice, none missing")
+        print(f"\ndetect on a cluster killed {kills_wanted} times; {len(ids)} alerts, none twice, none missing")
     finally:
         reference_server.stop()
 

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import random
-import signal
 import subprocess
 import sys
 import time
@@ -25,7 +23,7 @@ from anomalydesk.detect.detector import Detector
 from anomalydesk.ingest.demo import run_fast
 from anomalydesk.ingest.demo_model import parse_inject
 from anomalydesk.store.keys import Keys
-from conftest import RedisServer
+from conftest import RedisServer, kill_at_random_then_finish
 
 pytestmark = pytest.mark.slow
 
@@ -79,30 +77,8 @@ def test_a_detector_killed_20_times_skips_nothing_and_duplicates_nothing(tmp_pat
             r.copy(key, key, destination_db=db)
     killed = server.client(db=DB_KILLED)
     target = last_windows(killed)
-    rng = random.Random(7)
-    kills = 0
-    while kills < KILLS and progress(killed) != target:
-        before = progress(killed)
-        proc = start_detector(server, f"victim-{kills}")
-        deadline = time.monotonic() + 120
-        while progress(killed) == before and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)  # until it has started working
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        time.sleep(rng.uniform(0.0, 0.3))  # a random moment while it works
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills += 1
-    assert kills == KILLS, f"the backlog was done after {kills} kills: make it longer"
-    assert progress(killed) != target, "the last kill came after the end of the backlog"
-    survivor = start_detector(server, "survivor")
-    deadline = time.monotonic() + 600
-    while progress(killed) != target and time.monotonic() < deadline:
-        assert survivor.poll() is None, survivor.stderr.read().decode() if survivor.stderr else ""
-        time.sleep(0.1)
-    survivor.send_signal(signal.SIGTERM)
-    survivor.wait(timeout=60)
-
-    assert progress(killed) == target  # no fingerprint skipped
+    kill_at_random_then_finish(lambda name: start_detector(server, name), lambda: progress(killed), target,
+                               KILLS, seed=7)  # fmt: skip
     for service in SERVICES:
         assert killed.xpending(K.fingerprints(service), "detectors")["pending"] == 0
     got = alerts(killed)
@@ -116,5 +92,5 @@ def test_a_detector_killed_20_times_skips_nothing_and_duplicates_nothing(tmp_pat
     expected = alerts(reference)
     assert expected, "the faults raised no alert: the comparison would prove nothing"
     assert sorted(ids) == sorted(a["id"] for a in expected)
-    print(f"\ndetector killed {kills} times; {len(ids)} alerts, none twice, none missing")
+    print(f"\ndetector killed {KILLS} times; {len(ids)} alerts, none twice, none missing")
     server.stop()
