@@ -6,9 +6,10 @@ GIL, which stalls every other thread of the process (the desktop app's event loo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import chain
 from operator import itemgetter
+from typing import Any
 
 import numpy as np
 import redis
@@ -72,23 +73,42 @@ def latest_columns(r: redis.Redis, service: str, n: int, names: Sequence[str], d
     raw = _raw_client(r, stream)
     wanted = [name.encode() for name in names]
     fallback = [default.encode() for default in defaults]
-    rows: list[tuple[bytes, ...]] = []  # newest first
-    layout: list[bytes] | None = None
-    pick: _Pick = tuple
-    while len(rows) < n:
-        page = min(PAGE, n - len(rows))
+    pages: list[np.ndarray] = []  # newest first
+    read = 0
+    while read < n:
+        page = min(PAGE, n - read)
         entries = raw.execute_command("XREVRANGE", stream, high, "-", "COUNT", page, **{NEVER_DECODE: True})
-        for _id, fields in entries:
-            if fields[0::2] != layout:  # the library writes one layout: rebuilt only when it changes
-                layout = fields[0::2]
-                pick = _picker(layout, wanted, fallback)
-            rows.append(pick(fields))
+        if entries:
+            pages.append(_page_values(entries, wanted, fallback))
+        read += len(entries)
         if len(entries) < page:
             break
         high = b"(" + entries[-1][0]
-    values = np.fromiter(map(float, chain.from_iterable(reversed(rows))), dtype=np.float64,
-                         count=len(rows) * len(wanted))  # fmt: skip
-    return values.reshape(len(rows), len(wanted))
+    if not pages:
+        return np.empty((0, len(wanted)))
+    return np.ascontiguousarray(np.concatenate(pages)[::-1])
+
+
+def _page_values(entries: list[list[Any]], wanted: list[bytes], fallback: list[bytes]) -> np.ndarray:
+    """(entries, wanted) float64 of one XREVRANGE page; in one pass when all entries share one layout
+    (the gears library writes one), else entry by entry with defaults for missing fields."""
+    layout = entries[0][1][0::2]
+    flat = list(chain.from_iterable(fields for _id, fields in entries))
+    if flat[0::2] == layout * len(entries) and all(name in layout for name in wanted):
+        table = np.array(flat[1::2], dtype=object).reshape(len(entries), len(layout))
+        picked: Iterable[bytes] = table[:, [layout.index(name) for name in wanted]].ravel()
+    else:
+        rows: list[tuple[bytes, ...]] = []
+        seen: list[bytes] | None = None
+        pick: _Pick = tuple
+        for _id, fields in entries:
+            if fields[0::2] != seen:  # rebuilt only when the layout changes
+                seen = fields[0::2]
+                pick = _picker(seen, wanted, fallback)
+            rows.append(pick(fields))
+        picked = chain.from_iterable(rows)
+    values = np.fromiter(map(float, picked), dtype=np.float64, count=len(entries) * len(wanted))
+    return values.reshape(len(entries), len(wanted))
 
 
 def _picker(layout: list[bytes], wanted: list[bytes], fallback: list[bytes]) -> _Pick:
