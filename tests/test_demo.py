@@ -207,6 +207,21 @@ def test_fast_history_ends_now_and_live_traffic_follows_without_late_events(r: r
     assert demo.result.accepted == demo.events + demo.business_metrics
 
 
+def test_live_traffic_continuing_history_fills_the_windows_the_clock_passed_meanwhile(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    history = run_fast(r, duration=60, rate=3000, seed=6)
+    time.sleep(max(0.0, history["end"] + 2.2 - time.time()))  # two window boundaries pass before live starts
+    demo = DemoTraffic(r, rate=3000, seed=6, duration=1.5, since=history["end"]).start()
+    assert demo.wait(60) and demo.error is None and demo.result.late == 0
+    seal_all(r)
+    requests = {int(fp.start): fp.get("requests") for fp in fingerprints.read(r, "gateway")}
+    end = int(history["end"])
+    typical = sorted(requests[w] for w in range(end - 20, end))[10]
+    assert typical > 100
+    for w in range(end - 5, end + 3):  # the passed windows written as history, then live from the start of one
+        assert requests[w] >= 0.7 * typical, (w - end, requests[w], typical)
+
+
 def test_fast_history_catches_up_with_the_clock_so_live_traffic_leaves_no_silent_window(r: redis.Redis) -> None:
     admin.setup(r, SketchSettings(window_seconds=1))  # short windows: the run itself takes several
     summary = run_fast(r, duration=3 * 3600, rate=400, seed=4)

@@ -57,6 +57,7 @@ def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str
         ("--rate", "-5"): "--rate must be more than 0",
         ("--duration", "0"): "--duration must be more than 0",
         ("--duration", "60", "--inject", "drop@90"): "starts after the demo ends",
+        ("--backfill", "1h"): "--backfill is for live mode",
     }
     for args, message in cases.items():
         try:  # in-process: the subprocess path is smoke-tested above
@@ -65,6 +66,27 @@ def test_bad_options_are_named(redis_url: str, capsys: pytest.CaptureFixture[str
             code = exit_.code
         err = capsys.readouterr().err
         assert code == 2 and message in err, (args, err)
+
+
+def test_backfill_then_live_in_one_process_continues_the_history_without_a_gap(redis_url: str, r: redis.Redis) -> None:
+    from anomalydesk.config import SketchSettings
+    from anomalydesk.store import admin
+    from anomalydesk.store.sink import seal_all
+
+    admin.setup(r, SketchSettings(window_seconds=1))
+    done = demo(redis_url, "--backfill", "120", "--duration", "3", "--rate", "3000", "--seed", "8", "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    history = summary["backfill"]
+    assert history["mode"] == "fast" and history["seed"] == summary["seed"] == 8 and summary["late"] == 0
+    seal_all(r)
+    requests = {int(fp.start): fp.get("requests") for fp in fingerprints.read(r, "gateway")}
+    handover = int(history["end"])  # the window live traffic started in: history ends at its start
+    typical = sorted(requests[w] for w in range(handover - 20, handover))[10]
+    assert typical > 100
+    # no gap between history and live traffic (separate processes leave one): every window is whole
+    for w in range(handover - 20, int(summary["end"])):
+        assert requests[w] >= 0.7 * typical, (w - handover, requests[w], typical)
 
 
 def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> None:

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                    help="number of services (default 5: gateway, users, orders, payments, inventory)")
     p.add_argument("--seed", type=int, metavar="N", help="random seed (same seed, same traffic)")
     p.add_argument("--fast", action="store_true", help="simulated clock: generate history as fast as possible")
+    p.add_argument("--backfill", type=_seconds, metavar="S",
+                   help="live mode: first write S of history ending now (as --fast, same seed), then go live "
+                   "at once from where it ends: no partly filled window between history and live traffic")
     p.add_argument("--inject", type=_inject, action="append", default=[], metavar="KIND@START[+LEN][:SERVICE]",
                    help="inject a fault START seconds after the demo starts for LEN seconds "
                    f"(default {config.DEMO_INJECT_DEFAULT_SECONDS}) into SERVICE "
@@ -84,8 +87,10 @@ def _live(args: argparse.Namespace) -> dict[str, Any]:
     from anomalydesk.ingest.demo_services import load_factor
 
     r = client(args)
-    demo = DemoTraffic(r, rate=args.rate, services=args.services, seed=args.seed, duration=args.duration,
-                       injects=args.inject, truth_path=args.truth)  # fmt: skip
+    history = _backfill(r, args) if args.backfill else None
+    demo = DemoTraffic(r, rate=args.rate, services=args.services, duration=args.duration, injects=args.inject,
+                       truth_path=args.truth, seed=history["seed"] if history else args.seed,
+                       since=history["end"] if history else None)  # fmt: skip
     try:
         demo.start()
         now = args.rate * float(load_factor(time.time()))
@@ -103,7 +108,14 @@ def _live(args: argparse.Namespace) -> dict[str, Any]:
         r.close()
     if demo.error is not None:
         raise CommandError(f"demo traffic stopped: {demo.error}")
-    return demo.summary()
+    return {**demo.summary(), "backfill": history} if history else demo.summary()
+
+
+def _backfill(r: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from anomalydesk.ingest.demo import run_fast
+
+    print(f"demo: backfilling {args.backfill:g} s of history", file=sys.stderr, flush=True)
+    return run_fast(r, duration=args.backfill, rate=args.rate, services=args.services, seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         check_options(args.rate, args.services, args.duration)
+        if args.backfill is not None and args.fast:
+            raise ValueError("--backfill is for live mode; --fast alone writes history (its --duration)")
+        if args.backfill is not None:
+            check_options(args.rate, args.services, args.backfill)
         names = service_names(args.services)
         duration = args.duration or (config.DEMO_FAST_DEFAULT_SECONDS if args.fast else None)
         for spec in args.inject:
@@ -129,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err)) from None
     text = summary.get("summary") or (f"{summary['events']:,} events in {summary['duration_s']:g} s "
                                       f"({summary['events_per_s']} events/s)")  # fmt: skip
+    if summary.get("backfill"):
+        text = f"backfill: {summary['backfill']['summary']}\nlive: {text}"
     if summary.get("late"):
         text += "; late events were for windows already sealed (run on data older than the existing history?)"
     for fault in summary["faults"]:

@@ -282,14 +282,17 @@ class DemoTraffic:
 
     `redis_client_or_url` is a redis client (used as is, not closed) or a URL (a client of our own,
     closed on stop). `duration` stops the traffic by itself after that many seconds; `injects`
-    schedules faults relative to the start (recorded as ground truth when each begins).
+    schedules faults relative to the start (recorded as ground truth when each begins). `since` is
+    where history written just before ends (`run_fast`'s `end`, with the same `seed`): the traffic
+    then starts there instead of at the start time, so the window it starts in is not left partly
+    empty, and a window boundary the clock passed in between is first written as history.
     """
 
     def __init__(self, redis_client_or_url: redis.Redis | str, rate: float = config.DEMO_DEFAULT_RATE,
                  services: int = config.DEMO_DEFAULT_SERVICES, seed: int | None = None, *,
                  duration: float | None = None, injects: Sequence[InjectSpec] = (),
                  truth_path: Path | str | None = None, keys: Keys | None = None,
-                 tick: float = config.DEMO_TICK_SECONDS):
+                 tick: float = config.DEMO_TICK_SECONDS, since: float | None = None):
         check_options(rate, services, duration)
         self.services = service_names(services)
         for spec in injects:
@@ -300,6 +303,8 @@ class DemoTraffic:
         self.seed = random.randrange(2**31) if seed is None else seed
         self.duration = duration
         self.tick = tick
+        self._since = since
+        self._from = 0.0  # epoch seconds the first step generates from
         self._specs = list(injects)
         self._truth_path = truth_path
         self._rate = float(rate)
@@ -339,6 +344,7 @@ class DemoTraffic:
         seconds, micros = self._r.time()  # the server's clock: live windows follow it
         self._mono0 = time.monotonic()
         self.started_at = seconds + micros / 1e6
+        self._from = self._continue_history(self.started_at)
         end = None if self.duration is None else self.started_at + self.duration
         self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
         self._stop.clear()
@@ -417,6 +423,17 @@ class DemoTraffic:
         """Every fault recorded as ground truth so far."""
         return list(self._truth.recorded) if self._truth is not None else []
 
+    def _continue_history(self, now: float) -> float:
+        """Where the first step starts: `now`, or where the history before ends (see `since`)."""
+        if self._since is None or self._since >= now:
+            return now
+        assert self._r is not None
+        current = math.floor(now / self.window_s) * self.window_s
+        if self._since < current:  # the clock passed a window boundary since the history ended
+            run_fast(self._r, duration=current - self._since, end=current, rate=self._rate,
+                     services=len(self.services), seed=self.seed, keys=self.keys)  # fmt: skip
+        return max(self._since, current)
+
     # --- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
         assert self._r is not None and self._truth is not None and self.started_at is not None
@@ -427,7 +444,7 @@ class DemoTraffic:
         mono0 = self._mono0
         epoch0 = self.started_at
         end = None if self.duration is None else epoch0 + self.duration
-        last, last_seal, deadline = epoch0, epoch0, mono0
+        last, last_seal, deadline = self._from, epoch0, mono0
         backoff = 0.0
         try:
             while not self._stop.is_set():
