@@ -207,6 +207,28 @@ def test_fast_history_ends_now_and_live_traffic_follows_without_late_events(r: r
     assert demo.result.accepted == demo.events + demo.business_metrics
 
 
+def test_the_catch_up_at_the_end_of_fast_history_counts_each_order_once(r: redis.Redis, redis_url: str) -> None:
+    """The windows `run_fast` adds while catching up with the clock equal those of a run that ends there."""
+    admin.setup(r, SketchSettings(window_seconds=1))
+    caught_up = run_fast(r, duration=1800, rate=2000, seed=12)
+    assert caught_up["caught_up_s"] >= 1, "the run should have taken more than a window of wall time"
+    other = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1")
+    try:
+        other.flushdb()
+        admin.setup(other, SketchSettings(window_seconds=1))
+        straight = run_fast(other, duration=caught_up["end"] - caught_up["start"], end=caught_up["end"], rate=2000,
+                            seed=12)  # fmt: skip
+        assert straight["start"] == caught_up["start"]
+        lo = caught_up["end"] - caught_up["caught_up_s"] - 5
+        for service in ("orders", "gateway"):
+            mine = [(fp.start, fp.get("requests"), fp.kpis) for fp in fingerprints.read(r, service, lo)]
+            theirs = [(fp.start, fp.get("requests"), fp.kpis) for fp in fingerprints.read(other, service, lo)]
+            assert len(mine) >= 6 and mine == theirs
+    finally:
+        other.flushdb()
+        other.close()
+
+
 def test_live_traffic_continuing_history_fills_the_windows_the_clock_passed_meanwhile(r: redis.Redis) -> None:
     admin.setup(r, SketchSettings(window_seconds=1))
     history = run_fast(r, duration=60, rate=3000, seed=6)

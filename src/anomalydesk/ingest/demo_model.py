@@ -296,7 +296,9 @@ class Simulation:
                     business: Sequence[Fault]) -> KpiValues:
         """Orders per window, reported at each window's middle over the trailing window length."""
         W = self.window_s
-        recent = self._orders.setdefault(svc, deque())
+        # an interval generated again (run_fast's catch-up regenerates the chunk the history ended in;
+        # the same seed gives the same orders) replaces what it covers instead of counting it twice
+        recent = self._orders[svc] = deque(seen[seen < t0] for seen in self._orders.get(svc, ()))
         ordered = (traffic.endpoint_idx == self._orders_ep) & (traffic.status < 400)
         recent.append(traffic.timestamps[ordered])
         first = math.ceil((t0 - W / 2) / W)
