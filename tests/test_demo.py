@@ -248,7 +248,9 @@ def test_fast_history_catches_up_with_the_clock_so_live_traffic_leaves_no_silent
     admin.setup(r, SketchSettings(window_seconds=1))  # short windows: the run itself takes several
     summary = run_fast(r, duration=3 * 3600, rate=400, seed=4)
     assert summary["caught_up_s"] >= 1, "the run should have taken more than a window of wall time"
-    demo = DemoTraffic(r, rate=2000, seed=4, duration=2).start()
+    # live traffic continuing the history: under load its start can cross a window boundary, which
+    # without `since` left the window the history ended in empty (seen in CI)
+    demo = DemoTraffic(r, rate=2000, seed=4, duration=2, since=summary["end"]).start()
     assert demo.wait(60) and demo.error is None
     seal_all(r)
     history = [fp for fp in fingerprints.read(r, "gateway") if fp.start >= summary["start"]]
