@@ -241,7 +241,7 @@ def test_live_traffic_continuing_history_fills_the_windows_the_clock_passed_mean
     typical = sorted(requests[w] for w in range(end - 20, end))[10]
     assert typical > 100
     for w in range(end - 5, end + 3):  # the passed windows written as history, then live from the start of one
-        assert requests[w] >= 0.7 * typical, (w - end, requests[w], typical)
+        assert requests[w] >= 0.25 * typical, (w - end, requests[w], typical)  # 0 without `since`
 
 
 def test_fast_history_catches_up_with_the_clock_so_live_traffic_leaves_no_silent_window(r: redis.Redis) -> None:
