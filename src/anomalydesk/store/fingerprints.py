@@ -6,9 +6,8 @@ GIL, which stalls every other thread of the process (the desktop app's event loo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from itertools import chain
-from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,6 @@ from anomalydesk.fingerprint import Fingerprint, from_stream_entry
 from anomalydesk.store.keys import Keys
 
 PAGE = 1_000
-_Pick = Callable[[list[bytes]], tuple[bytes, ...]]  # the wanted values out of a flat entry
 
 
 def _bound(seconds: float | None, default: str) -> str:
@@ -97,28 +95,14 @@ def _page_values(entries: list[list[Any]], wanted: list[bytes], fallback: list[b
     if flat[0::2] == layout * len(entries) and all(name in layout for name in wanted):
         table = np.array(flat[1::2], dtype=object).reshape(len(entries), len(layout))
         picked: Iterable[bytes] = table[:, [layout.index(name) for name in wanted]].ravel()
-    else:
-        rows: list[tuple[bytes, ...]] = []
-        seen: list[bytes] | None = None
-        pick: _Pick = tuple
+    else:  # older entries without some field: the defaults
+        rows = []
         for _id, fields in entries:
-            if fields[0::2] != seen:  # rebuilt only when the layout changes
-                seen = fields[0::2]
-                pick = _picker(seen, wanted, fallback)
-            rows.append(pick(fields))
+            got = dict(zip(fields[0::2], fields[1::2], strict=True))
+            rows.append([got.get(name, default) for name, default in zip(wanted, fallback, strict=True)])
         picked = chain.from_iterable(rows)
     values = np.fromiter(map(float, picked), dtype=np.float64, count=len(entries) * len(wanted))
     return values.reshape(len(entries), len(wanted))
-
-
-def _picker(layout: list[bytes], wanted: list[bytes], fallback: list[bytes]) -> _Pick:
-    """Takes the wanted fields' values out of a flat [name, value, …] entry with this layout."""
-    where = {name: 2 * i + 1 for i, name in enumerate(layout)}
-    if all(name in where for name in wanted):
-        get = itemgetter(*(where[name] for name in wanted))
-        return get if len(wanted) > 1 else lambda fields: (get(fields),)
-    slots = [(where.get(name), default) for name, default in zip(wanted, fallback, strict=True)]
-    return lambda fields: tuple(default if at is None else fields[at] for at, default in slots)
 
 
 def _raw_client(r: redis.Redis, key: str) -> redis.Redis:
