@@ -87,6 +87,14 @@ def test_backfill_then_live_in_one_process_continues_the_history_without_a_gap(r
     # no gap between history and live traffic (separate processes leave one): every window is whole
     for w in range(handover - 20, int(summary["end"])):
         assert requests[w] >= 0.25 * typical, (w - handover, requests[w], typical)  # a stalled thread may shift some
+    # the orders KPI (orders over the trailing window) is reported in every window, the handover included,
+    # and counts each order once: without the live simulation replaying the history's last window the
+    # handover window had no report (kpi_level 0, an anomaly incident on orders in the soak)
+    orders = {int(fp.start): (fp.kpis or {}).get("orders_per_window") for fp in fingerprints.read(r, "orders")}
+    usual = sorted(orders[w] for w in range(handover - 20, handover))[10]
+    assert usual > 20
+    for w in range(handover - 3, handover + 3):
+        assert orders[w] is not None and 0.5 * usual <= orders[w] <= 1.5 * usual, (w - handover, orders[w], usual)
 
 
 def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> None:
