@@ -130,6 +130,17 @@ def test_silence_keeps_incident_but_does_not_publish(r: redis.Redis) -> None:
     pubsub.close()
 
 
+def test_silence_added_while_running_mutes_the_next_window(r: redis.Redis) -> None:
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    det = make_detector(r, confirmation=Confirmation(k=1, n=1, cooldown=1))
+    add_window(r, "payments", 3500, requests=100)
+    assert drain(det, 1) == 1  # the detector has read leases, models and silences (none yet)
+    incidents.add_silence(r, "payments", start=0, end=10**10, reason="maintenance")
+    add_window(r, "payments", 3501, requests=500)
+    assert drain(det, 1) == 1  # well inside the detector's refresh interval
+    assert [a.get("silenced") for a in alerts(r)] == [True]
+
+
 def test_retired_service_raises_nothing(r: redis.Redis) -> None:
     registry.save(r, "svc-9", json.dumps({"limit": 200}), {"windows": 100})
     for i in range(5):

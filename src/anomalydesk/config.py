@@ -180,7 +180,7 @@ REFERENCE_TREES = 100  # backtest --reference: plain IsolationForest …
 REFERENCE_PERCENTILE = 99.0  # … threshold at this percentile of its training scores …
 REFERENCE_SEEDS = (0, 1, 2, 3, 4)  # … averaged over these seeds
 DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerprints back
-DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list, models and silences re-read at most this often
+DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list and models re-read at most this often (silences: every batch)
 INCIDENTS_KEPT = 5_000  # resolved incidents kept in Keys.incidents (the oldest are forgotten)
 INCIDENT_PRUNE_SECONDS = 600  # how often a detector prunes them
 RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance beyond the bound crossed,

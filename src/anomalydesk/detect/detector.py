@@ -138,7 +138,6 @@ class Detector:
         self._last_refresh = 0.0
         self._last_prune = 0.0
         self._owned: list[str] | None = None
-        self._silences: list[incidents_mod.Silence] = []
         self._last_retrain = clock()
         self._window_seconds: float | None = None
 
@@ -226,15 +225,21 @@ class Detector:
         stale = self._owned is None or now - self._last_refresh >= refresh
         if stale and not self._refresh(now):
             return StepResult(active=False)
-        owned, silences = self._owned or [], self._silences
+        owned = self._owned or []
         result = StepResult(services=list(owned))
-        for service in owned:
-            if self._services[service].needs_recovery:
+        recovering = [s for s in owned if self._services[s].needs_recovery]
+        if recovering:
+            silences = self._read_silences()
+            for service in recovering:
                 self._recover(service, silences, result)
         if owned:
             by_stream = {self.keys.fingerprints(s): s for s in owned}
-            for stream, entries in self._read(list(by_stream), idle=result.processed == 0):
-                self._handle_all(by_stream[_text(stream)], entries, silences, result)
+            read = [(stream, entries) for stream, entries in self._read(list(by_stream), idle=result.processed == 0)
+                    if entries]  # fmt: skip
+            if read:
+                silences = self._read_silences()
+                for stream, entries in read:
+                    self._handle_all(by_stream[_text(stream)], entries, silences, result)
         if self.retrain_every and now - self._last_retrain >= self.retrain_every:
             self._last_retrain = now
             from anomalydesk.detect import training_run
@@ -250,7 +255,7 @@ class Detector:
         return result
 
     def _refresh(self, now: float) -> bool:
-        """Leases, sealing, services, groups, models and silences (at most every refresh interval)."""
+        """Leases, sealing, services, groups and models (at most every refresh interval)."""
         self._last_refresh = now
         if not self._hold_global_lease():
             if self._services:
@@ -272,11 +277,16 @@ class Detector:
         for service in self._owned:
             self._ensure_group(service)
         self._refresh_models(self._owned)
-        self._silences = incidents_mod.list_silences(self.r, keys=self.keys)
         if now - self._last_prune >= config.INCIDENT_PRUNE_SECONDS:
             self._last_prune = now
             incidents_mod.prune(self.r, keys=self.keys)
         return True
+
+    def _read_silences(self) -> list[incidents_mod.Silence]:
+        """The silences as they are now: read before every batch of windows, so that a silence an
+        operator adds covers every window handled after it (a cached list let the next second's
+        windows through unmuted)."""
+        return incidents_mod.list_silences(self.r, keys=self.keys)
 
     def _read(self, streams: list[str], *, idle: bool) -> list:
         """New entries of the owned streams: one blocking XREADGROUP, or on a cluster one per stream.
