@@ -44,6 +44,7 @@ FAULTS = {
     "new-dependency": ("inventory", {"new_interactions", "endpoints_distinct"}),
 }
 BUSINESS_AT = 2400  # payments again, well after its spike resolved
+HISTORY_END_UTC = 2 * 3600 + 50 * 60  # seconds into the UTC day: FAULT_AT after it is 03:00
 DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE = 1, 2, 3, 4
 
 
@@ -73,7 +74,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSer
     """A server whose db 0 holds 25 h of demo fingerprints and a trained model per service."""
     server = RedisServer(tmp_path_factory.mktemp("e2e-redis"))
     r = server.client()
-    end = math.floor(time.time() / W) * W - 3 * 86400  # continuations stay in the past
+    # the same time of day in every run (the traffic is seeded, so the same traffic) and in the past
+    # with room for the day-long continuation; the faults land in the day's lowest load (03:00 UTC)
+    end = math.floor(time.time() / 86400) * 86400 - 3 * 86400 + HISTORY_END_UTC
     run_fast(r, duration=HISTORY_S, seed=11, end=end)
     result = cli(server, 0, "train", "--json")
     assert result.returncode == 0, result.stderr
@@ -142,7 +145,13 @@ def test_business_fault_raises_a_rule_alert_at_once(fault_run: dict) -> None:
     assert rules, "no rule alert for the business fault"
     assert rules[0]["window"] - first_window <= 2
     assert rules[0]["reasons"][0]["feature"] == "kpi:payment_amount"
-    assert rules[0]["severity"] == "critical"
+    # severity comes from the window's most extreme amount: the first window may hold only a few
+    # payments (night-time load) and start as a warning, but amounts at 0.3x go a third below the
+    # range while the fault lasts, and the operator is told (the alert that opens or escalates)
+    incident_alerts = [a for a in fault_run["alerts"] if a["incident_id"] == rules[0]["incident_id"]]
+    assert inc.get(fault_run["r"], rules[0]["incident_id"])["severity"] == "critical"
+    assert any(a["severity"] == "critical" and a["kind"] in ("rule", "escalated") for a in incident_alerts)
+    print("business fault:", [(a["kind"], a["window"] - first_window, a["severity"]) for a in incident_alerts])
 
 
 def test_silence_mutes_notifications_but_keeps_the_incident(fault_run: dict) -> None:
@@ -173,7 +182,8 @@ def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[Redis
     # business rule breaches of normal traffic (a stray value just outside its range) stay "info"
     rules = [i for i in inc.list_incidents(r) if i["kind"] == "rule"]
     assert all(i["severity"] == "info" for i in rules), [(i["service"], i["severity"], i["reasons"][:1]) for i in rules]
-    print(f"normal day: {len(opened)} anomaly incident(s), {len(rules)} rule incident(s)")
+    print(f"normal day: {len(opened)} anomaly incident(s), {len(rules)} rule incident(s):",
+          [(i["id"], i["windows"], i["severity"], i["reasons"][:1]) for i in opened + rules])
 
 
 def _progress(r: redis.Redis, services: list[str]) -> dict[str, int]:
@@ -211,6 +221,11 @@ def test_killed_detector_loses_no_fingerprint_and_duplicates_no_alert(trained: t
 
     def kill_midway(fraction: float) -> None:
         if fraction >= 0.5 and first.poll() is None and not killed_at:
+            # the history is written faster than a fresh process starts: hold the writer here until
+            # the detector has handled a window, so that it is killed with work done and work to do
+            deadline = time.monotonic() + 120
+            while max(_progress(r, services).values()) < 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
             killed_at.update(_progress(r, services))
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=30)
