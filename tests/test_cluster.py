@@ -570,7 +570,7 @@ def test_detect_killed_on_a_cluster_opens_the_fault_incidents_once_and_skips_not
 
     window, kills_wanted = 5, 10
     admin.setup(rc, SketchSettings())
-    end = math.floor(time.time() / window) * window - 2 * 86400
+    end = math.floor(time.time() / 86400) * 86400 - 2 * 86400 + 12 * 3600  # same hour, same traffic every run
     run_fast(rc, duration=7200, services=6, seed=31, end=end)
     assert len(cli(cluster3.url, "train", timeout=600)["trained"]) == 6
     for service in DEMO_SERVICES:
