@@ -284,8 +284,7 @@ class Detector:
 
     def _read_silences(self) -> list[incidents_mod.Silence]:
         """The silences as they are now: read before every batch of windows, so that a silence an
-        operator adds covers every window handled after it (a cached list let the next second's
-        windows through unmuted)."""
+        operator adds covers every window handled after it, with no refresh delay."""
         return incidents_mod.list_silences(self.r, keys=self.keys)
 
     def _read(self, streams: list[str], *, idle: bool) -> list:
