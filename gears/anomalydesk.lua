@@ -5,20 +5,28 @@ AnomalyDesk server-side library (Redis Functions, Redis >= 7; the supported succ
 Every function works on ONE service: its keys share the hash tag {service}, so in Redis Cluster one
 FCALL touches one slot. The only declared key is the service's state hash; the other keys are built
 from the same prefix and tag (same slot). Sizes and the window length come from the caller (read from
-the global config hash by the client), so no function touches a global key.
+the global config hash by the client), so no function touches a global key; the service's state
+records the config generation it was last set to, so a caller holding an older config is refused.
 
 Functions
   ad_version()                                            -> library version
-  ad_ingest(state; prefix, service, payload)              -> {accepted, late, sealed, duplicate}
-  ad_seal(state; prefix, service, window_s, now_window|'', retention, max_silent, hold_s) -> sealed
+  ad_ingest(state; prefix, service, payload)
+      -> {accepted, late, sealed, duplicate, kpis_accepted, kpis_late, history_sealed}
+         (accepted/late count request events and KPI reports; kpis_* the KPI reports alone)
+  ad_seal(state; prefix, service, cfg_json, now_window|'', max_silent, hold_s) -> sealed (live + history)
+  ad_configure(state; prefix, service, cfg_json)          -> 1 when the service was re-configured, else 0
   ad_query(state; prefix, service, what, items_json)      -> per item answer (no writes)
-  ad_reset(state; prefix, service, windows '0'|'1')       -> keys deleted (sketches recreated lazily)
 
-Ingest payload (JSON, built by anomalydesk.store.sink):
+Errors: 'ERR anomalydesk: ...' for invalid input; 'STALECONFIG anomalydesk: ...' when the caller's
+config generation is older than the one the service is set to (retryable: re-read ad:config, re-encode,
+send again). Every function checks everything that can fail (arguments, key types, stream ids) before
+its first write, and a batch id is recorded last, so a failed call changes nothing and can be retried.
+
+Ingest payload (JSON, built by anomalydesk.store.encoding):
   {"v": 1, "mode": "live"|"replay", "batch": id|null, "sparse": 0|1,
-   "cfg": {"W": window_s, "cw": cms_width, "cd": cms_depth, "fc": filter_capacity,
-           "fe": filter_error, "tk": topk_k, "ret": retention, "be": "native"|"functions",
-           "rm": raw stream length},
+   "cfg": {"g": config generation, "W": window_s, "cw": cms_width, "cd": cms_depth,
+           "fc": filter_capacity, "fe": filter_error, "tk": topk_k, "ret": retention,
+           "be": "native"|"functions", "rm": raw stream length},
    "raw": [[endpoint, status, latency_ms, timestamp|null], ...] (optional, full-fidelity mode),
    "w": [{"win": window (ignored in live mode), "n": requests, "e4": n_4xx, "e5": n_5xx,
           "ls": latency_sum_ms, "h": [bucket, count, ...], "ep": [endpoint, count, ...],
@@ -26,6 +34,23 @@ Ingest payload (JSON, built by anomalydesk.store.sink):
    "k": [[window, name, sum, count, out_of_range, low|null, high|null, min, max], ...]}
   The whole payload is validated before anything is written: an invalid batch returns an error
   naming the offending part and changes nothing.
+
+Windows, live stream and history (docs/engine.md "History"):
+  - live mode: an event's window is the server clock's; replay mode: the payload's window.
+  - A service's live stream {service}:fp starts at its first window (`first`). While nothing is sealed
+    and no live-mode event arrived, an earlier replay window moves `first` back (a backfill before any
+    live traffic is the start of the live stream). After that `first` is frozen:
+      * a replay window before `first` is HISTORY: it goes to {service}:hist:<W>, which training,
+        plots and backtests read and the detector never scores; history is sealed by its own clock,
+        in time order (a history window at or before the last sealed history window is late);
+      * a window at or before the last sealed live window is late (counted, never merged).
+  - A window-length change (ad_configure, or the first call carrying the new config) carries the
+    service's open windows into windows of the new length, the first of which begins at or after the
+    end of the last sealed window (stream ids never go back); live events between that end and the
+    first new window go into it. Windows holding events from outside their own span are marked
+    `stretched` and training leaves them out. History is kept per window length.
+  - Every fingerprint carries `ws` (its window length) and `silent` (1: no event at all, a window the
+    sealing fabricated for zero traffic).
 
 Sketches (backend "functions": this library's own, in plain Redis strings/sorted sets; "native":
 the RedisBloom commands built into Redis 8 / Redis Stack):
@@ -40,7 +65,7 @@ the RedisBloom commands built into Redis 8 / Redis Stack):
   width*depth <= 4,000,000 counters, filter capacity <= 10,000,000, filter error >= 1e-9, k <= 1,000.
 ]]
 
-local LIB_VERSION = '1'
+local LIB_VERSION = '2'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -65,6 +90,8 @@ local MAX_CMS_COUNTERS = 4000000
 local MAX_FILTER_CAPACITY = 10000000
 local MIN_FILTER_ERROR = 1e-9
 local MAX_TOPK = 1000
+
+local STALE = 'STALECONFIG'
 
 local function fail(msg)
   return redis.error_reply('ERR anomalydesk: ' .. msg)
@@ -139,15 +166,11 @@ local function status_ok(s)
   if not is_int(s, 100, 599) then return 'status must be an integer in 100..599' end
 end
 
-local function validate(p, service)
-  if type(p) ~= 'table' then return 'payload must be a JSON object' end
-  if p.v ~= 1 then return 'payload version must be 1' end
-  if p.mode ~= 'live' and p.mode ~= 'replay' then return 'mode must be "live" or "replay"' end
-  if p.batch ~= nil and p.batch ~= cjson.null and (type(p.batch) ~= 'string' or #p.batch > 128) then
-    return 'batch must be a string of at most 128 characters'
-  end
-  local c = p.cfg
+-- the config part of a payload (also ad_seal's and ad_configure's cfg argument)
+local function validate_cfg(c)
   if type(c) ~= 'table' then return 'cfg is required' end
+  if c.g == nil then c.g = 0 end  -- a caller of library version 1 sends none
+  if not is_int(c.g, 0, MAX_COUNT) then return 'cfg.g (config generation) must be a non-negative integer' end
   if not is_int(c.W, 1, 86400) then return 'cfg.W must be an integer number of seconds' end
   if not is_int(c.cw, 1, MAX_CMS_WIDTH) then
     return 'cfg.cw (Count-Min Sketch width) must be an integer in 1..' .. MAX_CMS_WIDTH
@@ -167,6 +190,19 @@ local function validate(p, service)
   if not is_int(c.tk, 1, MAX_TOPK) then return 'cfg.tk (Top-K k) must be an integer in 1..' .. MAX_TOPK end
   if not is_int(c.ret, 1, MAX_COUNT) then return 'cfg.ret (retention) must be an integer in 1..' .. MAX_COUNT end
   if c.be ~= 'native' and c.be ~= 'functions' then return 'cfg.be must be native or functions' end
+  return nil
+end
+
+local function validate(p, service)
+  if type(p) ~= 'table' then return 'payload must be a JSON object' end
+  if p.v ~= 1 then return 'payload version must be 1' end
+  if p.mode ~= 'live' and p.mode ~= 'replay' then return 'mode must be "live" or "replay"' end
+  if p.batch ~= nil and p.batch ~= cjson.null and (type(p.batch) ~= 'string' or #p.batch > 128) then
+    return 'batch must be a string of at most 128 characters'
+  end
+  local c = p.cfg
+  local cfg_err = validate_cfg(c)
+  if cfg_err then return cfg_err end
   if type(p.w) ~= 'table' then return 'w must be a list of windows' end
   for i, w in ipairs(p.w) do
     local at = 'w[' .. i .. ']'
@@ -352,17 +388,139 @@ local function topk_incr(key, counters, item, count)
 end
 
 -- ---------------------------------------------------------------------------------------------
--- per-service keys and lazy sketch creation
+-- per-service keys, state, and the checks made before the first write
 -- ---------------------------------------------------------------------------------------------
 local function keyset(prefix, service)
   local t = prefix .. '{' .. service .. '}'
   return {
-    tag = t, fp = t .. ':fp', cms_ep = t .. ':cms:ep', cms_st = t .. ':cms:st', bf = t .. ':bf',
-    topk = t .. ':topk', open = t .. ':open',
+    tag = t, state = t .. ':state', fp = t .. ':fp', cms_ep = t .. ':cms:ep', cms_st = t .. ':cms:st',
+    bf = t .. ':bf', topk = t .. ':topk', open = t .. ':open', raw = t .. ':raw',
+    hist = function(W) return t .. ':hist:' .. W end,
+    batch = function(id) return t .. ':batch:' .. id end,
     win = function(w) return t .. ':w:' .. w end,
     we = function(w) return t .. ':we:' .. w end,
     wh = function(w) return t .. ':wh:' .. w end,
+    tmp = function(kind, w) return t .. ':rw:' .. kind .. ':' .. w end,
   }
+end
+
+-- the state hash: window bookkeeping (first, sealed, live, clock, clock_at), history (hsealed, hclock,
+-- hclock_at), the config the service is set to (g, W; rwf/rwt after a window-length change) and the
+-- sizes its sketches were made with
+local STATE_FIELDS = { 'first', 'sealed', 'live', 'clock', 'clock_at', 'sparse', 'g', 'W', 'hsealed',
+  'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers' }
+local NUMERIC = { first = true, sealed = true, clock = true, clock_at = true, g = true, W = true,
+  hsealed = true, hclock = true, hclock_at = true, rwf = true, rwt = true, cms_w = true, cms_d = true,
+  topk_k = true, fc = true, fe = true, bf_layers = true }
+
+local function read_state(state)
+  local v = redis.call('HMGET', state, unpack(STATE_FIELDS))
+  local st = {}
+  for i, f in ipairs(STATE_FIELDS) do
+    if v[i] then st[f] = NUMERIC[f] and tonumber(v[i]) or v[i] end
+  end
+  return st
+end
+
+local HASH, ZSET, STREAM, STRING = { hash = true }, { zset = true }, { stream = true }, { string = true }
+local HLL = { string = true, hll = true }
+local NATIVE_TYPES = { cms = { ['CMSk-TYPE'] = true }, bf = { ['MBbloom--'] = true }, topk = { ['TopK-TYPE'] = true } }
+
+local function key_type(key)
+  return redis.call('TYPE', key)['ok']
+end
+
+-- why `key` cannot be used as one of the types in `wanted`, or nil (also when it does not exist)
+local function type_error(key, wanted)
+  local t = key_type(key)
+  if t == 'none' then return nil end
+  if not wanted[t] then return key .. ' holds a ' .. t .. ' value' end
+  if wanted.hll then
+    local reply = redis.pcall('PFCOUNT', key)
+    if type(reply) == 'table' and reply.err then return key .. ' is not a HyperLogLog' end
+  end
+  return nil
+end
+
+-- the first failing check of a list of {key, wanted types}
+local function first_error(checks)
+  for _, c in ipairs(checks) do
+    local err = type_error(c[1], c[2])
+    if err then return err end
+  end
+  return nil
+end
+
+local function window_checks(ks, w, checks)
+  checks[#checks + 1] = { ks.win(w), HASH }
+  checks[#checks + 1] = { ks.we(w), HASH }
+  checks[#checks + 1] = { ks.wh(w), HLL }
+end
+
+local function sketch_checks(ks, c, st, checks)
+  if c.be == 'native' then
+    checks[#checks + 1] = { ks.cms_ep, NATIVE_TYPES.cms }
+    checks[#checks + 1] = { ks.cms_st, NATIVE_TYPES.cms }
+    checks[#checks + 1] = { ks.bf, NATIVE_TYPES.bf }
+    checks[#checks + 1] = { ks.topk, NATIVE_TYPES.topk }
+  else
+    checks[#checks + 1] = { ks.cms_ep, STRING }
+    checks[#checks + 1] = { ks.cms_st, STRING }
+    checks[#checks + 1] = { ks.topk, ZSET }
+    for i = 1, math.max(st.bf_layers or 0, 1) do checks[#checks + 1] = { ks.bf .. ':' .. i, STRING } end
+  end
+end
+
+-- a window's fingerprint entry id: its start in milliseconds, sequence 1
+local function entry_ms(w, W)
+  return w * W * 1000
+end
+
+-- (ms, seq) of the last id a stream ever generated, or nil
+local function stream_last_id(key)
+  if key_type(key) ~= 'stream' then return nil end
+  local info = redis.call('XINFO', 'STREAM', key)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local ms, seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
+      return tonumber(ms), tonumber(seq)
+    end
+  end
+  return nil
+end
+
+-- why window `w` (length W) cannot be appended to stream `key` (its id must be greater than the last), or nil
+local function id_error(key, w, W)
+  local ms, seq = stream_last_id(key)
+  if ms and (entry_ms(w, W) < ms or (entry_ms(w, W) == ms and seq >= 1)) then
+    return key .. ' already has an entry at or after window ' .. w .. ' (last id ' .. ms .. '-' .. seq .. ')'
+  end
+  return nil
+end
+
+local function same_sketches(st, c)
+  return st.be == c.be and st.cms_w == c.cw and st.cms_d == c.cd and st.topk_k == c.tk and st.fc == c.fc
+    and st.fe == tonumber(num(c.fe))
+end
+
+-- why a caller's config is older than the service's (retryable), or nil
+local function stale_reason(st, c)
+  if st.g == nil then return nil end
+  if c.g < st.g then
+    return 'config changed (the service is at generation ' .. st.g .. ', this call carries ' .. c.g
+      .. '): re-read the config and send again'
+  end
+  if c.g == st.g and st.W ~= nil and st.W ~= c.W then
+    return 'config changed: this call counts in ' .. c.W .. '-s windows, the service in ' .. st.W .. '-s windows'
+  end
+  if c.g == st.g and st.sk == '1' and not same_sketches(st, c) then
+    return 'config changed: this call carries other sketch sizes than the service was set up with'
+  end
+  return nil
+end
+
+local function needs_configure(st, c)
+  return st.g == nil or c.g > st.g
 end
 
 local function ensure_sketches(state, ks, c)
@@ -379,9 +537,19 @@ local function ensure_sketches(state, ks, c)
     'fc', c.fc, 'fe', num(c.fe))
 end
 
+-- drop a service's sketches (recreated with the current sizes on its next ingest)
+local function drop_sketches(state, ks, st)
+  redis.call('DEL', ks.cms_ep, ks.cms_st, ks.bf, ks.topk)
+  for i = 1, (st.bf_layers or 0) do
+    redis.call('DEL', ks.bf .. ':' .. i)
+    redis.call('HDEL', state, 'bf_m' .. i, 'bf_k' .. i, 'bf_cap' .. i, 'bf_n' .. i, 'bf_err' .. i)
+  end
+  redis.call('HDEL', state, 'sk', 'bf_layers', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe')
+end
+
 -- ---------------------------------------------------------------------------------------------
--- sealing: closed windows → fingerprints (exactly once: the state's `sealed` watermark and the
--- stream id, both moved inside this atomic function)
+-- sealing: closed windows → fingerprints (exactly once: the watermark and the stream id, both moved
+-- inside one atomic function). Planned and checked first, written after.
 -- ---------------------------------------------------------------------------------------------
 local function bucket_value(b)
   if b <= 0 then return LAT_MIN_MS / 2 end
@@ -408,10 +576,12 @@ local function quantiles(hist, n, qs)
   return out
 end
 
-local function fingerprint(ks, w, sparse)
-  local flat = redis.call('HGETALL', ks.win(w))
+local function fingerprint(ks, w, W, sparse, has_data)
   local a = {}
-  for i = 1, #flat, 2 do a[flat[i]] = flat[i + 1] end
+  if has_data then
+    local flat = redis.call('HGETALL', ks.win(w))
+    for i = 1, #flat, 2 do a[flat[i]] = flat[i + 1] end
+  end
   local n = tonumber(a.n or '0')
   local hist, kpi = {}, {}
   for f, v in pairs(a) do
@@ -443,8 +613,9 @@ local function fingerprint(ks, w, sparse)
       level_sum = level_sum + mean / ((k.lo + k.hi) / 2); level_n = level_n + 1
     end
   end
-  local no_data = (sparse and n == 0 and next(kpi) == nil) and '1' or '0'
-  local fields = {
+  local silent = n == 0 and next(kpi) == nil
+  local no_data = (sparse and silent) and '1' or '0'
+  return {
     'requests', n,
     'rate_4xx', n > 0 and num(tonumber(a.e4 or '0') / n) or 0,
     'rate_5xx', n > 0 and num(tonumber(a.e5 or '0') / n) or 0,
@@ -459,9 +630,10 @@ local function fingerprint(ks, w, sparse)
     'no_data', no_data,
     'kpis', next(kpis) and cjson.encode(kpis) or '',
     'kpi_ranges', next(ranges) and cjson.encode(ranges) or '',
+    'ws', W,
+    'silent', silent and '1' or '0',
+    'stretched', a.rw and '1' or '0',
   }
-  redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
-  return fields
 end
 
 local function server_window(W)
@@ -469,47 +641,218 @@ local function server_window(W)
   return math.floor((tonumber(t[1]) + tonumber(t[2]) / 1e6) / W), tonumber(t[1])
 end
 
--- seal every window < upto that is not sealed yet; returns the number sealed
-local function seal_upto(state, ks, W, upto, retention, max_silent)
-  local st = redis.call('HMGET', state, 'first', 'sealed', 'sparse')
-  if not st[1] then return 0 end
-  local sealed = tonumber(st[2] or (tonumber(st[1]) - 1))
-  local from = sealed + 1
-  if upto <= from then return 0 end
-  -- windows holding data (listed in ks.open) are all sealed, however far apart; a silent run longer
-  -- than max_silent seals only its last max_silent windows. So the work is the windows with data plus
-  -- at most max_silent per silence, never the length of the gap (a backfill from years ago would
-  -- otherwise loop over millions of windows with the server blocked, or drop the data it skipped).
+-- The windows to seal in [from, upto): every window holding data (listed in ks.open, or in `extra`,
+-- the windows this call is about to write) and at most max_silent silent windows before each and
+-- after the last. So the work is the windows with data plus at most max_silent per silence, never the
+-- length of a gap (a backfill from years ago would otherwise loop over millions of windows with the
+-- server blocked, or drop the data it skipped). Returns the plan (ascending), the set of windows
+-- holding data, and the number of silent windows skipped.
+local function seal_plan(ks, from, upto, max_silent, extra)
   local data, seen = {}, {}
+  if upto <= from then return { windows = {}, seen = seen, skipped = 0, from = from, upto = upto } end
   for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, from, upto - 1)) do
-    w = tonumber(w); data[#data + 1] = w; seen[w] = true
+    w = tonumber(w)
+    if not seen[w] then data[#data + 1] = w; seen[w] = true end
+  end
+  for w in pairs(extra or {}) do
+    if w >= from and w < upto and not seen[w] then data[#data + 1] = w; seen[w] = true end
   end
   for w = from, math.min(upto - 1, from + max_silent) do  -- windows opened before ks.open existed
     if not seen[w] and redis.call('EXISTS', ks.win(w)) == 1 then data[#data + 1] = w; seen[w] = true end
   end
   table.sort(data)
   data[#data + 1] = upto  -- sentinel: the silence after the last window with data
-  local count, skipped, cursor = 0, 0, from
-  local sparse = st[3] == '1'
+  local plan, skipped, cursor = {}, 0, from
   for _, d in ipairs(data) do
     local run_from = cursor
     if d - cursor > max_silent then
       skipped = skipped + (d - max_silent - cursor)
       run_from = d - max_silent
     end
-    for w = run_from, math.min(d, upto - 1) do
-      local fields = fingerprint(ks, w, sparse)
-      redis.call('XADD', ks.fp, 'MAXLEN', '~', retention, (w * W * 1000) .. '-1',
-        'window', w, 'start', w * W, 'schema', 1, unpack(fields))
-      count = count + 1
-    end
+    for w = run_from, math.min(d, upto - 1) do plan[#plan + 1] = w end
     cursor = d + 1
   end
-  if skipped > 0 then redis.call('HINCRBY', state, 'windows_skipped', skipped) end
-  redis.call('ZREMRANGEBYSCORE', ks.open, '-inf', upto - 1)
-  redis.call('HSET', state, 'sealed', upto - 1)
-  if count > 0 then redis.call('HINCRBY', state, 'windows_sealed', count) end
-  return count
+  return { windows = plan, seen = seen, skipped = skipped, from = from, upto = upto }
+end
+
+-- the checks a seal plan needs (appended to `checks`); an id that cannot be appended is returned
+local function seal_checks(ks, plan, stream, W, checks)
+  if plan == nil or #plan.windows == 0 then return nil end
+  for w in pairs(plan.seen) do window_checks(ks, w, checks) end
+  checks[#checks + 1] = { stream, STREAM }
+  return id_error(stream, plan.windows[1], W)
+end
+
+-- write a checked plan: the fingerprints, then the watermark `mark` (state field) moved to upto - 1
+local function seal_write(state, ks, plan, stream, W, retention, sparse, mark)
+  if plan == nil then return 0 end
+  for _, w in ipairs(plan.windows) do
+    local fields = fingerprint(ks, w, W, sparse, plan.seen[w])
+    redis.call('XADD', stream, 'MAXLEN', '~', retention, entry_ms(w, W) .. '-1',
+      'window', w, 'start', w * W, 'schema', 1, unpack(fields))
+    if plan.seen[w] then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+  end
+  if plan.skipped > 0 then redis.call('HINCRBY', state, 'windows_skipped', plan.skipped) end
+  if plan.upto > plan.from then
+    redis.call('ZREMRANGEBYSCORE', ks.open, plan.from, plan.upto - 1)
+    redis.call('HSET', state, mark, plan.upto - 1)
+  end
+  if #plan.windows > 0 then redis.call('HINCRBY', state, 'windows_sealed', #plan.windows) end
+  return #plan.windows
+end
+
+-- the live stream's windows are frozen at `first` once a window is sealed or live traffic arrived;
+-- before that, an earlier replay window moves `first` back
+local function frozen(st)
+  return st.first ~= nil and (st.sealed ~= nil or st.live ~= nil)
+end
+
+local function live_plan(ks, st, upto, extra, max_silent)
+  if st.first == nil then return nil end
+  return seal_plan(ks, (st.sealed or (st.first - 1)) + 1, upto, max_silent, extra)
+end
+
+-- the open history windows (before `first`) to seal: from the oldest to the newest holding data,
+-- never past `hint` (exclusive); no silence is made up before or after them
+local function history_plan(ks, st, hint, extra, max_silent)
+  if not frozen(st) then return nil end
+  local lo, hi = st.hsealed and (st.hsealed + 1) or '-inf', st.first - 1
+  local minw, maxw = nil, nil
+  local a = redis.call('ZRANGEBYSCORE', ks.open, lo, hi, 'LIMIT', 0, 1)
+  local b = redis.call('ZREVRANGEBYSCORE', ks.open, hi, lo, 'LIMIT', 0, 1)
+  if a[1] then minw, maxw = tonumber(a[1]), tonumber(b[1]) end
+  for w in pairs(extra or {}) do
+    if minw == nil or w < minw then minw = w end
+    if maxw == nil or w > maxw then maxw = w end
+  end
+  if minw == nil then return nil end
+  local upto = math.min(maxw + 1, st.first)
+  if hint ~= nil and hint < upto then upto = hint end
+  if upto <= minw then return nil end
+  return seal_plan(ks, minw, upto, max_silent, extra)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- re-configuration: a new config generation reaches a service (ad_configure, or the first call that
+-- carries it). Sketch sizes changed → sketches dropped (recreated on the next ingest); window length
+-- changed → open history sealed at the old length, open live windows carried into windows of the new
+-- length (see the header), bookkeeping converted.
+-- ---------------------------------------------------------------------------------------------
+local function rewindow_plan(ks, st, Wo, Wn, checks)
+  local plan = { Wo = Wo, Wn = Wn, moves = {} }
+  local hp = history_plan(ks, st, nil, nil, MAX_SILENT)
+  local err = seal_checks(ks, hp, ks.hist(Wo), Wo, checks)
+  if err then return nil, err end
+  plan.history = hp
+  plan.lo = st.sealed and (st.sealed + 1) or st.first
+  if st.sealed then
+    plan.E = (st.sealed + 1) * Wo             -- end of the last sealed window (seconds)
+    plan.F = math.ceil(plan.E / Wn)            -- the first window of the new length starts at or after it
+  end
+  for _, wo in ipairs(redis.call('ZRANGEBYSCORE', ks.open, plan.lo, '+inf')) do
+    wo = tonumber(wo)
+    local wn = math.floor(wo * Wo / Wn)
+    if plan.F and wn < plan.F then wn = plan.F end
+    local stretched = wo * Wo < wn * Wn or (wo + 1) * Wo > (wn + 1) * Wn
+    plan.moves[#plan.moves + 1] = { wo = wo, wn = wn, stretched = stretched }
+    window_checks(ks, wo, checks)
+    window_checks(ks, wn, checks)
+    checks[#checks + 1] = { ks.tmp('w', wo), HASH }
+    checks[#checks + 1] = { ks.tmp('we', wo), HASH }
+    checks[#checks + 1] = { ks.tmp('wh', wo), HLL }
+  end
+  checks[#checks + 1] = { ks.hist(Wn), STREAM }
+  return plan, nil
+end
+
+-- add window hash `src` into `dst` (sums add, minima and maxima kept, ranges and marks copied)
+local function merge_window_hash(src, dst)
+  local flat = redis.call('HGETALL', src)
+  for i = 1, #flat, 2 do
+    local f, v = flat[i], flat[i + 1]
+    local part = string.match(f, '^k:.+:(%a+)$')
+    if f == 'ls' or part == 's' then
+      redis.call('HINCRBYFLOAT', dst, f, v)
+    elseif part == 'mn' or part == 'mx' then
+      local cur = tonumber(redis.call('HGET', dst, f))
+      local x = tonumber(v)
+      if cur == nil or (part == 'mn' and x < cur) or (part == 'mx' and x > cur) then redis.call('HSET', dst, f, v) end
+    elseif part == 'lo' or part == 'hi' or f == 'rw' then
+      redis.call('HSET', dst, f, v)
+    else
+      redis.call('HINCRBY', dst, f, v)
+    end
+  end
+end
+
+-- add endpoint counts `src` into `dst`, keeping at most WINDOW_ENDPOINTS_CAP names (the rest as OTHER)
+local function merge_endpoints(src, dst)
+  local flat = redis.call('HGETALL', src)
+  local room = WINDOW_ENDPOINTS_CAP - redis.call('HLEN', dst)
+  local other = 0
+  for i = 1, #flat, 2 do
+    local e, cnt = flat[i], tonumber(flat[i + 1])
+    if redis.call('HEXISTS', dst, e) == 1 then
+      redis.call('HINCRBY', dst, e, cnt)
+    elseif room > 0 then
+      redis.call('HSET', dst, e, cnt); room = room - 1
+    else
+      other = other + cnt
+    end
+  end
+  if other > 0 then redis.call('HINCRBY', dst, OTHER_ENDPOINT, other) end
+end
+
+local function rewindow_write(state, ks, st, plan, c)
+  local Wo, Wn = plan.Wo, plan.Wn
+  seal_write(state, ks, plan.history, ks.hist(Wo), Wo, c.ret, st.sparse == '1', 'hsealed')
+  -- old windows to temporary names first, so an old index equal to a new one cannot mix them up
+  for _, m in ipairs(plan.moves) do
+    for kind, name in pairs({ w = ks.win(m.wo), we = ks.we(m.wo), wh = ks.wh(m.wo) }) do
+      if redis.call('EXISTS', name) == 1 then redis.call('RENAME', name, ks.tmp(kind, m.wo)) end
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', ks.open, plan.lo, '+inf')
+  local first_new = nil
+  for _, m in ipairs(plan.moves) do
+    merge_window_hash(ks.tmp('w', m.wo), ks.win(m.wn))
+    if m.stretched then redis.call('HSET', ks.win(m.wn), 'rw', 1) end
+    merge_endpoints(ks.tmp('we', m.wo), ks.we(m.wn))
+    if redis.call('EXISTS', ks.tmp('wh', m.wo)) == 1 then
+      redis.call('PFMERGE', ks.wh(m.wn), ks.tmp('wh', m.wo))
+    end
+    redis.call('DEL', ks.tmp('w', m.wo), ks.tmp('we', m.wo), ks.tmp('wh', m.wo))
+    redis.call('ZADD', ks.open, m.wn, m.wn)
+    if first_new == nil or m.wn < first_new then first_new = m.wn end
+  end
+  if plan.F then
+    redis.call('HSET', state, 'first', plan.F, 'sealed', plan.F - 1, 'rwf', math.floor(plan.E / Wn), 'rwt', plan.F)
+  else
+    redis.call('HSET', state, 'first', first_new or math.floor(st.first * Wo / Wn))
+    redis.call('HDEL', state, 'sealed', 'rwf', 'rwt')
+  end
+  if st.clock then redis.call('HSET', state, 'clock', math.floor(st.clock * Wo / Wn)) end
+  redis.call('HDEL', state, 'hclock', 'hclock_at')
+  local ms = stream_last_id(ks.hist(Wn))
+  if ms then redis.call('HSET', state, 'hsealed', ms / (Wn * 1000)) else redis.call('HDEL', state, 'hsealed') end
+end
+
+-- bring a service to config `c` (checked first, then written); an error message, or nil
+local function configure(state, ks, c, st)
+  local checks = {}
+  local plan = nil
+  if st.W ~= nil and st.W ~= c.W and st.first ~= nil then
+    local err
+    plan, err = rewindow_plan(ks, st, st.W, c.W, checks)
+    if err then return err end
+  end
+  local drop = st.sk == '1' and not same_sketches(st, c)
+  local err = first_error(checks)
+  if err then return err end
+  if drop then drop_sketches(state, ks, st) end
+  if plan then rewindow_write(state, ks, st, plan, c) end
+  redis.call('HSET', state, 'g', c.g, 'W', c.W)
+  return nil
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -519,133 +862,207 @@ local function ad_version()
   return LIB_VERSION
 end
 
--- the first window a service has data for; it may move earlier only while nothing is sealed
-local function note_first(state, first, sealed, win)
-  if not first or (sealed == nil and win < tonumber(first)) then
-    redis.call('HSET', state, 'first', win)
-    return tostring(win)
+local function service_keys(keys, args, what)
+  local state, prefix, service = keys[1], args[1], args[2]
+  if type(service) ~= 'string' or not string.match(service, '^[A-Za-z0-9._-]+$') or #service > 64 then
+    return nil, what .. ': service must match [A-Za-z0-9._-]{1,64}'
   end
-  return first
+  if type(prefix) ~= 'string' then return nil, what .. ': prefix must be a string' end
+  local ks = keyset(prefix, service)
+  if state ~= ks.state then return nil, what .. ': key does not match service' end
+  local err = type_error(state, HASH)
+  if err then return nil, what .. ': ' .. err end
+  return ks, nil
+end
+
+local function decode_cfg(raw, what)
+  local ok, c = pcall(cjson.decode, raw or '')
+  if not ok or type(c) ~= 'table' then return nil, what .. ': cfg is not a JSON object' end
+  local err = validate_cfg(c)
+  if err then return nil, what .. ': ' .. err end
+  return c, nil
 end
 
 local function ad_ingest(keys, args)
-  local state, prefix, service = keys[1], args[1], args[2]
-  if type(service) ~= 'string' or not string.match(service, '^[A-Za-z0-9._-]+$') or #service > 64 then
-    return fail('invalid batch: service must match [A-Za-z0-9._-]{1,64}')
-  end
-  local ks = keyset(prefix, service)
-  if state ~= ks.tag .. ':state' then return fail('invalid batch: key does not match service') end
+  local ks, kerr = service_keys(keys, args, 'invalid batch')
+  if not ks then return fail(kerr) end
+  local state = ks.state
   local ok, p = pcall(cjson.decode, args[3] or '')
   if not ok then return fail('invalid batch: payload is not JSON') end
-  local err = validate(p, service)
+  local err = validate(p, args[2])
   if err then return fail('invalid batch: ' .. err) end
   local c = p.cfg
-
-  if p.batch ~= nil and p.batch ~= cjson.null then
-    if not redis.call('SET', ks.tag .. ':batch:' .. p.batch, '1', 'NX', 'EX', BATCH_TTL) then
-      redis.call('HINCRBY', state, 'batches_duplicate', 1)
-      return { 0, 0, 0, 1 }
-    end
+  local st = read_state(state)
+  local why = stale_reason(st, c)
+  if why then return redis.error_reply(STALE .. ' anomalydesk: ' .. why) end
+  local batch = (p.batch ~= nil and p.batch ~= cjson.null) and ks.batch(p.batch) or nil
+  if batch and redis.call('EXISTS', batch) == 1 then
+    redis.call('HINCRBY', state, 'batches_duplicate', 1)
+    return { 0, 0, 0, 1, 0, 0, 0 }
   end
-  ensure_sketches(state, ks, c)
+  if needs_configure(st, c) then
+    err = configure(state, ks, c, st)
+    if err then return fail('cannot apply the new config: ' .. err) end
+    st = read_state(state)
+  end
 
+  -- where each window goes: the live stream, history, or late
+  local live = p.mode == 'live'
   local now_win, now_s = server_window(c.W)
-  local st = redis.call('HMGET', state, 'first', 'sealed')
-  local sealed = st[2] and tonumber(st[2]) or nil
-  local accepted, late, new_total = 0, 0, 0
-  local max_win = nil
-  local late_windows = {}
-  local cms_ep, cms_st = {}, {}
-  local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
-  local checked, layers = {}, nil
-  local opened = {}  -- windows this call writes to, listed in ks.open until sealed
-
-  for _, w in ipairs(p.w) do
-    local win = (p.mode == 'live') and now_win or w.win
-    if sealed ~= nil and win <= sealed then
-      late = late + w.n
-      late_windows[win] = true
-    elseif w.n > 0 then
-      st[1] = note_first(state, st[1], sealed, win)
-      opened[win] = true
+  local is_frozen = frozen(st)
+  local function place(win)
+    if live and st.rwf and st.sealed and win >= st.rwf and win <= st.sealed and st.sealed < st.rwt then
+      return st.rwt, 'live', true  -- between the last sealed window of the old length and the first new one
+    end
+    if is_frozen and win < st.first then
+      if st.hsealed and win <= st.hsealed then return win, 'late' end
+      return win, 'history'
+    end
+    if st.sealed and win <= st.sealed then return win, 'late' end
+    return win, 'live'
+  end
+  local first = st.first
+  local targets, htargets, remapped = {}, {}, {}
+  local groups, krows = {}, {}
+  local accepted, late, k_accepted, k_late, history_events = 0, 0, 0, 0, 0
+  local max_win, max_hwin = nil, nil
+  local function take(win, class, moved)
+    if class == 'history' then
+      htargets[win] = true
+      if max_hwin == nil or win > max_hwin then max_hwin = win end
+    else
+      if not is_frozen and (first == nil or win < first) then first = win end
+      targets[win] = true
       if max_win == nil or win > max_win then max_win = win end
-      local wk = ks.win(win)
-      -- window totals and histogram: one read and one write instead of an HINCRBY per bucket
-      local f, inc = { 'n', 'e4', 'e5' }, { w.n, w.e4, w.e5 }
-      for i = 1, #w.h, 2 do f[#f + 1] = 'h' .. w.h[i]; inc[#inc + 1] = w.h[i + 1] end
-      hash_add(wk, f, inc)
-      redis.call('HINCRBYFLOAT', wk, 'ls', num(w.ls))
-      -- exact endpoint counts, up to WINDOW_ENDPOINTS_CAP distinct ones, the rest as OTHER_ENDPOINT
-      local names, new = {}, 0
-      for i = 1, #w.ep, 2 do names[#names + 1] = w.ep[i] end
-      local wek = ks.we(win)
-      local present = redis.call('HMGET', wek, unpack(names))
-      local room = WINDOW_ENDPOINTS_CAP - redis.call('HLEN', wek)
-      local ef, einc, other = {}, {}, 0
-      for i = 1, #w.ep, 2 do
-        local e, cnt = w.ep[i], w.ep[i + 1]
-        if present[(i + 1) / 2] or room > 0 then
-          if not present[(i + 1) / 2] then room = room - 1 end
-          ef[#ef + 1] = e; einc[#einc + 1] = cnt
-        else
-          other = other + cnt
-        end
-      end
-      if other > 0 then ef[#ef + 1] = OTHER_ENDPOINT; einc[#einc + 1] = other end
-      hash_add(wek, ef, einc)
-      for i = 1, #w.ep, 2 do
-        local e, cnt = w.ep[i], w.ep[i + 1]
-        cms_ep[e] = (cms_ep[e] or 0) + cnt
-        -- an endpoint already checked in this call is in the filter now: one check per call
-        if not checked[e] then
-          checked[e] = true
-          local first_seen
-          if c.be == 'native' then
-            first_seen = redis.call('BF.ADD', ks.bf, e) == 1
-          else
-            layers = layers or bloom_layers(state)
-            first_seen = bloom_add(state, ks.bf, e, layers)
-          end
-          if first_seen then new = new + 1 end
-        end
-      end
-      if #names > 0 then call_chunked('PFADD', ks.wh(win), names, 1000) end
-      if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
-      new_total = new_total + new
-      for i = 1, #w.st, 2 do
-        local s = tostring(w.st[i])
-        cms_st[s] = (cms_st[s] or 0) + w.st[i + 1]
-      end
+    end
+    if moved then remapped[win] = true end
+  end
+  for _, w in ipairs(p.w) do
+    local win, class, moved = place(live and now_win or w.win)
+    if class == 'late' then
+      late = late + w.n
+    elseif w.n > 0 then
+      take(win, class, moved)
+      groups[#groups + 1] = { win, w }
       accepted = accepted + w.n
+      if class == 'history' then history_events = history_events + w.n end
     end
   end
   for _, k in ipairs(p.k or {}) do
-    local win = (p.mode == 'live') and now_win or k[1]
-    if sealed ~= nil and win <= sealed then
-      late = late + k[4]
+    local win, class, moved = place(live and now_win or k[1])
+    if class == 'late' then
+      late = late + k[4]; k_late = k_late + k[4]
     else
-      st[1] = note_first(state, st[1], sealed, win)
-      opened[win] = true
-      if max_win == nil or win > max_win then max_win = win end
-      local wk, base = ks.win(win), 'k:' .. k[2] .. ':'
-      redis.call('HINCRBYFLOAT', wk, base .. 's', num(k[3]))
-      redis.call('HINCRBY', wk, base .. 'c', k[4])
-      if k[5] > 0 then redis.call('HINCRBY', wk, base .. 'o', k[5]) end
-      if type(k[8]) == 'number' and type(k[9]) == 'number' then
-        local cur = redis.call('HMGET', wk, base .. 'mn', base .. 'mx')
-        local mn, mx = tonumber(cur[1]), tonumber(cur[2])
-        redis.call('HSET', wk, base .. 'mn', num((mn and mn < k[8]) and mn or k[8]),
-          base .. 'mx', num((mx and mx > k[9]) and mx or k[9]))
-      end
-      if k[6] ~= nil and k[6] ~= cjson.null and k[7] ~= nil and k[7] ~= cjson.null then
-        redis.call('HSET', wk, base .. 'lo', num(k[6]), base .. 'hi', num(k[7]))
-      end
-      accepted = accepted + k[4]
+      take(win, class, moved)
+      krows[#krows + 1] = { win, k }
+      accepted = accepted + k[4]; k_accepted = k_accepted + k[4]
     end
   end
 
+  -- what sealing will do once this call's windows are written
+  local after = { first = first, sealed = st.sealed, live = st.live or (live and '1' or nil),
+    hsealed = st.hsealed }
+  local clock = nil
+  local lp, hp = nil, nil
+  if live then
+    lp = live_plan(ks, after, now_win, targets, MAX_SILENT)
+  elseif max_win ~= nil then
+    clock = math.max(st.clock or 0, max_win)
+    lp = live_plan(ks, after, clock, targets, MAX_SILENT)
+  end
+  local hclock = nil
+  if max_hwin ~= nil then
+    hclock = math.max(st.hclock or 0, max_hwin)
+    hp = history_plan(ks, after, hclock, htargets, MAX_SILENT)
+  end
+
+  -- every check before the first write
+  local checks = { { ks.open, ZSET } }
+  for win in pairs(targets) do window_checks(ks, win, checks) end
+  for win in pairs(htargets) do window_checks(ks, win, checks) end
+  sketch_checks(ks, c, st, checks)
+  if p.raw ~= nil and #p.raw > 0 then checks[#checks + 1] = { ks.raw, STREAM } end
+  if batch then checks[#checks + 1] = { batch, STRING } end
+  err = seal_checks(ks, lp, ks.fp, c.W, checks) or seal_checks(ks, hp, ks.hist(c.W), c.W, checks)
+    or first_error(checks)
+  if err then return fail('cannot ingest: ' .. err) end
+
+  -- writes
+  ensure_sketches(state, ks, c)
+  if first ~= st.first then redis.call('HSET', state, 'first', first) end
+  local cms_ep, cms_st = {}, {}
+  local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
+  local checked, layers = {}, nil
+  for _, g in ipairs(groups) do
+    local win, w = g[1], g[2]
+    local wk = ks.win(win)
+    -- window totals and histogram: one read and one write instead of an HINCRBY per bucket
+    local f, inc = { 'n', 'e4', 'e5' }, { w.n, w.e4, w.e5 }
+    for i = 1, #w.h, 2 do f[#f + 1] = 'h' .. w.h[i]; inc[#inc + 1] = w.h[i + 1] end
+    hash_add(wk, f, inc)
+    redis.call('HINCRBYFLOAT', wk, 'ls', num(w.ls))
+    -- exact endpoint counts, up to WINDOW_ENDPOINTS_CAP distinct ones, the rest as OTHER_ENDPOINT
+    local names, new = {}, 0
+    for i = 1, #w.ep, 2 do names[#names + 1] = w.ep[i] end
+    local wek = ks.we(win)
+    local present = redis.call('HMGET', wek, unpack(names))
+    local room = WINDOW_ENDPOINTS_CAP - redis.call('HLEN', wek)
+    local ef, einc, other = {}, {}, 0
+    for i = 1, #w.ep, 2 do
+      local e, cnt = w.ep[i], w.ep[i + 1]
+      if present[(i + 1) / 2] or room > 0 then
+        if not present[(i + 1) / 2] then room = room - 1 end
+        ef[#ef + 1] = e; einc[#einc + 1] = cnt
+      else
+        other = other + cnt
+      end
+    end
+    if other > 0 then ef[#ef + 1] = OTHER_ENDPOINT; einc[#einc + 1] = other end
+    hash_add(wek, ef, einc)
+    for i = 1, #w.ep, 2 do
+      local e, cnt = w.ep[i], w.ep[i + 1]
+      cms_ep[e] = (cms_ep[e] or 0) + cnt
+      -- an endpoint already checked in this call is in the filter now: one check per call
+      if not checked[e] then
+        checked[e] = true
+        local first_seen
+        if c.be == 'native' then
+          first_seen = redis.call('BF.ADD', ks.bf, e) == 1
+        else
+          layers = layers or bloom_layers(state)
+          first_seen = bloom_add(state, ks.bf, e, layers)
+        end
+        if first_seen then new = new + 1 end
+      end
+    end
+    if #names > 0 then call_chunked('PFADD', ks.wh(win), names, 1000) end
+    if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
+    for i = 1, #w.st, 2 do
+      local s = tostring(w.st[i])
+      cms_st[s] = (cms_st[s] or 0) + w.st[i + 1]
+    end
+  end
+  for _, row in ipairs(krows) do
+    local win, k = row[1], row[2]
+    local wk, base = ks.win(win), 'k:' .. k[2] .. ':'
+    redis.call('HINCRBYFLOAT', wk, base .. 's', num(k[3]))
+    redis.call('HINCRBY', wk, base .. 'c', k[4])
+    if k[5] > 0 then redis.call('HINCRBY', wk, base .. 'o', k[5]) end
+    if type(k[8]) == 'number' and type(k[9]) == 'number' then
+      local cur = redis.call('HMGET', wk, base .. 'mn', base .. 'mx')
+      local mn, mx = tonumber(cur[1]), tonumber(cur[2])
+      redis.call('HSET', wk, base .. 'mn', num((mn and mn < k[8]) and mn or k[8]),
+        base .. 'mx', num((mx and mx > k[9]) and mx or k[9]))
+    end
+    if k[6] ~= nil and k[6] ~= cjson.null and k[7] ~= nil and k[7] ~= cjson.null then
+      redis.call('HSET', wk, base .. 'lo', num(k[6]), base .. 'hi', num(k[7]))
+    end
+  end
+  for win in pairs(remapped) do redis.call('HSET', ks.win(win), 'rw', 1) end
+
   local open_items = {}
-  for win in pairs(opened) do open_items[#open_items + 1] = win; open_items[#open_items + 1] = win end
+  for win in pairs(targets) do open_items[#open_items + 1] = win; open_items[#open_items + 1] = win end
+  for win in pairs(htargets) do open_items[#open_items + 1] = win; open_items[#open_items + 1] = win end
   if #open_items > 0 then call_chunked('ZADD', ks.open, open_items, 1000) end
 
   -- sketches over the whole batch: one update per distinct endpoint / status
@@ -669,51 +1086,92 @@ local function ad_ingest(keys, args)
     end
   end
 
-  -- full-fidelity mode: the sampled raw events, after the batch-id check so a retry adds none twice
+  -- full-fidelity mode: the sampled raw events
   for _, e in ipairs(p.raw or {}) do
     local ts = (e[4] ~= nil and e[4] ~= cjson.null) and num(e[4]) or ''
-    redis.call('XADD', ks.tag .. ':raw', 'MAXLEN', '~', c.rm, '*', 'endpoint', e[1], 'status', e[2],
+    redis.call('XADD', ks.raw, 'MAXLEN', '~', c.rm, '*', 'endpoint', e[1], 'status', e[2],
       'latency_ms', num(e[3]), 'timestamp', ts)
   end
 
   if p.sparse == 1 then redis.call('HSET', state, 'sparse', '1') end
   redis.call('HINCRBY', state, 'events', accepted)
+  if k_accepted > 0 then redis.call('HINCRBY', state, 'kpis', k_accepted) end
+  if history_events > 0 then redis.call('HINCRBY', state, 'history_events', history_events) end
   if late > 0 then redis.call('HINCRBY', state, 'late', late) end
+  if k_late > 0 then redis.call('HINCRBY', state, 'kpis_late', k_late) end
 
-  -- seal this service's closed windows: by server time live, by the event clock in replay
-  local sealed_now = 0
-  if p.mode == 'replay' then
-    if max_win ~= nil then
-      local clock = tonumber(redis.call('HGET', state, 'clock') or '0')
-      if max_win > clock then clock = max_win end
-      redis.call('HSET', state, 'clock', clock, 'clock_at', now_s)
-      sealed_now = seal_upto(state, ks, c.W, clock, c.ret, MAX_SILENT)
-    end
-  else
+  -- seal this service's closed windows: by server time live, by the event clock in replay; history
+  -- by its own clock
+  local sparse = (p.sparse == 1) or st.sparse == '1'
+  if live then
+    if not st.live then redis.call('HSET', state, 'live', '1') end
     redis.call('HDEL', state, 'clock_at')
-    sealed_now = seal_upto(state, ks, c.W, now_win, c.ret, MAX_SILENT)
+  elseif clock ~= nil then
+    redis.call('HSET', state, 'clock', clock, 'clock_at', now_s)
   end
-  return { accepted, late, sealed_now, 0 }
+  if hclock ~= nil then redis.call('HSET', state, 'hclock', hclock, 'hclock_at', now_s) end
+  local sealed_now = seal_write(state, ks, lp, ks.fp, c.W, c.ret, sparse, 'sealed')
+  local history_sealed = seal_write(state, ks, hp, ks.hist(c.W), c.W, c.ret, sparse, 'hsealed')
+  -- the batch id last: a call that failed before here can be sent again
+  if batch then redis.call('SET', batch, '1', 'EX', BATCH_TTL) end
+  return { accepted, late, sealed_now, 0, k_accepted, k_late, history_sealed }
 end
 
 local function ad_seal(keys, args)
-  local state, prefix, service = keys[1], args[1], args[2]
-  local W, now_arg = tonumber(args[3]), args[4]
-  local retention, max_silent, hold = tonumber(args[5]), tonumber(args[6]), tonumber(args[7])
-  if not W or W < 1 or not retention or not max_silent or not hold then
-    return fail('seal: window_s, retention, max_silent and hold_s must be numbers')
+  local ks, kerr = service_keys(keys, args, 'seal')
+  if not ks then return fail(kerr) end
+  local state = ks.state
+  local c, cerr = decode_cfg(args[3], 'seal')
+  if not c then return fail(cerr) end
+  local now_arg, max_silent, hold = args[4], tonumber(args[5]), tonumber(args[6])
+  if not is_int(max_silent, 0, 1000000) or not is_finite(hold) or hold < 0 then
+    return fail('seal: max_silent must be an integer in 0..1000000 and hold_s a number >= 0')
   end
-  local ks = keyset(prefix, service)
-  if state ~= ks.tag .. ':state' then return fail('seal: key does not match service') end
-  local upto, now_s = server_window(W)
+  local explicit = nil
   if now_arg ~= nil and now_arg ~= '' then
-    upto = tonumber(now_arg)
-    if not upto then return fail('seal: now_window must be an integer') end
-  else
-    local r = redis.call('HMGET', state, 'clock', 'clock_at')
-    if r[2] and now_s - tonumber(r[2]) <= hold then upto = tonumber(r[1]) end
+    explicit = tonumber(now_arg)
+    if not is_int(explicit, 0, MAX_EPOCH_S) then return fail('seal: now_window must be a window index') end
   end
-  return seal_upto(state, ks, W, upto, retention, max_silent)
+  local st = read_state(state)
+  local why = stale_reason(st, c)
+  if why then return redis.error_reply(STALE .. ' anomalydesk: ' .. why) end
+  if st.first == nil and st.g == nil then return 0 end  -- nothing ever ingested
+  if needs_configure(st, c) then
+    local err = configure(state, ks, c, st)
+    if err then return fail('seal: cannot apply the new config: ' .. err) end
+    st = read_state(state)
+  end
+  local upto, now_s = server_window(c.W)
+  local hint = nil
+  if explicit ~= nil then
+    upto, hint = explicit, explicit
+  else
+    if st.clock_at and now_s - st.clock_at <= hold then upto = st.clock end
+    if st.hclock_at and now_s - st.hclock_at <= hold then hint = st.hclock end
+  end
+  local lp = live_plan(ks, st, upto, nil, max_silent)
+  local hp = history_plan(ks, st, hint, nil, max_silent)
+  local checks = {}
+  local err = seal_checks(ks, lp, ks.fp, c.W, checks) or seal_checks(ks, hp, ks.hist(c.W), c.W, checks)
+    or first_error(checks)
+  if err then return fail('seal: ' .. err) end
+  local sparse = st.sparse == '1'
+  return seal_write(state, ks, lp, ks.fp, c.W, c.ret, sparse, 'sealed')
+    + seal_write(state, ks, hp, ks.hist(c.W), c.W, c.ret, sparse, 'hsealed')
+end
+
+local function ad_configure(keys, args)
+  local ks, kerr = service_keys(keys, args, 'configure')
+  if not ks then return fail(kerr) end
+  local c, cerr = decode_cfg(args[3], 'configure')
+  if not c then return fail(cerr) end
+  local st = read_state(ks.state)
+  local why = stale_reason(st, c)
+  if why then return redis.error_reply(STALE .. ' anomalydesk: ' .. why) end
+  if not needs_configure(st, c) then return 0 end
+  local err = configure(ks.state, ks, c, st)
+  if err then return fail('configure: ' .. err) end
+  return 1
 end
 
 local function ad_query(keys, args)
@@ -752,38 +1210,9 @@ local function ad_query(keys, args)
   return out
 end
 
--- drop a service's sketches (recreated with the current sizes on its next ingest); with
--- args[3] == '1' also its open windows and window bookkeeping (the window length changed)
-local function ad_reset(keys, args)
-  local state, prefix, service = keys[1], args[1], args[2]
-  local ks = keyset(prefix, service)
-  if state ~= ks.tag .. ':state' then return fail('reset: key does not match service') end
-  local n = redis.call('DEL', ks.cms_ep, ks.cms_st, ks.bf, ks.topk)
-  local layers = tonumber(redis.call('HGET', state, 'bf_layers') or '0')
-  for i = 1, layers do
-    n = n + redis.call('DEL', ks.bf .. ':' .. i)
-    redis.call('HDEL', state, 'bf_m' .. i, 'bf_k' .. i, 'bf_cap' .. i, 'bf_n' .. i, 'bf_err' .. i)
-  end
-  redis.call('HDEL', state, 'sk', 'bf_layers', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe')
-  if args[3] == '1' then
-    local st = redis.call('HMGET', state, 'first', 'sealed', 'clock')
-    if st[1] then
-      local from = tonumber(st[2] or (tonumber(st[1]) - 1)) + 1
-      for _, w in ipairs(redis.call('ZRANGEBYSCORE', ks.open, from, '+inf')) do
-        n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
-      end
-      for w = from, from + 2 * MAX_SILENT do  -- windows opened before ks.open existed
-        n = n + redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w))
-      end
-    end
-    redis.call('DEL', ks.open)
-    redis.call('HDEL', state, 'first', 'sealed', 'clock', 'clock_at')
-  end
-  return n
-end
 
 redis.register_function{ function_name = 'ad_version', callback = ad_version, flags = { 'no-writes' } }
 redis.register_function{ function_name = 'ad_ingest', callback = ad_ingest }
 redis.register_function{ function_name = 'ad_seal', callback = ad_seal }
+redis.register_function{ function_name = 'ad_configure', callback = ad_configure }
 redis.register_function{ function_name = 'ad_query', callback = ad_query, flags = { 'no-writes' } }
-redis.register_function{ function_name = 'ad_reset', callback = ad_reset }

@@ -150,6 +150,9 @@ RETRAIN_HOLDOUT_FRACTION = 0.2  # newest normal windows held back to compare old
 # training and scoring (detect/train.py, detect/score.py; docs/detection.md says why these values)
 TRAIN_WORKER_NICENESS = 10  # `train --worker` (the app's background training) lowers its CPU priority by this
 MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "learning"
+# a run of windows without any event lasting this long (and at least 2 windows) is a gap in the data
+# (the producers were down, nothing ran), not zero traffic to learn from: training leaves it out
+TRAINING_GAP_SECONDS = 60
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree
 DEFAULT_FALSE_ALARM_RATE = 0.02  # share of normal windows allowed above the threshold (before k-of-n)

@@ -100,6 +100,9 @@ class Fingerprint:
     schema: int = SCHEMA_VERSION
     no_data: bool = False
     kpis: Mapping[str, float] | None = None
+    window_seconds: int | None = None  # `ws`: the window length it was sealed at (None: before it was recorded)
+    silent: bool = False  # no event at all: a window sealing made up for zero traffic
+    stretched: bool = False  # holds events from outside its own span (after a window-length change)
 
     def get(self, name: str) -> float:
         return float(self.vector[FEATURE_INDEX[name]])
@@ -127,6 +130,9 @@ def from_stream_entry(service: str, fields: Mapping[bytes | str, bytes | str]) -
         schema=int(f.get("schema", SCHEMA_VERSION)),
         no_data=f.get("no_data", "0") == "1",
         kpis=kpis or None,
+        window_seconds=int(f["ws"]) if f.get("ws") else None,
+        silent=f.get("silent", "0") == "1",
+        stretched=f.get("stretched", "0") == "1",
     )
 
 

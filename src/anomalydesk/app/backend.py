@@ -175,11 +175,16 @@ def fingerprint_window(r: redis.Redis, keys: Keys, service: str, start: float, e
     """(n, 1 + features) rows [start, features…] of `service` between two epoch times."""
     from anomalydesk.fingerprint import from_stream_entry
 
-    entries = r.xrange(keys.fingerprints(service), min=int(start * 1000), max=int(end * 1000) + 1, count=2000)
-    rows = []
-    for _id, fields in entries:
-        fp = from_stream_entry(service, fields)
-        rows.append([fp.start, *fp.vector])
+    raw_window = r.hget(keys.config, "window_seconds")
+    window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+    rows, seen = [], set()
+    for stream in (keys.fingerprints(service), keys.history(service, window_s)):  # live, then history
+        for _id, fields in r.xrange(stream, min=int(start * 1000), max=int(end * 1000) + 1, count=2000):
+            fp = from_stream_entry(service, fields)
+            if fp.window_seconds in (None, window_s) and fp.start not in seen:
+                seen.add(fp.start)
+                rows.append([fp.start, *fp.vector])
+    rows.sort(key=lambda row: row[0])
     return np.array(rows, dtype=np.float64).reshape(len(rows), -1) if rows else np.empty((0, 0))
 
 

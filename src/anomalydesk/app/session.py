@@ -291,19 +291,25 @@ class Session:
         return stream[stream.index("{") + 1 : stream.rindex("}")]
 
     async def _load_history(self, service: str) -> None:
-        """Fill the service's ring buffer from its stream: read in chunks, parse in the I/O pool."""
+        """Fill the service's ring buffer from its stream and, before it, its history (a backfill sent
+        after live traffic, docs/engine.md): read in chunks, parse in the I/O pool."""
         assert self.client is not None
-        stream, remaining, upper = self.keys.fingerprints(service), self.state.live.capacity, "+"
+        raw_window = await self.client.hget(self.keys.config, "window_seconds")
+        window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+        remaining = self.state.live.capacity
         chunks: list[list[Fingerprint]] = []
         newest: Any = None
-        while remaining > 0:
-            entries = await self.client.xrevrange(stream, max=upper, count=min(HISTORY_CHUNK, remaining))
-            if not entries:
-                break
-            newest = newest or entries[0][0]
-            chunks.append(await self.call(_parse_entries, service, entries[::-1]))
-            remaining -= len(entries)
-            upper = f"({_text(entries[-1][0])}"
+        for stream in (self.keys.fingerprints(service), self.keys.history(service, window_s)):
+            upper = "+"
+            while remaining > 0:
+                entries = await self.client.xrevrange(stream, max=upper, count=min(HISTORY_CHUNK, remaining))
+                if not entries:
+                    break
+                if stream == self.keys.fingerprints(service):
+                    newest = newest or entries[0][0]
+                chunks.append(await self.call(_parse_entries, service, entries[::-1]))
+                remaining -= len(entries)
+                upper = f"({_text(entries[-1][0])}"
         self._fp_last[service] = newest or "0-0"
         fps = [fp for chunk in reversed(chunks) for fp in chunk]
         self._models[service] = model = await self.call(backend.load_model, self.sync, self.keys, service)

@@ -77,6 +77,7 @@ class _Service:
     model_version: int | None = None
     model: Any = None
     stale: bool = False
+    model_window: int | None = None  # the window length the model was trained at (None: not recorded)
     history: deque[Fingerprint] = field(default_factory=lambda: deque(maxlen=config.DETECTOR_HISTORY_WINDOWS))
     history_loaded: bool = False
     needs_recovery: bool = True
@@ -213,6 +214,7 @@ class Detector:
                 continue
             state.stale = meta.schema != SCHEMA_VERSION
             state.model = None if state.stale else model
+            state.model_window = meta.window_seconds
             if state.stale:
                 log.warning("%s: model v%s is of fingerprint schema %s (now %s): retrain", service,
                             version, meta.schema, SCHEMA_VERSION)  # fmt: skip
@@ -356,8 +358,11 @@ class Detector:
         fp = from_stream_entry(service, fields)
         history = self._history(service, entry_id)
         verdict = None
-        if svc.model is not None and not fp.no_data:
-            verdict = self.scorer(svc.model, list(history), fp)
+        # a model of another window length does not score (the service learns again after a change)
+        same_length = svc.model_window is None or fp.window_seconds in (None, svc.model_window)
+        if svc.model is not None and not fp.no_data and same_length:
+            context = [h for h in history if h.window_seconds == fp.window_seconds]
+            verdict = self.scorer(svc.model, context, fp)
             if not finite(verdict.score):
                 log.error("%s: window %s scored %r; not alerting on it", service, fp.window, verdict.score)
                 verdict = None
@@ -371,7 +376,7 @@ class Detector:
             rule_incident = _load(self.r, self.keys, state.get("rule_incident"))
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
-                           window_seconds=self._window_s(), kpi_ranges=ranges,
+                           window_seconds=fp.window_seconds or self._window_s(), kpi_ranges=ranges,
                            confirmation=self.confirmation)  # fmt: skip
             outcome = self._committer.commit(service, entry_id, fp.window, plan)
             if outcome != CONFLICT:

@@ -5,9 +5,9 @@
 - `load_model(r, service)`: the active model of a service, or a clear `ModelLoadError`.
 - `score_window(model, history, fp)`: the live detector's scorer (context = the service's previous
   fingerprints, oldest first).
-- `service_states(r)`: "learning" (no model yet, with the windows still needed), "ready" (an active
-  model of today's fingerprint schema), "stale" (its model is of an older schema: retrain), or
-  "retired".
+- `service_states(r)`: "learning" (no model yet, or one of another window length, with the windows
+  still needed, history included), "ready" (an active model of today's fingerprint schema), "stale"
+  (its model is of an older schema: retrain), or "retired".
 """
 
 from __future__ import annotations
@@ -63,24 +63,38 @@ def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dic
     names = sorted(s.decode() if isinstance(s, bytes) else s for s in known)
     retired_names = {s.decode() if isinstance(s, bytes) else s for s in retired}
     active = registry.active_versions(r, keys=keys)
+    raw_window = r.hget(keys.config, "window_seconds")
+    window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.xlen(keys.fingerprints(name))
-    lengths = pipe.execute()
+        pipe.xlen(keys.history(name, window_s))
+    counts = pipe.execute()
     states: dict[str, dict[str, Any]] = {}
-    for name, length in zip(names, lengths, strict=True):
-        entry: dict[str, Any] = {"model_version": active.get(name), "windows": int(length)}
+    for name, live, history in zip(names, counts[0::2], counts[1::2], strict=True):
+        length = int(live) + int(history)
+        entry: dict[str, Any] = {"model_version": active.get(name), "windows": length}
+
+        def learning(reason: str | None = None, entry: dict[str, Any] = entry, length: int = length) -> None:
+            entry["state"] = "learning"
+            entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - length)
+            if reason:
+                entry["reason"] = reason
+
         if name in retired_names:
             entry["state"] = "retired"
         elif name not in active:
-            entry["state"] = "learning"
-            entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - int(length))
+            learning()
         else:
             try:
                 meta = registry.info(r, name, active[name], keys=keys)
-                entry["state"] = "stale" if meta.schema != SCHEMA_VERSION else "ready"
             except registry.ModelNotFound:
-                entry["state"] = "learning"
-                entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - int(length))
+                learning()
+            else:
+                if meta.window_seconds not in (None, window_s):
+                    learning(f"its model v{meta.version} counts {meta.window_seconds}-s windows, the windows are "
+                             f"{window_s} s now: train it again")
+                else:
+                    entry["state"] = "stale" if meta.schema != SCHEMA_VERSION else "ready"
         states[name] = entry
     return states

@@ -10,6 +10,7 @@ the held-back windows is no worse than the active model's.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -39,13 +40,26 @@ class TrainingData:
     X: np.ndarray  # (windows, features)
     excluded: int = 0  # windows inside confirmed incidents
     restored: int = 0  # false-positive windows put back from outside the range read
+    gaps: int = 0  # windows of a gap (no event at all for TRAINING_GAP_SECONDS or longer)
+    stretched: int = 0  # windows holding events from outside their span (a window-length change)
+    other_length: int = 0  # windows of another window length (before a change)
+    history: int = 0  # windows read from the service's history (sent as a backfill)
 
     def __len__(self) -> int:
         return int(self.windows.shape[0])
 
     def head(self, n: int) -> TrainingData:
         """The first `n` windows (negative: all but the last -n), with the same counts."""
-        return TrainingData(self.windows[:n], self.timestamps[:n], self.X[:n], self.excluded, self.restored)
+        return replace(self, windows=self.windows[:n], timestamps=self.timestamps[:n], X=self.X[:n])
+
+    def left_out(self) -> str:
+        """What was left out, in words ("" when nothing was)."""
+        parts = [f"{n:,} {what}" for n, what in (
+            (self.gaps, "windows of gaps without any event"), (self.excluded, "windows inside incidents"),
+            (self.stretched, "stretched windows after a window-length change"),
+            (self.other_length, "windows of another window length"),
+        ) if n]  # fmt: skip
+        return "left out " + ", ".join(parts) if parts else ""
 
 
 @dataclass
@@ -66,31 +80,59 @@ class TrainOutcome:
         if self.skipped:
             out["skipped"] = self.skipped
         for key in ("threshold", "daily_cycle", "note", "training_flag_rate", "excluded_windows",
-                    "restored_windows", "replaced"):  # fmt: skip
+                    "restored_windows", "gap_windows", "stretched_windows", "other_length_windows",
+                    "history_windows", "window_seconds", "replaced"):  # fmt: skip
             if key in self.metadata:
                 out[key] = self.metadata[key]
         return out
 
 
-_NAMES = ("window", "start", "schema", "no_data", *FEATURE_NAMES)
-_DEFAULTS = ("nan", "nan", str(SCHEMA_VERSION), "0", *("0" for _ in FEATURE_NAMES))  # as from_stream_entry
+_META = ("window", "start", "schema", "no_data", "ws", "silent", "stretched")
+_WINDOW, _START, _SCHEMA, _NO_DATA, _WS, _SILENT, _STRETCHED = range(len(_META))
+_NAMES = (*_META, *FEATURE_NAMES)
 
 
-def _recent_rows(r: redis.Redis, service: str, n: int, *, keys: Keys) -> np.ndarray:
-    """(m, 4 + features) for the last `n` fingerprints, oldest first: window, start, schema, no_data, features."""
-    rows = fingerprints.latest_columns(r, service, n, _NAMES, _DEFAULTS, keys=keys)
+def _defaults(window_s: int) -> tuple[str, ...]:
+    """As from_stream_entry: entries written before `ws` was recorded count as the current length."""
+    return ("nan", "nan", str(SCHEMA_VERSION), "0", str(window_s), "0", "0", *("0" for _ in FEATURE_NAMES))
+
+
+def _window_seconds(r: redis.Redis, keys: Keys) -> int:
+    raw = r.hget(keys.config, "window_seconds")
+    return int(raw) if raw else config.DEFAULT_WINDOW_SECONDS
+
+
+def _recent_rows(r: redis.Redis, service: str, n: int, *, keys: Keys, window_s: int) -> tuple[np.ndarray, int, int]:
+    """(rows, windows of another length, windows from history): the last `n` windows of `window_s`
+    seconds, oldest first, from the live stream and, before it, the service's history of that length.
+    A row is _META then the features."""
+    defaults = _defaults(window_s)
+    live = fingerprints.latest_columns(r, service, n, _NAMES, defaults, keys=keys)
+    same = live[:, _WS] == window_s
+    other_length = int(np.count_nonzero(~same))
+    live = live[same]
+    history = np.empty((0, len(_NAMES)))
+    if live.shape[0] < n:
+        history = fingerprints.latest_columns(r, service, n - live.shape[0], _NAMES, defaults, keys=keys,
+                                              stream=keys.history(service, window_s))  # fmt: skip
+    rows = np.concatenate([history, live]) if history.shape[0] else live
     if not np.all(np.isfinite(rows[:, :2])):
         raise ValueError(f"fingerprint stream of {service!r}: an entry without a window or start")
-    return rows
+    return rows, other_length, int(history.shape[0])
 
 
 def recent_windows(r: redis.Redis, service: str, n: int, *, keys: Keys) -> list[Fingerprint]:
-    """The last `n` fingerprints of a service, oldest first, features only (no KPI values).
+    """The last `n` fingerprints of a service at today's window length (history included), oldest
+    first, features only (no KPI values).
 
     Several times faster than `fingerprints.latest` over thousands of windows (see `latest_columns`).
     """
-    return [Fingerprint(service=service, window=int(v[0]), start=float(v[1]), vector=v[4:], schema=int(v[2]),
-                        no_data=bool(v[3] == 1.0)) for v in _recent_rows(r, service, n, keys=keys)]  # fmt: skip
+    window_s = _window_seconds(r, keys)
+    rows, _, _ = _recent_rows(r, service, n, keys=keys, window_s=window_s)
+    return [Fingerprint(service=service, window=int(v[_WINDOW]), start=float(v[_START]),
+                        vector=v[len(_META):], schema=int(v[_SCHEMA]), no_data=bool(v[_NO_DATA] == 1.0),
+                        window_seconds=int(v[_WS]), silent=bool(v[_SILENT] == 1.0),
+                        stretched=bool(v[_STRETCHED] == 1.0)) for v in rows]  # fmt: skip
 
 
 def _inside(windows: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
@@ -100,35 +142,66 @@ def _inside(windows: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
     return mask
 
 
+def gap_mask(windows: np.ndarray, silent: np.ndarray, window_s: int) -> np.ndarray:
+    """Which rows lie in a gap: a run of consecutive silent windows (no event at all) lasting at least
+    TRAINING_GAP_SECONDS and 2 windows. Sealing makes such windows up when nothing arrived; they say the
+    producers were down, not what the service does."""
+    mask = np.zeros(windows.shape, dtype=bool)
+    if not windows.size:
+        return mask
+    least = max(2, math.ceil(config.TRAINING_GAP_SECONDS / window_s))
+    # runs: consecutive rows that are silent and one window apart
+    breaks = np.flatnonzero(~silent[1:] | ~silent[:-1] | (np.diff(windows) != 1)) + 1
+    for run in np.split(np.arange(windows.size), breaks):
+        if run.size and silent[run[0]] and run.size >= least:
+            mask[run] = True
+    return mask
+
+
 def training_data(
     r: redis.Redis, service: str, windows: int | None = None, *, keys: Keys | None = None
 ) -> TrainingData:
     """The service's training windows (see the module docstring), oldest first, one row per window."""
     keys = keys or Keys(config.key_prefix())
-    rows = _recent_rows(r, service, windows or config.DEFAULT_RETENTION_WINDOWS, keys=keys)
+    window_s = _window_seconds(r, keys)
+    rows, other_length, from_history = _recent_rows(r, service, windows or config.DEFAULT_RETENTION_WINDOWS,
+                                                    keys=keys, window_s=window_s)  # fmt: skip
     excluded_spans, included_spans = incidents.training_windows(r, service, keys=keys)
-    numbers = rows[:, 0].astype(np.int64)
-    usable = (rows[:, 3] != 1.0) & (rows[:, 2] == SCHEMA_VERSION)
+    numbers = rows[:, _WINDOW].astype(np.int64)
+    usable = (rows[:, _NO_DATA] != 1.0) & (rows[:, _SCHEMA] == SCHEMA_VERSION)
+    gaps = usable & gap_mask(numbers, rows[:, _SILENT] == 1.0, window_s)
+    stretched = usable & ~gaps & (rows[:, _STRETCHED] == 1.0)
+    usable &= ~gaps & ~stretched
     left_out = usable & _inside(numbers, excluded_spans) & ~_inside(numbers, included_spans)
     kept = rows[usable & ~left_out]
     restored: list[np.ndarray] = []
-    if rows.shape[0] and rows[0, 0] != 0:
-        oldest, window_s = rows[0, 0], rows[0, 1] / rows[0, 0]
+    if rows.shape[0] and rows[0, _WINDOW] != 0:
+        oldest = rows[0, _WINDOW]
         for lo, hi in included_spans:
             if lo >= oldest:
                 continue
-            restored += [np.concatenate([[fp.window, fp.start, fp.schema, 0.0], fp.vector])
+            restored += [np.concatenate([[fp.window, fp.start, fp.schema, 0.0, window_s, 0.0, 0.0], fp.vector])
                          for fp in fingerprints.read(r, service, lo * window_s, hi * window_s, keys=keys)
-                         if not fp.no_data and fp.schema == SCHEMA_VERSION]  # fmt: skip
+                         if not fp.no_data and fp.schema == SCHEMA_VERSION
+                         and fp.window_seconds in (None, window_s)]  # fmt: skip
     restored_rows = np.array(restored).reshape(-1, rows.shape[1])
-    restored_rows = restored_rows[~np.isin(restored_rows[:, 0], kept[:, 0])]
+    restored_rows = restored_rows[~np.isin(restored_rows[:, _WINDOW], kept[:, _WINDOW])]
     # one row per window, the newest entry of a window winning, sorted by window
     everything = np.concatenate([restored_rows, kept])[::-1]
-    _, first = np.unique(everything[:, 0], return_index=True)
+    _, first = np.unique(everything[:, _WINDOW], return_index=True)
     chosen = everything[first]
-    restored_count = len(np.unique(restored_rows[:, 0]))
-    return TrainingData(chosen[:, 0].astype(np.int64), chosen[:, 1].copy(), chosen[:, 4:].copy(),
-                        excluded=int(np.count_nonzero(left_out)), restored=restored_count)  # fmt: skip
+    restored_count = len(np.unique(restored_rows[:, _WINDOW]))
+    return TrainingData(chosen[:, _WINDOW].astype(np.int64), chosen[:, _START].copy(),
+                        chosen[:, len(_META):].copy(), excluded=int(np.count_nonzero(left_out)),
+                        restored=restored_count, gaps=int(np.count_nonzero(gaps)),
+                        stretched=int(np.count_nonzero(stretched)), other_length=other_length,
+                        history=from_history)  # fmt: skip
+
+
+def _learning_reason(data: TrainingData, err: Exception) -> str:
+    """Why a service stays learning, with what training left out."""
+    left = data.left_out()
+    return f"learning: {err}" + (f" ({left})" if left else "")
 
 
 def train_service(
@@ -146,19 +219,28 @@ def train_service(
     began = time.perf_counter()
     data = training_data(r, service, windows, keys=keys)
     params = replace(params or TrainParams(), extra={"service": service})
+    if data.gaps > len(data):
+        return TrainOutcome(service, windows=len(data), metadata=_summary(None, data),
+                            skipped=f"learning: most of its history is a gap: {data.gaps:,} windows without any "
+                                    f"event against {len(data):,} with data (left out; send traffic or a backfill)")
     try:
         model = train(data.X, params, progress, cancel, data.timestamps)
     except InsufficientHistory as err:
-        return TrainOutcome(service, windows=len(data), skipped=f"learning: {err}")
+        return TrainOutcome(service, windows=len(data), skipped=_learning_reason(data, err),
+                            metadata=_summary(None, data))
     version = store_model(r, service, model, data, activate=activate, keys=keys)
     return TrainOutcome(service, version, len(data), time.perf_counter() - began,
                         metadata=_summary(model, data))  # fmt: skip
 
 
-def _summary(model: Model, data: TrainingData) -> dict[str, Any]:
-    meta = dict(model.metadata)
+def _summary(model: Model | None, data: TrainingData) -> dict[str, Any]:
+    meta = dict(model.metadata) if model is not None else {}
     meta["excluded_windows"] = data.excluded
     meta["restored_windows"] = data.restored
+    meta["gap_windows"] = data.gaps
+    meta["stretched_windows"] = data.stretched
+    meta["other_length_windows"] = data.other_length
+    meta["history_windows"] = data.history
     return meta
 
 
@@ -166,8 +248,9 @@ def store_model(
     r: redis.Redis, service: str, model: Model, data: TrainingData, *, activate: bool = True,
     keys: Keys | None = None,
 ) -> int:  # fmt: skip
-    """Save a trained model with its registry metadata; returns the version."""
+    """Save a trained model with its registry metadata (its window length among it); returns the version."""
     meta = model.metadata
+    window_s = _window_seconds(r, keys or Keys(config.key_prefix()))
     metadata = {
         "windows": len(data),
         "schema": meta.get("schema", SCHEMA_VERSION),
@@ -180,7 +263,10 @@ def store_model(
             "note": meta.get("note"),
             "excluded_windows": data.excluded,
             "restored_windows": data.restored,
+            "gap_windows": data.gaps,
+            "stretched_windows": data.stretched,
         },
+        "window_seconds": window_s,
         "first_window": int(data.windows[0]) if len(data) else None,
         "last_window": int(data.windows[-1]) if len(data) else None,
     }

@@ -32,6 +32,7 @@ from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter, presented_key
 from anomalydesk.ingest.microbatch import Event, IngestFn, MicroBatcher
 from anomalydesk.ingest.openapi import openapi_document
 from anomalydesk.ingest.otlp import OtlpReceiver
+from anomalydesk.store.sink import ConfigChanged
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,11 @@ class Collector:
             self.metrics.redis_errors += 1
             log.warning("collector: Redis unreachable, answering 503: %s", err)
             return _error(503, "Redis is unreachable; nothing was stored, retry later",
+                          {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
+        except ConfigChanged as err:  # setup ran again and again while this batch was re-encoded
+            log.warning("collector: %s; answering 503", err)
+            return _error(503, "the server's setup kept changing while storing this batch; retry it "
+                               "(with the same Idempotency-Key, nothing is counted twice)",
                           {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
         self.metrics.events_accepted += outcome.accepted
         headers = None

@@ -41,7 +41,7 @@ from anomalydesk.ingest.demo_model import (
     check_fault,
 )
 from anomalydesk.ingest.demo_services import load_factor, service_names
-from anomalydesk.store.admin import read_settings, setup
+from anomalydesk.store.admin import covered_spans, read_settings, setup
 from anomalydesk.store.gears import ensure_library
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import BufferFull, IngestResult, IngestSink, seal_all
@@ -136,13 +136,19 @@ def _history_chunk(sim: Simulation, svc: int, chunk: int, chunk_s: int, rate: fl
     return sim.generate(svc, c0, c0 + chunk_s, rate, np.random.default_rng([seed, svc, chunk]), faults)
 
 
-def _clip(traffic: Traffic, start: float, end: float) -> Traffic:
-    keep = (traffic.timestamps >= start) & (traffic.timestamps < end)
+def _inside(ts: np.ndarray, start: float, end: float, skip: tuple[float, float] | None) -> np.ndarray:
+    keep = (ts >= start) & (ts < end)
+    return keep if skip is None else keep & ((ts < skip[0]) | (ts >= skip[1]))
+
+
+def _clip(traffic: Traffic, start: float, end: float, skip: tuple[float, float] | None = None) -> Traffic:
+    """The traffic in [start, end), without the span `skip` [a, b) when given."""
+    keep = _inside(traffic.timestamps, start, end, skip)
     if not keep.all():
         traffic = Traffic(traffic.service, traffic.endpoints, traffic.endpoint_idx[keep], traffic.status[keep],
                           traffic.latency_ms[keep], traffic.timestamps[keep], traffic.kpis)  # fmt: skip
     for kpi in traffic.kpis:
-        inside = (kpi.timestamps >= start) & (kpi.timestamps < end)
+        inside = _inside(kpi.timestamps, start, end, skip)
         kpi.values, kpi.timestamps = kpi.values[inside], kpi.timestamps[inside]
         kpi.low, kpi.high = kpi.low[inside], kpi.high[inside]
     return traffic
@@ -174,9 +180,14 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     chunk_s = _chunk_seconds(rate, window_s)
     first, last = math.floor(start / chunk_s), math.ceil(end / chunk_s)
 
+    # what a service's live stream covers already is left out: earlier windows land in its history,
+    # later ones continue a replayed stream (read before the first write: this run starts others' streams)
+    covered = covered_spans(r, sim.names, keys)
+
     def chunks(lo: float, hi: float) -> Iterator[list[Traffic]]:
         for chunk in range(math.floor(lo / chunk_s), math.ceil(hi / chunk_s)):
-            yield [_clip(_history_chunk(sim, svc, chunk, chunk_s, rate, seed, faults), lo, hi)
+            yield [_clip(_history_chunk(sim, svc, chunk, chunk_s, rate, seed, faults), lo, hi,
+                         covered.get(sim.names[svc]))
                    for svc in range(services)]  # fmt: skip
 
     # the sink holds one chunk of every service; we flush after each chunk, never on size
@@ -209,17 +220,35 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
     finally:
         truth.close()
     wall = time.perf_counter() - wall0
+    stopped = {name: span[0] for name, span in covered.items() if span[0] < end and span[1] > start}
     summary = {
         "mode": "fast", "services": sim.names, "rate": rate, "seed": seed, "window_seconds": window_s,
         "start": start, "end": end, "duration_s": duration, "caught_up_s": end - start - duration,
         "wall_s": round(wall, 3),
         "events": events, "business_metrics": kpis, "accepted": result.accepted, "late": result.late,
+        "events_accepted": result.events_accepted, "events_late": result.events_late,
+        "kpis_accepted": result.kpis_accepted, "kpis_late": result.kpis_late,
+        "left_out": {name: [a, None if b == math.inf else b] for name, (a, b) in covered.items() if name in stopped},
+        "history_windows_sealed": result.history_sealed,
         "windows_sealed": result.sealed + sealed, "events_per_s": round(events / wall, 1) if wall > 0 else None,
         "faults": truth.recorded, "truth_file": str(truth_path) if truth_path is not None else None,
     }  # fmt: skip
-    summary["summary"] = (f"{events:,} events over {duration:g} simulated s in {wall:.1f} s"
-                          + (f", {result.late:,} late" if result.late else ""))  # fmt: skip
+    summary["summary"] = _fast_summary(events, kpis, duration, wall, result, stopped, start)
     return summary
+
+
+def _fast_summary(events: int, kpis: int, duration: float, wall: float, result: IngestResult,
+                  stopped: dict[str, float], start: float) -> str:
+    """One line: what was sent, where history stopped, and what was refused and why."""
+    text = f"{events:,} events and {kpis:,} KPI reports over {duration:g} simulated s in {wall:.1f} s"
+    if stopped:
+        earliest = min(stopped.values())
+        text += (f"; left out what {len(stopped)} service(s) already have (their streams begin at "
+                 f"{time.strftime('%H:%M:%S', time.localtime(earliest))}; earlier windows are history)")
+    if result.late:
+        text += (f"; refused as late (their windows were already sealed): {result.events_late:,} events, "
+                 f"{result.kpis_late:,} KPI reports")
+    return text
 
 
 def _server_window_start(r: redis.Redis, window_s: int) -> float:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import orjson
 import redis
 
 from anomalydesk.config import SketchSettings, key_prefix
 from anomalydesk.fingerprint import SCHEMA_VERSION
 from anomalydesk.store import capabilities
+from anomalydesk.store.encoding import config_from
 from anomalydesk.store.gears import ensure_library
 from anomalydesk.store.keys import Keys
 
@@ -27,7 +30,9 @@ _SIZE_FIELDS = {
 }
 # what a change of each setting resets (said before --force and after it)
 _RESETS = {
-    "window_seconds": "open windows of every service (their events are dropped) and window bookkeeping",
+    "window_seconds": ("the window length of every service: open windows are carried into windows of the new "
+                       "length (no event is dropped); fingerprints and models of the old length are no longer "
+                       "used for training, so every service learns again"),
     "cms_width": "Count-Min Sketches (endpoint and status counts) of every service",
     "cms_depth": "Count-Min Sketches (endpoint and status counts) of every service",
     "filter_capacity": "interaction filters of every service (every endpoint counts as new once more)",
@@ -45,6 +50,7 @@ class StoredSettings:
     settings: SketchSettings
     backend: str
     configured: bool
+    generation: int = 0  # moves on every change of the window length or the sketches (gears refuses older ones)
 
 
 def _text(v: Any) -> str:
@@ -68,7 +74,8 @@ def read_settings(r: redis.Redis, keys: Keys | None = None) -> StoredSettings:
     for field, attr in _SIZE_FIELDS.items():
         if field in raw:
             values[attr] = float(raw[field]) if attr in ("filter_error", "raw_sample") else int(raw[field])
-    return StoredSettings(SketchSettings(**values), raw.get("backend", "functions"), True)
+    return StoredSettings(SketchSettings(**values), raw.get("backend", "functions"), True,
+                          int(raw.get("config_gen", 0)))
 
 
 def _explicit(settings: SketchSettings) -> dict[str, Any]:
@@ -103,16 +110,20 @@ def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: K
             + "; ".join(resets)
         )
     backend = detect_backend(r)
-    reset_services: list[str] = []
-    if changed and resets:
-        reset_windows = "window_seconds" in changed
-        for service in sorted(_text(s) for s in r.smembers(keys.services)):
-            r.fcall("ad_reset", 1, keys.state(service), keys.prefix, service, "1" if reset_windows else "0")
-            reset_services.append(service)
-    mapping = {**wanted, "backend": backend, "schema": SCHEMA_VERSION, "library_version": version}
+    generation = current.generation
+    if current.configured and ((changed and resets) or backend != current.backend):
+        generation += 1  # every service is brought to it: its next call with an older config is refused
+    mapping = {**wanted, "backend": backend, "schema": SCHEMA_VERSION, "library_version": version,
+               "config_gen": generation}
     if not current.configured:
         mapping["created_at"] = time.time()
     r.hset(keys.config, mapping={k: str(v) for k, v in mapping.items()})
+    reset_services: list[str] = []
+    if generation != current.generation:
+        cfg = orjson.dumps(config_from(read_settings(r, keys).settings, backend, generation).payload_cfg)
+        for service in sorted(_text(s) for s in r.smembers(keys.services) | r.smembers(keys.retired)):
+            if r.fcall("ad_configure", 1, keys.state(service), keys.prefix, service, cfg):
+                reset_services.append(service)
     migrated = migrate_incident_keys(r, keys)
     return {
         "created": not current.configured,
@@ -143,10 +154,13 @@ def list_services(r: redis.Redis, keys: Keys | None = None) -> list[dict[str, An
     retired = {_text(s) for s in r.smembers(keys.retired)}
     names = sorted(active | retired)
     states = _service_states(r, keys, names)
+    window_s = read_settings(r, keys).settings.window_seconds
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.xlen(keys.fingerprints(name))
-    lengths = pipe.execute()
+        pipe.xlen(keys.history(name, window_s))
+    counts = pipe.execute()
+    lengths, histories = counts[0::2], counts[1::2]
     return [
         {
             "name": name,
@@ -156,9 +170,34 @@ def list_services(r: redis.Redis, keys: Keys | None = None) -> list[dict[str, An
             "windows_sealed": int(states[name].get("windows_sealed", 0)),
             "last_sealed_window": int(states[name]["sealed"]) if "sealed" in states[name] else None,
             "fingerprints": length,
+            "kpi_reports": int(states[name].get("kpis", 0)),
+            "history_events": int(states[name].get("history_events", 0)),
+            "history_fingerprints": history,
         }
-        for name, length in zip(names, lengths, strict=True)
+        for name, length, history in zip(names, lengths, histories, strict=True)
     ]
+
+
+def covered_spans(r: redis.Redis, services: list[str], keys: Keys | None = None) -> dict[str, tuple[float, float]]:
+    """service → [start, end) epoch seconds its live stream already covers, for services whose stream is
+    under way: from its first window to the end of its last sealed one (to no end once live traffic runs).
+
+    A backfill leaves that span out: earlier windows are history, the span is late (or live traffic's),
+    windows after a replayed stream's last sealed one continue it. Other services take any window.
+    """
+    keys = keys or Keys(key_prefix())
+    pipe = r.pipeline(transaction=False)
+    for service in services:
+        pipe.hmget(keys.state(service), "first", "sealed", "live", "W")
+    out: dict[str, tuple[float, float]] = {}
+    window_s = read_settings(r, keys).settings.window_seconds
+    for service, (first, sealed, live, w) in zip(services, pipe.execute(), strict=True):
+        if first is None or (sealed is None and live is None):
+            continue
+        length = int(w) if w is not None else window_s
+        end = math.inf if live is not None else (int(sealed) + 1) * length
+        out[service] = (int(first) * length, end)
+    return out
 
 
 def retire_service(r: redis.Redis, name: str, keys: Keys | None = None) -> bool:
@@ -213,6 +252,7 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
         "services": [s["name"] for s in services if not s["retired"]],
         "retired_services": [s["name"] for s in services if s["retired"]],
         "fingerprints": sum(s["fingerprints"] for s in services),
+        "history_fingerprints": sum(s["history_fingerprints"] for s in services),
         "models": models,
         "incidents_open": int(r.scard(keys.incidents_open)),
         "alerts_total": alerts_total,

@@ -196,14 +196,17 @@ class Config:
     retention: int
     read_at: float
     raw_sample: float = 0.0
+    generation: int = 0
 
 
-def config_from(settings: SketchSettings, backend: str) -> Config:
+def config_from(settings: SketchSettings, backend: str, generation: int = 0) -> Config:
+    """What every payload carries of the server's setup (`cfg`); gears refuses an older generation."""
     width, depth = settings.cms_dims()
-    cfg = {"W": settings.window_seconds, "cw": width, "cd": depth, "fc": settings.filter_capacity,
+    cfg = {"g": generation, "W": settings.window_seconds, "cw": width, "cd": depth, "fc": settings.filter_capacity,
            "fe": settings.filter_error, "tk": settings.topk, "ret": settings.retention, "be": backend,
            "rm": RAW_STREAM_MAXLEN}
-    return Config(settings.window_seconds, cfg, settings.retention, time.monotonic(), settings.raw_sample)
+    return Config(settings.window_seconds, cfg, settings.retention, time.monotonic(), settings.raw_sample,
+                  generation)
 
 
 def encode(columns: dict[str, Columns], config: Config, replay: bool, batch_id: str | None,

@@ -60,14 +60,16 @@ def latest(r: redis.Redis, service: str, n: int, keys: Keys | None = None) -> li
 
 
 def latest_columns(r: redis.Redis, service: str, n: int, names: Sequence[str], defaults: Sequence[str], *,
-                   keys: Keys) -> np.ndarray:
+                   keys: Keys, stream: str | None = None) -> np.ndarray:
     """(m ≤ n, len(names)) float64: the named fields of the last `n` entries, oldest first.
+
+    `stream` defaults to the service's live fingerprint stream (`Keys.history` for its history).
 
     For training on up to a day of windows: entries are taken as the server sends them (no dict per
     entry, no decoding), and only the named fields are converted, in one pass; an entry without a
     field gets its default. A field that is not a number raises ValueError.
     """
-    stream, high = keys.fingerprints(service), b"+"
+    stream, high = stream or keys.fingerprints(service), b"+"
     raw = _raw_client(r, stream)
     wanted = [name.encode() for name in names]
     fallback = [default.encode() for default in defaults]

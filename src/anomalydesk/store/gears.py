@@ -102,3 +102,11 @@ def ensure_library(r: redis.Redis) -> int:
 def is_missing_function(reply: object) -> bool:
     """Whether a reply says the server does not have our functions (lost them in a restart, a new node)."""
     return isinstance(reply, redis.ResponseError) and "function not found" in str(reply).lower()
+
+
+STALE_CONFIG = "STALECONFIG"
+
+
+def is_stale_config(reply: object) -> bool:
+    """Whether a reply says the caller's config is older than the service's (re-read it and send again)."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith(STALE_CONFIG)

@@ -135,8 +135,14 @@ class Keys:
         """Stream of sealed fingerprints; entry id = window start in ms."""
         return f"{self.tag(service)}:fp"
 
+    def history(self, service: str, window_seconds: int) -> str:
+        """Stream of sealed history fingerprints of one window length: windows before the live stream's
+        first one, sent later (a backfill); training and plots read it, the detector never does."""
+        return f"{self.tag(service)}:hist:{window_seconds}"
+
     def state(self, service: str) -> str:
-        """Hash: first (window), sealed (last sealed window), clock/clock_at (replay clock)."""
+        """Hash: first (window), sealed (last sealed window), clock/clock_at (replay clock), live, hsealed,
+        hclock/hclock_at (history), g/W (the config generation and window length it is set to)."""
         return f"{self.tag(service)}:state"
 
     def window(self, service: str, window: int) -> str:

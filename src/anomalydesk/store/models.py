@@ -56,6 +56,12 @@ class ModelInfo:
         """A model of an older fingerprint schema cannot score today's fingerprints."""
         return self.schema != SCHEMA_VERSION
 
+    @property
+    def window_seconds(self) -> int | None:
+        """The window length it was trained at (None: a model from before that was recorded)."""
+        value = self.extra.get("window_seconds")
+        return int(value) if value is not None else None
+
     def as_dict(self) -> dict[str, Any]:
         """The JSON shape `models list --json` prints."""
         return {

@@ -8,31 +8,40 @@ from __future__ import annotations
 
 import threading
 
+import orjson
 import redis
 
 from anomalydesk.config import MAX_SILENT_WINDOWS_SEALED, REPLAY_CLOCK_HOLD_SECONDS, key_prefix
 from anomalydesk.store.admin import read_settings
-from anomalydesk.store.gears import ensure_library, is_missing_function
+from anomalydesk.store.encoding import config_from
+from anomalydesk.store.gears import ensure_library, is_missing_function, is_stale_config
 from anomalydesk.store.keys import Keys
 
 
-def seal_all(r: redis.Redis, now: float | None = None, keys: Keys | None = None) -> int:
-    """Seal every known, non-retired service's closed windows (`now`: epoch seconds, None = server time)."""
+def seal_all(r: redis.Redis, now: float | None = None, keys: Keys | None = None, *, _retried: bool = False) -> int:
+    """Seal every known, non-retired service's closed windows (`now`: epoch seconds, None = server time).
+
+    Seals each service's history too (docs/engine.md "History"). A setup that changed the window
+    length meanwhile makes gears refuse the settings read here: they are read again, once.
+    """
     keys = keys or Keys(key_prefix())
     stored = read_settings(r, keys)
     window_s = stored.settings.window_seconds
     services = [s.decode() if isinstance(s, bytes) else s for s in r.smembers(keys.services)]
     if not services:
         return 0
+    cfg = orjson.dumps(config_from(stored.settings, stored.backend, stored.generation).payload_cfg)
     now_window = "" if now is None else str(int(now // window_s))
     pipe = r.pipeline(transaction=False)
     for service in services:
-        pipe.fcall("ad_seal", 1, keys.state(service), keys.prefix, service, window_s, now_window,
-                   stored.settings.retention, MAX_SILENT_WINDOWS_SEALED, REPLAY_CLOCK_HOLD_SECONDS)
+        pipe.fcall("ad_seal", 1, keys.state(service), keys.prefix, service, cfg, now_window,
+                   MAX_SILENT_WINDOWS_SEALED, REPLAY_CLOCK_HOLD_SECONDS)
     replies = pipe.execute(raise_on_error=False)
     if any(is_missing_function(x) for x in replies):
         ensure_library(r)
         return seal_all(r, now, keys)
+    if not _retried and any(is_stale_config(x) for x in replies):
+        return sum(int(x) for x in replies if not isinstance(x, Exception)) + seal_all(r, now, keys, _retried=True)
     for service, reply in zip(services, replies, strict=True):
         if isinstance(reply, Exception):
             raise RuntimeError(f"sealing {service} failed: {reply}")

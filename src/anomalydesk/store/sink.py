@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -42,13 +42,13 @@ from anomalydesk.store.encoding import (
     encode,
     encode_aggregates,
 )
-from anomalydesk.store.gears import ensure_library, is_missing_function, library_source
+from anomalydesk.store.gears import ensure_library, is_missing_function, is_stale_config, library_source
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sealing import SealTicker, seal_all
 
 __all__ = [
-    "AsyncWriter", "BufferFull", "IngestResult", "IngestSink", "InvalidBatch", "NotSetUp", "SealTicker",
-    "WindowAggregate", "columns_of", "encode", "ingest", "ingest_aggregates", "ingest_async", "seal_all",
+    "AsyncWriter", "BufferFull", "ConfigChanged", "IngestResult", "IngestSink", "InvalidBatch", "NotSetUp",
+    "SealTicker", "WindowAggregate", "columns_of", "encode", "ingest", "ingest_aggregates", "ingest_async", "seal_all",
 ]
 
 log = logging.getLogger(__name__)
@@ -56,14 +56,36 @@ log = logging.getLogger(__name__)
 _CONFIG_TTL_SECONDS = 5.0
 _CONFIG_RETRY_SECONDS = 1.0  # a failed re-read is tried again after this long (the cached config serves)
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+# a setup that changed the window length or sketch sizes makes gears refuse older configs: re-read the
+# config, encode again and resend this many times (one is enough unless setup runs again meanwhile)
+_CONFIG_RETRIES = 3
 Payloads = list[tuple[str, bytes]]
+# encodes (again) for a config: all services, or only those named (None = all)
+Reencode = Callable[[Config, "set[str] | None"], Payloads]
 
 
 class IngestResult(NamedTuple):
+    """What the server did with a batch. `accepted`/`late` count request events and KPI reports;
+    `kpis_accepted`/`kpis_late` the KPI reports among them; `sealed`/`history_sealed` windows sealed
+    into the live stream / into history."""
+
     accepted: int = 0
     late: int = 0
     duplicate_batches: int = 0
     sealed: int = 0
+    kpis_accepted: int = 0
+    kpis_late: int = 0
+    history_sealed: int = 0
+
+    @property
+    def events_accepted(self) -> int:
+        """Request events accepted (KPI reports not counted)."""
+        return self.accepted - self.kpis_accepted
+
+    @property
+    def events_late(self) -> int:
+        """Request events refused as late (KPI reports not counted)."""
+        return self.late - self.kpis_late
 
     def __add__(self, other: tuple) -> IngestResult:  # type: ignore[override]
         return IngestResult(*(a + b for a, b in zip(self, other, strict=True)))
@@ -81,6 +103,11 @@ class InvalidBatch(ValueError):
     """The server refused a batch as invalid (nothing of it was written)."""
 
 
+class ConfigChanged(RuntimeError):
+    """The server's setup kept changing while a batch was re-encoded and resent (nothing of it was lost:
+    the batch stays with the producer)."""
+
+
 def _queue(pipe: Any, keys: Keys, payloads: Payloads, known: set[str]) -> list[str]:
     """Queue the registration of services new to this writer and one FCALL per payload."""
     new = sorted({s for s, _ in payloads if s not in known})
@@ -92,14 +119,28 @@ def _queue(pipe: Any, keys: Keys, payloads: Payloads, known: set[str]) -> list[s
     return new
 
 
-def _tally(payloads: Payloads, replies: list[Any]) -> IngestResult:
+def _tally(payloads: Payloads, replies: list[Any]) -> tuple[IngestResult, set[str]]:
+    """The server's answers added up, and the services that refused the config as stale."""
     total = IngestResult()
+    stale: set[str] = set()
     for (service, _), reply in zip(payloads, replies, strict=True):
+        if is_stale_config(reply):
+            stale.add(service)
+            continue
         if isinstance(reply, redis.ResponseError):
             raise InvalidBatch(f"{service}: {reply}")
-        accepted, late, sealed, duplicate = (int(x) for x in reply)
-        total = total + IngestResult(accepted, late, duplicate, sealed)
-    return total
+        accepted, late, sealed, duplicate, kpis_accepted, kpis_late, history_sealed = (int(x) for x in reply)
+        total = total + IngestResult(accepted, late, duplicate, sealed, kpis_accepted, kpis_late, history_sealed)
+    return total, stale
+
+
+def _only(columns: dict[str, Columns], services: set[str] | None) -> dict[str, Columns]:
+    return columns if services is None else {s: c for s, c in columns.items() if s in services}
+
+
+def _stale_error(stale: set[str]) -> ConfigChanged:
+    return ConfigChanged(f"the server's setup kept changing while sending to {', '.join(sorted(stale))}; "
+                         f"the batch was not stored")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,6 +165,11 @@ class _Writer:
         now = time.monotonic()
         if self._config is not None and (now - self._config.read_at <= _CONFIG_TTL_SECONDS or now < self._retry_at):
             return self._config
+        return self.refresh()
+
+    def refresh(self) -> Config:
+        """Read the server's settings now (see `config`)."""
+        now = time.monotonic()
         try:
             stored = read_settings(self.r, self.keys)
             if not stored.configured:
@@ -137,29 +183,44 @@ class _Writer:
             log.debug("keeping the cached settings: re-reading them failed (%s)", err)
             self._retry_at = now + _CONFIG_RETRY_SECONDS
             return self._config
-        self._config = config_from(stored.settings, stored.backend)
+        self._config = config_from(stored.settings, stored.backend, stored.generation)
         self._known.clear()  # re-register services now and then: the server may have lost them
         return self._config
 
-    def write(self, payloads: Payloads) -> IngestResult:
-        """Send encoded payloads: one FCALL each, pipelined."""
+    def write(self, payloads: Payloads, reencode: Reencode | None = None) -> IngestResult:
+        """Send encoded payloads: one FCALL each, pipelined. Services that refuse the config as changed
+        get `reencode`'s payloads for the config read again (ConfigChanged without it, or if it keeps changing)."""
+        total = IngestResult()
+        for attempt in range(_CONFIG_RETRIES + 1):
+            result, stale = self._send(payloads)
+            total = total + result
+            if not stale:
+                return total
+            if reencode is None or attempt == _CONFIG_RETRIES:
+                raise _stale_error(stale)
+            log.info("setup changed on the server: re-encoding for %s", ", ".join(sorted(stale)))
+            payloads = reencode(self.refresh(), stale)
+        raise AssertionError("unreachable")
+
+    def _send(self, payloads: Payloads) -> tuple[IngestResult, set[str]]:
         if not payloads:
-            return IngestResult()
+            return IngestResult(), set()
         pipe = self.r.pipeline(transaction=False)
         new = _queue(pipe, self.keys, payloads, self._known)
         replies = pipe.execute(raise_on_error=False)[2 if new else 0:]
         if any(is_missing_function(x) for x in replies):
             ensure_library(self.r)  # the server lost its functions (restart without persistence)
             self._known.clear()
-            return self.write(payloads)
+            return self._send(payloads)
         self._known.update(new)
         return _tally(payloads, replies)
 
-    def write_retrying(self, payloads: Payloads, attempts: int = SINK_RETRY_ATTEMPTS) -> IngestResult:
+    def write_retrying(self, payloads: Payloads, attempts: int = SINK_RETRY_ATTEMPTS,
+                       reencode: Reencode | None = None) -> IngestResult:
         delay = SINK_RETRY_BASE_SECONDS
         for attempt in range(attempts):
             try:
-                return self.write(payloads)
+                return self.write(payloads, reencode)
             except _RETRYABLE:
                 if attempt == attempts - 1:
                     raise
@@ -189,7 +250,12 @@ def ingest(r: redis.Redis, events: Iterable[Event], *, batch_id: str | None = No
            replay: bool = False, keys: Keys | None = None) -> IngestResult:
     """Write validated events now: one pre-aggregated FCALL per service, pipelined."""
     writer = _writer_for(r, keys)
-    return writer.write(encode(columns_of(events), writer.config(), replay, batch_id or uuid.uuid4().hex))
+    columns, batch = columns_of(events), batch_id or uuid.uuid4().hex
+
+    def reencode(config: Config, services: set[str] | None) -> Payloads:
+        return encode(_only(columns, services), config, replay, batch)
+
+    return writer.write(reencode(writer.config(), None), reencode)
 
 
 def ingest_aggregates(r: redis.Redis, service: str, windows: Sequence[WindowAggregate], *,
@@ -197,8 +263,12 @@ def ingest_aggregates(r: redis.Redis, service: str, windows: Sequence[WindowAggr
                       sparse: bool = False, keys: Keys | None = None) -> IngestResult:
     """Write pre-aggregated windows of one service now (the synchronous twin of AsyncWriter's)."""
     writer = _writer_for(r, keys)
-    return writer.write(encode_aggregates(service, windows, writer.config(), kpis=kpis, replay=replay,
-                                          batch_id=batch_id or uuid.uuid4().hex, sparse=sparse))
+    batch = batch_id or uuid.uuid4().hex
+
+    def reencode(config: Config, _services: set[str] | None) -> Payloads:
+        return encode_aggregates(service, windows, config, kpis=kpis, replay=replay, batch_id=batch, sparse=sparse)
+
+    return writer.write(reencode(writer.config(), None), reencode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -213,26 +283,44 @@ class AsyncWriter:
         self._known: set[str] = set()
         self._config: Config | None = None
 
-    async def config(self) -> Config:
-        """The server's settings (re-read every few seconds); setup must have run (the collector does it)."""
-        if self._config is None or time.monotonic() - self._config.read_at > _CONFIG_TTL_SECONDS:
+    async def config(self, *, fresh: bool = False) -> Config:
+        """The server's settings (re-read every few seconds, or now); setup must have run (the collector does it)."""
+        if fresh or self._config is None or time.monotonic() - self._config.read_at > _CONFIG_TTL_SECONDS:
             stored = read_settings(_DictReader(await self.ar.hgetall(self.keys.config)), self.keys)
             if not stored.configured:
                 raise NotSetUp("AnomalyDesk is not set up on this server: run `anomalydesk setup`")
-            self._config = config_from(stored.settings, stored.backend)
+            self._config = config_from(stored.settings, stored.backend, stored.generation)
             self._known.clear()
         return self._config
 
     async def ingest(self, events: Iterable[Event], *, batch_id: str | None = None,
                      replay: bool = False, sparse: bool = False) -> IngestResult:
         """Encode validated events and write them now."""
-        return await self.write(
-            encode(columns_of(events), await self.config(), replay, batch_id or uuid.uuid4().hex, sparse))
+        columns, batch = columns_of(events), batch_id or uuid.uuid4().hex
 
-    async def write(self, payloads: Payloads) -> IngestResult:
-        """Send already-encoded payloads (from `encode` or `encode_aggregates`): one FCALL each, pipelined."""
+        def reencode(config: Config, services: set[str] | None) -> Payloads:
+            return encode(_only(columns, services), config, replay, batch, sparse)
+
+        return await self.write(reencode(await self.config(), None), reencode)
+
+    async def write(self, payloads: Payloads, reencode: Reencode | None = None) -> IngestResult:
+        """Send encoded payloads (from `encode` or `encode_aggregates`): one FCALL each, pipelined; services
+        that refuse the config as changed get `reencode`'s payloads for the config read again."""
+        total = IngestResult()
+        for attempt in range(_CONFIG_RETRIES + 1):
+            result, stale = await self._send(payloads)
+            total = total + result
+            if not stale:
+                return total
+            if reencode is None or attempt == _CONFIG_RETRIES:
+                raise _stale_error(stale)
+            log.info("setup changed on the server: re-encoding for %s", ", ".join(sorted(stale)))
+            payloads = reencode(await self.config(fresh=True), stale)
+        raise AssertionError("unreachable")
+
+    async def _send(self, payloads: Payloads) -> tuple[IngestResult, set[str]]:
         if not payloads:
-            return IngestResult()
+            return IngestResult(), set()
         if len(payloads) == 1 and payloads[0][0] in self._known:
             replies = [await self._fcall_one(*payloads[0])]  # a pipeline costs more client CPU than the call
             new: list[str] = []
@@ -245,7 +333,7 @@ class AsyncWriter:
             # checked at start-up, so loading our library is safe
             await self.ar.function_load(library_source()[0], replace=True)
             self._known.clear()
-            return await self.write(payloads)
+            return await self._send(payloads)
         self._known.update(new)
         return _tally(payloads, replies)
 
@@ -260,9 +348,12 @@ class AsyncWriter:
                                 kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None,
                                 replay: bool = False, sparse: bool = False) -> IngestResult:
         """Write pre-aggregated windows (OTLP histograms, scrapes) without inventing single events."""
-        payloads = encode_aggregates(service, windows, await self.config(), kpis=kpis, replay=replay,
-                                     batch_id=batch_id or uuid.uuid4().hex, sparse=sparse)
-        return await self.write(payloads)
+        batch = batch_id or uuid.uuid4().hex
+
+        def reencode(config: Config, _services: set[str] | None) -> Payloads:
+            return encode_aggregates(service, windows, config, kpis=kpis, replay=replay, batch_id=batch, sparse=sparse)
+
+        return await self.write(reencode(await self.config(), None), reencode)
 
 
 class _DictReader:
@@ -300,7 +391,8 @@ class IngestSink:
         self._flush_lock = threading.Lock()  # one flush at a time, in order
         self._columns: dict[str, Columns] = {}
         self._buffered = 0
-        self._pending: list[tuple[Payloads, int]] = []  # encoded, not yet acknowledged
+        # encoded, not yet acknowledged: (payloads, their columns and batch id for a re-encoding, events)
+        self._pending: list[tuple[Payloads, dict[str, Columns], str, int]] = []
         self._pending_events = 0
         self.totals = IngestResult()
         self.last_error: BaseException | None = None
@@ -378,19 +470,24 @@ class IngestSink:
                 columns, self._columns = self._columns, {}
                 taken, self._buffered = self._buffered, 0
                 if taken:
+                    batch = uuid.uuid4().hex
                     try:
-                        payloads = encode(columns, self._writer.config(), self.replay, uuid.uuid4().hex)
+                        payloads = encode(columns, self._writer.config(), self.replay, batch)
                     except Exception:
                         self._columns, self._buffered = columns, taken
                         raise
-                    self._pending.append((payloads, taken))
+                    self._pending.append((payloads, columns, batch, taken))
                     self._pending_events += taken
             result = IngestResult()
             while self._pending:
-                payloads, count = self._pending[0]
+                payloads, columns, batch, count = self._pending[0]
+
+                def reencode(config: Config, services: set[str] | None, columns=columns, batch=batch) -> Payloads:
+                    return encode(_only(columns, services), config, self.replay, batch)
+
                 try:
-                    result = result + self._writer.write_retrying(payloads, self.retry_attempts)
-                except _RETRYABLE as err:
+                    result = result + self._writer.write_retrying(payloads, self.retry_attempts, reencode)
+                except (*_RETRYABLE, ConfigChanged) as err:
                     self.last_error = err
                     raise
                 self._pending.pop(0)
