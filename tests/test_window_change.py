@@ -1,0 +1,160 @@
+"""Config changes never break ingest nor lose accepted events (real redis-server, short windows).
+
+A window-length change carries open windows into windows of the new length whose first begins at or
+after the last sealed window's end; a producer holding the old config is refused (STALECONFIG),
+re-reads and resends; models and fingerprints of the old length are not used at the new one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import orjson
+import pytest
+import redis
+
+from anomalydesk.config import SketchSettings
+from anomalydesk.detect.service_state import service_states
+from anomalydesk.detect.training_run import train_service, training_data
+from anomalydesk.events import parse_metric
+from anomalydesk.store import admin
+from anomalydesk.store.encoding import Columns, config_from, encode
+from anomalydesk.store.keys import Keys
+from anomalydesk.store.sink import IngestSink, ingest, seal_all
+
+K = Keys()
+SERVICE = "svc"
+
+
+def event(ts: float | None = None) -> object:
+    return parse_metric({"service": SERVICE, "endpoint": "GET:/a", "status_code": 200, "response_time": 4,
+                         "timestamp": ts})  # fmt: skip
+
+
+class Producers:
+    """A fresh producer and one that keeps the config it read before the change (until refused)."""
+
+    def __init__(self, r: redis.Redis):
+        self.r = r
+        self.fresh, self.old = IngestSink(r), IngestSink(r)
+        self.sent = 0
+
+    def send(self, seconds: float) -> None:
+        end = time.time() + seconds
+        while time.time() < end:
+            for sink, n in ((self.fresh, 8), (self.old, 4)):
+                sink.add_many(event() for _ in range(n))
+                sink.flush()
+                self.sent += n
+            seal_all(self.r)
+            time.sleep(0.05)
+
+
+def sealed_requests(r: redis.Redis) -> int:
+    return sum(int(f[b"requests"]) for _id, f in r.xrange(K.fingerprints(SERVICE)))
+
+
+def state(r: redis.Redis) -> dict[str, int]:
+    raw = r.hgetall(K.state(SERVICE))
+    return {k.decode(): int(float(v)) for k, v in raw.items() if k in (b"first", b"sealed", b"W", b"g", b"late")}
+
+
+def test_live_window_change_from_1_to_3_s_loses_nothing_and_ids_keep_increasing(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    producers = Producers(r)
+    producers.send(2.0)
+    # a moment when the first 3-s window would start before the last sealed 1-s window ends
+    deadline = time.time() + 10
+    while (state(r)["sealed"] + 1) % 3 == 0 and time.time() < deadline:
+        producers.send(0.2)
+    last_sealed = state(r)["sealed"]
+    assert (last_sealed + 1) % 3 != 0
+    last_id = r.xrevrange(K.fingerprints(SERVICE), count=1)[0][0]
+    done = admin.setup(r, SketchSettings(window_seconds=3), force=True)
+    assert done["reset_services"] == [SERVICE]
+    after = state(r)
+    assert after["W"] == 3 and after["g"] == 1
+    assert after["first"] * 3 >= last_sealed + 1  # the first new window begins at or after the old end
+    producers.send(6.5)  # across two boundaries of the new length
+    time.sleep(3.1)
+    seal_all(r)
+    time.sleep(3.1)
+    seal_all(r)
+    assert producers.fresh.last_error is None and producers.old.last_error is None
+    assert state(r).get("late", 0) == 0
+    assert sealed_requests(r) == producers.sent  # every event sent is in a sealed window
+    entries = r.xrange(K.fingerprints(SERVICE))
+    ids = [tuple(map(int, e[0].split(b"-"))) for e in entries]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    new = [f for i, f in entries if i > last_id]
+    assert new and all(f[b"ws"] == b"3" for f in new)
+    assert new[0][b"stretched"] == b"1"  # it holds the events between the old end and its own start
+
+
+def test_a_producer_with_the_old_config_is_refused_then_resends(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    ingest(r, [event()])
+    stale_cfg = config_from(admin.read_settings(r).settings, "functions", 0)
+    admin.setup(r, SketchSettings(window_seconds=3), force=True)
+    cols = Columns()
+    cols.add_metric(event())  # type: ignore[arg-type]
+    (service, body), = encode({SERVICE: cols}, stale_cfg, False, "b1")
+    with pytest.raises(redis.ResponseError, match="^STALECONFIG"):
+        r.fcall("ad_ingest", 1, K.state(SERVICE), K.prefix, service, body)
+    assert not r.exists(K.tag(SERVICE) + ":batch:b1")  # refused before anything: the batch id is free
+    sink = IngestSink(r)
+    sink._writer._config = stale_cfg  # a producer that read the config before the change
+    sink.add_many(event() for _ in range(25))
+    result = sink.flush()
+    assert result.accepted == 25 and sink._writer.config().window_s == 3
+
+
+def test_sketch_size_change_recreates_sketches_and_keeps_every_event(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1, cms_width=1000, cms_depth=4))
+    producers = Producers(r)
+    producers.send(1.5)
+    admin.setup(r, SketchSettings(window_seconds=1, cms_width=2000, cms_depth=5), force=True)
+    producers.send(1.5)
+    time.sleep(1.1)
+    seal_all(r)
+    assert producers.old.last_error is None and state(r).get("late", 0) == 0
+    assert sealed_requests(r) == producers.sent
+    raw = r.hmget(K.state(SERVICE), "cms_w", "cms_d")
+    assert [int(x) for x in raw] == [2000, 5]
+    after = r.fcall("ad_query", 1, K.state(SERVICE), K.prefix, SERVICE, "endpoint", orjson.dumps(["GET:/a"]))
+    assert 0 < after[0] <= producers.sent  # counts since the sketches were recreated
+
+
+def test_replay_window_change_carries_open_windows_into_the_new_length(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    t0 = 1_790_000_000.0
+    first = ingest(r, [event(t0 + i / 10) for i in range(101)], replay=True)  # 10/s for 10 s, and one at t0+10
+    assert first.accepted == 101
+    admin.setup(r, SketchSettings(window_seconds=3), force=True)
+    rest = ingest(r, [event(t0 + 10 + i / 10) for i in range(1, 100)], replay=True)
+    assert rest.late == 0 and rest.accepted == 99
+    seal_all(r, now=t0 + 30)
+    assert sealed_requests(r) == 200 and state(r).get("late", 0) == 0
+    windows = [(int(f[b"window"]), int(f[b"ws"])) for _id, f in r.xrange(K.fingerprints(SERVICE))]
+    assert [w for w, ws in windows if ws == 3][0] * 3 >= t0 + 9  # after the last sealed 1-s window
+    assert math.floor((t0 + 19.9) / 3) in [w for w, ws in windows if ws == 3]  # the last event, 3-s windows
+
+
+def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    t0 = 1_790_000_000.0
+    ingest(r, [event(t0 + i / 5) for i in range(400 * 5)], replay=True)
+    seal_all(r, now=t0 + 400)
+    assert train_service(r, SERVICE).version == 1
+    assert service_states(r)[SERVICE]["state"] == "ready"
+    admin.setup(r, SketchSettings(window_seconds=3), force=True)
+    state_now = service_states(r)[SERVICE]
+    assert state_now["state"] == "learning" and "3 s" in state_now["reason"], state_now
+    data = training_data(r, SERVICE)
+    assert len(data) == 0 and data.other_length == 400  # the 1-s windows are not mixed in
+    ingest(r, [event(t0 + 400 + i / 5) for i in range(900 * 5)], replay=True)
+    seal_all(r, now=t0 + 1300)
+    outcome = train_service(r, SERVICE)
+    assert outcome.version == 2 and outcome.metadata["other_length_windows"] == 400
+    assert service_states(r)[SERVICE]["state"] == "ready"
