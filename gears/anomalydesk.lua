@@ -19,7 +19,9 @@ Functions
 
 Errors: 'ERR anomalydesk: ...' for invalid input; 'STALECONFIG anomalydesk: ...' when the caller's
 config generation is older than the one the service is set to (retryable: re-read ad:config, re-encode,
-send again). Every function checks everything that can fail (arguments, key types, stream ids) before
+send again); 'NEEDCONFIG anomalydesk: ...' when a call carries a newer config that changes the
+service's window length (retryable: call ad_configure with that config, then send again). A newer
+config that only changes sketch sizes is applied by the call itself, with its writes. Every function checks everything that can fail (arguments, key types, stream ids) before
 its first write, and a batch id is recorded last, so a failed call changes nothing and can be retried.
 
 Ingest payload (JSON, built by anomalydesk.store.encoding):
@@ -471,6 +473,24 @@ local function sketch_checks(ks, c, st, checks)
   end
 end
 
+-- the layers a functions-backend filter may grow into while `items` new endpoints are added (a full
+-- layer gets a successor of twice its capacity, created midway through the writes)
+local function bloom_growth_checks(state, ks, c, st, items, checks)
+  local n = st.bf_layers or 0
+  local cap, count = c.fc, 0
+  if n > 0 then
+    local f = redis.call('HMGET', state, 'bf_cap' .. n, 'bf_n' .. n)
+    cap, count = tonumber(f[1]) or c.fc, tonumber(f[2]) or 0
+  else
+    n = 1  -- created by this call
+  end
+  local room = cap - count
+  while room < items do
+    n = n + 1; cap = cap * 2; room = room + cap
+    checks[#checks + 1] = { ks.bf .. ':' .. n, STRING }
+  end
+end
+
 -- a window's fingerprint entry id: its start in milliseconds, sequence 1
 local function entry_ms(w, W)
   return w * W * 1000
@@ -870,9 +890,23 @@ local function service_keys(keys, args, what)
   if type(prefix) ~= 'string' then return nil, what .. ': prefix must be a string' end
   local ks = keyset(prefix, service)
   if state ~= ks.state then return nil, what .. ': key does not match service' end
-  local err = type_error(state, HASH)
+  local err = type_error(state, HASH) or type_error(ks.open, ZSET)
   if err then return nil, what .. ': ' .. err end
   return ks, nil
+end
+
+local NEED_CONFIG = 'NEEDCONFIG'
+
+-- a call carrying a newer config that changes the service's window length is refused: the change
+-- moves windows and bookkeeping, so it is its own call (ad_configure, checked then written), after
+-- which the caller sends again (the sink does both)
+local function config_step(st, c)
+  if not needs_configure(st, c) then return false, false, nil end
+  if st.W ~= nil and st.W ~= c.W and st.first ~= nil then
+    return true, false, redis.error_reply(NEED_CONFIG .. ' anomalydesk: the service counts in ' .. st.W
+      .. '-s windows, this call in ' .. c.W .. '-s ones: bring it to the new config (ad_configure), then send again')
+  end
+  return true, st.sk == '1' and not same_sketches(st, c), nil
 end
 
 local function decode_cfg(raw, what)
@@ -896,15 +930,19 @@ local function ad_ingest(keys, args)
   local why = stale_reason(st, c)
   if why then return redis.error_reply(STALE .. ' anomalydesk: ' .. why) end
   local batch = (p.batch ~= nil and p.batch ~= cjson.null) and ks.batch(p.batch) or nil
-  if batch and redis.call('EXISTS', batch) == 1 then
-    redis.call('HINCRBY', state, 'batches_duplicate', 1)
-    return { 0, 0, 0, 1, 0, 0, 0 }
+  if batch then
+    err = type_error(batch, STRING)
+    if err then return fail('cannot ingest: ' .. err) end
+    if redis.call('EXISTS', batch) == 1 then
+      redis.call('HINCRBY', state, 'batches_duplicate', 1)
+      return { 0, 0, 0, 1, 0, 0, 0 }
+    end
   end
-  if needs_configure(st, c) then
-    err = configure(state, ks, c, st)
-    if err then return fail('cannot apply the new config: ' .. err) end
-    st = read_state(state)
-  end
+  -- a new generation without a window-length change is applied with this call's writes: the
+  -- sketches, when their sizes changed, are dropped first and made anew with the new sizes
+  local apply_cfg, drop, refusal = config_step(st, c)
+  if refusal then return refusal end
+  if drop then st.sk, st.bf_layers = nil, nil end
 
   -- where each window goes: the live stream, history, or late
   local live = p.mode == 'live'
@@ -977,10 +1015,17 @@ local function ad_ingest(keys, args)
   end
 
   -- every check before the first write
-  local checks = { { ks.open, ZSET } }
+  local checks = {}
   for win in pairs(targets) do window_checks(ks, win, checks) end
   for win in pairs(htargets) do window_checks(ks, win, checks) end
-  sketch_checks(ks, c, st, checks)
+  if not drop then sketch_checks(ks, c, st, checks) end
+  local distinct, seen_ep = 0, {}
+  for _, g in ipairs(groups) do
+    for i = 1, #g[2].ep, 2 do
+      if not seen_ep[g[2].ep[i]] then seen_ep[g[2].ep[i]] = true; distinct = distinct + 1 end
+    end
+  end
+  if c.be ~= 'native' then bloom_growth_checks(state, ks, c, st, distinct, checks) end
   if p.raw ~= nil and #p.raw > 0 then checks[#checks + 1] = { ks.raw, STREAM } end
   if batch then checks[#checks + 1] = { batch, STRING } end
   err = seal_checks(ks, lp, ks.fp, c.W, checks) or seal_checks(ks, hp, ks.hist(c.W), c.W, checks)
@@ -988,6 +1033,8 @@ local function ad_ingest(keys, args)
   if err then return fail('cannot ingest: ' .. err) end
 
   -- writes
+  if drop then drop_sketches(state, ks, read_state(state)) end
+  if apply_cfg then redis.call('HSET', state, 'g', c.g, 'W', c.W) end
   ensure_sketches(state, ks, c)
   if first ~= st.first then redis.call('HSET', state, 'first', first) end
   local cms_ep, cms_st = {}, {}
@@ -1130,17 +1177,14 @@ local function ad_seal(keys, args)
   local explicit = nil
   if now_arg ~= nil and now_arg ~= '' then
     explicit = tonumber(now_arg)
-    if not is_int(explicit, 0, MAX_EPOCH_S) then return fail('seal: now_window must be a window index') end
+    if not is_int(explicit, 0, MAX_EPOCH_S / c.W) then return fail('seal: now_window must be a window index') end
   end
   local st = read_state(state)
   local why = stale_reason(st, c)
   if why then return redis.error_reply(STALE .. ' anomalydesk: ' .. why) end
   if st.first == nil and st.g == nil then return 0 end  -- nothing ever ingested
-  if needs_configure(st, c) then
-    local err = configure(state, ks, c, st)
-    if err then return fail('seal: cannot apply the new config: ' .. err) end
-    st = read_state(state)
-  end
+  local apply_cfg, drop, refusal = config_step(st, c)
+  if refusal then return refusal end
   local upto, now_s = server_window(c.W)
   local hint = nil
   if explicit ~= nil then
@@ -1155,6 +1199,8 @@ local function ad_seal(keys, args)
   local err = seal_checks(ks, lp, ks.fp, c.W, checks) or seal_checks(ks, hp, ks.hist(c.W), c.W, checks)
     or first_error(checks)
   if err then return fail('seal: ' .. err) end
+  if drop then drop_sketches(state, ks, st) end
+  if apply_cfg then redis.call('HSET', state, 'g', c.g, 'W', c.W) end
   local sparse = st.sparse == '1'
   return seal_write(state, ks, lp, ks.fp, c.W, c.ret, sparse, 'sealed')
     + seal_write(state, ks, hp, ks.hist(c.W), c.W, c.ret, sparse, 'hsealed')

@@ -100,7 +100,7 @@ def test_a_producer_with_the_old_config_is_refused_then_resends(r: redis.Redis) 
     cols = Columns()
     cols.add_metric(event())  # type: ignore[arg-type]
     (service, body), = encode({SERVICE: cols}, stale_cfg, False, "b1")
-    with pytest.raises(redis.ResponseError, match="^STALECONFIG"):
+    with pytest.raises(redis.ResponseError, match=r"^STALECONFIG"):
         r.fcall("ad_ingest", 1, K.state(SERVICE), K.prefix, service, body)
     assert not r.exists(K.tag(SERVICE) + ":batch:b1")  # refused before anything: the batch id is free
     sink = IngestSink(r)
@@ -137,7 +137,7 @@ def test_replay_window_change_carries_open_windows_into_the_new_length(r: redis.
     seal_all(r, now=t0 + 30)
     assert sealed_requests(r) == 200 and state(r).get("late", 0) == 0
     windows = [(int(f[b"window"]), int(f[b"ws"])) for _id, f in r.xrange(K.fingerprints(SERVICE))]
-    assert [w for w, ws in windows if ws == 3][0] * 3 >= t0 + 9  # after the last sealed 1-s window
+    assert next(w for w, ws in windows if ws == 3) * 3 >= t0 + 9  # after the last sealed 1-s window
     assert math.floor((t0 + 19.9) / 3) in [w for w, ws in windows if ws == 3]  # the last event, 3-s windows
 
 
@@ -158,3 +158,18 @@ def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r
     outcome = train_service(r, SERVICE)
     assert outcome.version == 2 and outcome.metadata["other_length_windows"] == 400
     assert service_states(r)[SERVICE]["state"] == "ready"
+
+
+def test_a_service_setup_missed_is_brought_to_the_new_length_by_its_next_call(r: redis.Redis) -> None:
+    """As if setup stopped after writing the new config, before configuring the services."""
+    admin.setup(r, SketchSettings(window_seconds=1))
+    producers = Producers(r)
+    producers.send(1.2)
+    r.hset(K.config, mapping={"window_seconds": 3, "config_gen": 1})  # what setup writes first
+    producers.send(1.0)  # the fresh producer's calls meet NEEDCONFIG, configure the service, resend
+    assert state(r)["W"] == 3 and state(r)["g"] == 1
+    producers.send(3.5)
+    time.sleep(3.1)
+    seal_all(r)  # the ticker too runs on the new config
+    assert producers.fresh.last_error is None and producers.old.last_error is None
+    assert state(r).get("late", 0) == 0 and sealed_requests(r) == producers.sent

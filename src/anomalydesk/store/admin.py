@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -13,8 +14,8 @@ import redis
 from anomalydesk.config import SketchSettings, key_prefix
 from anomalydesk.fingerprint import SCHEMA_VERSION
 from anomalydesk.store import capabilities
-from anomalydesk.store.encoding import config_from
-from anomalydesk.store.gears import ensure_library
+from anomalydesk.store.encoding import Config, config_from
+from anomalydesk.store.gears import STALE_CONFIG, ensure_library
 from anomalydesk.store.keys import Keys
 
 # config hash field → SketchSettings attribute (the stored sizes are always explicit dims)
@@ -120,10 +121,9 @@ def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: K
     r.hset(keys.config, mapping={k: str(v) for k, v in mapping.items()})
     reset_services: list[str] = []
     if generation != current.generation:
-        cfg = orjson.dumps(config_from(read_settings(r, keys).settings, backend, generation).payload_cfg)
-        for service in sorted(_text(s) for s in r.smembers(keys.services) | r.smembers(keys.retired)):
-            if r.fcall("ad_configure", 1, keys.state(service), keys.prefix, service, cfg):
-                reset_services.append(service)
+        every = sorted(_text(s) for s in r.smembers(keys.services) | r.smembers(keys.retired))
+        reset_services = configure_services(r, every, config_from(read_settings(r, keys).settings, backend,
+                                                                  generation), keys)  # fmt: skip
     migrated = migrate_incident_keys(r, keys)
     return {
         "created": not current.configured,
@@ -135,6 +135,27 @@ def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: K
         "sketch_backend": backend,
         "library_version": version,
     }
+
+
+def configure_services(r: redis.Redis, services: Iterable[str], config: Config, keys: Keys | None = None) -> list[str]:
+    """Bring services to `config`'s generation (`ad_configure`: sketches dropped when their sizes changed,
+    windows carried into a new window length); the services it changed. A service already at a newer
+    generation is left as it is (the caller's next call is refused as stale and re-reads)."""
+    keys = keys or Keys(key_prefix())
+    names = list(services)
+    if not names:
+        return []
+    cfg = orjson.dumps(config.payload_cfg)
+    pipe = r.pipeline(transaction=False)
+    for service in names:
+        pipe.fcall("ad_configure", 1, keys.state(service), keys.prefix, service, cfg)
+    changed = []
+    for service, reply in zip(names, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(reply, redis.ResponseError) and not str(reply).startswith(STALE_CONFIG):
+            raise RuntimeError(f"configuring {service} for the new setup failed: {reply}")
+        if reply == 1:
+            changed.append(service)
+    return changed
 
 
 def _service_states(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str, dict[str, str]]:

@@ -105,8 +105,11 @@ def is_missing_function(reply: object) -> bool:
 
 
 STALE_CONFIG = "STALECONFIG"
+NEED_CONFIG = "NEEDCONFIG"
 
 
 def is_stale_config(reply: object) -> bool:
-    """Whether a reply says the caller's config is older than the service's (re-read it and send again)."""
-    return isinstance(reply, redis.ResponseError) and str(reply).startswith(STALE_CONFIG)
+    """Whether a reply says the caller's config and the service's differ: older than the service's
+    (re-read it, encode again, send again) or newer with another window length (`configure_services`
+    first, then send again)."""
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith((STALE_CONFIG, NEED_CONFIG))

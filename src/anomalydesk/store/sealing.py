@@ -12,7 +12,7 @@ import orjson
 import redis
 
 from anomalydesk.config import MAX_SILENT_WINDOWS_SEALED, REPLAY_CLOCK_HOLD_SECONDS, key_prefix
-from anomalydesk.store.admin import read_settings
+from anomalydesk.store.admin import configure_services, read_settings
 from anomalydesk.store.encoding import config_from
 from anomalydesk.store.gears import ensure_library, is_missing_function, is_stale_config
 from anomalydesk.store.keys import Keys
@@ -40,7 +40,10 @@ def seal_all(r: redis.Redis, now: float | None = None, keys: Keys | None = None,
     if any(is_missing_function(x) for x in replies):
         ensure_library(r)
         return seal_all(r, now, keys)
-    if not _retried and any(is_stale_config(x) for x in replies):
+    stale = [service for service, reply in zip(services, replies, strict=True) if is_stale_config(reply)]
+    if stale and not _retried:  # setup changed meanwhile: the config again, the services brought to it
+        fresh = read_settings(r, keys)
+        configure_services(r, stale, config_from(fresh.settings, fresh.backend, fresh.generation), keys)
         return sum(int(x) for x in replies if not isinstance(x, Exception)) + seal_all(r, now, keys, _retried=True)
     for service, reply in zip(services, replies, strict=True):
         if isinstance(reply, Exception):

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import orjson
 import redis
 import redis.asyncio
 
@@ -31,7 +32,7 @@ from anomalydesk.config import (
     key_prefix,
 )
 from anomalydesk.events import BusinessMetric, normalize_endpoint
-from anomalydesk.store.admin import read_settings, setup
+from anomalydesk.store.admin import configure_services, read_settings, setup
 from anomalydesk.store.encoding import (
     Columns,
     Config,
@@ -42,7 +43,7 @@ from anomalydesk.store.encoding import (
     encode,
     encode_aggregates,
 )
-from anomalydesk.store.gears import ensure_library, is_missing_function, is_stale_config, library_source
+from anomalydesk.store.gears import STALE_CONFIG, ensure_library, is_missing_function, is_stale_config, library_source
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sealing import SealTicker, seal_all
 
@@ -199,7 +200,9 @@ class _Writer:
             if reencode is None or attempt == _CONFIG_RETRIES:
                 raise _stale_error(stale)
             log.info("setup changed on the server: re-encoding for %s", ", ".join(sorted(stale)))
-            payloads = reencode(self.refresh(), stale)
+            config = self.refresh()
+            configure_services(self.r, sorted(stale), config, self.keys)
+            payloads = reencode(config, stale)
         raise AssertionError("unreachable")
 
     def _send(self, payloads: Payloads) -> tuple[IngestResult, set[str]]:
@@ -315,8 +318,20 @@ class AsyncWriter:
             if reencode is None or attempt == _CONFIG_RETRIES:
                 raise _stale_error(stale)
             log.info("setup changed on the server: re-encoding for %s", ", ".join(sorted(stale)))
-            payloads = reencode(await self.config(fresh=True), stale)
+            config = await self.config(fresh=True)
+            await self._configure(sorted(stale), config)
+            payloads = reencode(config, stale)
         raise AssertionError("unreachable")
+
+    async def _configure(self, services: list[str], config: Config) -> None:
+        """`store.admin.configure_services` on the async client."""
+        cfg = orjson.dumps(config.payload_cfg)
+        pipe = self.ar.pipeline(transaction=False)
+        for service in services:
+            pipe.fcall("ad_configure", 1, self.keys.state(service), self.keys.prefix, service, cfg)
+        for service, reply in zip(services, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(reply, redis.ResponseError) and not str(reply).startswith(STALE_CONFIG):
+                raise InvalidBatch(f"{service}: configuring it for the new setup failed: {reply}")
 
     async def _send(self, payloads: Payloads) -> tuple[IngestResult, set[str]]:
         if not payloads:
