@@ -1,0 +1,36 @@
+"""The app's main journey on the data layer: demo traffic first, then "Backfill", then "Train" — the
+real window (offscreen) against a real redis-server. Before history landed whenever it was sent, the
+backfill came back millions late and training refused every service.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.config import SketchSettings
+from anomalydesk.store import admin
+from app_support import qloop, run  # noqa: F401  (fixture)
+from test_app_operator import close_app, open_app
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+
+def test_backfill_after_the_live_demo_then_train_every_service(qtbot, qloop, redis_url, r):  # noqa: F811
+    admin.setup(r, SketchSettings(window_seconds=2))
+    app = open_app(qtbot, AppSettings(redis_url=redis_url, offer_backfill=False))
+    try:
+        run(qtbot, app.actions.start_demo(300, 5))
+        qtbot.waitUntil(lambda: any(len(b) for b in app.state.live.buffers.values()), timeout=30_000)
+        result = run(qtbot, app.actions.backfill(1800, 5), timeout=120)  # while the demo goes on
+        assert result["late"] == 0 and result["events_accepted"] == result["events"], result["summary"]
+        assert app.state.demo.backfill.startswith("done") and "refused" not in app.state.demo.backfill
+        trained = run(qtbot, app.actions.train(None, 17_280, 20, 0.01), timeout=120)
+        assert len(trained["trained"]) == 5, trained["summary"]
+        windows = {o["service"]: o["windows"] for o in trained["outcomes"]}
+        assert all(n >= 890 for n in windows.values()), windows  # 1800 s of 2-s windows, from history
+        assert app.window.training.progress.value() == 100
+    finally:
+        run(qtbot, app.actions.stop_demo())
+        close_app(qtbot, app)
