@@ -426,6 +426,7 @@ end
 
 local HASH, ZSET, STREAM, STRING = { hash = true }, { zset = true }, { stream = true }, { string = true }
 local HLL = { string = true, hll = true }
+local HLL_DENSE_BYTES = 16 + 12288  -- header and 16,384 6-bit registers
 local NATIVE_TYPES = { cms = { ['CMSk-TYPE'] = true }, bf = { ['MBbloom--'] = true }, topk = { ['TopK-TYPE'] = true } }
 
 local function key_type(key)
@@ -437,9 +438,13 @@ local function type_error(key, wanted)
   local t = key_type(key)
   if t == 'none' then return nil end
   if not wanted[t] then return key .. ' holds a ' .. t .. ' value' end
-  if wanted.hll then
-    local reply = redis.pcall('PFCOUNT', key)
-    if type(reply) == 'table' and reply.err then return key .. ' is not a HyperLogLog' end
+  if wanted.hll then  -- what PFADD checks: the magic, the encoding, a dense one's size (no PFCOUNT: it costs)
+    local head = redis.call('GETRANGE', key, 0, 4)
+    local enc = string.byte(head, 5)
+    if string.sub(head, 1, 4) ~= 'HYLL' or (enc ~= 0 and enc ~= 1)
+      or (enc == 0 and redis.call('STRLEN', key) ~= HLL_DENSE_BYTES) then
+      return key .. ' is not a HyperLogLog'
+    end
   end
   return nil
 end
