@@ -147,7 +147,7 @@ def test_cli_live_then_a_day_of_history_then_train(redis_url: str) -> None:
     history = cli(redis_url, "demo", "--fast", "--duration", "86400")
     assert history["late"] == 0, history["summary"]
     trained = cli(redis_url, "train")
-    assert sorted(t["service"] for t in trained["trained"]) == SERVICES, trained
+    assert sorted(t["service"] for t in trained["trained"]) == sorted(SERVICES), trained
     r = redis.Redis.from_url(redis_url)
     for outcome in trained["trained"]:
         assert outcome["windows"] >= 17_000
