@@ -140,6 +140,7 @@ MODEL_KEEP_VERSIONS = 5  # model versions kept per service (the active one is ne
 INCIDENT_CONFIRM_K = 2  # an incident opens when K of the last N windows are anomalous …
 INCIDENT_CONFIRM_N = 3
 INCIDENT_COOLDOWN_WINDOWS = 3  # … and resolves after this many normal windows in a row
+INCIDENT_NEW_REASON_WINDOWS = 2  # a top reason no alert named yet, leading this many windows: escalation
 DETECTOR_GROUP = "detectors"  # consumer group on every fingerprint stream
 DETECTOR_LEASE_MS = 15_000  # Keys.detector_lease: "a detector is running" (the app's detector yields)
 DETECTOR_SERVICE_LEASE_MS = 15_000  # one detector owns a service at a time (ordered scoring)

@@ -39,6 +39,7 @@ import redis
 
 from anomalydesk import config
 from anomalydesk.detect import incidents as incidents_mod
+from anomalydesk.detect import system_gap
 from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, from_stream_entry
 from anomalydesk.store import models as registry
@@ -141,6 +142,7 @@ class Detector:
         self._owned: list[str] | None = None
         self._last_retrain = clock()
         self._window_seconds: float | None = None
+        self._live: list[str] = []
 
     # --- leases ---------------------------------------------------------------------------------
     def _hold_global_lease(self) -> bool:
@@ -275,7 +277,8 @@ class Detector:
                 seal_all(self.r, keys=self.keys)
             except redis.ResponseError as err:
                 log.warning("detector: sealing failed (%s); is the server set up?", err)
-        self._owned = self._own(self.live_services())
+        self._live = self.live_services()
+        self._owned = self._own(self._live)
         for service in self._owned:
             self._ensure_group(service)
         self._refresh_models(self._owned)
@@ -347,8 +350,11 @@ class Detector:
         if not state.history_loaded:
             back = self.r.xrevrange(self.keys.fingerprints(service), max=f"({_text(entry_id)}",
                                     count=config.DETECTOR_HISTORY_WINDOWS - 1)  # fmt: skip
+            gaps = set(json.loads(self.r.hget(self.keys.detector_states, service) or "{}").get("gap_windows", []))
             for _, fields in reversed(back):
-                state.history.append(from_stream_entry(service, fields))
+                fp = from_stream_entry(service, fields)
+                if not (fp.silent and fp.window in gaps):  # a system gap is no scoring context
+                    state.history.append(fp)
             state.history_loaded = True
         return state.history
 
@@ -356,20 +362,22 @@ class Detector:
                 result: StepResult) -> None:  # fmt: skip
         svc = self._services[service]
         fp = from_stream_entry(service, fields)
+        gap = system_gap.is_system_silent(self.r, self.keys, fp, self._live, _text(entry_id))
         history = self._history(service, entry_id)
         verdict = None
         # a model of another window length does not score (the service learns again after a change)
         same_length = svc.model_window is None or fp.window_seconds in (None, svc.model_window)
-        if svc.model is not None and not fp.no_data and same_length:
+        if svc.model is not None and not fp.no_data and same_length and not gap:
             context = [h for h in history if h.window_seconds == fp.window_seconds]
             verdict = self.scorer(svc.model, context, fp)
             if not finite(verdict.score):
                 log.error("%s: window %s scored %r; not alerting on it", service, fp.window, verdict.score)
                 verdict = None
-        if not fp.no_data:
+        if not fp.no_data and not gap:
             history.append(fp)
         ranges = _json_field(fields, "kpi_ranges")
         muted = incidents_mod.silenced(silences, service, fp.start)
+        muted_system = incidents_mod.silenced(silences, system_gap.SYSTEM, fp.start)
         for _ in range(10):
             state = json.loads(self.r.hget(self.keys.detector_states, service) or "{}")
             incident = _load(self.r, self.keys, state.get("incident"))
@@ -377,7 +385,15 @@ class Detector:
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
                            window_seconds=fp.window_seconds or self._window_s(), kpi_ranges=ranges,
-                           confirmation=self.confirmation)  # fmt: skip
+                           confirmation=self.confirmation, gap=gap)  # fmt: skip
+            system = system_gap.system_incident(self.r, self.keys, fp.window, gap) if gap or not fp.silent else None
+            if gap or system is not None:
+                writes, alerts = system_gap.gap_plan(system, fp, gap, len(self._live), muted_system)
+                plan.incidents += writes
+                plan.alerts += alerts
+            if gap:
+                recent = [*state.get("gap_windows", []), fp.window]
+                plan.state["gap_windows"] = recent[-config.DETECTOR_HISTORY_WINDOWS:]
             outcome = self._committer.commit(service, entry_id, fp.window, plan)
             if outcome != CONFLICT:
                 break

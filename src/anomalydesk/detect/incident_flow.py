@@ -144,8 +144,12 @@ def advance(
     window_seconds: float,
     kpi_ranges: Mapping[str, Any] | None = None,
     confirmation: Confirmation | None = None,
+    gap: bool = False,
 ) -> Plan:
-    """Handle one window of one service: extend, open, escalate or resolve its incidents."""
+    """Handle one window of one service: extend, open, escalate or resolve its incidents.
+
+    A `gap` window (no service sent anything, `detect.system_gap`) changes none of them: it only
+    moves the state past the window."""
     confirmation = confirmation or Confirmation()
     plan = Plan(state={**state, "last_window": fp.window})
     service, window, start = fp.service, fp.window, fp.start
@@ -156,6 +160,8 @@ def advance(
     if rule_incident is not None and rule_incident.get("status") != "open":
         rule_incident = None
         plan.state["rule_incident"] = None
+    if gap:
+        return plan
 
     if verdict is not None and not fp.no_data:
         tracker = confirmation.tracker(plan.state.get("episode"))
@@ -166,6 +172,7 @@ def advance(
             incident = new_incident(service, "anomaly", first, start - (window - first) * window_seconds)
             incident["silenced"] = silenced
             _extend(incident, verdict, window, model_version, len(tracker.recent))
+            incident["named"] = _top(verdict.reasons)
             plan.incidents.append((incident, 0))
             plan.state["incident"] = incident["id"]
             plan.alerts.append(make_alert(
@@ -194,7 +201,19 @@ def advance(
             incident = {**incident, "rev": rev + 1}
             _extend(incident, verdict, window, model_version, 1)
             plan.incidents.append((incident, rev))
+            newly_named = _new_top_reason(incident, verdict)
+            if newly_named and severity_rank(verdict.severity) <= severity_rank(before):
+                incident["reasons"] = verdict.reasons  # the alert's reasons are the incident's now
+                plan.alerts.append(make_alert(
+                    kind="escalated", incident=incident, window=window, window_start=start,
+                    score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
+                    model_version=model_version,
+                    message=f"{service}: incident {incident['id']} now also shows {verdict.reasons[0]['text']} "
+                            f"(score {verdict.score:.0f})",
+                    silenced=_muted(incident, silenced, now),
+                ))  # fmt: skip
             if severity_rank(verdict.severity) > severity_rank(before):
+                incident["named"] = sorted({*incident.get("named", []), *_top(verdict.reasons)})
                 plan.alerts.append(make_alert(
                     kind="escalated", incident=incident, window=window, window_start=start,
                     score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
@@ -204,8 +223,34 @@ def advance(
                     silenced=_muted(incident, silenced, now),
                 ))  # fmt: skip
 
+        elif incident is not None and incident.get("candidate"):
+            rev = int(incident.get("rev", 0))  # a normal window inside the incident: no streak any more
+            plan.incidents.append(({**incident, "rev": rev + 1, "candidate": None}, rev))
+
     _advance_rule(plan, fp, rule_incident, model_version, silenced, now, kpi_ranges)
     return plan
+
+
+def _top(reasons: list[dict[str, Any]]) -> list[str]:
+    """The top reason's feature, as a list (empty when there is none)."""
+    return [str(reasons[0]["feature"])] if reasons and reasons[0].get("feature") else []
+
+
+def _new_top_reason(incident: dict[str, Any], verdict: Verdict) -> bool:
+    """Track a top reason no alert of this incident named yet; True once it has led
+    `INCIDENT_NEW_REASON_WINDOWS` anomalous windows in a row (it is named from then on)."""
+    top = _top(verdict.reasons)
+    named = set(incident.get("named") or _top(incident.get("reasons") or []))
+    if not top or top[0] in named:
+        incident["candidate"] = None
+        return False
+    streak = incident.get("candidate") or {}
+    count = int(streak.get("windows", 0)) + 1 if streak.get("feature") == top[0] else 1
+    if count >= config.INCIDENT_NEW_REASON_WINDOWS:
+        incident["named"], incident["candidate"] = sorted(named | {top[0]}), None
+        return True
+    incident["named"], incident["candidate"] = sorted(named), {"feature": top[0], "windows": count}
+    return False
 
 
 def _extend(incident: dict[str, Any], verdict: Verdict, window: int, model_version: int | None, n: int) -> None:

@@ -145,6 +145,10 @@ class Keys:
         hclock/hclock_at (history), g/W (the config generation and window length it is set to)."""
         return f"{self.tag(service)}:state"
 
+    def open_windows(self, service: str) -> str:
+        """Sorted set of the windows holding aggregates that are not sealed yet (score = window)."""
+        return f"{self.tag(service)}:open"
+
     def window(self, service: str, window: int) -> str:
         """Hash of one open window's aggregates."""
         return f"{self.tag(service)}:w:{window}"

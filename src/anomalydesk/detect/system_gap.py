@@ -1,0 +1,112 @@
+"""A gap is one thing, not one incident per service: windows in which no service sent anything.
+
+When every live service's window is silent (no event at all: sealing made it up because nothing
+arrived — the producers, the network or the collector are down, or nothing runs yet), the window
+says nothing about any one service. The detector then scores none of them, keeps them out of each
+service's scoring context (the next fault is judged against normal windows), and raises one
+incident of the pseudo-service `SYSTEM` ("(system)", not a valid service name, so it cannot clash),
+which resolves with the first window in which any service has traffic again (docs/alerts.md).
+
+`is_system_silent` reads the other services' same window, `system_incident` the incident that concerns
+a window; `gap_plan` is pure: given that incident (or None) and one service's window, the incident
+writes and alerts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from anomalydesk.detect.incidents import make_alert, new_incident, rfc3339
+from anomalydesk.fingerprint import Fingerprint
+from anomalydesk.store.keys import Keys
+
+SYSTEM = "(system)"
+_ID_PREFIX = f"{SYSTEM}:g"
+
+
+def is_system_silent(r: redis.Redis, keys: Keys, fp: Fingerprint, services: list[str], entry_id: str) -> bool:
+    """Whether every other service in `services` had no event in `fp`'s window either (fp is silent).
+
+    Another service's window counts as silent when it was sealed silent, or is not sealed yet and
+    holds no data (silent windows are sealed only by the ticker, maybe a moment later).
+    """
+    others = [s for s in services if s != fp.service]
+    if not fp.silent:
+        return False
+    if not others:
+        return False  # one service alone: its silence is its own (an incident of that service)
+    pipe = r.pipeline(transaction=False)
+    for service in others:
+        pipe.xrange(keys.fingerprints(service), min=entry_id, max=entry_id)
+        pipe.zscore(keys.open_windows(service), fp.window)
+    replies = pipe.execute()
+    for entries, opened in zip(replies[0::2], replies[1::2], strict=True):
+        if entries:
+            fields = entries[0][1]
+            if fields.get(b"silent", fields.get("silent")) not in (b"1", "1"):
+                return False
+        elif opened is not None:
+            return False  # it holds data for that window, not sealed yet
+    return True
+
+
+def system_incident(r: redis.Redis, keys: Keys, window: int, gap: bool) -> dict[str, Any] | None:
+    """The open system incident; for a gap window without one, the closed one that covers it (another
+    service's windows came first and saw traffic return), so it is not opened twice."""
+    import json
+
+    ids = [i for i in (x.decode() if isinstance(x, bytes) else x for x in r.smembers(keys.incidents_open))
+           if i.startswith(_ID_PREFIX)]  # fmt: skip
+    for raw in r.hmget(keys.incidents, ids) if ids else []:
+        if raw:
+            record = json.loads(raw)
+            if record.get("status") == "open":
+                return record
+    if gap:
+        for _field, raw in r.hscan_iter(keys.incidents, match=f"{_ID_PREFIX}*", count=1000):
+            record = json.loads(raw)
+            if int(record["first_window"]) <= window <= int(record.get("resolved_window", record["last_window"])):
+                return record
+    return None
+
+
+def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, services: int,
+             silenced: bool) -> tuple[list[tuple[dict[str, Any], int]], list[dict[str, Any]]]:  # fmt: skip
+    """(incident writes with the rev read, alerts) for one service's window `fp`.
+
+    A gap window opens the system incident (or extends it once per window); a window with traffic
+    resolves it. New records are stored at rev 1, so two detectors opening it at once conflict and
+    one of them extends instead of alerting twice.
+    """
+    if incident is not None and incident.get("status") != "open":
+        return [], []  # a closed one covers the window: handled when another service's window came first
+    if gap:
+        if incident is None:
+            record = new_incident(SYSTEM, "gap", fp.window, fp.start)
+            record["id"] = f"{_ID_PREFIX}{fp.window}"
+            reasons = [{"feature": "requests", "actual": 0, "expected": None,
+                        "text": f"no service sent anything ({services} services silent)"}]  # fmt: skip
+            record.update(severity="warning", score=100.0, reasons=reasons, windows=1, rev=1, silenced=silenced,
+                          services=services)  # fmt: skip
+            alert = make_alert(kind="new", incident=record, window=fp.window, window_start=fp.start, score=100.0,
+                               severity="warning", reasons=reasons, model_version=None, silenced=silenced,
+                               message=f"no traffic from any service since {rfc3339(fp.start)}: a gap in the "
+                                       "data (producers, network or collector down?), not scored")  # fmt: skip
+            return [(record, 0)], [alert]
+        if fp.window > int(incident.get("last_window", fp.window)):
+            rev = int(incident.get("rev", 0))
+            grown = {**incident, "rev": rev + 1, "last_window": fp.window, "windows": int(incident["windows"]) + 1}
+            return [(grown, rev)], []
+        return [], []
+    if incident is None or fp.silent:
+        return [], []
+    rev = int(incident.get("rev", 0))
+    closed = {**incident, "status": "resolved", "rev": rev + 1, "resolved_window": fp.window,
+              "resolved": {"by": "detector", "at": rfc3339(fp.start), "how": "traffic returned"}}  # fmt: skip
+    alert = make_alert(kind="resolved", incident=closed, window=fp.window, window_start=fp.start, score=0.0,
+                       severity="info", reasons=[], model_version=None, silenced=silenced,
+                       message=f"traffic is back ({fp.service} sent {fp.get('requests'):.0f} requests): "
+                               f"the gap of {closed['windows']} window(s) is over")  # fmt: skip
+    return [(closed, rev)], [alert]
