@@ -167,7 +167,19 @@ class Actions:
         except Exception as err:
             self.state.demo.update(backfill=f"failed: {err}")
             raise
-        self.state.demo.update(backfill=f"done: {result.get('summary', '')}")
+        overview = await self.refresh_models()
+        await s.reload_history()  # the plots show the history now too
+        filled = {name: v for name, v in overview.items() if name in result.get("services", [])}
+        counts = [int(v.get("windows") or 0) for v in filled.values()]
+        learning = [name for name, v in filled.items() if str(v.get("state", "")).startswith("learning")]
+        if counts and not learning:
+            ready = f"{min(counts):,} windows of history per service — you can train now"
+        elif counts:
+            ready = f"{min(counts):,}–{max(counts):,} windows per service; still learning: {', '.join(learning)}"
+        else:
+            ready = "no service received history"
+        result["ready"] = ready
+        self.state.demo.update(backfill=f"done: {ready} ({result.get('summary', '')})")
         return result
 
     # --- training and models ------------------------------------------------------------------
@@ -201,7 +213,9 @@ class Actions:
         finally:
             if self._train_cancel is cancel:
                 self._train_cancel = None
-        training.set_progress(1.0 if not result["cancelled"] else training.progress, result["summary"])
+        # 100 % only for a run that trained something: "trained 0 of 5" at a full bar reads as success
+        full = 1.0 if result["trained"] else 0.0
+        training.set_progress(training.progress if result["cancelled"] else full, result["summary"])
         training.update(running=False, result=result["summary"])
         recent = result.get("recent_scores") or {}
         for name in result["trained"]:  # the child scored the plot's windows with the new models

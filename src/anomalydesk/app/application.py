@@ -68,6 +68,11 @@ class DesktopApp:
         self.window.add_notification_pause(self.tray.pause_action)  # also where there is no tray
         self.state.connection.update(secret_store=settings_mod.secret_store_description())
         self._reconnecting: asyncio.Task[None] | None = None
+        self._resuming: asyncio.Task[None] | None = None
+        # what ran before a reconnect and comes back once the new connection is up, kept across
+        # attempts that never connected (a wrong URL, then the right one)
+        self._resume_detector = False
+        self._resume_demo: tuple[int, int] | None = None
         self._summary_timer: Any = None
         self._after: asyncio.Future[None] | None = None
 
@@ -107,7 +112,12 @@ class DesktopApp:
 
         password = settings_mod.get_password(self.window.connection.account()) or ""
         url = build_url(self.settings.redis_url, self.settings.tls, self.settings.username, password)
-        was_running = self.actions.detector_thread is not None
+        if self._resuming is not None:
+            self._resuming.cancel()  # an earlier attempt that never connected: its intent is kept below
+        self._resume_detector = self._resume_detector or self.actions.detector_thread is not None
+        demo = self.actions.demo
+        if demo is not None and demo.running:
+            self._resume_demo = (int(demo.rate), len(demo.services))
         await self.actions.close()
         await self.session.close()
         self.url = url or None
@@ -119,16 +129,37 @@ class DesktopApp:
             log.warning("connecting to %s failed: %s", backend.redact(url), backend.describe(err))
             self.state.connection.update(status="failed", reason=backend.describe(err))
             return
-        if was_running:
-            await self.session.connected.wait()
-            self.actions.start_detector()
+        if self._resume_detector or self._resume_demo:
+            self._resuming = asyncio.ensure_future(self._resume(self.session))
+
+    async def _resume(self, session: Session) -> None:
+        """Once `session` is connected: the detector and demo traffic that ran before the reconnect."""
+        await session.connected.wait()
+        if session is not self.session:
+            return
+        resumed = []
+        if self._resume_detector and self.actions.start_detector():
+            resumed.append("detector")
+        self._resume_detector = False
+        if self._resume_demo is not None:
+            rate, services = self._resume_demo
+            self._resume_demo = None
+            try:
+                await self.actions.start_demo(rate, services)
+                resumed.append(f"demo traffic at {rate} events/s")
+            except Exception as err:  # say what stopped; the Demo panel's Start restarts it
+                log.warning("demo traffic did not resume after the reconnect: %s", err)
+                self.state.demo.update(error=f"demo traffic stopped at the reconnect and did not resume: {err}")
+        if resumed:
+            log.info("after the reconnect: resumed %s", " and ".join(resumed))
 
     async def shutdown(self) -> None:
         """Stop everything and save the settings."""
         if self._summary_timer is not None:
             self._summary_timer.stop()
-        if self._after is not None and not self._after.done():
-            self._after.cancel()
+        for task in (self._after, self._resuming):
+            if task is not None and not task.done():
+                task.cancel()
         self.settings.notifications_paused_until = self.notifier.paused_until
         self.window.save_layout()
         await self.actions.close()

@@ -112,6 +112,16 @@ def incident_states(r: redis.Redis, keys: Keys) -> dict[str, tuple[str, float]]:
     return {i["id"]: app_state_of(i) for i in incidents.list_incidents(r, keys=keys)}
 
 
+def live_incident_records(r: redis.Redis, keys: Keys, tracked: list[str]) -> list[dict[str, Any]]:
+    """The records of every open incident and of those `tracked` (to see them close)."""
+    import json
+
+    ids = sorted({*(x.decode() if isinstance(x, bytes) else x for x in r.smembers(keys.incidents_open)), *tracked})
+    if not ids:
+        return []
+    return [json.loads(raw) for raw in r.hmget(keys.incidents, ids) if raw]
+
+
 def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, seconds: float = 0.0
                     ) -> tuple[str, float]:  # fmt: skip
     """ack | snooze | resolve | false_positive on one incident; returns its new table state."""

@@ -75,6 +75,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.demo = DemoPanel(state, actions, settings)
         self.training = TrainingPanel(state, actions, settings)
         self.backfill_offer.accepted.connect(self.demo.backfill)
+        state.demo.changed.connect(self._backfill_changed)
 
         self.docks: dict[str, QtWidgets.QDockWidget] = {}
         self._dock("incidents", "Incidents", self.incidents, QtCore.Qt.DockWidgetArea.BottomDockWidgetArea)
@@ -111,6 +112,11 @@ class MainWindow(QtWidgets.QMainWindow):
         state.connection.changed.connect(self._connection_changed)
         state.incidents.health_changed.connect(lambda level: self.setWindowIcon(health_icon(level)))
         self.restore_layout()
+
+    def _backfill_changed(self) -> None:
+        """History landed: the offer to backfill has done its work (Demo panel or banner)."""
+        if self.state.demo.backfill.startswith("done") and "you can train now" in self.state.demo.backfill:
+            self.backfill_offer.setVisible(False)
 
     def _dock(self, name: str, title: str, widget: QtWidgets.QWidget, area: QtCore.Qt.DockWidgetArea) -> None:
         dock = QtWidgets.QDockWidget(title, self)

@@ -290,6 +290,12 @@ class Session:
     def _service_of(self, stream: str) -> str:
         return stream[stream.index("{") + 1 : stream.rindex("}")]
 
+    async def reload_history(self) -> None:
+        """Fill every service's ring buffer from its streams again (after a backfill wrote history)."""
+        for service in list(self.state.live.buffers):
+            self.state.live.buffer(service).clear()
+            await self._load_history(service)
+
     async def _load_history(self, service: str) -> None:
         """Fill the service's ring buffer from its stream and, before it, its history (a backfill sent
         after live traffic, docs/engine.md): read in chunks, parse in the I/O pool."""
@@ -414,4 +420,9 @@ class Session:
                 used_memory=int(info.get("used_memory", 0)), status_json=status, warnings=warnings,
                 detector=detector,
             )  # fmt: skip
+            if self._initial_catchup_done:  # incidents follow their records (extended without alerts)
+                incidents = self.state.incidents
+                for record in await self.call(backend.live_incident_records, self.sync, self.keys,
+                                              incidents.tracked()):  # fmt: skip
+                    incidents.apply_record(record, window, backend.app_state_of(record))
             await asyncio.sleep(STATUS_POLL_SECONDS)

@@ -147,6 +147,7 @@ class Incident:
     alerts: int = 0
     message: str = ""
     model_version: Any = None
+    windows: int = 0  # anomalous windows, as the stored record counts them
 
     @property
     def duration(self) -> float:
@@ -236,6 +237,44 @@ class IncidentsState:
         self.changed.emit(inc)
         self._update_health()
         return inc, is_new
+
+    def apply_record(self, record: dict[str, Any], window_seconds: float, state: tuple[str, float]) -> Incident | None:
+        """Follow the stored record (the detector extends an incident every window without an alert):
+        start, duration, windows, score, severity and reasons as the CLI shows them; `state` is the
+        table state and snooze end of the record (`backend.app_state_of`)."""
+        iid = str(record.get("id", ""))
+        inc = self.incidents.get(iid)
+        if inc is None and record.get("status") != "open":
+            return None
+        first = int(record.get("first_window") or 0)
+        last = int(record.get("last_window") or first)
+        start = parse_time(record.get("opened"))
+        reasons = list(record.get("reasons") or [])
+        reason = reasons[0].get("text", "") if reasons and isinstance(reasons[0], dict) else ""
+        values = dict(service=str(record.get("service", "")), severity=str(record.get("severity", "info")),
+                      score=float(record.get("score") or 0.0), start=start,
+                      last=start + (last - first + 1) * window_seconds, window_first=first, window_last=last,
+                      windows=int(record.get("windows") or 0), model_version=record.get("model_version"),
+                      state=state[0], snoozed_until=state[1])  # fmt: skip
+        if reasons:
+            values.update(reasons=reasons, reason=reason)
+        if inc is None:
+            inc = Incident(incident_id=iid, reason=reason, reasons=reasons, **{
+                k: v for k, v in values.items() if k not in ("reasons", "reason")})
+            self.incidents[iid] = inc
+            self._trim()
+        elif all(getattr(inc, k) == v for k, v in values.items()):
+            return inc
+        else:
+            for k, v in values.items():
+                setattr(inc, k, v)
+        self.changed.emit(inc)
+        self._update_health()
+        return inc
+
+    def tracked(self) -> list[str]:
+        """Ids of the incidents the app shows as still going (their records are followed)."""
+        return [i.incident_id for i in self.incidents.values() if i.state not in CLOSED_STATES]
 
     def set_state(self, incident_id: str, state: str, snoozed_until: float = 0.0) -> Incident | None:
         """Record an action's outcome (after Redis accepted it)."""

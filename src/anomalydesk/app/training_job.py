@@ -118,7 +118,8 @@ def model_overview(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str,
         state = entry.get("state", "learning")
         if state == "learning" and entry.get("needed"):
             state = f"learning ({entry['needed']} windows to go)"
-        overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions}
+        overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
+                             "windows": entry.get("windows", 0)}
     return overview
 
 
