@@ -45,7 +45,7 @@ FAULTS = {
 }
 BUSINESS_AT = 2400  # payments again, well after its spike resolved
 HISTORY_END_UTC = 2 * 3600 + 50 * 60  # seconds into the UTC day: FAULT_AT after it is 03:00
-DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE = 1, 2, 3, 4
+DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE = 1, 2, 3, 4, 5
 
 
 def url_of(server: RedisServer, db: int) -> str:
@@ -82,7 +82,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSer
     assert result.returncode == 0, result.stderr
     trained_services = {t["service"] for t in json.loads(result.stdout)["trained"]}
     assert trained_services == {"gateway", "users", "orders", "payments", "inventory"}
-    for db in (DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE):
+    for db in (DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE):
         for key in r.scan_iter(count=1000):
             r.copy(key, key, destination_db=db)
     r.close()
@@ -167,6 +167,27 @@ def test_silence_mutes_notifications_but_keeps_the_incident(fault_run: dict) -> 
 def test_no_alert_is_written_twice(fault_run: dict) -> None:
     ids = [a["id"] for a in fault_run["alerts"]]
     assert len(ids) == len(set(ids))
+
+
+def test_an_incident_on_errors_escalates_when_latency_takes_over(trained: tuple[RedisServer, float]) -> None:
+    """Errors on users open an incident; latency rising as the errors end keeps it open and leads it:
+    an `escalated` alert names latency (a new top reason for two windows in a row)."""
+    server, t0 = trained
+    r = server.client(db=DB_ESCALATE)
+    det = Detector(r, seal=False, block_ms=10)
+    drain(det)
+    specs = [parse_inject("errors@300+140:users"), parse_inject("latency@430+200:users")]
+    run_fast(r, duration=1200, seed=14, end=t0 + 1200, injects=specs)
+    drain(det)
+    users = [a for a in alerts(r) if a["service"] == "users"]
+    opened = next(a for a in users if a["kind"] == "new")
+    assert opened["reasons"][0]["feature"] == "rate_5xx", opened["reasons"]
+    escalated = [a for a in users if a["kind"] == "escalated" and a["incident_id"] == opened["incident_id"]]
+    latency_window = int((t0 + 430) // W)
+    named = [a for a in escalated if a["reasons"][0]["feature"] in FAULTS["latency"][1]]
+    assert named, [(a["window"] - latency_window, a["reasons"][:1]) for a in escalated]
+    assert named[0]["window"] - latency_window <= 4 and "latency" in named[0]["message"]
+    assert len(named) == 1  # one per thing: the other latency features do not escalate again
 
 
 def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[RedisServer, float]) -> None:

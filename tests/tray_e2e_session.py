@@ -1,8 +1,8 @@
 """Run inside `dbus-run-session`: Xvfb + StatusNotifier watcher + dunst, then the real app on xcb.
 
 Used by tests/test_tray_e2e.py and scripts/screenshots.sh. Starts the desktop pieces, opens the app
-against --redis, backfills demo history, trains with the training panel's Train button, starts demo
-traffic and injects a fault from the demo panel, waits until the app's notification for the
+against --redis, starts demo traffic, backfills demo history while it runs, trains with the training
+panel's Train button and injects a fault from the demo panel, waits until the app's notification for the
 incident reaches dunst (its rule script's log) and dbus-monitor, and writes screenshots. Prints a
 JSON summary on stdout; exit 0 when the notification reached dunst.
 """
@@ -86,13 +86,11 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
         await desktop.start()
         await desktop.session.connected.wait()
         await desktop.session.caught_up.wait()
-        await desktop.actions.backfill(2 * 3600, 3)
-        while len(desktop.state.services) < 3:
-            await asyncio.sleep(0.05)
         window.docks["demo"].raise_()
-        window.demo.start_button.click()  # live traffic right after the history: no silent gap
-        while not desktop.state.demo.running:
+        window.demo.start_button.click()  # a new user's order: live demo traffic first, then history
+        while not desktop.state.demo.running or len(desktop.state.services) < 3:
             await asyncio.sleep(0.05)
+        summary["backfill"] = (await desktop.actions.backfill(2 * 3600, 3))["ready"]
         window.docks["training"].raise_()
         window.training.trees.setValue(60)
         window.training.train_button.click()

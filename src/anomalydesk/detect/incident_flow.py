@@ -231,14 +231,20 @@ def advance(
     return plan
 
 
+def _family(feature: str) -> str:
+    """What a reason is about: the four latency features are one thing (latency), others themselves."""
+    return "latency" if feature.startswith("latency_") else feature
+
+
 def _top(reasons: list[dict[str, Any]]) -> list[str]:
-    """The top reason's feature, as a list (empty when there is none)."""
-    return [str(reasons[0]["feature"])] if reasons and reasons[0].get("feature") else []
+    """The top reason's family (`_family`), as a list (empty when there is none)."""
+    return [_family(str(reasons[0]["feature"]))] if reasons and reasons[0].get("feature") else []
 
 
 def _new_top_reason(incident: dict[str, Any], verdict: Verdict) -> bool:
-    """Track a top reason no alert of this incident named yet; True once it has led
-    `INCIDENT_NEW_REASON_WINDOWS` anomalous windows in a row (it is named from then on)."""
+    """Track a top reason (its family: any latency feature is latency) that no alert of this incident
+    named yet; True once it has led `INCIDENT_NEW_REASON_WINDOWS` anomalous windows in a row (it is
+    named from then on)."""
     top = _top(verdict.reasons)
     named = set(incident.get("named") or _top(incident.get("reasons") or []))
     if not top or top[0] in named:
