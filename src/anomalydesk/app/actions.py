@@ -171,7 +171,7 @@ class Actions:
         await s.reload_history()  # the plots show the history now too
         filled = {name: v for name, v in overview.items() if name in result.get("services", [])}
         counts = [int(v.get("windows") or 0) for v in filled.values()]
-        learning = [name for name, v in filled.items() if str(v.get("state", "")).startswith("learning")]
+        learning = [name for name, v in filled.items() if "to go" in str(v.get("state", ""))]  # too few windows
         if counts and not learning:
             ready = f"{min(counts):,} windows of history per service — you can train now"
         elif counts:

@@ -292,7 +292,8 @@ class Session:
 
     async def reload_history(self) -> None:
         """Fill every service's ring buffer from its streams again (after a backfill wrote history)."""
-        for service in list(self.state.live.buffers):
+        # every service the fingerprint reader follows, also those whose buffer is still empty
+        for service in sorted(set(self.state.live.buffers) | set(self._fp_last)):
             self.state.live.buffer(service).clear()
             await self._load_history(service)
 

@@ -464,23 +464,39 @@ class DemoTraffic:
         return list(self._truth.recorded) if self._truth is not None else []
 
     def _continue_history(self, now: float) -> float:
-        """Where the first step starts: `now`, or where the history before ends (see `since`)."""
-        if self._since is None or self._since >= now:
-            return now
+        """Where the first step starts: where the history before ends (see `since`), else the start of
+        the current window, so the first live window is a whole one (a partial first window reads as
+        a traffic drop to a model trained on whole ones) — unless a service already has data in it."""
         assert self._r is not None
         current = math.floor(now / self.window_s) * self.window_s
+        if self._since is None or self._since >= now:
+            if self._since is None and not self._window_has_data(current):
+                self._warm_up(current)
+                return current
+            return now
         if self._since < current:  # the clock passed a window boundary since the history ended
             run_fast(self._r, duration=current - self._since, end=current, rate=self._rate,
                      services=len(self.services), seed=self.seed, keys=self.keys)  # fmt: skip
         start = max(self._since, current)
-        # the simulation replays (without sending) the history's last window: a KPI reported over a
-        # trailing window (orders per window) then counts the history's part of the first live window,
-        # which a fresh simulation would leave out (no report: kpi_level 0, an anomaly at the handover)
+        self._warm_up(start)
+        return start
+
+    def _warm_up(self, start: float) -> None:
+        """Run (without sending) the simulation over the window before `start`: a KPI reported over a
+        trailing window (orders per window) then counts that window's part of the first live one, which
+        a fresh simulation would leave out (no report: kpi_level 0, an anomaly at the handover)."""
         chunk_s = _chunk_seconds(self._rate, self.window_s)
         for chunk in range(math.floor((start - self.window_s) / chunk_s), math.ceil(start / chunk_s)):
             for svc in range(len(self.services)):
                 _history_chunk(self._sim, svc, chunk, chunk_s, self._rate, self.seed)
-        return start
+
+    def _window_has_data(self, window_start: float) -> bool:
+        """Whether any demo service already has events in the window starting at `window_start`."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        for service in self.services:
+            pipe.zscore(self.keys.open_windows(service), int(window_start // self.window_s))
+        return any(score is not None for score in pipe.execute())
 
     # --- the thread ---------------------------------------------------------------------------
     def _run(self) -> None:
