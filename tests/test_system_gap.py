@@ -104,6 +104,7 @@ def test_gap_plan_opens_once_extends_per_window_and_resolves_on_traffic() -> Non
     writes, sent = gap_plan(record, _fp("a", 11, 0), True, 3, False)
     (record, rev), = writes
     assert rev == 1 and record["windows"] == 2 and sent == []
+    assert gap_plan(record, _fp("c", 9, 40), False, 3, False) == ([], [])  # a lagging service's older window
     writes, sent = gap_plan(record, _fp("c", 12, 40), False, 3, False)
     assert writes[0][0]["status"] == "resolved" and sent[0]["kind"] == "resolved"
     # a service whose gap windows are handled after traffic returned elsewhere: covered, nothing new

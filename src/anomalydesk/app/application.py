@@ -98,10 +98,10 @@ class DesktopApp:
                 log.warning("start-up read failed: %s", err)
         if demo:
             await self.actions.start_demo(self.settings.demo_rate, self.settings.demo_services)
-            if self.settings.offer_backfill and not any(
-                v.get("versions") for v in self.state.training.services.values()
-            ):
-                self.window.backfill_offer.setVisible(True)
+            services = self.state.training.services.values()
+            no_history = not services or any("to go" in str(v.get("state", "")) for v in services)
+            if self.settings.offer_backfill and no_history and not any(v.get("versions") for v in services):
+                self.window.backfill_offer.setVisible(True)  # gone once history is there (no restart offers it)
 
     def reconnect(self) -> None:
         """Apply a new URL from the connection panel: close the session and open a new one."""

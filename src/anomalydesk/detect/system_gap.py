@@ -76,8 +76,9 @@ def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, servic
              silenced: bool) -> tuple[list[tuple[dict[str, Any], int]], list[dict[str, Any]]]:  # fmt: skip
     """(incident writes with the rev read, alerts) for one service's window `fp`.
 
-    A gap window opens the system incident (or extends it once per window); a window with traffic
-    resolves it. New records are stored at rev 1, so two detectors opening it at once conflict and
+    A gap window opens the system incident (or extends it once per window); a window with traffic after
+    its last gap window resolves it (services are handled in any order: one may still be on windows
+    before the gap while another is past it). New records are stored at rev 1, so two detectors opening it at once conflict and
     one of them extends instead of alerting twice.
     """
     if incident is not None and incident.get("status") != "open":
@@ -100,8 +101,8 @@ def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, servic
             grown = {**incident, "rev": rev + 1, "last_window": fp.window, "windows": int(incident["windows"]) + 1}
             return [(grown, rev)], []
         return [], []
-    if incident is None or fp.silent:
-        return [], []
+    if incident is None or fp.silent or fp.window <= int(incident["last_window"]):
+        return [], []  # traffic in a window before the gap's end: a service still catching up, not a return
     rev = int(incident.get("rev", 0))
     closed = {**incident, "status": "resolved", "rev": rev + 1, "resolved_window": fp.window,
               "resolved": {"by": "detector", "at": rfc3339(fp.start), "how": "traffic returned"}}  # fmt: skip
