@@ -78,8 +78,8 @@ def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, servic
 
     A gap window opens the system incident (or extends it once per window); a window with traffic after
     its last gap window resolves it (services are handled in any order: one may still be on windows
-    before the gap while another is past it). New records are stored at rev 1, so two detectors opening it at once conflict and
-    one of them extends instead of alerting twice.
+    before the gap while another is past it). New records are stored at rev 1, so two detectors
+    opening it at once conflict and one of them extends instead of alerting twice.
     """
     if incident is not None and incident.get("status") != "open":
         return [], []  # a closed one covers the window: handled when another service's window came first
