@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 _CONFIG_TTL_SECONDS = 5.0
 _CONFIG_RETRY_SECONDS = 1.0  # a failed re-read is tried again after this long (the cached config serves)
 _RETRYABLE = (redis.ConnectionError, redis.TimeoutError)
+# replies of a Redis Cluster during a failover (CLUSTERDOWN, TRYAGAIN): nothing of the call was written
+_TRANSIENT = (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError)
 # a setup that changed the window length or sketch sizes makes gears refuse older configs: re-read the
 # config, encode again and resend this many times (one is enough unless setup runs again meanwhile)
 _CONFIG_RETRIES = 3
@@ -128,6 +130,8 @@ def _tally(payloads: Payloads, replies: list[Any]) -> tuple[IngestResult, set[st
         if is_stale_config(reply):
             stale.add(service)
             continue
+        if isinstance(reply, _TRANSIENT):  # a failover in progress: retried like an unreachable server
+            raise redis.ConnectionError(f"{service}: {reply}")
         if isinstance(reply, redis.ResponseError):
             raise InvalidBatch(f"{service}: {reply}")
         accepted, late, sealed, duplicate, kpis_accepted, kpis_late, history_sealed = (int(x) for x in reply)
