@@ -202,27 +202,21 @@ def advance(
             _extend(incident, verdict, window, model_version, 1)
             plan.incidents.append((incident, rev))
             newly_named = _new_top_reason(incident, verdict)
-            if newly_named and severity_rank(verdict.severity) <= severity_rank(before):
-                incident["reasons"] = verdict.reasons  # the alert's reasons are the incident's now
-                plan.alerts.append(make_alert(
-                    kind="escalated", incident=incident, window=window, window_start=start,
-                    score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
-                    model_version=model_version,
-                    message=f"{service}: incident {incident['id']} now also shows {verdict.reasons[0]['text']} "
-                            f"(score {verdict.score:.0f})",
-                    silenced=_muted(incident, silenced, now),
-                ))  # fmt: skip
-            if severity_rank(verdict.severity) > severity_rank(before):
+            rose = severity_rank(verdict.severity) > severity_rank(before)
+            if rose:
                 incident["named"] = sorted({*incident.get("named", []), *_top(verdict.reasons)})
+                message = (f"{service}: incident {incident['id']} escalated to {verdict.severity} "
+                           f"(score {verdict.score:.0f}) — {_summary(verdict.reasons)}")  # fmt: skip
+            elif newly_named:
+                incident["reasons"] = verdict.reasons  # the alert's reasons are the incident's now
+                message = (f"{service}: incident {incident['id']} now also shows {verdict.reasons[0]['text']} "
+                           f"(score {verdict.score:.0f})")  # fmt: skip
+            if rose or newly_named:
                 plan.alerts.append(make_alert(
                     kind="escalated", incident=incident, window=window, window_start=start,
                     score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
-                    model_version=model_version,
-                    message=f"{service}: incident {incident['id']} escalated to {verdict.severity} "
-                            f"(score {verdict.score:.0f}) — {_summary(verdict.reasons)}",
-                    silenced=_muted(incident, silenced, now),
+                    model_version=model_version, message=message, silenced=_muted(incident, silenced, now),
                 ))  # fmt: skip
-
         elif incident is not None and incident.get("candidate"):
             rev = int(incident.get("rev", 0))  # a normal window inside the incident: no streak any more
             plan.incidents.append(({**incident, "rev": rev + 1, "candidate": None}, rev))
