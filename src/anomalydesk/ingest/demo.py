@@ -539,6 +539,10 @@ class DemoTraffic:
                     deadline = time.monotonic()  # far behind: do not try to catch up in a burst
                 elif pause > 0:
                     self._stop.wait(pause)
+            if end is None and not self.outage:
+                # stopped by stop(): the rest of the current window at once, so the last window is whole
+                # too (a partial one reads as a traffic drop on every service: a reconnect in the app)
+                self._step(sink, last, math.ceil(last / self.window_s) * self.window_s)
             self.result = self.result + sink.close()
             seal_all(self._r, keys=self.keys)
         except Exception as err:  # the owner reads `error`; the thread must not die silently
