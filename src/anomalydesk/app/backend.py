@@ -184,9 +184,9 @@ def remove_silence(r: redis.Redis, keys: Keys, silence_id: str) -> None:
 def fingerprint_window(r: redis.Redis, keys: Keys, service: str, start: float, end: float) -> np.ndarray:
     """(n, 1 + features) rows [start, features…] of `service` between two epoch times."""
     from anomalydesk.fingerprint import from_stream_entry
+    from anomalydesk.store.admin import window_seconds
 
-    raw_window = r.hget(keys.config, "window_seconds")
-    window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+    window_s = window_seconds(r, keys)
     rows, seen = [], set()
     for stream in (keys.fingerprints(service), keys.history(service, window_s)):  # live, then history
         for _id, fields in r.xrange(stream, min=int(start * 1000), max=int(end * 1000) + 1, count=2000):

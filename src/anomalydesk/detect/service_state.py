@@ -23,6 +23,7 @@ from anomalydesk.detect.incident_flow import Verdict
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, matrix
+from anomalydesk.store import admin
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
@@ -63,8 +64,7 @@ def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dic
     names = sorted(s.decode() if isinstance(s, bytes) else s for s in known)
     retired_names = {s.decode() if isinstance(s, bytes) else s for s in retired}
     active = registry.active_versions(r, keys=keys)
-    raw_window = r.hget(keys.config, "window_seconds")
-    window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+    window_s = admin.window_seconds(r, keys)
     pipe = r.pipeline(transaction=False)
     for name in names:
         pipe.xlen(keys.fingerprints(name))

@@ -26,7 +26,7 @@ from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.service_state import load_model
 from anomalydesk.detect.train import InsufficientHistory, TrainParams, train
 from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint
-from anomalydesk.store import fingerprints
+from anomalydesk.store import admin, fingerprints
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
@@ -98,8 +98,7 @@ def _defaults(window_s: int) -> tuple[str, ...]:
 
 
 def _window_seconds(r: redis.Redis, keys: Keys) -> int:
-    raw = r.hget(keys.config, "window_seconds")
-    return int(raw) if raw else config.DEFAULT_WINDOW_SECONDS
+    return admin.window_seconds(r, keys)
 
 
 def _recent_rows(r: redis.Redis, service: str, n: int, *, keys: Keys, window_s: int) -> tuple[np.ndarray, int, int]:

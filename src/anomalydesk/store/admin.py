@@ -79,6 +79,12 @@ def read_settings(r: redis.Redis, keys: Keys | None = None) -> StoredSettings:
                           int(raw.get("config_gen", 0)))
 
 
+def window_seconds(r: redis.Redis, keys: Keys | None = None) -> int:
+    """The window length `setup` stored (the default before setup ran): one field, for hot paths."""
+    raw = r.hget((keys or Keys(key_prefix())).config, "window_seconds")
+    return int(raw) if raw else SketchSettings().window_seconds
+
+
 def _explicit(settings: SketchSettings) -> dict[str, Any]:
     width, depth = settings.cms_dims()
     return {
