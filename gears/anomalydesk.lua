@@ -63,17 +63,24 @@ the RedisBloom commands built into Redis 8 / Redis Stack):
                     saturates; overall false-positive rate <= 2 * error.
   Top-K             Space-Saving with 10*k (at least 100) counters in a sorted set: every item with
                     true count > N/counters is listed; counts overestimate by at most N/counters.
+                    Native: RedisBloom's HeavyKeeper (TOPK.*), width 10*k (at least 100), depth 7,
+                    decay 0.9 -- probabilistic, counts never overestimate; recall of the true top-k on
+                    Zipf streams is measured in tests/test_backends.py. Its sizes are recorded in the
+                    state ('tkw'); a Top-K reserved by library 2 (width 8) is rebuilt at the next
+                    ingest with the listed items and their counts.
   Size limits (cfg, refused with an error naming the field): width <= 1,000,000, depth <= 20,
   width*depth <= 4,000,000 counters, filter capacity <= 10,000,000, filter error >= 1e-9, k <= 1,000.
 ]]
 
-local LIB_VERSION = '2'
+local LIB_VERSION = '3'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
 local WINDOW_ENDPOINTS_CAP = 512
 local OTHER_ENDPOINT = '(other)'
 local TOPK_MIN_COUNTERS = 100
+local TOPK_DEPTH = 7  -- native HeavyKeeper: rows, and the decay of a bucket held by another item
+local TOPK_DECAY = '0.9'
 local BATCH_TTL = 600
 local MAX_SILENT = 720  -- config.MAX_SILENT_WINDOWS_SEALED
 local LAT_MIN_MS = 0.1
@@ -410,10 +417,10 @@ end
 -- hclock_at), the config the service is set to (g, W; rwf/rwt after a window-length change) and the
 -- sizes its sketches were made with
 local STATE_FIELDS = { 'first', 'sealed', 'live', 'clock', 'clock_at', 'sparse', 'g', 'W', 'hsealed',
-  'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers' }
+  'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers', 'tkw' }
 local NUMERIC = { first = true, sealed = true, clock = true, clock_at = true, g = true, W = true,
   hsealed = true, hclock = true, hclock_at = true, rwf = true, rwt = true, cms_w = true, cms_d = true,
-  topk_k = true, fc = true, fe = true, bf_layers = true }
+  topk_k = true, fc = true, fe = true, bf_layers = true, tkw = true }
 
 local function read_state(state)
   local v = redis.call('HMGET', state, unpack(STATE_FIELDS))
@@ -548,18 +555,41 @@ local function needs_configure(st, c)
   return st.g == nil or c.g > st.g
 end
 
+-- Top-K counters (functions) or HeavyKeeper width (native) for k: the reference example of RedisBloom
+-- reserves 2,000 x 7 for k = 50; 10*k keeps the true top-k on seeded Zipf streams (tests/test_backends.py)
+local function topk_width(k)
+  return math.max(TOPK_MIN_COUNTERS, 10 * k)
+end
+
 local function ensure_sketches(state, ks, c)
   if redis.call('HGET', state, 'sk') == '1' then return end
   if c.be == 'native' then
     redis.call('CMS.INITBYDIM', ks.cms_ep, c.cw, c.cd)
     redis.call('CMS.INITBYDIM', ks.cms_st, c.cw, c.cd)
     redis.call('BF.RESERVE', ks.bf, num(c.fe), c.fc, 'EXPANSION', 2)
-    redis.call('TOPK.RESERVE', ks.topk, c.tk, 8, 7, '0.9')
+    redis.call('TOPK.RESERVE', ks.topk, c.tk, topk_width(c.tk), TOPK_DEPTH, TOPK_DECAY)
   else
     bloom_add_layer(state, c.fc, c.fe)
   end
   redis.call('HSET', state, 'sk', '1', 'be', c.be, 'cms_w', c.cw, 'cms_d', c.cd, 'topk_k', c.tk,
-    'fc', c.fc, 'fe', num(c.fe))
+    'fc', c.fc, 'fe', num(c.fe), 'tkw', topk_width(c.tk))
+end
+
+-- a native Top-K reserved before its width was recorded (library 2 reserved 8 x 7 whatever k was, and
+-- lost most heavy hitters): reserved again with today's sizes, keeping the items it lists and their counts
+local function resize_native_topk(state, ks, st)
+  if st.sk ~= '1' or st.be ~= 'native' or st.tkw ~= nil then return end
+  local listed = redis.call('TOPK.LIST', ks.topk, 'WITHCOUNT')
+  redis.call('DEL', ks.topk)
+  redis.call('TOPK.RESERVE', ks.topk, st.topk_k, topk_width(st.topk_k), TOPK_DEPTH, TOPK_DECAY)
+  local items = {}
+  for i = 1, #listed, 2 do
+    if listed[i] and tonumber(listed[i + 1]) and tonumber(listed[i + 1]) > 0 then
+      items[#items + 1] = listed[i]; items[#items + 1] = listed[i + 1]
+    end
+  end
+  if #items > 0 then redis.call('TOPK.INCRBY', ks.topk, unpack(items)) end
+  redis.call('HSET', state, 'tkw', topk_width(st.topk_k))
 end
 
 -- drop a service's sketches (recreated with the current sizes on its next ingest)
@@ -569,7 +599,7 @@ local function drop_sketches(state, ks, st)
     redis.call('DEL', ks.bf .. ':' .. i)
     redis.call('HDEL', state, 'bf_m' .. i, 'bf_k' .. i, 'bf_cap' .. i, 'bf_n' .. i, 'bf_err' .. i)
   end
-  redis.call('HDEL', state, 'sk', 'bf_layers', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe')
+  redis.call('HDEL', state, 'sk', 'bf_layers', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'tkw')
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -1040,10 +1070,11 @@ local function ad_ingest(keys, args)
   -- writes
   if drop then drop_sketches(state, ks, read_state(state)) end
   if apply_cfg then redis.call('HSET', state, 'g', c.g, 'W', c.W) end
+  if not drop then resize_native_topk(state, ks, st) end
   ensure_sketches(state, ks, c)
   if first ~= st.first then redis.call('HSET', state, 'first', first) end
   local cms_ep, cms_st = {}, {}
-  local topk_counters = math.max(TOPK_MIN_COUNTERS, 10 * c.tk)
+  local topk_counters = topk_width(c.tk)
   local checked, layers = {}, nil
   for _, g in ipairs(groups) do
     local win, w = g[1], g[2]
@@ -1225,6 +1256,46 @@ local function ad_configure(keys, args)
   return 1
 end
 
+-- a native structure's INFO reply (name, value, name, value, ...) as a table; RedisBloom sends the
+-- names as status replies, which reach Lua as { ok = name }
+local function info_table(reply)
+  local t = {}
+  for i = 1, #reply, 2 do
+    local name = type(reply[i]) == 'table' and reply[i]['ok'] or reply[i]
+    local value = reply[i + 1]
+    t[name] = type(value) == 'table' and value['ok'] or value
+  end
+  return t
+end
+
+-- the filter's and the Top-K's sizes as they are now, from the structures themselves (native) or the
+-- layers recorded in the state (functions): what `anomalydesk sketches info` and the app show
+local function sketch_info(state, ks, native, k)
+  local f = redis.call('HMGET', state, 'fc', 'fe', 'tkw')
+  local filter = { initial_capacity = tonumber(f[1]), error = tonumber(f[2]) }
+  local topk = { k = k }
+  if native then
+    local bf = info_table(redis.call('BF.INFO', ks.bf))
+    filter.kind = 'bloom'
+    filter.capacity = bf['Capacity']; filter.items = bf['Number of items inserted']
+    filter.layers = bf['Number of filters']; filter.bytes = bf['Size']
+    local tk = info_table(redis.call('TOPK.INFO', ks.topk))
+    topk.kind = 'heavykeeper'
+    topk.width = tk['width']; topk.depth = tk['depth']; topk.decay = tonumber(tk['decay'])
+  else
+    filter.kind = 'bloom'
+    filter.capacity, filter.items, filter.layers, filter.bytes = 0, 0, 0, 0
+    for _, l in ipairs(bloom_layers(state)) do
+      filter.layers = filter.layers + 1
+      filter.capacity = filter.capacity + l.cap; filter.items = filter.items + l.n
+      filter.bytes = filter.bytes + math.ceil(l.m / 8)
+    end
+    topk.kind = 'space-saving'
+    topk.width = tonumber(f[3]) or topk_width(k)
+  end
+  return { filter = filter, topk = topk }
+end
+
 local function ad_query(keys, args)
   local state, prefix, service, what = keys[1], args[1], args[2], args[3]
   local ks = keyset(prefix, service)
@@ -1244,6 +1315,11 @@ local function ad_query(keys, args)
       end
     end
   elseif what == 'interaction' then
+    -- BF.EXISTS answers 0 on a key of another type (RedisBloom 2.8): that would read as "never seen"
+    local t = native and key_type(ks.bf) or 'none'
+    if t ~= 'none' and not NATIVE_TYPES.bf[t] then
+      return redis.error_reply('WRONGTYPE anomalydesk: ' .. ks.bf .. ' holds a ' .. t .. ' value, not a Bloom filter')
+    end
     local layers = (not native) and bloom_layers(state) or nil
     for i, item in ipairs(items) do
       local found
@@ -1255,8 +1331,10 @@ local function ad_query(keys, args)
       return redis.call('TOPK.LIST', ks.topk, 'WITHCOUNT')
     end
     return redis.call('ZREVRANGE', ks.topk, 0, k - 1, 'WITHSCORES')
+  elseif what == 'info' then
+    return cjson.encode(sketch_info(state, ks, native, k))
   else
-    return fail('query: what must be endpoint, status, interaction or topk')
+    return fail('query: what must be endpoint, status, interaction, topk or info')
   end
   return out
 end

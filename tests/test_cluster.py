@@ -20,24 +20,26 @@ import redis
 
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import parse_metric
-from anomalydesk.store import admin, cluster, fingerprints, gears, sink
+from anomalydesk.store import admin, cluster, fingerprints, gears, sink, sketches
 from anomalydesk.store.connection import connect
 from anomalydesk.store.keys import Keys
-from conftest import free_port
+from conftest import assert_backend, backend_args, free_port
 
 KEYS = Keys()
 DEMO_SERVICES = ["gateway", "users", "orders", "payments", "inventory", "svc-6"]
 
 
 class LocalCluster:
-    """Redis Cluster nodes on loopback, created with `redis-cli --cluster create`."""
+    """Redis Cluster nodes on loopback, created with `redis-cli --cluster create` (RedisBloom loaded on
+    every node for backend="native")."""
 
-    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0):
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0, backend: str = "functions"):
         if shutil.which("redis-cli") is None:
             pytest.fail("redis-cli is not installed (apt-get install redis-tools)")
         self.directory = directory
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.bus_ports: dict[int, int] = {}
+        self.backend = backend
         ports = [free_port() for _ in range(primaries * (1 + replicas))]
         try:
             for port in ports:
@@ -58,7 +60,8 @@ class LocalCluster:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir),
              "--cluster-enabled", "yes", "--cluster-port", str(self.bus_ports[port]),
              "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "1000",
-             "--save", "", "--appendonly", "no", "--logfile", "redis.log", "--repl-diskless-sync-delay", "0"],
+             "--save", "", "--appendonly", "no", "--logfile", "redis.log", "--repl-diskless-sync-delay", "0",
+             *backend_args(self.backend)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -195,8 +198,29 @@ def test_a_primary_that_lost_the_library_gets_it_back_at_the_next_write(
 def test_demo_spreads_services_over_shards_and_everything_reads_back(
     rc: redis.RedisCluster, cluster3: LocalCluster
 ) -> None:
+    demo_journey(rc, cluster3)
+
+
+def test_the_demo_journey_with_native_sketches_on_every_node(tmp_path: Path) -> None:
+    """The same journey on a cluster whose three primaries all have RedisBloom loaded."""
+    nodes = LocalCluster(tmp_path / "native", backend="native")
+    try:
+        for port in nodes.ports:
+            assert_backend(redis.Redis(port=port), "native")
+        rc = connect(nodes.url)
+        demo_journey(rc, nodes, backend="native")
+        for service in DEMO_SERVICES[:5]:  # (svc-6 is retired at the end of the journey)
+            node = rc.get_redis_connection(rc.get_node_from_key(KEYS.state(service)))
+            assert node.type(KEYS.topk(service)) == b"TopK-TYPE" and node.type(KEYS.filter(service)) == b"MBbloom--"
+            assert sketches.info(rc, service)["backend"] == "native"
+        rc.close()
+    finally:
+        nodes.stop()
+
+
+def demo_journey(rc: redis.RedisCluster, cluster3: LocalCluster, backend: str = "functions") -> None:
     url = cluster3.url
-    cli(url, "setup")
+    assert cli(url, "setup")["sketch_backend"] == backend
     demo = cli(url, "demo", "--services", "6", "--fast", "--duration", "1300", "--seed", "3")
     shards = {cluster.shard_of(rc, KEYS.state(s)) for s in DEMO_SERVICES}
     assert len(shards) >= 2
@@ -206,6 +230,7 @@ def test_demo_spreads_services_over_shards_and_everything_reads_back(
         assert rc.get_redis_connection(node).exists(KEYS.fingerprints(service)) == 1
 
     status = cli(url, "status")
+    assert status["sketch_backend"] == backend
     assert sorted(status["services"]) == sorted(DEMO_SERVICES)
     stored = admin.list_services(rc)
     assert status["events_total"] == sum(s["events"] for s in stored)

@@ -17,6 +17,8 @@ from anomalydesk.ingest.collector import CollectorSettings
 from anomalydesk.ingest.collector_server import BackgroundCollector
 from anomalydesk.store import admin, gears
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 
 def request(url: str, method: str, path: str, body: bytes | None = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:

@@ -258,14 +258,14 @@ async def test_async_client(redis_url: str) -> None:
 
 
 # --- capabilities -----------------------------------------------------------------------------------
-def test_capabilities_of_stock_redis_7(r: redis.Redis) -> None:
+def test_capabilities_of_the_session_server(r: redis.Redis, sketch_backend: str) -> None:
     caps = capabilities.detect(r)
     assert caps.version_tuple >= (7, 0)
     assert caps.server_version == r.info("server")["redis_version"]
     assert caps.redis_mode == "standalone"
     assert caps.has_functions is True
-    assert caps.sketch_backend == "functions"  # Debian's redis-server has no RedisBloom
-    assert caps.native_filter is None
+    assert caps.sketch_backend == sketch_backend  # Debian's redis-server has no RedisBloom
+    assert caps.native_filter == ("bf" if sketch_backend == "native" else None)
 
 
 def test_native_backend_when_the_probabilistic_commands_exist() -> None:

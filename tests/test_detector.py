@@ -14,6 +14,8 @@ from anomalydesk.detect.incident_flow import Confirmation, Verdict
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 K = Keys()
 W = 5
 

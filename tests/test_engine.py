@@ -18,6 +18,8 @@ from anomalydesk.store import admin, fingerprints
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import IngestSink, InvalidBatch, ingest, seal_all
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 W = 5
 T0 = 1_790_000_000.0  # a window boundary (divisible by 5)
 

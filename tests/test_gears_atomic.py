@@ -1,4 +1,4 @@
-"""Fault injection into every gears function (gears/anomalydesk.lua, library version 2).
+"""Fault injection into every gears function (gears/anomalydesk.lua), on both sketch backends.
 
 Each case puts one fault on the server (a key of the wrong type, a stream id in the way) or into one argument
 (out of range, used only at the last write step), makes the call and checks it is refused with EVERY key as
@@ -17,10 +17,12 @@ import pytest
 import redis
 
 from anomalydesk.config import SketchSettings
-from anomalydesk.store import admin
+from anomalydesk.store import admin, sketches
 from anomalydesk.store.encoding import config_from
-from anomalydesk.store.gears import ensure_library
+from anomalydesk.store.gears import ensure_library, library_source
 from anomalydesk.store.keys import Keys
+
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
 
 K = Keys()
 SVC = "atom"
@@ -33,8 +35,21 @@ def key(suffix: str, service: str = SVC) -> str:
     return f"{K.tag(service)}:{suffix}"
 
 
+BACKEND = {"be": "functions"}  # the sketch backend of the test running now (set by _on_the_backend)
+
+
+@pytest.fixture(autouse=True)
+def _on_the_backend(sketch_backend: str) -> None:
+    BACKEND["be"] = sketch_backend
+
+
 def cfg(g: int = 0, W: int = 1, **over: Any) -> dict[str, Any]:
-    return {**config_from(SketchSettings(window_seconds=W), "functions", g).payload_cfg, **over}
+    return {**config_from(SketchSettings(window_seconds=W), BACKEND["be"], g).payload_cfg, **over}
+
+
+def filter_key(suffix: str) -> str:
+    """The filter's first layer (`bf:1`) is the one RedisBloom key `bf` on the native backend."""
+    return "bf" if suffix == "bf:1" and BACKEND["be"] == "native" else suffix
 
 
 def window(win: int, ep: str) -> dict[str, Any]:
@@ -186,6 +201,7 @@ def test_the_snapshot_sees_every_write_and_the_check_a_half_done_call(r: redis.R
 ])  # fmt: skip
 def test_ingest_with_a_wrong_typed_key(svc: redis.Redis, suffix: str, kind: str) -> None:
     """Windows 101, 102 (and a raw event): 102 makes 100 and 101 sealable, so every write step runs."""
+    suffix = filter_key(suffix)
     fix = inject(svc, key(suffix), kind)
     reply = refused_then_retried(svc, lambda: ingest(svc, [101, 102], raw=RAW), fix, events=4)
     assert reply[2] == 2 and len(svc.xrange(key("fp"))) == 2 and svc.xlen(key("raw")) == 1
@@ -218,9 +234,15 @@ def test_ingest_with_a_last_step_argument_out_of_range(svc: redis.Redis, field: 
 
 
 def test_ingest_that_adds_a_bloom_layer_over_a_wrong_typed_key(svc: redis.Redis) -> None:
-    """cfg.fc = 1: the first endpoint fills layer 1, so a new endpoint makes the call create layer 2 (`:bf:2`)."""
+    """cfg.fc = 1: the first endpoint fills layer 1, so a new endpoint makes the call create layer 2 (`:bf:2`).
+    Native: RedisBloom grows its filter inside its one key, so the call only has to succeed, and the filter
+    has a second sub-filter after it."""
     small = cfg(fc=1)
     assert ingest(svc, [100], batch="base", c=small, service="bloom")[0] == 2
+    if BACKEND["be"] == "native":
+        assert ingest(svc, [101], c=small, service="bloom", ep="GET:/b")[0] == 2
+        assert sketches.info(svc, "bloom")["filter"]["layers"] == 2
+        return
     fix = inject(svc, key("bf:2", "bloom"), "hash")
     refused_then_retried(svc, lambda: ingest(svc, [101], c=small, service="bloom", ep="GET:/b"), fix, events=2,
                          service="bloom", defect=(
@@ -332,7 +354,10 @@ def test_a_refused_call_does_not_apply_its_config(svc: redis.Redis, case: str) -
     ("interaction", ["GET:/a", "GET:/b"], "bf:1", "hash", [1, 0]), ("topk", [], "topk", "string", [b"GET:/a", b"2"]),
 ])  # fmt: skip
 def test_query_with_a_wrong_typed_sketch(svc: redis.Redis, what: str, items: list, suffix: str, kind: str,
-                                         answer: list) -> None:
+                                         answer: list, sketch_backend: str) -> None:
+    suffix = filter_key(suffix)
+    if sketch_backend == "native":  # TOPK.LIST answers integer counts
+        answer = [b"GET:/a", 2] if what == "topk" else answer
     fix = inject(svc, key(suffix), kind)
     assert refused_then_retried(svc, lambda: query(svc, what, items), fix, error="WRONGTYPE") == answer
     before = snapshot(svc)
@@ -341,5 +366,6 @@ def test_query_with_a_wrong_typed_sketch(svc: redis.Redis, what: str, items: lis
 
 def test_version_writes_nothing(svc: redis.Redis) -> None:
     before = snapshot(svc)
-    assert svc.fcall("ad_version", 0) == b"2" and svc.fcall_ro("ad_version", 0) == b"2"
+    shipped = str(library_source()[1]).encode()
+    assert svc.fcall("ad_version", 0) == shipped and svc.fcall_ro("ad_version", 0) == shipped
     assert snapshot(svc) == before

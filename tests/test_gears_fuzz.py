@@ -21,6 +21,8 @@ from anomalydesk.events import parse_metric
 from anomalydesk.store import admin, fingerprints, sink
 from anomalydesk.store.keys import Keys
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 K = Keys()
 SERVICE = "payments"
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -26,6 +26,8 @@ from anomalydesk.store import admin
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import ingest, seal_all
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 K = Keys()
 SERVICES = ["gateway", "users", "orders", "payments", "inventory"]
 

@@ -26,11 +26,13 @@ from anomalydesk.detect.model import Model
 from anomalydesk.events import parse_metric
 from anomalydesk.ingest.collector import CollectorSettings
 from anomalydesk.ingest.collector_server import BackgroundCollector
-from anomalydesk.store import admin, fingerprints, models, sink
+from anomalydesk.store import admin, fingerprints, models, sink, sketches
 from anomalydesk.store.connection import ConnectionFailed, connect
 from anomalydesk.store.keys import Keys
 from conftest import RedisServer, free_port
 from test_collector import post
+
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
 
 K = Keys()
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,8 +50,9 @@ def cli(url: str, *argv: str) -> subprocess.CompletedProcess[str]:
 
 # --- TLS ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A redis-server with a TLS port (client certificates required); the rediss:// URL for it."""
+def tls(tmp_path_factory: pytest.TempPathFactory, sketch_backend: str) -> Iterator[str]:
+    """A redis-server with a TLS port (client certificates required; RedisBloom loaded in the native
+    run); the rediss:// URL for it."""
     certs = tmp_path_factory.mktemp("tls")
     ca = trustme.CA()
     ca.cert_pem.write_to_path(str(certs / "ca.crt"))
@@ -60,13 +63,13 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     server = RedisServer(certs, "--tls-port", str(port), "--tls-cert-file", str(certs / "server.crt"),
                          "--tls-key-file", str(certs / "server.key"), "--tls-ca-cert-file", str(certs / "ca.crt"),
-                         "--tls-auth-clients", "yes")  # fmt: skip
+                         "--tls-auth-clients", "yes", backend=sketch_backend)  # fmt: skip
     yield (f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs / 'ca.crt'}"
            f"&ssl_certfile={certs / 'client.crt'}&ssl_keyfile={certs / 'client.key'}")  # fmt: skip
     server.stop()
 
 
-def test_ingest_collector_and_status_over_tls(tls: str) -> None:
+def test_ingest_collector_and_status_over_tls(tls: str, sketch_backend: str) -> None:
     r = connect(tls)
     assert r.connection_pool.connection_kwargs.get("ssl_cert_reqs") == "required"
     admin.setup(r, SketchSettings())
@@ -80,6 +83,7 @@ def test_ingest_collector_and_status_over_tls(tls: str) -> None:
     done = cli(tls, "status", "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["events_total"] == 8
+    assert json.loads(done.stdout)["sketch_backend"] == sketch_backend
     r.close()
 
 
@@ -96,14 +100,15 @@ def acl_rules(block: str) -> list[str]:
     match = re.search(rf"```{block}\n(.*?)```", text, re.DOTALL)
     assert match, f"docs/acl.md has no {block} block"
     words = match.group(1).split()
-    assert words[:2] == ["ACL", "SETUSER"]
+    assert words[:2] == ["ACL", "SETUSER"] and words[2] in ("ad-collector", "ad-app")
     return [w if w != ">CHANGE-ME" else f">{PASSWORD}" for w in words[2:]]
 
 
 @pytest.fixture()
-def acl_server(redis_server: RedisServer, redis_url: str) -> Iterator[RedisServer]:
+def acl_server(redis_server: RedisServer, redis_url: str, sketch_backend: str) -> Iterator[RedisServer]:
     admin_client = redis_server.client()
-    for block in ("acl-collector", "acl-app"):
+    blocks = ("acl-collector", "acl-app") + (("acl-collector-native",) if sketch_backend == "native" else ())
+    for block in blocks:
         admin_client.execute_command("ACL", "SETUSER", *acl_rules(block))
     yield redis_server
     for user in ("ad-collector", "ad-app"):
@@ -163,6 +168,9 @@ def test_app_user_runs_the_product_but_not_the_server(acl_server: RedisServer, r
         assert done.returncode == 0, (argv, done.stderr)
     app = connect(url)
     assert set(models.active_versions(app)) == {"gateway", "users"}
+    # the Sketches inspector's queries (module commands inside ad_query on the native backend)
+    assert sketches.info(app, "users")["filter"]["items"] > 0 and sketches.topk(app, "users")
+    assert sum(sketches.status_counts(app, "users", [200, 500, 503]).values()) > 0
     detector = Detector(app, seal=False, block_ms=10)
     detector.step()  # joins the group, reads, scores with the stored models
     pubsub = app.pubsub()

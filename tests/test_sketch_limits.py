@@ -18,6 +18,8 @@ from anomalydesk.events import parse_metric
 from anomalydesk.store import admin, sink
 from anomalydesk.store.keys import Keys
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 K = Keys()
 SERVICE = "newsvc"
 LUA = Path(__file__).resolve().parents[1] / "gears" / "anomalydesk.lua"

@@ -10,6 +10,8 @@ from anomalydesk.config import SketchSettings
 from anomalydesk.store import admin, sketches
 from anomalydesk.store.sink import IngestSink
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 SERVICE = "zipf"
 
 

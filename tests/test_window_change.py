@@ -23,6 +23,8 @@ from anomalydesk.store.encoding import Columns, config_from, encode
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import IngestSink, ingest, seal_all
 
+pytestmark = pytest.mark.backends  # runs once per sketch backend (conftest.BOTH_BACKENDS)
+
 K = Keys()
 SERVICE = "svc"
 

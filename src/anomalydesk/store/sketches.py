@@ -65,11 +65,16 @@ def topk(r: redis.Redis, service: str, keys: Keys | None = None) -> list[tuple[s
 
 
 def info(r: redis.Redis, service: str, keys: Keys | None = None) -> dict[str, Any]:
-    """Sizes and memory of a service's sketches."""
+    """Sizes and memory of a service's sketches, read from the structures themselves on both backends.
+
+    `filter`: kind, capacity (all layers now), initial_capacity, error, layers, items, bytes; `topk`: k,
+    kind (space-saving or heavykeeper), width (counters), and depth and decay on native.
+    """
     keys = keys or Keys(key_prefix())
     state = {_text(k): _text(v) for k, v in r.hgetall(keys.state(service)).items()}
     if state.get("sk") != "1":
         raise NoSketches(f"no sketches for service {service!r}: it has sent nothing yet")
+    measured = orjson.loads(_query(r, service, "info", [], keys))
     layers = int(state.get("bf_layers", 0))
     filter_keys = [f"{keys.filter(service)}:{i}" for i in range(1, layers + 1)] or [keys.filter(service)]
     memory = {
@@ -81,13 +86,8 @@ def info(r: redis.Redis, service: str, keys: Keys | None = None) -> dict[str, An
     return {
         "backend": state.get("be"),
         "cms": {"width": int(state["cms_w"]), "depth": int(state["cms_d"])},
-        "filter": {
-            "capacity": int(state["fc"]),
-            "error": float(state["fe"]),
-            "layers": layers,
-            "items": sum(int(state.get(f"bf_n{i}", 0)) for i in range(1, layers + 1)),
-        },
-        "topk": {"k": int(state["topk_k"])},
+        "filter": measured["filter"],
+        "topk": measured["topk"],
         "memory_bytes": memory,
         "memory_total": sum(memory.values()),
     }
