@@ -68,39 +68,47 @@ the RedisBloom commands built into Redis 8 / Redis Stack):
                     Zipf streams is measured in tests/test_backends.py. Its sizes are recorded in the
                     state ('tkw'); a Top-K reserved by library 2 (width 8) is rebuilt at the next
                     ingest with the listed items and their counts.
-  Size limits (cfg, refused with an error naming the field): width <= 1,000,000, depth <= 20,
-  width*depth <= 4,000,000 counters, filter capacity <= 10,000,000, filter error >= 1e-9, k <= 1,000.
+  Size limits (cfg, refused with an error naming the field): MAX_CMS_WIDTH, MAX_CMS_DEPTH,
+  MAX_CMS_COUNTERS (width*depth), MAX_FILTER_CAPACITY, MIN_FILTER_ERROR, MAX_TOPK below.
+
+The constants between BEGIN CONTRACT and END CONTRACT are generated from src/anomalydesk/contract.py,
+which owns everything this library shares with the Python side (payload, reply, key layout, limits,
+version); tests/test_contract.py fails when the two disagree, or when this file changes and
+LIB_VERSION does not.
 ]]
 
+-- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
 local LIB_VERSION = '3'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
+local MAX_SERVICE_NAME = 64
+local SERVICE_PATTERN = '^[A-Za-z0-9._-]+$'
 local WINDOW_ENDPOINTS_CAP = 512
 local OTHER_ENDPOINT = '(other)'
 local TOPK_MIN_COUNTERS = 100
-local TOPK_DEPTH = 7  -- native HeavyKeeper: rows, and the decay of a bucket held by another item
+local TOPK_DEPTH = 7
 local TOPK_DECAY = '0.9'
 local BATCH_TTL = 600
-local MAX_SILENT = 720  -- config.MAX_SILENT_WINDOWS_SEALED
+local MAX_SILENT = 720
 local LAT_MIN_MS = 0.1
 local LAT_PER_OCTAVE = 8
--- bounds that keep every later write valid: counts and windows stay integers Redis accepts (Lua
--- prints numbers >= 1e14 in exponent form), sums stay finite when added up, and no list is longer
--- than unpack() can spread (the sink never sends more than 2,000 endpoints in one call)
-local MAX_COUNT = 1e12
-local MAX_SUM = 1e18
+local MAX_COUNT = 1000000000000
+local MAX_SUM = 1e+18
 local MAX_PAIRS = 4000
-local MAX_EPOCH_S = 1e11
--- sketch sizes a config may choose (config.SKETCH_MAX_*, checked by `setup` before anything is written)
+local MAX_EPOCH_S = 100000000000
 local MAX_CMS_WIDTH = 1000000
 local MAX_CMS_DEPTH = 20
 local MAX_CMS_COUNTERS = 4000000
 local MAX_FILTER_CAPACITY = 10000000
-local MIN_FILTER_ERROR = 1e-9
+local MIN_FILTER_ERROR = 1e-09
 local MAX_TOPK = 1000
-
+local PAYLOAD_VERSION = 1
+local FINGERPRINT_SCHEMA = 1
 local STALE = 'STALECONFIG'
+local NEED_CONFIG = 'NEEDCONFIG'
+local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', raw = ':raw', batch = ':batch:' }
+-- END CONTRACT
 
 local function fail(msg)
   return redis.error_reply('ERR anomalydesk: ' .. msg)
@@ -204,7 +212,7 @@ end
 
 local function validate(p, service)
   if type(p) ~= 'table' then return 'payload must be a JSON object' end
-  if p.v ~= 1 then return 'payload version must be 1' end
+  if p.v ~= PAYLOAD_VERSION then return 'payload version must be ' .. PAYLOAD_VERSION end
   if p.mode ~= 'live' and p.mode ~= 'replay' then return 'mode must be "live" or "replay"' end
   if p.batch ~= nil and p.batch ~= cjson.null and (type(p.batch) ~= 'string' or #p.batch > 128) then
     return 'batch must be a string of at most 128 characters'
@@ -400,16 +408,16 @@ end
 -- per-service keys, state, and the checks made before the first write
 -- ---------------------------------------------------------------------------------------------
 local function keyset(prefix, service)
-  local t = prefix .. '{' .. service .. '}'
+  local t, K = prefix .. '{' .. service .. '}', KEY_SUFFIX
   return {
-    tag = t, state = t .. ':state', fp = t .. ':fp', cms_ep = t .. ':cms:ep', cms_st = t .. ':cms:st',
-    bf = t .. ':bf', topk = t .. ':topk', open = t .. ':open', raw = t .. ':raw',
-    hist = function(W) return t .. ':hist:' .. W end,
-    batch = function(id) return t .. ':batch:' .. id end,
-    win = function(w) return t .. ':w:' .. w end,
-    we = function(w) return t .. ':we:' .. w end,
-    wh = function(w) return t .. ':wh:' .. w end,
-    tmp = function(kind, w) return t .. ':rw:' .. kind .. ':' .. w end,
+    tag = t, state = t .. K.state, fp = t .. K.fp, cms_ep = t .. K.cms_ep, cms_st = t .. K.cms_st,
+    bf = t .. K.bf, topk = t .. K.topk, open = t .. K.open, raw = t .. K.raw,
+    hist = function(W) return t .. K.hist .. W end,
+    batch = function(id) return t .. K.batch .. id end,
+    win = function(w) return t .. K.win .. w end,
+    we = function(w) return t .. K.we .. w end,
+    wh = function(w) return t .. K.wh .. w end,
+    tmp = function(kind, w) return t .. K.tmp .. kind .. ':' .. w end,
   }
 end
 
@@ -744,7 +752,7 @@ local function seal_write(state, ks, plan, stream, W, retention, sparse, mark)
   for _, w in ipairs(plan.windows) do
     local fields = fingerprint(ks, w, W, sparse, plan.seen[w])
     redis.call('XADD', stream, 'MAXLEN', '~', retention, entry_ms(w, W) .. '-1',
-      'window', w, 'start', w * W, 'schema', 1, unpack(fields))
+      'window', w, 'start', w * W, 'schema', FINGERPRINT_SCHEMA, unpack(fields))
     if plan.seen[w] then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
   end
   if plan.skipped > 0 then redis.call('HINCRBY', state, 'windows_skipped', plan.skipped) end
@@ -919,8 +927,8 @@ end
 
 local function service_keys(keys, args, what)
   local state, prefix, service = keys[1], args[1], args[2]
-  if type(service) ~= 'string' or not string.match(service, '^[A-Za-z0-9._-]+$') or #service > 64 then
-    return nil, what .. ': service must match [A-Za-z0-9._-]{1,64}'
+  if type(service) ~= 'string' or not string.match(service, SERVICE_PATTERN) or #service > MAX_SERVICE_NAME then
+    return nil, what .. ': service must match [A-Za-z0-9._-]{1,' .. MAX_SERVICE_NAME .. '}'
   end
   if type(prefix) ~= 'string' then return nil, what .. ': prefix must be a string' end
   local ks = keyset(prefix, service)
@@ -929,8 +937,6 @@ local function service_keys(keys, args, what)
   if err then return nil, what .. ': ' .. err end
   return ks, nil
 end
-
-local NEED_CONFIG = 'NEEDCONFIG'
 
 -- a call carrying a newer config that changes the service's window length is refused: the change
 -- moves windows and bookkeeping, so it is its own call (ad_configure, checked then written), after

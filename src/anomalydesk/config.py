@@ -12,6 +12,8 @@ from pathlib import Path
 
 import platformdirs
 
+from anomalydesk import contract
+
 APP_NAME = "anomalydesk"
 
 # --- environment ------------------------------------------------------------------------------
@@ -23,10 +25,7 @@ ENV_PREFIX = "ANOMALYDESK_PREFIX"
 # --- Redis layout -----------------------------------------------------------------------------
 DEFAULT_PREFIX = "ad:"
 GEARS_LIBRARY = "anomalydesk"
-ALERT_CHANNEL_SUFFIX = "alerts"  # channel  <prefix>alerts
-ALERT_LOG_SUFFIX = "alerts:log"  # stream   <prefix>alerts:log
 ALERT_LOG_MAXLEN = 10_000
-BATCH_DEDUP_SECONDS = 600  # a repeated batch id within this time is a no-op
 
 # --- windows and sketches (what `setup` writes when not told otherwise) ------------------------
 DEFAULT_WINDOW_SECONDS = 5
@@ -36,25 +35,23 @@ DEFAULT_FILTER_CAPACITY = 10_000  # interactions per service before the filter a
 DEFAULT_FILTER_ERROR = 0.001
 DEFAULT_TOPK = 10
 DEFAULT_RETENTION_WINDOWS = 17_280 * 2  # two days of 5 s windows per fingerprint stream
-MAX_SILENT_WINDOWS_SEALED = 720  # a long silence seals at most this many zero-traffic windows
 REPLAY_CLOCK_HOLD_SECONDS = 30  # a replaying service is sealed by its event clock for this long
-WINDOW_ENDPOINTS_CAP = 512  # distinct endpoints counted exactly per window; the rest go to "other"
 DEFAULT_RAW_SAMPLE = 0.0  # full-fidelity mode: share of events also kept raw (0 = off, 1 = all)
 RAW_STREAM_MAXLEN = 100_000  # raw events kept per service (trimmed stream)
-# upper bounds on the sketch sizes a setup may choose (mirrored in gears/anomalydesk.lua, which refuses
+# upper bounds on the sketch sizes a setup may choose (the contract's: gears/anomalydesk.lua refuses
 # larger ones too): at most 2 × 16 MiB of Count-Min Sketch, a first filter layer of at most ~54 MB and
 # 10,000 Top-K counters per service
-SKETCH_MAX_CMS_WIDTH = 1_000_000
-SKETCH_MAX_CMS_DEPTH = 20
-SKETCH_MAX_CMS_COUNTERS = 4_000_000  # width × depth: 16 MiB of u32 counters per sketch
-SKETCH_MAX_FILTER_CAPACITY = 10_000_000
-SKETCH_MIN_FILTER_ERROR = 1e-9
-SKETCH_MAX_TOPK = 1_000
+SKETCH_MAX_CMS_WIDTH = contract.MAX_CMS_WIDTH
+SKETCH_MAX_CMS_DEPTH = contract.MAX_CMS_DEPTH
+SKETCH_MAX_CMS_COUNTERS = contract.MAX_CMS_COUNTERS
+SKETCH_MAX_FILTER_CAPACITY = contract.MAX_FILTER_CAPACITY
+SKETCH_MIN_FILTER_ERROR = contract.MIN_FILTER_ERROR
+SKETCH_MAX_TOPK = contract.MAX_TOPK
 
 # --- names ------------------------------------------------------------------------------------
-SERVICE_NAME_MAX = 64
-ENDPOINT_MAX = 256
-METRIC_NAME_MAX = 128
+SERVICE_NAME_MAX = contract.MAX_SERVICE_NAME
+ENDPOINT_MAX = contract.MAX_ENDPOINT
+METRIC_NAME_MAX = contract.MAX_KPI_NAME
 BUSINESS_PSEUDO_SERVICE = "business"
 MAX_ABS_VALUE = 1e12  # business values and range bounds (a batch's sums stay exact and within the server's 1e18)
 MAX_LATENCY_MS = 1e9  # about 11.6 days

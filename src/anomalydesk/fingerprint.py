@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+from anomalydesk import contract
 
-LAT_MIN_MS = 0.1
-LAT_BUCKETS_PER_OCTAVE = 8
-LAT_MAX_BUCKET = 200  # 0.1 ms * 2**(200/8) ≈ 56 minutes; anything slower lands here
+SCHEMA_VERSION = contract.FINGERPRINT_SCHEMA
+
+LAT_MIN_MS = contract.LAT_MIN_MS
+LAT_BUCKETS_PER_OCTAVE = contract.LAT_BUCKETS_PER_OCTAVE
+LAT_MAX_BUCKET = contract.LAT_MAX_BUCKET  # 0.1 ms * 2**(200/8) ≈ 56 minutes; anything slower lands here
 LAT_QUANTILE_REL_ERROR = 2 ** (1 / (2 * LAT_BUCKETS_PER_OCTAVE)) - 1
 
 _LOG2_MIN = math.log2(LAT_MIN_MS)

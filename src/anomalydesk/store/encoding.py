@@ -17,6 +17,7 @@ import numpy as np
 import orjson
 
 from anomalydesk.config import RAW_STREAM_MAXLEN, SketchSettings
+from anomalydesk.contract import PAYLOAD_VERSION, IngestPayload, KpiRow, PayloadConfig, PayloadWindow, RawEvent
 from anomalydesk.events import BusinessMetric, Metric
 from anomalydesk.fingerprint import latency_bucket, latency_buckets
 
@@ -86,7 +87,7 @@ def _pairs(keys: np.ndarray, counts: np.ndarray, lo: int, hi: int, key_of) -> li
 
 
 def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarray, names: list[str],
-                   replay: bool, window_s: int) -> list[dict[str, Any]]:
+                   replay: bool, window_s: int) -> list[PayloadWindow]:
     if len(ep) == 0:
         return []
     if replay:
@@ -123,7 +124,7 @@ def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarr
     return groups
 
 
-def _groups_small(cols: Columns, names: list[str], replay: bool, window_s: int) -> list[dict[str, Any]]:
+def _groups_small(cols: Columns, names: list[str], replay: bool, window_s: int) -> list[PayloadWindow]:
     """`_window_groups` for a few events buffered per event (no numpy): same payload, same order."""
     if not cols.ep_list:
         return []
@@ -138,7 +139,7 @@ def _groups_small(cols: Columns, names: list[str], replay: bool, window_s: int) 
     return [_group_of(win, by_window[win], names) for win in sorted(by_window)]
 
 
-def _group_of(win: int, rows: Iterable[tuple[int, int, float]], names: list[str]) -> dict[str, Any]:
+def _group_of(win: int, rows: Iterable[tuple[int, int, float]], names: list[str]) -> PayloadWindow:
     hist: dict[int, int] = {}
     endpoints: dict[int, int] = {}
     statuses: dict[int, int] = {}
@@ -162,7 +163,7 @@ def _group_of(win: int, rows: Iterable[tuple[int, int, float]], names: list[str]
 
 
 def _raw_rows(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarray, names: list[str],
-              sample: float) -> list[list[Any]]:
+              sample: float) -> list[RawEvent]:
     """Full-fidelity mode: a random `sample` share of the events, kept raw by the server."""
     if sample <= 0 or len(ep) == 0:
         return []
@@ -172,7 +173,7 @@ def _raw_rows(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarray, n
                                    ts[picked].tolist(), strict=True)]
 
 
-def _kpi_rows(cols: Columns, replay: bool, window_s: int) -> list[list[Any]]:
+def _kpi_rows(cols: Columns, replay: bool, window_s: int) -> list[KpiRow]:
     agg: dict[tuple[int, str], list[Any]] = {}
     for name, value, low, high, ts in cols.kpis:
         if replay and ts is None:
@@ -192,7 +193,7 @@ def _kpi_rows(cols: Columns, replay: bool, window_s: int) -> list[list[Any]]:
 @dataclass(frozen=True)
 class Config:
     window_s: int
-    payload_cfg: dict[str, Any]
+    payload_cfg: PayloadConfig
     retention: int
     read_at: float
     raw_sample: float = 0.0
@@ -202,9 +203,11 @@ class Config:
 def config_from(settings: SketchSettings, backend: str, generation: int = 0) -> Config:
     """What every payload carries of the server's setup (`cfg`); gears refuses an older generation."""
     width, depth = settings.cms_dims()
-    cfg = {"g": generation, "W": settings.window_seconds, "cw": width, "cd": depth, "fc": settings.filter_capacity,
-           "fe": settings.filter_error, "tk": settings.topk, "ret": settings.retention, "be": backend,
-           "rm": RAW_STREAM_MAXLEN}
+    cfg: PayloadConfig = {
+        "g": generation, "W": settings.window_seconds, "cw": width, "cd": depth, "fc": settings.filter_capacity,
+        "fe": settings.filter_error, "tk": settings.topk, "ret": settings.retention,
+        "be": "native" if backend == "native" else "functions", "rm": RAW_STREAM_MAXLEN,
+    }
     return Config(settings.window_seconds, cfg, settings.retention, time.monotonic(), settings.raw_sample,
                   generation)
 
@@ -238,10 +241,11 @@ def encode(columns: dict[str, Columns], config: Config, replay: bool, batch_id: 
     return out
 
 
-def _payload(groups: list[dict[str, Any]], kpis: list[list[Any]], replay: bool, batch_id: str | None,
-             sparse: bool, config: Config, raw: list[list[Any]] | None = None) -> bytes:
-    payload = {"v": 1, "mode": "replay" if replay else "live", "batch": batch_id,
-               "sparse": 1 if sparse else 0, "cfg": config.payload_cfg, "w": groups, "k": kpis}
+def _payload(groups: list[PayloadWindow], kpis: list[KpiRow], replay: bool, batch_id: str | None,
+             sparse: bool, config: Config, raw: list[RawEvent] | None = None) -> bytes:
+    """The `ad_ingest` argument (anomalydesk.contract.IngestPayload) as JSON."""
+    payload: IngestPayload = {"v": PAYLOAD_VERSION, "mode": "replay" if replay else "live", "batch": batch_id,
+                              "sparse": 1 if sparse else 0, "cfg": config.payload_cfg, "w": groups, "k": kpis}
     if raw:
         payload["raw"] = raw
     return orjson.dumps(payload)
@@ -281,7 +285,7 @@ def encode_aggregates(service: str, windows: Sequence[WindowAggregate], config: 
                       kpis: Sequence[BusinessMetric] = (), replay: bool = False, batch_id: str | None = None,
                       sparse: bool = False) -> list[tuple[str, bytes]]:
     """The FCALL payload for pre-aggregated windows (and business KPIs) of one service: [(service, JSON)]."""
-    groups = []
+    groups: list[PayloadWindow] = []
     for w in windows:
         w.check()
         if w.n == 0:
@@ -298,9 +302,7 @@ def encode_aggregates(service: str, windows: Sequence[WindowAggregate], config: 
     rows = _kpi_rows(cols, replay, config.window_s)
     if not groups and not rows:
         return []
-    payload = {"v": 1, "mode": "replay" if replay else "live", "batch": batch_id, "sparse": 1 if sparse else 0,
-               "cfg": config.payload_cfg, "w": groups, "k": rows}
-    return [(service, orjson.dumps(payload))]
+    return [(service, _payload(groups, rows, replay, batch_id, sparse, config))]
 
 
 def columns_of(events: Iterable[Event]) -> dict[str, Columns]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from anomalydesk import contract
 from anomalydesk.config import GEARS_LIBRARY
 
 ENV_GEARS_FILE = "ANOMALYDESK_GEARS_FILE"
@@ -104,8 +105,8 @@ def is_missing_function(reply: object) -> bool:
     return isinstance(reply, redis.ResponseError) and "function not found" in str(reply).lower()
 
 
-STALE_CONFIG = "STALECONFIG"
-NEED_CONFIG = "NEEDCONFIG"
+STALE_CONFIG = contract.STALE_CONFIG
+NEED_CONFIG = contract.NEED_CONFIG
 
 
 def is_stale_config(reply: object) -> bool:

@@ -3,8 +3,8 @@
 Per-service keys carry the service as hash tag, `ad:{payments}:…`, so one service's sketches,
 window aggregates and fingerprint stream share a slot in Redis Cluster and one FCALL touches one
 slot. Global keys are few and small; the incident keys share the alert log's slot
-(`incident_tag`). The gears library builds the same names from the prefix and
-service it is given (keep `gears/anomalydesk.lua` in step with this module).
+(`incident_tag`). The names the gears library writes are built, here and in the library, from the
+suffixes in `anomalydesk.contract.KEY_SUFFIXES` (the library's copy is generated from it).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from anomalydesk.config import DEFAULT_PREFIX
+from anomalydesk.contract import KEY_SUFFIXES as S
 
 
 @dataclass(frozen=True)
@@ -133,46 +134,46 @@ class Keys:
 
     def fingerprints(self, service: str) -> str:
         """Stream of sealed fingerprints; entry id = window start in ms."""
-        return f"{self.tag(service)}:fp"
+        return f"{self.tag(service)}{S['fp']}"
 
     def history(self, service: str, window_seconds: int) -> str:
         """Stream of sealed history fingerprints of one window length: windows before the live stream's
         first one, sent later (a backfill); training and plots read it, the detector never does."""
-        return f"{self.tag(service)}:hist:{window_seconds}"
+        return f"{self.tag(service)}{S['hist']}{window_seconds}"
 
     def state(self, service: str) -> str:
         """Hash: first (window), sealed (last sealed window), clock/clock_at (replay clock), live, hsealed,
         hclock/hclock_at (history), g/W (the config generation and window length it is set to)."""
-        return f"{self.tag(service)}:state"
+        return f"{self.tag(service)}{S['state']}"
 
     def open_windows(self, service: str) -> str:
         """Sorted set of the windows holding aggregates that are not sealed yet (score = window)."""
-        return f"{self.tag(service)}:open"
+        return f"{self.tag(service)}{S['open']}"
 
     def window(self, service: str, window: int) -> str:
         """Hash of one open window's aggregates."""
-        return f"{self.tag(service)}:w:{window}"
+        return f"{self.tag(service)}{S['win']}{window}"
 
     def window_endpoints(self, service: str, window: int) -> str:
-        return f"{self.tag(service)}:we:{window}"
+        return f"{self.tag(service)}{S['we']}{window}"
 
     def window_hll(self, service: str, window: int) -> str:
-        return f"{self.tag(service)}:wh:{window}"
+        return f"{self.tag(service)}{S['wh']}{window}"
 
     def cms_endpoints(self, service: str) -> str:
-        return f"{self.tag(service)}:cms:ep"
+        return f"{self.tag(service)}{S['cms_ep']}"
 
     def cms_status(self, service: str) -> str:
-        return f"{self.tag(service)}:cms:st"
+        return f"{self.tag(service)}{S['cms_st']}"
 
     def filter(self, service: str) -> str:
-        return f"{self.tag(service)}:bf"
+        return f"{self.tag(service)}{S['bf']}"
 
     def topk(self, service: str) -> str:
-        return f"{self.tag(service)}:topk"
+        return f"{self.tag(service)}{S['topk']}"
 
     def raw(self, service: str) -> str:
-        return f"{self.tag(service)}:raw"
+        return f"{self.tag(service)}{S['raw']}"
 
     def models(self, service: str) -> str:
         """Hash version → model JSON (arrays + metadata)."""

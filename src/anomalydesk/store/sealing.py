@@ -11,7 +11,8 @@ import threading
 import orjson
 import redis
 
-from anomalydesk.config import MAX_SILENT_WINDOWS_SEALED, REPLAY_CLOCK_HOLD_SECONDS, key_prefix
+from anomalydesk.config import REPLAY_CLOCK_HOLD_SECONDS, key_prefix
+from anomalydesk.contract import MAX_SILENT_WINDOWS_SEALED
 from anomalydesk.store.admin import configure_services, read_settings
 from anomalydesk.store.encoding import config_from
 from anomalydesk.store.gears import ensure_library, is_missing_function, is_stale_config

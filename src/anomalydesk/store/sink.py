@@ -31,6 +31,7 @@ from anomalydesk.config import (
     SketchSettings,
     key_prefix,
 )
+from anomalydesk.contract import IngestReply
 from anomalydesk.events import BusinessMetric, normalize_endpoint
 from anomalydesk.store.admin import configure_services, read_settings, setup
 from anomalydesk.store.encoding import (
@@ -134,8 +135,9 @@ def _tally(payloads: Payloads, replies: list[Any]) -> tuple[IngestResult, set[st
             raise redis.ConnectionError(f"{service}: {reply}")
         if isinstance(reply, redis.ResponseError):
             raise InvalidBatch(f"{service}: {reply}")
-        accepted, late, sealed, duplicate, kpis_accepted, kpis_late, history_sealed = (int(x) for x in reply)
-        total = total + IngestResult(accepted, late, duplicate, sealed, kpis_accepted, kpis_late, history_sealed)
+        n = IngestReply.parse(reply)
+        total = total + IngestResult(n.accepted, n.late, n.duplicate, n.sealed, n.kpis_accepted, n.kpis_late,
+                                     n.history_sealed)
     return total, stale
 
 
