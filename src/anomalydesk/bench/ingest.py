@@ -1,12 +1,31 @@
-"""Ingest throughput: the full ingest path vs the naive design (one pipelined XADD per event), same run.
+"""Ingest throughput on both sketch backends, four producer paths, beside the naive design in the same run.
 
-Full path: events as columns (service, endpoint, status, latency) → client validation (vectorised) →
-pre-aggregation per service and window → one FCALL per service batch updating window aggregates, HLL,
-interaction filter, two Count-Min Sketches and Top-K (raw-event stream off). The naive design is what
-the public demo did: one XADD per event, pipelined 1,000 at a time, with the same client library on
-the same server. For context, `server_xadd_per_s` is the same XADD from redis-benchmark's C client
-(pipelined 1,000): the server's own ceiling for the naive design, whatever the client language.
-Memory is Redis `used_memory` before and after the run (after sealing).
+Every case runs on a "functions" server (the library's own Lua sketches, any Redis 7) and on a "native"
+one (the same redis-server with RedisBloom loaded: CMS/BF/TOPK), each a throwaway of its own; the native
+figures carry a `native_` prefix, and are None with a `native_unavailable` reason when RedisBloom is not
+found (bench/server.py `find_redisbloom`). With `--redis URL` only that server is measured, under the
+prefix of its own backend (`sketch_backend`); the other backend's figures are None with the reason.
+
+The cases (settings: `SketchSettings()`; raw-event stream off):
+- `events_per_s` — the full columnar path: 5 services, 10 endpoint names, pre-built numpy columns →
+  `IngestSink.add_arrays` (vectorised validation) → pre-aggregation per service and window → one FCALL
+  per service batch of 10,000 events updating window aggregates, HLL, interaction filter, two Count-Min
+  Sketches and Top-K.
+- `endpoints_5000_events_per_s` — the same path and batch size with 5,000 distinct endpoint names over
+  50 services (100 each, Zipf-ish): Redis merges one aggregate per distinct key of a batch, so its work
+  grows with the distinct endpoints per batch, not with the events.
+- `event_objects_per_s` — `Metric` objects built before the timer, then `IngestSink.add` one by one
+  (the SDK's path once events exist; no parsing).
+- `parsed_events_per_s` — events as the collector receives them: plain dicts as `orjson.loads` gives
+  them, built before the timer; inside it each is `events.parse_metric(d)` then `IngestSink.add`.
+  `parse_events_per_s` is `parse_metric` alone over the same dicts (client only, measured once), so
+  the split between parsing and the rest is visible.
+
+The naive design is what the public demo did: one XADD per event, pipelined 1,000 at a time, with the
+same client library on the same server (`raw_xadd_per_s`); each case's `*_ratio` is against it. For
+context, `server_xadd_per_s` is the same XADD from redis-benchmark's C client (pipelined 1,000): the
+server's own ceiling for the naive design, whatever the client language. Memory is Redis `used_memory`
+before and after the full columnar case (after sealing).
 """
 
 from __future__ import annotations
@@ -14,50 +33,78 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 import redis
 
 from anomalydesk.config import SketchSettings
-from anomalydesk.events import Metric
+from anomalydesk.events import Metric, parse_metric
+from anomalydesk.store import capabilities
 from anomalydesk.store.admin import setup
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import IngestSink, seal_all
 
 SERVICES = ("gateway", "users", "orders", "payments", "inventory")
 ENDPOINTS = tuple(f"{m}:/api/v1/{r}" for r in ("users", "orders", "items", "cart", "pay") for m in ("GET", "POST"))
+# the cardinality case: 50 services with 100 endpoint names each, 5,000 distinct names in all
+WIDE_SERVICES = tuple(f"svc{i:02d}" for i in range(50))
+WIDE_ENDPOINTS = tuple(tuple(f"{m}:/api/v1/{svc}/res{j}" for j in range(50) for m in ("GET", "POST"))
+                       for svc in WIDE_SERVICES)
 BATCH_PER_SERVICE = 10_000  # events per service in one FCALL
 NAIVE_PIPELINE = 1_000
+NATIVE = "native_"  # key prefix of the native backend's figures; the functions backend's have none
 
 
-def _columns(n: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Sizes:
+    """Events per case."""
+
+    full: int
+    wide: int  # at least BATCH_PER_SERVICE x 50: fewer events per call would measure another batch size
+    objects: int
+    parsed: int
+    naive: int
+
+
+QUICK = Sizes(full=500_000, wide=500_000, objects=200_000, parsed=100_000, naive=200_000)
+FULL = Sizes(full=5_000_000, wide=5_000_000, objects=1_000_000, parsed=1_000_000, naive=1_000_000)
+
+
+def _columns(n: int, seed: int = 1, services: int = len(SERVICES),
+             endpoints: int = len(ENDPOINTS)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Service index, endpoint index (within the service's names, Zipf-ish), status and latency per event."""
     rng = np.random.default_rng(seed)
-    service = rng.integers(0, len(SERVICES), n)
-    endpoint = rng.zipf(1.5, n) % len(ENDPOINTS)
+    service = rng.integers(0, services, n)
+    endpoint = rng.zipf(1.5, n) % endpoints
     status = rng.choice([200, 201, 404, 500, 503], size=n, p=[0.9, 0.05, 0.03, 0.01, 0.01])
     latency = rng.lognormal(3.0, 0.6, n)
     return service, endpoint, status, latency
 
 
-def _full_path(r: redis.Redis, cols: tuple[np.ndarray, ...], keys: Keys) -> float:
+def _columnar_path(r: redis.Redis, cols: tuple[np.ndarray, ...], keys: Keys, services: Sequence[str],
+                   endpoints: Sequence[Sequence[str]]) -> float:
+    """Events/s through `add_arrays`, BATCH_PER_SERVICE events per service and FCALL."""
     service, endpoint, status, latency = cols
     n = len(service)
-    chunk = BATCH_PER_SERVICE * len(SERVICES)
-    sink = IngestSink(r, max_batch=chunk, keys=keys)
+    chunk = BATCH_PER_SERVICE * len(services)
+    sink = IngestSink(r, max_batch=chunk, max_buffered=chunk, keys=keys)
     start = time.perf_counter()
     for lo in range(0, n, chunk):
         sl = slice(lo, lo + chunk)
         svc, ep, st, lat = service[sl], endpoint[sl], status[sl], latency[sl]
-        for i, name in enumerate(SERVICES):
+        for i, name in enumerate(services):
             mask = svc == i
-            sink.add_arrays(name, ENDPOINTS, ep[mask], st[mask], lat[mask])
+            sink.add_arrays(name, endpoints[i], ep[mask], st[mask], lat[mask])
     sink.close()
     return n / (time.perf_counter() - start)
 
 
 def _object_path(r: redis.Redis, n: int, keys: Keys) -> float:
-    """The per-event path (what the collector and SDK events take): Metric tuples through `add`."""
+    """The per-event path once events exist (the SDK's): Metric tuples through `add`."""
     service, endpoint, status, latency = _columns(n, seed=2)
     events = [Metric(SERVICES[s], ENDPOINTS[e], int(c), float(ms), None)
               for s, e, c, ms in zip(service.tolist(), endpoint.tolist(), status.tolist(), latency.tolist(),
@@ -67,6 +114,35 @@ def _object_path(r: redis.Redis, n: int, keys: Keys) -> float:
     for event in events:
         sink.add(event)
     sink.close()
+    return n / (time.perf_counter() - start)
+
+
+def _received_events(n: int) -> list[dict[str, Any]]:
+    """n events as the collector's JSON decoder hands them over (the object path's traffic, another seed)."""
+    service, endpoint, status, latency = _columns(n, seed=4)
+    dicts = [{"service": SERVICES[s], "endpoint": ENDPOINTS[e], "status_code": c, "response_time": ms}
+             for s, e, c, ms in zip(service.tolist(), endpoint.tolist(), status.tolist(), latency.tolist(),
+                                    strict=True)]
+    return orjson.loads(orjson.dumps(dicts))
+
+
+def _parsed_path(r: redis.Redis, n: int, keys: Keys) -> float:
+    """The collector's per-event path: each received dict through `parse_metric`, then `add`."""
+    received = _received_events(n)
+    sink = IngestSink(r, max_batch=BATCH_PER_SERVICE * len(SERVICES), keys=keys)
+    start = time.perf_counter()
+    for obj in received:
+        sink.add(parse_metric(obj))
+    sink.close()
+    return n / (time.perf_counter() - start)
+
+
+def _parse_only(n: int) -> float:
+    """Events/s of `parse_metric` alone over the parsed case's dicts: the client's share of that path."""
+    received = _received_events(n)
+    start = time.perf_counter()
+    for obj in received:
+        parse_metric(obj)
     return n / (time.perf_counter() - start)
 
 
@@ -106,40 +182,94 @@ def _server_xadd_ceiling(url: str, n: int, stream: str) -> float | None:
     return float(rows[-1][1].strip('"')) if out.returncode == 0 and rows else None
 
 
-def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
-    from anomalydesk.bench.server import throwaway
-
-    n_full = 500_000 if quick else 5_000_000
-    n_naive = 200_000 if quick else 1_000_000
-    n_objects = 200_000 if quick else 1_000_000
-    with throwaway(redis_url) as url:
-        r = redis.Redis.from_url(url)
-        keys = Keys(f"adbench{int(time.time())}:")
-        try:
-            setup(r, SketchSettings(), keys=keys)
-            r.memory_purge() if hasattr(r, "memory_purge") else None
-            used_before = int(r.info("memory")["used_memory"])
-            events_per_s = _full_path(r, _columns(n_full), keys)
-            seal_all(r, keys=keys)
-            used_after = int(r.info("memory")["used_memory"])
-            objects_per_s = _object_path(r, n_objects, keys)
-            naive = _naive_xadd(r, _columns(n_naive, seed=3), f"{keys.prefix}naive")
-            server_xadd = _server_xadd_ceiling(url, n_naive, f"{keys.prefix}naive-c")
-            r.delete(f"{keys.prefix}naive-c")
-        finally:
-            if redis_url:  # on the user's server: remove what we wrote
-                for key in r.scan_iter(match=f"{keys.prefix}*", count=1000):
-                    r.delete(key)
-            r.close()
+def _measure(url: str, sizes: Sizes, given: bool) -> dict[str, Any]:
+    """Every case on the server at `url`, keys without a backend prefix; `given`: remove what we wrote."""
+    r = redis.Redis.from_url(url)
+    keys = Keys(f"adbench{int(time.time())}:")
+    try:
+        setup(r, SketchSettings(), keys=keys)
+        r.memory_purge() if hasattr(r, "memory_purge") else None
+        used_before = int(r.info("memory")["used_memory"])
+        events_per_s = _columnar_path(r, _columns(sizes.full), keys, SERVICES, (ENDPOINTS,) * len(SERVICES))
+        seal_all(r, keys=keys)
+        used_after = int(r.info("memory")["used_memory"])
+        objects_per_s = _object_path(r, sizes.objects, keys)
+        wide_cols = _columns(sizes.wide, seed=5, services=len(WIDE_SERVICES), endpoints=len(WIDE_ENDPOINTS[0]))
+        wide_per_s = _columnar_path(r, wide_cols, keys, WIDE_SERVICES, WIDE_ENDPOINTS)
+        parsed_per_s = _parsed_path(r, sizes.parsed, keys)
+        naive = _naive_xadd(r, _columns(sizes.naive, seed=3), f"{keys.prefix}naive")
+        server_xadd = _server_xadd_ceiling(url, sizes.naive, f"{keys.prefix}naive-c")
+        r.delete(f"{keys.prefix}naive-c")
+    finally:
+        if given:  # on the user's server: remove what we wrote
+            for key in r.scan_iter(match=f"{keys.prefix}*", count=1000):
+                r.delete(key)
+        r.close()
     return {
         "events_per_s": round(events_per_s),
         "raw_xadd_per_s": round(naive),
         "ratio": round(events_per_s / naive, 2),
         "used_memory_before": used_before,
         "used_memory_after": used_after,
-        "events": n_full,
         "event_objects_per_s": round(objects_per_s),
-        "batch_events_per_service": BATCH_PER_SERVICE,
+        "event_objects_ratio": round(objects_per_s / naive, 2),
+        "endpoints_5000_events_per_s": round(wide_per_s),
+        "endpoints_5000_ratio": round(wide_per_s / naive, 2),
+        "parsed_events_per_s": round(parsed_per_s),
+        "parsed_ratio": round(parsed_per_s / naive, 2),
         # context: the same XADDs from redis-benchmark's C client (None when it is not installed)
         "server_xadd_per_s": None if server_xadd is None else round(server_xadd),
+    }
+
+
+def _backend_of(url: str) -> str:
+    with redis.Redis.from_url(url) as r:
+        return capabilities.detect(r).sketch_backend
+
+
+def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
+    from anomalydesk.bench.server import ModuleUnavailable, find_redisbloom, throwaway
+
+    sizes = QUICK if quick else FULL
+    figures: dict[str, dict[str, Any] | None] = {"functions": None, "native": None}
+    unavailable: dict[str, str | None] = {"functions": None, "native": None}
+    module: dict[str, Any] = {"native_module": None, "native_module_found_by": None, "native_module_version": None}
+    given_backend = None
+    if redis_url:
+        given_backend = _backend_of(redis_url)
+        figures[given_backend] = _measure(redis_url, sizes, given=True)
+        for other in figures.keys() - {given_backend}:
+            unavailable[other] = f"--redis given: only that server was measured, and its backend is {given_backend}"
+    else:
+        with throwaway(backend="functions") as url:
+            figures["functions"] = _measure(url, sizes, given=False)
+        try:
+            bloom = find_redisbloom()
+        except ModuleUnavailable as err:
+            unavailable["native"] = str(err)
+        else:
+            with throwaway(backend="native") as url:
+                figures["native"] = _measure(url, sizes, given=False)
+                with redis.Redis.from_url(url) as r:
+                    version = capabilities.detect(r).modules.get("bf")
+            module = {"native_module": str(bloom.path), "native_module_found_by": bloom.found_by,
+                      "native_module_version": version}
+    names = next(measured for measured in figures.values() if measured is not None).keys()
+    report: dict[str, Any] = {}
+    for backend, prefix in (("functions", ""), ("native", NATIVE)):
+        measured = figures[backend]
+        report.update({f"{prefix}{key}": None if measured is None else measured[key] for key in names})
+    return {
+        **report,
+        "parse_events_per_s": round(_parse_only(sizes.parsed)),
+        "sketch_backend": given_backend,  # the --redis server's; None when the run started its own servers
+        "backends_measured": [backend for backend, measured in figures.items() if measured is not None],
+        "functions_unavailable": unavailable["functions"],
+        "native_unavailable": unavailable["native"],
+        **module,
+        "events": sizes.full,
+        "endpoints_5000_events": sizes.wide,
+        "event_objects_events": sizes.objects,
+        "parsed_events": sizes.parsed,
+        "batch_events_per_service": BATCH_PER_SERVICE,
     }
