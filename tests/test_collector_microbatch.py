@@ -116,3 +116,52 @@ async def test_a_steady_stream_shares_writes_while_redis_is_idle() -> None:
     await mb.drain()  # instead of waiting out the linger
     assert (await second).accepted == 2 and (await third).accepted == 3
     assert [n for n, _ in ingest.calls] == [1, 5]  # the second and third requests: one write
+
+
+# --- deadlines and abandoned requests (issue 19) ---------------------------------------------------
+async def test_a_request_still_queued_at_its_deadline_is_never_written() -> None:
+    from anomalydesk.ingest.microbatch import DeadlinePassed
+
+    ingest = Recorder()
+    mb = MicroBatcher(ingest, CollectorMetrics(), max_events=1000, max_delay=0.002, max_inflight=1)
+    ingest.release.clear()  # the only ingest slot stays busy
+    loop = asyncio.get_running_loop()
+    stuck = [asyncio.create_task(mb.submit([EVENT], deadline=loop.time() + 0.1)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    late = asyncio.create_task(mb.submit([EVENT] * 3, deadline=loop.time() + 0.05))
+    with pytest.raises(DeadlinePassed) as queued:
+        await late
+    assert queued.value.stored == "no" and mb.pending_events == 0
+    for task in stuck:  # the running write is cancelled at the earliest deadline of its requests
+        with pytest.raises(DeadlinePassed) as running:
+            await task
+        assert running.value.stored in ("no", "unknown")
+    ingest.release.set()
+    await mb.drain()
+    assert all(n != 3 for n, _ in ingest.calls)  # the request that timed out in the queue never went out
+
+
+async def test_an_abandoned_request_leaves_the_queue_and_a_write_whose_clients_all_left_is_cancelled() -> None:
+    from anomalydesk.ingest.microbatch import DeadlinePassed
+
+    ingest = Recorder()
+    mb = batcher(ingest)
+    ingest.release.clear()
+    gone = {"first": False, "queued": False}
+    first = asyncio.create_task(mb.submit([EVENT], abandoned=lambda: gone["first"]))
+    await asyncio.sleep(0.01)  # written (and held)
+    second = asyncio.create_task(mb.submit([EVENT] * 2, abandoned=lambda: gone["queued"]))
+    await asyncio.sleep(0.01)
+    third = asyncio.create_task(mb.submit([EVENT] * 4, abandoned=lambda: gone["queued"]))
+    await asyncio.sleep(0.01)
+    assert len(ingest.calls) == 2  # two merged writes run (the limit), the third request waits
+    gone["queued"] = True  # the clients of the second and third requests close their connections
+    for task in (second, third):
+        with pytest.raises(DeadlinePassed, match="client went away"):
+            await task
+    assert mb.pending_events == 0 and len(ingest.calls) == 2  # the waiting one was dropped, never written
+    gone["first"] = True
+    with pytest.raises(DeadlinePassed):
+        await first
+    await asyncio.sleep(0)
+    assert mb.inflight == 0  # its write was cancelled: nothing keeps the Redis call alive

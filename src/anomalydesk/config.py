@@ -79,6 +79,11 @@ COLLECTOR_RETRY_AFTER_SECONDS = 2  # Retry-After on 503 (Redis unreachable)
 COLLECTOR_KEYS_RELOAD_SECONDS = 1.0  # how often --api-keys-file is checked for changes
 COLLECTOR_API_KEY_MIN_LENGTH = 16
 COLLECTOR_IDEMPOTENCY_KEY_MAX = 128
+# stalls and outages (issue 19): every request is answered within the deadline, memory stays bounded
+COLLECTOR_DEADLINE_SECONDS = 3.0  # a request's Redis work must end this long after it arrived, else 503
+COLLECTOR_HEALTH_DEADLINE_SECONDS = 2.0  # GET /health: Redis must answer PING within this, else 503
+COLLECTOR_MAX_PENDING_EVENTS = 100_000  # events admitted and not yet answered; beyond: 503 + Retry-After
+COLLECTOR_MAX_PENDING_BYTES = 64 * 1024 * 1024  # request bodies held at once; beyond: 503 + Retry-After
 
 # --- demo traffic (`anomalydesk demo`, the app's demo panel) ------------------------------------
 DEMO_DEFAULT_RATE = 200.0  # events/s over all services, the mean over a simulated day

@@ -5,6 +5,11 @@ Answers (DESIGN.md): all accepted → 202 `{"accepted": n, "rejected": []}`; som
 `rejected: [{"index", "field", "reason"}]`; none → 400 (unparseable) or 422 (invalid) with the same
 body; 401 bad or missing key; 413 too large; 429 rate-limited; 503 + Retry-After when Redis is
 unreachable. Nothing is ever proxied: the collector only serves the routes below.
+
+Through stalls (docs/collector.md, "Deadlines and back-pressure"): a request's Redis work ends by
+its deadline, else 503 + Retry-After with `"stored": "no"` (nothing reached Redis) or `"unknown"`
+(the write was cancelled after it was sent); at most `max_pending_events` events and
+`max_pending_bytes` body bytes are held at once, beyond which requests get 503 + Retry-After at once.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from anomalydesk import config
 from anomalydesk.events import EventError, parse_batch, parse_business_metric
 from anomalydesk.ingest.collector_metrics import PROMETHEUS_CONTENT_TYPE, CollectorMetrics
 from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter, presented_key
-from anomalydesk.ingest.microbatch import Event, IngestFn, MicroBatcher
+from anomalydesk.ingest.microbatch import DeadlinePassed, Event, IngestFn, MicroBatcher
 from anomalydesk.ingest.openapi import openapi_document
 from anomalydesk.ingest.otlp import OtlpReceiver
 from anomalydesk.store.sink import ConfigChanged
@@ -42,6 +47,12 @@ _IDEMPOTENCY_RE = re.compile(rf"[\x21-\x7e]{{1,{config.COLLECTOR_IDEMPOTENCY_KEY
 METRIC_PATHS = ("/metrics", "/api/metrics", "/api/batch")
 BUSINESS_PATHS = ("/business-metrics", "/api/business-metrics")
 _KEYS_BATCH = ("metrics", "business_metrics", "events")
+
+
+def _gone(request: web.Request) -> bool:
+    """True once the client closed its connection (it will never read the answer)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 class SettingsError(ValueError):
@@ -65,6 +76,10 @@ class CollectorSettings:
     microbatch_events: int = config.COLLECTOR_MICROBATCH_EVENTS
     microbatch_seconds: float = config.COLLECTOR_MICROBATCH_SECONDS
     keys_reload_seconds: float = config.COLLECTOR_KEYS_RELOAD_SECONDS
+    deadline_seconds: float = config.COLLECTOR_DEADLINE_SECONDS
+    health_deadline_seconds: float = config.COLLECTOR_HEALTH_DEADLINE_SECONDS
+    max_pending_events: int = config.COLLECTOR_MAX_PENDING_EVENTS
+    max_pending_bytes: int = config.COLLECTOR_MAX_PENDING_BYTES
 
 
 def is_loopback(host: str) -> bool:
@@ -113,6 +128,12 @@ def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     return _answer(status, {"error": message}, headers)
+
+
+def _unavailable(message: str, stored: str) -> web.Response:
+    """503 + Retry-After; `stored` is "no" (nothing of the request reached Redis) or "unknown"."""
+    return _answer(503, {"error": message, "stored": stored},
+                   {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
 
 
 def _refused(status: int, field_name: str, reason: str) -> web.Response:
@@ -196,6 +217,12 @@ class Collector:
         self._started = time.monotonic()
         self._reload_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self.held_bytes = 0  # request bodies read or being read, not yet answered
+        self.held_events = 0  # valid events admitted, not yet answered
+
+    def deadline(self) -> float:
+        """The loop time by which a request starting now must have its Redis work done."""
+        return asyncio.get_running_loop().time() + self.settings.deadline_seconds
 
     def app(self) -> web.Application:
         """The web application: routes, JSON errors, per-request metrics, key-file watcher."""
@@ -283,6 +310,24 @@ class Collector:
         if (request.content_length or 0) > self.settings.max_body_bytes:
             return _refused(413, "body", f"is {request.content_length} bytes; the limit is "
                                          f"{self.settings.max_body_bytes}")
+        deadline = self.deadline()
+        size = request.content_length if request.content_length is not None else self.settings.max_body_bytes
+        if self.held_bytes + size > self.settings.max_pending_bytes:
+            return self._overloaded(f"{self.held_bytes} body bytes are waiting (limit "
+                                    f"{self.settings.max_pending_bytes})")
+        self.held_bytes += size
+        try:
+            return await self._post_held(request, business_only, key_id, idempotency, deadline)
+        finally:
+            self.held_bytes -= size
+
+    def _overloaded(self, why: str) -> web.Response:
+        self.metrics.overloaded += 1
+        return _unavailable(f"the collector is at its bound of waiting work ({why}); nothing was stored, "
+                            "retry later", "no")
+
+    async def _post_held(self, request: web.Request, business_only: bool, key_id: str | None,
+                         idempotency: str | None, deadline: float) -> web.Response:
         try:
             body = await request.read()
             items = body_items(decode_body(body))
@@ -301,19 +346,27 @@ class Collector:
             return _answer(422, {"accepted": 0, "rejected": rejected,
                                  "error": f"none of the {len(items)} events is valid"})
         batch_id = None if idempotency is None else f"k:{key_id or 'open'}:{idempotency}"
+        if self.held_events + len(valid) > self.settings.max_pending_events:
+            return self._overloaded(f"{self.held_events} events are waiting (limit "
+                                    f"{self.settings.max_pending_events})")
         assert self.batcher is not None
+        self.held_events += len(valid)
         try:
-            outcome = await self.batcher.submit(valid, batch_id)
+            outcome = await self.batcher.submit(valid, batch_id, deadline=deadline,
+                                                abandoned=lambda: _gone(request))
+        except DeadlinePassed as err:
+            log.warning("collector: Redis did not answer in time (%s), answering 503", err)
+            return _unavailable(self._late_message(err.stored, idempotency is not None), err.stored)
         except REDIS_DOWN as err:
             self.metrics.redis_errors += 1
             log.warning("collector: Redis unreachable, answering 503: %s", err)
-            return _error(503, "Redis is unreachable; nothing was stored, retry later",
-                          {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
+            return _unavailable("Redis is unreachable; nothing was stored, retry later", "no")
         except ConfigChanged as err:  # setup ran again and again while this batch was re-encoded
             log.warning("collector: %s; answering 503", err)
-            return _error(503, "the server's setup kept changing while storing this batch; retry it "
-                               "(with the same Idempotency-Key, nothing is counted twice)",
-                          {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
+            return _unavailable("the server's setup kept changing while storing this batch; retry it "
+                                "(with the same Idempotency-Key, nothing is counted twice)", "no")
+        finally:
+            self.held_events -= len(valid)
         self.metrics.events_accepted += outcome.accepted
         headers = None
         if outcome.duplicate:  # its rejected items were counted the first time
@@ -322,6 +375,16 @@ class Collector:
         elif rejected:
             self._count_rejected(len(rejected))
         return _answer(200 if rejected else 202, {"accepted": outcome.accepted, "rejected": rejected}, headers)
+
+    def _late_message(self, stored: str, keyed: bool) -> str:
+        limit = f"Redis did not complete the write within {self.settings.deadline_seconds:g} s"
+        if stored == "no":
+            return f"{limit}; nothing was sent to it, retry later"
+        if keyed:
+            return (f"{limit}; it may still complete when Redis resumes: retry with the same Idempotency-Key "
+                    "(counted once either way)")
+        return (f"{limit}; the call was cancelled and may still complete if Redis had already taken it in: "
+                "send an Idempotency-Key to make retries safe")
 
     def _count_rejected(self, n: int) -> None:
         """Count invalid events here and (in the background, never delaying the answer) in the store."""
@@ -341,7 +404,12 @@ class Collector:
                         "inflight_ingests": batcher.inflight if batcher else 0},
         }
         if self._health is not None:
-            body.update(await self._health())
+            try:
+                async with asyncio.timeout(self.settings.health_deadline_seconds):
+                    body.update(await self._health())
+            except TimeoutError:
+                body["redis"] = {"reachable": False, "error": "Redis did not answer within "
+                                                              f"{self.settings.health_deadline_seconds:g} s"}
         if not body.get("redis", {}).get("reachable", True):
             body["status"] = "unavailable"
             return _answer(503, body, {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})

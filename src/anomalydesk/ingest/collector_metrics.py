@@ -58,6 +58,8 @@ class CollectorMetrics:
     redis_errors: int = 0
     rate_limited: int = 0
     auth_failures: int = 0
+    deadlines_passed: int = 0
+    overloaded: int = 0
     batch_events: Histogram = field(
         default_factory=lambda: Histogram((1, 5, 10, 50, 100, 500, 1000, 2000, 5000, 10000))
     )
@@ -84,6 +86,10 @@ class CollectorMetrics:
             ("redis_errors_total", self.redis_errors, "Ingest calls that failed because Redis was unreachable."),
             ("rate_limited_total", self.rate_limited, "Requests answered 429."),
             ("auth_failures_total", self.auth_failures, "Requests answered 401."),
+            ("deadlines_passed_total", self.deadlines_passed,
+             "Ingest calls cancelled at the request's deadline (answered 503)."),
+            ("overloaded_total", self.overloaded,
+             "Requests answered 503 because the pending events or bytes were at their bound."),
         ):
             lines += [f"# HELP {p}_{name} {text}", f"# TYPE {p}_{name} counter", f"{p}_{name} {value}"]
         lines += [

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 import redis.asyncio
 
+from anomalydesk import config
 from anomalydesk.config import SketchSettings, key_prefix
 from anomalydesk.ingest.collector import REDIS_DOWN, Collector, CollectorSettings, load_keys, tls_context
 from anomalydesk.ingest.microbatch import Event
@@ -50,18 +51,26 @@ class StoreBinding:
         self.keys = Keys(key_prefix())
         self.writer = AsyncWriter(self.ar, self.keys)
         self.gears_version: int | None = None
-        self._prepare_lock = asyncio.Lock()
+        self._preparing: asyncio.Future[None] | None = None
 
     async def prepare(self) -> None:
-        """Make sure the store is ready for ingest (once; again after a failure)."""
+        """Make sure the store is ready for ingest (once; again after a failure).
+
+        One preparation at a time, shared by every request waiting for it: a request whose deadline
+        passes stops waiting, the preparation (a blocking call in a thread) goes on for the others.
+        """
         if self.gears_version is not None:
             return
-        async with self._prepare_lock:
-            if self.gears_version is None:
-                try:
-                    self.gears_version = await asyncio.to_thread(prepare_store, self.url)
-                except ConnectionFailed as err:  # unreachable now: the caller answers 503
-                    raise redis.ConnectionError(str(err)) from err
+        if self._preparing is None or self._preparing.done():
+            self._preparing = asyncio.ensure_future(self._prepare_once())
+            self._preparing.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
+        await asyncio.shield(self._preparing)
+
+    async def _prepare_once(self) -> None:
+        try:
+            self.gears_version = await asyncio.to_thread(prepare_store, self.url)
+        except ConnectionFailed as err:  # unreachable now: the caller answers 503
+            raise redis.ConnectionError(str(err)) from err
 
     async def ingest(self, events: list[Event], batch_id: str) -> IngestResult:
         """Write validated events (the collector's IngestFn)."""
@@ -76,8 +85,9 @@ class StoreBinding:
     async def count_rejected(self, n: int) -> None:
         """Add invalid events to the store's `events_rejected` counter (best effort)."""
         try:
-            await self.ar.hincrby(self.keys.stats, "events_rejected", n)
-        except REDIS_DOWN:
+            async with asyncio.timeout(config.COLLECTOR_DEADLINE_SECONDS):
+                await self.ar.hincrby(self.keys.stats, "events_rejected", n)
+        except REDIS_DOWN:  # TimeoutError (the deadline) among them
             pass  # the answer to the client says what was rejected; the counter is a statistic
 
     async def health(self) -> dict[str, Any]:

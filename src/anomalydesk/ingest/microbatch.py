@@ -5,6 +5,13 @@ Requests without an idempotency key wait a few milliseconds (or until enough eve
 and are written together under one generated batch id. A request that carries an idempotency key is
 written by its own ingest call with that key as the batch id, so a client's retry of the same
 request is recognised by the store and never counted twice.
+
+Every submit may carry a deadline (loop time): a request still waiting for its write then is taken
+out of the queue (nothing of it is sent: `DeadlinePassed(stored="no")`), and a write still running
+then is cancelled, which closes its Redis connection (`stored="unknown"`: Redis may have taken the
+command in before it stalled). A merged write ends by the earliest deadline among its requests, so
+every request learns its fate by its own deadline. A request whose client went away (`abandoned()`)
+is taken out of the queue too, and a merged write all of whose clients went away is cancelled.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from anomalydesk.config import COLLECTOR_MERGED_INFLIGHT
 from anomalydesk.events import BusinessMetric, Metric
@@ -23,6 +30,30 @@ from anomalydesk.ingest.collector_metrics import CollectorMetrics
 
 Event = Metric | BusinessMetric
 IngestFn = Callable[[list[Event], str], Awaitable[Any]]
+Abandoned = Callable[[], bool]
+_ABANDON_POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
+
+
+class DeadlinePassed(Exception):
+    """A request's events were not stored by its deadline (or its client went away).
+
+    `stored` is "no" when nothing of it reached Redis, "unknown" when its write was cancelled after
+    being sent (Redis may still apply it when it resumes; a batch id makes a retry of it a no-op).
+    """
+
+    def __init__(self, stored: Literal["no", "unknown"], reason: str = "deadline"):
+        super().__init__(f"{reason}: stored={stored}")
+        self.stored = stored
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class _Waiting:
+    events: list[Event]
+    future: asyncio.Future[Outcome]
+    deadline: float
+    abandoned: Abandoned | None
+    queued: bool = True  # still in MicroBatcher._pending (False: taken into a write, or given up)
 
 
 @dataclass(frozen=True)
@@ -45,7 +76,7 @@ class MicroBatcher:
         self.max_events = max_events
         self.max_delay = max_delay
         self._inflight_limit = asyncio.Semaphore(max_inflight)
-        self._pending: list[tuple[list[Event], asyncio.Future[Outcome]]] = []
+        self._pending: list[_Waiting] = []
         self.pending_events = 0
         self.inflight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -54,15 +85,20 @@ class MicroBatcher:
         self._due = False
         self._merged_inflight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writing: dict[asyncio.Task[None], list[_Waiting]] = {}
 
-    async def submit(self, events: list[Event], batch_id: str | None = None) -> Outcome:
-        """Store `events`; raises what the ingest call raised (e.g. redis ConnectionError)."""
-        if batch_id is not None:
-            result = await self._call(events, batch_id)
-            return Outcome(len(events), bool(getattr(result, "duplicate_batches", 0)))
+    async def submit(self, events: list[Event], batch_id: str | None = None, *, deadline: float | None = None,
+                     abandoned: Abandoned | None = None) -> Outcome:
+        """Store `events` by `deadline` (loop time; None: no limit); raises what the ingest call raised
+        (e.g. redis ConnectionError), or DeadlinePassed."""
         loop = asyncio.get_running_loop()
+        deadline = math.inf if deadline is None else deadline
+        if batch_id is not None:  # a key makes a late completion harmless: no abandonment check
+            result = await self._call(events, batch_id, deadline)
+            return Outcome(len(events), bool(getattr(result, "duplicate_batches", 0)))
         future: asyncio.Future[Outcome] = loop.create_future()
-        self._pending.append((events, future))
+        waiting = _Waiting(events, future, deadline, abandoned)
+        self._pending.append(waiting)
         self.pending_events += len(events)
         now = loop.time()
         steady = now - self._last_arrival <= self.max_delay
@@ -81,7 +117,44 @@ class MicroBatcher:
             # about as much CPU as a whole small request, so sharing it is what keeps a steady
             # stream of single events from queueing on a busy machine
             self._schedule()
-        return await future
+        return await self._wait(waiting)
+
+    async def _wait(self, waiting: _Waiting) -> Outcome:
+        """The request's outcome; out of the queue (and DeadlinePassed) at its deadline or when abandoned."""
+        loop = asyncio.get_running_loop()
+        future = waiting.future
+        while not future.done():
+            queued = waiting.queued
+            if not queued:  # its write runs and ends by the earliest deadline of its requests
+                step = None
+            elif loop.time() >= waiting.deadline:
+                self._unqueue(waiting)
+                raise DeadlinePassed("no")
+            else:
+                step = waiting.deadline - loop.time()
+            if waiting.abandoned is not None:
+                if waiting.abandoned():
+                    self._give_up(waiting)
+                    raise DeadlinePassed("no" if queued else "unknown", "client went away")
+                step = _ABANDON_POLL_SECONDS if step is None else min(step, _ABANDON_POLL_SECONDS)
+            await asyncio.wait([future], timeout=step)
+        return future.result()
+
+    def _unqueue(self, waiting: _Waiting) -> None:
+        """Out of the queue: its events freed now, its entry skipped by the next flush (no list scan)."""
+        waiting.queued = False
+        self.pending_events -= len(waiting.events)
+        waiting.events = []
+
+    def _give_up(self, waiting: _Waiting) -> None:
+        """An abandoned request: out of the queue, or its write cancelled once all its clients went away."""
+        if waiting.queued:
+            self._unqueue(waiting)
+            return
+        waiting.abandoned = _ALWAYS
+        for task, group in self._writing.items():
+            if waiting in group and all(w.abandoned is _ALWAYS for w in group):
+                task.cancel()
 
     def _schedule(self) -> None:
         """Write what waits when it is due and a merged write may start; else wait for the timer.
@@ -120,21 +193,32 @@ class MicroBatcher:
         self._due = False
         if not self._pending:
             return
+        for w in self._pending:  # a client that left since its last check is not written for
+            if w.queued and w.abandoned is not None and w.abandoned():
+                self._unqueue(w)
+                w.future.set_exception(DeadlinePassed("no", "client went away"))
+        self._pending = [w for w in self._pending if w.queued]  # without those given up meanwhile
+        if not self._pending:
+            return
         taken, size = 0, 0
-        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken][0]) <= self.max_events):
-            size += len(self._pending[taken][0])
+        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken].events) <= self.max_events):
+            size += len(self._pending[taken].events)
             taken += 1
         waiting, self._pending = self._pending[:taken], self._pending[taken:]
         self.pending_events -= size
+        for w in waiting:
+            w.queued = False
         if self._pending:
             self._due = True  # the rest goes as soon as a write slot is free
         self._merged_inflight += 1
         task = asyncio.get_running_loop().create_task(self._write_merged(waiting))
         self._tasks.add(task)
+        self._writing[task] = waiting
         task.add_done_callback(self._merged_done)
 
     def _merged_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._writing.pop(task, None)
         self._merged_inflight -= 1
         if self._pending:
             self._due = True  # these waited while the previous batch was written
@@ -147,28 +231,48 @@ class MicroBatcher:
                 self.flush()
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _write_merged(self, waiting: list[tuple[list[Event], asyncio.Future[Outcome]]]) -> None:
-        merged = [event for events, _ in waiting for event in events]
+    async def _write_merged(self, waiting: list[_Waiting]) -> None:
+        merged = [event for w in waiting for event in w.events]
         try:
-            await self._call(merged, f"c:{uuid.uuid4().hex}")
+            await self._call(merged, f"c:{uuid.uuid4().hex}", min(w.deadline for w in waiting))
         except BaseException as err:  # every waiting request learns why, then the task ends
-            for _, future in waiting:
-                if not future.done():
-                    future.set_exception(err)
+            if isinstance(err, asyncio.CancelledError):  # all its clients went away
+                err = DeadlinePassed("unknown", "client went away")
+            for w in waiting:
+                if not w.future.done():
+                    w.future.set_exception(err)
+                    w.future.exception()  # retrieved: an abandoned request no longer awaits it
             if not isinstance(err, Exception):
                 raise
             return
-        for events, future in waiting:
-            if not future.done():
-                future.set_result(Outcome(len(events), False))
+        for w in waiting:
+            if not w.future.done():
+                w.future.set_result(Outcome(len(w.events), False))
 
-    async def _call(self, events: list[Event], batch_id: str) -> Any:
-        async with self._inflight_limit:
-            self.inflight += 1
-            started = time.perf_counter()
-            try:
-                return await self._ingest(events, batch_id)
-            finally:
-                self.inflight -= 1
-                self._metrics.redis_seconds.observe(time.perf_counter() - started)
-                self._metrics.batch_events.observe(len(events))
+    async def _call(self, events: list[Event], batch_id: str, deadline: float = math.inf) -> Any:
+        """One ingest call, cancelled at `deadline` (DeadlinePassed says whether it had been sent)."""
+        sent = False
+        timeout = asyncio.timeout_at(None if math.isinf(deadline) else deadline)
+        try:
+            async with timeout, self._inflight_limit:
+                sent = True
+                self.inflight += 1
+                started = time.perf_counter()
+                try:
+                    return await self._ingest(events, batch_id)
+                finally:
+                    self.inflight -= 1
+                    self._metrics.redis_seconds.observe(time.perf_counter() - started)
+                    self._metrics.batch_events.observe(len(events))
+        except TimeoutError:
+            if not timeout.expired():
+                raise  # a timeout of the ingest call itself
+            self._metrics.deadlines_passed += 1
+            raise DeadlinePassed("unknown" if sent else "no") from None
+
+
+def _always() -> bool:
+    return True
+
+
+_ALWAYS: Abandoned = _always

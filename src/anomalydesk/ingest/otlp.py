@@ -21,6 +21,7 @@ exporters send it, or OTLP/JSON), mapped onto the engine's window aggregates.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -136,15 +137,24 @@ async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Respo
         return _error(500, f"the collector's metric mapping file is unusable: {err}")
     extracted = extract(export, mapping)
     media = PROTOBUF if request.headers.get("Content-Type", "").startswith(PROTOBUF) else "application/json"
+    deadline = asyncio.timeout(collector.settings.deadline_seconds)
     try:
-        await store.prepare()
-        try:
-            await _write(store, extracted, hashlib.sha1(body).hexdigest())
-        except NotSetUp:  # the server was flushed or replaced under us: set it up again, same batch ids
-            store.gears_version = None
+        async with deadline:
             await store.prepare()
-            await _write(store, extracted, hashlib.sha1(body).hexdigest())
+            try:
+                await _write(store, extracted, hashlib.sha1(body).hexdigest())
+            except NotSetUp:  # the server was flushed or replaced under us: set it up again, same batch ids
+                store.gears_version = None
+                await store.prepare()
+                await _write(store, extracted, hashlib.sha1(body).hexdigest())
     except REDIS_DOWN as err:
+        if deadline.expired():  # asyncio's TimeoutError at the deadline
+            collector.metrics.deadlines_passed += 1
+            log.warning("OTLP: Redis did not answer within %gs, answering 503", collector.settings.deadline_seconds)
+            # a retry of the same body carries the same batch ids: a write that completes late counts once
+            return _error(503, f"Redis did not complete the write within {collector.settings.deadline_seconds:g} "
+                               "s; retry later (the same body is counted once)",
+                          {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
         log.warning("OTLP: Redis unreachable, answering 503: %s", err)
         return _error(503, "Redis is unreachable; nothing was stored, retry later",
                       {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
