@@ -21,7 +21,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--train", metavar="TRAIN.csv", help="training rows (else the first 30%% of TEST trains)")
     p.add_argument("--labels", metavar="FILE", help="one 0/1 per line, one line per TEST row")
     p.add_argument("--reference", action="store_true",
-                   help="also report plain IsolationForest (100 trees, 99th percentile, seeds 0-4)")
+                   help="also run the reference family on the same rows: plain IsolationForest (100 trees, seeds "
+                        "0-4), kNN and PCA on each row with its 6-row mean and std (99th-percentile thresholds)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,17 +46,17 @@ def _text(result: dict[str, Any]) -> str:
         f"trained on {rows['train']} rows, scored {rows['scored']}: {rows['flagged']} rows flagged in "
         f"{rows['incidents']} incidents ({rows['labelled_anomalous']} labelled anomalous); "
         f"threshold {result['threshold']:.0f}/100",
-        f"{'':16}{'precision':>10}{'recall':>10}{'f1':>10}",
+        f"{'':30}{'precision':>10}{'recall':>10}{'f1':>10}",
     ]
-    blocks = [("", result)]
-    if "reference" in result:
-        blocks.append(("reference ", result["reference"]))
+    blocks = [("", result), ("random ", result["random"])]
+    blocks += [(f"{name} ", block) for name, block in result.get("peers", {}).items()]
     for prefix, block in blocks:
-        for name in ("pointwise", "point_adjusted", "events"):
+        for name in ("pointwise", "point_adjusted", "events", "affiliation"):
             m = block[name]
-            lines.append(f"{prefix + name:<16}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}")
-        delay = block["events"]["mean_delay"]
-        auprc = block["auprc"]
-        lines.append(f"{prefix}auprc {'n/a' if auprc is None else f'{auprc:.3f}'}, mean event delay "
+            if m is not None:
+                lines.append(f"{prefix + name:<30}{m['precision']:>10.3f}{m['recall']:>10.3f}{m['f1']:>10.3f}")
+        delay, auprc, vus = block["events"]["mean_delay"], block["auprc"], block["vus_pr"]
+        lines.append(f"{prefix}auprc {'n/a' if auprc is None else f'{auprc:.3f}'}, vus_pr "
+                     f"{'n/a' if vus is None else f'{vus:.3f}'}, mean event delay "
                      f"{'n/a' if delay is None else f'{delay:.1f} rows'}")
     return "\n".join(lines)

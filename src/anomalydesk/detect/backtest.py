@@ -20,6 +20,8 @@ import numpy as np
 
 from anomalydesk import config
 from anomalydesk.detect.episodes import track
+from anomalydesk.detect.peers import family, random_baseline
+from anomalydesk.detect.range_metrics import VUS_MAX_BUFFER, affiliation, vus_pr
 from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.train import TrainParams, train
 
@@ -131,19 +133,27 @@ def runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
 
 
-def metrics(labels: np.ndarray, flagged: np.ndarray, scores: np.ndarray) -> dict[str, Any]:
-    """pointwise, point_adjusted, events (+ mean_delay in rows) and auprc, as DESIGN.md names them."""
+def metrics(labels: np.ndarray, flagged: np.ndarray, scores: np.ndarray,
+            alerts: np.ndarray | None = None) -> dict[str, Any]:
+    """pointwise, point_adjusted, events (+ mean_delay in rows) and auprc, as DESIGN.md names them, and the
+    range-aware `vus_pr` and `affiliation` (detect/range_metrics.py).
+
+    `alerts`: the rows at which an alert went out (the product: each incident's confirmation row); an
+    event's delay counts from its start to the first alert at or after it while flagged, else to its
+    first flagged row.
+    """
     y = np.asarray(labels, dtype=bool)
     p = np.asarray(flagged, dtype=bool)
     events = runs(y)
     adjusted = p.copy()
     detected, delays = 0, []
+    alert_rows = None if alerts is None else np.sort(np.asarray(alerts, dtype=np.int64))
     for start, end in events:
         hits = np.flatnonzero(p[start:end])
         if hits.size:
             adjusted[start:end] = True
             detected += 1
-            delays.append(int(hits[0]))
+            delays.append(_delay(start, int(hits[0]), p, alert_rows))
     alarms = runs(p)
     true_alarms = sum(1 for start, end in alarms if y[start:end].any())
     event_block = _prf_events(true_alarms, len(alarms), detected, len(events))
@@ -153,7 +163,22 @@ def metrics(labels: np.ndarray, flagged: np.ndarray, scores: np.ndarray) -> dict
         "point_adjusted": _prf(float((y & adjusted).sum()), float(adjusted.sum()), float(y.sum())),
         "events": event_block,
         "auprc": average_precision(y, scores),
+        "vus_pr": vus_pr(y, scores, VUS_MAX_BUFFER),
+        "affiliation": affiliation(y, p),
     }
+
+
+def _delay(start: int, first_hit: int, flagged: np.ndarray, alerts: np.ndarray | None) -> int:
+    """Rows from an event's start to its alert: the first alert row at or after the start that falls
+    while the event is flagged (an incident open since before the event: 0)."""
+    if alerts is None:
+        return first_hit
+    hit = start + first_hit
+    before = alerts[alerts <= hit]
+    if before.size and flagged[before[-1]:hit + 1].all():  # an incident opened earlier is still open
+        return max(0, int(before[-1]) - start)
+    after = alerts[alerts >= hit]
+    return int(after[0]) - start if after.size else first_hit
 
 
 def _prf_events(true_alarms: int, alarms: int, detected: int, events: int) -> dict[str, Any]:
@@ -213,38 +238,27 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
         stamps = np.concatenate([fit_part.timestamps[fit_part.timestamps.shape[0] - context:],
                                  scored.timestamps]) if context else scored.timestamps
     scores = score_batch(model, X, stamps)[X.shape[0] - scored.X.shape[0]:]
-    flagged, episodes = track(scores >= model.threshold)
+    raw_flags = scores >= model.threshold
+    flagged, episodes = track(raw_flags)
     assert scored.labels is not None
-    result = metrics(scored.labels, flagged, scores)
+    result = metrics(scored.labels, flagged, scores, alerts=_alert_rows(raw_flags, episodes))
     result["threshold"] = model.threshold
     result["rows"] = {"train": int(fit_part.X.shape[0]), "scored": int(scored.X.shape[0]),
                       "flagged": int(flagged.sum()), "incidents": len(episodes),
                       "labelled_anomalous": int(scored.labels.sum())}
     result["daily_cycle"] = bool(model.metadata["daily_cycle"])
+    result["random"] = random_baseline(fit_part.X.shape[0], scored.labels, metrics)
     if reference:
-        result["reference"] = reference_metrics(fit_part.X, scored.X, scored.labels)
+        result["peers"] = family(fit_part.X, scored.X, scored.labels, metrics)
+        result["reference"] = result["peers"]["isolation_forest"]
     return result
 
 
-def reference_metrics(train_X: np.ndarray, test_X: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
-    """Plain IsolationForest (100 trees, threshold = 99th percentile of training scores), mean over seeds."""
-    from sklearn.ensemble import IsolationForest
-
-    per_seed = []
-    for seed in config.REFERENCE_SEEDS:
-        forest = IsolationForest(n_estimators=config.REFERENCE_TREES, random_state=seed).fit(train_X)
-        threshold = np.percentile(-forest.score_samples(train_X), config.REFERENCE_PERCENTILE)
-        scores = -forest.score_samples(test_X)
-        per_seed.append(metrics(labels, scores > threshold, scores))
-    return _mean_blocks(per_seed)
-
-
-def _mean_blocks(results: list[dict[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in results[0].items():
-        if isinstance(value, dict):
-            out[key] = _mean_blocks([r[key] for r in results])
-        else:
-            values = [r[key] for r in results if r[key] is not None]
-            out[key] = float(np.mean(values)) if values else None
-    return out
+def _alert_rows(raw_flags: np.ndarray, episodes: list) -> np.ndarray:
+    """The row each incident was confirmed at (k-of-n: its k-th anomalous row), when its alert went out."""
+    anomalous = np.flatnonzero(raw_flags)
+    rows = []
+    for ep in episodes:
+        from_start = anomalous[anomalous >= ep.start]
+        rows.append(int(from_start[min(config.INCIDENT_CONFIRM_K, from_start.size) - 1]))
+    return np.asarray(rows, dtype=np.int64)
