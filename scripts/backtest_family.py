@@ -31,9 +31,10 @@ def main() -> None:
     parser.add_argument("entities", nargs="+")
     parser.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "datasets" / "asd"))
     parser.add_argument("--json", dest="json_out")
+    parser.add_argument("--from-json", dest="json_in", help="print the tables of an earlier --json run")
     args = parser.parse_args()
-    results = {}
-    for name in args.entities:
+    results = json.loads(Path(args.json_in).read_text()) if args.json_in else {}
+    for name in [] if args.json_in else args.entities:
         test = read_csv(Path(args.data) / f"{name}.test.csv.gz")
         train = read_csv(Path(args.data) / f"{name}.train.csv.gz")
         out = run_backtest(test, train, reference=True)
@@ -41,7 +42,8 @@ def main() -> None:
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=1))
     for title, get in METRICS.items():
-        print(f"\n{title}\n\n| entity | " + " | ".join(COLUMNS) + " |\n|---" * (len(COLUMNS) + 1) + "|")
+        print(f"\n{title}\n\n| entity | " + " | ".join(COLUMNS) + " |")
+        print("|---" * (len(COLUMNS) + 1) + "|")
         table = {c: [] for c in COLUMNS}
         for name, blocks in results.items():
             cells = []
