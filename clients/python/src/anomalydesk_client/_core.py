@@ -33,7 +33,24 @@ class QueueFull(AnomalyClientError):
 
 
 class TransportError(OSError):
-    """The collector could not be reached (connection refused, reset, timed out, TLS failure)."""
+    """The collector could not be reached (connection refused, reset, timed out, TLS failure).
+
+    `maybe_delivered` is False when the request certainly never reached the collector (the
+    connection was refused), True when it may have (the connection died after the request was sent).
+    """
+
+    def __init__(self, message: str, maybe_delivered: bool = True):
+        super().__init__(message)
+        self.maybe_delivered = maybe_delivered
+
+
+class GaveUp(AnomalyClientError):
+    """The retry budget of a batch ran out; `unknown` when an attempt may have been stored."""
+
+    def __init__(self, message: str, status: int | None = None, body: dict[str, Any] | None = None,
+                 unknown: bool = False):
+        super().__init__(message, status, body)
+        self.unknown = unknown
 
 
 @dataclass
@@ -59,6 +76,37 @@ def parse_answer(status: int, headers: dict[str, str], raw: bytes) -> Answer:
 def retryable(status: int) -> bool:
     """Only overload and server trouble are retried: 429 and 5xx, never another 4xx."""
     return status == 429 or status >= 500
+
+
+def may_be_stored(answer: Answer) -> bool:
+    """Whether a retryable answer leaves the batch's fate open: 429 and the collector's 503s say
+    nothing was stored (unless their body says `"stored": "unknown"`); other 5xx (a proxy's 502/504,
+    a 500) say nothing about it."""
+    if answer.status in (429, 503):
+        return answer.body.get("stored") == "unknown"
+    return True
+
+
+class RetryBudget:
+    """When to retry one batch: for `retry_for` seconds after its first attempt (and at most
+    `max_retries` times when given), waiting Retry-After or exponential backoff with full jitter."""
+
+    def __init__(self, retry_for: float, max_retries: int | None, base: float, cap: float):
+        self.ends = time.monotonic() + retry_for
+        self.max_retries = max_retries
+        self.base, self.cap = base, cap
+        self.attempt = 0
+
+    def next_delay(self, retry_after: str | None) -> float | None:
+        """Seconds to wait before the next attempt, or None when the budget is spent."""
+        if self.max_retries is not None and self.attempt >= self.max_retries:
+            return None
+        left = self.ends - time.monotonic()
+        if left <= 0:
+            return None
+        delay = min(retry_delay(self.attempt, self.base, self.cap, retry_after), left)
+        self.attempt += 1
+        return delay
 
 
 def retry_delay(attempt: int, base: float, cap: float, retry_after: str | None) -> float:
@@ -134,12 +182,16 @@ def business_event(
 
 @dataclass
 class Stats:
-    """Counters every client keeps: nothing is lost without being counted here and logged."""
+    """Counters every client keeps: nothing is lost without being counted here and logged.
+
+    Once the client is closed, sent + rejected + unknown + failed + dropped = the events produced.
+    """
 
     sent: int = 0  # events the collector stored
     rejected: int = 0  # events the collector refused as invalid
     dropped: int = 0  # events dropped because the queue was full (policy drop_oldest)
-    failed: int = 0  # events given up on after the retries (collector unreachable or refusing)
+    failed: int = 0  # events given up on, certainly not stored (refused, or never reached the collector)
+    unknown: int = 0  # events whose batch may or may not be stored; re-sent under the same key later
 
 
 @dataclass

@@ -56,8 +56,16 @@ class StdlibTransport:
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> Answer:
         """Send one request; TransportError when the collector cannot be reached."""
         with self._lock:
+            delivered = False  # whether any attempt may have reached the collector
             for fresh in (self._conn is None, True):
                 conn = self._connection()
+                if conn.sock is None:
+                    try:
+                        conn.connect()
+                    except OSError as err:  # refused, unreachable, TLS failure: nothing was sent
+                        self.close_unlocked()
+                        raise TransportError(f"{self.scheme}://{self.host}:{self.port}: {err}",
+                                             maybe_delivered=delivered) from err
                 try:
                     conn.request(method, self.prefix + path, body=body, headers=headers)
                     response = conn.getresponse()
@@ -68,12 +76,14 @@ class StdlibTransport:
                     return answer
                 except (OSError, http.client.HTTPException) as err:
                     self.close_unlocked()
+                    delivered = True  # the request, or part of it, may have been read
                     # a kept-alive connection the server closed meanwhile: try once on a new one
                     # (safe for POSTs: they carry an idempotency key)
                     stale = isinstance(err, (http.client.RemoteDisconnected, BrokenPipeError,
                                              ConnectionResetError))
                     if fresh or not stale:
-                        raise TransportError(f"{self.scheme}://{self.host}:{self.port}: {err}") from err
+                        raise TransportError(f"{self.scheme}://{self.host}:{self.port}: {err}",
+                                             maybe_delivered=delivered) from err
             raise AssertionError("unreachable")
 
     def close_unlocked(self) -> None:
@@ -101,7 +111,9 @@ class HttpxAsyncTransport:
         try:
             response = await self._client.request(method, path, content=body, headers=headers)
         except self._httpx.TransportError as err:
-            raise TransportError(str(err) or type(err).__name__) from err
+            never_sent = isinstance(err, (self._httpx.ConnectError, self._httpx.ConnectTimeout,
+                                          self._httpx.PoolTimeout))
+            raise TransportError(str(err) or type(err).__name__, maybe_delivered=not never_sent) from err
         return parse_answer(response.status_code, dict(response.headers), response.content)
 
     async def aclose(self) -> None:

@@ -13,12 +13,13 @@ from anomalydesk_client._core import (
     AnomalyClientError,
     Answer,
     Event,
+    GaveUp,
     TransportError,
     business_event,
     check_answer,
     encode_event,
     log,
-    retry_delay,
+    may_be_stored,
     retryable,
 )
 from anomalydesk_client._transport import HttpxAsyncTransport, StdlibTransport, httpx_available
@@ -41,6 +42,7 @@ class AsyncAnomalyClient(_Base):
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._send_lock: asyncio.Lock | None = None
+        self._flushing: asyncio.Task | None = None
         self._closed = False
         self._close_deadline = float("inf")
         self._interrupted: list[tuple[list[bytes], str]] = []
@@ -66,11 +68,18 @@ class AsyncAnomalyClient(_Base):
         return check_answer(await self._post_with_retries(batch))
 
     async def flush(self) -> None:
-        """Send everything queued now."""
+        """Send everything queued now; a flush already running is joined, never a second one started."""
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.get_running_loop().create_task(self._flush_once())
+        await asyncio.shield(self._flushing)
+
+    async def _flush_once(self) -> None:
         async with self._lock():
             while self._interrupted:  # sent again under the same key: stored once even if it got through
                 batch, key = self._interrupted.pop(0)
-                await self._send_queued(batch, key)
+                await self._send_queued(batch, key, resumed=True)
+            for batch, key, since in self._due_parked():  # unknown outcome: same key, counted once
+                await self._send_queued(batch, key, since=since, parked=True)
             while len(self.queue):
                 if self._past_close_deadline():
                     left = self.queue.take(len(self.queue))
@@ -151,43 +160,50 @@ class AsyncAnomalyClient(_Base):
     def _past_close_deadline(self) -> bool:
         return self._closed and time.monotonic() > self._close_deadline
 
-    async def _send_queued(self, batch: list[bytes], key: str | None = None) -> None:
+    async def _send_queued(self, batch: list[bytes], key: str | None = None, *, since: float | None = None,
+                           parked: bool = False, resumed: bool = False) -> None:
         key = key or uuid.uuid4().hex
+        since = time.monotonic() if since is None else since
         try:
-            body = check_answer(await self._post_with_retries(batch, key))
+            outcome: dict[str, Any] | AnomalyClientError = check_answer(await self._post_with_retries(batch, key))
         except asyncio.CancelledError:
-            self._interrupted.append((batch, key))  # aclose() cancelled the background send
+            if not parked:
+                self._interrupted.append((batch, key))  # aclose() cancelled the background send
+            else:
+                self._parked.appendleft((batch, key, since))
             raise
         except AnomalyClientError as err:
-            self.stats.failed += len(batch)
-            log.warning("anomalydesk: gave up on %d event(s): %s", len(batch), err)
-            return
-        self._account(len(batch), body)
+            outcome = err
+        if resumed and isinstance(outcome, GaveUp):
+            outcome.unknown = True  # its first attempts were interrupted mid-flight
+        self._settle(batch, key, since, parked, outcome)
 
     async def _post_with_retries(self, batch: list[bytes], key: str | None = None) -> Answer:
         body = b"[" + b",".join(batch) + b"]"
         headers = self._headers(key or uuid.uuid4().hex)  # one key for all attempts of this batch
-        attempt = 0
+        budget = self._budget()
+        unknown = False
         while True:
+            status: int | None = None
+            answer_body: dict[str, Any] = {}
             try:
                 answer = await self._request("POST", "/metrics", body, headers)
                 if not retryable(answer.status):
                     return answer
-                error: Exception = AnomalyClientError(f"collector answered {answer.status}", answer.status,
-                                                      answer.body)
+                unknown = unknown or may_be_stored(answer)
+                status, answer_body = answer.status, answer.body
+                message = f"collector answered {answer.status}"
                 retry_after = answer.headers.get("retry-after")
             except TransportError as err:
-                error, retry_after = err, None
-            if attempt >= self.max_retries or self._past_close_deadline():
-                if isinstance(error, AnomalyClientError):
-                    raise error
-                raise AnomalyClientError(f"collector unreachable: {error}") from error
-            delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+                unknown = unknown or err.maybe_delivered
+                message, retry_after = f"collector unreachable: {err}", None
+            delay = None if self._past_close_deadline() else budget.next_delay(retry_after)
+            if delay is None:
+                raise GaveUp(message, status, answer_body, unknown=unknown)
             if self._closed:
                 delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
-            log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
+            log.info("anomalydesk: %s; retrying in %.2fs", message, delay)
             await asyncio.sleep(delay)
-            attempt += 1
 
     def _flush_at_exit(self) -> None:
         """Send what is still queued with the blocking transport (the event loop may be gone)."""
@@ -201,5 +217,8 @@ class AsyncAnomalyClient(_Base):
                                             self._headers(key))
                 self._account(len(batch), check_answer(answer))
             except (AnomalyClientError, TransportError) as err:
-                self.stats.failed += len(batch)
+                if isinstance(err, TransportError) and err.maybe_delivered:
+                    self.stats.unknown += len(batch)
+                else:
+                    self.stats.failed += len(batch)
                 log.warning("anomalydesk: at exit, could not send %d event(s): %s", len(batch), err)

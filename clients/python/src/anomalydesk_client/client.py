@@ -6,6 +6,7 @@ import atexit
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -14,20 +15,26 @@ from anomalydesk_client._core import (
     Answer,
     Event,
     EventQueue,
+    GaveUp,
+    RetryBudget,
     Stats,
     TransportError,
     business_event,
     check_answer,
     encode_event,
     log,
+    may_be_stored,
     metric_event,
-    retry_delay,
     retryable,
 )
 from anomalydesk_client._transport import StdlibTransport, Verify
 from anomalydesk_client.timer import Timer
 
 USER_AGENT = "anomalydesk-client-python/0.1.0"
+# a batch whose outcome is unknown is re-sent under its key only while the collector still knows the
+# key: the store keeps batch ids 600 s (anomalydesk.contract.BATCH_TTL_SECONDS; tests check the margin)
+RESEND_WINDOW_SECONDS = 540.0
+Parked = tuple[list[bytes], str, float]  # (events, idempotency key, first sent at, monotonic)
 
 
 class _Base:
@@ -36,8 +43,8 @@ class _Base:
     def __init__(
         self, base_url: str, api_key: str | None = None, *, service: str | None = None,
         batch_size: int = 500, flush_interval: float = 1.0, max_queue: int = 10_000,
-        overflow: str = "drop_oldest", max_retries: int = 5, backoff: float = 0.25, backoff_max: float = 10.0,
-        timeout: float = 10.0, verify: Verify = True,
+        overflow: str = "drop_oldest", retry_for: float = 30.0, max_retries: int | None = None,
+        backoff: float = 0.25, backoff_max: float = 10.0, timeout: float = 10.0, verify: Verify = True,
     ):
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -46,17 +53,57 @@ class _Base:
         self.service = service
         self.batch_size = batch_size
         self.flush_interval = flush_interval
+        self.retry_for = retry_for
         self.max_retries = max_retries
         self.backoff = backoff
         self.backoff_max = backoff_max
         self.timeout = timeout
         self.verify = verify
         self.queue = EventQueue(max_queue, overflow)
+        self._parked: deque[Parked] = deque()  # batches of unknown outcome, re-sent under their key
 
     @property
     def stats(self) -> Stats:
-        """Counters: sent, rejected, dropped (queue full), failed (given up after retries)."""
+        """Counters: sent, rejected, dropped (queue full), failed (certainly not stored), unknown."""
         return self.queue.stats
+
+    def _budget(self) -> RetryBudget:
+        return RetryBudget(self.retry_for, self.max_retries, self.backoff, self.backoff_max)
+
+    def _due_parked(self) -> list[Parked]:
+        """The parked batches to send again now; those past the resend window stay `unknown` for good."""
+        due, now = [], time.monotonic()
+        while self._parked:
+            batch, key, since = self._parked.popleft()
+            if now - since < RESEND_WINDOW_SECONDS:
+                due.append((batch, key, since))
+            else:
+                log.warning("anomalydesk: %d event(s) of unknown outcome are too old to re-send safely", len(batch))
+        return due
+
+    def _settle(self, batch: list[bytes], key: str, since: float, parked: bool,
+                outcome: dict[str, Any] | AnomalyClientError) -> None:
+        """Count one batch's outcome: stored (the answer), refused, or unknown (parked for a re-send)."""
+        n = len(batch)
+        if isinstance(outcome, dict):
+            if parked:
+                self.stats.unknown -= n
+            self._account(n, outcome)
+            return
+        if (isinstance(outcome, GaveUp) and outcome.unknown) or (parked and isinstance(outcome, GaveUp)):
+            if not parked:
+                self.stats.unknown += n
+                log.warning("anomalydesk: %d event(s) may or may not be stored (%s); re-sent later under the "
+                            "same key", n, outcome)
+            self._parked.append((batch, key, since))
+            while sum(len(b) for b, _, _ in self._parked) > self.queue.max_size:  # memory stays bounded
+                dropped, _, _ = self._parked.popleft()
+                log.warning("anomalydesk: too many events of unknown outcome: %d stay unknown", len(dropped))
+            return
+        if parked:
+            self.stats.unknown -= n
+        self.stats.failed += n
+        log.warning("anomalydesk: gave up on %d event(s): %s", n, outcome)
 
     def _headers(self, idempotency_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
@@ -91,9 +138,10 @@ class AnomalyClient(_Base):
     """Synchronous client (stdlib only). Events are queued and sent in the background.
 
     Flushes when `batch_size` events are waiting, every `flush_interval` seconds, on `flush()`,
-    `close()` and at interpreter exit. Network errors, 5xx and 429 are retried with exponential
-    backoff (honouring Retry-After) under one idempotency key, so a retry never double counts; other
-    4xx answers are not retried.
+    `close()` and at interpreter exit. Network errors, 5xx and 429 are retried for `retry_for` seconds
+    (default 30) with exponential backoff (honouring Retry-After) under one idempotency key, so a retry
+    never double counts; other 4xx answers are not retried. A batch that may have been stored when its
+    budget ends is counted `unknown` and re-sent under the same key at the next flush.
     """
 
     def __init__(self, base_url: str, api_key: str | None = None, **options: Any):
@@ -128,6 +176,8 @@ class AnomalyClient(_Base):
     def flush(self) -> None:
         """Send everything queued now (blocks until sent or given up)."""
         with self._send_lock:
+            for batch, key, since in self._due_parked():  # first: same key, counted once either way
+                self._send_queued(batch, key, since)
             while len(self.queue):
                 if self._past_close_deadline():
                     left = self.queue.take(len(self.queue))
@@ -189,36 +239,40 @@ class AnomalyClient(_Base):
             except Exception:  # never let the thread die: the next round tries again
                 log.exception("anomalydesk: background flush failed")
 
-    def _send_queued(self, batch: list[bytes]) -> None:
+    def _send_queued(self, batch: list[bytes], key: str | None = None, since: float | None = None) -> None:
+        parked = key is not None
+        key = key or uuid.uuid4().hex  # one key for every attempt of this batch, re-sends included
+        since = time.monotonic() if since is None else since
         try:
-            body = check_answer(self._post_with_retries(batch))
+            outcome: dict[str, Any] | AnomalyClientError = check_answer(self._post_with_retries(batch, key))
         except AnomalyClientError as err:
-            self.stats.failed += len(batch)
-            log.warning("anomalydesk: gave up on %d event(s): %s", len(batch), err)
-            return
-        self._account(len(batch), body)
+            outcome = err
+        self._settle(batch, key, since, parked, outcome)
 
-    def _post_with_retries(self, batch: list[bytes]) -> Answer:
+    def _post_with_retries(self, batch: list[bytes], key: str | None = None) -> Answer:
+        """The first answer that is not to be retried; GaveUp when the retry budget is spent."""
         body = b"[" + b",".join(batch) + b"]"
-        headers = self._headers(uuid.uuid4().hex)  # one key for all attempts of this batch
-        attempt = 0
+        headers = self._headers(key or uuid.uuid4().hex)  # one key for all attempts of this batch
+        budget = self._budget()
+        unknown = False
         while True:
+            status: int | None = None
+            answer_body: dict[str, Any] = {}
             try:
                 answer = self._transport.request("POST", "/metrics", body, headers)
                 if not retryable(answer.status):
                     return answer
-                error: Exception = AnomalyClientError(f"collector answered {answer.status}", answer.status,
-                                                      answer.body)
+                unknown = unknown or may_be_stored(answer)
+                status, answer_body = answer.status, answer.body
+                message = f"collector answered {answer.status}"
                 retry_after = answer.headers.get("retry-after")
             except TransportError as err:
-                error, retry_after = err, None
-            if attempt >= self.max_retries or self._past_close_deadline():
-                if isinstance(error, AnomalyClientError):
-                    raise error
-                raise AnomalyClientError(f"collector unreachable: {error}") from error
-            delay = retry_delay(attempt, self.backoff, self.backoff_max, retry_after)
+                unknown = unknown or err.maybe_delivered
+                message, retry_after = f"collector unreachable: {err}", None
+            delay = None if self._past_close_deadline() else budget.next_delay(retry_after)
+            if delay is None:
+                raise GaveUp(message, status, answer_body, unknown=unknown)
             if self._closed.is_set():
                 delay = min(delay, max(0.0, self._close_deadline - time.monotonic()))
-            log.info("anomalydesk: %s; retrying in %.2fs", error, delay)
+            log.info("anomalydesk: %s; retrying in %.2fs", message, delay)
             time.sleep(delay)
-            attempt += 1
