@@ -40,8 +40,11 @@ export interface ClientStats {
   rejected: number;
   /** events dropped because the queue was full (overflow "drop-oldest") */
   dropped: number;
-  /** events given up on after the retries */
+  /** events given up on, certainly not stored (refused, or the collector was never reached) */
   failed: number;
+  /** events whose batch may or may not be stored; re-sent under the same key at the next flush.
+   * Once closed: sent + rejected + unknown + failed + dropped = events produced. */
+  unknown: number;
 }
 
 export interface ClientOptions {
@@ -56,7 +59,9 @@ export interface ClientOptions {
   maxQueue?: number;
   /** full queue: drop the oldest event and count it (default), or throw QueueFullError */
   overflow?: 'drop-oldest' | 'raise';
-  /** retries on network errors, 5xx and 429 (default 5); other 4xx are never retried */
+  /** how long a batch is retried on network errors, 5xx and 429 (default 30000 ms); other 4xx never */
+  retryForMs?: number;
+  /** a cap on the number of retries besides retryForMs (default none) */
   maxRetries?: number;
   backoffMs?: number;
   backoffMaxMs?: number;
@@ -110,5 +115,8 @@ export class AnomalyClient {
   time<T>(endpoint: string, fn: () => T | Promise<T>, options?: { service?: string }): Promise<T>;
   middleware(options?: MiddlewareOptions): Middleware;
 }
+
+/** Batches of unknown outcome are re-sent under their key for this long (the store keeps keys 600 s). */
+export const RESEND_WINDOW_MS: number;
 
 export default AnomalyClient;

@@ -1,9 +1,12 @@
 // anomalydesk-client: send request and business metrics to an AnomalyDesk collector (Node >= 18).
 //
 // Events are queued and sent in batches (on size, on a timer, on flush()/close(), and when the
-// process is about to exit). Network errors, 5xx and 429 are retried with exponential backoff
-// (honouring Retry-After) under one Idempotency-Key per batch, so a retry is never counted twice;
-// other 4xx answers are not retried. The queue is bounded: see `overflow`.
+// process is about to exit), one flush at a time. Network errors, 5xx and 429 are retried for
+// `retryForMs` (30 s) with exponential backoff (honouring Retry-After) under one Idempotency-Key per
+// batch, so a retry is never counted twice; other 4xx answers are not retried. A batch that may have
+// been stored when its budget ends is counted `unknown` and re-sent under the same key at the next
+// flush. Once closed: sent + rejected + unknown + failed + dropped = events produced.
+// The queue is bounded: see `overflow`.
 
 import { randomUUID } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
@@ -28,6 +31,28 @@ export class QueueFullError extends AnomalyClientError {
 }
 
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+// a batch of unknown outcome is re-sent under its key only while the collector still knows the key
+// (the store keeps batch ids 600 s: anomalydesk.contract.BATCH_TTL_SECONDS)
+export const RESEND_WINDOW_MS = 540_000;
+
+/** The retry budget of a batch ran out; `unknown` when an attempt may have been stored. */
+class GaveUp extends AnomalyClientError {
+  constructor(message, { status, body, unknown }) {
+    super(message, { status, body });
+    this.unknown = unknown;
+  }
+}
+
+function mayBeStored(status, body) {
+  // 429 and the collector's 503s say nothing was stored, unless the body says "stored": "unknown"
+  if (status === 429 || status === 503) return body?.stored === 'unknown';
+  return true;
+}
+
+function neverSent(err) {
+  const code = err.cause?.code ?? err.code;
+  return code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
+}
 
 function encodeEvent(event) {
   if (event === null || typeof event !== 'object' || Array.isArray(event)) {
@@ -55,8 +80,9 @@ export class AnomalyClient {
   /**
    * @param {string} baseUrl  e.g. "http://127.0.0.1:4000"
    * @param {object} [options] apiKey, service, batchSize (500), flushIntervalMs (1000),
-   *   maxQueue (10000), overflow ("drop-oldest" | "raise"), maxRetries (5), backoffMs (250),
-   *   backoffMaxMs (10000), timeoutMs (10000), fetch (globalThis.fetch), logger (console)
+   *   maxQueue (10000), overflow ("drop-oldest" | "raise"), retryForMs (30000: how long a batch is
+   *   retried), maxRetries (no limit besides retryForMs), backoffMs (250), backoffMaxMs (10000),
+   *   timeoutMs (10000), fetch (globalThis.fetch), logger (console)
    */
   constructor(baseUrl, options = {}) {
     const url = new URL(baseUrl);
@@ -70,7 +96,8 @@ export class AnomalyClient {
     this.flushIntervalMs = options.flushIntervalMs ?? 1000;
     this.maxQueue = options.maxQueue ?? 10_000;
     this.overflow = options.overflow ?? 'drop-oldest';
-    this.maxRetries = options.maxRetries ?? 5;
+    this.retryForMs = options.retryForMs ?? 30_000;
+    this.maxRetries = options.maxRetries ?? Infinity;
     this.backoffMs = options.backoffMs ?? 250;
     this.backoffMaxMs = options.backoffMaxMs ?? 10_000;
     this.timeoutMs = options.timeoutMs ?? 10_000;
@@ -80,15 +107,18 @@ export class AnomalyClient {
       throw new TypeError(`overflow must be "drop-oldest" or "raise", got ${this.overflow}`);
     }
     if (typeof this._fetch !== 'function') throw new TypeError('no fetch available: Node >= 18 is needed');
-    /** Counters: sent, rejected (invalid per the collector), dropped (queue full), failed (gave up). */
-    this.stats = { sent: 0, rejected: 0, dropped: 0, failed: 0 };
+    /** Counters: sent, rejected (invalid per the collector), dropped (queue full), failed (certainly
+     * not stored), unknown (may or may not be stored; re-sent under the same key). */
+    this.stats = { sent: 0, rejected: 0, dropped: 0, failed: 0, unknown: 0 };
     this._queue = [];
-    this._sending = Promise.resolve();
+    this._parked = []; // { batch, key, since }: unknown outcome, re-sent first
+    this._flushing = null; // the one flush in flight
     this._closed = false;
     this._warnedAt = -Infinity;
-    this._timer = setInterval(() => { if (this._queue.length) this.flush(); }, this.flushIntervalMs);
+    this._timer = setInterval(() => { if (this._queue.length || this._parked.length) this.flush(); },
+      this.flushIntervalMs);
     this._timer.unref?.();
-    this._onBeforeExit = () => { if (this._queue.length) this.flush(); };
+    this._onBeforeExit = () => { if (this._queue.length && !this._flushing) this.flush(); };
     process.on('beforeExit', this._onBeforeExit);
   }
 
@@ -144,34 +174,74 @@ export class AnomalyClient {
       }
     }
     this._queue.push(encoded);
-    if (this._queue.length >= this.batchSize) this.flush();
+    if (this._queue.length >= this.batchSize && !this._flushing) this.flush();
   }
 
-  /** Send everything queued now; resolves when sent or given up (counted in stats.failed). */
+  /** Send everything queued now; resolves when sent or given up. A flush already running is
+   * returned (it sends what is queued meanwhile too), never a second one started. */
   flush() {
-    this._sending = this._sending.then(async () => {
-      while (this._queue.length) {
-        if (this._pastCloseDeadline()) {
-          const left = this._queue.splice(0, this._queue.length);
-          this.stats.failed += left.length;
-          this.logger.warn(`anomalydesk: closing: gave up on ${left.length} queued event(s)`);
-          break;
-        }
-        const batch = this._queue.splice(0, this.batchSize);
-        try {
-          this._account(this._check(await this._postWithRetries(batch)));
-        } catch (err) {
-          this.stats.failed += batch.length;
-          this.logger.warn(`anomalydesk: gave up on ${batch.length} event(s): ${err.message}`);
-        }
+    if (this._flushing) return this._flushing;
+    this._flushing = this._flushOnce().finally(() => { this._flushing = null; });
+    return this._flushing;
+  }
+
+  async _flushOnce() {
+    const now = Date.now();
+    const parked = this._parked.splice(0, this._parked.length);
+    for (const item of parked) {
+      if (now - item.since >= RESEND_WINDOW_MS) {
+        this.logger.warn(`anomalydesk: ${item.batch.length} event(s) of unknown outcome are too old to re-send safely`);
+      } else {
+        await this._sendBatch(item.batch, item.key, item.since, true);
       }
-    });
-    return this._sending;
+    }
+    while (this._queue.length) {
+      if (this._pastCloseDeadline()) {
+        const left = this._queue.splice(0, this._queue.length);
+        this.stats.failed += left.length;
+        this.logger.warn(`anomalydesk: closing: gave up on ${left.length} queued event(s)`);
+        break;
+      }
+      await this._sendBatch(this._queue.splice(0, this.batchSize), randomUUID(), Date.now(), false);
+    }
+  }
+
+  async _sendBatch(batch, key, since, parked) {
+    const n = batch.length;
+    let outcome;
+    try {
+      outcome = this._check(await this._postWithRetries(batch, key));
+    } catch (err) {
+      outcome = err;
+    }
+    if (!(outcome instanceof Error)) {
+      if (parked) this.stats.unknown -= n;
+      this._account(outcome);
+      return;
+    }
+    if (outcome instanceof GaveUp && (outcome.unknown || parked)) {
+      if (!parked) {
+        this.stats.unknown += n;
+        this.logger.warn(`anomalydesk: ${n} event(s) may or may not be stored (${outcome.message}); `
+          + 're-sent later under the same key');
+      }
+      this._parked.push({ batch, key, since });
+      let held = this._parked.reduce((sum, item) => sum + item.batch.length, 0);
+      while (held > this.maxQueue) { // memory stays bounded
+        const dropped = this._parked.shift();
+        held -= dropped.batch.length;
+        this.logger.warn(`anomalydesk: too many events of unknown outcome: ${dropped.batch.length} stay unknown`);
+      }
+      return;
+    }
+    if (parked) this.stats.unknown -= n;
+    this.stats.failed += n;
+    this.logger.warn(`anomalydesk: gave up on ${n} event(s): ${outcome.message}`);
   }
 
   /** Flush and stop the timer and the exit hook (idempotent). */
   async close() {
-    if (this._closed) return this._sending;
+    if (this._closed) return this._flushing ?? undefined;
     this._closeDeadline ??= Date.now() + this.timeoutMs; // closing never hangs longer
     clearInterval(this._timer);
     process.removeListener('beforeExit', this._onBeforeExit);
@@ -281,27 +351,36 @@ export class AnomalyClient {
     return Math.random() * Math.min(this.backoffMaxMs, this.backoffMs * 2 ** attempt);
   }
 
-  async _postWithRetries(encoded) {
+  async _postWithRetries(encoded, key = randomUUID()) {
     const body = `[${encoded.join(',')}]`;
-    const headers = this._headers(randomUUID()); // one key for every attempt of this batch
+    const headers = this._headers(key); // one key for every attempt of this batch
+    const ends = Date.now() + this.retryForMs;
+    let unknown = false;
     for (let attempt = 0; ; attempt += 1) {
-      let error;
+      let message;
+      let status;
+      let parsed;
       let retryAfter;
       try {
         const response = await this._fetch(`${this.baseUrl}/metrics`, {
           method: 'POST', headers, body, signal: AbortSignal.timeout(this.timeoutMs),
         });
         const text = await response.text();
-        let parsed;
         try { parsed = text ? JSON.parse(text) : {}; } catch { parsed = { error: text.slice(0, 200) }; }
         if (!retryable(response.status)) return { status: response.status, body: parsed };
-        error = new AnomalyClientError(`collector answered ${response.status}`, { status: response.status, body: parsed });
+        unknown ||= mayBeStored(response.status, parsed);
+        status = response.status;
+        message = `collector answered ${response.status}`;
         retryAfter = response.headers.get('retry-after');
       } catch (err) {
-        error = new AnomalyClientError(`collector unreachable: ${err.cause?.message ?? err.message}`);
+        unknown ||= !neverSent(err);
+        message = `collector unreachable: ${err.cause?.message ?? err.message}`;
       }
-      if (attempt >= this.maxRetries || this._pastCloseDeadline()) throw error;
-      let delay = this._delay(attempt, retryAfter);
+      const left = ends - Date.now();
+      if (attempt >= this.maxRetries || left <= 0 || this._pastCloseDeadline()) {
+        throw new GaveUp(message, { status, body: parsed, unknown });
+      }
+      let delay = Math.min(this._delay(attempt, retryAfter), left);
       if (this._closeDeadline !== undefined) delay = Math.min(delay, Math.max(0, this._closeDeadline - Date.now()));
       await sleep(delay);
     }

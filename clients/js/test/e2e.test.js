@@ -30,7 +30,7 @@ test('an event sent is counted in status and in its window\'s fingerprint', asyn
   for (let i = 0; i < 6; i += 1) client.sendMetric(`GET:/carts/${i}`, i === 0 ? 500 : 200, 5 + i);
   client.sendBusinessMetric('cart_value', 31.5, [10, 100], 'sdk-js');
   await client.close();
-  assert.deepEqual(client.stats, { sent: 7, rejected: 0, dropped: 0, failed: 0 });
+  assert.deepEqual(client.stats, { sent: 7, rejected: 0, dropped: 0, failed: 0, unknown: 0 });
   assert.equal(eventsTotal() - before_, 7);
   let counted = 0;
   for (let i = 0; i < 100 && counted < 6; i += 1) {

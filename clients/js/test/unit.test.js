@@ -43,7 +43,7 @@ test('5xx and 429 are retried under one Idempotency-Key with the same body', asy
   assert.equal(new Set(fake.seen.map((s) => s.body)).size, 1);
   assert.equal(fake.seen[0].headers.authorization, `Bearer ${'k'.repeat(20)}`);
   assert.deepEqual(JSON.parse(fake.seen[0].body).map((e) => e.endpoint), ['GET:/a', 'GET:/b']);
-  assert.deepEqual(client.stats, { sent: 2, rejected: 0, dropped: 0, failed: 0 });
+  assert.deepEqual(client.stats, { sent: 2, rejected: 0, dropped: 0, failed: 0, unknown: 0 });
 });
 
 test('other 4xx are not retried; the events are counted as failed', async () => {
