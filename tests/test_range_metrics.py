@@ -25,14 +25,14 @@ def test_range_auc_pr_without_a_buffer_is_the_plain_curve() -> None:
 
 def test_range_auc_pr_with_a_buffer_worked_by_hand() -> None:
     """Buffer 1: soft labels [0, √½, 1, 1, √½, 0] (Σ = 2 + √2). Thresholds 0.9, 0.8, 0.3, 0.2 give
-    (recall, precision) = (1/Σ, 1), (2/Σ, 1), ((2+√½)/Σ, (2+√½)/3), (1, Σ/4); trapezoids from (0, 1)."""
+    (recall, precision) = (1/Σ, 1), (2/Σ, 1), ((2+√½)/Σ, (2+√½)/3), (1, Σ/4); area Σ Δrecall · precision."""
     r = soft_labels(LABELS, 1)
     assert r == pytest.approx([0, math.sqrt(0.5), 1, 1, math.sqrt(0.5), 0])
     total = 2 + math.sqrt(2)
     points = [(0, 1), (1 / total, 1), (2 / total, 1), ((2 + math.sqrt(0.5)) / total, (2 + math.sqrt(0.5)) / 3),
               (1, total / 4)]
-    area = sum((b[0] - a[0]) * (a[1] + b[1]) / 2 for a, b in itertools.pairwise(points))
-    assert range_auc_pr(LABELS, SCORES, 1) == pytest.approx(area)  # ≈ 0.9646
+    area = sum((b[0] - a[0]) * b[1] for a, b in itertools.pairwise(points))
+    assert range_auc_pr(LABELS, SCORES, 1) == pytest.approx(area)  # ≈ 0.9495
     assert vus_pr(LABELS, SCORES, 1) == pytest.approx((1.0 + area) / 2)
 
 

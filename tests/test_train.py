@@ -79,8 +79,22 @@ def test_calibration_is_monotone_and_bounded() -> None:
     model = train(_normal(600), _params())
     raw = np.linspace(0.0, 1.0, 1001)
     calibrated = model.calibrate(raw)
-    assert np.all(np.diff(calibrated) >= 0) and calibrated[0] == 0.0 and calibrated[-1] == 100.0
+    assert np.all(np.diff(calibrated) >= 0) and calibrated[0] == 0.0 and 99.0 <= calibrated[-1] < 100.0
     assert np.all(np.diff(calibrated[raw > model.metadata["threshold_raw"]]) > 0)
+
+
+def test_the_score_keeps_ranking_beyond_critical_and_never_reaches_100() -> None:
+    """The deviation verdict has no ceiling: past the critical anchor the score keeps rising (strictly), so
+    windows far out still rank against each other; the severity cut-offs sit where they did."""
+    model = train(_normal(600), _params())
+    anchors = model.deviation_raw
+    deviation = np.concatenate([np.linspace(0.0, anchors[-1], 500), anchors[-1] * np.logspace(0, 9, 500)[1:]])
+    scores = model.calibrate_deviation(deviation)
+    assert np.all(np.diff(scores[deviation > anchors[1]]) > 0) and np.all(scores < 100.0)
+    assert scores[-1] > scores[-2] > 99.9
+    at = model.calibrate_deviation(anchors)
+    assert at[-3:-1] == pytest.approx([config.SEVERITY_WARNING, config.SEVERITY_CRITICAL])
+    assert at[-1] == pytest.approx(99.0)
 
 
 def test_constant_feature_is_guarded_and_a_change_in_it_scores_high() -> None:

@@ -147,12 +147,12 @@ class Model:
         return -self.forest.score_samples(Z)
 
     def calibrate(self, raw: np.ndarray) -> np.ndarray:
-        """Raw forest anomaly scores → 0–100, monotone, threshold ↦ SEVERITY_WARNING."""
-        return np.interp(raw, self.calibration_raw, self.calibration_score)
+        """Raw forest anomaly scores → 0–100, increasing, threshold ↦ SEVERITY_WARNING (`calibrated`)."""
+        return calibrated(raw, self.calibration_raw, self.calibration_score)
 
     def calibrate_deviation(self, deviation: np.ndarray) -> np.ndarray:
-        """Largest robust |z| of a row → 0–100, monotone, threshold ↦ SEVERITY_WARNING."""
-        return np.interp(deviation, self.deviation_raw, self.deviation_score)
+        """Largest robust |z| of a row → 0–100, increasing, threshold ↦ SEVERITY_WARNING (`calibrated`)."""
+        return calibrated(deviation, self.deviation_raw, self.deviation_score)
 
     def scores_from(self, Z: np.ndarray) -> np.ndarray:
         """0–100 score of transformed rows: the larger of the forest's and the deviation's verdict.
@@ -286,6 +286,27 @@ def _optional_arrays(data: dict[str, Any], f: int) -> dict[str, Any]:
             raise ModelFormatError(f"model: 'extreme_power' must be a number in [0, 1], got {power!r}")
         out["extreme_power"] = float(power)
     return out
+
+
+TAIL_AT_TOP = 99.0  # the score at the last anchor (the old ceiling of 100)
+
+
+def calibrated(raw: np.ndarray, anchors_raw: np.ndarray, anchors_score: np.ndarray) -> np.ndarray:
+    """Raw verdicts → 0–100 through the anchors (typical → SCORE_AT_MEDIAN, threshold → warning, critical →
+    critical), strictly increasing all the way: beyond the critical anchor (the second to last) the score
+    keeps rising, 100 − (100 − critical) / (1 + k·x) with x the distance past critical in units of the
+    critical-to-last-anchor span and k putting the last anchor at TAIL_AT_TOP; it approaches 100 and never
+    reaches it, so windows far beyond critical still rank (a plateau at 100 made the score lose its order:
+    25–97 % of the rows of a drifting series scored exactly 100). Below critical: linear between anchors.
+    """
+    raw = np.asarray(raw, dtype=np.float64)
+    r_crit, r_top = float(anchors_raw[-2]), float(anchors_raw[-1])
+    s_crit = float(anchors_score[-2])
+    k = (100.0 - s_crit) / (100.0 - TAIL_AT_TOP) - 1.0
+    below = np.interp(raw, anchors_raw[:-1], anchors_score[:-1])
+    past = np.maximum(raw - r_crit, 0.0) / max(r_top - r_crit, 1e-12)
+    tail = 100.0 - (100.0 - s_crit) / (1.0 + k * past)
+    return np.where(raw > r_crit, tail, below)
 
 
 def deviation_of(Z: np.ndarray, extreme: np.ndarray, power: float, step: np.ndarray) -> np.ndarray:

@@ -7,7 +7,8 @@ the labels become soft — 1 inside an event, sqrt(1 − d/(ℓ+1)) at distance 
 it, 0 elsewhere (ℓ = 0: the plain labels). At a threshold θ, with p = score ≥ θ:
   precision(θ) = Σ p·r / Σ p,
   recall(θ)    = (Σ p·r / Σ r) · (the share of events with a flagged row inside their buffered extent).
-The area under recall→precision (trapezoids, from recall 0 at the highest threshold) is range-AUC-PR.
+The area under recall→precision, summed step-wise as average precision is (Σ Δrecall · precision, so
+tied scores gain nothing from the interpolation a trapezoid would give them), is range-AUC-PR.
 **VUS-PR** is its mean over ℓ = 0, 1, …, `max_buffer`.
 
 **Affiliation** (Huet et al., KDD 2022), in discrete time: the rows are split into one zone per event
@@ -59,7 +60,7 @@ def range_auc_pr(labels: np.ndarray, scores: np.ndarray, buffer: int) -> float |
     n = y.shape[0]
     extents = [(max(0, a - buffer), min(n, b + buffer)) for a, b in events]
     thresholds = np.unique(np.quantile(s, np.linspace(0.0, 1.0, RANGE_THRESHOLDS)))[::-1]
-    precision, recall = [1.0], [0.0]
+    precision, recall = [], []
     total = r.sum()
     for theta in thresholds:
         p = s >= theta
@@ -69,9 +70,9 @@ def range_auc_pr(labels: np.ndarray, scores: np.ndarray, buffer: int) -> float |
         precision.append(hit / flagged if flagged else 1.0)
         recall.append(hit / total * existence)
     rec, prec = np.asarray(recall), np.asarray(precision)
-    order = np.argsort(rec, kind="stable")
+    order = np.argsort(rec, kind="stable")  # thresholds high to low: recall rises, ties keep the best first
     rec, prec = rec[order], prec[order]
-    return float(np.sum(np.diff(rec) * (prec[1:] + prec[:-1]) / 2.0))
+    return float(np.sum(np.diff(rec, prepend=0.0) * prec))
 
 
 def vus_pr(labels: np.ndarray, scores: np.ndarray, max_buffer: int) -> float | None:

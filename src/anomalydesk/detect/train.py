@@ -41,7 +41,7 @@ from anomalydesk.detect.features import (
     window_features,
 )
 from anomalydesk.detect.forest import ForestArrays
-from anomalydesk.detect.model import Model, deviation_of
+from anomalydesk.detect.model import Model, calibrated, deviation_of
 from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION
 
 QUANTILES = (0.5, 0.9, 0.95, 0.99, 0.999)
@@ -147,7 +147,7 @@ def train(
     threshold_dev = upper_quantile(deviation, rate_dev)
     cal_raw, cal_score = _calibration(oob_raw, threshold_raw, ceiling=1.0)
     dev_raw, dev_score = _calibration(deviation, threshold_dev, ceiling=None)
-    calibrated = np.maximum(np.interp(oob_raw, cal_raw, cal_score), np.interp(deviation, dev_raw, dev_score))
+    scored = np.maximum(calibrated(oob_raw, cal_raw, cal_score), calibrated(deviation, dev_raw, dev_score))
 
     if daily_cycle:
         note = f"daily cycle modelled: history spans {span / 86400:.1f} days"
@@ -167,9 +167,9 @@ def train(
         "threshold_raw": threshold_raw,
         "threshold_deviation": threshold_dev,
         "severity_cutoffs": {"warning": config.SEVERITY_WARNING, "critical": config.SEVERITY_CRITICAL},
-        "score_quantiles": {f"p{q * 100:g}": float(np.quantile(calibrated, q)) for q in QUANTILES},
+        "score_quantiles": {f"p{q * 100:g}": float(np.quantile(scored, q)) for q in QUANTILES},
         "raw_quantiles": {f"p{q * 100:g}": float(np.quantile(oob_raw, q)) for q in QUANTILES},
-        "training_flag_rate": float(np.mean(calibrated >= config.SEVERITY_WARNING)),
+        "training_flag_rate": float(np.mean(scored >= config.SEVERITY_WARNING)),
         "daily_cycle": bool(daily_cycle),
         "count_features": [name for name, c in zip(params.feature_names, counts, strict=True) if c],
         "log_features": [name for name, c in zip(params.feature_names, logs, strict=True) if c],
