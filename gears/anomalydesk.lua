@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '3'
+local LIB_VERSION = '4'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -177,6 +177,7 @@ local function endpoint_ok(e)
   if type(e) ~= 'string' or #e == 0 or #e > MAX_NAME then
     return 'endpoint must be a string of 1..' .. MAX_NAME .. ' characters'
   end
+  if e == OTHER_ENDPOINT then return 'endpoint ' .. OTHER_ENDPOINT .. ' is reserved' end
 end
 
 local function status_ok(s)
@@ -657,13 +658,28 @@ local function fingerprint(ks, w, W, sparse, has_data)
     end
   end
   local q = quantiles(hist, n, { 0.5, 0.95, 0.99 })
-  local top, entropy = 0, 0
+  -- the endpoint mix: exact over the first WINDOW_ENDPOINTS_CAP distinct endpoints of the window; the
+  -- rest (OTHER_ENDPOINT's count) spread evenly over the tail's distinct endpoints, which the window's
+  -- HyperLogLog counts, so a window of 50,000 endpoints is not scored as 513
+  local top, entropy, distinct = 0, 0, 0
   if n > 0 then
-    local counts = redis.call('HVALS', ks.we(w))
-    for _, c in ipairs(counts) do
-      local p = tonumber(c) / n
-      if p > 0 then entropy = entropy - p * math.log(p) / math.log(2) end
-      if p > top then top = p end
+    distinct = redis.call('PFCOUNT', ks.wh(w))
+    local counts, other, named = redis.call('HGETALL', ks.we(w)), 0, 0
+    for i = 1, #counts, 2 do
+      local c = tonumber(counts[i + 1])
+      if counts[i] == OTHER_ENDPOINT then
+        other = c
+      elseif c > 0 then
+        local p = c / n
+        entropy = entropy - p * math.log(p) / math.log(2)
+        if p > top then top = p end
+        named = named + 1
+      end
+    end
+    if other > 0 then
+      local each = other / n / math.max(1, distinct - named)
+      entropy = entropy - (other / n) * math.log(each) / math.log(2)
+      if each > top then top = each end
     end
   end
   local kpis, ranges, level_sum, level_n, out_of_range = {}, {}, 0, 0, 0
@@ -684,7 +700,7 @@ local function fingerprint(ks, w, W, sparse, has_data)
     'rate_5xx', n > 0 and num(tonumber(a.e5 or '0') / n) or 0,
     'latency_p50_ms', num(q[1]), 'latency_p95_ms', num(q[2]), 'latency_p99_ms', num(q[3]),
     'latency_mean_ms', n > 0 and num(tonumber(a.ls or '0') / n) or 0,
-    'endpoints_distinct', n > 0 and redis.call('PFCOUNT', ks.wh(w)) or 0,
+    'endpoints_distinct', distinct,
     'new_interactions', tonumber(a.new or '0'),
     'top_endpoint_share', num(top),
     'endpoint_entropy', num(entropy),

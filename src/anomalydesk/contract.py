@@ -22,10 +22,11 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 3
+LIB_VERSION = 4
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
+    4: "4c0f5ee26d0a76f8f4d81e0bd634b66b0d11327aa476e8b2da250a70742e91ba",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------

@@ -90,12 +90,7 @@ def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarr
                    replay: bool, window_s: int) -> list[PayloadWindow]:
     if len(ep) == 0:
         return []
-    if replay:
-        if np.isnan(ts).any():
-            raise ValueError("replay mode needs a timestamp on every event")
-        win = np.floor(ts / window_s).astype(np.int64)
-    else:
-        win = np.zeros(len(ep), dtype=np.int64)
+    win = _windows_of(ts, replay, window_s)
     windows, winv = np.unique(win, return_inverse=True)
     nwin = len(windows)
     n = np.bincount(winv, minlength=nwin)
@@ -122,6 +117,15 @@ def _window_groups(ep: np.ndarray, st: np.ndarray, lat: np.ndarray, ts: np.ndarr
             "st": _pairs(sk, sc, sb[i], sb[i + 1], int),
         })
     return groups
+
+
+def _windows_of(ts: np.ndarray, replay: bool, window_s: int) -> np.ndarray:
+    """Each event's window: by its timestamp in replay mode, 0 live (the server's clock decides)."""
+    if not replay:
+        return np.zeros(len(ts), dtype=np.int64)
+    if np.isnan(ts).any():
+        raise ValueError("replay mode needs a timestamp on every event")
+    return np.floor(ts / window_s).astype(np.int64)
 
 
 def _groups_small(cols: Columns, names: list[str], replay: bool, window_s: int) -> list[PayloadWindow]:
@@ -226,18 +230,31 @@ def encode(columns: dict[str, Columns], config: Config, replay: bool, batch_id: 
                 out.append((service, _payload(groups, kpis, replay, batch_id, sparse, config)))
             continue
         ep, st, lat, ts = cols.columns()
-        # one FCALL's work grows with the distinct endpoints it updates: split a high-cardinality
-        # batch by endpoint so no call blocks the server for long (each part has its own batch id)
-        parts = max(1, math.ceil(len(names) / MAX_ENDPOINTS_PER_CALL))
-        for part in range(parts):
-            sel = slice(None) if parts == 1 else (ep // MAX_ENDPOINTS_PER_CALL) == part
-            groups = _window_groups(ep[sel], st[sel], lat[sel], ts[sel], names, replay, config.window_s)
-            raw = _raw_rows(ep[sel], st[sel], lat[sel], ts[sel], names, config.raw_sample)
-            kpis = _kpi_rows(cols, replay, config.window_s) if part == 0 else []
-            if not groups and not kpis:
-                continue
-            part_batch = batch_id if parts == 1 or batch_id is None else f"{batch_id}:{part}"
-            out.append((service, _payload(groups, kpis, replay, part_batch, sparse, config, raw)))
+        kpis = _kpi_rows(cols, replay, config.window_s)
+        if len(names) <= MAX_ENDPOINTS_PER_CALL:
+            groups = _window_groups(ep, st, lat, ts, names, replay, config.window_s)
+            raw = _raw_rows(ep, st, lat, ts, names, config.raw_sample)
+            if groups or kpis:
+                out.append((service, _payload(groups, kpis, replay, batch_id, sparse, config, raw)))
+            continue
+        # one FCALL's work grows with the distinct endpoints it updates: a high-cardinality batch is split
+        # by endpoint so no call blocks the server for long (each part has its own batch id) — window by
+        # window, in time order, all of a window's parts before any of a later one: in replay mode a call
+        # carrying a later window moves the service's clock and seals the earlier windows, so a part of
+        # an earlier window sent after it would be late
+        win = _windows_of(ts, replay, config.window_s)
+        chunk = ep // MAX_ENDPOINTS_PER_CALL
+        part = 0
+        for w in sorted(set(win.tolist()) | {int(row[0]) for row in kpis}):
+            in_window = win == w
+            window_kpis = [row for row in kpis if int(row[0]) == w]
+            for c in np.unique(chunk[in_window]).tolist() or [None]:
+                sel = in_window & (chunk == c) if c is not None else in_window
+                groups = _window_groups(ep[sel], st[sel], lat[sel], ts[sel], names, replay, config.window_s)
+                raw = _raw_rows(ep[sel], st[sel], lat[sel], ts[sel], names, config.raw_sample)
+                part_batch = None if batch_id is None else f"{batch_id}:{part}"
+                out.append((service, _payload(groups, window_kpis, replay, part_batch, sparse, config, raw)))
+                window_kpis, part = [], part + 1
     return out
 
 
