@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import signal
 import time
+from dataclasses import replace
 
 import pytest
 import redis
 
 from anomalydesk import config
 from anomalydesk.detect import incidents
+from anomalydesk.detect.incident_model import Alert, Incident
 from anomalydesk.store.keys import Keys
 from app_support import qloop, run  # noqa: F401  (fixture)
 
@@ -26,14 +28,14 @@ def raise_alert(r: redis.Redis, service: str, window: int, *, kind: str = "new",
                 score: float = 95.0, publish: bool = True, keys: Keys | None = None) -> dict:  # fmt: skip
     """Store an incident and log (and publish) its alert, as the detector does."""
     keys = keys or Keys()
-    incident = incidents.new_incident(service, "anomaly", window, window * 5.0)
-    incident.update(score=score, severity=severity, windows=1)
     reasons = [{"feature": "rate_5xx", "actual": 0.2, "expected": 0.004, "text": "5xx ratio 20% vs 0.4% normal"}]
-    alert = incidents.make_alert(kind=kind, incident=incident, window=window, window_start=time.time(), score=score,
-                                 severity=severity, reasons=reasons, model_version=1,
-                                 message=f"{service}: 5xx ratio 20% vs 0.4% normal")  # fmt: skip
-    r.hset(keys.incidents, incident["id"], json.dumps(incident))
-    r.sadd(keys.incidents_open, incident["id"])
+    incident = replace(Incident.open(service, "anomaly", window, window * 5.0), score=score, severity=severity,
+                       windows=1, reasons=reasons)  # fmt: skip
+    alert = Alert.about(incident, kind=kind, window=window, window_start=time.time(), score=score,
+                        severity=severity, reasons=reasons, model_version=1,
+                        message=f"{service}: 5xx ratio 20% vs 0.4% normal").to_json()  # fmt: skip
+    r.hset(keys.incidents, incident.id, json.dumps(incident.to_json()))
+    r.sadd(keys.incidents_open, incident.id)
     r.xadd(keys.alerts_log, {"alert": json.dumps(alert)}, maxlen=config.ALERT_LOG_MAXLEN, approximate=True)
     if publish:
         r.publish(keys.alerts_channel, json.dumps(alert))
@@ -99,6 +101,11 @@ def test_catch_up_then_live_alerts_and_operator_actions(qtbot, qloop, redis_url,
 
 
 def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The detector applies the silence (the app does not judge silences itself): the silenced incident
+    is shown, from its record, and never notified; the other service's is."""
+    from anomalydesk.store import models as registry
+    from test_detector import add_window, make_detector
+
     app = open_app(qtbot, redis_url)
     try:
         panel = app.window.incidents
@@ -108,12 +115,22 @@ def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_ur
         panel.silence_add.click()
         qtbot.waitUntil(lambda: panel.silence_list.count() == 1, timeout=10_000)
         assert len(incidents.list_silences(r)) == 1
-        muted = raise_alert(r, "svc-7", 3000)
-        qtbot.waitUntil(lambda: muted["incident_id"] in panel.model.ids, timeout=10_000)
-        heard = raise_alert(r, "users", 3001)
-        qtbot.waitUntil(lambda: heard["incident_id"] in panel.model.ids, timeout=10_000)
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=10_000)  # what follows is live, not history
+        first = int(time.time() // 5) + 1  # windows after the silence began
+        for service in ("svc-7", "users"):
+            registry.save(r, service, json.dumps({"limit": 200}), {"windows": 100})
+            for window in range(first, first + 3):
+                add_window(r, service, window, requests=500)
+        detector = make_detector(r)
+        while detector.step().processed:
+            pass
+        detector.release()
+        muted, heard = (incidents.list_incidents(r, service=s)[0] for s in ("svc-7", "users"))
+        assert muted.silenced and not heard.silenced
+        qtbot.waitUntil(lambda: {muted.id, heard.id} <= set(panel.model.ids), timeout=10_000)  # fmt: skip
         qtbot.waitUntil(app.window.banner.isVisible, timeout=5_000)
-        assert [n.incident_id for n in app.tray.delivered] == [heard["incident_id"]]
+        assert [n.incident_id for n in app.tray.delivered] == [heard.id]
+        assert app.state.incidents.incidents[muted.id].incident == incidents.get(r, muted.id)
     finally:
         close_app(qtbot, app)
 

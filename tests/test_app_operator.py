@@ -115,7 +115,6 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         qtbot.waitUntil(lambda: "Redis 7" in panel.facts.text(), timeout=10_000)
         silences = window.incidents.silence_list  # re-read from the new server after the reconnect
         qtbot.waitUntil(lambda: silences.count() == 1 and "beta-*" in silences.item(0).text(), timeout=10_000)
-        assert [s.pattern for s in app.notifier.silences] == ["beta-*"]  # the old server's no longer mutes
 
         panel.url.setText(locked.url)
         panel.password.setText("not-the-password")

@@ -4,6 +4,7 @@ instance, start at login, and the sketches panel's confirm-before-recreate again
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
     from anomalydesk.app.live_panel import LivePanel
     from anomalydesk.app.settings import AppSettings
     from anomalydesk.app.state import AppState
+    from anomalydesk.detect.incident_model import Incident, Severity
     from anomalydesk.fingerprint import N_FEATURES
 
     state = AppState(live_capacity=100)
@@ -35,8 +37,9 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
         state.live.append("payments", t0 + 5 * i, np.full(N_FEATURES, float(i)), 10.0 + i % 7)
     state.live.thresholds["payments"] = 70.0
     state.set_services(["payments"])
-    state.incidents.apply_alert({"id": "x", "kind": "new", "incident_id": "payments:a1", "service": "payments",
-                                 "time": t0 + 600, "window": 1, "score": 90, "severity": "critical"})  # fmt: skip
+    incident = replace(Incident.open("payments", "anomaly", int((t0 + 600) // 5), t0 + 600), windows=1,
+                       score=90.0, severity=Severity.CRITICAL)  # fmt: skip
+    state.incidents.apply(incident)
     assert panel.redraw(force=True)
     x, y = panel._curves["requests"].getData()
     assert len(x) == 100 and y[-1] == 149.0  # bounded: the oldest 50 windows are gone

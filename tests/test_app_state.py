@@ -5,22 +5,32 @@ from __future__ import annotations
 import json
 import os
 import stat
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.notifier import Notifier, Silence
+from anomalydesk.app.notifier import Notifier
 from anomalydesk.app.ringbuffer import RingBuffer
 from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import IncidentsState
+from anomalydesk.app.state import IncidentsState, table_state
+from anomalydesk.detect.incident_model import Alert, Incident, Mark, Severity
+
+REASONS = [{"feature": "rate_5xx", "text": "5xx ratio 20% vs 0.4% normal"}]
 
 
 def alert(iid: str, kind: str = "new", severity: str = "warning", score: float = 75.0, service: str = "payments",
           window: int = 1, aid: str | None = None) -> dict:  # fmt: skip
     return {"id": aid or f"{iid}:{window}:{kind}", "kind": kind, "incident_id": iid, "time": "2026-11-26T10:00:00Z",
             "window": window, "service": service, "score": score, "severity": severity,
-            "reasons": [{"feature": "rate_5xx", "text": "5xx ratio 20% vs 0.4% normal"}], "message": "m"}  # fmt: skip
+            "reasons": REASONS, "message": "m"}  # fmt: skip
+
+
+def record(iid: str, service: str = "payments", window: int = 1) -> Incident:
+    """The stored incident an alert names (one anomalous window, warning)."""
+    return replace(Incident.open(service, "anomaly", window, window * 5.0), id=iid, windows=1, score=75.0,
+                   severity=Severity.WARNING, reasons=REASONS)  # fmt: skip
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -75,25 +85,45 @@ def test_ring_buffer_keeps_the_newest_rows_in_order():
 
 
 # --- incidents --------------------------------------------------------------------------------
-def test_alerts_fold_into_one_incident_with_escalation_and_resolution():
-    state = IncidentsState()
+def test_rows_are_the_stored_records_the_alerts_name():
+    state = IncidentsState(window_seconds=5)
     levels = []
     state.health_changed.connect(levels.append)
-    inc, new = state.apply_alert(alert("p:a1"))
-    assert new and inc.state == "open" and state.health == "warning"
-    assert state.apply_alert(alert("p:a1")) == (None, False)  # the same alert twice (catch-up + pub/sub)
-    inc2, new2 = state.apply_alert(alert("p:a1", kind="escalated", severity="critical", score=96, window=3))
-    assert inc2 is inc and not new2 and inc.severity == "critical" and inc.score == 96 and inc.window_last == 3
-    state.set_state("p:a1", "false_positive")
-    state.apply_alert(alert("p:a1", kind="resolved", window=4))
-    assert inc.state == "false_positive"  # the closing alert does not undo the operator's verdict
+    opened = record("p:a1", window=1)
+    row, first = state.apply_alert(Alert.from_json(alert("p:a1")), opened)
+    assert first and row.incident is opened and row.state == "open" and state.health == "warning"
+    assert (row.start, row.last, row.windows, row.alerts) == (5.0, 10.0, 1, 1)
+    assert row.reason == "5xx ratio 20% vs 0.4% normal"
+    assert state.apply_alert(Alert.from_json(alert("p:a1")), opened) == (None, False)  # catch-up + pub/sub
+    grown = opened.revised(last_window=3, windows=3, score=96.0, severity=Severity.CRITICAL)
+    again, first = state.apply_alert(Alert.from_json(alert("p:a1", kind="escalated", severity="critical", window=3)),
+                                     grown)  # fmt: skip
+    assert again is row and not first and row.severity == "critical" and row.score == 96 and row.window_last == 3
+    assert row.last == 20.0 and row.alerts == 2
+    marked = grown.revised(status="resolved", false_positive=Mark("ops", "2026-11-26T10:01:00Z"),
+                           resolved=Mark("ops", "2026-11-26T10:01:00Z", "false positive"))  # fmt: skip
+    assert state.apply(marked) is row and row.state == "false_positive"
     assert levels == ["warning", "critical", "none"]
+    # an alert whose incident is no longer stored (pruned) adds no row; a closed one is not followed in
+    assert state.apply_alert(Alert.from_json(alert("gone:a1")), None) == (None, False)
+    assert state.apply(replace(record("old:a1"), status="resolved")) is None
+    assert set(state.incidents) == {"p:a1"}
+
+
+def test_table_state_of_a_record():
+    base = record("p:a1")
+    assert table_state(base, now=100.0) == ("open", 0.0)
+    assert table_state(replace(base, acked=Mark("a", "t")), now=100.0) == ("acknowledged", 0.0)
+    snoozed = replace(base, acked=Mark("a", "t"), snoozed_until_epoch=200.0)
+    assert table_state(snoozed, now=100.0) == ("snoozed", 200.0)
+    assert table_state(snoozed, now=300.0) == ("acknowledged", 0.0)  # the snooze ran out
+    assert table_state(replace(base, status="resolved"), now=100.0) == ("resolved", 0.0)
 
 
 def test_incident_table_is_bounded():
     state = IncidentsState(max_rows=10)
     for i in range(25):
-        state.apply_alert(alert(f"s:a{i}", window=i))
+        state.apply_alert(Alert.from_json(alert(f"s:a{i}", window=i)), record(f"s:a{i}", window=i))
     assert len(state.incidents) == 10
 
 
@@ -104,21 +134,30 @@ def test_one_notification_per_incident_or_escalation_and_mutes():
     n = Notifier(shown.append, clock=lambda: now[0])
     state = IncidentsState()
 
-    def feed(a):
-        inc, new = state.apply_alert(a)
-        return n.on_alert(a, inc, new)
+    def feed(a: dict, incident: Incident | None = None) -> object:
+        row, first = state.apply_alert(Alert.from_json(a), incident or record(a["incident_id"], service=a["service"]))
+        return n.on_alert(Alert.from_json(a), row, first)
 
     assert feed(alert("p:a1")) is not None
     assert feed(alert("p:a1", kind="new", window=2)) is None  # another window of the same incident
     now[0] += 60
-    assert feed(alert("p:a1", kind="escalated", severity="critical", window=3)).severity == "critical"
-    n.silences = [Silence("svc-*", 0, 5000)]
-    assert feed(alert("s:a1", service="svc-7")) is None
+    escalated = replace(record("p:a1"), last_window=3, severity=Severity.CRITICAL, score=95.0, rev=2)
+    assert feed(alert("p:a1", kind="escalated", severity="critical", window=3), escalated).severity == "critical"
+    # the detector marked it silenced (a silence or a snooze at the window's time): never notified
+    assert feed(alert("s:a1", service="svc-7") | {"silenced": True}) is None
+    # an operator took the incident since: acknowledged, snoozed, closed by hand
+    assert feed(alert("a:a1", service="auth"), replace(record("a:a1"), acked=Mark("ops", "t"))) is None
+    assert feed(alert("z:a1", service="zed"), replace(record("z:a1"), snoozed_until_epoch=now[0] + 60)) is None
+    closed = replace(record("c:a1"), status="resolved", resolved=Mark("ops", "t", "operator"))
+    assert feed(alert("c:a1", service="cart"), closed) is None
+    # resolved by the detector before the app read it (it was away): still told
+    auto = replace(record("d:a1"), status="resolved", resolved=Mark("detector", "t", "auto"))
+    assert feed(alert("d:a1", service="db"), auto) is not None
     n.pause(3600)
     assert feed(alert("u:a1", service="users")) is None
     n.resume()
     assert feed(alert("o:a1", service="orders")) is not None
-    assert [x.incident_id for x in shown] == ["p:a1", "p:a1", "o:a1"]
+    assert [x.incident_id for x in shown] == ["p:a1", "p:a1", "d:a1", "o:a1"]
 
 
 def test_a_burst_is_throttled_and_summarised_not_dropped():
@@ -126,9 +165,9 @@ def test_a_burst_is_throttled_and_summarised_not_dropped():
     n = Notifier(shown.append, clock=lambda: 50.0)
     state = IncidentsState()
     for i in range(12):
-        a = alert(f"s{i}:a1", service=f"svc-{i}")
-        inc, new = state.apply_alert(a)
-        n.on_alert(a, inc, new)
+        a = Alert.from_json(alert(f"s{i}:a1", service=f"svc-{i}"))
+        row, first = state.apply_alert(a, record(f"s{i}:a1", service=f"svc-{i}"))
+        n.on_alert(a, row, first)
     assert len(shown) == 5 and n.suppressed == 7
     summary = n.flush_summary()
     assert summary is not None and summary.title.startswith("7 more")

@@ -149,7 +149,7 @@ def test_business_fault_raises_a_rule_alert_at_once(fault_run: dict) -> None:
     # payments (night-time load) and start as a warning, but amounts at 0.3x go a third below the
     # range while the fault lasts, and the operator is told (the alert that opens or escalates)
     incident_alerts = [a for a in fault_run["alerts"] if a["incident_id"] == rules[0]["incident_id"]]
-    assert inc.get(fault_run["r"], rules[0]["incident_id"])["severity"] == "critical"
+    assert inc.get(fault_run["r"], rules[0]["incident_id"]).severity == "critical"
     assert any(a["severity"] == "critical" and a["kind"] in ("rule", "escalated") for a in incident_alerts)
     print("business fault:", [(a["kind"], a["window"] - first_window, a["severity"]) for a in incident_alerts])
 
@@ -158,7 +158,7 @@ def test_silence_mutes_notifications_but_keeps_the_incident(fault_run: dict) -> 
     muted = [a for a in fault_run["alerts"] if a["service"] == "inventory"]
     assert muted and all(a.get("silenced") is True for a in muted)
     incident = inc.get(fault_run["r"], muted[0]["incident_id"])
-    assert incident["silenced"] is True
+    assert incident.silenced is True
     published_services = {a["service"] for a in fault_run["published"]}
     assert "inventory" not in published_services
     assert {"gateway", "users", "orders", "payments"} <= published_services
@@ -199,13 +199,13 @@ def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[Redis
     run_fast(r, duration=86400, seed=13, end=t0 + 86400)
     handled = drain(det)
     assert handled >= 5 * 17_000
-    opened = [i for i in inc.list_incidents(r) if i["kind"] == "anomaly"]
-    assert len(opened) <= 1, [(i["id"], i["windows"], i["reasons"][:1]) for i in opened]
+    opened = [i for i in inc.list_incidents(r) if i.kind == "anomaly"]
+    assert len(opened) <= 1, [(i.id, i.windows, i.reasons[:1]) for i in opened]
     # business rule breaches of normal traffic (a stray value just outside its range) stay "info"
-    rules = [i for i in inc.list_incidents(r) if i["kind"] == "rule"]
-    assert all(i["severity"] == "info" for i in rules), [(i["service"], i["severity"], i["reasons"][:1]) for i in rules]
+    rules = [i for i in inc.list_incidents(r) if i.kind == "rule"]
+    assert all(i.severity == "info" for i in rules), [(i.service, i.severity, i.reasons[:1]) for i in rules]
     print(f"normal day: {len(opened)} anomaly incident(s), {len(rules)} rule incident(s):",
-          [(i["id"], i["windows"], i["severity"], i["reasons"][:1]) for i in opened + rules])
+          [(i.id, i.windows, i.severity.value, i.reasons[:1]) for i in opened + rules])
 
 
 def _progress(r: redis.Redis, services: list[str]) -> dict[str, int]:

@@ -88,8 +88,8 @@ def test_incident_opens_escalates_and_resolves_with_one_alert_each(r: redis.Redi
     assert len({a["incident_id"] for a in got}) == 1
     inc = incidents.get(r, new["incident_id"])
     # 1002 alone did not open it; 1002 and 1004 are 2 of the 3 windows 1002–1004: it opens at 1004
-    assert inc["first_window"] == 1002 and inc["last_window"] == 1008 and inc["status"] == "resolved"
-    assert inc["resolved"]["how"] == "auto"
+    assert (inc.first_window, inc.last_window, inc.status) == (1002, 1008, "resolved")
+    assert inc.resolved is not None and inc.resolved.how == "auto"
     assert r.scard(K.incidents_open) == 0
 
 
@@ -124,7 +124,7 @@ def test_silence_keeps_incident_but_does_not_publish(r: redis.Redis) -> None:
     drain(make_detector(r))
     logged = {a["service"]: a for a in alerts(r)}
     assert logged["payments"]["silenced"] is True and "silenced" not in logged["users"]
-    assert incidents.get(r, logged["payments"]["incident_id"])["status"] == "open"
+    assert incidents.get(r, logged["payments"]["incident_id"]).is_open
     published = []
     while (msg := pubsub.get_message(timeout=0.5)) is not None:
         published.append(json.loads(msg["data"]))
@@ -192,11 +192,11 @@ def test_operator_action_between_windows_is_not_overwritten(r: redis.Redis) -> N
         add_window(r, "payments", 6000 + i, requests=500)
     drain(det)
     (inc,) = incidents.list_incidents(r, open_only=True)
-    incidents.ack(r, inc["id"], who="alice")
+    incidents.ack(r, inc.id, who="alice")
     add_window(r, "payments", 6003, requests=2000)
     drain(det)
-    after = incidents.get(r, inc["id"])
-    assert after["acked"]["by"] == "alice" and after["severity"] == "critical"
+    after = incidents.get(r, inc.id)
+    assert after.acked is not None and after.acked.by == "alice" and after.severity == "critical"
 
 
 def test_tampered_model_is_not_used(r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:

@@ -6,26 +6,28 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import redis
 
 from anomalydesk.detect import incidents as inc
 from anomalydesk.detect.incident_flow import Committer, Plan
+from anomalydesk.detect.incident_model import Incident, Severity
 from anomalydesk.store.keys import Keys
 
 K = Keys()
 
 
-def open_incident(r: redis.Redis, service: str = "payments", first: int = 100, last: int = 104) -> dict:
+def open_incident(r: redis.Redis, service: str = "payments", first: int = 100, last: int = 104) -> Incident:
     """Write an open incident the way the detector does (through the commit script)."""
-    incident = inc.new_incident(service, "anomaly", first, first * 5.0)
-    incident.update(last_window=last, windows=last - first + 1, score=88.0, severity="warning",
-                    reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.01, "text": "5xx ratio 20%"}])
+    incident = replace(Incident.open(service, "anomaly", first, first * 5.0), last_window=last,
+                       windows=last - first + 1, score=88.0, severity=Severity.WARNING,
+                       reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.01, "text": "5xx ratio 20%"}])
     r.xadd(K.fingerprints(service), {"window": last}, id=f"{last * 5000}-1")
     r.xgroup_create(K.fingerprints(service), "detectors", id="0")
     r.xreadgroup("detectors", "t", {K.fingerprints(service): ">"})
-    plan = Plan(state={"last_window": last, "incident": incident["id"]}, incidents=[(incident, 0)])
+    plan = Plan(state={"last_window": last, "incident": incident.id}, incidents=[(incident, 0)])
     assert Committer(r, K).commit(service, f"{last * 5000}-1", last, plan) == 1
     return incident
 
@@ -43,17 +45,20 @@ def test_parse_duration() -> None:
 
 def test_ack_snooze_resolve_record_who_and_when(r: redis.Redis) -> None:
     incident = open_incident(r)
-    acked = inc.ack(r, incident["id"], who="alice")
-    assert acked["acked"]["by"] == "alice" and acked["acked"]["at"].endswith("Z") and acked["rev"] == 1
-    snoozed = inc.snooze(r, incident["id"], 3600, who="bob")
-    assert snoozed["snoozed_until_epoch"] > time.time() + 3500 and snoozed["snoozed_by"]["by"] == "bob"
-    resolved = inc.resolve(r, incident["id"], who="carol")
-    assert resolved["status"] == "resolved" and resolved["resolved"]["by"] == "carol"
+    acked = inc.ack(r, incident.id, who="alice")
+    assert acked.acked is not None and acked.acked.by == "alice" and acked.acked.at.endswith("Z") and acked.rev == 1
+    snoozed = inc.snooze(r, incident.id, 3600, who="bob")
+    assert snoozed.snoozed_until_epoch is not None and snoozed.snoozed_until_epoch > time.time() + 3500
+    assert snoozed.snoozed_by is not None and snoozed.snoozed_by.by == "bob"
+    resolved = inc.resolve(r, incident.id, who="carol")
+    assert resolved.status == "resolved" and resolved.resolved is not None and resolved.resolved.by == "carol"
+    assert resolved.resolved.how == "operator"
     assert r.scard(K.incidents_open) == 0
     (alert,) = logged(r)
-    assert alert["kind"] == "resolved" and alert["incident_id"] == incident["id"]
+    assert alert["kind"] == "resolved" and alert["incident_id"] == incident.id
+    assert json.loads(r.hget(K.incidents, incident.id)) == resolved.to_json()  # what is stored is what came back
     with pytest.raises(inc.IncidentError, match="already resolved"):
-        inc.resolve(r, incident["id"])
+        inc.resolve(r, incident.id)
     with pytest.raises(inc.IncidentError, match="no incident 'nope'"):
         inc.ack(r, "nope")
 
@@ -61,11 +66,14 @@ def test_ack_snooze_resolve_record_who_and_when(r: redis.Redis) -> None:
 def test_false_positive_windows_go_back_into_training(r: redis.Redis) -> None:
     confirmed = open_incident(r, "payments", 100, 104)
     mistaken = open_incident(r, "orders", 200, 203)
-    inc.false_positive(r, mistaken["id"], who="alice")
+    inc.false_positive(r, mistaken.id, who="alice")
     assert inc.training_windows(r, "payments") == ([(100, 104)], [])
     assert inc.training_windows(r, "orders") == ([], [(200, 203)])
-    assert inc.get(r, mistaken["id"])["false_positive"]["by"] == "alice"
-    assert inc.get(r, confirmed["id"])["status"] == "open"
+    marked = inc.get(r, mistaken.id)
+    assert marked.false_positive is not None and marked.false_positive.by == "alice"
+    assert marked.resolved is not None and marked.resolved.how == "false positive"
+    assert inc.get(r, confirmed.id).is_open
+    inc.false_positive(r, mistaken.id, who="bob")  # marked again: already closed, no second closing alert
     assert [a["kind"] for a in logged(r)] == ["resolved"]
 
 
@@ -93,10 +101,14 @@ def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
     incident = open_incident(r)
     listed = cli(redis_url, "incidents", "--json")
     assert listed.returncode == 0, listed.stderr
-    assert [i["id"] for i in json.loads(listed.stdout)["incidents"]] == [incident["id"]]
-    snoozed = cli(redis_url, "incidents", "snooze", incident["id"], "15m", "--json", "--by", "dave")
+    assert json.loads(listed.stdout)["incidents"] == [json.loads(r.hget(K.incidents, incident.id))]  # the record
+    text = cli(redis_url, "incidents")
+    assert text.returncode == 0 and incident.id in text.stdout and "warning" in text.stdout, text.stdout
+    snoozed = cli(redis_url, "incidents", "snooze", incident.id, "15m", "--json", "--by", "dave")
     assert snoozed.returncode == 0 and json.loads(snoozed.stdout)["snoozed_by"]["by"] == "dave"
-    bad = cli(redis_url, "incidents", "snooze", incident["id"], "soon")
+    acked = cli(redis_url, "incidents", "ack", incident.id, "--by", "erin")
+    assert acked.returncode == 0 and acked.stdout.strip() == f"{incident.id} acknowledged by erin"
+    bad = cli(redis_url, "incidents", "snooze", incident.id, "soon")
     assert bad.returncode == 2 and "duration 'soon'" in bad.stderr
     missing = cli(redis_url, "incidents", "ack", "nope")
     assert missing.returncode == 1 and "no incident 'nope'" in missing.stderr
@@ -111,19 +123,19 @@ def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
 
 def test_prune_forgets_oldest_resolved_incidents_only(r: redis.Redis) -> None:
     for first in (10, 20, 30):
-        incident = inc.new_incident("orders", "anomaly", first, first * 5.0)
-        incident.update(last_window=first + 2, status="resolved" if first < 30 else "open")
-        r.hset(K.incidents, incident["id"], json.dumps(incident))
+        incident = replace(Incident.open("orders", "anomaly", first, first * 5.0), last_window=first + 2,
+                           status="resolved" if first < 30 else "open")  # fmt: skip
+        r.hset(K.incidents, incident.id, json.dumps(incident.to_json()))
     assert inc.prune(r, keep=1) == 1
-    assert sorted(i["id"] for i in inc.list_incidents(r)) == ["orders:a20", "orders:a30"]
+    assert sorted(i.id for i in inc.list_incidents(r)) == ["orders:a20", "orders:a30"]
 
 
 def test_setup_moves_incident_keys_of_older_releases_into_the_incident_slot(r: redis.Redis) -> None:
     from anomalydesk.config import SketchSettings
     from anomalydesk.store import admin
 
-    old = inc.new_incident("orders", "anomaly", 50, 250.0)
-    newer = {**inc.new_incident("users", "anomaly", 60, 300.0), "rev": 3}
+    old = Incident.open("orders", "anomaly", 50, 250.0).to_json()
+    newer = {**Incident.open("users", "anomaly", 60, 300.0).to_json(), "rev": 3}
     r.hset(K.legacy_incidents, mapping={old["id"]: json.dumps(old), newer["id"]: json.dumps({**newer, "rev": 1})})
     r.sadd(K.legacy_incidents_open, old["id"], newer["id"])
     r.hset(K.incidents, newer["id"], json.dumps(newer))  # already written under the new key: it wins
@@ -135,13 +147,14 @@ def test_setup_moves_incident_keys_of_older_releases_into_the_incident_slot(r: r
 
     assert admin.setup(r, SketchSettings())["incident_records_migrated"] == 3
     assert not r.exists(K.legacy_incidents, K.legacy_incidents_open, K.legacy_detector_state("orders"))
-    assert inc.get(r, old["id"]) == old and inc.get(r, newer["id"])["rev"] == 3
-    assert {i["id"] for i in inc.list_incidents(r, open_only=True)} == {old["id"], newer["id"]}
+    assert inc.get(r, old["id"]).to_json() == old and inc.get(r, newer["id"]).rev == 3
+    assert {i.id for i in inc.list_incidents(r, open_only=True)} == {old["id"], newer["id"]}
     assert json.loads(r.hget(K.detector_states, "orders"))["last_window"] == 54
     status = admin.status(r)
     assert (status["incidents_open"], status["alerts_total"]) == (2, 8)  # the old counter is added, not lost
     assert admin.setup(r, SketchSettings())["incident_records_migrated"] == 0  # idempotent
-    assert inc.ack(r, old["id"], who="dana")["acked"]["by"] == "dana"  # migrated incidents can be acted on
+    acked = inc.ack(r, old["id"], who="dana")  # migrated incidents can be acted on
+    assert acked.acked is not None and acked.acked.by == "dana"
 
 
 def test_webhook_counters_and_dead_letters_of_older_releases_are_moved(r: redis.Redis) -> None:

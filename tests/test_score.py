@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from anomalydesk import config
+from anomalydesk.detect.incident_model import severity_of
 from anomalydesk.detect.model import Model
-from anomalydesk.detect.score import ScoreResult, score, score_batch, severity_of
+from anomalydesk.detect.score import ScoreResult, score, score_batch
 from anomalydesk.detect.train import TrainParams, train
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES
 

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from anomalydesk.config import ALERT_LOG_MAXLEN
-from anomalydesk.detect.incidents import make_alert, new_incident
+from anomalydesk.detect.incident_model import Alert, Incident
 from anomalydesk.detect.webhooks import (
     Notifier,
     Route,
@@ -111,11 +111,11 @@ class RunningNotifier:
 
 def log_alert(r: redis.Redis, service: str, severity: str, kind: str = "new", window: int = 100) -> dict:
     """Append an alert to the alert stream the way detect/incidents.py does."""
-    incident = new_incident(service, "anomaly", window, window * 5.0)
-    alert = make_alert(kind=kind, incident=incident, window=window, window_start=window * 5.0, score=93.0,
-                       severity=severity, reasons=[{"feature": "latency_p95_ms", "actual": 900.0, "expected": 120.0,
-                                                    "text": "p95 latency 900 ms, usually 120 ms"}],
-                       model_version=1, message="p95 latency 900 ms, usually 120 ms")
+    incident = Incident.open(service, "anomaly", window, window * 5.0)
+    alert = Alert.about(incident, kind=kind, window=window, window_start=window * 5.0, score=93.0,
+                        severity=severity, reasons=[{"feature": "latency_p95_ms", "actual": 900.0, "expected": 120.0,
+                                                     "text": "p95 latency 900 ms, usually 120 ms"}],
+                        model_version=1, message="p95 latency 900 ms, usually 120 ms").to_json()
     r.xadd(KEYS.alerts_log, {"alert": json.dumps(alert)}, maxlen=ALERT_LOG_MAXLEN, approximate=True)
     return alert
 

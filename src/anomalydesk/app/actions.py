@@ -20,6 +20,8 @@ import numpy as np
 from anomalydesk.app import backend, training_job
 from anomalydesk.app.session import Session
 from anomalydesk.app.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
+from anomalydesk.app.state import table_state
+from anomalydesk.detect.incident_model import Silence
 
 log = logging.getLogger(__name__)
 OUTAGE_NOTE = "Redis unreachable, demo traffic waiting"
@@ -55,32 +57,24 @@ class Actions:
     async def incident_action(self, action: str, incident_id: str, seconds: float = 0.0) -> str:
         """ack | snooze | resolve | false_positive; the table shows the new state once Redis has it."""
         s = self.session
-        new_state, until = await s.call(backend.incident_action, s.sync, s.keys, action, incident_id, seconds)
-        self.state.incidents.set_state(incident_id, new_state, until)
-        return new_state
+        incident = await s.call(backend.incident_action, s.sync, s.keys, action, incident_id, seconds)
+        self.state.incidents.apply(incident)
+        return table_state(incident)[0]
 
-    async def silences(self) -> list[dict[str, Any]]:
-        """Stored silences (also handed to the notifier so it mutes them)."""
+    async def silences(self) -> list[Silence]:
+        """Stored silences (the detector applies them; the panel lists them)."""
         s = self.session
-        found = await s.call(backend.silences, s.sync, s.keys)
-        if s.notifier is not None:
-            from anomalydesk.app.notifier import Silence
+        return await s.call(backend.silences, s.sync, s.keys)
 
-            s.notifier.silences = [Silence(x["pattern"], x["start_epoch"], x["end_epoch"], x["reason"]) for x in found]
-        return found
-
-    async def add_silence(self, pattern: str, seconds: float, reason: str) -> dict[str, Any]:
+    async def add_silence(self, pattern: str, seconds: float, reason: str) -> Silence:
         """Mute notifications for services matching `pattern` for `seconds`."""
         s = self.session
-        made = await s.call(backend.add_silence, s.sync, s.keys, pattern, seconds, reason)
-        await self.silences()
-        return made
+        return await s.call(backend.add_silence, s.sync, s.keys, pattern, seconds, reason)
 
     async def remove_silence(self, silence_id: str) -> None:
         """Delete a silence."""
         s = self.session
         await s.call(backend.remove_silence, s.sync, s.keys, silence_id)
-        await self.silences()
 
     async def fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
         """Rows [start, features…] of a service between two times (for the details plot)."""

@@ -91,7 +91,7 @@ class DesktopApp:
         await self.session.connected.wait()
         if self.run_detector:
             self.actions.start_detector()
-        for coro in (self.actions.silences(), self.actions.refresh_models(), self.actions.sketch_settings()):
+        for coro in (self.actions.refresh_models(), self.actions.sketch_settings()):
             try:
                 await coro
             except Exception as err:  # shown in the panels; start-up goes on

@@ -2,14 +2,15 @@
 
 The session runs these in its I/O thread pool (`Session.call`) and the training job in its own
 executor; every function takes the sync client and the key layout explicitly so `--check` can work
-under a private prefix. Results are plain dicts/lists, ready for the state objects.
+under a private prefix. Results are plain values (dicts, lists, or the core's frozen incident types),
+ready for the state objects.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import redis
@@ -18,6 +19,9 @@ import redis.asyncio
 from anomalydesk import config
 from anomalydesk.store import connection
 from anomalydesk.store.keys import Keys
+
+if TYPE_CHECKING:
+    from anomalydesk.detect.incident_model import Incident, Silence
 
 SCORE_CHUNK_ROWS = 400  # rescoring a plot buffer: rows per call …
 SCORE_CHUNK_PAUSE_SECONDS = 0.002  # … and the pause after each, when the GUI thread may run
@@ -90,60 +94,35 @@ def detector_holder(r: redis.Redis, keys: Keys) -> str:
 
 
 # --- incidents --------------------------------------------------------------------------------
-def app_state_of(incident: dict[str, Any], now: float | None = None) -> tuple[str, float]:
-    """The incidents table's state for a stored incident record, and its snooze end."""
-    now = time.time() if now is None else now
-    until = float(incident.get("snoozed_until_epoch") or 0.0)
-    if incident.get("false_positive"):
-        return "false_positive", 0.0
-    if incident.get("status") == "resolved":
-        return "resolved", 0.0
-    if until > now:
-        return "snoozed", until
-    if incident.get("acked"):
-        return "acknowledged", 0.0
-    return "open", 0.0
-
-
-def incident_states(r: redis.Redis, keys: Keys) -> dict[str, tuple[str, float]]:
-    """Every stored incident's table state."""
-    from anomalydesk.detect import incidents
-
-    return {i["id"]: app_state_of(i) for i in incidents.list_incidents(r, keys=keys)}
-
-
-def live_incident_records(r: redis.Redis, keys: Keys, tracked: list[str]) -> list[dict[str, Any]]:
+def live_incident_records(r: redis.Redis, keys: Keys, tracked: list[str]) -> list[Incident]:
     """The records of every open incident and of those `tracked` (to see them close)."""
-    import json
+    from anomalydesk.detect.incident_model import Incident
 
     ids = sorted({*(x.decode() if isinstance(x, bytes) else x for x in r.smembers(keys.incidents_open)), *tracked})
     if not ids:
         return []
-    return [json.loads(raw) for raw in r.hmget(keys.incidents, ids) if raw]
+    return [Incident.from_json(raw) for raw in r.hmget(keys.incidents, ids) if raw]
 
 
-def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, seconds: float = 0.0
-                    ) -> tuple[str, float]:  # fmt: skip
-    """ack | snooze | resolve | false_positive on one incident; returns its new table state."""
+def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, seconds: float = 0.0) -> Incident:
+    """ack | snooze | resolve | false_positive on one incident; returns its record as stored now."""
     from anomalydesk.detect import incidents
 
     try:
         if action == "ack":
-            record = incidents.ack(r, incident_id, keys=keys)
-        elif action == "snooze":
-            record = incidents.snooze(r, incident_id, seconds, keys=keys)
-        elif action == "resolve":
-            record = incidents.resolve(r, incident_id, keys=keys)
-        elif action == "false_positive":
-            record = incidents.false_positive(r, incident_id, keys=keys)
-        else:
-            raise BackendError(f"unknown incident action {action!r}")
+            return incidents.ack(r, incident_id, keys=keys)
+        if action == "snooze":
+            return incidents.snooze(r, incident_id, seconds, keys=keys)
+        if action == "resolve":
+            return incidents.resolve(r, incident_id, keys=keys)
+        if action == "false_positive":
+            return incidents.false_positive(r, incident_id, keys=keys)
     except incidents.IncidentError as err:
         raise BackendError(str(err)) from err
-    return app_state_of(record)
+    raise BackendError(f"unknown incident action {action!r}")
 
 
-def incident_record(r: redis.Redis, keys: Keys, incident_id: str) -> dict[str, Any] | None:
+def incident_record(r: redis.Redis, keys: Keys, incident_id: str) -> Incident | None:
     """The stored incident record, or None."""
     from anomalydesk.detect import incidents
 
@@ -153,19 +132,19 @@ def incident_record(r: redis.Redis, keys: Keys, incident_id: str) -> dict[str, A
         return None
 
 
-def silences(r: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
-    """Stored silences as dicts (id, pattern, start_epoch, end_epoch, reason, by)."""
+def silences(r: redis.Redis, keys: Keys) -> list[Silence]:
+    """Stored silences, soonest-ending first."""
     from anomalydesk.detect import incidents
 
-    return [s.as_dict() for s in incidents.list_silences(r, keys=keys)]
+    return incidents.list_silences(r, keys=keys)
 
 
-def add_silence(r: redis.Redis, keys: Keys, pattern: str, seconds: float, reason: str) -> dict[str, Any]:
+def add_silence(r: redis.Redis, keys: Keys, pattern: str, seconds: float, reason: str) -> Silence:
     """Silence services matching `pattern` from now for `seconds`."""
     from anomalydesk.detect import incidents
 
     try:
-        return incidents.add_silence(r, pattern, time.time() + seconds, reason, keys=keys).as_dict()
+        return incidents.add_silence(r, pattern, time.time() + seconds, reason, keys=keys)
     except ValueError as err:
         raise BackendError(str(err)) from err
 

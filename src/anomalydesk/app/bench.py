@@ -34,6 +34,7 @@ import sys
 import threading
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -92,7 +93,7 @@ async def _stall_and_notify(url: str, prefix: str, quick: bool) -> dict[str, Any
     from anomalydesk.app.application import DesktopApp
     from anomalydesk.app.loop_monitor import StallMeter
     from anomalydesk.app.settings import AppSettings
-    from anomalydesk.detect import incidents
+    from anomalydesk.detect.incident_model import Alert, Incident, Severity
     from anomalydesk.store import connection
     from anomalydesk.store.keys import Keys
 
@@ -135,12 +136,14 @@ async def _stall_and_notify(url: str, prefix: str, quick: bool) -> dict[str, Any
             r = connection.connect(url)
             try:
                 for i in range(n):
-                    record = incidents.new_incident(f"bench-{i % 50}", "anomaly", 10_000 + i, time.time())
-                    alert = incidents.make_alert(kind="new", incident=record, window=10_000 + i,
-                                                 window_start=time.time(), score=95.0, severity="critical",
-                                                 reasons=[], model_version=None, message="bench")  # fmt: skip
-                    payload = json.dumps(alert)
-                    published[record["id"]] = time.perf_counter()
+                    # stored first, as the detector's script does: the app reads the record the alert names
+                    record = replace(Incident.open(f"bench-{i % 50}", "anomaly", 10_000 + i, time.time()),
+                                     severity=Severity.CRITICAL, score=95.0)  # fmt: skip
+                    alert = Alert.about(record, kind="new", window=10_000 + i, window_start=time.time(), score=95.0,
+                                        severity=Severity.CRITICAL, reasons=[], model_version=None, message="bench")
+                    r.hset(keys.incidents, record.id, json.dumps(record.to_json()))
+                    payload = json.dumps(alert.to_json())
+                    published[record.id] = time.perf_counter()
                     r.publish(keys.alerts_channel, payload)
                     time.sleep(0.02)
             finally:

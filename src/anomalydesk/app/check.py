@@ -108,24 +108,25 @@ async def exercise(desktop: Any, run: CheckRun) -> None:
         return result["summary"]
 
     async def incidents_and_notification() -> str:
-        from anomalydesk.detect import incidents as inc
+        from dataclasses import replace
+
+        from anomalydesk.detect.incident_model import Alert, Incident, Severity
 
         session = desktop.session
         keys = session.keys
-        record = inc.new_incident("check", "anomaly", 1, time.time())
-        record.update(severity="warning", score=80.0)
-        alert = inc.make_alert(kind="new", incident=record, window=1, window_start=time.time(), score=80.0,
-                               severity="warning", model_version=None, message="anomalydesk app --check test alert",
-                               reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.0,
-                                         "text": "test notification from --check"}])  # fmt: skip
+        record = replace(Incident.open("check", "anomaly", 1, time.time()), severity=Severity.WARNING, score=80.0)
+        alert = Alert.about(record, kind="new", window=1, window_start=time.time(), score=80.0,
+                            severity=Severity.WARNING, model_version=None, message="anomalydesk app --check test alert",
+                            reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.0,
+                                      "text": "test notification from --check"}])  # fmt: skip
         assert session.client is not None
-        await session.client.hset(keys.incidents, record["id"], json.dumps(record))
-        await session.client.xadd(keys.alerts_log, {"alert": json.dumps(alert)})
-        await session.client.publish(keys.alerts_channel, json.dumps(alert))
-        await _until(lambda: record["id"] in state.incidents.incidents, "alert")
-        await _until(lambda: any(n.incident_id == record["id"] for n in desktop.tray.delivered), "notification")
+        await session.client.hset(keys.incidents, record.id, json.dumps(record.to_json()))
+        await session.client.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+        await session.client.publish(keys.alerts_channel, json.dumps(alert.to_json()))
+        await _until(lambda: record.id in state.incidents.incidents, "alert")
+        await _until(lambda: any(n.incident_id == record.id for n in desktop.tray.delivered), "notification")
         where = "system tray" if desktop.tray.available else "in-window banner (no system tray)"
-        await actions.incident_action("ack", record["id"])
+        await actions.incident_action("ack", record.id)
         return f"test alert received over pub/sub, notified via {where}, acknowledged"
 
     for name, step in (("window", window_check), ("connection", connection), ("subscription", subscription),

@@ -1,7 +1,8 @@
 """Incidents panel: the live incident table, operator actions, silences and a details view.
 
-The table model reads `IncidentsState` (filled by the session from the alerts log, then pub/sub);
-buttons call the `Actions` service, which writes to Redis and then updates the state.
+The table model reads `IncidentsState` (the stored incidents the alerts name: the alerts log at
+start-up, then pub/sub); buttons call the `Actions` service, which writes to Redis and then updates
+the state with the incident as stored.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app.state import AppState, Incident, IncidentsState
+from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
 from anomalydesk.fingerprint import FEATURE_INDEX
 
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state")
@@ -57,7 +58,7 @@ class IncidentsModel(QtCore.QAbstractTableModel):
         self.ids = [i.incident_id for i in order]
         self.endResetModel()
 
-    def _incident_changed(self, incident: Incident) -> None:
+    def _incident_changed(self, incident: IncidentRow) -> None:
         known = incident.incident_id in self.ids
         if len(self.incidents.incidents) != len(self.ids) + (0 if known else 1):
             self.reload()  # the state dropped old incidents
@@ -84,7 +85,7 @@ class IncidentsModel(QtCore.QAbstractTableModel):
             return COLUMNS[section].capitalize()
         return None
 
-    def incident_at(self, row: int) -> Incident | None:
+    def incident_at(self, row: int) -> IncidentRow | None:
         """The incident shown in `row`."""
         if 0 <= row < len(self.ids):
             return self.incidents.incidents.get(self.ids[row])
@@ -211,7 +212,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self._update_buttons()
 
     # --- selection ----------------------------------------------------------------------------
-    def selected(self) -> Incident | None:
+    def selected(self) -> IncidentRow | None:
         """The selected incident, if any."""
         rows = self.table.selectionModel().selectedRows()
         return self.model.incident_at(rows[0].row()) if rows else None
@@ -251,7 +252,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self._apply(action, inc, seconds)
 
     @asyncSlot()
-    async def _apply(self, action: str, inc: Incident, seconds: float) -> None:
+    async def _apply(self, action: str, inc: IncidentRow, seconds: float) -> None:
         try:
             await self.actions.incident_action(action, inc.incident_id, seconds)
         except Exception as err:  # shown to the operator, not swallowed
@@ -270,9 +271,9 @@ class IncidentsPanel(QtWidgets.QWidget):
             return
         self.silence_list.clear()
         for s in silences:
-            end = dt.datetime.fromtimestamp(s["end_epoch"]).strftime("%Y-%m-%d %H:%M")
-            item = QtWidgets.QListWidgetItem(f"{s['pattern']} until {end} — {s['reason']} ({s['by']})")
-            item.setData(QtCore.Qt.ItemDataRole.UserRole, s["id"])
+            end = dt.datetime.fromtimestamp(s.end).strftime("%Y-%m-%d %H:%M")
+            item = QtWidgets.QListWidgetItem(f"{s.pattern} until {end} — {s.reason} ({s.by})")
+            item.setData(QtCore.Qt.ItemDataRole.UserRole, s.id)
             self.silence_list.addItem(item)
 
     @asyncSlot()
@@ -300,7 +301,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.refresh_silences()
 
     # --- details ------------------------------------------------------------------------------
-    def show_details(self, inc: Incident) -> None:
+    def show_details(self, inc: IncidentRow) -> None:
         """Reasons as text, and the involved features around the incident (fetched on demand)."""
         lines = [f"<b>{inc.severity.upper()}</b> — {inc.service} — score {inc.score:.0f} — {inc.state}",
                  f"incident {inc.incident_id}, {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}",
@@ -315,7 +316,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self._plot_details(inc)
 
     @asyncSlot()
-    async def _plot_details(self, inc: Incident) -> None:
+    async def _plot_details(self, inc: IncidentRow) -> None:
         features = [r.get("feature") for r in inc.reasons if isinstance(r, dict) and r.get("feature") in FEATURE_INDEX]
         self.detail_plot.clear()
         if not features:

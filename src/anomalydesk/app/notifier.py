@@ -2,21 +2,22 @@
 
 One notification per new incident or escalation, never one per window; a per-incident minimum
 interval and a global burst limit (the excess is summarised in one "N more" notification, never
-dropped); silences and a "pause for 1 h" mute notifications — the incident row still appears.
+dropped); a "pause for 1 h" mutes notifications — the incident row still appears. Silences are not
+judged here: the detector judges them (once, at the window's time) and marks the alert `silenced`;
+such an alert is never published and, read from the log after a reconnect, never notified.
 Delivery is a plain callable so the tray, the in-window banner and the tests all plug in alike.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from anomalydesk.app.settings import NOTIFY_MIN_INTERVAL_SECONDS, NOTIFY_PAUSE_SECONDS
-from anomalydesk.app.state import Incident
+from anomalydesk.app.state import IncidentRow
+from anomalydesk.detect.incident_model import Alert, Incident
 
 BURST_WINDOW_SECONDS = 10.0
 BURST_MAX = 5
@@ -30,16 +31,11 @@ class Notification:
     incident_id: str  # "" for a summary or a test notification
 
 
-@dataclass(frozen=True)
-class Silence:
-    pattern: str  # fnmatch pattern on the service name
-    start: float
-    end: float
-    reason: str = ""
-
-    def mutes(self, service: str, now: float) -> bool:
-        """True while active and matching `service`."""
-        return self.start <= now < self.end and fnmatch.fnmatchcase(service, self.pattern)
+def taken(incident: Incident, now: float) -> bool:
+    """Whether an operator has taken the incident: acknowledged, snoozed or closed it by hand
+    (closed by the detector it is not: an alert missed while away still notifies)."""
+    by_hand = incident.resolved is not None and incident.resolved.by != "detector"
+    return bool(incident.acked or incident.false_positive or by_hand or incident.snoozed_at(now))
 
 
 class Notifier:
@@ -51,7 +47,6 @@ class Notifier:
         self.clock = clock
         self.burst_max = burst_max
         self.paused_until = 0.0
-        self.silences: list[Silence] = []
         self._last_for: dict[str, float] = {}
         self._recent: deque[float] = deque()
         self.suppressed: int = 0  # waiting to be summarised
@@ -70,15 +65,14 @@ class Notifier:
     def paused(self) -> bool:
         return self.clock() < self.paused_until
 
-    def on_alert(self, alert: dict[str, Any], incident: Incident, is_new: bool) -> Notification | None:
-        """Called for each alert folded into `incident`; returns what was delivered, if anything."""
-        kind = str(alert.get("kind", "new"))
-        if kind == "resolved" or not (is_new or kind == "escalated"):
-            return None
-        if incident.state not in ("open",) and not (incident.state == "snoozed" and incident.active):
+    def on_alert(self, alert: Alert, incident: IncidentRow, is_new: bool) -> Notification | None:
+        """Called for each alert counted against `incident` (`is_new`: its first); returns what was
+        delivered, if anything."""
+        kind = alert.kind
+        if alert.silenced or kind == "resolved" or not (is_new or kind == "escalated"):
             return None
         now = self.clock()
-        if self.paused or any(s.mutes(incident.service, now) for s in self.silences):
+        if self.paused or taken(incident.incident, now):
             return None
         if now - self._last_for.get(incident.incident_id, -1e18) < NOTIFY_MIN_INTERVAL_SECONDS:
             return None
@@ -95,7 +89,7 @@ class Notifier:
         note = Notification(
             title=f"{incident.severity.upper()} {incident.service}: {word} (score {incident.score:.0f})",
             body=incident.reason or incident.message or "anomalous behaviour",
-            severity=incident.severity,
+            severity=incident.severity.value,
             incident_id=incident.incident_id,
         )
         self._send(note)

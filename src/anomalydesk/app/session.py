@@ -6,7 +6,9 @@ with capped exponential backoff and, once connected, runs three readers side by 
 
 * alerts: SUBSCRIBE to `Keys.alerts_channel` first, then catch up from `Keys.alerts_log` since the
   last entry seen, then read pub/sub — so an alert published while the app was away or reconnecting
-  is not lost (duplicates are dropped by alert id);
+  is not lost (duplicates are dropped by alert id). An alert says which incident changed: the app
+  reads that incident's record from `Keys.incidents` (the detector wrote it in the same script that
+  logged and published the alert) and shows the record, not a copy rebuilt from alerts;
 * fingerprints: XREAD on every service's fingerprint stream into the live ring buffers, scored with
   the service's active model when there is one;
 * status: server facts, `status` counters, and self-monitoring warnings.
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import logging
 import time
 from collections import deque
@@ -43,6 +44,7 @@ from anomalydesk.app.settings import (
     STATUS_POLL_SECONDS,
 )
 from anomalydesk.app.state import AppState
+from anomalydesk.detect.incident_model import Alert, Incident
 from anomalydesk.fingerprint import Fingerprint, from_stream_entry
 from anomalydesk.store.keys import Keys
 
@@ -55,21 +57,8 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def parse_alert_entry(fields: dict[Any, Any]) -> dict[str, Any] | None:
-    """An alert from an alerts-log entry: a JSON field (any name) or the fields themselves."""
-    decoded = {_text(k): _text(v) for k, v in fields.items()}
-    for value in decoded.values():
-        if value.startswith("{"):
-            try:
-                alert = json.loads(value)
-            except ValueError:
-                continue
-            if isinstance(alert, dict) and ("incident_id" in alert or "service" in alert):
-                return alert
-    return decoded if "service" in decoded else None
-
-
 CLOSE_TIMEOUT_SECONDS = 3.0
+INCIDENT_READ_CHUNK = 500  # incident ids per HMGET when alerts name many (the catch-up at start-up)
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
 
 
@@ -107,7 +96,7 @@ class Session:
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()  # subscribed and the alerts log read, on this connection
         self.alerts_received = 0
-        self.on_alert_hooks: list[Callable[[dict[str, Any]], None]] = []
+        self.on_alert_hooks: list[Callable[[Alert], None]] = []
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -208,12 +197,11 @@ class Session:
                 if message is None or message.get("type") != "message":
                     continue
                 try:
-                    alert = json.loads(message["data"])
-                except ValueError:
-                    log.warning("ignoring a non-JSON message on %s", self.keys.alerts_channel)
+                    alert = Alert.from_json(message["data"])
+                except (ValueError, TypeError):
+                    log.warning("ignoring a message on %s that is not an alert", self.keys.alerts_channel)
                     continue
-                if isinstance(alert, dict):
-                    self.handle_alert(alert, notify=True)
+                await self.take_alerts([alert], notify=True)
         finally:
             try:
                 await asyncio.wait_for(pubsub.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
@@ -230,29 +218,49 @@ class Session:
             entries = await self.client.xrange(
                 self.keys.alerts_log, min=f"({incidents.last_log_id}", count=CATCHUP_MAX_ALERTS
             )
+        raw_window = await self.client.hget(self.keys.config, "window_seconds")
+        incidents.window_seconds = float(raw_window) if raw_window else float(config.DEFAULT_WINDOW_SECONDS)
+        alerts = []
         for entry_id, fields in entries:
             incidents.last_log_id = _text(entry_id)
-            alert = parse_alert_entry(fields)
+            alert = Alert.from_entry(fields)
             if alert is not None:
-                # alerts missed while reconnecting still notify; the history at start-up does not
-                self.handle_alert(alert, notify=self._initial_catchup_done)
-        if not self._initial_catchup_done:
-            self._initial_catchup_done = True
-            states = await self.call(backend.incident_states, self.sync, self.keys)
-            for iid, (st, until) in states.items():
-                if iid in incidents.incidents:
-                    incidents.set_state(iid, st, until)
+                alerts.append(alert)
+        # alerts missed while reconnecting still notify; the history at start-up does not
+        await self.take_alerts(alerts, notify=self._initial_catchup_done)
+        self._initial_catchup_done = True
 
-    def handle_alert(self, alert: dict[str, Any], notify: bool = True) -> None:
-        """Fold an alert into the incidents state and pass it to the notifier."""
-        incident, is_new = self.state.incidents.apply_alert(alert)
-        if incident is None:
+    async def take_alerts(self, alerts: list[Alert], notify: bool = True) -> None:
+        """Read the incidents these alerts name, show them, and pass each new alert to the notifier."""
+        incidents = self.state.incidents
+        fresh = [a for a in alerts if not incidents.seen(a)]
+        if not fresh:
             return
-        self.alerts_received += 1
-        if notify and self.notifier is not None and not alert.get("silenced"):
-            self.notifier.on_alert(alert, incident, is_new)
-        for hook in list(self.on_alert_hooks):
-            hook(alert)
+        records = await self._read_incidents(sorted({a.incident_id for a in fresh}))
+        for alert in fresh:
+            row, first = incidents.apply_alert(alert, records.get(alert.incident_id))
+            if row is None:
+                continue
+            self.alerts_received += 1
+            if notify and self.notifier is not None:
+                self.notifier.on_alert(alert, row, first)
+            for hook in list(self.on_alert_hooks):
+                hook(alert)
+
+    async def _read_incidents(self, ids: list[str]) -> dict[str, Incident]:
+        """The stored records of these incident ids (ids with no readable record are left out)."""
+        assert self.client is not None
+        found: dict[str, Incident] = {}
+        for at in range(0, len(ids), INCIDENT_READ_CHUNK):
+            chunk = ids[at : at + INCIDENT_READ_CHUNK]
+            for incident_id, raw in zip(chunk, await self.client.hmget(self.keys.incidents, chunk), strict=True):
+                if raw is None:
+                    continue
+                try:
+                    found[incident_id] = Incident.from_json(raw)
+                except (ValueError, TypeError) as err:
+                    log.warning("skipping the unreadable incident record %s: %s", incident_id, err)
+        return found
 
     # --- fingerprints -------------------------------------------------------------------------
     async def _fingerprints_loop(self) -> None:
@@ -423,7 +431,8 @@ class Session:
             )  # fmt: skip
             if self._initial_catchup_done:  # incidents follow their records (extended without alerts)
                 incidents = self.state.incidents
+                incidents.window_seconds = window
                 for record in await self.call(backend.live_incident_records, self.sync, self.keys,
                                               incidents.tracked()):  # fmt: skip
-                    incidents.apply_record(record, window, backend.app_state_of(record))
+                    incidents.apply(record)
             await asyncio.sleep(STATUS_POLL_SECONDS)

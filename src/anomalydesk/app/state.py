@@ -12,13 +12,14 @@ from typing import Any
 
 import numpy as np
 
+from anomalydesk import config
 from anomalydesk.app.observable import Signal
 from anomalydesk.app.ringbuffer import RingBuffer
 from anomalydesk.app.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
+from anomalydesk.detect.incident_model import Alert, Incident, Severity, parse_time
 from anomalydesk.fingerprint import N_FEATURES
 
-SEVERITY_RANK = {"info": 0, "warning": 1, "critical": 2}
-HEALTH_LEVELS = ("none", "warning", "critical")
+HEALTH_LEVELS = ("none", "warning", "critical")  # by `Severity.rank`: an info incident is no warning
 CLOSED_STATES = ("resolved", "false_positive")
 
 
@@ -128,26 +129,85 @@ class LiveState:
 
 
 # --- incidents --------------------------------------------------------------------------------
-@dataclass
-class Incident:
-    """One incident as the app knows it, built from its alerts (and actions taken on it)."""
+def table_state(incident: Incident, now: float | None = None) -> tuple[str, float]:
+    """The incidents table's state of a stored incident, and its snooze end (0 when not snoozed)."""
+    now = time.time() if now is None else now
+    if incident.false_positive:
+        return "false_positive", 0.0
+    if not incident.is_open:
+        return "resolved", 0.0
+    if incident.snoozed_at(now):
+        return "snoozed", float(incident.snoozed_until_epoch or 0.0)
+    if incident.acked:
+        return "acknowledged", 0.0
+    return "open", 0.0
 
-    incident_id: str
-    service: str
-    severity: str
-    score: float
-    reason: str
-    reasons: list[dict[str, Any]]
-    start: float
-    last: float
-    window_first: int
-    window_last: int
-    state: str = "open"  # open | acknowledged | snoozed | resolved | false_positive
+
+@dataclass(eq=False)
+class IncidentRow:
+    """One row of the incidents table: the stored incident (the core's frozen `Incident`, replaced
+    whenever the app reads a newer record) and what the app adds to it: its table state when read,
+    how many alerts of it arrived, the last one's message."""
+
+    incident: Incident
+    window_seconds: float
+    state: str = "open"  # open | acknowledged | snoozed | resolved | false_positive (`table_state`)
     snoozed_until: float = 0.0
     alerts: int = 0
     message: str = ""
-    model_version: Any = None
-    windows: int = 0  # anomalous windows, as the stored record counts them
+
+    @property
+    def incident_id(self) -> str:
+        return self.incident.id
+
+    @property
+    def service(self) -> str:
+        return self.incident.service
+
+    @property
+    def severity(self) -> Severity:
+        return self.incident.severity
+
+    @property
+    def score(self) -> float:
+        return self.incident.score
+
+    @property
+    def reasons(self) -> tuple[dict[str, Any], ...]:
+        return self.incident.reasons
+
+    @property
+    def reason(self) -> str:
+        """The first reason in words, else the last alert's message."""
+        reasons = self.incident.reasons
+        return str(reasons[0].get("text", "")) if reasons else self.message
+
+    @property
+    def window_first(self) -> int:
+        return self.incident.first_window
+
+    @property
+    def window_last(self) -> int:
+        return self.incident.last_window
+
+    @property
+    def windows(self) -> int:
+        """Anomalous windows, as the stored record counts them."""
+        return self.incident.windows
+
+    @property
+    def model_version(self) -> int | None:
+        return self.incident.model_version
+
+    @property
+    def start(self) -> float:
+        """The first window's start (epoch seconds)."""
+        return parse_time(self.incident.opened)
+
+    @property
+    def last(self) -> float:
+        """The end of the last window (epoch seconds)."""
+        return self.start + (self.window_last - self.window_first + 1) * self.window_seconds
 
     @property
     def duration(self) -> float:
@@ -161,32 +221,17 @@ class Incident:
         return self.state == "snoozed" and self.snoozed_until <= time.time()
 
 
-def parse_time(value: Any) -> float:
-    """RFC 3339 / epoch seconds → epoch seconds (0.0 when missing or unreadable)."""
-    from datetime import datetime
-
-    if isinstance(value, int | float):
-        return float(value)
-    if isinstance(value, str) and value:
-        try:
-            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                return 0.0
-    return 0.0
-
-
 class IncidentsState:
-    """Incidents keyed by id, filled from the alerts log (catch-up) and pub/sub; bounded."""
+    """The incidents the app shows, by id: stored records, read by the id an alert names (the alerts
+    log at start-up, then pub/sub) and followed while they are open; bounded."""
 
-    def __init__(self, max_rows: int = INCIDENT_ROWS_MAX):
+    def __init__(self, max_rows: int = INCIDENT_ROWS_MAX, window_seconds: float = config.DEFAULT_WINDOW_SECONDS):
         self.max_rows = max_rows
-        self.incidents: dict[str, Incident] = {}
+        self.window_seconds = float(window_seconds)  # the server's window length (row start and end)
+        self.incidents: dict[str, IncidentRow] = {}
         self.seen_alerts: set[str] = set()
         self.last_log_id: str = "0-0"  # newest alerts-log entry id seen (catch-up restarts here)
-        self.changed = Signal()  # (incident)
+        self.changed = Signal()  # (row)
         self.health_changed = Signal()  # (level)
         self._health = "none"
 
@@ -197,95 +242,55 @@ class IncidentsState:
         self.last_log_id = "0-0"
         self._update_health()
 
-    def apply_alert(self, alert: dict[str, Any]) -> tuple[Incident | None, bool]:
-        """Fold one alert in; returns (incident, is_new) and (None, False) for a duplicate alert."""
-        alert_id = str(alert.get("id", ""))
-        if alert_id and alert_id in self.seen_alerts:
-            return None, False
-        if alert_id:
-            self.seen_alerts.add(alert_id)
-        iid = str(alert.get("incident_id") or alert_id)
-        t = parse_time(alert.get("time"))
-        reasons = alert.get("reasons") or []
-        first_reason = reasons[0].get("text", "") if reasons and isinstance(reasons[0], dict) else ""
-        severity = str(alert.get("severity", "info"))
-        kind = str(alert.get("kind", "new"))
-        inc = self.incidents.get(iid)
-        is_new = inc is None
-        window = int(alert.get("window") or 0)
-        if inc is None:
-            inc = Incident(
-                incident_id=iid, service=str(alert.get("service", "")), severity=severity,
-                score=float(alert.get("score") or 0.0), reason=first_reason or str(alert.get("message", "")),
-                reasons=list(reasons), start=t, last=t, window_first=window, window_last=window,
-                message=str(alert.get("message", "")), model_version=alert.get("model_version"),
-            )  # fmt: skip
-            self.incidents[iid] = inc
-            self._trim()
-        else:
-            inc.last = max(inc.last, t)
-            inc.window_last = max(inc.window_last, window)
-            inc.score = max(inc.score, float(alert.get("score") or 0.0))
-            if SEVERITY_RANK.get(severity, 0) > SEVERITY_RANK.get(inc.severity, 0):
-                inc.severity = severity
-            if reasons:
-                inc.reasons, inc.reason = list(reasons), first_reason or inc.reason
-            inc.message = str(alert.get("message", inc.message))
-        inc.alerts += 1
-        if kind == "resolved" and inc.state not in CLOSED_STATES:
-            inc.state = "resolved"  # a false positive stays one when its closing alert arrives
-        self.changed.emit(inc)
-        self._update_health()
-        return inc, is_new
+    def seen(self, alert: Alert) -> bool:
+        """Whether this alert was counted already (catch-up and pub/sub both deliver it)."""
+        return bool(alert.id) and alert.id in self.seen_alerts
 
-    def apply_record(self, record: dict[str, Any], window_seconds: float, state: tuple[str, float]) -> Incident | None:
-        """Follow the stored record (the detector extends an incident every window without an alert):
-        start, duration, windows, score, severity and reasons as the CLI shows them; `state` is the
-        table state and snooze end of the record (`backend.app_state_of`)."""
-        iid = str(record.get("id", ""))
-        inc = self.incidents.get(iid)
-        if inc is None and record.get("status") != "open":
-            return None
-        first = int(record.get("first_window") or 0)
-        last = int(record.get("last_window") or first)
-        start = parse_time(record.get("opened"))
-        reasons = list(record.get("reasons") or [])
-        reason = reasons[0].get("text", "") if reasons and isinstance(reasons[0], dict) else ""
-        values = dict(service=str(record.get("service", "")), severity=str(record.get("severity", "info")),
-                      score=float(record.get("score") or 0.0), start=start,
-                      last=start + (last - first + 1) * window_seconds, window_first=first, window_last=last,
-                      windows=int(record.get("windows") or 0), model_version=record.get("model_version"),
-                      state=state[0], snoozed_until=state[1])  # fmt: skip
-        if reasons:
-            values.update(reasons=reasons, reason=reason)
-        if inc is None:
-            inc = Incident(incident_id=iid, reason=reason, reasons=reasons, **{
-                k: v for k, v in values.items() if k not in ("reasons", "reason")})
-            self.incidents[iid] = inc
-            self._trim()
-        elif all(getattr(inc, k) == v for k, v in values.items()):
-            return inc
-        else:
-            for k, v in values.items():
-                setattr(inc, k, v)
-        self.changed.emit(inc)
+    def apply_alert(self, alert: Alert, incident: Incident | None) -> tuple[IncidentRow | None, bool]:
+        """Count an alert against its incident, as stored now (`incident`, read by the id the alert
+        names); returns (row, is it the row's first alert). (None, False) for an alert counted before
+        or one whose incident is no longer stored."""
+        if self.seen(alert):
+            return None, False
+        if alert.id:
+            self.seen_alerts.add(alert.id)
+        if incident is None:
+            return None, False
+        row, _ = self._put(incident)
+        first = row.alerts == 0
+        row.alerts += 1
+        row.message = alert.message or row.message
+        self.changed.emit(row)
         self._update_health()
-        return inc
+        return row, first
+
+    def apply(self, incident: Incident) -> IncidentRow | None:
+        """Follow a stored record (the status poll; an operator's action): a row for an open incident
+        or one already shown (the detector extends an incident every window without an alert)."""
+        if incident.id not in self.incidents and not incident.is_open:
+            return None
+        row, changed = self._put(incident)
+        if changed:
+            self.changed.emit(row)
+            self._update_health()
+        return row
+
+    def _put(self, incident: Incident) -> tuple[IncidentRow, bool]:
+        state, until = table_state(incident)
+        row = self.incidents.get(incident.id)
+        if row is None:
+            row = self.incidents[incident.id] = IncidentRow(incident, self.window_seconds, state, until)
+            self._trim()
+            return row, True
+        now = (incident, self.window_seconds, state, until)
+        if (row.incident, row.window_seconds, row.state, row.snoozed_until) == now:
+            return row, False
+        row.incident, row.window_seconds, row.state, row.snoozed_until = now
+        return row, True
 
     def tracked(self) -> list[str]:
         """Ids of the incidents the app shows as still going (their records are followed)."""
         return [i.incident_id for i in self.incidents.values() if i.state not in CLOSED_STATES]
-
-    def set_state(self, incident_id: str, state: str, snoozed_until: float = 0.0) -> Incident | None:
-        """Record an action's outcome (after Redis accepted it)."""
-        inc = self.incidents.get(incident_id)
-        if inc is None:
-            return None
-        inc.state = state
-        inc.snoozed_until = snoozed_until
-        self.changed.emit(inc)
-        self._update_health()
-        return inc
 
     def _trim(self) -> None:
         if len(self.incidents) <= self.max_rows:
@@ -303,9 +308,7 @@ class IncidentsState:
         return self._health
 
     def _update_health(self) -> None:
-        rank = max(
-            (SEVERITY_RANK.get(i.severity, 0) for i in self.incidents.values() if i.active), default=0
-        )
+        rank = max((i.severity.rank for i in self.incidents.values() if i.active), default=0)
         level = HEALTH_LEVELS[rank]  # an info-only incident leaves the tray at "none"
         if level != self._health:
             self._health = level
@@ -313,7 +316,7 @@ class IncidentsState:
 
     def bands(self, service: str) -> list[tuple[float, float, str]]:
         """(start, end, severity) of each incident of `service`, for the live plot."""
-        return [(i.start, max(i.last, i.start), i.severity) for i in self.incidents.values()
+        return [(i.start, max(i.last, i.start), i.severity.value) for i in self.incidents.values()
                 if i.service == service]  # fmt: skip
 
 

@@ -7,10 +7,13 @@ import logging
 import signal
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING
 
 from anomalydesk.cli import CommandError
 from anomalydesk.commands._common import client
+
+if TYPE_CHECKING:
+    from anomalydesk.detect.incident_model import Alert
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--retrain-every must be positive, got {args.retrain_every}")
     stop = threading.Event()
 
-    def on_alert(alert: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps(alert).decode() + "\n")
+    def on_alert(alert: Alert) -> None:
+        sys.stdout.write(orjson.dumps(alert.to_json()).decode() + "\n")
         sys.stdout.flush()
 
     extra = {"service_lease_ms": args.service_lease_ms} if args.service_lease_ms else {}

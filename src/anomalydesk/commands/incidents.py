@@ -9,10 +9,13 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from anomalydesk.cli import CommandError
 from anomalydesk.commands._common import client, emit
+
+if TYPE_CHECKING:
+    from anomalydesk.detect.incident_model import Incident
 
 ACTIONS = ("list", "ack", "snooze", "resolve", "false-positive", "silence", "silences", "unsilence")
 
@@ -54,12 +57,12 @@ def _when(text: str, flag: str) -> float:
     return moment.timestamp()
 
 
-def _row(i: dict[str, Any]) -> str:
-    marks = [m for m, on in (("acked", i.get("acked")), ("snoozed", i.get("snoozed_until")),
-                             ("silenced", i.get("silenced")), ("false positive", i.get("false_positive"))) if on]
-    first = (i.get("reasons") or [{}])[0].get("text", "")
-    return (f"{i['id']:<28} {i['status']:<8} {i['severity']:<8} {i['score']:>5.0f}  {i['opened']}  "
-            f"{i['windows']:>4} win  {first}{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
+def _row(i: Incident) -> str:
+    marks = [m for m, on in (("acked", i.acked), ("snoozed", i.snoozed_until), ("silenced", i.silenced),
+                             ("false positive", i.false_positive)) if on]  # fmt: skip
+    first = i.reasons[0].get("text", "") if i.reasons else ""
+    return (f"{i.id:<28} {i.status:<8} {i.severity:<8} {i.score:>5.0f}  {i.opened}  "
+            f"{i.windows:>4} win  {first}{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             found = inc.list_incidents(r, open_only=not args.all, service=args.service)
             none = "no open incidents" if not args.all else "no incidents"
-            emit(args, {"incidents": found}, "\n".join(map(_row, found)) or none)
+            emit(args, {"incidents": [i.to_json() for i in found]}, "\n".join(map(_row, found)) or none)
             return 0
         if args.action == "silences":
             found = [s.as_dict() for s in inc.list_silences(r)]
@@ -115,15 +118,15 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
         except ValueError as err:
             raise CommandError(str(err)) from None
         incident = inc.snooze(r, args.target, seconds, args.by)
-        text = f"{incident['id']} snoozed until {incident['snoozed_until']}"
+        text = f"{incident.id} snoozed until {incident.snoozed_until}"
     elif args.action == "ack":
         incident = inc.ack(r, args.target, args.by)
-        text = f"{incident['id']} acknowledged by {incident['acked']['by']}"
+        text = f"{incident.id} acknowledged by {incident.acked.by if incident.acked else args.by}"
     elif args.action == "resolve":
         incident = inc.resolve(r, args.target, args.by)
-        text = f"{incident['id']} resolved"
+        text = f"{incident.id} resolved"
     else:
         incident = inc.false_positive(r, args.target, args.by)
-        text = f"{incident['id']} marked false positive: its windows go back into the next training"
-    emit(args, incident, text)
+        text = f"{incident.id} marked false positive: its windows go back into the next training"
+    emit(args, incident.to_json(), text)
     return 0

@@ -41,6 +41,7 @@ from anomalydesk import config
 from anomalydesk.detect import incidents as incidents_mod
 from anomalydesk.detect import system_gap
 from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
+from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, from_stream_entry
 from anomalydesk.store import models as registry
 from anomalydesk.store.admin import migrate_incident_keys
@@ -69,7 +70,7 @@ class StepResult:
 
     active: bool = True  # False: another detector holds the lease (app detector waits)
     processed: int = 0  # fingerprints handled (scored or not) and acknowledged
-    alerts: list[dict[str, Any]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
     services: list[str] = field(default_factory=list)  # services this detector owns now
 
 
@@ -108,7 +109,7 @@ class Detector:
         lease_ms: int = config.DETECTOR_LEASE_MS,
         service_lease_ms: int = config.DETECTOR_SERVICE_LEASE_MS,
         clock: Callable[[], float] = time.time,
-        on_alert: Callable[[dict[str, Any]], None] | None = None,
+        on_alert: Callable[[Alert], None] | None = None,
     ):
         if scorer is None or decode is None:
             from anomalydesk.detect import service_state
@@ -287,7 +288,7 @@ class Detector:
             incidents_mod.prune(self.r, keys=self.keys)
         return True
 
-    def _read_silences(self) -> list[incidents_mod.Silence]:
+    def _read_silences(self) -> list[Silence]:
         """The silences as they are now: read before every batch of windows, so that a silence an
         operator adds covers every window handled after it, with no refresh delay."""
         return incidents_mod.list_silences(self.r, keys=self.keys)
@@ -309,7 +310,7 @@ class Detector:
             time.sleep(self.block_ms / 1000)
         return replies
 
-    def _recover(self, service: str, silences: list[incidents_mod.Silence], result: StepResult) -> None:
+    def _recover(self, service: str, silences: list[Silence], result: StepResult) -> None:
         stream, cursor = self.keys.fingerprints(service), "0-0"
         while True:
             reply = self.r.xautoclaim(stream, config.DETECTOR_GROUP, self.name, min_idle_time=0,
@@ -323,7 +324,7 @@ class Detector:
                 break
         self._services[service].needs_recovery = False
 
-    def _handle_all(self, service: str, entries: list, silences: list, result: StepResult) -> None:
+    def _handle_all(self, service: str, entries: list, silences: list[Silence], result: StepResult) -> None:
         for entry_id, fields in entries:
             try:
                 self._handle(service, entry_id, fields, silences, result)
@@ -358,7 +359,7 @@ class Detector:
             state.history_loaded = True
         return state.history
 
-    def _handle(self, service: str, entry_id: bytes | str, fields: dict, silences: list,
+    def _handle(self, service: str, entry_id: bytes | str, fields: dict, silences: list[Silence],
                 result: StepResult) -> None:  # fmt: skip
         svc = self._services[service]
         fp = from_stream_entry(service, fields)
@@ -457,8 +458,8 @@ def _json_field(fields: dict, name: str) -> Any:
         return None
 
 
-def _load(r: redis.Redis, keys: Keys, incident_id: str | None) -> dict[str, Any] | None:
+def _load(r: redis.Redis, keys: Keys, incident_id: str | None) -> Incident | None:
     if not incident_id:
         return None
     raw = r.hget(keys.incidents, incident_id)
-    return json.loads(raw) if raw else None
+    return Incident.from_json(raw) if raw else None

@@ -13,15 +13,16 @@ the XACK alone may be repeated. Operator actions use the same script (`apply_arg
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import redis
 
 from anomalydesk import config
 from anomalydesk.detect.episodes import EpisodeTracker
-from anomalydesk.detect.incidents import APPLY_LUA, apply_args, make_alert, new_incident, rfc3339, severity_rank
+from anomalydesk.detect.incident_model import Alert, Candidate, Incident, Mark, Severity, rfc3339, severity_of
+from anomalydesk.detect.incidents import APPLY_LUA, apply_args
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
 
@@ -33,9 +34,12 @@ class Verdict:
     """What the scorer says about one window."""
 
     score: float  # 0–100
-    severity: str  # info | warning | critical
+    severity: Severity
     reasons: list[dict[str, Any]]
     anomalous: bool  # at or above the model's threshold
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))
 
 
 @dataclass(frozen=True)
@@ -63,15 +67,8 @@ class Plan:
     """What handling one window changes: state, incidents (with the rev they were read at), alerts."""
 
     state: dict[str, Any]
-    incidents: list[tuple[dict[str, Any], int]] = field(default_factory=list)
-    alerts: list[dict[str, Any]] = field(default_factory=list)
-
-
-def severity_of(score: float) -> str:
-    """The configured cut-offs: warning from SEVERITY_WARNING, critical from SEVERITY_CRITICAL."""
-    if score >= config.SEVERITY_CRITICAL:
-        return "critical"
-    return "warning" if score >= config.SEVERITY_WARNING else "info"
+    incidents: list[tuple[Incident, int]] = field(default_factory=list)
+    alerts: list[Alert] = field(default_factory=list)
 
 
 def _fmt(value: float) -> str:
@@ -126,9 +123,13 @@ def _summary(reasons: list[dict[str, Any]], limit: int = 2) -> str:
     return "; ".join(str(x.get("text", x.get("feature"))) for x in reasons[:limit]) or "no single feature stands out"
 
 
-def _muted(incident: dict[str, Any], muted_by_silence: bool, now: float) -> bool:
-    snoozed = incident.get("snoozed_until_epoch")
-    return muted_by_silence or (snoozed is not None and float(snoozed) > now)
+def _muted(incident: Incident, muted_by_silence: bool, now: float) -> bool:
+    return muted_by_silence or incident.snoozed_at(now)
+
+
+def _closed(incident: Incident, at: float, how: str = "auto") -> Incident:
+    """The incident's next revision, resolved by the detector."""
+    return incident.revised(status="resolved", resolved=Mark("detector", rfc3339(at), how))
 
 
 def advance(
@@ -136,8 +137,8 @@ def advance(
     fp: Fingerprint,
     verdict: Verdict | None,
     *,
-    incident: dict[str, Any] | None,
-    rule_incident: dict[str, Any] | None,
+    incident: Incident | None,
+    rule_incident: Incident | None,
     model_version: int | None,
     silenced: bool,
     now: float,
@@ -153,11 +154,11 @@ def advance(
     confirmation = confirmation or Confirmation()
     plan = Plan(state={**state, "last_window": fp.window})
     service, window, start = fp.service, fp.window, fp.start
-    if incident is not None and incident.get("status") != "open":
+    if incident is not None and not incident.is_open:
         incident = None  # closed by an operator: a continuing anomaly opens a new incident
         plan.state["incident"] = None
         plan.state["episode"] = None
-    if rule_incident is not None and rule_incident.get("status") != "open":
+    if rule_incident is not None and not rule_incident.is_open:
         rule_incident = None
         plan.state["rule_incident"] = None
     if gap:
@@ -169,57 +170,54 @@ def advance(
         plan.state["episode"] = tracker.state()
         if event.opened and event.episode is not None:
             first = event.episode.start
-            incident = new_incident(service, "anomaly", first, start - (window - first) * window_seconds)
-            incident["silenced"] = silenced
-            _extend(incident, verdict, window, model_version, len(tracker.recent))
-            incident["named"] = _top(verdict.reasons)
+            opened = Incident.open(service, "anomaly", first, start - (window - first) * window_seconds)
+            incident = _extend(replace(opened, silenced=silenced), verdict, window, model_version, len(tracker.recent))
+            incident = replace(incident, named=tuple(_top(verdict.reasons)))
             plan.incidents.append((incident, 0))
-            plan.state["incident"] = incident["id"]
-            plan.alerts.append(make_alert(
-                kind="new", incident=incident, window=window, window_start=start, score=verdict.score,
+            plan.state["incident"] = incident.id
+            plan.alerts.append(Alert.about(
+                incident, kind="new", window=window, window_start=start, score=verdict.score,
                 severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
                 message=f"{service}: anomaly ({verdict.severity}, score {verdict.score:.0f}) — "
                         f"{_summary(verdict.reasons)}",
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
         elif incident is not None and event.resolved:
-            rev = int(incident.get("rev", 0))
-            incident = {**incident, "status": "resolved", "rev": rev + 1,
-                        "resolved": {"by": "detector", "at": rfc3339(start), "how": "auto"}}  # fmt: skip
+            rev = incident.rev
+            incident = _closed(incident, start)
             plan.incidents.append((incident, rev))
             plan.state["incident"] = None
-            plan.alerts.append(make_alert(
-                kind="resolved", incident=incident, window=window, window_start=start, score=verdict.score,
+            plan.alerts.append(Alert.about(
+                incident, kind="resolved", window=window, window_start=start, score=verdict.score,
                 severity=verdict.severity, reasons=[], model_version=model_version,
-                message=f"{service}: incident {incident['id']} resolved after "
+                message=f"{service}: incident {incident.id} resolved after "
                         f"{confirmation.cooldown} normal windows",
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
         elif incident is not None and verdict.anomalous:
-            rev = int(incident.get("rev", 0))
-            before = incident["severity"]
-            incident = {**incident, "rev": rev + 1}
-            _extend(incident, verdict, window, model_version, 1)
-            plan.incidents.append((incident, rev))
-            newly_named = _new_top_reason(incident, verdict)
-            rose = severity_rank(verdict.severity) > severity_rank(before)
+            rev = incident.rev
+            before = incident.severity
+            incident = _extend(incident.revised(), verdict, window, model_version, 1)
+            incident, newly_named = _new_top_reason(incident, verdict)
+            rose = verdict.severity > before
             if rose:
-                incident["named"] = sorted({*incident.get("named", []), *_top(verdict.reasons)})
-                message = (f"{service}: incident {incident['id']} escalated to {verdict.severity} "
+                incident = replace(incident, named=tuple(sorted({*(incident.named or ()), *_top(verdict.reasons)})))
+                message = (f"{service}: incident {incident.id} escalated to {verdict.severity} "
                            f"(score {verdict.score:.0f}) — {_summary(verdict.reasons)}")  # fmt: skip
             elif newly_named:
-                incident["reasons"] = verdict.reasons  # the alert's reasons are the incident's now
-                message = (f"{service}: incident {incident['id']} now also shows {verdict.reasons[0]['text']} "
+                incident = replace(incident, reasons=verdict.reasons)  # the alert's reasons are the incident's now
+                message = (f"{service}: incident {incident.id} now also shows {verdict.reasons[0]['text']} "
                            f"(score {verdict.score:.0f})")  # fmt: skip
+            plan.incidents.append((incident, rev))
             if rose or newly_named:
-                plan.alerts.append(make_alert(
-                    kind="escalated", incident=incident, window=window, window_start=start,
+                plan.alerts.append(Alert.about(
+                    incident, kind="escalated", window=window, window_start=start,
                     score=verdict.score, severity=verdict.severity, reasons=verdict.reasons,
                     model_version=model_version, message=message, silenced=_muted(incident, silenced, now),
                 ))  # fmt: skip
-        elif incident is not None and incident.get("candidate"):
-            rev = int(incident.get("rev", 0))  # a normal window inside the incident: no streak any more
-            plan.incidents.append(({**incident, "rev": rev + 1, "candidate": None}, rev))
+        elif incident is not None and incident.candidate:
+            # a normal window inside the incident: no streak any more
+            plan.incidents.append((incident.revised(candidate=None), incident.rev))
 
     _advance_rule(plan, fp, rule_incident, model_version, silenced, now, kpi_ranges)
     return plan
@@ -230,41 +228,36 @@ def _family(feature: str) -> str:
     return "latency" if feature.startswith("latency_") else feature
 
 
-def _top(reasons: list[dict[str, Any]]) -> list[str]:
+def _top(reasons: Sequence[Mapping[str, Any]]) -> list[str]:
     """The top reason's family (`_family`), as a list (empty when there is none)."""
     return [_family(str(reasons[0]["feature"]))] if reasons and reasons[0].get("feature") else []
 
 
-def _new_top_reason(incident: dict[str, Any], verdict: Verdict) -> bool:
+def _new_top_reason(incident: Incident, verdict: Verdict) -> tuple[Incident, bool]:
     """Track a top reason (its family: any latency feature is latency) that no alert of this incident
     named yet; True once it has led `INCIDENT_NEW_REASON_WINDOWS` anomalous windows in a row (it is
     named from then on)."""
     top = _top(verdict.reasons)
-    named = set(incident.get("named") or _top(incident.get("reasons") or []))
+    named = set(incident.named or _top(incident.reasons))
     if not top or top[0] in named:
-        incident["candidate"] = None
-        return False
-    streak = incident.get("candidate") or {}
-    count = int(streak.get("windows", 0)) + 1 if streak.get("feature") == top[0] else 1
+        return replace(incident, candidate=None), False
+    streak = incident.candidate
+    count = streak.windows + 1 if streak is not None and streak.feature == top[0] else 1
     if count >= config.INCIDENT_NEW_REASON_WINDOWS:
-        incident["named"], incident["candidate"] = sorted(named | {top[0]}), None
-        return True
-    incident["named"], incident["candidate"] = sorted(named), {"feature": top[0], "windows": count}
-    return False
+        return replace(incident, named=tuple(sorted(named | {top[0]})), candidate=None), True
+    return replace(incident, named=tuple(sorted(named)), candidate=Candidate(top[0], count)), False
 
 
-def _extend(incident: dict[str, Any], verdict: Verdict, window: int, model_version: int | None, n: int) -> None:
-    incident["last_window"] = window
-    incident["windows"] = int(incident.get("windows", 0)) + n
-    incident["model_version"] = model_version
-    if severity_rank(verdict.severity) > severity_rank(incident["severity"]) or verdict.score > incident["score"]:
-        incident["severity"] = max(incident["severity"], verdict.severity, key=severity_rank)
-        incident["score"] = round(max(float(incident["score"]), verdict.score), 2)
-        incident["reasons"] = verdict.reasons
+def _extend(incident: Incident, verdict: Verdict, window: int, model_version: int | None, n: int) -> Incident:
+    changes: dict[str, Any] = {"last_window": window, "windows": incident.windows + n, "model_version": model_version}
+    if verdict.severity > incident.severity or verdict.score > incident.score:
+        changes.update(severity=max(incident.severity, verdict.severity),
+                       score=round(max(incident.score, verdict.score), 2), reasons=verdict.reasons)  # fmt: skip
+    return replace(incident, **changes)
 
 
 def _advance_rule(
-    plan: Plan, fp: Fingerprint, incident: dict[str, Any] | None, model_version: int | None,
+    plan: Plan, fp: Fingerprint, incident: Incident | None, model_version: int | None,
     silenced: bool, now: float, ranges: Mapping[str, Any] | None,
 ) -> None:  # fmt: skip
     """Business rule: a window with KPI values out of range alerts at once; back in range resolves."""
@@ -274,42 +267,39 @@ def _advance_rule(
     if fp.get("kpi_out_of_range") > 0:
         verdict = rule_verdict(fp, ranges)
         if incident is None:
-            incident = new_incident(service, "rule", window, start)
-            incident["silenced"] = silenced
-            _extend(incident, verdict, window, model_version, 1)
+            opened = replace(Incident.open(service, "rule", window, start), silenced=silenced)
+            incident = _extend(opened, verdict, window, model_version, 1)
             plan.incidents.append((incident, 0))
-            plan.state["rule_incident"] = incident["id"]
-            plan.alerts.append(make_alert(
-                kind="rule", incident=incident, window=window, window_start=start, score=verdict.score,
+            plan.state["rule_incident"] = incident.id
+            plan.alerts.append(Alert.about(
+                incident, kind="rule", window=window, window_start=start, score=verdict.score,
                 severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
                 message=f"{service}: business value out of range ({verdict.severity}) — "
                         f"{_summary(verdict.reasons)}",
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
             return
-        rev = int(incident.get("rev", 0))
-        before = incident["severity"]
-        incident = {**incident, "rev": rev + 1}
-        _extend(incident, verdict, window, model_version, 1)
+        rev = incident.rev
+        before = incident.severity
+        incident = _extend(incident.revised(), verdict, window, model_version, 1)
         plan.incidents.append((incident, rev))
-        if severity_rank(verdict.severity) > severity_rank(before):
-            plan.alerts.append(make_alert(
-                kind="escalated", incident=incident, window=window, window_start=start, score=verdict.score,
+        if verdict.severity > before:
+            plan.alerts.append(Alert.about(
+                incident, kind="escalated", window=window, window_start=start, score=verdict.score,
                 severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
                 message=f"{service}: business values further out of range ({verdict.severity}) — "
                         f"{_summary(verdict.reasons)}",
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
     elif incident is not None:
-        rev = int(incident.get("rev", 0))
-        incident = {**incident, "status": "resolved", "rev": rev + 1,
-                    "resolved": {"by": "detector", "at": rfc3339(start), "how": "auto"}}  # fmt: skip
+        rev = incident.rev
+        incident = _closed(incident, start)
         plan.incidents.append((incident, rev))
         plan.state["rule_incident"] = None
-        plan.alerts.append(make_alert(
-            kind="resolved", incident=incident, window=window, window_start=start, score=0.0,
-            severity="info", reasons=[], model_version=model_version,
-            message=f"{service}: business values back in range (incident {incident['id']})",
+        plan.alerts.append(Alert.about(
+            incident, kind="resolved", window=window, window_start=start, score=0.0,
+            severity=Severity.INFO, reasons=[], model_version=model_version,
+            message=f"{service}: business values back in range (incident {incident.id})",
             silenced=_muted(incident, silenced, now),
         ))  # fmt: skip
 

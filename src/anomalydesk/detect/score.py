@@ -22,6 +22,7 @@ import numpy as np
 
 from anomalydesk import config
 from anomalydesk.detect.features import KINDS
+from anomalydesk.detect.incident_model import Severity, severity_of
 from anomalydesk.detect.model import Model
 from anomalydesk.fingerprint import FEATURES
 
@@ -33,17 +34,9 @@ class ScoreResult:
     """The verdict on one window."""
 
     score: float  # 0–100
-    severity: str  # info | warning | critical
+    severity: Severity
     anomalous: bool  # score ≥ the model's threshold
     reasons: list[dict[str, Any]] = field(default_factory=list)  # {feature, actual, expected, text}
-
-
-def severity_of(score: float, warning: float = config.SEVERITY_WARNING,
-                critical: float = config.SEVERITY_CRITICAL) -> str:
-    """info below `warning`, warning below `critical`, critical at and above it."""
-    if score >= critical:
-        return "critical"
-    return "warning" if score >= warning else "info"
 
 
 def score_batch(model: Model, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:

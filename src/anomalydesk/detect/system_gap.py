@@ -14,11 +14,11 @@ writes and alerts.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import replace
 
 import redis
 
-from anomalydesk.detect.incidents import make_alert, new_incident, rfc3339
+from anomalydesk.detect.incident_model import Alert, Incident, Mark, Severity, rfc3339
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
 
@@ -52,28 +52,27 @@ def is_system_silent(r: redis.Redis, keys: Keys, fp: Fingerprint, services: list
     return True
 
 
-def system_incident(r: redis.Redis, keys: Keys, window: int, gap: bool) -> dict[str, Any] | None:
+def system_incident(r: redis.Redis, keys: Keys, window: int, gap: bool) -> Incident | None:
     """The open system incident; for a gap window without one, the closed one that covers it (another
     service's windows came first and saw traffic return), so it is not opened twice."""
-    import json
-
     ids = [i for i in (x.decode() if isinstance(x, bytes) else x for x in r.smembers(keys.incidents_open))
            if i.startswith(_ID_PREFIX)]  # fmt: skip
     for raw in r.hmget(keys.incidents, ids) if ids else []:
         if raw:
-            record = json.loads(raw)
-            if record.get("status") == "open":
+            record = Incident.from_json(raw)
+            if record.is_open:
                 return record
     if gap:
         for _field, raw in r.hscan_iter(keys.incidents, match=f"{_ID_PREFIX}*", count=1000):
-            record = json.loads(raw)
-            if int(record["first_window"]) <= window <= int(record.get("resolved_window", record["last_window"])):
+            record = Incident.from_json(raw)
+            end = record.resolved_window if record.resolved_window is not None else record.last_window
+            if record.first_window <= window <= end:
                 return record
     return None
 
 
-def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, services: int,
-             silenced: bool) -> tuple[list[tuple[dict[str, Any], int]], list[dict[str, Any]]]:  # fmt: skip
+def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: int,
+             silenced: bool) -> tuple[list[tuple[Incident, int]], list[Alert]]:  # fmt: skip
     """(incident writes with the rev read, alerts) for one service's window `fp`.
 
     A gap window opens the system incident (or extends it once per window); a window with traffic after
@@ -81,33 +80,29 @@ def gap_plan(incident: dict[str, Any] | None, fp: Fingerprint, gap: bool, servic
     before the gap while another is past it). New records are stored at rev 1, so two detectors
     opening it at once conflict and one of them extends instead of alerting twice.
     """
-    if incident is not None and incident.get("status") != "open":
+    if incident is not None and not incident.is_open:
         return [], []  # a closed one covers the window: handled when another service's window came first
     if gap:
         if incident is None:
-            record = new_incident(SYSTEM, "gap", fp.window, fp.start)
-            record["id"] = f"{_ID_PREFIX}{fp.window}"
             reasons = [{"feature": "requests", "actual": 0, "expected": None,
                         "text": f"no service sent anything ({services} services silent)"}]  # fmt: skip
-            record.update(severity="warning", score=100.0, reasons=reasons, windows=1, rev=1, silenced=silenced,
-                          services=services)  # fmt: skip
-            alert = make_alert(kind="new", incident=record, window=fp.window, window_start=fp.start, score=100.0,
-                               severity="warning", reasons=reasons, model_version=None, silenced=silenced,
-                               message=f"no traffic from any service since {rfc3339(fp.start)}: a gap in the "
-                                       "data (producers, network or collector down?), not scored")  # fmt: skip
+            record = replace(Incident.open(SYSTEM, "gap", fp.window, fp.start), severity=Severity.WARNING, score=100.0,
+                             reasons=reasons, windows=1, rev=1, silenced=silenced, services=services)  # fmt: skip
+            alert = Alert.about(record, kind="new", window=fp.window, window_start=fp.start, score=100.0,
+                                severity=Severity.WARNING, reasons=reasons, model_version=None, silenced=silenced,
+                                message=f"no traffic from any service since {rfc3339(fp.start)}: a gap in the "
+                                        "data (producers, network or collector down?), not scored")  # fmt: skip
             return [(record, 0)], [alert]
-        if fp.window > int(incident.get("last_window", fp.window)):
-            rev = int(incident.get("rev", 0))
-            grown = {**incident, "rev": rev + 1, "last_window": fp.window, "windows": int(incident["windows"]) + 1}
-            return [(grown, rev)], []
+        if fp.window > incident.last_window:
+            grown = incident.revised(last_window=fp.window, windows=incident.windows + 1)
+            return [(grown, incident.rev)], []
         return [], []
-    if incident is None or fp.silent or fp.window <= int(incident["last_window"]):
+    if incident is None or fp.silent or fp.window <= incident.last_window:
         return [], []  # traffic in a window before the gap's end: a service still catching up, not a return
-    rev = int(incident.get("rev", 0))
-    closed = {**incident, "status": "resolved", "rev": rev + 1, "resolved_window": fp.window,
-              "resolved": {"by": "detector", "at": rfc3339(fp.start), "how": "traffic returned"}}  # fmt: skip
-    alert = make_alert(kind="resolved", incident=closed, window=fp.window, window_start=fp.start, score=0.0,
-                       severity="info", reasons=[], model_version=None, silenced=silenced,
-                       message=f"traffic is back ({fp.service} sent {fp.get('requests'):.0f} requests): "
-                               f"the gap of {closed['windows']} window(s) is over")  # fmt: skip
-    return [(closed, rev)], [alert]
+    closed = incident.revised(status="resolved", resolved_window=fp.window,
+                              resolved=Mark("detector", rfc3339(fp.start), "traffic returned"))  # fmt: skip
+    alert = Alert.about(closed, kind="resolved", window=fp.window, window_start=fp.start, score=0.0,
+                        severity=Severity.INFO, reasons=[], model_version=None, silenced=silenced,
+                        message=f"traffic is back ({fp.service} sent {fp.get('requests'):.0f} requests): "
+                                f"the gap of {closed.windows} window(s) is over")  # fmt: skip
+    return [(closed, incident.rev)], [alert]

@@ -50,7 +50,7 @@ import redis
 import redis.asyncio
 
 from anomalydesk import config
-from anomalydesk.detect.incidents import ALERT_KINDS, SEVERITIES
+from anomalydesk.detect.incident_model import ALERT_KINDS, SEVERITIES, Alert
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -78,10 +78,10 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     timeout: float = config.WEBHOOK_TIMEOUT_SECONDS
 
-    def matches(self, alert: dict[str, Any]) -> bool:
+    def matches(self, alert: Alert) -> bool:
         """True when this route takes the alert."""
-        return (alert.get("severity") in self.severities and alert.get("kind") in self.kinds
-                and any(fnmatch.fnmatchcase(str(alert.get("service", "")), p) for p in self.services))
+        return (alert.severity in self.severities and alert.kind in self.kinds
+                and any(fnmatch.fnmatchcase(alert.service, p) for p in self.services))
 
     @property
     def group(self) -> str:
@@ -207,16 +207,15 @@ def route_status(r: redis.Redis, routes: list[Route], keys: Keys | None = None) 
 # ------------------------------------------------------------------------------------------------
 # payloads
 # ------------------------------------------------------------------------------------------------
-def payload(route: Route, alert: dict[str, Any]) -> dict[str, Any]:
+def payload(route: Route, alert: Alert) -> dict[str, Any]:
     """The body sent for an alert: the alert itself (json) or a Slack incoming-webhook message."""
     if route.format == "json":
-        return alert
-    mark = ":white_check_mark:" if alert.get("kind") == "resolved" else _SLACK_MARK.get(alert.get("severity"), "")
-    head = (f"{mark} *{alert.get('severity', '?')}* {alert.get('kind', '')} — *{alert.get('service')}*: "
-            f"{alert.get('message', '')}")
-    reasons = "\n".join(f"• {r.get('text', r.get('feature', ''))}" for r in alert.get("reasons") or [])
-    context = (f"score {alert.get('score')} · window {alert.get('window')} · {alert.get('time')} · "
-               f"incident {alert.get('incident_id')} · alert {alert.get('id')}")
+        return alert.to_json()
+    mark = ":white_check_mark:" if alert.kind == "resolved" else _SLACK_MARK.get(alert.severity, "")
+    head = f"{mark} *{alert.severity}* {alert.kind} — *{alert.service}*: {alert.message}"
+    reasons = "\n".join(f"• {r.get('text', r.get('feature', ''))}" for r in alert.reasons)
+    context = (f"score {alert.score} · window {alert.window} · {alert.time} · "
+               f"incident {alert.incident_id} · alert {alert.id}")
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": head}}]
     if reasons:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reasons}})
@@ -316,11 +315,11 @@ class Notifier:
         if entry is None:
             return backoff
         entry_id, fields = entry
-        alert = _alert_of(fields)
+        alert = Alert.from_entry(fields)
         if alert is None:
             await self._dead(route, entry_id, fields, "alert entry trimmed or not JSON before delivery", 0)
             return backoff
-        if alert.get("silenced") or not route.matches(alert):
+        if alert.silenced or not route.matches(alert):
             await self._ack(route, entry_id, "skipped")
             return backoff
         outcome = await self._deliver(session, route, alert)
@@ -335,15 +334,15 @@ class Notifier:
             await self._dead(route, entry_id, fields, why, attempts.pop(entry_id))
             return backoff  # the next alert is tried at once: it may well be old enough to give up too
         await self.ar.hincrby(stats_key(self.keys), f"{route.name}:failed_attempts", 1)
-        log.info("notify %s: %s; retrying %s in %.1f s", route.name, outcome.error, alert.get("id"), backoff)
+        log.info("notify %s: %s; retrying %s in %.1f s", route.name, outcome.error, alert.id, backoff)
         wait = max(backoff, min(outcome.retry_after or 0.0, self.backoff_max))
         await _sleep(stop, wait * (0.75 + random.random() / 2))
         return min(backoff * 2, self.backoff_max)
 
-    async def _deliver(self, session: aiohttp.ClientSession, route: Route, alert: dict[str, Any]) -> Outcome:
-        headers = {"Content-Type": "application/json", "Idempotency-Key": str(alert.get("id")),
-                   "X-AnomalyDesk-Alert-Id": str(alert.get("id")),
-                   "X-AnomalyDesk-Incident-Id": str(alert.get("incident_id")), **route.headers}
+    async def _deliver(self, session: aiohttp.ClientSession, route: Route, alert: Alert) -> Outcome:
+        headers = {"Content-Type": "application/json", "Idempotency-Key": alert.id,
+                   "X-AnomalyDesk-Alert-Id": alert.id, "X-AnomalyDesk-Incident-Id": alert.incident_id,
+                   **route.headers}
         body = json.dumps(payload(route, alert)).encode()
         try:
             async with session.post(route.url, data=body, headers=headers,
@@ -374,17 +373,6 @@ class Notifier:
         pipe.xack(self.keys.alerts_log, route.group, entry_id)
         pipe.hincrby(stats_key(self.keys), f"{route.name}:dead", 1)
         await pipe.execute()
-
-
-def _alert_of(fields: dict | None) -> dict[str, Any] | None:
-    if not fields:
-        return None
-    raw = fields.get(b"alert") or fields.get("alert")
-    try:
-        alert = json.loads(raw) if raw else None
-    except ValueError:
-        return None
-    return alert if isinstance(alert, dict) else None
 
 
 async def _sleep(stop: asyncio.Event, seconds: float) -> None:
