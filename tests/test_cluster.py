@@ -434,7 +434,8 @@ def detector_after_failover(rc: redis.RedisCluster, nodes: LocalCluster, victim:
         last = int(rc.xrevrange(KEYS.fingerprints(service), count=1)[0][1][b"window"])
         assert json.loads(rc.hget(KEYS.detector_states, service))["last_window"] == last
     incident = next(a["incident_id"] for a in before if a["service"] == "payments")
-    assert inc.ack(rc, incident, who="after-failover")["acked"]["by"] == "after-failover"
+    acked = inc.ack(rc, incident, who="after-failover").acked
+    assert acked is not None and acked.by == "after-failover"
 
 
 # --- detector and incidents -------------------------------------------------------------------------
@@ -493,8 +494,9 @@ def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, 
     assert sorted(a["incident_id"] for a in published) == sorted([opened["payments"], opened["users"]])
     assert all(a["kind"] == "resolved" for a in published)
     stored = inc.get(rc, opened["payments"])
-    assert (stored["status"], stored["acked"]["by"], stored["resolved"]["how"]) == ("resolved", "alice", "operator")
-    assert stored["rev"] == 3  # opened at rev 0 by its last window, then ack, snooze, resolve
+    assert stored.acked is not None and stored.resolved is not None
+    assert (stored.status, stored.acked.by, stored.resolved.how) == ("resolved", "alice", "operator")
+    assert stored.rev == 3  # opened at rev 0 by its last window, then ack, snooze, resolve
 
     # the detector sees the operators' changes: payments' anomaly continues as a new incident, the
     # silenced gateway's incident is kept but its alerts are muted

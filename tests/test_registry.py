@@ -161,16 +161,18 @@ def test_scheduled_retraining_keeps_the_active_model_when_the_candidate_is_worse
 
 
 def test_training_leaves_out_confirmed_incidents_and_puts_back_false_positives(r: redis.Redis) -> None:
+    from dataclasses import replace
+
     from anomalydesk.bench.detect import synthetic
-    from anomalydesk.detect import incidents
+    from anomalydesk.detect.incident_model import Incident, Mark
     from anomalydesk.detect.training_run import training_data
 
     _fill(r, "orders", synthetic(300, 1000), 1000)
-    confirmed = incidents.new_incident("orders", "anomaly", 1100, 5500.0)
-    confirmed.update(last_window=1109)
-    mistaken = incidents.new_incident("orders", "anomaly", 1000, 5000.0)
-    mistaken.update(last_window=1004, false_positive={"by": "x", "at": "y"}, status="resolved")
-    r.hset(K.incidents, mapping={confirmed["id"]: json.dumps(confirmed), mistaken["id"]: json.dumps(mistaken)})
+    confirmed = replace(Incident.open("orders", "anomaly", 1100, 5500.0), last_window=1109)
+    mistaken = replace(Incident.open("orders", "anomaly", 1000, 5000.0), last_window=1004,
+                       false_positive=Mark("x", "y"), status="resolved")  # fmt: skip
+    r.hset(K.incidents, mapping={confirmed.id: json.dumps(confirmed.to_json()),
+                                 mistaken.id: json.dumps(mistaken.to_json())})  # fmt: skip
     data = training_data(r, "orders", windows=250)  # reads windows 1050–1299
     windows = data.windows.tolist()
     assert data.excluded == 10 and not set(range(1100, 1110)) & set(windows)

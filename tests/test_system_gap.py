@@ -98,15 +98,15 @@ def _fp(service: str, window: int, requests: float) -> Fingerprint:
 def test_gap_plan_opens_once_extends_per_window_and_resolves_on_traffic() -> None:
     writes, sent = gap_plan(None, _fp("a", 10, 0), True, 3, False)
     (record, rev), = writes
-    assert rev == 0 and record["rev"] == 1 and record["id"] == f"{SYSTEM}:g10" and sent[0]["kind"] == "new"
+    assert rev == 0 and record.rev == 1 and record.id == f"{SYSTEM}:g10" and sent[0].kind == "new"
     writes, sent = gap_plan(record, _fp("b", 10, 0), True, 3, False)  # another service, same window
     assert writes == [] and sent == []
     writes, sent = gap_plan(record, _fp("a", 11, 0), True, 3, False)
     (record, rev), = writes
-    assert rev == 1 and record["windows"] == 2 and sent == []
+    assert rev == 1 and record.windows == 2 and sent == []
     assert gap_plan(record, _fp("c", 9, 40), False, 3, False) == ([], [])  # a lagging service's older window
     writes, sent = gap_plan(record, _fp("c", 12, 40), False, 3, False)
-    assert writes[0][0]["status"] == "resolved" and sent[0]["kind"] == "resolved"
+    assert writes[0][0].status == "resolved" and sent[0].kind == "resolved"
     # a service whose gap windows are handled after traffic returned elsewhere: covered, nothing new
     assert gap_plan(writes[0][0], _fp("b", 11, 0), True, 3, False) == ([], [])
 
@@ -126,6 +126,6 @@ def test_a_new_top_reason_for_two_windows_inside_an_incident_is_an_escalation() 
         state = plan.state
         if plan.incidents:
             incident = plan.incidents[-1][0]
-        kinds += [(window, a["kind"], a["reasons"][0]["feature"]) for a in plan.alerts]
+        kinds += [(window, a.kind, a.reasons[0]["feature"]) for a in plan.alerts]
     assert kinds == [(101, "new", "rate_5xx"), (104, "escalated", "latency_p95_ms")]
-    assert incident is not None and incident["named"] == ["latency", "rate_5xx"]
+    assert incident is not None and incident.named == ("latency", "rate_5xx")
