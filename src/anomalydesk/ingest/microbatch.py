@@ -252,9 +252,10 @@ class MicroBatcher:
     async def _call(self, events: list[Event], batch_id: str, deadline: float = math.inf) -> Any:
         """One ingest call, cancelled at `deadline` (DeadlinePassed says whether it had been sent)."""
         sent = False
-        timeout = asyncio.timeout_at(None if math.isinf(deadline) else deadline)
-        try:
-            async with timeout, self._inflight_limit:
+
+        async def attempt() -> Any:
+            nonlocal sent
+            async with self._inflight_limit:
                 sent = True
                 self.inflight += 1
                 started = time.perf_counter()
@@ -264,11 +265,52 @@ class MicroBatcher:
                     self.inflight -= 1
                     self._metrics.redis_seconds.observe(time.perf_counter() - started)
                     self._metrics.batch_events.observe(len(events))
-        except TimeoutError:
-            if not timeout.expired():
-                raise  # a timeout of the ingest call itself
+
+        if math.isinf(deadline):
+            return await attempt()
+        try:
+            return await _by_deadline(asyncio.ensure_future(attempt()), deadline)
+        except _Expired:
             self._metrics.deadlines_passed += 1
             raise DeadlinePassed("unknown" if sent else "no") from None
+
+
+class _Expired(Exception):
+    """The call did not end by its deadline and was cancelled."""
+
+
+_RECANCEL_SECONDS = 0.05
+
+
+async def _by_deadline(task: asyncio.Future[Any], deadline: float) -> Any:
+    """`task`'s result; at `deadline` it is cancelled — again every 50 ms until it has ended.
+
+    One cancellation is not enough: on Python 3.11 a cancellation that reaches redis-py inside its own
+    read timeout can be lost (nested `asyncio.timeout`), redis-py then raises its retryable TimeoutError,
+    the retry resends the command, and the write runs on past the deadline until the server answers
+    (measured: a request under `CLIENT PAUSE` answered after 10 s and stored, against a 3 s deadline).
+    Each cancellation that lands in a read closes that connection, so a paused server drops the command.
+    A call that ends with a result despite the cancellation was stored: its result is returned.
+    """
+    loop = asyncio.get_running_loop()
+    try:
+        remaining = None if math.isinf(deadline) else max(0.0, deadline - loop.time())
+        await asyncio.wait({task}, timeout=remaining)
+        expired = not task.done()
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_RECANCEL_SECONDS)
+    except asyncio.CancelledError:  # our caller gave up (all its clients went away): so does the call
+        while not task.done():
+            task.cancel()
+            try:
+                await asyncio.wait({task}, timeout=_RECANCEL_SECONDS)
+            except asyncio.CancelledError:
+                continue
+        raise
+    if expired and (task.cancelled() or task.exception() is not None):
+        raise _Expired
+    return task.result()
 
 
 def _always() -> bool:
