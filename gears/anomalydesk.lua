@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '4'
+local LIB_VERSION = '5'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -564,6 +564,23 @@ local function needs_configure(st, c)
   return st.g == nil or c.g > st.g
 end
 
+-- RedisBloom refuses a TOPK.INCRBY increment above 100,000 (an error after this call's first writes):
+-- larger counts go as several increments of the same item
+local TOPK_MAX_INCREMENT = 100000
+
+local function topk_increments(items)
+  local out = {}
+  for i = 1, #items, 2 do
+    local left = tonumber(items[i + 1])
+    while left > 0 do
+      local step = math.min(left, TOPK_MAX_INCREMENT)
+      out[#out + 1] = items[i]; out[#out + 1] = step
+      left = left - step
+    end
+  end
+  return out
+end
+
 -- Top-K counters (functions) or HeavyKeeper width (native) for k: the reference example of RedisBloom
 -- reserves 2,000 x 7 for k = 50; 10*k keeps the true top-k on seeded Zipf streams (tests/test_backends.py)
 local function topk_width(k)
@@ -597,7 +614,7 @@ local function resize_native_topk(state, ks, st)
       items[#items + 1] = listed[i]; items[#items + 1] = listed[i + 1]
     end
   end
-  if #items > 0 then redis.call('TOPK.INCRBY', ks.topk, unpack(items)) end
+  if #items > 0 then call_chunked('TOPK.INCRBY', ks.topk, topk_increments(items), 1000) end
   redis.call('HSET', state, 'tkw', topk_width(st.topk_k))
 end
 
@@ -677,7 +694,8 @@ local function fingerprint(ks, w, W, sparse, has_data)
       end
     end
     if other > 0 then
-      local each = other / n / math.max(1, distinct - named)
+      -- the HyperLogLog's error (0.81 %) is as large as a small tail: at least 2.5 % of the named count
+      local each = other / n / math.max(1, distinct - named, math.ceil(0.025 * named))
       entropy = entropy - (other / n) * math.log(each) / math.log(2)
       if each > top then top = each end
     end
@@ -1177,7 +1195,7 @@ local function ad_ingest(keys, args)
   if #ep_items > 0 then
     if c.be == 'native' then
       call_chunked('CMS.INCRBY', ks.cms_ep, ep_items, 1000)
-      call_chunked('TOPK.INCRBY', ks.topk, ep_items, 1000)
+      call_chunked('TOPK.INCRBY', ks.topk, topk_increments(ep_items), 1000)
     else
       cms_incr(ks.cms_ep, c.cw, c.cd, ep_items)
       for i = 1, #ep_items, 2 do topk_incr(ks.topk, topk_counters, ep_items[i], ep_items[i + 1]) end

@@ -152,3 +152,29 @@ def test_an_old_native_topk_is_rebuilt_and_the_filter_kept_on_upgrade(tmp_path: 
         r.close()
     finally:
         server.stop()
+
+
+def test_counts_above_redisblooms_increment_limit_reach_the_native_topk(tmp_path: Path) -> None:
+    """RedisBloom refuses a TOPK.INCRBY increment above 100,000: one call with 250,000 requests of one
+    endpoint, and the rebuild of an old Top-K listing such a count, go as several increments."""
+    server = RedisServer(tmp_path / "native", backend="native")
+    try:
+        r = server.client()
+        admin.setup(r, SketchSettings(window_seconds=5))
+        sink = IngestSink(r, max_batch=1_000_000, max_buffered=1_000_000)
+        sink.add_arrays("api", ["GET:/hot", "GET:/cold"], np.r_[np.zeros(250_000, dtype=int), 1],
+                        np.full(250_001, 200), np.ones(250_001))
+        assert sink.close().accepted == 250_001
+        assert dict(sketches.topk(r, "api"))["GET:/hot"] == 250_000
+        # the same count in an old 8 x 7 Top-K, rebuilt at the next ingest
+        r.delete(K.topk("api"))
+        r.execute_command("TOPK.RESERVE", K.topk("api"), 10, 8, 7, "0.9")
+        r.execute_command("TOPK.INCRBY", K.topk("api"), "GET:/hot", 100_000, "GET:/hot", 100_000,
+                          "GET:/hot", 50_000)
+        r.hdel(K.state("api"), "tkw")
+        assert ingest(r, [metric("api", "GET:/cold", 200, 5.0)]).accepted == 1
+        assert dict(sketches.topk(r, "api"))["GET:/hot"] == 250_000
+        assert sketches.info(r, "api")["topk"]["width"] == 100
+        r.close()
+    finally:
+        server.stop()
