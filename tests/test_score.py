@@ -79,8 +79,11 @@ def test_score_of_last_row_equals_batch_score(model: Model) -> None:
     rows = _fingerprints(40, seed=5)
     rows[30, FEATURE_INDEX["requests"]] = 40
     batch = score_batch(model, rows)
+    assert model.baseline is not None
+    levels, _, _ = model.walk(model.adjusted(rows))  # the batch's baseline walks on from training's end
+    assert model.baseline.block < 40 and not np.allclose(levels[0], levels[-1])  # it moved within the rows
     for i in (0, 3, 29, 30, 39):
-        assert score(model, rows[: i + 1]).score == pytest.approx(batch[i], abs=1e-12)
+        assert score(model, rows[: i + 1], level=levels[i]).score == pytest.approx(batch[i], abs=1e-12)
     assert score(model, rows[0]).score == pytest.approx(batch[0], abs=1e-12)  # a single vector
 
 
@@ -116,5 +119,7 @@ def test_request_drop_names_requests_not_the_endpoint_count(model: Model) -> Non
     rows[-1, FEATURE_INDEX["endpoints_distinct"]] = 10.0  # fewer requests reach fewer endpoints
     result = score(model, rows)
     assert result.anomalous and result.reasons[0]["feature"] == "requests"
-    normal = model.expected[FEATURE_INDEX["requests"]]
+    assert model.baseline is not None  # "normal" is the service's baseline now, near the training median
+    normal = model.expected_rows(1, None, model.baseline.level())[0, FEATURE_INDEX["requests"]]
+    assert normal == pytest.approx(model.expected[FEATURE_INDEX["requests"]], rel=0.02)
     assert result.reasons[0]["text"] == f"requests 100/window vs {normal:,.0f}/window normal"

@@ -250,7 +250,7 @@ def test_routes_file_is_validated_and_summarised_without_secrets(tmp_path) -> No
     summary = routes_summary(load_routes(good))
     assert summary == [{"name": "slack", "url": "https://hooks.slack.com/…", "format": "slack",
                         "severities": ["critical"], "services": ["*"],
-                        "kinds": ["new", "escalated", "resolved", "rule"], "headers": ["Authorization"]}]
+                        "kinds": ["new", "escalated", "resolved", "rule", "level_shift"], "headers": ["Authorization"]}]
     assert "SECRET" not in json.dumps(summary) and "s3cret" not in json.dumps(summary)
     for raw, words in (
         ({"route": [{"name": "x", "url": "ftp://h/x"}]}, "url must be an http(s) URL"),

@@ -179,6 +179,15 @@ MODEL_LOG_FEATURES = ("latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "lat
 DEVIATION_EXTREME_QUANTILE = 0.9999  # an input's training extreme: this quantile of its |z| …
 DEVIATION_EXTREME_FLOOR = 1.0  # … at least this; reasons rank features by |z| / extreme
 DEVIATION_EXTREME_POWER = 0.75  # the largest-|z| verdict divides each |z| by (extreme / median extreme) ** this
+# drift-aware scoring (detect/baseline.py): level inputs measured against the median of the last L windows,
+# L = training windows / BASELINE_TRAINING_FRACTION, within [MIN, MAX] windows and at most MAX_SECONDS of windows
+BASELINE_TRAINING_FRACTION = 8
+BASELINE_MIN_WINDOWS = 16
+BASELINE_MAX_WINDOWS = 4_096
+BASELINE_MAX_SECONDS = 6 * 3600
+LEVEL_SHIFT_WANDER_FACTOR = 2.0  # a level shift: the baseline beyond this many times its largest training wander …
+LEVEL_SHIFT_MIN_Z = 3.0  # … and beyond the value's training extreme |z|, and at least this many training IQRs
+LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
 BACKTEST_TRAIN_FRACTION = 0.3  # backtest without --train: the first 30 % of TEST trains

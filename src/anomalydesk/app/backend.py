@@ -319,10 +319,13 @@ def score_rows(model: Any, X: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
     if len(X) <= SCORE_CHUNK_ROWS:
         return score_batch(model, X, timestamps) if len(X) else np.empty(0)
     context = max(0, int(getattr(model, "context_rows", 1)) - 1)
+    # a format-2 model's baseline walks once over the whole series; each chunk is scored against it
+    levels = model.walk(model.adjusted(X, timestamps), timestamps)[0] if getattr(model, "baseline", None) else None
     parts = []
     for start in range(0, len(X), SCORE_CHUNK_ROWS):
-        low = max(0, start - context)
-        parts.append(score_batch(model, X[low:start + SCORE_CHUNK_ROWS], timestamps[low:start + SCORE_CHUNK_ROWS])
-                     [start - low:])  # fmt: skip
+        low, high = max(0, start - context), start + SCORE_CHUNK_ROWS
+        chunk = (score_batch(model, X[low:high], timestamps[low:high]) if levels is None
+                 else model.scores(X[low:high], timestamps[low:high], levels[low:high]))
+        parts.append(chunk[start - low:])
         time.sleep(SCORE_CHUNK_PAUSE_SECONDS)
     return np.concatenate(parts)

@@ -69,7 +69,8 @@ class Notifier:
         """Called for each alert counted against `incident` (`is_new`: its first); returns what was
         delivered, if anything."""
         kind = alert.kind
-        if alert.silenced or kind == "resolved" or not (is_new or kind == "escalated"):
+        # a level shift not accepted notifies again at its interval (incident_flow._advance_shift)
+        if alert.silenced or kind == "resolved" or not (is_new or kind in ("escalated", "level_shift")):
             return None
         now = self.clock()
         if self.paused or taken(incident.incident, now):
@@ -85,7 +86,7 @@ class Notifier:
         if len(self._last_for) > 10_000:
             self._last_for = {k: v for k, v in self._last_for.items() if now - v < 3600}
         self._recent.append(now)
-        word = "escalated" if kind == "escalated" else ("rule" if kind == "rule" else "new incident")
+        word = {"escalated": "escalated", "rule": "rule", "level_shift": "new normal?"}.get(kind, "new incident")
         note = Notification(
             title=f"{incident.severity.upper()} {incident.service}: {word} (score {incident.score:.0f})",
             body=incident.reason or incident.message or "anomalous behaviour",

@@ -1,7 +1,8 @@
 """`anomalydesk incidents [list | ack ID | snooze ID DURATION | resolve ID | false-positive ID]`.
 
-Extension (documented in docs/alerts.md): `incidents silence PATTERN --until WHEN --reason TEXT`,
-`incidents silences`, `incidents unsilence SILENCE_ID`.
+Extensions (documented in docs/alerts.md): `incidents silence PATTERN --until WHEN --reason TEXT`,
+`incidents silences`, `incidents unsilence SILENCE_ID`, `incidents accept ID` (a level shift as the
+new normal).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from anomalydesk.commands._common import client, emit
 if TYPE_CHECKING:
     from anomalydesk.detect.incident_model import Incident
 
-ACTIONS = ("list", "ack", "snooze", "resolve", "false-positive", "silence", "silences", "unsilence")
+ACTIONS = ("list", "ack", "snooze", "resolve", "false-positive", "accept", "silence", "silences", "unsilence")
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -25,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = subparsers.add_parser(
         "incidents", parents=[parent], help="list incidents; ack, snooze, resolve, mark false positive; silences",
         description="`list` (default; --all includes resolved ones), `ack ID`, `snooze ID DURATION` "
-        "(15m, 1h, 2d), `resolve ID`, `false-positive ID` (its windows go back into the next training). "
+        "(15m, 1h, 2d), `resolve ID`, `false-positive ID` (its windows go back into the next training), "
+        "`accept ID` (a level-shift incident: the new level is normal from now on and feeds the next training). "
         "Silences mute notifications for services matching a glob pattern: `silence PATTERN --until "
         "WHEN --reason TEXT` (WHEN: a duration from now or an RFC 3339 time), `silences`, "
         "`unsilence SILENCE_ID`.",
@@ -59,7 +61,7 @@ def _when(text: str, flag: str) -> float:
 
 def _row(i: Incident) -> str:
     marks = [m for m, on in (("acked", i.acked), ("snoozed", i.snoozed_until), ("silenced", i.silenced),
-                             ("false positive", i.false_positive)) if on]  # fmt: skip
+                             ("false positive", i.false_positive), ("accepted", i.accepted)) if on]  # fmt: skip
     first = i.reasons[0].get("text", "") if i.reasons else ""
     return (f"{i.id:<28} {i.status:<8} {i.severity:<8} {i.score:>5.0f}  {i.opened}  "
             f"{i.windows:>4} win  {first}{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
@@ -69,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
     """Dispatch one incidents action."""
     from anomalydesk.detect import incidents as inc
 
-    needs_target = args.action in ("ack", "snooze", "resolve", "false-positive", "silence", "unsilence")
+    needs_target = args.action in ("ack", "snooze", "resolve", "false-positive", "accept", "silence", "unsilence")
     if needs_target and not args.target:
         what = "PATTERN" if args.action == "silence" else "ID"
         raise CommandError(f"`incidents {args.action}` needs the {what}")
@@ -125,6 +127,11 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
     elif args.action == "resolve":
         incident = inc.resolve(r, args.target, args.by)
         text = f"{incident.id} resolved"
+    elif args.action == "accept":
+        incident = inc.accept(r, args.target, args.by)
+        who = incident.accepted.by if incident.accepted else args.by
+        text = (f"{incident.id} accepted as the new normal by {who}: the detector re-baselines on the next "
+                "window and the shift's windows go into the next training")
     else:
         incident = inc.false_positive(r, args.target, args.by)
         text = f"{incident.id} marked false positive: its windows go back into the next training"

@@ -20,6 +20,7 @@ import numpy as np
 
 from anomalydesk import config
 from anomalydesk.detect.episodes import track
+from anomalydesk.detect.model import Model
 from anomalydesk.detect.peers import family, random_baseline
 from anomalydesk.detect.range_metrics import VUS_MAX_BUFFER, affiliation, vus_pr
 from anomalydesk.detect.score import score_batch
@@ -237,7 +238,7 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
     if scored.timestamps is not None and fit_part.timestamps is not None:
         stamps = np.concatenate([fit_part.timestamps[fit_part.timestamps.shape[0] - context:],
                                  scored.timestamps]) if context else scored.timestamps
-    scores = score_batch(model, X, stamps)[X.shape[0] - scored.X.shape[0]:]
+    scores, shifts = replay(model, X, stamps, context)
     raw_flags = scores >= model.threshold
     flagged, episodes = track(raw_flags)
     assert scored.labels is not None
@@ -247,11 +248,30 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
                       "flagged": int(flagged.sum()), "incidents": len(episodes),
                       "labelled_anomalous": int(scored.labels.sum())}
     result["daily_cycle"] = bool(model.metadata["daily_cycle"])
+    result["model_format"] = model.format_version
+    result["level_shifts"] = shifts
     result["random"] = random_baseline(fit_part.X.shape[0], scored.labels, metrics)
     if reference:
         result["peers"] = family(fit_part.X, scored.X, scored.labels, metrics)
         result["reference"] = result["peers"]["isolation_forest"]
     return result
+
+
+def replay(model: Model, X: np.ndarray, stamps: np.ndarray | None, context: int
+           ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Scores of the rows after the first `context` (the last training rows) with live adaptation: the
+    baseline walks on from the end of training as the rows arrive, and each level shift is accepted as
+    it appears (no operator here), so the rows after it are judged on the new level. The shifts:
+    [{row (scored rows from 0, the row after which it was accepted), feature, reference, level, since}],
+    levels in the model's adjusted space."""
+    if model.baseline is None:
+        return score_batch(model, X, stamps)[context:], []
+    adjusted = model.adjusted(X, stamps)
+    levels, _, found = model.walk(adjusted[context:], None if stamps is None else stamps[context:], accept=True)
+    levels = np.vstack([np.tile(model.baseline.level(), (context, 1)), levels])
+    shifts = [{"row": row, "feature": model.feature_names[s.feature], "reference": s.reference, "level": s.level,
+               "since": s.since} for row, s in found]  # fmt: skip
+    return model.scores(X, stamps, levels)[context:], shifts
 
 
 def _alert_rows(raw_flags: np.ndarray, episodes: list) -> np.ndarray:

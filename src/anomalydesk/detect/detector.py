@@ -38,8 +38,8 @@ from typing import Any
 import redis
 
 from anomalydesk import config
+from anomalydesk.detect import drift, system_gap
 from anomalydesk.detect import incidents as incidents_mod
-from anomalydesk.detect import system_gap
 from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
 from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, from_stream_entry
@@ -83,6 +83,7 @@ class _Service:
     history: deque[Fingerprint] = field(default_factory=lambda: deque(maxlen=config.DETECTOR_HISTORY_WINDOWS))
     history_loaded: bool = False
     needs_recovery: bool = True
+    baseline: Any = None  # format-2 models: the service's baseline (detect/drift.py), None until read
 
 
 def default_consumer_name() -> str:
@@ -208,6 +209,7 @@ class Detector:
             if version == state.model_version:
                 continue
             state.model_version, state.model, state.stale = version, None, False
+            state.baseline = None
             if version is None:
                 continue
             try:
@@ -343,8 +345,16 @@ class Detector:
     def _retry_pending(self, service: str) -> None:
         state = self._services[service]
         state.needs_recovery = True
+        state.baseline = None  # read again from the stored state
         state.history.clear()  # reloaded from the stream before the retry
         state.history_loaded = False
+
+    def _baseline(self, service: str, svc: _Service) -> Any:
+        """The service's baseline for its model: in memory, else from its detector state, else the model's."""
+        if svc.baseline is None:
+            stored = json.loads(self.r.hget(self.keys.detector_states, service) or "{}").get(drift.STATE_FIELD)
+            svc.baseline = drift.restore(svc.model, svc.model_version, stored)
+        return svc.baseline
 
     def _history(self, service: str, entry_id: bytes | str) -> deque[Fingerprint]:
         state = self._services[service]
@@ -366,14 +376,20 @@ class Detector:
         gap = system_gap.is_system_silent(self.r, self.keys, fp, self._live, _text(entry_id))
         history = self._history(service, entry_id)
         verdict = None
+        baseline = None
         # a model of another window length does not score (the service learns again after a change)
         same_length = svc.model_window is None or fp.window_seconds in (None, svc.model_window)
         if svc.model is not None and not fp.no_data and same_length and not gap:
             context = [h for h in history if h.window_seconds == fp.window_seconds]
-            verdict = self.scorer(svc.model, context, fp)
+            if drift.tracked(svc.model):
+                baseline = self._baseline(service, svc)
+                verdict = self.scorer(svc.model, context, fp, level=baseline.level())
+                baseline = drift.advance(svc.model, baseline, fp)
+            else:
+                verdict = self.scorer(svc.model, context, fp)
             if not finite(verdict.score):
                 log.error("%s: window %s scored %r; not alerting on it", service, fp.window, verdict.score)
-                verdict = None
+                verdict, baseline = None, None
         if not fp.no_data and not gap:
             history.append(fp)
         ranges = _json_field(fields, "kpi_ranges")
@@ -383,10 +399,18 @@ class Detector:
             state = json.loads(self.r.hget(self.keys.detector_states, service) or "{}")
             incident = _load(self.r, self.keys, state.get("incident"))
             rule_incident = _load(self.r, self.keys, state.get("rule_incident"))
+            shift_incident = _load(self.r, self.keys, state.get("shift_incident"))
+            moved = baseline
+            if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
+                moved = moved.accept()  # the operator took the new level as normal: re-baseline there
+            shift = drift.shift_of(svc.model, moved, fp) if moved is not None else None
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
                            window_seconds=fp.window_seconds or self._window_s(), kpi_ranges=ranges,
-                           confirmation=self.confirmation, gap=gap)  # fmt: skip
+                           confirmation=self.confirmation, gap=gap, shift=shift,
+                           shift_incident=shift_incident)  # fmt: skip
+            if moved is not None:
+                plan.state[drift.STATE_FIELD] = drift.stored(moved, svc.model_version)
             system = system_gap.system_incident(self.r, self.keys, fp.window, gap) if gap or not fp.silent else None
             if gap or system is not None:
                 writes, alerts = system_gap.gap_plan(system, fp, gap, len(self._live), muted_system)
@@ -401,6 +425,8 @@ class Detector:
         else:
             raise RuntimeError(f"{service}: incident kept changing while window {fp.window} was handled")
         result.processed += 1
+        # committed: the baseline moved on; handled before: the stored one is the truth (read it again)
+        svc.baseline = moved if outcome == 1 else None
         if outcome == 1:
             result.alerts.extend(plan.alerts)
             if self.on_alert:

@@ -146,11 +146,14 @@ def advance(
     kpi_ranges: Mapping[str, Any] | None = None,
     confirmation: Confirmation | None = None,
     gap: bool = False,
+    shift: Mapping[str, Any] | None = None,
+    shift_incident: Incident | None = None,
 ) -> Plan:
     """Handle one window of one service: extend, open, escalate or resolve its incidents.
 
     A `gap` window (no service sent anything, `detect.system_gap`) changes none of them: it only
-    moves the state past the window."""
+    moves the state past the window. `shift`: the level shift the service's baseline shows after this
+    window (`score.level_shift_reason`), if any; `shift_incident`: its open level-shift incident."""
     confirmation = confirmation or Confirmation()
     plan = Plan(state={**state, "last_window": fp.window})
     service, window, start = fp.service, fp.window, fp.start
@@ -220,7 +223,68 @@ def advance(
             plan.incidents.append((incident.revised(candidate=None), incident.rev))
 
     _advance_rule(plan, fp, rule_incident, model_version, silenced, now, kpi_ranges)
+    if verdict is not None and not fp.no_data:
+        _advance_shift(plan, fp, shift, shift_incident, model_version, silenced, now, window_seconds)
     return plan
+
+
+def _advance_shift(
+    plan: Plan, fp: Fingerprint, shift: Mapping[str, Any] | None, incident: Incident | None,
+    model_version: int | None, silenced: bool, now: float, window_seconds: float,
+) -> None:  # fmt: skip
+    """Level shift: one incident of its own while the baseline stays away from its reference level.
+
+    It opens at the window the shift began (the reason's `since`), so an acceptance puts the windows
+    from there back into training; until an operator accepts it (`incidents.accept`) it stays open
+    and notifies again every `config.LEVEL_SHIFT_RENOTIFY_SECONDS` (a snooze mutes that); if the level
+    comes back to the reference by itself it resolves.
+    """
+    service, window, start = fp.service, fp.window, fp.start
+    if incident is not None and not incident.is_open:
+        incident = None  # accepted or closed by an operator: the detector re-baselined (detector.py)
+        plan.state["shift_incident"] = None
+    if shift is None:
+        if incident is not None:
+            rev = incident.rev
+            incident = _closed(incident, start)
+            plan.incidents.append((incident, rev))
+            plan.state["shift_incident"] = None
+            plan.alerts.append(Alert.about(
+                incident, kind="resolved", window=window, window_start=start, score=0.0, severity=Severity.INFO,
+                reasons=[], model_version=model_version, silenced=_muted(incident, silenced, now),
+                message=f"{service}: level back at its reference (incident {incident.id})",
+            ))  # fmt: skip
+        return
+    reason = dict(shift)
+    score = float(config.SEVERITY_WARNING)
+    if incident is None:
+        since = float(reason.get("since", start))
+        first = max(0, window - max(0, round((start - since) / max(window_seconds, 1e-9))))
+        opened = replace(Incident.open(service, "level_shift", first, min(since, start)), silenced=silenced)
+        incident = replace(opened, last_window=window, windows=1, score=score, severity=severity_of(score),
+                           reasons=(reason,), model_version=model_version)  # fmt: skip
+        plan.incidents.append((incident, 0))
+        plan.state["shift_incident"] = incident.id
+        plan.state["shift_notified"] = start
+        plan.alerts.append(Alert.about(
+            incident, kind="level_shift", window=window, window_start=start, score=score,
+            severity=incident.severity, reasons=[reason], model_version=model_version,
+            message=f"{service}: {reason['text']} — accept it as the new normal, or it stays open",
+            silenced=_muted(incident, silenced, now),
+        ))  # fmt: skip
+        return
+    rev = incident.rev
+    incident = incident.revised(last_window=window, windows=incident.windows + 1, reasons=(reason,))
+    plan.incidents.append((incident, rev))
+    last = float(plan.state.get("shift_notified") or 0.0)
+    if start - last >= config.LEVEL_SHIFT_RENOTIFY_SECONDS:
+        plan.state["shift_notified"] = start
+        plan.alerts.append(Alert.about(
+            incident, kind="level_shift", window=window, window_start=start, score=score,
+            severity=incident.severity, reasons=[reason], model_version=model_version,
+            message=f"{service}: still at a new level, not accepted — {reason['text']}",
+            silenced=_muted(incident, silenced, now),
+        ))  # fmt: skip
 
 
 def _family(feature: str) -> str:

@@ -25,10 +25,10 @@ from typing import Any
 
 from anomalydesk import config
 
-ALERT_KINDS = ("new", "escalated", "resolved", "rule")
-INCIDENT_KINDS = ("anomaly", "rule", "gap")
+ALERT_KINDS = ("new", "escalated", "resolved", "rule", "level_shift")  # level_shift: opened, and each re-notification
+INCIDENT_KINDS = ("anomaly", "rule", "gap", "level_shift")
 ALERT_FIELD = "alert"  # the one field of an alerts-log entry: the alert's JSON
-_ID_LETTER = {"rule": "r", "gap": "g"}  # anomaly incidents: "a"
+_ID_LETTER = {"rule": "r", "gap": "g", "level_shift": "s"}  # anomaly incidents: "a"
 
 
 class Severity(StrEnum):
@@ -158,7 +158,7 @@ class Incident:
 
     id: str
     service: str
-    kind: str = "anomaly"  # anomaly | rule | gap
+    kind: str = "anomaly"  # anomaly | rule | gap | level_shift
     status: str = "open"  # open | resolved
     opened: str = ""  # RFC 3339 start of the first window
     first_window: int = 0
@@ -180,6 +180,7 @@ class Incident:
     snoozed_by: Mark | None = None
     services: int | None = None  # gap: how many services were silent
     resolved_window: int | None = None  # gap: the window in which traffic returned
+    accepted: Mark | None = None  # level_shift: accepted as the new normal (who, when)
     extra: Mapping[str, Any] = field(default_factory=dict)  # keys this release does not know
 
     def __post_init__(self) -> None:
@@ -189,7 +190,7 @@ class Incident:
 
     @classmethod
     def open(cls, service: str, kind: str, first_window: int, window_start: float) -> Incident:
-        """A fresh open incident (kind: anomaly, rule or gap) starting at `first_window`."""
+        """A fresh open incident (kind: anomaly, rule, gap or level_shift) starting at `first_window`."""
         if kind not in INCIDENT_KINDS:
             raise ValueError(f"incident kind {kind!r} is not one of {INCIDENT_KINDS}")
         return cls(id=f"{service}:{_ID_LETTER.get(kind, 'a')}{first_window}", service=service, kind=kind,
@@ -221,7 +222,8 @@ class Incident:
         optional = {"named": list(self.named) if self.named is not None else None,
                     "candidate": self.candidate.to_json() if self.candidate else None,
                     "snoozed_until_epoch": self.snoozed_until_epoch, "snoozed_by": _mark(self.snoozed_by),
-                    "services": self.services, "resolved_window": self.resolved_window}  # fmt: skip
+                    "services": self.services, "resolved_window": self.resolved_window,
+                    "accepted": _mark(self.accepted)}  # fmt: skip
         out.update((k, v) for k, v in optional.items() if v is not None)
         out.update(self.extra)
         return out
@@ -249,7 +251,7 @@ class Incident:
             snoozed_until_epoch=float(data["snoozed_until_epoch"]) if data.get("snoozed_until_epoch") is not None
             else None,
             snoozed_by=Mark.from_json(data.get("snoozed_by")), services=_optional_int(data.get("services")),
-            resolved_window=_optional_int(data.get("resolved_window")),
+            resolved_window=_optional_int(data.get("resolved_window")), accepted=Mark.from_json(data.get("accepted")),
             extra={k: v for k, v in data.items() if k not in _INCIDENT_KEYS},
         )  # fmt: skip
 

@@ -141,13 +141,20 @@ def training_windows(
     """(excluded, included) inclusive window ranges for the next training of `service`.
 
     Excluded: windows of every incident not marked false positive (confirmed anomalies must not
-    become "normal"). Included: windows of incidents marked false positive, put back even when they
-    are older than the usual training range.
+    become "normal"). Included: windows of incidents marked false positive, and of level shifts
+    accepted as the new normal (from the shift's start to the acceptance: the anomaly incidents the
+    shift raised meanwhile go back in too), put back even when they are older than the usual range.
+    A level-shift incident not accepted excludes nothing by itself: its windows are normal traffic at
+    a level nobody decided on yet, and the anomaly incidents inside it are excluded as they are.
     """
     excluded: list[tuple[int, int]] = []
     included: list[tuple[int, int]] = []
     for incident in list_incidents(r, service=service, keys=keys):
         span = (incident.first_window, incident.last_window)
+        if incident.kind == "level_shift":
+            if incident.accepted is not None:
+                included.append(span)
+            continue
         (included if incident.false_positive else excluded).append(span)
     return sorted(excluded), sorted(included)
 
@@ -245,6 +252,24 @@ def false_positive(
 
     keys = keys or Keys(config.key_prefix())
     return _update(r, incident_id, change, keys, _closing_alert("marked false positive"))
+
+
+def accept(r: redis.Redis, incident_id: str, who: str | None = None, *, keys: Keys | None = None) -> Incident:
+    """Accept a level shift as the new normal: the incident closes (recorded with who and when), the
+    detector re-baselines the service at its new level on its next window, and the shift's windows feed
+    the next training (`training_windows`)."""
+
+    def change(i: Incident) -> Incident:
+        if i.kind != "level_shift":
+            raise IncidentError(f"incident {incident_id!r} is an {i.kind} incident: only a level shift can be "
+                                "accepted as the new normal (mark an anomaly a false positive instead)")
+        if not i.is_open:
+            raise IncidentError(f"incident {incident_id!r} is already {i.status}")
+        mark = _who(who)
+        return replace(i, status="resolved", accepted=mark, resolved=replace(mark, how="accepted"))
+
+    keys = keys or Keys(config.key_prefix())
+    return _update(r, incident_id, change, keys, _closing_alert("accepted as the new normal"))
 
 
 # --- silences -----------------------------------------------------------------------------------

@@ -7,7 +7,8 @@ robust-scaling constants, the optional daily profile, the calibration anchors an
 
 Scoring pipeline (the same for training, live scoring and the backtest):
 rows → counts and latencies as log(1 + x) → deseasonalise (daily profile, if any) → per-request statistics shrunk by
-their evidence (features.shrink) → value/mean/std/jump over `context_rows` → robust scaling → forest
+their evidence (features.shrink) = the adjusted values (`adjusted`) → value/mean/std/jump over `context_rows`, value and
+mean less the service's slowly moving baseline (format 2, detect/baseline.py) → robust scaling → forest
 anomaly score in (0, 1] and the largest robust |z|, each input's |z| relative to its own training
 extreme → each calibrated to 0–100 → the larger of the two.
 """
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalydesk.detect.baseline import Baseline
 from anomalydesk.detect.features import (
     HOURS_PER_DAY,
     KINDS,
@@ -42,7 +44,8 @@ from anomalydesk.detect.forest import (
 )
 
 MODEL_FORMAT = "anomalydesk.model"
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: level inputs against a moving baseline (detect/baseline.py)
+MODEL_FORMAT_VERSIONS = (1, 2)  # loadable: a format-1 model scores as it always did (no baseline)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,13 @@ class Model:
     extreme_power: float = 1.0  # the deviation's unit per input: (extreme / median extreme) ** this
     ignored: np.ndarray | None = None  # (f,) bool: held at its normal level, judged elsewhere (rules)
     logs: np.ndarray | None = None  # (f,) bool: non-count features also used as log(1 + x) (latencies)
+    baseline: Baseline | None = None  # format 2: the baseline at the end of training (None: format 1)
+    shift_threshold: np.ndarray | None = None  # (f,) a level shift beyond this many value-IQRs (baseline.py)
+
+    @property
+    def format_version(self) -> int:
+        """1: level inputs against the training median; 2: against the moving baseline."""
+        return 1 if self.baseline is None else 2
 
     @property
     def n_features(self) -> int:
@@ -105,14 +115,23 @@ class Model:
             raise ValueError(f"feature {self.feature_names[column]!r} has a non-finite value")
         return X
 
-    def expected_rows(self, n: int, timestamps: np.ndarray | None = None) -> np.ndarray:
-        """(n, f) expected value of each feature: the hour's profile with a daily cycle, else the median."""
-        if self.profile is not None and timestamps is not None:
-            return from_model_space(self.profile[hours_of_day(timestamps)], self.log_scale)
-        return np.tile(self.expected, (n, 1))
+    def expected_rows(self, n: int, timestamps: np.ndarray | None = None,
+                      levels: np.ndarray | None = None) -> np.ndarray:
+        """(n, f) expected value of each feature: the hour's profile with a daily cycle, else the median;
+        with `levels` (format 2: the baseline, adjusted space) that level at the hour."""
+        seasonal = self.profile is not None and timestamps is not None
+        if levels is None:
+            if seasonal:
+                return from_model_space(self.profile[hours_of_day(timestamps)], self.log_scale)
+            return np.tile(self.expected, (n, 1))
+        base = np.broadcast_to(levels, (n, self.n_features))
+        if seasonal:
+            base = base + self.profile[hours_of_day(timestamps)] - to_model_space(self.expected, self.log_scale)
+        return from_model_space(base, self.log_scale)
 
-    def transform(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
-        """(n, 4·f) robust-scaled derived features of each row, given the rows before it."""
+    def adjusted(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
+        """(n, f) each row in model space, deseasonalised, shrunk by its evidence, ignored features held:
+        what the window features are computed from, and what the baseline follows. Row by row."""
         X = self.check_rows(X)
         if timestamps is not None:
             timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)
@@ -123,7 +142,37 @@ class Model:
         adjusted = shrink(adjusted, overall, self.evidence(X))
         if self.ignored is not None:
             adjusted[:, self.ignored] = overall[self.ignored]
-        return (window_features(adjusted, self.context_rows, self.robust_spread) - self.center) / self.scale
+        return adjusted
+
+    def transform(self, X: np.ndarray, timestamps: np.ndarray | None = None,
+                  levels: np.ndarray | None = None) -> np.ndarray:
+        """(n, 4·f) robust-scaled derived features of each row, given the rows before it.
+
+        `levels`: (n, f) or (f,) the baseline each row is measured against (format 2); without, the
+        rows are walked from the end-of-training baseline (`walk`), as a series following training."""
+        adjusted = self.adjusted(X, timestamps)
+        derived = window_features(adjusted, self.context_rows, self.robust_spread)
+        if self.baseline is not None:
+            if levels is None:
+                levels = self.walk(adjusted)[0]
+            f = self.n_features
+            derived[:, :f] -= levels
+            derived[:, f:2 * f] -= levels
+        return (derived - self.center) / self.scale
+
+    def walk(self, adjusted: np.ndarray, stamps: np.ndarray | None = None, state: Baseline | None = None,
+             accept: bool = False) -> tuple[np.ndarray, Baseline, list]:
+        """Baseline.walk over adjusted rows from `state` (default: the end of training); with `accept`,
+        each level shift is accepted as it appears (the backtest). A format-1 model has no baseline."""
+        if self.baseline is None:
+            raise ValueError("a format-1 model has no baseline")
+        start = state or self.baseline
+        return start.walk(adjusted, stamps, (self.level_unit, self.shift_threshold) if accept else None)
+
+    @property
+    def level_unit(self) -> np.ndarray:
+        """(f,) a level's unit: the value input's training IQR (its robust scale)."""
+        return self.scale[:self.n_features]
 
     def evidence(self, X: np.ndarray) -> np.ndarray | None:
         """(n, f) evidence weight of each value (features.evidence_weights), None if not used."""
@@ -165,16 +214,17 @@ class Model:
         deviation = self.deviation(Z)
         return np.maximum(self.calibrate(self.raw_scores(Z)), self.calibrate_deviation(deviation))
 
-    def scores(self, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
+    def scores(self, X: np.ndarray, timestamps: np.ndarray | None = None,
+               levels: np.ndarray | None = None) -> np.ndarray:
         """Calibrated 0–100 score of every row (each with the rows before it as context)."""
-        return self.scores_from(self.transform(X, timestamps))
+        return self.scores_from(self.transform(X, timestamps, levels))
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready payload (numbers, strings and the metadata object)."""
         return {
             "format": MODEL_FORMAT,
-            "version": MODEL_FORMAT_VERSION,
+            "version": self.format_version,
             "forest": self.forest.to_dict(),
             "feature_names": list(self.feature_names),
             "context_rows": self.context_rows,
@@ -195,6 +245,9 @@ class Model:
             "extreme_power": self.extreme_power,
             "ignored": None if self.ignored is None else [int(i) for i in self.ignored],
             "logs": None if self.logs is None else [int(i) for i in self.logs],
+            **({} if self.baseline is None else {
+                "baseline": self.baseline.to_dict(),
+                "shift_threshold": None if self.shift_threshold is None else self.shift_threshold.tolist()}),
         }
 
     def to_json(self) -> bytes:
@@ -212,8 +265,10 @@ class Model:
         where = "model"
         if data.get("format") != MODEL_FORMAT:
             raise ModelFormatError(f"model: unknown format {data.get('format')!r}")
-        if data.get("version") != MODEL_FORMAT_VERSION:
-            raise ModelFormatError(f"model: format version {data.get('version')!r} is not {MODEL_FORMAT_VERSION}")
+        version = data.get("version")
+        if isinstance(version, bool) or version not in MODEL_FORMAT_VERSIONS:
+            raise ModelFormatError(f"model: format version {version!r} is not one of "
+                                   f"{', '.join(map(str, MODEL_FORMAT_VERSIONS))}")
         names = data.get("feature_names")
         if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
             raise ModelFormatError("model: 'feature_names' must be a non-empty list of strings")
@@ -254,7 +309,21 @@ class Model:
             raise ModelFormatError("model: 'metadata' must be an object")
         return cls(forest=forest, feature_names=tuple(names), context_rows=context_rows,
                    profile=profile, counts=counts.astype(bool), metadata=metadata, **arrays, **anchors,
-                   **_optional_arrays(data, f))
+                   **_optional_arrays(data, f), **_baseline(data, f, version))
+
+
+def _baseline(data: dict[str, Any], f: int, version: int) -> dict[str, Any]:
+    """Format 2's end-of-training baseline and level-shift thresholds (none in format 1)."""
+    if version < 2:
+        return {}
+    try:
+        baseline = Baseline.from_dict(data.get("baseline"), f)
+    except ValueError as err:
+        raise ModelFormatError(f"model: {err}") from None
+    threshold = float_array(data, "shift_threshold", "model")
+    if threshold.shape != (f,) or np.any(threshold <= 0):
+        raise ModelFormatError(f"model: 'shift_threshold' must be {f} positive values")
+    return {"baseline": baseline, "shift_threshold": threshold}
 
 
 def _optional_arrays(data: dict[str, Any], f: int) -> dict[str, Any]:

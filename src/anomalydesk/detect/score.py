@@ -15,13 +15,15 @@ value itself is out of line; otherwise what is: the recent average, or that it i
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from anomalydesk import config
-from anomalydesk.detect.features import KINDS
+from anomalydesk.detect.baseline import LevelShift
+from anomalydesk.detect.features import KINDS, from_model_space, to_model_space
 from anomalydesk.detect.incident_model import Severity, severity_of
 from anomalydesk.detect.model import Model
 from anomalydesk.fingerprint import FEATURES
@@ -40,20 +42,28 @@ class ScoreResult:
 
 
 def score_batch(model: Model, X: np.ndarray, timestamps: np.ndarray | None = None) -> np.ndarray:
-    """0–100 score of every row of a series (each with the rows before it as context)."""
+    """0–100 score of every row of a series (each with the rows before it as context); a format-2 model's
+    baseline walks on from the end of training over the rows (`Model.transform`)."""
     return model.scores(X, timestamps)
 
 
-def score(model: Model, rows: np.ndarray, timestamps: np.ndarray | None = None) -> ScoreResult:
-    """Score the last row of `rows` (earlier rows are its context); reasons when it is anomalous."""
+def score(model: Model, rows: np.ndarray, timestamps: np.ndarray | None = None,
+          level: np.ndarray | None = None) -> ScoreResult:
+    """Score the last row of `rows` (earlier rows are its context); reasons when it is anomalous.
+
+    `level`: (f,) the service's baseline now (format 2, adjusted space; the live detector keeps it,
+    detect/baseline.py); without, the baseline at the end of training."""
     X = model.check_rows(rows)
     X = X[-model.context_rows:]
     if timestamps is not None:
         timestamps = np.asarray(timestamps, dtype=np.float64).reshape(-1)[-X.shape[0]:]
-    Z = model.transform(X, timestamps)
+    levels = None
+    if model.baseline is not None:
+        levels = model.baseline.level() if level is None else np.asarray(level, dtype=np.float64)
+    Z = model.transform(X, timestamps, levels)
     value = float(model.scores_from(Z[-1:])[0])
     anomalous = value >= model.threshold
-    expected = model.expected_rows(X.shape[0], timestamps)
+    expected = model.expected_rows(X.shape[0], timestamps, levels)
     reasons = explain(model, X, Z, expected) if anomalous else []
     return ScoreResult(score=value, severity=severity_of(value), anomalous=anomalous, reasons=reasons)
 
@@ -86,6 +96,23 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
         reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text})
     return reasons
+
+
+def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> dict[str, Any]:
+    """A level shift in an operator's words: "new normal? p95 latency 120 ms → 180 ms since 14:05 UTC"
+    (levels in the feature's unit, at the overall hour of day when the model has a daily cycle).
+
+    The baseline follows values shrunk by their evidence (features.shrink); `weight` (the current
+    window's evidence weight of the feature) undoes that for the level shown."""
+    j = shift.feature
+    name = model.feature_names[j]
+    log_scale = bool(model.log_scale[j])
+    overall = float(to_model_space(model.expected[j:j + 1], model.log_scale[j:j + 1])[0])
+    unshrunk = (overall + (v - overall) / max(weight, 1e-3) for v in (shift.reference, shift.recent))
+    before, now = (float(from_model_space(np.array([v]), np.array([log_scale]))[0]) for v in unshrunk)
+    since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(shift.since))
+    return {"feature": name, "actual": now, "expected": before, "since": shift.since,
+            "text": f"new normal? {_label(name)} {_fmt(name, before)} → {_fmt(name, now)} since {since}"}
 
 
 def _label(name: str) -> str:

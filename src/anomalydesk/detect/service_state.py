@@ -45,11 +45,13 @@ def load_model(
     return registry.load(r, service, decode_model, version, keys=keys)
 
 
-def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint) -> Verdict:
-    """Score one fingerprint with the service's previous fingerprints as context."""
+def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
+                 level: np.ndarray | None = None) -> Verdict:
+    """Score one fingerprint with the service's previous fingerprints as context (and, format 2, the
+    service's baseline `level`, detect/drift.py)."""
     context = [h for h in history if not h.no_data][-(model.context_rows - 1):] if model.context_rows > 1 else []
     rows = [*context, fp]
-    result = score(model, matrix(rows), np.array([x.start for x in rows], dtype=np.float64))
+    result = score(model, matrix(rows), np.array([x.start for x in rows], dtype=np.float64), level)
     return Verdict(score=result.score, severity=result.severity, reasons=list(result.reasons),
                    anomalous=bool(result.anomalous))  # fmt: skip
 

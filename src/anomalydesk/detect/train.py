@@ -28,6 +28,7 @@ from sklearn.tree import ExtraTreeRegressor
 from sklearn.utils.random import sample_without_replacement
 
 from anomalydesk import config
+from anomalydesk.detect.baseline import Baseline, horizon_for
 from anomalydesk.detect.features import (
     KINDS,
     count_features,
@@ -75,6 +76,7 @@ class TrainParams:
     chunk_trees: int = config.TRAIN_CHUNK_TREES
     min_windows: int = config.MIN_TRAINING_WINDOWS
     evidence: bool = True  # weight per-request statistics by their requests (config.EVIDENCE_PSEUDO_REQUESTS)
+    drift: bool = True  # level inputs against a moving baseline (model format 2, detect/baseline.py)
     random_state: int = 0
     schema_version: int = SCHEMA_VERSION
     extra: dict[str, object] = field(default_factory=dict)  # recorded as given (e.g. service name)
@@ -130,17 +132,30 @@ def train(
     ignored = np.array([name in config.MODEL_IGNORED_FEATURES for name in params.feature_names])
     adjusted[:, ignored] = overall[ignored]
     derived = window_features(adjusted, params.context_rows, evidence_prior > 0 if weights is not None else None)
+    rate, spacing = _false_alarm_rate(params, timestamps)
+    f = X.shape[1]
+    baseline = None
+    if params.drift:
+        seed = Baseline.seeded(horizon_for(n, spacing), np.median(adjusted, axis=0),
+                               float(timestamps[0]) if timestamps is not None else 0.0)
+        levels, baseline, _ = seed.walk(adjusted, timestamps)
+        derived[:, :f] -= levels
+        derived[:, f:2 * f] -= levels
     resolution = np.tile(count_resolution(expected, counts), len(KINDS))
     center, scale = robust_center_scale(derived, resolution)
     Z = (derived - center) / scale
     extreme = _extremes(Z)
+    shift_threshold = None
+    if baseline is not None:
+        wander = np.abs(levels - baseline.reference).max(axis=0) / scale[:f]
+        shift_threshold = np.maximum.reduce([extreme[:f], config.LEVEL_SHIFT_WANDER_FACTOR * wander,
+                                             np.full(f, config.LEVEL_SHIFT_MIN_Z)])
 
     Z32 = np.ascontiguousarray(Z, dtype=np.float32)  # scikit-learn's trees split float32, and so we score
     trees, drawn = _grow(Z32, params, report, cancel)
     arrays = ForestArrays.from_trees(trees, n_features=Z.shape[1], max_samples=drawn[0].shape[0])
     oob_raw = _out_of_bag_scores(arrays, trees, drawn, Z32)
     deviation = deviation_of(Z, extreme, config.DEVIATION_EXTREME_POWER, resolution / scale)
-    rate, spacing = _false_alarm_rate(params, timestamps)
     # two verdicts sharing the false-alarm budget, so the union stays within it
     rate_dev = rate * config.DEVIATION_ALARM_SHARE
     threshold_raw = min(upper_quantile(oob_raw, rate - rate_dev), _RAW_CEILING)
@@ -177,6 +192,8 @@ def train(
         "note": note,
         "feature_median": dict(zip(params.feature_names, map(float, expected), strict=True)),
         "feature_iqr": dict(zip(params.feature_names, map(float, q75 - q25), strict=True)),
+        "format_version": 2 if baseline is not None else 1,
+        "baseline_windows": None if baseline is None else baseline.horizon,
     }
     model = Model(
         forest=arrays, feature_names=tuple(params.feature_names), context_rows=params.context_rows,
@@ -185,7 +202,7 @@ def train(
         deviation_score=dev_score, metadata=metadata, evidence_column=evidence_column,
         evidence_prior=evidence_prior if weights is not None else None, extreme=extreme,
         ignored=ignored if ignored.any() else None, extreme_power=config.DEVIATION_EXTREME_POWER,
-        logs=logs if logs.any() else None,
+        logs=logs if logs.any() else None, baseline=baseline, shift_threshold=shift_threshold,
     )
     report(1.0)
     return model

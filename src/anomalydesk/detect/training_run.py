@@ -266,6 +266,8 @@ def store_model(
             "stretched_windows": data.stretched,
         },
         "window_seconds": window_s,
+        "model_format": model.format_version,
+        "baseline_windows": None if model.baseline is None else model.baseline.horizon,
         "first_window": int(data.windows[0]) if len(data) else None,
         "last_window": int(data.windows[-1]) if len(data) else None,
     }

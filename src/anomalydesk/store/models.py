@@ -57,6 +57,11 @@ class ModelInfo:
         return self.schema != SCHEMA_VERSION
 
     @property
+    def model_format(self) -> int:
+        """The model's format (detect/model.py): 2 follows a moving baseline, 1 (and unrecorded) does not."""
+        return int(self.extra.get("model_format") or 1)
+
+    @property
     def window_seconds(self) -> int | None:
         """The window length it was trained at (None: a model from before that was recorded)."""
         value = self.extra.get("window_seconds")
