@@ -192,6 +192,22 @@ def test_latency_fault() -> None:
     assert 4.5 < ratio < 5.5
 
 
+def test_shift_fault_is_a_permanent_level_change_with_ground_truth() -> None:
+    spec = parse_inject("shift@30:payments")
+    assert spec.kind == "shift" and spec.length == float("inf")  # no +LEN: for good
+    assert parse_inject("shift@30+600:payments").length == 600.0
+    fault = Fault("shift", "payments", T0 + 600, float("inf"))
+    assert fault.truth() == {"kind": "shift", "service": "payments", "start": round(T0 + 600, 3), "end": None}
+    assert str(fault).startswith("shift on payments from ") and str(fault).endswith(" on")
+    clean = generate_all(Simulation(5, W), T0, T0 + 1800)
+    faulty = generate_all(Simulation(5, W), T0, T0 + 1800, [fault])
+    t, c = faulty[3], clean[3]
+    inside, before = fault.mask(t.timestamps), ~fault.mask(t.timestamps)
+    ratio = np.median(t.latency_ms[inside]) / np.median(c.latency_ms[fault.mask(c.timestamps)])
+    assert 1.4 < ratio < 1.6 and inside[-1]  # still on at the end of the run
+    assert np.array_equal(t.latency_ms[before], c.latency_ms[~fault.mask(c.timestamps)])
+
+
 @pytest.mark.parametrize(("kind", "factor"), [("drop", 0.2), ("spike", 5.0)])
 def test_volume_faults(kind: str, factor: float) -> None:
     clean, faulty, fault = _split(kind)

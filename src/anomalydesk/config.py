@@ -101,6 +101,7 @@ DEMO_INJECT_DEFAULT_SECONDS = 60
 DEMO_INJECT_DEFAULT_SERVICE = "payments"
 DEMO_TRUTH_MAXLEN = 10_000  # ground-truth stream entries kept (MAXLEN ~)
 DEMO_FAULT_LATENCY_FACTOR = 5.0  # latency: response times ×5
+DEMO_SHIFT_LATENCY_FACTOR = 1.5  # shift: response times ×1.5 from a simulated deploy on, permanently
 DEMO_FAULT_ERROR_RATE = 0.2  # errors: this share of otherwise successful requests answers 5xx
 DEMO_FAULT_DROP_FRACTION = 0.8  # drop: 80 % fewer requests
 DEMO_FAULT_SPIKE_FACTOR = 5.0  # spike: 5× requests

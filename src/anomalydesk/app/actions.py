@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from typing import Any
@@ -22,6 +23,7 @@ from anomalydesk.app.session import Session
 from anomalydesk.app.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
 from anomalydesk.app.state import table_state
 from anomalydesk.detect.incident_model import Silence
+from anomalydesk.ingest.demo_model import PERMANENT_KINDS
 
 log = logging.getLogger(__name__)
 OUTAGE_NOTE = "Redis unreachable, demo traffic waiting"
@@ -149,7 +151,8 @@ class Actions:
             raise backend.BackendError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
         if self.demo is None:
             raise backend.BackendError("start demo traffic first: faults are injected into it")
-        self.demo.inject(kind, seconds, service)
+        # a shift is a deploy that moved the service's level: it stays until the demo stops
+        self.demo.inject(kind, math.inf if kind in PERMANENT_KINDS else seconds, service)
         self.state.demo.update(faults=[str(f) for f in self.demo.faults])
 
     async def backfill(self, seconds: float, services: int) -> dict[str, Any]:

@@ -43,7 +43,7 @@ GC_INTERVAL_MS = 500  # the GUI thread runs the garbage collector this often (au
 DEMO_DEFAULT_RATE = 200
 DEMO_DEFAULT_SERVICES = 5
 BACKFILL_SECONDS = 86_400
-FAULT_KINDS = ("latency", "errors", "drop", "spike", "new-dependency", "business")
+FAULT_KINDS = ("latency", "errors", "drop", "spike", "new-dependency", "business", "shift")
 DEFAULT_LIVE_FEATURES = ("requests", "rate_5xx", "latency_p95_ms")
 
 

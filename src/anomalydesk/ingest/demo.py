@@ -34,6 +34,7 @@ import redis
 from anomalydesk import config
 from anomalydesk.events import BusinessMetric
 from anomalydesk.ingest.demo_model import (
+    PERMANENT_KINDS,
     Fault,
     InjectSpec,
     Simulation,
@@ -95,7 +96,7 @@ class TruthRecorder:
     def record(self, fault: Fault) -> None:
         """Record one fault in the stream and the file."""
         truth = fault.truth()
-        self.r.xadd(self.keys.demo_truth, {k: str(v) for k, v in truth.items()},
+        self.r.xadd(self.keys.demo_truth, {k: "" if v is None else str(v) for k, v in truth.items()},
                     maxlen=config.DEMO_TRUTH_MAXLEN, approximate=True)  # fmt: skip
         if self._file is not None:
             self._file.write(json.dumps(truth) + "\n")
@@ -415,9 +416,10 @@ class DemoTraffic:
 
     def inject(self, kind: str, seconds: float = config.DEMO_INJECT_DEFAULT_SECONDS,
                service: str = config.DEMO_INJECT_DEFAULT_SERVICE) -> Fault:
-        """Inject a fault now for `seconds`, recorded as ground truth; raises ValueError if impossible."""
+        """Inject a fault now for `seconds` (a `shift` may last for ever: math.inf), recorded as ground
+        truth; raises ValueError if impossible."""
         check_fault(kind, service, self.services)
-        if not (math.isfinite(seconds) and seconds > 0):
+        if not (seconds > 0 and (math.isfinite(seconds) or kind in PERMANENT_KINDS)):
             raise ValueError(f"a fault lasts more than 0 seconds, got {seconds}")
         if not self.running or self._truth is None:
             raise RuntimeError("demo traffic is not running: start it before injecting faults")

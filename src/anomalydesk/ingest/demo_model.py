@@ -31,7 +31,8 @@ from anomalydesk.ingest.demo_services import (
     raw_paths,
 )
 
-FAULT_KINDS: tuple[str, ...] = ("latency", "errors", "drop", "spike", "new-dependency", "business")
+FAULT_KINDS: tuple[str, ...] = ("latency", "errors", "drop", "spike", "new-dependency", "business", "shift")
+PERMANENT_KINDS = ("shift",)  # without +LEN these last for good: a deploy that moved the service's level
 LATENCY_LOAD_SLOPE = 0.3  # median latency ×(1 + 0.3·(load − 1))
 SERVER_ERROR_CODES = np.array([500, 502, 503, 504])
 SERVER_ERROR_WEIGHTS = np.array([0.55, 0.2, 0.15, 0.1])
@@ -76,7 +77,7 @@ def parse_seconds(text: str, what: str) -> float:
 
 
 def parse_inject(spec: str) -> InjectSpec:
-    """Parse KIND@START[+LEN][:SERVICE] (LEN defaults to 60 s, SERVICE to payments)."""
+    """Parse KIND@START[+LEN][:SERVICE] (LEN defaults to 60 s — a `shift` to for ever —, SERVICE to payments)."""
     example = "expected KIND@START[+LEN][:SERVICE], e.g. errors@30+20:payments"
     head, sep, service = spec.partition(":")
     if sep:
@@ -94,7 +95,8 @@ def parse_inject(spec: str) -> InjectSpec:
     start_text, plus, length_text = when.partition("+")
     try:
         offset = parse_seconds(start_text, "START")
-        length = parse_seconds(length_text, "LEN") if plus else float(config.DEMO_INJECT_DEFAULT_SECONDS)
+        length = (parse_seconds(length_text, "LEN") if plus else
+                  math.inf if kind in PERMANENT_KINDS else float(config.DEMO_INJECT_DEFAULT_SECONDS))
     except ValueError as err:
         raise ValueError(f"--inject {spec!r}: {err} ({example})") from None
     if length <= 0:
@@ -120,11 +122,13 @@ class Fault:
         return (timestamps >= self.start) & (timestamps < self.end)
 
     def truth(self) -> dict[str, object]:
-        """The ground-truth record: kind, service, start, end (epoch seconds)."""
-        return {"kind": self.kind, "service": self.service,
-                "start": round(self.start, 3), "end": round(self.end, 3)}  # fmt: skip
+        """The ground-truth record: kind, service, start, end (epoch seconds; None: it never ends)."""
+        return {"kind": self.kind, "service": self.service, "start": round(self.start, 3),
+                "end": round(self.end, 3) if math.isfinite(self.end) else None}  # fmt: skip
 
     def __str__(self) -> str:
+        if not math.isfinite(self.end):
+            return f"{self.kind} on {self.service} from {time.strftime('%H:%M:%S', time.localtime(self.start))} on"
         return f"{self.kind} on {self.service} until {time.strftime('%H:%M:%S', time.localtime(self.end))}"
 
     def new_endpoints(self) -> list[str]:
@@ -245,6 +249,8 @@ class Simulation:
         latency = model.median_ms[base] * scale * np.exp(model.sigma[base] * rng.standard_normal(n))
         for fault in (f for f in mine if f.kind == "latency"):
             latency = np.where(fault.mask(ts), latency * config.DEMO_FAULT_LATENCY_FACTOR, latency)
+        for fault in (f for f in mine if f.kind == "shift"):  # a deploy: every response a bit slower, for good
+            latency = np.where(fault.mask(ts), latency * config.DEMO_SHIFT_LATENCY_FACTOR, latency)
 
         traffic = Traffic(model.name, endpoints, idx.astype(np.int64), status.astype(np.int64), latency, ts)
         business = [f for f in mine if f.kind == "business"]
