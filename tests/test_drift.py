@@ -315,3 +315,87 @@ def test_a_restarted_detector_continues_the_stored_baseline(live: tuple) -> None
     moved = json.loads(r.hget(K.detector_states, "checkout"))["baseline"]
     restored = Baseline.from_dict(stored, model.n_features)
     assert Baseline.from_dict(moved, model.n_features).partial.shape[0] in (restored.partial.shape[0] + 1, 0)
+
+
+# --- robustness (issue 17, build 5) ---------------------------------------------------------------
+
+def _replay_incidents(model: Model, history: np.ndarray, X: np.ndarray) -> tuple[list, list]:
+    from anomalydesk.detect.episodes import track
+
+    context = model.context_rows - 1
+    n = history.shape[0]
+    stamps = 300.0 * np.arange(n - context, n + X.shape[0])
+    scores, shifts = replay(model, np.vstack([history[-context:], X]), stamps, context)
+    _, episodes = track(scores >= model.threshold)
+    return [(e.start, e.end) for e in episodes], shifts
+
+
+@pytest.fixture(scope="module")
+def quiet_5xx() -> tuple[np.ndarray, Model]:
+    X = _service(2000, seed=0)
+    X[:, FEATURE_INDEX["rate_5xx"]] = 0.0  # a service that never answered 5xx in training
+    return X, train(X, TrainParams(trees=60), timestamps=300.0 * np.arange(2000))
+
+
+def _clean(n: int, seed: int) -> np.ndarray:
+    X = _service(n, seed)
+    X[:, FEATURE_INDEX["rate_5xx"]] = 0.0
+    return X
+
+
+def test_a_feature_constant_in_training_flags_its_first_move(quiet_5xx: tuple) -> None:
+    history, model = quiet_5xx
+    X = _clean(300, seed=1)
+    X[100:110, FEATURE_INDEX["rate_5xx"]] = 0.05  # the first burst of errors it ever had
+    found, _ = _replay_incidents(model, history, X)
+    assert any(start <= 101 and end >= 109 for start, end in found), found
+
+
+def test_a_stuck_feature_is_reported_as_stuck(quiet_5xx: tuple) -> None:
+    history, model = quiet_5xx
+    assert model.movable is not None and model.movable[FEATURE_INDEX["latency_p95_ms"]]
+    assert not model.movable[FEATURE_INDEX["rate_5xx"]]  # always 0 in training: standing still is normal
+    X = _clean(300, seed=2)
+    X[100:, FEATURE_INDEX["latency_p95_ms"]] = 120.0  # a frozen gauge
+    found, _ = _replay_incidents(model, history, X)
+    assert found and found[-1][0] <= 100 + model.context_rows and found[-1][1] == 299
+    from anomalydesk.detect.score import score
+
+    result = score(model, np.vstack([history[-5:], X[:120]]))
+    assert result.anomalous and result.reasons[0]["text"].startswith("p95 latency stuck at 120 ms")
+    quiet, _ = _replay_incidents(model, history, _clean(300, seed=2))
+    assert all(end - start < 10 for start, end in quiet)  # the same traffic, not frozen: nothing long
+
+
+def test_missing_values_are_filled_counted_and_cost_little() -> None:
+    fit, test = (_no_stamps(s) for s in make("none"))
+    rng = np.random.default_rng(9)
+    holes_fit = np.where(rng.random(fit.X.shape) < 0.02, np.nan, fit.X)
+    holes_test = np.where(rng.random(test.X.shape) < 0.02, np.nan, test.X)
+    full = run_backtest(test, fit)
+    gappy = run_backtest(Series(test.path, test.feature_names, holes_test, None, test.labels),
+                         Series(fit.path, fit.feature_names, holes_fit, None, None))
+    assert gappy["rows"]["missing_values"] == int(np.isnan(holes_fit).sum() + np.isnan(holes_test).sum()) > 2000
+    assert gappy["events"]["recall"] == 1.0 and gappy["pointwise"]["f1"] >= full["pointwise"]["f1"] - 0.1
+
+
+def test_missing_cells_in_a_csv_are_read_as_missing(tmp_path) -> None:
+    from anomalydesk.detect.backtest import BacktestError, read_csv
+
+    path = tmp_path / "gappy.csv"
+    path.write_text("a,b,label\n1,2,0\n,3,0\nNaN,null,1\n4,x,0\n")
+    with pytest.raises(BacktestError, match="column 'b' is not numeric \\(row 5: 'x'\\)"):
+        read_csv(path)
+    path.write_text("a,b,label\n1,2,0\n,3,0\nNaN,null,1\n")
+    assert np.isnan(read_csv(path).X).sum() == 3
+
+
+def test_a_slow_ramp_is_reported_not_absorbed_silently_and_not_an_endless_incident(quiet_5xx: tuple) -> None:
+    history, model = quiet_5xx
+    X = _clean(1500, seed=3)
+    p95 = FEATURE_INDEX["latency_p95_ms"]
+    X[200:1200, p95] *= np.linspace(1.0, 1.6, 1000)  # +60 % over 83 hours of 5-minute windows
+    X[1200:, p95] *= 1.6
+    found, shifts = _replay_incidents(model, history, X)
+    assert shifts and {s["feature"] for s in shifts} == {"latency_p95_ms"}  # said, by the long-horizon check
+    assert all(end - start < 50 for start, end in found)  # no incident that never ends

@@ -54,10 +54,11 @@ def test_a_ratio_is_judged_by_the_requests_behind_it(model: Model) -> None:
     assert model.evidence_column == FEATURE_NAMES.index("requests")
     assert model.evidence_prior[COL["rate_5xx"]] == config.EVIDENCE_PSEUDO_REQUESTS["rate_5xx"]
     rows = _service(model.context_rows, seed=2)
-    rows[:, COL["requests"]] = 220
+    wiggle = np.arange(model.context_rows) % 3  # real counts move a little (constant ones are "stuck")
+    rows[:, COL["requests"]] = 220 + wiggle
     rows[:, COL["rate_5xx"]] = 0.0
     quiet, busy = rows.copy(), rows.copy()
-    quiet[:, COL["requests"]] = 45  # a quiet hour …
+    quiet[:, COL["requests"]] = 45 + wiggle  # a quiet hour …
     quiet[-1, COL["rate_5xx"]] = 1 / 45  # … and one error in 45 requests
     busy[-1, COL["rate_5xx"]] = 0.3  # a real error burst: 66 errors in 220 requests
     # the baseline follows the traffic's swing: a quiet hour is measured against a quiet level, as live

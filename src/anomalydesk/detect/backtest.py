@@ -86,9 +86,15 @@ def read_labels(path: str | Path) -> np.ndarray:
     return _labels(f"{path}", lines)
 
 
+MISSING = frozenset({"", "nan", "null", "na", "none"})  # a missing value (case-insensitive): filled, counted
+
+
 def _numeric(path: Path, name: str, values: list[str]) -> np.ndarray:
     out = np.empty(len(values))
     for i, value in enumerate(values):
+        if value.lower() in MISSING:
+            out[i] = np.nan
+            continue
         try:
             out[i] = float(value)
         except ValueError:
@@ -227,6 +233,7 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
     if test.labels is None:
         raise BacktestError(f"{test.path}: no labels (add a 'label' column or pass --labels FILE)")
     fit_part, scored = split(test, train_series)
+    fit_part, scored, missing = fill_missing(fit_part, scored)
     params = params or TrainParams(feature_names=test.feature_names)
     if fit_part.X.shape[0] < params.min_windows:
         raise BacktestError(f"only {fit_part.X.shape[0]} training rows; the product needs at least "
@@ -246,7 +253,7 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
     result["threshold"] = model.threshold
     result["rows"] = {"train": int(fit_part.X.shape[0]), "scored": int(scored.X.shape[0]),
                       "flagged": int(flagged.sum()), "incidents": len(episodes),
-                      "labelled_anomalous": int(scored.labels.sum())}
+                      "labelled_anomalous": int(scored.labels.sum()), "missing_values": missing}
     result["daily_cycle"] = bool(model.metadata["daily_cycle"])
     result["model_format"] = model.format_version
     result["level_shifts"] = shifts
@@ -255,6 +262,31 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
         result["peers"] = family(fit_part.X, scored.X, scored.labels, metrics)
         result["reference"] = result["peers"]["isolation_forest"]
     return result
+
+
+def fill_missing(fit: Series, scored: Series) -> tuple[Series, Series, int]:
+    """Missing values (NaN: an empty cell, `nan`, `null`, `NA`) filled as a live system would see them:
+    in training the column's training median, in the scored rows the last value seen before (from the
+    last training row on); (training, scored, how many were filled). A column with no value at
+    all in training is a BacktestError."""
+    holes = int(np.isnan(fit.X).sum() + np.isnan(scored.X).sum())
+    if not holes:
+        return fit, scored, 0
+    empty = np.all(np.isnan(fit.X), axis=0)
+    if empty.any():
+        raise BacktestError(f"{fit.path}: column {fit.feature_names[int(np.argmax(empty))]!r} has no value in "
+                            "the training rows")
+    median = np.nanmedian(fit.X, axis=0)
+    train_x = np.where(np.isnan(fit.X), median, fit.X)
+    test_x = scored.X.copy()
+    last = train_x[-1].copy()
+    for t in range(test_x.shape[0]):
+        row = test_x[t]
+        gone = np.isnan(row)
+        row[gone] = last[gone]
+        last = row.copy()
+    return (Series(fit.path, fit.feature_names, train_x, fit.timestamps, fit.labels),
+            Series(scored.path, scored.feature_names, test_x, scored.timestamps, scored.labels), holes)
 
 
 def replay(model: Model, X: np.ndarray, stamps: np.ndarray | None, context: int

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
+from anomalydesk import config
 from anomalydesk.detect.baseline import Baseline
 from anomalydesk.detect.features import (
     HOURS_PER_DAY,
@@ -74,6 +76,19 @@ class Model:
     logs: np.ndarray | None = None  # (f,) bool: non-count features also used as log(1 + x) (latencies)
     baseline: Baseline | None = None  # format 2: the baseline at the end of training (None: format 1)
     shift_threshold: np.ndarray | None = None  # (f,) a level shift beyond this many value-IQRs (baseline.py)
+    movable: np.ndarray | None = None  # (f,) bool, format 2: never constant over a whole context in training
+
+    def stuck(self, X: np.ndarray) -> np.ndarray:
+        """(n, f) bool: a `movable` feature exactly constant over the row's whole context (a stuck exporter,
+        a frozen gauge); all False without `movable` (format 1) or before a full context."""
+        X = np.asarray(X, dtype=np.float64)
+        out = np.zeros(X.shape, dtype=bool)
+        w = self.context_rows
+        if self.movable is None or w < 2 or X.shape[0] < w or not self.movable.any():
+            return out
+        windows = sliding_window_view(X, w, axis=0)  # (n - w + 1, f, w)
+        out[w - 1:] = (windows.max(axis=2) == windows.min(axis=2)) & self.movable
+        return out
 
     @property
     def format_version(self) -> int:
@@ -216,8 +231,10 @@ class Model:
 
     def scores(self, X: np.ndarray, timestamps: np.ndarray | None = None,
                levels: np.ndarray | None = None) -> np.ndarray:
-        """Calibrated 0–100 score of every row (each with the rows before it as context)."""
-        return self.scores_from(self.transform(X, timestamps, levels))
+        """Calibrated 0–100 score of every row (each with the rows before it as context); a row with a
+        stuck feature (`stuck`) scores at least `config.STUCK_SCORE`."""
+        scores = self.scores_from(self.transform(X, timestamps, levels))
+        return with_stuck(scores, self.stuck(self.check_rows(X)))
 
     # --- serialisation --------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -247,7 +264,8 @@ class Model:
             "logs": None if self.logs is None else [int(i) for i in self.logs],
             **({} if self.baseline is None else {
                 "baseline": self.baseline.to_dict(),
-                "shift_threshold": None if self.shift_threshold is None else self.shift_threshold.tolist()}),
+                "shift_threshold": None if self.shift_threshold is None else self.shift_threshold.tolist(),
+                "movable": None if self.movable is None else [int(m) for m in self.movable]}),
         }
 
     def to_json(self) -> bytes:
@@ -323,7 +341,18 @@ def _baseline(data: dict[str, Any], f: int, version: int) -> dict[str, Any]:
     threshold = float_array(data, "shift_threshold", "model")
     if threshold.shape != (f,) or np.any(threshold <= 0):
         raise ModelFormatError(f"model: 'shift_threshold' must be {f} positive values")
-    return {"baseline": baseline, "shift_threshold": threshold}
+    movable = None
+    if data.get("movable") is not None:
+        mask = int_array(data, "movable", "model")
+        if mask.shape != (f,) or not np.all((mask == 0) | (mask == 1)):
+            raise ModelFormatError(f"model: 'movable' must be {f} values of 0 or 1")
+        movable = mask.astype(bool)
+    return {"baseline": baseline, "shift_threshold": threshold, "movable": movable}
+
+
+def with_stuck(scores: np.ndarray, stuck: np.ndarray) -> np.ndarray:
+    """Scores raised to at least `config.STUCK_SCORE` where a row has a stuck feature."""
+    return np.where(stuck.any(axis=1), np.maximum(scores, config.STUCK_SCORE), scores)
 
 
 def _optional_arrays(data: dict[str, Any], f: int) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from anomalydesk import config
 from anomalydesk.detect.baseline import LevelShift
 from anomalydesk.detect.features import KINDS, from_model_space, to_model_space
 from anomalydesk.detect.incident_model import Severity, severity_of
-from anomalydesk.detect.model import Model
+from anomalydesk.detect.model import Model, with_stuck
 from anomalydesk.fingerprint import FEATURES
 
 _BY_NAME = {f.name: f for f in FEATURES}
@@ -61,10 +61,15 @@ def score(model: Model, rows: np.ndarray, timestamps: np.ndarray | None = None,
     if model.baseline is not None:
         levels = model.baseline.level() if level is None else np.asarray(level, dtype=np.float64)
     Z = model.transform(X, timestamps, levels)
-    value = float(model.scores_from(Z[-1:])[0])
+    stuck = model.stuck(X)[-1]
+    value = float(with_stuck(model.scores_from(Z[-1:]), stuck[None, :])[0])
     anomalous = value >= model.threshold
     expected = model.expected_rows(X.shape[0], timestamps, levels)
     reasons = explain(model, X, Z, expected) if anomalous else []
+    if stuck.any():
+        named = [_stuck_reason(model, j, float(X[-1, j]), X.shape[0]) for j in np.flatnonzero(stuck)]
+        reasons = [*named, *(r for r in reasons if r["feature"] not in {n["feature"] for n in named})]
+        reasons = reasons[:max(config.REASONS_MAX, len(named))]
     return ScoreResult(score=value, severity=severity_of(value), anomalous=anomalous, reasons=reasons)
 
 
@@ -113,6 +118,13 @@ def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> 
     since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(shift.since))
     return {"feature": name, "actual": now, "expected": before, "since": shift.since,
             "text": f"new normal? {_label(name)} {_fmt(name, before)} → {_fmt(name, now)} since {since}"}
+
+
+def _stuck_reason(model: Model, column: int, value: float, windows: int) -> dict[str, Any]:
+    name = model.feature_names[column]
+    return {"feature": name, "actual": value, "expected": None,
+            "text": f"{_label(name)} stuck at {_fmt(name, value)} for the last {windows} windows "
+                    "(it never stood still in training: a frozen exporter or gauge?)"}  # fmt: skip
 
 
 def _label(name: str) -> str:

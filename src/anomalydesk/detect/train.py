@@ -203,9 +203,18 @@ def train(
         evidence_prior=evidence_prior if weights is not None else None, extreme=extreme,
         ignored=ignored if ignored.any() else None, extreme_power=config.DEVIATION_EXTREME_POWER,
         logs=logs if logs.any() else None, baseline=baseline, shift_threshold=shift_threshold,
+        movable=_movable(X, params.context_rows, ignored) if baseline is not None else None,
     )
     report(1.0)
     return model
+
+
+def _movable(X: np.ndarray, context_rows: int, ignored: np.ndarray) -> np.ndarray:
+    """(f,) features never exactly constant over a whole context in training (and not rule-owned)."""
+    if context_rows < 2 or X.shape[0] < context_rows:
+        return np.zeros(X.shape[1], dtype=bool)
+    windows = np.lib.stride_tricks.sliding_window_view(X, context_rows, axis=0)
+    return ~np.any(windows.max(axis=2) == windows.min(axis=2), axis=0) & ~ignored
 
 
 def _check_matrix(X: np.ndarray, names: tuple[str, ...]) -> np.ndarray:
