@@ -160,6 +160,28 @@ def test_one_notification_per_incident_or_escalation_and_mutes():
     assert [x.incident_id for x in shown] == ["p:a1", "p:a1", "d:a1", "o:a1"]
 
 
+def test_a_level_shift_notifies_when_it_opens_and_at_each_re_notification():
+    now = [1000.0]
+    shown = []
+    n = Notifier(shown.append, clock=lambda: now[0])
+    state = IncidentsState()
+    shift = replace(Incident.open("payments", "level_shift", 1, 5.0), windows=1, score=70.0, severity=Severity.WARNING,
+                    reasons=({"feature": "latency_p95_ms", "text": "new normal? p95 latency 120 ms → 180 ms"},))
+
+    def feed(a: dict, incident: Incident = shift) -> object:
+        row, first = state.apply_alert(Alert.from_json(a), incident)
+        return n.on_alert(Alert.from_json(a), row, first)
+
+    opened = feed(alert(shift.id, kind="level_shift", window=1))
+    assert opened is not None and "new normal?" in opened.title
+    now[0] += 4 * 3600
+    assert feed(alert(shift.id, kind="level_shift", window=49)) is not None  # the 4-hour re-notification
+    now[0] += 4 * 3600
+    assert feed(alert(shift.id, kind="level_shift", window=97),
+                replace(shift, snoozed_until_epoch=now[0] + 60)) is None  # snoozed: not told
+    assert len(shown) == 2
+
+
 def test_a_burst_is_throttled_and_summarised_not_dropped():
     shown = []
     n = Notifier(shown.append, clock=lambda: 50.0)

@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 def _row(m: dict[str, Any]) -> str:
     created = datetime.fromtimestamp(m["created"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
     flags = ", ".join(x for x in ("active" if m["active"] else "", "STALE" if m["stale"] else "") if x)
-    return f"{m['service']:<20} v{m['version']:<4} {created}  {m['windows']:>7} windows  {flags}"
+    drift = "drift-aware" if int(m.get("model_format") or 1) >= 2 else "format 1"  # detect/model.py
+    return f"{m['service']:<20} v{m['version']:<4} {created}  {m['windows']:>7} windows  {drift:<11}  {flags}"
 
 
 def run(args: argparse.Namespace) -> int:

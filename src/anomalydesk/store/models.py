@@ -73,6 +73,7 @@ class ModelInfo:
             "service": self.service, "version": self.version, "created": self.created,
             "schema": self.schema, "windows": self.windows, "active": self.active, "stale": self.stale,
             "params": self.params, "quantiles": self.quantiles, "metrics": self.metrics, **self.extra,
+            "model_format": self.model_format,
         }  # fmt: skip
 
 
