@@ -245,9 +245,10 @@ def disagreements(source: str) -> list[str]:
 
 def main(argv: list[str]) -> int:
     """`--write`: regenerate the library's block; `--check`: print disagreements (exit 1 when any)."""
-    from anomalydesk.store.gears import library_path
+    from pathlib import Path
 
-    library = library_path()
+    # the source tree's library (a development tool: store.gears.library_path would import this module back)
+    library = Path(__file__).resolve().parents[2] / "gears" / "anomalydesk.lua"
     source = library.read_text(encoding="utf-8")
     if argv[:1] == ["--write"]:
         written = with_block(source)

@@ -38,7 +38,9 @@ def prefix() -> str:
 
 def resolve_url(url: str | None) -> str:
     """Explicit URL, else $ANOMALYDESK_REDIS_URL, else the embedded server (started on demand)."""
-    return connection.resolve_url(url or None)
+    from anomalydesk.store.locate import resolve_url as locate
+
+    return locate(url or None)
 
 
 def redact(url: str) -> str:

@@ -42,8 +42,9 @@ def client(args: argparse.Namespace) -> redis.Redis:
     from anomalydesk.cli import CommandError
     from anomalydesk.store.connection import ConnectionFailed, connect
     from anomalydesk.store.embedded import EmbeddedServerError
+    from anomalydesk.store.locate import resolve_url
 
     try:
-        return connect(getattr(args, "redis", None))
+        return connect(resolve_url(getattr(args, "redis", None)))
     except (ConnectionFailed, EmbeddedServerError) as err:
         raise CommandError(str(err)) from err

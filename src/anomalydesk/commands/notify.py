@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     async def main() -> None:
-        from anomalydesk.store.connection import resolve_url
+        from anomalydesk.store.locate import resolve_url
 
         ar = connect_async(resolve_url(getattr(args, "redis", None)))
         stop = asyncio.Event()

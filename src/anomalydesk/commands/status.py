@@ -39,7 +39,8 @@ def render(url: str, st: dict[str, Any]) -> str:
 def run(args: argparse.Namespace) -> int:
     """Print store.admin.status as text or JSON."""
     from anomalydesk.store import admin
-    from anomalydesk.store.connection import redact_url, resolve_url
+    from anomalydesk.store.connection import redact_url
+    from anomalydesk.store.locate import resolve_url
 
     r = client(args)
     try:

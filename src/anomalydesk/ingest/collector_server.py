@@ -23,8 +23,9 @@ from anomalydesk.config import SketchSettings, key_prefix
 from anomalydesk.ingest.collector import REDIS_DOWN, Collector, CollectorSettings, load_keys, tls_context
 from anomalydesk.ingest.microbatch import Event
 from anomalydesk.store import admin, gears
-from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url, resolve_url
+from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url
 from anomalydesk.store.keys import Keys
+from anomalydesk.store.locate import resolve_url
 from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp
 
 log = logging.getLogger(__name__)

@@ -376,8 +376,9 @@ class DemoTraffic:
             raise RuntimeError("demo traffic is already running")
         if self._r is None:
             from anomalydesk.store.connection import connect
+            from anomalydesk.store.locate import resolve_url
 
-            self._r = connect(self._url)
+            self._r = connect(resolve_url(self._url))
         self.window_s = prepare(self._r, self.keys)
         self._sim = Simulation(len(self.services), self.window_s)
         self._rng = np.random.default_rng(self.seed)

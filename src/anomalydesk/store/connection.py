@@ -2,7 +2,8 @@
 
 Every client gets its timeouts, health checks and retry policy from `config.py` on purpose (not
 redis-py's defaults) and returns bytes (`decode_responses=False`): callers decode what they read.
-With no URL anywhere, the embedded server is started on demand (`store.embedded`).
+With no URL given and none in the environment, `connect()` refuses (ConnectionFailed): starting the
+embedded server is the entry points' decision (`store.locate.resolve_url`), not this module's.
 
 Accepted forms:
     redis://[[user]:password@]host[:port][/db]
@@ -76,16 +77,20 @@ def redact_url(url: str) -> str:
     return parts._replace(netloc=f"{user}:***@{host}").geturl()
 
 
-def resolve_url(url: str | None) -> str:
-    """The URL to use: `url`, else `$ANOMALYDESK_REDIS_URL`, else the embedded server (started if needed)."""
+def configured_url(url: str | None) -> str | None:
+    """`url`, else `$ANOMALYDESK_REDIS_URL`, else None (see `store.locate.resolve_url` for the embedded server)."""
     if url:
         return url
-    from_env = os.environ.get(config.ENV_REDIS_URL, "").strip()
-    if from_env:
-        return from_env
-    from anomalydesk.store import embedded  # the embedded server imports this module
+    return os.environ.get(config.ENV_REDIS_URL, "").strip() or None
 
-    return embedded.ensure_running().url
+
+def resolve_url(url: str | None) -> str:
+    """`configured_url(url)`, or a ConnectionFailed saying where a URL comes from."""
+    found = configured_url(url)
+    if found is None:
+        raise ConnectionFailed("(none)", f"no Redis URL: pass one (--redis URL) or set {config.ENV_REDIS_URL}; "
+                               "the embedded server is started by the commands and the app, not by connect()")
+    return found
 
 
 def parse_url(url: str) -> dict[str, Any]:
@@ -272,7 +277,7 @@ def build_client(options: dict[str, Any], cluster: bool = False) -> redis.Redis:
 
 
 def connect(url: str | None = None, *, check: bool = True, **overrides: Any) -> redis.Redis:
-    """A client for `url` (see `resolve_url`), checked with PING unless `check=False`.
+    """A client for `url` (or `$ANOMALYDESK_REDIS_URL`), checked with PING unless `check=False`.
 
     A URL that does not say whether it is a cluster is asked (`INFO cluster`, on the connection the
     PING opened) and a cluster client is returned when the node runs in cluster mode.
@@ -338,8 +343,8 @@ def _says_cluster(client: redis.Redis) -> bool:
 def connect_async(url: str | None = None, **overrides: Any) -> redis.asyncio.Redis:
     """An asyncio client for `url` (not yet connected: errors surface on the first command).
 
-    Resolving the URL may start the embedded server, which blocks: call this before the event loop's
-    busy part, or with an explicit URL. Close the client with `await client.aclose()`.
+    `url` or `$ANOMALYDESK_REDIS_URL` (never the embedded server: resolve it first with
+    `store.locate.resolve_url`). Close the client with `await client.aclose()`.
     """
     url = resolve_url(url)
     kwargs = {**parse_url(url), **client_options(), "retry": async_retry_policy(), **overrides}
