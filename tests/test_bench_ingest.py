@@ -21,11 +21,19 @@ CASES = {
     "event_objects_per_s": "event_objects_ratio",
     "endpoints_5000_events_per_s": "endpoints_5000_ratio",
     "parsed_events_per_s": "parsed_ratio",
+    "endpoints_50000_events_per_s": "endpoints_50000_ratio",
+    "per_event_5000_events_per_s": "per_event_5000_ratio",
+    "per_event_5000_python_events_per_s": "per_event_5000_python_ratio",
 }
 PER_BACKEND = (*CASES, *CASES.values(), "raw_xadd_per_s", "used_memory_before", "used_memory_after",
-               "server_xadd_per_s")  # fmt: skip
+               "server_xadd_per_s", "xadd_redis_us_per_event", "xadd_redis_ceiling_per_s")  # fmt: skip
 SHARED = ("parse_events_per_s", "events", "endpoints_5000_events", "event_objects_events", "parsed_events",
-          "batch_events_per_service")  # fmt: skip
+          "endpoints_50000_events", "per_event_5000_events", "body_events", "batch_events_per_service")  # fmt: skip
+# the cases whose time is split into parts, and whether they parse JSON (the per-event ones) or take arrays
+SPLIT = {"events": False, "endpoints_5000": False, "endpoints_50000": False, "per_event_5000": True,
+         "per_event_5000_python": True}
+PARTS = ("total", "parse_validate", "buffer", "encode", "redis_commands", "round_trips", "other",
+         "redis_process_cpu")  # fmt: skip
 
 
 def _bench(*extra: str) -> dict:
@@ -47,10 +55,26 @@ def _assert_measured(report: dict, prefix: str) -> None:
     for rate, ratio in CASES.items():
         expected = report[prefix + rate] / raw
         assert abs(report[prefix + ratio] - expected) <= 0.01 * expected, prefix + ratio
+    per_xadd = report[prefix + "xadd_redis_us_per_event"]  # the server's own time per XADD (commandstats)
+    assert abs(report[prefix + "xadd_redis_ceiling_per_s"] - 1e6 / per_xadd) <= 0.01 * 1e6 / per_xadd
+    split = report[prefix + "split_us_per_event"]
+    assert set(split) == set(SPLIT)
+    for case, parses in SPLIT.items():
+        parts = split[case]
+        assert set(parts) == set(PARTS), case
+        # each part was measured: Redis's time from INFO commandstats and INFO cpu, encoding apart
+        for part in ("buffer", "encode", "redis_commands", "redis_process_cpu"):
+            assert parts[part] > 0, (prefix, case, part)
+        assert (parts["parse_validate"] > 0) is parses, (prefix, case)
+        # the total is the case's own rate, per event
+        rate = report[prefix + ("events_per_s" if case == "events" else f"{case}_events_per_s")]
+        assert abs(parts["total"] - 1e6 / rate) <= 0.02 * parts["total"], (prefix, case)
+        assert parts["redis_commands"] < parts["total"]
 
 
 def _assert_absent(report: dict, prefix: str, backend: str) -> None:
-    assert all(report[prefix + key] is None for key in PER_BACKEND), f"{backend} figures of a run without it"
+    assert all(report[prefix + key] is None for key in (*PER_BACKEND, "split_us_per_event")), \
+        f"{backend} figures of a run without it"
     reason = report[f"{backend}_unavailable"]
     assert isinstance(reason, str) and reason, f"{backend}_unavailable gives no reason"
 

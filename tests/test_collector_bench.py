@@ -15,13 +15,15 @@ def test_bench_collector_quick(redis_url: str) -> None:
     result = bench_collector.run(True, redis_url)
     assert {"events_per_s", "direct_events_per_s", "single_p99_ms"} <= set(result)
     assert result["events_per_s"] > 0 and result["direct_events_per_s"] > 0
+    assert result["endpoints_5000_events_per_s"] > 0 and result["direct_endpoints_5000_events_per_s"] > 0
     assert result["http_errors"] == 0
     assert result["stored_events_match"] is True  # every 202 batch is in events_total, nothing more
     assert result["single_requests"] == 3 * result["single_rate_target"]
     assert result["single_p99_ms"] >= result["single_p50_ms"] > 0
     assert result["single_max_ms"] >= result["single_p99_ms"]
     assert result["single_send_lag_p99_ms"] >= 0
-    for per in (result["cpu_us_per_event"], result["cpu_us_per_single_request"]):
+    for per in (result["cpu_us_per_event"], result["endpoints_5000_cpu_us_per_event"],
+                result["cpu_us_per_single_request"]):
         assert {"collector", "generator", "redis"} <= set(per)  # redis: the throwaway server runs here
         assert per["collector"] > 0
 

@@ -55,6 +55,9 @@ METRIC_NAME_MAX = contract.MAX_KPI_NAME
 BUSINESS_PSEUDO_SERVICE = "business"
 MAX_ABS_VALUE = 1e12  # business values and range bounds (a batch's sums stay exact and within the server's 1e18)
 MAX_LATENCY_MS = 1e9  # about 11.6 days
+# event timestamps further than this from the present are refused (a unit mistake: ms or µs, not s)
+TIMESTAMP_MIN = 946_684_800.0  # 2000-01-01
+TIMESTAMP_MAX = 4_102_444_800.0  # 2100-01-01
 
 # --- ingestion (client side) ------------------------------------------------------------------
 SINK_MAX_BATCH_EVENTS = 5_000  # events pre-aggregated into one FCALL

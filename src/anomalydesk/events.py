@@ -23,6 +23,8 @@ from anomalydesk.config import (
     MAX_LATENCY_MS,
     METRIC_NAME_MAX,
     SERVICE_NAME_MAX,
+    TIMESTAMP_MAX,
+    TIMESTAMP_MIN,
 )
 
 _SERVICE_RE = re.compile(rf"[A-Za-z0-9._-]{{1,{SERVICE_NAME_MAX}}}\Z")
@@ -34,9 +36,7 @@ _ID_SEGMENT_RE = re.compile(
 )
 _PATH_CHAR_RE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII, no spaces or controls
 
-# Timestamps further than this from the present are refused (a unit mistake: ms or µs, not s).
-_TS_MIN = 946_684_800.0  # 2000-01-01
-_TS_MAX = 4_102_444_800.0  # 2100-01-01
+_TS_MIN, _TS_MAX = TIMESTAMP_MIN, TIMESTAMP_MAX  # short names for the hot paths below
 
 
 class EventError(ValueError):
@@ -126,6 +126,15 @@ def parse_timestamp(value: Any, field: str = "timestamp") -> float:
 
 _KNOWN_SERVICES: set[str] = set()  # names already validated (bounded): the hot path skips the regex
 _KNOWN_SERVICES_MAX = 10_000
+
+
+def validate_service_cached(name: str) -> str:
+    """`validate_service` that remembers valid names (bounded), so the next check is a set lookup."""
+    if name not in _KNOWN_SERVICES:
+        validate_service(name)
+        if len(_KNOWN_SERVICES) < _KNOWN_SERVICES_MAX:
+            _KNOWN_SERVICES.add(name)
+    return name
 
 
 def parse_metric(obj: Any) -> Metric:

@@ -6,6 +6,9 @@
   running as a separate process on the same machine.
 - `direct_events_per_s`: the same events, already validated, written with `store.sink.ingest` in
   batches of 500 on the same server (no HTTP, no JSON parsing): the ceiling the collector sits under.
+- `endpoints_5000_events_per_s` / `direct_endpoints_5000_events_per_s`: the same two at the
+  cardinality operators have: 5,000 distinct endpoint names over 50 services (100 each, Zipf-ish;
+  `bench ingest`'s traffic), 64 different bodies of 500 events.
 - `single_p99_ms`: 99th percentile latency of single-event requests sent open-loop at 1,000
   requests/s (latency counted from each request's scheduled send time, so a stall is not hidden).
 
@@ -34,6 +37,7 @@ import psutil
 import redis
 
 from anomalydesk.bench.collector_load import build_request, closed_loop, open_loop
+from anomalydesk.bench.ingest import WIDE_ENDPOINTS, WIDE_SERVICES
 from anomalydesk.bench.server import throwaway
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import parse_batch
@@ -42,10 +46,22 @@ from anomalydesk.store.gears import ensure_library
 
 BATCH = 500
 BODIES = 16
+WIDE_BODIES = 64  # 32,000 events: the 5,000 endpoint names recur across bodies as in real traffic
 CONNECTIONS = 8
 SINGLE_RATE = 1_000
 SERVICES = ("gateway", "users", "orders", "payments", "inventory")
 ENDPOINTS = ("GET:/api/users/{}", "POST:/api/orders", "GET:/api/items/{}", "PUT:/api/cart/{}", "POST:/api/pay")
+
+
+def _wide_events(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
+    """n events at 5,000 endpoints over 50 services (Zipf-ish within a service, as `bench ingest`)."""
+    per_service = len(WIDE_ENDPOINTS[0])
+    return [{"service": WIDE_SERVICES[s], "endpoint": WIDE_ENDPOINTS[s][e], "status_code": int(c),
+             "response_time": round(float(ms), 3)}
+            for s, e, c, ms in zip(rng.integers(0, len(WIDE_SERVICES), n).tolist(),
+                                   (rng.zipf(1.5, n) % per_service).tolist(),
+                                   rng.choice([200, 201, 404, 500], size=n).tolist(),
+                                   rng.lognormal(3.0, 0.6, n).tolist(), strict=True)]
 
 
 def _events(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -133,6 +149,18 @@ def _direct(r: redis.Redis, batches: list[list], seconds: float) -> float:
     return sent / (time.perf_counter() - start)
 
 
+def _batches_over_http(base: str, bodies: list[bytes], r: redis.Redis, cpu: _Cpu,
+                       seconds: float) -> tuple[int, int, int, float, dict[str, float]]:
+    """Closed-loop batches: (202 answers, other answers, events stored, seconds, CPU seconds per process)."""
+    asyncio.run(closed_loop(base, bodies[:2], CONNECTIONS, 0.5))  # warm-up: caches, first FCALLs
+    before = _events_total(r)
+    cpu.mark()
+    started = time.perf_counter()
+    ok, errors = asyncio.run(closed_loop(base, bodies, CONNECTIONS, seconds))
+    elapsed = time.perf_counter() - started
+    return ok, errors, _events_total(r) - before, elapsed, cpu.spent()
+
+
 def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
     """Measure the collector; the `bench --json` keys `collector.{events_per_s, direct_events_per_s, single_p99_ms}`."""
     seconds = 3.0 if quick else 10.0
@@ -140,6 +168,8 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
     rng = np.random.default_rng(7)
     raw = [_events(BATCH, rng) for _ in range(BODIES)]
     batches = [parse_batch(batch)[0] for batch in raw]
+    wide_raw = [_wide_events(BATCH, rng) for _ in range(WIDE_BODIES)]
+    wide_batches = [parse_batch(batch)[0] for batch in wide_raw]
     with throwaway(redis_url) as url:
         r = redis.Redis.from_url(url)
         try:
@@ -149,19 +179,16 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
             with _collector_process(url) as (base, pid):
                 bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in raw]
                 singles = [build_request(base, "/metrics", orjson.dumps(event)) for event in _events(256, rng)]
+                wide_bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in wide_raw]
                 cpu = _Cpu(pid, _redis_pid(r))
-                asyncio.run(closed_loop(base, bodies[:2], CONNECTIONS, 0.5))  # warm-up: caches, first FCALLs
-                before = _events_total(r)
-                cpu.mark()
-                started = time.perf_counter()
-                ok, errors = asyncio.run(closed_loop(base, bodies, CONNECTIONS, seconds))
-                elapsed = time.perf_counter() - started
-                stored = _events_total(r) - before
-                cpu_batches = cpu.spent()
+                ok, errors, stored, elapsed, cpu_batches = _batches_over_http(base, bodies, r, cpu, seconds)
+                wide_ok, wide_errors, wide_stored, wide_elapsed, cpu_wide = _batches_over_http(
+                    base, wide_bodies, r, cpu, seconds)
                 cpu.mark()
                 single = asyncio.run(open_loop(base, singles, SINGLE_RATE, seconds))
                 cpu_singles = cpu.spent()
             direct = _direct(r, batches, seconds)
+            wide_direct = _direct(r, wide_batches, seconds)
         finally:
             r.close()
     latencies = single["latencies"]
@@ -170,6 +197,8 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
     return {
         "events_per_s": round(stored / elapsed),
         "direct_events_per_s": round(direct),
+        "endpoints_5000_events_per_s": round(wide_stored / wide_elapsed),
+        "direct_endpoints_5000_events_per_s": round(wide_direct),
         "single_p99_ms": round(float(np.percentile(lat_ms, 99)), 2),
         "single_p50_ms": round(float(np.percentile(lat_ms, 50)), 2),
         "single_max_ms": round(float(lat_ms.max()), 2),
@@ -180,12 +209,13 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
         "batch_events": BATCH,
         "connections": CONNECTIONS,
         "http_requests": ok,
-        "http_errors": errors + single["errors"],
-        "stored_events_match": stored == ok * BATCH,
+        "http_errors": errors + wide_errors + single["errors"],
+        "stored_events_match": stored == ok * BATCH and wide_stored == wide_ok * BATCH,
         # CPU each process spent (less sensitive to a busy machine than wall-clock rates)
         "collector_cpu_us_per_event": round(cpu_batches["collector"] / max(stored, 1) * 1e6, 2),
         "collector_cpu_us_per_single_request": round(cpu_singles["collector"] / max(len(latencies), 1) * 1e6, 1),
         "cpu_us_per_event": _per(cpu_batches, stored, 1e6),
+        "endpoints_5000_cpu_us_per_event": _per(cpu_wide, wide_stored, 1e6),
         "cpu_us_per_single_request": _per(cpu_singles, len(latencies), 1e6),
         "seconds": seconds,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

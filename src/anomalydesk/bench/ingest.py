@@ -1,4 +1,4 @@
-"""Ingest throughput on both sketch backends, four producer paths, beside the naive design in the same run.
+"""Ingest throughput on both sketch backends, several paths and cardinalities, beside the naive design (same run).
 
 Every case runs on a "functions" server (the library's own Lua sketches, any Redis 7) and on a "native"
 one (the same redis-server with RedisBloom loaded: CMS/BF/TOPK), each a throwaway of its own; the native
@@ -20,12 +20,26 @@ The cases (settings: `SketchSettings()`; raw-event stream off):
   them, built before the timer; inside it each is `events.parse_metric(d)` then `IngestSink.add`.
   `parse_events_per_s` is `parse_metric` alone over the same dicts (client only, measured once), so
   the split between parsing and the rest is visible.
+- `endpoints_50000_events_per_s` — the same path with 50,000 distinct endpoint names on one service,
+  drawn uniformly (the hardest case for the per-key work: nearly every event of a 10,000-event FCALL
+  names an endpoint of its own).
+- `per_event_5000_events_per_s` — the per-event path at 5,000 endpoints over 50 services: JSON bodies
+  of 500 events as the collector receives them (bytes, built before the timer), each decoded and
+  validated by `wire.decode_metrics` (msgspec, compiled), then every event through `IngestSink.add`,
+  a flush every 10,000 events per service. `per_event_5000_python_events_per_s` is the previous
+  Python path on the same bytes in the same run: `orjson.loads`, then `parse_metric` and `add` per event.
+
+`split_us_per_event` says, per case, where the time went (bench/ingest_split.py): `parse_validate`,
+`buffer` (`add`/`add_arrays`), `encode`, `redis_commands` (INFO commandstats: the server's time inside
+FCALL), `round_trips` (the rest of the flushes), `other`, and `redis_process_cpu` (INFO cpu).
 
 The naive design is what the public demo did: one XADD per event, pipelined 1,000 at a time, with the
 same client library on the same server (`raw_xadd_per_s`); each case's `*_ratio` is against it. For
 context, `server_xadd_per_s` is the same XADD from redis-benchmark's C client (pipelined 1,000): the
-server's own ceiling for the naive design, whatever the client language. Memory is Redis `used_memory`
-before and after the full columnar case (after sealing).
+server's own ceiling for the naive design, whatever the client language; `xadd_redis_us_per_event`
+is the server's time inside one XADD during the naive run (INFO commandstats) and
+`xadd_redis_ceiling_per_s` its inverse: what one Redis core could take of the naive design. Memory is
+Redis `used_memory` before and after the full columnar case (after sealing).
 """
 
 from __future__ import annotations
@@ -33,7 +47,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +54,14 @@ import numpy as np
 import orjson
 import redis
 
+from anomalydesk.bench import ingest_split
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import Metric, parse_metric
 from anomalydesk.store import capabilities
 from anomalydesk.store.admin import setup
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import IngestSink, seal_all
+from anomalydesk.wire import decode_metrics
 
 SERVICES = ("gateway", "users", "orders", "payments", "inventory")
 ENDPOINTS = tuple(f"{m}:/api/v1/{r}" for r in ("users", "orders", "items", "cart", "pay") for m in ("GET", "POST"))
@@ -54,7 +69,11 @@ ENDPOINTS = tuple(f"{m}:/api/v1/{r}" for r in ("users", "orders", "items", "cart
 WIDE_SERVICES = tuple(f"svc{i:02d}" for i in range(50))
 WIDE_ENDPOINTS = tuple(tuple(f"{m}:/api/v1/{svc}/res{j}" for j in range(50) for m in ("GET", "POST"))
                        for svc in WIDE_SERVICES)
+# the 50,000-endpoint case: one service
+HUGE_SERVICE = "svc-huge"
+HUGE_ENDPOINTS = tuple(f"GET:/api/v1/huge/res{j}" for j in range(50_000))
 BATCH_PER_SERVICE = 10_000  # events per service in one FCALL
+BODY_EVENTS = 500  # events per JSON body of the per-event cases (the collector benchmark's batch)
 NAIVE_PIPELINE = 1_000
 NATIVE = "native_"  # key prefix of the native backend's figures; the functions backend's have none
 
@@ -68,39 +87,46 @@ class Sizes:
     objects: int
     parsed: int
     naive: int
+    huge: int  # the 50,000-endpoint case
+    per_event: int  # the per-event cases at 5,000 endpoints (a multiple of BODY_EVENTS)
 
 
-QUICK = Sizes(full=500_000, wide=500_000, objects=200_000, parsed=100_000, naive=200_000)
-FULL = Sizes(full=5_000_000, wide=5_000_000, objects=1_000_000, parsed=1_000_000, naive=1_000_000)
+QUICK = Sizes(full=500_000, wide=500_000, objects=200_000, parsed=100_000, naive=200_000, huge=50_000,
+              per_event=200_000)
+FULL = Sizes(full=5_000_000, wide=5_000_000, objects=1_000_000, parsed=1_000_000, naive=1_000_000, huge=300_000,
+             per_event=1_000_000)
 
 
-def _columns(n: int, seed: int = 1, services: int = len(SERVICES),
-             endpoints: int = len(ENDPOINTS)) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Service index, endpoint index (within the service's names, Zipf-ish), status and latency per event."""
+def _columns(n: int, seed: int = 1, services: int = len(SERVICES), endpoints: int = len(ENDPOINTS),
+             uniform: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Service index, endpoint index (within the service's names, Zipf-ish or uniform), status and latency."""
     rng = np.random.default_rng(seed)
     service = rng.integers(0, services, n)
-    endpoint = rng.zipf(1.5, n) % endpoints
+    endpoint = rng.integers(0, endpoints, n) if uniform else rng.zipf(1.5, n) % endpoints
     status = rng.choice([200, 201, 404, 500, 503], size=n, p=[0.9, 0.05, 0.03, 0.01, 0.01])
     latency = rng.lognormal(3.0, 0.6, n)
     return service, endpoint, status, latency
 
 
-def _columnar_path(r: redis.Redis, cols: tuple[np.ndarray, ...], keys: Keys, services: Sequence[str],
-                   endpoints: Sequence[Sequence[str]]) -> float:
-    """Events/s through `add_arrays`, BATCH_PER_SERVICE events per service and FCALL."""
-    service, endpoint, status, latency = cols
-    n = len(service)
-    chunk = BATCH_PER_SERVICE * len(services)
-    sink = IngestSink(r, max_batch=chunk, max_buffered=chunk, keys=keys)
-    start = time.perf_counter()
-    for lo in range(0, n, chunk):
-        sl = slice(lo, lo + chunk)
-        svc, ep, st, lat = service[sl], endpoint[sl], status[sl], latency[sl]
-        for i, name in enumerate(services):
-            mask = svc == i
-            sink.add_arrays(name, endpoints[i], ep[mask], st[mask], lat[mask])
-    sink.close()
-    return n / (time.perf_counter() - start)
+def _wide_bodies(n: int, seed: int) -> list[bytes]:
+    """n events at 5,000 endpoints over 50 services as JSON bodies of BODY_EVENTS, as a client sends them."""
+    service, endpoint, status, latency = _columns(n, seed=seed, services=len(WIDE_SERVICES),
+                                                  endpoints=len(WIDE_ENDPOINTS[0]))
+    events = [{"service": WIDE_SERVICES[s], "endpoint": WIDE_ENDPOINTS[s][e], "status_code": c, "response_time": ms}
+              for s, e, c, ms in zip(service.tolist(), endpoint.tolist(), status.tolist(), latency.tolist(),
+                                     strict=True)]
+    return [orjson.dumps(events[lo:lo + BODY_EVENTS]) for lo in range(0, n, BODY_EVENTS)]
+
+
+def _decode_compiled(body: bytes) -> list[Metric]:
+    events = decode_metrics(body)
+    if events is None:  # every body here is valid: None would mean the benchmark measures the wrong path
+        raise RuntimeError("bench ingest: a generated body left the compiled path")
+    return events
+
+
+def _decode_python(body: bytes) -> list[Metric]:
+    return [parse_metric(obj) for obj in orjson.loads(body)]
 
 
 def _object_path(r: redis.Redis, n: int, keys: Keys) -> float:
@@ -186,18 +212,29 @@ def _measure(url: str, sizes: Sizes, given: bool) -> dict[str, Any]:
     """Every case on the server at `url`, keys without a backend prefix; `given`: remove what we wrote."""
     r = redis.Redis.from_url(url)
     keys = Keys(f"adbench{int(time.time())}:")
+    timings: dict[str, ingest_split.Timing] = {}
     try:
         setup(r, SketchSettings(), keys=keys)
         r.memory_purge() if hasattr(r, "memory_purge") else None
         used_before = int(r.info("memory")["used_memory"])
-        events_per_s = _columnar_path(r, _columns(sizes.full), keys, SERVICES, (ENDPOINTS,) * len(SERVICES))
+        timings["events"] = ingest_split.columnar(r, keys, _columns(sizes.full), SERVICES,
+                                                  (ENDPOINTS,) * len(SERVICES), BATCH_PER_SERVICE)
         seal_all(r, keys=keys)
         used_after = int(r.info("memory")["used_memory"])
         objects_per_s = _object_path(r, sizes.objects, keys)
         wide_cols = _columns(sizes.wide, seed=5, services=len(WIDE_SERVICES), endpoints=len(WIDE_ENDPOINTS[0]))
-        wide_per_s = _columnar_path(r, wide_cols, keys, WIDE_SERVICES, WIDE_ENDPOINTS)
+        timings["endpoints_5000"] = ingest_split.columnar(r, keys, wide_cols, WIDE_SERVICES, WIDE_ENDPOINTS,
+                                                          BATCH_PER_SERVICE)
+        huge_cols = _columns(sizes.huge, seed=6, services=1, endpoints=len(HUGE_ENDPOINTS), uniform=True)
+        timings["endpoints_50000"] = ingest_split.columnar(r, keys, huge_cols, (HUGE_SERVICE,), (HUGE_ENDPOINTS,),
+                                                           BATCH_PER_SERVICE)
+        bodies = _wide_bodies(sizes.per_event, seed=7)
+        per_flush = BATCH_PER_SERVICE * len(WIDE_SERVICES)
+        timings["per_event_5000"] = ingest_split.per_event(r, keys, bodies, _decode_compiled, per_flush)
+        timings["per_event_5000_python"] = ingest_split.per_event(r, keys, bodies, _decode_python, per_flush)
         parsed_per_s = _parsed_path(r, sizes.parsed, keys)
-        naive = _naive_xadd(r, _columns(sizes.naive, seed=3), f"{keys.prefix}naive")
+        naive, xadd_us = ingest_split.xadd_server_us(
+            r, lambda: _naive_xadd(r, _columns(sizes.naive, seed=3), f"{keys.prefix}naive"))
         server_xadd = _server_xadd_ceiling(url, sizes.naive, f"{keys.prefix}naive-c")
         r.delete(f"{keys.prefix}naive-c")
     finally:
@@ -205,21 +242,36 @@ def _measure(url: str, sizes: Sizes, given: bool) -> dict[str, Any]:
             for key in r.scan_iter(match=f"{keys.prefix}*", count=1000):
                 r.delete(key)
         r.close()
-    return {
+    events_per_s = timings["events"].rate()
+    report: dict[str, Any] = {
         "events_per_s": round(events_per_s),
         "raw_xadd_per_s": round(naive),
-        "ratio": round(events_per_s / naive, 2),
+        "ratio": _ratio(events_per_s, naive),
         "used_memory_before": used_before,
         "used_memory_after": used_after,
         "event_objects_per_s": round(objects_per_s),
-        "event_objects_ratio": round(objects_per_s / naive, 2),
-        "endpoints_5000_events_per_s": round(wide_per_s),
-        "endpoints_5000_ratio": round(wide_per_s / naive, 2),
+        "event_objects_ratio": _ratio(objects_per_s, naive),
         "parsed_events_per_s": round(parsed_per_s),
-        "parsed_ratio": round(parsed_per_s / naive, 2),
-        # context: the same XADDs from redis-benchmark's C client (None when it is not installed)
-        "server_xadd_per_s": None if server_xadd is None else round(server_xadd),
+        "parsed_ratio": _ratio(parsed_per_s, naive),
     }
+    for case in ("endpoints_5000", "endpoints_50000", "per_event_5000", "per_event_5000_python"):
+        rate = timings[case].rate()
+        report[f"{case}_events_per_s"] = round(rate)
+        report[f"{case}_ratio"] = _ratio(rate, naive)
+    return {
+        **report,
+        # the naive design's ceilings in the same run: the C client's XADD (None when redis-benchmark is not
+        # installed) and what the server's own time per XADD allows on one core
+        "server_xadd_per_s": None if server_xadd is None else round(server_xadd),
+        "xadd_redis_us_per_event": round(xadd_us, 3),
+        "xadd_redis_ceiling_per_s": round(1e6 / xadd_us) if xadd_us > 0 else None,
+        "split_us_per_event": {case: timing.split_us() for case, timing in timings.items()},
+    }
+
+
+def _ratio(rate: float, ceiling: float) -> float:
+    """rate / ceiling to 3 significant figures (a ratio well below 1 keeps its precision)."""
+    return float(f"{rate / ceiling:.3g}")
 
 
 def _backend_of(url: str) -> str:
@@ -271,5 +323,8 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
         "endpoints_5000_events": sizes.wide,
         "event_objects_events": sizes.objects,
         "parsed_events": sizes.parsed,
+        "endpoints_50000_events": sizes.huge,
+        "per_event_5000_events": sizes.per_event,
+        "body_events": BODY_EVENTS,
         "batch_events_per_service": BATCH_PER_SERVICE,
     }

@@ -38,6 +38,7 @@ from anomalydesk.ingest.microbatch import DeadlinePassed, Event, IngestFn, Micro
 from anomalydesk.ingest.openapi import openapi_document
 from anomalydesk.ingest.otlp import OtlpReceiver
 from anomalydesk.store.sink import ConfigChanged
+from anomalydesk.wire import decode_metrics
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +331,10 @@ class Collector:
                          idempotency: str | None, deadline: float) -> web.Response:
         try:
             body = await request.read()
-            items = body_items(decode_body(body))
+            # the common body (plain metric events, all valid) is decoded and checked in compiled code;
+            # anything else takes the per-item path, which names each rejected item
+            typed = None if business_only else decode_metrics(body)
+            items: list[Any] = body_items(decode_body(body)) if typed is None else typed
         except web.HTTPRequestEntityTooLarge:
             return _refused(413, "body", f"is larger than the limit of {self.settings.max_body_bytes} bytes")
         except BadBody as err:
@@ -338,7 +342,7 @@ class Collector:
         if len(items) > self.settings.max_batch_events:
             return _refused(413, "body", f"has {len(items)} events; the limit is "
                                          f"{self.settings.max_batch_events} per request")
-        valid, rejected = validate_items(items, business_only)
+        valid, rejected = validate_items(items, business_only) if typed is None else (typed, [])
         if not valid:
             if not rejected:  # an empty batch: nothing to do, nothing wrong
                 return _answer(202, {"accepted": 0, "rejected": []})

@@ -49,10 +49,15 @@ class Columns:
     count: int = 0
 
     def add_metric(self, m: Metric) -> None:
-        self.ep_list.append(self.vocab.setdefault(m.endpoint, len(self.vocab)))
-        self.status_list.append(m.status)
-        self.latency_list.append(m.latency_ms)
-        self.ts_list.append(math.nan if m.timestamp is None else m.timestamp)
+        _, endpoint, status, latency, ts = m  # unpacking is cheaper than five attribute reads
+        vocab = self.vocab
+        index = vocab.get(endpoint)
+        if index is None:
+            index = vocab[endpoint] = len(vocab)
+        self.ep_list.append(index)
+        self.status_list.append(status)
+        self.latency_list.append(latency)
+        self.ts_list.append(math.nan if ts is None else ts)
         self.count += 1
 
     def add_arrays(self, endpoints: Sequence[str], idx: np.ndarray, status: np.ndarray,

@@ -439,9 +439,14 @@ class IngestSink:
         return cols
 
     def add(self, event: Event) -> None:
+        """Buffer one validated event (flushes when `max_batch` are buffered); BufferFull when the buffer is."""
+        # the per-event path of every producer: `_reserve` and `_cols` inlined
         with self._lock:
-            self._reserve(1)
-            cols = self._cols(event.service)
+            if self._buffered + self._pending_events >= self.max_buffered:
+                self._reserve(1)
+            cols = self._columns.get(event.service)
+            if cols is None:
+                cols = self._columns[event.service] = Columns()
             if type(event) is BusinessMetric:
                 cols.kpis.append((event.name, event.value, event.low, event.high, event.timestamp))
             else:
