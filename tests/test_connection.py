@@ -173,8 +173,7 @@ def test_no_import_cycle_in_the_package() -> None:
     done: set[str] = set()
     for module in sorted(graph):
         visit(module, [], done)
-    # collector ⇄ otlp: broken with the shared authorizer (issue 20, step 5), not yet
-    assert [c for c in cycles if "anomalydesk.ingest.otlp" not in c] == [], cycles
+    assert cycles == []
 
 
 # --- real servers ---------------------------------------------------------------------------------

@@ -79,17 +79,17 @@ def test_retry_after_a_lost_reply_is_not_double_counted(redis_url: str, r: redis
     """The collector wrote the batch but the client saw a 503: the retry carries the same key."""
     calls: list[str] = []
 
-    def make() -> tuple[Collector, StoreBinding]:
-        binding = StoreBinding(redis_url)
-
-        async def ingest_then_lose_reply(events: list, batch_id: str) -> Any:
-            result = await binding.ingest(events, batch_id)
+    class LosesTheFirstReply(StoreBinding):
+        async def ingest(self, events: list, batch_id: str | None) -> Any:
+            result = await super().ingest(events, batch_id)
             calls.append(batch_id)
             if len(calls) == 1:
                 raise redis.ConnectionError("connection lost after the write (simulated)")
             return result
 
-        return Collector(ingest_then_lose_reply, CollectorSettings(port=0)), binding
+    def make() -> tuple[Collector, StoreBinding]:
+        binding = LosesTheFirstReply(redis_url)
+        return Collector(binding, CollectorSettings(port=0)), binding
 
     with BackgroundCollector(CollectorSettings(port=0), make=make) as running:
         client = AnomalyClient(running.url, service="retry", backoff=0.01, backoff_max=0.05)

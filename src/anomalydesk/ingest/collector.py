@@ -18,31 +18,30 @@ import asyncio
 import ipaddress
 import json
 import logging
-import math
 import re
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-import redis.exceptions
 from aiohttp import web
 
 from anomalydesk import config
 from anomalydesk.events import EventError, parse_batch, parse_business_metric
+from anomalydesk.ingest.access import Authorizer, json_answer, json_error
 from anomalydesk.ingest.collector_metrics import PROMETHEUS_CONTENT_TYPE, CollectorMetrics
-from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter, presented_key
-from anomalydesk.ingest.microbatch import DeadlinePassed, Event, IngestFn, MicroBatcher
+from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter
+from anomalydesk.ingest.microbatch import DeadlinePassed, Event, MicroBatcher
 from anomalydesk.ingest.openapi import openapi_document
 from anomalydesk.ingest.otlp import OtlpReceiver
+from anomalydesk.ingest.store_port import REDIS_DOWN, StorePort
 from anomalydesk.store.sink import ConfigChanged
 from anomalydesk.wire import decode_metrics
 
 log = logging.getLogger(__name__)
 
-REDIS_DOWN = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, ConnectionError, TimeoutError)
 _IDEMPOTENCY_RE = re.compile(rf"[\x21-\x7e]{{1,{config.COLLECTOR_IDEMPOTENCY_KEY_MAX}}}\Z")
 
 METRIC_PATHS = ("/metrics", "/api/metrics", "/api/batch")
@@ -122,13 +121,8 @@ def tls_context(settings: CollectorSettings) -> ssl.SSLContext | None:
     return context
 
 
-def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json",
-                        headers=headers)
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    return _answer(status, {"error": message}, headers)
+_answer = json_answer
+_error = json_error
 
 
 def _unavailable(message: str, stored: str) -> web.Response:
@@ -200,21 +194,16 @@ def validate_items(items: list[Any], business_only: bool) -> tuple[list[Event], 
 
 
 class Collector:
-    """The aiohttp application around one ingest function (normally `store.sink.ingest_async`)."""
+    """The aiohttp application over one store port (normally `collector_server.StoreBinding`)."""
 
-    def __init__(
-        self, ingest: IngestFn, settings: CollectorSettings, keys: ApiKeys | None = None, *,
-        health: Callable[[], Awaitable[dict[str, Any]]] | None = None,
-        on_rejected: Callable[[int], Coroutine[Any, Any, None]] | None = None,
-    ):
+    def __init__(self, store: StorePort, settings: CollectorSettings, keys: ApiKeys | None = None):
         self.settings = settings
         self.keys = keys if keys is not None else load_keys(settings)
         self.metrics = CollectorMetrics()
         self.limiter = RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0))
+        self.authorizer = Authorizer(self.keys, self.limiter, self.metrics)
+        self.store = store
         self.batcher: MicroBatcher | None = None
-        self._ingest = ingest
-        self._health = health
-        self._on_rejected = on_rejected
         self._started = time.monotonic()
         self._reload_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -235,18 +224,21 @@ class Collector:
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/prometheus", self._get_prometheus)
         app.router.add_get("/openapi.json", self._get_openapi)
-        app.router.add_post(config.OTLP_PATH, OtlpReceiver(self).handle)  # OTLP/HTTP metrics (ingest/otlp.py)
+        otlp = OtlpReceiver(self.store, self.authorizer, self.metrics, max_body_bytes=self.settings.max_body_bytes,
+                            deadline_seconds=self.settings.deadline_seconds)
+        app.router.add_post(config.OTLP_PATH, otlp.handle)  # OTLP/HTTP metrics (ingest/otlp.py)
         app.on_startup.append(self._on_startup)
         app.on_shutdown.append(self._on_shutdown)
         return app
 
     async def _on_startup(self, _app: web.Application) -> None:
         self.batcher = MicroBatcher(
-            self._ingest, self.metrics, max_events=self.settings.microbatch_events,
+            self.store.ingest, self.metrics, max_events=self.settings.microbatch_events,
             max_delay=self.settings.microbatch_seconds, max_inflight=config.COLLECTOR_MAX_INFLIGHT_INGESTS,
         )
         if self.keys.keys_file is not None:
-            self._reload_task = asyncio.get_running_loop().create_task(self._watch_keys())
+            self._reload_task = asyncio.get_running_loop().create_task(
+                self.authorizer.watch_keys(self.settings.keys_reload_seconds))
 
     async def _on_shutdown(self, _app: web.Application) -> None:
         if self._reload_task is not None:
@@ -255,11 +247,6 @@ class Collector:
             await self.batcher.drain()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
-
-    async def _watch_keys(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.keys_reload_seconds)
-            self.keys.reload_if_changed()
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Callable[..., Awaitable[Any]]) -> web.StreamResponse:
@@ -283,25 +270,8 @@ class Collector:
     async def _post_business(self, request: web.Request) -> web.Response:
         return await self._post(request, business_only=True)
 
-    def _authorize(self, request: web.Request) -> tuple[str | None, web.Response | None]:
-        """(rate-limit bucket, refusal or None)."""
-        key_id = None
-        if self.keys.required:
-            key_id = self.keys.identify(presented_key(request.headers))
-            if key_id is None:
-                self.metrics.auth_failures += 1
-                return None, _error(401, "missing or unknown API key (Authorization: Bearer KEY or X-API-Key)",
-                                    {"WWW-Authenticate": 'Bearer realm="anomalydesk"'})
-        if not self.limiter.enabled:
-            return key_id, None
-        wait = self.limiter.acquire(key_id or f"addr:{request.remote}")
-        if wait > 0:
-            self.metrics.rate_limited += 1
-            return key_id, _error(429, "rate limit exceeded for this key", {"Retry-After": str(math.ceil(wait))})
-        return key_id, None
-
     async def _post(self, request: web.Request, business_only: bool) -> web.Response:
-        key_id, refusal = self._authorize(request)
+        key_id, refusal = self.authorizer.admit(request)
         if refusal is not None:
             return refusal
         idempotency = request.headers.get("Idempotency-Key")
@@ -393,10 +363,9 @@ class Collector:
     def _count_rejected(self, n: int) -> None:
         """Count invalid events here and (in the background, never delaying the answer) in the store."""
         self.metrics.events_rejected += n
-        if self._on_rejected is not None:
-            task = asyncio.get_running_loop().create_task(self._on_rejected(n))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        task = asyncio.get_running_loop().create_task(self.store.count_rejected(n))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # --- GET -------------------------------------------------------------------------------------
     async def _get_health(self, _request: web.Request) -> web.Response:
@@ -407,22 +376,21 @@ class Collector:
             "backlog": {"pending_events": batcher.pending_events if batcher else 0,
                         "inflight_ingests": batcher.inflight if batcher else 0},
         }
-        if self._health is not None:
-            try:
-                async with asyncio.timeout(self.settings.health_deadline_seconds):
-                    body.update(await self._health())
-            except TimeoutError:
-                body["redis"] = {"reachable": False, "error": "Redis did not answer within "
-                                                              f"{self.settings.health_deadline_seconds:g} s"}
+        try:
+            async with asyncio.timeout(self.settings.health_deadline_seconds):
+                body.update(await self.store.health())
+        except TimeoutError:
+            body["redis"] = {"reachable": False, "error": "Redis did not answer within "
+                                                          f"{self.settings.health_deadline_seconds:g} s"}
         if not body.get("redis", {}).get("reachable", True):
             body["status"] = "unavailable"
             return _answer(503, body, {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
         return _answer(200, body)
 
     async def _get_prometheus(self, request: web.Request) -> web.Response:
-        if self.keys.required and self.keys.identify(presented_key(request.headers)) is None:
-            self.metrics.auth_failures += 1
-            return _error(401, "missing or unknown API key", {"WWW-Authenticate": 'Bearer realm="anomalydesk"'})
+        refusal = self.authorizer.check_key(request)
+        if refusal is not None:
+            return refusal
         batcher = self.batcher
         text = self.metrics.render(batcher.pending_events if batcher else 0, batcher.inflight if batcher else 0)
         return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})

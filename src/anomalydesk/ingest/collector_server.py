@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -20,13 +20,15 @@ import redis.asyncio
 
 from anomalydesk import config
 from anomalydesk.config import SketchSettings, key_prefix
-from anomalydesk.ingest.collector import REDIS_DOWN, Collector, CollectorSettings, load_keys, tls_context
+from anomalydesk.events import BusinessMetric
+from anomalydesk.ingest.collector import Collector, CollectorSettings, load_keys, tls_context
 from anomalydesk.ingest.microbatch import Event
+from anomalydesk.ingest.store_port import REDIS_DOWN
 from anomalydesk.store import admin, gears
 from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.locate import resolve_url
-from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp
+from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp, WindowAggregate
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,8 @@ def prepare_store(url: str) -> int:
 
 
 class StoreBinding:
-    """The collector's view of one Redis: ingest, rejected-event counter, health."""
+    """The collector's store port (`ingest.store_port.StorePort`) over one Redis: ingest, rejected-event
+    counter, health, and what the OTLP receiver needs."""
 
     def __init__(self, url: str, ar: redis.asyncio.Redis | None = None):
         self.url = url
@@ -67,6 +70,10 @@ class StoreBinding:
             self._preparing.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved
         await asyncio.shield(self._preparing)
 
+    def forget_setup(self) -> None:
+        """The server lost its setup (flushed or replaced under us): the next `prepare` does it again."""
+        self.gears_version = None
+
     async def _prepare_once(self) -> None:
         try:
             self.gears_version = await asyncio.to_thread(prepare_store, self.url)
@@ -79,9 +86,15 @@ class StoreBinding:
         try:
             return await self.writer.ingest(events, batch_id=batch_id)
         except NotSetUp:  # someone flushed the server under us: set it up again, same batch id
-            self.gears_version = None
+            self.forget_setup()
             await self.prepare()
             return await self.writer.ingest(events, batch_id=batch_id)
+
+    async def ingest_aggregates(self, service: str, windows: Sequence[WindowAggregate], *,
+                                kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None,
+                                sparse: bool = False) -> IngestResult:
+        """Write pre-aggregated windows of one service (OTLP histograms; the caller prepared the store)."""
+        return await self.writer.ingest_aggregates(service, windows, kpis=kpis, batch_id=batch_id, sparse=sparse)
 
     async def count_rejected(self, n: int) -> None:
         """Add invalid events to the store's `events_rejected` counter (best effort)."""
@@ -123,8 +136,7 @@ def build(settings: CollectorSettings, url: str) -> tuple[Collector, StoreBindin
     """A collector bound to the store at `url` (SettingsError for unusable settings)."""
     keys = load_keys(settings)
     binding = StoreBinding(url)
-    collector = Collector(binding.ingest, settings, keys, health=binding.health,
-                          on_rejected=binding.count_rejected)
+    collector = Collector(binding, settings, keys)
     return collector, binding
 
 

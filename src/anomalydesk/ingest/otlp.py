@@ -26,7 +26,6 @@ import hashlib
 import logging
 import os
 import time
-from typing import Any
 
 import orjson
 from aiohttp import web
@@ -34,8 +33,12 @@ from google.protobuf import json_format
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceResponse
 
 from anomalydesk import config
+from anomalydesk.ingest.access import Authorizer
+from anomalydesk.ingest.collector_metrics import CollectorMetrics
 from anomalydesk.ingest.metric_map import MapError, MetricMap, load_map
 from anomalydesk.ingest.otlp_convert import PROTOBUF, Extracted, OtlpError, convert, decode, extract
+from anomalydesk.ingest.store_port import REDIS_DOWN, StorePort
+from anomalydesk.store.keys import Keys
 from anomalydesk.store.sink import NotSetUp
 
 log = logging.getLogger(__name__)
@@ -46,27 +49,27 @@ _UNKNOWN_OTHER = "(other)"
 # ------------------------------------------------------------------------------------------------
 # the route
 # ------------------------------------------------------------------------------------------------
-def _store_of(collector: Any) -> Any:
-    """The collector's StoreBinding (its ingest function's owner), or None."""
-    owner = getattr(getattr(collector, "_ingest", None), "__self__", None)
-    return owner if owner is not None and hasattr(owner, "writer") and hasattr(owner, "ar") else None
-
-
-def otlp_state_key(keys: Any, service: str) -> str:
+def otlp_state_key(keys: Keys, service: str) -> str:
     """Hash of the last cumulative point per series of a service (hash-tagged with the service)."""
     return f"{keys.tag(service)}:otlp"
 
 
-def unknown_key(keys: Any) -> str:
+def unknown_key(keys: Keys) -> str:
     """Hash metric name → data points received for metrics nobody maps."""
     return f"{keys.prefix}otlp:unknown"
 
 
 class OtlpReceiver:
-    """`POST /v1/metrics` for one Collector (registered by `Collector.app`)."""
+    """`POST /v1/metrics` of one collector (registered by `Collector.app`): it is given the collector's
+    store port, authorizer, metrics and limits, and knows nothing else of the collector."""
 
-    def __init__(self, collector: Any, mapping: MetricMap | None = None):
-        self.collector = collector
+    def __init__(self, store: StorePort, authorizer: Authorizer, metrics: CollectorMetrics, *,
+                 max_body_bytes: int, deadline_seconds: float, mapping: MetricMap | None = None):
+        self.store = store
+        self.authorizer = authorizer
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+        self.deadline_seconds = deadline_seconds
         self._mapping = mapping
 
     @property
@@ -111,16 +114,11 @@ def _report(ex: Extracted) -> str:
 
 async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Response:
     """Authorize like the collector's other routes, decode, convert to deltas, write, answer OTLP."""
-    from anomalydesk.ingest.collector import REDIS_DOWN
-
-    collector = receiver.collector
-    _key_id, refusal = collector._authorize(request)
+    _key_id, refusal = receiver.authorizer.admit(request)
     if refusal is not None:
         return refusal
-    store = _store_of(collector)
-    if store is None:
-        return _error(501, "this collector is not bound to Redis; OTLP needs collector_server.build()")
-    limit = collector.settings.max_body_bytes
+    store = receiver.store
+    limit = receiver.max_body_bytes
     if (request.content_length or 0) > limit:
         return _error(413, f"body is {request.content_length} bytes; the limit is {limit}")
     try:
@@ -137,22 +135,23 @@ async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Respo
         return _error(500, f"the collector's metric mapping file is unusable: {err}")
     extracted = extract(export, mapping)
     media = PROTOBUF if request.headers.get("Content-Type", "").startswith(PROTOBUF) else "application/json"
-    deadline = asyncio.timeout(collector.settings.deadline_seconds)
+    seconds = receiver.deadline_seconds
+    deadline = asyncio.timeout(seconds)
     try:
         async with deadline:
             await store.prepare()
             try:
                 await _write(store, extracted, hashlib.sha1(body).hexdigest())
             except NotSetUp:  # the server was flushed or replaced under us: set it up again, same batch ids
-                store.gears_version = None
+                store.forget_setup()
                 await store.prepare()
                 await _write(store, extracted, hashlib.sha1(body).hexdigest())
     except REDIS_DOWN as err:
         if deadline.expired():  # asyncio's TimeoutError at the deadline
-            collector.metrics.deadlines_passed += 1
-            log.warning("OTLP: Redis did not answer within %gs, answering 503", collector.settings.deadline_seconds)
+            receiver.metrics.deadlines_passed += 1
+            log.warning("OTLP: Redis did not answer within %gs, answering 503", seconds)
             # a retry of the same body carries the same batch ids: a write that completes late counts once
-            return _error(503, f"Redis did not complete the write within {collector.settings.deadline_seconds:g} "
+            return _error(503, f"Redis did not complete the write within {seconds:g} "
                                "s; retry later (the same body is counted once)",
                           {"Retry-After": str(config.COLLECTOR_RETRY_AFTER_SECONDS)})
         log.warning("OTLP: Redis unreachable, answering 503: %s", err)
@@ -164,7 +163,7 @@ async def handle_otlp(request: web.Request, receiver: OtlpReceiver) -> web.Respo
     return _answer(media, rejected, _report(extracted))
 
 
-async def _write(store: Any, ex: Extracted, body_hash: str) -> None:
+async def _write(store: StorePort, ex: Extracted, body_hash: str) -> None:
     """Convert and write every service of one export; then the new series state and the statistics."""
     ar, keys = store.ar, store.keys
     accepted = 0
@@ -176,7 +175,7 @@ async def _write(store: Any, ex: Extracted, body_hash: str) -> None:
         batch = convert(service, http, kpis, stored)
         if not batch.traffic.empty or batch.kpis:
             # the same body retried after a lost answer yields the same deltas: the batch id dedups it
-            await store.writer.ingest_aggregates(service, [batch.traffic.agg], kpis=batch.kpis,
+            await store.ingest_aggregates(service, [batch.traffic.agg], kpis=batch.kpis,
                                                  batch_id=f"otlp:{body_hash}", sparse=True)
         if batch.state:
             pipe = ar.pipeline(transaction=False)
