@@ -289,3 +289,23 @@ def test_nothing_is_proxied(collector: BackgroundCollector, redis_server) -> Non
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 404")
     assert b"redis" not in answer.lower().split(b"\r\n\r\n", 1)[1]
+
+
+# --- late events (issue 20, step 5): not counted as accepted, reported as late ---------------------
+def test_late_events_are_reported_apart_from_the_accepted_ones(collector: BackgroundCollector,
+                                                               r: redis.Redis) -> None:
+    from anomalydesk.config import key_prefix
+    from anomalydesk.store.keys import Keys
+
+    assert post(collector.url, "/metrics", metric(service="late-svc"))[0] == 202
+    # the service's state says a window far ahead is sealed (as after the server's clock went back):
+    # every live window of this service is now late
+    r.hset(Keys(key_prefix()).state("late-svc"), "sealed", int(time.time()) + 10**6)
+    before = events_total(r)
+    status, _, body = post(collector.url, "/metrics", [metric(service="late-svc")] * 3)
+    assert (status, body) == (200, {"accepted": 0, "rejected": [], "late": 3})
+    status, _, body = post(collector.url, "/metrics", [metric(service="late-svc"), metric(service="fine"),
+                                                       {"service": "fine"}], {"Idempotency-Key": "late-1"})
+    assert status == 200
+    assert body["accepted"] == 1 and body["late"] == 1 and [x["index"] for x in body["rejected"]] == [2]
+    assert events_total(r) == before + 1

@@ -9,7 +9,8 @@ import redis
 
 from anomalydesk.events import Metric
 from anomalydesk.ingest.collector_metrics import CollectorMetrics
-from anomalydesk.ingest.microbatch import MicroBatcher
+from anomalydesk.ingest.microbatch import MicroBatcher, Outcome, own_outcome, shared_outcomes
+from anomalydesk.store.sink import IngestResult
 
 EVENT = Metric("orders", "GET:/a", 200, 1.0, None)
 
@@ -23,11 +24,12 @@ class Recorder:
         self.release.set()
         self.fail: Exception | None = None
 
-    async def __call__(self, events: list, batch_id: str) -> None:
+    async def __call__(self, events: list, batch_id: str) -> dict[str, IngestResult]:
         self.calls.append((len(events), batch_id))
         await self.release.wait()
         if self.fail is not None:
             raise self.fail
+        return {}  # nothing late
 
 
 def batcher(ingest: Recorder, max_events: int = 1000) -> MicroBatcher:
@@ -165,3 +167,36 @@ async def test_an_abandoned_request_leaves_the_queue_and_a_write_whose_clients_a
         await first
     await asyncio.sleep(0)
     assert mb.inflight == 0  # its write was cancelled: nothing keeps the Redis call alive
+
+
+# --- late events: told apart from the accepted ones (issue 20, step 5) -------------------------------
+def test_a_merged_write_gives_each_service_its_own_late_events() -> None:
+    orders, users = Metric("orders", "GET:/a", 200, 1.0, None), Metric("users", "GET:/b", 200, 1.0, None)
+    requests = [[orders, orders], [users], [orders, users, users]]
+    per_service = {"orders": IngestResult(accepted=0, late=3), "users": IngestResult(accepted=3)}
+    assert shared_outcomes(requests, per_service) == [Outcome(0, 2, False), Outcome(1, 0, False),
+                                                      Outcome(2, 1, False)]
+    assert shared_outcomes(requests, {}) == [Outcome(2, 0, False), Outcome(1, 0, False), Outcome(3, 0, False)]
+
+
+def test_an_own_write_reports_late_and_replayed_services() -> None:
+    events = [EVENT] * 4
+    assert own_outcome(events, {"orders": IngestResult(accepted=1, late=3)}) == Outcome(1, 3, False)
+    # a replay: the store answers 0/0 for the service; its events were stored by the first call
+    assert own_outcome(events, {"orders": IngestResult(duplicate_batches=1)}) == Outcome(4, 0, True)
+
+
+async def test_late_events_reach_the_requests_of_a_merged_write() -> None:
+    users = Metric("users", "GET:/b", 200, 1.0, None)
+
+    calls = []
+
+    async def ingest(events: list, batch_id: str) -> dict[str, IngestResult]:
+        calls.append(len(events))
+        n_orders = sum(e.service == "orders" for e in events)
+        return {"orders": IngestResult(late=n_orders), "users": IngestResult(accepted=len(events) - n_orders)}
+
+    mb = MicroBatcher(ingest, CollectorMetrics(), max_events=1000, max_delay=0.002, max_inflight=8)
+    outcomes = await asyncio.gather(mb.submit([EVENT, users]), mb.submit([users]), mb.submit([EVENT]))
+    assert calls == [4]  # one merged write
+    assert outcomes == [Outcome(1, 1, False), Outcome(1, 0, False), Outcome(0, 1, False)]

@@ -348,7 +348,10 @@ class Collector:
             headers = {"Idempotent-Replayed": "true"}
         elif rejected:
             self._count_rejected(len(rejected))
-        return _answer(200 if rejected else 202, {"accepted": outcome.accepted, "rejected": rejected}, headers)
+        body: dict[str, Any] = {"accepted": outcome.accepted, "rejected": rejected}
+        if outcome.late:  # valid, but for a window already sealed: counted by the store, never merged
+            body["late"] = outcome.late
+        return _answer(200 if rejected or outcome.late else 202, body, headers)
 
     def _late_message(self, stored: str, keyed: bool) -> str:
         limit = f"Redis did not complete the write within {self.settings.deadline_seconds:g} s"

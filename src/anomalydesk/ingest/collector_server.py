@@ -26,9 +26,10 @@ from anomalydesk.ingest.microbatch import Event
 from anomalydesk.ingest.store_port import REDIS_DOWN
 from anomalydesk.store import admin, gears
 from anomalydesk.store.connection import ConnectionFailed, connect, connect_async, redact_url
+from anomalydesk.store.encoding import Config
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.locate import resolve_url
-from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp, WindowAggregate
+from anomalydesk.store.sink import AsyncWriter, IngestResult, NotSetUp, Payloads, WindowAggregate, columns_of, encode
 
 log = logging.getLogger(__name__)
 
@@ -80,15 +81,26 @@ class StoreBinding:
         except ConnectionFailed as err:  # unreachable now: the caller answers 503
             raise redis.ConnectionError(str(err)) from err
 
-    async def ingest(self, events: list[Event], batch_id: str) -> IngestResult:
-        """Write validated events (the collector's IngestFn)."""
+    async def ingest(self, events: list[Event], batch_id: str) -> dict[str, IngestResult]:
+        """Write validated events (live mode); what the store did with them, per service."""
         await self.prepare()
         try:
-            return await self.writer.ingest(events, batch_id=batch_id)
+            return await self._write(events, batch_id)
         except NotSetUp:  # someone flushed the server under us: set it up again, same batch id
             self.forget_setup()
             await self.prepare()
-            return await self.writer.ingest(events, batch_id=batch_id)
+            return await self._write(events, batch_id)
+
+    async def _write(self, events: list[Event], batch_id: str) -> dict[str, IngestResult]:
+        columns = columns_of(events)
+
+        def reencode(config: Config, services: set[str] | None) -> Payloads:
+            chosen = columns if services is None else {s: c for s, c in columns.items() if s in services}
+            return encode(chosen, config, False, batch_id)
+
+        per_service: dict[str, IngestResult] = {}
+        await self.writer.write(reencode(await self.writer.config(), None), reencode, per_service=per_service)
+        return per_service
 
     async def ingest_aggregates(self, service: str, windows: Sequence[WindowAggregate], *,
                                 kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None,

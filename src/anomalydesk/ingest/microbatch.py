@@ -12,6 +12,11 @@ then is cancelled, which closes its Redis connection (`stored="unknown"`: Redis 
 command in before it stalled). A merged write ends by the earliest deadline among its requests, so
 every request learns its fate by its own deadline. A request whose client went away (`abandoned()`)
 is taken out of the queue too, and a merged write all of whose clients went away is cancelled.
+
+Each request learns how many of its events were stored and how many the store refused as late (their
+window already sealed): the ingest function answers per service, and the late events of a service in
+a merged write are the ones of its requests (in live mode a service's events in one write share one
+window, so they are all stored or all late).
 """
 
 from __future__ import annotations
@@ -20,16 +25,18 @@ import asyncio
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from anomalydesk.config import COLLECTOR_MERGED_INFLIGHT
 from anomalydesk.events import BusinessMetric, Metric
 from anomalydesk.ingest.collector_metrics import CollectorMetrics
+from anomalydesk.store.sink import IngestResult
 
 Event = Metric | BusinessMetric
-IngestFn = Callable[[list[Event], str], Awaitable[Any]]
+# writes events under a batch id and answers what the store did, per service
+IngestFn = Callable[[list[Event], str], Awaitable[Mapping[str, IngestResult]]]
 Abandoned = Callable[[], bool]
 _ABANDON_POLL_SECONDS = 0.1  # how often a waiting request checks that its client is still there
 
@@ -58,10 +65,39 @@ class _Waiting:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one request's events: how many are stored, and whether it was a replay."""
+    """What happened to one request's events: how many are stored, how many were refused as late (their
+    window already sealed), and whether it was a replay (its events were stored the first time)."""
 
     accepted: int
+    late: int
     duplicate: bool
+
+
+def own_outcome(events: list[Event], per_service: Mapping[str, IngestResult]) -> Outcome:
+    """The outcome of a request written by its own ingest call.
+
+    A replayed service answers 0 accepted, 0 late: its events were stored by the first call, and they
+    count as accepted again (the store keeps no per-batch split to report).
+    """
+    late = sum(result.late for result in per_service.values())
+    duplicate = any(result.duplicate_batches for result in per_service.values())
+    return Outcome(len(events) - late, late, duplicate)
+
+
+def shared_outcomes(requests: list[list[Event]], per_service: Mapping[str, IngestResult]) -> list[Outcome]:
+    """The outcomes of requests merged into one ingest call: each service's late events are its requests'."""
+    late_left = {service: result.late for service, result in per_service.items() if result.late}
+    outcomes = []
+    for events in requests:
+        late = 0
+        if late_left:  # rare (a sealed window in live mode): look at each event's service
+            for event in events:
+                left = late_left.get(event.service, 0)
+                if left:
+                    late_left[event.service] = left - 1
+                    late += 1
+        outcomes.append(Outcome(len(events) - late, late, False))
+    return outcomes
 
 
 class MicroBatcher:
@@ -94,8 +130,7 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         deadline = math.inf if deadline is None else deadline
         if batch_id is not None:  # a key makes a late completion harmless: no abandonment check
-            result = await self._call(events, batch_id, deadline)
-            return Outcome(len(events), bool(getattr(result, "duplicate_batches", 0)))
+            return own_outcome(events, await self._call(events, batch_id, deadline))
         future: asyncio.Future[Outcome] = loop.create_future()
         waiting = _Waiting(events, future, deadline, abandoned)
         self._pending.append(waiting)
@@ -234,7 +269,7 @@ class MicroBatcher:
     async def _write_merged(self, waiting: list[_Waiting]) -> None:
         merged = [event for w in waiting for event in w.events]
         try:
-            await self._call(merged, f"c:{uuid.uuid4().hex}", min(w.deadline for w in waiting))
+            per_service = await self._call(merged, f"c:{uuid.uuid4().hex}", min(w.deadline for w in waiting))
         except BaseException as err:  # every waiting request learns why, then the task ends
             if isinstance(err, asyncio.CancelledError):  # all its clients went away
                 err = DeadlinePassed("unknown", "client went away")
@@ -245,11 +280,11 @@ class MicroBatcher:
             if not isinstance(err, Exception):
                 raise
             return
-        for w in waiting:
+        for w, outcome in zip(waiting, shared_outcomes([w.events for w in waiting], per_service), strict=True):
             if not w.future.done():
-                w.future.set_result(Outcome(len(w.events), False))
+                w.future.set_result(outcome)
 
-    async def _call(self, events: list[Event], batch_id: str, deadline: float = math.inf) -> Any:
+    async def _call(self, events: list[Event], batch_id: str, deadline: float = math.inf) -> Mapping[str, IngestResult]:
         """One ingest call, cancelled at `deadline` (DeadlinePassed says whether it had been sent)."""
         sent = False
 

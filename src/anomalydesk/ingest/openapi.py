@@ -74,6 +74,9 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {
             "accepted": {"type": "integer", "minimum": 0, "description": "events stored in Redis"},
             "rejected": {"type": "array", "items": {"$ref": _REF + "Rejection"}},
+            "late": {"type": "integer", "minimum": 1,
+                     "description": "valid events refused because their window was already sealed (not in "
+                                    "`accepted`; present only when there are some; the answer is then 200)"},
             "error": {"type": "string"},
         },
     },

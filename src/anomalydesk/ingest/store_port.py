@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import redis.asyncio
@@ -39,8 +39,8 @@ class StorePort(Protocol):
     def forget_setup(self) -> None:
         """The server lost its setup (flushed or replaced): the next `prepare` does it again."""
 
-    async def ingest(self, events: list[Event], batch_id: str | None) -> IngestResult:
-        """Write validated events; `batch_id` makes a resend a no-op (None: sent once, never resent)."""
+    async def ingest(self, events: list[Event], batch_id: str) -> Mapping[str, IngestResult]:
+        """Write validated events (live mode) under `batch_id`; what the store did with them, per service."""
 
     async def ingest_aggregates(self, service: str, windows: Sequence[WindowAggregate], *,
                                 kpis: Sequence[BusinessMetric] = (), batch_id: str | None = None,

@@ -123,8 +123,10 @@ def _queue(pipe: Any, keys: Keys, payloads: Payloads, known: set[str]) -> list[s
     return new
 
 
-def _tally(payloads: Payloads, replies: list[Any]) -> tuple[IngestResult, set[str]]:
-    """The server's answers added up, and the services that refused the config as stale."""
+def _tally(payloads: Payloads, replies: list[Any],
+           per_service: dict[str, IngestResult] | None = None) -> tuple[IngestResult, set[str]]:
+    """The server's answers added up (also per service into `per_service`), and the services that refused
+    the config as stale."""
     total = IngestResult()
     stale: set[str] = set()
     for (service, _), reply in zip(payloads, replies, strict=True):
@@ -136,8 +138,11 @@ def _tally(payloads: Payloads, replies: list[Any]) -> tuple[IngestResult, set[st
         if isinstance(reply, redis.ResponseError):
             raise InvalidBatch(f"{service}: {reply}")
         n = IngestReply.parse(reply)
-        total = total + IngestResult(n.accepted, n.late, n.duplicate, n.sealed, n.kpis_accepted, n.kpis_late,
-                                     n.history_sealed)
+        result = IngestResult(n.accepted, n.late, n.duplicate, n.sealed, n.kpis_accepted, n.kpis_late,
+                              n.history_sealed)
+        total = total + result
+        if per_service is not None:
+            per_service[service] = per_service.get(service, IngestResult()) + result
     return total, stale
 
 
@@ -312,12 +317,14 @@ class AsyncWriter:
 
         return await self.write(reencode(await self.config(), None), reencode)
 
-    async def write(self, payloads: Payloads, reencode: Reencode | None = None) -> IngestResult:
+    async def write(self, payloads: Payloads, reencode: Reencode | None = None, *,
+                    per_service: dict[str, IngestResult] | None = None) -> IngestResult:
         """Send encoded payloads (from `encode` or `encode_aggregates`): one FCALL each, pipelined; services
-        that refuse the config as changed get `reencode`'s payloads for the config read again."""
+        that refuse the config as changed get `reencode`'s payloads for the config read again. The server's
+        answers are also added up per service into `per_service` when given."""
         total = IngestResult()
         for attempt in range(_CONFIG_RETRIES + 1):
-            result, stale = await self._send(payloads)
+            result, stale = await self._send(payloads, per_service)
             total = total + result
             if not stale:
                 return total
@@ -339,7 +346,8 @@ class AsyncWriter:
             if isinstance(reply, redis.ResponseError) and not str(reply).startswith(STALE_CONFIG):
                 raise InvalidBatch(f"{service}: configuring it for the new setup failed: {reply}")
 
-    async def _send(self, payloads: Payloads) -> tuple[IngestResult, set[str]]:
+    async def _send(self, payloads: Payloads,
+                    per_service: dict[str, IngestResult] | None = None) -> tuple[IngestResult, set[str]]:
         if not payloads:
             return IngestResult(), set()
         if len(payloads) == 1 and payloads[0][0] in self._known:
@@ -354,9 +362,9 @@ class AsyncWriter:
             # checked at start-up, so loading our library is safe
             await self.ar.function_load(library_source()[0], replace=True)
             self._known.clear()
-            return await self._send(payloads)
+            return await self._send(payloads, per_service)
         self._known.update(new)
-        return _tally(payloads, replies)
+        return _tally(payloads, replies, per_service)
 
     async def _fcall_one(self, service: str, body: bytes) -> Any:
         """One ingest call without a pipeline; a server error is returned like a pipeline's reply."""
