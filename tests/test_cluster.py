@@ -175,6 +175,36 @@ def test_fcall_is_routed_by_its_key_without_command_getkeys(rc: redis.RedisClust
     ]
 
 
+def _getkeys_calls(cluster3: LocalCluster) -> int:
+    """COMMAND GETKEYS calls the cluster's nodes served so far (INFO commandstats)."""
+    total = 0
+    for port in cluster3.ports:
+        node = redis.Redis(port=port)
+        total += node.info("commandstats").get("cmdstat_command|getkeys", {}).get("calls", 0)
+        node.close()
+    return total
+
+
+async def test_writes_route_fcall_without_command_getkeys_sync_and_async(rc: redis.RedisCluster,
+                                                                         cluster3: LocalCluster) -> None:
+    """store/cluster.py subclasses redis-py's private `redis._parsers.commands` parsers (redis-py is pinned
+    in pyproject.toml for it): this fails when that API moves and routing falls back to COMMAND GETKEYS."""
+    from anomalydesk.store.connection import connect_async
+
+    admin.setup(rc, SketchSettings())
+    before = _getkeys_calls(cluster3)
+    sink.ingest(rc, [metric(s) for s in DEMO_SERVICES])  # a pipeline of FCALLs, one per service
+    rc.fcall("ad_query", 1, KEYS.state("users"), KEYS.prefix, "users", "endpoint", '["GET:/items/{id}"]')
+    ar = connect_async(cluster3.url)
+    try:
+        result = await sink.ingest_async(ar, [metric(s) for s in DEMO_SERVICES])
+        await ar.fcall("ad_query", 1, KEYS.state("users"), KEYS.prefix, "users", "endpoint", '["GET:/items/{id}"]')
+    finally:
+        await ar.aclose()
+    assert result.accepted == len(DEMO_SERVICES)
+    assert _getkeys_calls(cluster3) == before
+
+
 # --- gears on every primary ---------------------------------------------------------------------
 def test_setup_loads_the_library_on_every_primary(rc: redis.RedisCluster, cluster3: LocalCluster) -> None:
     assert not any(library_on(p) for p in cluster3.ports)

@@ -340,3 +340,64 @@ class _OldServer:
 def test_redis_6_is_refused_with_the_reason() -> None:
     with pytest.raises(capabilities.UnsupportedServer, match=r"Redis 6\.2\.14 is too old.*7\.0 or later"):
         capabilities.detect(_OldServer())  # type: ignore[arg-type]
+
+
+# --- the retry policy: public redis-py API only (issue 20, step 5) --------------------------------
+def test_policy_retry_resends_dropped_connections_but_never_a_refused_password() -> None:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from anomalydesk.store.connection import PolicyRetry
+
+    policy = PolicyRetry(NoBackoff(), 2, supported_errors=(RedisConnectionError,))
+    calls: list[int] = []
+    failures: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RedisConnectionError("dropped")
+        return "ok"
+
+    assert policy.call_with_retry(flaky, lambda err, n: failures.append(n), with_failure_count=True) == "ok"
+    assert len(calls) == 3 and failures == [1, 2]
+
+    def refused() -> None:
+        calls.append(1)
+        raise AuthenticationError("WRONGPASS")
+
+    calls.clear()
+    with pytest.raises(AuthenticationError):
+        policy.call_with_retry(refused, lambda err: None)
+    assert len(calls) == 1  # not retried
+    calls.clear()
+    with pytest.raises(RedisConnectionError):  # the caller's own is_retryable still applies
+        policy.call_with_retry(flaky, lambda err: None, is_retryable=lambda err: False)
+    assert len(calls) == 1
+
+
+async def test_async_policy_retry_gives_up_after_its_attempts_and_never_retries_a_refused_password() -> None:
+    from redis.backoff import NoBackoff
+    from redis.exceptions import AuthenticationError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from anomalydesk.store.connection import AsyncPolicyRetry
+
+    policy = AsyncPolicyRetry(NoBackoff(), 2, supported_errors=(RedisConnectionError,))
+    calls: list[type] = []
+
+    async def failing(error: Exception) -> None:
+        calls.append(type(error))
+        raise error
+
+    async def on_failure(_err: Exception) -> None:
+        return None
+
+    with pytest.raises(RedisConnectionError):
+        await policy.call_with_retry(lambda: failing(RedisConnectionError("dropped")), on_failure)
+    assert len(calls) == 3  # the first try and 2 retries
+    calls.clear()
+    with pytest.raises(AuthenticationError):
+        await policy.call_with_retry(lambda: failing(AuthenticationError("WRONGPASS")), on_failure)
+    assert len(calls) == 1

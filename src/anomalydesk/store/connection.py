@@ -18,9 +18,7 @@ skips that check. A cluster has only database 0 and no unix sockets.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
@@ -195,25 +193,17 @@ def _retryable(err: Exception, is_retryable: Callable[[Exception], bool] | None)
 
 
 class PolicyRetry(Retry):
-    """Retry dropped connections and timeouts with exponential backoff; never a refused password."""
+    """Retry dropped connections and timeouts with exponential backoff; never a refused password.
+
+    Only public redis-py API: `call_with_retry`'s own `is_retryable` hook, composed with the caller's.
+    """
 
     def call_with_retry(self, do: Callable[[], Any], fail: Callable[..., Any],
                         is_retryable: Callable[[Exception], bool] | None = None,
                         with_failure_count: bool = False) -> Any:  # fmt: skip
         """Run `do`, retrying as redis-py's Retry does except for authentication errors."""
-        self._backoff.reset()
-        failures = 0
-        while True:
-            try:
-                return do()
-            except self._supported_errors as err:
-                if not _retryable(err, is_retryable):
-                    raise
-                failures += 1
-                fail(err, failures) if with_failure_count else fail(err)
-                if 0 <= self._retries < failures:
-                    raise
-                time.sleep(self._backoff.compute(failures))
+        return super().call_with_retry(do, fail, is_retryable=lambda err: _retryable(err, is_retryable),
+                                       with_failure_count=with_failure_count)
 
 
 class AsyncPolicyRetry(redis.asyncio.retry.Retry):
@@ -223,19 +213,8 @@ class AsyncPolicyRetry(redis.asyncio.retry.Retry):
                               is_retryable: Callable[[Exception], bool] | None = None,
                               with_failure_count: bool = False) -> Any:  # fmt: skip
         """Await `do`, retrying as redis-py's Retry does except for authentication errors."""
-        self._backoff.reset()
-        failures = 0
-        while True:
-            try:
-                return await do()
-            except self._supported_errors as err:
-                if not _retryable(err, is_retryable):
-                    raise
-                failures += 1
-                await (fail(err, failures) if with_failure_count else fail(err))
-                if 0 <= self._retries < failures:
-                    raise
-                await asyncio.sleep(self._backoff.compute(failures))
+        return await super().call_with_retry(do, fail, is_retryable=lambda err: _retryable(err, is_retryable),
+                                             with_failure_count=with_failure_count)
 
 
 def retry_policy() -> Retry:
