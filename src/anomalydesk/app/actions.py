@@ -198,8 +198,7 @@ class Actions:
         try:
             result = await loop.run_in_executor(
                 self.train_executor, training_job.run, s.url, s.keys, services,
-                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate,
-                 "score_recent": self.state.live.capacity}, progress, cancel,
+                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate}, progress, cancel,
             )  # fmt: skip
         except Exception as err:
             training.update(running=False, result=f"failed: {err}")
@@ -211,9 +210,8 @@ class Actions:
         full = 1.0 if result["trained"] else 0.0
         training.set_progress(training.progress if result["cancelled"] else full, result["summary"])
         training.update(running=False, result=result["summary"])
-        recent = result.get("recent_scores") or {}
-        for name in result["trained"]:  # the child scored the plot's windows with the new models
-            await s.refresh_model(name, recent.get(name))
+        for name in result["trained"]:  # the new models' thresholds (the detector scores from now on)
+            await s.refresh_model(name)
         await self.refresh_models()
         return result
 

@@ -23,9 +23,6 @@ from anomalydesk.store.keys import Keys
 if TYPE_CHECKING:
     from anomalydesk.detect.incident_model import Incident, Silence
 
-SCORE_CHUNK_ROWS = 400  # rescoring a plot buffer: rows per call …
-SCORE_CHUNK_PAUSE_SECONDS = 0.002  # … and the pause after each, when the GUI thread may run
-
 
 class BackendError(Exception):
     """A core call failed in a way the UI should show as a reason (not a crash)."""
@@ -305,24 +302,3 @@ def load_model(r: redis.Redis, keys: Keys, service: str) -> Any:
         return load(r, service, keys=keys)[1]
     except (registry.ModelNotFound, registry.ModelLoadError):
         return None
-
-
-def score_rows(model: Any, X: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-    """0–100 scores of a series of windows (each with the rows before it as context).
-
-    Long series are scored in chunks (each with the context rows before it: the same scores) with a
-    short sleep between them, so a worker rescoring a day of windows lets the GUI thread take the
-    interpreter lock between chunks instead of queueing behind it for a whole rescoring.
-    """
-    from anomalydesk.detect.score import score_batch
-
-    if len(X) <= SCORE_CHUNK_ROWS:
-        return score_batch(model, X, timestamps) if len(X) else np.empty(0)
-    context = max(0, int(getattr(model, "context_rows", 1)) - 1)
-    parts = []
-    for start in range(0, len(X), SCORE_CHUNK_ROWS):
-        low = max(0, start - context)
-        parts.append(score_batch(model, X[low:start + SCORE_CHUNK_ROWS], timestamps[low:start + SCORE_CHUNK_ROWS])
-                     [start - low:])  # fmt: skip
-        time.sleep(SCORE_CHUNK_PAUSE_SECONDS)
-    return np.concatenate(parts)
