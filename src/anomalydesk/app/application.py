@@ -114,7 +114,7 @@ class DesktopApp:
         url = build_url(self.settings.redis_url, self.settings.tls, self.settings.username, password)
         if self._resuming is not None:
             self._resuming.cancel()  # an earlier attempt that never connected: its intent is kept below
-        self._resume_detector = self._resume_detector or self.actions.detector_thread is not None
+        self._resume_detector = self._resume_detector or self.actions.detector_process is not None
         demo = self.actions.demo
         if demo is not None and demo.running:
             self._resume_demo = (int(demo.rate), len(demo.services))

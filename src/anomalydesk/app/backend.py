@@ -278,19 +278,21 @@ def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, A
     return json.loads(done.stdout)
 
 
-def detector_runner(url: str, keys: Keys) -> Any:
-    """A `run(stop_event)` for the in-process detector (it yields while another holds the lease)."""
-    from anomalydesk.detect.detector import Detector
-    from anomalydesk.store import connection as conn
+def start_detector_process(url: str, keys: Keys) -> Any:
+    """The app's detector: `anomalydesk detect --worker` in a child process (it yields while another
+    detector holds the lease, and stops when its stdin closes). In a thread of the app it shared the
+    interpreter lock with the GUI thread: 100 services scored at each window boundary stalled the GUI
+    loop for hundreds of ms (docs/benchmarks.md, the fleet case)."""
+    import subprocess
 
-    def run(stop_event: Any) -> None:
-        r = conn.connect(url, check=False)
-        try:
-            Detector(r, keys=keys, respect_lease=True, name=f"app-{os.getpid()}").run(stop_event)
-        finally:
-            r.close()
+    from anomalydesk.app.training_job import self_command
 
-    return run
+    argv = [*self_command(), "detect", "--worker", "--name", f"app-{os.getpid()}"]
+    return subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        env={**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix},  # a password stays off argv
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+    )  # fmt: skip
 
 
 def load_model(r: redis.Redis, keys: Keys, service: str) -> Any:

@@ -74,6 +74,13 @@ def _parse_entries(service: str, entries: list[Any]) -> list[Fingerprint]:
     return found
 
 
+def _parse_batch(fresh: list[tuple[str, list[Any]]], scored: list[tuple[str, list[Any]]],
+                 ) -> tuple[list[tuple[str, list[Fingerprint]]], list[tuple[str, list[WindowScore]]]]:  # fmt: skip
+    """New fingerprint and score entries, per service, parsed (unreadable ones skipped)."""
+    return ([(service, _parse_entries(service, entries)) for service, entries in fresh],
+            [(service, parse_entries(entries)) for service, entries in scored])  # fmt: skip
+
+
 class Session:
     """Owns the async client and the reader tasks; publishes into `state`; exposes actions."""
 
@@ -276,9 +283,7 @@ class Session:
                 continue
             streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
             streams.update({self.keys.scores(s): self._score_last[s] for s in services})
-            scored = []
-            # fingerprints first: a window's score is never written before its fingerprint, so its row
-            # is in the buffer by the time the score is applied
+            fresh, scored = [], []
             for stream, entries in await self._read_streams(streams):
                 service, kind = self._stream_of(_text(stream))
                 if not entries:
@@ -286,12 +291,20 @@ class Session:
                 if kind == "scores":
                     self._score_last[service] = entries[-1][0]
                     scored.append((service, entries))
-                    continue
-                for entry_id, fields in entries:
-                    self._fp_last[service] = entry_id
-                    self._add_fingerprint(service, fields)
-            for service, entries in scored:
-                self.state.live.apply_scores(service, parse_entries(entries))
+                else:
+                    self._fp_last[service] = entries[-1][0]
+                    fresh.append((service, entries))
+            if not fresh and not scored:
+                continue
+            # parsed in the I/O pool: at a window boundary every service's window arrives at once
+            windows, scores = await self.call(_parse_batch, fresh, scored)
+            # fingerprints first: a window's score is never written before its fingerprint, so its row
+            # is in the buffer by the time the score is applied
+            for service, fps in windows:
+                for fp in fps:
+                    self._add_fingerprint(service, fp)
+            for service, stored in scores:
+                self.state.live.apply_scores(service, stored)
 
     async def _read_streams(self, streams: dict[str, Any]) -> list[Any]:
         """New entries of every stream: one blocking XREAD, or on a cluster (streams in different slots,
@@ -359,21 +372,11 @@ class Session:
         scores: list[WindowScore] = await self.call(parse_entries, score_entries[::-1])
         self.state.live.apply_scores(service, scores)
 
-    def _parse(self, service: str, fields: dict[Any, Any]) -> Fingerprint | None:
-        try:
-            return from_stream_entry(service, fields)
-        except (KeyError, ValueError) as err:
-            log.warning("skipping an unreadable fingerprint of %s: %s", service, err)
-            return None
-
     def _note_arrival(self, start: float) -> None:
         self.state.connection.last_fingerprint_at = max(self.state.connection.last_fingerprint_at, start)
 
-    def _add_fingerprint(self, service: str, fields: dict[Any, Any]) -> None:
+    def _add_fingerprint(self, service: str, fp: Fingerprint) -> None:
         """A new window on the plot, without a score until the detector's stored score for it arrives."""
-        fp = self._parse(service, fields)
-        if fp is None:
-            return
         self.state.live.append(service, fp.start, fp.vector, None)
         self._note_arrival(fp.start)
 
