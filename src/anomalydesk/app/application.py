@@ -102,6 +102,8 @@ class DesktopApp:
             no_history = not services or any("to go" in str(v.get("state", "")) for v in services)
             if self.settings.offer_backfill and no_history and not any(v.get("versions") for v in services):
                 self.window.backfill_offer.setVisible(True)  # gone once history is there (no restart offers it)
+        await self.session.history_loaded.wait()
+        self.collector.freeze_baseline()  # started: full collections skip what start-up built (gui_gc)
 
     def reconnect(self) -> None:
         """Apply a new URL from the connection panel: close the session and open a new one."""

@@ -102,6 +102,7 @@ class Session:
         self._initial_catchup_done = False
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()  # subscribed and the alerts log read, on this connection
+        self.history_loaded = asyncio.Event()  # every known service's buffer filled from its streams
         self.alerts_received = 0
         self.on_alert_hooks: list[Callable[[Alert], None]] = []
 
@@ -278,6 +279,7 @@ class Session:
             for service in services:
                 if service not in self._fp_last:
                     await self._load_history(service)
+            self.history_loaded.set()
             if not services:
                 await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
                 continue
