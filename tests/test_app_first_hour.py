@@ -134,7 +134,7 @@ def test_a_wrong_url_then_the_right_one_resumes_detector_and_demo(qtbot, qloop, 
         panel.url.setText(redis_url)
         click(qtbot, panel.apply_button)
         qtbot.waitUntil(lambda: conn.status == "connected", timeout=60_000)
-        qtbot.waitUntil(lambda: app.state.demo.running and app.actions.detector_thread is not None, timeout=30_000)
+        qtbot.waitUntil(lambda: app.state.demo.running and app.actions.detector_process is not None, timeout=30_000)
         qtbot.waitUntil(lambda: bool(conn.detector) and not any("no detector" in w for w in conn.warnings),
                         timeout=60_000)  # fmt: skip
         inject_errors_and_follow_the_incident(qtbot, app)

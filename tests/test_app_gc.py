@@ -54,3 +54,21 @@ def test_collections_happen_on_the_gui_thread_and_free_cycles(qtbot):
     assert threads, "no collection ran at all"
     assert set(threads) == {threading.main_thread().name}, sorted(set(threads))
     assert gc.isenabled()
+
+
+def test_after_the_baseline_is_frozen_new_cycles_are_still_freed(qtbot):
+    from anomalydesk.app.gui_gc import GuiThreadCollector
+
+    collector = GuiThreadCollector(interval_ms=20)
+    try:
+        collector.freeze_baseline()
+        assert collector.frozen and gc.get_freeze_count() > 0
+        refs = []
+        for _ in range(50_000):  # enough allocations to pass the thresholds of every generation
+            node = Node()
+            refs.append(weakref.ref(node))
+            del node
+        qtbot.waitUntil(lambda: all(ref() is None for ref in refs), timeout=10_000)
+    finally:
+        collector.stop()
+    assert not collector.frozen and gc.get_freeze_count() == 0 and gc.isenabled()

@@ -472,6 +472,7 @@ def detector_after_failover(rc: redis.RedisCluster, nodes: LocalCluster, victim:
 def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, cluster3: LocalCluster) -> None:
     """Services on 2+ shards scored by one Detector; incidents acted on through the CLI; alerts published."""
     from anomalydesk.detect import incidents as inc
+    from anomalydesk.detect import window_scores
     from anomalydesk.detect.detector import Detector
     from anomalydesk.detect.incident_flow import Confirmation
     from anomalydesk.store import models as registry
@@ -497,6 +498,9 @@ def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, 
         assert kinds == ["new", "escalated", "resolved", "new"], (service, kinds)
         assert rc.xpending(KEYS.fingerprints(service), "detectors")["pending"] == 0
         assert json.loads(rc.hget(KEYS.detector_states, service))["last_window"] == 1000 + len(flow) - 1
+        # each window's score, committed in the incident slot's script with its state
+        assert cluster.shard_of(rc, KEYS.scores(service)) == incident_node
+        assert [s.window for s in window_scores.read(rc, service)] == [1000 + i for i in range(len(flow))]
     assert len({a["id"] for a in logged}) == len(logged)
 
     # operator actions through the CLI; a subscriber on a node that does not hold the incident slot

@@ -232,6 +232,10 @@ def test_quick_end_to_end_demo_fault_becomes_an_incident_with_the_right_reason(r
     assert opened and 0 <= opened[0]["window"] - fault_window <= 2
     assert opened[0]["reasons"][0]["feature"] == "rate_5xx"
     assert opened[0]["model_version"] == 1
+    from anomalydesk.detect import window_scores
+
+    stored = {s.window: s for s in window_scores.read(r, "users")}  # the forest's score, as its alert has it
+    assert stored[opened[0]["window"]].score == opened[0]["score"] and stored[opened[0]["window"]].anomalous
 
 
 def test_a_connection_lost_before_the_commit_retries_that_window_before_newer_ones(r: redis.Redis) -> None:

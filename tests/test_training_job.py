@@ -59,20 +59,6 @@ def test_a_failing_child_says_why(redis_url, history):
         training_job.run(redis_url, history, ["nosuch"], PARAMS, lambda f, m: None, threading.Event())
 
 
-def test_rescoring_in_chunks_gives_the_same_scores(redis_url, r, history):
-    import numpy as np
-
-    from anomalydesk.detect.score import score_batch
-    from anomalydesk.detect.training_run import recent_windows
-
-    training_job.run(redis_url, history, ["gateway"], PARAMS, lambda f, m: None, threading.Event())
-    model = backend.load_model(r, history, "gateway")
-    fps = recent_windows(r, "gateway", 480, keys=history)
-    X, ts = np.vstack([fp.vector for fp in fps]), np.array([fp.start for fp in fps])
-    assert len(X) > backend.SCORE_CHUNK_ROWS  # more than one chunk
-    assert np.array_equal(backend.score_rows(model, X, ts), score_batch(model, X, ts), equal_nan=True)
-
-
 def test_the_child_returns_the_recent_windows_scored_by_the_new_model(redis_url, r, history):
     import numpy as np
 

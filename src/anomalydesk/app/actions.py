@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import math
+import subprocess
 import threading
 import time
 from typing import Any
@@ -27,6 +28,7 @@ from anomalydesk.ingest.demo_model import PERMANENT_KINDS
 
 log = logging.getLogger(__name__)
 OUTAGE_NOTE = "Redis unreachable, demo traffic waiting"
+DETECTOR_STOP_SECONDS = 15.0
 
 
 class Actions:
@@ -43,8 +45,7 @@ class Actions:
         self._train_cancel: threading.Event | None = None
         self.demo: Any = None  # ingest.demo.DemoTraffic while demo traffic runs
         self._demo_task: asyncio.Task[None] | None = None
-        self.detector_thread: threading.Thread | None = None
-        self._detector_stop = threading.Event()
+        self.detector_process: subprocess.Popen[bytes] | None = None  # the app's detector, a child process
         self.max_progress_stall = 0.0
 
     async def close(self) -> None:
@@ -201,8 +202,7 @@ class Actions:
         try:
             result = await loop.run_in_executor(
                 self.train_executor, training_job.run, s.url, s.keys, services,
-                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate,
-                 "score_recent": self.state.live.capacity}, progress, cancel,
+                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate}, progress, cancel,
             )  # fmt: skip
         except Exception as err:
             training.update(running=False, result=f"failed: {err}")
@@ -214,9 +214,8 @@ class Actions:
         full = 1.0 if result["trained"] else 0.0
         training.set_progress(training.progress if result["cancelled"] else full, result["summary"])
         training.update(running=False, result=result["summary"])
-        recent = result.get("recent_scores") or {}
-        for name in result["trained"]:  # the child scored the plot's windows with the new models
-            await s.refresh_model(name, recent.get(name))
+        for name in result["trained"]:  # the new models' thresholds (the detector scores from now on)
+            await s.refresh_model(name)
         await self.refresh_models()
         return result
 
@@ -246,23 +245,29 @@ class Actions:
         await s.refresh_model(service)
         await self.refresh_models()
 
-    # --- in-process detector ------------------------------------------------------------------
+    # --- the app's detector -------------------------------------------------------------------
     def start_detector(self) -> bool:
-        """Run the detector in a thread; it works only while no other detector holds the lease."""
-        if self.detector_thread is not None and self.detector_thread.is_alive():
+        """Run the app's detector in a child process; it works only while no other detector holds the lease."""
+        if self.detector_process is not None and self.detector_process.poll() is None:
             return True
-        runner = backend.detector_runner(self.session.url, self.session.keys)
-        if runner is None:
+        try:
+            self.detector_process = backend.start_detector_process(self.session.url, self.session.keys)
+        except OSError as err:
+            log.warning("the app's detector did not start: %s", err)
+            self.detector_process = None
             return False
-        self._detector_stop.clear()
-        self.detector_thread = threading.Thread(target=runner, args=(self._detector_stop,),
-                                                name="ad-detector", daemon=True)  # fmt: skip
-        self.detector_thread.start()
         return True
 
     def stop_detector(self) -> None:
-        """Stop the in-process detector and wait for its thread."""
-        self._detector_stop.set()
-        if self.detector_thread is not None:
-            self.detector_thread.join(timeout=15)
-            self.detector_thread = None
+        """Stop the app's detector (its stdin closed: it releases its leases and exits) and wait for it."""
+        proc, self.detector_process = self.detector_process, None
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=DETECTOR_STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            log.warning("the app's detector did not stop in %s s; terminating it", DETECTOR_STOP_SECONDS)
+            proc.terminate()
+            proc.wait(timeout=DETECTOR_STOP_SECONDS)

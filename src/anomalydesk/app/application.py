@@ -102,6 +102,8 @@ class DesktopApp:
             no_history = not services or any("to go" in str(v.get("state", "")) for v in services)
             if self.settings.offer_backfill and no_history and not any(v.get("versions") for v in services):
                 self.window.backfill_offer.setVisible(True)  # gone once history is there (no restart offers it)
+        await self.session.history_loaded.wait()
+        self.collector.freeze_baseline()  # started: full collections skip what start-up built (gui_gc)
 
     def reconnect(self) -> None:
         """Apply a new URL from the connection panel: close the session and open a new one."""
@@ -114,7 +116,7 @@ class DesktopApp:
         url = build_url(self.settings.redis_url, self.settings.tls, self.settings.username, password)
         if self._resuming is not None:
             self._resuming.cancel()  # an earlier attempt that never connected: its intent is kept below
-        self._resume_detector = self._resume_detector or self.actions.detector_thread is not None
+        self._resume_detector = self._resume_detector or self.actions.detector_process is not None
         demo = self.actions.demo
         if demo is not None and demo.running:
             self._resume_demo = (int(demo.rate), len(demo.services))

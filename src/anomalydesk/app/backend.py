@@ -23,9 +23,6 @@ from anomalydesk.store.keys import Keys
 if TYPE_CHECKING:
     from anomalydesk.detect.incident_model import Incident, Silence
 
-SCORE_CHUNK_ROWS = 400  # rescoring a plot buffer: rows per call …
-SCORE_CHUNK_PAUSE_SECONDS = 0.002  # … and the pause after each, when the GUI thread may run
-
 
 class BackendError(Exception):
     """A core call failed in a way the UI should show as a reason (not a crash)."""
@@ -283,19 +280,21 @@ def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, A
     return json.loads(done.stdout)
 
 
-def detector_runner(url: str, keys: Keys) -> Any:
-    """A `run(stop_event)` for the in-process detector (it yields while another holds the lease)."""
-    from anomalydesk.detect.detector import Detector
-    from anomalydesk.store import connection as conn
+def start_detector_process(url: str, keys: Keys) -> Any:
+    """The app's detector: `anomalydesk detect --worker` in a child process (it yields while another
+    detector holds the lease, and stops when its stdin closes). In a thread of the app it shared the
+    interpreter lock with the GUI thread: 100 services scored at each window boundary stalled the GUI
+    loop for hundreds of ms (docs/benchmarks.md, the fleet case)."""
+    import subprocess
 
-    def run(stop_event: Any) -> None:
-        r = conn.connect(url, check=False)
-        try:
-            Detector(r, keys=keys, respect_lease=True, name=f"app-{os.getpid()}").run(stop_event)
-        finally:
-            r.close()
+    from anomalydesk.app.training_job import self_command
 
-    return run
+    argv = [*self_command(), "detect", "--worker", "--name", f"app-{os.getpid()}"]
+    return subprocess.Popen(
+        argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        env={**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix},  # a password stays off argv
+        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+    )  # fmt: skip
 
 
 def load_model(r: redis.Redis, keys: Keys, service: str) -> Any:
@@ -307,27 +306,3 @@ def load_model(r: redis.Redis, keys: Keys, service: str) -> Any:
         return load(r, service, keys=keys)[1]
     except (registry.ModelNotFound, registry.ModelLoadError):
         return None
-
-
-def score_rows(model: Any, X: np.ndarray, timestamps: np.ndarray) -> np.ndarray:
-    """0–100 scores of a series of windows (each with the rows before it as context).
-
-    Long series are scored in chunks (each with the context rows before it: the same scores) with a
-    short sleep between them, so a worker rescoring a day of windows lets the GUI thread take the
-    interpreter lock between chunks instead of queueing behind it for a whole rescoring.
-    """
-    from anomalydesk.detect.score import score_batch
-
-    if len(X) <= SCORE_CHUNK_ROWS:
-        return score_batch(model, X, timestamps) if len(X) else np.empty(0)
-    context = max(0, int(getattr(model, "context_rows", 1)) - 1)
-    # a format-2 model's baseline walks once over the whole series; each chunk is scored against it
-    levels = model.walk(model.adjusted(X, timestamps), timestamps)[0] if getattr(model, "baseline", None) else None
-    parts = []
-    for start in range(0, len(X), SCORE_CHUNK_ROWS):
-        low, high = max(0, start - context), start + SCORE_CHUNK_ROWS
-        chunk = (score_batch(model, X[low:high], timestamps[low:high]) if levels is None
-                 else model.scores(X[low:high], timestamps[low:high], levels[low:high]))
-        parts.append(chunk[start - low:])
-        time.sleep(SCORE_CHUNK_PAUSE_SECONDS)
-    return np.concatenate(parts)

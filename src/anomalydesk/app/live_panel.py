@@ -1,5 +1,9 @@
 """Live panel: a service's fingerprint features over time, its anomaly score, threshold and incidents.
 
+The score curve is what the detector stored for each window (`detect.window_scores`), the score its
+alerts used; windows no model scored are gaps. A vertical line marks each window where a model
+version took over scoring ("model vN"): a newly activated model's scores start there.
+
 Plots redraw on a fixed-rate QTimer from the ring buffers in `LiveState` (never once per Redis
 message); curves are created once per feature selection and updated with `setData`, with peak
 downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
@@ -35,6 +39,8 @@ class LivePanel(QtWidgets.QWidget):
         self._feature_plots: list[pg.PlotItem] = []
         self._curves: dict[str, pg.PlotDataItem] = {}
         self._bands: list[pg.LinearRegionItem] = []
+        self._marks_key: tuple = ()
+        self._marks: list[pg.InfiniteLine] = []
 
         self.service_box = QtWidgets.QComboBox()
         self.service_box.setMinimumContentsLength(12)
@@ -142,6 +148,7 @@ class LivePanel(QtWidgets.QWidget):
             self.score_plot.setXLink(self._feature_plots[0])
         self._drawn_version = -1
         self._bands_key = ()
+        self._marks_key = ()
         self.redraw()
 
     # --- data ---------------------------------------------------------------------------------
@@ -198,6 +205,7 @@ class LivePanel(QtWidgets.QWidget):
         service = self.service
         buf = self.state.live.buffers.get(service)
         self._update_bands(service)
+        self._update_marks(service)
         if buf is None:
             if self._drawn_service != service:
                 for curve in [*self._curves.values(), self.score_curve]:
@@ -245,9 +253,30 @@ class LivePanel(QtWidgets.QWidget):
             self.score_plot.addItem(region)
             self._bands.append(region)
 
+    def _update_marks(self, service: str) -> None:
+        marks = self.state.live.activations.get(service, [])
+        key = (service, len(marks), marks[-1] if marks else None)
+        if key == self._marks_key:
+            return
+        self._marks_key = key
+        for item in self._marks:
+            self.score_plot.removeItem(item)
+        self._marks = []
+        pen = pg.mkPen((120, 200, 255), style=QtCore.Qt.PenStyle.DotLine)
+        for start, version in marks:
+            line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
+                                   labelOpts={"position": 0.92, "color": (120, 200, 255)})  # fmt: skip
+            self.score_plot.addItem(line)
+            self._marks.append(line)
+
     @property
     def band_count(self) -> int:
         return len(self._bands)
+
+    @property
+    def activation_marks(self) -> list[tuple[float, str]]:
+        """(x, label) of the activation lines on the score plot."""
+        return [(float(line.value()), line.label.format) for line in self._marks]
 
     # --- export -------------------------------------------------------------------------------
     def _ask_export(self, kind: str) -> None:

@@ -80,6 +80,23 @@ class RingBuffer:
             self._data[order, column] = values
         self.version += 1
 
+    def assign_by_key(self, keys: np.ndarray, column: int, values: np.ndarray) -> int:
+        """Set `column` of the rows whose column 0 equals one of `keys` (rows and keys in ascending order
+        of column 0, as time-ordered rows are); keys with no row are ignored. Returns the rows set."""
+        keys = np.asarray(keys, dtype=np.float64).reshape(-1)
+        values = np.asarray(values, dtype=np.float64).reshape(-1)
+        if not self._size or not len(keys):
+            return 0
+        order = (self._next - self._size + np.arange(self._size)) % self.capacity  # oldest first
+        stored = self._data[order, 0]
+        at = np.searchsorted(stored, keys).clip(0, self._size - 1)
+        found = stored[at] == keys
+        if not found.any():
+            return 0
+        self._data[order[at[found]], column] = values[found]
+        self.version += 1
+        return int(found.sum())
+
     def last(self) -> np.ndarray | None:
         """The newest row, or None when empty."""
         if self._size == 0:

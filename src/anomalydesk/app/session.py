@@ -9,8 +9,9 @@ with capped exponential backoff and, once connected, runs three readers side by 
   is not lost (duplicates are dropped by alert id). An alert says which incident changed: the app
   reads that incident's record from `Keys.incidents` (the detector wrote it in the same script that
   logged and published the alert) and shows the record, not a copy rebuilt from alerts;
-* fingerprints: XREAD on every service's fingerprint stream into the live ring buffers, scored with
-  the service's active model when there is one;
+* fingerprints: XREAD on every service's fingerprint stream and on the stream of the scores the
+  detector stored for its windows (`detect.window_scores`), into the live ring buffers: the plot shows
+  the scores the alerts used, and the app scores nothing itself;
 * status: server facts, `status` counters, and self-monitoring warnings.
 
 Calls into the synchronous store/detect APIs (setup, models, incidents, sketches) run in a small I/O
@@ -23,7 +24,6 @@ import asyncio
 import concurrent.futures
 import logging
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -45,6 +45,7 @@ from anomalydesk.app.settings import (
 )
 from anomalydesk.app.state import AppState
 from anomalydesk.detect.incident_model import Alert, Incident
+from anomalydesk.detect.window_scores import WindowScore, parse_entries
 from anomalydesk.fingerprint import Fingerprint, from_stream_entry
 from anomalydesk.store.keys import Keys
 
@@ -73,6 +74,13 @@ def _parse_entries(service: str, entries: list[Any]) -> list[Fingerprint]:
     return found
 
 
+def _parse_batch(fresh: list[tuple[str, list[Any]]], scored: list[tuple[str, list[Any]]],
+                 ) -> tuple[list[tuple[str, list[Fingerprint]]], list[tuple[str, list[WindowScore]]]]:  # fmt: skip
+    """New fingerprint and score entries, per service, parsed (unreadable ones skipped)."""
+    return ([(service, _parse_entries(service, entries)) for service, entries in fresh],
+            [(service, parse_entries(entries)) for service, entries in scored])  # fmt: skip
+
+
 class Session:
     """Owns the async client and the reader tasks; publishes into `state`; exposes actions."""
 
@@ -90,11 +98,11 @@ class Session:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fp_last: dict[str, bytes | str] = {}
-        self._models: dict[str, Any] = {}  # service → its active model (or None: learning)
-        self._context: dict[str, deque[Fingerprint]] = {}  # recent windows: the scorer's context
+        self._score_last: dict[str, bytes | str] = {}  # newest entry read of each service's scores stream
         self._initial_catchup_done = False
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()  # subscribed and the alerts log read, on this connection
+        self.history_loaded = asyncio.Event()  # every known service's buffer filled from its streams
         self.alerts_received = 0
         self.on_alert_hooks: list[Callable[[Alert], None]] = []
 
@@ -271,15 +279,34 @@ class Session:
             for service in services:
                 if service not in self._fp_last:
                     await self._load_history(service)
+            self.history_loaded.set()
             if not services:
                 await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
                 continue
             streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
+            streams.update({self.keys.scores(s): self._score_last[s] for s in services})
+            fresh, scored = [], []
             for stream, entries in await self._read_streams(streams):
-                service = self._service_of(_text(stream))
-                for entry_id, fields in entries:
-                    self._fp_last[service] = entry_id
-                    self._add_fingerprint(service, fields)
+                service, kind = self._stream_of(_text(stream))
+                if not entries:
+                    continue
+                if kind == "scores":
+                    self._score_last[service] = entries[-1][0]
+                    scored.append((service, entries))
+                else:
+                    self._fp_last[service] = entries[-1][0]
+                    fresh.append((service, entries))
+            if not fresh and not scored:
+                continue
+            # parsed in the I/O pool: at a window boundary every service's window arrives at once
+            windows, scores = await self.call(_parse_batch, fresh, scored)
+            # fingerprints first: a window's score is never written before its fingerprint, so its row
+            # is in the buffer by the time the score is applied
+            for service, fps in windows:
+                for fp in fps:
+                    self._add_fingerprint(service, fp)
+            for service, stored in scores:
+                self.state.live.apply_scores(service, stored)
 
     async def _read_streams(self, streams: dict[str, Any]) -> list[Any]:
         """New entries of every stream: one blocking XREAD, or on a cluster (streams in different slots,
@@ -295,22 +322,31 @@ class Session:
             await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
         return found
 
-    def _service_of(self, stream: str) -> str:
-        return stream[stream.index("{") + 1 : stream.rindex("}")]
+    def _stream_of(self, stream: str) -> tuple[str, str]:
+        """(service, "fingerprints" | "scores") of a stream this reader follows."""
+        scores = self.keys.scores("")
+        if stream.startswith(scores):
+            return stream[len(scores) :], "scores"
+        return stream[stream.index("{") + 1 : stream.rindex("}")], "fingerprints"
 
     async def reload_history(self) -> None:
         """Fill every service's ring buffer from its streams again (after a backfill wrote history)."""
         # every service the fingerprint reader follows, also those whose buffer is still empty
         for service in sorted(set(self.state.live.buffers) | set(self._fp_last)):
             self.state.live.buffer(service).clear()
+            self.state.live.forget_scores(service)
             await self._load_history(service)
 
     async def _load_history(self, service: str) -> None:
         """Fill the service's ring buffer from its stream and, before it, its history (a backfill sent
-        after live traffic, docs/engine.md): read in chunks, parse in the I/O pool."""
+        after live traffic, docs/engine.md), with the scores the detector stored for those windows:
+        read in chunks, parse in the I/O pool."""
         assert self.client is not None
         raw_window = await self.client.hget(self.keys.config, "window_seconds")
         window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+        # the scores first: one stored after this read arrives through XREAD, its window by then buffered
+        score_entries = await self.client.xrevrange(self.keys.scores(service), count=self.state.live.capacity)
+        self._score_last[service] = score_entries[0][0] if score_entries else "0-0"
         remaining = self.state.live.capacity
         chunks: list[list[Fingerprint]] = []
         newest: Any = None
@@ -327,50 +363,23 @@ class Session:
                 upper = f"({_text(entries[-1][0])}"
         self._fp_last[service] = newest or "0-0"
         fps = [fp for chunk in reversed(chunks) for fp in chunk]
-        self._models[service] = model = await self.call(backend.load_model, self.sync, self.keys, service)
-        self._set_threshold(service, model)
-        scores = np.full(len(fps), np.nan)
-        scoreable = [i for i, fp in enumerate(fps) if not fp.no_data]
-        if model is not None and scoreable:
-            X = np.vstack([fps[i].vector for i in scoreable])
-            ts = np.array([fps[i].start for i in scoreable])
-            scores[scoreable] = await self.call(backend.score_rows, model, X, ts)
+        self._set_threshold(service, await self.call(backend.load_model, self.sync, self.keys, service))
         if fps:
             rows = np.empty((len(fps), 2 + len(fps[0].vector)))
             rows[:, 0] = [fp.start for fp in fps]
-            rows[:, 1] = scores
+            rows[:, 1] = np.nan  # not scored, unless the detector stored a score for the window
             rows[:, 2:] = np.vstack([fp.vector for fp in fps])
             self.state.live.buffer(service).extend(rows)
             self._note_arrival(fps[-1].start)
-        context = self._context[service] = deque(maxlen=config.MODEL_CONTEXT_ROWS)
-        context.extend(fp for fp in fps if not fp.no_data)
-
-    def _parse(self, service: str, fields: dict[Any, Any]) -> Fingerprint | None:
-        try:
-            return from_stream_entry(service, fields)
-        except (KeyError, ValueError) as err:
-            log.warning("skipping an unreadable fingerprint of %s: %s", service, err)
-            return None
+        scores: list[WindowScore] = await self.call(parse_entries, score_entries[::-1])
+        self.state.live.apply_scores(service, scores)
 
     def _note_arrival(self, start: float) -> None:
         self.state.connection.last_fingerprint_at = max(self.state.connection.last_fingerprint_at, start)
 
-    def _add_fingerprint(self, service: str, fields: dict[Any, Any]) -> None:
-        fp = self._parse(service, fields)
-        if fp is None:
-            return
-        model = self._models.get(service)
-        score = None
-        if not fp.no_data:
-            context = self._context.setdefault(service, deque(maxlen=config.MODEL_CONTEXT_ROWS))
-            context.append(fp)
-            if model is not None:
-                try:
-                    X = np.vstack([c.vector for c in context])
-                    score = float(backend.score_rows(model, X, np.array([c.start for c in context]))[-1])
-                except ValueError as err:  # a model of another schema: shown as "no score"
-                    log.warning("cannot score %s: %s", service, err)
-        self.state.live.append(service, fp.start, fp.vector, score)
+    def _add_fingerprint(self, service: str, fp: Fingerprint) -> None:
+        """A new window on the plot, without a score until the detector's stored score for it arrives."""
+        self.state.live.append(service, fp.start, fp.vector, None)
         self._note_arrival(fp.start)
 
     def _set_threshold(self, service: str, model: Any) -> None:
@@ -379,37 +388,12 @@ class Session:
         else:
             self.state.live.thresholds[service] = float(model.threshold)
 
-    async def refresh_model(self, service: str, scored: dict[str, list[float]] | None = None) -> None:
-        """Reload the service's active model (after training, activation or rollback) and rescore the plot.
+    async def refresh_model(self, service: str) -> None:
+        """Read the service's active model's threshold again (after training, activation or rollback).
 
-        `scored` ({"start": [...], "score": [...]}) holds windows the training process already scored
-        with this model: those rows take their scores from it and only newer rows are scored here.
-        """
-        model = await self.call(backend.load_model, self.sync, self.keys, service)
-        self._models[service] = model
-        self._set_threshold(service, model)
-        buf = self.state.live.buffers.get(service)
-        if buf is None or not len(buf):
-            return
-        rows = buf.view()
-        version = buf.version
-        scores = np.full(len(rows), np.nan)
-        todo = 0  # rows from here on are scored in this process
-        if model is not None and scored and scored.get("start"):
-            starts = np.asarray(scored["start"], dtype=np.float64)
-            found = np.searchsorted(starts, rows[:, 0]).clip(0, len(starts) - 1)
-            known = starts[found] == rows[:, 0]
-            scores[known] = np.asarray(scored["score"], dtype=np.float64)[found[known]]
-            todo = int(np.flatnonzero(known)[-1]) + 1 if known.any() else 0
-        if model is not None and todo < len(rows):
-            context = max(0, model.context_rows - 1)
-            low = max(0, todo - context)
-            try:
-                scores[todo:] = (await self.call(backend.score_rows, model, rows[low:, 2:], rows[low:, 0]))[todo - low:]
-            except ValueError as err:  # a model of another schema: the plot shows no score
-                log.warning("cannot score %s: %s", service, err)
-        if buf.version == version:  # no window arrived meanwhile (else the next model refresh fixes it)
-            buf.assign_column(1, scores)
+        The plot's scores are the detector's: windows scored before keep their scores, the new model's
+        start with the first window it scores (marked on the plot as its activation)."""
+        self._set_threshold(service, await self.call(backend.load_model, self.sync, self.keys, service))
 
     # --- status and self-monitoring -----------------------------------------------------------
     async def _status_loop(self) -> None:

@@ -7,6 +7,7 @@ The session (`session.py`) writes these from the asyncio side; panels read them 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,7 @@ from anomalydesk.app.observable import Signal
 from anomalydesk.app.ringbuffer import RingBuffer
 from anomalydesk.app.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
 from anomalydesk.detect.incident_model import Alert, Incident, Severity, parse_time
+from anomalydesk.detect.window_scores import WindowScore, activations
 from anomalydesk.fingerprint import N_FEATURES
 
 HEALTH_LEVELS = ("none", "warning", "critical")  # by `Severity.rank`: an info incident is no warning
@@ -95,16 +97,20 @@ class TrainingState:
 
 
 # --- live data --------------------------------------------------------------------------------
-LIVE_COLUMNS = 2 + N_FEATURES  # window start (epoch s), score (NaN before a model), features…
+LIVE_COLUMNS = 2 + N_FEATURES  # window start (epoch s), stored score (NaN: not scored), features…
+ACTIVATIONS_KEPT = 50  # activation marks kept per service
 
 
 class LiveState:
-    """Per-service ring buffers of fingerprints and scores, bounded by `capacity` rows each."""
+    """Per-service ring buffers of fingerprints and the scores the detector stored for them, bounded by
+    `capacity` rows each, and where a model version took over scoring (`activations`)."""
 
     def __init__(self, capacity: int = LIVE_CAPACITY):
         self.capacity = capacity
         self.buffers: dict[str, RingBuffer] = {}
         self.thresholds: dict[str, float] = {}
+        self.activations: dict[str, list[tuple[float, int]]] = {}  # service → [(window start, version)]
+        self._scored_by: dict[str, int | None] = {}  # the version of the newest score applied
         self.services_changed = Signal()
 
     def buffer(self, service: str) -> RingBuffer:
@@ -122,6 +128,31 @@ class LiveState:
         row[1] = np.nan if score is None else score
         row[2:] = vector
         self.buffer(service).append(row)
+
+    def apply_scores(self, service: str, scores: Sequence[WindowScore]) -> int:
+        """Put stored scores (oldest first) on their windows' rows and note where a model version took
+        over scoring; a score whose window is not buffered is dropped. Returns the rows set."""
+        if not scores:
+            return 0
+        marks = activations(scores, before=self._scored_by.get(service))
+        self._scored_by[service] = scores[-1].model_version
+        if marks:
+            kept = self.activations.setdefault(service, [])
+            kept.extend(marks)
+            del kept[: max(0, len(kept) - ACTIVATIONS_KEPT)]
+        starts = np.fromiter((s.start for s in scores), np.float64, len(scores))
+        values = np.fromiter((s.score for s in scores), np.float64, len(scores))
+        order = np.argsort(starts, kind="stable")
+        return self.buffer(service).assign_by_key(starts[order], 1, values[order])
+
+    def forget_scores(self, service: str | None = None) -> None:
+        """Drop the activation marks and scoring history of one service (its buffer is filled again), or all."""
+        if service is None:
+            self.activations.clear()
+            self._scored_by.clear()
+            return
+        self.activations.pop(service, None)
+        self._scored_by.pop(service, None)
 
     def nbytes(self) -> int:
         """Memory held by the ring buffers."""
@@ -338,6 +369,7 @@ class AppState:
         """Drop what the previous server showed: live windows, services, incidents, models, sketch sizes."""
         self.live.buffers.clear()
         self.live.thresholds.clear()
+        self.live.forget_scores()
         self.live.services_changed.emit()
         self.set_services([])
         self.incidents.forget()

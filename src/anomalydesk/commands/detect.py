@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("--service-lease-ms", type=int, metavar="MS", help="how long a service stays owned "
                    "by a silent detector before another takes it over")  # fmt: skip
     p.add_argument("--print-alerts", action="store_true", help="print each alert as a JSON line on stdout")
+    p.add_argument("--worker", action="store_true",
+                   help="run as the desktop app's detector (a child process it owns): work only while no other "
+                   "detector holds the lease, and stop when stdin closes (the app stopped it, quit or died)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,9 +55,16 @@ def run(args: argparse.Namespace) -> int:
     extra = {"service_lease_ms": args.service_lease_ms} if args.service_lease_ms else {}
     r = client(args)
     detector = Detector(r, name=args.name, seal=not args.no_seal, retrain_every=args.retrain_every,
+                        respect_lease=args.worker,
                         on_alert=on_alert if (args.print_alerts or args.json) else None, **extra)  # fmt: skip
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    if args.worker:
+        def until_stdin_closes() -> None:
+            sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe, or exited
+            stop.set()
+
+        threading.Thread(target=until_stdin_closes, name="stdin-watch", daemon=True).start()
     print(f"detector {detector.name}: running (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         detector.run(stop)

@@ -6,8 +6,9 @@ renewed every step), so one service's windows are handled in order by one detect
 several detectors split the services between them. A detector that takes a service over first
 claims (XAUTOCLAIM) whatever the previous owner left pending, then reads new entries.
 
-Exactly-once effect: a window's incident changes, alerts and the service's detector state are
-written by one Lua script over the incident slot, then the entry is XACKed (`incident_flow.Committer`);
+Exactly-once effect: a window's incident changes, alerts, score (`detect.window_scores`, what the
+app plots) and the service's detector state are written by one Lua script over the incident slot,
+then the entry is XACKed (`incident_flow.Committer`);
 a window delivered again after a crash finds its state already written and is only acknowledged, so
 no fingerprint is lost and no alert is written twice.
 
@@ -183,8 +184,10 @@ class Detector:
 
     def _window_s(self) -> float:
         if self._window_seconds is None:
-            raw = self.r.hget(self.keys.config, "window_seconds")
+            raw, retention = self.r.hmget(self.keys.config, ["window_seconds", "retention"])
             self._window_seconds = float(raw) if raw else float(config.DEFAULT_WINDOW_SECONDS)
+            # the scores stream keeps as many windows as the fingerprint streams
+            self._committer.score_maxlen = int(retention) if retention else config.DEFAULT_RETENTION_WINDOWS
         return self._window_seconds
 
     def _ensure_group(self, service: str) -> None:
@@ -272,7 +275,8 @@ class Detector:
         if not self._migrated:
             migrate_incident_keys(self.r, keys=self.keys)  # data written before the incident slot
             self._migrated = True
-        if self.seal and now - self._last_seal >= self._window_s() / 2:
+        window_s = self._window_s()  # also reads the retention the scores stream is trimmed to
+        if self.seal and now - self._last_seal >= window_s / 2:
             from anomalydesk.store.sink import seal_all
 
             self._last_seal = now

@@ -23,6 +23,7 @@ from anomalydesk import config
 from anomalydesk.detect.episodes import EpisodeTracker
 from anomalydesk.detect.incident_model import Alert, Candidate, Incident, Mark, Severity, rfc3339, severity_of
 from anomalydesk.detect.incidents import APPLY_LUA, apply_args
+from anomalydesk.detect.window_scores import WindowScore
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
 
@@ -64,11 +65,13 @@ class Confirmation:
 
 @dataclass
 class Plan:
-    """What handling one window changes: state, incidents (with the rev they were read at), alerts."""
+    """What handling one window changes: state, incidents (with the rev they were read at), alerts,
+    and the window's score when its model scored it (stored for the plots, `detect.window_scores`)."""
 
     state: dict[str, Any]
     incidents: list[tuple[Incident, int]] = field(default_factory=list)
     alerts: list[Alert] = field(default_factory=list)
+    score: WindowScore | None = None
 
 
 def _fmt(value: float) -> str:
@@ -168,6 +171,7 @@ def advance(
         return plan
 
     if verdict is not None and not fp.no_data:
+        plan.score = WindowScore(window, start, verdict.score, verdict.severity, verdict.anomalous, model_version)
         tracker = confirmation.tracker(plan.state.get("episode"))
         event = tracker.step(verdict.anomalous, window)
         plan.state["episode"] = tracker.state()
@@ -374,18 +378,26 @@ class Committer:
     Two steps, so that a Redis Cluster (where the service's stream and the incident keys live in
     different slots) runs them too. The script records the window in the service's detector state
     together with its incidents and alerts; a crash before the XACK redelivers the window, the
-    script answers ALREADY_DONE and the entry is only acknowledged. XACK is idempotent.
+    script answers ALREADY_DONE and the entry is only acknowledged. XACK is idempotent. The window's
+    score (`plan.score`) goes to `Keys.scores(service)` in the same script, with the fingerprint's entry
+    id, trimmed to `score_maxlen` entries (the detector sets it to the fingerprint streams' retention).
     """
 
-    def __init__(self, r: redis.Redis, keys: Keys, group: str = config.DETECTOR_GROUP):
+    def __init__(self, r: redis.Redis, keys: Keys, group: str = config.DETECTOR_GROUP,
+                 score_maxlen: int = config.DEFAULT_RETENTION_WINDOWS):  # fmt: skip
         self.r = r
         self._script = r.register_script(APPLY_LUA)
         self.keys = keys
         self.group = group
+        self.score_maxlen = score_maxlen
 
     def commit(self, service: str, entry_id: bytes | str, window: int, plan: Plan) -> int:
         """COMMITTED, ALREADY_DONE (window handled before: only XACKed) or CONFLICT (recompute)."""
-        keys, args = apply_args(self.keys, service, window, plan.state, plan.incidents, plan.alerts)
+        score = None
+        if plan.score is not None:
+            text_id = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+            score = (text_id, plan.score.fields(), self.score_maxlen)
+        keys, args = apply_args(self.keys, service, window, plan.state, plan.incidents, plan.alerts, score)
         outcome = int(self._script(keys=keys, args=args))
         if outcome != CONFLICT:
             self.r.xack(self.keys.fingerprints(service), self.group, entry_id)

@@ -57,6 +57,7 @@ class Severity(StrEnum):
         return self.rank >= Severity(other).rank
 
 
+SCORE_DECIMALS = 2  # alerts and stored window scores carry the 0–100 score rounded to this
 SEVERITY_RANK: dict[Severity, int] = {severity: rank for rank, severity in enumerate(Severity)}
 SEVERITIES = tuple(s.value for s in Severity)
 
@@ -294,7 +295,7 @@ class Alert:
             raise ValueError(f"alert kind {kind!r} is not one of {ALERT_KINDS}")
         return cls(id=f"{incident.id}:{window}:{kind}", kind=kind, incident_id=incident.id,
                    time=rfc3339(window_start), window=window, service=incident.service,
-                   score=round(float(score), 2), severity=Severity(severity), reasons=reasons,
+                   score=round(float(score), SCORE_DECIMALS), severity=Severity(severity), reasons=reasons,
                    model_version=model_version, message=message, silenced=silenced)  # fmt: skip
 
     @property

@@ -57,10 +57,14 @@ def parse_duration(text: str) -> float:
 
 
 # One script in the incident slot (KEYS: detector states, incidents, open set, alert log, alert
-# stats, all tagged with the alert log's name). ARGV: service ('' for an operator action), window,
-# state JSON, alert log MAXLEN, channel, number of incidents, then per incident (id, expected rev,
-# JSON, open flag), then per alert (JSON, publish flag). -1: an incident's rev moved (recompute);
-# -2: an operator's incident is gone; 0: the service's state already covers the window.
+# stats, and for a scored window the service's scores stream, all tagged with the alert log's name).
+# ARGV: service ('' for an operator action), window, state JSON, alert log MAXLEN, channel, number of
+# incidents, the score entry's id ('' when the window was not scored), the scores stream's MAXLEN, the
+# number of score fields and values, those, then per incident (id, expected rev, JSON, open flag),
+# then per alert (JSON, publish flag). -1: an incident's rev moved (recompute); -2: an operator's
+# incident is gone; 0: the service's state already covers the window (nothing is written, the score
+# neither). The score is the first write, under pcall: an id not past the stream's last (a window
+# scored before the detector state was lost) adds no second entry and stops nothing else.
 APPLY_LUA = """
 if ARGV[1] ~= '' then
   local st = redis.call('HGET', KEYS[1], ARGV[1])
@@ -70,7 +74,9 @@ if ARGV[1] ~= '' then
   end
 end
 local n = tonumber(ARGV[6])
-local i = 7
+local nscore = tonumber(ARGV[9])
+local first = 10 + nscore
+local i = first
 for _ = 1, n do
   local cur = redis.call('HGET', KEYS[2], ARGV[i])
   local rev = 0
@@ -78,7 +84,10 @@ for _ = 1, n do
   if rev ~= tonumber(ARGV[i + 1]) then return -1 end
   i = i + 4
 end
-i = 7
+if ARGV[7] ~= '' then
+  redis.pcall('XADD', KEYS[6], 'MAXLEN', '~', ARGV[8], ARGV[7], unpack(ARGV, 10, first - 1))
+end
+i = first
 for _ = 1, n do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 2])
   if ARGV[i + 3] == '1' then redis.call('SADD', KEYS[3], ARGV[i]) else redis.call('SREM', KEYS[3], ARGV[i]) end
@@ -99,15 +108,22 @@ GONE = -2
 def apply_args(
     keys: Keys, service: str, window: int, state: dict[str, Any] | None,
     incidents: list[tuple[Incident, int]], alerts: list[Alert],
+    score: tuple[str, list[str], int] | None = None,
 ) -> tuple[list[str], list[Any]]:  # fmt: skip
-    """KEYS and ARGV of `APPLY_LUA` (service '' and state None: an operator's change)."""
+    """KEYS and ARGV of `APPLY_LUA` (service '' and state None: an operator's change).
+
+    `score`: (entry id, field/value pairs, MAXLEN) of the window's entry in `Keys.scores(service)`."""
+    entry_id, fields, maxlen = score if score is not None else ("", [], 0)
     args: list[Any] = [service, window, json.dumps(state) if state is not None else "", config.ALERT_LOG_MAXLEN,
-                       keys.alerts_channel, len(incidents)]  # fmt: skip
+                       keys.alerts_channel, len(incidents), entry_id, maxlen, len(fields), *fields]  # fmt: skip
     for incident, expected_rev in incidents:
         args += [incident.id, expected_rev, json.dumps(incident.to_json()), "1" if incident.is_open else "0"]
     for alert in alerts:
         args += [json.dumps(alert.to_json()), "0" if alert.silenced else "1"]
-    return [keys.detector_states, keys.incidents, keys.incidents_open, keys.alerts_log, keys.alert_stats], args
+    script_keys = [keys.detector_states, keys.incidents, keys.incidents_open, keys.alerts_log, keys.alert_stats]
+    if score is not None:
+        script_keys.append(keys.scores(service))
+    return script_keys, args
 
 
 # --- reading -------------------------------------------------------------------------------------

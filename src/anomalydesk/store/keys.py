@@ -75,6 +75,12 @@ class Keys:
         """Hash service → the detector's JSON state of it (last window handled, tracker, open incidents)."""
         return f"{self.incident_tag}:det"
 
+    def scores(self, service: str) -> str:
+        """Stream of the windows the detector scored for `service` (score, severity, anomalous, model
+        version), entry id = the fingerprint's; in the alert log's slot, not the service's, because the
+        detector writes it in the script that commits the window's state (`detect.window_scores`)."""
+        return f"{self.incident_tag}:scores:{service}"
+
     @property
     def alert_stats(self) -> str:
         """Hash with `alerts_total`: alerts ever appended to the (trimmed) alert log."""

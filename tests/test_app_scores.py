@@ -1,0 +1,110 @@
+"""The live plot shows the scores the detector stored (the ones its alerts used), offscreen, against a
+real redis-server: windows nobody scored are gaps, and each model version's takeover is marked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from app_support import qloop, run  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+SERVICE = "payments"
+
+
+def stored_scores(r) -> dict[float, float]:
+    from anomalydesk.detect import window_scores
+
+    return {s.start: s.score for s in window_scores.read(r, SERVICE)}
+
+
+def plotted(panel) -> tuple[np.ndarray, np.ndarray]:
+    """The score curve's data as set (getData() would give what clip-to-view shows of it)."""
+    panel.redraw(force=True)
+    curve = panel.score_curve
+    return np.asarray(curve.xData, dtype=float), np.asarray(curve.yData, dtype=float)
+
+
+def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop, redis_url, r):  # noqa: F811
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.store import models as registry
+    from test_detector import add_window, alerts, drain, make_detector
+
+    detector = make_detector(r)
+    for w in range(1000, 1004):  # learning: no model, no scores
+        add_window(r, SERVICE, w)
+    drain(detector)
+    registry.save(r, SERVICE, json.dumps({"limit": 200}), {"windows": 100})
+    detector._last_refresh = -1e18  # the next step reads the new model at once
+    for w, requests in zip(range(1004, 1008), [100, 300, 900, 100], strict=True):
+        add_window(r, SERVICE, w, requests=requests)
+    drain(detector)
+    assert len(stored_scores(r)) == 4
+
+    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        panel = app.window.live
+        panel.select_service(SERVICE)
+        live = app.state.live
+        qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == 8, timeout=20_000)
+        # history read at start-up: scores where the detector stored one, gaps where it did not
+        x, y = plotted(panel)
+        assert list(x) == [w * 5.0 for w in range(1000, 1008)]
+        assert np.isnan(y[:4]).all()
+        assert dict(zip(x[4:], y[4:], strict=True)) == stored_scores(r)
+        assert panel.activation_marks == [(1004 * 5.0, "model v1")]
+        # the alert's score is the plotted one
+        opened = [a for a in alerts(r) if a["service"] == SERVICE and a["kind"] == "new"]
+        assert opened and y[list(x).index(opened[0]["window"] * 5.0)] == opened[0]["score"]
+
+        # a newer model activated while the app runs: it scores from its activation on
+        registry.save(r, SERVICE, json.dumps({"limit": 1000}), {"windows": 100})
+        detector._last_refresh = -1e18
+        for w in range(1008, 1012):
+            add_window(r, SERVICE, w, requests=300)
+        drain(detector)
+        qtbot.waitUntil(lambda: np.isfinite(live.buffers[SERVICE].view()[:, 1]).sum() == 8, timeout=20_000)
+        x, y = plotted(panel)
+        stored = stored_scores(r)
+        assert {a: b for a, b in zip(x, y, strict=True) if np.isfinite(b)} == stored
+        assert np.isnan(y[:4]).all() and len(stored) == 8
+        assert panel.activation_marks == [(1004 * 5.0, "model v1"), (1008 * 5.0, "model v2")]
+        # v1 said 300 requests is anomalous (80), v2 does not (10): the earlier windows keep v1's scores
+        assert y[5] == 80.0 and list(y[8:]) == [10.0] * 4
+    finally:
+        detector.release()
+        run(qtbot, app.shutdown())
+        app.dispose()
+
+
+def test_a_window_without_its_score_yet_is_a_gap_until_the_score_arrives(qtbot):
+    from anomalydesk.app.live_panel import LivePanel
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.detect.window_scores import WindowScore
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=10)
+    panel = LivePanel(state, AppSettings(live_features=["requests"]))
+    qtbot.addWidget(panel)
+    for i in range(12):
+        state.live.append(SERVICE, 100.0 + 5 * i, np.zeros(N_FEATURES), None)
+    state.set_services([SERVICE])
+    panel.select_service(SERVICE)
+    _, y = plotted(panel)
+    assert np.isnan(y).all() and panel.activation_marks == []
+    scores = [WindowScore(20 + i, 100.0 + 5 * i, 40.0 + i, "info", False, 3) for i in range(12)]  # type: ignore[arg-type]
+    assert state.live.apply_scores(SERVICE, scores[:1]) == 0  # its window left the buffer: dropped
+    assert state.live.apply_scores(SERVICE, scores[1:]) == 10
+    x, y = plotted(panel)
+    assert list(x) == [100.0 + 5 * i for i in range(2, 12)]
+    assert list(y) == [40.0 + i for i in range(2, 12)]
+    # one mark, where v3 began scoring (the dropped window: off the plot now), none for the rest
+    assert panel.activation_marks == [(100.0, "model v3")]
