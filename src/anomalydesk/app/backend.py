@@ -31,6 +31,15 @@ class BackendError(Exception):
     """A core call failed in a way the UI should show as a reason (not a crash)."""
 
 
+class SketchConflict(BackendError):
+    """New sketch sizes would recreate sketches: `changes` (old → new) and what that `resets`."""
+
+    def __init__(self, changes: str, resets: list[str]):
+        self.changes = changes
+        self.resets = list(resets)
+        super().__init__(f"changing {changes} recreates sketches, which resets: {'; '.join(self.resets)}")
+
+
 def prefix() -> str:
     """The key prefix in force (`$ANOMALYDESK_PREFIX` or the default)."""
     return config.key_prefix()
@@ -210,7 +219,7 @@ def apply_setup(r: redis.Redis, keys: Keys, values: dict[str, Any], force: bool)
         settings = config.SketchSettings(**values)
         return admin.setup(r, settings, force=force, keys=keys)
     except admin.SetupConflict as err:
-        raise BackendError(str(err)) from err
+        raise SketchConflict(err.changes, err.resets) from err
     except (TypeError, ValueError) as err:
         raise BackendError(f"invalid sketch settings: {err}") from err
 
