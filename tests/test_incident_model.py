@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError, replace
+from datetime import UTC
 
 import pytest
 import redis
@@ -227,7 +228,7 @@ def test_state_at_names_every_state_once_with_its_label() -> None:
     assert cases[IncidentState.SNOOZED].state_at(1_800_000_001.0) is IncidentState.ACKNOWLEDGED  # it ran out
     plus_one = timezone(timedelta(hours=1), "CET")
     assert local_time(1_800_000_000.0, plus_one) == "2027-01-15 09:00:00 CET"
-    assert local_time(1_800_000_000.0, timezone.utc) == "2027-01-15 08:00:00 UTC"
+    assert local_time(1_800_000_000.0, UTC) == "2027-01-15 08:00:00 UTC"
     snoozed = cases[IncidentState.SNOOZED]
     assert snoozed.state_text(now, plus_one) == "snoozed until 2027-01-15 09:00:00 CET"
     assert cases[IncidentState.FALSE_POSITIVE].state_text(now) == "false positive"
