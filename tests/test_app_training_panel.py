@@ -30,6 +30,13 @@ def save_model(r: redis.Redis, service: str) -> int:
     return registry.save(r, service, json.dumps({"limit": 200}), {"windows": 4321, "metrics": METRICS})
 
 
+def wait_message(qtbot, panel, text: str) -> None:
+    try:
+        qtbot.waitUntil(lambda: panel.message.text() == text, timeout=10_000)
+    except Exception:
+        pytest.fail(f"the panel says {panel.message.text()!r}, not {text!r}")
+
+
 def cells(table, row: int) -> list[str]:
     return [table.item(row, c).text() for c in range(table.columnCount())]
 
@@ -47,6 +54,10 @@ def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_mode
         assert panel.selected_service() == "alpha"
         assert [i.row() for i in panel.services_table.selectionModel().selectedRows()] == [0]
         qtbot.waitUntil(lambda: panel.versions_table.rowCount() == 2, timeout=5_000)
+        run(qtbot, app.actions.refresh_models())  # a re-read (the 15-s timer's) keeps what an action said
+        panel.message.setText("kept")
+        run(qtbot, app.actions.refresh_models())
+        assert panel.message.text() == "kept"
         newest = cells(panel.versions_table, 0)
         assert newest[0] == "v2" and newest[2] == "4,321" and newest[3] == "yes"
         assert newest[-1] == ("flagged in training 1.2 % · daily cycle yes · excluded 3 windows · gaps 12 windows · "
@@ -58,14 +69,14 @@ def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_mode
         panel.services_table.selectRow(0)
         panel.versions_table.selectRow(1)  # v1 of alpha (newest first)
         panel.activate_button.click()
-        qtbot.waitUntil(lambda: panel.message.text() == "alpha: model v1 is active", timeout=10_000)
+        wait_message(qtbot, panel, "alpha: model v1 is active")
         assert app.window.status.currentMessage() == "alpha: model v1 is active"
         assert registry.active_versions(r)["alpha"] == 1
         panel.versions_table.selectRow(0)
         panel.activate_button.click()
-        qtbot.waitUntil(lambda: panel.message.text() == "alpha: model v2 is active", timeout=10_000)
+        wait_message(qtbot, panel, "alpha: model v2 is active")
         panel.rollback_button.click()
-        qtbot.waitUntil(lambda: panel.message.text() == "alpha: rolled back: model v1 is active", timeout=10_000)
+        wait_message(qtbot, panel, "alpha: rolled back: model v1 is active")
         assert app.window.status.currentMessage() == "alpha: rolled back: model v1 is active"
         panel.rollback_button.click()  # nothing older than v1
         qtbot.waitUntil(lambda: panel.message.text().startswith("rollback failed: "), timeout=10_000)

@@ -124,6 +124,7 @@ class TrainingPanel(QtWidgets.QWidget):
         self.learning_timer.setInterval(settings_mod.LEARNING_REFRESH_MS)
         self.learning_timer.timeout.connect(self._refresh_learning)
         self.learning_timer.start()
+        self._training_words: str | None = None  # the training state's words last shown
         self.refresh()
 
     def stop(self) -> None:
@@ -151,7 +152,10 @@ class TrainingPanel(QtWidgets.QWidget):
         self.train_button.setEnabled(not training.running)
         self.cancel_button.setEnabled(training.running)
         self.progress.setValue(round(training.progress * 100))
-        self.message.setText(training.result if not training.running and training.result else training.message)
+        words = training.result if not training.running and training.result else training.message
+        if words != self._training_words:  # a re-read of the model states keeps an action's message
+            self._training_words = words
+            self.message.setText(words)
         names = sorted(training.services)
         selected = self.selected_service()
         if selected not in names:  # nothing chosen yet: the service of the form, else the first one
