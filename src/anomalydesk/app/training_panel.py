@@ -219,11 +219,16 @@ class TrainingPanel(QtWidgets.QWidget):
 
     @asyncSlot()
     async def refresh_models(self) -> None:
-        """Reload per-service model state."""
+        """Reload per-service model state (not while (re)connecting: every reconnect re-reads them)."""
+        if self.state.connection.status != "connected":
+            return
         try:
             await self.actions.refresh_models()
         except Exception as err:
             self.message.setText(f"models: {err}")
+            return
+        if self.message.text().startswith("models: "):  # an earlier read failed; this one did not
+            self.message.setText("")
 
     @asyncSlot()
     async def activate(self) -> None:
