@@ -85,7 +85,9 @@ def _duration(seconds: float) -> str:
         return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds < 86_400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86_400:,} d {seconds % 86_400 // 3600:02d} h"
 
 
 class IncidentsModel(QtCore.QAbstractTableModel):
