@@ -37,15 +37,23 @@ def ingest(r, service: str, traffic: dict[str, tuple[int, int]], t0: float) -> N
 
 
 def query(qtbot, panel, service: str, kind: str, items: str):
-    """Ask through the widgets; the parsed JSON the panel shows (or its error text)."""
-    panel.q_result.clear()
+    """Ask through the widgets; what the result table shows, as values (or "error: " and the error shown)."""
+    answered = panel.answered
     panel.q_service.setCurrentText(service)
     panel.q_kind.setCurrentText(kind)
     panel.q_items.setText(items)
     panel.q_button.click()
-    qtbot.waitUntil(lambda: panel.q_result.toPlainText() != "", timeout=10_000)
-    text = panel.q_result.toPlainText()
-    return text if text.startswith("error:") else json.loads(text)
+    qtbot.waitUntil(lambda: panel.answered > answered, timeout=10_000)
+    if panel.q_error.text() and not panel.table_rows():
+        return f"error: {panel.q_error.text()}"
+    rows = panel.table_rows()
+    if kind == "topk":
+        assert [r[0] for r in rows] == [str(i) for i in range(1, len(rows) + 1)]  # ranked
+        return [[name, int(count.replace(",", ""))] for _rank, name, count in rows]
+    if kind == "interaction":
+        assert {r[1] for r in rows} <= {"yes", "no"}
+        return {name: seen == "yes" for name, seen in rows}
+    return {name: int(count.replace(",", "")) for name, count in rows}
 
 
 def cli_json(capsys, url: str, *args: str):
@@ -99,6 +107,26 @@ def test_inspector_answers_match_the_truth_the_store_and_the_cli(qtbot, qloop, r
 
         error = query(qtbot, panel, "shop", "status", "two hundred")
         assert error.startswith("error:") and "status codes must be numbers" in error
+
+        # tables in GUI words: each query its own placeholder and headers; sizes readable in full
+        headers = {}
+        for kind in ("endpoint", "status", "interaction", "topk"):
+            panel.q_kind.setCurrentText(kind)
+            headers[kind] = [panel.q_table.horizontalHeaderItem(c).text() for c in range(panel.q_table.columnCount())]
+            if kind == "status":
+                assert "200" in panel.q_items.placeholderText() and "GET:" not in panel.q_items.placeholderText()
+        assert headers["topk"] == ["#", "endpoint", "count (estimate)"] and headers["interaction"][1] == "seen before"
+        assert not panel.q_items.isEnabled()  # Top-K takes no items
+        empty = query(qtbot, panel, "shop", "endpoint", "")
+        assert empty.startswith("error: type endpoints")
+        sizes = panel.sizes.horizontalHeader()
+        for col in range(panel.sizes.columnCount() - 1):  # (the last one stretches)
+            assert sizes.sectionSize(col) >= sizes.sectionSizeHint(col), panel.sizes.horizontalHeaderItem(col).text()
+        assert panel.sizes.viewport().height() >= 2 * panel.sizes.rowHeight(0)
+        app.window.docks["sketches"].show()
+        app.window.docks["sketches"].raise_()
+        query(qtbot, panel, "shop", "topk", "")
+        app.window.grab().save("/tmp/wtc-sketches.png")
     finally:
         run(qtbot, app.shutdown())
         app.dispose()

@@ -122,7 +122,7 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
         qtbot.waitUntil(lambda: state.connection.status == "failed", timeout=30_000)
         assert "authentication" in state.connection.reason
         assert "authentication" in panel.reason.text()
-        assert "not-the-password" not in panel.status.text() + panel.reason.text() + window.status.currentMessage()
+        assert "not-the-password" not in panel.status.text() + panel.reason.text() + window.connection_status.text()
         assert panel.password.text() == ""  # saved to the secret store, not left in the form
 
         panel.url.setText(second.url)  # back to a good server: recovers
@@ -232,7 +232,7 @@ def test_self_monitoring_warns_about_silent_services_and_no_detector(qtbot, qloo
         qtbot.waitUntil(lambda: any(silent in w for w in conn.warnings), timeout=20_000)
         assert any(no_detector in w for w in conn.warnings)
         assert silent in panel.warnings.text() and no_detector in panel.warnings.text()
-        assert silent in app.window.status.currentMessage()
+        assert silent in app.window.connection_status.text()
 
         seed_service(r, "quiet-svc", time.time(), window_seconds=60)  # fingerprints resume
         qtbot.waitUntil(lambda: not any(silent in w for w in conn.warnings), timeout=20_000)

@@ -53,7 +53,7 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
     png = panel.export_png(tmp_path / "live.png")
     assert png.stat().st_size > 1000
     csv = panel.export_csv(tmp_path / "live.csv")
-    rows = np.loadtxt(csv, delimiter=",", skiprows=1)
+    rows = np.loadtxt(csv, delimiter=",", skiprows=1, usecols=[0, 2, *range(3, 3 + N_FEATURES)])
     assert rows.shape == (100, 2 + N_FEATURES) and rows[-1, 2] == 999.0
     panel.set_features(["latency_p95_ms"])
     assert list(panel._curves) == ["latency_p95_ms"]
@@ -135,11 +135,14 @@ def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # n
         panel.topk.setValue(20)
         panel.apply_button.click()
         qtbot.waitUntil(panel.confirm.isVisible, timeout=10_000)
-        assert "Top-K" in panel.confirm_text.text()
+        assert "Top-K" in panel.confirm_text.text() and "topk 10 → 20" in panel.confirm_text.text()
+        assert "--force" not in panel.confirm_text.text() and "rerun" not in panel.confirm_text.text()  # GUI words
         assert admin.read_settings(r).settings.topk == 10  # nothing changed yet
         panel.recreate_button.click()
         qtbot.waitUntil(lambda: admin.read_settings(r).settings.topk == 20, timeout=10_000)
         qtbot.waitUntil(lambda: not panel.confirm.isVisible(), timeout=5_000)
+        assert panel.message.text().startswith("sketch settings applied: reset Top-K lists")
+        assert app.window.status.currentMessage() == panel.message.text()
         panel.retention.setValue(1000)  # changes no sketch: applied at once
         panel.apply_button.click()
         qtbot.waitUntil(lambda: admin.read_settings(r).settings.retention == 1000, timeout=10_000)

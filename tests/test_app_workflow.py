@@ -74,6 +74,8 @@ def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
     assert training.progress.value() == 100, desktop.state.training.result
     assert seen and max(seen) == 1.0 and len(seen) > 2  # real, incremental progress
     assert "trained 3 of 3" in desktop.state.training.result
+    said = f"training: {desktop.state.training.result}"  # once the new models are loaded, it says so
+    qtbot.waitUntil(lambda: window.status.currentMessage() == said, timeout=20_000)
     qtbot.waitUntil(lambda: all(v.get("active") for v in desktop.state.training.services.values()), timeout=10_000)
     assert training.services_table.rowCount() == 3
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import FrozenInstanceError, replace
+from datetime import UTC
 
 import pytest
 import redis
@@ -202,3 +203,43 @@ def test_records_written_by_hand_in_todays_format_load_and_are_acted_on(r: redis
     before = {k: v for k, v in json.loads(SNOOZED).items() if k != "candidate"}
     assert stored == {**before, "acked": {"by": "dana", "at": stored["acked"]["at"]}, "rev": 4}
     assert acked == Incident.from_json(stored)
+
+
+# --- the one vocabulary of incident states (the app's table and details, the CLI's list) ---------------
+def test_state_at_names_every_state_once_with_its_label() -> None:
+    from datetime import timedelta, timezone
+
+    from anomalydesk.detect.incident_model import STATE_LABELS, IncidentState, local_time
+
+    base = replace(Incident.open("payments", "anomaly", 20, 100.0), windows=1)
+    mark = Mark("ops", "2026-01-31T22:00:00.000Z")
+    cases = {
+        IncidentState.OPEN: base,
+        IncidentState.ACKNOWLEDGED: replace(base, acked=mark),
+        IncidentState.SNOOZED: replace(base, acked=mark, snoozed_until="x", snoozed_until_epoch=1_800_000_000.0),
+        IncidentState.RESOLVED: replace(base, status="resolved", resolved=Mark("detector", "t", "auto"), acked=mark),
+        IncidentState.FALSE_POSITIVE: replace(base, status="resolved", resolved=Mark("ops", "t", "false positive"),
+                                              false_positive=mark),
+        IncidentState.ACCEPTED: replace(base, kind="level_shift", status="resolved", accepted=mark,
+                                        resolved=Mark("ops", "t", "accepted")),
+    }  # fmt: skip
+    now = 1_799_999_000.0
+    assert {state: incident.state_at(now) for state, incident in cases.items()} == {s: s for s in cases}
+    assert set(STATE_LABELS) == set(IncidentState) and STATE_LABELS[IncidentState.FALSE_POSITIVE] == "false positive"
+    assert [s for s in IncidentState if s.closed] == [IncidentState.RESOLVED, IncidentState.FALSE_POSITIVE,
+                                                      IncidentState.ACCEPTED]
+    assert cases[IncidentState.SNOOZED].state_at(1_800_000_001.0) is IncidentState.ACKNOWLEDGED  # it ran out
+    plus_one = timezone(timedelta(hours=1), "CET")
+    assert local_time(1_800_000_000.0, plus_one) == "2027-01-15 09:00:00 CET"
+    assert local_time(1_800_000_000.0, UTC) == "2027-01-15 08:00:00 UTC"
+    snoozed = cases[IncidentState.SNOOZED]
+    assert snoozed.state_text(now, plus_one) == "snoozed until 2027-01-15 09:00:00 CET"
+    assert cases[IncidentState.FALSE_POSITIVE].state_text(now) == "false positive"
+
+
+def test_duration_runs_on_while_open_and_stops_at_the_last_window() -> None:
+    incident = replace(Incident.open("payments", "anomaly", 20, 100.0), last_window=23, windows=4)
+    assert incident.duration(5.0, now=110.0) == 20.0  # windows 20…23 of 5 s: until the end of the last one
+    assert incident.duration(5.0, now=400.0) == 300.0  # still open: it lasts until now
+    closed = replace(incident, status="resolved", resolved=Mark("detector", "t", "auto"))
+    assert closed.duration(5.0, now=400.0) == 20.0

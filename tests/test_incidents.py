@@ -170,3 +170,25 @@ def test_webhook_counters_and_dead_letters_of_older_releases_are_moved(r: redis.
     assert r.hgetall(K.webhook_stats) == {b"oncall:delivered": b"7", b"oncall:dead": b"1"}
     ids = [entry_id.decode() for entry_id, _ in r.xrange(K.alerts_dead)]
     assert len(ids) == 3 and ids[0] == "1500-0"  # the older ones appended after the newer one, none lost
+
+
+def test_cli_lists_states_in_the_shared_words_and_times_with_their_zone(r: redis.Redis, redis_url: str) -> None:
+    """`incidents list` names each state as the app does (`IncidentState.label`, one source) and prints
+    times through `local_time` (the zone's name after the time, as the app's tables show it)."""
+    import os
+
+    from anomalydesk.detect.incident_model import IncidentState, local_time
+
+    incident = open_incident(r)
+    fp = cli(redis_url, "incidents", "false-positive", incident.id, "--by", "erin")
+    assert fp.returncode == 0 and fp.stdout.startswith(f"{incident.id} false positive"), fp.stdout
+    listed = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "incidents", "list", "--all", "--redis",
+                             redis_url], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "TZ": "Europe/Berlin"})  # fmt: skip
+    line = next(x for x in listed.stdout.splitlines() if x.startswith(incident.id))
+    assert IncidentState.FALSE_POSITIVE.label in line and " resolved " not in line, line
+    assert "+01:00" not in line and ("CET" in line or "CEST" in line), line  # the zone named, not guessed
+    other = open_incident(r, "orders", 200, 201)
+    snoozed = cli(redis_url, "incidents", "snooze", other.id, "1h")
+    stored = inc.get(r, other.id)
+    assert snoozed.stdout.strip() == f"{other.id} snoozed until {local_time(stored.snoozed_until_epoch)}"

@@ -58,7 +58,7 @@ class Actions:
 
     # --- incidents ----------------------------------------------------------------------------
     async def incident_action(self, action: str, incident_id: str, seconds: float = 0.0) -> str:
-        """ack | snooze | resolve | false_positive; the table shows the new state once Redis has it."""
+        """ack | snooze | resolve | false_positive | accept; the table shows the new state once Redis has it."""
         s = self.session
         incident = await s.call(backend.incident_action, s.sync, s.keys, action, incident_id, seconds)
         self.state.incidents.apply(incident)

@@ -65,6 +65,7 @@ class DesktopApp:
         self.tray.open_incident.connect(self.window.open_incident)
         self.tray.toggle_window.connect(self.window.toggle_visible)
         self.tray.quit_requested.connect(self.window.quit)
+        self.window.hidden_to_tray.connect(self.tray.tell_still_running)
         self.window.add_notification_pause(self.tray.pause_action)  # also where there is no tray
         self.state.connection.update(secret_store=settings_mod.secret_store_description())
         self._reconnecting: asyncio.Task[None] | None = None
@@ -91,9 +92,9 @@ class DesktopApp:
         await self.session.connected.wait()
         if self.run_detector:
             self.actions.start_detector()
-        for coro in (self.actions.refresh_models(), self.actions.sketch_settings()):
+        for read in (self.actions.refresh_models, self.actions.sketch_settings):  # (a cancel leaves none unawaited)
             try:
-                await coro
+                await read()
             except Exception as err:  # shown in the panels; start-up goes on
                 log.warning("start-up read failed: %s", err)
         if demo:
@@ -168,6 +169,8 @@ class DesktopApp:
         await self.session.close()
         self.tray.close()
         self.window.live.timer.stop()
+        self.window.incidents.stop()
+        self.window.training.stop()
 
     def dispose(self) -> None:
         """Close and delete the window (tests and `--check`; `main` lets Qt do it at exit)."""

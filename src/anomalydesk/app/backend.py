@@ -28,6 +28,15 @@ class BackendError(Exception):
     """A core call failed in a way the UI should show as a reason (not a crash)."""
 
 
+class SketchConflict(BackendError):
+    """New sketch sizes would recreate sketches: `changes` (old → new) and what that `resets`."""
+
+    def __init__(self, changes: str, resets: list[str]):
+        self.changes = changes
+        self.resets = list(resets)
+        super().__init__(f"changing {changes} recreates sketches, which resets: {'; '.join(self.resets)}")
+
+
 def prefix() -> str:
     """The key prefix in force (`$ANOMALYDESK_PREFIX` or the default)."""
     return config.key_prefix()
@@ -104,7 +113,8 @@ def live_incident_records(r: redis.Redis, keys: Keys, tracked: list[str]) -> lis
 
 
 def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, seconds: float = 0.0) -> Incident:
-    """ack | snooze | resolve | false_positive on one incident; returns its record as stored now."""
+    """ack | snooze | resolve | false_positive | accept (a level shift as the new normal) on one incident;
+    returns its record as stored now."""
     from anomalydesk.detect import incidents
 
     try:
@@ -116,6 +126,8 @@ def incident_action(r: redis.Redis, keys: Keys, action: str, incident_id: str, s
             return incidents.resolve(r, incident_id, keys=keys)
         if action == "false_positive":
             return incidents.false_positive(r, incident_id, keys=keys)
+        if action == "accept":
+            return incidents.accept(r, incident_id, keys=keys)
     except incidents.IncidentError as err:
         raise BackendError(str(err)) from err
     raise BackendError(f"unknown incident action {action!r}")
@@ -209,7 +221,7 @@ def apply_setup(r: redis.Redis, keys: Keys, values: dict[str, Any], force: bool)
         settings = config.SketchSettings(**values)
         return admin.setup(r, settings, force=force, keys=keys)
     except admin.SetupConflict as err:
-        raise BackendError(str(err)) from err
+        raise SketchConflict(err.changes, err.resets) from err
     except (TypeError, ValueError) as err:
         raise BackendError(f"invalid sketch settings: {err}") from err
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from PySide6 import QtCore, QtWidgets
 
+from anomalydesk.app.message_label import wrapping
 from anomalydesk.app.notifier import Notification
 
 _STYLE = {"info": "#dbe9fb", "warning": "#fcebc6", "critical": "#f8d0d0"}
@@ -22,8 +23,7 @@ class NotificationBanner(QtWidgets.QFrame):
         super().__init__(parent)
         self.pending: list[Notification] = []
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
-        self.label = QtWidgets.QLabel()
-        self.label.setWordWrap(True)
+        self.label = wrapping(QtWidgets.QLabel())
         self.open_button = QtWidgets.QPushButton("Open")
         self.open_button.clicked.connect(self._open)
         self.dismiss_button = QtWidgets.QPushButton("Dismiss")
@@ -68,8 +68,7 @@ class OfferBanner(QtWidgets.QFrame):
     def __init__(self, text: str, action: str, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
-        self.label = QtWidgets.QLabel(text)
-        self.label.setWordWrap(True)
+        self.label = wrapping(QtWidgets.QLabel(text))
         self.action_button = QtWidgets.QPushButton(action)
         self.action_button.clicked.connect(self._accept)
         self.close_button = QtWidgets.QPushButton("Not now")

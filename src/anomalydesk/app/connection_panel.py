@@ -9,6 +9,7 @@ from urllib.parse import quote, urlsplit
 from PySide6 import QtWidgets
 
 from anomalydesk.app import settings as settings_mod
+from anomalydesk.app.message_label import wrapping
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.state import AppState
 from anomalydesk.store.connection import ConnectionFailed, cluster_mode, parse_url
@@ -54,20 +55,15 @@ class ConnectionPanel(QtWidgets.QWidget):
         form.addRow("User", self.user)
         form.addRow("Password", self.password)
         form.addRow("", self.apply_button)
-        self.form_error = QtWidgets.QLabel()  # a URL that cannot be used is refused here, before reconnecting
-        self.form_error.setWordWrap(True)
+        self.form_error = wrapping(QtWidgets.QLabel())  # a URL that cannot be used is refused here, before reconnecting
         self.form_error.setStyleSheet("color: #c0392b")
         form.addRow("", self.form_error)
 
-        self.status = QtWidgets.QLabel()
-        self.reason = QtWidgets.QLabel()
-        self.reason.setWordWrap(True)
-        self.facts = QtWidgets.QLabel()
-        self.facts.setWordWrap(True)
-        self.warnings = QtWidgets.QLabel()
-        self.warnings.setWordWrap(True)
-        self.secrets = QtWidgets.QLabel(f"Passwords: {settings_mod.secret_store_description()}")
-        self.secrets.setWordWrap(True)
+        self.status = wrapping(QtWidgets.QLabel())
+        self.reason = wrapping(QtWidgets.QLabel())
+        self.facts = wrapping(QtWidgets.QLabel())
+        self.warnings = wrapping(QtWidgets.QLabel())
+        self.secrets = wrapping(QtWidgets.QLabel(f"Passwords: {settings_mod.secret_store_description()}"))
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
         for w in (self.status, self.reason, self.facts, self.warnings, self.secrets):
@@ -84,6 +80,12 @@ class ConnectionPanel(QtWidgets.QWidget):
         retrying = c.status in ("reconnecting", "failed")
         retry = f" (attempt {c.attempts}, next in {c.next_retry_s:.1f} s)" if retrying else ""
         self.reason.setText(f"{c.reason}{retry}" if c.reason else "")
+        if c.status != "connected":
+            # memory, detector and counts were the server's as it last answered: while (re)connecting they
+            # would be another server's or out of date, so none are shown until it answers again
+            self.facts.setText("server facts appear once connected" if c.status != "disconnected" else "")
+            self.warnings.setText("")
+            return
         s = c.status_json
         facts = [f"Redis {c.server_version}" if c.server_version else "",
                  f"sketches: {c.sketch_backend}" if c.sketch_backend else "",

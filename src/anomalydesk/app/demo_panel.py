@@ -7,6 +7,7 @@ from typing import Any
 from PySide6 import QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app.message_label import wrapping
 from anomalydesk.app.settings import BACKFILL_SECONDS, FAULT_KINDS, AppSettings
 from anomalydesk.app.state import AppState
 
@@ -50,14 +51,12 @@ class DemoPanel(QtWidgets.QWidget):
             button.clicked.connect(lambda _=False, k=kind: self.inject(k))
             fl.addWidget(button, 1 + i // 3, i % 3)
             self.fault_buttons[kind] = button
-        self.faults_label = QtWidgets.QLabel("")
-        self.faults_label.setWordWrap(True)
+        self.faults_label = wrapping(QtWidgets.QLabel(""))
         fl.addWidget(self.faults_label, 3, 0, 1, 4)
 
         self.backfill_button = QtWidgets.QPushButton("Backfill a day of history (simulated time)")
         self.backfill_button.clicked.connect(self.backfill)
-        self.message = QtWidgets.QLabel("")
-        self.message.setWordWrap(True)
+        self.message = wrapping(QtWidgets.QLabel(""))
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addWidget(self.start_button)

@@ -16,13 +16,23 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app.message_label import MessageLabel
 from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.detect.incident_model import IncidentState, local_time
 from anomalydesk.fingerprint import FEATURE_INDEX
 
-COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state")
-SEVERITY_COLOUR = {"info": QtGui.QColor(80, 140, 220), "warning": QtGui.QColor(240, 170, 40),
-                   "critical": QtGui.QColor(220, 50, 50)}  # fmt: skip
+COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
+COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 96, 170)
+# severity cells of incidents that still need attention; closed ones get a pale tint of the same hue
+SEVERITY_COLOUR = {"info": QtGui.QColor(31, 95, 168), "warning": QtGui.QColor(240, 170, 40),
+                   "critical": QtGui.QColor(183, 28, 28)}  # fmt: skip
 SNOOZE_CHOICES = (("15 minutes", 15 * 60), ("1 hour", 3600), ("until tomorrow", -1))
+SHORTCUTS = {"ack": "Ctrl+Shift+A", "snooze": "Ctrl+Shift+S", "resolve": "Ctrl+Shift+R",
+             "false_positive": "Ctrl+Shift+F", "accept": "Ctrl+Shift+W", "next": "Ctrl+Shift+N"}  # fmt: skip
+SHORTCUT_SNOOZE_SECONDS = 3600  # the snooze shortcut's length (the button's menu offers the others)
+VISIBLE_ROWS = 5  # the table is never shorter than this many rows
+AA_CONTRAST = 4.5  # WCAG 2.x level AA for normal text
+_CLOSED_TINT = 0.78  # how far a closed incident's severity colour is blended towards the table's base
 
 
 def seconds_until_tomorrow(now: float | None = None) -> float:
@@ -32,13 +42,52 @@ def seconds_until_tomorrow(now: float | None = None) -> float:
     return (tomorrow - now_dt).total_seconds()
 
 
+def relative_luminance(colour: QtGui.QColor) -> float:
+    """WCAG 2.x relative luminance of an sRGB colour."""
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(colour.redF()) + 0.7152 * channel(colour.greenF()) + 0.0722 * channel(colour.blueF())
+
+
+def contrast(a: QtGui.QColor, b: QtGui.QColor) -> float:
+    """WCAG contrast ratio of two colours (1 … 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+def _blend(a: QtGui.QColor, b: QtGui.QColor, t: float) -> QtGui.QColor:
+    """`a` moved the fraction `t` towards `b`."""
+    return QtGui.QColor(round(a.red() + (b.red() - a.red()) * t), round(a.green() + (b.green() - a.green()) * t),
+                        round(a.blue() + (b.blue() - a.blue()) * t))  # fmt: skip
+
+
+def readable_on(background: QtGui.QColor, wanted: QtGui.QColor) -> QtGui.QColor:
+    """`wanted` when it reads on `background` at AA contrast, else black or white, whichever reads better."""
+    if contrast(wanted, background) >= AA_CONTRAST:
+        return wanted
+    black, white = QtGui.QColor(0, 0, 0), QtGui.QColor(255, 255, 255)
+    return black if contrast(black, background) >= contrast(white, background) else white
+
+
+def muted_text(text: QtGui.QColor, base: QtGui.QColor) -> QtGui.QColor:
+    """The text colour faded towards the base as far as AA contrast allows (closed incidents read quieter)."""
+    for t in (0.45, 0.35, 0.25, 0.15, 0.0):
+        colour = _blend(text, base, t)
+        if contrast(colour, base) >= AA_CONTRAST + 0.1:
+            return colour
+    return readable_on(base, text)
+
+
 def _duration(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 60:
         return f"{seconds} s"
     if seconds < 3600:
         return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds < 86_400:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 86_400:,} d {seconds % 86_400 // 3600:02d} h"
 
 
 class IncidentsModel(QtCore.QAbstractTableModel):
@@ -91,28 +140,66 @@ class IncidentsModel(QtCore.QAbstractTableModel):
             return self.incidents.incidents.get(self.ids[row])
         return None
 
+    def tick(self) -> None:
+        """Repaint the duration and state columns (open incidents last longer, snoozes run out)."""
+        if self.ids:
+            first, last = COLUMNS.index("duration"), len(COLUMNS) - 1
+            self.dataChanged.emit(self.index(0, first), self.index(len(self.ids) - 1, last),
+                                  [QtCore.Qt.ItemDataRole.DisplayRole])  # fmt: skip
+
     def data(self, index: QtCore.QModelIndex, role: int = 0) -> Any:
         inc = self.incident_at(index.row())
         if inc is None:
             return None
         column = COLUMNS[index.column()]
-        if role == QtCore.Qt.ItemDataRole.DisplayRole:
-            if column == "score":
-                return f"{inc.score:.0f}"
-            if column == "start":
-                return dt.datetime.fromtimestamp(inc.start).strftime("%Y-%m-%d %H:%M:%S")
-            if column == "duration":
-                return _duration(inc.duration)
-            if column == "state":
-                return inc.state.replace("_", " ")
-            return str(getattr(inc, column))
-        if role == QtCore.Qt.ItemDataRole.BackgroundRole and column == "severity":
-            return SEVERITY_COLOUR.get(inc.severity)
-        if role == QtCore.Qt.ItemDataRole.ToolTipRole:
+        roles = QtCore.Qt.ItemDataRole
+        if role == roles.DisplayRole:
+            return self._text(inc, column)
+        if role == roles.BackgroundRole:
+            return self._background(inc, column)
+        if role == roles.ForegroundRole:
+            return self._foreground(inc, column)
+        if role == roles.FontRole:
+            font = QtGui.QFont(QtWidgets.QApplication.font())
+            font.setBold(column == "severity" and not inc.incident.state_at(time.time()).closed)
+            return font
+        if role == roles.ToolTipRole:
             return "\n".join(r.get("text", "") for r in inc.reasons if isinstance(r, dict)) or inc.message
-        if role == QtCore.Qt.ItemDataRole.ForegroundRole and inc.state in ("resolved", "false_positive"):
-            return QtGui.QColor(130, 130, 130)
         return None
+
+    @staticmethod
+    def _text(inc: IncidentRow, column: str) -> str:
+        now = time.time()
+        if column == "score":
+            return f"{inc.score:.0f}"
+        if column == "start":
+            return local_time(inc.start)
+        if column == "duration":
+            return _duration(inc.duration)
+        if column == "state":
+            return inc.incident.state_at(now).label
+        if column == "snoozed until":
+            until = inc.incident.snoozed_until_epoch
+            return local_time(until) if until and inc.incident.state_at(now) is IncidentState.SNOOZED else ""
+        return str(getattr(inc, column))
+
+    @staticmethod
+    def _palette() -> tuple[QtGui.QColor, QtGui.QColor]:
+        palette = QtWidgets.QApplication.palette()
+        return palette.color(QtGui.QPalette.ColorRole.Base), palette.color(QtGui.QPalette.ColorRole.Text)
+
+    def _background(self, inc: IncidentRow, column: str) -> QtGui.QColor:
+        base, _text = self._palette()
+        if column != "severity":
+            return base
+        colour = SEVERITY_COLOUR.get(inc.severity, SEVERITY_COLOUR["info"])
+        return _blend(colour, base, _CLOSED_TINT) if inc.incident.state_at(time.time()).closed else colour
+
+    def _foreground(self, inc: IncidentRow, column: str) -> QtGui.QColor:
+        base, text = self._palette()
+        background = self._background(inc, column)
+        closed = inc.incident.state_at(time.time()).closed
+        return readable_on(background, muted_text(text, base) if closed else text)
 
 
 class IncidentsPanel(QtWidgets.QWidget):
@@ -129,11 +216,21 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
         header = self.table.horizontalHeader()
         header.setStretchLastSection(False)
-        for column, width in zip(COLUMNS, (70, 90, 50, 300, 145, 90, 100), strict=True):
+        for column, width in zip(COLUMNS, COLUMN_WIDTHS, strict=True):
             self.table.setColumnWidth(COLUMNS.index(column), width)
         header.setSectionResizeMode(COLUMNS.index("reason"), QtWidgets.QHeaderView.ResizeMode.Stretch)
         self.table.verticalHeader().setVisible(False)
+        self.table.setWordWrap(False)
+        self.table.setTextElideMode(QtCore.Qt.TextElideMode.ElideRight)
+        rows = self.table.verticalHeader().defaultSectionSize() * VISIBLE_ROWS
+        scrollbar = self.table.style().pixelMetric(QtWidgets.QStyle.PixelMetric.PM_ScrollBarExtent)
+        self.table.setMinimumHeight(header.sizeHint().height() + rows + scrollbar + 2 * self.table.frameWidth())
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.clock = QtCore.QTimer(self)  # live durations and snoozes that run out
+        self.clock.setInterval(1000)
+        self.clock.timeout.connect(self._tick)
+        self.clock.start()
+        state.incidents.changed.connect(self._row_changed)
 
         self.ack_button = QtWidgets.QPushButton("Acknowledge")
         self.ack_button.clicked.connect(lambda: self.run_action("ack"))
@@ -150,12 +247,17 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.fp_button.clicked.connect(lambda: self.run_action("false_positive"))
         self.resolve_button = QtWidgets.QPushButton("Resolve")
         self.resolve_button.clicked.connect(lambda: self.run_action("resolve"))
-        self.status_label = QtWidgets.QLabel("")
+        # a level shift (issue 17): the operator decides whether the new level is the service's normal now
+        self.accept_button = QtWidgets.QPushButton("Accept new normal")
+        self.accept_button.setToolTip("This level shift is the service's normal now: the detector re-baselines "
+                                      "and the next training learns it")
+        self.accept_button.clicked.connect(lambda: self.run_action("accept"))
+        self.status_label = MessageLabel("")
+        self.shortcut_actions = self._shortcuts()
         buttons = QtWidgets.QHBoxLayout()
-        for w in (self.ack_button, self.snooze_button, self.fp_button, self.resolve_button):
+        for w in (self.ack_button, self.snooze_button, self.fp_button, self.resolve_button, self.accept_button):
             buttons.addWidget(w)
-        buttons.addStretch(1)
-        buttons.addWidget(self.status_label)
+        buttons.addWidget(self.status_label, 1)
 
         # silences
         self.silence_pattern = QtWidgets.QLineEdit(placeholderText="service pattern, e.g. payments or svc-*")
@@ -164,7 +266,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.silence_add = QtWidgets.QPushButton("Add silence")
         self.silence_add.clicked.connect(self._add_silence)
         self.silence_list = QtWidgets.QListWidget()
-        self.silence_list.setMaximumHeight(80)
+        self.silence_list.setMaximumHeight(64)
         self.silence_remove = QtWidgets.QPushButton("Remove silence")
         self.silence_remove.clicked.connect(self._remove_silence)
         silences = QtWidgets.QGroupBox("Silences (mute notifications; incidents are still recorded)")
@@ -178,6 +280,8 @@ class IncidentsPanel(QtWidgets.QWidget):
 
         # details
         self.details = QtWidgets.QTextBrowser()
+        self.details.setMinimumWidth(200)
+        self.details.setPlaceholderText("Select an incident to see why it was raised.")
         self.detail_plot = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
         self.detail_plot.setMinimumHeight(140)
         self.detail_plot.addLegend(offset=(5, 5))
@@ -197,11 +301,16 @@ class IncidentsPanel(QtWidgets.QWidget):
         splitter.addWidget(left)
         splitter.addWidget(detail)
         splitter.setStretchFactor(0, 3)
-        splitter.setStretchFactor(1, 2)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([900, 380])
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(splitter)
         self._update_buttons()
+
+    def stop(self) -> None:
+        """Stop the clock of the live durations (the app shuts down)."""
+        self.clock.stop()
 
     def forget(self) -> None:
         """Show the (emptied) incidents state afresh: the app switched servers."""
@@ -232,12 +341,62 @@ class IncidentsPanel(QtWidgets.QWidget):
         if inc is not None:
             self.show_details(inc)
 
+    def _row_changed(self, row: IncidentRow) -> None:
+        """A shown incident changed (an action, the detector): its details header follows."""
+        if self.selected() is row:
+            self._render_details(row)
+            self._update_buttons()
+
+    def _tick(self) -> None:
+        self.model.tick()
+        inc = self.selected()
+        if inc is not None and inc.state is IncidentState.SNOOZED and not inc.incident.snoozed_at(time.time()):
+            self._render_details(inc)  # the snooze ran out: the header says so
+
     def _update_buttons(self) -> None:
         inc = self.selected()
-        open_ = inc is not None and inc.state not in ("resolved", "false_positive")
+        open_ = inc is not None and not inc.state.closed
         for w in (self.ack_button, self.snooze_button, self.resolve_button):
             w.setEnabled(open_)
-        self.fp_button.setEnabled(inc is not None and inc.state != "false_positive")
+        self.fp_button.setEnabled(inc is not None and inc.state != IncidentState.FALSE_POSITIVE)
+        shift = open_ and inc is not None and inc.incident.kind == "level_shift"
+        self.accept_button.setEnabled(shift)
+        if shift:
+            self.fp_button.setEnabled(False)  # a level shift is accepted as the new normal, not a false positive
+
+    def _shortcuts(self) -> dict[str, QtGui.QAction]:
+        """Window-wide keys for the selected incident (the main window lists them in its Incidents menu)."""
+        found: dict[str, QtGui.QAction] = {}
+        for name, label, slot in (
+            ("ack", "Acknowledge", lambda: self.run_action("ack")),
+            ("snooze", "Snooze for 1 hour", lambda: self.run_action("snooze", SHORTCUT_SNOOZE_SECONDS)),
+            ("resolve", "Resolve", lambda: self.run_action("resolve")),
+            ("false_positive", "Mark false positive", lambda: self.run_action("false_positive")),
+            ("accept", "Accept level shift as new normal", lambda: self.run_action("accept")),
+            ("next", "Next incident needing attention", self.select_next),
+        ):  # fmt: skip
+            action = QtGui.QAction(label, self)
+            action.setShortcut(QtGui.QKeySequence(SHORTCUTS[name]))
+            action.setShortcutContext(QtCore.Qt.ShortcutContext.WindowShortcut)
+            action.triggered.connect(slot)
+            self.addAction(action)
+            found[name] = action
+        return found
+
+    def select_next(self) -> IncidentRow | None:
+        """Select the next incident below the selection that still needs attention (open or acknowledged,
+        or a snooze that ran out), wrapping around; None when there is none."""
+        current = self.selected()
+        ids = self.model.ids
+        start = ids.index(current.incident_id) + 1 if current is not None and current.incident_id in ids else 0
+        now = time.time()
+        for k in range(len(ids)):
+            inc = self.model.incident_at((start + k) % len(ids))
+            if inc is not None and inc.incident.state_at(now) in (IncidentState.OPEN, IncidentState.ACKNOWLEDGED):
+                self.select_incident(inc.incident_id)
+                return inc
+        self.status_label.setText("no incident needs attention")
+        return None
 
     # --- actions ------------------------------------------------------------------------------
     def run_action(self, action: str, seconds: float = 0.0) -> None:
@@ -258,7 +417,10 @@ class IncidentsPanel(QtWidgets.QWidget):
         except Exception as err:  # shown to the operator, not swallowed
             self.status_label.setText(f"{action.replace('_', ' ')} failed: {err}")
             return
-        self.status_label.setText(f"{inc.incident_id}: {inc.state.replace('_', ' ')}")
+        row = self.state.incidents.incidents.get(inc.incident_id, inc)
+        words = f"{row.incident_id}: {row.state_text()}"
+        self.status_label.setText(words)
+        self.state.say(words)
         self._update_buttons()
 
     @asyncSlot()
@@ -271,21 +433,22 @@ class IncidentsPanel(QtWidgets.QWidget):
             return
         self.silence_list.clear()
         for s in silences:
-            end = dt.datetime.fromtimestamp(s.end).strftime("%Y-%m-%d %H:%M")
-            item = QtWidgets.QListWidgetItem(f"{s.pattern} until {end} — {s.reason} ({s.by})")
+            item = QtWidgets.QListWidgetItem(f"{s.pattern} until {local_time(s.end)} — {s.reason} ({s.by})")
             item.setData(QtCore.Qt.ItemDataRole.UserRole, s.id)
             self.silence_list.addItem(item)
 
     @asyncSlot()
     async def _add_silence(self) -> None:
         try:
-            await self.actions.add_silence(self.silence_pattern.text().strip(),
-                                           self.silence_hours.value() * 3600, self.silence_reason.text())  # fmt: skip
+            silence = await self.actions.add_silence(
+                self.silence_pattern.text().strip(), self.silence_hours.value() * 3600, self.silence_reason.text())
         except Exception as err:
             self.status_label.setText(f"silence not added: {err}")
             return
         self.silence_reason.clear()
-        self.status_label.setText("silence added")
+        words = f"silence added: {silence.pattern} muted until {local_time(silence.end)}"
+        self.status_label.setText(words)
+        self.state.say(words)
         self.refresh_silences()
 
     @asyncSlot()
@@ -293,19 +456,28 @@ class IncidentsPanel(QtWidgets.QWidget):
         item = self.silence_list.currentItem()
         if item is None:
             return
+        pattern = item.text().split(" until ")[0]
         try:
             await self.actions.remove_silence(item.data(QtCore.Qt.ItemDataRole.UserRole))
         except Exception as err:
             self.status_label.setText(f"silence not removed: {err}")
             return
+        words = f"silence removed: {pattern} notifies again"
+        self.status_label.setText(words)
+        self.state.say(words)
         self.refresh_silences()
 
     # --- details ------------------------------------------------------------------------------
     def show_details(self, inc: IncidentRow) -> None:
         """Reasons as text, and the involved features around the incident (fetched on demand)."""
-        lines = [f"<b>{inc.severity.upper()}</b> — {inc.service} — score {inc.score:.0f} — {inc.state}",
-                 f"incident {inc.incident_id}, {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}",
-                 "<ul>"]  # fmt: skip
+        self._render_details(inc)
+        self._plot_details(inc)
+
+    def _render_details(self, inc: IncidentRow) -> None:
+        """The details text; its header names the incident's state now (acknowledged, snoozed until …)."""
+        lines = [f"<p><b>{inc.severity.upper()}</b> — {inc.service} — score {inc.score:.0f} — {inc.state_text()}</p>",
+                 f"<p>Incident {inc.incident_id}: {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}, "
+                 f"since {local_time(inc.start)}</p>", "<ul>"]  # fmt: skip
         for reason in inc.reasons:
             if isinstance(reason, dict):
                 lines.append(f"<li>{reason.get('text') or reason.get('feature')}</li>")
@@ -313,7 +485,6 @@ class IncidentsPanel(QtWidgets.QWidget):
         if inc.message:
             lines.append(f"<i>{inc.message}</i>")
         self.details.setHtml("\n".join(lines))
-        self._plot_details(inc)
 
     @asyncSlot()
     async def _plot_details(self, inc: IncidentRow) -> None:
@@ -321,7 +492,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.detail_plot.clear()
         if not features:
             return
-        margin = max(60.0, inc.duration)
+        margin = max(60.0, inc.last - inc.start)
         try:
             rows = await self.actions.fingerprint_window(inc.service, inc.start - margin, inc.last + margin)
         except Exception as err:

@@ -17,6 +17,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from anomalydesk.app import export
 from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
 from anomalydesk.app.state import AppState
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
@@ -278,24 +279,33 @@ class LivePanel(QtWidgets.QWidget):
         """(x, label) of the activation lines on the score plot."""
         return [(float(line.value()), line.label.format) for line in self._marks]
 
-    # --- export -------------------------------------------------------------------------------
+    # --- export (app/export.py writes the files) ------------------------------------------------
+    def _export_rows(self) -> np.ndarray:
+        buf = self.state.live.buffers.get(self.service)
+        return buf.view() if buf is not None else np.empty((0, 2 + len(FEATURES)))
+
     def _ask_export(self, kind: str) -> None:
-        name = f"anomalydesk-{self.service or 'live'}.{kind}"
-        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, f"Export {kind.upper()}", name)
-        if path:
+        start = export.default_path(self.service, self._export_rows(), kind)
+        path, _ = QtWidgets.QFileDialog.getSaveFileName(self, f"Export {kind.upper()}", str(start),
+                                                        f"{kind.upper()} (*.{kind})")  # fmt: skip
+        if not path:
+            return
+        try:
             (self.export_png if kind == "png" else self.export_csv)(Path(path))
+        except OSError as err:
+            self.state.say(f"export failed: {err}")
 
     def export_png(self, path: Path) -> Path:
-        """Save the plots as they are shown."""
+        """Save the plots as they are shown, headed by service and time range."""
         self.redraw(force=True)
-        if not self.graphics.grab().save(str(path)):
-            raise OSError(f"could not write {path}")
+        heading = export.title(self.service, export.time_range(self._export_rows()))
+        export.write_png(path, self.graphics, heading)
+        self.state.say(f"exported PNG of {heading}: {path}")
         return path
 
     def export_csv(self, path: Path) -> Path:
         """Save the selected service's buffered windows (time, score, every feature)."""
-        buf = self.state.live.buffers.get(self.service)
-        data = buf.view() if buf is not None else np.empty((0, 2 + len(FEATURES)))
-        header = ",".join(["window_start", "score", *(f.name for f in FEATURES)])
-        np.savetxt(path, data, delimiter=",", header=header, comments="", fmt="%.6g")
+        data = self._export_rows()
+        rows = export.write_csv(path, data)
+        self.state.say(f"exported {rows:,} windows of {export.title(self.service, export.time_range(data))}: {path}")
         return path

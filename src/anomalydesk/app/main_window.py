@@ -18,6 +18,7 @@ from anomalydesk.app.connection_panel import ConnectionPanel
 from anomalydesk.app.demo_panel import DemoPanel
 from anomalydesk.app.incidents_panel import IncidentsPanel
 from anomalydesk.app.live_panel import LivePanel
+from anomalydesk.app.message_label import MessageLabel
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.sketches_panel import SketchesPanel
 from anomalydesk.app.state import AppState
@@ -38,10 +39,20 @@ def _unb64(text: str) -> QtCore.QByteArray | None:
         return None
 
 
+def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
+    area = QtWidgets.QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QtWidgets.QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(QtCore.Qt.ScrollBarPolicy.ScrollBarAsNeeded)
+    area.setWidget(widget)
+    return area
+
+
 class MainWindow(QtWidgets.QMainWindow):
     """Composes the panels; knows nothing about Redis."""
 
     closing = QtCore.Signal()  # the window really closes (not to the tray)
+    hidden_to_tray = QtCore.Signal()  # closed to the tray: the app keeps running (the tray says so)
 
     def __init__(self, state: AppState, actions: Any, settings: AppSettings, reconnect: Any = None,
                  parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
@@ -53,7 +64,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.quitting = False
         self.setWindowTitle("AnomalyDesk")
         self.setWindowIcon(health_icon("none"))
-        self.resize(1280, 820)
+        self.resize(1280, 800)
 
         self.banner = NotificationBanner()
         self.banner.open_incident.connect(self.open_incident)
@@ -82,11 +93,13 @@ class MainWindow(QtWidgets.QMainWindow):
         for name, title, widget in (("demo", "Demo", self.demo), ("training", "Training", self.training),
                                     ("connection", "Connection", self.connection),
                                     ("sketches", "Sketches", self.sketches)):  # fmt: skip
-            self._dock(name, title, widget, QtCore.Qt.DockWidgetArea.RightDockWidgetArea)
+            # scrolled: a tall panel (Sketches' form + tables) must not set the window's minimum height
+            self._dock(name, title, _scrolled(widget), QtCore.Qt.DockWidgetArea.RightDockWidgetArea)
         self.tabifyDockWidget(self.docks["demo"], self.docks["training"])
         self.tabifyDockWidget(self.docks["training"], self.docks["connection"])
         self.tabifyDockWidget(self.docks["connection"], self.docks["sketches"])
         self.docks["demo"].raise_()
+        self.resizeDocks([self.docks["incidents"]], [330], QtCore.Qt.Orientation.Vertical)
 
         view = self.menuBar().addMenu("&View")
         for dock in self.docks.values():
@@ -104,7 +117,17 @@ class MainWindow(QtWidgets.QMainWindow):
         self.quit_action = file_menu.addAction("Quit")
         self.quit_action.setShortcut(QtGui.QKeySequence.StandardKey.Quit)
         self.quit_action.triggered.connect(self.quit)
+        incidents_menu = self.menuBar().addMenu("&Incidents")
+        for action in self.incidents.shortcut_actions.values():
+            incidents_menu.addAction(action)
         self.status = self.statusBar()
+        self.status.setSizeGripEnabled(False)
+        # the connection's state stays in view (elided: a long reason never widens the window);
+        # what an action did comes and goes as a temporary message beside it
+        self.connection_status = MessageLabel()
+        self.connection_status.setMinimumWidth(360)
+        self.status.addPermanentWidget(self.connection_status, 1)
+        state.feedback.connect(self.say)
         self._server_url = state.connection.url
         self._connections = 0  # transitions to "connected" seen (the first is handled by the app's start-up)
         self._was_connected = False
@@ -132,7 +155,12 @@ class MainWindow(QtWidgets.QMainWindow):
             text += f" · {c.reason}"
         if c.warnings:
             text += " · ⚠ " + "; ".join(c.warnings)
-        self.status.showMessage(text)
+        self.connection_status.setText(text)
+
+    def say(self, text: str) -> None:
+        """Show what an action did (file written, new state) in the status bar for a while."""
+        log.info("%s", text)
+        self.status.showMessage(text, 15_000)
 
     def _connection_changed(self) -> None:
         c = self.state.connection
@@ -223,6 +251,9 @@ class MainWindow(QtWidgets.QMainWindow):
         if self.settings.close_to_tray and self.tray_available and not self.quitting:
             event.ignore()
             self.hide()
+            # never vanish without a word: a desktop can announce a tray (a StatusNotifier watcher)
+            # that nobody sees; the tray's notification says the app runs on and how to get it back
+            self.hidden_to_tray.emit()
             return
         self.closing.emit()
         event.accept()

@@ -6,13 +6,32 @@ A change that recreates sketches is not applied at once: the panel shows what wo
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from PySide6 import QtWidgets
+from PySide6 import QtCore, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app.backend import SketchConflict
+from anomalydesk.app.message_label import wrapping
 from anomalydesk.app.state import AppState
+
+SIZE_COLUMNS = ("service", "CMS width × depth", "filter items / capacity", "Top-K k", "memory")
+# per query: what to type (the placeholder), and the result table's columns
+QUERIES = {
+    "endpoint": ("endpoints, comma-separated: GET:/users/{id}, POST:/orders", ("endpoint", "count (estimate)")),
+    "status": ("status codes, comma-separated: 200, 404, 500", ("status", "count (estimate)")),
+    "interaction": ("endpoints, comma-separated: GET:/users/{id}, POST:/orders", ("endpoint", "seen before")),
+    "topk": ("nothing to type: lists the heaviest endpoints", ("#", "endpoint", "count (estimate)")),
+}  # fmt: skip
+
+
+def result_rows(kind: str, result: Any) -> list[tuple[str, ...]]:
+    """An inspector answer as table rows (the text of each cell)."""
+    if kind == "topk":
+        return [(str(rank), str(name), f"{int(count):,}") for rank, (name, count) in enumerate(result, 1)]
+    if kind == "interaction":
+        return [(str(name), "yes" if seen else "no") for name, seen in result.items()]
+    return [(str(name), f"{int(count):,}") for name, count in result.items()]
 
 
 class SketchesPanel(QtWidgets.QWidget):
@@ -32,18 +51,26 @@ class SketchesPanel(QtWidgets.QWidget):
         self.topk = QtWidgets.QSpinBox(minimum=1, maximum=1000)
         self.retention = QtWidgets.QSpinBox(minimum=10, maximum=10_000_000, singleStep=1000, suffix=" windows")
         self.by_error.toggled.connect(self._mode_changed)
-        form = QtWidgets.QFormLayout()
-        rows = (("Window", self.window), ("", self.by_error), ("CMS width", self.cms_width),
-                ("CMS depth", self.cms_depth), ("CMS error", self.cms_error), ("CMS probability", self.cms_prob),
-                ("Filter capacity", self.capacity), ("Top-K k", self.topk), ("Retention", self.retention))  # fmt: skip
-        for label, w in rows:
-            form.addRow(label, w)
+        form = QtWidgets.QGridLayout()  # two label/field pairs a row: the inspector stays in view below
+        rows = ((("Window", self.window), ("", self.by_error)),
+                (("CMS width", self.cms_width), ("depth", self.cms_depth)),
+                (("CMS error", self.cms_error), ("probability", self.cms_prob)),
+                (("Filter capacity", self.capacity), ("Top-K k", self.topk)),
+                (("Retention", self.retention),))  # fmt: skip
+        for row, pairs in enumerate(rows):
+            for i, (label, w) in enumerate(pairs):
+                if label:
+                    form.addWidget(QtWidgets.QLabel(label), row, 2 * i)
+                    form.addWidget(w, row, 2 * i + 1)
+                else:
+                    form.addWidget(w, row, 2 * i, 1, 2)
+        form.setColumnStretch(1, 1)
+        form.setColumnStretch(3, 1)
         self.apply_button = QtWidgets.QPushButton("Apply")
         self.apply_button.clicked.connect(lambda: self.apply(False))
         self.confirm = QtWidgets.QFrame()
         self.confirm.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
-        self.confirm_text = QtWidgets.QLabel()
-        self.confirm_text.setWordWrap(True)
+        self.confirm_text = wrapping(QtWidgets.QLabel())
         self.recreate_button = QtWidgets.QPushButton("Recreate (reset what is listed)")
         self.recreate_button.clicked.connect(lambda: self.apply(True))
         self.keep_button = QtWidgets.QPushButton("Keep current sketches")
@@ -55,29 +82,35 @@ class SketchesPanel(QtWidgets.QWidget):
         cb.addWidget(self.keep_button)
         cl.addLayout(cb)
         self.confirm.setVisible(False)
-        self.sizes = QtWidgets.QTableWidget(0, 5)
-        self.sizes.setHorizontalHeaderLabels(["service", "CMS w×d", "filter items/capacity", "Top-K", "memory"])
-        self.sizes.verticalHeader().setVisible(False)
-        self.sizes.horizontalHeader().setStretchLastSection(True)
+        self.sizes = _table(SIZE_COLUMNS)
+        self.sizes.setMinimumHeight(self.sizes.horizontalHeader().sizeHint().height()
+                                    + 4 * self.sizes.verticalHeader().defaultSectionSize() + 4)  # fmt: skip
 
         # inspector
         self.q_service = QtWidgets.QComboBox()
         self.q_kind = QtWidgets.QComboBox()
-        self.q_kind.addItems(["endpoint", "status", "interaction", "topk"])
-        self.q_items = QtWidgets.QLineEdit(placeholderText="GET:/users/{id}, POST:/orders … or 200, 500")
+        self.q_kind.addItems(list(QUERIES))
+        self.q_items = QtWidgets.QLineEdit()
+        self.q_kind.currentTextChanged.connect(self._kind_changed)
         self.q_button = QtWidgets.QPushButton("Query")
         self.q_button.clicked.connect(self.run_query)
-        self.q_result = QtWidgets.QPlainTextEdit(readOnly=True)
-        self.q_result.setMaximumHeight(120)
+        self.q_items.returnPressed.connect(self.run_query)
+        self.q_table = _table(QUERIES["endpoint"][1])
+        self.q_table.setMinimumHeight(self.q_table.horizontalHeader().sizeHint().height()
+                                      + 5 * self.q_table.verticalHeader().defaultSectionSize() + 4)  # fmt: skip
+        self.q_error = wrapping(QtWidgets.QLabel())
+        self.q_error.setStyleSheet("color: #c0392b")
+        self.answered = 0  # queries answered or refused so far (tests wait on it)
         inspector = QtWidgets.QGroupBox("Inspector")
         il = QtWidgets.QGridLayout(inspector)
         il.addWidget(self.q_service, 0, 0)
         il.addWidget(self.q_kind, 0, 1)
         il.addWidget(self.q_items, 0, 2)
         il.addWidget(self.q_button, 0, 3)
-        il.addWidget(self.q_result, 1, 0, 1, 4)
-        self.message = QtWidgets.QLabel()
-        self.message.setWordWrap(True)
+        il.addWidget(self.q_error, 1, 0, 1, 4)
+        il.addWidget(self.q_table, 2, 0, 1, 4)
+        il.setColumnStretch(2, 1)
+        self.message = wrapping(QtWidgets.QLabel())
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.addLayout(form)
@@ -89,6 +122,17 @@ class SketchesPanel(QtWidgets.QWidget):
         state.sketches_changed.connect(self.refresh)
         state.services_changed.connect(self._services_changed)
         self._mode_changed(False)
+        self._kind_changed(self.q_kind.currentText())
+
+    def _kind_changed(self, kind: str) -> None:
+        placeholder, columns = QUERIES.get(kind, QUERIES["endpoint"])
+        self.q_items.setPlaceholderText(placeholder)
+        self.q_items.setEnabled(kind != "topk")
+        self.q_table.clear()
+        self.q_table.setRowCount(0)
+        self.q_table.setColumnCount(len(columns))
+        self.q_table.setHorizontalHeaderLabels(list(columns))
+        self.q_error.setText("")
 
     def _mode_changed(self, by_error: bool) -> None:
         for w in (self.cms_width, self.cms_depth):
@@ -120,11 +164,15 @@ class SketchesPanel(QtWidgets.QWidget):
                 cells = [name, info["error"], "", "", ""]
             else:
                 f = info["filter"]
-                cells = [name, f"{info['cms']['width']}×{info['cms']['depth']}", f"{f['items']:,}/{f['capacity']:,}",
-                         str(info["topk"]["k"]), f"{info['memory_total'] / 1024:.0f} KiB"]  # fmt: skip
+                cells = [name, f"{info['cms']['width']:,} × {info['cms']['depth']}",
+                         f"{f['items']:,}/{f['capacity']:,}", str(info["topk"]["k"]),
+                         f"{info['memory_total'] / 1024:,.0f} KiB"]  # fmt: skip
             for col, text in enumerate(cells):
                 self.sizes.setItem(row, col, QtWidgets.QTableWidgetItem(text))
-        self.message.setText(f"backend: {data.get('backend', '?')}" if data else "")
+        self.sizes.resizeColumnsToContents()
+        backend = {"native": "native (RedisBloom's own structures)", "functions": "the gears library's own (Lua)"}
+        self.message.setText(f"sketches: {backend.get(data.get('backend', ''), data.get('backend', '?'))}"
+                             if data else "")  # fmt: skip
 
     def values(self) -> dict[str, Any]:
         """The form as `SketchSettings` fields."""
@@ -149,16 +197,19 @@ class SketchesPanel(QtWidgets.QWidget):
         """Apply the form; a change that recreates sketches first asks (inline) and says what resets."""
         try:
             result = await self.actions.apply_sketch_settings(self.values(), force)
+        except SketchConflict as err:  # in the GUI's words: the buttons below, not a command-line flag
+            self.confirm_text.setText(f"<b>Changing {err.changes} recreates sketches.</b><br>Recreating resets: "
+                                      + "; ".join(err.resets))  # fmt: skip
+            self.confirm.setVisible(True)
+            return
         except Exception as err:
-            if not force and "--force" in str(err):
-                self.confirm_text.setText(f"<b>This change recreates sketches.</b><br>{err}")
-                self.confirm.setVisible(True)
-            else:
-                self.message.setText(f"not applied: {err}")
+            self.message.setText(f"not applied: {err}")
             return
         self.confirm.setVisible(False)
         reset = result.get("reset") or []
-        self.message.setText("applied" + (": reset " + "; ".join(reset) if reset else " (nothing reset)"))
+        words = "sketch settings applied" + (": reset " + "; ".join(reset) if reset else " (nothing reset)")
+        self.message.setText(words)
+        self.state.say(words)
 
     def _cancel_confirm(self) -> None:
         self.confirm.setVisible(False)
@@ -168,10 +219,43 @@ class SketchesPanel(QtWidgets.QWidget):
     @asyncSlot()
     async def run_query(self) -> None:
         """Run the inspector query."""
-        items = [x.strip() for x in self.q_items.text().split(",") if x.strip()]
-        try:
-            result = await self.actions.query(self.q_kind.currentText(), self.q_service.currentText(), items)
-        except Exception as err:
-            self.q_result.setPlainText(f"error: {err}")
+        kind = self.q_kind.currentText()
+        items = [x.strip() for x in self.q_items.text().split(",") if x.strip()] if kind != "topk" else []
+        self._kind_changed(kind)
+        if kind != "topk" and not items:
+            self.q_error.setText(f"type {QUERIES[kind][0].split(',')[0]} to look up")
+            self.answered += 1
             return
-        self.q_result.setPlainText(json.dumps(result, indent=1, default=str))
+        try:
+            result = await self.actions.query(kind, self.q_service.currentText(), items)
+        except Exception as err:
+            self.q_error.setText(str(err))
+            self.answered += 1
+            return
+        rows = result_rows(kind, result)
+        self.q_table.setRowCount(len(rows))
+        for row, cells in enumerate(rows):
+            for col, text in enumerate(cells):
+                item = QtWidgets.QTableWidgetItem(text)
+                if text.replace(",", "").isdigit():  # counts and ranks line up on the right
+                    item.setTextAlignment(QtCore.Qt.AlignmentFlag.AlignRight | QtCore.Qt.AlignmentFlag.AlignVCenter)
+                self.q_table.setItem(row, col, item)
+        self.q_table.resizeColumnsToContents()
+        if not rows:
+            self.q_error.setText("nothing recorded yet for this service")
+        self.answered += 1
+
+    def table_rows(self) -> list[tuple[str, ...]]:
+        """The inspector's result table, cell texts by row."""
+        return [tuple(self.q_table.item(r, c).text() for c in range(self.q_table.columnCount()))
+                for r in range(self.q_table.rowCount())]  # fmt: skip
+
+
+def _table(columns: tuple[str, ...]) -> QtWidgets.QTableWidget:
+    table = QtWidgets.QTableWidget(0, len(columns))
+    table.setHorizontalHeaderLabels(list(columns))
+    table.verticalHeader().setVisible(False)
+    table.horizontalHeader().setStretchLastSection(True)
+    table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
+    table.setWordWrap(False)
+    return table

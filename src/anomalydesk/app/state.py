@@ -17,12 +17,11 @@ from anomalydesk import config
 from anomalydesk.app.observable import Signal
 from anomalydesk.app.ringbuffer import RingBuffer
 from anomalydesk.app.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
-from anomalydesk.detect.incident_model import Alert, Incident, Severity, parse_time
+from anomalydesk.detect.incident_model import CLOSED_STATES, Alert, Incident, IncidentState, Severity
 from anomalydesk.detect.window_scores import WindowScore, activations
 from anomalydesk.fingerprint import N_FEATURES
 
 HEALTH_LEVELS = ("none", "warning", "critical")  # by `Severity.rank`: an info incident is no warning
-CLOSED_STATES = ("resolved", "false_positive")
 
 
 @dataclass
@@ -45,10 +44,20 @@ class ConnectionState:
     changed: Signal = field(default_factory=Signal, repr=False, compare=False)
 
     def update(self, **values: Any) -> None:
-        """Set fields and notify subscribers once."""
+        """Set fields and notify subscribers once. Leaving "connected" drops what the server said about
+        itself (version, memory, detector, counts, warnings): while (re)connecting, or on another server,
+        they no longer hold; the next answers fill them again."""
+        if values.get("status", "connected") != "connected" and self.status == "connected":
+            values = {**_no_server_facts(), **values}
         for key, value in values.items():
             setattr(self, key, value)
         self.changed.emit()
+
+
+def _no_server_facts() -> dict[str, Any]:
+    """ConnectionState's server facts as before the first answer."""
+    return {"server_version": "", "sketch_backend": "", "used_memory": 0, "detector": "", "status_json": {},
+            "warnings": []}  # fmt: skip
 
 
 @dataclass
@@ -160,18 +169,11 @@ class LiveState:
 
 
 # --- incidents --------------------------------------------------------------------------------
-def table_state(incident: Incident, now: float | None = None) -> tuple[str, float]:
-    """The incidents table's state of a stored incident, and its snooze end (0 when not snoozed)."""
-    now = time.time() if now is None else now
-    if incident.false_positive:
-        return "false_positive", 0.0
-    if not incident.is_open:
-        return "resolved", 0.0
-    if incident.snoozed_at(now):
-        return "snoozed", float(incident.snoozed_until_epoch or 0.0)
-    if incident.acked:
-        return "acknowledged", 0.0
-    return "open", 0.0
+def table_state(incident: Incident, now: float | None = None) -> tuple[IncidentState, float]:
+    """The incident's state (the core's `Incident.state_at`), and its snooze end (0 when not snoozed)."""
+    state = incident.state_at(time.time() if now is None else now)
+    until = float(incident.snoozed_until_epoch or 0.0) if state is IncidentState.SNOOZED else 0.0
+    return state, until
 
 
 @dataclass(eq=False)
@@ -182,7 +184,7 @@ class IncidentRow:
 
     incident: Incident
     window_seconds: float
-    state: str = "open"  # open | acknowledged | snoozed | resolved | false_positive (`table_state`)
+    state: IncidentState = IncidentState.OPEN  # as `table_state` gave it when the record was read
     snoozed_until: float = 0.0
     alerts: int = 0
     message: str = ""
@@ -233,7 +235,7 @@ class IncidentRow:
     @property
     def start(self) -> float:
         """The first window's start (epoch seconds)."""
-        return parse_time(self.incident.opened)
+        return self.incident.start_epoch
 
     @property
     def last(self) -> float:
@@ -242,7 +244,12 @@ class IncidentRow:
 
     @property
     def duration(self) -> float:
-        return max(0.0, self.last - self.start)
+        """How long it has lasted, on to now while it is open (`Incident.duration`)."""
+        return self.incident.duration(self.window_seconds, time.time())
+
+    def state_text(self, now: float | None = None) -> str:
+        """Its state in the shared vocabulary, a snooze with its end (`Incident.state_text`)."""
+        return self.incident.state_text(time.time() if now is None else now)
 
     @property
     def active(self) -> bool:
@@ -364,6 +371,11 @@ class AppState:
         self.services_changed = Signal()
         self.sketches: dict[str, Any] = {}  # settings + per-service info for the sketches panel
         self.sketches_changed = Signal()
+        self.feedback = Signal()  # (text): what an action did, for the window's status bar
+
+    def say(self, text: str) -> None:
+        """Report what an action did (the file written, the new state) to whoever shows messages."""
+        self.feedback.emit(text)
 
     def forget_server(self) -> None:
         """Drop what the previous server showed: live windows, services, incidents, models, sketch sizes."""

@@ -117,7 +117,7 @@ def model_overview(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str,
             versions.append(d)
         state = entry.get("state", "learning")
         if state == "learning" and entry.get("needed"):
-            state = f"learning ({entry['needed']} windows to go)"
+            state = f"learning ({entry['needed']:,} windows to go)"  # live + history windows counted
         overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
                              "windows": entry.get("windows", 0)}
     return overview

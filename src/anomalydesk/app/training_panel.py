@@ -2,17 +2,49 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from PySide6 import QtCore, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app import settings as settings_mod
+from anomalydesk.app.message_label import wrapping
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.state import AppState
+from anomalydesk.detect.incident_model import local_time
 
 ALL = "(all services)"
-MODEL_COLUMNS = ("version", "created", "windows", "active", "stale", "threshold", "metrics")
+MODEL_COLUMNS = ("version", "created", "windows", "active", "stale", "threshold", "training")
+# the registry's training metrics (detect.training_run.store_model) in words, in this order
+METRIC_LABELS = {
+    "training_flag_rate": "flagged in training", "daily_cycle": "daily cycle", "excluded_windows": "excluded",
+    "restored_windows": "restored", "gap_windows": "gaps", "stretched_windows": "stretched",
+    "threshold_raw": "raw threshold", "note": "note",
+}  # fmt: skip
+
+
+def metrics_text(metrics: dict[str, Any]) -> str:
+    """A model's training metrics for people: "flagged in training 1.2 % · daily cycle yes · excluded 3"."""
+    parts = []
+    for key, label in METRIC_LABELS.items():
+        value = metrics.get(key)
+        if value is None or value == "" or (key.endswith("_windows") and not value):
+            continue
+        if key == "training_flag_rate":
+            parts.append(f"{label} {float(value) * 100:.1f} %")
+        elif isinstance(value, bool):
+            parts.append(f"{label} {'yes' if value else 'no'}")
+        elif key.endswith("_windows"):
+            parts.append(f"{label} {int(value):,} windows")
+        elif isinstance(value, float):
+            parts.append(f"{label} {value:.3g}")
+        else:
+            parts.append(f"{label}: {value}")
+    for key, value in metrics.items():  # one a newer release added: shown, in its own words
+        if key not in METRIC_LABELS and value not in (None, ""):
+            parts.append(f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float)
+                         else f"{key.replace('_', ' ')} {value}")  # fmt: skip
+    return " · ".join(parts)
 
 
 class TrainingPanel(QtWidgets.QWidget):
@@ -40,8 +72,7 @@ class TrainingPanel(QtWidgets.QWidget):
         self.cancel_button = QtWidgets.QPushButton("Cancel")
         self.cancel_button.clicked.connect(actions.cancel_training)
         self.progress = QtWidgets.QProgressBar(minimum=0, maximum=100)
-        self.message = QtWidgets.QLabel("")
-        self.message.setWordWrap(True)
+        self.message = wrapping(QtWidgets.QLabel(""))
         row = QtWidgets.QHBoxLayout()
         row.addWidget(self.train_button)
         row.addWidget(self.cancel_button)
@@ -57,9 +88,15 @@ class TrainingPanel(QtWidgets.QWidget):
         self.versions_table = QtWidgets.QTableWidget(0, len(MODEL_COLUMNS))
         self.versions_table.setHorizontalHeaderLabels(list(MODEL_COLUMNS))
         self.versions_table.horizontalHeader().setStretchLastSection(True)
+        self.versions_table.setWordWrap(False)
         self.versions_table.verticalHeader().setVisible(False)
         self.versions_table.setEditTriggers(QtWidgets.QAbstractItemView.EditTrigger.NoEditTriggers)
         self.versions_table.setSelectionBehavior(QtWidgets.QAbstractItemView.SelectionBehavior.SelectRows)
+        for table in (self.services_table, self.versions_table):  # three rows at least: the panel scrolls
+            table.setSelectionMode(QtWidgets.QAbstractItemView.SelectionMode.SingleSelection)
+            table.setWordWrap(False)
+            table.setMinimumHeight(table.horizontalHeader().sizeHint().height()
+                                   + 3 * table.verticalHeader().defaultSectionSize() + 4)  # fmt: skip
         self.activate_button = QtWidgets.QPushButton("Activate selected version")
         self.activate_button.clicked.connect(self.activate)
         self.rollback_button = QtWidgets.QPushButton("Roll back")
@@ -82,7 +119,21 @@ class TrainingPanel(QtWidgets.QWidget):
         state.training.changed.connect(self.refresh)
         state.training.progressed.connect(self._progressed)
         state.services_changed.connect(self._services_changed)
+        # "learning (N windows to go)" counts down as windows arrive: re-read while a service learns
+        self.learning_timer = QtCore.QTimer(self)
+        self.learning_timer.setInterval(settings_mod.LEARNING_REFRESH_MS)
+        self.learning_timer.timeout.connect(self._refresh_learning)
+        self.learning_timer.start()
+        self._training_words: str | None = None  # the training state's words last shown
         self.refresh()
+
+    def stop(self) -> None:
+        """Stop re-reading the model states (the app shuts down)."""
+        self.learning_timer.stop()
+
+    def _refresh_learning(self) -> None:
+        if any(str(v.get("state", "")).startswith("learning") for v in self.state.training.services.values()):
+            self.refresh_models()
 
     def _services_changed(self) -> None:
         current = self.service.currentText()
@@ -101,16 +152,29 @@ class TrainingPanel(QtWidgets.QWidget):
         self.train_button.setEnabled(not training.running)
         self.cancel_button.setEnabled(training.running)
         self.progress.setValue(round(training.progress * 100))
-        self.message.setText(training.result if not training.running and training.result else training.message)
+        words = training.result if not training.running and training.result else training.message
+        if words != self._training_words:  # a re-read of the model states keeps an action's message
+            self._training_words = words
+            self.message.setText(words)
+        names = sorted(training.services)
         selected = self.selected_service()
-        self.services_table.setRowCount(len(training.services))
-        for row, (name, info) in enumerate(sorted(training.services.items())):
+        if selected not in names:  # nothing chosen yet: the service of the form, else the first one
+            form = self.service.currentText()
+            selected = form if form in names else (names[0] if names else "")
+        self.services_table.blockSignals(True)
+        self.services_table.setRowCount(len(names))
+        for row, name in enumerate(names):
+            info = training.services[name]
             active = info.get("active")
             values = (name, info.get("state", ""), f"v{active}" if active else "—")
             for col, value in enumerate(values):
                 self.services_table.setItem(row, col, QtWidgets.QTableWidgetItem(str(value)))
-            if name == selected:
-                self.services_table.selectRow(row)
+            if name == selected:  # selected, not only the current cell: its versions show
+                flags = (QtCore.QItemSelectionModel.SelectionFlag.ClearAndSelect
+                         | QtCore.QItemSelectionModel.SelectionFlag.Rows)  # fmt: skip
+                self.services_table.selectionModel().select(self.services_table.model().index(row, 0), flags)
+        self.services_table.blockSignals(False)
+        self.services_table.resizeColumnsToContents()
         self._show_versions()
 
     def selected_service(self) -> str:
@@ -120,18 +184,22 @@ class TrainingPanel(QtWidgets.QWidget):
 
     def _show_versions(self) -> None:
         info = self.state.training.services.get(self.selected_service(), {})
-        versions = info.get("versions", [])
+        versions = sorted(info.get("versions", []), key=lambda v: -int(v.get("version") or 0))  # newest first
         self.versions_table.setRowCount(len(versions))
         for row, v in enumerate(versions):
-            created = dt.datetime.fromtimestamp(v.get("created", 0)).strftime("%Y-%m-%d %H:%M")
-            metrics = ", ".join(f"{k}={v2:.3g}" if isinstance(v2, float) else f"{k}={v2}"
-                                for k, v2 in (v.get("metrics") or {}).items())  # fmt: skip
-            cells = (v.get("version"), created, v.get("windows"), "yes" if v.get("active") else "",
-                     "stale" if v.get("stale") else "", v.get("threshold", ""), metrics)  # fmt: skip
+            created = local_time(v.get("created", 0))
+            metrics = metrics_text(v.get("metrics") or {})
+            windows = v.get("windows")
+            cells = (f"v{v.get('version')}", created, f"{windows:,}" if isinstance(windows, int) else windows,
+                     "yes" if v.get("active") else "", "stale" if v.get("stale") else "", v.get("threshold", ""),
+                     metrics)  # fmt: skip
             for col, value in enumerate(cells):
                 item = QtWidgets.QTableWidgetItem("" if value is None else str(value))
                 item.setData(QtCore.Qt.ItemDataRole.UserRole, v.get("version"))
+                if col == len(cells) - 1:
+                    item.setToolTip(metrics.replace(" · ", "\n"))
                 self.versions_table.setItem(row, col, item)
+        self.versions_table.resizeColumnsToContents()
 
     @asyncSlot()
     async def train(self) -> None:
@@ -141,18 +209,26 @@ class TrainingPanel(QtWidgets.QWidget):
         self.settings.train_trees = self.trees.value()
         self.settings.train_false_alarm_rate = self.false_alarm.value()
         try:
-            await self.actions.train(None if service in ("", ALL) else service, self.windows.value(),
-                                     self.trees.value(), self.false_alarm.value())  # fmt: skip
+            result = await self.actions.train(None if service in ("", ALL) else service, self.windows.value(),
+                                              self.trees.value(), self.false_alarm.value())  # fmt: skip
         except Exception as err:
             self.message.setText(f"training failed: {err}")
+            self.state.say(f"training failed: {err}")
+            return
+        self.state.say(f"training: {result['summary']}")
 
     @asyncSlot()
     async def refresh_models(self) -> None:
-        """Reload per-service model state."""
+        """Reload per-service model state (not while (re)connecting: every reconnect re-reads them)."""
+        if self.state.connection.status != "connected":
+            return
         try:
             await self.actions.refresh_models()
         except Exception as err:
             self.message.setText(f"models: {err}")
+            return
+        if self.message.text().startswith("models: "):  # an earlier read failed; this one did not
+            self.message.setText("")
 
     @asyncSlot()
     async def activate(self) -> None:
@@ -161,10 +237,13 @@ class TrainingPanel(QtWidgets.QWidget):
         if not service or not items:
             self.message.setText("select a service and a version first")
             return
+        version = int(items[0].data(QtCore.Qt.ItemDataRole.UserRole))
         try:
-            await self.actions.activate(service, int(items[0].data(QtCore.Qt.ItemDataRole.UserRole)))
+            await self.actions.activate(service, version)
         except Exception as err:
             self.message.setText(f"activate failed: {err}")
+            return
+        self._say_active(service)
 
     @asyncSlot()
     async def rollback(self) -> None:
@@ -177,3 +256,12 @@ class TrainingPanel(QtWidgets.QWidget):
             await self.actions.rollback(service)
         except Exception as err:
             self.message.setText(f"rollback failed: {err}")
+            return
+        self._say_active(service, "rolled back: ")
+
+    def _say_active(self, service: str, how: str = "") -> None:
+        """Name the model now active (as the registry says after the action), here and in the status bar."""
+        active = self.state.training.services.get(service, {}).get("active")
+        words = f"{service}: {how}model v{active} is active" if active else f"{service}: {how}no model is active"
+        self.message.setText(words)
+        self.state.say(words)

@@ -19,6 +19,12 @@ from anomalydesk.app.notifier import Notification, Notifier
 from anomalydesk.app.state import IncidentsState
 
 log = logging.getLogger(__name__)
+STILL_RUNNING = Notification(
+    "AnomalyDesk is still running",
+    "Its window was closed to the tray and notifications keep coming. Open it from the tray icon or by "
+    "starting AnomalyDesk again; Quit (tray menu or File) ends it. File → Close to tray turns this off.",
+    "info", "",
+)  # fmt: skip
 
 HEALTH_COLOUR = {"none": QtGui.QColor(60, 170, 90), "warning": QtGui.QColor(240, 170, 40),
                  "critical": QtGui.QColor(220, 50, 50)}  # fmt: skip
@@ -58,6 +64,7 @@ class Tray(QtCore.QObject):
         self.level = incidents.health
         self.last_incident = ""
         self.delivered: list[Notification] = []
+        self.told_still_running = 0  # times the window was closed to the tray and the tray said so
         self.available = QtWidgets.QSystemTrayIcon.isSystemTrayAvailable() and not force_banner
         # the icon and its menu are built either way (shown only where a tray exists), so the menu's
         # actions and the icon's signals are the same objects on every platform (and in the tests)
@@ -116,6 +123,15 @@ class Tray(QtCore.QObject):
         self.delivered.append(note)
         del self.delivered[:-100]
         self.notification_shown.emit(note)
+
+    def tell_still_running(self) -> Notification:
+        """The window was closed to the tray: say so through the notification service (a tray can be
+        announced and yet not be visible), so the app never vanishes without a word."""
+        log.info("window closed to the tray; the app keeps running")
+        if self.available and self.icon is not None:
+            self.icon.showMessage(STILL_RUNNING.title, STILL_RUNNING.body, _TRAY_ICON["info"], 15_000)
+        self.told_still_running += 1
+        return STILL_RUNNING
 
     def _message_clicked(self) -> None:
         if self.last_incident:

@@ -59,17 +59,23 @@ def _when(text: str, flag: str) -> float:
     return moment.timestamp()
 
 
-def _row(i: Incident) -> str:
-    marks = [m for m, on in (("acked", i.acked), ("snoozed", i.snoozed_until), ("silenced", i.silenced),
-                             ("false positive", i.false_positive), ("accepted", i.accepted)) if on]  # fmt: skip
+def _row(i: Incident, now: float) -> str:
+    """One line of `incidents list`: the state in the app's words (one source: `Incident.state_text`),
+    times in the local zone with its name (`local_time`, as the app shows them)."""
+    from anomalydesk.detect.incident_model import IncidentState, local_time
+
+    state = i.state_at(now)
+    marks = [m for m, on in (("acked", i.acked and state is not IncidentState.ACKNOWLEDGED),
+                             ("silenced", i.silenced)) if on]  # fmt: skip
     first = i.reasons[0].get("text", "") if i.reasons else ""
-    return (f"{i.id:<28} {i.status:<8} {i.severity:<8} {i.score:>5.0f}  {i.opened}  "
+    return (f"{i.id:<28} {i.state_text(now):<14} {i.severity:<8} {i.score:>5.0f}  {local_time(i.start_epoch)}  "
             f"{i.windows:>4} win  {first}{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
     """Dispatch one incidents action."""
     from anomalydesk.detect import incidents as inc
+    from anomalydesk.detect.incident_model import local_time
 
     needs_target = args.action in ("ack", "snooze", "resolve", "false-positive", "accept", "silence", "unsilence")
     if needs_target and not args.target:
@@ -80,12 +86,14 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             found = inc.list_incidents(r, open_only=not args.all, service=args.service)
             none = "no open incidents" if not args.all else "no incidents"
-            emit(args, {"incidents": [i.to_json() for i in found]}, "\n".join(map(_row, found)) or none)
+            now = time.time()
+            text = "\n".join(_row(i, now) for i in found)
+            emit(args, {"incidents": [i.to_json() for i in found]}, text or none)
             return 0
         if args.action == "silences":
             found = [s.as_dict() for s in inc.list_silences(r)]
-            text = "\n".join(f"{s['id']}  {s['pattern']:<20} {s['start']} → {s['end']}  {s['reason']} ({s['by']})"
-                             for s in found)  # fmt: skip
+            text = "\n".join(f"{s['id']}  {s['pattern']:<20} {local_time(s['start_epoch'])} → "
+                             f"{local_time(s['end_epoch'])}  {s['reason']} ({s['by']})" for s in found)  # fmt: skip
             emit(args, {"silences": found}, text or "no silences")
             return 0
         if args.action == "silence":
@@ -98,7 +106,8 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as err:
                 raise CommandError(str(err)) from None
             data = silence.as_dict()
-            emit(args, data, f"silence {data['id']}: {data['pattern']} muted until {data['end']} ({data['reason']})")
+            emit(args, data, f"silence {data['id']}: {data['pattern']} muted until {local_time(silence.end)} "
+                             f"({data['reason']})")  # fmt: skip
             return 0
         return _act(args, r, inc)
     except inc.IncidentError as err:
@@ -108,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
+    from anomalydesk.detect.incident_model import IncidentState
+
     if args.action == "unsilence":
         inc.remove_silence(r, args.target)
         emit(args, {"removed": args.target}, f"silence {args.target} removed")
@@ -120,13 +131,14 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
         except ValueError as err:
             raise CommandError(str(err)) from None
         incident = inc.snooze(r, args.target, seconds, args.by)
-        text = f"{incident.id} snoozed until {incident.snoozed_until}"
+        text = f"{incident.id} {incident.state_text(time.time())}"
     elif args.action == "ack":
         incident = inc.ack(r, args.target, args.by)
-        text = f"{incident.id} acknowledged by {incident.acked.by if incident.acked else args.by}"
+        who = incident.acked.by if incident.acked else args.by
+        text = f"{incident.id} {IncidentState.ACKNOWLEDGED.label} by {who}"  # (a snooze may still mute it)
     elif args.action == "resolve":
         incident = inc.resolve(r, args.target, args.by)
-        text = f"{incident.id} resolved"
+        text = f"{incident.id} {incident.state_text(time.time())}"
     elif args.action == "accept":
         incident = inc.accept(r, args.target, args.by)
         who = incident.accepted.by if incident.accepted else args.by
@@ -134,6 +146,6 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
                 "window and the shift's windows go into the next training")
     else:
         incident = inc.false_positive(r, args.target, args.by)
-        text = f"{incident.id} marked false positive: its windows go back into the next training"
+        text = f"{incident.id} {incident.state_text(time.time())} (its windows go back into the next training)"
     emit(args, incident.to_json(), text)
     return 0

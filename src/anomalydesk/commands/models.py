@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
 from typing import Any
 
 from anomalydesk.cli import CommandError
@@ -24,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 
 def _row(m: dict[str, Any]) -> str:
-    created = datetime.fromtimestamp(m["created"], UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    from anomalydesk.detect.incident_model import local_time
+
+    created = local_time(m["created"])  # as the app's Training panel shows it
     flags = ", ".join(x for x in ("active" if m["active"] else "", "STALE" if m["stale"] else "") if x)
     drift = "drift-aware" if int(m.get("model_format") or 1) >= 2 else "format 1"  # detect/model.py
     return f"{m['service']:<20} v{m['version']:<4} {created}  {m['windows']:>7} windows  {drift:<11}  {flags}"

@@ -19,7 +19,7 @@ import fnmatch
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Any
 
@@ -79,6 +79,16 @@ def rfc3339(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def local_time(epoch: float, tz: tzinfo | None = None) -> str:
+    """Epoch seconds as the operator reads them, in every view (app and CLI): `2026-01-31 22:00:05 UTC`.
+
+    The local time zone (or `tz`) with its name, to the second; the app's tables and the CLI's text
+    output both print times through this one function, so a time reads the same in both.
+    """
+    moment = datetime.fromtimestamp(epoch, UTC).astimezone(tz)
+    return f"{moment:%Y-%m-%d %H:%M:%S} {moment.tzname() or moment.strftime('%z')}"
+
+
 def parse_time(value: Any) -> float:
     """RFC 3339 / epoch seconds → epoch seconds (0.0 when missing or unreadable)."""
     if isinstance(value, int | float):
@@ -92,6 +102,36 @@ def parse_time(value: Any) -> float:
             except ValueError:
                 return 0.0
     return 0.0
+
+
+class IncidentState(StrEnum):
+    """Where an incident stands for an operator at a given moment (`Incident.state_at`): the one
+    vocabulary of the app's table, its details and the CLI's list. A member equals its key."""
+
+    OPEN = "open"
+    ACKNOWLEDGED = "acknowledged"
+    SNOOZED = "snoozed"
+    RESOLVED = "resolved"
+    FALSE_POSITIVE = "false_positive"
+    ACCEPTED = "accepted"  # a level shift accepted as the new normal
+
+    @property
+    def label(self) -> str:
+        """The word shown for it ("false positive", not the key)."""
+        return STATE_LABELS[self]
+
+    @property
+    def closed(self) -> bool:
+        """Resolved, marked false positive or accepted: nothing left to do."""
+        return self in CLOSED_STATES
+
+
+STATE_LABELS: dict[IncidentState, str] = {
+    IncidentState.OPEN: "open", IncidentState.ACKNOWLEDGED: "acknowledged", IncidentState.SNOOZED: "snoozed",
+    IncidentState.RESOLVED: "resolved", IncidentState.FALSE_POSITIVE: "false positive",
+    IncidentState.ACCEPTED: "accepted as new normal",
+}  # fmt: skip
+CLOSED_STATES = frozenset({IncidentState.RESOLVED, IncidentState.FALSE_POSITIVE, IncidentState.ACCEPTED})
 
 
 def _object(raw: Mapping[str, Any] | str | bytes, what: str) -> Mapping[str, Any]:
@@ -205,6 +245,40 @@ class Incident:
     def snoozed_at(self, now: float) -> bool:
         """True while a snooze mutes it at epoch time `now`."""
         return self.snoozed_until_epoch is not None and self.snoozed_until_epoch > now
+
+    def state_at(self, now: float) -> IncidentState:
+        """Its state at epoch time `now`: false positive, accepted (a level shift), resolved, snoozed
+        (while the snooze lasts), acknowledged, else open."""
+        if self.false_positive:
+            return IncidentState.FALSE_POSITIVE
+        if self.accepted:
+            return IncidentState.ACCEPTED
+        if not self.is_open:
+            return IncidentState.RESOLVED
+        if self.snoozed_at(now):
+            return IncidentState.SNOOZED
+        return IncidentState.ACKNOWLEDGED if self.acked else IncidentState.OPEN
+
+    def state_text(self, now: float, tz: tzinfo | None = None) -> str:
+        """The state in words, a snooze with its end: "snoozed until 2026-01-31 22:00:05 UTC"."""
+        state = self.state_at(now)
+        if state is IncidentState.SNOOZED and self.snoozed_until_epoch is not None:
+            return f"{state.label} until {local_time(self.snoozed_until_epoch, tz)}"
+        return state.label
+
+    @property
+    def start_epoch(self) -> float:
+        """The first window's start (epoch seconds)."""
+        return parse_time(self.opened)
+
+    def duration(self, window_seconds: float, now: float) -> float:
+        """Seconds it has lasted: from its first window's start to the end of its last window, and for an
+        open incident on to `now` (it is still going)."""
+        start = self.start_epoch
+        end = start + (self.last_window - self.first_window + 1) * window_seconds
+        if self.is_open:
+            end = max(end, now)
+        return max(0.0, end - start)
 
     def revised(self, **changes: Any) -> Incident:
         """The next revision: `changes` applied and `rev` one higher."""

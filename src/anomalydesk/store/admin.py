@@ -43,7 +43,13 @@ _RESETS = {
 
 
 class SetupConflict(RuntimeError):
-    """New sizes on an existing setup without --force."""
+    """New sizes on an existing setup without --force; `changes` and `resets` say what and what it resets."""
+
+    def __init__(self, changes: str, resets: list[str]):
+        self.changes = changes
+        self.resets = list(resets)
+        super().__init__(f"the existing setup differs ({changes}); rerun with --force to recreate, which resets: "
+                         + "; ".join(self.resets))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -112,10 +118,7 @@ def setup(r: redis.Redis, settings: SketchSettings, force: bool = False, keys: K
     resets = sorted({_RESETS[k] for k in changed if k in _RESETS})
     if changed and resets and not force:
         what = ", ".join(f"{k} {a} → {b}" for k, (a, b) in changed.items())
-        raise SetupConflict(
-            f"the existing setup differs ({what}); rerun with --force to recreate, which resets: "
-            + "; ".join(resets)
-        )
+        raise SetupConflict(what, resets)
     backend = detect_backend(r)
     generation = current.generation
     if current.configured and ((changed and resets) or backend != current.backend):

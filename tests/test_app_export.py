@@ -1,0 +1,98 @@
+"""Exports from the live panel (offscreen): the CSV round-trips every window's time to the second, the
+save dialog starts in the documents folder with service and time range in the name, the PNG carries them
+in its heading, and every export says what it wrote in the window's status bar."""
+
+from __future__ import annotations
+
+import csv
+import math
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6 import QtGui, QtWidgets
+
+from anomalydesk.detect.incident_model import local_time
+from anomalydesk.fingerprint import FEATURES, N_FEATURES
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+T0 = 1_796_070_000  # the issue's "1.79607e+09": with 6 significant digits 792 windows read as 3 times
+ROWS = 5_000
+
+
+@pytest.fixture()
+def window(qtbot):
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from test_app_panels import NoActions
+
+    state = AppState(live_capacity=ROWS)
+    rng = np.random.default_rng(7)
+    for i in range(ROWS):
+        score = math.nan if i < 10 else float(rng.uniform(0, 100))  # no model yet for the first windows
+        state.live.append("payments", T0 + 5 * i, rng.uniform(0, 2e6, N_FEATURES), score)
+    state.set_services(["payments"])
+    win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
+    qtbot.addWidget(win)
+    win.show()
+    return win
+
+
+def test_csv_round_trips_every_window_time_to_the_second(window, tmp_path):
+    path = window.live.export_csv(tmp_path / "live.csv")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    assert header == ["window_start", "window_start_time", "score", *(f.name for f in FEATURES)]
+    assert len(body) == ROWS
+    starts = [int(r[0]) for r in body]  # whole epoch seconds, no exponent
+    assert starts == [T0 + 5 * i for i in range(ROWS)] and len(set(starts)) == ROWS
+    times = [datetime.fromisoformat(r[1]) for r in body]
+    assert all(t.tzinfo is not None for t in times)  # ISO 8601 with its offset
+    assert [int(t.timestamp()) for t in times] == starts
+    data = window.state.live.buffers["payments"].view()
+    assert [r[2] for r in body[:10]] == [""] * 10  # a window without a score is an empty cell, not "nan"
+    assert np.array_equal(np.array([float(r[2]) for r in body[10:]]), data[10:, 1])
+    features = np.array([[float(x) for x in r[3:]] for r in body])
+    assert np.array_equal(features, data[:, 2:])  # every value exactly (shortest round-trip repr)
+    assert window.status.currentMessage() == (
+        f"exported {ROWS:,} windows of payments — {local_time(T0)} to {local_time(T0 + 5 * (ROWS - 1))}: {path}")
+
+
+def test_dialog_starts_in_documents_named_by_service_and_range_and_the_png_says_so(window, tmp_path, monkeypatch):
+    from anomalydesk.app import export
+
+    asked = []
+
+    def save_dialog(parent, caption, start, filters):
+        asked.append(start)
+        return str(tmp_path / Path(start).name), filters
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(save_dialog))
+    window.live.png_button.click()
+    start = Path(asked[0])
+    assert start.parent == export.documents_dir() and start.parent != Path.cwd()
+    first = datetime.fromtimestamp(T0).astimezone().strftime("%Y%m%dT%H%M")
+    last = datetime.fromtimestamp(T0 + 5 * (ROWS - 1)).astimezone().strftime("%Y%m%dT%H%M")
+    assert start.name == f"anomalydesk-payments-{first}-{last}.png"
+    written = tmp_path / start.name
+    image = QtGui.QImage(str(written))
+    heading = f"payments — {local_time(T0)} to {local_time(T0 + 5 * (ROWS - 1))}"
+    assert image.text("Title") == heading
+    assert image.height() > window.live.graphics.height() and image.width() == window.live.graphics.width()
+    assert window.status.currentMessage() == f"exported PNG of {heading}: {written}"
+
+    window.live.csv_button.click()
+    assert Path(asked[1]).name == f"anomalydesk-payments-{first}-{last}.csv"
+    assert window.status.currentMessage().endswith(f": {tmp_path / Path(asked[1]).name}")
+
+    def unwritable(parent, caption, start, filters):
+        return str(tmp_path / "missing-dir" / "x.csv"), filters
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(unwritable))
+    window.live.csv_button.click()
+    assert window.status.currentMessage().startswith("export failed: ")

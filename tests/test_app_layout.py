@@ -1,0 +1,95 @@
+"""The window's size and the close-to-tray path (offscreen): messages that come and go (status, errors,
+a long validation message, notifications) never resize the window or widen the incidents table, and
+closing to a tray that may not be visible never makes the app vanish without a word."""
+
+from __future__ import annotations
+
+import pytest
+
+from app_support import qloop, run  # noqa: F401  (fixture)
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+LONG = ("could not write /home/operator/Documents/" + "anomalydesk-payments-" * 12 + ".csv because "
+        + "the disk said no, " * 30)  # fmt: skip
+
+
+def settle() -> None:
+    """Run the pending layout requests and posted events (nothing is awaited: nothing may happen)."""
+    from PySide6 import QtWidgets
+
+    for _ in range(5):
+        QtWidgets.QApplication.sendPostedEvents()
+        QtWidgets.QApplication.processEvents()
+
+
+def geometry(window) -> tuple:
+    incidents = window.incidents
+    return (window.size().toTuple(), incidents.table.width(), incidents.details.width(),
+            window.docks["incidents"].height())  # fmt: skip
+
+
+def test_messages_coming_and_going_leave_the_window_and_the_table_alone(qtbot):
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.notifier import Notification
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from test_app_panels import NoActions
+
+    state = AppState()
+    window = MainWindow(state, NoActions(), AppSettings())
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    before = geometry(window)
+    assert before[0] == (1280, 800)
+
+    panel = window.connection
+    panel.url.setText("ftp://" + "very-long-host-name." * 20 + "example:6379")  # a long validation message
+    panel.apply_button.click()
+    assert panel.form_error.text().startswith("not applied: ")
+    window.incidents.status_label.setText("silence not added: " + LONG)
+    window.training.message.setText("training failed: " + LONG)
+    window.sketches.message.setText("not applied: " + LONG)
+    window.demo.message.setText("backfill: " + LONG)
+    state.connection.update(status="reconnecting", url="redis://127.0.0.1:1/0", reason=LONG, warnings=[LONG])
+    state.say("exported PNG of payments: " + LONG)
+    window.banner.show_notification(Notification("CRITICAL payments: new incident", LONG, "critical", "p:a1"))
+    settle()
+    assert geometry(window) == before
+    assert window.incidents.status_label.text() == "silence not added: " + LONG  # whole, in text and tooltip
+    assert window.incidents.status_label.toolTip() == "silence not added: " + LONG
+
+    for label in (window.incidents.status_label, window.training.message, window.sketches.message,
+                  window.demo.message, panel.form_error):  # fmt: skip
+        label.setText("")
+    state.connection.update(status="connected", reason="", warnings=[])
+    window.banner.dismiss()
+    window.status.clearMessage()
+    settle()
+    assert geometry(window) == before
+
+
+def test_close_to_tray_says_the_app_runs_on(qtbot, qloop, redis_url):  # noqa: F811
+    """A desktop can announce a tray (a StatusNotifier watcher) nobody sees: closing to it hides the
+    window and the tray says so (through the notification service); without a tray the window closes."""
+    from test_app_incidents import close_app, open_app
+
+    app = open_app(qtbot, redis_url)
+    try:
+        window = app.window
+        window.settings.close_to_tray = True
+        window.tray_available = True  # as where Qt reports a tray (offscreen it reports none)
+        with qtbot.waitSignal(window.hidden_to_tray, timeout=2_000):
+            window.close()
+        assert not window.isVisible() and not window.quitting
+        assert app.tray.told_still_running == 1
+        window.bring_to_front()
+        assert window.isVisible()
+        window.tray_available = False  # no tray at all: closing really closes, there is nothing to hide into
+        with qtbot.waitSignal(window.closing, timeout=2_000):
+            window.close()
+        assert app.tray.told_still_running == 1
+    finally:
+        close_app(qtbot, app)

@@ -1,0 +1,115 @@
+"""The Training panel against a real redis-server (offscreen): the model versions of the selected service
+show without a click, their training metrics in words, "learning (N windows to go)" counts live and
+history windows and counts down as windows arrive, and each model action says what is active now."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import redis
+
+from anomalydesk import config
+from anomalydesk.app.settings import AppSettings
+from anomalydesk.detect.service_state import service_states
+from anomalydesk.store import admin
+from anomalydesk.store import models as registry
+from anomalydesk.store.keys import Keys
+from app_support import qloop, run  # noqa: F401  (fixture)
+from test_app_operator import close_app, open_app, seed_service
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+METRICS = {"training_flag_rate": 0.0123, "threshold_raw": 0.5311, "daily_cycle": True, "note": None,
+           "excluded_windows": 3, "restored_windows": 0, "gap_windows": 12, "stretched_windows": 0}  # fmt: skip
+
+
+def save_model(r: redis.Redis, service: str) -> int:
+    return registry.save(r, service, json.dumps({"limit": 200}), {"windows": 4321, "metrics": METRICS})
+
+
+def wait_message(qtbot, panel, text: str) -> None:
+    try:
+        qtbot.waitUntil(lambda: panel.message.text() == text, timeout=10_000)
+    except Exception:
+        pytest.fail(f"the panel says {panel.message.text()!r}, not {text!r}")
+
+
+def cells(table, row: int) -> list[str]:
+    return [table.item(row, c).text() for c in range(table.columnCount())]
+
+
+def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_model(qtbot, qloop, redis_url, r):  # noqa: F811
+    seed_service(r, "alpha", time.time())
+    seed_service(r, "beta", time.time())
+    for service in ("alpha", "alpha", "beta"):
+        save_model(r, service)
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        panel = app.window.training
+        qtbot.waitUntil(lambda: panel.services_table.rowCount() == 2, timeout=20_000)
+        # a row is selected (not only the current cell) and its versions are listed, nothing clicked
+        assert panel.selected_service() == "alpha"
+        assert [i.row() for i in panel.services_table.selectionModel().selectedRows()] == [0]
+        qtbot.waitUntil(lambda: panel.versions_table.rowCount() == 2, timeout=5_000)
+        run(qtbot, app.actions.refresh_models())  # a re-read (the 15-s timer's) keeps what an action said
+        panel.message.setText("kept")
+        run(qtbot, app.actions.refresh_models())
+        assert panel.message.text() == "kept"
+        newest = cells(panel.versions_table, 0)
+        assert newest[0] == "v2" and newest[2] == "4,321" and newest[3] == "yes"
+        assert newest[-1] == ("flagged in training 1.2 % · daily cycle yes · excluded 3 windows · gaps 12 windows · "
+                              "raw threshold 0.531")  # fmt: skip
+        assert "training_flag" not in newest[-1] and "_" not in newest[-1]
+
+        panel.services_table.selectRow(1)
+        assert panel.selected_service() == "beta" and panel.versions_table.rowCount() == 1
+        panel.services_table.selectRow(0)
+        panel.versions_table.selectRow(1)  # v1 of alpha (newest first)
+        panel.activate_button.click()
+        wait_message(qtbot, panel, "alpha: model v1 is active")
+        assert app.window.status.currentMessage() == "alpha: model v1 is active"
+        assert registry.active_versions(r)["alpha"] == 1
+        panel.versions_table.selectRow(0)
+        panel.activate_button.click()
+        wait_message(qtbot, panel, "alpha: model v2 is active")
+        panel.rollback_button.click()
+        wait_message(qtbot, panel, "alpha: rolled back: model v1 is active")
+        assert app.window.status.currentMessage() == "alpha: rolled back: model v1 is active"
+        panel.rollback_button.click()  # nothing older than v1
+        qtbot.waitUntil(lambda: panel.message.text().startswith("rollback failed: "), timeout=10_000)
+    finally:
+        close_app(qtbot, app)
+
+
+def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop, redis_url, r, monkeypatch):  # noqa: F811
+    from anomalydesk.app import settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "LEARNING_REFRESH_MS", 300)
+    now = time.time()
+    seed_service(r, "gamma", now, windows=19)  # live windows
+    seed_service(r, "gamma", now - 7200, windows=40)  # earlier: a backfill's history
+    keys = Keys()
+    history = r.xlen(keys.history("gamma", admin.window_seconds(r, keys)))
+    live = r.xlen(keys.fingerprints("gamma"))
+    assert history > 0 and live > 0
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        panel = app.window.training
+
+        def shown() -> str:
+            rows = panel.services_table.rowCount()
+            return next((panel.services_table.item(i, 1).text() for i in range(rows)
+                         if panel.services_table.item(i, 0).text() == "gamma"), "")  # fmt: skip
+
+        needed = config.MIN_TRAINING_WINDOWS - live - history
+        assert service_states(r)["gamma"]["needed"] == needed
+        qtbot.waitUntil(lambda: shown() == f"learning ({needed} windows to go)", timeout=20_000)
+        seed_service(r, "gamma", time.time() + 60, windows=10)  # more live windows arrive
+        more = config.MIN_TRAINING_WINDOWS - r.xlen(keys.fingerprints("gamma")) - history
+        assert more < needed
+        qtbot.waitUntil(lambda: shown() == f"learning ({more} windows to go)", timeout=10_000)  # no click
+    finally:
+        close_app(qtbot, app)
