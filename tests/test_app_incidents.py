@@ -58,6 +58,36 @@ def close_app(qtbot, app):
     app.dispose()
 
 
+def test_a_level_shift_is_accepted_from_its_button(qtbot, qloop, redis_url, r):  # noqa: F811
+    keys = Keys()
+    anomaly = raise_alert(r, "orders", 3000)
+    reason = {"feature": "latency_p95_ms", "actual": 180.0, "expected": 120.0, "since": 15_000.0,
+              "text": "new normal? p95 latency 120 ms → 180 ms since 2026-12-02 14:05 UTC"}
+    shift = replace(Incident.open("payments", "level_shift", 3000, 15_000.0), windows=1, score=70.0,
+                    severity="warning", reasons=(reason,))  # fmt: skip
+    alert = Alert.about(shift, kind="level_shift", window=3000, window_start=time.time(), score=70.0,
+                        severity="warning", reasons=[reason], model_version=1, message=f"payments: {reason['text']}")
+    r.hset(keys.incidents, shift.id, json.dumps(shift.to_json()))
+    r.sadd(keys.incidents_open, shift.id)
+    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    app = open_app(qtbot, redis_url)
+    try:
+        panel, state = app.window.incidents, app.state
+        qtbot.waitUntil(lambda: {shift.id, anomaly["incident_id"]} <= set(panel.model.ids), timeout=10_000)
+        panel.select_incident(anomaly["incident_id"])
+        assert not panel.accept_button.isEnabled() and panel.fp_button.isEnabled()  # not a level shift
+        panel.select_incident(shift.id)
+        assert panel.accept_button.isEnabled() and not panel.fp_button.isEnabled()
+        assert "new normal? p95 latency 120 ms → 180 ms" in panel.details.toPlainText()
+        panel.accept_button.click()
+        qtbot.waitUntil(lambda: state.incidents.incidents[shift.id].state == "accepted", timeout=10_000)
+        stored = json.loads(r.hget(keys.incidents, shift.id))
+        assert stored["accepted"]["by"] and stored["status"] == "resolved" and stored["resolved"]["how"] == "accepted"
+        assert not panel.accept_button.isEnabled()
+    finally:
+        close_app(qtbot, app)
+
+
 def test_catch_up_then_live_alerts_and_operator_actions(qtbot, qloop, redis_url, r):  # noqa: F811
     old = raise_alert(r, "payments", 1000)  # before the app starts: catch-up from the log
     app = open_app(qtbot, redis_url)
