@@ -22,12 +22,13 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 5
+LIB_VERSION = 6
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
     4: "4c0f5ee26d0a76f8f4d81e0bd634b66b0d11327aa476e8b2da250a70742e91ba",
     5: "ddecc67284d43fdbf46603d90c2c48255d40b6f477f9a40dcccea3ae8954540d",
+    6: "ade9e657101c296a1b6b25f9905cf7a3f5258269a8120b352830acf0f621aa41",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------
