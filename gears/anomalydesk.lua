@@ -107,7 +107,7 @@ local PAYLOAD_VERSION = 1
 local FINGERPRINT_SCHEMA = 1
 local STALE = 'STALECONFIG'
 local NEED_CONFIG = 'NEEDCONFIG'
-local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', raw = ':raw', batch = ':batch:' }
+local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', topk_order = ':topk:order', raw = ':raw', batch = ':batch:' }
 -- END CONTRACT
 
 local function fail(msg)
@@ -548,10 +548,14 @@ local function bloom_add_all(state, base, items, layers, hf)
 end
 
 -- Space-Saving over items {name, count, ...} (each name once), in order: a listed item's counter grows;
--- an unlisted one takes a free counter, or the smallest counter (lowest score, then name: ZPOPMIN) with
--- that count added. The scores of the listed items come in one ZMSCORE; when no counter has to be taken
--- over, all updates are one ZADD, else two calls at most per item.
-local function topk_update(key, counters, items)
+-- an unlisted one takes a free counter, or the smallest counter (lowest score, then name: what ZPOPMIN
+-- takes) with that count added. The scores of the listed items come in one ZMSCORE; when no counter has
+-- to be taken over, all updates are one ZADD. Otherwise the whole sorted set (at most `counters`
+-- entries) is run through the items in Lua on a heap and written back in one ZREM and one ZADD; ties
+-- are broken by name in Redis's byte order, which Lua's string comparison (strcoll, the server's
+-- locale) need not follow, so each name's place in that order comes from a temporary sorted set
+-- (`order`, deleted before the call returns).
+local function topk_update(key, counters, items, order)
   local names = {}
   for i = 1, #items, 2 do names[#names + 1] = items[i] end
   if #names == 0 then return end
@@ -572,19 +576,70 @@ local function topk_update(key, counters, items)
     call_chunked('ZADD', key, args, 1000)
     return
   end
-  local popped = {}
+  local cur = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  -- every name involved, ranked in byte order
+  local zargs = {}
+  for i = 1, #cur, 2 do zargs[#zargs + 1] = 0; zargs[#zargs + 1] = cur[i] end
   for i, name in ipairs(names) do
-    local count = items[2 * i]
-    if scores[i] and not popped[name] then
-      redis.call('ZINCRBY', key, count, name)
-    elseif card < counters then
-      redis.call('ZADD', key, count, name); card = card + 1
-    else
-      local min = redis.call('ZPOPMIN', key)
-      popped[min[1]] = true
-      redis.call('ZADD', key, tonumber(min[2]) + count, name)
+    if not scores[i] then zargs[#zargs + 1] = 0; zargs[#zargs + 1] = name end
+  end
+  redis.call('DEL', order)
+  call_chunked('ZADD', order, zargs, 1000)
+  local rank = {}
+  for i, name in ipairs(redis.call('ZRANGE', order, 0, -1)) do rank[name] = i end
+  redis.call('DEL', order)
+  -- a min-heap on (score, rank): hs scores, hr ranks, hn names, at[name] the slot
+  local hs, hr, hn, at, size = {}, {}, {}, {}, 0
+  local function less(a, b) return hs[a] < hs[b] or (hs[a] == hs[b] and hr[a] < hr[b]) end
+  local function swap(a, b)
+    hs[a], hs[b] = hs[b], hs[a]; hr[a], hr[b] = hr[b], hr[a]; hn[a], hn[b] = hn[b], hn[a]
+    at[hn[a]] = a; at[hn[b]] = b
+  end
+  local function up(i)
+    while i > 1 do
+      local parent = math.floor(i / 2)
+      if not less(i, parent) then return end
+      swap(i, parent); i = parent
     end
   end
+  local function down(i)
+    while true do
+      local l, smallest = 2 * i, i
+      if l <= size and less(l, smallest) then smallest = l end
+      if l + 1 <= size and less(l + 1, smallest) then smallest = l + 1 end
+      if smallest == i then return end
+      swap(i, smallest); i = smallest
+    end
+  end
+  local original = {}
+  for i = 1, #cur, 2 do  -- ZRANGE's order is the heap order already
+    size = size + 1
+    hs[size], hr[size], hn[size] = tonumber(cur[i + 1]), rank[cur[i]], cur[i]
+    at[cur[i]] = size
+    original[cur[i]] = hs[size]
+  end
+  for i, name in ipairs(names) do
+    local cnt = items[2 * i]
+    local slot = at[name]
+    if slot then
+      hs[slot] = hs[slot] + cnt; down(slot)
+    elseif size < counters then
+      size = size + 1
+      hs[size], hr[size], hn[size] = cnt, rank[name], name
+      at[name] = size; up(size)
+    else
+      at[hn[1]] = nil
+      hs[1], hr[1], hn[1] = hs[1] + cnt, rank[name], name
+      at[name] = 1; down(1)
+    end
+  end
+  local gone, set = {}, {}
+  for name in pairs(original) do if not at[name] then gone[#gone + 1] = name end end
+  for slot = 1, size do
+    if original[hn[slot]] ~= hs[slot] then set[#set + 1] = num(hs[slot]); set[#set + 1] = hn[slot] end
+  end
+  if #gone > 0 then call_chunked('ZREM', key, gone, 1000) end
+  if #set > 0 then call_chunked('ZADD', key, set, 1000) end
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -594,7 +649,7 @@ local function keyset(prefix, service)
   local t, K = prefix .. '{' .. service .. '}', KEY_SUFFIX
   return {
     tag = t, state = t .. K.state, fp = t .. K.fp, cms_ep = t .. K.cms_ep, cms_st = t .. K.cms_st,
-    bf = t .. K.bf, topk = t .. K.topk, open = t .. K.open, raw = t .. K.raw,
+    bf = t .. K.bf, topk = t .. K.topk, topk_order = t .. K.topk_order, open = t .. K.open, raw = t .. K.raw,
     hist = function(W) return t .. K.hist .. W end,
     batch = function(id) return t .. K.batch .. id end,
     win = function(w) return t .. K.win .. w end,
@@ -672,6 +727,7 @@ local function sketch_checks(ks, c, st, checks)
     checks[#checks + 1] = { ks.cms_ep, STRING }
     checks[#checks + 1] = { ks.cms_st, STRING }
     checks[#checks + 1] = { ks.topk, ZSET }
+    checks[#checks + 1] = { ks.topk_order, ZSET }
     for i = 1, math.max(st.bf_layers or 0, 1) do checks[#checks + 1] = { ks.bf .. ':' .. i, STRING } end
   end
 end
@@ -1394,7 +1450,7 @@ local function ad_ingest(keys, args)
       call_chunked('TOPK.INCRBY', ks.topk, topk_increments(ep_items), 1000)
     else
       cms_incr(ks.cms_ep, c.cw, c.cd, ep_items, hf)
-      topk_update(ks.topk, topk_counters, ep_items)
+      topk_update(ks.topk, topk_counters, ep_items, ks.topk_order)
     end
   end
   if #st_items > 0 then

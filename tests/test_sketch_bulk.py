@@ -85,3 +85,27 @@ def test_new_interactions_of_a_batch_are_its_first_sightings(r: redis.Redis) -> 
     assert new == [items[1] - items[0], items[2] - items[1]]  # a filter false positive is not new
     assert 690 <= new[0] <= 700 and 490 <= new[1] <= 500  # bound: 2 x 0.001 per check
     assert items[3] == items[2]  # the last window's endpoint is known
+
+
+def test_topk_takes_over_the_smallest_counter_by_name_in_byte_order(r: redis.Redis, sketch_backend: str) -> None:
+    """Space-Saving (functions backend) against a reference: ties at the smallest count go to the name
+    first in byte order (ZPOPMIN's), whatever the server's locale makes of Lua's string comparison."""
+    if sketch_backend != "functions":
+        pytest.skip("native Top-K is RedisBloom's HeavyKeeper (tests/test_backends.py)")
+    admin.setup(r, SketchSettings(window_seconds=5, topk=10))  # 100 counters
+    names = [f"GET:/{c}{i}" for i in range(150) for c in ("a", "B", "_")]
+    rng = np.random.default_rng(4)
+    sink = IngestSink(r, max_batch=100_000)
+    reference: dict[str, float] = {}
+    for _ in range(600):
+        i, count = int(rng.integers(0, len(names))), int(rng.integers(1, 4))
+        _send(sink, "svc", [names[i]], np.array([count]))
+        name = names[i]
+        if name in reference or len(reference) < 100:
+            reference[name] = reference.get(name, 0) + count
+        else:
+            smallest = min(reference, key=lambda n: (reference[n], n.encode()))
+            reference[name] = reference.pop(smallest) + count
+    sink.close()
+    stored = {m.decode(): s for m, s in r.zrange(Keys().topk("svc"), 0, -1, withscores=True)}
+    assert stored == reference
