@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '5'
+local LIB_VERSION = '6'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -107,7 +107,7 @@ local PAYLOAD_VERSION = 1
 local FINGERPRINT_SCHEMA = 1
 local STALE = 'STALECONFIG'
 local NEED_CONFIG = 'NEEDCONFIG'
-local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', raw = ':raw', batch = ':batch:' }
+local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', topk_order = ':topk:order', raw = ':raw', batch = ':batch:' }
 -- END CONTRACT
 
 local function fail(msg)
@@ -284,8 +284,55 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- sketches, library implementation
 -- ---------------------------------------------------------------------------------------------
-local function cms_offsets(item, width, depth)
-  local h1, h2 = hashes(item)
+-- hashes() memoised for one call: the Count-Min Sketch and every filter layer hash the same item
+local function hash_memo()
+  local memo = {}
+  return function(item)
+    local h = memo[item]
+    if h == nil then
+      h = { hashes(item) }
+      memo[item] = h
+    end
+    return h[1], h[2], h[3], h[4]
+  end
+end
+
+-- Bulk updates (one GET and one SETRANGE of the whole sketch string, bits and counters changed in Lua)
+-- leave exactly the bytes the per-item BITFIELD calls leave; they pay for the copy of the string and
+-- save the per-counter cost of BITFIELD (about 1-2 us per counter inside Lua, measured). Chosen when the
+-- sketch has at most this many bytes per item of the call (docs/engine.md "Cost per batch").
+local BULK_BYTES_PER_ITEM = 512
+local BIT_WEIGHT = { [0] = 128, 64, 32, 16, 8, 4, 2, 1 }  -- bit i of a byte, most significant first (SETBIT order)
+local U32_MAX = 4294967295
+
+-- a string key's value, '' when it does not exist
+local function get_bytes(key)
+  return redis.call('GET', key) or ''
+end
+
+-- s with the byte runs of `edits` ({{position from 0, bytes}, ...}, ascending, not overlapping) written
+-- over it, zero-filled where a run starts past its end: what the same BITFIELD writes leave
+local function splice(s, edits)
+  local out, at, len = {}, 0, #s
+  for _, e in ipairs(edits) do
+    local pos = e[1]
+    if pos > at then
+      if pos <= len then
+        out[#out + 1] = string.sub(s, at + 1, pos)
+      else
+        if at < len then out[#out + 1] = string.sub(s, at + 1) end
+        out[#out + 1] = string.rep('\0', pos - math.max(at, len))
+      end
+    end
+    out[#out + 1] = e[2]
+    at = pos + #e[2]
+  end
+  if at < len then out[#out + 1] = string.sub(s, at + 1) end
+  return table.concat(out)
+end
+
+local function cms_offsets(item, width, depth, hf)
+  local h1, h2 = (hf or hashes)(item)
   h2 = h2 % (width - 1 > 0 and width - 1 or 1) + 1
   local offs = {}
   for i = 0, depth - 1 do
@@ -294,11 +341,44 @@ local function cms_offsets(item, width, depth)
   return offs
 end
 
-local function cms_incr(key, width, depth, items)
-  -- items: {name, count, name, count, ...}; one BITFIELD call per item (all rows)
+-- the bulk form of cms_incr: increments summed per counter (saturating adds of non-negative counts
+-- commute), counters read and written as big-endian u32 (BITFIELD's layout)
+local function cms_incr_bulk(key, width, depth, items, hf)
+  local inc, offs = {}, {}
+  for i = 1, #items, 2 do
+    local cnt = items[i + 1]
+    for _, off in ipairs(cms_offsets(tostring(items[i]), width, depth, hf)) do
+      if inc[off] == nil then
+        offs[#offs + 1] = off; inc[off] = cnt
+      else
+        inc[off] = inc[off] + cnt
+      end
+    end
+  end
+  table.sort(offs)
+  local s = get_bytes(key)
+  local edits, len = {}, #s
+  for i, off in ipairs(offs) do
+    local v = inc[off]
+    if off * 4 + 4 <= len then
+      v = v + struct.unpack('>I4', s, off * 4 + 1)
+    elseif off * 4 < len then  -- a counter cut short by the end of the string (not one BITFIELD wrote)
+      v = v + struct.unpack('>I4', string.sub(s, off * 4 + 1) .. string.rep('\0', off * 4 + 4 - len))
+    end
+    if v > U32_MAX then v = U32_MAX end
+    edits[i] = { off * 4, struct.pack('>I4', v) }
+  end
+  redis.call('SETRANGE', key, 0, splice(s, edits))
+end
+
+local function cms_incr(key, width, depth, items, hf)
+  -- items: {name, count, name, count, ...}; one BITFIELD call per item (all rows), or one bulk update
+  if #items > 0 and width * depth * 4 <= BULK_BYTES_PER_ITEM * (#items / 2) then
+    return cms_incr_bulk(key, width, depth, items, hf)
+  end
   for i = 1, #items, 2 do
     local args = { key, 'OVERFLOW', 'SAT' }
-    for _, off in ipairs(cms_offsets(tostring(items[i]), width, depth)) do
+    for _, off in ipairs(cms_offsets(tostring(items[i]), width, depth, hf)) do
       args[#args + 1] = 'INCRBY'; args[#args + 1] = 'u32'; args[#args + 1] = '#' .. off
       args[#args + 1] = items[i + 1]
     end
@@ -324,17 +404,17 @@ local function bloom_dims(capacity, err)
   return m, k
 end
 
-local function bloom_positions(item, m, k)
-  local _, _, h3, h4 = hashes(item)
+local function bloom_positions(item, m, k, hf)
+  local _, _, h3, h4 = (hf or hashes)(item)
   h4 = h4 % (m - 1) + 1
   local pos = {}
   for i = 0, k - 1 do pos[#pos + 1] = (h3 + i * h4) % m end
   return pos
 end
 
-local function bloom_layer_has(key, m, k, item)
+local function bloom_layer_has(key, m, k, item, hf)
   local args = { key }
-  for _, p in ipairs(bloom_positions(item, m, k)) do
+  for _, p in ipairs(bloom_positions(item, m, k, hf)) do
     args[#args + 1] = 'GET'; args[#args + 1] = 'u1'; args[#args + 1] = p
   end
   for _, v in ipairs(redis.call('BITFIELD_RO', unpack(args))) do
@@ -370,9 +450,9 @@ end
 
 -- returns true when item was not in the filter (a first sighting); `layers` is bloom_layers(state),
 -- loaded once per call and kept in step here
-local function bloom_add(state, base, item, layers)
+local function bloom_add(state, base, item, layers, hf)
   for i, l in ipairs(layers) do
-    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item) then return false end
+    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item, hf) then return false end
   end
   local last = #layers
   local l = layers[last]
@@ -384,7 +464,7 @@ local function bloom_add(state, base, item, layers)
     layers[last] = l
   end
   local args = { base .. ':' .. last }
-  for _, p in ipairs(bloom_positions(item, l.m, l.k)) do
+  for _, p in ipairs(bloom_positions(item, l.m, l.k, hf)) do
     args[#args + 1] = 'SET'; args[#args + 1] = 'u1'; args[#args + 1] = p; args[#args + 1] = 1
   end
   redis.call('BITFIELD', unpack(args))
@@ -393,16 +473,173 @@ local function bloom_add(state, base, item, layers)
   return true
 end
 
-local function topk_incr(key, counters, item, count)
-  if redis.call('ZSCORE', key, item) then
-    redis.call('ZINCRBY', key, count, item)
-  elseif redis.call('ZCARD', key) < counters then
-    redis.call('ZADD', key, count, item)
-  else
-    local min = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    redis.call('ZREM', key, min[1])
-    redis.call('ZADD', key, tonumber(min[2]) + count, item)
+-- bloom_add for every item of `items` in order, as one bulk update per layer (each layer's string read
+-- once, its bits tested and set in Lua, written back once); returns {item = true} for first sightings
+local function bloom_add_bulk(state, base, items, layers, hf)
+  local bytes, changed = {}, {}  -- per layer: its string, and the bytes this call changed (index from 0)
+  local function layer(i)
+    if bytes[i] == nil then bytes[i] = get_bytes(base .. ':' .. i); changed[i] = {} end
+    return bytes[i], changed[i]
   end
+  local floor, byte = math.floor, string.byte
+  local function has(i, l, item)
+    local s, ch = layer(i)
+    for _, p in ipairs(bloom_positions(item, l.m, l.k, hf)) do
+      local at = floor(p / 8)
+      local v = ch[at] or byte(s, at + 1) or 0
+      if floor(v / BIT_WEIGHT[p % 8]) % 2 == 0 then return false end
+    end
+    return true
+  end
+  local first, added = {}, {}
+  for _, item in ipairs(items) do
+    local found = false
+    for i, l in ipairs(layers) do
+      if has(i, l, item) then found = true; break end
+    end
+    if not found then
+      local last = #layers
+      local l = layers[last]
+      if l.n >= l.cap then
+        local err = tonumber(redis.call('HGET', state, 'bf_err' .. last)) / 2
+        last = bloom_add_layer(state, l.cap * 2, err)
+        local f = redis.call('HMGET', state, 'bf_m' .. last, 'bf_k' .. last, 'bf_cap' .. last)
+        l = { m = tonumber(f[1]), k = tonumber(f[2]), cap = tonumber(f[3]), n = 0 }
+        layers[last] = l
+      end
+      local s, ch = layer(last)
+      for _, p in ipairs(bloom_positions(item, l.m, l.k, hf)) do
+        local at = floor(p / 8)
+        local v = ch[at] or byte(s, at + 1) or 0
+        if floor(v / BIT_WEIGHT[p % 8]) % 2 == 0 then ch[at] = v + BIT_WEIGHT[p % 8] end
+      end
+      l.n = l.n + 1
+      added[last] = (added[last] or 0) + 1
+      first[item] = true
+    end
+  end
+  for i, ch in pairs(changed) do
+    local at = {}
+    for pos in pairs(ch) do at[#at + 1] = pos end
+    if #at > 0 then
+      table.sort(at)  -- numbers, no comparison function: a Lua one costs more than the rest of the update
+      local edits = {}
+      for j, pos in ipairs(at) do edits[j] = { pos, string.char(ch[pos]) } end
+      redis.call('SETRANGE', base .. ':' .. i, 0, splice(bytes[i], edits))
+    end
+  end
+  for i, n in pairs(added) do redis.call('HINCRBY', state, 'bf_n' .. i, n) end
+  return first
+end
+
+-- bloom_add for every item of `items` (in order): per item, or as one bulk update when the layers are
+-- small beside the items; returns {item = true} for first sightings
+local function bloom_add_all(state, base, items, layers, hf)
+  local size = 0
+  for _, l in ipairs(layers) do size = size + math.ceil(l.m / 8) end
+  if #items > 0 and size <= BULK_BYTES_PER_ITEM * #items then
+    return bloom_add_bulk(state, base, items, layers, hf)
+  end
+  local first = {}
+  for _, item in ipairs(items) do
+    if bloom_add(state, base, item, layers, hf) then first[item] = true end
+  end
+  return first
+end
+
+-- Space-Saving over items {name, count, ...} (each name once), in order: a listed item's counter grows;
+-- an unlisted one takes a free counter, or the smallest counter (lowest score, then name: what ZPOPMIN
+-- takes) with that count added. The scores of the listed items come in one ZMSCORE; when no counter has
+-- to be taken over, all updates are one ZADD. Otherwise the whole sorted set (at most `counters`
+-- entries) is run through the items in Lua on a heap and written back in one ZREM and one ZADD; ties
+-- are broken by name in Redis's byte order, which Lua's string comparison (strcoll, the server's
+-- locale) need not follow, so each name's place in that order comes from a temporary sorted set
+-- (`order`, deleted before the call returns).
+local function topk_update(key, counters, items, order)
+  local names = {}
+  for i = 1, #items, 2 do names[#names + 1] = items[i] end
+  if #names == 0 then return end
+  local scores = {}
+  for i = 1, #names, 1000 do
+    local part = redis.call('ZMSCORE', key, unpack(names, i, math.min(i + 999, #names)))
+    for j = 1, math.min(1000, #names - i + 1) do scores[i + j - 1] = part[j] end
+  end
+  local card, unlisted = redis.call('ZCARD', key), 0
+  for i = 1, #names do if not scores[i] then unlisted = unlisted + 1 end end
+  if unlisted <= counters - card then
+    local args = {}
+    for i, name in ipairs(names) do
+      local cnt = items[2 * i]
+      args[#args + 1] = scores[i] and num(tonumber(scores[i]) + cnt) or cnt
+      args[#args + 1] = name
+    end
+    call_chunked('ZADD', key, args, 1000)
+    return
+  end
+  local cur = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+  -- every name involved, ranked in byte order
+  local zargs = {}
+  for i = 1, #cur, 2 do zargs[#zargs + 1] = 0; zargs[#zargs + 1] = cur[i] end
+  for i, name in ipairs(names) do
+    if not scores[i] then zargs[#zargs + 1] = 0; zargs[#zargs + 1] = name end
+  end
+  redis.call('DEL', order)
+  call_chunked('ZADD', order, zargs, 1000)
+  local rank = {}
+  for i, name in ipairs(redis.call('ZRANGE', order, 0, -1)) do rank[name] = i end
+  redis.call('DEL', order)
+  -- a min-heap on (score, rank): hs scores, hr ranks, hn names, at[name] the slot
+  local hs, hr, hn, at, size = {}, {}, {}, {}, 0
+  local function less(a, b) return hs[a] < hs[b] or (hs[a] == hs[b] and hr[a] < hr[b]) end
+  local function swap(a, b)
+    hs[a], hs[b] = hs[b], hs[a]; hr[a], hr[b] = hr[b], hr[a]; hn[a], hn[b] = hn[b], hn[a]
+    at[hn[a]] = a; at[hn[b]] = b
+  end
+  local function up(i)
+    while i > 1 do
+      local parent = math.floor(i / 2)
+      if not less(i, parent) then return end
+      swap(i, parent); i = parent
+    end
+  end
+  local function down(i)
+    while true do
+      local l, smallest = 2 * i, i
+      if l <= size and less(l, smallest) then smallest = l end
+      if l + 1 <= size and less(l + 1, smallest) then smallest = l + 1 end
+      if smallest == i then return end
+      swap(i, smallest); i = smallest
+    end
+  end
+  local original = {}
+  for i = 1, #cur, 2 do  -- ZRANGE's order is the heap order already
+    size = size + 1
+    hs[size], hr[size], hn[size] = tonumber(cur[i + 1]), rank[cur[i]], cur[i]
+    at[cur[i]] = size
+    original[cur[i]] = hs[size]
+  end
+  for i, name in ipairs(names) do
+    local cnt = items[2 * i]
+    local slot = at[name]
+    if slot then
+      hs[slot] = hs[slot] + cnt; down(slot)
+    elseif size < counters then
+      size = size + 1
+      hs[size], hr[size], hn[size] = cnt, rank[name], name
+      at[name] = size; up(size)
+    else
+      at[hn[1]] = nil
+      hs[1], hr[1], hn[1] = hs[1] + cnt, rank[name], name
+      at[name] = 1; down(1)
+    end
+  end
+  local gone, set = {}, {}
+  for name in pairs(original) do if not at[name] then gone[#gone + 1] = name end end
+  for slot = 1, size do
+    if original[hn[slot]] ~= hs[slot] then set[#set + 1] = num(hs[slot]); set[#set + 1] = hn[slot] end
+  end
+  if #gone > 0 then call_chunked('ZREM', key, gone, 1000) end
+  if #set > 0 then call_chunked('ZADD', key, set, 1000) end
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -412,7 +649,7 @@ local function keyset(prefix, service)
   local t, K = prefix .. '{' .. service .. '}', KEY_SUFFIX
   return {
     tag = t, state = t .. K.state, fp = t .. K.fp, cms_ep = t .. K.cms_ep, cms_st = t .. K.cms_st,
-    bf = t .. K.bf, topk = t .. K.topk, open = t .. K.open, raw = t .. K.raw,
+    bf = t .. K.bf, topk = t .. K.topk, topk_order = t .. K.topk_order, open = t .. K.open, raw = t .. K.raw,
     hist = function(W) return t .. K.hist .. W end,
     batch = function(id) return t .. K.batch .. id end,
     win = function(w) return t .. K.win .. w end,
@@ -490,6 +727,7 @@ local function sketch_checks(ks, c, st, checks)
     checks[#checks + 1] = { ks.cms_ep, STRING }
     checks[#checks + 1] = { ks.cms_st, STRING }
     checks[#checks + 1] = { ks.topk, ZSET }
+    checks[#checks + 1] = { ks.topk_order, ZSET }
     for i = 1, math.max(st.bf_layers or 0, 1) do checks[#checks + 1] = { ks.bf .. ':' .. i, STRING } end
   end
 end
@@ -1115,8 +1353,34 @@ local function ad_ingest(keys, args)
   if first ~= st.first then redis.call('HSET', state, 'first', first) end
   local cms_ep, cms_st = {}, {}
   local topk_counters = topk_width(c.tk)
-  local checked, layers = {}, nil
-  for _, g in ipairs(groups) do
+  -- the interaction filter: each endpoint of the call checked (and added) once, in order of first
+  -- appearance, all in one go (BF.MADD; bloom_add_all); a first sighting is new in the window it first
+  -- appears in
+  local order, owner = {}, {}
+  for gi, g in ipairs(groups) do
+    local ep = g[2].ep
+    for i = 1, #ep, 2 do
+      if owner[ep[i]] == nil then owner[ep[i]] = gi; order[#order + 1] = ep[i] end
+    end
+  end
+  local hf = hash_memo()
+  local first_seen = {}
+  if #order > 0 then
+    if c.be == 'native' then
+      for i = 1, #order, 1000 do
+        local j = math.min(i + 999, #order)
+        local added = redis.call('BF.MADD', ks.bf, unpack(order, i, j))
+        for x = 1, j - i + 1 do
+          if added[x] == 1 then first_seen[order[i + x - 1]] = true end
+        end
+      end
+    else
+      first_seen = bloom_add_all(state, ks.bf, order, bloom_layers(state), hf)
+    end
+  end
+  local new_in = {}
+  for e in pairs(first_seen) do new_in[owner[e]] = (new_in[owner[e]] or 0) + 1 end
+  for gi, g in ipairs(groups) do
     local win, w = g[1], g[2]
     local wk = ks.win(win)
     -- window totals and histogram: one read and one write instead of an HINCRBY per bucket
@@ -1125,7 +1389,7 @@ local function ad_ingest(keys, args)
     hash_add(wk, f, inc)
     redis.call('HINCRBYFLOAT', wk, 'ls', num(w.ls))
     -- exact endpoint counts, up to WINDOW_ENDPOINTS_CAP distinct ones, the rest as OTHER_ENDPOINT
-    local names, new = {}, 0
+    local names, new = {}, new_in[gi] or 0
     for i = 1, #w.ep, 2 do names[#names + 1] = w.ep[i] end
     local wek = ks.we(win)
     local present = redis.call('HMGET', wek, unpack(names))
@@ -1143,20 +1407,8 @@ local function ad_ingest(keys, args)
     if other > 0 then ef[#ef + 1] = OTHER_ENDPOINT; einc[#einc + 1] = other end
     hash_add(wek, ef, einc)
     for i = 1, #w.ep, 2 do
-      local e, cnt = w.ep[i], w.ep[i + 1]
-      cms_ep[e] = (cms_ep[e] or 0) + cnt
-      -- an endpoint already checked in this call is in the filter now: one check per call
-      if not checked[e] then
-        checked[e] = true
-        local first_seen
-        if c.be == 'native' then
-          first_seen = redis.call('BF.ADD', ks.bf, e) == 1
-        else
-          layers = layers or bloom_layers(state)
-          first_seen = bloom_add(state, ks.bf, e, layers)
-        end
-        if first_seen then new = new + 1 end
-      end
+      local e = w.ep[i]
+      cms_ep[e] = (cms_ep[e] or 0) + w.ep[i + 1]
     end
     if #names > 0 then call_chunked('PFADD', ks.wh(win), names, 1000) end
     if new > 0 then redis.call('HINCRBY', wk, 'new', new) end
@@ -1197,15 +1449,15 @@ local function ad_ingest(keys, args)
       call_chunked('CMS.INCRBY', ks.cms_ep, ep_items, 1000)
       call_chunked('TOPK.INCRBY', ks.topk, topk_increments(ep_items), 1000)
     else
-      cms_incr(ks.cms_ep, c.cw, c.cd, ep_items)
-      for i = 1, #ep_items, 2 do topk_incr(ks.topk, topk_counters, ep_items[i], ep_items[i + 1]) end
+      cms_incr(ks.cms_ep, c.cw, c.cd, ep_items, hf)
+      topk_update(ks.topk, topk_counters, ep_items, ks.topk_order)
     end
   end
   if #st_items > 0 then
     if c.be == 'native' then
       call_chunked('CMS.INCRBY', ks.cms_st, st_items, 1000)
     else
-      cms_incr(ks.cms_st, c.cw, c.cd, st_items)
+      cms_incr(ks.cms_st, c.cw, c.cd, st_items, hf)
     end
   end
 

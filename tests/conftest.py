@@ -53,7 +53,7 @@ def free_port() -> int:
 BOTH_BACKENDS = frozenset({
     "test_app_inspector.py", "test_backends.py", "test_collector.py", "test_detector.py", "test_engine.py",
     "test_gears_atomic.py", "test_gears_fuzz.py", "test_history.py", "test_security.py", "test_sketch_limits.py",
-    "test_sketches.py", "test_sketches_zipf.py", "test_window_change.py",
+    "test_sketch_bulk.py", "test_sketches.py", "test_sketches_zipf.py", "test_window_change.py",
 })  # fmt: skip
 # "functions,native" (the default), or one of them: e.g. a machine without the wheel runs "functions"
 ENV_TEST_BACKENDS = "ANOMALYDESK_TEST_BACKENDS"

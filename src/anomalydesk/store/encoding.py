@@ -236,7 +236,9 @@ def encode(columns: dict[str, Columns], config: Config, replay: bool, batch_id: 
             continue
         ep, st, lat, ts = cols.columns()
         kpis = _kpi_rows(cols, replay, config.window_s)
-        if len(names) <= MAX_ENDPOINTS_PER_CALL:
+        # the vocabulary may name far more endpoints than the batch holds (add_arrays takes a producer's
+        # whole list): what a call costs is the distinct endpoints it carries
+        if len(names) <= MAX_ENDPOINTS_PER_CALL or len(np.unique(ep)) <= MAX_ENDPOINTS_PER_CALL:
             groups = _window_groups(ep, st, lat, ts, names, replay, config.window_s)
             raw = _raw_rows(ep, st, lat, ts, names, config.raw_sample)
             if groups or kpis:
@@ -248,11 +250,15 @@ def encode(columns: dict[str, Columns], config: Config, replay: bool, batch_id: 
         # carrying a later window moves the service's clock and seals the earlier windows, so a part of
         # an earlier window sent after it would be late
         win = _windows_of(ts, replay, config.window_s)
-        chunk = ep // MAX_ENDPOINTS_PER_CALL
         part = 0
         for w in sorted(set(win.tolist()) | {int(row[0]) for row in kpis}):
             in_window = win == w
             window_kpis = [row for row in kpis if int(row[0]) == w]
+            # parts of at most MAX_ENDPOINTS_PER_CALL of the endpoints the window holds (by their rank
+            # among them, so every part but the last is full)
+            _, rank = np.unique(np.where(in_window, ep, -1), return_inverse=True)
+            rank = rank.reshape(-1) - (0 if in_window.all() else 1)
+            chunk = rank // MAX_ENDPOINTS_PER_CALL
             for c in np.unique(chunk[in_window]).tolist() or [None]:
                 sel = in_window & (chunk == c) if c is not None else in_window
                 groups = _window_groups(ep[sel], st[sel], lat[sel], ts[sel], names, replay, config.window_s)
