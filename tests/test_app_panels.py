@@ -93,6 +93,24 @@ def test_window_layout_persists_and_no_tray_means_banner(qtbot):
     assert not window.isVisible()
 
 
+def test_demo_fault_buttons_and_the_active_faults_line_do_not_overlap(qtbot):
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.settings import FAULT_KINDS, AppSettings
+    from anomalydesk.app.state import AppState
+
+    window = MainWindow(AppState(), NoActions(), AppSettings())
+    qtbot.addWidget(window)
+    window.show()
+    demo = window.demo
+    assert set(demo.fault_buttons) == set(FAULT_KINDS) and "shift" in FAULT_KINDS
+    grid = demo.faults_label.parentWidget().layout()
+    label_row = grid.getItemPosition(grid.indexOf(demo.faults_label))[0]
+    rows = {grid.getItemPosition(grid.indexOf(button))[0] for button in demo.fault_buttons.values()}
+    assert label_row > max(rows)  # the "active: …" line sits below every button (it hid "shift")
+    labels = {button.geometry().topLeft().toTuple() for button in demo.fault_buttons.values()}
+    assert len(labels) == len(FAULT_KINDS)  # one place each
+
+
 def test_second_launch_focuses_the_first(qtbot):
     from anomalydesk.app.single_instance import InstanceServer, notify_running
 

@@ -51,8 +51,10 @@ class DemoPanel(QtWidgets.QWidget):
             button.clicked.connect(lambda _=False, k=kind: self.inject(k))
             fl.addWidget(button, 1 + i // 3, i % 3)
             self.fault_buttons[kind] = button
+        self.fault_buttons["shift"].setToolTip("a simulated deploy: response times ×1.5 from now until the demo "
+                                               "stops (a level shift: the detector asks whether it is the new normal)")
         self.faults_label = wrapping(QtWidgets.QLabel(""))
-        fl.addWidget(self.faults_label, 3, 0, 1, 4)
+        fl.addWidget(self.faults_label, 2 + (len(FAULT_KINDS) - 1) // 3, 0, 1, 4)  # below the last row of buttons
 
         self.backfill_button = QtWidgets.QPushButton("Backfill a day of history (simulated time)")
         self.backfill_button.clicked.connect(self.backfill)
