@@ -14,7 +14,7 @@ from anomalydesk.app import settings as settings_mod
 from anomalydesk.app.notifier import Notifier
 from anomalydesk.app.ringbuffer import RingBuffer
 from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import IncidentsState, table_state
+from anomalydesk.app.state import LIVE_COLUMNS, IncidentsState, table_state
 from anomalydesk.detect.incident_model import Alert, Incident, Mark, Severity
 
 REASONS = [{"feature": "rate_5xx", "text": "5xx ratio 20% vs 0.4% normal"}]
@@ -82,6 +82,23 @@ def test_ring_buffer_keeps_the_newest_rows_in_order():
     assert buf.last()[0] == 18
     with pytest.raises(ValueError):
         RingBuffer(0, 1)
+
+
+def test_history_read_while_live_windows_arrive_stays_in_time_order():
+    from anomalydesk.app.state import LiveState
+
+    live = LiveState(capacity=100)
+    vector = np.zeros(LIVE_COLUMNS - 2)
+    for start in (500.0, 505.0):  # live windows arrive first (the backfill is still being read) …
+        live.append("orders", start, vector + start, None)
+    history = np.column_stack([np.arange(400.0, 505.0, 5.0), np.full(21, np.nan),
+                               np.tile(vector, (21, 1))])  # … then the history, up to and including 500
+    live.buffer("orders").merge(history)
+    x = live.buffer("orders").view()[:, 0]
+    assert np.all(np.diff(x) > 0) and x[0] == 400.0 and x[-1] == 505.0 and len(x) == 22  # 500 once
+    live.append("orders", 450.0, vector + 1.0, None)  # a late window replaces its row, in its place
+    view = live.buffer("orders").view()
+    assert np.all(np.diff(view[:, 0]) > 0) and view[view[:, 0] == 450.0][0, 2] == 1.0
 
 
 # --- incidents --------------------------------------------------------------------------------

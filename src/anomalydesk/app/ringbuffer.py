@@ -62,6 +62,20 @@ class RingBuffer:
             self._size = min(self._size + len(rows), self.capacity)
         self.version += 1
 
+    def merge(self, rows: np.ndarray) -> None:
+        """Add rows that may be older than the stored ones, keeping every row in ascending order of
+        column 0 (the window start); a row whose column 0 is already stored replaces it. The plots need
+        that order (pyqtgraph clips and downsamples by position): history read while live windows
+        arrive, or a window that arrives late, would otherwise be drawn as lines back and forth."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, self.width)
+        if not len(rows):
+            return
+        combined = np.vstack([self.view(), rows]) if self._size else rows
+        _, first = np.unique(combined[::-1, 0], return_index=True)  # the newest given row wins a tie
+        ordered = combined[::-1][first]  # ascending column 0, one row per key
+        self.clear()
+        self.extend(ordered)
+
     def view(self) -> np.ndarray:
         """The stored rows, oldest first (a copy)."""
         if self._size < self.capacity:
@@ -108,4 +122,5 @@ class RingBuffer:
         self._data[:] = np.nan
         self._next = 0
         self._size = 0
+        self.version += 1
         self.version += 1

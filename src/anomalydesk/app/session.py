@@ -369,7 +369,8 @@ class Session:
             rows[:, 0] = [fp.start for fp in fps]
             rows[:, 1] = np.nan  # not scored, unless the detector stored a score for the window
             rows[:, 2:] = np.vstack([fp.vector for fp in fps])
-            self.state.live.buffer(service).extend(rows)
+            # live windows may have arrived while this was read: merged in time order, not appended after
+            self.state.live.buffer(service).merge(rows)
             self._note_arrival(fps[-1].start)
         scores: list[WindowScore] = await self.call(parse_entries, score_entries[::-1])
         self.state.live.apply_scores(service, scores)

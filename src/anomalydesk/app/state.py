@@ -136,7 +136,12 @@ class LiveState:
         row[0] = start
         row[1] = np.nan if score is None else score
         row[2:] = vector
-        self.buffer(service).append(row)
+        buf = self.buffer(service)
+        last = buf.last()
+        if last is not None and start <= last[0]:
+            buf.merge(row)  # a late or repeated window: in its place, not drawn back in time
+        else:
+            buf.append(row)
 
     def apply_scores(self, service: str, scores: Sequence[WindowScore]) -> int:
         """Put stored scores (oldest first) on their windows' rows and note where a model version took
