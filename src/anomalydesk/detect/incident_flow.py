@@ -270,12 +270,8 @@ def _advance_shift(
         plan.incidents.append((incident, 0))
         plan.state["shift_incident"] = incident.id
         plan.state["shift_notified"] = start
-        plan.alerts.append(Alert.about(
-            incident, kind="level_shift", window=window, window_start=start, score=score,
-            severity=incident.severity, reasons=[reason], model_version=model_version,
-            message=f"{service}: {reason['text']} — accept it as the new normal, or it stays open",
-            silenced=_muted(incident, silenced, now),
-        ))  # fmt: skip
+        plan.alerts.append(_shift_alert(incident, fp, reason, model_version, _muted(incident, silenced, now),
+                                        f"{reason['text']} — accept it as the new normal, or it stays open"))
         return
     rev = incident.rev
     incident = incident.revised(last_window=window, windows=incident.windows + 1, reasons=(reason,))
@@ -283,12 +279,16 @@ def _advance_shift(
     last = float(plan.state.get("shift_notified") or 0.0)
     if start - last >= config.LEVEL_SHIFT_RENOTIFY_SECONDS:
         plan.state["shift_notified"] = start
-        plan.alerts.append(Alert.about(
-            incident, kind="level_shift", window=window, window_start=start, score=score,
-            severity=incident.severity, reasons=[reason], model_version=model_version,
-            message=f"{service}: still at a new level, not accepted — {reason['text']}",
-            silenced=_muted(incident, silenced, now),
-        ))  # fmt: skip
+        plan.alerts.append(_shift_alert(incident, fp, reason, model_version, _muted(incident, silenced, now),
+                                        f"still at a new level, not accepted — {reason['text']}"))
+
+
+def _shift_alert(incident: Incident, fp: Fingerprint, reason: dict[str, Any], model_version: int | None,
+                 muted: bool, text: str) -> Alert:
+    """A `level_shift` alert about `incident` at window `fp` (its opening, or a re-notification)."""
+    return Alert.about(incident, kind="level_shift", window=fp.window, window_start=fp.start, score=incident.score,
+                       severity=incident.severity, reasons=[reason], model_version=model_version,
+                       message=f"{fp.service}: {text}", silenced=muted)  # fmt: skip
 
 
 def _family(feature: str) -> str:
