@@ -11,6 +11,7 @@ import signal
 import time
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import redis
 
@@ -56,6 +57,32 @@ def open_app(qtbot, url):
 def close_app(qtbot, app):
     run(qtbot, app.shutdown())
     app.dispose()
+
+
+def test_the_details_plot_shows_the_leading_feature_in_its_unit_with_its_usual_range(qtbot, qloop, redis_url, r):  # noqa: F811
+    from anomalydesk import fingerprint as fpmod
+
+    keys = Keys()
+    now = time.time()
+    first = int(now // 5) - 60
+    for w in range(first, first + 60):  # an hour of windows: 0.4 % errors, then 20 % in the last five
+        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+        fields.update(requests=300, rate_5xx=0.2 if w >= first + 55 else 0.004 + 0.001 * (w % 3), window=w,
+                      start=w * 5, schema=fpmod.SCHEMA_VERSION, no_data=0, kpis="", ws=5)
+        r.xadd(keys.fingerprints("orders"), fields, id=f"{w * 5 * 1000}-1")
+    r.sadd(keys.services, "orders")
+    alert = raise_alert(r, "orders", first + 55)
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+        panel.select_incident(alert["incident_id"])
+        qtbot.waitUntil(lambda: panel.detail_plot.getPlotItem().titleLabel.text == "5xx ratio (%)", timeout=10_000)
+        curve = panel.detail_plot.getPlotItem().listDataItems()[0]
+        assert np.nanmax(curve.getData()[1]) == pytest.approx(20.0)  # in %, not "(scaled)" to 0–1
+        assert panel.detail_usual is not None and 0.3 <= panel.detail_usual[0] <= panel.detail_usual[1] <= 0.7
+    finally:
+        close_app(qtbot, app)
 
 
 def test_a_level_shift_is_accepted_from_its_button(qtbot, qloop, redis_url, r):  # noqa: F811

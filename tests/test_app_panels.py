@@ -59,6 +59,38 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
     assert list(panel._curves) == ["latency_p95_ms"]
 
 
+def test_live_plots_draw_gaps_as_gaps_with_plain_units_and_no_y_wheel(qtbot):
+    from anomalydesk.app.live_panel import LivePanel
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
+
+    state = AppState(live_capacity=1000)
+    panel = LivePanel(state, AppSettings(live_features=["requests", "rate_5xx", "latency_p95_ms", "kpi_level"]))
+    qtbot.addWidget(panel)
+    low, high = panel.score_plot.getViewBox().viewRange()[0]
+    assert abs(high - time.time()) < 60 and high - low >= 600  # no data yet: today's clock, not 1970
+    t0 = 1_790_000_000.0
+    vector = np.full(N_FEATURES, 0.56)
+    vector[FEATURE_INDEX["requests"]] = 350.0
+    for i in range(40):
+        state.live.append("orders", t0 + 5 * i, vector, None)
+    for i in range(40):  # 20 hours later
+        state.live.append("orders", t0 + 72_000 + 5 * i, vector * 0 + 1.0, None)
+    state.set_services(["orders"])
+    assert panel.redraw(force=True)
+    x, y = panel._curves["requests"].getData()
+    assert np.all(np.diff(x) > 0) and np.isnan(y).sum() == 1  # one break, not a ramp from 350 to 1
+    gap = int(np.flatnonzero(np.isnan(y))[0])
+    assert x[gap - 1] == t0 + 5 * 39 and x[gap + 1] == t0 + 72_000
+    titles = {name: plot.titleLabel.text for name, plot in zip(panel._curves, panel._feature_plots, strict=True)}
+    assert titles["requests"] == "requests per window" and titles["latency_p95_ms"] == "p95 latency (ms)"
+    assert titles["rate_5xx"] == "5xx ratio (%)" and titles["kpi_level"] == "business KPI level (× expected)"
+    for plot in [*panel._feature_plots, panel.score_plot]:
+        assert plot.getAxis("left").autoSIPrefix is False  # 0.56 reads 0.56, not 560 (x0.001)
+        assert plot.getViewBox().state["mouseEnabled"] == [True, False]  # the wheel zooms time only
+
+
 def test_window_layout_persists_and_no_tray_means_banner(qtbot):
     from anomalydesk.app.main_window import MainWindow
     from anomalydesk.app.notifier import Notification, Notifier

@@ -16,10 +16,11 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app.live_panel import axis_title
 from anomalydesk.app.message_label import MessageLabel
 from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
 from anomalydesk.detect.incident_model import IncidentState, local_time
-from anomalydesk.fingerprint import FEATURE_INDEX
+from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
 COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 96, 170)
@@ -283,6 +284,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.details.setMinimumWidth(200)
         self.details.setPlaceholderText("Select an incident to see why it was raised.")
         self.detail_plot = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
+        self.detail_usual: tuple[float, float] | None = None  # the shaded usual range of the plotted feature
         self.detail_plot.setMinimumHeight(140)
         self.detail_plot.addLegend(offset=(5, 5))
         detail = QtWidgets.QWidget()
@@ -500,11 +502,24 @@ class IncidentsPanel(QtWidgets.QWidget):
             return
         if self.selected() is not inc or rows.size == 0:
             return
-        for i, name in enumerate(features[:4]):
-            values = rows[:, 1 + FEATURE_INDEX[name]]
-            span = float(np.nanmax(values) - np.nanmin(values)) or 1.0
-            self.detail_plot.plot(rows[:, 0], (values - np.nanmin(values)) / span,
-                                  pen=pg.intColor(i, hues=4), name=f"{name} (scaled)")  # fmt: skip
+        # the incident's leading feature in its own unit, its usual range (the windows before it) shaded
+        name = features[0]
+        feature = FEATURES[FEATURE_INDEX[name]]
+        factor = 100.0 if feature.unit == "%" else 1.0
+        values = rows[:, 1 + FEATURE_INDEX[name]] * factor
+        before = values[rows[:, 0] < inc.start]
+        if before.size >= 3:
+            low, high = (float(v) for v in np.nanpercentile(before, [5, 95]))
+            usual = pg.LinearRegionItem(values=(low, high), orientation="horizontal", movable=False,
+                                        brush=pg.mkBrush(80, 160, 80, 60), pen=pg.mkPen(None))  # fmt: skip
+            usual.setToolTip("usual range: 5th–95th percentile of the windows before the incident")
+            self.detail_plot.addItem(usual)
+            self.detail_usual = (low, high)
+        else:
+            self.detail_usual = None
+        self.detail_plot.plot(rows[:, 0], values, pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5), name=feature.label)
+        self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt")
+        self.detail_plot.getAxis("left").enableAutoSIPrefix(False)
         region = pg.LinearRegionItem(values=(inc.start, inc.last + 1), movable=False,
                                      brush=pg.mkBrush(220, 50, 50, 50))  # fmt: skip
         self.detail_plot.addItem(region)

@@ -11,6 +11,7 @@ downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,37 @@ from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 SEVERITY_BRUSH = {"info": (80, 140, 220, 40), "warning": (240, 170, 40, 60), "critical": (220, 50, 50, 70)}
 _FEATURE_BY_NAME = {f.name: f for f in FEATURES}
+
+
+
+TITLE_STYLE = {"size": "9pt", "justify": "left"}
+AXIS_WIDTH = 52
+EMPTY_SPAN_SECONDS = 900  # the x range before any window arrived (it read "00.100 … 00.900" near 1970)
+GAP_FACTOR = 1.5  # consecutive windows further apart than this many window lengths: a gap, drawn as one
+_UNIT_WORDS = {"/window": "requests per window", "%": "%", "ms": "ms", "bits": "bits", "x": "× expected"}
+
+
+def axis_title(label: str, unit: str) -> str:
+    """A plot's name with its unit in plain words: "p95 latency (ms)", "requests (requests per window)"."""
+    words = _UNIT_WORDS.get(unit, unit)
+    if label == "requests" and unit == "/window":
+        return "requests per window"
+    return f"{label} ({words})" if words else label
+
+
+def with_gaps(rows: np.ndarray) -> np.ndarray:
+    """`rows` (time-ordered, column 0 the window start) with a NaN row inside every gap longer than
+    GAP_FACTOR window lengths (the median spacing), so a 20-hour gap is a break, not a ramp."""
+    if len(rows) < 3:
+        return rows
+    steps = np.diff(rows[:, 0])
+    spacing = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
+    gaps = np.flatnonzero(steps > GAP_FACTOR * spacing) if spacing > 0 else np.empty(0, dtype=int)
+    if not len(gaps):
+        return rows
+    filler = np.full((len(gaps), rows.shape[1]), np.nan)
+    filler[:, 0] = rows[gaps, 0] + spacing  # just after the last window before the gap
+    return np.insert(rows, gaps + 1, filler, axis=0)
 
 
 class LivePanel(QtWidgets.QWidget):
@@ -76,11 +108,15 @@ class LivePanel(QtWidgets.QWidget):
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem()})
-        self.score_plot.setLabel("left", "score")
+        self.score_plot.setTitle("score (0–100)", **TITLE_STYLE)
+        self.score_plot.getAxis("left").enableAutoSIPrefix(False)
+        self.score_plot.getAxis("left").setWidth(AXIS_WIDTH)
+        self.score_plot.setMouseEnabled(x=True, y=False)  # the wheel zooms time; y only on purpose
         self.score_plot.setYRange(0, 100)
+        self._clock_range = False  # True while the x axis shows the clock's last minutes (no data yet)
         self.score_plot.showGrid(y=True, alpha=0.2)
         self.score_curve = self.score_plot.plot(pen=pg.mkPen((230, 230, 230), width=2), name="score")
-        self._tune(self.score_curve, finite=False)
+        self._tune(self.score_curve)
         dashed = pg.mkPen((220, 60, 60), style=QtCore.Qt.PenStyle.DashLine)
         self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
         self.threshold_line.setVisible(False)
@@ -104,10 +140,10 @@ class LivePanel(QtWidgets.QWidget):
 
     # --- building -----------------------------------------------------------------------------
     @staticmethod
-    def _tune(curve: pg.PlotDataItem, finite: bool = True) -> None:
+    def _tune(curve: pg.PlotDataItem) -> None:
         curve.setDownsampling(auto=True, method="peak")
         curve.setClipToView(True)
-        curve.setSkipFiniteCheck(finite)  # features are always finite; scores have gaps (NaN)
+        curve.setSkipFiniteCheck(False)  # gaps in time are NaN rows (`with_gaps`); scores have unscored windows
 
     def selected_features(self) -> list[str]:
         """Names of the features currently plotted, in schema order."""
@@ -134,8 +170,11 @@ class LivePanel(QtWidgets.QWidget):
         for i, name in enumerate(names):
             feature = _FEATURE_BY_NAME[name]
             plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem()})
-            unit = {"": "", "/window": "/window", "%": "%"}.get(feature.unit, feature.unit)
-            plot.setLabel("left", f"{feature.label} ({unit})" if unit else feature.label)
+            # the name and unit as a title (a vertical axis label longer than a short plot overlapped the next)
+            plot.setTitle(axis_title(feature.label, feature.unit), **TITLE_STYLE)
+            plot.getAxis("left").enableAutoSIPrefix(False)  # a KPI of 0.56 reads 0.56, not 560 (×0.001)
+            plot.getAxis("left").setWidth(AXIS_WIDTH)  # the plots' left edges line up
+            plot.setMouseEnabled(x=True, y=False)
             plot.showGrid(y=True, alpha=0.15)
             plot.getAxis("bottom").setStyle(showValues=False)
             curve = plot.plot(pen=pg.mkPen(colours[i], width=1.5), name=feature.label)
@@ -147,6 +186,12 @@ class LivePanel(QtWidgets.QWidget):
         self.graphics.addItem(self.score_plot, row=len(names), col=0)
         if self._feature_plots:
             self.score_plot.setXLink(self._feature_plots[0])
+        buf = self.state.live.buffers.get(self.service)
+        if buf is None or not len(buf):  # no data yet: the last minutes of the clock, not "00.100" near 1970
+            now = time.time()
+            (self._feature_plots[0] if self._feature_plots else self.score_plot).setXRange(
+                now - EMPTY_SPAN_SECONDS, now, padding=0)
+            self._clock_range = True
         self._drawn_version = -1
         self._bands_key = ()
         self._marks_key = ()
@@ -216,11 +261,15 @@ class LivePanel(QtWidgets.QWidget):
             return False
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
             return False
-        data = buf.view()
+        data = with_gaps(buf.view())
         x = data[:, 0]
+        if self._clock_range and len(x):
+            self._clock_range = False
+            self.reset_zoom()  # the first data: follow it
         for name, curve in self._curves.items():
             values = data[:, 2 + FEATURE_INDEX[name]]
-            curve.setData(x, values * 100 if _FEATURE_BY_NAME[name].unit == "%" else values)  # ratios as %
+            curve.setData(x, values * 100 if _FEATURE_BY_NAME[name].unit == "%" else values,  # ratios as %
+                          connect="finite")  # a gap in time is a gap in the curve
         scores = data[:, 1]
         if np.isfinite(scores).any():
             self.score_curve.setData(x, scores, connect="finite")  # windows without a score are gaps
