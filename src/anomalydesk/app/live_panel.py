@@ -315,7 +315,7 @@ class LivePanel(QtWidgets.QWidget):
         pen = pg.mkPen((120, 200, 255), style=QtCore.Qt.PenStyle.DotLine)
         for start, version in marks:
             line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
-                                   labelOpts={"position": 0.92, "color": (120, 200, 255)})  # fmt: skip
+                                   labelOpts={"position": 0.75, "color": (120, 200, 255)})  # fmt: skip
             self.score_plot.addItem(line)
             self._marks.append(line)
 
