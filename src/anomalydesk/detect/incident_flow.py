@@ -249,15 +249,8 @@ def _advance_shift(
         plan.state["shift_incident"] = None
     if shift is None:
         if incident is not None:
-            rev = incident.rev
-            incident = _closed(incident, start)
-            plan.incidents.append((incident, rev))
-            plan.state["shift_incident"] = None
-            plan.alerts.append(Alert.about(
-                incident, kind="resolved", window=window, window_start=start, score=0.0, severity=Severity.INFO,
-                reasons=[], model_version=model_version, silenced=_muted(incident, silenced, now),
-                message=f"{service}: level back at its reference (incident {incident.id})",
-            ))  # fmt: skip
+            _close_quietly(plan, incident, fp, "shift_incident", model_version, _muted(incident, silenced, now),
+                           f"{service}: level back at its reference (incident {incident.id})")
         return
     reason = dict(shift)
     score = float(config.SEVERITY_WARNING)
@@ -360,16 +353,22 @@ def _advance_rule(
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
     elif incident is not None:
-        rev = incident.rev
-        incident = _closed(incident, start)
-        plan.incidents.append((incident, rev))
-        plan.state["rule_incident"] = None
-        plan.alerts.append(Alert.about(
-            incident, kind="resolved", window=window, window_start=start, score=0.0,
-            severity=Severity.INFO, reasons=[], model_version=model_version,
-            message=f"{service}: business values back in range (incident {incident.id})",
-            silenced=_muted(incident, silenced, now),
-        ))  # fmt: skip
+        _close_quietly(plan, incident, fp, "rule_incident", model_version, _muted(incident, silenced, now),
+                       f"{service}: business values back in range (incident {incident.id})")
+
+
+def _close_quietly(plan: Plan, incident: Incident, fp: Fingerprint, state_key: str, model_version: int | None,
+                   muted: bool, message: str) -> None:
+    """Resolve `incident` at window `fp` (its slot `state_key` in the state emptied) with an info-level
+    `resolved` alert of score 0: a rule back in range, a level back at its reference."""
+    rev = incident.rev
+    closed = _closed(incident, fp.start)
+    plan.incidents.append((closed, rev))
+    plan.state[state_key] = None
+    plan.alerts.append(Alert.about(
+        closed, kind="resolved", window=fp.window, window_start=fp.start, score=0.0, severity=Severity.INFO,
+        reasons=[], model_version=model_version, message=message, silenced=muted,
+    ))  # fmt: skip
 
 
 class Committer:
