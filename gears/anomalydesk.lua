@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '6'
+local LIB_VERSION = '7'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -448,12 +448,9 @@ local function bloom_add_layer(state, capacity, err)
   return i
 end
 
--- returns true when item was not in the filter (a first sighting); `layers` is bloom_layers(state),
--- loaded once per call and kept in step here
-local function bloom_add(state, base, item, layers, hf)
-  for i, l in ipairs(layers) do
-    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item, hf) then return false end
-  end
+-- the layer new items go into (index, layer): the last one, or a new one (twice the capacity, half the
+-- error) when the last is full; `layers` is kept in step
+local function bloom_writable(state, layers)
   local last = #layers
   local l = layers[last]
   if l.n >= l.cap then
@@ -463,6 +460,16 @@ local function bloom_add(state, base, item, layers, hf)
     l = { m = tonumber(f[1]), k = tonumber(f[2]), cap = tonumber(f[3]), n = 0 }
     layers[last] = l
   end
+  return last, l
+end
+
+-- returns true when item was not in the filter (a first sighting); `layers` is bloom_layers(state),
+-- loaded once per call and kept in step here
+local function bloom_add(state, base, item, layers, hf)
+  for i, l in ipairs(layers) do
+    if bloom_layer_has(base .. ':' .. i, l.m, l.k, item, hf) then return false end
+  end
+  local last, l = bloom_writable(state, layers)
   local args = { base .. ':' .. last }
   for _, p in ipairs(bloom_positions(item, l.m, l.k, hf)) do
     args[#args + 1] = 'SET'; args[#args + 1] = 'u1'; args[#args + 1] = p; args[#args + 1] = 1
@@ -498,15 +505,7 @@ local function bloom_add_bulk(state, base, items, layers, hf)
       if has(i, l, item) then found = true; break end
     end
     if not found then
-      local last = #layers
-      local l = layers[last]
-      if l.n >= l.cap then
-        local err = tonumber(redis.call('HGET', state, 'bf_err' .. last)) / 2
-        last = bloom_add_layer(state, l.cap * 2, err)
-        local f = redis.call('HMGET', state, 'bf_m' .. last, 'bf_k' .. last, 'bf_cap' .. last)
-        l = { m = tonumber(f[1]), k = tonumber(f[2]), cap = tonumber(f[3]), n = 0 }
-        layers[last] = l
-      end
+      local last, l = bloom_writable(state, layers)
       local s, ch = layer(last)
       for _, p in ipairs(bloom_positions(item, l.m, l.k, hf)) do
         local at = floor(p / 8)

@@ -22,13 +22,14 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 6
+LIB_VERSION = 7
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
     4: "4c0f5ee26d0a76f8f4d81e0bd634b66b0d11327aa476e8b2da250a70742e91ba",
     5: "ddecc67284d43fdbf46603d90c2c48255d40b6f477f9a40dcccea3ae8954540d",
     6: "8c2d744f783e1d3d824a2be2895feaba1311b5191a2370b8ce34a4adda812fbf",
+    7: "db2ccc4e9a4daffdede2dad88f38e1cd03b34b4a492bc093ec4f8cb57e142590",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------
