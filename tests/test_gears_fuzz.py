@@ -35,7 +35,7 @@ def snapshot(r: redis.Redis) -> dict[bytes, bytes | None]:
 
 def baseline_payload(r: redis.Redis, replay: bool = False) -> dict[str, Any]:
     """A payload the sink would send for a small batch (decoded JSON)."""
-    writer = sink._Writer(r, K)
+    writer = sink.Writer(r, K)
     ts = 1_700_000_000.0
     events = [parse_metric({"service": SERVICE, "endpoint": f"GET:/items/{i % 3}", "status_code": 200 + 300 * (i % 2),
                             "response_time": 5 + i, "timestamp": ts + i}) for i in range(6)]  # fmt: skip

@@ -8,8 +8,7 @@ import pytest
 import redis
 
 from anomalydesk.events import Metric
-from anomalydesk.store import admin
-from anomalydesk.store import sink as sink_module
+from anomalydesk.store import admin, ingest_core
 from anomalydesk.store.sink import IngestSink
 from conftest import RedisServer
 
@@ -26,8 +25,8 @@ def test_cached_settings_serve_while_redis_is_down_and_events_land_after_restart
         sink.add(EVENT)
         assert sink.flush().accepted == 1  # the first read: setup written, settings cached
         cached = sink._writer.config()
-        monkeypatch.setattr(sink_module, "_CONFIG_TTL_SECONDS", 0.0)  # every call now wants a re-read
-        monkeypatch.setattr(sink_module, "_CONFIG_RETRY_SECONDS", 0.0)
+        monkeypatch.setattr(ingest_core, "CONFIG_TTL_SECONDS", 0.0)  # every call now wants a re-read
+        monkeypatch.setattr(ingest_core, "CONFIG_RETRY_SECONDS", 0.0)
 
         server.stop()
         assert sink._writer.config() is cached  # the re-read failed: no exception, the cached settings

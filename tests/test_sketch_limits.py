@@ -86,7 +86,7 @@ def test_setup_refuses_huge_sizes_before_writing(r: redis.Redis, redis_url: str,
 # --- the library refuses what a client that skips the check would send --------------------------
 def payload(r: redis.Redis, **cfg: Any) -> bytes:
     """A small valid batch for a new service, with cfg fields replaced."""
-    writer = sink._Writer(r, K)
+    writer = sink.Writer(r, K)
     events = [parse_metric({"service": SERVICE, "endpoint": f"GET:/x/{i}", "status_code": 200, "response_time": 4.0,
                             "timestamp": 1_700_000_000.0 + i}) for i in range(4)]  # fmt: skip
     [(_, body)] = sink.encode(sink.columns_of(events), writer.config(), True, None)

@@ -106,7 +106,7 @@ def test_a_producer_with_the_old_config_is_refused_then_resends(r: redis.Redis) 
         r.fcall("ad_ingest", 1, K.state(SERVICE), K.prefix, service, body)
     assert not r.exists(K.tag(SERVICE) + ":batch:b1")  # refused before anything: the batch id is free
     sink = IngestSink(r)
-    sink._writer._config = stale_cfg  # a producer that read the config before the change
+    sink._writer.core._config = stale_cfg  # a producer that read the config before the change
     sink.add_many(event() for _ in range(25))
     result = sink.flush()
     assert result.accepted == 25 and sink._writer.config().window_s == 3
