@@ -1,0 +1,339 @@
+"""Live demo traffic (`DemoTraffic`): paced in real time by a steady scheduler in a thread (one numpy
+batch per service every `DEMO_TICK_SECONDS`), sealing every half window. The desktop app's demo panel
+uses it: start, stop, set_rate, inject a fault now, measured events per second.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import redis
+
+from anomalydesk import config
+from anomalydesk.ingest.demo_fast import chunk_seconds, history_chunk, run_fast
+from anomalydesk.ingest.demo_model import PERMANENT_KINDS, Fault, InjectSpec, Simulation, check_fault
+from anomalydesk.ingest.demo_run import TruthRecorder, check_options, plan_faults, prepare, send
+from anomalydesk.ingest.demo_services import load_factor, service_names
+from anomalydesk.store.ingest_buffer import BufferFull, IngestSink
+from anomalydesk.store.ingest_core import IngestResult
+from anomalydesk.store.keys import Keys
+from anomalydesk.store.sealing import seal_all
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Rate:
+    """Events per second over a trailing span of monotonic time."""
+
+    span: float
+    samples: deque[tuple[float, int]]
+
+    def add(self, at: float, n: int) -> None:
+        self.samples.append((at, n))
+        while self.samples and self.samples[0][0] < at - self.span:
+            self.samples.popleft()
+
+    def value(self, now: float) -> float:
+        if len(self.samples) < 2:
+            return 0.0
+        first_at = self.samples[0][0]
+        total = sum(n for at, n in self.samples if at > first_at)
+        return total / max(now - first_at, 1e-9)
+
+
+class DemoTraffic:
+    """Live demo traffic in a background thread (thread-safe; no Qt): start, stop, set_rate, inject.
+
+    `redis_client_or_url` is a redis client (used as is, not closed) or a URL (a client of our own,
+    closed on stop). `duration` stops the traffic by itself after that many seconds; `injects`
+    schedules faults relative to the start (recorded as ground truth when each begins). `since` is
+    where history written just before ends (`run_fast`'s `end`, with the same `seed`): the traffic
+    then starts there instead of at the start time, so the window it starts in is not left partly
+    empty, and a window boundary the clock passed in between is first written as history.
+    """
+
+    def __init__(self, redis_client_or_url: redis.Redis | str, rate: float = config.DEMO_DEFAULT_RATE,
+                 services: int = config.DEMO_DEFAULT_SERVICES, seed: int | None = None, *,
+                 duration: float | None = None, injects: Sequence[InjectSpec] = (),
+                 truth_path: Path | str | None = None, keys: Keys | None = None,
+                 tick: float = config.DEMO_TICK_SECONDS, since: float | None = None):
+        check_options(rate, services, duration)
+        self.services = service_names(services)
+        for spec in injects:
+            check_fault(spec.kind, spec.service, self.services)
+        self._url = redis_client_or_url if isinstance(redis_client_or_url, str) else None
+        self._r = None if self._url is not None else redis_client_or_url
+        self.keys = keys or Keys(config.key_prefix())
+        self.seed = random.randrange(2**31) if seed is None else seed
+        self.duration = duration
+        self.tick = tick
+        self._since = since
+        self._from = 0.0  # epoch seconds the first step generates from
+        self._specs = list(injects)
+        self._truth_path = truth_path
+        self._rate = float(rate)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # set by the thread as it ends; waited on instead of Thread.join, which on Python 3.11 takes a
+        # thread interrupted mid-join (Ctrl-C) for finished while it still flushes (bpo-45274's handler)
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._scheduled: list[Fault] = []  # not begun yet
+        self._faults: list[Fault] = []  # begun (active or over)
+        self._truth: TruthRecorder | None = None
+        self._measured = _Rate(config.DEMO_RATE_WINDOW_SECONDS, deque())
+        self.events = 0  # request events handed to Redis
+        self.scheduled = 0.0  # events the schedule asked for (rate × daily load × time), for comparison
+        self.business_metrics = 0
+        self.result = IngestResult()
+        self.started_at: float | None = None  # epoch seconds, server clock
+        self._mono0 = 0.0
+        self.stopped_at: float | None = None
+        self.error: BaseException | None = None  # why the thread stopped, when it failed
+        self.outage = ""  # while Redis is unreachable: why (the thread waits and resumes)
+
+    # --- control ------------------------------------------------------------------------------
+    def start(self) -> DemoTraffic:
+        """Connect, make sure setup ran, and start the traffic thread."""
+        if self._thread is not None:
+            raise RuntimeError("demo traffic is already running")
+        if self._r is None:
+            from anomalydesk.store.connection import connect
+            from anomalydesk.store.locate import resolve_url
+
+            self._r = connect(resolve_url(self._url))
+        self.window_s = prepare(self._r, self.keys)
+        self._sim = Simulation(len(self.services), self.window_s)
+        self._rng = np.random.default_rng(self.seed)
+        self._truth = TruthRecorder(self._r, self.keys, self._truth_path)
+        seconds, micros = self._r.time()  # the server's clock: live windows follow it
+        self._mono0 = time.monotonic()
+        self.started_at = seconds + micros / 1e6
+        self._from = self._continue_history(self.started_at)
+        end = None if self.duration is None else self.started_at + self.duration
+        self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
+        self._stop.clear()
+        self._done.clear()
+        self._thread = threading.Thread(target=self._run, name="anomalydesk-demo", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Stop the traffic, send what is buffered and wait for the thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._done.wait(timeout)
+            self._thread = None
+        if self._url is not None and self._r is not None:
+            self._r.close()
+            self._r = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the traffic stops by itself (duration over, or failed); False on timeout."""
+        return self._thread is None or self._done.wait(timeout)
+
+    def set_rate(self, eps: float) -> None:
+        """Change the mean rate (events per second over all services)."""
+        check_options(eps, len(self.services), None)
+        with self._lock:
+            self._rate = float(eps)
+
+    def inject(self, kind: str, seconds: float = config.DEMO_INJECT_DEFAULT_SECONDS,
+               service: str = config.DEMO_INJECT_DEFAULT_SERVICE) -> Fault:
+        """Inject a fault now for `seconds` (a `shift` may last for ever: math.inf), recorded as ground
+        truth; raises ValueError if impossible."""
+        check_fault(kind, service, self.services)
+        if not (seconds > 0 and (math.isfinite(seconds) or kind in PERMANENT_KINDS)):
+            raise ValueError(f"a fault lasts more than 0 seconds, got {seconds}")
+        if not self.running or self._truth is None:
+            raise RuntimeError("demo traffic is not running: start it before injecting faults")
+        now = self.clock()
+        fault = Fault(kind, service, now, now + seconds)
+        with self._lock:
+            self._faults.append(fault)
+            self._truth.record(fault)
+        return fault
+
+    # --- state --------------------------------------------------------------------------------
+    def clock(self) -> float:
+        """Now in epoch seconds by the Redis server's clock (read at start, then kept by monotonic time)."""
+        if self.started_at is None:
+            return time.time()
+        return self.started_at + (time.monotonic() - self._mono0)
+
+    @property
+    def rate(self) -> float:
+        """The requested mean rate, events per second."""
+        return self._rate
+
+    @property
+    def running(self) -> bool:
+        """True while the traffic thread runs."""
+        return self._thread is not None and not self._done.is_set()
+
+    @property
+    def events_per_second(self) -> float:
+        """Request events per second actually sent, over the last couple of seconds."""
+        with self._lock:
+            return self._measured.value(time.monotonic()) if self.running else 0.0
+
+    @property
+    def faults(self) -> list[Fault]:
+        """The faults active now."""
+        now = self.clock()
+        with self._lock:
+            return [f for f in self._faults if f.start <= now < f.end]
+
+    @property
+    def truth(self) -> list[dict[str, Any]]:
+        """Every fault recorded as ground truth so far."""
+        return list(self._truth.recorded) if self._truth is not None else []
+
+    def _continue_history(self, now: float) -> float:
+        """Where the first step starts: where the history before ends (see `since`), else the start of
+        the current window, so the first live window is a whole one (a partial first window reads as
+        a traffic drop to a model trained on whole ones) — unless a service already has data in it."""
+        assert self._r is not None
+        current = math.floor(now / self.window_s) * self.window_s
+        if self._since is None or self._since >= now:
+            if self._since is None and not self._window_has_data(current):
+                self._warm_up(current)
+                return current
+            return now
+        if self._since < current:  # the clock passed a window boundary since the history ended
+            run_fast(self._r, duration=current - self._since, end=current, rate=self._rate,
+                     services=len(self.services), seed=self.seed, keys=self.keys)  # fmt: skip
+        start = max(self._since, current)
+        self._warm_up(start)
+        return start
+
+    def _warm_up(self, start: float) -> None:
+        """Run (without sending) the simulation over the window before `start`: a KPI reported over a
+        trailing window (orders per window) then counts that window's part of the first live one, which
+        a fresh simulation would leave out (no report: kpi_level 0, an anomaly at the handover)."""
+        chunk_s = chunk_seconds(self._rate, self.window_s)
+        for chunk in range(math.floor((start - self.window_s) / chunk_s), math.ceil(start / chunk_s)):
+            for svc in range(len(self.services)):
+                history_chunk(self._sim, svc, chunk, chunk_s, self._rate, self.seed)
+
+    def _window_has_data(self, window_start: float) -> bool:
+        """Whether any demo service already has events in the window starting at `window_start`."""
+        assert self._r is not None
+        pipe = self._r.pipeline(transaction=False)
+        for service in self.services:
+            pipe.zscore(self.keys.open_windows(service), int(window_start // self.window_s))
+        return any(score is not None for score in pipe.execute())
+
+    # --- the thread ---------------------------------------------------------------------------
+    def _run(self) -> None:
+        assert self._r is not None and self._truth is not None and self.started_at is not None
+        # one attempt per flush: an outage is waited out by this loop, which stays responsive to stop()
+        sink = IngestSink(self._r, replay=False, max_batch=2**62,
+                          max_buffered=int(max(self._rate * 30, config.SINK_MAX_BUFFERED_EVENTS)),
+                          retry_attempts=1, keys=self.keys)  # fmt: skip
+        mono0 = self._mono0
+        epoch0 = self.started_at
+        end = None if self.duration is None else epoch0 + self.duration
+        last, last_seal, deadline = self._from, epoch0, mono0
+        backoff = 0.0
+        try:
+            while not self._stop.is_set():
+                now = epoch0 + (time.monotonic() - mono0)
+                if end is not None:
+                    now = min(now, end)
+                try:
+                    self._step(sink, last, now)
+                    if now - last_seal >= self.window_s / 2:
+                        seal_all(self._r, keys=self.keys)
+                        last_seal = now
+                except (redis.ConnectionError, redis.TimeoutError, BufferFull) as err:
+                    # Redis is down: wait and carry on (what was generated meanwhile stays in the bounded
+                    # buffer and is written once Redis is back; beyond the buffer it is dropped, as a
+                    # real service's failed requests would be)
+                    backoff = self._wait_out(err, backoff)
+                    last, deadline = now, time.monotonic()
+                    continue
+                if self.outage:
+                    log.warning("Redis is reachable again: demo traffic resumes")
+                    self.outage, backoff = "", 0.0
+                last = now
+                if end is not None and now >= end:
+                    break
+                deadline += self.tick
+                pause = deadline - time.monotonic()
+                if pause < -1.0:
+                    deadline = time.monotonic()  # far behind: do not try to catch up in a burst
+                elif pause > 0:
+                    self._stop.wait(pause)
+            if end is None and not self.outage:
+                # stopped by stop(): the rest of the current window at once, so the last window is whole
+                # too (a partial one reads as a traffic drop on every service: a reconnect in the app)
+                self._step(sink, last, math.ceil(last / self.window_s) * self.window_s)
+            self.result = self.result + sink.close()
+            seal_all(self._r, keys=self.keys)
+        except Exception as err:  # the owner reads `error`; the thread must not die silently
+            self.error = err
+            log.exception("demo traffic stopped")
+        finally:
+            self.stopped_at = self.clock()
+            try:
+                self._truth.close()
+            finally:
+                self._done.set()
+
+    def _wait_out(self, err: Exception, backoff: float) -> float:
+        """One wait of an outage (exponential, capped); the first logs why."""
+        if not self.outage:
+            log.warning("Redis unreachable (%s): demo traffic waits and resumes when it is back", err)
+        self.outage = str(err) or type(err).__name__
+        backoff = min(max(backoff * 2, config.DEMO_OUTAGE_RETRY_SECONDS), config.DEMO_OUTAGE_RETRY_MAX_SECONDS)
+        self._stop.wait(backoff)
+        return backoff
+
+    def _step(self, sink: IngestSink, t0: float, t1: float) -> None:
+        if t1 <= t0:
+            return
+        with self._lock:
+            rate = self._rate
+            begun = [f for f in self._scheduled if f.start < t1]
+            for fault in begun:
+                self._scheduled.remove(fault)
+                self._faults.append(fault)
+                assert self._truth is not None
+                self._truth.record(fault)
+            faults = [f for f in self._faults if f.overlaps(t0, t1)]
+        with self._lock:
+            self.scheduled += rate * float(load_factor((t0 + t1) / 2)) * (t1 - t0)
+        for svc in range(len(self.services)):
+            traffic = self._sim.generate(svc, t0, t1, rate, self._rng, faults)
+            kpis = send(sink, traffic, replay=False)
+            with self._lock:
+                self.events += len(traffic)
+                self.business_metrics += kpis
+                self._measured.add(time.monotonic(), len(traffic))
+        self.result = self.result + sink.flush()
+
+    def summary(self) -> dict[str, Any]:
+        """What `demo --json` prints for a live run."""
+        began = self.started_at or time.time()
+        elapsed = (self.stopped_at or self.clock()) - began
+        return {
+            "mode": "live", "services": self.services, "rate": self._rate, "seed": self.seed,
+            "window_seconds": getattr(self, "window_s", None), "start": began, "end": began + elapsed,
+            "duration_s": round(elapsed, 3), "events": self.events, "business_metrics": self.business_metrics,
+            "accepted": self.result.accepted, "late": self.result.late,
+            "events_per_s": round(self.events / elapsed, 1) if elapsed > 0 else None,
+            "scheduled_events_per_s": round(self.scheduled / elapsed, 1) if elapsed > 0 else None,
+            "faults": self.truth, "error": None if self.error is None else str(self.error),
+        }  # fmt: skip
