@@ -12,7 +12,8 @@ import pytest
 import redis
 
 from anomalydesk.detect import incidents as inc
-from anomalydesk.detect.incident_flow import Committer, Plan
+from anomalydesk.detect.incident_commit import Committer
+from anomalydesk.detect.incident_flow import Plan
 from anomalydesk.detect.incident_model import Incident, Severity
 from anomalydesk.store.keys import Keys
 

@@ -8,7 +8,7 @@ claims (XAUTOCLAIM) whatever the previous owner left pending, then reads new ent
 
 Exactly-once effect: a window's incident changes, alerts, score (`detect.window_scores`, what the
 app plots) and the service's detector state are written by one Lua script over the incident slot,
-then the entry is XACKed (`incident_flow.Committer`);
+then the entry is XACKed (`incident_commit.Committer`);
 a window delivered again after a crash finds its state already written and is only acknowledged, so
 no fingerprint is lost and no alert is written twice.
 
@@ -42,7 +42,8 @@ import redis
 
 from anomalydesk import config
 from anomalydesk.detect import incidents as incidents_mod
-from anomalydesk.detect.incident_flow import Committer, Confirmation
+from anomalydesk.detect.incident_commit import Committer
+from anomalydesk.detect.incident_flow import Confirmation
 from anomalydesk.detect.incident_model import Alert, Silence
 from anomalydesk.detect.leases import Leases
 from anomalydesk.detect.owned_services import Decoder, OwnedService, refresh_models

@@ -3,7 +3,7 @@
 The window is scored with its service's active model (not when it carries no data, lies in a system
 gap, or was sealed at another window length than the model learnt), the drift baseline moves on,
 `incident_flow.advance` plans the incident, alert and state changes, the system-gap rules add theirs,
-and `incident_flow.Committer` writes the plan and acknowledges the entry in one script. A plan built
+and `incident_commit.Committer` writes the plan and acknowledges the entry in one script. A plan built
 on an incident that changed meanwhile (an operator's action) is refused as CONFLICT and built again.
 """
 
@@ -20,7 +20,8 @@ import redis
 from anomalydesk import config
 from anomalydesk.detect import drift, owned_services, system_gap
 from anomalydesk.detect import incidents as incidents_mod
-from anomalydesk.detect.incident_flow import CONFLICT, Committer, Confirmation, Verdict, advance, finite
+from anomalydesk.detect.incident_commit import CONFLICT, Committer
+from anomalydesk.detect.incident_flow import Confirmation, Verdict, advance, finite
 from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.detect.owned_services import OwnedService
 from anomalydesk.detect.stream_reader import text

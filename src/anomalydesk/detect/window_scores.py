@@ -1,7 +1,7 @@
 """The score the detector gave each window, stored so that whoever plots it shows what alerts used.
 
 The detector writes one entry per window its model scored to the stream `Keys.scores(service)` in the
-script that commits the window's state, incidents and alerts (`incident_flow.Committer`): a window
+script that commits the window's state, incidents and alerts (`incident_commit.Committer`): a window
 delivered again finds its state already written and writes no second entry. The entry id is the
 fingerprint's own (window start in ms), the stream is trimmed like the fingerprint stream (the
 `retention` of `setup`), and it lives in the alert log's slot (the commit touches one slot on a Redis
