@@ -14,13 +14,10 @@ import contextlib
 import json
 import os
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -32,21 +29,26 @@ from redis.retry import Retry
 
 from anomalydesk import config
 from anomalydesk.store.connection import redact_url
+from anomalydesk.store.server_process import (
+    BINARY_NAMES,
+    INSTALL_HELP,
+    LOOPBACK,
+    EmbeddedServerError,
+    children,
+    find_redis_server,
+    free_port,
+    lock,
+    runs_in,
+    server_pids,
+    wait_exit,
+    write_private,
+)
 
-LOOPBACK = "127.0.0.1"
-BINARY_NAMES = ("redis-server.exe", "memurai.exe") if os.name == "nt" else ("redis-server",)
-INSTALL_HELP = (
-    "redis-server was not found (looked at ${env}, next to the application and on PATH). Install it: "
-    "Debian/Ubuntu `sudo apt-get install redis-server`; macOS `brew install redis`; Windows: install "
-    "Memurai (https://www.memurai.com) or run Redis in WSL (`wsl sudo apt-get install redis-server`). "
-    "Or use a server you run yourself with --redis URL or $ANOMALYDESK_REDIS_URL."
-).replace("${env}", "$" + config.ENV_REDIS_SERVER)
-
-_children: dict[int, subprocess.Popen[bytes]] = {}  # servers this process started, reaped on stop
-
-
-class EmbeddedServerError(Exception):
-    """The embedded server could not be found, started or stopped; the message says what to do."""
+__all__ = [
+    "BINARY_NAMES", "INSTALL_HELP", "LOOPBACK", "EmbeddedServer", "EmbeddedServerError", "default_directory",
+    "ensure_running", "find_redis_server", "info_path", "read_info", "running", "serve_foreground",
+    "server_pids", "start", "stop", "write_private",
+]
 
 
 @dataclass(frozen=True)
@@ -81,45 +83,6 @@ def default_directory() -> Path:
     return config.data_dir() / config.EMBEDDED_SUBDIR
 
 
-def find_redis_server() -> str:
-    """Path of the redis-server to run: $ANOMALYDESK_REDIS_SERVER, else bundled with the app, else PATH."""
-    override = os.environ.get(config.ENV_REDIS_SERVER, "").strip()
-    if override:
-        if Path(override).is_file() and os.access(override, os.X_OK):
-            return override
-        raise EmbeddedServerError(f"${config.ENV_REDIS_SERVER} is {override!r}: not an executable file")
-    bundled_dirs = [Path(sys.executable).resolve().parent / "redis"]
-    if getattr(sys, "frozen", False) and hasattr(sys, "_MEIPASS"):
-        meipass = Path(sys._MEIPASS)
-        bundled_dirs += [meipass / "redis", meipass]
-    for folder in bundled_dirs:
-        for name in BINARY_NAMES:
-            candidate = folder / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    for name in BINARY_NAMES:
-        found = shutil.which(name)
-        if found:
-            return found
-    raise EmbeddedServerError(INSTALL_HELP)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` atomically; the file is mode 0600 from its first byte."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def read_info() -> EmbeddedServer | None:
     """The server recorded in the info file, or None (no file, or one this version cannot read)."""
     try:
@@ -147,112 +110,6 @@ def _answers(server: EmbeddedServer) -> bool | None:
         return False
     finally:
         client.close()
-
-
-def _alive(pid: int) -> bool:
-    if pid in _children:
-        return _children[pid].poll() is None
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def _serves(proc: psutil.Process, directory: str) -> bool:
-    # redis-server rewrites its command line into a title and chdirs to its `dir`: match name and cwd
-    return (
-        proc.status() != psutil.STATUS_ZOMBIE
-        and proc.name().lower().startswith(("redis-server", "memurai"))
-        and os.path.samefile(proc.cwd(), directory)
-    )
-
-
-def _runs_in(pid: int, directory: Path) -> bool:
-    """Whether `pid` is a live redis-server working in `directory` (not some reused pid)."""
-    try:
-        return _serves(psutil.Process(pid), str(directory))
-    except (psutil.Error, OSError):
-        return False
-
-
-def server_pids(directory: Path) -> list[int]:
-    """Pids of live redis-servers working in `directory` (recorded in the info file or not)."""
-    if not Path(directory).is_dir():
-        return []
-    found = []
-    for proc in psutil.process_iter(["pid", "name"]):
-        if not (proc.info["name"] or "").lower().startswith(("redis-server", "memurai")):
-            continue
-        with contextlib.suppress(psutil.Error, OSError):
-            if _serves(proc, str(directory)):
-                found.append(proc.info["pid"])
-    return found
-
-
-def _wait_exit(pid: int, timeout: float) -> bool:
-    child = _children.pop(pid, None)
-    if child is not None:
-        try:
-            child.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            _children[pid] = child
-            return False
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-@contextlib.contextmanager
-def _lock(timeout: float = config.EMBEDDED_LOCK_TIMEOUT_SECONDS) -> Iterator[None]:
-    """An exclusive inter-process lock on data_dir()/embedded.lock (released if the holder dies)."""
-    path = config.data_dir() / config.EMBEDDED_LOCK_FILE
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + timeout
-    try:
-        while True:
-            try:
-                _try_lock(fd)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise EmbeddedServerError(
-                        f"another anomalydesk command has held {path} for {timeout:.0f} s while starting or "
-                        "stopping the embedded server; if none is running, delete that file"
-                    ) from None
-                time.sleep(0.05)
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            _unlock(fd)
-        os.close(fd)
-
-
-if os.name == "nt":
-    import msvcrt
-
-    def _try_lock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-
-    def _unlock(fd: int) -> None:
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
 
 
 def _quote(value: str) -> str:
@@ -287,7 +144,7 @@ def _launch(port: int, directory: Path, detach: bool) -> tuple[EmbeddedServer, s
     with open(log, "ab") as log_out:
         proc = subprocess.Popen([binary, str(conf)], stdin=subprocess.DEVNULL, stdout=log_out,
                                 stderr=log_out, cwd=directory, **extra)  # fmt: skip
-    _children[proc.pid] = proc
+    children[proc.pid] = proc
     server = EmbeddedServer(
         url=f"redis://:{password}@{LOOPBACK}:{port}/0", password=password, pid=proc.pid, port=port,
         directory=str(directory), binary=binary, started_at=time.time(),
@@ -300,7 +157,7 @@ def _launch(port: int, directory: Path, detach: bool) -> tuple[EmbeddedServer, s
     if proc.poll() is None:
         proc.terminate()
         proc.wait(config.EMBEDDED_STOP_TIMEOUT_SECONDS)
-    _children.pop(proc.pid, None)
+    children.pop(proc.pid, None)
     tail = _log_tail(log, log_start)
     raise EmbeddedServerError(f"{binary} did not start on {LOOPBACK}:{port} (see {log}): {tail}")
 
@@ -330,7 +187,7 @@ def _start_locked(port: int | None, directory: Path | None, detach: bool = True)
     attempts = 1 if port else 3  # a free port can be taken between choosing it and binding it
     for attempt in range(attempts):
         try:
-            server, _ = _launch(port or _free_port(), directory, detach)
+            server, _ = _launch(port or free_port(), directory, detach)
             _record(server)
             return server
         except EmbeddedServerError as err:
@@ -346,7 +203,7 @@ def _usable(server: EmbeddedServer) -> bool:
         state = _answers(server)
         if state:
             return True
-        if not _runs_in(server.pid, Path(server.directory)) or time.monotonic() > deadline:
+        if not runs_in(server.pid, Path(server.directory)) or time.monotonic() > deadline:
             return False
         time.sleep(0.1)
 
@@ -362,7 +219,7 @@ def ensure_running() -> EmbeddedServer:
     server = running()
     if server is not None:
         return server
-    with _lock():
+    with lock():
         server = read_info()
         if server is not None and _usable(server):
             return server
@@ -371,7 +228,7 @@ def ensure_running() -> EmbeddedServer:
 
 def start(port: int | None = None, directory: Path | None = None) -> tuple[EmbeddedServer, bool]:
     """Start a detached server (or find the running one): (server, whether this call started it)."""
-    with _lock():
+    with lock():
         server = read_info()
         if server is not None and _usable(server):
             return server, False
@@ -383,7 +240,7 @@ def stop(timeout: float = config.EMBEDDED_STOP_TIMEOUT_SECONDS) -> bool:
 
     Returns False when no embedded server was running.
     """
-    with _lock():
+    with lock():
         server = read_info()
         pids: list[int] = []
         if server is not None and _answers(server) is not False:
@@ -402,7 +259,7 @@ def stop(timeout: float = config.EMBEDDED_STOP_TIMEOUT_SECONDS) -> bool:
                 with contextlib.suppress(psutil.Error):
                     psutil.Process(pid).terminate()  # SIGTERM: redis-server saves and exits cleanly
         for pid in pids:
-            if not _wait_exit(pid, timeout):
+            if not wait_exit(pid, timeout):
                 raise EmbeddedServerError(f"the embedded server (pid {pid}) did not exit in {timeout:.0f} s")
         with contextlib.suppress(FileNotFoundError):
             info_path().unlink()
@@ -415,7 +272,7 @@ def serve_foreground(
     on_ready: Callable[[EmbeddedServer], None] | None = None,
 ) -> int:
     """Run the embedded server until SIGINT/SIGTERM, then SHUTDOWN SAVE it; returns its exit status."""
-    with _lock():
+    with lock():
         existing = read_info()
         if existing is not None and _usable(existing):
             raise EmbeddedServerError(
@@ -423,7 +280,7 @@ def serve_foreground(
                 "stop it with `anomalydesk server --stop` first"
             )
         server = _start_locked(port, directory, detach=False)
-    proc = _children[server.pid]
+    proc = children[server.pid]
     stopping: list[int] = []
     previous = {sig: signal.signal(sig, lambda signum, _frame: stopping.append(signum))
                 for sig in (signal.SIGINT, signal.SIGTERM)}  # fmt: skip
@@ -441,5 +298,5 @@ def serve_foreground(
     if read_info() == server:  # it exited on its own (e.g. SHUTDOWN from a client): forget it
         with contextlib.suppress(FileNotFoundError):
             info_path().unlink()
-    _children.pop(server.pid, None)
+    children.pop(server.pid, None)
     return proc.wait()
