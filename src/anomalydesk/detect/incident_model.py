@@ -11,6 +11,11 @@ not write takes its documented default, and keys a type does not know (a newer r
 a situation's id) are kept in `extra` and written back after the known ones. Writing leaves out an
 optional key that holds nothing (`candidate`, `named`, `snoozed_*`, `services`, `resolved_window`
 of an incident; `silenced` of an alert).
+
+Why this module is long: it is one job, the typed shapes of every incident record and their JSON.
+Incident, Alert and Silence share the lenient reading (`extra`, documented defaults), the severity
+and time helpers their formats use and the state names they check; docs/alerts.md is read against
+this one file. Split by type, each format would be read apart from the rules it shares.
 """
 
 from __future__ import annotations

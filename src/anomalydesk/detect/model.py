@@ -11,6 +11,11 @@ their evidence (features.shrink) = the adjusted values (`adjusted`) → value/me
 mean less the service's slowly moving baseline (format 2, detect/baseline.py) → robust scaling → forest
 anomaly score in (0, 1] and the largest robust |z|, each input's |z| relative to its own training
 extreme → each calibrated to 0–100 → the larger of the two.
+
+Why this module is long: the pipeline above is one chain of steps over one set of stored arrays,
+and `Model` is where it is written once for training, live scoring and the backtest, beside the
+format that stores those arrays (`to_dict`/`from_dict` validate what the steps read). Split, a
+step and the data it needs would sit in different modules.
 """
 
 from __future__ import annotations

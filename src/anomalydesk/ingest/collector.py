@@ -10,6 +10,10 @@ Through stalls (docs/collector.md, "Deadlines and back-pressure"): a request's R
 its deadline, else 503 + Retry-After with `"stored": "no"` (nothing reached Redis) or `"unknown"`
 (the write was cancelled after it was sent); at most `max_pending_events` events and
 `max_pending_bytes` body bytes are held at once, beyond which requests get 503 + Retry-After at once.
+
+Why this module is long: it is one job, the HTTP face of ingestion: settings, body decoding and
+validation, and the routes with the answers above, which are read together against DESIGN.md's
+table of answers; the server loop, the store binding and the micro-batcher are modules of their own.
 """
 
 from __future__ import annotations
