@@ -57,8 +57,7 @@ def advance(model: Model, baseline: Baseline, fp: Fingerprint) -> Baseline:
 def shift_of(model: Model, baseline: Baseline, fp: Fingerprint) -> dict[str, Any] | None:
     """The level shift `baseline` shows against its reference, in an operator's words, or None
     (levels shown at the evidence of window `fp`)."""
-    assert model.shift_threshold is not None
-    found = baseline.shift(model.level_unit, model.shift_threshold)
+    found = baseline.shift(*model.shift_limits)
     if found is None:
         return None
     weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
