@@ -21,6 +21,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from anomalydesk import config
 from anomalydesk.detect import incidents as inc
 from anomalydesk.detect.detector import Detector
 from anomalydesk.ingest.demo import run_fast
@@ -45,7 +46,7 @@ FAULTS = {
 }
 BUSINESS_AT = 2400  # payments again, well after its spike resolved
 HISTORY_END_UTC = 2 * 3600 + 50 * 60  # seconds into the UTC day: FAULT_AT after it is 03:00
-DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE = 1, 2, 3, 4, 5
+DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE, DB_SHIFT, DB_SHIFT_OPEN = 1, 2, 3, 4, 5, 6, 7
 
 
 def url_of(server: RedisServer, db: int) -> str:
@@ -82,7 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RedisSer
     assert result.returncode == 0, result.stderr
     trained_services = {t["service"] for t in json.loads(result.stdout)["trained"]}
     assert trained_services == {"gateway", "users", "orders", "payments", "inventory"}
-    for db in (DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE):
+    for db in (DB_FAULTS, DB_NORMAL, DB_KILL, DB_KILL_REFERENCE, DB_ESCALATE, DB_SHIFT):
         for key in r.scan_iter(count=1000):
             r.copy(key, key, destination_db=db)
     r.close()
@@ -201,6 +202,8 @@ def test_a_day_of_normal_traffic_opens_at_most_one_incident(trained: tuple[Redis
     assert handled >= 5 * 17_000
     opened = [i for i in inc.list_incidents(r) if i.kind == "anomaly"]
     assert len(opened) <= 1, [(i.id, i.windows, i.reasons[:1]) for i in opened]
+    shifts = [i for i in inc.list_incidents(r, open_only=False) if i.kind == "level_shift"]
+    assert shifts == [], [(i.id, i.reasons[:1]) for i in shifts]  # a normal day moves no level
     # business rule breaches of normal traffic (a stray value just outside its range) stay "info"
     rules = [i for i in inc.list_incidents(r) if i.kind == "rule"]
     assert all(i.severity == "info" for i in rules), [(i.service, i.severity, i.reasons[:1]) for i in rules]
@@ -275,3 +278,61 @@ def test_killed_detector_loses_no_fingerprint_and_duplicates_no_alert(trained: t
     drain(det)
     assert sorted(ids) == sorted(a["id"] for a in alerts(ref))
     assert any(a["kind"] == "new" for a in got)
+
+
+def _level_shifts(r: redis.Redis, service: str) -> list[inc.Incident]:
+    return [i for i in inc.list_incidents(r, open_only=False) if i.kind == "level_shift" and i.service == service]
+
+
+def test_a_shift_fault_opens_one_level_shift_incident_and_accepting_it_ends_the_alerts(
+        trained: tuple[RedisServer, float]) -> None:
+    """The demo's `shift` fault (orders answers 1.5x slower for good, a deploy) through the whole path:
+    one level-shift incident naming latency; not accepted (a copy of the database), it stays open and
+    notifies once per re-notify interval; accepted through the CLI, the alerts end within L windows."""
+    server, t0 = trained
+    r = server.client(db=DB_SHIFT)
+    det = Detector(r, seal=False, block_ms=10)
+    drain(det)
+    horizon = json.loads(r.hget(K.detector_states, "orders"))["baseline"]["horizon"]  # L, in windows
+    first = 3 * 3600
+    run_fast(r, duration=first, seed=15, end=t0 + first, injects=[parse_inject("shift@300:orders")])
+    drain(det)
+    (shift,) = _level_shifts(r, "orders")
+    assert shift.is_open
+    assert shift.reasons[0]["feature"] in FAULTS["latency"][1], shift.reasons
+    assert shift.reasons[0]["text"].startswith("new normal? "), shift.reasons
+    assert {i.service for i in inc.list_incidents(r) if i.kind == "level_shift"} == {"orders"}
+
+    # not accepted: the same database copied, the shift goes on for two re-notify intervals more
+    interval = config.LEVEL_SHIFT_RENOTIFY_SECONDS // W
+    for key in r.scan_iter(count=1000):
+        r.copy(key, key, destination_db=DB_SHIFT_OPEN)
+    unaccepted = server.client(db=DB_SHIFT_OPEN)
+    det_open = Detector(unaccepted, seal=False, block_ms=10)
+    more = 2 * config.LEVEL_SHIFT_RENOTIFY_SECONDS + 1800
+    run_fast(unaccepted, duration=more, seed=16, end=t0 + first + more, injects=[parse_inject("shift@0:orders")])
+    drain(det_open)
+    det_open.release()
+    (still,) = _level_shifts(unaccepted, "orders")
+    assert still.id == shift.id and still.is_open
+    notified = [a for a in alerts(unaccepted) if a["incident_id"] == shift.id]
+    assert [a["window"] - notified[0]["window"] for a in notified] == [k * interval for k in range(len(notified))]
+    assert len(notified) == 1 + (int((t0 + first + more) // W) - 1 - notified[0]["window"]) // interval >= 3
+
+    # accepted through the CLI: re-baselined at the new level, no more alerts on orders after L windows
+    result = cli(server, DB_SHIFT, "incidents", "accept", shift.id, "--json")
+    assert result.returncode == 0, result.stderr
+    accepted_at = int((t0 + first) // W)
+    run_fast(r, duration=4 * 3600, seed=16, end=t0 + first + 4 * 3600, injects=[parse_inject("shift@0:orders")])
+    drain(det)
+    (done,) = _level_shifts(r, "orders")
+    assert not done.is_open and done.accepted is not None
+    late = [a for a in alerts(r) if a["service"] == "orders" and a["window"] > accepted_at + horizon
+            and a["kind"] in ("new", "escalated", "level_shift")]
+    assert late == [], [(a["kind"], a["window"] - accepted_at, a["reasons"][:1]) for a in late]
+    after = [(a["kind"], a["window"] - accepted_at) for a in alerts(r)
+             if a["service"] == "orders" and a["window"] > accepted_at]
+    print(f"shift: L = {horizon} windows; level-shift incident {shift.id} opened at window "
+          f"{notified[0]['window'] - int((t0 + 300) // W)} after the shift; {len(notified)} notifications "
+          f"unaccepted; orders alerts after acceptance: "
+          f"{after}")

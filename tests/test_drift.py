@@ -79,6 +79,34 @@ def test_walk_accepting_reports_each_shift_once_and_goes_on_at_the_new_level() -
     assert np.all(levels[shifts[0][0] + 1:] == 3.0)
 
 
+def test_a_step_is_named_when_the_level_starts_to_follow_it_not_when_the_baseline_has_moved_far() -> None:
+    base = Baseline.seeded(400, np.zeros(1))  # K = B = 20: the level starts to move with the 6th new block
+    values = np.zeros((800, 1))
+    values[100:] = 2.0  # a step of 2 units: beyond a step threshold of 1, under a shift threshold of 3
+    unit, threshold, step = np.ones(1), np.full(1, 3.0), np.ones(1)
+    _, shifts = base.walk(values, None, (unit, threshold, step))[1:]
+    assert [(row, s.feature) for row, s in shifts] == [(100 + base.step_blocks * base.block - 1, 0)]
+    assert shifts[0][1].level == 2.0 and shifts[0][1].reference == 0.0
+    assert base.step_blocks == 6 and base.walk(values, None, (unit, threshold, threshold))[2] == []  # 2 < 3
+    wobbly = values.copy()
+    wobbly[160:180] = -1.0  # one block on the other side: no 6 blocks in a row on one side before row 280
+    assert base.walk(wobbly[:280], None, (unit, threshold, step))[2] == []
+    assert len(base.walk(wobbly[:300], None, (unit, threshold, step))[2]) == 1  # 180–299: six in a row
+
+
+def test_accepting_a_shift_rebaselines_only_the_features_that_moved() -> None:
+    base = Baseline.seeded(400, np.zeros(2))
+    values = np.zeros((300, 2))
+    values[:, 0] = 2.0  # the new normal
+    values[250:, 1] = 5.0  # a fault on feature 1 that started 50 windows ago
+    _, after, _ = base.walk(values)
+    limits = (np.ones(2), np.full(2, 3.0), np.ones(2))
+    assert after.shift(*limits).feature == 0
+    accepted = after.accept(*limits)
+    assert accepted.reference.tolist() == [2.0, 0.0] and accepted.level().tolist() == [2.0, 0.0]
+    assert after.accept().reference.tolist() == [2.0, 5.0]  # without the limits: every feature (old behaviour)
+
+
 def test_state_round_trips_exactly_and_refuses_malformed_input() -> None:
     rng = np.random.default_rng(3)
     _, state, _ = Baseline.seeded(300, np.zeros(3)).walk(rng.normal(size=(137, 3)))
@@ -127,6 +155,11 @@ def test_format_two_round_trips_and_format_one_models_score_as_before(small_mode
     old_loaded = Model.from_json(old.to_json())
     assert old_loaded.baseline is None and np.array_equal(old_loaded.scores(X), old.scores(X))
     data = small_model.to_dict()
+    assert loaded.step_threshold is not None and np.array_equal(loaded.step_threshold, small_model.step_threshold)
+    before_steps = Model.from_dict({k: v for k, v in data.items() if k != "step_threshold"})
+    assert before_steps.shift_limits[2] is before_steps.shift_threshold  # saved before steps: one threshold
+    with pytest.raises(ModelFormatError, match="step_threshold"):
+        Model.from_dict(dict(data, step_threshold=[0.0] * N_FEATURES))
     with pytest.raises(ModelFormatError, match="format version 3"):
         Model.from_dict(dict(data, version=3))
     with pytest.raises(ModelFormatError, match="baseline"):

@@ -191,6 +191,7 @@ BASELINE_MAX_WINDOWS = 4_096
 BASELINE_MAX_SECONDS = 6 * 3600
 LEVEL_SHIFT_WANDER_FACTOR = 2.0  # a level shift: the baseline beyond this many times its largest training wander …
 LEVEL_SHIFT_MIN_Z = 3.0  # … and beyond the value's training extreme |z|, and at least this many training IQRs
+LEVEL_SHIFT_STEP_MIN_Z = 1.0  # a step (the newest K/4 + 1 block medians): twice training's largest, and this many IQRs
 STUCK_SCORE = 75.0  # a feature that never stood still over a context in training and now does: a warning
 LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
 REASONS_MAX = 3  # contributing features named per anomalous window

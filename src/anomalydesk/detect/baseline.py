@@ -58,6 +58,13 @@ def blocks_for(horizon: int) -> tuple[int, int]:
     return max(1, round(horizon / block)), block
 
 
+def step_distance(signed: np.ndarray) -> np.ndarray:
+    """(f,) of (q, f) consecutive block medians' signed distances from the reference: the nearest one's
+    |distance| when all lie on the same side, else 0 (how far a step has gone, for all q blocks)."""
+    low, high = signed.min(axis=0), signed.max(axis=0)
+    return np.where(low > 0, low, np.where(high < 0, -high, 0.0))
+
+
 def central(medians: np.ndarray) -> np.ndarray:
     """(f,) the level of (k, f) block medians: the mean of their middle half (an interquartile mean)."""
     k = medians.shape[0]
@@ -72,10 +79,10 @@ class LevelShift:
 
     feature: int  # column index
     reference: float  # the level it was measured against (model space)
-    level: float  # where the baseline is now (model space)
+    level: float  # the new level: the baseline's, or the newest blocks' median for a step (model space)
     recent: float  # the newest block's median: where the feature is now (model space)
     since: float  # start (timestamp or row) of the first block beyond the midpoint of the two
-    distance: float  # |level − reference| in units of the feature's threshold (≥ 1)
+    distance: float  # how far beyond, in units of the feature's threshold (≥ 1; see `Baseline.shift`)
 
 
 @dataclass(frozen=True)
@@ -115,7 +122,7 @@ class Baseline:
         """(levels (n, f), the state after, level shifts) for rows added in order; row t is measured
         against the baseline before it is added (only earlier rows).
 
-        With `accept` = (unit, threshold), every level shift is accepted as it appears (the backtest's
+        With `accept` = (unit, threshold, step), every level shift is accepted as it appears (the backtest's
         stand-in for an operator): (the row it appeared after, the shift), and the walk goes on from the
         re-baselined state (`accept`)."""
         values = np.asarray(values, dtype=np.float64)
@@ -147,36 +154,74 @@ class Baseline:
                                 partial=partial, partial_start=partial_start)
                 if accept is not None and (found := state.shift(*accept)) is not None:
                     shifts.append((t - 1, found))
-                    state = state.accept()
+                    state = state.accept(*accept)
                     medians, starts = list(state.medians), list(state.starts)
                 level = state.level()
         state = replace(state, medians=np.vstack(medians) if medians else np.empty((0, f)),
                         starts=np.asarray(starts, dtype=np.float64), partial=partial, partial_start=partial_start)
         return levels, state, shifts
 
-    def shift(self, unit: np.ndarray, threshold: np.ndarray) -> LevelShift | None:
-        """The feature whose baseline lies farthest beyond `threshold` (in `unit`s) from the reference."""
-        level = self.level()
-        distance = np.abs(level - self.reference) / unit / threshold
+    def shift(self, unit: np.ndarray, threshold: np.ndarray, step: np.ndarray | None = None) -> LevelShift | None:
+        """The feature farthest beyond its threshold (in `unit`s) from the reference, or None.
+
+        Beyond means either the baseline itself beyond `threshold` (a slow creep), or every one of the
+        newest K/4 + 1 block medians beyond `step` (default `threshold`) on the same side (a step): the
+        interquartile mean starts to follow a step with its (K/4 + 1)-th block, so a step is named then.
+        (Judged on the baseline alone against the single-window extreme, a step of a few IQRs stopped
+        alarming once the baseline moved a little and was named hours later, or never.)"""
+        distance, levels = self.distances(unit, threshold, step)
         j = int(np.argmax(distance))
         if not distance[j] >= 1.0:
             return None
-        midpoint = (level[j] + self.reference[j]) / 2.0
-        beyond = (self.medians[:, j] - midpoint) * np.sign(level[j] - self.reference[j]) > 0
+        new_level = float(levels[j])
+        midpoint = (new_level + self.reference[j]) / 2.0
+        beyond = (self.medians[:, j] - midpoint) * np.sign(new_level - self.reference[j]) > 0
         first = int(np.argmax(beyond)) if beyond.any() else self.medians.shape[0] - 1
         since = float(self.starts[first]) if self.starts.size else self.partial_start
-        recent = float(self.medians[-1, j]) if self.medians.shape[0] else float(level[j])
-        return LevelShift(feature=j, reference=float(self.reference[j]), level=float(level[j]), recent=recent,
-                          since=since, distance=float(distance[j]))
+        return LevelShift(feature=j, reference=float(self.reference[j]), level=new_level,
+                          recent=float(self.medians[-1, j]), since=since, distance=float(distance[j]))
 
-    def accept(self) -> Baseline:
-        """Re-baselined at the newest level: every block the newest block's median, the reference too."""
+    def distances(self, unit: np.ndarray, threshold: np.ndarray, step: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+        """((f,) how far each feature is from the reference in thresholds, (f,) its new level): the larger
+        of the baseline's distance and the step's (the nearest of the newest K/4 + 1 block medians, when
+        all lie on one side), with the level that distance was measured at."""
+        f = self.n_features
+        if self.medians.shape[0] == 0:
+            return np.zeros(f), self.reference.copy()
+        level = self.level()
+        settled = np.abs(level - self.reference) / (unit * threshold)
+        recent = self.medians[-self.step_blocks:]
+        stepped = step_distance((recent - self.reference) / (unit * (threshold if step is None else step)))
+        levels = np.where(settled >= stepped, level, np.median(recent, axis=0))
+        return np.maximum(settled, stepped), levels
+
+    @property
+    def step_blocks(self) -> int:
+        """How many of the newest block medians make a step: the interquartile mean (`central`) starts to
+        move with the (K/4 + 1)-th."""
+        return self.n_blocks // 4 + 1
+
+    def accept(self, unit: np.ndarray | None = None, threshold: np.ndarray | None = None,
+               step: np.ndarray | None = None) -> Baseline:
+        """Re-baselined at the newest level: every block the newest block's median, the reference too.
+
+        With `unit`, `threshold` and `step` (the model's), only the features beyond them are re-baselined:
+        a feature in the middle of a fault when another's new level is accepted keeps its level
+        (re-baselined there, its return to normal would be a step of its own)."""
         newest = self.medians[-1] if self.medians.shape[0] else self.reference
         if self.partial.shape[0] >= max(1, self.block // 2):
             newest = np.median(self.partial, axis=0)
         k = self.n_blocks
-        return replace(self, medians=np.tile(newest, (k, 1)), starts=np.full(k, self.partial_start),
-                       reference=np.array(newest, dtype=np.float64))
+        if unit is None or threshold is None:
+            return replace(self, medians=np.tile(newest, (k, 1)), starts=np.full(k, self.partial_start),
+                           reference=np.array(newest, dtype=np.float64))
+        moved = self.distances(unit, threshold, step)[0] >= 1.0
+        medians = np.array(self.medians, dtype=np.float64)
+        medians[:, moved] = newest[moved]
+        reference = np.array(self.reference, dtype=np.float64)
+        reference[moved] = newest[moved]
+        return replace(self, medians=medians, reference=reference)
 
     # --- serialisation ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 A format-2 model measures level inputs against the service's moving baseline (detect/baseline.py).
 The detector keeps one `Baseline` per service in the service's detector state (`Keys.detector_states`,
 field "baseline", with the model version it belongs to), written by the same compare-and-set script
-as the window's incidents and alerts (`incident_flow.Committer`): it survives restarts, a detector
+as the window's incidents and alerts (`incident_commit.Committer`): it survives restarts, a detector
 taking a service over continues where the last one stopped, and a window delivered twice does not
 move it twice. A state of another model version (a new model was activated) starts again from the
 new model's end-of-training baseline: the two live in different spaces (log scale, daily profile).
@@ -57,8 +57,7 @@ def advance(model: Model, baseline: Baseline, fp: Fingerprint) -> Baseline:
 def shift_of(model: Model, baseline: Baseline, fp: Fingerprint) -> dict[str, Any] | None:
     """The level shift `baseline` shows against its reference, in an operator's words, or None
     (levels shown at the evidence of window `fp`)."""
-    assert model.shift_threshold is not None
-    found = baseline.shift(model.level_unit, model.shift_threshold)
+    found = baseline.shift(*model.shift_limits)
     if found is None:
         return None
     weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])

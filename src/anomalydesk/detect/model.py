@@ -81,6 +81,7 @@ class Model:
     logs: np.ndarray | None = None  # (f,) bool: non-count features also used as log(1 + x) (latencies)
     baseline: Baseline | None = None  # format 2: the baseline at the end of training (None: format 1)
     shift_threshold: np.ndarray | None = None  # (f,) a level shift beyond this many value-IQRs (baseline.py)
+    step_threshold: np.ndarray | None = None  # (f,) … or a step of the newest block medians beyond this many
     movable: np.ndarray | None = None  # (f,) bool, format 2: never constant over a whole context in training
 
     def stuck(self, X: np.ndarray) -> np.ndarray:
@@ -187,7 +188,16 @@ class Model:
         if self.baseline is None:
             raise ValueError("a format-1 model has no baseline")
         start = state or self.baseline
-        return start.walk(adjusted, stamps, (self.level_unit, self.shift_threshold) if accept else None)
+        return start.walk(adjusted, stamps, self.shift_limits if accept else None)
+
+    @property
+    def shift_limits(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(unit, threshold, step) for `Baseline.shift` / `accept` (format 2; a model saved before the step
+        threshold existed uses its shift threshold for steps as well)."""
+        if self.shift_threshold is None:
+            raise ValueError("a format-1 model has no level-shift thresholds")
+        step = self.shift_threshold if self.step_threshold is None else self.step_threshold
+        return self.level_unit, self.shift_threshold, step
 
     @property
     def level_unit(self) -> np.ndarray:
@@ -270,6 +280,7 @@ class Model:
             **({} if self.baseline is None else {
                 "baseline": self.baseline.to_dict(),
                 "shift_threshold": None if self.shift_threshold is None else self.shift_threshold.tolist(),
+                "step_threshold": None if self.step_threshold is None else self.step_threshold.tolist(),
                 "movable": None if self.movable is None else [int(m) for m in self.movable]}),
         }
 
@@ -346,13 +357,18 @@ def _baseline(data: dict[str, Any], f: int, version: int) -> dict[str, Any]:
     threshold = float_array(data, "shift_threshold", "model")
     if threshold.shape != (f,) or np.any(threshold <= 0):
         raise ModelFormatError(f"model: 'shift_threshold' must be {f} positive values")
+    step = None
+    if data.get("step_threshold") is not None:
+        step = float_array(data, "step_threshold", "model")
+        if step.shape != (f,) or np.any(step <= 0):
+            raise ModelFormatError(f"model: 'step_threshold' must be {f} positive values")
     movable = None
     if data.get("movable") is not None:
         mask = int_array(data, "movable", "model")
         if mask.shape != (f,) or not np.all((mask == 0) | (mask == 1)):
             raise ModelFormatError(f"model: 'movable' must be {f} values of 0 or 1")
         movable = mask.astype(bool)
-    return {"baseline": baseline, "shift_threshold": threshold, "movable": movable}
+    return {"baseline": baseline, "shift_threshold": threshold, "step_threshold": step, "movable": movable}
 
 
 def with_stuck(scores: np.ndarray, stuck: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from sklearn.tree import ExtraTreeRegressor
 from sklearn.utils.random import sample_without_replacement
 
 from anomalydesk import config
-from anomalydesk.detect.baseline import Baseline, horizon_for
+from anomalydesk.detect.baseline import Baseline, horizon_for, step_distance
 from anomalydesk.detect.features import (
     KINDS,
     count_features,
@@ -145,11 +145,13 @@ def train(
     center, scale = robust_center_scale(derived, resolution)
     Z = (derived - center) / scale
     extreme = _extremes(Z)
-    shift_threshold = None
+    shift_threshold = step_threshold = None
     if baseline is not None:
         wander = np.abs(levels - baseline.reference).max(axis=0) / scale[:f]
         shift_threshold = np.maximum.reduce([extreme[:f], config.LEVEL_SHIFT_WANDER_FACTOR * wander,
                                              np.full(f, config.LEVEL_SHIFT_MIN_Z)])
+        step_threshold = np.maximum(config.LEVEL_SHIFT_WANDER_FACTOR * _step_wander(adjusted, baseline, scale[:f]),
+                                    config.LEVEL_SHIFT_STEP_MIN_Z)
 
     Z32 = np.ascontiguousarray(Z, dtype=np.float32)  # scikit-learn's trees split float32, and so we score
     trees, drawn = _grow(Z32, params, report, cancel)
@@ -203,6 +205,7 @@ def train(
         evidence_prior=evidence_prior if weights is not None else None, extreme=extreme,
         ignored=ignored if ignored.any() else None, extreme_power=config.DEVIATION_EXTREME_POWER,
         logs=logs if logs.any() else None, baseline=baseline, shift_threshold=shift_threshold,
+        step_threshold=step_threshold,
         movable=_movable(X, params.context_rows, ignored) if baseline is not None else None,
     )
     report(1.0)
@@ -242,6 +245,17 @@ def _extremes(Z: np.ndarray) -> np.ndarray:
     """Each input's extreme |z| in training: a high quantile, at least DEVIATION_EXTREME_FLOOR."""
     return np.maximum(np.quantile(np.abs(Z), config.DEVIATION_EXTREME_QUANTILE, axis=0),
                       config.DEVIATION_EXTREME_FLOOR)
+
+
+def _step_wander(adjusted: np.ndarray, baseline: Baseline, unit: np.ndarray) -> np.ndarray:
+    """(f,) the largest step (`baseline.step_distance`, in `unit`s) the training rows' block medians made
+    from the training median, blocks as the walk over them laid them."""
+    n, b, q = adjusted.shape[0] // baseline.block, baseline.block, baseline.step_blocks
+    if n < q:
+        return np.zeros(adjusted.shape[1])
+    medians = np.median(adjusted[:n * b].reshape(n, b, -1), axis=1)
+    signed = (medians - baseline.reference) / unit
+    return np.max([step_distance(signed[t - q:t]) for t in range(q, n + 1)], axis=0)
 
 
 def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tuple[float, float | None]:

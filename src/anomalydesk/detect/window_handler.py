@@ -87,7 +87,8 @@ class WindowHandler:
             shift_incident = self._load(state.get("shift_incident"))
             moved = baseline
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
-                moved = moved.accept()  # the operator took the new level as normal: re-baseline there
+                # the operator took the new level as normal: re-baseline the features that moved there
+                moved = moved.accept(*svc.model.shift_limits)
             shift = drift.shift_of(svc.model, moved, fp) if moved is not None else None
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
