@@ -400,6 +400,21 @@ def test_a_stuck_feature_is_reported_as_stuck(quiet_5xx: tuple) -> None:
     assert all(end - start < 10 for start, end in quiet)  # the same traffic, not frozen: nothing long
 
 
+def test_a_ratio_at_zero_is_stuck_only_when_its_requests_make_that_unlikely(quiet_5xx: tuple) -> None:
+    _, model = quiet_5xx
+    j, requests = FEATURE_INDEX["rate_4xx"], FEATURE_INDEX["requests"]
+    assert model.movable[j] and model.expected[j] > 0.01  # 1–3 % 4xx in training, never standing still
+    busy = _clean(12, seed=3)
+    busy[:, j] = 0.0  # 500 requests a window and not one 4xx for 6 windows: e^-60, a frozen exporter
+    assert model.stuck(busy)[model.context_rows - 1:, j].all()
+    night = busy.copy()
+    night[:, requests] = 20.0  # 20 a window: six zeros in a row happen about one time in ten
+    assert not model.stuck(night)[:, j].any()
+    frozen = night.copy()
+    frozen[:, j] = 0.05  # a ratio frozen at a value other than 0 is stuck at any traffic
+    assert model.stuck(frozen)[model.context_rows - 1:, j].all()
+
+
 def test_missing_values_are_filled_counted_and_cost_little() -> None:
     fit, test = (_no_stamps(s) for s in make("none"))
     rng = np.random.default_rng(9)

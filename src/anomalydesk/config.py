@@ -193,6 +193,7 @@ LEVEL_SHIFT_WANDER_FACTOR = 2.0  # a level shift: the baseline beyond this many 
 LEVEL_SHIFT_MIN_Z = 3.0  # … and beyond the value's training extreme |z|, and at least this many training IQRs
 LEVEL_SHIFT_STEP_MIN_Z = 1.0  # a step (the newest K/4 + 1 block medians): twice training's largest, and this many IQRs
 STUCK_SCORE = 75.0  # a feature that never stood still over a context in training and now does: a warning
+STUCK_ZERO_CHANCE = 1e-6  # … a share of requests at 0 only when its requests make that this unlikely
 LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)

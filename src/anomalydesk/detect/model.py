@@ -49,10 +49,14 @@ from anomalydesk.detect.forest import (
     seal,
     unseal,
 )
+from anomalydesk.fingerprint import FEATURES
 
 MODEL_FORMAT = "anomalydesk.model"
 MODEL_FORMAT_VERSION = 2  # 2: level inputs against a moving baseline (detect/baseline.py)
 MODEL_FORMAT_VERSIONS = (1, 2)  # loadable: a format-1 model scores as it always did (no baseline)
+
+
+FEATURE_UNITS = {f.name: f.unit for f in FEATURES}
 
 
 @dataclass(frozen=True)
@@ -94,6 +98,24 @@ class Model:
             return out
         windows = sliding_window_view(X, w, axis=0)  # (n - w + 1, f, w)
         out[w - 1:] = (windows.max(axis=2) == windows.min(axis=2)) & self.movable
+        if self.evidence_column is not None and out.any():
+            out[w - 1:] &= ~self._zero_by_chance(windows)
+        return out
+
+    def _zero_by_chance(self, windows: np.ndarray) -> np.ndarray:
+        """(n - w + 1, f) bool: a share of requests at 0 over the context that its few requests explain. A
+        ratio at its training median r over N requests is 0 with chance (1 − r)^N ≈ exp(−r·N): at night,
+        20 requests a window at a 2 % 4xx ratio give six zeros in a row one time in six — no frozen
+        exporter. Counted as stuck only below `config.STUCK_ZERO_CHANCE` (a ratio whose median is 0 never)."""
+        assert self.evidence_column is not None
+        requests = windows[:, self.evidence_column, :].sum(axis=1)  # (m,)
+        out = np.zeros(windows.shape[:2], dtype=bool)
+        for j, name in enumerate(self.feature_names):
+            if FEATURE_UNITS.get(name) != "%":
+                continue
+            zero = windows[:, j, 0] == 0.0
+            rate = float(self.expected[j])
+            out[:, j] = zero & ((rate <= 0.0) | (np.exp(-rate * requests) >= config.STUCK_ZERO_CHANCE))
         return out
 
     @property
