@@ -168,7 +168,7 @@ class DesktopApp:
         await self.actions.close()
         await self.session.close()
         self.tray.close()
-        self.window.live.timer.stop()
+        self.window.live.stop()
         self.window.incidents.stop()
         self.window.training.stop()
 

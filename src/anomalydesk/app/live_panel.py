@@ -7,6 +7,10 @@ version took over scoring ("model vN"): a newly activated model's scores start t
 Plots redraw on a fixed-rate QTimer from the ring buffers in `LiveState` (never once per Redis
 message); curves are created once per feature selection and updated with `setData`, with peak
 downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
+
+The time range (`live_range.LiveRange`): presets of 15 min, 1 h, 6 h and 24 h that follow live, and
+whatever lies before the ring buffer's oldest window read from the streams on demand, off the GUI
+thread, and drawn before the buffered windows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from anomalydesk.app import export
+from anomalydesk.app.live_range import LiveRange
+from anomalydesk.app.range_history import RangeLoader
 from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
 from anomalydesk.app.state import AppState
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
@@ -58,10 +64,24 @@ def with_gaps(rows: np.ndarray) -> np.ndarray:
     return np.insert(rows, gaps + 1, filler, axis=0)
 
 
+def join_older(older: np.ndarray, rows: np.ndarray, bin_seconds: float) -> np.ndarray:
+    """Rows read from the streams (`older`, reduced to bins of `bin_seconds`) followed by the buffered
+    `rows`, with a NaN row between them when more than a bin and a window lie between the two."""
+    if not len(rows):
+        return older
+    spacing = float(np.median(np.diff(rows[:, 0]))) if len(rows) > 1 else bin_seconds
+    if rows[0, 0] - older[-1, 0] > bin_seconds + GAP_FACTOR * spacing:
+        filler = np.full((1, rows.shape[1]), np.nan)
+        filler[0, 0] = older[-1, 0] + bin_seconds / 2
+        return np.vstack([older, filler, rows])
+    return np.vstack([older, rows])
+
+
 class LivePanel(QtWidgets.QWidget):
     """Per-service feature curves plus the score plot, fed from `state.live`."""
 
-    def __init__(self, state: AppState, settings: AppSettings, parent: QtWidgets.QWidget | None = None):
+    def __init__(self, state: AppState, settings: AppSettings, ranges: RangeLoader | None = None,
+                 parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.state = state
         self.settings = settings
@@ -97,14 +117,17 @@ class LivePanel(QtWidgets.QWidget):
         self.csv_button = QtWidgets.QPushButton("Export CSV…")
         self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
         self.info_label = QtWidgets.QLabel("no data yet")
+        self.range = LiveRange(settings, ranges, state.live.buffers, self)
+        self.range.changed.connect(self._range_changed)
 
         bar = QtWidgets.QHBoxLayout()
         bar.addWidget(QtWidgets.QLabel("Service"))
-        for w in (self.service_box, self.features_button, self.pause_button, self.zoom_button,
+        for w in (self.service_box, self.features_button, self.range.bar, self.pause_button, self.zoom_button,
                   self.png_button, self.csv_button):  # fmt: skip
             bar.addWidget(w)
         bar.addStretch(1)
-        bar.addWidget(self.info_label)
+        self.info_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
+        bar.addWidget(self.info_label, 1)  # (ignored width: a long line never widens the window)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem()})
@@ -130,6 +153,7 @@ class LivePanel(QtWidgets.QWidget):
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(REDRAW_INTERVAL_MS)
         self.timer.timeout.connect(self.redraw)
+        self.timer.timeout.connect(self.range.tick)
         self.timer.start()
 
         self.service_box.currentTextChanged.connect(self._service_changed)
@@ -162,6 +186,8 @@ class LivePanel(QtWidgets.QWidget):
         self._rebuild_plots()
 
     def _rebuild_plots(self) -> None:
+        self.range.detach()
+        self.score_plot.setXLink(None)  # (its link to a feature plot about to be deleted)
         self.graphics.clear()
         self._feature_plots.clear()
         self._curves.clear()
@@ -186,11 +212,14 @@ class LivePanel(QtWidgets.QWidget):
         self.graphics.addItem(self.score_plot, row=len(names), col=0)
         if self._feature_plots:
             self.score_plot.setXLink(self._feature_plots[0])
+        first = self._feature_plots[0] if self._feature_plots else self.score_plot
+        self.range.attach([plot.getViewBox() for plot in [*self._feature_plots, self.score_plot]])
         buf = self.state.live.buffers.get(self.service)
-        if buf is None or not len(buf):  # no data yet: the last minutes of the clock, not "00.100" near 1970
+        if self.range.follow:
+            self.range.set_follow(True)  # the clock's last `span`, whether data arrived yet or not
+        elif buf is None or not len(buf):  # no data yet: the last minutes of the clock, not "00.100" near 1970
             now = time.time()
-            (self._feature_plots[0] if self._feature_plots else self.score_plot).setXRange(
-                now - EMPTY_SPAN_SECONDS, now, padding=0)
+            first.setXRange(now - EMPTY_SPAN_SECONDS, now, padding=0)
             self._clock_range = True
         self._drawn_version = -1
         self._bands_key = ()
@@ -215,6 +244,7 @@ class LivePanel(QtWidgets.QWidget):
     def _service_changed(self, name: str) -> None:
         if name:
             self.settings.live_service = name
+        self.range.show_service(name)
         self._drawn_version = -1
         self._bands_key = ()
         self.redraw()
@@ -238,7 +268,8 @@ class LivePanel(QtWidgets.QWidget):
             self.redraw()
 
     def reset_zoom(self) -> None:
-        """Back to showing all buffered data."""
+        """Back to showing all the data (buffered and read), which leaves follow-live."""
+        self.range.stop_following()
         for plot in [*self._feature_plots, self.score_plot]:
             plot.enableAutoRange(axis="x")
             if plot is not self.score_plot:
@@ -250,6 +281,7 @@ class LivePanel(QtWidgets.QWidget):
             return False
         service = self.service
         buf = self.state.live.buffers.get(service)
+        self.range.show_service(service)
         self._update_bands(service)
         self._update_marks(service)
         if buf is None:
@@ -262,8 +294,11 @@ class LivePanel(QtWidgets.QWidget):
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
             return False
         data = with_gaps(buf.view())
+        older = self.range.older_rows(float(data[0, 0]) if len(data) else None)
+        if older is not None:  # read from the streams: drawn before the buffered windows
+            data = join_older(older, data, self.range.rows.bin_seconds if self.range.rows else 0.0)
         x = data[:, 0]
-        if self._clock_range and len(x):
+        if self._clock_range and len(x) and not self.range.follow:
             self._clock_range = False
             self.reset_zoom()  # the first data: follow it
         for name, curve in self._curves.items():
@@ -282,10 +317,20 @@ class LivePanel(QtWidgets.QWidget):
         last = scores[-1] if len(scores) else np.nan
         score_text = "learning (no model)" if threshold is None else (
             f"score {last:.0f} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
-        self.info_label.setText(f"{len(data)} windows · {score_text}")
+        older_text = self.range.describe()
+        self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_text}")
         self._drawn_version = buf.version
         self._drawn_service = service
         return True
+
+    def _range_changed(self) -> None:
+        self._drawn_version = -1
+        self.redraw()
+
+    def stop(self) -> None:
+        """Stop redrawing and reading (the window closes)."""
+        self.timer.stop()
+        self.range.stop()
 
     def _update_bands(self, service: str) -> None:
         bands = self.state.incidents.bands(service)

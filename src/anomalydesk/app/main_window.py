@@ -19,6 +19,7 @@ from anomalydesk.app.demo_panel import DemoPanel
 from anomalydesk.app.incidents_panel import IncidentsPanel
 from anomalydesk.app.live_panel import LivePanel
 from anomalydesk.app.message_label import MessageLabel
+from anomalydesk.app.range_history import RangeLoader
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.sketches_panel import SketchesPanel
 from anomalydesk.app.state import AppState
@@ -37,6 +38,14 @@ def _unb64(text: str) -> QtCore.QByteArray | None:
         return QtCore.QByteArray(base64.b64decode(text.encode("ascii"), validate=True))
     except (ValueError, UnicodeError):
         return None
+
+
+def range_loader(actions: Any) -> RangeLoader | None:
+    """The live plots' reader of older windows, on the session that `actions` works on now (None for
+    the tests' actions that have no session)."""
+    if not hasattr(actions, "session"):
+        return None
+    return RangeLoader(lambda: (actions.session.sync, actions.session.keys))
 
 
 def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -71,7 +80,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.backfill_offer = OfferBanner(
             "No model can be trained yet: the demo has no history. Backfill a day of demo traffic in "
             "simulated time (takes well under a minute) so you can train at once?", "Backfill a day")
-        self.live = LivePanel(state, settings)
+        self.live = LivePanel(state, settings, ranges=range_loader(actions))
         central = QtWidgets.QWidget()
         cl = QtWidgets.QVBoxLayout(central)
         cl.setContentsMargins(0, 0, 0, 0)
