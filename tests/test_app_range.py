@@ -71,14 +71,14 @@ def test_read_range_reads_history_live_and_scores_reduced_with_the_gap(r):
     keys = Keys()
     first = history_with_a_gap(r)
     live = r.xrange(keys.fingerprints("gateway"))
-    assert len(live) == 2880 and r.xlen(keys.history("gateway", 5)) == 2160
+    assert 2879 <= len(live) <= 2881 and r.xlen(keys.history("gateway", 5)) == 2160  # (a window may seal meanwhile)
     scored = float(live[-10][1][b"start"])
     score = WindowScore(int(scored // 5), scored, 87.5, Severity.WARNING, True, 2)
     r.xadd(keys.scores("gateway"), dict(zip(score.fields()[::2], score.fields()[1::2], strict=True)),
            id=f"{int(scored * 1000)}-0")  # fmt: skip
     now = time.time()
     found = read_range(r, keys, "gateway", now - 86_400, now, points=500)
-    assert found.windows == 2880 + 2160 and found.reduced and found.bin_seconds == 175.0
+    assert found.windows == len(live) + 2160 and found.reduced and found.bin_seconds == 175.0
     rows = found.rows
     assert len(rows) <= 2 * 500 + 10 and np.all(np.diff(rows[:, 0]) > 0)
     assert abs(rows[0, 0] - first) < 175  # the bin of the first window (bins sit on multiples of their width)

@@ -188,6 +188,9 @@ def main(demo: bool = False, url: str | None = None) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
     app.setApplicationName("AnomalyDesk")
+    from anomalydesk.app import theme
+
+    theme.follow_system(app)  # the desktop's light or dark scheme, now and when it switches
     app.setQuitOnLastWindowClosed(False)
     if notify_running():
         print("AnomalyDesk is already running: brought its window to the front", file=sys.stderr)

@@ -22,8 +22,10 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app import export
+from anomalydesk.app import export, theme
 from anomalydesk.app.live_range import LiveRange
+from anomalydesk.app.message_label import MessageLabel
+from anomalydesk.app.plot_axes import SparseAxis, compact_title
 from anomalydesk.app.range_history import RangeLoader
 from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
 from anomalydesk.app.state import AppState
@@ -86,6 +88,7 @@ class LivePanel(QtWidgets.QWidget):
         self.state = state
         self.settings = settings
         self.paused = False
+        self._built = False
         self._drawn_version = -1
         self._drawn_service = ""
         self._bands_key: tuple = ()
@@ -108,15 +111,19 @@ class LivePanel(QtWidgets.QWidget):
             action.toggled.connect(self._features_toggled)
             self.feature_actions[feature.name] = action
         self.features_button.setMenu(self.features_menu)
-        self.pause_button = QtWidgets.QPushButton("Pause", checkable=True)
+        # tool buttons: compact enough that the bar, the presets and the info line fit 1280 px beside a dock
+        self.pause_button = QtWidgets.QToolButton(text="Pause", checkable=True)
         self.pause_button.toggled.connect(self.set_paused)
-        self.zoom_button = QtWidgets.QPushButton("Reset zoom")
+        self.zoom_button = QtWidgets.QToolButton(text="Reset zoom")
+        self.zoom_button.setToolTip("show all the data shown so far (leaves follow-live)")
         self.zoom_button.clicked.connect(self.reset_zoom)
-        self.png_button = QtWidgets.QPushButton("Export PNG…")
+        self.png_button = QtWidgets.QToolButton(text="PNG…")
+        self.png_button.setToolTip("export the plots as a PNG image, headed by service and time range")
         self.png_button.clicked.connect(lambda: self._ask_export("png"))
-        self.csv_button = QtWidgets.QPushButton("Export CSV…")
+        self.csv_button = QtWidgets.QToolButton(text="CSV…")
+        self.csv_button.setToolTip("export the buffered windows (time, score, every feature) as CSV")
         self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
-        self.info_label = QtWidgets.QLabel("no data yet")
+        self.info_label = MessageLabel("no data yet")  # elided: a long line never widens the window
         self.range = LiveRange(settings, ranges, state.live.buffers, self)
         self.range.changed.connect(self._range_changed)
 
@@ -125,20 +132,19 @@ class LivePanel(QtWidgets.QWidget):
         for w in (self.service_box, self.features_button, self.range.bar, self.pause_button, self.zoom_button,
                   self.png_button, self.csv_button):  # fmt: skip
             bar.addWidget(w)
-        bar.addStretch(1)
-        self.info_label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
-        bar.addWidget(self.info_label, 1)  # (ignored width: a long line never widens the window)
+        bar.addWidget(self.info_label, 1)
 
         self.graphics = pg.GraphicsLayoutWidget()
-        self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem()})
-        self.score_plot.setTitle("score (0–100)", **TITLE_STYLE)
+        self.colours = theme.plot_colours(self.palette())  # the system's light or dark scheme (`theme`)
+        self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem(), "left": SparseAxis()})
+        compact_title(self.score_plot, "score (0–100)", **TITLE_STYLE)
         self.score_plot.getAxis("left").enableAutoSIPrefix(False)
         self.score_plot.getAxis("left").setWidth(AXIS_WIDTH)
         self.score_plot.setMouseEnabled(x=True, y=False)  # the wheel zooms time; y only on purpose
         self.score_plot.setYRange(0, 100)
         self._clock_range = False  # True while the x axis shows the clock's last minutes (no data yet)
         self.score_plot.showGrid(y=True, alpha=0.2)
-        self.score_curve = self.score_plot.plot(pen=pg.mkPen((230, 230, 230), width=2), name="score")
+        self.score_curve = self.score_plot.plot(pen=pg.mkPen(self.colours.curve, width=2), name="score")
         self._tune(self.score_curve)
         dashed = pg.mkPen((220, 60, 60), style=QtCore.Qt.PenStyle.DashLine)
         self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
@@ -161,6 +167,7 @@ class LivePanel(QtWidgets.QWidget):
         state.live.services_changed.connect(self._services_changed)
         self._rebuild_plots()
         self._services_changed()
+        self._built = True
 
     # --- building -----------------------------------------------------------------------------
     @staticmethod
@@ -192,17 +199,20 @@ class LivePanel(QtWidgets.QWidget):
         self._feature_plots.clear()
         self._curves.clear()
         names = self.selected_features()
-        colours = [pg.intColor(i, hues=max(len(names), 3)) for i in range(len(names))]
+        self.colours = theme.plot_colours(self.palette())
+        self.graphics.setBackground(self.colours.background)
+        colours = [self.colours.series(i, len(names)) for i in range(len(names))]
         for i, name in enumerate(names):
             feature = _FEATURE_BY_NAME[name]
-            plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem()})
+            plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem(), "left": SparseAxis()})
             # the name and unit as a title (a vertical axis label longer than a short plot overlapped the next)
-            plot.setTitle(axis_title(feature.label, feature.unit), **TITLE_STYLE)
+            compact_title(plot, axis_title(feature.label, feature.unit), **TITLE_STYLE)
             plot.getAxis("left").enableAutoSIPrefix(False)  # a KPI of 0.56 reads 0.56, not 560 (×0.001)
             plot.getAxis("left").setWidth(AXIS_WIDTH)  # the plots' left edges line up
             plot.setMouseEnabled(x=True, y=False)
             plot.showGrid(y=True, alpha=0.15)
-            plot.getAxis("bottom").setStyle(showValues=False)
+            plot.hideAxis("bottom")  # the score plot's axis below tells the time (x-linked): no empty band
+            theme.style_plot(plot, self.colours)
             curve = plot.plot(pen=pg.mkPen(colours[i], width=1.5), name=feature.label)
             self._tune(curve)
             self._curves[name] = curve
@@ -210,6 +220,8 @@ class LivePanel(QtWidgets.QWidget):
             if self._feature_plots[0] is not plot:
                 plot.setXLink(self._feature_plots[0])
         self.graphics.addItem(self.score_plot, row=len(names), col=0)
+        theme.style_plot(self.score_plot, self.colours)
+        self.score_curve.setPen(pg.mkPen(self.colours.curve, width=2))
         if self._feature_plots:
             self.score_plot.setXLink(self._feature_plots[0])
         first = self._feature_plots[0] if self._feature_plots else self.score_plot
@@ -317,11 +329,27 @@ class LivePanel(QtWidgets.QWidget):
         last = scores[-1] if len(scores) else np.nan
         score_text = "learning (no model)" if threshold is None else (
             f"score {last:.0f} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
+        self._score_title(threshold, last)
         older_text = self.range.describe()
         self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_text}")
         self._drawn_version = buf.version
         self._drawn_service = service
         return True
+
+    def _score_title(self, threshold: float | None, last: float) -> None:
+        """The score plot's title with the newest score and the threshold (the info line may be elided)."""
+        words = "score (0–100)"
+        if threshold is not None and np.isfinite(last):
+            words += f" · now {last:.0f}, threshold {threshold:.0f}"
+        elif threshold is None:
+            words += " · learning (no model)"
+        if self.score_plot.titleLabel.text != words:
+            compact_title(self.score_plot, words, **TITLE_STYLE)
+
+    def changeEvent(self, event: QtCore.QEvent) -> None:
+        if event.type() == QtCore.QEvent.Type.PaletteChange and self._built:  # the system switched light ↔ dark
+            self._rebuild_plots()  # (colours, axes, titles, marks: all from the palette)
+        super().changeEvent(event)
 
     def _range_changed(self) -> None:
         self._drawn_version = -1
@@ -357,10 +385,11 @@ class LivePanel(QtWidgets.QWidget):
         for item in self._marks:
             self.score_plot.removeItem(item)
         self._marks = []
-        pen = pg.mkPen((120, 200, 255), style=QtCore.Qt.PenStyle.DotLine)
+        mark = self.colours.mark
+        pen = pg.mkPen(mark, style=QtCore.Qt.PenStyle.DotLine)
         for start, version in marks:
             line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
-                                   labelOpts={"position": 0.75, "color": (120, 200, 255)})  # fmt: skip
+                                   labelOpts={"position": 0.75, "color": mark})  # fmt: skip
             self.score_plot.addItem(line)
             self._marks.append(line)
 

@@ -85,6 +85,11 @@ class LiveRange(QtCore.QObject):
         self.follow_shortcut = QtGui.QShortcut(QtGui.QKeySequence(FOLLOW_SHORTCUT), parent)
         self.follow_shortcut.activated.connect(lambda: self.set_follow(True))
         bar.addWidget(self.follow_button)
+        # the checked preset and Follow live in the highlight colour: a checked tool button of a dark
+        # Fusion palette looked like the others
+        self.bar.setStyleSheet("QToolButton:checked { background-color: palette(highlight); "
+                               "color: palette(highlighted-text); border: 1px solid palette(dark); "
+                               "border-radius: 3px; padding: 2px 5px; }")  # fmt: skip
         self._sync_buttons()
 
         self.load_timer = QtCore.QTimer(self)
