@@ -50,6 +50,10 @@ def test_the_plots_follow_the_colour_scheme_both_ways(qtbot, restore_palette):
     assert lightness(axis.textPen().color()) > 180
     assert lightness(window.incidents.detail_plot.backgroundBrush().color()) < 60
     assert lightness(window.overview.spark.backgroundBrush().color()) < 80
+    unchecked = live.range.preset_buttons[900]  # drawn by the range bar's style sheet: it follows too
+    image = unchecked.grab().toImage()
+    pixels = [image.pixelColor(x, y).lightness() for x in range(image.width()) for y in range(image.height())]
+    assert sum(pixels) / len(pixels) < 110  # (the stale style sheet drew it white: about 240)
     back = theme.plot_colours(app.palette()).background
     for i in range(3):  # feature curves keep their contrast against the plot
         assert ratio(live._curves[list(live._curves)[i]].opts["pen"].color(), back) >= 3.0

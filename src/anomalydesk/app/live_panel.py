@@ -240,6 +240,8 @@ class LivePanel(QtWidgets.QWidget):
 
     # --- data ---------------------------------------------------------------------------------
     def _services_changed(self) -> None:
+        if self.service not in self.state.live.buffers:
+            self.range.rows = None  # another server (its buffers were dropped): nothing read before applies
         names = sorted(set(self.state.services) | set(self.state.live.buffers))
         current = self.service_box.currentText()
         if names == [self.service_box.itemText(i) for i in range(self.service_box.count())]:
@@ -349,6 +351,7 @@ class LivePanel(QtWidgets.QWidget):
     def changeEvent(self, event: QtCore.QEvent) -> None:
         if event.type() == QtCore.QEvent.Type.PaletteChange and self._built:  # the system switched light ↔ dark
             self._rebuild_plots()  # (colours, axes, titles, marks: all from the palette)
+            self.range.restyle()
         super().changeEvent(event)
 
     def _range_changed(self) -> None:

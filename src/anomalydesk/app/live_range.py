@@ -85,17 +85,22 @@ class LiveRange(QtCore.QObject):
         self.follow_shortcut = QtGui.QShortcut(QtGui.QKeySequence(FOLLOW_SHORTCUT), parent)
         self.follow_shortcut.activated.connect(lambda: self.set_follow(True))
         bar.addWidget(self.follow_button)
-        # the checked preset and Follow live in the highlight colour: a checked tool button of a dark
-        # Fusion palette looked like the others
-        self.bar.setStyleSheet("QToolButton:checked { background-color: palette(highlight); "
-                               "color: palette(highlighted-text); border: 1px solid palette(dark); "
-                               "border-radius: 3px; padding: 2px 5px; }")  # fmt: skip
+        self.restyle()
         self._sync_buttons()
 
         self.load_timer = QtCore.QTimer(self)
         self.load_timer.setSingleShot(True)
         self.load_timer.setInterval(LOAD_DELAY_MS)
         self.load_timer.timeout.connect(self.load_visible)
+
+    def restyle(self) -> None:
+        """The checked preset and Follow live in the highlight colour (a checked tool button of a dark
+        Fusion palette looked like the others); set again when the palette changes, or the style sheet
+        keeps drawing the buttons in the old palette's colours."""
+        self.bar.setStyleSheet("")
+        self.bar.setStyleSheet("QToolButton:checked { background-color: palette(highlight); "
+                               "color: palette(highlighted-text); border: 1px solid palette(dark); "
+                               "border-radius: 3px; padding: 2px 5px; }")  # fmt: skip
 
     # --- what the operator does ---------------------------------------------------------------
     def choose(self, seconds: float) -> None:
