@@ -158,7 +158,15 @@ def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, ql
         assert np.all(np.diff(x) > 0)  # older rows before the buffered ones, in time order
         gap = x[np.isnan(y)]
         assert len(gap) == 1 and time.time() - 5 * 3600 - 200 < gap[0] < time.time() - 4 * 3600  # still a gap
-        assert re.search(r"3,600 windows \+1,44\d older windows in \d+-s bins", live.info_label.text())
+        assert re.search(r"3,600 windows · 5,0\d\d read from the streams in \d+-s bins", live.info_label.text())
+
+        # new windows push the oldest out of the full buffer: the rows read still reach it, no new gap
+        last = buf.last()
+        for i in range(1, 121):
+            app.state.live.append("gateway", last[0] + 5 * i, last[2:], None)
+        live.redraw(force=True)
+        y = live._curves["requests"].yData
+        assert np.isnan(y).sum() == 1 and live.range.loader.requests == 1  # nothing read again
 
         # dragging the plot to the right (into the past) leaves follow-live
         rect = view.sceneBoundingRect()

@@ -216,7 +216,10 @@ class LiveRange(QtCore.QObject):
             return None  # the ring buffer holds it
         if self.rows is not None and self.rows.service == self.service and self.rows.start <= low:
             return None
-        return low - 0.1 * (high - low), min(high, first)  # a margin to pan into
+        # a margin to pan into, and on to the view's end: the buffer drops its oldest window as each new
+        # one arrives, and the rows read must still reach it then (read only up to its first window, a
+        # gap between the two would grow by a window every window)
+        return low - 0.1 * (high - low), high
 
     def load_visible(self) -> None:
         """Read what the view needs from the streams (a request in flight for another range is cancelled)."""
@@ -249,7 +252,7 @@ class LiveRange(QtCore.QObject):
             return "reading older windows …"
         if self.rows is not None and self.rows.service == self.service and self.rows.windows:
             how = f" in {self.rows.bin_seconds:,.0f}-s bins" if self.rows.reduced else ""
-            return f"+{self.rows.windows:,} older windows{how}"
+            return f"· {self.rows.windows:,} read from the streams{how}"
         return ""
 
     def stop(self) -> None:
