@@ -40,6 +40,7 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
     incident = replace(Incident.open("payments", "anomaly", int((t0 + 600) // 5), t0 + 600), windows=1,
                        score=90.0, severity=Severity.CRITICAL)  # fmt: skip
     state.incidents.apply(incident)
+    panel.reset_zoom()  # all the data (these windows are months old: following live shows the last hour)
     assert panel.redraw(force=True)
     x, y = panel._curves["requests"].getData()
     assert len(x) == 100 and y[-1] == 149.0  # bounded: the oldest 50 windows are gone
@@ -78,6 +79,7 @@ def test_live_plots_draw_gaps_as_gaps_with_plain_units_and_no_y_wheel(qtbot):
     for i in range(40):  # 20 hours later
         state.live.append("orders", t0 + 72_000 + 5 * i, vector * 0 + 1.0, None)
     state.set_services(["orders"])
+    panel.reset_zoom()  # all the data, not the last hour of the clock
     assert panel.redraw(force=True)
     x, y = panel._curves["requests"].getData()
     assert np.all(np.diff(x) > 0) and np.isnan(y).sum() == 1  # one break, not a ramp from 350 to 1

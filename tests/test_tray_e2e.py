@@ -43,6 +43,8 @@ def test_notification_reaches_dunst_and_screenshots_are_written(redis_url, tmp_p
     log = (tmp_path / "dunst.log").read_text()
     assert any(line.split("|")[1] == title for line in log.splitlines())  # appname|summary|body|urgency
     assert summary["dbus_notify_calls"] >= 1
-    for name in ("main-window.png", "desktop.png", "training-panel.png", "sketches-panel.png"):
+    from tray_e2e_session import shot_names
+
+    for name in shot_names():
         png = tmp_path / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000, name

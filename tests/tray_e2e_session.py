@@ -3,8 +3,10 @@
 Used by tests/test_tray_e2e.py and scripts/screenshots.sh. Starts the desktop pieces, opens the app
 against --redis, starts demo traffic, backfills demo history while it runs, trains with the training
 panel's Train button and injects a fault from the demo panel, waits until the app's notification for the
-incident reaches dunst (its rule script's log) and dbus-monitor, and writes screenshots. Prints a
-JSON summary on stdout; exit 0 when the notification reached dunst.
+incident reaches dunst (its rule script's log) and dbus-monitor, and writes screenshots — the main
+window, the incident's details, the service overview (Training panel) and the sketches inspector, at
+each of `SIZES` — and the whole screen with the notification. Prints a JSON summary on stdout; exit 0
+when the notification reached dunst.
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SIZES = ((1280, 800), (1920, 1080))  # the window sizes of the screenshots (the screen is the larger)
+SHOTS = ("main-window", "incident-details", "service-overview", "sketches-inspector")
+
+
+def shot_names() -> list[str]:
+    """Every screenshot file a run writes."""
+    return [f"{name}-{w}x{h}.png" for w, h in SIZES for name in SHOTS] + ["main-window-dark-1280x800.png",
+                                                                         "desktop.png"]  # fmt: skip
 
 
 def _wait(condition, timeout: float, what: str) -> None:
@@ -40,7 +50,8 @@ def _bus_has(name: str) -> bool:
 def start_desktop(out: Path, display: str) -> list[subprocess.Popen]:
     """Xvfb, the StatusNotifier watcher, dunst (logging every notification) and dbus-monitor."""
     procs = []
-    procs.append(subprocess.Popen(["Xvfb", display, "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+    width, height = max(SIZES)
+    procs.append(subprocess.Popen(["Xvfb", display, "-screen", "0", f"{width}x{height}x24", "-nolisten", "tcp"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
     os.environ["DISPLAY"] = display
     _wait(lambda: subprocess.run(["xdpyinfo"], capture_output=True).returncode == 0, 20, "Xvfb")
@@ -60,14 +71,79 @@ def start_desktop(out: Path, display: str) -> list[subprocess.Popen]:
     return procs
 
 
-async def shot(window, path: Path) -> None:
-    """Grab the window outside any task step: QWidget.grab() delivers posted events, which would run
+async def shot(widget, path: Path) -> None:
+    """Grab a widget outside any task step: QWidget.grab() delivers posted events, which would run
     other asyncio tasks re-entrantly ("Cannot enter into task") if called inside a coroutine."""
     from qasync import asyncWrap
 
-    saved = await asyncWrap(lambda: window.grab().save(str(path)))
+    saved = await asyncWrap(lambda: widget.grab().save(str(path)))
     if not saved:
         raise OSError(f"could not write {path}")
+
+
+def _scroll_to(widget) -> None:
+    """Scroll the dock's scroll area (`main_window._scrolled`) so that `widget` is in view."""
+    from PySide6 import QtWidgets
+
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QtWidgets.QScrollArea):
+        parent = parent.parentWidget()
+    if parent is not None:
+        parent.ensureWidgetVisible(widget, 0, 0)
+
+
+async def shots_at(desktop, out: Path, size: tuple[int, int], service: str) -> None:
+    """The README's screenshots with the window at `size`: the main window and the incident's details as
+    the operator finds them, then the service overview (Training panel) and the sketches inspector with
+    the Incidents dock out of the way (as an operator drags it: the side panels get the window's height)."""
+    window = desktop.window
+    window.move(0, 0)
+    window.resize(*size)
+    suffix = f"{size[0]}x{size[1]}"
+    window.docks["demo"].raise_()
+    await asyncio.sleep(2.5)  # the layout settles and the live plot redraws a few times
+    await shot(window, out / f"main-window-{suffix}.png")
+    await shot(window.docks["incidents"], out / f"incident-details-{suffix}.png")
+    window.docks["incidents"].hide()
+    try:
+        window.docks["training"].raise_()
+        table = window.training.services_table
+        rows = [r for r in range(table.rowCount()) if table.item(r, 0) and table.item(r, 0).text() == service]
+        if rows:
+            table.selectRow(rows[0])  # its model versions below
+        await asyncio.sleep(1.0)
+        _scroll_to(window.training.versions_table)
+        await asyncio.sleep(0.3)
+        await shot(window, out / f"service-overview-{suffix}.png")
+        window.docks["sketches"].raise_()
+        await desktop.actions.sketch_settings()
+        window.sketches.q_service.setCurrentText(service)
+        window.sketches.q_kind.setCurrentText("topk")
+        window.sketches.run_query()
+        await asyncio.sleep(1.0)
+        _scroll_to(window.sketches.q_table)
+        await asyncio.sleep(0.3)
+        await shot(window, out / f"sketches-inspector-{suffix}.png")
+    finally:
+        window.docks["incidents"].show()
+
+
+async def dark_shot(desktop, out: Path) -> None:
+    """The main window as a desktop in its dark scheme shows it (`app.theme`), at 1280×800."""
+    from PySide6 import QtCore, QtWidgets
+
+    from anomalydesk.app import theme
+
+    app = QtWidgets.QApplication.instance()
+    window = desktop.window
+    window.resize(1280, 800)
+    window.docks["demo"].raise_()
+    theme.apply_scheme(app, QtCore.Qt.ColorScheme.Dark)
+    try:
+        await asyncio.sleep(2.5)
+        await shot(window, out / "main-window-dark-1280x800.png")
+    finally:
+        theme.apply_scheme(app, QtCore.Qt.ColorScheme.Light)
 
 
 async def drive_app(url: str, out: Path, fault_service: str) -> dict:
@@ -81,7 +157,7 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
     window = desktop.window
     summary["tray_available"] = desktop.tray.available
     try:
-        window.resize(1280, 780)
+        window.resize(*SIZES[0])
         window.show()
         await desktop.start()
         await desktop.session.connected.wait()
@@ -119,20 +195,14 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
         window.live.select_service(fault_service)
         window.live.set_features(["requests", "rate_5xx", "latency_p95_ms"])
         window.open_incident(note.incident_id)
+        window.move(0, 0)
+        window.resize(*max(SIZES))  # the whole screen with the notification, while it is shown
         window.docks["demo"].raise_()
-        await asyncio.sleep(2.5)  # a few redraws of the live plot
-        await shot(window, out / "main-window.png")
+        await asyncio.sleep(2.0)
         subprocess.run(["import", "-window", "root", str(out / "desktop.png")], timeout=30, check=False)
-        window.docks["training"].raise_()
-        await asyncio.sleep(0.5)
-        await shot(window, out / "training-panel.png")
-        window.docks["sketches"].raise_()
-        await desktop.actions.sketch_settings()
-        window.sketches.q_service.setCurrentText(fault_service)
-        window.sketches.q_kind.setCurrentText("topk")
-        window.sketches.run_query()
-        await asyncio.sleep(1.0)
-        await shot(window, out / "sketches-panel.png")
+        for size in SIZES:
+            await shots_at(desktop, out, size, fault_service)
+        await dark_shot(desktop, out)
     finally:
         await desktop.actions.stop_demo()
         await desktop.shutdown()

@@ -168,7 +168,7 @@ class DesktopApp:
         await self.actions.close()
         await self.session.close()
         self.tray.close()
-        self.window.live.timer.stop()
+        self.window.live.stop()
         self.window.incidents.stop()
         self.window.training.stop()
 
@@ -188,6 +188,9 @@ def main(demo: bool = False, url: str | None = None) -> int:
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
     app.setApplicationName("AnomalyDesk")
+    from anomalydesk.app import theme
+
+    theme.follow_system(app)  # the desktop's light or dark scheme, now and when it switches
     app.setQuitOnLastWindowClosed(False)
     if notify_running():
         print("AnomalyDesk is already running: brought its window to the front", file=sys.stderr)

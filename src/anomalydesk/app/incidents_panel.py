@@ -16,6 +16,7 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app import theme
 from anomalydesk.app.live_panel import axis_title
 from anomalydesk.app.message_label import MessageLabel
 from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
@@ -287,6 +288,8 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.detail_usual: tuple[float, float] | None = None  # the shaded usual range of the plotted feature
         self.detail_plot.setMinimumHeight(140)
         self.detail_plot.addLegend(offset=(5, 5))
+        self.detail_plot.setVisible(False)  # until an incident is plotted (empty, its axis read "00.250" of 1970)
+        self._style_detail_plot()
         detail = QtWidgets.QWidget()
         dl = QtWidgets.QVBoxLayout(detail)
         dl.setContentsMargins(0, 0, 0, 0)
@@ -310,6 +313,16 @@ class IncidentsPanel(QtWidgets.QWidget):
         layout.addWidget(splitter)
         self._update_buttons()
 
+    def _style_detail_plot(self) -> None:
+        colours = theme.plot_colours(self.palette())
+        self.detail_plot.setBackground(colours.background)
+        theme.style_plot(self.detail_plot.getPlotItem(), colours)
+
+    def changeEvent(self, event: QtCore.QEvent) -> None:
+        if event.type() == QtCore.QEvent.Type.PaletteChange and hasattr(self, "detail_plot"):
+            self._style_detail_plot()  # the system switched light ↔ dark
+        super().changeEvent(event)
+
     def stop(self) -> None:
         """Stop the clock of the live durations (the app shuts down)."""
         self.clock.stop()
@@ -319,6 +332,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.model.reload()
         self.details.clear()
         self.detail_plot.clear()
+        self.detail_plot.setVisible(False)
         self.status_label.setText("")
         self._update_buttons()
 
@@ -493,6 +507,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         features = [r.get("feature") for r in inc.reasons if isinstance(r, dict) and r.get("feature") in FEATURE_INDEX]
         self.detail_plot.clear()
         if not features:
+            self.detail_plot.setVisible(False)
             return
         margin = max(60.0, inc.last - inc.start)
         try:
@@ -518,7 +533,9 @@ class IncidentsPanel(QtWidgets.QWidget):
         else:
             self.detail_usual = None
         self.detail_plot.plot(rows[:, 0], values, pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5), name=feature.label)
-        self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt")
+        self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt",
+                                  color=theme.plot_colours(self.palette()).foreground)  # fmt: skip
+        self.detail_plot.setVisible(True)
         self.detail_plot.getAxis("left").enableAutoSIPrefix(False)
         region = pg.LinearRegionItem(values=(inc.start, inc.last + 1), movable=False,
                                      brush=pg.mkBrush(220, 50, 50, 50))  # fmt: skip

@@ -7,6 +7,10 @@ version took over scoring ("model vN"): a newly activated model's scores start t
 Plots redraw on a fixed-rate QTimer from the ring buffers in `LiveState` (never once per Redis
 message); curves are created once per feature selection and updated with `setData`, with peak
 downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
+
+The time range (`live_range.LiveRange`): presets of 15 min, 1 h, 6 h and 24 h that follow live, and
+whatever lies before the ring buffer's oldest window read from the streams on demand, off the GUI
+thread, and drawn before the buffered windows.
 """
 
 from __future__ import annotations
@@ -18,7 +22,11 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app import export
+from anomalydesk.app import export, theme
+from anomalydesk.app.live_range import LiveRange
+from anomalydesk.app.message_label import MessageLabel
+from anomalydesk.app.plot_axes import SparseAxis, compact_title
+from anomalydesk.app.range_history import RangeLoader
 from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
 from anomalydesk.app.state import AppState
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
@@ -58,14 +66,29 @@ def with_gaps(rows: np.ndarray) -> np.ndarray:
     return np.insert(rows, gaps + 1, filler, axis=0)
 
 
+def join_older(older: np.ndarray, rows: np.ndarray, bin_seconds: float) -> np.ndarray:
+    """Rows read from the streams (`older`, reduced to bins of `bin_seconds`) followed by the buffered
+    `rows`, with a NaN row between them when more than a bin and a window lie between the two."""
+    if not len(rows):
+        return older
+    spacing = float(np.median(np.diff(rows[:, 0]))) if len(rows) > 1 else bin_seconds
+    if rows[0, 0] - older[-1, 0] > bin_seconds + GAP_FACTOR * spacing:
+        filler = np.full((1, rows.shape[1]), np.nan)
+        filler[0, 0] = older[-1, 0] + bin_seconds / 2
+        return np.vstack([older, filler, rows])
+    return np.vstack([older, rows])
+
+
 class LivePanel(QtWidgets.QWidget):
     """Per-service feature curves plus the score plot, fed from `state.live`."""
 
-    def __init__(self, state: AppState, settings: AppSettings, parent: QtWidgets.QWidget | None = None):
+    def __init__(self, state: AppState, settings: AppSettings, ranges: RangeLoader | None = None,
+                 parent: QtWidgets.QWidget | None = None) -> None:  # fmt: skip
         super().__init__(parent)
         self.state = state
         self.settings = settings
         self.paused = False
+        self._built = False
         self._drawn_version = -1
         self._drawn_service = ""
         self._bands_key: tuple = ()
@@ -88,34 +111,40 @@ class LivePanel(QtWidgets.QWidget):
             action.toggled.connect(self._features_toggled)
             self.feature_actions[feature.name] = action
         self.features_button.setMenu(self.features_menu)
-        self.pause_button = QtWidgets.QPushButton("Pause", checkable=True)
+        # tool buttons: compact enough that the bar, the presets and the info line fit 1280 px beside a dock
+        self.pause_button = QtWidgets.QToolButton(text="Pause", checkable=True)
         self.pause_button.toggled.connect(self.set_paused)
-        self.zoom_button = QtWidgets.QPushButton("Reset zoom")
+        self.zoom_button = QtWidgets.QToolButton(text="Reset zoom")
+        self.zoom_button.setToolTip("show all the data shown so far (leaves follow-live)")
         self.zoom_button.clicked.connect(self.reset_zoom)
-        self.png_button = QtWidgets.QPushButton("Export PNG…")
+        self.png_button = QtWidgets.QToolButton(text="PNG…")
+        self.png_button.setToolTip("export the plots as a PNG image, headed by service and time range")
         self.png_button.clicked.connect(lambda: self._ask_export("png"))
-        self.csv_button = QtWidgets.QPushButton("Export CSV…")
+        self.csv_button = QtWidgets.QToolButton(text="CSV…")
+        self.csv_button.setToolTip("export the buffered windows (time, score, every feature) as CSV")
         self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
-        self.info_label = QtWidgets.QLabel("no data yet")
+        self.info_label = MessageLabel("no data yet")  # elided: a long line never widens the window
+        self.range = LiveRange(settings, ranges, state.live.buffers, self)
+        self.range.changed.connect(self._range_changed)
 
         bar = QtWidgets.QHBoxLayout()
         bar.addWidget(QtWidgets.QLabel("Service"))
-        for w in (self.service_box, self.features_button, self.pause_button, self.zoom_button,
+        for w in (self.service_box, self.features_button, self.range.bar, self.pause_button, self.zoom_button,
                   self.png_button, self.csv_button):  # fmt: skip
             bar.addWidget(w)
-        bar.addStretch(1)
-        bar.addWidget(self.info_label)
+        bar.addWidget(self.info_label, 1)
 
         self.graphics = pg.GraphicsLayoutWidget()
-        self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem()})
-        self.score_plot.setTitle("score (0–100)", **TITLE_STYLE)
+        self.colours = theme.plot_colours(self.palette())  # the system's light or dark scheme (`theme`)
+        self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem(), "left": SparseAxis()})
+        compact_title(self.score_plot, "score (0–100)", **TITLE_STYLE)
         self.score_plot.getAxis("left").enableAutoSIPrefix(False)
         self.score_plot.getAxis("left").setWidth(AXIS_WIDTH)
         self.score_plot.setMouseEnabled(x=True, y=False)  # the wheel zooms time; y only on purpose
         self.score_plot.setYRange(0, 100)
         self._clock_range = False  # True while the x axis shows the clock's last minutes (no data yet)
         self.score_plot.showGrid(y=True, alpha=0.2)
-        self.score_curve = self.score_plot.plot(pen=pg.mkPen((230, 230, 230), width=2), name="score")
+        self.score_curve = self.score_plot.plot(pen=pg.mkPen(self.colours.curve, width=2), name="score")
         self._tune(self.score_curve)
         dashed = pg.mkPen((220, 60, 60), style=QtCore.Qt.PenStyle.DashLine)
         self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
@@ -130,6 +159,7 @@ class LivePanel(QtWidgets.QWidget):
         self.timer = QtCore.QTimer(self)
         self.timer.setInterval(REDRAW_INTERVAL_MS)
         self.timer.timeout.connect(self.redraw)
+        self.timer.timeout.connect(self.range.tick)
         self.timer.start()
 
         self.service_box.currentTextChanged.connect(self._service_changed)
@@ -137,6 +167,7 @@ class LivePanel(QtWidgets.QWidget):
         state.live.services_changed.connect(self._services_changed)
         self._rebuild_plots()
         self._services_changed()
+        self._built = True
 
     # --- building -----------------------------------------------------------------------------
     @staticmethod
@@ -162,21 +193,26 @@ class LivePanel(QtWidgets.QWidget):
         self._rebuild_plots()
 
     def _rebuild_plots(self) -> None:
+        self.range.detach()
+        self.score_plot.setXLink(None)  # (its link to a feature plot about to be deleted)
         self.graphics.clear()
         self._feature_plots.clear()
         self._curves.clear()
         names = self.selected_features()
-        colours = [pg.intColor(i, hues=max(len(names), 3)) for i in range(len(names))]
+        self.colours = theme.plot_colours(self.palette())
+        self.graphics.setBackground(self.colours.background)
+        colours = [self.colours.series(i, len(names)) for i in range(len(names))]
         for i, name in enumerate(names):
             feature = _FEATURE_BY_NAME[name]
-            plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem()})
+            plot = self.graphics.addPlot(row=i, col=0, axisItems={"bottom": pg.DateAxisItem(), "left": SparseAxis()})
             # the name and unit as a title (a vertical axis label longer than a short plot overlapped the next)
-            plot.setTitle(axis_title(feature.label, feature.unit), **TITLE_STYLE)
+            compact_title(plot, axis_title(feature.label, feature.unit), **TITLE_STYLE)
             plot.getAxis("left").enableAutoSIPrefix(False)  # a KPI of 0.56 reads 0.56, not 560 (×0.001)
             plot.getAxis("left").setWidth(AXIS_WIDTH)  # the plots' left edges line up
             plot.setMouseEnabled(x=True, y=False)
             plot.showGrid(y=True, alpha=0.15)
-            plot.getAxis("bottom").setStyle(showValues=False)
+            plot.hideAxis("bottom")  # the score plot's axis below tells the time (x-linked): no empty band
+            theme.style_plot(plot, self.colours)
             curve = plot.plot(pen=pg.mkPen(colours[i], width=1.5), name=feature.label)
             self._tune(curve)
             self._curves[name] = curve
@@ -184,13 +220,18 @@ class LivePanel(QtWidgets.QWidget):
             if self._feature_plots[0] is not plot:
                 plot.setXLink(self._feature_plots[0])
         self.graphics.addItem(self.score_plot, row=len(names), col=0)
+        theme.style_plot(self.score_plot, self.colours)
+        self.score_curve.setPen(pg.mkPen(self.colours.curve, width=2))
         if self._feature_plots:
             self.score_plot.setXLink(self._feature_plots[0])
+        first = self._feature_plots[0] if self._feature_plots else self.score_plot
+        self.range.attach([plot.getViewBox() for plot in [*self._feature_plots, self.score_plot]])
         buf = self.state.live.buffers.get(self.service)
-        if buf is None or not len(buf):  # no data yet: the last minutes of the clock, not "00.100" near 1970
+        if self.range.follow:
+            self.range.set_follow(True)  # the clock's last `span`, whether data arrived yet or not
+        elif buf is None or not len(buf):  # no data yet: the last minutes of the clock, not "00.100" near 1970
             now = time.time()
-            (self._feature_plots[0] if self._feature_plots else self.score_plot).setXRange(
-                now - EMPTY_SPAN_SECONDS, now, padding=0)
+            first.setXRange(now - EMPTY_SPAN_SECONDS, now, padding=0)
             self._clock_range = True
         self._drawn_version = -1
         self._bands_key = ()
@@ -199,6 +240,8 @@ class LivePanel(QtWidgets.QWidget):
 
     # --- data ---------------------------------------------------------------------------------
     def _services_changed(self) -> None:
+        if self.service not in self.state.live.buffers:
+            self.range.rows = None  # another server (its buffers were dropped): nothing read before applies
         names = sorted(set(self.state.services) | set(self.state.live.buffers))
         current = self.service_box.currentText()
         if names == [self.service_box.itemText(i) for i in range(self.service_box.count())]:
@@ -215,6 +258,7 @@ class LivePanel(QtWidgets.QWidget):
     def _service_changed(self, name: str) -> None:
         if name:
             self.settings.live_service = name
+        self.range.show_service(name)
         self._drawn_version = -1
         self._bands_key = ()
         self.redraw()
@@ -238,7 +282,8 @@ class LivePanel(QtWidgets.QWidget):
             self.redraw()
 
     def reset_zoom(self) -> None:
-        """Back to showing all buffered data."""
+        """Back to showing all the data (buffered and read), which leaves follow-live."""
+        self.range.stop_following()
         for plot in [*self._feature_plots, self.score_plot]:
             plot.enableAutoRange(axis="x")
             if plot is not self.score_plot:
@@ -250,6 +295,7 @@ class LivePanel(QtWidgets.QWidget):
             return False
         service = self.service
         buf = self.state.live.buffers.get(service)
+        self.range.show_service(service)
         self._update_bands(service)
         self._update_marks(service)
         if buf is None:
@@ -262,8 +308,11 @@ class LivePanel(QtWidgets.QWidget):
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
             return False
         data = with_gaps(buf.view())
+        older = self.range.older_rows(float(data[0, 0]) if len(data) else None)
+        if older is not None:  # read from the streams: drawn before the buffered windows
+            data = join_older(older, data, self.range.rows.bin_seconds if self.range.rows else 0.0)
         x = data[:, 0]
-        if self._clock_range and len(x):
+        if self._clock_range and len(x) and not self.range.follow:
             self._clock_range = False
             self.reset_zoom()  # the first data: follow it
         for name, curve in self._curves.items():
@@ -282,10 +331,37 @@ class LivePanel(QtWidgets.QWidget):
         last = scores[-1] if len(scores) else np.nan
         score_text = "learning (no model)" if threshold is None else (
             f"score {last:.0f} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
-        self.info_label.setText(f"{len(data)} windows · {score_text}")
+        self._score_title(threshold, last)
+        older_text = self.range.describe()
+        self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_text}")
         self._drawn_version = buf.version
         self._drawn_service = service
         return True
+
+    def _score_title(self, threshold: float | None, last: float) -> None:
+        """The score plot's title with the newest score and the threshold (the info line may be elided)."""
+        words = "score (0–100)"
+        if threshold is not None and np.isfinite(last):
+            words += f" · now {last:.0f}, threshold {threshold:.0f}"
+        elif threshold is None:
+            words += " · learning (no model)"
+        if self.score_plot.titleLabel.text != words:
+            compact_title(self.score_plot, words, **TITLE_STYLE)
+
+    def changeEvent(self, event: QtCore.QEvent) -> None:
+        if event.type() == QtCore.QEvent.Type.PaletteChange and self._built:  # the system switched light ↔ dark
+            self._rebuild_plots()  # (colours, axes, titles, marks: all from the palette)
+            self.range.restyle()
+        super().changeEvent(event)
+
+    def _range_changed(self) -> None:
+        self._drawn_version = -1
+        self.redraw()
+
+    def stop(self) -> None:
+        """Stop redrawing and reading (the window closes)."""
+        self.timer.stop()
+        self.range.stop()
 
     def _update_bands(self, service: str) -> None:
         bands = self.state.incidents.bands(service)
@@ -312,10 +388,11 @@ class LivePanel(QtWidgets.QWidget):
         for item in self._marks:
             self.score_plot.removeItem(item)
         self._marks = []
-        pen = pg.mkPen((120, 200, 255), style=QtCore.Qt.PenStyle.DotLine)
+        mark = self.colours.mark
+        pen = pg.mkPen(mark, style=QtCore.Qt.PenStyle.DotLine)
         for start, version in marks:
             line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
-                                   labelOpts={"position": 0.75, "color": (120, 200, 255)})  # fmt: skip
+                                   labelOpts={"position": 0.75, "color": mark})  # fmt: skip
             self.score_plot.addItem(line)
             self._marks.append(line)
 

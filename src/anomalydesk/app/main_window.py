@@ -19,6 +19,8 @@ from anomalydesk.app.demo_panel import DemoPanel
 from anomalydesk.app.incidents_panel import IncidentsPanel
 from anomalydesk.app.live_panel import LivePanel
 from anomalydesk.app.message_label import MessageLabel
+from anomalydesk.app.overview_strip import OverviewStrip
+from anomalydesk.app.range_history import RangeLoader
 from anomalydesk.app.settings import AppSettings
 from anomalydesk.app.sketches_panel import SketchesPanel
 from anomalydesk.app.state import AppState
@@ -37,6 +39,14 @@ def _unb64(text: str) -> QtCore.QByteArray | None:
         return QtCore.QByteArray(base64.b64decode(text.encode("ascii"), validate=True))
     except (ValueError, UnicodeError):
         return None
+
+
+def range_loader(actions: Any) -> RangeLoader | None:
+    """The live plots' reader of older windows, on the session that `actions` works on now (None for
+    the tests' actions that have no session)."""
+    if not hasattr(actions, "session"):
+        return None
+    return RangeLoader(lambda: (actions.session.sync, actions.session.keys))
 
 
 def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -71,7 +81,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.backfill_offer = OfferBanner(
             "No model can be trained yet: the demo has no history. Backfill a day of demo traffic in "
             "simulated time (takes well under a minute) so you can train at once?", "Backfill a day")
-        self.live = LivePanel(state, settings)
+        self.live = LivePanel(state, settings, ranges=range_loader(actions))
         central = QtWidgets.QWidget()
         cl = QtWidgets.QVBoxLayout(central)
         cl.setContentsMargins(0, 0, 0, 0)
@@ -99,9 +109,19 @@ class MainWindow(QtWidgets.QMainWindow):
         self.tabifyDockWidget(self.docks["training"], self.docks["connection"])
         self.tabifyDockWidget(self.docks["connection"], self.docks["sketches"])
         self.docks["demo"].raise_()
+        # across the whole top (a toolbar spans the docks too); each tile brings up its panel
+        self.overview = OverviewStrip(state)
+        self.overview.open_panel.connect(self.show_panel)
+        self.overview_bar = QtWidgets.QToolBar("Overview")
+        self.overview_bar.setObjectName("toolbar-overview")
+        self.overview_bar.setMovable(False)
+        self.overview_bar.setFloatable(False)
+        self.overview_bar.addWidget(self.overview)
+        self.addToolBar(QtCore.Qt.ToolBarArea.TopToolBarArea, self.overview_bar)
         self.resizeDocks([self.docks["incidents"]], [330], QtCore.Qt.Orientation.Vertical)
 
         view = self.menuBar().addMenu("&View")
+        view.addAction(self.overview_bar.toggleViewAction())
         for dock in self.docks.values():
             view.addAction(dock.toggleViewAction())
         file_menu = self.menuBar().addMenu("&File")
@@ -225,6 +245,12 @@ class MainWindow(QtWidgets.QMainWindow):
         if incident_id and self.incidents.select_incident(incident_id):
             inc = self.state.incidents.incidents[incident_id]
             self.live.select_service(inc.service)
+
+    def show_panel(self, name: str) -> None:
+        """Bring up a dock ("incidents", "training", "connection", …), shown and in front of its tabs."""
+        dock = self.docks[name]
+        dock.show()
+        dock.raise_()
 
     def bring_to_front(self) -> None:
         """Show, un-minimise and raise the window (a second launch lands here)."""

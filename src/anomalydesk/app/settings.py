@@ -46,6 +46,7 @@ DEMO_DEFAULT_SERVICES = 5
 BACKFILL_SECONDS = 86_400
 FAULT_KINDS = ("latency", "errors", "drop", "spike", "new-dependency", "business", "shift")
 DEFAULT_LIVE_FEATURES = ("requests", "rate_5xx", "latency_p95_ms")
+DEFAULT_LIVE_SPAN_SECONDS = 3_600  # the live plots show the last hour, following live
 
 
 @dataclass
@@ -67,6 +68,7 @@ class AppSettings:
     train_false_alarm_rate: float = 0.01
     live_service: str = ""
     live_features: list[str] = field(default_factory=lambda: list(DEFAULT_LIVE_FEATURES))
+    live_span_seconds: int = DEFAULT_LIVE_SPAN_SECONDS  # the live plots' time range (a preset, or a zoom)
     notifications_paused_until: float = 0.0
     geometry: str = ""  # QMainWindow.saveGeometry(), base64
     window_state: str = ""  # QMainWindow.saveState() (dock layout), base64

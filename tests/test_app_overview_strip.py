@@ -1,0 +1,92 @@
+"""The overview strip (offscreen): events/s from the status poll, services by state, open incidents by
+severity, detector and connection health, each tile bringing up its panel in the real main window."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from PySide6 import QtCore
+
+from app_support import qloop  # noqa: F401  (fixture: the Training panel re-reads models when services change)
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # fmt: skip
+
+
+def incident(service: str, severity, window: int):
+    from anomalydesk.detect.incident_model import Incident
+
+    return replace(Incident.open(service, "anomaly", window, window * 5.0), windows=1, score=80.0, severity=severity)
+
+
+def test_the_strip_counts_what_the_state_says_and_each_tile_opens_its_panel(qtbot, qloop):  # noqa: F811
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.detect.incident_model import Severity
+    from test_app_panels import NoActions
+
+    state = AppState()
+    window = MainWindow(state, NoActions(), AppSettings())
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    strip = window.overview
+    assert strip.isVisible() and window.overview_bar.isVisible()
+    assert strip.geometry().top() < window.centralWidget().geometry().top()  # above the plots
+    assert window.overview_bar.width() == window.width()  # across the whole window, over the docks too
+    assert "—" in strip.events.value.text() and "disconnected" in strip.connection.value.text()
+
+    # two status polls two seconds apart: 1,000 events in between
+    state.connection.update(status="connected", detector="app-123", status_json={"events_total": 5_000})
+    strip.take_status({"events_total": 6_000}, now=strip._samples[-1][0] + 2.0)
+    strip.refresh_connection()
+    assert strip.events_per_second == pytest.approx(500.0)
+    assert "<b>500</b>" in strip.events.value.text()
+    assert "connected" in strip.connection.value.text() and "app-123" in strip.detector.value.text()
+    state.connection.update(detector="")
+    assert "none alive" in strip.detector.value.text()
+
+    state.set_services(["gateway", "orders", "payments", "users"])
+    state.training.update(services={"gateway": {"state": "ready"}, "orders": {"state": "ready"},
+                                    "payments": {"state": "ready"},
+                                    "users": {"state": "learning (120 windows to go)"}})  # fmt: skip
+    assert strip.service_counts() == {"anomalous": 0, "normal": 3, "learning": 1, "stale": 0, "retired": 0}
+    state.incidents.apply(incident("payments", Severity.CRITICAL, 1_000))
+    state.incidents.apply(incident("orders", Severity.WARNING, 1_001))
+    state.incidents.apply(incident("orders", Severity.WARNING, 1_002))
+    assert strip.service_counts()["anomalous"] == 2 and strip.service_counts()["normal"] == 1
+    assert strip.incident_counts() == {Severity.CRITICAL: 1, Severity.WARNING: 2, Severity.INFO: 0}
+    assert "<b>1</b> critical" in strip.incidents.value.text() and "<b>2</b> warning" in strip.incidents.value.text()
+    assert strip.services.accessibleDescription() == "2 anomalous, 1 normal, 1 learning"
+
+    for tile, dock in ((strip.incidents, "incidents"), (strip.services, "training"), (strip.detector, "connection"),
+                       (strip.events, "connection"), (strip.connection, "connection")):  # fmt: skip
+        window.docks["demo"].raise_()
+        with qtbot.waitSignal(strip.open_panel) as asked:
+            qtbot.mouseClick(tile, QtCore.Qt.MouseButton.LeftButton)
+        assert asked.args == [dock]
+        qtbot.waitUntil(lambda d=dock: not window.docks[d].visibleRegion().isEmpty(), timeout=2_000)
+    window.docks["demo"].raise_()
+    strip.services.setFocus()
+    with qtbot.waitSignal(strip.open_panel):  # the keyboard too
+        qtbot.keyClick(strip.services, QtCore.Qt.Key.Key_Return)
+
+    state.connection.update(status="reconnecting", reason="connection refused")
+    assert "reconnecting" in strip.connection.value.text() and strip.events_per_second is None
+    assert strip.detector.value.text() == "—"  # not the old server's detector while reconnecting
+
+
+def test_a_counter_that_goes_back_gives_no_negative_rate(qtbot):
+    from anomalydesk.app.overview_strip import OverviewStrip
+    from anomalydesk.app.state import AppState
+
+    strip = OverviewStrip(AppState())
+    qtbot.addWidget(strip)
+    strip.take_status({"events_total": 10_000}, now=100.0)
+    strip.take_status({"events_total": 10_300}, now=102.0)
+    assert strip.events_per_second == 150.0
+    strip.take_status({"events_total": 50}, now=104.0)  # another server, or counters reset
+    strip.take_status({"events_total": 250}, now=106.0)
+    assert strip.events_per_second == 100.0 and min(strip.rates) >= 0

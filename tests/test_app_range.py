@@ -1,0 +1,191 @@
+"""The live plots' time range: presets, follow-live, and windows older than the ring buffer read from the
+streams on demand (real redis-server, real window offscreen)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from anomalydesk.app.range_history import RangeLoader, downsample, mark_gaps, read_range
+from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
+from anomalydesk.store.keys import Keys
+from app_support import qloop, run  # noqa: F401  (fixture)
+
+REQUESTS = 2 + FEATURE_INDEX["requests"]
+pytestmark = [pytest.mark.qt_log_level_fail("WARNING"), pytest.mark.qt_log_ignore("This plugin does not support")]
+
+
+def rows_at(starts: np.ndarray, requests: np.ndarray) -> np.ndarray:
+    rows = np.zeros((len(starts), 2 + N_FEATURES))
+    rows[:, 0] = starts
+    rows[:, 1] = np.nan
+    rows[:, REQUESTS] = requests
+    return rows
+
+
+def test_downsampling_keeps_a_one_window_spike_and_a_gap_stays_a_gap():
+    starts = np.r_[np.arange(0, 6000, 5), np.arange(9000, 12000, 5)].astype(float)  # 50 min without windows
+    requests = np.full(len(starts), 100.0)
+    requests[300] = 5000.0  # one window's spike
+    rows = downsample(rows_at(starts, requests), 60.0)
+    assert len(rows) < len(starts) / 5
+    assert np.nanmax(rows[:, REQUESTS]) == 5000.0 and np.nanmin(rows[:, REQUESTS]) == 100.0
+    assert np.all(np.diff(rows[:, 0]) > 0)
+    gaps = np.flatnonzero(np.isnan(rows[:, REQUESTS]))
+    assert len(gaps) == 1 and 6000 < rows[gaps[0], 0] < 9000  # one break in the curve, inside the gap
+    assert rows[gaps[0] - 1, 0] < 6000 and rows[gaps[0] + 1, 0] >= 9000
+    unreduced = mark_gaps(rows_at(starts, requests), 5.0)
+    assert np.isnan(unreduced[:, REQUESTS]).sum() == 1 and len(unreduced) == len(starts) + 1
+
+
+def test_the_stream_reader_imports_no_qt():
+    code = ("import sys, anomalydesk.app.range_history; "
+            "print(any(m.startswith(('PySide6', 'pyqtgraph')) for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def history_with_a_gap(r) -> float:
+    """4 h of live demo windows up to now, then a backfill of 3 h that ends 5 h ago (in the history
+    stream): 8 h in the streams with an hour without windows. Returns the backfill's first window start."""
+    from anomalydesk.ingest.demo import run_fast
+    from anomalydesk.ingest.demo_model import parse_inject
+
+    now = time.time() // 5 * 5
+    run_fast(r, duration=4 * 3600, rate=2, services=1, seed=3)
+    run_fast(r, duration=3 * 3600, rate=2, services=1, seed=3, end=now - 5 * 3600,
+             injects=[parse_inject("spike@600+30:gateway")])  # a spike of a few windows in the history
+    return now - 8 * 3600
+
+
+def test_read_range_reads_history_live_and_scores_reduced_with_the_gap(r):
+    from anomalydesk.detect.incident_model import Severity
+    from anomalydesk.detect.window_scores import WindowScore
+
+    keys = Keys()
+    first = history_with_a_gap(r)
+    live = r.xrange(keys.fingerprints("gateway"))
+    assert 2879 <= len(live) <= 2881 and r.xlen(keys.history("gateway", 5)) == 2160  # (a window may seal meanwhile)
+    scored = float(live[-10][1][b"start"])
+    score = WindowScore(int(scored // 5), scored, 87.5, Severity.WARNING, True, 2)
+    r.xadd(keys.scores("gateway"), dict(zip(score.fields()[::2], score.fields()[1::2], strict=True)),
+           id=f"{int(scored * 1000)}-0")  # fmt: skip
+    now = time.time()
+    found = read_range(r, keys, "gateway", now - 86_400, now, points=500)
+    assert found.windows == len(live) + 2160 and found.reduced and found.bin_seconds == 175.0
+    rows = found.rows
+    assert len(rows) <= 2 * 500 + 10 and np.all(np.diff(rows[:, 0]) > 0)
+    assert abs(rows[0, 0] - first) < 175  # the bin of the first window (bins sit on multiples of their width)
+    raw = np.array([float(f[b"requests"]) for _id, f in live])
+    assert np.nanmax(rows[:, REQUESTS]) >= raw.max()  # the spike in the history survives the bins
+    gaps = rows[np.isnan(rows[:, REQUESTS]), 0]
+    assert len(gaps) == 1 and now - 5 * 3600 - 60 < gaps[0] < now - 4 * 3600  # the hour without windows
+    assert np.nanmax(rows[:, 1]) == 87.5  # the stored score, in its bin
+    near = read_range(r, keys, "gateway", now - 900, now, points=500)
+    assert not near.reduced and near.bin_seconds == 5.0 and near.windows == len(near.rows) >= 170
+
+
+def test_a_new_request_cancels_the_one_before(qtbot, qloop, r):  # noqa: F811
+    keys = Keys()
+    history_with_a_gap(r)
+    loader = RangeLoader(lambda: (r, keys), points=200)
+    try:
+        now = time.time()
+
+        async def both():
+            old = asyncio.ensure_future(loader.load("gateway", now - 86_400, now))
+            await asyncio.sleep(0)  # the first read is under way
+            new = await loader.load("gateway", now - 3_600, now)
+            return await old, new
+
+        old, new = run(qtbot, both())
+        assert old is None and loader.cancelled == 1  # superseded: never applied
+        assert new is not None and new.start == now - 3_600 and 715 <= new.windows <= 720  # the last hour
+    finally:
+        loader.close()
+
+
+def drag(widget, start, end) -> None:
+    """A left-button drag across the plot, as the operator's mouse makes it."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    button, none = QtCore.Qt.MouseButton.LeftButton, QtCore.Qt.MouseButton.NoButton
+    mods = QtCore.Qt.KeyboardModifier.NoModifier
+    viewport = widget.viewport()
+    steps = [start + (end - start) * (i / 10) for i in range(11)]
+    send = QtWidgets.QApplication.sendEvent
+    send(viewport, QtGui.QMouseEvent(QtCore.QEvent.Type.MouseButtonPress, steps[0], viewport.mapToGlobal(steps[0]),
+                                     button, button, mods))  # fmt: skip
+    for p in steps[1:]:
+        send(viewport, QtGui.QMouseEvent(QtCore.QEvent.Type.MouseMove, p, viewport.mapToGlobal(p), none, button, mods))
+    send(viewport, QtGui.QMouseEvent(QtCore.QEvent.Type.MouseButtonRelease, steps[-1], viewport.mapToGlobal(steps[-1]),
+                                     button, none, mods))  # fmt: skip
+
+
+def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, qloop, redis_url, r):  # noqa: F811
+    from PySide6 import QtCore, QtGui
+    from PySide6.QtTest import QTest
+
+    from test_app_incidents import close_app, open_app
+
+    first = history_with_a_gap(r)
+    app = open_app(qtbot, redis_url)
+    try:
+        run(qtbot, app.session.history_loaded.wait())
+        live = app.window.live
+        live.select_service("gateway")
+        buf = app.state.live.buffers["gateway"]
+        assert len(buf) == buf.capacity == 3_600  # 5 h of the 8 h the streams hold
+        view = live.score_plot.getViewBox()
+        assert live.range.follow and live.range.follow_button.isChecked()
+        assert live.range.preset_buttons[3_600].isChecked()
+        low, high = view.viewRange()[0]
+        assert abs(high - time.time()) < 5 and high - low == pytest.approx(3_600, abs=2)  # the last hour
+
+        live.range.preset_buttons[86_400].click()
+        qtbot.waitUntil(lambda: live.range.rows is not None, timeout=10_000)
+        assert app.window.live.range.loader.requests == 1
+        qtbot.waitUntil(lambda: live._curves["requests"].xData[0] < first + 200, timeout=5_000)
+        low, high = view.viewRange()[0]
+        assert abs(high - time.time()) < 5 and high - low == pytest.approx(86_400, abs=2)
+        x, y = live._curves["requests"].xData, live._curves["requests"].yData
+        assert np.all(np.diff(x) > 0)  # older rows before the buffered ones, in time order
+        gap = x[np.isnan(y)]
+        assert len(gap) == 1 and time.time() - 5 * 3600 - 200 < gap[0] < time.time() - 4 * 3600  # still a gap
+        assert re.search(r"3,600 windows · 5,0\d\d read from the streams in \d+-s bins", live.info_label.text())
+
+        # new windows push the oldest out of the full buffer: the rows read still reach it, no new gap
+        last = buf.last()
+        for i in range(1, 121):
+            app.state.live.append("gateway", last[0] + 5 * i, last[2:], None)
+        live.redraw(force=True)
+        y = live._curves["requests"].yData
+        assert np.isnan(y).sum() == 1 and live.range.loader.requests == 1  # nothing read again
+
+        # dragging the plot to the right (into the past) leaves follow-live
+        rect = view.sceneBoundingRect()
+        centre = live.graphics.mapFromScene(rect.center())
+        drag(live.graphics, QtCore.QPointF(centre), QtCore.QPointF(centre) + QtCore.QPointF(rect.width() / 3, 0))
+        qtbot.waitUntil(lambda: not live.range.follow, timeout=2_000)
+        assert not live.range.follow_button.isChecked()
+        assert not any(b.isChecked() for b in live.range.preset_buttons.values())
+        moved = view.viewRange()[0][1]
+        assert moved < time.time() - 3_600
+        live.redraw(force=True)
+        qtbot.wait(1_500)  # the clock moves on; the view stays where the operator put it
+        assert view.viewRange()[0][1] == pytest.approx(moved)
+
+        # Ctrl+L returns to live
+        live.setFocus()
+        QTest.keyClick(live, QtCore.Qt.Key.Key_L, QtCore.Qt.KeyboardModifier.ControlModifier)
+        assert live.range.follow and live.range.follow_button.isChecked()
+        assert abs(view.viewRange()[0][1] - time.time()) < 5
+        assert QtGui.QKeySequence(live.range.follow_shortcut.key()).toString() == "Ctrl+L"
+    finally:
+        close_app(qtbot, app)

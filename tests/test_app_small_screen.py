@@ -1,0 +1,98 @@
+"""The main window at 1280×800 with the overview strip (offscreen): every control of the strip and the live
+plots' bar keeps its full size inside the window, the plots keep room for their curves, and no plot's y
+axis prints its labels over one another (the score plot's "80 60 40 20")."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from PySide6 import QtCore, QtGui, QtWidgets
+
+from test_app_layout import settle
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # fmt: skip
+
+
+def busy_window(qtbot, size: tuple[int, int]):
+    from anomalydesk.app.main_window import MainWindow
+    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.state import AppState
+    from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
+    from test_app_panels import NoActions
+
+    state = AppState()
+    window = MainWindow(state, NoActions(), AppSettings())
+    qtbot.addWidget(window)
+    window.resize(*size)
+    window.show()
+    qtbot.waitExposed(window)
+    now = time.time() // 5 * 5
+    rng = np.random.default_rng(7)
+    for i in range(720):  # the last hour: a level in requests, 0.4 % errors, then 20 % and a high score
+        vector = np.abs(rng.normal(1.0, 0.1, N_FEATURES))
+        vector[FEATURE_INDEX["requests"]] = 300 + rng.normal(0, 20)
+        vector[FEATURE_INDEX["rate_5xx"]] = 0.004 if i < 650 else 0.2
+        state.live.append("orders", now - 5 * (720 - i), vector, 20 + rng.normal(0, 5) if i < 650 else 93)
+    state.live.thresholds["orders"] = 70.0
+    state.connection.update(status="connected", url="redis://127.0.0.1:6379/0", detector="app-1234",
+                            status_json={"events_total": 10_000, "services": ["orders"]})  # fmt: skip
+    window.live.select_service("orders")
+    window.live.redraw(force=True)
+    settle()
+    return window
+
+
+def labels(axis) -> list[tuple[QtCore.QRectF, str]]:
+    """The tick labels the axis draws: (rectangle, text)."""
+    image = QtGui.QImage(10, 10, QtGui.QImage.Format.Format_ARGB32)
+    painter = QtGui.QPainter(image)
+    try:
+        specs = axis.generateDrawSpecs(painter)
+    finally:
+        painter.end()
+    return [(rect, text) for rect, _flags, text in (specs[2] if specs else [])]
+
+
+def inside(widget: QtWidgets.QWidget, window: QtWidgets.QWidget) -> bool:
+    top_left = widget.mapTo(window, QtCore.QPoint(0, 0))
+    return QtCore.QRect(top_left, widget.size()).intersected(window.rect()) == QtCore.QRect(top_left, widget.size())
+
+
+@pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
+def test_nothing_is_clipped_and_the_plots_have_room(qtbot, size):
+    window = busy_window(qtbot, size)
+    assert window.size().toTuple() == size  # the strip did not make the window grow
+    live, strip = window.live, window.overview
+    controls = [live.service_box, live.features_button, *live.range.preset_buttons.values(), live.range.follow_button,
+                live.pause_button, live.zoom_button, live.png_button, live.csv_button,
+                strip.events, strip.connection, strip.services, strip.incidents, strip.detector]  # fmt: skip
+    for w in controls:
+        assert w.isVisible() and inside(w, window), w
+        assert w.width() >= w.sizeHint().width() - 1, (w, w.width(), w.sizeHint().width())  # not squeezed
+    for tile in (strip.events, strip.connection, strip.services, strip.incidents, strip.detector):
+        assert tile.value.width() >= tile.value.sizeHint().width() - 1  # the counts are not cut off
+    plots = [*live._feature_plots, live.score_plot]
+    for plot in plots:
+        assert plot.getViewBox().height() >= 30, plot.titleLabel.text  # room for a curve
+        drawn = labels(plot.getAxis("left"))
+        assert drawn, f"no y label on {plot.titleLabel.text!r}"
+        rects = [rect for rect, _text in drawn]
+        for i, a in enumerate(rects):
+            for b in rects[i + 1 :]:
+                assert not a.intersects(b), (plot.titleLabel.text, [t for _r, t in drawn])  # no overlapping labels
+    assert [t for _r, t in labels(live.score_plot.getAxis("left"))] in (["50"], ["0", "50", "100"], ["0", "100"],
+                                                                        ["25", "50", "75"], ["20", "40", "60", "80"])
+
+
+def test_the_score_axis_labels_as_many_as_fit():
+    from anomalydesk.app.plot_axes import SparseAxis
+
+    axis = SparseAxis("left")
+    height = axis.text_height()
+    short = axis.tickSpacing(0, 100, 2.2 * height)
+    tall = axis.tickSpacing(0, 100, 20 * height)
+    assert short[0][0] == 50  # a short axis: one label in the middle (0 and 100 would be cut at the ends)
+    assert tall[0][0] <= 20  # a tall one keeps pyqtgraph's finer labels
