@@ -162,6 +162,7 @@ MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "le
 TRAINING_GAP_SECONDS = 60
 DEFAULT_TREES = 100
 DEFAULT_MAX_SAMPLES = 256  # windows drawn per tree
+OOB_MIN_TREE_SHARE = 0.1  # out-of-bag calibration: at least this share of the trees must be far from a window
 DEFAULT_FALSE_ALARM_RATE = 0.02  # share of normal windows allowed above the threshold (before k-of-n)
 FALSE_ALARM_WINDOWS_PER_DAY = 1.0  # … and at most this many a day when the window length is known (extrapolated)
 MODEL_CONTEXT_ROWS = 6  # recent fingerprints (this one included) behind each window's features
