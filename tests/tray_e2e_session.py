@@ -73,7 +73,7 @@ async def shot(window, path: Path) -> None:
 async def drive_app(url: str, out: Path, fault_service: str) -> dict:
     """The operator's path through the real window, on xcb with a real tray."""
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     summary: dict = {}
     settings = AppSettings(demo_rate=200, demo_services=3, train_trees=60, close_to_tray=True)

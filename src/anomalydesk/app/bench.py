@@ -58,9 +58,9 @@ def _qt_app() -> Any:
 
 def measure_redraw(repeats: int) -> dict[str, float]:
     """Median and p95 of redraw + repaint with 8 curves × 3,600 points."""
-    from anomalydesk.app.live_panel import LivePanel
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
     from anomalydesk.fingerprint import FEATURE_NAMES, N_FEATURES
 
     app = _qt_app()
@@ -95,8 +95,8 @@ def measure_redraw(repeats: int) -> dict[str, float]:
 
 async def _stall_and_notify(url: str, prefix: str, quick: bool) -> dict[str, Any]:
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.loop_monitor import StallMeter
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.widgets.loop_monitor import StallMeter
     from anomalydesk.detect.incident_model import Alert, Incident, Severity
     from anomalydesk.store import connection
     from anomalydesk.store.keys import Keys
@@ -175,7 +175,7 @@ async def _memory(url: str, prefix: str) -> dict[str, Any]:
     import psutil
 
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.store.keys import Keys
 
     keys = Keys(prefix)

@@ -41,7 +41,7 @@ RATE = 5_000  # events/s over all services: 50 per service and second, 250 per w
 
 
 def _cli(url: str, prefix: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
-    from anomalydesk.app.training_job import self_command
+    from anomalydesk.app.services.jobs import self_command
 
     done = subprocess.run([*self_command(), "--json", *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: prefix})  # fmt: skip
@@ -62,9 +62,9 @@ def _scored_since(r: Any, keys: Any, services: list[str], start: float) -> int:
 async def fleet(url: str, prefix: str, quick: bool) -> dict[str, Any]:
     """Measure the fleet case (see the module docstring); returns the `fleet` block of `bench app`."""
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.loop_monitor import StallMeter
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.training_job import self_command
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.services.jobs import self_command
+    from anomalydesk.app.widgets.loop_monitor import StallMeter
     from anomalydesk.fingerprint import FEATURE_NAMES
     from anomalydesk.store import connection
     from anomalydesk.store.keys import Keys

@@ -16,9 +16,9 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app.live_panel import axis_title
-from anomalydesk.app.message_label import MessageLabel
-from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.app.model.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.app.widgets.live_panel import axis_title
+from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.detect.incident_model import IncidentState, local_time
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 

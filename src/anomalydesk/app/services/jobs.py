@@ -1,10 +1,12 @@
-"""The training job the app runs, and model-registry reads (Qt-free).
+"""The work the app runs in child processes (Qt-free): training, backfill, and its detector.
 
-`run` trains in a child process, `anomalydesk train --worker` (the same code as the command:
+`train` runs `anomalydesk train --worker` (the same code as the command:
 `detect.batch_training.train_services`), reading its progress and result as JSON lines on the
 child's stdout and asking it to stop with a line on its stdin. Training in the app's own process
 held the interpreter lock for whole C calls (parsing a day of fingerprints, growing trees) and
-stalled the event loop by hundreds of milliseconds; a child process cannot.
+stalled the event loop by hundreds of milliseconds; a child process cannot. The same holds for the
+backfill (`demo --fast`) and the detector. Each child gets the URL and the key prefix through its
+environment, so a password stays off its command line. `CoreClient` calls these with its URL and keys.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-import redis
 
 from anomalydesk import config
 from anomalydesk.store.keys import Keys
@@ -26,8 +27,12 @@ from anomalydesk.store.keys import Keys
 STDERR_TAIL_LINES = 20
 
 
-class TrainingFailed(RuntimeError):
-    """The training process ended without a result (its last words on stderr are in the message)."""
+class JobFailed(RuntimeError):
+    """A child process ended without a result (its last words on stderr are in the message)."""
+
+
+class TrainingFailed(JobFailed):
+    """The training process ended without a result."""
 
 
 def self_command() -> list[str]:
@@ -37,8 +42,12 @@ def self_command() -> list[str]:
     return [sys.executable, "-m", "anomalydesk.cli"]
 
 
-def run(url: str, keys: Keys, services: list[str], params: dict[str, Any],
-        progress: Callable[[float, str], None], cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
+def _child_env(url: str, keys: Keys) -> dict[str, str]:
+    return {**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix}
+
+
+def train(url: str, keys: Keys, services: list[str], params: dict[str, Any],
+          progress: Callable[[float, str], None], cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
     """Train each service in a child process; {"trained", "skipped", "cancelled", "summary", "outcomes"}."""
     argv = [*self_command(), "train", "--worker", "--score-recent", str(int(params.get("score_recent", 0))),
             "--trees", str(int(params["trees"])),
@@ -49,8 +58,7 @@ def run(url: str, keys: Keys, services: list[str], params: dict[str, Any],
         argv += ["--service", service]
     child = subprocess.Popen(
         argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env={**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix},  # a password stays off argv
-        creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+        env=_child_env(url, keys), creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
     )  # fmt: skip
     stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     done = threading.Event()
@@ -101,37 +109,27 @@ def _forward_cancel(cancel: threading.Event, done: threading.Event, child: subpr
         pass
 
 
-def model_overview(r: redis.Redis, keys: Keys, services: list[str]) -> dict[str, dict[str, Any]]:
-    """service → {state, active, needed, versions: [ModelInfo as dict + threshold]}."""
-    from anomalydesk.detect.service_state import service_states
-    from anomalydesk.store import models as registry
+def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, Any]:
+    """`demo --fast`: `seconds` of history ending now, in simulated time; its `--json` result.
 
-    states = service_states(r, keys=keys)
-    overview: dict[str, dict[str, Any]] = {}
-    for service in sorted(set(services) | set(states)):
-        entry = states.get(service, {"state": "learning", "needed": config.MIN_TRAINING_WINDOWS})
-        versions = []
-        for m in registry.list_models(r, service, keys=keys):
-            d = m.as_dict()
-            d["threshold"] = config.SEVERITY_WARNING  # scores are calibrated: the threshold maps here
-            versions.append(d)
-        state = entry.get("state", "learning")
-        if state == "learning" and entry.get("needed"):
-            state = f"learning ({entry['needed']:,} windows to go)"  # live + history windows counted
-        overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
-                             "windows": entry.get("windows", 0)}
-    return overview
+    In the app's process its generator held the interpreter lock for seconds at a time and starved the
+    live demo traffic thread (a dip of a few windows that opened "requests fluctuating" incidents).
+    """
+    argv = [*self_command(), "--json", "demo", "--fast", "--duration", str(float(seconds)),
+            "--services", str(int(services))]  # fmt: skip
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=_child_env(url, keys),
+                          creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # fmt: skip
+    if done.returncode != 0:
+        words = done.stderr.strip().splitlines()
+        raise JobFailed(f"backfill failed: {words[-1] if words else f'exit code {done.returncode}'}")
+    return orjson.loads(done.stdout)
 
 
-def activate(r: redis.Redis, keys: Keys, service: str, version: int) -> None:
-    """Make a kept version active."""
-    from anomalydesk.store import models as registry
-
-    registry.activate(r, service, version, keys=keys)
-
-
-def rollback(r: redis.Redis, keys: Keys, service: str) -> None:
-    """Activate the version before the active one."""
-    from anomalydesk.store import models as registry
-
-    registry.rollback(r, service, keys=keys)
+def start_detector(url: str, keys: Keys) -> subprocess.Popen[bytes]:
+    """The app's detector: `anomalydesk detect --worker` (it yields while another detector holds the
+    lease, and stops when its stdin closes). In a thread of the app it shared the interpreter lock with
+    the GUI thread: 100 services scored at each window boundary stalled the GUI loop for hundreds of ms
+    (docs/benchmarks.md, the fleet case)."""
+    argv = [*self_command(), "detect", "--worker", "--name", f"app-{os.getpid()}"]
+    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=_child_env(url, keys),
+                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # fmt: skip

@@ -18,9 +18,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app import export
-from anomalydesk.app.settings import REDRAW_INTERVAL_MS, AppSettings
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model.settings import REDRAW_INTERVAL_MS, AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.widgets import export
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 SEVERITY_BRUSH = {"info": (80, 140, 220, 40), "warning": (240, 170, 40, 60), "critical": (220, 50, 50, 70)}
