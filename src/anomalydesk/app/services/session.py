@@ -33,6 +33,7 @@ from anomalydesk.app.model.notifier import Notifier
 from anomalydesk.app.model.settings import (
     CATCHUP_MAX_ALERTS,
     FINGERPRINT_BLOCK_MS,
+    FINGERPRINT_READ_INTERVAL_S,
     RECONNECT_BASE_SECONDS,
     RECONNECT_CAP_SECONDS,
     SILENT_FINGERPRINT_WARN_WINDOWS,
@@ -226,7 +227,13 @@ class Session:
 
     # --- fingerprints -------------------------------------------------------------------------
     async def _fingerprints_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_read = 0.0
         while True:
+            pause = next_read - loop.time()
+            if pause > 0:  # what arrives meanwhile is read in one go (see FINGERPRINT_READ_INTERVAL_S)
+                await asyncio.sleep(pause)
+            next_read = loop.time() + FINGERPRINT_READ_INTERVAL_S
             services = await self.core.services()
             self.state.set_services(services)
             for service in services:
