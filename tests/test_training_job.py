@@ -8,7 +8,9 @@ drives the same job through the Train button.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 
@@ -77,3 +79,20 @@ def test_the_child_returns_the_recent_windows_scored_by_the_new_model(redis_url,
     model = load_model(r, "gateway", keys=history)[1]
     expected = score_batch(model, np.vstack([fp.vector for fp in fps]), np.array(scored["start"]))
     assert np.allclose(scored["score"], expected, equal_nan=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX scheduling priorities")
+def test_the_apps_detector_runs_at_a_lower_priority_than_the_app(redis_url):
+    """The GUI thread gets a core first when the detector scores a fleet at a window boundary."""
+    child = jobs.start_detector(redis_url, Keys("adnice:"))
+    try:
+        from anomalydesk import config
+
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.WORKER_NICENESS)
+        deadline = time.monotonic() + 30  # the child lowers its own priority once it has started
+        while os.getpriority(os.PRIO_PROCESS, child.pid) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == expected
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        assert child.wait(timeout=30) == 0

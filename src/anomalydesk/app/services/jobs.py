@@ -6,7 +6,10 @@ child's stdout and asking it to stop with a line on its stdin. Training in the a
 held the interpreter lock for whole C calls (parsing a day of fingerprints, growing trees) and
 stalled the event loop by hundreds of milliseconds; a child process cannot. The same holds for the
 backfill (`demo --fast`) and the detector. Each child gets the URL and the key prefix through its
-environment, so a password stays off its command line. `CoreClient` calls these with its URL and keys.
+environment, so a password stays off its command line. The training and detector workers lower
+their own CPU priority (`--worker`, `config.WORKER_NICENESS`): when one of them and the GUI thread
+both want a core — the detector scores a fleet at every window boundary, just when the plots
+repaint — the GUI thread gets it. `CoreClient` calls these with its URL and keys.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from anomalydesk import config
 from anomalydesk.store.keys import Keys
 
 STDERR_TAIL_LINES = 20
+BACKFILL_TIMEOUT_SECONDS = 3600
 
 
 class JobFailed(RuntimeError):
@@ -46,6 +50,12 @@ def _child_env(url: str, keys: Keys) -> dict[str, str]:
     return {**os.environ, config.ENV_REDIS_URL: url, config.ENV_PREFIX: keys.prefix}
 
 
+def _start(argv: list[str], url: str, keys: Keys, **options: Any) -> subprocess.Popen[Any]:
+    """Start a child with the URL and prefix in its environment (a password stays off its argv)."""
+    return subprocess.Popen(argv, env=_child_env(url, keys), creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
+                            **options)  # fmt: skip
+
+
 def train(url: str, keys: Keys, services: list[str], params: dict[str, Any],
           progress: Callable[[float, str], None], cancel: threading.Event) -> dict[str, Any]:  # fmt: skip
     """Train each service in a child process; {"trained", "skipped", "cancelled", "summary", "outcomes"}."""
@@ -56,10 +66,7 @@ def train(url: str, keys: Keys, services: list[str], params: dict[str, Any],
         argv += ["--windows", str(int(params["windows"]))]
     for service in services:
         argv += ["--service", service]
-    child = subprocess.Popen(
-        argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        env=_child_env(url, keys), creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),
-    )  # fmt: skip
+    child = _start(argv, url, keys, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
     done = threading.Event()
     helpers = [threading.Thread(target=_keep_tail, args=(child.stderr, stderr_tail), name="ad-train-stderr"),
@@ -117,7 +124,8 @@ def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, A
     """
     argv = [*self_command(), "--json", "demo", "--fast", "--duration", str(float(seconds)),
             "--services", str(int(services))]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=3600, env=_child_env(url, keys),
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=BACKFILL_TIMEOUT_SECONDS,
+                          env=_child_env(url, keys),
                           creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # fmt: skip
     if done.returncode != 0:
         words = done.stderr.strip().splitlines()
@@ -131,5 +139,4 @@ def start_detector(url: str, keys: Keys) -> subprocess.Popen[bytes]:
     the GUI thread: 100 services scored at each window boundary stalled the GUI loop for hundreds of ms
     (docs/benchmarks.md, the fleet case)."""
     argv = [*self_command(), "detect", "--worker", "--name", f"app-{os.getpid()}"]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=_child_env(url, keys),
-                            creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # fmt: skip
+    return _start(argv, url, keys, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
