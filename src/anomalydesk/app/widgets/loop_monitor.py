@@ -1,8 +1,10 @@
-"""Measures event-loop responsiveness: the gaps between ticks of a fast QTimer (longest and 99th percentile)."""
+"""Measures event-loop responsiveness: the gaps between ticks of a fast QTimer (longest and 99th percentile),
+and the time a view spends painting."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import numpy as np
 from PySide6 import QtCore
@@ -53,3 +55,42 @@ class StallMeter(QtCore.QObject):
         self.max_gap_ms = max(self.max_gap_ms, gap)
         self._last = now
         self.ticks += 1
+
+
+class PaintTimer:
+    """Adds up the time one pyqtgraph view spends in its paint events (`ms`), beside a redraw's `setData`.
+
+    PySide binds a Python override of a virtual to each object the first time Qt calls it, so the
+    timer wraps `GraphicsView.paintEvent` before the view is built (`PaintTimer()`, then build, then
+    `watch(view)`); `close()` stops counting.
+    """
+
+    def __init__(self) -> None:
+        import pyqtgraph as pg
+
+        self.view: Any = None
+        self.ms = 0.0
+        self._cls = pg.GraphicsView
+        original = self._original = self._cls.paintEvent
+        timer = self
+
+        def paint_event(this: Any, event: Any) -> Any:
+            if this is not timer.view:
+                return original(this, event)
+            t0 = time.perf_counter()
+            try:
+                return original(this, event)
+            finally:
+                timer.ms += (time.perf_counter() - t0) * 1000
+
+        self._cls.paintEvent = paint_event
+
+    def watch(self, view: Any) -> None:
+        """Count the paints of `view` (built after this timer) from now on."""
+        self.view = view
+        self.ms = 0.0
+
+    def close(self) -> None:
+        """Stop counting; views built from now on paint with the original method."""
+        self.view = None
+        self._cls.paintEvent = self._original
