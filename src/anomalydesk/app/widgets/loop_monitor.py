@@ -60,37 +60,44 @@ class StallMeter(QtCore.QObject):
 class PaintTimer:
     """Adds up the time one pyqtgraph view spends in its paint events (`ms`), beside a redraw's `setData`.
 
-    PySide binds a Python override of a virtual to each object the first time Qt calls it, so the
-    timer wraps `GraphicsView.paintEvent` before the view is built (`PaintTimer()`, then build, then
-    `watch(view)`); `close()` stops counting.
+    PySide binds a Python override of a virtual to each object the first time Qt calls it (and keeps
+    using that function), so `GraphicsView.paintEvent` is wrapped once per process, before the view
+    is built, and never unwrapped (a replaced override that was freed crashed the next paint): build
+    the timer, then the view, then `watch(view)`; `close()` stops counting.
     """
 
-    def __init__(self) -> None:
-        import pyqtgraph as pg
+    _counting: PaintTimer | None = None  # the timer the process-wide wrapper reports to
+    _wrapped = False
 
+    def __init__(self) -> None:
         self.view: Any = None
         self.ms = 0.0
-        self._cls = pg.GraphicsView
-        original = self._original = self._cls.paintEvent
-        timer = self
+        if not PaintTimer._wrapped:
+            import pyqtgraph as pg
 
-        def paint_event(this: Any, event: Any) -> Any:
-            if this is not timer.view:
-                return original(this, event)
-            t0 = time.perf_counter()
-            try:
-                return original(this, event)
-            finally:
-                timer.ms += (time.perf_counter() - t0) * 1000
+            original = pg.GraphicsView.paintEvent
 
-        self._cls.paintEvent = paint_event
+            def paint_event(this: Any, event: Any) -> Any:
+                timer = PaintTimer._counting
+                if timer is None or this is not timer.view:
+                    return original(this, event)
+                t0 = time.perf_counter()
+                try:
+                    return original(this, event)
+                finally:
+                    timer.ms += (time.perf_counter() - t0) * 1000
+
+            pg.GraphicsView.paintEvent = paint_event
+            PaintTimer._wrapped = True
 
     def watch(self, view: Any) -> None:
-        """Count the paints of `view` (built after this timer) from now on."""
+        """Count the paints of `view` (built after the first PaintTimer) from now on."""
         self.view = view
         self.ms = 0.0
+        PaintTimer._counting = self
 
     def close(self) -> None:
-        """Stop counting; views built from now on paint with the original method."""
+        """Stop counting."""
+        if PaintTimer._counting is self:
+            PaintTimer._counting = None
         self.view = None
-        self._cls.paintEvent = self._original
