@@ -67,7 +67,7 @@ def test_live_fingerprints_and_alerts_reach_the_app_on_a_cluster(qtbot, qloop, c
 
 
 def test_an_unexpected_reader_failure_reconnects_instead_of_ending(qtbot, qloop, redis_url, r, monkeypatch):  # noqa: F811
-    from anomalydesk.app.session import Session
+    from anomalydesk.app.services.session import Session
 
     original = Session._status_loop
     failures, restarts = [], []

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model.settings import AppSettings
 from app_support import qloop, run  # noqa: F401  (fixture)
 from conftest import RedisServer
 from test_app_operator import close_app, open_app

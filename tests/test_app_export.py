@@ -25,9 +25,9 @@ ROWS = 5_000
 
 @pytest.fixture()
 def window(qtbot):
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
     from test_app_panels import NoActions
 
     state = AppState(live_capacity=ROWS)
@@ -64,7 +64,7 @@ def test_csv_round_trips_every_window_time_to_the_second(window, tmp_path):
 
 
 def test_dialog_starts_in_documents_named_by_service_and_range_and_the_png_says_so(window, tmp_path, monkeypatch):
-    from anomalydesk.app import export
+    from anomalydesk.app.widgets import export
 
     asked = []
 

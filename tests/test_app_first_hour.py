@@ -12,7 +12,7 @@ import time
 import pytest
 from PySide6 import QtCore
 
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.config import SketchSettings
 from anomalydesk.detect.system_gap import SYSTEM
 from anomalydesk.detect.training_run import train_service

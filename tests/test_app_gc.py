@@ -22,7 +22,7 @@ class Node:
 
 
 def test_collections_happen_on_the_gui_thread_and_free_cycles(qtbot):
-    from anomalydesk.app.gui_gc import GuiThreadCollector
+    from anomalydesk.app.widgets.gui_gc import GuiThreadCollector
 
     threads: list[str] = []
 
@@ -57,7 +57,7 @@ def test_collections_happen_on_the_gui_thread_and_free_cycles(qtbot):
 
 
 def test_after_the_baseline_is_frozen_new_cycles_are_still_freed(qtbot):
-    from anomalydesk.app.gui_gc import GuiThreadCollector
+    from anomalydesk.app.widgets.gui_gc import GuiThreadCollector
 
     collector = GuiThreadCollector(interval_ms=20)
     try:

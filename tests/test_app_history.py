@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.config import SketchSettings
 from anomalydesk.store import admin
 from app_support import qloop, run  # noqa: F401  (fixture)

@@ -45,7 +45,7 @@ def raise_alert(r: redis.Redis, service: str, window: int, *, kind: str = "new",
 
 def open_app(qtbot, url):
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     app = DesktopApp(AppSettings(), url, run_detector=False)
     app.window.show()

@@ -63,7 +63,7 @@ def cli_json(capsys, url: str, *args: str):
 
 def test_inspector_answers_match_the_truth_the_store_and_the_cli(qtbot, qloop, redis_url, r, capsys):  # noqa: F811
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     admin.setup(r, SketchSettings())
     t0 = time.time() - 60

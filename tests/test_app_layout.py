@@ -31,10 +31,10 @@ def geometry(window) -> tuple:
 
 
 def test_messages_coming_and_going_leave_the_window_and_the_table_alone(qtbot):
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.notifier import Notification
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.notifier import Notification
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
     from test_app_panels import NoActions
 
     state = AppState()

@@ -14,8 +14,8 @@ import pytest
 import redis
 import trustme
 
-from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model import settings as settings_mod
+from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.config import SketchSettings
 from anomalydesk.detect import incidents
 from anomalydesk.store import admin
@@ -160,8 +160,8 @@ def test_apply_a_new_server_and_a_password_from_the_connection_panel(qtbot, qloo
 def test_tls_checkbox_connects_over_tls_and_round_trips_in_settings(qtbot, qloop, tmp_path):  # noqa: F811
     """With TLS ticked, the panel's URL is used as rediss:// against a TLS-only port (connected); without
     it the same port cannot be used; the flag is saved to the settings file and shown again on load."""
-    from anomalydesk.app.connection_panel import ConnectionPanel
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.connection_panel import ConnectionPanel
 
     certs = tmp_path / "tls"
     certs.mkdir()
@@ -221,7 +221,7 @@ def test_self_monitoring_warns_about_silent_services_and_no_detector(qtbot, qloo
 
     "Fingerprints stopped" is produced with data, not by waiting: windows replayed ten minutes in the past
     (60-s windows, so N windows = 3 min), then current ones."""
-    from anomalydesk.app.settings import SILENT_FINGERPRINT_WARN_WINDOWS
+    from anomalydesk.app.model.settings import SILENT_FINGERPRINT_WARN_WINDOWS
 
     silent = f"no fingerprints arrived in the last {SILENT_FINGERPRINT_WARN_WINDOWS} windows"
     no_detector = "no detector is alive"
@@ -260,9 +260,9 @@ def test_tray_menu_pause_click_to_open_and_quit(qtbot, qloop, redis_url, r):  # 
     """
     from PySide6 import QtWidgets
 
-    from anomalydesk.app.notifier import Notifier
-    from anomalydesk.app.state import IncidentsState
-    from anomalydesk.app.tray import Tray
+    from anomalydesk.app.model.notifier import Notifier
+    from anomalydesk.app.model.state import IncidentsState
+    from anomalydesk.app.widgets.tray import Tray
 
     now = time.time()
     seed_service(r, "orders", now)

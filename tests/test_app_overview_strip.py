@@ -21,9 +21,9 @@ def incident(service: str, severity, window: int):
 
 
 def test_the_strip_counts_what_the_state_says_and_each_tile_opens_its_panel(qtbot, qloop):  # noqa: F811
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
     from anomalydesk.detect.incident_model import Severity
     from test_app_panels import NoActions
 
@@ -79,8 +79,8 @@ def test_the_strip_counts_what_the_state_says_and_each_tile_opens_its_panel(qtbo
 
 
 def test_a_counter_that_goes_back_gives_no_negative_rate(qtbot):
-    from anomalydesk.app.overview_strip import OverviewStrip
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.overview_strip import OverviewStrip
 
     strip = OverviewStrip(AppState())
     qtbot.addWidget(strip)

@@ -23,9 +23,9 @@ class NoActions:
 
 
 def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
-    from anomalydesk.app.live_panel import LivePanel
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
     from anomalydesk.detect.incident_model import Incident, Severity
     from anomalydesk.fingerprint import N_FEATURES
 
@@ -61,9 +61,9 @@ def test_live_panel_plots_the_buffer_with_bands_and_exports(qtbot, tmp_path):
 
 
 def test_live_plots_draw_gaps_as_gaps_with_plain_units_and_no_y_wheel(qtbot):
-    from anomalydesk.app.live_panel import LivePanel
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
     from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
 
     state = AppState(live_capacity=1000)
@@ -94,11 +94,11 @@ def test_live_plots_draw_gaps_as_gaps_with_plain_units_and_no_y_wheel(qtbot):
 
 
 def test_window_layout_persists_and_no_tray_means_banner(qtbot):
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.notifier import Notification, Notifier
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
-    from anomalydesk.app.tray import Tray
+    from anomalydesk.app.model.notifier import Notification, Notifier
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+    from anomalydesk.app.widgets.tray import Tray
 
     settings = AppSettings()
     state = AppState()
@@ -128,9 +128,9 @@ def test_window_layout_persists_and_no_tray_means_banner(qtbot):
 
 
 def test_demo_fault_buttons_and_the_active_faults_line_do_not_overlap(qtbot):
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import FAULT_KINDS, AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import FAULT_KINDS, AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
 
     window = MainWindow(AppState(), NoActions(), AppSettings())
     qtbot.addWidget(window)
@@ -146,7 +146,7 @@ def test_demo_fault_buttons_and_the_active_faults_line_do_not_overlap(qtbot):
 
 
 def test_second_launch_focuses_the_first(qtbot):
-    from anomalydesk.app.single_instance import InstanceServer, notify_running
+    from anomalydesk.app.widgets.single_instance import InstanceServer, notify_running
 
     assert not notify_running(timeout_ms=200)
     server = InstanceServer()
@@ -159,7 +159,7 @@ def test_second_launch_focuses_the_first(qtbot):
 
 
 def test_start_at_login_writes_an_xdg_autostart_entry(monkeypatch, tmp_path):
-    from anomalydesk.app import autostart
+    from anomalydesk.app.services import autostart
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
     monkeypatch.setattr(autostart.sys, "platform", "linux")
@@ -174,7 +174,7 @@ def test_start_at_login_writes_an_xdg_autostart_entry(monkeypatch, tmp_path):
 
 def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # noqa: F811
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.store import admin
 
     app = DesktopApp(AppSettings(), redis_url, run_detector=False)

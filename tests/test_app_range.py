@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from anomalydesk.app.range_history import RangeLoader, downsample, mark_gaps, read_range
+from anomalydesk.app.services.range_history import RangeLoader, downsample, mark_gaps, read_range
 from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
 from anomalydesk.store.keys import Keys
 from app_support import qloop, run  # noqa: F401  (fixture)
@@ -45,7 +45,7 @@ def test_downsampling_keeps_a_one_window_spike_and_a_gap_stays_a_gap():
 
 
 def test_the_stream_reader_imports_no_qt():
-    code = ("import sys, anomalydesk.app.range_history; "
+    code = ("import sys, anomalydesk.app.services.range_history; "
             "print(any(m.startswith(('PySide6', 'pyqtgraph')) for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "False"

@@ -31,7 +31,7 @@ def plotted(panel) -> tuple[np.ndarray, np.ndarray]:
 
 def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop, redis_url, r):  # noqa: F811
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.store import models as registry
     from test_detector import add_window, alerts, drain, make_detector
 
@@ -85,9 +85,9 @@ def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop
 
 
 def test_a_window_without_its_score_yet_is_a_gap_until_the_score_arrives(qtbot):
-    from anomalydesk.app.live_panel import LivePanel
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
     from anomalydesk.detect.window_scores import WindowScore
     from anomalydesk.fingerprint import N_FEATURES
 

@@ -17,9 +17,9 @@ pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
 
 
 def busy_window(qtbot, size: tuple[int, int]):
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
     from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
     from test_app_panels import NoActions
 
@@ -88,7 +88,7 @@ def test_nothing_is_clipped_and_the_plots_have_room(qtbot, size):
 
 
 def test_the_score_axis_labels_as_many_as_fit():
-    from anomalydesk.app.plot_axes import SparseAxis
+    from anomalydesk.app.widgets.plot_axes import SparseAxis
 
     axis = SparseAxis("left")
     height = axis.text_height()

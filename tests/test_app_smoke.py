@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
 @pytest.fixture()
 def desktop(qtbot, qloop, redis_url):  # noqa: F811
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     app = DesktopApp(AppSettings(demo_rate=500, demo_services=3), redis_url, run_detector=False)
     app.window.show()

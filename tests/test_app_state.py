@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.notifier import Notifier
-from anomalydesk.app.ringbuffer import RingBuffer
-from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import LIVE_COLUMNS, IncidentsState, table_state
+from anomalydesk.app.model import settings as settings_mod
+from anomalydesk.app.model.notifier import Notifier
+from anomalydesk.app.model.ringbuffer import RingBuffer
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.model.state import LIVE_COLUMNS, IncidentsState, table_state
 from anomalydesk.detect.incident_model import Alert, Incident, Mark, Severity
 
 REASONS = [{"feature": "rate_5xx", "text": "5xx ratio 20% vs 0.4% normal"}]
@@ -85,7 +85,7 @@ def test_ring_buffer_keeps_the_newest_rows_in_order():
 
 
 def test_history_read_while_live_windows_arrive_stays_in_time_order():
-    from anomalydesk.app.state import LiveState
+    from anomalydesk.app.model.state import LiveState
 
     live = LiveState(capacity=100)
     vector = np.zeros(LIVE_COLUMNS - 2)

@@ -52,7 +52,7 @@ def incident_in(state: IncidentState, severity: Severity, window: int) -> Incide
 
 
 def every_state_and_severity():
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.state import AppState
 
     state = AppState()
     window = 1000
@@ -78,7 +78,7 @@ def dark_palette() -> QtGui.QPalette:
 def test_every_state_and_severity_cell_reads_at_wcag_aa(qtbot, theme):
     """Each cell's contrast from the model's ForegroundRole/BackgroundRole (both defined by the model for
     every cell) and FontRole (large bold text may go down to 3:1), in a light and a dark palette."""
-    from anomalydesk.app.incidents_panel import COLUMNS, IncidentsModel
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS, IncidentsModel
 
     app = QtWidgets.QApplication.instance()
     before = app.palette()
@@ -117,9 +117,9 @@ def test_every_state_and_severity_cell_reads_at_wcag_aa(qtbot, theme):
 def test_the_table_shows_several_rows_at_the_default_size(qtbot):
     """At the window's default size (1280×800) the incidents table shows at least five whole rows, and
     all its columns without a horizontal scroll bar."""
-    from anomalydesk.app.incidents_panel import VISIBLE_ROWS
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.widgets.incidents_panel import VISIBLE_ROWS
+    from anomalydesk.app.widgets.main_window import MainWindow
     from test_app_panels import NoActions
 
     state = every_state_and_severity()
@@ -140,7 +140,7 @@ def test_the_table_shows_several_rows_at_the_default_size(qtbot):
 
 
 def test_states_snooze_duration_details_shortcuts_and_silences(qtbot, qloop, redis_url, r):  # noqa: F811
-    from anomalydesk.app.incidents_panel import COLUMNS, SHORTCUTS, _duration
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS, SHORTCUTS, _duration
 
     older = raise_alert(r, "payments", int(time.time() // 5) - 120)  # opened ten minutes ago: still open
     newer = raise_alert(r, "orders", int(time.time() // 5) - 2)

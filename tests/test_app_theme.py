@@ -26,10 +26,10 @@ def lightness(colour) -> int:
 
 
 def test_the_plots_follow_the_colour_scheme_both_ways(qtbot, restore_palette):
-    from anomalydesk.app import theme
-    from anomalydesk.app.main_window import MainWindow
-    from anomalydesk.app.settings import AppSettings
-    from anomalydesk.app.state import AppState
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets import theme
+    from anomalydesk.app.widgets.main_window import MainWindow
     from test_app_panels import NoActions
 
     app = restore_palette
@@ -67,8 +67,8 @@ def test_the_plots_follow_the_colour_scheme_both_ways(qtbot, restore_palette):
 
 @pytest.mark.parametrize("scheme", [QtCore.Qt.ColorScheme.Light, QtCore.Qt.ColorScheme.Dark])
 def test_every_cell_reads_at_aa_in_the_palette_the_app_sets(qtbot, restore_palette, scheme):
-    from anomalydesk.app import theme
-    from anomalydesk.app.incidents_panel import COLUMNS, IncidentsModel
+    from anomalydesk.app.widgets import theme
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS, IncidentsModel
 
     app = restore_palette
     theme.apply_scheme(app, scheme)

@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from anomalydesk import config
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.detect.service_state import service_states
 from anomalydesk.store import admin
 from anomalydesk.store import models as registry
@@ -85,7 +85,7 @@ def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_mode
 
 
 def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop, redis_url, r, monkeypatch):  # noqa: F811
-    from anomalydesk.app import settings as settings_mod
+    from anomalydesk.app.model import settings as settings_mod
 
     monkeypatch.setattr(settings_mod, "LEARNING_REFRESH_MS", 300)
     now = time.time()

@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
 @pytest.fixture()
 def desktop(qtbot, qloop, redis_url):  # noqa: F811
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     settings = AppSettings(demo_rate=200, demo_services=3, train_trees=60)
     app = DesktopApp(settings, redis_url, run_detector=True)
@@ -35,7 +35,7 @@ def desktop(qtbot, qloop, redis_url):  # noqa: F811
 
 
 def test_train_inject_notify_ack(qtbot, desktop, r, record_property):
-    from anomalydesk.app.loop_monitor import StallMeter
+    from anomalydesk.app.widgets.loop_monitor import StallMeter
     from anomalydesk.store.keys import Keys
 
     window = desktop.window

@@ -1,4 +1,5 @@
-"""The app's training job: `anomalydesk train --worker` in a child process, against a real redis-server.
+"""The app's training job (`app.services.jobs.train`): `anomalydesk train --worker` in a child process,
+against a real redis-server.
 
 The child reports progress and its result as JSON lines; a cancel reaches it over stdin and stops it
 between chunks of trees; a child that fails says why. Qt-free: the GUI test (test_app_workflow.py)
@@ -7,11 +8,13 @@ drives the same job through the Train button.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import pytest
 
-from anomalydesk.app import backend, training_job
+from anomalydesk.app.services import jobs
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
@@ -22,14 +25,14 @@ PARAMS = {"windows": 0, "trees": 60, "false_alarm_rate": 0.01}
 def history(redis_url):
     """40 minutes of demo history (480 windows) for two services under a private prefix."""
     keys = Keys("adjob:")
-    backend.backfill(redis_url, keys, 40 * 60, 2)
+    jobs.backfill(redis_url, keys, 40 * 60, 2)
     return keys
 
 
 def test_the_child_trains_reports_progress_and_activates(redis_url, r, history):
     seen: list[tuple[float, str]] = []
-    result = training_job.run(redis_url, history, ["gateway", "users"], PARAMS,
-                              lambda f, m: seen.append((f, m)), threading.Event())  # fmt: skip
+    result = jobs.train(redis_url, history, ["gateway", "users"], PARAMS,
+                        lambda f, m: seen.append((f, m)), threading.Event())  # fmt: skip
     assert result["trained"] == ["gateway", "users"] and not result["cancelled"], result
     fractions = [f for f, _m in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(fractions) > 4
@@ -48,15 +51,15 @@ def test_cancel_stops_the_child_between_chunks(redis_url, r, history):
         if "growing the forest" in message:
             cancel.set()
 
-    result = training_job.run(redis_url, history, ["gateway", "users"], {**PARAMS, "trees": 3000}, progress, cancel)
+    result = jobs.train(redis_url, history, ["gateway", "users"], {**PARAMS, "trees": 3000}, progress, cancel)
     assert result["cancelled"] and result["trained"] == [], result
     assert result["summary"].startswith("cancelled")
     assert {s: registry.active_version(r, s, keys=history) for s in ("gateway", "users")} == before
 
 
 def test_a_failing_child_says_why(redis_url, history):
-    with pytest.raises(training_job.TrainingFailed, match="no live service named 'nosuch'"):
-        training_job.run(redis_url, history, ["nosuch"], PARAMS, lambda f, m: None, threading.Event())
+    with pytest.raises(jobs.TrainingFailed, match="no live service named 'nosuch'"):
+        jobs.train(redis_url, history, ["nosuch"], PARAMS, lambda f, m: None, threading.Event())
 
 
 def test_the_child_returns_the_recent_windows_scored_by_the_new_model(redis_url, r, history):
@@ -65,12 +68,31 @@ def test_the_child_returns_the_recent_windows_scored_by_the_new_model(redis_url,
     from anomalydesk.detect.score import score_batch
     from anomalydesk.detect.training_run import recent_windows
 
-    result = training_job.run(redis_url, history, ["gateway"], {**PARAMS, "score_recent": 300},
-                              lambda f, m: None, threading.Event())  # fmt: skip
+    result = jobs.train(redis_url, history, ["gateway"], {**PARAMS, "score_recent": 300},
+                        lambda f, m: None, threading.Event())  # fmt: skip
     scored = result["recent_scores"]["gateway"]
     fps = [fp for fp in recent_windows(r, "gateway", 300, keys=history) if not fp.no_data]
     assert len(scored["start"]) == len(fps) > 200
     assert scored["start"] == [fp.start for fp in fps]
-    model = backend.load_model(r, history, "gateway")
+    from anomalydesk.detect.service_state import load_model
+
+    model = load_model(r, "gateway", keys=history)[1]
     expected = score_batch(model, np.vstack([fp.vector for fp in fps]), np.array(scored["start"]))
     assert np.allclose(scored["score"], expected, equal_nan=True)
+
+
+@pytest.mark.skipif(not hasattr(os, "getpriority"), reason="POSIX scheduling priorities")
+def test_the_apps_detector_runs_at_a_lower_priority_than_the_app(redis_url):
+    """The GUI thread gets a core first when the detector scores a fleet at a window boundary."""
+    child = jobs.start_detector(redis_url, Keys("adnice:"))
+    try:
+        from anomalydesk import config
+
+        expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + config.WORKER_NICENESS)
+        deadline = time.monotonic() + 30  # the child lowers its own priority once it has started
+        while os.getpriority(os.PRIO_PROCESS, child.pid) != expected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == expected
+    finally:
+        child.stdin.close()  # type: ignore[union-attr]
+        assert child.wait(timeout=30) == 0

@@ -132,7 +132,7 @@ async def dark_shot(desktop, out: Path) -> None:
     """The main window as a desktop in its dark scheme shows it (`app.theme`), at 1280×800."""
     from PySide6 import QtCore, QtWidgets
 
-    from anomalydesk.app import theme
+    from anomalydesk.app.widgets import theme
 
     app = QtWidgets.QApplication.instance()
     window = desktop.window
@@ -149,7 +149,7 @@ async def dark_shot(desktop, out: Path) -> None:
 async def drive_app(url: str, out: Path, fault_service: str) -> dict:
     """The operator's path through the real window, on xcb with a real tray."""
     from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.settings import AppSettings
+    from anomalydesk.app.model.settings import AppSettings
 
     summary: dict = {}
     settings = AppSettings(demo_rate=200, demo_services=3, train_trees=60, close_to_tray=True)

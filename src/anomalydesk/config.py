@@ -155,7 +155,9 @@ DETECTOR_READ_COUNT = 200  # fingerprints read per service per step
 DETECTOR_HISTORY_WINDOWS = 12  # recent fingerprints kept per service as scoring context
 RETRAIN_HOLDOUT_FRACTION = 0.2  # newest normal windows held back to compare old and new model
 # training and scoring (detect/train.py, detect/score.py; docs/detection.md says why these values)
-TRAIN_WORKER_NICENESS = 10  # `train --worker` (the app's background training) lowers its CPU priority by this
+# `train --worker` and `detect --worker` (the app's training and detector children) lower their CPU priority by
+# this: the GUI thread gets a core first when the detector scores a fleet at a window boundary (the fleet stall)
+WORKER_NICENESS = 10
 MIN_TRAINING_WINDOWS = 256  # fewer windows of history: the service is still "learning"
 # a run of windows without any event lasting this long (and at least 2 windows) is a gap in the data
 # (the producers were down, nothing ran), not zero traffic to learn from: training leaves it out

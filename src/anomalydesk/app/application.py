@@ -14,14 +14,14 @@ from typing import Any
 
 from PySide6 import QtWidgets
 
-from anomalydesk.app import backend
-from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.actions import Actions
-from anomalydesk.app.gui_gc import GuiThreadCollector
-from anomalydesk.app.notifier import Notifier
-from anomalydesk.app.session import Session
-from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model import settings as settings_mod
+from anomalydesk.app.model.notifier import Notifier
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.services.actions import Actions
+from anomalydesk.app.services.core_client import describe, redact
+from anomalydesk.app.services.session import Session
+from anomalydesk.app.widgets.gui_gc import GuiThreadCollector
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ class DesktopApp:
 
     def __init__(self, settings: AppSettings, url: str | None = None, *, keys: Keys | None = None,
                  force_banner: bool = False, run_detector: bool | None = None) -> None:  # fmt: skip
-        from anomalydesk.app.main_window import MainWindow
-        from anomalydesk.app.tray import Tray
+        from anomalydesk.app.widgets.main_window import MainWindow
+        from anomalydesk.app.widgets.tray import Tray
 
         preload_core()
         self.collector = GuiThreadCollector()  # before any worker thread starts
@@ -111,7 +111,7 @@ class DesktopApp:
         self._reconnecting = asyncio.ensure_future(self._reconnect())
 
     async def _reconnect(self) -> None:
-        from anomalydesk.app.connection_panel import build_url
+        from anomalydesk.app.widgets.connection_panel import build_url
 
         password = settings_mod.get_password(self.window.connection.account()) or ""
         url = build_url(self.settings.redis_url, self.settings.tls, self.settings.username, password)
@@ -129,8 +129,8 @@ class DesktopApp:
         try:
             await self.session.start()
         except Exception as err:  # e.g. the embedded server does not start: say so, stay usable
-            log.warning("connecting to %s failed: %s", backend.redact(url), backend.describe(err))
-            self.state.connection.update(status="failed", reason=backend.describe(err))
+            log.warning("connecting to %s failed: %s", redact(url), describe(err))
+            self.state.connection.update(status="failed", reason=describe(err))
             return
         if self._resume_detector or self._resume_demo:
             self._resuming = asyncio.ensure_future(self._resume(self.session))
@@ -184,11 +184,11 @@ def main(demo: bool = False, url: str | None = None) -> int:
     """Run the desktop app until the operator quits; a second launch focuses the first."""
     import qasync
 
-    from anomalydesk.app.single_instance import InstanceServer, notify_running
+    from anomalydesk.app.widgets.single_instance import InstanceServer, notify_running
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
     app.setApplicationName("AnomalyDesk")
-    from anomalydesk.app import theme
+    from anomalydesk.app.widgets import theme
 
     theme.follow_system(app)  # the desktop's light or dark scheme, now and when it switches
     app.setQuitOnLastWindowClosed(False)

@@ -119,10 +119,10 @@ async def exercise(desktop: Any, run: CheckRun) -> None:
                             severity=Severity.WARNING, model_version=None, message="anomalydesk app --check test alert",
                             reasons=[{"feature": "rate_5xx", "actual": 0.2, "expected": 0.0,
                                       "text": "test notification from --check"}])  # fmt: skip
-        assert session.client is not None
-        await session.client.hset(keys.incidents, record.id, json.dumps(record.to_json()))
-        await session.client.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
-        await session.client.publish(keys.alerts_channel, json.dumps(alert.to_json()))
+        client = session.core.aio  # as a detector would write it: record, log entry, PUBLISH
+        await client.hset(keys.incidents, record.id, json.dumps(record.to_json()))
+        await client.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+        await client.publish(keys.alerts_channel, json.dumps(alert.to_json()))
         await _until(lambda: record.id in state.incidents.incidents, "alert")
         await _until(lambda: any(n.incident_id == record.id for n in desktop.tray.delivered), "notification")
         where = "system tray" if desktop.tray.available else "in-window banner (no system tray)"
@@ -175,7 +175,7 @@ def main(seconds: float, url: str | None) -> int:
 
     async def go() -> None:
         from anomalydesk.app.application import DesktopApp
-        from anomalydesk.app.settings import AppSettings, load
+        from anomalydesk.app.model.settings import AppSettings, load
         from anomalydesk.store.keys import Keys
 
         settings = AppSettings(redis_url=load().redis_url, close_to_tray=False, offer_backfill=False)

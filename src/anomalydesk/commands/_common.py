@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -48,3 +49,18 @@ def client(args: argparse.Namespace) -> redis.Redis:
         return connect(resolve_url(getattr(args, "redis", None)))
     except (ConnectionFailed, EmbeddedServerError) as err:
         raise CommandError(str(err)) from err
+
+
+def lower_priority() -> None:
+    """A `--worker` (the desktop app's training or detector child) yields the CPU to the app that started it."""
+    from anomalydesk import config
+
+    try:
+        if hasattr(os, "nice"):
+            os.nice(config.WORKER_NICENESS)
+        else:  # Windows
+            import psutil
+
+            psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
+    except (OSError, ImportError):
+        pass  # not allowed or not available: run at the normal priority

@@ -10,7 +10,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from anomalydesk.cli import CommandError
-from anomalydesk.commands._common import client
+from anomalydesk.commands._common import client, lower_priority
 
 if TYPE_CHECKING:
     from anomalydesk.detect.incident_model import Alert
@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     if args.worker:
+        lower_priority()
+
         def until_stdin_closes() -> None:
             sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe, or exited
             stop.set()

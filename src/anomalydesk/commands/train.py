@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import threading
 import time
@@ -14,7 +13,7 @@ import orjson
 
 from anomalydesk import config
 from anomalydesk.cli import CommandError
-from anomalydesk.commands._common import client, emit
+from anomalydesk.commands._common import client, emit, lower_priority
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -81,19 +80,6 @@ def _cancel_on_stdin() -> threading.Event:
     return cancel
 
 
-def _lower_priority() -> None:
-    """Background training yields the CPU to the desktop app that started it (a nicer process)."""
-    try:
-        if hasattr(os, "nice"):
-            os.nice(config.TRAIN_WORKER_NICENESS)
-        else:  # Windows
-            import psutil
-
-            psutil.Process().nice(psutil.BELOW_NORMAL_PRIORITY_CLASS)
-    except (OSError, ImportError):
-        pass  # not allowed or not available: train at the normal priority
-
-
 def _recent_scores(r: Any, service: str, n: int) -> dict[str, list[float]]:
     """The service's last `n` windows with data, scored by its active model: {"start": [...], "score": [...]}."""
     import numpy as np
@@ -134,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if not services:
             raise CommandError("no services yet: send some traffic (or run `anomalydesk demo --fast`) first")
         if args.worker:
-            _lower_priority()
+            lower_priority()
             cancel = _cancel_on_stdin()
             result = train_services(r, services, params, windows=args.windows, cancel=cancel.is_set,
                                     progress=lambda f, m: _line({"progress": f, "message": m}))  # fmt: skip

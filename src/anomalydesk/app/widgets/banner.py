@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from PySide6 import QtCore, QtWidgets
 
-from anomalydesk.app.message_label import wrapping
-from anomalydesk.app.notifier import Notification
+from anomalydesk.app.model.notifier import Notification
+from anomalydesk.app.widgets.message_label import wrapping
 
 _STYLE = {"info": "#dbe9fb", "warning": "#fcebc6", "critical": "#f8d0d0"}
 

@@ -18,9 +18,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app import theme
-from anomalydesk.app.incidents_panel import SEVERITY_COLOUR
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.widgets import theme
+from anomalydesk.app.widgets.incidents_panel import SEVERITY_COLOUR
 from anomalydesk.detect.incident_model import Severity
 
 RATE_SAMPLES = 90  # status polls kept for the sparkline (3 minutes at one poll every 2 s)

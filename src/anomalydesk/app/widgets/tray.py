@@ -15,8 +15,8 @@ from collections.abc import Callable
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app.notifier import Notification, Notifier
-from anomalydesk.app.state import IncidentsState
+from anomalydesk.app.model.notifier import Notification, Notifier
+from anomalydesk.app.model.state import IncidentsState
 
 log = logging.getLogger(__name__)
 STILL_RUNNING = Notification(

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from anomalydesk.app.settings import NOTIFY_MIN_INTERVAL_SECONDS, NOTIFY_PAUSE_SECONDS
-from anomalydesk.app.state import IncidentRow
+from anomalydesk.app.model.settings import NOTIFY_MIN_INTERVAL_SECONDS, NOTIFY_PAUSE_SECONDS
+from anomalydesk.app.model.state import IncidentRow
 from anomalydesk.detect.incident_model import Alert, Incident
 
 BURST_WINDOW_SECONDS = 10.0

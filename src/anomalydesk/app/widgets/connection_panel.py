@@ -8,10 +8,10 @@ from urllib.parse import quote, urlsplit
 
 from PySide6 import QtWidgets
 
-from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.message_label import wrapping
-from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model import settings as settings_mod
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.widgets.message_label import wrapping
 from anomalydesk.store.connection import ConnectionFailed, cluster_mode, parse_url
 
 STATUS_COLOUR = {"connected": "#2e8b57", "connecting": "#b8860b", "reconnecting": "#d2691e",

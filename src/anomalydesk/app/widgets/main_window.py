@@ -12,20 +12,20 @@ from typing import Any
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app import autostart
-from anomalydesk.app.banner import NotificationBanner, OfferBanner
-from anomalydesk.app.connection_panel import ConnectionPanel
-from anomalydesk.app.demo_panel import DemoPanel
-from anomalydesk.app.incidents_panel import IncidentsPanel
-from anomalydesk.app.live_panel import LivePanel
-from anomalydesk.app.message_label import MessageLabel
-from anomalydesk.app.overview_strip import OverviewStrip
-from anomalydesk.app.range_history import RangeLoader
-from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.sketches_panel import SketchesPanel
-from anomalydesk.app.state import AppState
-from anomalydesk.app.training_panel import TrainingPanel
-from anomalydesk.app.tray import health_icon
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.services import autostart
+from anomalydesk.app.services.range_history import RangeLoader
+from anomalydesk.app.widgets.banner import NotificationBanner, OfferBanner
+from anomalydesk.app.widgets.connection_panel import ConnectionPanel
+from anomalydesk.app.widgets.demo_panel import DemoPanel
+from anomalydesk.app.widgets.incidents_panel import IncidentsPanel
+from anomalydesk.app.widgets.live_panel import LivePanel
+from anomalydesk.app.widgets.message_label import MessageLabel
+from anomalydesk.app.widgets.overview_strip import OverviewStrip
+from anomalydesk.app.widgets.sketches_panel import SketchesPanel
+from anomalydesk.app.widgets.training_panel import TrainingPanel
+from anomalydesk.app.widgets.tray import health_icon
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def range_loader(actions: Any) -> RangeLoader | None:
     the tests' actions that have no session)."""
     if not hasattr(actions, "session"):
         return None
-    return RangeLoader(lambda: (actions.session.sync, actions.session.keys))
+    return RangeLoader(lambda: (actions.session.core.sync, actions.session.core.keys))
 
 
 def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:

@@ -19,9 +19,9 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app.range_history import RangeLoader, RangeRows
-from anomalydesk.app.ringbuffer import RingBuffer
-from anomalydesk.app.settings import AppSettings
+from anomalydesk.app.model.ringbuffer import RingBuffer
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.services.range_history import RangeLoader, RangeRows
 
 log = logging.getLogger(__name__)
 

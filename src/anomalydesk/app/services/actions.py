@@ -1,15 +1,14 @@
 """What the panels can ask for (Qt-free): async methods that run core calls off the GUI thread.
 
-Panels hold an `Actions` and await its methods from `@asyncSlot` handlers; each method runs the
-blocking store/detect call in the session's I/O pool (or the training executor), then updates the
-plain-Python state on the loop thread. Nothing here imports Qt, so the same object drives the
-`--check` run and the tests.
+Panels hold an `Actions` and await its methods from `@asyncSlot` handlers; each method awaits the
+session's `CoreClient` (which runs blocking store/detect calls in its I/O pool, training in its job
+executor), then updates the plain-Python state on the loop thread. Nothing here imports Qt, so the
+same object drives the `--check` run and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import math
 import subprocess
@@ -19,10 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from anomalydesk.app import backend, training_job
-from anomalydesk.app.session import Session
-from anomalydesk.app.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
-from anomalydesk.app.state import table_state
+from anomalydesk.app.model.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
+from anomalydesk.app.model.state import table_state
+from anomalydesk.app.services.core_client import CoreClient, CoreError
+from anomalydesk.app.services.session import Session
 from anomalydesk.detect.incident_model import Silence
 from anomalydesk.ingest.demo_model import PERMANENT_KINDS
 
@@ -38,10 +37,10 @@ class Actions:
         self.rebind(session)
 
     def rebind(self, session: Session) -> None:
-        """Work on `session` (a new connection) with fresh executors; call after `close()`."""
+        """Work on `session` (a new connection, its own core client and executors); call after `close()`."""
         self.session = session
+        self.core: CoreClient = session.core
         self.state = session.state
-        self.train_executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ad-train")
         self._train_cancel: threading.Event | None = None
         self.demo: Any = None  # ingest.demo.DemoTraffic while demo traffic runs
         self._demo_task: asyncio.Task[None] | None = None
@@ -49,61 +48,52 @@ class Actions:
         self.max_progress_stall = 0.0
 
     async def close(self) -> None:
-        """Stop demo traffic, the training job and the detector; shut the executors down."""
+        """Stop demo traffic, the training job and the detector (the session's close shuts the executors)."""
         if self._train_cancel is not None:
             self._train_cancel.set()
         await self.stop_demo()
         self.stop_detector()
-        self.train_executor.shutdown(wait=True, cancel_futures=True)
 
     # --- incidents ----------------------------------------------------------------------------
     async def incident_action(self, action: str, incident_id: str, seconds: float = 0.0) -> str:
         """ack | snooze | resolve | false_positive | accept; the table shows the new state once Redis has it."""
-        s = self.session
-        incident = await s.call(backend.incident_action, s.sync, s.keys, action, incident_id, seconds)
+        incident = await self.core.incident_action(action, incident_id, seconds)
         self.state.incidents.apply(incident)
         return table_state(incident)[0]
 
     async def silences(self) -> list[Silence]:
         """Stored silences (the detector applies them; the panel lists them)."""
-        s = self.session
-        return await s.call(backend.silences, s.sync, s.keys)
+        return await self.core.silences()
 
     async def add_silence(self, pattern: str, seconds: float, reason: str) -> Silence:
         """Mute notifications for services matching `pattern` for `seconds`."""
-        s = self.session
-        return await s.call(backend.add_silence, s.sync, s.keys, pattern, seconds, reason)
+        return await self.core.add_silence(pattern, seconds, reason)
 
     async def remove_silence(self, silence_id: str) -> None:
         """Delete a silence."""
-        s = self.session
-        await s.call(backend.remove_silence, s.sync, s.keys, silence_id)
+        await self.core.remove_silence(silence_id)
 
     async def fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
         """Rows [start, features…] of a service between two times (for the details plot)."""
-        s = self.session
-        return await s.call(backend.fingerprint_window, s.sync, s.keys, service, start, end)
+        return await self.core.fingerprint_window(service, start, end)
 
     # --- sketches -----------------------------------------------------------------------------
     async def sketch_settings(self) -> dict[str, Any]:
         """The stored sketch settings and each service's sketch sizes."""
-        s = self.session
-        found = await s.call(backend.sketch_overview, s.sync, s.keys)
+        found = await self.core.sketch_overview()
         self.state.sketches = found
         self.state.sketches_changed.emit()
         return found
 
     async def apply_sketch_settings(self, values: dict[str, Any], force: bool) -> dict[str, Any]:
-        """Run `setup` with new sizes; without `force` a size change raises BackendError saying what resets."""
-        s = self.session
-        result = await s.call(backend.apply_setup, s.sync, s.keys, values, force)
+        """Run `setup` with new sizes; without `force` a size change raises SketchConflict saying what resets."""
+        result = await self.core.apply_setup(values, force)
         await self.sketch_settings()
         return result
 
     async def query(self, kind: str, service: str, items: list[str]) -> Any:
         """Inspector: endpoint | status | interaction | topk."""
-        s = self.session
-        return await s.call(backend.sketch_query, s.sync, s.keys, kind, service, items)
+        return await self.core.sketch_query(kind, service, items)
 
     # --- demo ---------------------------------------------------------------------------------
     async def start_demo(self, rate: int, services: int) -> None:
@@ -112,8 +102,7 @@ class Actions:
             self.demo.set_rate(rate)
             self.state.demo.update(rate=rate)
             return
-        s = self.session
-        self.demo = await s.call(backend.start_demo, s.url, s.keys, rate, services)
+        self.demo = await self.core.start_demo(rate, services)
         self.state.demo.update(running=True, rate=rate, services=list(self.demo.services), error="")
         self._demo_task = asyncio.ensure_future(self._watch_demo())
 
@@ -143,30 +132,29 @@ class Actions:
             self._demo_task.cancel()
             self._demo_task = None
         if demo is not None:
-            await self.session.call(demo.stop)
+            await self.core.stop_demo(demo)
         self.state.demo.update(running=False, events_per_second=0.0, faults=[])
 
     async def inject(self, kind: str, seconds: float, service: str) -> None:
         """Inject a fault now into the running demo traffic."""
         if kind not in FAULT_KINDS:
-            raise backend.BackendError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
+            raise CoreError(f"unknown fault kind {kind!r} (one of {', '.join(FAULT_KINDS)})")
         if self.demo is None:
-            raise backend.BackendError("start demo traffic first: faults are injected into it")
+            raise CoreError("start demo traffic first: faults are injected into it")
         # a shift is a deploy that moved the service's level: it stays until the demo stops
         self.demo.inject(kind, math.inf if kind in PERMANENT_KINDS else seconds, service)
         self.state.demo.update(faults=[str(f) for f in self.demo.faults])
 
     async def backfill(self, seconds: float, services: int) -> dict[str, Any]:
         """Generate `seconds` of history in simulated time (`demo --fast`), so training can start now."""
-        s = self.session
         self.state.demo.update(backfill="running")
         try:
-            result = await s.call(backend.backfill, s.url, s.keys, seconds, services)
+            result = await self.core.backfill(seconds, services)
         except Exception as err:
             self.state.demo.update(backfill=f"failed: {err}")
             raise
         overview = await self.refresh_models()
-        await s.reload_history()  # the plots show the history now too
+        await self.session.reload_history()  # the plots show the history now too
         filled = {name: v for name, v in overview.items() if name in result.get("services", [])}
         counts = [int(v.get("windows") or 0) for v in filled.values()]
         learning = [name for name, v in filled.items() if "to go" in str(v.get("state", ""))]  # too few windows
@@ -182,7 +170,7 @@ class Actions:
 
     # --- training and models ------------------------------------------------------------------
     async def train(self, service: str | None, windows: int, trees: int, false_alarm_rate: float) -> dict[str, Any]:
-        """Train (one service or all) in the training executor with throttled progress; then reload models."""
+        """Train (one service or all) in a child process with throttled progress; then reload models."""
         if self._train_cancel is not None:
             self._train_cancel.set()  # a new run cancels the old one
         cancel = self._train_cancel = threading.Event()
@@ -196,14 +184,12 @@ class Actions:
                 last[0] = now
                 loop.call_soon_threadsafe(training.set_progress, fraction, message)
 
-        s = self.session
         services = [service] if service else list(self.state.services)
         training.update(running=True, progress=0.0, message="reading fingerprints …", result="")
         try:
-            result = await loop.run_in_executor(
-                self.train_executor, training_job.run, s.url, s.keys, services,
-                {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate}, progress, cancel,
-            )  # fmt: skip
+            result = await self.core.train(
+                services, {"windows": windows, "trees": trees, "false_alarm_rate": false_alarm_rate}, progress, cancel
+            )
         except Exception as err:
             training.update(running=False, result=f"failed: {err}")
             raise
@@ -215,7 +201,7 @@ class Actions:
         training.set_progress(training.progress if result["cancelled"] else full, result["summary"])
         training.update(running=False, result=result["summary"])
         for name in result["trained"]:  # the new models' thresholds (the detector scores from now on)
-            await s.refresh_model(name)
+            await self.session.refresh_model(name)
         await self.refresh_models()
         return result
 
@@ -226,23 +212,20 @@ class Actions:
 
     async def refresh_models(self) -> dict[str, dict[str, Any]]:
         """Each service's model state (learning / ready / stale) and versions."""
-        s = self.session
-        found = await s.call(training_job.model_overview, s.sync, s.keys, list(self.state.services))
+        found = await self.core.model_overview(list(self.state.services))
         self.state.training.update(services=found)
         return found
 
     async def activate(self, service: str, version: int) -> None:
         """Make `version` the service's active model."""
-        s = self.session
-        await s.call(training_job.activate, s.sync, s.keys, service, version)
-        await s.refresh_model(service)
+        await self.core.activate(service, version)
+        await self.session.refresh_model(service)
         await self.refresh_models()
 
     async def rollback(self, service: str) -> None:
         """Go back to the previous model version."""
-        s = self.session
-        await s.call(training_job.rollback, s.sync, s.keys, service)
-        await s.refresh_model(service)
+        await self.core.rollback(service)
+        await self.session.refresh_model(service)
         await self.refresh_models()
 
     # --- the app's detector -------------------------------------------------------------------
@@ -251,7 +234,7 @@ class Actions:
         if self.detector_process is not None and self.detector_process.poll() is None:
             return True
         try:
-            self.detector_process = backend.start_detector_process(self.session.url, self.session.keys)
+            self.detector_process = self.core.start_detector()
         except OSError as err:
             log.warning("the app's detector did not start: %s", err)
             self.detector_process = None

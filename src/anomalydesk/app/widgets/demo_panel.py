@@ -7,9 +7,9 @@ from typing import Any
 from PySide6 import QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app.message_label import wrapping
-from anomalydesk.app.settings import BACKFILL_SECONDS, FAULT_KINDS, AppSettings
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model.settings import BACKFILL_SECONDS, FAULT_KINDS, AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.widgets.message_label import wrapping
 
 DEMO_SERVICES = ("gateway", "users", "orders", "payments", "inventory")
 

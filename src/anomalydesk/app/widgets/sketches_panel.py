@@ -11,9 +11,9 @@ from typing import Any
 from PySide6 import QtCore, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app.backend import SketchConflict
-from anomalydesk.app.message_label import wrapping
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.services.core_client import SketchConflict
+from anomalydesk.app.widgets.message_label import wrapping
 
 SIZE_COLUMNS = ("service", "CMS width × depth", "filter items / capacity", "Top-K k", "memory")
 # per query: what to type (the placeholder), and the result table's columns

@@ -23,7 +23,7 @@ import gc
 
 from PySide6 import QtCore
 
-from anomalydesk.app.settings import GC_INTERVAL_MS
+from anomalydesk.app.model.settings import GC_INTERVAL_MS
 
 
 class GuiThreadCollector:

@@ -31,6 +31,10 @@ LIVE_CAPACITY = 3_600  # windows kept per service in the live ring buffers (5 h 
 REDRAW_INTERVAL_MS = 250  # fixed-rate plot redraw
 STATUS_POLL_SECONDS = 2.0
 FINGERPRINT_BLOCK_MS = 500
+# the fingerprint reader reads at most this often: the detector stores a fleet's scores one service
+# after the other, and a read per arriving score (100 XREADs over 200 streams at every window boundary)
+# kept the GUI thread busy while the plots painted; the plots redraw every REDRAW_INTERVAL_MS anyway
+FINGERPRINT_READ_INTERVAL_S = 0.25
 RECONNECT_BASE_SECONDS = 0.25
 RECONNECT_CAP_SECONDS = 5.0
 NOTIFY_MIN_INTERVAL_SECONDS = 5.0  # at most one notification per incident within this time

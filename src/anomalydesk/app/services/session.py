@@ -1,8 +1,9 @@
-"""The app's connection to Redis and the loops that read it (Qt-free, asyncio on the qasync loop).
+"""The app's connection to the core and the loops that read it (Qt-free, asyncio on the qasync loop).
 
-One long-lived `redis.asyncio` client per process, opened here and closed in `close()`; its retry
-policy, timeouts and health checks come from `store.connection`. A supervisor keeps it connected
-with capped exponential backoff and, once connected, runs three readers side by side:
+A `CoreClient` (the process's two Redis clients, one sync and one asyncio; their retry policy,
+timeouts and health checks come from `store.connection`) is opened in `start()` and closed in
+`close()`. A supervisor keeps it connected with capped exponential backoff and, once connected, runs
+three readers side by side:
 
 * alerts: SUBSCRIBE to `Keys.alerts_channel` first, then catch up from `Keys.alerts_log` since the
   last entry seen, then read pub/sub — so an alert published while the app was away or reconnecting
@@ -14,43 +15,38 @@ with capped exponential backoff and, once connected, runs three readers side by 
   the scores the alerts used, and the app scores nothing itself;
 * status: server facts, `status` counters, and self-monitoring warnings.
 
-Calls into the synchronous store/detect APIs (setup, models, incidents, sketches) run in a small I/O
-thread pool on a second client (`self.sync`); nothing here touches a widget.
+Every Redis call goes through `self.core`; nothing here touches a widget.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-import redis
-import redis.asyncio
 from redis.exceptions import RedisError
 
-from anomalydesk import config
-from anomalydesk.app import backend
-from anomalydesk.app.notifier import Notifier
-from anomalydesk.app.settings import (
+from anomalydesk.app.model.notifier import Notifier
+from anomalydesk.app.model.settings import (
     CATCHUP_MAX_ALERTS,
     FINGERPRINT_BLOCK_MS,
+    FINGERPRINT_READ_INTERVAL_S,
     RECONNECT_BASE_SECONDS,
     RECONNECT_CAP_SECONDS,
     SILENT_FINGERPRINT_WARN_WINDOWS,
     STATUS_POLL_SECONDS,
 )
-from anomalydesk.app.state import AppState
-from anomalydesk.detect.incident_model import Alert, Incident
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.services.core_client import CoreClient, CoreError, describe, redact
+from anomalydesk.detect.incident_model import Alert
 from anomalydesk.detect.window_scores import WindowScore, parse_entries
 from anomalydesk.fingerprint import Fingerprint, from_stream_entry
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 _FATAL_WORDS = ("authentication", "WRONGPASS", "NOAUTH", "too old", "NOPERM")
 
 
@@ -59,7 +55,6 @@ def _text(value: Any) -> str:
 
 
 CLOSE_TIMEOUT_SECONDS = 3.0
-INCIDENT_READ_CHUNK = 500  # incident ids per HMGET when alerts name many (the catch-up at start-up)
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
 
 
@@ -82,19 +77,17 @@ def _parse_batch(fresh: list[tuple[str, list[Any]]], scored: list[tuple[str, lis
 
 
 class Session:
-    """Owns the async client and the reader tasks; publishes into `state`; exposes actions."""
+    """Owns the core client and the reader tasks; publishes into `state`."""
 
     def __init__(self, state: AppState, url: str | None, *, keys: Keys | None = None,
                  notifier: Notifier | None = None, first_run_setup: bool = True) -> None:  # fmt: skip
         self.state = state
         self.requested_url = url
-        self.keys = keys or Keys(backend.prefix())
+        self.core = CoreClient(keys)
+        self.keys: Keys = self.core.keys
         self.notifier = notifier
         self.first_run_setup = first_run_setup
         self.url = ""
-        self.client: redis.asyncio.Redis | None = None
-        self.sync: redis.Redis | None = None
-        self.io = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="ad-io")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._fp_last: dict[str, bytes | str] = {}
@@ -110,15 +103,12 @@ class Session:
     async def start(self) -> None:
         """Resolve the URL (may start the embedded server) and start the supervisor."""
         self.state.connection.update(status="connecting", reason="")
-        self.url = await self.call(backend.resolve_url, self.requested_url)
-        self.state.connection.update(url=backend.redact(self.url))
-        # both may probe whether the server is a cluster (a blocking round trip): off the GUI thread
-        self.client = await self.call(backend.connect_async, self.url)
-        self.sync = await self.call(backend.connect_sync, self.url)
+        self.url = await self.core.open(self.requested_url)
+        self.state.connection.update(url=redact(self.url))
         self._task = asyncio.ensure_future(self._supervise())
 
     async def close(self) -> None:
-        """Stop the readers, close both clients and the thread pool."""
+        """Stop the readers, close the core client (both Redis clients and its executors)."""
         self._closing = True
         if self._task is not None:
             self._task.cancel()
@@ -126,31 +116,19 @@ class Session:
                 await asyncio.wait_for(self._task, timeout=CLOSE_TIMEOUT_SECONDS)
             except (asyncio.CancelledError, Exception):
                 pass
-        if self.client is not None:
-            try:
-                await asyncio.wait_for(self.client.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
-            except (TimeoutError, RedisError, OSError) as err:
-                log.warning("closing the Redis client: %s", backend.describe(err) if str(err) else "timed out")
-        self.io.shutdown(wait=True, cancel_futures=True)
-        if self.sync is not None:
-            self.sync.close()
+        await self.core.close()
         self.state.connection.update(status="disconnected")
-
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run a blocking store/detect call in the I/O pool."""
-        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     # --- supervisor ---------------------------------------------------------------------------
     async def _supervise(self) -> None:
         attempt = 0
         while not self._closing:
             try:
-                assert self.client is not None and self.sync is not None
-                await self.client.ping()
-                facts = await self.call(backend.prepare, self.sync, self.keys, self.first_run_setup)
+                await self.core.ping()
+                facts = await self.core.prepare(self.first_run_setup)
                 self.state.connection.update(
                     status="connected", reason="", attempts=0, next_retry_s=0.0,
-                    server_version=facts["server_version"], sketch_backend=facts["sketch_backend"],
+                    server_version=facts.server_version, sketch_backend=facts.sketch_backend,
                 )  # fmt: skip
                 self.connected.set()
                 attempt = 0
@@ -158,17 +136,17 @@ class Session:
             except asyncio.CancelledError:
                 raise
             except Exception as err:  # a reader failed: reconnect and run them again, never end silently
-                if not isinstance(err, RedisError | OSError | backend.BackendError):
+                if not isinstance(err, RedisError | OSError | CoreError):
                     log.exception("a Redis reader failed unexpectedly")
                 self.connected.clear()
                 self.caught_up.clear()
                 attempt += 1
-                reason = backend.describe(err)
+                reason = describe(err)
                 fatal = any(word in reason for word in _FATAL_WORDS)
                 delay = RECONNECT_CAP_SECONDS if fatal else min(
                     RECONNECT_CAP_SECONDS, RECONNECT_BASE_SECONDS * 2 ** (attempt - 1)
                 )
-                log.warning("Redis %s: %s (retry in %.1f s)", backend.redact(self.url), reason, delay)
+                log.warning("Redis %s: %s (retry in %.1f s)", redact(self.url), reason, delay)
                 self.state.connection.update(
                     status="failed" if fatal else "reconnecting", reason=reason, attempts=attempt,
                     next_retry_s=delay,
@@ -191,8 +169,7 @@ class Session:
 
     # --- alerts -------------------------------------------------------------------------------
     async def _alerts_loop(self) -> None:
-        assert self.client is not None
-        pubsub = self.client.pubsub()
+        pubsub = self.core.subscribe_alerts()
         try:
             await pubsub.subscribe(self.keys.alerts_channel)
             await self._catch_up()  # after SUBSCRIBE: nothing published in between is missed
@@ -218,20 +195,13 @@ class Session:
 
     async def _catch_up(self) -> None:
         """Read the alerts log: the newest entries at start-up, everything since the last seen after."""
-        assert self.client is not None
         incidents = self.state.incidents
-        if not self._initial_catchup_done:
-            entries = list(reversed(await self.client.xrevrange(self.keys.alerts_log, count=CATCHUP_MAX_ALERTS)))
-        else:
-            entries = await self.client.xrange(
-                self.keys.alerts_log, min=f"({incidents.last_log_id}", count=CATCHUP_MAX_ALERTS
-            )
-        raw_window = await self.client.hget(self.keys.config, "window_seconds")
-        incidents.window_seconds = float(raw_window) if raw_window else float(config.DEFAULT_WINDOW_SECONDS)
+        after = incidents.last_log_id if self._initial_catchup_done else None
+        entries = await self.core.alert_log(after, CATCHUP_MAX_ALERTS)
+        incidents.window_seconds = float(await self.core.window_seconds())
         alerts = []
-        for entry_id, fields in entries:
-            incidents.last_log_id = _text(entry_id)
-            alert = Alert.from_entry(fields)
+        for entry_id, alert in entries:
+            incidents.last_log_id = entry_id
             if alert is not None:
                 alerts.append(alert)
         # alerts missed while reconnecting still notify; the history at start-up does not
@@ -244,7 +214,7 @@ class Session:
         fresh = [a for a in alerts if not incidents.seen(a)]
         if not fresh:
             return
-        records = await self._read_incidents(sorted({a.incident_id for a in fresh}))
+        records = await self.core.read_incidents(sorted({a.incident_id for a in fresh}))
         for alert in fresh:
             row, first = incidents.apply_alert(alert, records.get(alert.incident_id))
             if row is None:
@@ -255,26 +225,16 @@ class Session:
             for hook in list(self.on_alert_hooks):
                 hook(alert)
 
-    async def _read_incidents(self, ids: list[str]) -> dict[str, Incident]:
-        """The stored records of these incident ids (ids with no readable record are left out)."""
-        assert self.client is not None
-        found: dict[str, Incident] = {}
-        for at in range(0, len(ids), INCIDENT_READ_CHUNK):
-            chunk = ids[at : at + INCIDENT_READ_CHUNK]
-            for incident_id, raw in zip(chunk, await self.client.hmget(self.keys.incidents, chunk), strict=True):
-                if raw is None:
-                    continue
-                try:
-                    found[incident_id] = Incident.from_json(raw)
-                except (ValueError, TypeError) as err:
-                    log.warning("skipping the unreadable incident record %s: %s", incident_id, err)
-        return found
-
     # --- fingerprints -------------------------------------------------------------------------
     async def _fingerprints_loop(self) -> None:
-        assert self.client is not None
+        loop = asyncio.get_running_loop()
+        next_read = 0.0
         while True:
-            services = sorted(_text(s) for s in await self.client.smembers(self.keys.services))
+            pause = next_read - loop.time()
+            if pause > 0:  # what arrives meanwhile is read in one go (see FINGERPRINT_READ_INTERVAL_S)
+                await asyncio.sleep(pause)
+            next_read = loop.time() + FINGERPRINT_READ_INTERVAL_S
+            services = await self.core.services()
             self.state.set_services(services)
             for service in services:
                 if service not in self._fp_last:
@@ -286,7 +246,7 @@ class Session:
             streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
             streams.update({self.keys.scores(s): self._score_last[s] for s in services})
             fresh, scored = [], []
-            for stream, entries in await self._read_streams(streams):
+            for stream, entries in await self.core.read_streams(streams, FINGERPRINT_BLOCK_MS):
                 service, kind = self._stream_of(_text(stream))
                 if not entries:
                     continue
@@ -299,7 +259,7 @@ class Session:
             if not fresh and not scored:
                 continue
             # parsed in the I/O pool: at a window boundary every service's window arrives at once
-            windows, scores = await self.call(_parse_batch, fresh, scored)
+            windows, scores = await self.core.run(_parse_batch, fresh, scored)
             # fingerprints first: a window's score is never written before its fingerprint, so its row
             # is in the buffer by the time the score is applied
             for service, fps in windows:
@@ -307,20 +267,6 @@ class Session:
                     self._add_fingerprint(service, fp)
             for service, stored in scores:
                 self.state.live.apply_scores(service, stored)
-
-    async def _read_streams(self, streams: dict[str, Any]) -> list[Any]:
-        """New entries of every stream: one blocking XREAD, or on a cluster (streams in different slots,
-        which one XREAD cannot span) a non-blocking read per stream in one pipeline and a pause when empty."""
-        assert self.client is not None
-        if not isinstance(self.client, redis.asyncio.RedisCluster):
-            return await self.client.xread(streams, count=1000, block=FINGERPRINT_BLOCK_MS) or []
-        pipe = self.client.pipeline(transaction=False)
-        for stream, last in streams.items():
-            pipe.xread({stream: last}, count=1000)
-        found = [pair for reply in await pipe.execute() for pair in reply or []]
-        if not any(entries for _stream, entries in found):
-            await asyncio.sleep(FINGERPRINT_BLOCK_MS / 1000)
-        return found
 
     def _stream_of(self, stream: str) -> tuple[str, str]:
         """(service, "fingerprints" | "scores") of a stream this reader follows."""
@@ -341,11 +287,9 @@ class Session:
         """Fill the service's ring buffer from its stream and, before it, its history (a backfill sent
         after live traffic, docs/engine.md), with the scores the detector stored for those windows:
         read in chunks, parse in the I/O pool."""
-        assert self.client is not None
-        raw_window = await self.client.hget(self.keys.config, "window_seconds")
-        window_s = int(raw_window) if raw_window else config.DEFAULT_WINDOW_SECONDS
+        window_s = await self.core.window_seconds()
         # the scores first: one stored after this read arrives through XREAD, its window by then buffered
-        score_entries = await self.client.xrevrange(self.keys.scores(service), count=self.state.live.capacity)
+        score_entries = await self.core.newest_entries(self.keys.scores(service), self.state.live.capacity)
         self._score_last[service] = score_entries[0][0] if score_entries else "0-0"
         remaining = self.state.live.capacity
         chunks: list[list[Fingerprint]] = []
@@ -353,17 +297,17 @@ class Session:
         for stream in (self.keys.fingerprints(service), self.keys.history(service, window_s)):
             upper = "+"
             while remaining > 0:
-                entries = await self.client.xrevrange(stream, max=upper, count=min(HISTORY_CHUNK, remaining))
+                entries = await self.core.newest_entries(stream, min(HISTORY_CHUNK, remaining), upper)
                 if not entries:
                     break
                 if stream == self.keys.fingerprints(service):
                     newest = newest or entries[0][0]
-                chunks.append(await self.call(_parse_entries, service, entries[::-1]))
+                chunks.append(await self.core.run(_parse_entries, service, entries[::-1]))
                 remaining -= len(entries)
                 upper = f"({_text(entries[-1][0])}"
         self._fp_last[service] = newest or "0-0"
         fps = [fp for chunk in reversed(chunks) for fp in chunk]
-        self._set_threshold(service, await self.call(backend.load_model, self.sync, self.keys, service))
+        self._set_threshold(service, await self.core.model_threshold(service))
         if fps:
             rows = np.empty((len(fps), 2 + len(fps[0].vector)))
             rows[:, 0] = [fp.start for fp in fps]
@@ -372,7 +316,7 @@ class Session:
             # live windows may have arrived while this was read: merged in time order, not appended after
             self.state.live.buffer(service).merge(rows)
             self._note_arrival(fps[-1].start)
-        scores: list[WindowScore] = await self.call(parse_entries, score_entries[::-1])
+        scores: list[WindowScore] = await self.core.run(parse_entries, score_entries[::-1])
         self.state.live.apply_scores(service, scores)
 
     def _note_arrival(self, start: float) -> None:
@@ -383,26 +327,25 @@ class Session:
         self.state.live.append(service, fp.start, fp.vector, None)
         self._note_arrival(fp.start)
 
-    def _set_threshold(self, service: str, model: Any) -> None:
-        if model is None:
+    def _set_threshold(self, service: str, threshold: float | None) -> None:
+        if threshold is None:
             self.state.live.thresholds.pop(service, None)
         else:
-            self.state.live.thresholds[service] = float(model.threshold)
+            self.state.live.thresholds[service] = threshold
 
     async def refresh_model(self, service: str) -> None:
         """Read the service's active model's threshold again (after training, activation or rollback).
 
         The plot's scores are the detector's: windows scored before keep their scores, the new model's
         start with the first window it scores (marked on the plot as its activation)."""
-        self._set_threshold(service, await self.call(backend.load_model, self.sync, self.keys, service))
+        self._set_threshold(service, await self.core.model_threshold(service))
 
     # --- status and self-monitoring -----------------------------------------------------------
     async def _status_loop(self) -> None:
-        assert self.client is not None
         while True:
-            info = await self.client.info("memory")
-            status = await self.call(backend.status, self.sync, self.keys)
-            detector = await self.call(backend.detector_holder, self.sync, self.keys)
+            used_memory = await self.core.used_memory()
+            status = await self.core.status()
+            detector = await self.core.detector_holder()
             warnings = []
             window = float(status.get("window_seconds") or 5)
             last = self.state.connection.last_fingerprint_at  # newest window start seen
@@ -411,13 +354,12 @@ class Session:
             if not detector:
                 warnings.append("no detector is alive: nothing is being scored or alerted")
             self.state.connection.update(
-                used_memory=int(info.get("used_memory", 0)), status_json=status, warnings=warnings,
+                used_memory=used_memory, status_json=status, warnings=warnings,
                 detector=detector,
             )  # fmt: skip
             if self._initial_catchup_done:  # incidents follow their records (extended without alerts)
                 incidents = self.state.incidents
                 incidents.window_seconds = window
-                for record in await self.call(backend.live_incident_records, self.sync, self.keys,
-                                              incidents.tracked()):  # fmt: skip
+                for record in await self.core.live_incidents(incidents.tracked()):
                     incidents.apply(record)
             await asyncio.sleep(STATUS_POLL_SECONDS)

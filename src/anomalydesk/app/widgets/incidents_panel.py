@@ -16,10 +16,11 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app import theme
-from anomalydesk.app.live_panel import axis_title
-from anomalydesk.app.message_label import MessageLabel
-from anomalydesk.app.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.app.model.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.app.widgets import theme
+from anomalydesk.app.widgets.live_panel import axis_title
+from anomalydesk.app.widgets.message_label import MessageLabel
+from anomalydesk.app.widgets.theme import contrast
 from anomalydesk.detect.incident_model import IncidentState, local_time
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
@@ -42,20 +43,6 @@ def seconds_until_tomorrow(now: float | None = None) -> float:
     now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now)
     tomorrow = (now_dt + dt.timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
     return (tomorrow - now_dt).total_seconds()
-
-
-def relative_luminance(colour: QtGui.QColor) -> float:
-    """WCAG 2.x relative luminance of an sRGB colour."""
-    def channel(c: float) -> float:
-        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
-
-    return 0.2126 * channel(colour.redF()) + 0.7152 * channel(colour.greenF()) + 0.0722 * channel(colour.blueF())
-
-
-def contrast(a: QtGui.QColor, b: QtGui.QColor) -> float:
-    """WCAG contrast ratio of two colours (1 … 21)."""
-    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
-    return (la + 0.05) / (lb + 0.05)
 
 
 def _blend(a: QtGui.QColor, b: QtGui.QColor, t: float) -> QtGui.QColor:

@@ -7,10 +7,10 @@ from typing import Any
 from PySide6 import QtCore, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app import settings as settings_mod
-from anomalydesk.app.message_label import wrapping
-from anomalydesk.app.settings import AppSettings
-from anomalydesk.app.state import AppState
+from anomalydesk.app.model import settings as settings_mod
+from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.model.state import AppState
+from anomalydesk.app.widgets.message_label import wrapping
 from anomalydesk.detect.incident_model import local_time
 
 ALL = "(all services)"

@@ -63,6 +63,20 @@ def follow_system(app: QtWidgets.QApplication) -> None:
     hints.colorSchemeChanged.connect(lambda scheme: apply_scheme(app, scheme))
 
 
+def relative_luminance(colour: QtGui.QColor) -> float:
+    """WCAG 2.x relative luminance of an sRGB colour."""
+    def channel(c: float) -> float:
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+    return 0.2126 * channel(colour.redF()) + 0.7152 * channel(colour.greenF()) + 0.0722 * channel(colour.blueF())
+
+
+def contrast(a: QtGui.QColor, b: QtGui.QColor) -> float:
+    """WCAG contrast ratio of two colours (1 … 21)."""
+    la, lb = sorted((relative_luminance(a), relative_luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
 @dataclass(frozen=True)
 class PlotColours:
     """What a plot draws with, taken from a palette."""
@@ -76,8 +90,6 @@ class PlotColours:
     def series(self, index: int, count: int) -> QtGui.QColor:
         """The colour of feature curve `index` of `count`: evenly spaced hues, light on a dark plot and
         deep on a light one, each at least 3:1 against the background (WCAG's figure for graphics)."""
-        from anomalydesk.app.incidents_panel import contrast
-
         hue = index / max(count, 3)
         lightness = 0.62 if self.dark else 0.38
         colour = QtGui.QColor.fromHslF(hue, 0.9, lightness)
@@ -90,8 +102,6 @@ class PlotColours:
 def graphic_colour(colour: QtGui.QColor, background: QtGui.QColor) -> QtGui.QColor:
     """`colour`, lightened on a dark background or deepened on a light one until it stands out at 3:1
     (a status dot, a curve): its hue kept, so red still says critical in a dark theme."""
-    from anomalydesk.app.incidents_panel import contrast
-
     hue, saturation, lightness, _alpha = colour.getHslF()
     step = 0.03 if background.lightness() < 128 else -0.03
     found = QtGui.QColor(colour)

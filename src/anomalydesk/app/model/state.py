@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from anomalydesk import config
-from anomalydesk.app.observable import Signal
-from anomalydesk.app.ringbuffer import RingBuffer
-from anomalydesk.app.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
+from anomalydesk.app.model.observable import Signal
+from anomalydesk.app.model.ringbuffer import RingBuffer
+from anomalydesk.app.model.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
 from anomalydesk.detect.incident_model import CLOSED_STATES, Alert, Incident, IncidentState, Severity
 from anomalydesk.detect.window_scores import WindowScore, activations
 from anomalydesk.fingerprint import N_FEATURES
