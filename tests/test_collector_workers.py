@@ -36,12 +36,13 @@ def bearer(key: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def collect(redis_url: str, *extra: str, workers: int = 2) -> Iterator[tuple[str, subprocess.Popen[str]]]:
+def collect(redis_url: str, *extra: str, workers: int = 2,
+            env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen[str]]]:
     """`anomalydesk collect --workers N --json` in a subprocess: (its URL, the process)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "anomalydesk.cli", "collect", "--port", "0", "--redis", redis_url, "--json",
          "--workers", str(workers), *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **(env or {})},
     )
     try:
         text = ""
@@ -201,6 +202,29 @@ def test_sigterm_stores_every_answered_batch_and_leaves_no_process(redis_url: st
     assert answered
     assert events_total(r) >= sum(answered)  # every 202 is stored (a batch cut off mid-answer may be too)
     assert not any(worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE for worker in workers)
+
+
+def test_each_worker_writes_its_own_log_file_and_sigterm_while_starting_is_clean(tmp_path: Path) -> None:
+    # Redis unreachable: the workers start anyway (503 until it is back), each logging to its own file
+    env = {"ANOMALYDESK_LOG_DIR": str(tmp_path)}
+    with collect("redis://127.0.0.1:1/0", env=env) as (url, _proc):
+        status, _, body = post(url, "/metrics", metric())
+        assert status == 503 and body["stored"] == "no"
+    assert {p.name for p in tmp_path.glob("*.log")} == {"collect.log", "collect-worker-0.log", "collect-worker-1.log"}
+    assert "Redis unreachable" in "".join(p.read_text() for p in tmp_path.glob("collect-worker-*.log"))
+    proc = subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", "collect", "--port", "0", "--workers", "2",
+                             "--redis", "redis://127.0.0.1:1/0"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, **env})
+    deadline = time.monotonic() + 30
+    while len(psutil.Process(proc.pid).children()) < 2:  # forked, maybe not listening yet
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    children = psutil.Process(proc.pid).children()
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
 
 
 def test_workers_flag_is_checked() -> None:

@@ -27,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import logging.handlers
 import multiprocessing
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -45,6 +47,7 @@ import aiohttp
 import redis
 from aiohttp import web
 
+from anomalydesk import logs
 from anomalydesk.ingest.access import json_answer
 from anomalydesk.ingest.collector import Collector, CollectorSettings, Peers, load_keys, tls_context
 from anomalydesk.ingest.collector_server import StoreBinding, _prepare_or_warn, prepare_store
@@ -124,6 +127,7 @@ def _worker_main(index: int, shared: _Shared, channel: socket.socket, inherited:
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
+    _own_log_file(index)
     try:
         import uvloop
     except ImportError:
@@ -133,12 +137,23 @@ def _worker_main(index: int, shared: _Shared, channel: socket.socket, inherited:
         runner.run(_worker_serve(index, shared, channel))
 
 
+def _own_log_file(index: int) -> None:
+    """A worker writes `collect-worker-<index>.log`: one rotating file per process (a shared one would be
+    rotated by one process under the others)."""
+    root = logging.getLogger()
+    if not any(isinstance(h, logging.handlers.RotatingFileHandler) for h in root.handlers):
+        return  # the command was not set up with a log file (tests, embedding)
+    console = [h.level for h in root.handlers if type(h) is logging.StreamHandler]
+    verbosity = (logging.WARNING - console[0]) // 10 if console else 0
+    logs.setup(f"collect-worker-{index}", verbosity)
+
+
 async def _worker_serve(index: int, shared: _Shared, channel: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     binding = StoreBinding(shared.url)
     collector = Collector(binding, shared.settings, load_keys(shared.settings), limiter=shared.limiter,
                           peers=_peer_reader(shared.rundir, index, shared.count), worker=(index, shared.count))
-    await _prepare_or_warn(binding)
+    preparing = loop.create_task(_prepare_or_warn(binding))  # the supervisor prepared already: a check
     runner = web.AppRunner(collector.app(), access_log=None, handle_signals=False)
     await runner.setup()
 
@@ -178,10 +193,14 @@ async def _worker_serve(index: int, shared: _Shared, channel: socket.socket) -> 
 
     channel.setblocking(False)
     loop.add_reader(channel.fileno(), handed_over)
-    channel.send(_READY)
+    try:
+        channel.send(_READY)
+    except OSError:  # the supervisor is gone already (stopped while starting): nothing to serve
+        stop.set()
     try:
         await stop.wait()
     finally:
+        preparing.cancel()
         with contextlib.suppress(Exception):
             loop.remove_reader(channel.fileno())
         channel.close()
@@ -217,52 +236,72 @@ class Supervisor:
         self.workers: list[_Worker | None] = [None] * count
         self._next = 0
         self._stopping = False
+        self._wake_fds: list[int] = []
         self._context = multiprocessing.get_context("fork")
 
     @property
     def port(self) -> int:
         return int(self.listener.getsockname()[1])
 
-    def spawn(self, index: int) -> None:
-        """Fork worker `index` and wait until it takes connections."""
+    def _fork(self, index: int) -> None:
+        """Fork worker `index` (it takes connections once it has said so: `_await_ready`)."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        inherited = [self.listener.fileno(), ours.fileno(),
+        inherited = [self.listener.fileno(), ours.fileno(), *self._wake_fds,
                      *(w.channel.fileno() for w in self.workers if w is not None)]
         process = self._context.Process(target=_worker_main, args=(index, self.shared, theirs, inherited),
                                         name=f"anomalydesk-collect-{index}")
         process.start()
         theirs.close()
-        ours.settimeout(_START_SECONDS)
-        try:
-            ready = ours.recv(16)
-        except TimeoutError:
-            ready = b""
-        if ready != _READY:
-            process.terminate()
-            ours.close()
-            raise WorkersFailed(f"collector worker {index} did not start (exit code {process.exitcode})")
-        ours.settimeout(None)  # blocking sends: a worker reads its channel in every loop turn
         self.workers[index] = _Worker(process, ours, time.monotonic())
+
+    def _await_ready(self, indices: list[int], wake: socket.socket | None) -> None:
+        """Wait until each of these workers said it takes connections (WorkersFailed if one does not)."""
+        deadline = time.monotonic() + _START_SECONDS
+        waiting = {self.workers[i].channel: i for i in indices}  # type: ignore[union-attr]
+        while waiting and not self._stopping:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise WorkersFailed(f"collector workers {sorted(waiting.values())} did not start within "
+                                    f"{_START_SECONDS:g} s")
+            ready, _, _ = select.select([*waiting, *([wake] if wake else [])], [], [], remaining)
+            for channel in ready:
+                if channel is wake:
+                    with contextlib.suppress(OSError):
+                        wake.recv(64)
+                    continue
+                index = waiting.pop(channel)
+                try:
+                    said = channel.recv(16)
+                except OSError:
+                    said = b""
+                if said != _READY:
+                    worker = self.workers[index]
+                    if worker is not None:
+                        worker.process.join(timeout=5)
+                    raise WorkersFailed(f"collector worker {index} did not start (exit code "
+                                        f"{worker.process.exitcode if worker else None})")
 
     def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM: start the workers, then accept and hand over."""
         wake_read, wake_write = socket.socketpair()
         wake_read.setblocking(False)
         wake_write.setblocking(False)
+        self._wake_fds = [wake_read.fileno(), wake_write.fileno()]
+        previous = signal.set_wakeup_fd(wake_write.fileno())
+        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            for index in range(self.count):
-                self.spawn(index)
-            previous = signal.set_wakeup_fd(wake_write.fileno())
-            handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                if on_ready is not None:
-                    on_ready(self.port)
-                self._serve(wake_read)
-            finally:
-                signal.set_wakeup_fd(previous)
-                for sig, handler in handlers.items():
-                    signal.signal(sig, handler)
+            for index in range(self.count):  # all at once: each prepares on its own
+                self._fork(index)
+            self._await_ready(list(range(self.count)), wake_read)
+            if self._stopping:  # stopped while starting
+                return
+            if on_ready is not None:
+                on_ready(self.port)
+            self._serve(wake_read)
         finally:
+            signal.set_wakeup_fd(previous)
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             self.stop()
             wake_read.close()
             wake_write.close()
@@ -331,7 +370,8 @@ class Supervisor:
         if pause > 0:
             time.sleep(pause)
         try:
-            self.spawn(index)
+            self._fork(index)
+            self._await_ready([index], None)
         except (WorkersFailed, OSError) as err:
             log.error("%s", err)
 
