@@ -63,6 +63,7 @@ _START_SECONDS = 60.0  # a worker must listen on its channel within this
 _STOP_SECONDS = 30.0  # and exit within this after SIGTERM (it writes what it holds first)
 _PEER_SECONDS = 1.0  # /prometheus waits this long for each other worker's counters
 _RESPAWN_PAUSE = 1.0  # a worker that keeps exiting is not restarted in a tight loop
+_HANDOVER_SECONDS = 1.0  # a worker whose channel stays full this long is skipped for the next one
 
 
 class WorkersFailed(RuntimeError):
@@ -252,6 +253,7 @@ class Supervisor:
                                         name=f"anomalydesk-collect-{index}")
         process.start()
         theirs.close()
+        ours.settimeout(_HANDOVER_SECONDS)  # a worker that stops reading its channel must not stop accepting
         self.workers[index] = _Worker(process, ours, time.monotonic())
 
     def _await_ready(self, indices: list[int], wake: socket.socket | None) -> None:
@@ -354,8 +356,8 @@ class Supervisor:
             try:
                 socket.send_fds(worker.channel, [_CONNECTION], [connection.fileno()])
                 return
-            except OSError:
-                continue  # that worker just exited: the next one takes it
+            except OSError:  # TimeoutError among them
+                continue  # that worker just exited, or is stuck: the next one takes it
         log.error("collector: no worker to take a connection; it is closed")
 
     def _replace(self, index: int) -> None:
