@@ -4,10 +4,12 @@
 Each run starts `anomalydesk collect --workers 1` with the cap given (patched into `config` before the
 collector is imported), sends `bench collector`'s 5,000-endpoint bodies (500 events each) closed-loop
 over the number of connections given for SECONDS, and prints one line: events/s, the CPU µs per event
-of the collector, redis-server and the generator, the cores they used together, the load average.
+of the collector, redis-server and the generator, the cores they used together, the collector's RSS
+at the end, the load average.
 
-Run: `python scripts/collector_merge_cap.py CAP@CONNECTIONS[,CAP@CONNECTIONS...] [SECONDS]`, e.g.
-`5000@8,50000@8,5000@128,50000@128,50000@128,5000@128` (default SECONDS 8).
+Run: `python scripts/collector_merge_cap.py CAP@CONNECTIONS[@gc-default][,...] [SECONDS]`, e.g.
+`5000@8,50000@8,5000@128,50000@128,50000@128,5000@128` (default SECONDS 8); `@gc-default` runs that
+collector with CPython's default garbage-collector thresholds (without `collector_server.tune_gc`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import orjson
+import psutil
 import redis
 
 from anomalydesk.bench import collector as bench
@@ -32,9 +35,10 @@ from anomalydesk.store.gears import ensure_library
 
 
 @contextlib.contextmanager
-def collector(url: str, cap: int) -> Iterator[tuple[str, list[int]]]:
+def collector(url: str, cap: int, gc_default: bool) -> Iterator[tuple[str, list[int]]]:
+    untuned = "import anomalydesk.ingest.collector_server as s; s.tune_gc = lambda: None; " if gc_default else ""
     code = ("import sys, anomalydesk.config as c; "
-            f"c.COLLECTOR_MICROBATCH_EVENTS = {cap}; import anomalydesk.cli as m; "
+            f"c.COLLECTOR_MICROBATCH_EVENTS = {cap}; {untuned}import anomalydesk.cli as m; "
             f"sys.exit(m.main(['collect', '--port', '0', '--redis', {url!r}, '--json', '--rate-limit', '0', "
             "'--workers', '1']))")
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -53,7 +57,8 @@ def collector(url: str, cap: int) -> Iterator[tuple[str, list[int]]]:
 
 
 def main() -> None:
-    plan = [tuple(int(v) for v in part.split("@")) for part in sys.argv[1].split(",")]
+    plan = [(int(fields[0]), int(fields[1]), fields[2:] == ["gc-default"])
+            for fields in (part.split("@") for part in sys.argv[1].split(","))]
     seconds = float(sys.argv[2]) if len(sys.argv) > 2 else 8.0
     rng = np.random.default_rng(7)
     wide = [bench._wide_events(bench.BATCH, rng) for _ in range(bench.WIDE_BODIES)]
@@ -61,16 +66,18 @@ def main() -> None:
         r = redis.Redis.from_url(url)
         ensure_library(r)
         admin.setup(r, SketchSettings())
-        for cap, connections in plan:
-            with collector(url, cap) as (base, pids):
+        for cap, connections, gc_default in plan:
+            with collector(url, cap, gc_default) as (base, pids):
                 bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in wide]
                 cpu = bench._Cpu(pids, bench._redis_pid(r))
                 load = os.getloadavg()[0]
                 _ok, errors, stored, elapsed, spent = bench._batches_over_http(base, bodies, r, cpu, seconds,
                                                                                connections)
-            print(f"cap {cap:6d} connections {connections:4d}: {stored / elapsed:8.0f} events/s, errors {errors}, "
+                rss = psutil.Process(pids[0]).memory_info().rss
+            print(f"cap {cap:6d} connections {connections:4d}{' gc-default' if gc_default else ''}: "
+                  f"{stored / elapsed:8.0f} events/s, errors {errors}, "
                   f"CPU us/event {bench._per(spent, stored, 1e6)}, cores {sum(spent.values()) / elapsed:.2f}, "
-                  f"load {load:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
+                  f"collector RSS {rss / 2**20:.0f} MiB, load {load:.2f} -> {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ COLLECTOR_MAX_BATCH_EVENTS = 10_000  # more events in one request get 413
 # should carry hundreds of events per service (5,000 gave about 100 each at 50 services; docs/benchmarks.md)
 COLLECTOR_MICROBATCH_EVENTS = 50_000
 COLLECTOR_MICROBATCH_SECONDS = 0.002  # ... or until the oldest waiting event is this old
+COLLECTOR_GC_THRESHOLDS = (100_000, 50, 1_000)  # gc.set_threshold in collector processes (collector_server.tune_gc)
 COLLECTOR_MAX_INFLIGHT_INGESTS = 8  # concurrent ingest calls to Redis
 COLLECTOR_MERGED_INFLIGHT = 2  # merged writes at once: one written, the next one growing
 COLLECTOR_RATE_PER_KEY = 2_000.0  # requests per second per API key (or per client address without keys)
