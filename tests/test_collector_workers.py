@@ -25,6 +25,7 @@ from anomalydesk.ingest.collector_metrics import CollectorMetrics
 from anomalydesk.ingest.collector_server import BackgroundCollector
 from anomalydesk.ingest.http_auth import RateLimiter
 from anomalydesk.ingest.shared_limits import SharedRateLimiter
+from conftest import free_port
 from test_collector import events_total, metric, post, request
 
 KEY_A = "key-aaaaaaaaaaaaaaaaaaaa"
@@ -225,6 +226,23 @@ def test_each_worker_writes_its_own_log_file_and_sigterm_while_starting_is_clean
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert not any(child.is_running() and child.status() != psutil.STATUS_ZOMBIE for child in children)
+
+
+def test_a_killed_supervisor_leaves_no_worker_behind_and_frees_the_port(redis_url: str, r: redis.Redis) -> None:
+    port = free_port()
+    with collect(redis_url, "--rate-limit", "0", "--port", str(port)) as (url, proc):
+        assert url.endswith(f":{port}")
+        assert [post(url, "/metrics", metric())[0] for _ in range(4)] == [202] * 4
+        workers = psutil.Process(proc.pid).children()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 30  # the workers see their channel close, write what they hold, exit
+        while any(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers):
+            assert time.monotonic() < deadline, "a worker outlived its supervisor"
+            time.sleep(0.1)
+    with collect(redis_url, "--rate-limit", "0", "--port", str(port)) as (url, _proc):
+        assert [post(url, "/metrics", metric())[0] for _ in range(2)] == [202] * 2
+    assert events_total(r) == 6
 
 
 def test_workers_flag_is_checked() -> None:
