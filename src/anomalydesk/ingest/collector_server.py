@@ -8,7 +8,6 @@ first ingest after Redis comes back.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import threading
@@ -191,22 +190,8 @@ async def serve(
         await binding.aclose()
 
 
-def tune_gc() -> None:
-    """Fewer passes of the cyclic garbage collector in a collector process (`collect`, each of its workers).
-
-    Under load a collector holds tens of thousands of events in flight and allocates a tuple per event,
-    so CPython's default thresholds (700, 10, 10) run a young-generation pass every few requests and
-    older passes over everything held; the events are freed by reference counting, not by these passes.
-    What start-up built is frozen out of them too. Measured: 17–47 % less collector CPU per event at
-    5,000 endpoints, the same RSS (docs/benchmarks.md). Not for embedded collectors (the host owns its GC).
-    """
-    gc.freeze()
-    gc.set_threshold(*config.COLLECTOR_GC_THRESHOLDS)
-
-
 def run(settings: CollectorSettings, url: str | None, on_ready: Callable[[str], None] | None = None) -> None:
     """`serve` in this thread until SIGINT/SIGTERM, on uvloop where it is installed (cheaper I/O per request)."""
-    tune_gc()
     try:
         import uvloop
     except ImportError:  # uvloop has no Windows build: the standard loop serves the same answers

@@ -50,7 +50,7 @@ from aiohttp import web
 from anomalydesk import logs
 from anomalydesk.ingest.access import json_answer
 from anomalydesk.ingest.collector import Collector, CollectorSettings, Peers, load_keys, tls_context
-from anomalydesk.ingest.collector_server import StoreBinding, _prepare_or_warn, prepare_store, tune_gc
+from anomalydesk.ingest.collector_server import StoreBinding, _prepare_or_warn, prepare_store
 from anomalydesk.ingest.shared_limits import SharedRateLimiter
 from anomalydesk.store.connection import ConnectionFailed, redact_url
 from anomalydesk.store.locate import resolve_url
@@ -129,7 +129,6 @@ def _worker_main(index: int, shared: _Shared, channel: socket.socket, inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
     _own_log_file(index)
-    tune_gc()
     try:
         import uvloop
     except ImportError:
