@@ -48,15 +48,19 @@ def rss(pid: int) -> int:
 class Collector:
     """`anomalydesk collect` in a subprocess on a fixed port (so it can be SIGKILLed and restarted)."""
 
-    def __init__(self, redis_url: str, port: int | None = None):
+    def __init__(self, redis_url: str, port: int | None = None, workers: int = 1):
+        # one process (not `collect`'s default of one per core): its RSS is the collector's memory, and a
+        # SIGKILL kills every request in flight
         self.redis_url = redis_url
+        self.workers = workers
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Collector:
         self.proc = subprocess.Popen([ANOMALYDESK, "collect", "--port", str(self.port), "--redis", self.redis_url,
-                                      "--rate-limit", "0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                      "--rate-limit", "0", "--workers", str(self.workers)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:

@@ -200,3 +200,38 @@ async def test_late_events_reach_the_requests_of_a_merged_write() -> None:
     outcomes = await asyncio.gather(mb.submit([EVENT, users]), mb.submit([users]), mb.submit([EVENT]))
     assert calls == [4]  # one merged write
     assert outcomes == [Outcome(1, 1, False), Outcome(1, 0, False), Outcome(0, 1, False)]
+
+
+async def test_merged_writes_stay_small_while_redis_is_slow_and_grow_again_after_a_quick_one() -> None:
+    ingest = Recorder()
+    mb = MicroBatcher(ingest, CollectorMetrics(), max_events=1000, max_delay=0.002, max_inflight=8,
+                      stalled_max_events=10, stall_seconds=0.05)
+    assert mb.merge_limit() == 1000
+    ingest.release.clear()
+    first = asyncio.create_task(mb.submit([EVENT] * 4))
+    await asyncio.sleep(0.1)  # the write in flight has taken longer than stall_seconds
+    assert mb.merge_limit() == 10
+    held = [asyncio.create_task(mb.submit([EVENT] * 4)) for _ in range(12)]
+    await asyncio.sleep(0.01)
+    ingest.release.set()
+    assert [o.accepted for o in await asyncio.gather(first, *held)] == [4] * 13
+    sizes = [n for n, _ in ingest.calls]
+    # sent while the slow write was in flight, and right after it ended slow: at most 10 events each; a
+    # quick write then ends the stall and the rest goes in one
+    assert sizes[0] == 4 and sum(sizes) == 52 and sizes[1] <= 10 and sizes[2] <= 10, sizes
+    assert mb.merge_limit() == 1000
+
+    ingest.calls.clear()
+    ingest.release.clear()
+    again = asyncio.create_task(mb.submit([EVENT] * 4))
+    await asyncio.sleep(0.01)  # in flight, but not for long
+    more = [asyncio.create_task(mb.submit([EVENT] * 4)) for _ in range(12)]
+    await asyncio.sleep(0.01)
+    ingest.release.set()
+    await asyncio.gather(again, *more)
+    assert max(n for n, _ in ingest.calls) > 10  # merged beyond the stalled size
+
+    ingest.fail = redis.ConnectionError("down")
+    with pytest.raises(redis.ConnectionError):
+        await mb.submit([EVENT])
+    assert mb.merge_limit() == 10  # a failed merged write counts as slow

@@ -72,7 +72,14 @@ COLLECTOR_DEFAULT_HOST = "127.0.0.1"
 COLLECTOR_DEFAULT_PORT = 4000
 COLLECTOR_MAX_BODY_BYTES = 8 * 1024 * 1024  # larger bodies get 413
 COLLECTOR_MAX_BATCH_EVENTS = 10_000  # more events in one request get 413
-COLLECTOR_MICROBATCH_EVENTS = 5_000  # concurrent requests merged into one ingest call up to this size
+# concurrent requests merged into one ingest call up to this size: a merged write is one FCALL per service
+# and Redis's work per FCALL grows with its distinct endpoints, not its events, so under load the write
+# should carry hundreds of events per service (5,000 gave about 100 each at 50 services; docs/benchmarks.md)
+COLLECTOR_MICROBATCH_EVENTS = 50_000
+# ... but while Redis is slow (a merged write failed or took longer than this) at most this many: a request
+# still in the queue can be given up by its client and is never written, one inside a write cannot be recalled
+COLLECTOR_MERGE_STALL_SECONDS = 1.0
+COLLECTOR_STALLED_MERGE_EVENTS = 5_000
 COLLECTOR_MICROBATCH_SECONDS = 0.002  # ... or until the oldest waiting event is this old
 COLLECTOR_MAX_INFLIGHT_INGESTS = 8  # concurrent ingest calls to Redis
 COLLECTOR_MERGED_INFLIGHT = 2  # merged writes at once: one written, the next one growing

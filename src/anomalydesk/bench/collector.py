@@ -9,6 +9,10 @@
 - `endpoints_5000_events_per_s` / `direct_endpoints_5000_events_per_s`: the same two at the
   cardinality operators have: 5,000 distinct endpoint names over 50 services (100 each, Zipf-ish;
   `bench ingest`'s traffic), 64 different bodies of 500 events.
+- `endpoints_5000_clients_events_per_s` / `endpoints_5000_clients_2_workers_events_per_s` and
+  `workers_2_ratio`: the same bodies from `CLIENTS` (128) connections, to `collect --workers 1` and
+  `--workers 2` run back to back (1, 2, 2, 1) on the same server; `workers_runs` has each run's rate,
+  CPU per event, the cores the processes got and the load average around it.
 - `single_p99_ms`: 99th percentile latency of single-event requests sent open-loop at 1,000
   requests/s (latency counted from each request's scheduled send time, so a stall is not hidden).
 
@@ -48,6 +52,10 @@ BATCH = 500
 BODIES = 16
 WIDE_BODIES = 64  # 32,000 events: the 5,000 endpoint names recur across bodies as in real traffic
 CONNECTIONS = 8
+# many clients (services × instances, each with a batch in flight): a worker's merged writes then carry
+# hundreds of events per service, which is what makes a 5,000-endpoint write cheap in Redis
+CLIENTS = 128
+WORKER_ORDER = (1, 2, 2, 1)
 SINGLE_RATE = 1_000
 SERVICES = ("gateway", "users", "orders", "payments", "inventory")
 ENDPOINTS = ("GET:/api/users/{}", "POST:/api/orders", "GET:/api/items/{}", "PUT:/api/cart/{}", "POST:/api/pay")
@@ -72,11 +80,13 @@ def _events(n: int, rng: np.random.Generator) -> list[dict[str, Any]]:
 
 
 @contextlib.contextmanager
-def _collector_process(url: str) -> Iterator[tuple[str, int]]:
+def _collector_process(url: str, workers: int = 1) -> Iterator[tuple[str, list[int]]]:
+    """`anomalydesk collect --workers N` on a free port: (its URL, the pids of its processes)."""
     # a frozen (PyInstaller) build is the `anomalydesk` command itself
     command = [sys.executable] if getattr(sys, "frozen", False) else [sys.executable, "-m", "anomalydesk.cli"]
     proc = subprocess.Popen(
-        [*command, "collect", "--port", "0", "--redis", url, "--json", "--rate-limit", "0"],
+        [*command, "collect", "--port", "0", "--redis", url, "--json", "--rate-limit", "0",
+         "--workers", str(workers)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     try:
@@ -87,7 +97,10 @@ def _collector_process(url: str) -> Iterator[tuple[str, int]]:
             if not line and (proc.poll() is not None or time.monotonic() > deadline):
                 raise RuntimeError("the collector did not start for the benchmark")
             text += line
-        yield match.group(1), proc.pid
+        pids = [proc.pid]
+        if workers > 1:  # the supervisor forks the workers once it listens: count their CPU too
+            pids += [child.pid for child in psutil.Process(proc.pid).children()]
+        yield match.group(1), pids
     finally:
         proc.terminate()
         proc.communicate(timeout=30)
@@ -110,15 +123,16 @@ def _events_total(r: redis.Redis) -> int:
 class _Cpu:
     """CPU seconds of the collector, redis-server and this process (the generator) since `mark()`."""
 
-    def __init__(self, collector_pid: int, redis_pid: int | None):
-        self.pids = {"collector": collector_pid, "redis": redis_pid}
+    def __init__(self, collector_pids: list[int], redis_pid: int | None):
+        self.pids = {"collector": collector_pids, "redis": [] if redis_pid is None else [redis_pid]}
         self._start: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
         now = {"generator": _own_cpu_seconds()}
-        for name, pid in self.pids.items():
-            with contextlib.suppress(psutil.Error, TypeError):
-                now[name] = _cpu_seconds(pid)  # type: ignore[arg-type]
+        for name, pids in self.pids.items():
+            with contextlib.suppress(psutil.Error):
+                if pids:
+                    now[name] = sum(_cpu_seconds(pid) for pid in pids)
         return now
 
     def mark(self) -> None:
@@ -149,16 +163,47 @@ def _direct(r: redis.Redis, batches: list[list], seconds: float) -> float:
     return sent / (time.perf_counter() - start)
 
 
-def _batches_over_http(base: str, bodies: list[bytes], r: redis.Redis, cpu: _Cpu,
-                       seconds: float) -> tuple[int, int, int, float, dict[str, float]]:
+def _batches_over_http(base: str, bodies: list[bytes], r: redis.Redis, cpu: _Cpu, seconds: float,
+                       connections: int = CONNECTIONS) -> tuple[int, int, int, float, dict[str, float]]:
     """Closed-loop batches: (202 answers, other answers, events stored, seconds, CPU seconds per process)."""
-    asyncio.run(closed_loop(base, bodies[:2], CONNECTIONS, 0.5))  # warm-up: caches, first FCALLs
+    asyncio.run(closed_loop(base, bodies[:2], connections, 0.5))  # warm-up: caches, first FCALLs
     before = _events_total(r)
     cpu.mark()
     started = time.perf_counter()
-    ok, errors = asyncio.run(closed_loop(base, bodies, CONNECTIONS, seconds))
+    ok, errors = asyncio.run(closed_loop(base, bodies, connections, seconds))
     elapsed = time.perf_counter() - started
     return ok, errors, _events_total(r) - before, elapsed, cpu.spent()
+
+
+def _workers_case(url: str, r: redis.Redis, wide_raw: list[list[dict[str, Any]]], seconds: float) -> dict[str, Any]:
+    """5,000 endpoints from CLIENTS connections: `collect --workers 1` and `--workers 2`, back to back.
+
+    Run in the order 1, 2, 2, 1 (each its own collector process on the same server), so a change in
+    what else the machine runs weighs on both alike; the ratio is of the summed rates.
+    """
+    parts: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for workers in WORKER_ORDER:
+        load = os.getloadavg()[0]
+        with _collector_process(url, workers) as (base, pids):
+            bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in wide_raw]
+            cpu = _Cpu(pids, _redis_pid(r))
+            ok, errors, stored, elapsed, spent = _batches_over_http(base, bodies, r, cpu, seconds, CLIENTS)
+        parts[workers].append({
+            "events_per_s": round(stored / elapsed), "http_errors": errors, "stored_events_match": stored == ok * BATCH,
+            "cpu_us_per_event": _per(spent, stored, 1e6),
+            # how much of the machine these processes got: CPU seconds of collector + redis + generator per second
+            "cores_used": round(sum(spent.values()) / elapsed, 2),
+            "load_avg_1m": [round(load, 2), round(os.getloadavg()[0], 2)],
+        })
+    one = sum(p["events_per_s"] for p in parts[1])
+    two = sum(p["events_per_s"] for p in parts[2])
+    return {
+        "endpoints_5000_clients_events_per_s": round(one / len(parts[1])),
+        "endpoints_5000_clients_2_workers_events_per_s": round(two / len(parts[2])),
+        "workers_2_ratio": round(two / max(one, 1), 3),
+        "clients_connections": CLIENTS,
+        "workers_runs": [{"workers": w, **parts[w][i]} for w, i in ((1, 0), (2, 0), (2, 1), (1, 1))],
+    }
 
 
 def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
@@ -176,17 +221,18 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
             ensure_library(r)
             if not admin.read_settings(r).configured:
                 admin.setup(r, SketchSettings())
-            with _collector_process(url) as (base, pid):
+            with _collector_process(url) as (base, pids):
                 bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in raw]
                 singles = [build_request(base, "/metrics", orjson.dumps(event)) for event in _events(256, rng)]
                 wide_bodies = [build_request(base, "/metrics", orjson.dumps(batch)) for batch in wide_raw]
-                cpu = _Cpu(pid, _redis_pid(r))
+                cpu = _Cpu(pids, _redis_pid(r))
                 ok, errors, stored, elapsed, cpu_batches = _batches_over_http(base, bodies, r, cpu, seconds)
                 wide_ok, wide_errors, wide_stored, wide_elapsed, cpu_wide = _batches_over_http(
                     base, wide_bodies, r, cpu, seconds)
                 cpu.mark()
                 single = asyncio.run(open_loop(base, singles, SINGLE_RATE, seconds))
                 cpu_singles = cpu.spent()
+            workers = _workers_case(url, r, wide_raw, seconds)
             direct = _direct(r, batches, seconds)
             wide_direct = _direct(r, wide_batches, seconds)
         finally:
@@ -220,4 +266,5 @@ def run(quick: bool, redis_url: str | None) -> dict[str, Any]:
         "seconds": seconds,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "cpus": os.cpu_count(),
+        **workers,
     }

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
                    help=f"requests per second per key (default {config.COLLECTOR_RATE_PER_KEY:g}; 0: no limit)")
     p.add_argument("--rate-burst", type=float, default=config.COLLECTOR_RATE_BURST, metavar="N",
                    help=f"burst allowance per key (default {config.COLLECTOR_RATE_BURST:g})")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="processes serving the port (default: the number of cores); rate limits are shared "
+                        "by all of them")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +49,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--port must be between 0 and 65535, got {args.port}")
     if args.rate_limit < 0 or args.rate_burst < 1:
         raise CommandError("--rate-limit must be ≥ 0 and --rate-burst ≥ 1")
+    from anomalydesk.ingest.collector_workers import WorkersFailed, default_workers, run_workers, workers_supported
+
+    workers = default_workers() if args.workers is None else args.workers
+    if workers < 1:
+        raise CommandError(f"--workers must be at least 1, got {workers}")
+    if workers > 1 and not workers_supported():
+        raise CommandError(f"--workers {workers} needs fork and descriptor passing, which {sys.platform} "
+                           "does not have; use --workers 1")
     settings = CollectorSettings(
         host=args.host, port=args.port, api_keys=list(args.api_key), api_keys_file=args.api_keys_file,
         tls_cert=args.tls_cert, tls_key=args.tls_key, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
@@ -59,10 +70,13 @@ def run(args: argparse.Namespace) -> int:
             print(f"collector listening on {url} (Ctrl+C to stop)", file=sys.stderr, flush=True)
 
     try:
-        run_collector(settings, getattr(args, "redis", None), on_ready=ready)
+        if workers == 1:
+            run_collector(settings, getattr(args, "redis", None), on_ready=ready)
+        else:
+            run_workers(settings, getattr(args, "redis", None), workers, on_ready=ready)
     except SettingsError as err:
         raise CommandError(str(err)) from None
-    except (ConnectionFailed, GearsError, SetupConflict) as err:
+    except (ConnectionFailed, GearsError, SetupConflict, WorkersFailed) as err:
         raise CommandError(str(err)) from None
     except OSError as err:  # the port is taken, the address is not ours
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None

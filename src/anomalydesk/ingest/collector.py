@@ -40,11 +40,15 @@ from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter
 from anomalydesk.ingest.microbatch import DeadlinePassed, Event, MicroBatcher
 from anomalydesk.ingest.openapi import openapi_document
 from anomalydesk.ingest.otlp import OtlpReceiver
+from anomalydesk.ingest.shared_limits import SharedRateLimiter
 from anomalydesk.ingest.store_port import REDIS_DOWN, StorePort
 from anomalydesk.store.sink import ConfigChanged
 from anomalydesk.wire import decode_metrics
 
 log = logging.getLogger(__name__)
+
+# collect --workers N: the other workers' metrics snapshots (those that answered) and how many workers run
+Peers = Callable[[], Awaitable[tuple[list[dict[str, Any]], int]]]
 
 _IDEMPOTENCY_RE = re.compile(rf"[\x21-\x7e]{{1,{config.COLLECTOR_IDEMPOTENCY_KEY_MAX}}}\Z")
 
@@ -200,11 +204,17 @@ def validate_items(items: list[Any], business_only: bool) -> tuple[list[Event], 
 class Collector:
     """The aiohttp application over one store port (normally `collector_server.StoreBinding`)."""
 
-    def __init__(self, store: StorePort, settings: CollectorSettings, keys: ApiKeys | None = None):
+    def __init__(self, store: StorePort, settings: CollectorSettings, keys: ApiKeys | None = None, *,
+                 limiter: RateLimiter | SharedRateLimiter | None = None, peers: Peers | None = None,
+                 worker: tuple[int, int] | None = None):
+        """`limiter`, `peers` and `worker` (index, count) are given to each process of `collect --workers N`."""
         self.settings = settings
         self.keys = keys if keys is not None else load_keys(settings)
         self.metrics = CollectorMetrics()
-        self.limiter = RateLimiter(settings.rate_limit, max(settings.rate_burst, 1.0))
+        self.limiter = limiter if limiter is not None else RateLimiter(settings.rate_limit,
+                                                                       max(settings.rate_burst, 1.0))
+        self.peers = peers
+        self.worker = worker
         self.authorizer = Authorizer(self.keys, self.limiter, self.metrics)
         self.store = store
         self.batcher: MicroBatcher | None = None
@@ -383,6 +393,8 @@ class Collector:
             "backlog": {"pending_events": batcher.pending_events if batcher else 0,
                         "inflight_ingests": batcher.inflight if batcher else 0},
         }
+        if self.worker is not None:  # collect --workers N: which process answered (its own backlog)
+            body["worker"] = {"index": self.worker[0], "of": self.worker[1]}
         try:
             async with asyncio.timeout(self.settings.health_deadline_seconds):
                 body.update(await self.store.health())
@@ -398,9 +410,19 @@ class Collector:
         refusal = self.authorizer.check_key(request)
         if refusal is not None:
             return refusal
-        batcher = self.batcher
-        text = self.metrics.render(batcher.pending_events if batcher else 0, batcher.inflight if batcher else 0)
+        own = self.metrics_snapshot()
+        if self.peers is None:
+            text = self.metrics.render(own["pending_events"], own["inflight_ingests"])
+        else:  # collect --workers N: the sums over every worker that answers
+            others, configured = await self.peers()
+            total, pending, inflight = CollectorMetrics.merged([own, *others])
+            text = total.render(pending, inflight, (1 + len(others), configured))
         return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """This process's metrics as data (`CollectorMetrics.snapshot`)."""
+        batcher = self.batcher
+        return self.metrics.snapshot(batcher.pending_events if batcher else 0, batcher.inflight if batcher else 0)
 
     async def _get_openapi(self, _request: web.Request) -> web.Response:
         return _answer(200, openapi_document())

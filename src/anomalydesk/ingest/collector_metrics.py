@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _PREFIX = "anomalydesk_collector"
@@ -27,6 +29,17 @@ class Histogram:
         self.total += value
         self.count += 1
 
+    def add(self, other: dict[str, Any]) -> None:
+        """Add another histogram's `snapshot()` (same bounds) to this one."""
+        if tuple(other["bounds"]) != self.bounds:
+            raise ValueError("histograms with different buckets cannot be added")
+        self.counts = [a + b for a, b in zip(self.counts, other["counts"], strict=True)]
+        self.total += other["total"]
+        self.count += other["count"]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "total": self.total, "count": self.count}
+
     def lines(self, name: str) -> list[str]:
         out = []
         running = 0
@@ -45,6 +58,10 @@ def _number(value: float) -> str:
 
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+_COUNTERS = ("events_accepted", "events_rejected", "duplicate_batches", "redis_errors", "rate_limited",
+             "auth_failures", "deadlines_passed", "overloaded")
 
 
 @dataclass
@@ -70,7 +87,33 @@ class CollectorMetrics:
     def request(self, path: str, code: int) -> None:
         self.requests[(path, code)] += 1
 
-    def render(self, pending_events: int, inflight_ingests: int) -> str:
+    def snapshot(self, pending_events: int, inflight_ingests: int) -> dict[str, Any]:
+        """Everything `render` shows, as JSON-able data (one worker's part of `collect --workers N`)."""
+        return {"requests": [[path, code, n] for (path, code), n in self.requests.items()],
+                "counters": {name: getattr(self, name) for name in _COUNTERS},
+                "batch_events": self.batch_events.snapshot(), "redis_seconds": self.redis_seconds.snapshot(),
+                "pending_events": pending_events, "inflight_ingests": inflight_ingests}
+
+    def add(self, snapshot: dict[str, Any]) -> tuple[int, int]:
+        """Add another worker's `snapshot()` to these metrics; its (pending_events, inflight_ingests)."""
+        for path, code, n in snapshot["requests"]:
+            self.requests[(path, int(code))] += int(n)
+        for name in _COUNTERS:
+            setattr(self, name, getattr(self, name) + int(snapshot["counters"][name]))
+        self.batch_events.add(snapshot["batch_events"])
+        self.redis_seconds.add(snapshot["redis_seconds"])
+        return int(snapshot["pending_events"]), int(snapshot["inflight_ingests"])
+
+    @classmethod
+    def merged(cls, snapshots: Iterable[dict[str, Any]]) -> tuple[CollectorMetrics, int, int]:
+        """The sum of several workers' snapshots: (metrics, pending_events, inflight_ingests)."""
+        total, pending, inflight = cls(), 0, 0
+        for snapshot in snapshots:
+            p, i = total.add(snapshot)
+            pending, inflight = pending + p, inflight + i
+        return total, pending, inflight
+
+    def render(self, pending_events: int, inflight_ingests: int, workers: tuple[int, int] | None = None) -> str:
         """The exposition text: HELP/TYPE lines, then samples."""
         p = _PREFIX
         lines = [
@@ -106,4 +149,12 @@ class CollectorMetrics:
             f"# TYPE {p}_inflight_ingests gauge",
             f"{p}_inflight_ingests {inflight_ingests}",
         ]
+        if workers is not None:  # collect --workers N: the sums above are over the workers that answered
+            reporting, configured = workers
+            lines += [
+                f"# HELP {p}_workers Worker processes of this collector: configured, and reporting in this scrape.",
+                f"# TYPE {p}_workers gauge",
+                f'{p}_workers{{state="configured"}} {configured}',
+                f'{p}_workers{{state="reporting"}} {reporting}',
+            ]
         return "\n".join(lines) + "\n"

@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from anomalydesk.config import COLLECTOR_MERGED_INFLIGHT
+from anomalydesk.config import COLLECTOR_MERGE_STALL_SECONDS, COLLECTOR_MERGED_INFLIGHT, COLLECTOR_STALLED_MERGE_EVENTS
 from anomalydesk.events import BusinessMetric, Metric
 from anomalydesk.ingest.collector_metrics import CollectorMetrics
 from anomalydesk.store.sink import IngestResult
@@ -105,11 +105,19 @@ class MicroBatcher:
 
     def __init__(
         self, ingest: IngestFn, metrics: CollectorMetrics, *, max_events: int, max_delay: float,
-        max_inflight: int,
+        max_inflight: int, stalled_max_events: int = COLLECTOR_STALLED_MERGE_EVENTS,
+        stall_seconds: float = COLLECTOR_MERGE_STALL_SECONDS,
     ):
         self._ingest = ingest
         self._metrics = metrics
         self.max_events = max_events
+        # while Redis is slow, merged writes stay small: a request that waits in the queue can still be
+        # given up (never written), one inside a write cannot be recalled
+        self.stalled_max_events = min(stalled_max_events, max_events)
+        self.stall_seconds = stall_seconds
+        self._stalled = False  # the last merged write failed or took longer than stall_seconds
+        self._write_started: dict[asyncio.Task[None], float] = {}
+        self._failed_writes: set[asyncio.Task[None]] = set()
         self.max_delay = max_delay
         self._inflight_limit = asyncio.Semaphore(max_inflight)
         self._pending: list[_Waiting] = []
@@ -138,7 +146,7 @@ class MicroBatcher:
         now = loop.time()
         steady = now - self._last_arrival <= self.max_delay
         self._last_arrival = now
-        if self.pending_events >= self.max_events:
+        if self.pending_events >= self.merge_limit():
             self._due = True  # full: no reason to wait
             self._schedule()
         elif self._merged_inflight == 0 and not steady:
@@ -174,6 +182,16 @@ class MicroBatcher:
                 step = _ABANDON_POLL_SECONDS if step is None else min(step, _ABANDON_POLL_SECONDS)
             await asyncio.wait([future], timeout=step)
         return future.result()
+
+    def merge_limit(self) -> int:
+        """Events one merged write may take now: `max_events`, or `stalled_max_events` while Redis is slow
+        (the last merged write failed or took over `stall_seconds`, or one in flight has been that long)."""
+        if self._stalled:
+            return self.stalled_max_events
+        now = asyncio.get_running_loop().time()
+        if any(now - started > self.stall_seconds for started in self._write_started.values()):
+            return self.stalled_max_events
+        return self.max_events
 
     def _unqueue(self, waiting: _Waiting) -> None:
         """Out of the queue: its events freed now, its entry skipped by the next flush (no list scan)."""
@@ -235,8 +253,8 @@ class MicroBatcher:
         self._pending = [w for w in self._pending if w.queued]  # without those given up meanwhile
         if not self._pending:
             return
-        taken, size = 0, 0
-        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken].events) <= self.max_events):
+        taken, size, limit = 0, 0, self.merge_limit()
+        while taken < len(self._pending) and (taken == 0 or size + len(self._pending[taken].events) <= limit):
             size += len(self._pending[taken].events)
             taken += 1
         waiting, self._pending = self._pending[:taken], self._pending[taken:]
@@ -246,14 +264,22 @@ class MicroBatcher:
         if self._pending:
             self._due = True  # the rest goes as soon as a write slot is free
         self._merged_inflight += 1
-        task = asyncio.get_running_loop().create_task(self._write_merged(waiting))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._write_merged(waiting))
         self._tasks.add(task)
         self._writing[task] = waiting
+        self._write_started[task] = loop.time()
         task.add_done_callback(self._merged_done)
 
     def _merged_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         self._writing.pop(task, None)
+        started = self._write_started.pop(task, None)
+        if started is not None:
+            slow = asyncio.get_running_loop().time() - started > self.stall_seconds
+            failed = task in self._failed_writes
+            self._failed_writes.discard(task)
+            self._stalled = slow or failed or task.cancelled()
         self._merged_inflight -= 1
         if self._pending:
             self._due = True  # these waited while the previous batch was written
@@ -271,6 +297,7 @@ class MicroBatcher:
         try:
             per_service = await self._call(merged, f"c:{uuid.uuid4().hex}", min(w.deadline for w in waiting))
         except BaseException as err:  # every waiting request learns why, then the task ends
+            self._failed_writes.add(asyncio.current_task())  # type: ignore[arg-type]  # Redis slow or away
             if isinstance(err, asyncio.CancelledError):  # all its clients went away
                 err = DeadlinePassed("unknown", "client went away")
             for w in waiting:

@@ -97,6 +97,10 @@ _SCHEMAS: dict[str, Any] = {
                                "error": {"type": "string"}},
             },
             "gears_version": {"type": ["string", "null"]},
+            "worker": {  # collect --workers N: the process that answered (the backlog is its own)
+                "type": "object", "required": ["index", "of"],
+                "properties": {"index": {"type": "integer"}, "of": {"type": "integer"}},
+            },
         },
     },
 }
