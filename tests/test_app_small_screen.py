@@ -74,6 +74,9 @@ def test_nothing_is_clipped_and_the_plots_have_room(qtbot, size):
         assert w.width() >= w.sizeHint().width() - 1, (w, w.width(), w.sizeHint().width())  # not squeezed
     for tile in (strip.events, strip.connection, strip.services, strip.incidents, strip.detector):
         assert tile.value.width() >= tile.value.sizeHint().width() - 1  # the counts are not cut off
+    info = live.info_label  # its own row: the whole line, not elided ("1…" beside the bar at 1280 px)
+    assert info.isVisible() and inside(info, window) and info.text().endswith("threshold 70"), info.text()
+    assert info.fontMetrics().horizontalAdvance(info.text()) <= info.contentsRect().width(), info.text()
     plots = [*live._feature_plots, live.score_plot]
     for plot in plots:
         assert plot.getViewBox().height() >= 30, plot.titleLabel.text  # room for a curve

@@ -132,7 +132,7 @@ class LivePanel(QtWidgets.QWidget):
         for w in (self.service_box, self.features_button, self.range.bar, self.pause_button, self.zoom_button,
                   self.png_button, self.csv_button):  # fmt: skip
             bar.addWidget(w)
-        bar.addWidget(self.info_label, 1)
+        bar.addStretch(1)
 
         self.graphics = pg.GraphicsLayoutWidget()
         self.colours = theme.plot_colours(self.palette())  # the system's light or dark scheme (`theme`)
@@ -155,6 +155,9 @@ class LivePanel(QtWidgets.QWidget):
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addLayout(bar)
+        # a row of its own: beside the bar at 1280 px it was elided to "1…", and "reading older windows …"
+        # is the only sign that a long range is on its way
+        layout.addWidget(self.info_label)
         layout.addWidget(self.graphics, 1)
 
         self.timer = QtCore.QTimer(self)
