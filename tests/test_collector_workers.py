@@ -275,6 +275,27 @@ def test_shared_rate_limiter_is_one_table_across_fork() -> None:
     assert limiter.acquire("key") > 0  # the child's three counted here
 
 
+def test_a_worker_killed_holding_the_shared_lock_does_not_freeze_the_others() -> None:
+    limiter = SharedRateLimiter(10, 10)
+    ready_r, ready_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a worker inside acquire()'s critical section, then the OOM killer
+        limiter._lock.__enter__()
+        os.write(ready_w, b"x")
+        time.sleep(60)
+        os._exit(0)
+    assert os.read(ready_r, 1) == b"x"
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    done = threading.Event()
+    result: list[float] = []
+    threading.Thread(target=lambda: (result.append(limiter.acquire("key")), done.set()), daemon=True).start()
+    # a multiprocessing.Lock stays taken when its holder dies: this waited for ever
+    assert done.wait(10) and result == [0.0]
+    os.close(ready_r)
+    os.close(ready_w)
+
+
 def test_shared_rate_limiter_reuses_full_buckets_and_falls_back_when_crowded() -> None:
     now = [0.0]
     limiter = SharedRateLimiter(1, 2, slots=4, clock=lambda: now[0])

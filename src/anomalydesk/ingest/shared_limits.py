@@ -1,7 +1,8 @@
 """Rate limits shared by the processes of `anomalydesk collect --workers N`: one token bucket per key.
 
 The buckets live in a table in shared memory (an anonymous `MAP_SHARED` mapping made before the
-workers are forked) under one process-shared lock, so a key gets the same `--rate-limit` and
+workers are forked) under one process-shared lock (`ProcessLock`: freed by the kernel when a worker
+dies holding it), so a key gets the same `--rate-limit` and
 `--rate-burst` whichever worker its connections land on — the limit is shared, not split by N.
 
 Each slot holds an 8-byte digest of the bucket id, the tokens and the time of the last update
@@ -15,10 +16,12 @@ back to a bucket of this worker's own; `fallbacks` counts them.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import mmap
-import multiprocessing
 import struct
+import tempfile
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +39,36 @@ def _digest(bucket_id: str) -> int:
     return value or 1  # 0 marks an empty slot
 
 
+class ProcessLock:
+    """A lock between forked processes that the kernel releases when its holder dies.
+
+    A POSIX record lock (`fcntl.lockf`) on a file opened before the fork: record locks belong to the
+    process, so a worker killed inside its critical section (the OOM killer, `kill -9`) frees it at its
+    exit, where a `multiprocessing.Lock` (a semaphore) stays taken and every other worker — and every
+    worker started in its place — would block on it for good. Record locks do not exclude the threads
+    of one process from each other: a thread lock does that.
+    """
+
+    def __init__(self) -> None:
+        self._file = tempfile.TemporaryFile()  # noqa: SIM115 (lives as long as the limiter; unlinked at once)
+        self._thread = threading.Lock()
+
+    def __enter__(self) -> ProcessLock:
+        self._thread.acquire()
+        try:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_EX, 1, 0)
+        except BaseException:
+            self._thread.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.lockf(self._file.fileno(), fcntl.LOCK_UN, 1, 0)
+        finally:
+            self._thread.release()
+
+
 class SharedRateLimiter:
     """`http_auth.RateLimiter`'s interface over a table every forked worker sees."""
 
@@ -46,7 +79,7 @@ class SharedRateLimiter:
         self.slots = slots
         self.clock = clock
         self._table = mmap.mmap(-1, slots * _SLOT.size)  # anonymous and shared: inherited across fork
-        self._lock = lock if lock is not None else multiprocessing.get_context("fork").Lock()
+        self._lock = lock if lock is not None else ProcessLock()
         self._local = RateLimiter(rate, burst, clock=clock)
         self.fallbacks = 0
 
