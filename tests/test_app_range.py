@@ -187,5 +187,23 @@ def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, ql
         assert live.range.follow and live.range.follow_button.isChecked()
         assert abs(view.viewRange()[0][1] - time.time()) < 5
         assert QtGui.QKeySequence(live.range.follow_shortcut.key()).toString() == "Ctrl+L"
+
+        # an old stretch read on its own does not stand for a longer range later: 6 h reads again,
+        # on to where the buffer takes over (it used to count as covered: a gap nothing filled)
+        qtbot.waitUntil(lambda: live.range.loading is None, timeout=10_000)
+        live.range.rows = None  # forget the 24 h read: what is read next is the old stretch alone
+        before = live.range.loader.requests
+        view.setXRange(time.time() - 7.5 * 3600, time.time() - 7 * 3600, padding=0)
+        live.range._moved_by_hand()  # what a drag there emits
+        qtbot.waitUntil(lambda: live.range.loader.requests == before + 1 and live.range.loading is None,
+                        timeout=10_000)  # fmt: skip
+        assert live.range.rows.end < time.time() - 6.5 * 3600
+        live.range.preset_buttons[21_600].click()
+        qtbot.waitUntil(lambda: live.range.loader.requests == before + 2 and live.range.loading is None,
+                        timeout=10_000)  # fmt: skip
+        live.redraw(force=True)
+        x, y = live._curves["requests"].xData, live._curves["requests"].yData
+        shown = (x >= time.time() - 6 * 3600)
+        assert x[shown][0] < time.time() - 6 * 3600 + 60 and np.isnan(y[shown]).sum() <= 1  # only the real gap
     finally:
         close_app(qtbot, app)

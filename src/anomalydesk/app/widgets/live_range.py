@@ -214,8 +214,9 @@ class LiveRange(QtCore.QObject):
         first = buffer_start(self.buffer)
         if first is None or low >= first:
             return None  # the ring buffer holds it
-        if self.rows is not None and self.rows.service == self.service and self.rows.start <= low:
-            return None
+        rows = self.rows
+        if rows is not None and rows.service == self.service and rows.start <= low and rows.end >= min(high, first):
+            return None  # read before, from the view's start on to where the buffer takes over (or its end)
         # a margin to pan into, and on to the view's end: the buffer drops its oldest window as each new
         # one arrives, and the rows read must still reach it then (read only up to its first window, a
         # gap between the two would grow by a window every window)
