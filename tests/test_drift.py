@@ -94,6 +94,17 @@ def test_a_step_is_named_when_the_level_starts_to_follow_it_not_when_the_baselin
     assert len(base.walk(wobbly[:300], None, (unit, threshold, step))[2]) == 1  # 180–299: six in a row
 
 
+def test_a_step_is_dated_from_its_own_blocks_not_from_an_older_fault() -> None:
+    base = Baseline.seeded(400, np.zeros(1))  # K = B = 20
+    values = np.zeros((400, 1))
+    values[20:60] = 2.0  # a fault of two blocks, long over
+    values[200:] = 2.0  # then a step that stays
+    stamps = 1000.0 + 5.0 * np.arange(400)
+    _, after, _ = base.walk(values, stamps)
+    found = after.shift(np.ones(1), np.full(1, 3.0), np.ones(1))
+    assert found is not None and found.since == 1000.0 + 5.0 * 200  # the step's first block, not the fault's
+
+
 def test_accepting_a_shift_rebaselines_only_the_features_that_moved() -> None:
     base = Baseline.seeded(400, np.zeros(2))
     values = np.zeros((300, 2))

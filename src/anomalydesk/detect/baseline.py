@@ -176,7 +176,11 @@ class Baseline:
         new_level = float(levels[j])
         midpoint = (new_level + self.reference[j]) / 2.0
         beyond = (self.medians[:, j] - midpoint) * np.sign(new_level - self.reference[j]) > 0
-        first = int(np.argmax(beyond)) if beyond.any() else self.medians.shape[0] - 1
+        if beyond.size and beyond[-1]:  # the newest run of blocks beyond it: an older fault is not the start
+            within = np.flatnonzero(~beyond)
+            first = int(within[-1]) + 1 if within.size else 0
+        else:
+            first = int(np.argmax(beyond)) if beyond.any() else self.medians.shape[0] - 1
         since = float(self.starts[first]) if self.starts.size else self.partial_start
         return LevelShift(feature=j, reference=float(self.reference[j]), level=new_level,
                           recent=float(self.medians[-1, j]), since=since, distance=float(distance[j]))
