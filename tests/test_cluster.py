@@ -224,6 +224,20 @@ def test_a_primary_that_lost_the_library_gets_it_back_at_the_next_write(
     assert library_on(port)
 
 
+def test_a_write_over_shards_with_one_library_lost_stores_each_payload_once(
+    rc: redis.RedisCluster, cluster3: LocalCluster
+) -> None:
+    admin.setup(rc, SketchSettings())
+    sink.ingest(rc, [metric(s) for s in DEMO_SERVICES])  # every service known to the writer
+    owner = cluster.shard_of(rc, KEYS.state("payments"))
+    redis.Redis(port=int(owner.rsplit(":", 1)[1])).function_flush()
+    others = [s for s in DEMO_SERVICES if cluster.shard_of(rc, KEYS.state(s)) != owner]
+    assert others  # some payloads land on primaries that kept the library
+    result = sink.ingest(rc, [metric(s) for s in DEMO_SERVICES] * 3)
+    # what reached the other primaries is not sent again after the reload (it came back as duplicates)
+    assert (result.accepted, result.duplicate_batches) == (3 * len(DEMO_SERVICES), 0)
+
+
 # --- the engine across shards -------------------------------------------------------------------
 def test_demo_spreads_services_over_shards_and_everything_reads_back(
     rc: redis.RedisCluster, cluster3: LocalCluster

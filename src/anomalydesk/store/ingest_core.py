@@ -286,9 +286,17 @@ class WriterCore:
         new = tuple(sorted({s for s, _ in payloads if s not in self._known}))
         replies = yield IngestCalls(tuple(payloads), new)
         if not reloaded and any(is_missing_function(x) for x in replies):
-            yield ReloadLibrary()  # nothing was written: send again (a second miss is refused as invalid)
+            # a primary lost the library (a restart, a failover to a replica without it): what reached the
+            # others is stored and counted; only what met the missing function goes again once the library
+            # is back (sending everything again would answer the stored part as duplicates)
+            missed = [is_missing_function(x) for x in replies]
+            landed = [(p, x) for p, x, m in zip(payloads, replies, missed, strict=True) if not m]
+            first, stale = tally([p for p, _ in landed], [x for _, x in landed], per_service)
+            yield ReloadLibrary()  # a second miss is refused as invalid
             self._known.clear()
-            return (yield from self._send(payloads, per_service, reloaded=True))
+            again, stale_again = yield from self._send([p for p, m in zip(payloads, missed, strict=True) if m],
+                                                       per_service, reloaded=True)
+            return first + again, stale | stale_again
         self._known.update(new)
         return tally(payloads, replies, per_service)
 
