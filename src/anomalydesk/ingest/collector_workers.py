@@ -67,6 +67,7 @@ _CONNECTION = b"c"
 _START_SECONDS = 60.0  # a worker must listen on its channel within this
 _STOP_SECONDS = 30.0  # and exit within this after SIGTERM (it writes what it holds first)
 _PEER_SECONDS = 1.0  # /prometheus waits this long for each other worker's counters
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _RESPAWN_PAUSE = 1.0  # a worker that keeps exiting is not restarted in a tight loop
 _HANDOVER_SECONDS = 1.0  # a worker whose channel stays full this long is skipped for the next one
 
@@ -130,6 +131,9 @@ def _worker_main(index: int, shared: _Shared, channel: socket.socket, inherited:
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_DFL)  # until the event loop handles them
+    # blocked by the supervisor across the fork (`Supervisor._fork`): one that came in meanwhile is
+    # delivered now, to the default action, instead of to the supervisor's handler copied into this process
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     for fd in inherited:
         with contextlib.suppress(OSError):
             os.close(fd)
@@ -226,6 +230,7 @@ class _Worker:
     process: Any  # multiprocessing.Process (fork context)
     channel: socket.socket
     started: float
+    ready: bool = False  # it said it takes connections: until then the others get them
 
 
 class Supervisor:
@@ -243,6 +248,7 @@ class Supervisor:
         self._next = 0
         self._stopping = False
         self._wake_fds: list[int] = []
+        self._respawn: dict[int, float] = {}  # worker index → when to start it again (monotonic)
         self._context = multiprocessing.get_context("fork")
 
     @property
@@ -256,7 +262,11 @@ class Supervisor:
                      *(w.channel.fileno() for w in self.workers if w is not None)]
         process = self._context.Process(target=_worker_main, args=(index, self.shared, theirs, inherited),
                                         name=f"anomalydesk-collect-{index}")
-        process.start()
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)  # a stop signal that came meanwhile: ours now
         theirs.close()
         ours.settimeout(_HANDOVER_SECONDS)  # a worker that stops reading its channel must not stop accepting
         self.workers[index] = _Worker(process, ours, time.monotonic())
@@ -287,6 +297,7 @@ class Supervisor:
                         worker.process.join(timeout=5)
                     raise WorkersFailed(f"collector worker {index} did not start (exit code "
                                         f"{worker.process.exitcode if worker else None})")
+                self.workers[index].ready = True  # type: ignore[union-attr]
 
     def run(self, on_ready: Callable[[int], None] | None = None) -> None:
         """Serve until SIGINT/SIGTERM: start the workers, then accept and hand over."""
@@ -327,16 +338,35 @@ class Supervisor:
                     if worker is not None and worker.process.sentinel not in watched:
                         selector.register(worker.process.sentinel, selectors.EVENT_READ, ("exited", index))
                         watched[worker.process.sentinel] = index
-                for key, _ in selector.select():
+                        if not worker.ready:  # a replacement: its "ready" is read here, not waited for
+                            selector.register(worker.channel, selectors.EVENT_READ, ("ready", index))
+                due = min(self._respawn.values(), default=None)
+                timeout = None if due is None else max(0.0, due - time.monotonic())
+                for key, _ in selector.select(timeout):
                     if key.data == "accept":
                         self._accept_all()
                     elif key.data == "wake":
                         with contextlib.suppress(OSError):
                             wake.recv(64)
+                    elif key.data[0] == "ready":
+                        selector.unregister(key.fileobj)
+                        self._heard(key.data[1], key.fileobj)
                     elif not self._stopping:
                         selector.unregister(key.fileobj)
                         watched.pop(key.fd, None)
+                        worker = self.workers[key.data[1]]
+                        if worker is not None and not worker.ready:
+                            with contextlib.suppress(KeyError, ValueError):
+                                selector.unregister(worker.channel)
                         self._replace(key.data[1])
+                now = time.monotonic()
+                for index in [i for i, at in self._respawn.items() if at <= now and not self._stopping]:
+                    del self._respawn[index]
+                    try:
+                        self._fork(index)
+                    except OSError as err:
+                        log.error("collector worker %d could not be started again: %s", index, err)
+                        self._respawn[index] = now + _RESPAWN_PAUSE
 
     def _accept_all(self) -> None:
         while True:
@@ -353,10 +383,11 @@ class Supervisor:
                 connection.close()  # the worker has its own descriptor now
 
     def _hand_over(self, connection: socket.socket) -> None:
+        anyone_ready = any(w is not None and w.ready for w in self.workers)
         for _ in range(self.count):
             worker = self.workers[self._next]
             self._next = (self._next + 1) % self.count
-            if worker is None:
+            if worker is None or (anyone_ready and not worker.ready):
                 continue
             try:
                 socket.send_fds(worker.channel, [_CONNECTION], [connection.fileno()])
@@ -366,6 +397,9 @@ class Supervisor:
         log.error("collector: no worker to take a connection; it is closed")
 
     def _replace(self, index: int) -> None:
+        """A worker exited: start another in its place — at once, or `_RESPAWN_PAUSE` after the last start
+        for one that keeps exiting — without holding up the accept loop (the others take its connections
+        until the new one says it is ready)."""
         worker = self.workers[index]
         if worker is None:
             return
@@ -373,14 +407,19 @@ class Supervisor:
         worker.channel.close()
         self.workers[index] = None
         log.error("collector worker %d exited (code %s); starting it again", index, worker.process.exitcode)
-        pause = _RESPAWN_PAUSE - (time.monotonic() - worker.started)
-        if pause > 0:
-            time.sleep(pause)
+        self._respawn[index] = worker.started + _RESPAWN_PAUSE
+
+    def _heard(self, index: int, channel: Any) -> None:
+        """A replacement worker's first word: ready (it gets connections from now on) or gone."""
+        worker = self.workers[index]
+        if worker is None or worker.channel is not channel:
+            return
         try:
-            self._fork(index)
-            self._await_ready([index], None)
-        except (WorkersFailed, OSError) as err:
-            log.error("%s", err)
+            said = channel.recv(16)
+        except OSError:
+            said = b""
+        if said == _READY:
+            worker.ready = True
 
     def stop(self) -> None:
         """Stop accepting, let every worker write what it holds and exit, remove the run directory."""
