@@ -158,6 +158,27 @@ def test_prometheus_answers_the_sums_over_the_workers(redis_url: str) -> None:
         assert scraped['anomalydesk_collector_workers{state="reporting"}'] == 2
 
 
+def test_prometheus_refuses_a_sum_over_fewer_workers_than_run(redis_url: str) -> None:
+    import concurrent.futures
+
+    with collect(redis_url, "--rate-limit", "0") as (url, proc):
+        stopped = psutil.Process(proc.pid).children()[0]
+        stopped.suspend()  # it cannot answer its peer (nor a scrape handed to it) until resumed
+        try:
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                scrapes = [pool.submit(request, url, "GET", "/prometheus") for _ in range(2)]  # one reaches each
+                done, _ = concurrent.futures.wait(scrapes, timeout=20, return_when="FIRST_COMPLETED")
+                assert done, "the running worker did not answer"
+                status, head, text = next(iter(done)).result()
+                # a sum over one of two workers would read as a counter reset: the scrape fails instead
+                assert status == 503 and head["retry-after"] == "1" and "1 of 2 collector workers" in text
+                stopped.resume()
+                assert all(f.result()[0] in (200, 503) for f in scrapes)
+        finally:
+            stopped.resume()
+        assert request(url, "GET", "/prometheus")[0] == 200
+
+
 def test_a_worker_that_dies_is_replaced(redis_url: str, r: redis.Redis) -> None:
     with collect(redis_url, "--rate-limit", "0") as (url, proc):
         children = psutil.Process(proc.pid).children()

@@ -413,8 +413,14 @@ class Collector:
         own = self.metrics_snapshot()
         if self.peers is None:
             text = self.metrics.render(own["pending_events"], own["inflight_ingests"])
-        else:  # collect --workers N: the sums over every worker that answers
+        else:  # collect --workers N: the sums over every worker
             others, configured = await self.peers()
+            if 1 + len(others) < configured:
+                # a sum over fewer workers is lower than the last one: Prometheus would read a counter reset
+                # and count the whole sum again as new (a false spike in rate()); a failed scrape is honest
+                return web.Response(status=503, text=f"{1 + len(others)} of {configured} collector workers "
+                                    "answered: the sums would go down; scrape again\n",
+                                    headers={"Retry-After": "1"})
             total, pending, inflight = CollectorMetrics.merged([own, *others])
             text = total.render(pending, inflight, (1 + len(others), configured))
         return web.Response(text=text, headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
