@@ -83,3 +83,28 @@ def test_add_does_not_wait_for_a_flush_stuck_on_redis(
         control.close()
         client.close()
         server.stop()
+
+
+def test_a_batch_the_server_refuses_is_dropped_and_the_next_ones_go_through(tmp_path: Path) -> None:
+    from anomalydesk.store.ingest_core import InvalidBatch
+    from anomalydesk.store.keys import Keys
+
+    server = RedisServer(tmp_path / "redis")
+    client = server.client()
+    try:
+        sink = IngestSink(client, max_batch=10**9, retry_attempts=1)
+        sink.add(EVENT)
+        sink.add(Metric("broken", "GET:/x", 200, 1.0, None))
+        assert sink.flush().accepted == 2  # both services set up and known to the writer
+        client.delete(Keys().cms_endpoints("broken"))
+        client.rpush(Keys().cms_endpoints("broken"), "not a sketch")  # a key of the wrong type: refused as it is
+        sink.add(Metric("broken", "GET:/x", 200, 1.0, None))
+        with pytest.raises(InvalidBatch):
+            sink.flush()
+        assert sink.refused_batches == 1 and sink.buffered == 0
+        sink.add(EVENT)
+        assert sink.flush().accepted == 1  # it used to stay at the head and refuse every later flush
+        assert admin.status(client)["events_total"] == 3
+    finally:
+        client.close()
+        server.stop()

@@ -31,7 +31,7 @@ from anomalydesk.config import (
 )
 from anomalydesk.events import BusinessMetric, normalize_endpoint
 from anomalydesk.store.encoding import Columns, Config, Event, encode
-from anomalydesk.store.ingest_core import RETRYABLE, ConfigChanged, IngestResult, Payloads, only
+from anomalydesk.store.ingest_core import RETRYABLE, ConfigChanged, IngestResult, InvalidBatch, Payloads, only
 from anomalydesk.store.keys import Keys
 from anomalydesk.store.writer import Writer
 
@@ -72,6 +72,7 @@ class IngestSink:
         self._pending_events = 0
         self.totals = IngestResult()
         self.last_error: BaseException | None = None
+        self.refused_batches = 0  # batches the server refused (InvalidBatch): dropped, not retried
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -160,6 +161,15 @@ class IngestSink:
                     result = result + self._write(batch)
                 except (*RETRYABLE, ConfigChanged) as err:
                     self.last_error = err
+                    raise
+                except InvalidBatch as err:  # refused as it is: it can never be written, the rest must be
+                    self.last_error = err
+                    self.refused_batches += 1
+                    self._pending.pop(0)
+                    with self._lock:
+                        self._pending_events -= batch.events
+                    log.error("batch of %d events refused by the server and dropped (%s); the other services' "
+                              "payloads of it were stored", batch.events, err)
                     raise
                 self._pending.pop(0)
                 with self._lock:
