@@ -23,8 +23,10 @@ at 4,096 windows (5.7 hours); at W = 60 s a week gives 1,260 windows, capped at 
 Level shifts (`LevelShift`): the baseline moving far from its reference level (the training median,
 or the level an operator accepted) is reported, never absorbed silently: when a feature's baseline
 lies beyond its threshold — the larger of the value input's training extreme |z| and twice the
-baseline's own largest wander in training, in training IQRs — `Baseline.shift` names it. `accept`
-re-baselines: every block becomes the newest block's median and that level the new reference.
+baseline's own largest wander in training, in training IQRs — or its newest K/4 + 1 block medians all
+lie beyond its step threshold on one side (the level starts to follow a step then), `Baseline.shift`
+names it. `accept` re-baselines the features that moved: every block becomes the newest block's median
+and that level the new reference.
 
 Everything here is pure numpy on the model's adjusted values (`Model.adjusted`); the live detector
 keeps the state in the service's detector state in Redis (`to_dict` / `from_dict`: plain JSON
