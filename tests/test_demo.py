@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -256,6 +257,25 @@ def test_fast_history_catches_up_with_the_clock_so_live_traffic_leaves_no_silent
     history = [fp for fp in fingerprints.read(r, "gateway") if fp.start >= summary["start"]]
     assert len(history) >= 3 * 3600 + summary["caught_up_s"]
     assert [fp.start for fp in history if fp.get("requests") == 0] == []
+
+
+@pytest.mark.parametrize("into_window", [0.0, 0.8, 0.97])
+def test_live_traffic_started_just_before_a_window_boundary_leaves_no_silent_window(r: redis.Redis,
+                                                                                   into_window: float) -> None:
+    """Live events land in the window of the server clock when they arrive: a first step generated
+    from the window start but sent after its end left that window silent (seen at 0.95–0.99 of it)."""
+    admin.setup(r, SketchSettings(window_seconds=1))
+    summary = run_fast(r, duration=60, rate=400, seed=5)
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    time.sleep(math.floor(now) + 1 + into_window - now)  # a whole window later: one passed meanwhile
+    demo = DemoTraffic(r, rate=2000, seed=5, duration=1.5, since=summary["end"]).start()
+    assert demo.wait(60) and demo.error is None and demo.result.late == 0
+    seal_all(r)
+    for service in ("gateway", "orders"):
+        history = [fp for fp in fingerprints.read(r, service) if fp.start >= summary["start"]]
+        assert [fp.start - summary["end"] for fp in history if fp.get("requests") == 0] == []
+        assert [fp.start for fp in history] == [summary["start"] + i for i in range(len(history))]
 
 
 # --- the Python API the desktop app uses -------------------------------------------------------------------

@@ -203,20 +203,41 @@ class DemoTraffic:
     def _continue_history(self, now: float) -> float:
         """Where the first step starts: where the history before ends (see `since`), else the start of
         the current window, so the first live window is a whole one (a partial first window reads as
-        a traffic drop to a model trained on whole ones) — unless a service already has data in it."""
+        a traffic drop to a model trained on whole ones) — unless a service already has data in it.
+
+        Live events land in the window of the server clock when they arrive, so the first step, which
+        generates everything from that start on at once, must arrive before the window ends: windows
+        the clock passed (or is about to pass) go in as history first, and that is checked again after
+        each piece of history and after the warm-up, which take time of their own."""
         assert self._r is not None
-        current = math.floor(now / self.window_s) * self.window_s
-        if self._since is None or self._since >= now:
-            if self._since is None and not self._window_has_data(current):
-                self._warm_up(current)
-                return current
+        if self._since is not None and self._since >= now:
             return now
-        if self._since < current:  # the clock passed a window boundary since the history ended
-            run_fast(self._r, duration=current - self._since, end=current, rate=self._rate,
-                     services=len(self.services), seed=self.seed, keys=self.keys)  # fmt: skip
-        start = max(self._since, current)
-        self._warm_up(start)
-        return start
+        start, warmed = self._since, None
+        while True:
+            current = math.floor(now / self.window_s) * self.window_s
+            if now - current > self.window_s - self._handover_margin():  # too close to the boundary
+                time.sleep(current + self.window_s - now)
+            elif start is None:
+                if self._window_has_data(current):
+                    return now
+                start = current
+            elif start < current:  # the clock passed a window boundary since the history ended
+                run_fast(self._r, duration=current - start, end=current, rate=self._rate,
+                         services=len(self.services), seed=self.seed, keys=self.keys)  # fmt: skip
+                start = current
+            else:
+                if warmed == start:
+                    return start
+                if warmed is not None:  # the intervals of a service are generated in time order
+                    self._sim = Simulation(len(self.services), self.window_s)
+                self._warm_up(start)
+                warmed = start
+            now = self.clock()
+
+    def _handover_margin(self) -> float:
+        """How long before a window boundary the first live step may still start: the time its
+        generation and write take, at most a quarter of the window."""
+        return min(config.DEMO_HANDOVER_SECONDS, self.window_s / 4)
 
     def _warm_up(self, start: float) -> None:
         """Run (without sending) the simulation over the window before `start`: a KPI reported over a
