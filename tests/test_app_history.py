@@ -5,9 +5,12 @@ backfill came back millions late and training refused every service.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from anomalydesk.app.model.settings import AppSettings
+from anomalydesk.app.services.core_client import JobCancelled
 from anomalydesk.config import SketchSettings
 from anomalydesk.store import admin
 from app_support import qloop, run  # noqa: F401  (fixture)
@@ -34,3 +37,21 @@ def test_backfill_after_the_live_demo_then_train_every_service(qtbot, qloop, red
     finally:
         run(qtbot, app.actions.stop_demo())
         close_app(qtbot, app)
+
+
+def test_quitting_during_a_backfill_ends_it_instead_of_waiting_for_it(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The backfill runs in a child process the app waited for on quit: a month of history held the
+    window for minutes. Quitting now ends the child; what it wrote stays."""
+    app = open_app(qtbot, AppSettings(redis_url=redis_url, offer_backfill=False))
+    keys, days = app.session.keys, 30
+    task = asyncio.ensure_future(app.actions.backfill(days * 86400, 3))
+    try:
+        qtbot.waitUntil(lambda: app.state.demo.backfill == "running" and r.xlen(keys.fingerprints("gateway")) > 0,
+                        timeout=60_000)  # fmt: skip
+        run(qtbot, app.shutdown())  # returns once the child is ended (it waited for it to finish)
+        qtbot.waitUntil(task.done, timeout=10_000)
+    finally:
+        app.dispose()
+    assert isinstance(task.exception(), JobCancelled)
+    assert app.state.demo.backfill.startswith("backfill cancelled")
+    assert 0 < r.xlen(keys.fingerprints("gateway")) < days * 86400 // 5  # ended part-way

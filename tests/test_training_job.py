@@ -96,3 +96,29 @@ def test_the_apps_detector_runs_at_a_lower_priority_than_the_app(redis_url):
     finally:
         child.stdin.close()  # type: ignore[union-attr]
         assert child.wait(timeout=30) == 0
+
+
+def test_a_cancelled_backfill_ends_its_child_and_keeps_what_it_wrote(redis_url, r):
+    """Quitting the app during a backfill sets `cancel`: the child is ended instead of being waited
+    for (a month of history at the default rate would take minutes), and what it wrote stays."""
+    keys, days = Keys("adcancel:"), 30
+    cancel, outcome = threading.Event(), {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = jobs.backfill(redis_url, keys, days * 86400, 3, cancel)
+        except jobs.JobFailed as err:
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    try:
+        while not outcome and r.xlen(keys.fingerprints("gateway")) + r.xlen(keys.history("gateway", 5)) == 0:
+            time.sleep(0.05)
+    finally:
+        cancel.set()
+        thread.join(120)
+    assert not thread.is_alive()
+    assert isinstance(outcome.get("error"), jobs.JobCancelled), outcome
+    written = r.xlen(keys.fingerprints("gateway")) + r.xlen(keys.history("gateway", 5))
+    assert 0 < written < days * 86400 // 5  # ended part-way, its windows kept

@@ -20,7 +20,7 @@ import numpy as np
 
 from anomalydesk.app.model.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
 from anomalydesk.app.model.state import table_state
-from anomalydesk.app.services.core_client import CoreClient, CoreError
+from anomalydesk.app.services.core_client import CoreClient, CoreError, JobCancelled
 from anomalydesk.app.services.session import Session
 from anomalydesk.detect.incident_model import Silence
 from anomalydesk.ingest.demo_model import PERMANENT_KINDS
@@ -150,6 +150,9 @@ class Actions:
         self.state.demo.update(backfill="running")
         try:
             result = await self.core.backfill(seconds, services)
+        except JobCancelled as err:
+            self.state.demo.update(backfill=str(err))
+            raise
         except Exception as err:
             self.state.demo.update(backfill=f"failed: {err}")
             raise

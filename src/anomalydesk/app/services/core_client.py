@@ -52,6 +52,10 @@ class CoreError(Exception):
     """A core call failed in a way the UI should show as a reason (not a crash)."""
 
 
+class JobCancelled(CoreError):
+    """A child job was ended because the app closed its connection (quit, or a switch of server)."""
+
+
 class SketchConflict(CoreError):
     """New sketch sizes would recreate sketches: `changes` (old → new) and what that `resets`."""
 
@@ -96,6 +100,7 @@ class CoreClient:
         self._aio: redis.asyncio.Redis | None = None
         self.io = concurrent.futures.ThreadPoolExecutor(max_workers=IO_WORKERS, thread_name_prefix="ad-io")
         self.jobs = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ad-train")
+        self._closing = threading.Event()  # set by close(): a running backfill ends
 
     # --- life cycle ---------------------------------------------------------------------------
     async def open(self, requested_url: str | None) -> str:
@@ -110,7 +115,9 @@ class CoreClient:
         return self.url
 
     async def close(self) -> None:
-        """Close both clients and shut the executors down (a running job was asked to stop before)."""
+        """Close both clients and shut the executors down (a running training was asked to stop before;
+        a running backfill is ended here, so quitting does not wait for it)."""
+        self._closing.set()
         if self._aio is not None:
             try:
                 await asyncio.wait_for(self._aio.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
@@ -442,7 +449,9 @@ class CoreClient:
     async def backfill(self, seconds: float, services: int) -> dict[str, Any]:
         """`demo --fast` in a child process: `seconds` of history ending now (`jobs.backfill`)."""
         try:
-            return await self.run(jobs.backfill, self.url, self.keys, seconds, services)
+            return await self.run(jobs.backfill, self.url, self.keys, seconds, services, self._closing)
+        except jobs.JobCancelled as err:
+            raise JobCancelled(str(err)) from err
         except jobs.JobFailed as err:
             raise CoreError(str(err)) from err
 

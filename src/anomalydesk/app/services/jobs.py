@@ -35,6 +35,10 @@ class JobFailed(RuntimeError):
     """A child process ended without a result (its last words on stderr are in the message)."""
 
 
+class JobCancelled(JobFailed):
+    """A child process was asked to stop before it finished (the app is quitting)."""
+
+
 class TrainingFailed(JobFailed):
     """The training process ended without a result."""
 
@@ -116,21 +120,49 @@ def _forward_cancel(cancel: threading.Event, done: threading.Event, child: subpr
         pass
 
 
-def backfill(url: str, keys: Keys, seconds: float, services: int) -> dict[str, Any]:
+def backfill(url: str, keys: Keys, seconds: float, services: int,
+             cancel: threading.Event | None = None) -> dict[str, Any]:  # fmt: skip
     """`demo --fast`: `seconds` of history ending now, in simulated time; its `--json` result.
 
     In the app's process its generator held the interpreter lock for seconds at a time and starved the
     live demo traffic thread (a dip of a few windows that opened "requests fluctuating" incidents).
+    Setting `cancel` ends the child (what it wrote stays: each of its writes is one atomic call, and
+    a later backfill leaves out what is there) and raises `JobCancelled`: the app quitting must not
+    wait for an hour of history.
     """
     argv = [*self_command(), "--json", "demo", "--fast", "--duration", str(float(seconds)),
             "--services", str(int(services))]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=BACKFILL_TIMEOUT_SECONDS,
-                          env=_child_env(url, keys),
-                          creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))  # fmt: skip
-    if done.returncode != 0:
-        words = done.stderr.strip().splitlines()
-        raise JobFailed(f"backfill failed: {words[-1] if words else f'exit code {done.returncode}'}")
-    return orjson.loads(done.stdout)
+    child = _start(argv, url, keys, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    done = threading.Event()
+    watcher = threading.Thread(target=_end_on_cancel, args=(cancel, done, child), name="ad-backfill-cancel")
+    if cancel is not None:
+        watcher.start()
+    with child:
+        try:
+            stdout, stderr = child.communicate(timeout=BACKFILL_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.communicate()
+            raise JobFailed(f"backfill failed: no result after {BACKFILL_TIMEOUT_SECONDS} s") from None
+        finally:
+            done.set()
+            if watcher.is_alive():
+                watcher.join()
+    if cancel is not None and cancel.is_set():
+        raise JobCancelled("backfill cancelled: the history written so far is kept")
+    if child.returncode != 0:
+        words = stderr.strip().splitlines()
+        raise JobFailed(f"backfill failed: {words[-1] if words else f'exit code {child.returncode}'}")
+    return orjson.loads(stdout)
+
+
+def _end_on_cancel(cancel: threading.Event, done: threading.Event, child: subprocess.Popen[str]) -> None:
+    """Terminate `child` once `cancel` is set, unless it ended first (`done`)."""
+    while not done.is_set():
+        if cancel.wait(0.1):
+            if child.poll() is None:
+                child.terminate()
+            return
 
 
 def start_detector(url: str, keys: Keys) -> subprocess.Popen[bytes]:

@@ -9,6 +9,7 @@ from qasync import asyncSlot
 
 from anomalydesk.app.model.settings import BACKFILL_SECONDS, FAULT_KINDS, AppSettings
 from anomalydesk.app.model.state import AppState
+from anomalydesk.app.services.core_client import JobCancelled
 from anomalydesk.app.widgets.message_label import wrapping
 
 DEMO_SERVICES = ("gateway", "users", "orders", "payments", "inventory")
@@ -123,5 +124,7 @@ class DemoPanel(QtWidgets.QWidget):
         """Generate a day of history in simulated time so training can start at once."""
         try:
             await self.actions.backfill(BACKFILL_SECONDS, self.services.value())
+        except JobCancelled:  # the app quit or switched servers: the backfill state says so
+            pass
         except Exception as err:
             self.state.demo.update(error=f"backfill: {err}")
