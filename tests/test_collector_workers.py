@@ -196,6 +196,41 @@ def test_a_worker_that_dies_is_replaced(redis_url: str, r: redis.Redis) -> None:
     assert events_total(r) == 4
 
 
+def _scrape(url: str) -> dict[str, float]:
+    """One /prometheus answer over every worker (a 503 while one is restarting: scraped again)."""
+    deadline = time.monotonic() + 30
+    while (answer := request(url, "GET", "/prometheus"))[0] != 200:
+        assert answer[0] == 503 and time.monotonic() < deadline, answer
+        time.sleep(0.2)
+    return samples(answer[2])
+
+
+def test_the_worker_that_replaces_a_dead_one_goes_on_from_its_counters(redis_url: str) -> None:
+    """Started at zero, the replacement made every sum on /prometheus go down: a counter reset to
+    Prometheus, and the whole sum counted again by rate()."""
+    with collect(redis_url, "--rate-limit", "0") as (url, proc):
+        for i in range(6):  # three on each worker
+            assert post(url, "/metrics", [metric(), metric(latency=i)])[0] == 202
+        before = _scrape(url)
+        assert before["anomalydesk_collector_events_accepted_total"] == 12
+        dead = psutil.Process(proc.pid).children()[0]
+        os.kill(dead.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while dead.pid in {c.pid for c in psutil.Process(proc.pid).children()} or \
+                len(psutil.Process(proc.pid).children()) < 2:  # fmt: skip
+            assert time.monotonic() < deadline, "the dead worker was not replaced"
+            time.sleep(0.1)
+        after = _scrape(url)
+        counters = [name for name in before
+                    if "_total" in name or "_bucket" in name or name.endswith(("_count", "_sum"))]
+        assert len(counters) > 20
+        assert {name: (before[name], after.get(name)) for name in counters if after.get(name, -1) < before[name]} == {}
+        assert after["anomalydesk_collector_events_accepted_total"] == 12
+        for _ in range(4):
+            assert post(url, "/metrics", metric())[0] == 202
+        assert _scrape(url)["anomalydesk_collector_events_accepted_total"] == 16
+
+
 def test_sigterm_stores_every_answered_batch_and_leaves_no_process(redis_url: str, r: redis.Redis) -> None:
     answered: list[int] = []
     stop = threading.Event()

@@ -206,8 +206,10 @@ class Collector:
 
     def __init__(self, store: StorePort, settings: CollectorSettings, keys: ApiKeys | None = None, *,
                  limiter: RateLimiter | SharedRateLimiter | None = None, peers: Peers | None = None,
-                 worker: tuple[int, int] | None = None):
-        """`limiter`, `peers` and `worker` (index, count) are given to each process of `collect --workers N`."""
+                 worker: tuple[int, int] | None = None,
+                 observed: Callable[[dict[str, Any]], None] | None = None):
+        """`limiter`, `peers`, `worker` (index, count) and `observed` are given to each process of `collect
+        --workers N`; `observed` gets this process's metrics snapshot before a scrape shows it."""
         self.settings = settings
         self.keys = keys if keys is not None else load_keys(settings)
         self.metrics = CollectorMetrics()
@@ -215,6 +217,7 @@ class Collector:
                                                                        max(settings.rate_burst, 1.0))
         self.peers = peers
         self.worker = worker
+        self.observed = observed
         self.authorizer = Authorizer(self.keys, self.limiter, self.metrics)
         self.store = store
         self.batcher: MicroBatcher | None = None
@@ -414,6 +417,8 @@ class Collector:
         if self.peers is None:
             text = self.metrics.render(own["pending_events"], own["inflight_ingests"])
         else:  # collect --workers N: the sums over every worker
+            if self.observed is not None:
+                self.observed(own)
             others, configured = await self.peers()
             if 1 + len(others) < configured:
                 # a sum over fewer workers is lower than the last one: Prometheus would read a counter reset

@@ -19,7 +19,8 @@ What the workers share:
 
 Per worker: the bounds of waiting work (`COLLECTOR_MAX_PENDING_*`) and `/health`'s backlog (it says
 which worker answered). A worker that exits is replaced; SIGINT/SIGTERM stop accepting, and each
-worker writes what it holds before it exits. Unix only (fork, `SCM_RIGHTS`).
+worker writes what it holds before it exits. A replacement goes on from the counters of the worker it
+replaces (`_CarriedCounts`), so the sums never go down. Unix only (fork, `SCM_RIGHTS`).
 
 Why this module is long: it is one job, the two ends of one hand-over protocol — the supervisor's
 accept loop, fork and restart, and the worker's receiving side and counter exchange — which are
@@ -49,12 +50,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import redis
 from aiohttp import web
 
 from anomalydesk import logs
 from anomalydesk.ingest.access import json_answer
 from anomalydesk.ingest.collector import Collector, CollectorSettings, Peers, load_keys, tls_context
+from anomalydesk.ingest.collector_metrics import CollectorMetrics
 from anomalydesk.ingest.collector_server import StoreBinding, _prepare_or_warn, prepare_store
 from anomalydesk.ingest.shared_limits import SharedRateLimiter
 from anomalydesk.store.connection import ConnectionFailed, redact_url
@@ -67,6 +70,7 @@ _CONNECTION = b"c"
 _START_SECONDS = 60.0  # a worker must listen on its channel within this
 _STOP_SECONDS = 30.0  # and exit within this after SIGTERM (it writes what it holds first)
 _PEER_SECONDS = 1.0  # /prometheus waits this long for each other worker's counters
+_COUNTS_SAVE_SECONDS = 1.0  # a worker saves its counters this often (and before a scrape shows them)
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _RESPAWN_PAUSE = 1.0  # a worker that keeps exiting is not restarted in a tight loop
 _HANDOVER_SECONDS = 1.0  # a worker whose channel stays full this long is skipped for the next one
@@ -93,6 +97,36 @@ def default_workers() -> int:
 
 def _socket_path(rundir: str, index: int) -> str:
     return os.path.join(rundir, f"worker-{index}.sock")
+
+
+class _CarriedCounts:
+    """A worker's counters kept in the supervisor's run directory, so the worker that replaces a dead
+    one goes on from them: started at zero, the sums on `/prometheus` went down, which Prometheus
+    reads as a counter reset (and `rate()` as a spike of the whole sum). Saved before any scrape shows
+    them (and every `_COUNTS_SAVE_SECONDS`), so a sum never goes below one a scrape answered; what a
+    worker counted after its last save and before it died is lost, and no scrape saw it."""
+
+    def __init__(self, rundir: str, index: int):
+        self.path = os.path.join(rundir, f"worker-{index}.counts.json")
+
+    def restore(self, metrics: CollectorMetrics) -> None:
+        try:
+            with open(self.path, "rb") as f:
+                metrics.add(orjson.loads(f.read()))
+        except FileNotFoundError:  # the first worker of this index
+            return
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("the counts of the worker this one replaces are unreadable (%s): starting at zero", err)
+
+    def save(self, snapshot: dict[str, Any]) -> None:
+        carried = {**snapshot, "pending_events": 0, "inflight_ingests": 0}  # gauges are not carried over
+        partial = self.path + ".part"
+        try:
+            with open(partial, "wb") as f:
+                f.write(orjson.dumps(carried))
+            os.replace(partial, self.path)  # whole or not at all
+        except OSError as err:
+            log.warning("saving this worker's counts failed (%s): a replacement would start lower", err)
 
 
 def _peer_reader(rundir: str, index: int, count: int) -> Peers:
@@ -161,14 +195,24 @@ def _own_log_file(index: int) -> None:
 async def _worker_serve(index: int, shared: _Shared, channel: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     binding = StoreBinding(shared.url)
+    counts = _CarriedCounts(shared.rundir, index)
     collector = Collector(binding, shared.settings, load_keys(shared.settings), limiter=shared.limiter,
-                          peers=_peer_reader(shared.rundir, index, shared.count), worker=(index, shared.count))
+                          peers=_peer_reader(shared.rundir, index, shared.count), worker=(index, shared.count),
+                          observed=counts.save)  # fmt: skip
+    counts.restore(collector.metrics)
     preparing = loop.create_task(_prepare_or_warn(binding))  # the supervisor prepared already: a check
     runner = web.AppRunner(collector.app(), access_log=None, handle_signals=False)
     await runner.setup()
 
     async def snapshot(_request: web.Request) -> web.Response:
-        return json_answer(200, collector.metrics_snapshot())
+        own = collector.metrics_snapshot()
+        counts.save(own)
+        return json_answer(200, own)
+
+    async def save_counts() -> None:
+        while True:
+            await asyncio.sleep(_COUNTS_SAVE_SECONDS)
+            counts.save(collector.metrics_snapshot())
 
     internal = web.Application()
     internal.router.add_get("/snapshot", snapshot)
@@ -207,14 +251,17 @@ async def _worker_serve(index: int, shared: _Shared, channel: socket.socket) -> 
         channel.send(_READY)
     except OSError:  # the supervisor is gone already (stopped while starting): nothing to serve
         stop.set()
+    saving = loop.create_task(save_counts())
     try:
         await stop.wait()
     finally:
         preparing.cancel()
+        saving.cancel()
         with contextlib.suppress(Exception):
             loop.remove_reader(channel.fileno())
         channel.close()
         await runner.cleanup()  # closes its connections, writes what the micro-batcher holds
+        counts.save(collector.metrics_snapshot())
         await internal_runner.cleanup()
         await binding.aclose()
 
