@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '7'
+local LIB_VERSION = '8'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -107,7 +107,7 @@ local PAYLOAD_VERSION = 1
 local FINGERPRINT_SCHEMA = 1
 local STALE = 'STALECONFIG'
 local NEED_CONFIG = 'NEEDCONFIG'
-local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', topk_order = ':topk:order', raw = ':raw', batch = ':batch:' }
+local KEY_SUFFIX = { state = ':state', fp = ':fp', hist = ':hist:', open = ':open', win = ':w:', we = ':we:', wh = ':wh:', wn = ':wn:', tmp = ':rw:', cms_ep = ':cms:ep', cms_st = ':cms:st', bf = ':bf', topk = ':topk', topk_order = ':topk:order', raw = ':raw', batch = ':batch:' }
 -- END CONTRACT
 
 local function fail(msg)
@@ -654,6 +654,7 @@ local function keyset(prefix, service)
     win = function(w) return t .. K.win .. w end,
     we = function(w) return t .. K.we .. w end,
     wh = function(w) return t .. K.wh .. w end,
+    wn = function(w) return t .. K.wn .. w end,
     tmp = function(kind, w) return t .. K.tmp .. kind .. ':' .. w end,
   }
 end
@@ -677,6 +678,7 @@ local function read_state(state)
 end
 
 local HASH, ZSET, STREAM, STRING = { hash = true }, { zset = true }, { stream = true }, { string = true }
+local SET = { set = true }
 local HLL = { string = true, hll = true }
 local HLL_DENSE_BYTES = 16 + 12288  -- header and 16,384 6-bit registers
 local NATIVE_TYPES = { cms = { ['CMSk-TYPE'] = true }, bf = { ['MBbloom--'] = true }, topk = { ['TopK-TYPE'] = true } }
@@ -714,6 +716,7 @@ local function window_checks(ks, w, checks)
   checks[#checks + 1] = { ks.win(w), HASH }
   checks[#checks + 1] = { ks.we(w), HASH }
   checks[#checks + 1] = { ks.wh(w), HLL }
+  checks[#checks + 1] = { ks.wn(w), SET }
 end
 
 local function sketch_checks(ks, c, st, checks)
@@ -1024,7 +1027,7 @@ local function seal_write(state, ks, plan, stream, W, retention, sparse, mark)
     local fields = fingerprint(ks, w, W, sparse, plan.seen[w])
     redis.call('XADD', stream, 'MAXLEN', '~', retention, entry_ms(w, W) .. '-1',
       'window', w, 'start', w * W, 'schema', FINGERPRINT_SCHEMA, unpack(fields))
-    if plan.seen[w] then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w)) end
+    if plan.seen[w] then redis.call('DEL', ks.win(w), ks.we(w), ks.wh(w), ks.wn(w)) end
   end
   if plan.skipped > 0 then redis.call('HINCRBY', state, 'windows_skipped', plan.skipped) end
   if plan.upto > plan.from then
@@ -1094,6 +1097,7 @@ local function rewindow_plan(ks, st, Wo, Wn, checks)
     checks[#checks + 1] = { ks.tmp('w', wo), HASH }
     checks[#checks + 1] = { ks.tmp('we', wo), HASH }
     checks[#checks + 1] = { ks.tmp('wh', wo), HLL }
+    checks[#checks + 1] = { ks.tmp('wn', wo), SET }
   end
   checks[#checks + 1] = { ks.hist(Wn), STREAM }
   return plan, nil
@@ -1142,7 +1146,7 @@ local function rewindow_write(state, ks, st, plan, c)
   seal_write(state, ks, plan.history, ks.hist(Wo), Wo, c.ret, st.sparse == '1', 'hsealed')
   -- old windows to temporary names first, so an old index equal to a new one cannot mix them up
   for _, m in ipairs(plan.moves) do
-    for kind, name in pairs({ w = ks.win(m.wo), we = ks.we(m.wo), wh = ks.wh(m.wo) }) do
+    for kind, name in pairs({ w = ks.win(m.wo), we = ks.we(m.wo), wh = ks.wh(m.wo), wn = ks.wn(m.wo) }) do
       if redis.call('EXISTS', name) == 1 then redis.call('RENAME', name, ks.tmp(kind, m.wo)) end
     end
   end
@@ -1155,7 +1159,10 @@ local function rewindow_write(state, ks, st, plan, c)
     if redis.call('EXISTS', ks.tmp('wh', m.wo)) == 1 then
       redis.call('PFMERGE', ks.wh(m.wn), ks.tmp('wh', m.wo))
     end
-    redis.call('DEL', ks.tmp('w', m.wo), ks.tmp('we', m.wo), ks.tmp('wh', m.wo))
+    if redis.call('EXISTS', ks.tmp('wn', m.wo)) == 1 then
+      redis.call('SUNIONSTORE', ks.wn(m.wn), ks.wn(m.wn), ks.tmp('wn', m.wo))
+    end
+    redis.call('DEL', ks.tmp('w', m.wo), ks.tmp('we', m.wo), ks.tmp('wh', m.wo), ks.tmp('wn', m.wo))
     redis.call('ZADD', ks.open, m.wn, m.wn)
     if first_new == nil or m.wn < first_new then first_new = m.wn end
   end
@@ -1330,6 +1337,12 @@ local function ad_ingest(keys, args)
   local checks = {}
   for win in pairs(targets) do window_checks(ks, win, checks) end
   for win in pairs(htargets) do window_checks(ks, win, checks) end
+  -- the open live windows history may correct (below, "history landing after live traffic began")
+  local corrected = {}
+  if max_hwin ~= nil and first ~= nil then
+    corrected = redis.call('ZRANGEBYSCORE', ks.open, first, '+inf')
+    for _, win in ipairs(corrected) do window_checks(ks, win, checks) end
+  end
   if not drop then sketch_checks(ks, c, st, checks) end
   local distinct, seen_ep = 0, {}
   for _, g in ipairs(groups) do
@@ -1377,8 +1390,34 @@ local function ad_ingest(keys, args)
       first_seen = bloom_add_all(state, ks.bf, order, bloom_layers(state), hf)
     end
   end
-  local new_in = {}
-  for e in pairs(first_seen) do new_in[owner[e]] = (new_in[owner[e]] or 0) + 1 end
+  local new_in, sighted = {}, {}
+  for e in pairs(first_seen) do
+    new_in[owner[e]] = (new_in[owner[e]] or 0) + 1
+    local win = groups[owner[e]][1]
+    if not htargets[win] then  -- remembered until the window is sealed (below: history landing later)
+      sighted[win] = sighted[win] or {}
+      sighted[win][#sighted[win] + 1] = e
+    end
+  end
+  for win, names in pairs(sighted) do call_chunked('SADD', ks.wn(win), names, 1000) end
+  -- history landing after live traffic began (a backfill) holds endpoints from before the open live
+  -- windows: those first sighted in one of them were not new there. A live window sealed before the
+  -- history came keeps its count (its fingerprint is out already).
+  local hnames = {}
+  for e, gi in pairs(owner) do
+    if htargets[groups[gi][1]] and not first_seen[e] then hnames[#hnames + 1] = e end
+  end
+  if #hnames > 0 then
+    for _, win in ipairs(corrected) do
+      if redis.call('EXISTS', ks.wn(win)) == 1 then
+        local removed = 0
+        for i = 1, #hnames, 1000 do
+          removed = removed + redis.call('SREM', ks.wn(win), unpack(hnames, i, math.min(i + 999, #hnames)))
+        end
+        if removed > 0 then redis.call('HINCRBY', ks.win(win), 'new', -removed) end
+      end
+    end
+  end
   for gi, g in ipairs(groups) do
     local win, w = g[1], g[2]
     local wk = ks.win(win)

@@ -110,6 +110,34 @@ def test_history_is_written_in_time_order_and_an_older_backfill_is_late(r: redis
     assert admin.list_services(r)[0]["history_events"] == 70
 
 
+def _event(endpoint: str, timestamp: float | None = None) -> object:
+    fields = {"service": "svc", "endpoint": endpoint, "status_code": 200, "response_time": 3}
+    return parse_metric(fields if timestamp is None else {**fields, "timestamp": timestamp})
+
+
+@pytest.mark.parametrize("sealed_first", [False, True])
+def test_endpoints_a_later_backfill_holds_are_not_new_in_the_open_live_window(r: redis.Redis,
+                                                                              sealed_first: bool) -> None:
+    """Live traffic first, then a backfill: the live window sighted every endpoint first, and after
+    training the detector read "new endpoints 0 to N" on every service (the app's screenshot journey).
+    An endpoint the history holds was not new in the open live window; one it does not hold still is."""
+    admin.setup(r, SketchSettings(window_seconds=60))
+    now = time.time()
+    assert ingest(r, [_event(e) for e in ("GET:/a", "GET:/b", "GET:/c")]).accepted == 3  # one live window
+    if sealed_first:  # its fingerprint is out before the history comes: it keeps its count
+        seal_all(r, now=now + 180)
+    history = ingest(r, [_event(e, now - 3600 + 60 * i) for i, e in enumerate(("GET:/a", "GET:/b", "GET:/d"))],
+                     replay=True)  # fmt: skip
+    assert history.accepted == 3 and history.late == 0
+    seal_all(r, now=now + 180)
+    live = [(int(f[b"requests"]), float(f[b"new_interactions"])) for _id, f in r.xrange(K.fingerprints("svc"))]
+    # /c only: /a and /b were there an hour before (the windows after it are silent)
+    assert live[0] == (3, 3.0 if sealed_first else 1.0) and all(n == 0 for n, _new in live[1:])
+    past = [float(f[b"new_interactions"]) for _id, f in r.xrange(K.history("svc", 60))]
+    assert sum(past) == 1.0  # /d, first seen in the history
+    assert not r.keys(K.window_new("svc", "*"))  # the sighting sets go with their windows
+
+
 def test_a_history_that_is_mostly_a_gap_leaves_the_service_learning(r: redis.Redis) -> None:
     admin.setup(r, SketchSettings(window_seconds=1))
     t0 = 1_790_000_000.0

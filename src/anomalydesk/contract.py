@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 7
+LIB_VERSION = 8
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
@@ -30,6 +30,7 @@ LIBRARY_SHA256: dict[int, str] = {
     5: "ddecc67284d43fdbf46603d90c2c48255d40b6f477f9a40dcccea3ae8954540d",
     6: "8c2d744f783e1d3d824a2be2895feaba1311b5191a2370b8ce34a4adda812fbf",
     7: "db2ccc4e9a4daffdede2dad88f38e1cd03b34b4a492bc093ec4f8cb57e142590",
+    8: "c4d8a90cb4b887061934cf5da9dd49f6f7eb066308313e85d3ce8caee21e9e8d",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------
@@ -112,6 +113,7 @@ KEY_SUFFIXES: dict[str, str] = {
     "win": ":w:",  # + window: hash of one open window's aggregates
     "we": ":we:",  # + window: hash of one open window's exact endpoint counts
     "wh": ":wh:",  # + window: HyperLogLog of one open window's endpoints
+    "wn": ":wn:",  # + window: set of the endpoints first seen in one open live window (history may clear them)
     "tmp": ":rw:",  # + kind:window: a window on its way into a new window length (inside ad_configure)
     "cms_ep": ":cms:ep",  # Count-Min Sketch of endpoints
     "cms_st": ":cms:st",  # Count-Min Sketch of status codes

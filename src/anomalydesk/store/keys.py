@@ -166,6 +166,10 @@ class Keys:
     def window_hll(self, service: str, window: int) -> str:
         return f"{self.tag(service)}{S['wh']}{window}"
 
+    def window_new(self, service: str, window: int) -> str:
+        """Set of the endpoints first seen in one open live window (history landing later clears them)."""
+        return f"{self.tag(service)}{S['wn']}{window}"
+
     def cms_endpoints(self, service: str) -> str:
         return f"{self.tag(service)}{S['cms_ep']}"
 

@@ -4,7 +4,7 @@ It owns the process's Redis clients — one synchronous client for the core's sy
 status, incidents, sketches, the model registry), run in a small I/O thread pool so nothing blocks
 the loop, and one `redis.asyncio` client for the readers on the qasync loop (pub/sub takes one
 dedicated connection of that client's pool, as Redis requires; it is not another client) — and the
-executor of the long jobs (training). Demo traffic writes from its own thread with its own client;
+executor of the long jobs (training). Demo traffic writes from its own thread through the synchronous client;
 training, backfill and the app's detector run in child processes with clients of their own.
 
 Every method is a coroutine returning plain values (dicts, lists, numpy arrays) or the core's frozen
@@ -460,18 +460,12 @@ class CoreClient:
         return jobs.start_detector(self.url, self.keys)
 
     async def start_demo(self, rate: int, services: int) -> DemoTraffic:
-        """Start live demo traffic (its own thread and its own client, closed when it stops).
-
-        Written through the shared synchronous client instead, the screenshot journey (live demo, a
-        backfill, training, an injected fault: tests/tray_e2e_session.py) raised a "new endpoints" incident
-        on every service right after training, each naming the 7–12 endpoints of its live traffic as
-        never seen; with a client of its own it does not (checked at this commit's parent and with this
-        change alone). The cause is not found yet (docs/architecture.md)."""
+        """Start live demo traffic (its own thread, writing through the synchronous client)."""
         from anomalydesk.ingest.demo import DemoTraffic
 
         def start() -> DemoTraffic:
             try:
-                return DemoTraffic(self.url, rate=rate, services=services, keys=self.keys).start()
+                return DemoTraffic(self.sync, rate=rate, services=services, keys=self.keys).start()
             except ValueError as err:
                 raise CoreError(str(err)) from err
 
