@@ -1394,12 +1394,18 @@ local function ad_ingest(keys, args)
   for e in pairs(first_seen) do
     new_in[owner[e]] = (new_in[owner[e]] or 0) + 1
     local win = groups[owner[e]][1]
-    if not htargets[win] then  -- remembered until the window is sealed (below: history landing later)
+    if live and not htargets[win] then  -- remembered until the window is sealed (below: history landing later)
       sighted[win] = sighted[win] or {}
       sighted[win][#sighted[win] + 1] = e
     end
   end
-  for win, names in pairs(sighted) do call_chunked('SADD', ks.wn(win), names, 1000) end
+  for win, names in pairs(sighted) do  -- at most WINDOW_ENDPOINTS_CAP per window: the rest stay new
+    local room = WINDOW_ENDPOINTS_CAP - redis.call('SCARD', ks.wn(win))
+    if room > 0 then
+      if #names > room then names = { unpack(names, 1, room) } end
+      call_chunked('SADD', ks.wn(win), names, 1000)
+    end
+  end
   -- history landing after live traffic began (a backfill) holds endpoints from before the open live
   -- windows: those first sighted in one of them were not new there. A live window sealed before the
   -- history came keeps its count (its fingerprint is out already).

@@ -102,7 +102,7 @@ def test_keys_and_the_library_build_the_same_names(r: redis.Redis) -> None:
     assert reply.accepted == 2
     written = {k.decode() for k in r.scan_iter(match=f"{keys.tag('svc')}*")}
     built = {keys.state("svc"), keys.open_windows("svc"), keys.window("svc", 100), keys.window_endpoints("svc", 100),
-             keys.window_hll("svc", 100), keys.window_new("svc", 100), keys.cms_endpoints("svc"),
+             keys.window_hll("svc", 100), keys.cms_endpoints("svc"),
              keys.cms_status("svc"), keys.topk("svc"), keys.raw("svc"),
              f"{keys.tag('svc')}{contract.KEY_SUFFIXES['batch']}b1"}
     filters = {k for k in written if k.startswith(keys.filter("svc"))}

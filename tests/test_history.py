@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from anomalydesk.config import SketchSettings
+from anomalydesk.contract import WINDOW_ENDPOINTS_CAP
 from anomalydesk.detect.service_state import service_states
 from anomalydesk.detect.training_run import gap_mask, train_service, training_data
 from anomalydesk.events import parse_metric
@@ -136,6 +137,19 @@ def test_endpoints_a_later_backfill_holds_are_not_new_in_the_open_live_window(r:
     past = [float(f[b"new_interactions"]) for _id, f in r.xrange(K.history("svc", 60))]
     assert sum(past) == 1.0  # /d, first seen in the history
     assert not r.keys(K.window_new("svc", "*"))  # the sighting sets go with their windows
+
+
+def test_first_sightings_are_remembered_up_to_the_window_cap(r: redis.Redis) -> None:
+    """The set of an open window's first sightings stops at WINDOW_ENDPOINTS_CAP (its memory is bounded
+    like the window's endpoint counts): history clears those it holds, the rest stay new."""
+    admin.setup(r, SketchSettings(window_seconds=60))
+    now, names = time.time(), [f"GET:/e{i}" for i in range(WINDOW_ENDPOINTS_CAP + 88)]
+    assert ingest(r, [_event(e) for e in names]).accepted == len(names)
+    assert max(r.scard(k) for k in r.scan_iter(match=K.window_new("svc", "*"))) == WINDOW_ENDPOINTS_CAP
+    assert ingest(r, [_event(e, now - 3600) for e in names], replay=True).late == 0
+    seal_all(r, now=now + 180)
+    first = r.xrange(K.fingerprints("svc"), count=1)[0][1]
+    assert (int(first[b"requests"]), float(first[b"new_interactions"])) == (len(names), 88.0)
 
 
 def test_a_history_that_is_mostly_a_gap_leaves_the_service_learning(r: redis.Redis) -> None:

@@ -30,7 +30,7 @@ LIBRARY_SHA256: dict[int, str] = {
     5: "ddecc67284d43fdbf46603d90c2c48255d40b6f477f9a40dcccea3ae8954540d",
     6: "8c2d744f783e1d3d824a2be2895feaba1311b5191a2370b8ce34a4adda812fbf",
     7: "db2ccc4e9a4daffdede2dad88f38e1cd03b34b4a492bc093ec4f8cb57e142590",
-    8: "c4d8a90cb4b887061934cf5da9dd49f6f7eb066308313e85d3ce8caee21e9e8d",
+    8: "a7da56fe6fb0b5ca73fb7c7cf329801e1439b85fcfa4c53388893677665d2d93",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------

@@ -112,7 +112,9 @@ class _CarriedCounts:
     def restore(self, metrics: CollectorMetrics) -> None:
         try:
             with open(self.path, "rb") as f:
-                metrics.add(orjson.loads(f.read()))
+                saved = orjson.loads(f.read())
+            CollectorMetrics.merged([saved])  # a malformed file fails here, before `metrics` is touched
+            metrics.add(saved)
         except FileNotFoundError:  # the first worker of this index
             return
         except (OSError, ValueError, KeyError, TypeError) as err:

@@ -148,7 +148,7 @@ def backfill(url: str, keys: Keys, seconds: float, services: int,
             done.set()
             if watcher.is_alive():
                 watcher.join()
-    if cancel is not None and cancel.is_set():
+    if cancel is not None and cancel.is_set() and child.returncode != 0:  # finished first: its result stands
         raise JobCancelled("backfill cancelled: the history written so far is kept")
     if child.returncode != 0:
         words = stderr.strip().splitlines()
