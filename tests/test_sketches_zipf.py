@@ -67,7 +67,13 @@ def test_topk_finds_the_true_heavy_hitters(zipf_service, sketch_backend: str) ->
     true_order = np.argsort(-exact)
     heavy = [names[i] for i in true_order[:k] if exact[i] > total / counters]
     assert heavy, "the stream should have heavy hitters"
-    assert set(heavy) <= {name for name, _ in listed}
+    found = {name for name, _ in listed}
+    if sketch_backend == "functions":  # Space-Saving: every key above N / counters is listed, always
+        assert set(heavy) <= found
+    else:  # HeavyKeeper decays at random: the documented bound (docs/engine.md), recall of the true top-k
+        # ≥ 0.9; all of them on 99 of 100 runs, and this test once missed the third of ten in a full suite
+        top = {names[i] for i in true_order[:k]}
+        assert len(top & found) >= 0.9 * k, sorted(top - found)
     for name, estimate in listed:
         truth = exact[names.index(name)]
         if sketch_backend == "functions":  # Space-Saving over-estimates by at most N / counters
