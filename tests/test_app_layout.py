@@ -71,6 +71,44 @@ def test_messages_coming_and_going_leave_the_window_and_the_table_alone(qtbot):
     assert geometry(window) == before
 
 
+def test_without_a_tray_notifications_coming_and_going_never_move_the_plots(qtbot):
+    """Without a tray the banner's row is reserved: a banner that pushed the plots down re-laid out and
+    repainted all 9 of them (40-45 ms, the fleet's longest paint). With a tray the row takes no room."""
+    from anomalydesk.app.model.notifier import Notification
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+    from test_app_panels import NoActions
+
+    window = MainWindow(AppState(), NoActions(), AppSettings())
+    qtbot.addWidget(window)
+    window.tray_available = False  # offscreen there is none; the app sets it from its Tray
+    window.show()
+    qtbot.waitExposed(window)
+    settle()
+    plots = window.live.graphics.geometry()
+    row = window.banner_row
+    assert row.placeholder.isVisible() and row.height() >= row.two_line_height()
+    long_body = "requests fluctuating: 120 to 4,000 per window; p95 latency 120 to 180 ms; " * 4
+    for note in (Notification("CRITICAL payments: new incident", "5xx ratio 20%", "critical", "p:a1"),
+                 Notification("WARNING users: new incident", "p95 latency 120 to 180 ms", "warning", "u:a1"),
+                 Notification("CRITICAL orders: p95 < 5 ms & more", long_body, "critical", "o:a1")):
+        window.banner.show_notification(note)
+        settle()
+        assert window.banner.isVisible() and not row.placeholder.isVisible()
+        assert window.live.graphics.geometry() == plots
+    # the long one: elided to a line in the banner, whole in its tooltip, its "<" and "&" shown as text
+    assert "…" in window.banner.text and "&lt; 5 ms &amp; more" in window.banner.text
+    assert window.banner.label.toolTip() == f"CRITICAL orders: p95 < 5 ms & more (+2 more)\n{long_body}"
+    window.banner.dismiss()
+    settle()
+    assert row.placeholder.isVisible() and window.live.graphics.geometry() == plots
+
+    window.tray_available = True  # notifications go to the tray: the row gives its room to the plots
+    settle()
+    assert not row.placeholder.isVisible() and window.live.graphics.height() > plots.height()
+
+
 def test_close_to_tray_says_the_app_runs_on(qtbot, qloop, redis_url):  # noqa: F811
     """A desktop can announce a tray (a StatusNotifier watcher) nobody sees: closing to it hides the
     window and the tray says so (through the notification service); without a tray the window closes."""
