@@ -163,6 +163,37 @@ def test_collector_user_may_ingest_and_nothing_more(acl_server: RedisServer, r: 
     c.close()
 
 
+def test_collector_user_applies_a_window_length_change(acl_server: RedisServer, r: redis.Redis) -> None:
+    """The window-length change (`ad_configure`: history sealed, open windows renamed to `:rw:*` and
+    merged into windows of the new length, first sightings carried with SUNIONSTORE) runs as the
+    collector user when its batch meets a service still at the old length."""
+    admin.setup(r, SketchSettings(window_seconds=60))
+    url = url_for(acl_server, "ad-collector")
+    old, fresh = connect(url), connect(url)  # two producers: each keeps the config it read
+    first = [parse_metric({"service": "payments", "endpoint": e, "status_code": 200, "response_time": 4})
+             for e in ("GET:/a", "GET:/b", "GET:/a")]  # fmt: skip
+    assert sink.ingest(old, first).accepted == 3
+    (wo,) = (int(w) for w in r.zrange(K.open_windows("payments"), 0, -1))
+    assert r.smembers(K.window_new("payments", wo)) == {b"GET:/a", b"GET:/b"}  # first seen in the open window
+    # setup wrote the new length but did not reach the service (as if it stopped before configuring it):
+    # the collector's next call meets NEEDCONFIG, configures the service itself, then sends again
+    r.hset(K.config, mapping={"window_seconds": 120, "config_gen": 1})
+    later = [parse_metric({"service": "payments", "endpoint": "GET:/c", "status_code": 200, "response_time": 4})]
+    assert sink.ingest(fresh, later * 2).accepted == 2
+    state = r.hgetall(K.state("payments"))
+    assert (state[b"W"], state[b"g"]) == (b"120", b"1")
+    wn = wo * 60 // 120  # nothing sealed yet: the open window goes to the new window holding its start
+    assert r.smembers(K.window_new("payments", wn)) >= {b"GET:/a", b"GET:/b"}  # carried, not sighted again
+    assert not r.exists(K.window_new("payments", wo))  # the old window's set went with it
+    assert not list(r.scan_iter(match=K.tag("payments") + ":rw:*"))  # the temporary names are gone
+    assert sink.ingest(old, later).accepted == 1  # the stale producer is refused, re-reads, resends
+    opened = [int(w) for w in r.zrange(K.open_windows("payments"), 0, -1)]
+    assert wn in opened and sum(int(r.hget(K.window("payments", w), "n")) for w in opened) == 6
+    assert admin.status(r)["events_total"] == 6
+    old.close()
+    fresh.close()
+
+
 def test_app_user_runs_the_product_but_not_the_server(acl_server: RedisServer, r: redis.Redis) -> None:
     url = url_for(acl_server, "ad-app")
     for argv in (("setup",), ("demo", "--fast", "--duration", "1800", "--services", "2", "--seed", "5"),
