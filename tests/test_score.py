@@ -75,6 +75,25 @@ def test_sustained_fluctuation_is_described_as_such(model: Model) -> None:
         f"p99 latency fluctuating: 205 ms to 900 ms over the last {model.context_rows} windows, 210 ms normal")
 
 
+def test_a_spread_below_training_is_called_steady_not_fluctuating(model: Model) -> None:
+    """An anomalous window whose reason is a spread *below* its training range (the metric stopped
+    moving) read "fluctuating: 24.5 ms to 24.5 ms" in the app; it is named for what it is."""
+    from anomalydesk.detect.score import explain
+
+    rows = _fingerprints(model.context_rows, seed=7)
+    column = FEATURE_INDEX["latency_p99_ms"]
+    rows[:, column] = 210.0  # flat over the whole context: std and jump at 0, far below training's
+    levels = model.baseline.level() if model.baseline is not None else None
+    Z = model.transform(rows, None, levels)
+    std_z = Z[-1].reshape(4, -1)[2, column]
+    assert std_z < 0  # the spread's deviation is negative: below training
+    expected = model.expected_rows(rows.shape[0], None, levels)
+    texts = [r["text"] for r in explain(model, rows, Z, expected, limit=model.n_features)
+             if r["feature"] == "latency_p99_ms"]
+    assert texts and texts[0].startswith("p99 latency unusually steady: 210 ms to 210 ms over the last")
+    assert not any("fluctuating" in t for t in texts)
+
+
 def test_score_of_last_row_equals_batch_score(model: Model) -> None:
     rows = _fingerprints(40, seed=5)
     rows[30, FEATURE_INDEX["requests"]] = 40

@@ -10,7 +10,9 @@ Attribution (which features to name): the forest says *whether* a window is unus
 its four inputs' |z|, each relative to that input's training extreme, so a new endpoint outranks an
 entropy that often swings that far. The top features (at most `REASONS_MAX`, each with |z| ≥
 `REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value when the
-value itself is out of line; otherwise what is: the recent average, or that it is fluctuating.
+value itself is out of line; otherwise what is: the recent average, or that it is fluctuating (its
+spread above the training range) or unusually steady (below it: "p50 latency fluctuating: 24.5 ms to
+24.5 ms" was how a metric that stopped moving read before).
 """
 
 from __future__ import annotations
@@ -77,7 +79,8 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             limit: int = config.REASONS_MAX) -> list[dict[str, Any]]:
     """Reasons for the last row: the features with the largest robust deviation, most deviant first."""
     f = model.n_features
-    z = np.abs(Z[-1]).reshape(len(KINDS), f)  # kind-major, as features.derived_names
+    signed = Z[-1].reshape(len(KINDS), f)  # kind-major, as features.derived_names
+    z = np.abs(signed)
     relative = model.relative_deviation(Z[-1:]).reshape(len(KINDS), f)
     contribution = relative.max(axis=0)  # how far beyond its own training extreme
     dominant = relative.argmax(axis=0)
@@ -91,7 +94,9 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
         kind = "value" if level or X.shape[0] == 1 else KINDS[int(dominant[column])]
         recent = X[:, column]
         if kind in ("std", "jump"):
-            text = (f"{_label(name)} fluctuating: {_fmt(name, float(recent.min()))} to "
+            # a spread below its training range is a metric that stopped moving, not one that fluctuates
+            words = "fluctuating" if signed[KINDS.index(kind), column] > 0 else "unusually steady"
+            text = (f"{_label(name)} {words}: {_fmt(name, float(recent.min()))} to "
                     f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
                     f"{_fmt(name, normal)} normal")
         elif kind == "mean":
