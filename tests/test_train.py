@@ -12,7 +12,14 @@ from anomalydesk import config
 from anomalydesk.detect.forest import ModelFormatError, seal
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
-from anomalydesk.detect.train import InsufficientHistory, TrainingCancelled, TrainParams, train, upper_quantile
+from anomalydesk.detect.train import (
+    InsufficientHistory,
+    TrainingCancelled,
+    TrainParams,
+    train,
+    training_contamination,
+    upper_quantile,
+)
 
 NAMES = ("a", "b", "c")
 DAY = 86_400.0
@@ -73,6 +80,31 @@ def test_threshold_from_training_data_controls_false_alarms() -> None:
     assert 0.005 < rate < 0.06, rate  # target 2 %, out-of-bag calibrated
     # a typical window: each verdict maps its median to SCORE_AT_MEDIAN, the score is the larger one
     assert config.SCORE_AT_MEDIAN <= model.metadata["score_quantiles"]["p50"] < config.SEVERITY_WARNING - 20
+
+
+def test_contaminated_training_still_flags_normal_windows_at_the_budget() -> None:
+    """Anomalies in unlabelled training data take the top of the forest's scores; their share is left
+    above the threshold in addition to the budget, so new normal windows are flagged at about the rate."""
+    clean = train(_normal(4000), _params(trees=60))
+    assert clean.metadata["training_contamination"] == 0.0
+    assert clean.metadata["forest_alarm_share"] == pytest.approx(0.02 * (1 - config.DEVIATION_ALARM_SHARE))
+    X = _normal(4000)
+    for start in range(100, 4000, 400):  # 10 two-window incidents, each also in its neighbours' context
+        X[start:start + 2, 0] += 6.0
+        X[start:start + 2, 1] += 8.0
+    model = train(X, _params(trees=60))
+    share = 0.02 * (1 - config.DEVIATION_ALARM_SHARE)
+    assert model.metadata["training_contamination"] > 0.005
+    assert share < model.metadata["forest_alarm_share"] <= config.CONTAMINATION_MAX_FACTOR * share
+    rate = float(np.mean(score_batch(model, _normal(4000, seed=1)) >= model.threshold))
+    assert rate > 0.008, rate  # 0.0008 with the plain quantile threshold (1.4 % with this one)
+
+
+def test_contamination_counts_only_a_tail_beyond_the_bulks_own() -> None:
+    bulk = np.random.default_rng(3).normal(0.45, 0.025, 6000)
+    assert training_contamination(bulk) == 0.0
+    assert training_contamination(np.concatenate([bulk, np.full(180, 0.75)])) == pytest.approx(180 / 6180, abs=0.001)
+    assert training_contamination(np.concatenate([bulk, np.full(config.THRESHOLD_TAIL_WINDOWS - 1, 0.75)])) == 0.0
 
 
 def test_calibration_is_monotone_and_bounded() -> None:
