@@ -12,13 +12,12 @@ from anomalydesk import config
 from anomalydesk.detect.forest import ModelFormatError, seal
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
+from anomalydesk.detect.thresholds import training_contamination, upper_quantile
 from anomalydesk.detect.train import (
     InsufficientHistory,
     TrainingCancelled,
     TrainParams,
     train,
-    training_contamination,
-    upper_quantile,
 )
 
 NAMES = ("a", "b", "c")

@@ -181,7 +181,7 @@ DAILY_CYCLE_MIN_SECONDS = 86_400  # training history spanning this long models t
 SCORE_AT_MEDIAN = 35.0  # calibrated score of a typical training window (threshold → SEVERITY_WARNING)
 DEVIATION_ALARM_SHARE = 0.25  # share of the false-alarm budget given to the largest-|z| verdict
 THRESHOLD_TAIL_WINDOWS = 20  # a threshold exceeded by fewer training windows is extrapolated (exponential tail)
-# contamination-aware forest threshold (train.training_contamination): the share of training windows whose
+# contamination-aware forest threshold (thresholds.training_contamination): the share of training windows whose
 # out-of-bag score lies beyond median + CONTAMINATION_FENCE_IQRS · IQR (counted only when at least
 # THRESHOLD_TAIL_WINDOWS windows lie there) is added to the forest's share, at most CONTAMINATION_MAX_FACTOR × it
 CONTAMINATION_FENCE_IQRS = 3.5  # clean AR(1) training sets: at most 2 of 6,000 windows beyond it
