@@ -3,9 +3,10 @@
 Nothing shown here is modal: the banner keeps every notification it was given (counted, the newest
 on top) until the operator opens or dismisses it, so an alert is never dropped silently.
 
-Where there is no tray the banner's row is reserved (`BannerRow.reserve`): a banner that came and
-went above the plots resized all of them, and re-laying out and painting 9 plots took 40–45 ms of
-the GUI thread, the longest paint of the 100-service fleet (docs/benchmarks.md, "On an idle machine").
+The notification banner floats over the top right of the live plots (`FloatingPlacement`): in the
+layout above them it resized all of them as it came and went, and re-laying out and painting 9 plots
+took 40–45 ms of the GUI thread, the longest paint of the 100-service fleet (docs/benchmarks.md, "On an
+idle machine").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class NotificationBanner(QtWidgets.QFrame):
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.pending: list[Notification] = []
-        self.one_line_body = False  # the body elided to one line (`set_one_line_body`, in a reserved row)
+        self.one_line_body = False  # title and body elided to a line each (`set_one_line_body`)
         self._title = ""  # the title line and the body of the notification shown, as plain text
         self._body = ""
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
@@ -94,60 +95,40 @@ class NotificationBanner(QtWidgets.QFrame):
         self.setVisible(False)
 
 
-class BannerRow(QtWidgets.QWidget):
-    """The banner's row of the window. Reserved (`reserve(True)`, where notifications have no tray to go
-    to) it keeps the height of a two-line banner whether a notification shows or not, with a line that
-    says what the row is for, and the banner elides its title and body to a line each (whole in its
-    tooltip and in the incident it opens), so the plots below never move.
-    Not reserved it is as tall as the banner, and nothing while the banner is hidden."""
+class FloatingPlacement(QtCore.QObject):
+    """Keeps `banner` floating over the top right of `area` (the live plots), out of every layout, raised
+    above them: a banner in the layout above the plots resized all of them when it came and went.
+    The banner shows its title and body on a line each, elided (whole in its tooltip and in the
+    incident Open selects), so its height is fixed."""
 
-    PLACEHOLDER = "No system tray here: notifications appear in this row."
+    MARGIN = 8  # px from the area's top and right edges
+    MAX_WIDTH = 640
 
-    def __init__(self, banner: NotificationBanner, parent: QtWidgets.QWidget | None = None):
-        super().__init__(parent)
+    def __init__(self, banner: NotificationBanner, area: QtWidgets.QWidget) -> None:
+        super().__init__(banner)
         self.banner = banner
-        self.reserved = False
-        self.placeholder = QtWidgets.QLabel(self.PLACEHOLDER)
-        self.placeholder.setEnabled(False)  # greyed: a hint, not a message
-        self.placeholder.setContentsMargins(12, 0, 0, 0)
-        self.placeholder.setVisible(False)
-        layout = QtWidgets.QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.setSpacing(0)
-        layout.addWidget(banner)
-        layout.addWidget(self.placeholder)
+        self.area = area
+        banner.set_one_line_body(True)
+        area.installEventFilter(self)
         banner.installEventFilter(self)
 
-    def reserve(self, reserved: bool) -> None:
-        """Keep the row's height whether a notification shows or not (True where there is no tray)."""
-        self.reserved = reserved
-        self.banner.set_one_line_body(reserved)
-        self.setMinimumHeight(self.two_line_height() if reserved else 0)
-        self._sync()
-
-    def two_line_height(self) -> int:
-        """The banner's height with a title and a one-line body (the usual notification)."""
-        label = self.banner.label
-        text, wraps = label.text(), label.wordWrap()
-        label.setWordWrap(False)
-        label.setText("<b>title</b><br>body")
-        height = self.banner.sizeHint().height()
-        label.setWordWrap(wraps)
-        label.setText(text)
-        return height
-
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
-        if watched is self.banner and event.type() in (QtCore.QEvent.Type.Show, QtCore.QEvent.Type.Hide):
-            self._sync()
+        if event.type() in (QtCore.QEvent.Type.Resize, QtCore.QEvent.Type.Move, QtCore.QEvent.Type.Show):
+            self.place()
         return False
 
-    def _sync(self) -> None:
-        self.placeholder.setVisible(self.reserved and self.banner.isHidden())
-
-    def changeEvent(self, event: QtCore.QEvent) -> None:
-        super().changeEvent(event)
-        if event.type() == QtCore.QEvent.Type.FontChange and self.reserved:
-            self.reserve(True)
+    def place(self) -> None:
+        """Put the banner at the area's top right (the area's parent chain must hold the banner's parent)."""
+        parent = self.banner.parentWidget()
+        if parent is None or not parent.isAncestorOf(self.area):
+            return
+        origin = self.area.mapTo(parent, QtCore.QPoint(0, 0))
+        width = max(0, min(self.area.width() - 2 * self.MARGIN, self.MAX_WIDTH))
+        x = origin.x() + self.area.width() - width - self.MARGIN
+        geometry = QtCore.QRect(x, origin.y() + self.MARGIN, width, self.banner.sizeHint().height())
+        if self.banner.geometry() != geometry:
+            self.banner.setGeometry(geometry)
+        self.banner.raise_()
 
 
 class OfferBanner(QtWidgets.QFrame):

@@ -16,7 +16,7 @@ from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.app.model.state import AppState
 from anomalydesk.app.services import autostart
 from anomalydesk.app.services.range_history import RangeLoader
-from anomalydesk.app.widgets.banner import BannerRow, NotificationBanner, OfferBanner
+from anomalydesk.app.widgets.banner import FloatingPlacement, NotificationBanner, OfferBanner
 from anomalydesk.app.widgets.connection_panel import ConnectionPanel
 from anomalydesk.app.widgets.demo_panel import DemoPanel
 from anomalydesk.app.widgets.incidents_panel import IncidentsPanel
@@ -70,7 +70,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.state = state
         self.actions = actions
         self.settings = settings
-        self._tray_available = False
+        self.tray_available = False
         self.quitting = False
         self.setWindowTitle("AnomalyDesk")
         self.setWindowIcon(health_icon("none"))
@@ -78,8 +78,6 @@ class MainWindow(QtWidgets.QMainWindow):
 
         self.banner = NotificationBanner()
         self.banner.open_incident.connect(self.open_incident)
-        self.banner_row = BannerRow(self.banner)
-        self.banner_row.reserve(True)  # until a tray is known to be there (`tray_available`)
         self.backfill_offer = OfferBanner(
             "No model can be trained yet: the demo has no history. Backfill a day of demo traffic in "
             "simulated time (takes well under a minute) so you can train at once?", "Backfill a day")
@@ -87,10 +85,11 @@ class MainWindow(QtWidgets.QMainWindow):
         central = QtWidgets.QWidget()
         cl = QtWidgets.QVBoxLayout(central)
         cl.setContentsMargins(0, 0, 0, 0)
-        cl.addWidget(self.banner_row)
         cl.addWidget(self.backfill_offer)
         cl.addWidget(self.live, 1)
         self.setCentralWidget(central)
+        self.banner.setParent(central)  # not in the layout: it floats over the plots (banner.py)
+        self.banner_placement = FloatingPlacement(self.banner, self.live.graphics)
 
         self.incidents = IncidentsPanel(state, actions)
         self.connection = ConnectionPanel(state, settings, reconnect or (lambda: None))
@@ -178,16 +177,6 @@ class MainWindow(QtWidgets.QMainWindow):
         if c.warnings:
             text += " · ⚠ " + "; ".join(c.warnings)
         self.connection_status.setText(text)
-
-    @property
-    def tray_available(self) -> bool:
-        """Whether notifications go to a system tray; without one the banner's row is reserved."""
-        return self._tray_available
-
-    @tray_available.setter
-    def tray_available(self, available: bool) -> None:
-        self._tray_available = available
-        self.banner_row.reserve(not available)
 
     def say(self, text: str) -> None:
         """Show what an action did (file written, new state) in the status bar for a while."""
