@@ -29,11 +29,11 @@ class NotificationBanner(QtWidgets.QFrame):
     def __init__(self, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.pending: list[Notification] = []
-        self.one_line_body = False  # title and body elided to a line each (`set_one_line_body`)
         self._title = ""  # the title line and the body of the notification shown, as plain text
         self._body = ""
         self.setFrameShape(QtWidgets.QFrame.Shape.StyledPanel)
-        self.label = wrapping(QtWidgets.QLabel())
+        self.label = QtWidgets.QLabel()  # title and body, a line each, elided to its width (`_render`)
+        self.label.setSizePolicy(QtWidgets.QSizePolicy.Policy.Ignored, QtWidgets.QSizePolicy.Policy.Preferred)
         self.open_button = QtWidgets.QPushButton("Open")
         self.open_button.clicked.connect(self._open)
         self.dismiss_button = QtWidgets.QPushButton("Dismiss")
@@ -57,17 +57,10 @@ class NotificationBanner(QtWidgets.QFrame):
         self.open_button.setEnabled(bool(note.incident_id))
         self.setVisible(True)
 
-    def set_one_line_body(self, one_line: bool) -> None:
-        """Title and body on one line each, elided to the banner's width (the banner's height fixed), or
-        wrapped over as many lines as they need."""
-        self.one_line_body = one_line
-        self.label.setWordWrap(not one_line)
-        self._render()
-
     def _render(self) -> None:
         title, body = self._title, self._body
         width = self.label.contentsRect().width()
-        if self.one_line_body and width > 0:
+        if width > 0:
             bold = QtGui.QFont(self.label.font())
             bold.setBold(True)
             elide = QtCore.Qt.TextElideMode.ElideRight
@@ -77,8 +70,7 @@ class NotificationBanner(QtWidgets.QFrame):
 
     def resizeEvent(self, event: QtGui.QResizeEvent) -> None:
         super().resizeEvent(event)
-        if self.one_line_body:
-            self._render()
+        self._render()
 
     @property
     def text(self) -> str:
@@ -98,8 +90,8 @@ class NotificationBanner(QtWidgets.QFrame):
 class FloatingPlacement(QtCore.QObject):
     """Keeps `banner` floating over the top right of `area` (the live plots), out of every layout, raised
     above them: a banner in the layout above the plots resized all of them when it came and went.
-    The banner shows its title and body on a line each, elided (whole in its tooltip and in the
-    incident Open selects), so its height is fixed."""
+    The banner's height is fixed: title and body on a line each, elided (whole in its tooltip and in
+    the incident Open selects)."""
 
     MARGIN = 8  # px from the area's top and right edges
     MAX_WIDTH = 640
@@ -108,7 +100,6 @@ class FloatingPlacement(QtCore.QObject):
         super().__init__(banner)
         self.banner = banner
         self.area = area
-        banner.set_one_line_body(True)
         area.installEventFilter(self)
         banner.installEventFilter(self)
 
