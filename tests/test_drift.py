@@ -217,9 +217,9 @@ def drift_runs() -> dict[str, dict]:
 
 
 def _late_normal_flag_rate(run: dict) -> float:
-    from anomalydesk.detect.episodes import track
+    from anomalydesk.detect.episodes import track_scores
 
-    flagged, _ = track(run["scores"] >= run["threshold"])
+    flagged, _ = track_scores(run["scores"], run["threshold"])
     late = (np.arange(flagged.size) >= 4500) & ~run["labels"]
     return float(flagged[late].mean())
 
@@ -362,13 +362,13 @@ def test_a_restarted_detector_continues_the_stored_baseline(live: tuple) -> None
 # --- robustness (issue 17, build 5) ---------------------------------------------------------------
 
 def _replay_incidents(model: Model, history: np.ndarray, X: np.ndarray) -> tuple[list, list]:
-    from anomalydesk.detect.episodes import track
+    from anomalydesk.detect.episodes import track_scores
 
     context = model.context_rows - 1
     n = history.shape[0]
     stamps = 300.0 * np.arange(n - context, n + X.shape[0])
     scores, shifts = replay(model, np.vstack([history[-context:], X]), stamps, context)
-    _, episodes = track(scores >= model.threshold)
+    _, episodes = track_scores(scores, model.threshold)
     return [(e.start, e.end) for e in episodes], shifts
 
 

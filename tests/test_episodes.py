@@ -1,4 +1,5 @@
-"""k-of-n confirmation and cooldown: the step()-able tracker and the whole-array helper agree."""
+"""k-of-n confirmation, its opening margin and the cooldown: the step()-able tracker and the whole-array
+helpers agree."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from anomalydesk.detect.episodes import EpisodeTracker, track
+from anomalydesk import config
+from anomalydesk.detect.episodes import EpisodeTracker, track, track_scores
 
 
 def _flags(text: str) -> np.ndarray:
@@ -45,14 +47,16 @@ def test_whole_array_matches_stepping() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
         flags = rng.random(150) < rng.random() * 0.4
+        strong = flags & (rng.random(150) < rng.random())
         k = int(rng.integers(1, 4))
         n = int(rng.integers(k, 6))
         cooldown = int(rng.integers(1, 5))
-        inside, episodes = track(flags, k, n, cooldown)
+        inside, episodes = track(flags, k, n, cooldown, strong=strong)
         tracker = EpisodeTracker(k, n, cooldown)
-        stepped = [s.episode for s in (tracker.step(bool(f)) for f in flags) if s.opened]
-        assert [(e.start, e.end, e.resolved_at) for e in episodes] == \
-            [(e.start, e.end, e.resolved_at) for e in stepped]
+        stepped = [s.episode for s in (tracker.step(bool(f), strong=bool(g)) for f, g in zip(flags, strong, strict=True))
+                   if s.opened]  # fmt: skip
+        assert [(e.start, e.end, e.resolved_at, e.confirmed) for e in episodes] == \
+            [(e.start, e.end, e.resolved_at, e.confirmed) for e in stepped]
         expected = np.zeros_like(flags)
         for e in stepped:
             expected[e.start:e.end + 1] = True
@@ -61,13 +65,15 @@ def test_whole_array_matches_stepping() -> None:
 
 def test_state_round_trip_continues_identically() -> None:
     flags = _flags("01101000110111000")
+    strong = _flags("00100000000001000")
     whole = EpisodeTracker(2, 3, 2)
-    expected = [whole.step(bool(f)) for f in flags]
+    expected = [whole.step(bool(f), strong=bool(g)) for f, g in zip(flags, strong, strict=True)]
+    assert [i for i, s in enumerate(expected) if s.opened] == [2, 13]  # 8–9 alone: no strong window
     resumed = EpisodeTracker(2, 3, 2)
     got = []
-    for f in flags:
+    for f, g in zip(flags, strong, strict=True):
         resumed = EpisodeTracker.from_state(json.loads(json.dumps(resumed.state())))
-        got.append(resumed.step(bool(f)))
+        got.append(resumed.step(bool(f), strong=bool(g)))
     assert [(s.opened, s.extended, s.resolved) for s in got] == [(s.opened, s.extended, s.resolved) for s in expected]
 
 
@@ -82,3 +88,44 @@ def test_explicit_window_indices_with_gaps() -> None:
 def test_bad_parameters_refused(k: int, n: int, cooldown: int) -> None:
     with pytest.raises(ValueError, match=r"k <= n|cooldown"):
         EpisodeTracker(k, n, cooldown)
+
+
+def test_windows_only_just_past_the_threshold_open_nothing_by_themselves() -> None:
+    """Hysteresis: two of three windows at 70–71 open no incident; one of them at the opening score
+    does, and once open, every window at or above 70 extends it."""
+    just = config.INCIDENT_OPEN_SCORE - 1.0
+    scores = np.array([30, 70.0, just, 40, just, 70.0, 35, 40, 36, 38, 39])
+    inside, episodes = track_scores(scores)
+    assert episodes == [] and not inside.any()
+    scores[5] = config.INCIDENT_OPEN_SCORE  # the second window of the pair 4–5 now opens it
+    scores[7] = 70.0  # … and a window only just past the threshold extends it
+    inside, episodes = track_scores(scores)
+    assert [(e.start, e.end, e.confirmed) for e in episodes] == [(4, 7, 5)]
+    assert inside.tolist() == [False] * 4 + [True] * 4 + [False] * 3
+
+
+def test_a_strong_window_opens_when_the_count_is_reached_later() -> None:
+    """The strong window need not be the one that completes k of n: it counts while it is among the
+    last n."""
+    tracker = EpisodeTracker(k=2, n=3, cooldown=3)
+    assert not tracker.step(True, 0, strong=True).opened
+    step = tracker.step(True, 1, strong=False)
+    assert step.opened and step.episode is not None and (step.episode.start, step.episode.confirmed) == (0, 1)
+    weak = EpisodeTracker(k=2, n=3, cooldown=3)
+    assert not weak.step(True, 0, strong=True).opened
+    assert not weak.step(True, 3, strong=False).opened  # the strong window 0 left the last 3
+
+
+def test_a_state_saved_before_the_margin_keeps_its_windows_strong() -> None:
+    """A tracker stored by an older detector has no "strong" list: the windows it already counted keep
+    the rule they were counted under, so an upgrade does not swallow an incident being confirmed."""
+    state = EpisodeTracker(2, 3, 3).state()
+    state.update(index=10, recent=[10])
+    del state["strong"]
+    tracker = EpisodeTracker.from_state(state)
+    assert tracker.step(True, 11, strong=False).opened
+
+
+def test_strong_must_match_the_flags() -> None:
+    with pytest.raises(ValueError, match="strong has 3 windows, flags 4"):
+        track(_flags("0110"), strong=_flags("011"))

@@ -2,8 +2,9 @@
 
 The product path is used unchanged: `train()` on the training rows, `score_batch()` on the test rows
 (the last training rows serve as context for the first test rows, as the live detector would have
-them), flags = score ≥ the model's threshold, then `episodes.track()`; a row counts as flagged when
-it lies inside an incident. Labels are only read to compute the metrics.
+them), flags = score ≥ the model's threshold, then `episodes.track()` (with the opening margin
+`config.INCIDENT_OPEN_SCORE`, as the live detector); a row counts as flagged when it lies inside an
+incident. Labels are only read to compute the metrics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from anomalydesk import config
-from anomalydesk.detect.episodes import track
+from anomalydesk.detect.episodes import track_scores
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.peers import family, random_baseline
 from anomalydesk.detect.range_metrics import VUS_MAX_BUFFER, affiliation, vus_pr
@@ -246,10 +247,9 @@ def run_backtest(test: Series, train_series: Series | None = None, labels: np.nd
         stamps = np.concatenate([fit_part.timestamps[fit_part.timestamps.shape[0] - context:],
                                  scored.timestamps]) if context else scored.timestamps
     scores, shifts = replay(model, X, stamps, context)
-    raw_flags = scores >= model.threshold
-    flagged, episodes = track(raw_flags)
+    flagged, episodes = track_scores(scores, model.threshold)
     assert scored.labels is not None
-    result = metrics(scored.labels, flagged, scores, alerts=_alert_rows(raw_flags, episodes))
+    result = metrics(scored.labels, flagged, scores, alerts=_alert_rows(episodes))
     result["threshold"] = model.threshold
     result["rows"] = {"train": int(fit_part.X.shape[0]), "scored": int(scored.X.shape[0]),
                       "flagged": int(flagged.sum()), "incidents": len(episodes),
@@ -306,11 +306,6 @@ def replay(model: Model, X: np.ndarray, stamps: np.ndarray | None, context: int
     return model.scores(X, stamps, levels)[context:], shifts
 
 
-def _alert_rows(raw_flags: np.ndarray, episodes: list) -> np.ndarray:
-    """The row each incident was confirmed at (k-of-n: its k-th anomalous row), when its alert went out."""
-    anomalous = np.flatnonzero(raw_flags)
-    rows = []
-    for ep in episodes:
-        from_start = anomalous[anomalous >= ep.start]
-        rows.append(int(from_start[min(config.INCIDENT_CONFIRM_K, from_start.size) - 1]))
-    return np.asarray(rows, dtype=np.int64)
+def _alert_rows(episodes: list) -> np.ndarray:
+    """The row each incident was confirmed at (k-of-n with its opening margin), when its alert went out."""
+    return np.asarray([ep.confirmed for ep in episodes], dtype=np.int64)

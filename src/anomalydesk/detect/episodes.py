@@ -1,4 +1,5 @@
-"""Turning per-window anomalous flags into incidents: k-of-n confirmation and a cooldown.
+"""Turning per-window anomalous flags into incidents: k-of-n confirmation with an opening margin, and a
+cooldown.
 
 One implementation for both sides, so the backtest measures exactly what the product does:
 `EpisodeTracker.step(anomalous)` is fed one window at a time by the live detector (its state is a
@@ -7,8 +8,10 @@ tracker over a whole array for the backtest.
 
 Rules:
 - An episode **opens** at the window where at least `k` of the last `n` windows (this one included)
-  are anomalous; it **starts** at the first anomalous window among those `n` (the incident covers the
-  windows that confirmed it).
+  are anomalous and at least one of them is **strong** (for the detector: scored at or above
+  `config.INCIDENT_OPEN_SCORE`, a little past the threshold); it **starts** at the first anomalous
+  window among those `n` (the incident covers the windows that confirmed it). Windows that only just
+  pass the threshold open nothing by themselves (hysteresis: a higher bar to open than to go on).
 - While open, an anomalous window **extends** it; normal windows in between are tolerated.
 - It **resolves** after `cooldown` normal windows in a row; it **ends** at its last anomalous window.
   Windows from start to end count as "inside the incident".
@@ -32,6 +35,7 @@ class Episode:
     start: int
     end: int
     resolved_at: int | None = None  # index of the window that resolved it
+    confirmed: int | None = None  # index of the window that opened it (its alert went out there)
 
     @property
     def length(self) -> int:
@@ -61,16 +65,21 @@ class EpisodeTracker:
         self.k, self.n, self.cooldown = k, n, cooldown
         self.index = -1  # index of the last window stepped
         self.recent: deque[int] = deque()  # indices of anomalous windows among the last n
+        self.strong: deque[int] = deque()  # … and of the strong ones among them
         self.open: Episode | None = None
         self.normal_run = 0
 
-    def step(self, anomalous: bool, index: int | None = None) -> Step:
-        """Feed the next window (index defaults to the previous one + 1)."""
+    def step(self, anomalous: bool, index: int | None = None, strong: bool | None = None) -> Step:
+        """Feed the next window (index defaults to the previous one + 1). `strong`: whether an anomalous
+        window may open an incident (default: every anomalous one may, plain k-of-n)."""
         self.index = self.index + 1 if index is None else int(index)
-        while self.recent and self.recent[0] <= self.index - self.n:
-            self.recent.popleft()
+        for recent in (self.recent, self.strong):
+            while recent and recent[0] <= self.index - self.n:
+                recent.popleft()
         if anomalous:
             self.recent.append(self.index)
+            if strong is None or strong:
+                self.strong.append(self.index)
         if self.open is not None:
             if anomalous:
                 self.open.end = self.index
@@ -81,11 +90,12 @@ class EpisodeTracker:
                 done, self.open = self.open, None
                 done.resolved_at = self.index
                 self.recent.clear()
+                self.strong.clear()
                 self.normal_run = 0
                 return Step(resolved=True, episode=done)
             return Step(episode=self.open)
-        if anomalous and len(self.recent) >= self.k:
-            self.open = Episode(start=self.recent[0], end=self.index)
+        if anomalous and len(self.recent) >= self.k and self.strong:
+            self.open = Episode(start=self.recent[0], end=self.index, confirmed=self.index)
             self.normal_run = 0
             return Step(opened=True, episode=self.open)
         return Step()
@@ -94,7 +104,7 @@ class EpisodeTracker:
         """A JSON-able snapshot (for keeping the live tracker of a service in Redis)."""
         return {
             "k": self.k, "n": self.n, "cooldown": self.cooldown, "index": self.index,
-            "recent": list(self.recent), "normal_run": self.normal_run,
+            "recent": list(self.recent), "strong": list(self.strong), "normal_run": self.normal_run,
             "open": None if self.open is None else [self.open.start, self.open.end],
         }
 
@@ -104,6 +114,8 @@ class EpisodeTracker:
         tracker = cls(int(state["k"]), int(state["n"]), int(state["cooldown"]))
         tracker.index = int(state["index"])
         tracker.recent = deque(int(i) for i in state["recent"])
+        # a state saved before the opening margin: its anomalous windows keep the rule they were counted under
+        tracker.strong = deque(int(i) for i in state.get("strong", state["recent"]))
         tracker.normal_run = int(state["normal_run"])
         if state.get("open") is not None:
             start, end = state["open"]
@@ -112,8 +124,10 @@ class EpisodeTracker:
 
 
 def track(flags: np.ndarray, k: int = config.INCIDENT_CONFIRM_K, n: int = config.INCIDENT_CONFIRM_N,
-          cooldown: int = config.INCIDENT_COOLDOWN_WINDOWS) -> tuple[np.ndarray, list[Episode]]:
-    """Whole-array run: (bool mask of windows inside an incident, the episodes in order).
+          cooldown: int = config.INCIDENT_COOLDOWN_WINDOWS, strong: np.ndarray | None = None
+          ) -> tuple[np.ndarray, list[Episode]]:
+    """Whole-array run: (bool mask of windows inside an incident, the episodes in order). `strong`: which
+    windows may open an incident (`EpisodeTracker.step`; default: every anomalous one).
 
     Only anomalous windows and the few normal ones after them change the state, so long quiet
     stretches are skipped; the result is the same as stepping every window.
@@ -121,9 +135,12 @@ def track(flags: np.ndarray, k: int = config.INCIDENT_CONFIRM_K, n: int = config
     flags = np.asarray(flags, dtype=bool).reshape(-1)
     tracker = EpisodeTracker(k, n, cooldown)
     episodes: list[Episode] = []
+    opens = flags if strong is None else np.asarray(strong, dtype=bool).reshape(-1)
+    if opens.shape != flags.shape:
+        raise ValueError(f"strong has {opens.shape[0]} windows, flags {flags.shape[0]}")
     for i in np.flatnonzero(flags):
         _skip_normal(tracker, int(i) - 1)
-        result = tracker.step(True, int(i))
+        result = tracker.step(True, int(i), strong=bool(opens[i]))
         if result.opened and result.episode is not None:
             episodes.append(result.episode)
     _skip_normal(tracker, flags.shape[0] - 1)
@@ -131,6 +148,14 @@ def track(flags: np.ndarray, k: int = config.INCIDENT_CONFIRM_K, n: int = config
     for ep in episodes:
         inside[ep.start:ep.end + 1] = True
     return inside, episodes
+
+
+def track_scores(scores: np.ndarray, threshold: float = config.SEVERITY_WARNING,
+                 open_score: float = config.INCIDENT_OPEN_SCORE) -> tuple[np.ndarray, list[Episode]]:
+    """`track` with the detector's rule on 0–100 scores: a window at or above `threshold` is anomalous,
+    one at or above `open_score` may open an incident."""
+    scores = np.asarray(scores, dtype=float).reshape(-1)
+    return track(scores >= threshold, strong=scores >= max(threshold, open_score))
 
 
 def _skip_normal(tracker: EpisodeTracker, last: int) -> None:

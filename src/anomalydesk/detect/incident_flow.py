@@ -36,7 +36,8 @@ class Verdict:
 
 @dataclass(frozen=True)
 class Confirmation:
-    """Open after `k` anomalous of the last `n` windows; resolve after `cooldown` normal ones."""
+    """Open after `k` anomalous of the last `n` windows, one of them scoring at least
+    `config.INCIDENT_OPEN_SCORE`; resolve after `cooldown` normal ones."""
 
     k: int = config.INCIDENT_CONFIRM_K
     n: int = config.INCIDENT_CONFIRM_N
@@ -164,7 +165,7 @@ def advance(
     if verdict is not None and not fp.no_data:
         plan.score = WindowScore(window, start, verdict.score, verdict.severity, verdict.anomalous, model_version)
         tracker = confirmation.tracker(plan.state.get("episode"))
-        event = tracker.step(verdict.anomalous, window)
+        event = tracker.step(verdict.anomalous, window, strong=verdict.score >= config.INCIDENT_OPEN_SCORE)
         plan.state["episode"] = tracker.state()
         if event.opened and event.episode is not None:
             first = event.episode.start
