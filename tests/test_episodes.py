@@ -53,8 +53,8 @@ def test_whole_array_matches_stepping() -> None:
         cooldown = int(rng.integers(1, 5))
         inside, episodes = track(flags, k, n, cooldown, strong=strong)
         tracker = EpisodeTracker(k, n, cooldown)
-        stepped = [s.episode for s in (tracker.step(bool(f), strong=bool(g)) for f, g in zip(flags, strong, strict=True))
-                   if s.opened]  # fmt: skip
+        steps = (tracker.step(bool(f), strong=bool(g)) for f, g in zip(flags, strong, strict=True))
+        stepped = [s.episode for s in steps if s.opened]
         assert [(e.start, e.end, e.resolved_at, e.confirmed) for e in episodes] == \
             [(e.start, e.end, e.resolved_at, e.confirmed) for e in stepped]
         expected = np.zeros_like(flags)
