@@ -142,3 +142,32 @@ def test_request_drop_names_requests_not_the_endpoint_count(model: Model) -> Non
     normal = model.expected_rows(1, None, model.baseline.level())[0, FEATURE_INDEX["requests"]]
     assert normal == pytest.approx(model.expected[FEATURE_INDEX["requests"]], rel=0.02)
     assert result.reasons[0]["text"] == f"requests 100/window vs {normal:,.0f}/window normal"
+
+
+def test_a_further_reason_within_ten_percent_of_normal_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """During an error burst the README journey also listed "p50 latency averaged 24.6 ms … vs 25.2 ms
+    normal": many IQRs of a steady latency, a 2 % move. A reason after the first is named by its value
+    or average only when that is more than REASON_MIN_CHANGE away from normal; the top one always is."""
+    X = _fingerprints(800, seed=10)
+    p50 = FEATURE_INDEX["latency_p50_ms"]
+    X[:, p50] = np.random.default_rng(11).normal(25.2, 0.1, X.shape[0])  # a very steady p50
+    steady = train(X, TrainParams(trees=40))
+    rows = _fingerprints(steady.context_rows, seed=12)
+    jitter = np.random.default_rng(13).normal(0.0, 0.1, steady.context_rows)  # not stuck: it moves as in training
+    rows[:, p50] = 24.6 + jitter  # 4–6 IQRs below, 2.4 % of its level
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.18
+
+    def named(factor: float) -> list[str]:
+        monkeypatch.setattr(config, "REASON_MIN_CHANGE", factor)
+        result = score(steady, rows)
+        assert result.anomalous and result.reasons[0]["feature"] == "rate_5xx"
+        return [r["feature"] for r in result.reasons]
+
+    assert "latency_p50_ms" in named(0.0)  # without the rule it is named
+    assert "latency_p50_ms" not in named(0.10)
+    rows[:, p50] = 30.0 + jitter  # 19 % above normal: named
+    assert "latency_p50_ms" in named(0.10)
+    rows[:, FEATURE_INDEX["rate_5xx"]] = 0.004
+    rows[:, p50] = 24.6 + jitter
+    alone = score(steady, rows)  # the top reason is named however small its move
+    assert alone.anomalous and alone.reasons[0]["feature"] == "latency_p50_ms"

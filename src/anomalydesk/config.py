@@ -215,6 +215,7 @@ STUCK_ZERO_CHANCE = 1e-6  # … a share of requests at 0 only when its requests 
 LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
+REASON_MIN_CHANGE = 0.10  # … nor, by its value or average, when that is within 10 % of normal (unless the top)
 BACKTEST_TRAIN_FRACTION = 0.3  # backtest without --train: the first 30 % of TEST trains
 REFERENCE_TREES = 100  # backtest --reference: plain IsolationForest …
 REFERENCE_PERCENTILE = 99.0  # … threshold at this percentile of its training scores …

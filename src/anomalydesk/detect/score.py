@@ -12,7 +12,9 @@ entropy that often swings that far. The top features (at most `REASONS_MAX`, eac
 `REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value when the
 value itself is out of line; otherwise what is: the recent average, or that it is fluctuating (its
 spread above the training range) or unusually steady (below it: "p50 latency fluctuating: 24.5 ms to
-24.5 ms" was how a metric that stopped moving read before).
+24.5 ms" was how a metric that stopped moving read before). A reason after the first that names a
+value or an average within `REASON_MIN_CHANGE` (10 %) of normal is left out: "p50 latency averaged
+24.6 ms vs 25.2 ms normal" during an error burst is many IQRs of a steady latency, and no news.
 """
 
 from __future__ import annotations
@@ -100,12 +102,22 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
                     f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
                     f"{_fmt(name, normal)} normal")
         elif kind == "mean":
-            text = (f"{_label(name)} averaged {_fmt(name, float(recent.mean()))} over the last "
+            shown = float(recent.mean())
+            if reasons and _small_change(shown, normal):
+                continue
+            text = (f"{_label(name)} averaged {_fmt(name, shown)} over the last "
                     f"{X.shape[0]} windows vs {_fmt(name, normal)} normal")
         else:
+            if reasons and _small_change(actual, normal):
+                continue
             text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
         reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text})
     return reasons
+
+
+def _small_change(shown: float, normal: float) -> bool:
+    """Within `REASON_MIN_CHANGE` of the normal value (relative; a normal of 0 is never a small change)."""
+    return abs(shown - normal) <= config.REASON_MIN_CHANGE * abs(normal)
 
 
 def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> dict[str, Any]:
