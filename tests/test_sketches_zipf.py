@@ -71,7 +71,8 @@ def test_topk_finds_the_true_heavy_hitters(zipf_service, sketch_backend: str) ->
     if sketch_backend == "functions":  # Space-Saving: every key above N / counters is listed, always
         assert set(heavy) <= found
     else:  # HeavyKeeper decays at random: the documented bound (docs/engine.md), recall of the true top-k
-        # ≥ 0.9; all of them on 99 of 100 runs, and this test once missed the third of ten in a full suite
+        # ≥ 0.9. Until library version 9 it missed the third of ten in 7 of 31 runs: a batch's endpoints went
+        # to TOPK.INCRBY in table order (test_heavy_endpoints_late_in_a_batch_still_reach_the_topk); 0 of 40 since
         top = {names[i] for i in true_order[:k]}
         assert len(top & found) >= 0.9 * k, sorted(top - found)
     for name, estimate in listed:
@@ -80,3 +81,23 @@ def test_topk_finds_the_true_heavy_hitters(zipf_service, sketch_backend: str) ->
             assert truth <= estimate <= truth + total / counters
         else:  # HeavyKeeper never over-estimates; its decay can under-count (measured 0.82–1.0 of the truth)
             assert 0 < estimate <= truth
+
+
+def test_heavy_endpoints_late_in_a_batch_still_reach_the_topk(redis_server, sketch_backend: str) -> None:
+    """One batch: 10 heavy endpoints (8,000 events each) among 1,000 moderate ones (100 each). HeavyKeeper
+    lets an item take a counter held by another only by decaying it unit by unit (chance 0.9^count), so an
+    endpoint reaching its counters after a holder of 100 could never take them: sent in table order, the
+    third heaviest of the Zipf stream above went missing in about one run in four. The library sends a
+    batch's endpoints heaviest first, so all 10 are listed (on functions, Space-Saving lists them anyway)."""
+    r = redis_server.client()
+    service = "late-heavy"
+    admin.setup(r, SketchSettings(window_seconds=5))
+    heavy = [f"GET:/item/heavy{i}" for i in range(10)]
+    moderate = [f"GET:/item/m{i}" for i in range(1_000)]
+    names = moderate + heavy  # the heavy ones last in the batch as built
+    idx = np.concatenate([np.repeat(np.arange(1_000), 100), np.repeat(np.arange(1_000, 1_010), 8_000)])
+    with IngestSink(r, max_batch=len(idx)) as sink:
+        sink.add_arrays(service, names, idx, np.full(len(idx), 200), np.full(len(idx), 3.0))
+    listed = {name for name, _ in sketches.topk(r, service)}
+    assert set(heavy) <= listed, sorted(set(heavy) - listed)
+    r.close()

@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 8
+LIB_VERSION = 9
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
@@ -31,6 +31,7 @@ LIBRARY_SHA256: dict[int, str] = {
     6: "8c2d744f783e1d3d824a2be2895feaba1311b5191a2370b8ce34a4adda812fbf",
     7: "db2ccc4e9a4daffdede2dad88f38e1cd03b34b4a492bc093ec4f8cb57e142590",
     8: "a7da56fe6fb0b5ca73fb7c7cf329801e1439b85fcfa4c53388893677665d2d93",
+    9: "3b018807e05757a79981aa17621fe5c4454de99a66cdd22493f1d3d2caf094a4",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------
