@@ -114,6 +114,12 @@ def test_a_notification_floats_over_the_plots_and_never_moves_them(qtbot):
     settle()
     assert on_top_of_the_plots()
     resized = graphics.geometry()
+    live = window.live.geometry()  # the live panel moves within the window, its plots neither move nor
+    window.live.setGeometry(live.translated(0, 40))  # resize within it: the banner follows all the same
+    settle()
+    assert on_top_of_the_plots() and rect(window.banner).top() == rect(graphics).top() + window.banner_placement.MARGIN
+    window.live.setGeometry(live)
+    settle()
     window.banner.dismiss()
     settle()
     assert not window.banner.isVisible() and graphics.geometry() == resized

@@ -100,11 +100,29 @@ class FloatingPlacement(QtCore.QObject):
         super().__init__(banner)
         self.banner = banner
         self.area = area
-        area.installEventFilter(self)
+        self.watched: list[QtWidgets.QWidget] = []
         banner.installEventFilter(self)
+        self._watch_chain()
+
+    def _watch_chain(self) -> None:
+        """Watch the area and each of its ancestors below the banner's parent: a panel between them can
+        move without the plots being resized or moved within it."""
+        for old in self.watched:
+            old.removeEventFilter(self)
+        self.watched = []
+        widget: QtWidgets.QWidget | None = self.area
+        parent = self.banner.parentWidget()
+        while widget is not None and widget is not parent:
+            widget.installEventFilter(self)
+            self.watched.append(widget)
+            widget = widget.parentWidget()
 
     def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
-        if event.type() in (QtCore.QEvent.Type.Resize, QtCore.QEvent.Type.Move, QtCore.QEvent.Type.Show):
+        kind = event.type()
+        if kind == QtCore.QEvent.Type.ParentChange:
+            self._watch_chain()
+        if kind in (QtCore.QEvent.Type.Resize, QtCore.QEvent.Type.Move, QtCore.QEvent.Type.Show,
+                    QtCore.QEvent.Type.ParentChange):
             self.place()
         return False
 
