@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import redis
 
+from anomalydesk import config
 from anomalydesk.config import SketchSettings
 from anomalydesk.contract import WINDOW_ENDPOINTS_CAP
 from anomalydesk.detect.service_state import service_states
@@ -197,3 +198,29 @@ def test_cli_live_then_a_day_of_history_then_train(redis_url: str) -> None:
         assert outcome["windows"] >= 17_000
         windows, zeros = zero_share(r, outcome["service"])
         assert windows >= 17_000 and zeros <= 0.01
+
+
+def test_the_first_live_windows_after_a_backfill_are_scored_with_the_history_before_them(r: redis.Redis) -> None:
+    """Live traffic first, then a backfill: the live stream starts after the history, so right after
+    training the detector had one or two live windows of context ("p50 latency unusually steady … over
+    the last 3 windows" in the README journey). The newest sealed history windows fill the context."""
+    from anomalydesk.detect.owned_services import OwnedService, history
+    from anomalydesk.fingerprint import from_stream_entry
+
+    admin.setup(r, SketchSettings(window_seconds=1))
+    live = DemoTraffic(r, rate=400, seed=2, duration=3).start()
+    assert live.wait(30) and live.error is None
+    time.sleep(1.1)
+    seal_all(r)
+    service = SERVICES[0]
+    entries = r.xrange(K.fingerprints(service))
+    assert len(entries) >= 2
+    second = from_stream_entry(service, entries[1][1])
+    alone = [fp.window for fp in history(r, K, service, OwnedService(), entries[1][0].decode(), second, 1)]
+    assert alone == [int(entries[0][1][b"window"])]  # no history yet: the one live window before it
+    run_fast(r, duration=600, rate=400, seed=3)
+    context = history(r, K, service, OwnedService(), entries[1][0].decode(), second, 1)
+    want = config.DETECTOR_HISTORY_WINDOWS - 1
+    sealed = [int(f[b"window"]) for _, f in r.xrevrange(K.history(service, 1), count=want - 1)][::-1]
+    assert [fp.window for fp in context] == [*sealed, int(entries[0][1][b"window"])]
+    assert sealed[-1] < int(entries[0][1][b"window"]) and not any(fp.no_data for fp in context)

@@ -158,7 +158,8 @@ def test_an_alert_made_about_an_incident_is_the_one_the_detector_always_wrote() 
     assert alert.epoch == 505.0 and not alert.silenced
     muted = Alert.about(incident, kind="resolved", window=102, window_start=510.0, score=12.345, severity="info",
                         reasons=[], model_version=None, message="m", silenced=True)  # fmt: skip
-    assert muted.to_json()["silenced"] is True and muted.score == 12.35 and muted.id == "users:a100:102:resolved"
+    # the score rounded down to 2 decimals (stored_score)
+    assert muted.to_json()["silenced"] is True and muted.score == 12.34 and muted.id == "users:a100:102:resolved"
     with pytest.raises(ValueError, match="alert kind"):
         Alert.about(incident, kind="situation", window=1, window_start=0.0, score=0.0, severity="info", reasons=[],
                     model_version=None, message="")  # fmt: skip

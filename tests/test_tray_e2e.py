@@ -43,6 +43,7 @@ def test_notification_reaches_dunst_and_screenshots_are_written(redis_url, tmp_p
     log = (tmp_path / "dunst.log").read_text()
     assert any(line.split("|")[1] == title for line in log.splitlines())  # appname|summary|body|urgency
     assert summary["dbus_notify_calls"] >= 1
+    assert summary["incident_selected"] is True  # the notification's incident, selected in the open window
     from tray_e2e_session import shot_names
 
     for name in shot_names():

@@ -175,6 +175,13 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
         while desktop.state.training.running:
             await asyncio.sleep(0.05)
         summary["training"] = desktop.state.training.result
+        # the whole screen for desktop.png, arranged before the alert: with no window manager, raising the
+        # window (open_incident → bring_to_front) after dunst mapped its popup put the window over it
+        window.move(0, 0)
+        window.resize(*max(SIZES))
+        window.bring_to_front()
+        window.live.select_service(fault_service)
+        window.live.set_features(["requests", "rate_5xx", "latency_p95_ms"])
         window.docks["demo"].raise_()
         window.demo.fault_service.setCurrentText(fault_service)
         window.demo.fault_seconds.setValue(120)
@@ -192,11 +199,8 @@ async def drive_app(url: str, out: Path, fault_service: str) -> dict:
         while time.monotonic() < deadline and not (log.exists() and note.title in log.read_text()):
             await asyncio.sleep(0.1)
         summary["dunst_log"] = log.read_text() if log.exists() else ""
-        window.live.select_service(fault_service)
-        window.live.set_features(["requests", "rate_5xx", "latency_p95_ms"])
-        window.open_incident(note.incident_id)
-        window.move(0, 0)
-        window.resize(*max(SIZES))  # the whole screen with the notification, while it is shown
+        window.show_panel("incidents")  # what the notification's click opens, without raising the window
+        summary["incident_selected"] = window.incidents.select_incident(note.incident_id)
         window.docks["demo"].raise_()
         await asyncio.sleep(2.0)
         subprocess.run(["import", "-window", "root", str(out / "desktop.png")], timeout=30, check=False)

@@ -16,7 +16,17 @@ from typing import Any
 
 from anomalydesk import config
 from anomalydesk.detect.episodes import EpisodeTracker
-from anomalydesk.detect.incident_model import Alert, Candidate, Incident, Mark, Severity, rfc3339, severity_of
+from anomalydesk.detect.incident_model import (
+    Alert,
+    Candidate,
+    Incident,
+    Mark,
+    Severity,
+    rfc3339,
+    score_text,
+    severity_of,
+    stored_score,
+)
 from anomalydesk.detect.window_scores import WindowScore
 from anomalydesk.fingerprint import Fingerprint
 
@@ -177,7 +187,7 @@ def advance(
             plan.alerts.append(Alert.about(
                 incident, kind="new", window=window, window_start=start, score=verdict.score,
                 severity=verdict.severity, reasons=verdict.reasons, model_version=model_version,
-                message=f"{service}: anomaly ({verdict.severity}, score {verdict.score:.0f}) — "
+                message=f"{service}: anomaly ({verdict.severity}, score {score_text(verdict.score)}) — "
                         f"{_summary(verdict.reasons)}",
                 silenced=_muted(incident, silenced, now),
             ))  # fmt: skip
@@ -202,11 +212,11 @@ def advance(
             if rose:
                 incident = replace(incident, named=tuple(sorted({*(incident.named or ()), *_top(verdict.reasons)})))
                 message = (f"{service}: incident {incident.id} escalated to {verdict.severity} "
-                           f"(score {verdict.score:.0f}) — {_summary(verdict.reasons)}")  # fmt: skip
+                           f"(score {score_text(verdict.score)}) — {_summary(verdict.reasons)}")  # fmt: skip
             elif newly_named:
                 incident = replace(incident, reasons=verdict.reasons)  # the alert's reasons are the incident's now
                 message = (f"{service}: incident {incident.id} now also shows {verdict.reasons[0]['text']} "
-                           f"(score {verdict.score:.0f})")  # fmt: skip
+                           f"(score {score_text(verdict.score)})")  # fmt: skip
             plan.incidents.append((incident, rev))
             if rose or newly_named:
                 plan.alerts.append(Alert.about(
@@ -305,7 +315,7 @@ def _extend(incident: Incident, verdict: Verdict, window: int, model_version: in
     changes: dict[str, Any] = {"last_window": window, "windows": incident.windows + n, "model_version": model_version}
     if verdict.severity > incident.severity or verdict.score > incident.score:
         changes.update(severity=max(incident.severity, verdict.severity),
-                       score=round(max(incident.score, verdict.score), 2), reasons=verdict.reasons)  # fmt: skip
+                       score=stored_score(max(incident.score, verdict.score)), reasons=verdict.reasons)  # fmt: skip
     return replace(incident, **changes)
 
 

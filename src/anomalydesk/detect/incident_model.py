@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime, tzinfo
@@ -62,7 +63,7 @@ class Severity(StrEnum):
         return self.rank >= Severity(other).rank
 
 
-SCORE_DECIMALS = 2  # alerts and stored window scores carry the 0–100 score rounded to this
+SCORE_DECIMALS = 2  # alerts and stored window scores carry the 0–100 score rounded down to this
 SEVERITY_RANK: dict[Severity, int] = {severity: rank for rank, severity in enumerate(Severity)}
 SEVERITIES = tuple(s.value for s in Severity)
 
@@ -77,6 +78,20 @@ def severity_of(score: float, warning: float | None = None, critical: float | No
     if score >= critical:
         return Severity.CRITICAL
     return Severity.WARNING if score >= warning else Severity.INFO
+
+
+def stored_score(score: float) -> float:
+    """The score as alerts and stored window scores carry it: rounded *down* to `SCORE_DECIMALS`, so a
+    score that never reaches 100 (99.997) is not written as 100.0, nor a 69.997 as the threshold."""
+    scale = 10**SCORE_DECIMALS
+    return math.floor(float(score) * scale) / scale if math.isfinite(score) else float(score)
+
+
+def score_text(score: float) -> str:
+    """A 0–100 score as an operator reads it: whole points, rounded down, so a score that never reaches 100
+    (the calibration's rising tail: 99.99) does not show as 100, and 69.6 (below the threshold, 70) does
+    not show as 70."""
+    return str(math.floor(score)) if math.isfinite(score) else "–"
 
 
 def rfc3339(epoch: float) -> str:
@@ -374,7 +389,7 @@ class Alert:
             raise ValueError(f"alert kind {kind!r} is not one of {ALERT_KINDS}")
         return cls(id=f"{incident.id}:{window}:{kind}", kind=kind, incident_id=incident.id,
                    time=rfc3339(window_start), window=window, service=incident.service,
-                   score=round(float(score), SCORE_DECIMALS), severity=Severity(severity), reasons=reasons,
+                   score=stored_score(score), severity=Severity(severity), reasons=reasons,
                    model_version=model_version, message=message, silenced=silenced)  # fmt: skip
 
     @property

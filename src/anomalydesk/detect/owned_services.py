@@ -59,6 +59,8 @@ def refresh_models(r: redis.Redis, keys: Keys, decode: Decoder, services: dict[s
             continue
         state.model_version, state.model, state.stale = version, None, False
         state.baseline = None
+        state.history.clear()  # read again with the new model: history may have landed since (a backfill)
+        state.history_loaded = False
         if version is None:
             continue
         try:
@@ -82,14 +84,27 @@ def baseline(r: redis.Redis, keys: Keys, service: str, svc: OwnedService) -> Any
     return svc.baseline
 
 
-def history(r: redis.Redis, keys: Keys, service: str, svc: OwnedService, entry_id: str) -> deque[Fingerprint]:
-    """The windows before `entry_id` that give scoring context (system gaps left out)."""
+def history(r: redis.Redis, keys: Keys, service: str, svc: OwnedService, entry_id: str,
+            before: Fingerprint | None = None, window_s: float | None = None) -> deque[Fingerprint]:
+    """The windows before `entry_id` that give scoring context (system gaps left out). When the live
+    stream holds fewer than that (the first windows after a backfill: live traffic goes on after the
+    history it waited for), the newest sealed history windows before them fill the context, so the
+    first live windows are not scored on a context of one or two windows ("p50 latency unusually
+    steady … over the last 3 windows" right after the README journey's backfill)."""
     if not svc.history_loaded:
-        back = r.xrevrange(keys.fingerprints(service), max=f"({entry_id}",
-                           count=config.DETECTOR_HISTORY_WINDOWS - 1)  # fmt: skip
+        want = config.DETECTOR_HISTORY_WINDOWS - 1
+        back = r.xrevrange(keys.fingerprints(service), max=f"({entry_id}", count=want)
         gaps = set(json.loads(r.hget(keys.detector_states, service) or "{}").get("gap_windows", []))
-        for _, fields in reversed(back):
-            fp = from_stream_entry(service, fields)
+        live = [from_stream_entry(service, fields) for _, fields in reversed(back)]
+        first = live[0] if live else before
+        length = (first.window_seconds if first is not None else None) or window_s
+        if len(live) < want and first is not None and length:
+            # entry ids are the window's start in ms (gears/anomalydesk.lua entry_ms): windows before `first`
+            older = r.xrevrange(keys.history(service, int(length)), max=f"({first.window * int(length) * 1000}-1",
+                                count=want - len(live))  # fmt: skip
+            for _, fields in reversed(older):
+                svc.history.append(from_stream_entry(service, fields))
+        for fp in live:
             if not (fp.silent and fp.window in gaps):  # a system gap is no scoring context
                 svc.history.append(fp)
         svc.history_loaded = True

@@ -59,7 +59,7 @@ class WindowHandler:
         configured window length (for a fingerprint that does not carry its own)."""
         fp = from_stream_entry(service, fields)
         gap = system_gap.is_system_silent(self.r, self.keys, fp, live, text(entry_id))
-        history = owned_services.history(self.r, self.keys, service, svc, text(entry_id))
+        history = owned_services.history(self.r, self.keys, service, svc, text(entry_id), fp, window_s)
         verdict = None
         baseline = None
         # a model of another window length does not score (the service learns again after a change)

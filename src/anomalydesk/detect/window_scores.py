@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from anomalydesk import config
-from anomalydesk.detect.incident_model import SCORE_DECIMALS, Severity
+from anomalydesk.detect.incident_model import Severity, stored_score
 from anomalydesk.store.keys import Keys
 
 
@@ -37,7 +37,7 @@ class WindowScore:
     model_version: int | None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "score", round(float(self.score), SCORE_DECIMALS))  # as its alert has it
+        object.__setattr__(self, "score", stored_score(self.score))  # as its alert has it
         object.__setattr__(self, "severity", Severity(self.severity))
 
     def fields(self) -> list[str]:

@@ -144,7 +144,8 @@ class Keys:
 
     def history(self, service: str, window_seconds: int) -> str:
         """Stream of sealed history fingerprints of one window length: windows before the live stream's
-        first one, sent later (a backfill); training and plots read it, the detector never does."""
+        first one, sent later (a backfill); training and plots read it, and the detector reads its newest
+        windows as scoring context when the live stream is shorter than that (`owned_services.history`)."""
         return f"{self.tag(service)}{S['hist']}{window_seconds}"
 
     def state(self, service: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from anomalydesk.app.model.settings import NOTIFY_MIN_INTERVAL_SECONDS, NOTIFY_PAUSE_SECONDS
 from anomalydesk.app.model.state import IncidentRow
-from anomalydesk.detect.incident_model import Alert, Incident
+from anomalydesk.detect.incident_model import Alert, Incident, score_text
 
 BURST_WINDOW_SECONDS = 10.0
 BURST_MAX = 5
@@ -88,7 +88,7 @@ class Notifier:
         self._recent.append(now)
         word = {"escalated": "escalated", "rule": "rule", "level_shift": "new normal?"}.get(kind, "new incident")
         note = Notification(
-            title=f"{incident.severity.upper()} {incident.service}: {word} (score {incident.score:.0f})",
+            title=f"{incident.severity.upper()} {incident.service}: {word} (score {score_text(incident.score)})",
             body=incident.reason or incident.message or "anomalous behaviour",
             severity=incident.severity.value,
             incident_id=incident.incident_id,

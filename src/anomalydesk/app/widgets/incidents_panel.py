@@ -21,7 +21,7 @@ from anomalydesk.app.widgets import theme
 from anomalydesk.app.widgets.live_panel import axis_title
 from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.theme import contrast
-from anomalydesk.detect.incident_model import IncidentState, local_time
+from anomalydesk.detect.incident_model import IncidentState, local_time, score_text
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
@@ -160,7 +160,7 @@ class IncidentsModel(QtCore.QAbstractTableModel):
     def _text(inc: IncidentRow, column: str) -> str:
         now = time.time()
         if column == "score":
-            return f"{inc.score:.0f}"
+            return score_text(inc.score)
         if column == "start":
             return local_time(inc.start)
         if column == "duration":
@@ -478,7 +478,8 @@ class IncidentsPanel(QtWidgets.QWidget):
 
     def _render_details(self, inc: IncidentRow) -> None:
         """The details text; its header names the incident's state now (acknowledged, snoozed until …)."""
-        lines = [f"<p><b>{inc.severity.upper()}</b> — {inc.service} — score {inc.score:.0f} — {inc.state_text()}</p>",
+        header = f"{inc.severity.upper()}</b> — {inc.service} — score {score_text(inc.score)} — {inc.state_text()}"
+        lines = [f"<p><b>{header}</p>",
                  f"<p>Incident {inc.incident_id}: {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}, "
                  f"since {local_time(inc.start)}</p>", "<ul>"]  # fmt: skip
         for reason in inc.reasons:

@@ -29,6 +29,7 @@ from anomalydesk.app.widgets import export, theme
 from anomalydesk.app.widgets.live_range import LiveRange
 from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.plot_axes import SparseAxis, compact_title
+from anomalydesk.detect.incident_model import score_text
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 SEVERITY_BRUSH = {"info": (80, 140, 220, 40), "warning": (240, 170, 40, 60), "critical": (220, 50, 50, 70)}
@@ -343,11 +344,11 @@ class LivePanel(QtWidgets.QWidget):
         if threshold is not None:
             self.threshold_line.setValue(threshold)
         last = scores[-1] if len(scores) else np.nan
-        score_text = "learning (no model)" if threshold is None else (
-            f"score {last:.0f} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
+        score_line = "learning (no model)" if threshold is None else (
+            f"score {score_text(last)} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
         self._score_title(threshold, last)
         older_text = self.range.describe()
-        self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_text}")
+        self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_line}")
         self._drawn_version = buf.version
         self._drawn_service = service
         return True
@@ -356,7 +357,7 @@ class LivePanel(QtWidgets.QWidget):
         """The score plot's title with the newest score and the threshold (the info line may be elided)."""
         words = "score (0–100)"
         if threshold is not None and np.isfinite(last):
-            words += f" · now {last:.0f}, threshold {threshold:.0f}"
+            words += f" · now {score_text(last)}, threshold {threshold:.0f}"
         elif threshold is None:
             words += " · learning (no model)"
         if self.score_plot.titleLabel.text != words:
