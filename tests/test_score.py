@@ -171,3 +171,28 @@ def test_a_further_reason_within_ten_percent_of_normal_is_left_out(monkeypatch: 
     rows[:, p50] = 24.6 + jitter
     alone = score(steady, rows)  # the top reason is named however small its move
     assert alone.anomalous and alone.reasons[0]["feature"] == "latency_p50_ms"
+
+
+def test_a_further_reason_fluctuating_within_ten_percent_is_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rule for a spread: "endpoint mix entropy fluctuating: 2.5 bits to 2.6 bits" beside an
+    error burst is many IQRs of a steady entropy but a range of 4 % of its level."""
+    X = _fingerprints(800, seed=20)
+    entropy = FEATURE_INDEX["endpoint_entropy"]
+    X[:, entropy] = np.random.default_rng(21).normal(2.6, 0.005, X.shape[0])
+    steady = train(X, TrainParams(trees=40))
+    rows = _fingerprints(steady.context_rows, seed=22)
+    rows[:, entropy] = np.resize([2.5, 2.6], steady.context_rows)
+    rows[-1, entropy] = 2.6  # its value normal: it is named, if at all, by its spread
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.18
+
+    def texts(factor: float) -> list[str]:
+        monkeypatch.setattr(config, "REASON_MIN_CHANGE", factor)
+        result = score(steady, rows)
+        assert result.anomalous and result.reasons[0]["feature"] == "rate_5xx"
+        return [r["text"] for r in result.reasons if r["feature"] == "endpoint_entropy"]
+
+    assert texts(0.0) and "fluctuating" in texts(0.0)[0]  # without the rule it is named
+    assert texts(0.10) == []
+    rows[:, entropy] = np.resize([2.0, 2.6], steady.context_rows)  # a range of 23 %: named
+    rows[-1, entropy] = 2.6
+    assert texts(0.10) and "fluctuating" in texts(0.10)[0]

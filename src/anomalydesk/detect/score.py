@@ -12,9 +12,10 @@ entropy that often swings that far. The top features (at most `REASONS_MAX`, eac
 `REASON_MIN_DEVIATION`, the first always named) become reasons: actual vs expected value when the
 value itself is out of line; otherwise what is: the recent average, or that it is fluctuating (its
 spread above the training range) or unusually steady (below it: "p50 latency fluctuating: 24.5 ms to
-24.5 ms" was how a metric that stopped moving read before). A reason after the first that names a
-value or an average within `REASON_MIN_CHANGE` (10 %) of normal is left out: "p50 latency averaged
-24.6 ms vs 25.2 ms normal" during an error burst is many IQRs of a steady latency, and no news.
+24.5 ms" was how a metric that stopped moving read before). A reason after the first is left out when
+what it shows moves less than `REASON_MIN_CHANGE` (10 %) of normal — its value, its average, or its
+range over the context: "p50 latency averaged 24.6 ms vs 25.2 ms normal" or "endpoint mix entropy
+fluctuating: 2.5 bits to 2.6 bits" during an error burst are many IQRs of a steady metric, and no news.
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
         kind = "value" if level or X.shape[0] == 1 else KINDS[int(dominant[column])]
         recent = X[:, column]
         if kind in ("std", "jump"):
+            if reasons and _small_change(float(recent.max()), float(recent.min()), scale=normal):
+                continue
             # a spread below its training range is a metric that stopped moving, not one that fluctuates
             words = "fluctuating" if signed[KINDS.index(kind), column] > 0 else "unusually steady"
             text = (f"{_label(name)} {words}: {_fmt(name, float(recent.min()))} to "
@@ -115,9 +118,10 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
     return reasons
 
 
-def _small_change(shown: float, normal: float) -> bool:
-    """Within `REASON_MIN_CHANGE` of the normal value (relative; a normal of 0 is never a small change)."""
-    return abs(shown - normal) <= config.REASON_MIN_CHANGE * abs(normal)
+def _small_change(shown: float, normal: float, scale: float | None = None) -> bool:
+    """`shown` within `REASON_MIN_CHANGE` of `normal`, relative to `scale` (default: `normal`; a scale of 0
+    is never a small change)."""
+    return abs(shown - normal) <= config.REASON_MIN_CHANGE * abs(normal if scale is None else scale)
 
 
 def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> dict[str, Any]:
