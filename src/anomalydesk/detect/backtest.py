@@ -2,7 +2,7 @@
 
 The product path is used unchanged: `train()` on the training rows, `score_batch()` on the test rows
 (the last training rows serve as context for the first test rows, as the live detector would have
-them), flags = score ≥ the model's threshold, then `episodes.track()` (with the opening margin
+them), flags = score ≥ the model's threshold, then `episodes.track_scores()` (with the opening margin
 `config.INCIDENT_OPEN_SCORE`, as the live detector); a row counts as flagged when it lies inside an
 incident. Labels are only read to compute the metrics.
 """

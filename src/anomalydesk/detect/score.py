@@ -119,9 +119,9 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
 
 
 def _small_change(shown: float, normal: float, scale: float | None = None) -> bool:
-    """`shown` within `REASON_MIN_CHANGE` of `normal`, relative to `scale` (default: `normal`; a scale of 0
-    is never a small change)."""
-    return abs(shown - normal) <= config.REASON_MIN_CHANGE * abs(normal if scale is None else scale)
+    """`shown` less than `REASON_MIN_CHANGE` away from `normal`, relative to `scale` (default: `normal`; with a
+    scale of 0 nothing is a small change)."""
+    return abs(shown - normal) < config.REASON_MIN_CHANGE * abs(normal if scale is None else scale)
 
 
 def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> dict[str, Any]:
