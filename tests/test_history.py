@@ -224,3 +224,10 @@ def test_the_first_live_windows_after_a_backfill_are_scored_with_the_history_bef
     sealed = [int(f[b"window"]) for _, f in r.xrevrange(K.history(service, 1), count=want - 1)][::-1]
     assert [fp.window for fp in context] == [*sealed, int(entries[0][1][b"window"])]
     assert sealed[-1] < int(entries[0][1][b"window"]) and not any(fp.no_data for fp in context)
+    # history that ended long before the live window is no context: only windows the context could reach
+    last = r.xrevrange(K.history(service, 1), count=1)[0][1]
+    later = from_stream_entry(service, {**last, b"window": str(int(last[b"window"]) + want + 5).encode()})
+    assert list(history(r, K, service, OwnedService(), "0-1", later, 1)) == []
+    adjacent = from_stream_entry(service, {**last, b"window": str(int(last[b"window"]) + 3).encode()})
+    reached = [fp.window for fp in history(r, K, service, OwnedService(), "0-1", adjacent, 1)]
+    assert reached and reached[-1] == int(last[b"window"]) and reached[0] >= adjacent.window - want

@@ -244,3 +244,16 @@ def test_duration_runs_on_while_open_and_stops_at_the_last_window() -> None:
     assert incident.duration(5.0, now=400.0) == 300.0  # still open: it lasts until now
     closed = replace(incident, status="resolved", resolved=Mark("detector", "t", "auto"))
     assert closed.duration(5.0, now=400.0) == 20.0
+
+
+def test_a_score_that_never_reaches_100_never_reads_100() -> None:
+    """The calibration's rising tail gives 99.997 for a 5xx ratio 1,000 × normal: it is stored as 99.99
+    and shown as 99, and a score just under the threshold is not shown as the threshold."""
+    from anomalydesk.detect.incident_model import score_text, stored_score
+
+    assert stored_score(99.997) == 99.99 and score_text(99.997) == "99" and score_text(stored_score(99.9999)) == "99"
+    assert score_text(69.6) == "69" and score_text(70.0) == "70" and stored_score(69.999) == 69.99
+    assert score_text(float("nan")) == "–" and stored_score(35.129) == 35.12
+    two_decimals = [i / 100 for i in range(10_001)]  # written once, read back and written again: unchanged
+    assert [stored_score(x) for x in two_decimals] == two_decimals
+    assert stored_score(72.07) == 72.07 and stored_score(81.85) == 81.85

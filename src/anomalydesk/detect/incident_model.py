@@ -84,7 +84,8 @@ def stored_score(score: float) -> float:
     """The score as alerts and stored window scores carry it: rounded *down* to `SCORE_DECIMALS`, so a
     score that never reaches 100 (99.997) is not written as 100.0, nor a 69.997 as the threshold."""
     scale = 10**SCORE_DECIMALS
-    return math.floor(float(score) * scale) / scale if math.isfinite(score) else float(score)
+    # the 1e-9 keeps it idempotent: 72.07 * 100 is 7206.999999999999 in floating point
+    return math.floor(float(score) * scale + 1e-9) / scale if math.isfinite(score) else float(score)
 
 
 def score_text(score: float) -> str:

@@ -99,9 +99,11 @@ def history(r: redis.Redis, keys: Keys, service: str, svc: OwnedService, entry_i
         first = live[0] if live else before
         length = (first.window_seconds if first is not None else None) or window_s
         if len(live) < want and first is not None and length:
-            # entry ids are the window's start in ms (gears/anomalydesk.lua entry_ms): windows before `first`
-            older = r.xrevrange(keys.history(service, int(length)), max=f"({first.window * int(length) * 1000}-1",
-                                count=want - len(live))  # fmt: skip
+            # entry ids are the window's start in ms (gears/anomalydesk.lua entry_ms): the windows just before
+            # `first`, none older than the context could reach (a backfill that ended hours before is no context)
+            step = int(length) * 1000
+            older = r.xrevrange(keys.history(service, int(length)), max=f"({first.window * step}-1",
+                                min=f"{(first.window - want) * step}-0", count=want - len(live))  # fmt: skip
             for _, fields in reversed(older):
                 svc.history.append(from_stream_entry(service, fields))
         for fp in live:

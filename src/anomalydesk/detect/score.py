@@ -13,8 +13,8 @@ entropy that often swings that far. The top features (at most `REASONS_MAX`, eac
 value itself is out of line; otherwise what is: the recent average, or that it is fluctuating (its
 spread above the training range) or unusually steady (below it: "p50 latency fluctuating: 24.5 ms to
 24.5 ms" was how a metric that stopped moving read before). A reason after the first is left out when
-what it shows moves less than `REASON_MIN_CHANGE` (10 %) of normal — its value, its average, or its
-range over the context: "p50 latency averaged 24.6 ms vs 25.2 ms normal" or "endpoint mix entropy
+what it shows moves less than `REASON_MIN_CHANGE` (10 %) of normal — its value, its average, or the
+range it fluctuates over: "p50 latency averaged 24.6 ms vs 25.2 ms normal" or "endpoint mix entropy
 fluctuating: 2.5 bits to 2.6 bits" during an error burst are many IQRs of a steady metric, and no news.
 """
 
@@ -97,10 +97,11 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
         kind = "value" if level or X.shape[0] == 1 else KINDS[int(dominant[column])]
         recent = X[:, column]
         if kind in ("std", "jump"):
-            if reasons and _small_change(float(recent.max()), float(recent.min()), scale=normal):
-                continue
             # a spread below its training range is a metric that stopped moving, not one that fluctuates
-            words = "fluctuating" if signed[KINDS.index(kind), column] > 0 else "unusually steady"
+            rising = signed[KINDS.index(kind), column] > 0
+            if rising and reasons and _small_change(float(recent.max()), float(recent.min()), scale=normal):
+                continue  # (a steady one's range is small by definition: it is named)
+            words = "fluctuating" if rising else "unusually steady"
             text = (f"{_label(name)} {words}: {_fmt(name, float(recent.min()))} to "
                     f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
                     f"{_fmt(name, normal)} normal")

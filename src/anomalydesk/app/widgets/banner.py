@@ -108,7 +108,10 @@ class FloatingPlacement(QtCore.QObject):
         """Watch the area and each of its ancestors below the banner's parent: a panel between them can
         move without the plots being resized or moved within it."""
         for old in self.watched:
-            old.removeEventFilter(self)
+            try:
+                old.removeEventFilter(self)
+            except RuntimeError:  # deleted on the C++ side meanwhile
+                pass
         self.watched = []
         widget: QtWidgets.QWidget | None = self.area
         parent = self.banner.parentWidget()
