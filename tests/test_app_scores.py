@@ -54,6 +54,8 @@ def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop
         panel.select_service(SERVICE)
         live = app.state.live
         qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == 8, timeout=20_000)
+        # the service list can refill after the buffers arrive (a full suite once plotted before it did)
+        qtbot.waitUntil(lambda: panel.service == SERVICE, timeout=20_000)
         # history read at start-up: scores where the detector stored one, gaps where it did not
         x, y = plotted(panel)
         assert list(x) == [w * 5.0 for w in range(1000, 1008)]
