@@ -193,3 +193,14 @@ def test_cli_lists_states_in_the_shared_words_and_times_with_their_zone(r: redis
     snoozed = cli(redis_url, "incidents", "snooze", other.id, "1h")
     stored = inc.get(r, other.id)
     assert snoozed.stdout.strip() == f"{other.id} snoozed until {local_time(stored.snoozed_until_epoch)}"
+
+
+def test_cli_list_shows_the_score_in_whole_points_rounded_down() -> None:
+    """`incidents list` prints a score as the app does (`score_text`): 99.99 is 99, never a rounded 100,
+    and 69.6 is 69."""
+    from anomalydesk.commands.incidents import _row
+
+    for score, shown in ((99.99, "99"), (69.6, "69"), (88.0, "88")):
+        incident = replace(Incident.open("payments", "anomaly", 100, 500.0), score=score, severity=Severity.CRITICAL)
+        line = _row(incident, time.time())
+        assert f" critical {shown:>5}  " in line, line

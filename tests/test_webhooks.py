@@ -24,6 +24,7 @@ from anomalydesk.detect.webhooks import (
     dead_letter_key,
     load_routes,
     parse_routes,
+    payload,
     route_status,
     routes_summary,
 )
@@ -292,3 +293,14 @@ def test_the_notifier_survives_a_redis_restart(tmp_path, receiver: Receiver) -> 
             wait_for(lambda: second["id"] in receiver.ids(), "the alert after the restart")
     finally:
         server.stop()
+
+
+def test_a_slack_message_shows_the_score_in_whole_points_as_the_app_does() -> None:
+    """The calibration's rising tail never reaches 100 (99.99 stored): a Slack message says "score 99",
+    as the notification and the incident table do, not "99.99" or a rounded "100"."""
+    incident = Incident.open("payments", "anomaly", 7, 35.0)
+    alert = Alert.about(incident, kind="new", window=7, window_start=35.0, score=99.99, severity="critical",
+                        reasons=[], model_version=1, message="requests 5 per window, usually 200")
+    text = payload(Route("oncall", "http://127.0.0.1:9/hook", format="slack"), alert)["text"]
+    assert "score 99 ·" in text, text
+    assert payload(Route("all", "http://127.0.0.1:9/hook"), alert)["score"] == 99.99  # json: the alert as stored

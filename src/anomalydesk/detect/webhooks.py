@@ -50,7 +50,7 @@ import redis
 import redis.asyncio
 
 from anomalydesk import config
-from anomalydesk.detect.incident_model import ALERT_KINDS, SEVERITIES, Alert
+from anomalydesk.detect.incident_model import ALERT_KINDS, SEVERITIES, Alert, score_text
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -214,7 +214,7 @@ def payload(route: Route, alert: Alert) -> dict[str, Any]:
     mark = ":white_check_mark:" if alert.kind == "resolved" else _SLACK_MARK.get(alert.severity, "")
     head = f"{mark} *{alert.severity}* {alert.kind} — *{alert.service}*: {alert.message}"
     reasons = "\n".join(f"• {r.get('text', r.get('feature', ''))}" for r in alert.reasons)
-    context = (f"score {alert.score} · window {alert.window} · {alert.time} · "
+    context = (f"score {score_text(alert.score)} · window {alert.window} · {alert.time} · "
                f"incident {alert.incident_id} · alert {alert.id}")
     blocks: list[dict[str, Any]] = [{"type": "section", "text": {"type": "mrkdwn", "text": head}}]
     if reasons:
