@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '9'
+local LIB_VERSION = '10'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -97,6 +97,7 @@ local MAX_COUNT = 1000000000000
 local MAX_SUM = 1e+18
 local MAX_PAIRS = 4000
 local MAX_EPOCH_S = 100000000000
+local MAX_WINDOW_SECONDS = 86400
 local MAX_CMS_WIDTH = 1000000
 local MAX_CMS_DEPTH = 20
 local MAX_CMS_COUNTERS = 4000000
@@ -189,7 +190,9 @@ local function validate_cfg(c)
   if type(c) ~= 'table' then return 'cfg is required' end
   if c.g == nil then c.g = 0 end  -- a caller of library version 1 sends none
   if not is_int(c.g, 0, MAX_COUNT) then return 'cfg.g (config generation) must be a non-negative integer' end
-  if not is_int(c.W, 1, 86400) then return 'cfg.W must be an integer number of seconds' end
+  if not is_int(c.W, 1, MAX_WINDOW_SECONDS) then
+    return 'cfg.W (window length) must be an integer number of seconds in 1..' .. MAX_WINDOW_SECONDS
+  end
   if not is_int(c.cw, 1, MAX_CMS_WIDTH) then
     return 'cfg.cw (Count-Min Sketch width) must be an integer in 1..' .. MAX_CMS_WIDTH
   end

@@ -117,3 +117,18 @@ def test_live_demo_stops_cleanly_on_ctrl_c(redis_url: str, r: redis.Redis) -> No
     assert summary["mode"] == "live" and summary["late"] == 0 and summary["error"] is None
     assert summary["accepted"] == summary["events"] + summary["business_metrics"]
     assert {s.decode() for s in r.smembers("ad:services")} <= set(summary["services"])
+
+
+def test_the_text_summary_names_a_fault_in_local_time(redis_url: str) -> None:
+    """Without --json the fault's times read as every other text output does (`local_time`, the zone
+    named), not as epoch seconds ("1796307348.155 – 1796307368.155")."""
+    import os
+    import re
+
+    done = subprocess.run([sys.executable, "-m", "anomalydesk.cli", "demo", "--fast", "--duration", "60",
+                           "--inject", "errors@10+20", "--redis", redis_url], capture_output=True, text=True,
+                          timeout=TIMEOUT, env={**os.environ, "TZ": "UTC"})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if "fault errors on payments" in x)
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
+    assert re.fullmatch(rf"  fault errors on payments: ({stamp}) – ({stamp})", line), line

@@ -260,3 +260,51 @@ def test_a_connection_lost_before_the_commit_retries_that_window_before_newer_on
     assert json.loads(r.hget(K.detector_states, "payments"))["last_window"] == 3000 + len(flow) - 1
     assert [a["kind"] for a in alerts(r)] == ["new", "escalated", "resolved"]  # window 3002 was not skipped
     assert r.xpending(K.fingerprints("payments"), "detectors")["pending"] == 0
+
+
+@pytest.mark.parametrize("recorded", [True, False], ids=["state-with-length", "state-from-before"])
+def test_after_a_window_length_change_windows_are_judged_again_and_old_incidents_end(r: redis.Redis,
+                                                                                     recorded: bool) -> None:
+    """`setup --window 10 --force` after 5-s windows: the new windows' numbers are about half the old
+    ones, and the detector took every one for a window handled before (incidents stayed open for good,
+    no new one ever opened, restarting it did not help). The open incident ends at the first window of
+    the new length, saying why; windows of the new length are judged, and repeats of them are still
+    recognised. `state-from-before`: a state written before the length was recorded in it."""
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})  # scores any length
+    det = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    base = 359_000_000
+    for i in range(3):
+        add_window(r, "payments", base + i, requests=500, ws=5)
+    assert drain(det) == 3
+    old = alerts(r)
+    assert [a["kind"] for a in old] == ["new"] and incidents.get(r, old[0]["incident_id"]).is_open
+    stored = json.loads(r.hget(K.detector_states, "payments"))
+    assert stored["window_s"] == 5 and stored["last_window"] == base + 2
+    if not recorded:
+        del stored["window_s"]
+        r.hset(K.detector_states, "payments", json.dumps(stored))
+    first = -(-(base + 3) * 5 // 10)  # the first 10-s window begins at or after the last 5-s one ended
+    for i, value in enumerate([100, 100, 100, 500, 500, 500]):
+        window = first + i
+        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+        fields.update(requests=value, window=window, start=window * 10, ws=10, schema=fpmod.SCHEMA_VERSION,
+                      no_data=0, kpis="")
+        r.xadd(K.fingerprints("payments"), fields, id=f"{window * 10 * 1000}-1")
+    assert drain(det) == 6
+    got = alerts(r)[len(old):]
+    assert [a["kind"] for a in got] == ["resolved", "new"], got
+    ended, opened = got
+    assert ended["incident_id"] == old[0]["incident_id"] and ended["window"] == first
+    assert "window length changed" in ended["message"] and "to 10 s" in ended["message"], ended["message"]
+    assert ("from 5 s" in ended["message"]) is recorded
+    assert not incidents.get(r, old[0]["incident_id"]).is_open
+    new = incidents.get(r, opened["incident_id"])
+    assert new.is_open and (new.first_window, opened["window"]) == (first + 3, first + 4)
+    state_now = json.loads(r.hget(K.detector_states, "payments"))
+    assert state_now["window_s"] == 10 and state_now["last_window"] == first + 5
+    # a repeat at the new length is still recognised: nothing is written twice
+    r.xgroup_setid(K.fingerprints("payments"), "detectors", id="0")
+    det.release()
+    again = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    drain(again, 5)
+    assert alerts(r)[len(old):] == got

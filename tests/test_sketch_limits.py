@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import redis
 
-from anomalydesk import config
+from anomalydesk import config, contract
 from anomalydesk.cli import main as cli_main
 from anomalydesk.config import SketchSettings
 from anomalydesk.events import parse_metric
@@ -64,6 +64,7 @@ def test_the_lua_limits_mirror_config() -> None:
     assert lua("MAX_FILTER_CAPACITY") == config.SKETCH_MAX_FILTER_CAPACITY
     assert lua("MIN_FILTER_ERROR") == config.SKETCH_MIN_FILTER_ERROR
     assert lua("MAX_TOPK") == config.SKETCH_MAX_TOPK
+    assert lua("MAX_WINDOW_SECONDS") == contract.MAX_WINDOW_SECONDS == 86_400
 
 
 @pytest.mark.parametrize(("flags", "named"), [
@@ -71,6 +72,9 @@ def test_the_lua_limits_mirror_config() -> None:
     (["--cms-error", "0.0000001", "--cms-prob", "0.01"], "cms_width 27182819 (from cms_error 1e-07)"),
     (["--cf-capacity", "20000000"], "filter_capacity 20,000,000 exceeds the limit 10,000,000"),
     (["--topk", "100000"], "topk 100,000 exceeds the limit 1,000"),
+    # the library refuses windows over a day: setup once saved the length, then failed to configure the
+    # services with a traceback, and every ingest after it answered "cfg.W must be an integer …"
+    (["--window", "100000"], "window_seconds 100,000 is outside 1..86,400"),
 ])  # fmt: skip
 def test_setup_refuses_huge_sizes_before_writing(r: redis.Redis, redis_url: str, capsys: pytest.CaptureFixture[str],
                                                  flags: list[str], named: str) -> None:  # fmt: skip
@@ -106,6 +110,7 @@ def ingest(r: redis.Redis, body: bytes) -> Any:
     ({"fc": 10_000_001}, "cfg.fc (filter capacity) must be an integer in 1..10000000"),
     ({"fe": 1e-12}, "cfg.fe (filter error) must be a number in [1e-09, 1)"),
     ({"tk": 1001}, "cfg.tk (Top-K k) must be an integer in 1..1000"),
+    ({"W": 86_401}, "cfg.W (window length) must be an integer number of seconds in 1..86400"),
 ])  # fmt: skip
 def test_the_library_refuses_huge_sizes_for_a_new_service(r: redis.Redis, cfg: dict, message: str) -> None:
     admin.setup(r, SketchSettings())

@@ -89,10 +89,11 @@ def test_one_service_silent_alone_is_its_own_incident_not_a_gap(r: redis.Redis, 
     assert not [a for a in alerts(r) if a["service"] == SYSTEM]
 
 
-def _fp(service: str, window: int, requests: float) -> Fingerprint:
+def _fp(service: str, window: int, requests: float, window_s: int = 5) -> Fingerprint:
     vector = np.zeros(len(FEATURE_NAMES))
     vector[FEATURE_NAMES.index("requests")] = requests
-    return Fingerprint(service, window, window * 5.0, vector, silent=requests == 0)
+    return Fingerprint(service, window, window * float(window_s), vector, silent=requests == 0,
+                       window_seconds=window_s)
 
 
 def test_gap_plan_opens_once_extends_per_window_and_resolves_on_traffic() -> None:
@@ -129,3 +130,17 @@ def test_a_new_top_reason_for_two_windows_inside_an_incident_is_an_escalation() 
         kinds += [(window, a.kind, a.reasons[0]["feature"]) for a in plan.alerts]
     assert kinds == [(101, "new", "rate_5xx"), (104, "escalated", "latency_p95_ms")]
     assert incident is not None and incident.named == ("latency", "rate_5xx")
+
+
+def test_traffic_in_windows_of_a_new_length_ends_a_gap_counted_in_old_windows() -> None:
+    """A gap at 5-s windows (numbers about 359 M), then `setup --window 10 --force`: traffic in a 10-s
+    window (number about 180 M, later in time) ends the gap. Compared by number it never did: the gap
+    stayed open for good. A 10-s window that began before the gap's last 5-s one is no return."""
+    gap = 359_261_773
+    writes, _ = gap_plan(None, _fp("a", gap, 0, window_s=5), True, 3, False)
+    (record, _rev), = writes
+    before = (gap * 5 - 10) // 10  # a 10-s window that started before the gap's last window
+    assert gap_plan(record, _fp("b", before, 40, window_s=10), False, 3, False) == ([], [])
+    after = -(-(gap + 1) * 5 // 10)
+    writes, sent = gap_plan(record, _fp("b", after, 40, window_s=10), False, 3, False)
+    assert writes[0][0].status == "resolved" and sent[0].kind == "resolved", (writes, sent)

@@ -261,7 +261,8 @@ class SketchSettings:
     raw_sample: float = DEFAULT_RAW_SAMPLE
 
     def __post_init__(self) -> None:
-        """Refuse sketch sizes beyond the SKETCH_MAX_* limits (ValueError naming the field and the limit)."""
+        """Refuse a window length outside 1 s … a day and sketch sizes beyond the SKETCH_MAX_* limits
+        (ValueError naming the field and the limit)."""
         error = sketch_limits_error(self)
         if error:
             raise ValueError(error)
@@ -280,6 +281,9 @@ def sketch_limits_error(s: SketchSettings) -> str | None:
     width, depth = s.cms_dims()
     derived = "" if s.cms_width else f" (from cms_error {s.cms_error:g})"
     checks = [
+        (1 <= s.window_seconds <= contract.MAX_WINDOW_SECONDS,
+         f"window_seconds {s.window_seconds:,} is outside 1..{contract.MAX_WINDOW_SECONDS:,} "
+         "(a window is at most a day)"),
         (width <= SKETCH_MAX_CMS_WIDTH, f"cms_width {width}{derived} exceeds the limit {SKETCH_MAX_CMS_WIDTH:,}"),
         (depth <= SKETCH_MAX_CMS_DEPTH, f"cms_depth {depth}{derived and f' (from cms_prob {s.cms_prob:g})'} "
                                         f"exceeds the limit {SKETCH_MAX_CMS_DEPTH}"),

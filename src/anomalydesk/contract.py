@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 9
+LIB_VERSION = 10
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
@@ -32,6 +32,7 @@ LIBRARY_SHA256: dict[int, str] = {
     7: "db2ccc4e9a4daffdede2dad88f38e1cd03b34b4a492bc093ec4f8cb57e142590",
     8: "a7da56fe6fb0b5ca73fb7c7cf329801e1439b85fcfa4c53388893677665d2d93",
     9: "3b018807e05757a79981aa17621fe5c4454de99a66cdd22493f1d3d2caf094a4",
+    10: "de0e371141f339f3d48eb122911e1f3a24de18175147cdb03a3c900849196703",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------
@@ -57,6 +58,7 @@ MAX_COUNT = 1e12
 MAX_SUM = 1e18
 MAX_PAIRS = 4000  # the sink never sends more than 2,000 endpoints in one call
 MAX_EPOCH_S = 1e11
+MAX_WINDOW_SECONDS = 86_400  # a window is at most a day (`SketchSettings` refuses longer ones up front)
 # sketch sizes a config may choose (`SketchSettings` refuses larger ones before anything is written)
 MAX_CMS_WIDTH = 1_000_000
 MAX_CMS_DEPTH = 20
@@ -91,6 +93,7 @@ LUA_CONSTANTS: dict[str, int | float | str] = {
     "MAX_SUM": MAX_SUM,
     "MAX_PAIRS": MAX_PAIRS,
     "MAX_EPOCH_S": MAX_EPOCH_S,
+    "MAX_WINDOW_SECONDS": MAX_WINDOW_SECONDS,
     "MAX_CMS_WIDTH": MAX_CMS_WIDTH,
     "MAX_CMS_DEPTH": MAX_CMS_DEPTH,
     "MAX_CMS_COUNTERS": MAX_CMS_COUNTERS,

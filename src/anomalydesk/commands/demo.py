@@ -149,7 +149,10 @@ def run(args: argparse.Namespace) -> int:
         text = f"backfill: {summary['backfill']['summary']}\nlive: {text}"
     if summary.get("late"):
         text += "; late events were for windows already sealed (run on data older than the existing history?)"
-    for fault in summary["faults"]:
-        text += f"\n  fault {fault['kind']} on {fault['service']}: {fault['start']} – {fault['end']}"
+    from anomalydesk.detect.incident_model import local_time
+
+    for fault in summary["faults"]:  # in the operator's time, as every other text output (--json: epoch seconds)
+        text += (f"\n  fault {fault['kind']} on {fault['service']}: {local_time(fault['start'])} – "
+                 f"{local_time(fault['end'])}")
     emit(args, summary, text)
     return 0

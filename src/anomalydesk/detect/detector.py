@@ -183,6 +183,7 @@ class Detector:
             self._owned = None
             return False
         self._upkeep.migrate_once()
+        self._window_seconds = None  # read again: `setup --window … --force` may have changed it
         window_s = self._window_s()  # also reads the retention the scores stream is trimmed to
         self._upkeep.seal_if_due(now, window_s)
         self._live = self.live_services()

@@ -359,6 +359,45 @@ def _advance_rule(
                        f"{service}: business values back in range (incident {incident.id})")
 
 
+INCIDENT_SLOTS = ("incident", "rule_incident", "shift_incident")  # the detector state's open incidents
+
+
+def window_length_change(state: Mapping[str, Any], fp: Fingerprint, window_seconds: float) -> tuple[bool, float | None]:
+    """Whether the service's state counts windows of another length than `fp` (`anomalydesk setup --window
+    … --force`), and that length (None: not recorded). A state recorded before the length was
+    (`window_s`) counts another length when its last window, read at this length, would start more than
+    a day after `fp`: a repeat of a window handled before lies a few windows back, never that far ahead."""
+    stored = state.get("window_s")
+    last = state.get("last_window")
+    if stored is not None:
+        if float(stored) == float(window_seconds):
+            return False, float(stored)
+        # a window from before the change, handled already (the commit recognises it by its start)
+        handled = bool(stored) and isinstance(last, int | float) and last * float(stored) >= fp.start
+        return not handled, float(stored) or None
+    ahead = isinstance(last, int | float) and last * window_seconds > fp.start + 86400
+    return bool(ahead), None
+
+
+def close_for_new_length(state: Mapping[str, Any], incidents: Mapping[str, Incident | None], fp: Fingerprint,
+                         old_seconds: float | None, window_seconds: float, model_version: int | None,
+                         silenced: bool, now: float) -> Plan:
+    """The windows count a new length from `fp` on: the service's open incidents end here, each with an
+    info-level `resolved` alert saying why (their window numbers count the old length, and no model of
+    the new length judged them; a continuing anomaly opens a new incident once a model of the new length
+    is trained), and the detector state starts anew (confirmation, baseline, gaps: all counted in old
+    windows)."""
+    plan = Plan(state={"window_s": window_seconds})
+    was = f"from {old_seconds:g} s " if old_seconds else ""
+    for slot in INCIDENT_SLOTS:
+        incident = incidents.get(slot)
+        if incident is not None and incident.is_open and state.get(slot) == incident.id:
+            _close_quietly(plan, incident, fp, slot, model_version, _muted(incident, silenced, now),
+                           f"{fp.service}: the window length changed {was}to {window_seconds:g} s; incident "
+                           f"{incident.id} ends here (train the service again to judge its new windows)")
+    return plan
+
+
 def _close_quietly(plan: Plan, incident: Incident, fp: Fingerprint, state_key: str, model_version: int | None,
                    muted: bool, message: str) -> None:
     """Resolve `incident` at window `fp` (its slot `state_key` in the state emptied) with an info-level

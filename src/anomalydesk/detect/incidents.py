@@ -69,8 +69,17 @@ APPLY_LUA = """
 if ARGV[1] ~= '' then
   local st = redis.call('HGET', KEYS[1], ARGV[1])
   if st then
-    local last = cjson.decode(st).last_window
-    if type(last) == 'number' and last >= tonumber(ARGV[2]) then return 0 end
+    local old = cjson.decode(st)
+    local last, was, now = old.last_window, old.window_s, cjson.decode(ARGV[3]).window_s
+    if type(last) == 'number' then
+      -- a window handled before: by number at the same window length, by start time across a change
+      -- (a new length numbers its windows anew; 0: a state from before lengths were recorded)
+      if type(was) ~= 'number' or was == now then
+        if last >= tonumber(ARGV[2]) then return 0 end
+      elseif was > 0 and type(now) == 'number' and last * was >= tonumber(ARGV[2]) * now then
+        return 0
+      end
+    end
   end
 end
 local n = tonumber(ARGV[6])

@@ -97,7 +97,7 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
             grown = incident.revised(last_window=fp.window, windows=incident.windows + 1)
             return [(grown, incident.rev)], []
         return [], []
-    if incident is None or fp.silent or fp.window <= incident.last_window:
+    if incident is None or fp.silent or fp.start <= _last_gap_start(incident):
         return [], []  # traffic in a window before the gap's end: a service still catching up, not a return
     closed = incident.revised(status="resolved", resolved_window=fp.window,
                               resolved=Mark("detector", rfc3339(fp.start), "traffic returned"))  # fmt: skip
@@ -106,3 +106,13 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
                         message=f"traffic is back ({fp.service} sent {fp.get('requests'):.0f} requests): "
                                 f"the gap of {closed.windows} window(s) is over")  # fmt: skip
     return [(closed, incident.rev)], [alert]
+
+
+def _last_gap_start(incident: Incident) -> float:
+    """When the gap's last window began. By time, not by window number: after a window-length change
+    (`setup --window … --force`) the new windows' numbers are not comparable with the gap's, and traffic
+    in them did not end the gap (it stayed open for good at 5 s → 10 s). The gap's window length is its
+    first window's start over its number (a window starts at number × length)."""
+    if incident.first_window <= 0:
+        return float(incident.last_window)
+    return incident.last_window * incident.start_epoch / incident.first_window

@@ -21,7 +21,14 @@ from anomalydesk import config
 from anomalydesk.detect import drift, owned_services, system_gap
 from anomalydesk.detect import incidents as incidents_mod
 from anomalydesk.detect.incident_commit import CONFLICT, Committer
-from anomalydesk.detect.incident_flow import Confirmation, Verdict, advance, finite
+from anomalydesk.detect.incident_flow import (
+    Confirmation,
+    Verdict,
+    advance,
+    close_for_new_length,
+    finite,
+    window_length_change,
+)
 from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.detect.owned_services import OwnedService
 from anomalydesk.detect.stream_reader import text
@@ -80,11 +87,21 @@ class WindowHandler:
         ranges = _json_field(fields, "kpi_ranges")
         muted = incidents_mod.silenced(silences, service, fp.start)
         muted_system = incidents_mod.silenced(silences, system_gap.SYSTEM, fp.start)
+        length = fp.window_seconds or window_s
         for _ in range(_PLAN_ATTEMPTS):
             state = json.loads(self.r.hget(self.keys.detector_states, service) or "{}")
             incident = self._load(state.get("incident"))
             rule_incident = self._load(state.get("rule_incident"))
             shift_incident = self._load(state.get("shift_incident"))
+            restart = None
+            changed, old_length = window_length_change(state, fp, length)
+            if changed:
+                restart = close_for_new_length(
+                    state, {"incident": incident, "rule_incident": rule_incident, "shift_incident": shift_incident},
+                    fp, old_length, length, svc.model_version, muted, self.clock())  # fmt: skip
+                if "window_s" not in state:  # recorded before lengths were: mark it so the commit is not refused
+                    self.r.hset(self.keys.detector_states, service, json.dumps({**state, "window_s": 0}))
+                state, incident, rule_incident, shift_incident = dict(restart.state), None, None, None
             moved = baseline
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
                 # the operator took the new level as normal: re-baseline the features that moved there
@@ -95,6 +112,10 @@ class WindowHandler:
                            window_seconds=fp.window_seconds or window_s, kpi_ranges=ranges,
                            confirmation=self.confirmation, gap=gap, shift=shift,
                            shift_incident=shift_incident)  # fmt: skip
+            plan.state["window_s"] = length
+            if restart is not None:
+                plan.incidents[:0] = restart.incidents
+                plan.alerts[:0] = restart.alerts
             if moved is not None:
                 plan.state[drift.STATE_FIELD] = drift.stored(moved, svc.model_version)
             system = system_gap.system_incident(self.r, self.keys, fp.window, gap) if gap or not fp.silent else None
