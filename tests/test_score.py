@@ -196,3 +196,25 @@ def test_a_further_reason_fluctuating_within_ten_percent_is_left_out(monkeypatch
     rows[:, entropy] = np.resize([2.0, 2.6], steady.context_rows)  # a range of 23 %: named
     rows[-1, entropy] = 2.6
     assert texts(0.10) and "fluctuating" in texts(0.10)[0]
+
+
+def test_a_reason_over_several_windows_carries_the_numbers_its_text_names(model: Model) -> None:
+    """An incident's reason read "5xx ratio averaged 12.4% over the last 6 windows" while its `actual`
+    was 0.0064, the last window's value: a webhook or `--json` reader got a number the text did not
+    say. An average's `actual` is that average; a spread's reason carries the range it names
+    (`low`, `high`) beside the last value; both say over how many `windows`."""
+    n = model.context_rows
+    rows = _fingerprints(n, seed=14)
+    rows[:-1, FEATURE_INDEX["rate_5xx"]] = 0.02
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.006  # the last window alone is near normal (0.4 %)
+    result = score(model, rows)
+    averaged = next(r for r in result.reasons if r["feature"] == "rate_5xx")
+    assert "averaged" in averaged["text"], averaged
+    assert averaged["actual"] == pytest.approx(float(rows[:, FEATURE_INDEX["rate_5xx"]].mean()))
+    assert averaged["windows"] == n
+    rows = _fingerprints(n, seed=4)
+    rows[:, FEATURE_INDEX["latency_p99_ms"]] = [210.0, 900.0, 215.0, 880.0, 205.0, 920.0][:n]
+    rows[-1, FEATURE_INDEX["latency_p99_ms"]] = 212.0
+    spread = next(r for r in score(model, rows).reasons if r["feature"] == "latency_p99_ms")
+    assert "fluctuating" in spread["text"] and (spread["low"], spread["high"]) == (205.0, 900.0)
+    assert spread["actual"] == 212.0 and spread["windows"] == n

@@ -96,6 +96,7 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
         level = z[KINDS.index("value"), column] >= config.REASON_MIN_DEVIATION
         kind = "value" if level or X.shape[0] == 1 else KINDS[int(dominant[column])]
         recent = X[:, column]
+        extra: dict[str, Any] = {}
         if kind in ("std", "jump"):
             # a spread below its training range is a metric that stopped moving, not one that fluctuates
             rising = signed[KINDS.index(kind), column] > 0
@@ -105,17 +106,19 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             text = (f"{_label(name)} {words}: {_fmt(name, float(recent.min()))} to "
                     f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
                     f"{_fmt(name, normal)} normal")
+            extra = {"low": float(recent.min()), "high": float(recent.max()), "windows": int(X.shape[0])}
         elif kind == "mean":
             shown = float(recent.mean())
             if reasons and _small_change(shown, normal):
                 continue
             text = (f"{_label(name)} averaged {_fmt(name, shown)} over the last "
                     f"{X.shape[0]} windows vs {_fmt(name, normal)} normal")
+            actual, extra = shown, {"windows": int(X.shape[0])}  # the number the text names, not the last window's
         else:
             if reasons and _small_change(actual, normal):
                 continue
             text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
-        reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text})
+        reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text, **extra})
     return reasons
 
 
