@@ -308,3 +308,19 @@ def test_after_a_window_length_change_windows_are_judged_again_and_old_incidents
     again = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
     drain(again, 5)
     assert alerts(r)[len(old):] == got
+
+
+def test_every_alert_written_is_in_the_log(r: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    """`detect.log` stayed empty while the detector opened incidents, so the `diagnose` zip said nothing
+    of them: each alert written is logged at INFO (the log file's default level) with its message."""
+    import logging
+
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    for i in range(3):
+        add_window(r, "payments", 5000 + i, requests=500)
+    with caplog.at_level(logging.INFO, logger="anomalydesk.detect.detector"):
+        assert drain(make_detector(r)) == 3
+    [new] = alerts(r)
+    lines = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.INFO]
+    assert any(new["id"] in line and "warning new alert" in line and "score 80" in line
+               and new["message"] in line for line in lines), lines

@@ -68,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
 
         threading.Thread(target=until_stdin_closes, name="stdin-watch", daemon=True).start()
     print(f"detector {detector.name}: running (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    worker = " (the app's worker)" if args.worker else ""
+    logging.getLogger(__name__).info("detector %s: running%s", detector.name, worker)
     try:
         detector.run(stop)
     finally:

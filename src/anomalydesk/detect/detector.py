@@ -44,7 +44,7 @@ from anomalydesk import config
 from anomalydesk.detect import incidents as incidents_mod
 from anomalydesk.detect.incident_commit import Committer
 from anomalydesk.detect.incident_flow import Confirmation
-from anomalydesk.detect.incident_model import Alert, Silence
+from anomalydesk.detect.incident_model import Alert, Silence, score_text
 from anomalydesk.detect.leases import Leases
 from anomalydesk.detect.owned_services import Decoder, OwnedService, refresh_models
 from anomalydesk.detect.stream_reader import StreamReader, live_services, text
@@ -230,6 +230,9 @@ class Detector:
         result.processed += 1
         if handled.committed:
             result.alerts.extend(handled.alerts)
+            for alert in handled.alerts:  # the log file (`anomalydesk diagnose`) says what went out
+                log.info("%s: %s %s alert %s, score %s%s: %s", alert.service, alert.severity, alert.kind, alert.id,
+                         score_text(alert.score), " (silenced)" if alert.silenced else "", alert.message)
             if self.on_alert:
                 for alert in handled.alerts:
                     self.on_alert(alert)
