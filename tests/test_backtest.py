@@ -135,3 +135,29 @@ def test_read_csv_timestamps_rfc3339(tmp_path: Path) -> None:
     series = read_csv(path)
     assert series.timestamps is not None and series.timestamps[1] - series.timestamps[0] == 300.0
     assert series.feature_names == ("a",) and series.labels is None
+
+
+def test_doubtful_timestamps_and_headers_are_refused_or_read_as_meant(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A tester's CSVs passed silently: millisecond epochs, times without a zone (read in the local
+    zone), shuffled rows; a `Timestamp` header became a feature column (46 rows flagged instead of
+    50) and a `Label` header gave "no labels". Timestamps follow the collector's rules and must be in
+    time order; `timestamp` and `label` are found whatever their case."""
+    def csv(name: str, stamps: list[str], header: str = "timestamp,a,label") -> str:
+        path = tmp_path / name
+        path.write_text(header + "\n" + "".join(f"{s},{i % 3},0\n" for i, s in enumerate(stamps)))
+        return str(path)
+
+    start = 1_700_000_000
+    assert "milliseconds?" in _error(capsys, csv("ms.csv", [str((start + 300 * i) * 1000) for i in range(4)]))
+    assert "needs a time zone" in _error(capsys, csv("zone.csv", ["2024-01-01T00:00:00", "2024-01-01T00:05:00"]))
+    shuffled = _error(capsys, csv("order.csv", [str(start + 300), str(start), str(start + 600)]))
+    assert "row 3" in shuffled and "time order" in shuffled, shuffled
+    cased = read_csv(csv("cased.csv", [str(start + 300 * i) for i in range(4)], "Timestamp,a,Label"))
+    assert cased.feature_names == ("a",) and cased.timestamps is not None and cased.labels is not None
+    assert "differ only in case" in _error(capsys, csv("twice.csv", [str(start)], "timestamp,Timestamp,label"))
+    bad = tmp_path / "bad-label.csv"
+    bad.write_text("a,label\n1,0\n2,0\n3,0\n4,0\n5,yes\n")
+    assert "found 'yes' (row 6)" in _error(capsys, str(bad))  # the file's row, as every other error counts
+    plain = _write(tmp_path / "plain.csv", ["a"], [np.arange(10.0)])
+    assert "no labels in it" in _error(capsys, str(plain), "--labels", "/dev/null")

@@ -17,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         description="Train on TRAIN.csv (or the first 30%% of TEST.csv), score TEST.csv with the product's "
                     "detector and report point-wise, point-adjusted and event-wise precision/recall/F1.",
     )
-    p.add_argument("test", metavar="TEST.csv", help="CSV or CSV.gz with a header; optional timestamp and label columns")
+    p.add_argument("test", metavar="TEST.csv",
+                   help="CSV or CSV.gz with a header; a 'label' column (0/1) unless --labels gives them; an "
+                        "optional 'timestamp' column (epoch seconds or RFC 3339 with a zone, in time order)")
     p.add_argument("--train", metavar="TRAIN.csv", help="training rows (else the first 30%% of TEST trains)")
     p.add_argument("--labels", metavar="FILE", help="one 0/1 per line, one line per TEST row")
     p.add_argument("--reference", action="store_true",

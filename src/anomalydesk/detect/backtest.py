@@ -13,7 +13,6 @@ import csv
 import gzip
 import io
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from anomalydesk.detect.peers import family, random_baseline
 from anomalydesk.detect.range_metrics import VUS_MAX_BUFFER, affiliation, vus_pr
 from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.train import TrainParams, train
+from anomalydesk.events import EventError, parse_timestamp
 
 TIMESTAMP_COLUMN = "timestamp"
 LABEL_COLUMN = "label"
@@ -69,22 +69,32 @@ def read_csv(path: str | Path) -> Series:
         if len(row) != len(header):
             raise BacktestError(f"{path}: row {line} has {len(row)} values, the header has {len(header)}")
     columns = {name: [row[i].strip() for row in body] for i, name in enumerate(header)}
-    names = tuple(n for n in header if n not in (TIMESTAMP_COLUMN, LABEL_COLUMN))
+    # "Timestamp" or "LABEL" is the same column: read as a feature it changed the results silently
+    special = {name.lower(): name for name in header if name.lower() in (TIMESTAMP_COLUMN, LABEL_COLUMN)}
+    if len(special) != sum(1 for name in header if name.lower() in (TIMESTAMP_COLUMN, LABEL_COLUMN)):
+        raise BacktestError(f"{path}: more than one timestamp or label column (names differ only in case)")
+    names = tuple(n for n in header if n not in special.values())
     if not names:
         raise BacktestError(f"{path}: no feature columns (only timestamp/label)")
     X = np.column_stack([_numeric(path, name, columns[name]) for name in names])
-    timestamps = _timestamps(path, columns[TIMESTAMP_COLUMN]) if TIMESTAMP_COLUMN in columns else None
-    labels = _labels(f"{path}: column 'label'", columns[LABEL_COLUMN]) if LABEL_COLUMN in columns else None
+    stamp, label = special.get(TIMESTAMP_COLUMN), special.get(LABEL_COLUMN)
+    timestamps = _timestamps(path, stamp, columns[stamp]) if stamp else None
+    labels = _labels(f"{path}: column {label!r}", columns[label], first=2) if label else None
     return Series(str(path), names, X, timestamps, labels)
 
 
 def read_labels(path: str | Path) -> np.ndarray:
     """A labels file: one 0 or 1 per line."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() or path.is_dir():
         raise BacktestError(f"{path}: no such file")
-    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return _labels(f"{path}", lines)
+    try:
+        lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        raise BacktestError(f"{path}: cannot read ({err})") from None
+    if not lines:
+        raise BacktestError(f"{path}: no labels in it (one 0 or 1 per line, one line per row)")
+    return _labels(f"{path}", lines, first=1)
 
 
 MISSING = frozenset({"", "nan", "null", "na", "none"})  # a missing value (case-insensitive): filled, counted
@@ -105,24 +115,30 @@ def _numeric(path: Path, name: str, values: list[str]) -> np.ndarray:
     return out
 
 
-def _timestamps(path: Path, values: list[str]) -> np.ndarray:
+def _timestamps(path: Path, name: str, values: list[str]) -> np.ndarray:
+    """Epoch seconds or RFC 3339 with a zone, as the collector takes them (`events.parse_timestamp`:
+    2000–2100, so milliseconds are refused with a hint), in increasing order."""
     out = np.empty(len(values))
     for i, value in enumerate(values):
         try:
-            out[i] = float(value)
+            number: float | str = float(value)
         except ValueError:
-            try:
-                out[i] = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-            except ValueError:
-                raise BacktestError(f"{path}: column 'timestamp' row {i + 2}: {value!r} is neither epoch "
-                                    "seconds nor RFC 3339") from None
+            number = value
+        try:
+            out[i] = parse_timestamp(number, name)
+        except EventError as err:
+            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}") from None
+        if i and out[i] <= out[i - 1]:
+            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r} is not after the row before "
+                                f"({values[i - 1]!r}); the rows must be in time order")  # fmt: skip
     return out
 
 
-def _labels(where: str, values: list[str]) -> np.ndarray:
+def _labels(where: str, values: list[str], first: int) -> np.ndarray:
+    """0/1 labels; `first`: the number of the first value's row (2 in a CSV after its header, 1 in a file)."""
     for i, value in enumerate(values):
         if value not in ("0", "1", "0.0", "1.0"):
-            raise BacktestError(f"{where}: labels must be 0 or 1, found {value!r} (line/row {i + 1})")
+            raise BacktestError(f"{where}: labels must be 0 or 1, found {value!r} (row {i + first})")
     return np.array([float(v) for v in values], dtype=np.int64)
 
 
