@@ -142,6 +142,72 @@ def test_4xx_is_not_retried(collector: BackgroundCollector) -> None:
     assert collector.collector.metrics.requests[("/metrics", 422)] == 1  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("with_valid", [False, True], ids=["alone", "beside-a-valid-one"])
+def test_an_invalid_event_is_rejected_alone_or_beside_a_valid_one(
+        collector: BackgroundCollector, caplog: pytest.LogCaptureFixture, with_valid: bool) -> None:
+    """Alone, the collector answers 422 ("none of the 1 events is valid"); it was counted `failed`
+    ("safe to send again yourself") and logged without its reason."""
+    client = AnomalyClient(collector.url, service="invalid", flush_interval=3600)
+    client.send_metric("GET:/q", 700, 1.0)
+    if with_valid:
+        client.send_metric("GET:/q", 200, 1.0)
+    with caplog.at_level(logging.WARNING, logger="anomalydesk_client"):
+        client.close()
+    s = client.stats
+    assert (s.sent, s.rejected, s.failed, s.unknown, s.dropped) == (int(with_valid), 1, 0, 0, 0)
+    assert collector.collector.metrics.requests[("/metrics", 200 if with_valid else 422)] == 1  # type: ignore[union-attr]
+    assert "collector rejected 1 event(s), first: {'index': 0, 'field': 'status_code'" in caplog.text
+    assert "got 700" in caplog.text and "gave up" not in caplog.text
+
+
+@pytest.mark.parametrize("use_httpx", [False, True], ids=["stdlib", "httpx"])
+def test_async_client_counts_an_all_invalid_batch_as_rejected(collector: BackgroundCollector,
+                                                               use_httpx: bool) -> None:
+    async def main() -> AsyncAnomalyClient:
+        async with AsyncAnomalyClient(collector.url, service="aio-invalid", flush_interval=3600,
+                                      use_httpx=use_httpx) as client:
+            await client.send_metric("GET:/q", 700, 1.0)
+            await client.send_metric("nope", 200, 1.0)
+        return client
+
+    s = asyncio.run(main()).stats
+    assert (s.sent, s.rejected, s.failed, s.unknown, s.dropped) == (0, 2, 0, 0, 0)
+
+
+def test_an_all_invalid_batch_sent_at_exit_is_rejected(collector: BackgroundCollector) -> None:
+    script = textwrap.dedent(f"""
+        import asyncio, atexit, dataclasses, json
+        from anomalydesk_client import AsyncAnomalyClient
+        # registered before the client's hook, so it runs after it
+        atexit.register(lambda: print(json.dumps(dataclasses.asdict(client.stats))))
+        client = AsyncAnomalyClient({collector.url!r}, service="exit-invalid", flush_interval=3600)
+        async def main():
+            await client.send_metric("GET:/q", 700, 1.0)
+        asyncio.run(main())
+    """)  # the client is not closed: its atexit hook sends the invalid event
+    run = subprocess.run([sys.executable, "-c", script], check=True, timeout=60, capture_output=True, text=True)
+    assert json.loads(run.stdout) == {"sent": 0, "rejected": 1, "dropped": 0, "failed": 0, "unknown": 0}
+    assert "collector rejected 1 event(s)" in run.stderr
+
+
+def test_a_refusal_that_is_not_about_the_events_stays_failed(redis_url: str) -> None:
+    """401 (wrong key) and 413 (too many events; its body names the whole body, index null) are not
+    a verdict on the events: `failed`, even when the events are invalid too."""
+    settings = CollectorSettings(port=0, api_keys=["k" * 20], max_batch_events=2)
+    with BackgroundCollector(settings, redis_url) as running:
+        wrong_key = AnomalyClient(running.url, "w" * 20, service="refused", flush_interval=3600)
+        wrong_key.send_metric("GET:/q", 700, 1.0)
+        wrong_key.close()
+        too_many = AnomalyClient(running.url, "k" * 20, service="refused", flush_interval=3600)
+        for _ in range(3):
+            too_many.send_metric("GET:/q", 700, 1.0)
+        too_many.close()
+        metrics = running.collector.metrics  # type: ignore[union-attr]
+    assert metrics.requests[("/metrics", 401)] == 1 and metrics.requests[("/metrics", 413)] == 1
+    assert (wrong_key.stats.failed, wrong_key.stats.rejected) == (1, 0)
+    assert (too_many.stats.failed, too_many.stats.rejected) == (3, 0)
+
+
 def test_overflow_drop_oldest_counts_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     client = AnomalyClient("http://127.0.0.1:9", service="s", max_queue=3, batch_size=100, flush_interval=3600)
     with caplog.at_level(logging.WARNING, logger="anomalydesk_client"):

@@ -40,7 +40,8 @@ export interface ClientStats {
   rejected: number;
   /** events dropped because the queue was full (overflow "drop-oldest") */
   dropped: number;
-  /** events given up on, certainly not stored (refused, or the collector was never reached) */
+  /** events given up on, certainly not stored (refused for another reason than invalid events, e.g. a
+   * wrong key or a body too large, or the collector was never reached) */
   failed: number;
   /** events whose batch may or may not be stored; re-sent under the same key at the next flush.
    * Once closed: sent + rejected + unknown + failed + dropped = events produced. */

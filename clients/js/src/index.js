@@ -49,6 +49,15 @@ function mayBeStored(status, body) {
   return true;
 }
 
+// The collector's per-item reasons when it refused every event of a batch as invalid (422 with
+// `rejected` naming each item by index), else null. Sending such events again can never succeed, so
+// they are `rejected`, not `failed`; a 422 for the body as a whole (index null) is not this.
+function invalidItems(err) {
+  const rejected = err.body?.rejected;
+  if (err.status !== 422 || !Array.isArray(rejected) || !rejected.length) return null;
+  return rejected.every((item) => Number.isInteger(item?.index)) ? rejected : null;
+}
+
 function neverSent(err) {
   const code = err.cause?.code ?? err.code;
   return code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH' || code === 'ENETUNREACH';
@@ -235,6 +244,12 @@ export class AnomalyClient {
       return;
     }
     if (parked) this.stats.unknown -= n;
+    const rejected = invalidItems(outcome);
+    if (rejected) {
+      this.stats.rejected += n; // a 422 stores none of the batch: all n events were refused
+      this._warnRejected(n, rejected);
+      return;
+    }
     this.stats.failed += n;
     this.logger.warn(`anomalydesk: gave up on ${n} event(s): ${outcome.message}`);
   }
@@ -333,12 +348,13 @@ export class AnomalyClient {
     this.stats.rejected += (body.rejected ?? []).length;
   }
 
+  _warnRejected(n, rejected) {
+    this.logger.warn(`anomalydesk: collector rejected ${n} event(s), first: ${JSON.stringify(rejected[0])}`);
+  }
+
   _check({ status, body }) {
     if (status === 200 || status === 202) {
-      if (body.rejected?.length) {
-        this.logger.warn(`anomalydesk: collector rejected ${body.rejected.length} event(s), first: `
-          + JSON.stringify(body.rejected[0]));
-      }
+      if (body.rejected?.length) this._warnRejected(body.rejected.length, body.rejected);
       return body;
     }
     throw new AnomalyClientError(`collector answered ${status}: ${body.error ?? JSON.stringify(body)}`,

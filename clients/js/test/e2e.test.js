@@ -53,6 +53,36 @@ test('sendBatch answers with the collector\'s verdict; 4xx is not retried', asyn
   await client.close();
 });
 
+for (const withValid of [false, true]) {
+  test(`an invalid event ${withValid ? 'beside a valid one' : 'alone'} is rejected with its reason logged`, async () => {
+    // alone, the collector answers 422 ("none of the 1 events is valid"): it was counted failed
+    // ("safe to send again yourself") and logged without its reason
+    const warnings = [];
+    const client = new AnomalyClient(collector.url, {
+      service: 'sdk-js-invalid', logger: { warn: (m) => warnings.push(m) },
+    });
+    client.sendMetric('GET:/q', 700, 1);
+    if (withValid) client.sendMetric('GET:/q', 200, 1);
+    await client.close();
+    assert.deepEqual(client.stats, { sent: withValid ? 1 : 0, rejected: 1, dropped: 0, failed: 0, unknown: 0 });
+    const log = warnings.join('\n');
+    assert.match(log, /collector rejected 1 event\(s\), first: \{"index":0,"field":"status_code","reason":"[^"]*got 700"/);
+    assert.doesNotMatch(log, /gave up/);
+  });
+}
+
+test('a 401 from the collector stays failed, even for an invalid event', async () => {
+  const guarded = await startCollector(redis.url, '--api-key', 'k'.repeat(20));
+  try {
+    const client = new AnomalyClient(guarded.url, { service: 'sdk-js-401', apiKey: 'w'.repeat(20), logger: quiet });
+    client.sendMetric('GET:/q', 700, 1);
+    await client.close();
+    assert.deepEqual(client.stats, { sent: 0, rejected: 0, dropped: 0, failed: 1, unknown: 0 });
+  } finally {
+    await guarded.stop();
+  }
+});
+
 test('retries after 503 while Redis is down, and counts each event once', async () => {
   const client = new AnomalyClient(collector.url, {
     service: 'sdk-js-outage', maxRetries: 200, backoffMs: 50, backoffMaxMs: 200, logger: quiet,

@@ -119,15 +119,32 @@ def retry_delay(attempt: int, base: float, cap: float, retry_after: str | None) 
     return random.uniform(0, min(cap, base * (2 ** attempt)))
 
 
+def log_rejected(n: int, rejected: list[Any]) -> None:
+    """Warn about events the collector refused as invalid, with the first item's reason."""
+    log.warning("anomalydesk: collector rejected %d event(s), first: %s", n, rejected[0])
+
+
 def check_answer(answer: Answer) -> dict[str, Any]:
     """The body of a 200/202 answer; AnomalyClientError for a refusal (4xx/5xx)."""
     if answer.status in (200, 202):
         rejected = answer.body.get("rejected") or []
         if rejected:
-            log.warning("anomalydesk: collector rejected %d event(s), first: %s", len(rejected), rejected[0])
+            log_rejected(len(rejected), rejected)
         return answer.body
     reason = answer.body.get("error") or answer.body
     raise AnomalyClientError(f"collector answered {answer.status}: {reason}", answer.status, answer.body)
+
+
+def invalid_items(err: AnomalyClientError) -> list[dict[str, Any]] | None:
+    """The collector's per-item reasons when it refused every event of a batch as invalid (422 with
+    `rejected` naming each item by index), else None. Sending such events again can never succeed,
+    so they are `rejected`, not `failed`; a 422 for the body as a whole (index null) is not this."""
+    rejected = err.body.get("rejected")
+    if err.status != 422 or not isinstance(rejected, list) or not rejected:
+        return None
+    if not all(isinstance(item, dict) and isinstance(item.get("index"), int) for item in rejected):
+        return None
+    return rejected
 
 
 def encode_event(event: Event) -> bytes:
@@ -190,7 +207,7 @@ class Stats:
     sent: int = 0  # events the collector stored
     rejected: int = 0  # events the collector refused as invalid
     dropped: int = 0  # events dropped because the queue was full (policy drop_oldest)
-    failed: int = 0  # events given up on, certainly not stored (refused, or never reached the collector)
+    failed: int = 0  # events given up on, certainly not stored (refused but not as invalid, or unsent)
     unknown: int = 0  # events whose batch may or may not be stored; re-sent under the same key later
 
 

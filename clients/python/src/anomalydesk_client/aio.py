@@ -217,6 +217,8 @@ class AsyncAnomalyClient(_Base):
                                             self._headers(key))
                 self._account(len(batch), check_answer(answer))
             except (AnomalyClientError, TransportError) as err:
+                if isinstance(err, AnomalyClientError) and self._count_invalid(len(batch), err):
+                    continue
                 if isinstance(err, TransportError) and err.maybe_delivered:
                     self.stats.unknown += len(batch)
                 else:

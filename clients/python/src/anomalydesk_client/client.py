@@ -22,7 +22,9 @@ from anomalydesk_client._core import (
     business_event,
     check_answer,
     encode_event,
+    invalid_items,
     log,
+    log_rejected,
     may_be_stored,
     metric_event,
     retryable,
@@ -102,8 +104,19 @@ class _Base:
             return
         if parked:
             self.stats.unknown -= n
-        self.stats.failed += n
-        log.warning("anomalydesk: gave up on %d event(s): %s", n, outcome)
+        if not self._count_invalid(n, outcome):
+            self.stats.failed += n
+            log.warning("anomalydesk: gave up on %d event(s): %s", n, outcome)
+
+    def _count_invalid(self, n: int, err: AnomalyClientError) -> bool:
+        """Count a batch the collector refused as invalid (every event) as `rejected`, logging the
+        first reason as for a partly valid batch; False for any other refusal (401, 413, …)."""
+        rejected = invalid_items(err)
+        if rejected is None:
+            return False
+        self.stats.rejected += n  # a 422 stores none of the batch: all n events were refused
+        log_rejected(n, rejected)
+        return True
 
     def _headers(self, idempotency_key: str | None) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "User-Agent": USER_AGENT}
