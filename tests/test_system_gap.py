@@ -18,6 +18,7 @@ import redis
 from anomalydesk.config import SketchSettings
 from anomalydesk.detect.detector import Detector
 from anomalydesk.detect.incident_flow import Verdict, advance
+from anomalydesk.detect.incident_model import severity_of
 from anomalydesk.detect.system_gap import SYSTEM, gap_plan
 from anomalydesk.detect.training_run import train_service
 from anomalydesk.fingerprint import FEATURE_NAMES, Fingerprint
@@ -100,6 +101,8 @@ def test_gap_plan_opens_once_extends_per_window_and_resolves_on_traffic() -> Non
     writes, sent = gap_plan(None, _fp("a", 10, 0), True, 3, False)
     (record, rev), = writes
     assert rev == 0 and record.rev == 1 and record.id == f"{SYSTEM}:g10" and sent[0].kind == "new"
+    # not scored: its score is its severity's cut-off (it was 100, past critical, beside "warning")
+    assert record.score == sent[0].score == 70.0 and severity_of(record.score) == record.severity == "warning"
     writes, sent = gap_plan(record, _fp("b", 10, 0), True, 3, False)  # another service, same window
     assert writes == [] and sent == []
     writes, sent = gap_plan(record, _fp("a", 11, 0), True, 3, False)

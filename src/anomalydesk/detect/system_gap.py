@@ -18,12 +18,16 @@ from dataclasses import replace
 
 import redis
 
+from anomalydesk import config
 from anomalydesk.detect.incident_model import Alert, Incident, Mark, Severity, rfc3339
 from anomalydesk.fingerprint import Fingerprint
 from anomalydesk.store.keys import Keys
 
 SYSTEM = "(system)"
 _ID_PREFIX = f"{SYSTEM}:g"
+
+
+GAP_SCORE = float(config.SEVERITY_WARNING)
 
 
 def is_system_silent(r: redis.Redis, keys: Keys, fp: Fingerprint, services: list[str], entry_id: str) -> bool:
@@ -86,9 +90,11 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
         if incident is None:
             reasons = [{"feature": "requests", "actual": 0, "expected": None,
                         "text": f"no service sent anything ({services} services silent)"}]  # fmt: skip
-            record = replace(Incident.open(SYSTEM, "gap", fp.window, fp.start), severity=Severity.WARNING, score=100.0,
-                             reasons=reasons, windows=1, rev=1, silenced=silenced, services=services)  # fmt: skip
-            alert = Alert.about(record, kind="new", window=fp.window, window_start=fp.start, score=100.0,
+            # not scored: its score is its severity's cut-off (it read 100, past critical, beside "warning")
+            record = replace(Incident.open(SYSTEM, "gap", fp.window, fp.start), severity=Severity.WARNING,
+                             score=GAP_SCORE, reasons=reasons, windows=1, rev=1, silenced=silenced,
+                             services=services)  # fmt: skip
+            alert = Alert.about(record, kind="new", window=fp.window, window_start=fp.start, score=GAP_SCORE,
                                 severity=Severity.WARNING, reasons=reasons, model_version=None, silenced=silenced,
                                 message=f"no traffic from any service since {rfc3339(fp.start)}: a gap in the "
                                         "data (producers, network or collector down?), not scored")  # fmt: skip
