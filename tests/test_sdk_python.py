@@ -376,6 +376,27 @@ def test_async_client_flushes_on_time(collector: BackgroundCollector, r: redis.R
     assert events_total(r) == 3
 
 
+def test_a_kpi_without_a_service_belongs_to_the_clients_service(collector: BackgroundCollector,
+                                                                r: redis.Redis) -> None:
+    """`AnomalyClient(service="sdk2a").send_business_metric("orders", 5)` went to the pseudo-service
+    `business`: the client's service applied to request metrics only. It applies to KPIs too (queued or
+    through `send_batch`); an explicit service still wins, and a client without one still reports to
+    `business`."""
+    from anomalydesk.store.keys import Keys
+
+    with AnomalyClient(collector.url, service="kpi-home", flush_interval=3600) as client:
+        client.send_business_metric("orders", 5.0)
+        client.send_business_metric("refunds", 1.0, service="kpi-other")
+        assert client.send_batch([{"metric_name": "carts", "value": 2.0}])["accepted"] == 1
+        client.flush()
+    with AnomalyClient(collector.url, flush_interval=3600) as bare:
+        bare.send_business_metric("visits", 9.0)
+        bare.flush()
+    services = {s.decode() for s in r.smembers(Keys().services)}
+    assert {"kpi-home", "kpi-other", "business"} <= services, services
+    assert client.stats.sent == 2 and bare.stats.sent == 1  # send_batch answers for itself
+
+
 def test_sync_client_flushes_on_size(collector: BackgroundCollector, r: redis.Redis) -> None:
     client = AnomalyClient(collector.url, service="sized", batch_size=10, flush_interval=3600)
     for _ in range(10):

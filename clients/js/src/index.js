@@ -150,11 +150,12 @@ export class AnomalyClient {
     this.record(event);
   }
 
-  /** Queue a business KPI; no service → the collector's pseudo-service "business". */
+  /** Queue a business KPI of `service`, else of the client's service (none at all → the collector's
+   * pseudo-service "business"). */
   sendBusinessMetric(name, value, expectedRange = null, service = null, { timestamp } = {}) {
     const event = { metric_name: name, value };
     if (expectedRange) event.expected_range = [expectedRange[0], expectedRange[1]];
-    if (service) event.service = service;
+    if (service ?? this.service) event.service = service ?? this.service;
     if (timestamp !== undefined) event.timestamp = timestamp;
     this.record(event);
   }
@@ -162,7 +163,7 @@ export class AnomalyClient {
   /** Send events now (bypassing the queue); resolves to the collector's answer, rejects on failure. */
   async sendBatch(events) {
     const encoded = events.map((e) => encodeEvent(
-      e.metric_name !== undefined || e.service !== undefined || !this.service ? e : { ...e, service: this.service },
+      e.service !== undefined || !this.service ? e : { ...e, service: this.service },
     ));
     return this._check(await this._postWithRetries(encoded));
   }

@@ -40,6 +40,18 @@ test('an event sent is counted in status and in its window\'s fingerprint', asyn
   assert.equal(counted, 6);
 });
 
+test('a KPI without a service belongs to the client\'s service, queued or in sendBatch', async () => {
+  // it went to the pseudo-service "business": the client's service applied to request metrics only
+  const client = new AnomalyClient(collector.url, { service: 'sdk-js-kpi', logger: quiet });
+  client.sendBusinessMetric('orders', 5);
+  client.sendBusinessMetric('refunds', 1, null, 'sdk-js-kpi-other');
+  assert.equal((await client.sendBatch([{ metric_name: 'carts', value: 2 }])).accepted, 1);
+  await client.close();
+  assert.equal(client.stats.sent, 2);
+  const names = anomalydesk(redis.url, 'services', 'list').map((s) => s.name);
+  assert.ok(names.includes('sdk-js-kpi') && names.includes('sdk-js-kpi-other'), names.join(', '));
+});
+
 test('sendBatch answers with the collector\'s verdict; 4xx is not retried', async () => {
   const client = new AnomalyClient(collector.url, { service: 'sdk-js-batch', logger: quiet });
   const answer = await client.sendBatch([

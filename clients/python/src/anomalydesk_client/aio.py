@@ -15,7 +15,6 @@ from anomalydesk_client._core import (
     Event,
     GaveUp,
     TransportError,
-    business_event,
     check_answer,
     encode_event,
     log,
@@ -58,13 +57,12 @@ class AsyncAnomalyClient(_Base):
     async def send_business_metric(self, name: str, value: float,
                                    expected_range: Sequence[float] | None = None,
                                    service: str | None = None, *, timestamp: float | None = None) -> None:
-        """Queue a business KPI."""
-        self.record(business_event(name, value, expected_range, service, timestamp))
+        """Queue a business KPI (see AnomalyClient.send_business_metric)."""
+        self.record(self._business(name, value, expected_range, service, timestamp))
 
     async def send_batch(self, events: Iterable[Event]) -> dict[str, Any]:
         """Send events now; the collector's answer, AnomalyClientError on failure."""
-        batch = [encode_event(e if "metric_name" in e else self._metric(e, None, None, None, None))
-                 for e in events]
+        batch = [encode_event(self._batch_event(e)) for e in events]
         return check_answer(await self._post_with_retries(batch))
 
     async def flush(self) -> None:

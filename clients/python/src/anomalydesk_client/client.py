@@ -130,6 +130,17 @@ class _Base:
                 service: str | None, timestamp: float | None) -> Event:
         return metric_event(endpoint, status_code, response_time, service, timestamp, self.service)
 
+    def _business(self, name: str, value: float, expected_range: Sequence[float] | None, service: str | None,
+                  timestamp: float | None) -> Event:
+        """A KPI of `service`, else of the client's service, else of the pseudo-service `business`."""
+        return business_event(name, value, expected_range, service or self.service, timestamp)
+
+    def _batch_event(self, event: Event) -> Event:
+        """An event of `send_batch`: a KPI without a service gets the client's, as a request metric does."""
+        if "metric_name" not in event:
+            return self._metric(event, None, None, None, None)
+        return event if "service" in event or not self.service else {**event, "service": self.service}
+
     def record(self, event: Event) -> None:
         """Queue one ready event dict (what the middleware and timers call); ValueError if not JSON."""
         if self.queue.put(encode_event(event)) >= self.batch_size:
@@ -177,13 +188,13 @@ class AnomalyClient(_Base):
 
     def send_business_metric(self, name: str, value: float, expected_range: Sequence[float] | None = None,
                              service: str | None = None, *, timestamp: float | None = None) -> None:
-        """Queue a business KPI (no service → the collector's pseudo-service `business`)."""
-        self.record(business_event(name, value, expected_range, service, timestamp))
+        """Queue a business KPI of `service`, else of the client's service (no service at all → the
+        collector's pseudo-service `business`)."""
+        self.record(self._business(name, value, expected_range, service, timestamp))
 
     def send_batch(self, events: Iterable[Event]) -> dict[str, Any]:
         """Send events now (bypassing the queue); the collector's answer, AnomalyClientError on failure."""
-        batch = [encode_event(e if "metric_name" in e else self._metric(e, None, None, None, None))
-                 for e in events]
+        batch = [encode_event(self._batch_event(e)) for e in events]
         return check_answer(self._post_with_retries(batch))
 
     def flush(self) -> None:
