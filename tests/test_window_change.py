@@ -14,6 +14,7 @@ import orjson
 import pytest
 import redis
 
+from anomalydesk.cli import main as cli_main
 from anomalydesk.config import SketchSettings
 from anomalydesk.detect.service_state import service_states
 from anomalydesk.detect.training_run import train_service, training_data
@@ -143,7 +144,9 @@ def test_replay_window_change_carries_open_windows_into_the_new_length(r: redis.
     assert math.floor((t0 + 19.9) / 3) in [w for w, ws in windows if ws == 3]  # the last event, 3-s windows
 
 
-def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r: redis.Redis) -> None:
+def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r: redis.Redis, redis_url: str,
+                                                                              capsys: pytest.CaptureFixture[str]
+                                                                              ) -> None:  # fmt: skip
     admin.setup(r, SketchSettings(window_seconds=1))
     t0 = 1_790_000_000.0
     ingest(r, [event(t0 + i / 5) for i in range(400 * 5)], replay=True)
@@ -153,6 +156,10 @@ def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r
     admin.setup(r, SketchSettings(window_seconds=3), force=True)
     state_now = service_states(r)[SERVICE]
     assert state_now["state"] == "learning" and "3 s" in state_now["reason"], state_now
+    # `status` showed "svc v1" as if it scored; it says the model is not used, and why
+    assert cli_main(["status", "--redis", redis_url]) == 0
+    page = capsys.readouterr().out
+    assert f"{SERVICE} v1 (not used)" in page and "counts 1-s windows" in page, page
     data = training_data(r, SERVICE)
     assert len(data) == 0 and data.other_length == 400  # the 1-s windows are not mixed in
     ingest(r, [event(t0 + 400 + i / 5) for i in range(900 * 5)], replay=True)
@@ -160,6 +167,8 @@ def test_after_a_window_change_the_service_learns_again_on_the_new_length_only(r
     outcome = train_service(r, SERVICE)
     assert outcome.version == 2 and outcome.metadata["other_length_windows"] == 400
     assert service_states(r)[SERVICE]["state"] == "ready"
+    assert cli_main(["status", "--redis", redis_url]) == 0
+    assert "not used" not in capsys.readouterr().out
 
 
 def test_a_service_setup_missed_is_brought_to_the_new_length_by_its_next_call(r: redis.Redis) -> None:

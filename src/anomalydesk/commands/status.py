@@ -16,8 +16,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     )  # fmt: skip
 
 
-def render(url: str, st: dict[str, Any]) -> str:
-    """The human-readable status page."""
+def render(url: str, st: dict[str, Any], unused_models: dict[str, str] | None = None) -> str:
+    """The human-readable status page; `unused_models`: service → why its active model does not score."""
     version = st.get("server_version")
     lines = [f"redis       {url}" + (f" (Redis {version})" if version else "")]
     if st.get("configured") is False:
@@ -31,13 +31,20 @@ def render(url: str, st: dict[str, Any]) -> str:
     if st.get("retired_services"):
         lines.append(f"retired     {', '.join(st['retired_services'])}")
     models = st.get("models") or {}
-    lines.append("models      " + (", ".join(f"{s} v{v}" for s, v in sorted(models.items())) or "(none trained)"))
+    unused = unused_models or {}
+    lines.append("models      " + (", ".join(f"{s} v{v}" + (" (not used)" if s in unused else "")
+                                           for s, v in sorted(models.items())) or "(none trained)"))  # fmt: skip
+    if unused:  # e.g. after a window-length change: the detector skips them until trained again
+        service, reason = sorted(unused.items())[0]
+        lines.append(f"            not used: {service}: {reason}" + (f" (and {len(unused) - 1} more)"
+                                                                       if len(unused) > 1 else ""))  # fmt: skip
     lines.append(f"incidents   {st['incidents_open']} open, {st['alerts_total']} alerts in total")
     return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> int:
     """Print store.admin.status as text or JSON."""
+    from anomalydesk.detect.service_state import service_states
     from anomalydesk.store import admin
     from anomalydesk.store.connection import redact_url
     from anomalydesk.store.locate import resolve_url
@@ -45,7 +52,9 @@ def run(args: argparse.Namespace) -> int:
     r = client(args)
     try:
         st = admin.status(r)
+        states = service_states(r) if st.get("models") else {}
     finally:
         r.close()
-    emit(args, st, render(redact_url(resolve_url(getattr(args, "redis", None))), st))
+    unused = {s: e["reason"] for s, e in states.items() if s in st["models"] and e.get("reason")}
+    emit(args, st, render(redact_url(resolve_url(getattr(args, "redis", None))), st, unused))
     return 0
