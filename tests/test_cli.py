@@ -76,6 +76,23 @@ def test_an_unreachable_url_is_named_in_one_line() -> None:
     assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("words", [["--json", "services"], ["services"], ["status"]], ids=" ".join)
+def test_a_reader_that_stops_early_ends_the_command_quietly(words: list[str], traffic: str, r: redis.Redis) -> None:
+    """`anomalydesk … | head -1`: stdout closed before the output is written ends the command with
+    EXIT_BROKEN_PIPE and nothing on stderr, whether the output is long (300 services, past a pipe's
+    buffer) or short. (argparse's own `--help` already drops a failed write and exits 0.)"""
+    from anomalydesk.store.keys import Keys
+
+    r.sadd(Keys().services, *(f"svc-{i}" for i in range(300)))
+    proc = subprocess.Popen([sys.executable, "-m", "anomalydesk.cli", *words, "--redis", traffic],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the command writes anything
+    err = proc.stderr.read()
+    assert proc.wait(TIMEOUT) == cli.EXIT_BROKEN_PIPE, err
+    assert err == "", err
+
+
 # --- setup --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("flags", "message"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 from anomalydesk import __version__, logs
@@ -35,6 +36,12 @@ COMMANDS: dict[str, str] = {
     "notify": "notify",  # extension: webhook routing of alerts (docs/integrations.md)
     "diagnose": "diagnose",  # a zip for support (docs/reliability.md)
 }
+
+
+# exit status when stdout is closed before the output is written (`anomalydesk models list | head -1`):
+# 128 + SIGPIPE, what a shell reports for a C tool stopped by the closed pipe, so `set -o pipefail`
+# scripts see the same for us
+EXIT_BROKEN_PIPE = 141
 
 
 class CommandError(Exception):
@@ -79,7 +86,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    """Run the command line `argv` (default: the process's); its exit status."""
+    try:
+        try:
+            return _dispatch(sys.argv[1:] if argv is None else argv)
+        finally:
+            if sys.stdout is not None:  # None in a windowed app (pythonw, the packaged binary)
+                sys.stdout.flush()  # output that fit the buffer meets a closed pipe here, not at exit
+    except BrokenPipeError:
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _discard_stdout() -> None:
+    """Point stdout at the null device: the reader is gone, and Python's flush at exit must not fail
+    (with a second traceback) on what is still buffered (the idiom of Python's `signal` docs)."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is not a file descriptor (captured in a test): nothing flushes to the pipe at exit
+
+
+def _dispatch(argv: list[str]) -> int:
     parser = build_parser()
     names_command = any(a in COMMANDS for a in argv if not a.startswith("-"))
     asks_help = any(a in ("-h", "--help", "--version") for a in argv)
