@@ -267,3 +267,30 @@ def test_query_refuses_a_bad_status_code(capsys: pytest.CaptureFixture[str]) -> 
         cli.main(["query", "status", "700"])
     assert exited.value.code == 2
     assert "status codes are 100-599" in capsys.readouterr().err
+
+
+# --- a service named on the command line ----------------------------------------------------------
+@pytest.mark.parametrize(
+    "args",
+    [["models", "rollback", "ghost"], ["models", "activate", "ghost", "1"], ["models", "list", "ghost"],
+     ["incidents", "list", "--service", "ghost"], ["incidents", "--all", "--service", "ghost"],
+     ["query", "topk", "--service", "ghost"]],
+    ids=" ".join,
+)  # fmt: skip
+def test_an_unknown_service_is_reported_unknown_by_every_command(capsys: pytest.CaptureFixture[str], traffic: str,
+                                                                 args: list[str]) -> None:  # fmt: skip
+    code, out, err = main(capsys, *args, "--redis", traffic)
+    assert (code, out) == (1, ""), out
+    assert "unknown service 'ghost' (known: " in err and "payments" in err and "users" in err, err
+
+
+def test_a_known_service_without_incidents_or_models_is_not_unknown(capsys: pytest.CaptureFixture[str],
+                                                                    traffic: str) -> None:  # fmt: skip
+    assert main(capsys, "services", "retire", "users", "--redis", traffic)[0] == 0  # retired: still known
+    for service in ("payments", "users", "(system)"):  # (system): the gap incidents' pseudo-service
+        code, out, err = main(capsys, "incidents", "list", "--service", service, "--redis", traffic)
+        assert (code, out.strip(), err) == (0, "no open incidents", ""), service
+    code, _, err = main(capsys, "models", "rollback", "users", "--redis", traffic)
+    assert code == 1 and "service 'users' has no active model to roll back from (kept: none)" in err, err
+    code, out, _ = main(capsys, "models", "list", "payments", "--redis", traffic)
+    assert code == 0 and out.startswith("no models yet")

@@ -118,8 +118,9 @@ def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
     assert json.loads(cli(redis_url, "incidents", "silences", "--json").stdout)["silences"][0]["reason"] == "db upgrade"
     models = cli(redis_url, "models", "--json")
     assert models.returncode == 0 and json.loads(models.stdout) == {"models": []}
+    r.sadd(K.services, "payments")
     rollback = cli(redis_url, "models", "rollback", "payments")
-    assert rollback.returncode == 1 and "no version older" in rollback.stderr
+    assert rollback.returncode == 1 and "'payments' has no active model to roll back from" in rollback.stderr
 
 
 def test_prune_forgets_oldest_resolved_incidents_only(r: redis.Redis) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -49,6 +50,15 @@ def client(args: argparse.Namespace) -> redis.Redis:
         return connect(resolve_url(getattr(args, "redis", None)))
     except (ConnectionFailed, EmbeddedServerError) as err:
         raise CommandError(str(err)) from err
+
+
+def require_known_service(name: str, known: Collection[str]) -> None:
+    """Refuse a service named on the command line that the server does not know (exit 1), naming the
+    known ones: one wording for `query`, `models` and `incidents list --service`."""
+    from anomalydesk.cli import CommandError
+
+    if name not in known:
+        raise CommandError(f"unknown service {name!r} (known: {', '.join(sorted(known)) or 'none yet'})", code=1)
 
 
 def lower_priority() -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from anomalydesk.cli import CommandError
-from anomalydesk.commands._common import client, emit
+from anomalydesk.commands._common import client, emit, require_known_service
 
 if TYPE_CHECKING:
     from anomalydesk.detect.incident_model import Incident
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     r = client(args)
     try:
         if args.action == "list":
+            if args.service is not None:
+                require_known_service(args.service, _known_services(r, inc))
             found = inc.list_incidents(r, open_only=not args.all, service=args.service)
             none = "no open incidents" if not args.all else "no incidents"
             now = time.time()
@@ -115,6 +117,15 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err), code=1) from None
     finally:
         r.close()
+
+
+def _known_services(r: Any, inc: Any) -> set[str]:
+    """What `list --service` may name: every known service (retired ones too), the gap incidents'
+    pseudo-service, and any service that still has an incident on record."""
+    from anomalydesk.detect.system_gap import SYSTEM
+    from anomalydesk.store import admin
+
+    return {*admin.service_names(r), SYSTEM, *(i.service for i in inc.list_incidents(r))}
 
 
 def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:

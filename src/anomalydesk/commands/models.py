@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from anomalydesk.cli import CommandError
-from anomalydesk.commands._common import client, emit
+from anomalydesk.commands._common import client, emit, require_known_service
 
 
 def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentParser) -> None:
@@ -37,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
 
     r = client(args)
     try:
+        if args.service:
+            require_known_service(args.service, _known(r))
         if args.action == "list":
             services = [args.service] if args.service else sorted(_services(r))
             found = [m.as_dict() for s in services for m in registry.list_models(r, s)]
@@ -67,3 +69,10 @@ def _services(r: Any) -> set[str]:
     keys = Keys(config.key_prefix())
     names = {s.decode() if isinstance(s, bytes) else s for s in r.smembers(keys.services)}
     return names | set(registry.active_versions(r, keys=keys))
+
+
+def _known(r: Any) -> set[str]:
+    """Every service a SERVICE argument may name: the live ones, those with a model, and retired ones."""
+    from anomalydesk.store import admin
+
+    return _services(r) | set(admin.service_names(r))

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from anomalydesk.cli import CommandError
-from anomalydesk.commands._common import client, emit
+from anomalydesk.commands._common import client, emit, require_known_service
 
 
 def _status_code(text: str) -> int:
@@ -54,12 +54,11 @@ def _services(r: Any, wanted: str | None) -> list[str]:
     from anomalydesk.events import validate_service
     from anomalydesk.store import admin
 
-    known = [s["name"] for s in admin.list_services(r)]
+    known = admin.service_names(r)
     if wanted is None:
         return known
     _valid(validate_service, wanted, "--service")
-    if wanted not in known:
-        raise CommandError(f"unknown service {wanted!r} (known: {', '.join(known) or 'none yet'})", code=1)
+    require_known_service(wanted, known)
     return [wanted]
 
 

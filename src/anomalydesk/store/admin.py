@@ -247,6 +247,12 @@ def retire_service(r: redis.Redis, name: str, keys: Keys | None = None) -> bool:
     return True
 
 
+def service_names(r: redis.Redis, keys: Keys | None = None) -> list[str]:
+    """Every known service's name, retired ones too (the names `list_services` lists), sorted."""
+    keys = keys or Keys(key_prefix())
+    return sorted({_text(s) for s in r.smembers(keys.services)} | {_text(s) for s in r.smembers(keys.retired)})
+
+
 def active_services(r: redis.Redis, keys: Keys | None = None) -> list[str]:
     keys = keys or Keys(key_prefix())
     return sorted(_text(s) for s in r.smembers(keys.services))

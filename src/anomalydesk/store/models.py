@@ -236,7 +236,9 @@ def rollback(r: redis.Redis, service: str, *, keys: Keys | None = None) -> Model
     keys = keys or Keys(config.key_prefix())
     versions = versions_of(r, service, keys=keys)
     active = active_version(r, service, keys=keys)
-    older = [v for v in versions if active is not None and v < active]
+    if active is None:
+        raise ModelNotFound(f"service {service!r} has no active model to roll back from (kept: {versions or 'none'})")
+    older = [v for v in versions if v < active]
     if not older:
         raise ModelNotFound(
             f"service {service!r}: no version older than the active one ({active}) to roll back to"
