@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -64,6 +65,35 @@ def test_ack_snooze_resolve_record_who_and_when(r: redis.Redis) -> None:
         inc.ack(r, "nope")
 
 
+def test_a_closed_incident_is_neither_acknowledged_nor_snoozed(r: redis.Redis) -> None:
+    """Ack and snooze mean something only while an incident is open (the app greys them out): on a closed
+    one they are refused, naming its state, and nothing is stored."""
+    resolved = inc.resolve(r, open_incident(r, "payments").id, who="carol")
+    mistaken = inc.false_positive(r, open_incident(r, "orders", 200, 203).id, who="dana")
+    for closed, state in ((resolved, "resolved"), (mistaken, "false positive")):
+        with pytest.raises(inc.IncidentError, match=f"is {state}; nothing to snooze"):
+            inc.snooze(r, closed.id, 3600)
+        with pytest.raises(inc.IncidentError, match=f"is {state}; nothing to acknowledge"):
+            inc.ack(r, closed.id)
+        assert inc.get(r, closed.id) == closed  # no snoozed_until, no ack, no new revision
+
+
+def test_a_snooze_lasts_at_most_snooze_max_seconds(r: redis.Redis) -> None:
+    from anomalydesk import config
+
+    incident = open_incident(r)
+    assert inc.check_snooze(config.SNOOZE_MAX_SECONDS) == config.SNOOZE_MAX_SECONDS
+    for seconds in (config.SNOOZE_MAX_SECONDS + 1, inc.parse_duration("99999d"), math.inf, math.nan):
+        with pytest.raises(ValueError, match="a snooze lasts at most 30 days"):
+            inc.check_snooze(seconds)
+        with pytest.raises(inc.IncidentError, match="a snooze lasts at most 30 days"):
+            inc.snooze(r, incident.id, seconds)
+    assert inc.get(r, incident.id) == incident
+    for text in ("inf", "nan", "-inf"):
+        with pytest.raises(ValueError, match="must be a positive number"):
+            inc.parse_duration(text)
+
+
 def test_false_positive_windows_go_back_into_training(r: redis.Redis) -> None:
     confirmed = open_incident(r, "payments", 100, 104)
     mistaken = open_incident(r, "orders", 200, 203)
@@ -111,6 +141,16 @@ def test_cli_incidents_and_models(r: redis.Redis, redis_url: str) -> None:
     assert acked.returncode == 0 and acked.stdout.strip() == f"{incident.id} acknowledged by erin"
     bad = cli(redis_url, "incidents", "snooze", incident.id, "soon")
     assert bad.returncode == 2 and "duration 'soon'" in bad.stderr
+    too_long = cli(redis_url, "incidents", "snooze", incident.id, "99999d")  # the year 2300
+    assert too_long.returncode == 2 and "a snooze lasts at most 30 days;" in too_long.stderr
+    assert inc.get(r, incident.id).snoozed_by.by == "dave"  # the earlier snooze, untouched
+    assert cli(redis_url, "incidents", "resolve", incident.id).returncode == 0
+    for action in ("snooze", "ack"):
+        refused = cli(redis_url, "incidents", action, incident.id, *(["1h"] if action == "snooze" else []))
+        what = "snooze" if action == "snooze" else "acknowledge"
+        assert (refused.returncode, refused.stdout) == (1, ""), refused.stdout
+        assert f"incident {incident.id!r} is resolved; nothing to {what}" in refused.stderr, refused.stderr
+    assert inc.get(r, incident.id).snoozed_by.by == "dave" and inc.get(r, incident.id).acked.by == "erin"
     missing = cli(redis_url, "incidents", "ack", "nope")
     assert missing.returncode == 1 and "no incident 'nope'" in missing.stderr
     silence = cli(redis_url, "incidents", "silence", "pay*", "--until", "2h", "--reason", "db upgrade", "--json")

@@ -223,6 +223,7 @@ REFERENCE_SEEDS = (0, 1, 2, 3, 4)  # … averaged over these seeds
 DETECTOR_CATCHUP_WINDOWS = 720  # a new consumer group starts this many fingerprints back
 DETECTOR_REFRESH_SECONDS = 1.0  # leases, service list and models re-read at most this often (silences: every batch)
 INCIDENTS_KEPT = 5_000  # resolved incidents kept in Keys.incidents (the oldest are forgotten)
+SNOOZE_MAX_SECONDS = 30 * 86_400  # an incident's snooze lasts at most this; longer is a silence's or resolve's job
 INCIDENT_PRUNE_SECONDS = 600  # how often a detector prunes them
 RULE_SCORE_BASE = 60.0  # business rule score = base + per_distance × (distance beyond the bound crossed,
 RULE_SCORE_PER_DISTANCE = 90.0  # as a share of that bound): 1/9 → warning (70), 1/3 → critical (90)

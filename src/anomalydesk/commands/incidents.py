@@ -26,7 +26,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p = subparsers.add_parser(
         "incidents", parents=[parent], help="list incidents; ack, snooze, resolve, mark false positive; silences",
         description="`list` (default; --all includes resolved ones), `ack ID`, `snooze ID DURATION` "
-        "(15m, 1h, 2d), `resolve ID`, `false-positive ID` (its windows go back into the next training), "
+        "(15m, 1h, 2d; at most 30d; ack and snooze only an open incident), `resolve ID`, "
+        "`false-positive ID` (its windows go back into the next training), "
         "`accept ID` (a level-shift incident: the new level is normal from now on and feeds the next training). "
         "Silences mute notifications for services matching a glob pattern: `silence PATTERN --until "
         "WHEN --reason TEXT` (WHEN: a duration from now or an RFC 3339 time), `silences`, "
@@ -139,7 +140,7 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
         if not args.duration:
             raise CommandError("`incidents snooze ID DURATION` needs a DURATION (e.g. 15m, 1h, 2d)")
         try:
-            seconds = inc.parse_duration(args.duration)
+            seconds = inc.check_snooze(inc.parse_duration(args.duration))
         except ValueError as err:
             raise CommandError(str(err)) from None
         incident = inc.snooze(r, args.target, seconds, args.by)

@@ -22,6 +22,7 @@ PUBLISHed: nobody is notified.
 from __future__ import annotations
 
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -51,9 +52,19 @@ def parse_duration(text: str) -> float:
         value = float(number)
     except ValueError:
         raise ValueError(f"duration {text!r}: expected a number with s, m, h or d (e.g. 15m, 1h, 2d)") from None
-    if value <= 0:
-        raise ValueError(f"duration {text!r} must be positive")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"duration {text!r} must be a positive number")
     return value * DURATION_UNITS[unit or "s"]
+
+
+def check_snooze(seconds: float) -> float:
+    """`seconds` when a snooze may last that long (at most `config.SNOOZE_MAX_SECONDS`); a clear ValueError
+    otherwise."""
+    if not 0 < seconds <= config.SNOOZE_MAX_SECONDS:
+        days = config.SNOOZE_MAX_SECONDS / 86_400
+        raise ValueError(f"a snooze lasts at most {days:g} days; for longer, resolve the incident or silence "
+                         "its service (`anomalydesk incidents silence`)")  # fmt: skip
+    return seconds
 
 
 # One script in the incident slot (KEYS: detector states, incidents, open set, alert log, alert
@@ -224,18 +235,36 @@ def _who(who: str | None, how: str | None = None) -> Mark:
     return Mark(who or getpass.getuser(), rfc3339(time.time()), how)
 
 
+def _still_open(i: Incident, incident_id: str, action: str) -> None:
+    """Refuse an action that only means something while the incident is open (the app greys it out)."""
+    state = i.state_at(time.time())
+    if state.closed:
+        raise IncidentError(f"incident {incident_id!r} is {state.label}; nothing to {action}")
+
+
 def ack(r: redis.Redis, incident_id: str, who: str | None = None, *, keys: Keys | None = None) -> Incident:
-    """Acknowledge an incident (someone is on it); escalations are still notified."""
-    return _update(r, incident_id, lambda i: replace(i, acked=_who(who)), keys or Keys(config.key_prefix()))
+    """Acknowledge an open incident (someone is on it); escalations are still notified. A closed one is
+    refused: an acknowledgement after the fact would read as if someone had been on it."""
+
+    def change(i: Incident) -> Incident:
+        _still_open(i, incident_id, "acknowledge")
+        return replace(i, acked=_who(who))
+
+    return _update(r, incident_id, change, keys or Keys(config.key_prefix()))
 
 
 def snooze(
     r: redis.Redis, incident_id: str, seconds: float, who: str | None = None, *, keys: Keys | None = None
 ) -> Incident:
-    """Mute an incident's notifications for `seconds` (its alerts are still logged)."""
-    until = time.time() + seconds
+    """Mute an open incident's notifications for `seconds`, at most `config.SNOOZE_MAX_SECONDS` (its alerts
+    are still logged). A closed one is refused: it notifies nothing to mute."""
+    try:
+        until = time.time() + check_snooze(seconds)
+    except ValueError as err:
+        raise IncidentError(str(err)) from None
 
     def change(i: Incident) -> Incident:
+        _still_open(i, incident_id, "snooze")
         return replace(i, snoozed_until=rfc3339(until), snoozed_until_epoch=until, snoozed_by=_who(who))
 
     return _update(r, incident_id, change, keys or Keys(config.key_prefix()))
