@@ -236,6 +236,23 @@ def test_cli_lists_states_in_the_shared_words_and_times_with_their_zone(r: redis
     assert snoozed.stdout.strip() == f"{other.id} snoozed until {local_time(stored.snoozed_until_epoch)}"
 
 
+def test_cli_false_positive_says_what_it_does_to_training(r: redis.Redis, redis_url: str) -> None:
+    """A model incident's windows go back into the next training; a `(system)` gap is not scored, so
+    marking it a false positive only closes it."""
+    from anomalydesk.detect.system_gap import SYSTEM
+
+    gap = replace(Incident.open(SYSTEM, "gap", 300, 1500.0), severity=Severity.WARNING, score=100.0)
+    r.hset(K.incidents, gap.id, json.dumps(gap.to_json()))
+    r.sadd(K.incidents_open, gap.id)
+    done = cli(redis_url, "incidents", "false-positive", gap.id, "--by", "erin")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{gap.id} false positive (a gap is not scored: nothing goes back into training)"
+    assert inc.get(r, gap.id).false_positive is not None and not inc.get(r, gap.id).is_open
+    anomaly = open_incident(r)
+    done = cli(redis_url, "incidents", "false-positive", anomaly.id)
+    assert done.stdout.strip() == f"{anomaly.id} false positive (its windows go back into the next training)"
+
+
 def test_cli_list_shows_the_score_in_whole_points_rounded_down() -> None:
     """`incidents list` prints a score as the app does (`score_text`): 99.99 is 99, never a rounded 100,
     and 69.6 is 69."""

@@ -159,6 +159,8 @@ def _act(args: argparse.Namespace, r: Any, inc: Any) -> int:
                 "window and the shift's windows go into the next training")
     else:
         incident = inc.false_positive(r, args.target, args.by)
-        text = f"{incident.id} {incident.state_text(time.time())} (its windows go back into the next training)"
+        effect = ("a gap is not scored: nothing goes back into training" if incident.kind == "gap"
+                  else "its windows go back into the next training")  # fmt: skip
+        text = f"{incident.id} {incident.state_text(time.time())} ({effect})"
     emit(args, incident.to_json(), text)
     return 0
