@@ -5,6 +5,11 @@ incidents it currently has open, it returns a `Plan` (new state, incident writes
 `detect.incident_commit.Committer` writes a plan in one Lua script over the incident slot, then
 XACKs the fingerprint (a window delivered twice is only acknowledged; an incident changed meanwhile
 by an operator makes the commit return CONFLICT and the caller recomputes).
+
+Why this module is long: it is one job, the plan of every kind of incident (anomaly, business rule,
+level shift, and the end of all of them at a window-length change), and the kinds share one set of
+rules for opening, escalating, muting and closing quietly; split, the parts would reach into each
+other's private helpers.
 """
 
 from __future__ import annotations
