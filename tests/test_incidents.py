@@ -251,6 +251,13 @@ def test_cli_false_positive_says_what_it_does_to_training(r: redis.Redis, redis_
     anomaly = open_incident(r)
     done = cli(redis_url, "incidents", "false-positive", anomaly.id)
     assert done.stdout.strip() == f"{anomaly.id} false positive (its windows go back into the next training)"
+    # a level shift: training ignores the mark (the decision is `accept`), so it is refused, nothing stored
+    shift = replace(Incident.open("payments", "level_shift", 400, 2000.0), severity=Severity.WARNING, score=75.0)
+    r.hset(K.incidents, shift.id, json.dumps(shift.to_json()))
+    r.sadd(K.incidents_open, shift.id)
+    done = cli(redis_url, "incidents", "false-positive", shift.id)
+    assert done.returncode == 1 and f"incidents accept {shift.id}" in done.stderr, (done.stdout, done.stderr)
+    assert inc.get(r, shift.id).false_positive is None and inc.get(r, shift.id).is_open
 
 
 def test_cli_list_shows_the_score_in_whole_points_rounded_down() -> None:

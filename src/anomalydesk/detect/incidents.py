@@ -300,6 +300,10 @@ def false_positive(
     """Mark an incident a false positive: it closes and its windows go back into the next training."""
 
     def change(i: Incident) -> Incident:
+        if i.kind == "level_shift":  # training ignores the mark for a shift: the decision is `accept`
+            raise IncidentError(f"incident {incident_id!r} is a level shift: accept it as the new normal "
+                                f"(`incidents accept {incident_id}`) or resolve it; a false-positive mark "
+                                "would change nothing in training")
         mark = _who(who)
         closing = replace(mark, how="false positive") if i.is_open else i.resolved
         return replace(i, false_positive=mark, status="resolved", resolved=closing)
