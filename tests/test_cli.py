@@ -294,3 +294,20 @@ def test_a_known_service_without_incidents_or_models_is_not_unknown(capsys: pyte
     assert code == 1 and "service 'users' has no active model to roll back from (kept: none)" in err, err
     code, out, _ = main(capsys, "models", "list", "payments", "--redis", traffic)
     assert code == 0 and out.startswith("no models yet")
+
+
+def test_models_json_gives_times_as_rfc3339(capsys: pytest.CaptureFixture[str], traffic: str, r: redis.Redis) -> None:
+    """The README promises RFC 3339 UTC times in `--json`; `models list --json` gave `created` as epoch
+    seconds (1796307310.08). It is RFC 3339 now, the epoch seconds stay as `created_epoch`."""
+    from datetime import datetime
+
+    from anomalydesk.store import models as registry
+
+    registry.save(r, "payments", b'{"limit": 1}', {"windows": 100})
+    code, out, _ = main(capsys, "models", "list", "--json", "--redis", traffic)
+    [model] = json.loads(out)["models"]
+    assert code == 0 and model["created"].endswith("Z"), model
+    assert datetime.fromisoformat(model["created"].replace("Z", "+00:00")).timestamp() == pytest.approx(
+        model["created_epoch"], abs=0.001)
+    code, out, _ = main(capsys, "models", "activate", "payments", "1", "--json", "--redis", traffic)
+    assert code == 0 and json.loads(out)["created"].endswith("Z")

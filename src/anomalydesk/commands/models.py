@@ -31,6 +31,17 @@ def _row(m: dict[str, Any]) -> str:
     return f"{m['service']:<20} v{m['version']:<4} {created}  {m['windows']:>7} windows  {drift:<11}  {flags}"
 
 
+def _as_json(m: dict[str, Any]) -> dict[str, Any]:
+    """A model version for `--json`: times as RFC 3339 UTC, as every `--json` output gives them (the
+    epoch seconds as `created_epoch`, as `incidents silences --json` names its epoch times)."""
+    from anomalydesk.detect.incident_model import rfc3339
+
+    created = m.get("created")
+    if not isinstance(created, int | float):
+        return m
+    return {**m, "created": rfc3339(created), "created_epoch": created}
+
+
 def run(args: argparse.Namespace) -> int:
     """List, activate or roll back."""
     from anomalydesk.store import models as registry
@@ -42,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         if args.action == "list":
             services = [args.service] if args.service else sorted(_services(r))
             found = [m.as_dict() for s in services for m in registry.list_models(r, s)]
-            emit(args, {"models": found}, "\n".join(map(_row, found)) or "no models yet (run `anomalydesk train`)")
+            emit(args, {"models": [_as_json(m) for m in found]},
+                 "\n".join(map(_row, found)) or "no models yet (run `anomalydesk train`)")
             return 0
         if not args.service:
             raise CommandError(f"`models {args.action}` needs the SERVICE")
@@ -57,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(str(err), code=1) from None
     finally:
         r.close()
-    emit(args, info.as_dict(), f"{info.service}: model v{info.version} is active")
+    emit(args, _as_json(info.as_dict()), f"{info.service}: model v{info.version} is active")
     return 0
 
 
