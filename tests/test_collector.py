@@ -309,3 +309,49 @@ def test_late_events_are_reported_apart_from_the_accepted_ones(collector: Backgr
     assert status == 200
     assert body["accepted"] == 1 and body["late"] == 1 and [x["index"] for x in body["rejected"]] == [2]
     assert events_total(r) == before + 1
+
+
+# --- a batch Redis refuses registers nothing ---------------------------------------------------------
+def test_a_batch_redis_refuses_registers_no_service(tmp_path) -> None:
+    """A request answered 500 because Redis refused its batch added its service to the service set (it
+    was listed with 0 events) and took a retired service out of the retired set, with nothing stored:
+    a service is registered only once a batch of it is stored. The direct sink's writer likewise."""
+    from anomalydesk.config import key_prefix
+    from anomalydesk.events import parse_metric
+    from anomalydesk.store import sink
+    from anomalydesk.store.keys import Keys
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    client = server.client()
+    retired = Keys(key_prefix()).retired
+    try:
+        with BackgroundCollector(CollectorSettings(port=0), server.url) as running:  # loads the library, sets up
+            assert post(running.url, "/metrics", [metric(service="orders"), metric(service="old")])[0] == 202
+        assert admin.retire_service(client, "old")
+        # a user who may do everything but call functions: Redis refuses every ad_ingest, and only that
+        password = "refused-0123456789"
+        client.execute_command("ACL", "SETUSER", "no-fcall", "on", f">{password}", "~*", "&*", "+@all",
+                               "-fcall", "-fcall_ro")
+        url = f"redis://no-fcall:{password}@127.0.0.1:{server.port}/0"
+        with BackgroundCollector(CollectorSettings(port=0), url) as refusing:
+            for batch, headers in (([metric(service="newsvc")], {}), ([metric(service="old")], {}),
+                                   ([metric(service="newsvc"), metric(service="old")], {}),
+                                   ([metric(service="newsvc")], {"Idempotency-Key": "refused-1"})):
+                status, _, body = post(refusing.url, "/metrics", batch, headers)
+                assert status == 500, body
+        with redis.Redis.from_url(url) as restricted, pytest.raises(sink.InvalidBatch):
+            sink.ingest(restricted, [parse_metric(metric(service="newsvc")), parse_metric(metric(service="old"))])
+        assert events_total(client) == 2
+        assert admin.active_services(client) == ["orders"]
+        assert client.smembers(retired) == {b"old"}
+        # once stored, both are registered (and the retired one is active again), as before
+        with BackgroundCollector(CollectorSettings(port=0), server.url) as running:
+            assert post(running.url, "/metrics", [metric(service="newsvc"), metric(service="old")])[0] == 202
+        assert admin.active_services(client) == ["newsvc", "old", "orders"]
+        assert client.smembers(retired) == set()
+        sink.ingest(client, [parse_metric(metric(service="direct"))])
+        assert "direct" in admin.active_services(client)
+    finally:
+        client.close()
+        server.stop()

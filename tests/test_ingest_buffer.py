@@ -37,7 +37,8 @@ def waiting_on_redis(thread: threading.Thread) -> set[str] | None:
 
 @pytest.mark.parametrize(("mode", "stuck_in"), [
     ("ALL", "read_settings"),  # every command paused: the flush is stuck re-reading the settings
-    ("WRITE", "execute"),  # reads go on, writes paused: the flush is stuck in its FCALL pipeline
+    ("WRITE", "fcall"),  # reads go on, writes paused: the flush is stuck in its FCALL (one service: no
+                         # pipeline; registering the service comes after the FCALL stored its events)
 ])  # fmt: skip
 def test_add_does_not_wait_for_a_flush_stuck_on_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str, stuck_in: str,

@@ -30,12 +30,14 @@ from anomalydesk.store.ingest_core import (
     Payloads,
     ReadSettings,
     Reencode,
+    RegisterServices,
     ReloadLibrary,
     Request,
     WriterCore,
     ingest_args,
     queue_configure,
     queue_ingest,
+    queue_register,
     run_async,
 )
 from anomalydesk.store.keys import Keys
@@ -79,8 +81,12 @@ class AsyncWriter:
                 except redis.ResponseError as err:
                     return [err]
             pipe = self.ar.pipeline(transaction=False)
-            skip = queue_ingest(pipe, self.keys, request)
-            return (await pipe.execute(raise_on_error=False))[skip:]
+            queue_ingest(pipe, self.keys, request)
+            return await pipe.execute(raise_on_error=False)
+        if isinstance(request, RegisterServices):
+            pipe = self.ar.pipeline(transaction=False)
+            queue_register(pipe, self.keys, request)
+            return await pipe.execute()
         if isinstance(request, ReadSettings):
             return read_settings(_FetchedHash(await self.ar.hgetall(self.keys.config)), self.keys)
         if isinstance(request, ConfigureCalls):

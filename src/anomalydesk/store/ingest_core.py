@@ -97,16 +97,23 @@ class ReadSettings(NamedTuple):
 
 
 class IngestCalls(NamedTuple):
-    """One `ad_ingest` FCALL per payload; `register`: services to add to the service set first.
-    The answer: one reply per payload (a server error as its exception object, not raised)."""
+    """One `ad_ingest` FCALL per payload. The answer: one reply per payload (a server error as its
+    exception object, not raised)."""
 
     payloads: tuple[tuple[str, bytes], ...]
-    register: tuple[str, ...]
 
     @property
     def single(self) -> bool:
-        """One call and nothing to register: sent without a pipeline (it costs more client CPU than the call)."""
-        return len(self.payloads) == 1 and not self.register
+        """One call: sent without a pipeline (it costs more client CPU than the call)."""
+        return len(self.payloads) == 1
+
+
+class RegisterServices(NamedTuple):
+    """Add services to the service set and take them out of the retired set (a service that sends again
+    is no longer retired). Asked for only after their `ad_ingest` stored something: a refused or failed
+    batch must not make a service appear, or bring a retired one back, with nothing stored."""
+
+    services: tuple[str, ...]
 
 
 class ConfigureCalls(NamedTuple):
@@ -120,19 +127,36 @@ class ReloadLibrary(NamedTuple):
     """The server lost the gears functions (a restart without persistence): load them again."""
 
 
-Request = ReadSettings | IngestCalls | ConfigureCalls | ReloadLibrary
+Request = ReadSettings | IngestCalls | RegisterServices | ConfigureCalls | ReloadLibrary
 Steps = Generator[Request, Any, Any]
 
 
-def queue_ingest(pipe: Any, keys: Keys, calls: IngestCalls) -> int:
-    """Queue `calls` on a pipeline (sync or asyncio: queuing is synchronous in both); how many leading
-    replies are the registration's, not the payloads'."""
-    if calls.register:  # a service that sends again is no longer retired
-        pipe.sadd(keys.services, *calls.register)
-        pipe.srem(keys.retired, *calls.register)
+def queue_ingest(pipe: Any, keys: Keys, calls: IngestCalls) -> None:
+    """Queue `calls` on a pipeline (sync or asyncio: queuing is synchronous in both)."""
     for service, body in calls.payloads:
         pipe.fcall("ad_ingest", 1, keys.state(service), keys.prefix, service, body)
-    return 2 if calls.register else 0
+
+
+def queue_register(pipe: Any, keys: Keys, calls: RegisterServices) -> None:
+    """Queue a registration on a pipeline. The service set is a global key (its own slot on a cluster),
+    so the library's `ad_ingest`, which touches one service's slot, cannot do this in its own write."""
+    pipe.sadd(keys.services, *calls.services)
+    pipe.srem(keys.retired, *calls.services)
+
+
+def stored_services(payloads: Payloads, replies: Sequence[Any], among: set[str]) -> tuple[str, ...]:
+    """The services of `among` whose `ad_ingest` reply says it stored something (accepted events, or a
+    duplicate of a batch stored before); refusals, errors and all-late batches store nothing."""
+    stored: set[str] = set()
+    for (service, _), reply in zip(payloads, replies, strict=True):
+        if service in among and not isinstance(reply, Exception):
+            try:
+                n = IngestReply.parse(reply)
+            except (TypeError, ValueError, IndexError, KeyError):
+                continue  # tally() says what is wrong with it
+            if n.accepted or n.duplicate:
+                stored.add(service)
+    return tuple(sorted(stored))
 
 
 def queue_configure(pipe: Any, keys: Keys, calls: ConfigureCalls) -> None:
@@ -283,8 +307,9 @@ class WriterCore:
               reloaded: bool = False) -> Steps:
         if not payloads:
             return IngestResult(), set()
-        new = tuple(sorted({s for s, _ in payloads if s not in self._known}))
-        replies = yield IngestCalls(tuple(payloads), new)
+        new = {s for s, _ in payloads if s not in self._known}
+        replies = yield IngestCalls(tuple(payloads))
+        yield from self._register(stored_services(payloads, replies, new))
         if not reloaded and any(is_missing_function(x) for x in replies):
             # a primary lost the library (a restart, a failover to a replica without it): what reached the
             # others is stored and counted; only what met the missing function goes again once the library
@@ -297,8 +322,20 @@ class WriterCore:
             again, stale_again = yield from self._send([p for p, m in zip(payloads, missed, strict=True) if m],
                                                        per_service, reloaded=True)
             return first + again, stale | stale_again
-        self._known.update(new)
         return tally(payloads, replies, per_service)
+
+    def _register(self, services: tuple[str, ...]) -> Steps:
+        """Register services whose batch was stored. A failure is logged, not raised: the events are stored
+        and their answer must say so; the services stay unknown, so the next write registers them again."""
+        if not services:
+            return
+        try:
+            yield RegisterServices(services)
+        except redis.RedisError as err:
+            log.warning("stored events of %s but could not register them as services (%s); "
+                        "the next write tries again", ", ".join(services), err)
+            return
+        self._known.update(services)
 
     def _configure(self, services: list[str], config: Config) -> Steps:
         """Bring services to `config`'s generation (`store.admin.configure_services`); a service already at a

@@ -31,12 +31,14 @@ from anomalydesk.store.ingest_core import (
     Payloads,
     ReadSettings,
     Reencode,
+    RegisterServices,
     ReloadLibrary,
     Request,
     WriterCore,
     ingest_args,
     queue_configure,
     queue_ingest,
+    queue_register,
     run,
 )
 from anomalydesk.store.keys import Keys
@@ -78,8 +80,12 @@ class Writer:
                 except redis.ResponseError as err:
                     return [err]
             pipe = self.r.pipeline(transaction=False)
-            skip = queue_ingest(pipe, self.keys, request)
-            return pipe.execute(raise_on_error=False)[skip:]
+            queue_ingest(pipe, self.keys, request)
+            return pipe.execute(raise_on_error=False)
+        if isinstance(request, RegisterServices):
+            pipe = self.r.pipeline(transaction=False)
+            queue_register(pipe, self.keys, request)
+            return pipe.execute()
         if isinstance(request, ReadSettings):
             return self._read_settings(request.first)
         if isinstance(request, ConfigureCalls):
