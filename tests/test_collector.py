@@ -121,7 +121,7 @@ def test_empty_batch_is_accepted_as_nothing(collector: BackgroundCollector, r: r
 
 # --- bad input: one test per class --------------------------------------------------------------
 BAD_ITEMS = {
-    "status as string": (metric(status="200"), "status_code", "integer"),  # type: ignore[arg-type]
+    "status as string": (metric(status="200"), "status_code", "must be an integer, got a string '200'"),  # type: ignore[arg-type]
     "latency as string": (metric(latency="fast"), "response_time", "number"),  # type: ignore[arg-type]
     "latency as bool": (metric(latency=True), "response_time", "number"),
     "negative latency": (metric(latency=-3), "response_time", "negative"),
@@ -137,7 +137,18 @@ BAD_ITEMS = {
     "range reversed": ({"metric_name": "x", "value": 1, "expected_range": [5, 1]}, "expected_range", "above"),
     "event not an object": ("hello", "event", "JSON object"),
     "timestamp in ms": (metric(timestamp=1_700_000_000_000), "timestamp", "milliseconds"),
+    "service missing": ({k: v for k, v in metric().items() if k != "service"}, "service", "is required"),
+    "service null": (metric(service=None), "service", "is required"),  # type: ignore[arg-type]
+    "status missing": ({k: v for k, v in metric().items() if k != "status_code"}, "status_code", "is required"),
+    "status with a fraction": (metric(status=200.5), "status_code", "must be an integer, got 200.5"),  # type: ignore[arg-type]
+    "event null": (None, "event", "must be a JSON object, got null"),
+    "timestamp zero": (metric(timestamp=0), "timestamp", "between 2000-01-01 and 2100-01-01"),
+    "object with no event field": ({"foo": [1]}, "event", "has none of the fields of a metric"),
 }
+
+# what each reason must not say: a present field is not "required", a plain bad timestamp is no "milliseconds?"
+NOT_SAID = {"status as string": "is required", "status with a fraction": "is required",
+            "service null": "NoneType", "event null": "NoneType", "timestamp zero": "milliseconds"}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ITEMS))
@@ -149,6 +160,7 @@ def test_invalid_item_is_named(collector: BackgroundCollector, r: redis.Redis, c
     [rejected] = body["rejected"]
     assert (rejected["index"], rejected["field"]) == (1, field)
     assert words in rejected["reason"]
+    assert case not in NOT_SAID or NOT_SAID[case] not in rejected["reason"]
     status, _, body = post(collector.url, "/metrics", [item])
     assert status == 422
     assert body["accepted"] == 0 and body["rejected"][0]["field"] == field
@@ -185,11 +197,29 @@ def test_unparseable_body_is_400(collector: BackgroundCollector, r: redis.Redis,
     assert events_total(r) == 0
 
 
-@pytest.mark.parametrize("payload", [5, "text", None, True])
-def test_json_that_is_not_events_is_422(collector: BackgroundCollector, payload: Any) -> None:
-    status, _, body = post(collector.url, "/metrics", payload)
+@pytest.mark.parametrize(("payload", "got"), [(5, "got 5"), ("text", "got a string 'text'"), (None, "got null"),
+                                             (True, "got true"), ({"foo": [1]}, "none of the fields of a metric"),
+                                             ({}, "empty object"), ({"metrics": None}, '"metrics" must be an array'),
+                                             ({"events": {"service": "orders"}}, '"events" must be an array')])
+@pytest.mark.parametrize("path", ["/metrics", "/business-metrics"])
+def test_json_that_is_not_events_is_422(collector: BackgroundCollector, r: redis.Redis, payload: Any, got: str,
+                                        path: str) -> None:
+    status, _, body = post(collector.url, path, payload)
     assert status == 422
-    assert body["rejected"][0]["field"] == "body"
+    assert body["accepted"] == 0 and len(body["rejected"]) == 1
+    [rejected] = body["rejected"]
+    assert (rejected["index"], rejected["field"]) == (None, "body")
+    assert rejected["reason"].startswith('must be a metric object, an array of them, or {"metrics": [...]}')
+    assert got in rejected["reason"] and "NoneType" not in rejected["reason"]
+    assert admin.status(r)["services"] == []
+
+
+def test_a_single_event_keeps_its_unknown_keys_ignored(collector: BackgroundCollector, r: redis.Redis) -> None:
+    """Keys beside an event's fields are ignored (docs/collector.md), also `events` beside a whole event."""
+    assert post(collector.url, "/metrics", metric(type="application", metadata={"a": 1}, events=3))[0] == 202
+    assert post(collector.url, "/metrics", {"service": "orders"})[2]["rejected"] == [
+        {"index": 0, "field": "endpoint", "reason": "is required (a string like GET:/users/{id})"}]
+    assert events_total(r) == 1
 
 
 def test_limits_answer_413(redis_url: str, r: redis.Redis) -> None:

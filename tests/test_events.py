@@ -59,13 +59,20 @@ def test_metric_formats() -> None:
     ({"service": 7}, "service", "must be a string"),
     ({"status_code": 700}, "status_code", "between 100 and 599"),
     ({"status_code": True}, "status_code", "must be an integer"),
-    ({"status_code": "200"}, "status_code", "must be an integer"),
+    ({"status_code": "200"}, "status_code", "must be an integer, got a string '200'"),
+    ({"status_code": 200.5}, "status_code", "must be an integer, got 200.5"),
+    ({"status_code": [200]}, "status_code", "must be an integer, got an array"),
+    ({"status_code": None}, "status_code", "is required"),
+    ({"service": None}, "service", "is required"),
+    ({"endpoint": None}, "endpoint", "is required"),
+    ({"endpoint": 7}, "endpoint", "must be a string like GET:/users/{id}, got 7"),
     ({"response_time": -1}, "response_time", "must not be negative"),
     ({"response_time": math.nan}, "response_time", "must be finite"),
     ({"response_time": math.inf}, "response_time", "must be finite"),
     ({"response_time": "fast"}, "response_time", "must be a number"),
     ({"response_time": None}, "response_time", "is required"),
-    ({"timestamp": 1795687200000}, "timestamp", "milliseconds"),
+    ({"timestamp": 1795687200000}, "timestamp", r"got 1795687200000 \(milliseconds\? divide by 1000\)"),
+    ({"timestamp": 1795687200000000}, "timestamp", "microseconds"),
     ({"timestamp": "2026-11-26T10:00:00"}, "timestamp", "time zone"),
     ({"timestamp": "yesterday"}, "timestamp", "RFC 3339"),
     ({"metrics": [1]}, "metrics", "must be an object"),
@@ -77,6 +84,34 @@ def test_invalid_metrics_name_field_and_reason(change: dict, field: str, reason:
     assert err.value.field == field
 
 
+@pytest.mark.parametrize("field", ["service", "endpoint", "status_code", "response_time"])
+def test_a_missing_field_is_required_not_a_wrong_type(field: str) -> None:
+    event = {"service": "pay", "endpoint": "GET:/a", "status_code": 200, "response_time": 12}
+    del event[field]
+    with pytest.raises(EventError, match=r"^[a-z_]+: is required") as err:
+        parse_metric(event)
+    assert err.value.field == field
+    assert "NoneType" not in err.value.reason and "must be" not in err.value.reason
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, 946_684_799, 4_102_444_801, "1990-01-01T00:00:00Z"])
+def test_a_timestamp_out_of_range_says_the_range_without_a_unit_hint(value: object) -> None:
+    with pytest.raises(EventError, match="epoch seconds between 2000-01-01 and 2100-01-01") as err:
+        parse_timestamp(value)
+    assert "?" not in err.value.reason  # no "(milliseconds?)": the value is not one
+
+
+@pytest.mark.parametrize(("item", "words"), [
+    ({}, "is an empty object"),
+    ({"foo": [1]}, "has none of the fields of a metric"),
+    ({"type": "application", "metadata": {}}, "its keys: 'type', 'metadata'"),
+])
+def test_an_object_with_no_event_field_is_not_an_event(item: dict, words: str) -> None:
+    with pytest.raises(EventError, match=words) as err:
+        parse_metric(item)
+    assert err.value.field == "event"
+
+
 def test_business_metrics() -> None:
     assert parse_business_metric({"metric_name": "orders", "value": 3}) == BusinessMetric(
         "business", "orders", 3.0, None, None, None)
@@ -85,7 +120,8 @@ def test_business_metrics() -> None:
     assert ranged == BusinessMetric("pay", "amount", 9.5, 1.0, 10.0, 1795687200.0)
     for bad, field in [({"value": 1}, "metric_name"), ({"metric_name": "a", "value": "x"}, "value"),
                        ({"metric_name": "a", "value": 1, "expected_range": [5, 1]}, "expected_range"),
-                       ({"metric_name": "a", "value": 1, "expected_range": [1]}, "expected_range")]:
+                       ({"metric_name": "a", "value": 1, "expected_range": [1]}, "expected_range"),
+                       ({"metric_name": "a"}, "value"), ({"metric_name": 7, "value": 1}, "metric_name")]:
         with pytest.raises(EventError) as err:
             parse_business_metric(bad)
         assert err.value.field == field
@@ -101,8 +137,9 @@ def test_batch_keeps_the_valid_items_and_lists_the_rest() -> None:
     assert [type(v).__name__ for v in valid] == ["Metric", "BusinessMetric"]
     assert rejected == [
         {"index": 1, "field": "response_time", "reason": "must not be negative, got -5"},
-        {"index": 2, "field": "event", "reason": "must be a JSON object, got str"},
+        {"index": 2, "field": "event", "reason": "must be a JSON object, got a string 'not an object'"},
     ]
+    assert parse_batch([None])[1] == [{"index": 0, "field": "event", "reason": "must be a JSON object, got null"}]
 
 
 def test_timestamps() -> None:

@@ -3,7 +3,9 @@
 Formats (DESIGN.md): a metric is `{"service", "endpoint": "METHOD:/path", "status_code",
 "response_time" (ms), "timestamp"?, "metrics"?: {name: number}}` where `response_time` and
 `status_code` may sit inside `metrics`; a business metric is `{"metric_name", "value",
-"expected_range"?: [min, max], "service"?, "timestamp"?}`.
+"expected_range"?: [min, max], "service"?, "timestamp"?}`. A field that is absent or JSON null is
+missing ("is required" when it is required); a wrong value is named with what it was, in JSON's terms
+("got a string '200'", "got 200.5", "got null").
 
 Parsing returns plain tuples (no per-event objects) and builds error text only on failure.
 """
@@ -38,6 +40,13 @@ _PATH_CHAR_RE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII, no spaces or c
 
 _TS_MIN, _TS_MAX = TIMESTAMP_MIN, TIMESTAMP_MAX  # short names for the hot paths below
 
+# the keys an event may carry; an object with none of them is not an event at all (a mistyped wrapper
+# such as {"data": [...]}), which "service: is required" would misdescribe
+EVENT_FIELDS = frozenset({"service", "endpoint", "method", "status_code", "response_time", "timestamp", "metrics",
+                          "metric_name", "value", "expected_range"})
+# coarser units than seconds that epoch timestamps are commonly sent in, for the hint on a value out of range
+_FINER_UNITS = (("milliseconds", 1_000), ("microseconds", 1_000_000), ("nanoseconds", 1_000_000_000))
+
 
 class EventError(ValueError):
     """One event is invalid: `field` names what was wrong and `reason` says how."""
@@ -65,9 +74,47 @@ class BusinessMetric(NamedTuple):
     timestamp: float | None
 
 
+def described(value: Any) -> str:
+    """A JSON value as the sender wrote it, for error text: `null`, `true`, `200.5`, `a string '200'`, `an array`."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)[:40]
+    if isinstance(value, int):
+        text = str(value)
+        return text if len(text) <= 40 else f"{text[:20]}… ({len(text)} digits)"
+    if isinstance(value, str):
+        return f"a string {value[:40]!r}"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def not_an_event(obj: dict[str, Any]) -> str | None:
+    """Why an object is not an event at all (it has none of `EVENT_FIELDS`), or None if it may be one."""
+    if obj.keys() & EVENT_FIELDS:
+        return None
+    if not obj:
+        return ("is an empty object: a metric needs service, endpoint, status_code and response_time; "
+                "a business metric metric_name and value")
+    names = ", ".join(repr(str(k)[:40]) for k in list(obj)[:5]) + (", …" if len(obj) > 5 else "")
+    return ("has none of the fields of a metric (service, endpoint, status_code, response_time) or of a "
+            f"business metric (metric_name, value); its keys: {names}")
+
+
 def validate_service(name: Any, field: str = "service") -> str:
+    if name is None:
+        raise EventError(field, "is required")
     if not isinstance(name, str):
-        raise EventError(field, f"must be a string, got {type(name).__name__}")
+        raise EventError(field, f"must be a string, got {described(name)}")
     if _SERVICE_RE.match(name) is None:
         raise EventError(field, f"must match [A-Za-z0-9._-]{{1,{SERVICE_NAME_MAX}}}, got {name[:80]!r}")
     return name
@@ -98,7 +145,7 @@ def normalize_endpoint(endpoint: str) -> str:
 def _number(value: Any, field: str, limit: float = MAX_ABS_VALUE) -> float:
     # bool is an int subclass; True as a latency is a client bug, not 1 ms
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EventError(field, f"must be a number, got {type(value).__name__}")
+        raise EventError(field, f"must be a number, got {described(value)}")
     number = float(value)
     if not math.isfinite(number):
         raise EventError(field, "must be finite (NaN and Infinity are not numbers here)")
@@ -118,10 +165,20 @@ def parse_timestamp(value: Any, field: str = "timestamp") -> float:
             raise EventError(field, "an RFC 3339 timestamp needs a time zone (Z or ±hh:mm)")
         ts = parsed.timestamp()
     else:
-        ts = _number(value, field, math.inf)  # the range check below says "milliseconds?"
+        ts = _number(value, field, math.inf)  # the range check below names the unit it looks like
     if not _TS_MIN <= ts <= _TS_MAX:
-        raise EventError(field, f"{ts:g} is not epoch seconds between 2000 and 2100 (milliseconds?)")
+        raise EventError(field, _timestamp_out_of_range(value, ts))
     return ts
+
+
+def _timestamp_out_of_range(value: Any, ts: float) -> str:
+    """The range, and a hint only for a value that is that range in a finer unit (ms, µs, ns)."""
+    got = value[:40] if isinstance(value, str) else described(value)
+    reason = f"must be epoch seconds between 2000-01-01 and 2100-01-01 ({_TS_MIN:.0f}–{_TS_MAX:.0f}), got {got}"
+    for unit, per_second in _FINER_UNITS:
+        if _TS_MIN <= ts / per_second <= _TS_MAX:
+            return f"{reason} ({unit}? divide by {per_second})"
+    return reason
 
 
 _KNOWN_SERVICES: set[str] = set()  # names already validated (bounded): the hot path skips the regex
@@ -161,11 +218,16 @@ def parse_metric(obj: Any) -> Metric:
 
 def _parse_metric_checked(obj: Any) -> Metric:
     if not isinstance(obj, dict):
-        raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+        raise EventError("event", f"must be a JSON object, got {described(obj)}")
+    why = not_an_event(obj)
+    if why is not None:
+        raise EventError("event", why)
     service = validate_service(obj.get("service"))
     endpoint = obj.get("endpoint")
+    if endpoint is None:
+        raise EventError("endpoint", "is required (a string like GET:/users/{id})")
     if not isinstance(endpoint, str):
-        raise EventError("endpoint", "is required and must be a string like GET:/users/{id}")
+        raise EventError("endpoint", f"must be a string like GET:/users/{{id}}, got {described(endpoint)}")
     if ":" not in endpoint and isinstance(obj.get("method"), str):
         endpoint = f"{obj['method']}:{endpoint}"
     endpoint = normalize_endpoint(endpoint)
@@ -175,11 +237,13 @@ def _parse_metric_checked(obj: Any) -> Metric:
     status = obj.get("status_code")
     if status is None and extra:
         status = extra.get("status_code")
+    if status is None:
+        raise EventError("status_code", "is required (an integer between 100 and 599)")
     if isinstance(status, bool) or not isinstance(status, int):
         if isinstance(status, float) and status.is_integer():
             status = int(status)
         else:
-            raise EventError("status_code", "is required and must be an integer")
+            raise EventError("status_code", f"must be an integer, got {described(status)}")
     if not 100 <= status <= 599:
         raise EventError("status_code", f"must be between 100 and 599, got {status}")
     latency = obj.get("response_time")
@@ -197,11 +261,16 @@ def _parse_metric_checked(obj: Any) -> Metric:
 def parse_business_metric(obj: Any) -> BusinessMetric:
     """Validate one business metric; no service → the pseudo-service `business`."""
     if not isinstance(obj, dict):
-        raise EventError("event", f"must be a JSON object, got {type(obj).__name__}")
+        raise EventError("event", f"must be a JSON object, got {described(obj)}")
     name = obj.get("metric_name")
+    pattern = f"[A-Za-z0-9._:/-]{{1,{METRIC_NAME_MAX}}}"
+    if name is None:
+        raise EventError("metric_name", f"is required (a name matching {pattern})")
     if not isinstance(name, str) or _METRIC_NAME_RE.match(name) is None:
-        raise EventError("metric_name", f"is required and must match [A-Za-z0-9._:/-]{{1,{METRIC_NAME_MAX}}}")
-    value = _number(obj.get("value"), "value")
+        raise EventError("metric_name", f"must match {pattern}, got {described(name)}")
+    if obj.get("value") is None:
+        raise EventError("value", "is required (a number)")
+    value = _number(obj["value"], "value")
     service = obj.get("service")
     service = BUSINESS_PSEUDO_SERVICE if service is None else validate_service(service)
     low = high = None

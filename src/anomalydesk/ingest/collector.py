@@ -33,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from anomalydesk import config
-from anomalydesk.events import EventError, parse_batch, parse_business_metric
+from anomalydesk.events import EVENT_FIELDS, EventError, described, not_an_event, parse_batch, parse_business_metric
 from anomalydesk.ingest.access import Authorizer, json_answer, json_error
 from anomalydesk.ingest.collector_metrics import PROMETHEUS_CONTENT_TYPE, CollectorMetrics
 from anomalydesk.ingest.http_auth import ApiKeys, RateLimiter
@@ -174,17 +174,31 @@ def decode_body(body: bytes) -> Any:
         raise BadBody(400, "body", f"is not valid JSON: {err}") from None
 
 
+_BODY_FORMS = 'must be a metric object, an array of them, or {"metrics": [...]}'
+
+
 def body_items(value: Any) -> list[Any]:
-    """The events of a body: one event, an array, or `{"metrics": [...]}` (also business_metrics/events)."""
+    """The events of a body: one event, an array, or `{"metrics": [...]}` (also business_metrics/events).
+
+    An object that is neither an event (it has none of `events.EVENT_FIELDS`) nor such a wrapper is
+    refused as a whole (422, index null), not read as one event lacking its service."""
     if isinstance(value, list):
         return value
-    if isinstance(value, dict):
-        batches = [value[k] for k in _KEYS_BATCH if isinstance(value.get(k), list)]
-        if batches:
-            return [item for batch in batches for item in batch]
-        return [value]
-    raise BadBody(422, "body", f"must be an event object, an array of events or {{\"metrics\": [...]}}, "
-                               f"got {type(value).__name__}")
+    if not isinstance(value, dict):
+        raise BadBody(422, "body", f"{_BODY_FORMS}, got {described(value)}")
+    batches = [value[k] for k in _KEYS_BATCH if isinstance(value.get(k), list)]
+    if batches:
+        return [item for batch in batches for item in batch]
+    fields = value.keys() & EVENT_FIELDS
+    if not fields - {"metrics"}:  # nothing of an event but perhaps its `metrics` object: a wrapper?
+        # {"metrics": null}, {"events": {...}}: a wrapper whose batch is not an array
+        wrapper = [k for k in _KEYS_BATCH if k in value and not (k == "metrics" and isinstance(value[k], dict))]
+        if wrapper:
+            raise BadBody(422, "body", f'{_BODY_FORMS}; its "{wrapper[0]}" must be an array of events, '
+                                       f"got {described(value[wrapper[0]])}")
+        if not fields:
+            raise BadBody(422, "body", f"{_BODY_FORMS}; this object is neither: it {not_an_event(value)}")
+    return [value]  # an event; keys beside its fields are ignored (docs/collector.md)
 
 
 def validate_items(items: list[Any], business_only: bool) -> tuple[list[Event], list[dict[str, Any]]]:
