@@ -222,6 +222,19 @@ def test_a_single_event_keeps_its_unknown_keys_ignored(collector: BackgroundColl
     assert events_total(r) == 1
 
 
+def test_a_trailing_slash_is_the_same_endpoint(collector: BackgroundCollector, r: redis.Redis) -> None:
+    from anomalydesk.store import sketches
+
+    # an array of plain events takes the compiled decoder, a single event the per-item path: both normalise
+    pair = [metric(endpoint="GET:/users/42/"), metric(endpoint="GET:/users/42")]
+    assert post(collector.url, "/metrics", pair)[0] == 202
+    alone = metric(endpoint="GET:/users/7/?page=2", timestamp="2026-01-01T00:00:00Z")
+    assert post(collector.url, "/metrics", alone)[0] == 202
+    assert post(collector.url, "/metrics", metric(endpoint="GET:/"))[0] == 202
+    assert [name for name, _ in sketches.topk(r, "orders")] == ["GET:/users/{id}", "GET:/"]
+    assert sketches.endpoint_counts(r, "orders", ["GET:/users/{id}"]) == {"GET:/users/{id}": 3}
+
+
 def test_limits_answer_413(redis_url: str, r: redis.Redis) -> None:
     settings = CollectorSettings(port=0, max_body_bytes=4096, max_batch_events=3)
     with BackgroundCollector(settings, redis_url) as small:

@@ -26,6 +26,10 @@ from anomalydesk.events import (
     ("GET:/health", "GET:/health"),
     ("GET:/v2/cafe", "GET:/v2/cafe"),  # short words made of hex letters stay
     ("POST:/", "POST:/"),
+    ("GET:/users/42/", "GET:/users/{id}"),  # a trailing slash is the same endpoint
+    ("GET:/users/42//?page=2", "GET:/users/{id}"),
+    ("GET:/a/b/", "GET:/a/b"),
+    ("GET://", "GET:/"),  # the root stays the root
 ])
 def test_endpoint_normalisation(raw: str, normal: str) -> None:
     assert normalize_endpoint(raw) == normal

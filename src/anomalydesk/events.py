@@ -122,7 +122,10 @@ def validate_service(name: Any, field: str = "service") -> str:
 
 @lru_cache(maxsize=65_536)
 def normalize_endpoint(endpoint: str) -> str:
-    """`GET:/users/123?x=1` → `GET:/users/{id}`; raises EventError if it is not `METHOD:/path`."""
+    """`GET:/users/123/?x=1` → `GET:/users/{id}`; raises EventError if it is not `METHOD:/path`.
+
+    Query and fragment are dropped, trailing slashes too (`/users/42/` is `/users/42`; the root `/`
+    stays), then numeric, UUID and long hex segments become `{id}`."""
     method, sep, path = endpoint.partition(":")
     if not sep or not path.startswith("/"):
         raise EventError("endpoint", f"must look like METHOD:/path, got {endpoint[:80]!r}")
@@ -132,6 +135,8 @@ def normalize_endpoint(endpoint: str) -> str:
     path = path.split("?", 1)[0].split("#", 1)[0]
     if _PATH_CHAR_RE.match(path) is None:
         raise EventError("endpoint", "path must be printable ASCII without spaces (percent-encode the rest)")
+    if len(path) > 1 and path.endswith("/"):  # most servers route /a/ and /a alike: one endpoint
+        path = path.rstrip("/") or "/"
     parts = path.split("/")
     for i, segment in enumerate(parts):
         if segment and _ID_SEGMENT_RE.match(segment):

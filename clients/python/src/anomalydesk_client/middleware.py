@@ -1,6 +1,7 @@
 """ASGI and WSGI middleware: one request metric per HTTP request, recorded exactly once.
 
-The endpoint is `METHOD:/path` (the collector turns numeric and id-like path segments into `{id}`);
+The endpoint is `METHOD:/path` (the collector turns numeric and id-like path segments into `{id}` and
+drops a trailing slash);
 the latency runs until the response body is complete; an exception before the response started
 counts as status 500.
 """
