@@ -147,3 +147,15 @@ def test_traffic_in_windows_of_a_new_length_ends_a_gap_counted_in_old_windows() 
     after = -(-(gap + 1) * 5 // 10)
     writes, sent = gap_plan(record, _fp("b", after, 40, window_s=10), False, 3, False)
     assert writes[0][0].status == "resolved" and sent[0].kind == "resolved", (writes, sent)
+
+
+def test_a_gap_ended_by_business_values_says_so() -> None:
+    """The pseudo-service `business` (KPIs sent without a service) ended a gap with "traffic is back
+    (business sent 0 requests)", as if nothing had come: the message names the values."""
+    writes, _ = gap_plan(None, _fp("a", 10, 0), True, 3, False)
+    (record, _rev), = writes
+    kpis = Fingerprint("business", 11, 55.0, np.zeros(len(FEATURE_NAMES)), silent=False, kpis={"orders": 5.0})
+    _, sent = gap_plan(record, kpis, False, 3, False)
+    assert sent[0].kind == "resolved" and "business sent values of orders" in sent[0].message, sent
+    _, sent = gap_plan(record, _fp("b", 11, 40), False, 3, False)
+    assert "b sent 40 requests" in sent[0].message

@@ -109,7 +109,7 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
                               resolved=Mark("detector", rfc3339(fp.start), "traffic returned"))  # fmt: skip
     alert = Alert.about(closed, kind="resolved", window=fp.window, window_start=fp.start, score=0.0,
                         severity=Severity.INFO, reasons=[], model_version=None, silenced=silenced,
-                        message=f"traffic is back ({fp.service} sent {fp.get('requests'):.0f} requests): "
+                        message=f"traffic is back ({fp.service} sent {_sent(fp)}): "
                                 f"the gap of {closed.windows} window(s) is over")  # fmt: skip
     return [(closed, incident.rev)], [alert]
 
@@ -122,3 +122,12 @@ def _last_gap_start(incident: Incident) -> float:
     if incident.first_window <= 0:
         return float(incident.last_window)
     return incident.last_window * incident.start_epoch / incident.first_window
+
+
+def _sent(fp: Fingerprint) -> str:
+    """What ended the gap, in words: requests, else business values ("business sent 0 requests" read as
+    if nothing had come)."""
+    requests = fp.get("requests")
+    if requests > 0 or not fp.kpis:
+        return f"{requests:.0f} requests"
+    return f"values of {', '.join(sorted(fp.kpis))}"
