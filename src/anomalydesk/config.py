@@ -15,6 +15,7 @@ import platformdirs
 from anomalydesk import contract
 
 APP_NAME = "anomalydesk"
+APP_TITLE = "AnomalyDesk"  # what the desktop shows: window title, tray, the name notifications come from
 
 # --- environment ------------------------------------------------------------------------------
 ENV_REDIS_URL = "ANOMALYDESK_REDIS_URL"

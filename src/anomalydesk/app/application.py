@@ -14,6 +14,7 @@ from typing import Any
 
 from PySide6 import QtWidgets
 
+from anomalydesk import config
 from anomalydesk.app.model import settings as settings_mod
 from anomalydesk.app.model.notifier import Notifier
 from anomalydesk.app.model.settings import AppSettings
@@ -187,7 +188,7 @@ def main(demo: bool = False, url: str | None = None) -> int:
     from anomalydesk.app.widgets.single_instance import InstanceServer, notify_running
 
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv)
-    app.setApplicationName("AnomalyDesk")
+    app.setApplicationName(config.APP_TITLE)
     from anomalydesk.app.widgets import theme
 
     theme.follow_system(app)  # the desktop's light or dark scheme, now and when it switches

@@ -169,6 +169,7 @@ def main(seconds: float, url: str | None) -> int:
     os.environ[config.ENV_PREFIX] = prefix  # anything reading the prefix from the environment agrees
     run = CheckRun(seconds)
     app = QtWidgets.QApplication.instance() or QtWidgets.QApplication(sys.argv[:1])
+    app.setApplicationName(config.APP_TITLE)  # its test notification came from "anomalydesk"
     app.setQuitOnLastWindowClosed(False)  # closing the window must not stop the loop before cleanup
     loop = qasync.QEventLoop(app)
     asyncio.set_event_loop(loop)
