@@ -3,6 +3,7 @@ severity, detector and connection health, each tile bringing up its panel in the
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import pytest
@@ -90,3 +91,38 @@ def test_a_counter_that_goes_back_gives_no_negative_rate(qtbot):
     strip.take_status({"events_total": 50}, now=104.0)  # another server, or counters reset
     strip.take_status({"events_total": 250}, now=106.0)
     assert strip.events_per_second == 100.0 and min(strip.rates) >= 0
+
+
+def test_a_backfill_is_not_counted_as_live_events_per_second(qtbot, r):
+    """During a backfill the strip showed 857,006 events/s: a simulated day counted as live traffic.
+    The status poll's `history_events_total` (real redis-server, a real backfill) is left out of the
+    rate and shown beside it; live events still count."""
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.overview_strip import OverviewStrip
+    from anomalydesk.config import SketchSettings
+    from anomalydesk.events import parse_metric
+    from anomalydesk.ingest.demo import run_fast
+    from anomalydesk.store import admin
+    from anomalydesk.store.sink import ingest, seal_all
+
+    def live(n: int) -> None:
+        ingest(r, [parse_metric({"service": "gateway", "endpoint": "GET:/a", "status_code": 200,
+                                 "response_time": 3}) for _ in range(n)])  # fmt: skip
+
+    admin.setup(r, SketchSettings(window_seconds=1))
+    live(100)  # live traffic first: a backfill after it lands as history (the app's first-run journey)
+    time.sleep(1.1)
+    seal_all(r)
+    strip = OverviewStrip(AppState())
+    qtbot.addWidget(strip)
+    before = admin.status(r)
+    strip.take_status(before, now=100.0)
+    run_fast(r, duration=600, rate=200, seed=5, services=1)  # ten simulated minutes of gateway's history
+    backfilled = admin.status(r)
+    added = backfilled["events_total"] - before["events_total"]
+    assert added > 10_000 and backfilled["history_events_total"] - before["history_events_total"] == added
+    strip.take_status(backfilled, now=102.0)
+    assert strip.events_per_second == 0.0 and strip.history_rate == added / 2
+    live(300)
+    strip.take_status(admin.status(r), now=104.0)
+    assert strip.events_per_second == 150.0 and strip.history_rate == 0.0

@@ -282,6 +282,7 @@ def status(r: redis.Redis, keys: Keys | None = None) -> dict[str, Any]:
         "window_seconds": stored.settings.window_seconds,
         "sketch_backend": stored.backend if stored.configured else detect_backend(r),
         "events_total": sum(s["events"] for s in services),
+        "history_events_total": sum(s["history_events"] for s in services),  # of events_total: backfilled
         "events_rejected": int(stats.get("events_rejected", 0)) + late,
         "events_late": late,
         "windows_sealed": sum(s["windows_sealed"] for s in services),

@@ -6,7 +6,9 @@ open incidents by severity → Incidents; the detector → Connection. The strip
 state objects (`AppState`) and redraws when they change; it never talks to Redis.
 
 Events per second come from the `events_total` counter of the status poll: the difference between two
-polls over the time between them (the poll runs every `STATUS_POLL_SECONDS`).
+polls over the time between them (the poll runs every `STATUS_POLL_SECONDS`). Backfilled history
+(`history_events_total`) is not live traffic: it is left out of the rate and shown beside it while a
+backfill runs (a simulated day read as "857,006 events/s").
 """
 
 from __future__ import annotations
@@ -87,7 +89,9 @@ class OverviewStrip(QtWidgets.QWidget):
     def __init__(self, state: AppState, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.state = state
-        self._samples: deque[tuple[float, float]] = deque(maxlen=RATE_SAMPLES + 1)  # (monotonic s, events_total)
+        # (monotonic s, live events, history events): events_total less history_events_total, and the latter
+        self._samples: deque[tuple[float, float, float]] = deque(maxlen=RATE_SAMPLES + 1)
+        self.history_rate: float | None = None  # backfilled events per second between the last two polls
         self._last_status: object = None
         self.rates: deque[float] = deque(maxlen=RATE_SAMPLES)
 
@@ -146,14 +150,18 @@ class OverviewStrip(QtWidgets.QWidget):
         total = status.get("events_total")
         if not isinstance(total, int | float):
             return
+        history = status.get("history_events_total")
+        history = float(history) if isinstance(history, int | float) else 0.0
         now = time.monotonic() if now is None else now
-        if self._samples and total < self._samples[-1][1]:
+        live = float(total) - history
+        if self._samples and (live < self._samples[-1][1] or history < self._samples[-1][2]):
             self._samples.clear()  # another server, or its counters were reset: no negative rate
-        self._samples.append((now, float(total)))
+        self._samples.append((now, live, history))
         if len(self._samples) >= 2:
-            (t0, n0), (t1, n1) = self._samples[-2], self._samples[-1]
+            (t0, n0, h0), (t1, n1, h1) = self._samples[-2], self._samples[-1]
             if t1 > t0:
                 self.rates.append((n1 - n0) / (t1 - t0))
+                self.history_rate = (h1 - h0) / (t1 - t0)
 
     @property
     def events_per_second(self) -> float | None:
@@ -168,10 +176,15 @@ class OverviewStrip(QtWidgets.QWidget):
         elif c.status != "connected":
             self._samples.clear()
             self.rates.clear()
+            self.history_rate = None
             self._last_status = None
         rate = self.events_per_second
         text = "—" if rate is None else f"{rate:,.0f}" if rate >= 10 else f"{rate:,.1f}"
-        self.events.set_value(f"<b>{text}</b>", f"{text} events per second")
+        if self.history_rate:  # a backfill is running: its pace beside the live rate, not in it
+            self.events.set_value(f"<b>{text}</b> <small>+ {self.history_rate:,.0f} history</small>",
+                                  f"{text} events per second, and {self.history_rate:,.0f} backfilled per second")
+        else:
+            self.events.set_value(f"<b>{text}</b>", f"{text} events per second")
         self.spark_curve.setData(np.arange(len(self.rates)), np.asarray(self.rates, dtype=float))
         good = QtGui.QColor(46, 139, 87) if c.status == "connected" else QtGui.QColor(192, 57, 43)
         word = _STATUS_WORDS.get(c.status, c.status)
