@@ -324,3 +324,29 @@ def test_every_alert_written_is_in_the_log(r: redis.Redis, caplog: pytest.LogCap
     lines = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.INFO]
     assert any(new["id"] in line and "warning new alert" in line and "score 80" in line
                and new["message"] in line for line in lines), lines
+
+
+def test_a_false_positive_is_not_raised_again_by_the_same_run_of_windows(r: redis.Redis) -> None:
+    """An operator marked an incident a false positive while its fault went on, and the next windows
+    opened a new critical incident at once (a 60-s fault gave three notifications). The run of
+    anomalous windows it was part of opens nothing more; after `cooldown` normal windows a new run does.
+    A resolve is different: the operator says it is fixed, and a continuing anomaly opens a new one."""
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    det = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    for i in range(3):
+        add_window(r, "payments", 6000 + i, requests=900)
+    drain(det)
+    [first] = alerts(r)
+    incidents.false_positive(r, first["incident_id"], "erin")
+    for i, value in enumerate([900, 900, 900, 100, 900, 900, 100, 100, 900, 900]):  # the run goes on
+        add_window(r, "payments", 6003 + i, requests=value)
+    drain(det, 12)
+    new = [a for a in alerts(r) if a["kind"] == "new"]
+    # 6003–6005 and 6007–6008 continue the dismissed run (one normal window in between is no end);
+    # 6009–6010 are two normal windows (cooldown): the run at 6011–6012 is a new one and opens
+    assert [a["window"] for a in new] == [first["window"], 6012], [(a["kind"], a["window"]) for a in alerts(r)]
+    incidents.resolve(r, new[-1]["incident_id"], "erin")
+    for i in range(3):
+        add_window(r, "payments", 6013 + i, requests=900)
+    drain(det)
+    assert [a["window"] for a in alerts(r) if a["kind"] == "new"][-1] == 6014  # after a resolve: at once

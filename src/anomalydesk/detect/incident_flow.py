@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from anomalydesk import config
-from anomalydesk.detect.episodes import EpisodeTracker
+from anomalydesk.detect.episodes import EpisodeTracker, Step
 from anomalydesk.detect.incident_model import (
     Alert,
     Candidate,
@@ -34,6 +34,8 @@ from anomalydesk.detect.incident_model import (
 )
 from anomalydesk.detect.window_scores import WindowScore
 from anomalydesk.fingerprint import Fingerprint
+
+DISMISSED = "dismissed_quiet"  # state: normal windows in a row since a false positive's run (None: none pending)
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,12 @@ def advance(
     plan = Plan(state={**state, "last_window": fp.window})
     service, window, start = fp.service, fp.window, fp.start
     if incident is not None and not incident.is_open:
-        incident = None  # closed by an operator: a continuing anomaly opens a new incident
+        # closed by an operator: a continuing anomaly opens a new incident, unless the operator called it
+        # a false positive (then this run of anomalous windows opens nothing; the next one after
+        # `cooldown` normal windows does): a fault's tail re-alerted at once as a new critical incident
+        if incident.false_positive is not None:
+            plan.state[DISMISSED] = 0
+        incident = None
         plan.state["incident"] = None
         plan.state["episode"] = None
     if rule_incident is not None and not rule_incident.is_open:
@@ -179,9 +186,14 @@ def advance(
 
     if verdict is not None and not fp.no_data:
         plan.score = WindowScore(window, start, verdict.score, verdict.severity, verdict.anomalous, model_version)
-        tracker = confirmation.tracker(plan.state.get("episode"))
-        event = tracker.step(verdict.anomalous, window, strong=verdict.score >= config.INCIDENT_OPEN_SCORE)
-        plan.state["episode"] = tracker.state()
+        if plan.state.get(DISMISSED) is not None and incident is None:
+            quiet = 0 if verdict.anomalous else int(plan.state[DISMISSED]) + 1
+            plan.state[DISMISSED] = quiet if quiet < confirmation.cooldown else None
+            event = Step()  # the dismissed run goes on (or has just ended): nothing opens
+        else:
+            tracker = confirmation.tracker(plan.state.get("episode"))
+            event = tracker.step(verdict.anomalous, window, strong=verdict.score >= config.INCIDENT_OPEN_SCORE)
+            plan.state["episode"] = tracker.state()
         if event.opened and event.episode is not None:
             first = event.episode.start
             opened = Incident.open(service, "anomaly", first, start - (window - first) * window_seconds)
