@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import redis
@@ -350,3 +351,42 @@ def test_a_false_positive_is_not_raised_again_by_the_same_run_of_windows(r: redi
         add_window(r, "payments", 6013 + i, requests=900)
     drain(det)
     assert [a["window"] for a in alerts(r) if a["kind"] == "new"][-1] == 6014  # after a resolve: at once
+
+
+def _add(r: redis.Redis, service: str, window: int, length: int, requests: float) -> None:
+    fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+    fields.update(requests=requests, window=window, start=window * length, ws=length, schema=fpmod.SCHEMA_VERSION,
+                  no_data=0, kpis="")
+    r.sadd(K.services, service)
+    r.xadd(K.fingerprints(service), fields, id=f"{window * length * 1000}-1")
+
+
+def test_a_change_to_a_shorter_window_length_ends_the_incident_and_judges_the_new_windows(r: redis.Redis) -> None:
+    """10 s → 5 s: the new numbers are about twice the old ones, so no window was refused, but the open
+    incident went on in the new numbering, its tracker mixing both. The first 5-s window ends it."""
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    det = make_detector(r, confirmation=Confirmation(k=2, n=3, cooldown=2))
+    base = 179_500_000
+    for i in range(3):
+        _add(r, "payments", base + i, 10, 500)
+    drain(det)
+    first = (base + 3) * 2
+    for i, value in enumerate([100, 100, 100, 500, 500]):
+        _add(r, "payments", first + i, 5, value)
+    drain(det)
+    kinds = [(a["kind"], a["window"]) for a in alerts(r)]
+    assert kinds == [("new", base + 1), ("resolved", first), ("new", first + 4)], kinds
+    assert "from 10 s to 5 s" in alerts(r)[1]["message"]
+
+
+def test_a_state_from_before_is_not_taken_for_a_change_by_windows_read_again_from_far_back(r: redis.Redis) -> None:
+    """A state recorded before window lengths and starts were (only `last_window`): a window read again
+    from more than a day back (a new consumer group catches up 720 windows, more than a day at 2 min)
+    is a repeat, not a new length: acknowledged, nothing written, no incident closed."""
+    registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
+    now = int(time.time())
+    last = now // 5
+    r.hset(K.detector_states, "payments", json.dumps({"last_window": last}))
+    _add(r, "payments", last - 20_000, 5, 900)  # 28 h before the last window handled
+    assert drain(make_detector(r)) == 1
+    assert alerts(r) == [] and json.loads(r.hget(K.detector_states, "payments")) == {"last_window": last}

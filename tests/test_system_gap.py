@@ -147,6 +147,14 @@ def test_traffic_in_windows_of_a_new_length_ends_a_gap_counted_in_old_windows() 
     after = -(-(gap + 1) * 5 // 10)
     writes, sent = gap_plan(record, _fp("b", after, 40, window_s=10), False, 3, False)
     assert writes[0][0].status == "resolved" and sent[0].kind == "resolved", (writes, sent)
+    # shorter: a gap at 10 s, then silent 5-s windows (numbers about twice the gap's) do not grow it in
+    # their numbering, which would put its end far in the future and keep it open for good
+    writes, _ = gap_plan(None, _fp("a", gap // 2, 0, window_s=10), True, 3, False)
+    (longer, _rev), = writes
+    silent = (gap // 2 + 1) * 2
+    assert gap_plan(longer, _fp("a", silent, 0, window_s=5), True, 3, False) == ([], [])
+    writes, sent = gap_plan(longer, _fp("b", silent + 1, 40, window_s=5), False, 3, False)
+    assert writes[0][0].status == "resolved" and sent[0].kind == "resolved", (writes, sent)
 
 
 def test_a_gap_ended_by_business_values_says_so() -> None:

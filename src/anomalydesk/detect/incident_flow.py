@@ -167,7 +167,9 @@ def advance(
     moves the state past the window. `shift`: the level shift the service's baseline shows after this
     window (`score.level_shift_reason`), if any; `shift_incident`: its open level-shift incident."""
     confirmation = confirmation or Confirmation()
-    plan = Plan(state={**state, "last_window": fp.window})
+    # the last window handled: its number, and its start and length (a repeat is recognised by its start,
+    # which stays comparable when `setup --window … --force` numbers the windows anew)
+    plan = Plan(state={**state, "last_window": fp.window, "last_start": fp.start, "window_s": window_seconds})
     service, window, start = fp.service, fp.window, fp.start
     if incident is not None and not incident.is_open:
         # closed by an operator: a continuing anomaly opens a new incident, unless the operator called it
@@ -379,20 +381,25 @@ def _advance_rule(
 INCIDENT_SLOTS = ("incident", "rule_incident", "shift_incident")  # the detector state's open incidents
 
 
-def window_length_change(state: Mapping[str, Any], fp: Fingerprint, window_seconds: float) -> tuple[bool, float | None]:
-    """Whether the service's state counts windows of another length than `fp` (`anomalydesk setup --window
-    … --force`), and that length (None: not recorded). A state recorded before the length was
-    (`window_s`) counts another length when its last window, read at this length, would start more than
-    a day after `fp`: a repeat of a window handled before lies a few windows back, never that far ahead."""
+def window_length_change(state: Mapping[str, Any], fp: Fingerprint, window_seconds: float,
+                         now: float) -> tuple[bool, float | None]:
+    """Whether `fp` is the first window the service's state sees at a new length (`anomalydesk setup
+    --window … --force`), and the old length (None: not recorded). A window that began before the last
+    one handled is no change: it is a repeat from before the change (the commit only acknowledges it).
+    A state recorded before lengths were (no `window_s`) counts another length when its last window,
+    read at this length, would start after `now`: a window handled cannot lie in the future. (A change
+    to a shorter length is not seen in such a state: its numbers then lie in the past.)"""
     stored = state.get("window_s")
     last = state.get("last_window")
     if stored is not None:
         if float(stored) == float(window_seconds):
             return False, float(stored)
-        # a window from before the change, handled already (the commit recognises it by its start)
-        handled = bool(stored) and isinstance(last, int | float) and last * float(stored) >= fp.start
-        return not handled, float(stored) or None
-    ahead = isinstance(last, int | float) and last * window_seconds > fp.start + 86400
+        last_start = state.get("last_start")
+        if not isinstance(last_start, int | float):
+            last_start = last * float(stored) if isinstance(last, int | float) else None
+        handled = last_start is not None and last_start >= fp.start
+        return not handled, float(stored)
+    ahead = isinstance(last, int | float) and last * window_seconds > now + window_seconds
     return bool(ahead), None
 
 
@@ -400,10 +407,10 @@ def close_for_new_length(state: Mapping[str, Any], incidents: Mapping[str, Incid
                          old_seconds: float | None, window_seconds: float, model_version: int | None,
                          silenced: bool, now: float) -> Plan:
     """The windows count a new length from `fp` on: the service's open incidents end here, each with an
-    info-level `resolved` alert saying why (their window numbers count the old length, and no model of
-    the new length judged them; a continuing anomaly opens a new incident once a model of the new length
-    is trained), and the detector state starts anew (confirmation, baseline, gaps: all counted in old
-    windows)."""
+    info-level `resolved` alert saying why (their window numbers count the old length; a continuing
+    anomaly opens a new incident once a model of the new length judges it), and the detector state
+    starts anew (confirmation and gaps are counted in old windows; the drift baseline belongs to the
+    model and comes with it)."""
     plan = Plan(state={"window_s": window_seconds})
     was = f"from {old_seconds:g} s " if old_seconds else ""
     for slot in INCIDENT_SLOTS:
@@ -411,7 +418,7 @@ def close_for_new_length(state: Mapping[str, Any], incidents: Mapping[str, Incid
         if incident is not None and incident.is_open and state.get(slot) == incident.id:
             _close_quietly(plan, incident, fp, slot, model_version, _muted(incident, silenced, now),
                            f"{fp.service}: the window length changed {was}to {window_seconds:g} s; incident "
-                           f"{incident.id} ends here (train the service again to judge its new windows)")
+                           f"{incident.id} ends here (its windows counted the old length)")
     return plan
 
 

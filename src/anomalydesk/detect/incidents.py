@@ -80,16 +80,13 @@ APPLY_LUA = """
 if ARGV[1] ~= '' then
   local st = redis.call('HGET', KEYS[1], ARGV[1])
   if st then
-    local old = cjson.decode(st)
-    local last, was, now = old.last_window, old.window_s, cjson.decode(ARGV[3]).window_s
-    if type(last) == 'number' then
-      -- a window handled before: by number at the same window length, by start time across a change
-      -- (a new length numbers its windows anew; 0: a state from before lengths were recorded)
-      if type(was) ~= 'number' or was == now then
-        if last >= tonumber(ARGV[2]) then return 0 end
-      elseif was > 0 and type(now) == 'number' and last * was >= tonumber(ARGV[2]) * now then
-        return 0
-      end
+    -- a window handled before: by its start, which a new window length (numbering its windows anew)
+    -- leaves comparable; in a state recorded before starts were, by its number (ARGV[2])
+    local old, new = cjson.decode(st), cjson.decode(ARGV[3])
+    if type(old.last_start) == 'number' then
+      if type(new.last_start) == 'number' and old.last_start >= new.last_start then return 0 end
+    elseif type(old.last_window) == 'number' and old.last_window >= tonumber(ARGV[2]) then
+      return 0
     end
   end
 end
@@ -123,6 +120,7 @@ if ARGV[1] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
 return 1
 """
 GONE = -2
+NO_REPEAT_CHECK = 2**53  # as `window` of `apply_args`: above every window number (see `apply_args`)
 
 
 def apply_args(
@@ -131,6 +129,10 @@ def apply_args(
     score: tuple[str, list[str], int] | None = None,
 ) -> tuple[list[str], list[Any]]:  # fmt: skip
     """KEYS and ARGV of `APPLY_LUA` (service '' and state None: an operator's change).
+
+    The script takes a window for handled when the stored state's `last_start` is at or after the new
+    state's; in a state recorded before starts were, when its `last_window` is at or above `window`
+    (`NO_REPEAT_CHECK` for such a state counted at another window length: its numbers say nothing).
 
     `score`: (entry id, field/value pairs, MAXLEN) of the window's entry in `Keys.scores(service)`."""
     entry_id, fields, maxlen = score if score is not None else ("", [], 0)

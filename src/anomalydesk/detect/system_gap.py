@@ -99,10 +99,10 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
                                 message=f"no traffic from any service since {rfc3339(fp.start)}: a gap in the "
                                         "data (producers, network or collector down?), not scored")  # fmt: skip
             return [(record, 0)], [alert]
-        if fp.window > incident.last_window:
+        if fp.window > incident.last_window and _same_length(incident, fp):
             grown = incident.revised(last_window=fp.window, windows=incident.windows + 1)
             return [(grown, incident.rev)], []
-        return [], []
+        return [], []  # (a gap window of a new length is not counted: its number is not the gap's kind)
     if incident is None or fp.silent or fp.start <= _last_gap_start(incident):
         return [], []  # traffic in a window before the gap's end: a service still catching up, not a return
     closed = incident.revised(status="resolved", resolved_window=fp.window,
@@ -112,6 +112,13 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
                         message=f"traffic is back ({fp.service} sent {_sent(fp)}): "
                                 f"the gap of {closed.windows} window(s) is over")  # fmt: skip
     return [(closed, incident.rev)], [alert]
+
+
+def _same_length(incident: Incident, fp: Fingerprint) -> bool:
+    """Whether `fp` counts windows of the gap's length (a window starts at number × length)."""
+    if incident.first_window <= 0 or fp.window <= 0:
+        return True
+    return abs(incident.start_epoch / incident.first_window - fp.start / fp.window) < 1e-6
 
 
 def _last_gap_start(incident: Incident) -> float:

@@ -94,13 +94,14 @@ class WindowHandler:
             rule_incident = self._load(state.get("rule_incident"))
             shift_incident = self._load(state.get("shift_incident"))
             restart = None
-            changed, old_length = window_length_change(state, fp, length)
+            repeat_check = fp.window  # the commit's repeat check for a state without `last_start` (see APPLY_LUA)
+            changed, old_length = window_length_change(state, fp, length, self.clock())
             if changed:
                 restart = close_for_new_length(
                     state, {"incident": incident, "rule_incident": rule_incident, "shift_incident": shift_incident},
                     fp, old_length, length, svc.model_version, muted, self.clock())  # fmt: skip
-                if "window_s" not in state:  # recorded before lengths were: mark it so the commit is not refused
-                    self.r.hset(self.keys.detector_states, service, json.dumps({**state, "window_s": 0}))
+                if "last_start" not in state:  # its numbers count the old length: none of them says "handled"
+                    repeat_check = incidents_mod.NO_REPEAT_CHECK
                 state, incident, rule_incident, shift_incident = dict(restart.state), None, None, None
             moved = baseline
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
@@ -112,7 +113,6 @@ class WindowHandler:
                            window_seconds=fp.window_seconds or window_s, kpi_ranges=ranges,
                            confirmation=self.confirmation, gap=gap, shift=shift,
                            shift_incident=shift_incident)  # fmt: skip
-            plan.state["window_s"] = length
             if restart is not None:
                 plan.incidents[:0] = restart.incidents
                 plan.alerts[:0] = restart.alerts
@@ -126,7 +126,7 @@ class WindowHandler:
             if gap:
                 recent = [*state.get("gap_windows", []), fp.window]
                 plan.state["gap_windows"] = recent[-config.DETECTOR_HISTORY_WINDOWS:]
-            outcome = self.committer.commit(service, entry_id, fp.window, plan)
+            outcome = self.committer.commit(service, entry_id, repeat_check, plan)
             if outcome != CONFLICT:
                 break
         else:
