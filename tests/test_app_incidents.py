@@ -192,6 +192,23 @@ def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_ur
         close_app(qtbot, app)
 
 
+def test_a_silence_stored_before_start_up_is_listed_and_removable(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The silences list is read when the app first connects, not only after a reconnect: a mute set
+    before (an earlier run, the CLI) can be seen and removed."""
+    incidents.add_silence(r, "svc-*", time.time() + 3600, "maintenance window")
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: panel.silence_list.count() == 1, timeout=10_000)
+        assert panel.silence_list.item(0).text().startswith("svc-* until ")
+        panel.silence_list.setCurrentRow(0)
+        panel.silence_remove.click()
+        qtbot.waitUntil(lambda: panel.silence_list.count() == 0, timeout=10_000)
+        assert incidents.list_silences(r) == []
+    finally:
+        close_app(qtbot, app)
+
+
 def test_reconnects_after_redis_restart_and_catches_up(qtbot, qloop, tmp_path):  # noqa: F811
     from conftest import RedisServer
 

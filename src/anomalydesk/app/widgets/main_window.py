@@ -150,7 +150,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.status.addPermanentWidget(self.connection_status, 1)
         state.feedback.connect(self.say)
         self._server_url = state.connection.url
-        self._connections = 0  # transitions to "connected" seen (the first is handled by the app's start-up)
+        self._connections = 0  # transitions to "connected" seen (start-up reads models and sketches itself)
         self._was_connected = False
         state.connection.changed.connect(self._status_changed)
         state.connection.changed.connect(self._connection_changed)
@@ -192,8 +192,7 @@ class MainWindow(QtWidgets.QMainWindow):
         connected = c.status == "connected"
         if connected and not self._was_connected:
             self._connections += 1
-            if self._connections > 1:
-                self.reload_from_server()
+            self.reload_from_server(reconnect=self._connections > 1)
         self._was_connected = connected
 
     def forget_server(self) -> None:
@@ -210,11 +209,13 @@ class MainWindow(QtWidgets.QMainWindow):
         """Put the tray's "Pause notifications" item in the File menu too (the only place without a tray)."""
         self.file_menu.insertAction(self.quit_action, action)
 
-    def reload_from_server(self) -> None:
-        """After a reconnect (another server, or the same one restarted): re-read silences, models, sketches."""
+    def reload_from_server(self, reconnect: bool = True) -> None:
+        """On every (re)connect: re-read silences; after a reconnect (another server, or the same one
+        restarted) also models and sketches, which start-up reads itself (it waits for the models)."""
         self.incidents.refresh_silences()
-        self.training.refresh_models()
-        self.sketches.reload()
+        if reconnect:
+            self.training.refresh_models()
+            self.sketches.reload()
 
     def set_start_at_login(self, enabled: bool) -> None:
         """Create or remove the login item (XDG autostart on Linux)."""
