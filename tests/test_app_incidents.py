@@ -192,6 +192,37 @@ def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_ur
         close_app(qtbot, app)
 
 
+def test_a_silenced_incident_is_marked_as_the_cli_marks_it(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The state column and the details header add the CLI's `[silenced]` (one source: `Incident.marks`)."""
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS
+    from anomalydesk.commands.incidents import _row
+
+    keys = Keys()
+    heard = raise_alert(r, "users", 3000)
+    muted = replace(Incident.open("svc-7", "anomaly", 3000, 15_000.0), windows=1, score=90.0, severity="critical",
+                    silenced=True)  # fmt: skip
+    alert = Alert.about(muted, kind="new", window=3000, window_start=time.time(), score=90.0, severity="critical",
+                        reasons=[], model_version=1, message="svc-7: muted", silenced=True)  # fmt: skip
+    r.hset(keys.incidents, muted.id, json.dumps(muted.to_json()))
+    r.sadd(keys.incidents_open, muted.id)
+    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        model = panel.model
+        qtbot.waitUntil(lambda: {muted.id, heard["incident_id"]} <= set(model.ids), timeout=10_000)
+
+        def state_cell(incident_id: str) -> str:
+            return model.data(model.index(model.ids.index(incident_id), COLUMNS.index("state")))
+
+        assert state_cell(muted.id) == "open [silenced]" and state_cell(heard["incident_id"]) == "open"
+        assert _row(incidents.get(r, muted.id), time.time()).endswith("  [silenced]")  # the CLI's words
+        panel.select_incident(muted.id)
+        assert panel.details.toPlainText().splitlines()[0].endswith(" — open [silenced]")
+    finally:
+        close_app(qtbot, app)
+
+
 def test_a_silence_stored_before_start_up_is_listed_and_removable(qtbot, qloop, redis_url, r):  # noqa: F811
     """The silences list is read when the app first connects, not only after a reconnect: a mute set
     before (an earlier run, the CLI) can be seen and removed."""

@@ -185,18 +185,18 @@ def test_states_snooze_duration_details_shortcuts_and_silences(qtbot, qloop, red
 
         # snooze by keyboard (1 hour): until when, in the column, the header and the status bar
         qtbot.keyClick(panel.table, QtCore.Qt.Key.Key_S, mods)
-        qtbot.waitUntil(lambda: cell(target, "state") == "snoozed", timeout=10_000)
+        qtbot.waitUntil(lambda: cell(target, "state") == "snoozed [acked]", timeout=10_000)  # the CLI's mark
         until = json.loads(r.hget(Keys().incidents, target))["snoozed_until_epoch"]
         assert 3590 < until - time.time() <= 3600
         assert cell(target, "snoozed until") == local_time(until)
-        assert header().endswith(f" — snoozed until {local_time(until)}"), header()
+        assert header().endswith(f" — snoozed until {local_time(until)} [acked]"), header()
         assert window.status.currentMessage() == f"{target}: snoozed until {local_time(until)}"
         assert cell(first, "snoozed until") == ""
 
         # resolve by keyboard; false positive by button: the words are the core's labels
         qtbot.keyClick(panel.table, QtCore.Qt.Key.Key_R, mods)
-        qtbot.waitUntil(lambda: cell(target, "state") == IncidentState.RESOLVED.label, timeout=10_000)
-        assert header().endswith(" — resolved") and cell(target, "snoozed until") == ""
+        qtbot.waitUntil(lambda: cell(target, "state") == f"{IncidentState.RESOLVED.label} [acked]", timeout=10_000)
+        assert header().endswith(" — resolved [acked]") and cell(target, "snoozed until") == ""
         panel.select_incident(first)
         panel.fp_button.click()
         qtbot.waitUntil(lambda: cell(first, "state") == "false positive", timeout=10_000)

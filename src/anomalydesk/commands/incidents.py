@@ -63,15 +63,13 @@ def _when(text: str, flag: str) -> float:
 def _row(i: Incident, now: float) -> str:
     """One line of `incidents list`: the state in the app's words (one source: `Incident.state_text`),
     times in the local zone with its name (`local_time`, as the app shows them)."""
-    from anomalydesk.detect.incident_model import IncidentState, local_time, score_text
+    from anomalydesk.detect.incident_model import local_time, score_text
 
-    state = i.state_at(now)
-    marks = [m for m, on in (("acked", i.acked and state is not IncidentState.ACKNOWLEDGED),
-                             ("silenced", i.silenced)) if on]  # fmt: skip
+    marks = i.marks_text(now)  # "[acked, silenced]", as the app's state column and details header show them
     first = i.reasons[0].get("text", "") if i.reasons else ""
     return (f"{i.id:<28} {i.state_text(now):<14} {i.severity:<8} {score_text(i.score):>5}  "
             f"{local_time(i.start_epoch)}  {i.windows:>4} win  {first}"
-            f"{'  [' + ', '.join(marks) + ']' if marks else ''}")  # fmt: skip
+            f"{'  ' + marks if marks else ''}")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:

@@ -287,6 +287,17 @@ class Incident:
             return f"{state.label} until {local_time(self.snoozed_until_epoch, tz)}"
         return state.label
 
+    def marks(self, now: float) -> tuple[str, ...]:
+        """What its state does not say, in the words the CLI and the app show in brackets: "acked"
+        (acknowledged, then snoozed or closed) and "silenced" (opened under a silence)."""
+        acked = bool(self.acked) and self.state_at(now) is not IncidentState.ACKNOWLEDGED
+        return tuple(mark for mark, on in (("acked", acked), ("silenced", self.silenced)) if on)
+
+    def marks_text(self, now: float) -> str:
+        """`marks` as shown after its state: "[acked, silenced]", or "" when there is none."""
+        marks = self.marks(now)
+        return f"[{', '.join(marks)}]" if marks else ""
+
     @property
     def start_epoch(self) -> float:
         """The first window's start (epoch seconds)."""

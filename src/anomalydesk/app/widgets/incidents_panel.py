@@ -25,7 +25,7 @@ from anomalydesk.detect.incident_model import IncidentState, local_time, score_t
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
-COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 96, 170)
+COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 136, 170)  # state: room for "open [silenced]"
 # severity cells of incidents that still need attention; closed ones get a pale tint of the same hue
 SEVERITY_COLOUR = {"info": QtGui.QColor(31, 95, 168), "warning": QtGui.QColor(240, 170, 40),
                    "critical": QtGui.QColor(183, 28, 28)}  # fmt: skip
@@ -165,8 +165,9 @@ class IncidentsModel(QtCore.QAbstractTableModel):
             return local_time(inc.start)
         if column == "duration":
             return _duration(inc.duration)
-        if column == "state":
-            return inc.incident.state_at(now).label
+        if column == "state":  # with the CLI's marks: "open [silenced]", "resolved [acked]"
+            marks = inc.incident.marks_text(now)
+            return f"{inc.incident.state_at(now).label} {marks}" if marks else inc.incident.state_at(now).label
         if column == "snoozed until":
             until = inc.incident.snoozed_until_epoch
             return local_time(until) if until and inc.incident.state_at(now) is IncidentState.SNOOZED else ""
@@ -478,7 +479,9 @@ class IncidentsPanel(QtWidgets.QWidget):
 
     def _render_details(self, inc: IncidentRow) -> None:
         """The details text; its header names the incident's state now (acknowledged, snoozed until …)."""
-        header = f"{inc.severity.upper()}</b> — {inc.service} — score {score_text(inc.score)} — {inc.state_text()}"
+        marks = inc.incident.marks_text(time.time())
+        state = f"{inc.state_text()} {marks}" if marks else inc.state_text()
+        header = f"{inc.severity.upper()}</b> — {inc.service} — score {score_text(inc.score)} — {state}"
         lines = [f"<p><b>{header}</p>",
                  f"<p>Incident {inc.incident_id}: {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}, "
                  f"since {local_time(inc.start)}</p>", "<ul>"]  # fmt: skip
