@@ -85,6 +85,65 @@ def test_the_details_plot_shows_the_leading_feature_in_its_unit_with_its_usual_r
         close_app(qtbot, app)
 
 
+def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(qtbot, qloop, redis_url, r):  # noqa: F811
+    """Selected while it is still going, the incident's plot takes the windows that arrive afterwards (and
+    its shaded span the windows the detector adds); once the user zoomed, the view stays where it was put."""
+    import pyqtgraph as pg
+
+    from anomalydesk import fingerprint as fpmod
+
+    keys = Keys()
+    first = int(time.time() // 5) - 60
+
+    def add_window(w: int, rate_5xx: float) -> None:
+        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+        fields.update(requests=300, rate_5xx=rate_5xx, window=w, start=w * 5, schema=fpmod.SCHEMA_VERSION,
+                      no_data=0, kpis="", ws=5)  # fmt: skip
+        r.xadd(keys.fingerprints("orders"), fields, id=f"{w * 5 * 1000}-1")
+
+    for w in range(first, first + 60):
+        add_window(w, 0.2 if w >= first + 55 else 0.004)
+    r.sadd(keys.services, "orders")
+    alert = raise_alert(r, "orders", first + 55)
+    incident_id = alert["incident_id"]
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: incident_id in panel.model.ids, timeout=10_000)
+        qtbot.waitUntil(lambda: len(app.state.live.buffer("orders")) == 60, timeout=10_000)
+        panel.select_incident(incident_id)
+        qtbot.waitUntil(lambda: panel.detail_plot.isVisible(), timeout=10_000)
+        plot = panel.detail_plot.getPlotItem()
+
+        def newest_plotted() -> float:
+            return float(plot.listDataItems()[0].getData()[0][-1])
+
+        def span_end() -> float:  # the incident's shaded span (the usual range is the horizontal region)
+            spans = [i for i in plot.items if isinstance(i, pg.LinearRegionItem) and i.orientation == "vertical"]
+            return float(spans[0].getRegion()[1])
+
+        assert newest_plotted() == (first + 59) * 5
+        # the incident goes on: two more windows, and the detector extends its record (the header follows)
+        add_window(first + 60, 0.25)
+        add_window(first + 61, 0.25)
+        stored = Incident.from_json(json.loads(r.hget(keys.incidents, incident_id)))
+        r.hset(keys.incidents, incident_id, json.dumps(replace(stored, last_window=first + 61, windows=7).to_json()))
+        qtbot.waitUntil(lambda: newest_plotted() == (first + 61) * 5, timeout=10_000)
+        qtbot.waitUntil(lambda: "windows " in panel.details.toPlainText()
+                        and f"…{first + 61}" in panel.details.toPlainText(), timeout=10_000)  # fmt: skip
+        qtbot.waitUntil(lambda: span_end() == (first + 62) * 5 + 1, timeout=10_000)
+        assert plot.getViewBox().viewRange()[0][1] >= (first + 61) * 5  # the view followed (auto-range)
+
+        # zoomed in on the start: a new window is plotted, the view stays where the user put it
+        plot.getViewBox().setRange(xRange=((first + 50) * 5, (first + 56) * 5), padding=0)
+        zoomed = plot.getViewBox().viewRange()
+        add_window(first + 62, 0.25)
+        qtbot.waitUntil(lambda: newest_plotted() == (first + 62) * 5, timeout=10_000)
+        assert plot.getViewBox().viewRange() == zoomed
+    finally:
+        close_app(qtbot, app)
+
+
 def test_a_level_shift_is_accepted_from_its_button(qtbot, qloop, redis_url, r):  # noqa: F811
     keys = Keys()
     anomaly = raise_alert(r, "orders", 3000)

@@ -274,6 +274,11 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.details.setPlaceholderText("Select an incident to see why it was raised.")
         self.detail_plot = pg.PlotWidget(axisItems={"bottom": pg.DateAxisItem()})
         self.detail_usual: tuple[float, float] | None = None  # the shaded usual range of the plotted feature
+        # while the plotted incident is open its plot follows new windows (`_follow_details`, on the clock)
+        self._detail_curve: pg.PlotDataItem | None = None
+        self._detail_region: pg.LinearRegionItem | None = None
+        self._detail_until = 0.0  # the newest window start plotted
+        self._detail_following = False  # a read for the plot is in flight
         self.detail_plot.setMinimumHeight(140)
         self.detail_plot.addLegend(offset=(5, 5))
         self.detail_plot.setVisible(False)  # until an incident is plotted (empty, its axis read "00.250" of 1970)
@@ -320,6 +325,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.model.reload()
         self.details.clear()
         self.detail_plot.clear()
+        self._detail_curve = self._detail_region = None
         self.detail_plot.setVisible(False)
         self.status_label.setText("")
         self._update_buttons()
@@ -350,12 +356,24 @@ class IncidentsPanel(QtWidgets.QWidget):
         if self.selected() is row:
             self._render_details(row)
             self._update_buttons()
+            if self._detail_region is not None:  # the detector extended it: its span on the plot too
+                self._detail_region.setRegion((row.start, row.last + 1))
 
     def _tick(self) -> None:
         self.model.tick()
         inc = self.selected()
         if inc is not None and inc.state is IncidentState.SNOOZED and not inc.incident.snoozed_at(time.time()):
             self._render_details(inc)  # the snooze ran out: the header says so
+        if inc is not None and inc.incident.is_open and self._detail_curve is not None and not self._detail_following:
+            newest = self._newest_window(inc.service)
+            if newest is not None and newest > self._detail_until:
+                self._follow_details(inc, newest)  # the incident is still going: so is its plot
+
+    def _newest_window(self, service: str) -> float | None:
+        """The newest window start the live buffers hold for `service` (the fingerprint reader fills them)."""
+        buf = self.state.live.buffers.get(service)
+        last = buf.last() if buf is not None else None
+        return None if last is None else float(last[0])
 
     def _update_buttons(self) -> None:
         inc = self.selected()
@@ -493,26 +511,68 @@ class IncidentsPanel(QtWidgets.QWidget):
             lines.append(f"<i>{inc.message}</i>")
         self.details.setHtml("\n".join(lines))
 
+    @staticmethod
+    def _plotted_feature(inc: IncidentRow) -> str | None:
+        """The incident's leading feature that the details plot shows, if it names one."""
+        features = [r.get("feature") for r in inc.reasons if isinstance(r, dict) and r.get("feature") in FEATURE_INDEX]
+        return str(features[0]) if features else None
+
+    async def _detail_rows(self, inc: IncidentRow, newest: float | None = None) -> np.ndarray:
+        """The service's windows around the incident, on to `newest` (a window that arrived since)."""
+        margin = max(60.0, inc.last - inc.start)
+        end = inc.last + margin if newest is None else max(inc.last + margin, newest + 1)
+        return await self.actions.fingerprint_window(inc.service, inc.start - margin, end)
+
+    @staticmethod
+    def _feature_values(rows: np.ndarray, name: str) -> np.ndarray:
+        """The feature's column in its own unit (% for ratios)."""
+        factor = 100.0 if FEATURES[FEATURE_INDEX[name]].unit == "%" else 1.0
+        return rows[:, 1 + FEATURE_INDEX[name]] * factor
+
+    @asyncSlot()
+    async def _follow_details(self, inc: IncidentRow, newest: float) -> None:
+        """New windows of the open incident's service: the curve and the incident's span follow them. The
+        view follows too unless the user zoomed or panned it (pyqtgraph then turns its auto-range off;
+        the plot's "A" button or selecting the incident again brings it back)."""
+        name = self._plotted_feature(inc)
+        if name is None:
+            return
+        self._detail_following = True
+        try:
+            rows = await self._detail_rows(inc, newest)
+        except Exception as err:
+            self.status_label.setText(f"details: {err}")
+            return
+        finally:
+            self._detail_following = False
+        current = self.selected()
+        if current is None or current.incident_id != inc.incident_id or self._detail_curve is None or not rows.size:
+            return
+        self._detail_curve.setData(rows[:, 0], self._feature_values(rows, name))
+        if self._detail_region is not None:
+            self._detail_region.setRegion((inc.start, inc.last + 1))
+        self._detail_until = max(newest, float(rows[-1, 0]))
+
     @asyncSlot()
     async def _plot_details(self, inc: IncidentRow) -> None:
-        features = [r.get("feature") for r in inc.reasons if isinstance(r, dict) and r.get("feature") in FEATURE_INDEX]
+        name = self._plotted_feature(inc)
         self.detail_plot.clear()
-        if not features:
+        self._detail_curve = self._detail_region = None
+        self.detail_plot.enableAutoRange()  # another incident: shown whole, whatever the last one's zoom was
+        if name is None:
             self.detail_plot.setVisible(False)
             return
-        margin = max(60.0, inc.last - inc.start)
+        newest = self._newest_window(inc.service)
         try:
-            rows = await self.actions.fingerprint_window(inc.service, inc.start - margin, inc.last + margin)
+            rows = await self._detail_rows(inc)
         except Exception as err:
             self.status_label.setText(f"details: {err}")
             return
         if self.selected() is not inc or rows.size == 0:
             return
         # the incident's leading feature in its own unit, its usual range (the windows before it) shaded
-        name = features[0]
         feature = FEATURES[FEATURE_INDEX[name]]
-        factor = 100.0 if feature.unit == "%" else 1.0
-        values = rows[:, 1 + FEATURE_INDEX[name]] * factor
+        values = self._feature_values(rows, name)
         before = values[rows[:, 0] < inc.start]
         if before.size >= 3:
             low, high = (float(v) for v in np.nanpercentile(before, [5, 95]))
@@ -523,11 +583,14 @@ class IncidentsPanel(QtWidgets.QWidget):
             self.detail_usual = (low, high)
         else:
             self.detail_usual = None
-        self.detail_plot.plot(rows[:, 0], values, pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5), name=feature.label)
+        self._detail_curve = self.detail_plot.plot(rows[:, 0], values, pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5),
+                                                   name=feature.label)  # fmt: skip
+        # what the read covered: a window newer than this on the clock's tick is followed
+        self._detail_until = max(float(rows[-1, 0]), newest or 0.0)
         self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt",
                                   color=theme.plot_colours(self.palette()).foreground)  # fmt: skip
         self.detail_plot.setVisible(True)
         self.detail_plot.getAxis("left").enableAutoSIPrefix(False)
-        region = pg.LinearRegionItem(values=(inc.start, inc.last + 1), movable=False,
-                                     brush=pg.mkBrush(220, 50, 50, 50))  # fmt: skip
-        self.detail_plot.addItem(region)
+        self._detail_region = pg.LinearRegionItem(values=(inc.start, inc.last + 1), movable=False,
+                                                  brush=pg.mkBrush(220, 50, 50, 50))  # fmt: skip
+        self.detail_plot.addItem(self._detail_region)
