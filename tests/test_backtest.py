@@ -152,7 +152,10 @@ def test_doubtful_timestamps_and_headers_are_refused_or_read_as_meant(tmp_path: 
     assert "milliseconds?" in _error(capsys, csv("ms.csv", [str((start + 300 * i) * 1000) for i in range(4)]))
     assert "needs a time zone" in _error(capsys, csv("zone.csv", ["2024-01-01T00:00:00", "2024-01-01T00:05:00"]))
     shuffled = _error(capsys, csv("order.csv", [str(start + 300), str(start), str(start + 600)]))
-    assert "row 3" in shuffled and "time order" in shuffled, shuffled
+    assert "row 3" in shuffled and "time order" in shuffled and "drop the column" in shuffled, shuffled
+    same = read_csv(csv("same.csv", [str(start), str(start), str(start + 300)]))  # a repeated time is no disorder
+    assert same.timestamps is not None and same.timestamps[0] == same.timestamps[1]
+    assert "drop the column" in _error(capsys, csv("index.csv", ["1", "2", "3"]))  # an index, not epoch seconds
     cased = read_csv(csv("cased.csv", [str(start + 300 * i) for i in range(4)], "Timestamp,a,Label"))
     assert cased.feature_names == ("a",) and cased.timestamps is not None and cased.labels is not None
     assert "differ only in case" in _error(capsys, csv("twice.csv", [str(start)], "timestamp,Timestamp,label"))

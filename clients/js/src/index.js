@@ -155,7 +155,7 @@ export class AnomalyClient {
   sendBusinessMetric(name, value, expectedRange = null, service = null, { timestamp } = {}) {
     const event = { metric_name: name, value };
     if (expectedRange) event.expected_range = [expectedRange[0], expectedRange[1]];
-    if (service ?? this.service) event.service = service ?? this.service;
+    if (service || this.service) event.service = service || this.service;  // '' is no service, as in Python
     if (timestamp !== undefined) event.timestamp = timestamp;
     this.record(event);
   }

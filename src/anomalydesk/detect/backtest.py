@@ -115,6 +115,9 @@ def _numeric(path: Path, name: str, values: list[str]) -> np.ndarray:
     return out
 
 
+_NO_STAMPS = " (or drop the column: without timestamps the rows are read in file order, no daily profile)"
+
+
 def _timestamps(path: Path, name: str, values: list[str]) -> np.ndarray:
     """Epoch seconds or RFC 3339 with a zone, as the collector takes them (`events.parse_timestamp`:
     2000–2100, so milliseconds are refused with a hint), in increasing order."""
@@ -127,10 +130,10 @@ def _timestamps(path: Path, name: str, values: list[str]) -> np.ndarray:
         try:
             out[i] = parse_timestamp(number, name)
         except EventError as err:
-            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}") from None
-        if i and out[i] <= out[i - 1]:
-            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r} is not after the row before "
-                                f"({values[i - 1]!r}); the rows must be in time order")  # fmt: skip
+            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}{_NO_STAMPS}") from None
+        if i and out[i] < out[i - 1]:
+            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r} is before the row before "
+                                f"({values[i - 1]!r}); the rows must be in time order{_NO_STAMPS}")  # fmt: skip
     return out
 
 
