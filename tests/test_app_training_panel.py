@@ -9,6 +9,7 @@ import time
 
 import pytest
 import redis
+from PySide6 import QtWidgets
 
 from anomalydesk import config
 from anomalydesk.app.model.settings import AppSettings
@@ -79,7 +80,7 @@ def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_mode
         wait_message(qtbot, panel, "alpha: rolled back: model v1 is active")
         assert app.window.status.currentMessage() == "alpha: rolled back: model v1 is active"
         panel.rollback_button.click()  # nothing older than v1
-        qtbot.waitUntil(lambda: panel.message.text().startswith("rollback failed: "), timeout=10_000)
+        qtbot.waitUntil(lambda: panel.message.text().startswith("alpha: rollback failed: "), timeout=10_000)
     finally:
         close_app(qtbot, app)
 
@@ -111,5 +112,38 @@ def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop,
         more = config.MIN_TRAINING_WINDOWS - r.xlen(keys.fingerprints("gamma")) - history
         assert more < needed
         qtbot.waitUntil(lambda: shown() == f"learning ({more} windows to go)", timeout=10_000)  # no click
+    finally:
+        close_app(qtbot, app)
+
+
+def message_room(window) -> int:
+    """The width, in px, the status bar leaves for its temporary message (left of the connection's state)."""
+    return window.connection_status.geometry().left()
+
+
+def test_rollback_and_its_failure_are_visible_in_the_status_bar(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The connection's state took the whole status bar (stretch 1): every action's message was drawn
+    into zero pixels. The message now has room for all of its text, the connection's state its own."""
+    seed_service(r, "delta", time.time())
+    for _ in range(2):
+        save_model(r, "delta")
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        window, panel = app.window, app.window.training
+        qtbot.waitUntil(lambda: panel.services_table.rowCount() == 1, timeout=20_000)
+        panel.rollback_button.click()
+        said = "delta: rolled back: model v1 is active"
+        qtbot.waitUntil(lambda: window.status.currentMessage() == said, timeout=10_000)
+        qtbot.waitUntil(lambda: message_room(window) > window.status.fontMetrics().horizontalAdvance(said),
+                        timeout=5_000)  # fmt: skip
+        connection = window.connection_status  # in view beside it, elided only past its maximum width
+        shown = QtWidgets.QLabel.text(connection)
+        assert shown.startswith(f"connected · {redis_url}"), shown
+        assert connection.width() >= min(connection.fontMetrics().horizontalAdvance(connection.text()),
+                                          connection.max_width)  # fmt: skip
+        panel.rollback_button.click()  # nothing older than v1: the failure is said in the status bar too
+        qtbot.waitUntil(lambda: window.status.currentMessage().startswith("delta: rollback failed: "),
+                        timeout=10_000)  # fmt: skip
+        assert message_room(window) > window.width() // 2
     finally:
         close_app(qtbot, app)

@@ -43,6 +43,7 @@ INCIDENT_ROWS_MAX = 2_000  # the incidents table keeps at most this many inciden
 CATCHUP_MAX_ALERTS = 5_000
 SILENT_FINGERPRINT_WARN_WINDOWS = 3  # warn when no fingerprint arrived for this many windows
 TRAIN_PROGRESS_MIN_INTERVAL = 0.1  # seconds between progress updates marshalled to the GUI
+CONNECTION_STATUS_MAX_WIDTH = 480  # px of the status bar the connection's state may take; messages get the rest
 LEARNING_REFRESH_MS = 15_000  # how often the Training panel re-reads "learning (N windows to go)" while one learns
 GC_INTERVAL_MS = 500  # the GUI thread runs the garbage collector this often (automatic collection is off)
 DEMO_DEFAULT_RATE = 200

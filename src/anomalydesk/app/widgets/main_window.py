@@ -12,6 +12,7 @@ from typing import Any
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from anomalydesk.app.model import settings as settings_mod
 from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.app.model.state import AppState
 from anomalydesk.app.services import autostart
@@ -47,6 +48,27 @@ def range_loader(actions: Any) -> RangeLoader | None:
     if not hasattr(actions, "session"):
         return None
     return RangeLoader(lambda: (actions.session.core.sync, actions.session.core.keys))
+
+
+class ConnectionStatusLabel(MessageLabel):
+    """The connection's state in the status bar: as wide as its text, up to `max_width` (elided beyond).
+
+    It sat in the bar with stretch 1 and took the whole width, so the temporary messages (what an action
+    did) were drawn into the zero pixels left of it and never seen.
+    """
+
+    def __init__(self, max_width: int, parent: QtWidgets.QWidget | None = None) -> None:
+        self.max_width = max_width
+        super().__init__("", parent)
+        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Fixed)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.updateGeometry()  # its size hint follows the text
+
+    def sizeHint(self) -> QtCore.QSize:
+        width = self.fontMetrics().horizontalAdvance(" ".join(self.text().split())) + 8
+        return QtCore.QSize(min(width, self.max_width), super().sizeHint().height())
 
 
 def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -143,11 +165,10 @@ class MainWindow(QtWidgets.QMainWindow):
             incidents_menu.addAction(action)
         self.status = self.statusBar()
         self.status.setSizeGripEnabled(False)
-        # the connection's state stays in view (elided: a long reason never widens the window);
-        # what an action did comes and goes as a temporary message beside it
-        self.connection_status = MessageLabel()
-        self.connection_status.setMinimumWidth(360)
-        self.status.addPermanentWidget(self.connection_status, 1)
+        # the connection's state stays in view at the right (elided: a long reason never widens the
+        # window); what an action did comes and goes as a temporary message in the rest of the bar
+        self.connection_status = ConnectionStatusLabel(settings_mod.CONNECTION_STATUS_MAX_WIDTH)
+        self.status.addPermanentWidget(self.connection_status)
         state.feedback.connect(self.say)
         self._server_url = state.connection.url
         self._connections = 0  # transitions to "connected" seen (start-up reads models and sketches itself)

@@ -241,7 +241,7 @@ class TrainingPanel(QtWidgets.QWidget):
         try:
             await self.actions.activate(service, version)
         except Exception as err:
-            self.message.setText(f"activate failed: {err}")
+            self._say(f"{service}: activate failed: {err}")
             return
         self._say_active(service)
 
@@ -255,13 +255,16 @@ class TrainingPanel(QtWidgets.QWidget):
         try:
             await self.actions.rollback(service)
         except Exception as err:
-            self.message.setText(f"rollback failed: {err}")
+            self._say(f"{service}: rollback failed: {err}")
             return
         self._say_active(service, "rolled back: ")
 
     def _say_active(self, service: str, how: str = "") -> None:
         """Name the model now active (as the registry says after the action), here and in the status bar."""
         active = self.state.training.services.get(service, {}).get("active")
-        words = f"{service}: {how}model v{active} is active" if active else f"{service}: {how}no model is active"
+        self._say(f"{service}: {how}model v{active} is active" if active else f"{service}: {how}no model is active")
+
+    def _say(self, words: str) -> None:
+        """An action's result, here and in the status bar (this panel's top can be scrolled out of view)."""
         self.message.setText(words)
         self.state.say(words)
