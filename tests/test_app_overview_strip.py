@@ -52,8 +52,11 @@ def test_the_strip_counts_what_the_state_says_and_each_tile_opens_its_panel(qtbo
     state.set_services(["gateway", "orders", "payments", "users"])
     state.training.update(services={"gateway": {"state": "ready"}, "orders": {"state": "ready"},
                                     "payments": {"state": "ready"},
-                                    "users": {"state": "learning (120 windows to go)"}})  # fmt: skip
+                                    "users": {"state": "learning (120 more windows)"}})  # fmt: skip
     assert strip.service_counts() == {"anomalous": 0, "normal": 3, "learning": 1, "stale": 0, "retired": 0}
+    state.training.services["users"] = {"state": "ready to train"}  # enough windows, no model: not "normal"
+    assert strip.service_counts() == {"anomalous": 0, "normal": 3, "learning": 1, "stale": 0, "retired": 0}
+    state.training.services["users"] = {"state": "learning (120 more windows)"}
     state.incidents.apply(incident("payments", Severity.CRITICAL, 1_000))
     state.incidents.apply(incident("orders", Severity.WARNING, 1_001))
     state.incidents.apply(incident("orders", Severity.WARNING, 1_002))

@@ -1,5 +1,5 @@
 """The Training panel against a real redis-server (offscreen): the model versions of the selected service
-show without a click, their training metrics in words, "learning (N windows to go)" counts live and
+show without a click, their training metrics in words, "learning (N more windows)" counts live and
 history windows and counts down as windows arrive, and each model action says what is active now."""
 
 from __future__ import annotations
@@ -107,11 +107,11 @@ def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop,
 
         needed = config.MIN_TRAINING_WINDOWS - live - history
         assert service_states(r)["gamma"]["needed"] == needed
-        qtbot.waitUntil(lambda: shown() == f"learning ({needed} windows to go)", timeout=20_000)
+        qtbot.waitUntil(lambda: shown() == f"learning ({needed} more windows)", timeout=20_000)
         seed_service(r, "gamma", time.time() + 60, windows=10)  # more live windows arrive
         more = config.MIN_TRAINING_WINDOWS - r.xlen(keys.fingerprints("gamma")) - history
         assert more < needed
-        qtbot.waitUntil(lambda: shown() == f"learning ({more} windows to go)", timeout=10_000)  # no click
+        qtbot.waitUntil(lambda: shown() == f"learning ({more} more windows)", timeout=10_000)  # no click
     finally:
         close_app(qtbot, app)
 
@@ -145,5 +145,36 @@ def test_rollback_and_its_failure_are_visible_in_the_status_bar(qtbot, qloop, re
         qtbot.waitUntil(lambda: window.status.currentMessage().startswith("delta: rollback failed: "),
                         timeout=10_000)  # fmt: skip
         assert message_room(window) > window.width() // 2
+    finally:
+        close_app(qtbot, app)
+
+
+def test_first_run_training_says_once_what_is_missing_and_then_that_it_can_train(qtbot, qloop, redis_url, r):  # noqa: F811
+    """Train before any history: one sentence for every service short of windows (not the same reason
+    once per service), each service's state with its count; once the windows are there the state reads
+    "ready to train" and the stale message gives way to that."""
+    now = time.time()
+    for service in ("east", "west"):
+        seed_service(r, service, now, windows=6)
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        panel = app.window.training
+        need = config.MIN_TRAINING_WINDOWS
+        qtbot.waitUntil(lambda: panel.services_table.rowCount() == 2, timeout=20_000)
+        assert cells(panel.services_table, 0)[1] == f"learning ({need - 6} more windows)"
+        panel.train_button.click()
+        said = (f"trained 0 of 2 service(s); 2 services need more windows of history to train: "
+                f"at least {need} each; each has 6")  # fmt: skip
+        training = app.state.training
+        qtbot.waitUntil(lambda: not training.running and training.result == said, timeout=30_000)
+        wait_message(qtbot, panel, said)
+        assert panel.message.text().count("need") == 1
+        for service in ("east", "west"):  # a backfill's worth of windows arrives
+            seed_service(r, service, now + 5 * (need + 10), windows=need + 10)
+        run(qtbot, app.actions.refresh_models())
+        qtbot.waitUntil(lambda: [cells(panel.services_table, i)[1] for i in range(2)] == ["ready to train"] * 2,
+                        timeout=10_000)  # fmt: skip
+        wait_message(qtbot, panel, "2 services ready to train: east, west")
+        assert app.window.overview.service_counts()["learning"] == 2  # no model scores them yet
     finally:
         close_app(qtbot, app)

@@ -101,7 +101,7 @@ class DesktopApp:
         if demo:
             await self.actions.start_demo(self.settings.demo_rate, self.settings.demo_services)
             services = self.state.training.services.values()
-            no_history = not services or any("to go" in str(v.get("state", "")) for v in services)
+            no_history = not services or any(v.get("needed") for v in services)
             if self.settings.offer_backfill and no_history and not any(v.get("versions") for v in services):
                 self.window.backfill_offer.setVisible(True)  # gone once history is there (no restart offers it)
         await self.session.history_loaded.wait()

@@ -23,6 +23,7 @@ def train_services(r: redis.Redis, services: list[str], params: TrainParams, *, 
                    cancel: Callable[[], bool] = lambda: False, keys: Keys | None = None) -> dict[str, Any]:  # fmt: skip
     """Train each service in turn: {"outcomes": [TrainOutcome dicts], "trained", "skipped", "cancelled", "summary"}."""
     outcomes: list[dict[str, Any]] = []
+    short: dict[str, tuple[int, int]] = {}  # service → (have, need): too few windows to train
     cancelled = False
     n = max(1, len(services))
     for i, service in enumerate(services):
@@ -41,13 +42,31 @@ def train_services(r: redis.Redis, services: list[str], params: TrainParams, *, 
             cancelled = True
             break
         outcomes.append(outcome.as_dict())
+        if outcome.short_of_history:
+            short[outcome.service] = outcome.short_of_history
     trained = [o["service"] for o in outcomes if not o.get("skipped")]
     skipped = {o["service"]: o["skipped"] for o in outcomes if o.get("skipped")}
     summary = f"trained {len(trained)} of {len(services)} service(s)"
     if cancelled:
         summary = "cancelled; " + summary
-    if skipped:
-        summary += "; " + "; ".join(f"{s} {why}" for s, why in sorted(skipped.items()))
+    if len(short) > 1:  # one sentence for them all, not the same reason once per service
+        summary += "; " + short_of_history_text(short)
+        skipped_text = {s: why for s, why in skipped.items() if s not in short}
+    else:
+        skipped_text = skipped
+    if skipped_text:
+        summary += "; " + "; ".join(f"{s} {why}" for s, why in sorted(skipped_text.items()))
     if not cancelled:
         progress(1.0, summary)
     return {"outcomes": outcomes, "trained": trained, "skipped": skipped, "cancelled": cancelled, "summary": summary}
+
+
+def short_of_history_text(short: dict[str, tuple[int, int]]) -> str:
+    """Services with too few windows, in one sentence: "5 services need more windows of history to train:
+    at least 256 each; each has 6" (or "gateway has 6, users has 40")."""
+    needs = sorted({need for _, need in short.values()})
+    haves = {have for have, _ in short.values()}
+    at_least = f"at least {needs[0]:,} each" if len(needs) == 1 else f"at least {needs[0]:,}–{needs[-1]:,}"
+    has = (f"each has {haves.pop():,}" if len(haves) == 1
+           else ", ".join(f"{s} has {have:,}" for s, (have, _) in sorted(short.items())))  # fmt: skip
+    return f"{len(short)} services need more windows of history to train: {at_least}; {has}"

@@ -72,6 +72,7 @@ class TrainOutcome:
     seconds: float = 0.0
     skipped: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    short_of_history: tuple[int, int] | None = None  # (have, need) when skipped for too few windows
 
     def as_dict(self) -> dict[str, Any]:
         """JSON shape printed by `train --json`."""
@@ -226,7 +227,7 @@ def train_service(
         model = train(data.X, params, progress, cancel, data.timestamps)
     except InsufficientHistory as err:
         return TrainOutcome(service, windows=len(data), skipped=_learning_reason(data, err),
-                            metadata=_summary(None, data))
+                            metadata=_summary(None, data), short_of_history=(err.have, err.need))
     version = store_model(r, service, model, data, activate=activate, keys=keys)
     return TrainOutcome(service, version, len(data), time.perf_counter() - began,
                         metadata=_summary(model, data))  # fmt: skip

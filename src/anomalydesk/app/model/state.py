@@ -80,6 +80,10 @@ class DemoState:
         self.changed.emit()
 
 
+# the state of a service without a usable model whose windows are enough to train one
+READY_TO_TRAIN = "ready to train"
+
+
 @dataclass
 class TrainingState:
     """The training panel's model: the running job, its progress, and each service's models."""

@@ -160,7 +160,7 @@ class Actions:
         await self.session.reload_history()  # the plots show the history now too
         filled = {name: v for name, v in overview.items() if name in result.get("services", [])}
         counts = [int(v.get("windows") or 0) for v in filled.values()]
-        learning = [name for name, v in filled.items() if "to go" in str(v.get("state", ""))]  # too few windows
+        learning = [name for name, v in filled.items() if v.get("needed")]  # too few windows
         if counts and not learning:
             ready = f"{min(counts):,} windows of history per service — you can train now"
         elif counts:
@@ -202,10 +202,12 @@ class Actions:
         # 100 % only for a run that trained something: "trained 0 of 5" at a full bar reads as success
         full = 1.0 if result["trained"] else 0.0
         training.set_progress(training.progress if result["cancelled"] else full, result["summary"])
-        training.update(running=False, result=result["summary"])
-        for name in result["trained"]:  # the new models' thresholds (the detector scores from now on)
-            await self.session.refresh_model(name)
-        await self.refresh_models()
+        try:
+            for name in result["trained"]:  # the new models' thresholds (the detector scores from now on)
+                await self.session.refresh_model(name)
+            await self.refresh_models()
+        finally:  # the result lands with the states it produced: the panel replaces it once they change
+            training.update(running=False, result=result["summary"])
         return result
 
     def cancel_training(self) -> None:

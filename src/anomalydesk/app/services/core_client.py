@@ -30,6 +30,7 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from anomalydesk import config
+from anomalydesk.app.model.state import READY_TO_TRAIN
 from anomalydesk.app.services import jobs
 from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.store import connection
@@ -419,10 +420,11 @@ class CoreClient:
                 d["threshold"] = config.SEVERITY_WARNING  # scores are calibrated: the threshold maps here
                 versions.append(d)
             state = entry.get("state", "learning")
-            if state == "learning" and entry.get("needed"):
-                state = f"learning ({entry['needed']:,} windows to go)"  # live + history windows counted
+            needed = int(entry.get("needed") or 0) if state == "learning" else 0
+            if state == "learning":  # live + history windows counted
+                state = f"learning ({needed:,} more windows)" if needed else READY_TO_TRAIN
             overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
-                                 "windows": entry.get("windows", 0)}  # fmt: skip
+                                 "windows": entry.get("windows", 0), "needed": needed}  # fmt: skip
         return overview
 
     async def activate(self, service: str, version: int) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 
-from anomalydesk.app.model.state import AppState
+from anomalydesk.app.model.state import READY_TO_TRAIN, AppState
 from anomalydesk.app.widgets import theme
 from anomalydesk.app.widgets.incidents_panel import SEVERITY_COLOUR
 from anomalydesk.detect.incident_model import Severity
@@ -207,7 +207,8 @@ class OverviewStrip(QtWidgets.QWidget):
         models = self.state.training.services
         counts = dict.fromkeys(SERVICE_STATES, 0)
         for name in sorted(set(self.state.services) | set(models)):
-            state = str(models.get(name, {}).get("state", "learning")).split(" ")[0]
+            full = str(models.get(name, {}).get("state", "learning"))
+            state = "learning" if full == READY_TO_TRAIN else full.split(" ")[0]  # no model scores it yet
             if state == "retired":
                 counts["retired"] += 1
             elif name in anomalous:

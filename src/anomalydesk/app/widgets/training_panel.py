@@ -9,7 +9,7 @@ from qasync import asyncSlot
 
 from anomalydesk.app.model import settings as settings_mod
 from anomalydesk.app.model.settings import AppSettings
-from anomalydesk.app.model.state import AppState
+from anomalydesk.app.model.state import READY_TO_TRAIN, AppState
 from anomalydesk.app.widgets.message_label import wrapping
 from anomalydesk.detect.incident_model import local_time
 
@@ -44,6 +44,24 @@ def metrics_text(metrics: dict[str, Any]) -> str:
         if key not in METRIC_LABELS and value not in (None, ""):
             parts.append(f"{key.replace('_', ' ')} {value:.3g}" if isinstance(value, float)
                          else f"{key.replace('_', ' ')} {value}")  # fmt: skip
+    return " · ".join(parts)
+
+
+def state_kinds(services: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """Each service's kind of state, without its count: "learning (250 more windows)" → "learning"."""
+    return {name: str(info.get("state", "")).split(" (")[0] for name, info in services.items()}
+
+
+def readiness_text(services: dict[str, dict[str, Any]]) -> str:
+    """Which services can be trained now and how many still learn ("" when none of either)."""
+    ready = sorted(name for name, info in services.items() if info.get("state") == READY_TO_TRAIN)
+    learning = sorted(name for name, info in services.items() if info.get("needed"))
+    parts = []
+    if ready:
+        parts.append(f"{len(ready)} service{'s' if len(ready) > 1 else ''} ready to train: {', '.join(ready)}")
+    if learning:
+        most = max(int(services[name]["needed"]) for name in learning)
+        parts.append(f"{len(learning)} still learning (up to {most:,} more windows)")
     return " · ".join(parts)
 
 
@@ -119,12 +137,13 @@ class TrainingPanel(QtWidgets.QWidget):
         state.training.changed.connect(self.refresh)
         state.training.progressed.connect(self._progressed)
         state.services_changed.connect(self._services_changed)
-        # "learning (N windows to go)" counts down as windows arrive: re-read while a service learns
+        # "learning (N more windows)" counts down as windows arrive: re-read while a service learns
         self.learning_timer = QtCore.QTimer(self)
         self.learning_timer.setInterval(settings_mod.LEARNING_REFRESH_MS)
         self.learning_timer.timeout.connect(self._refresh_learning)
         self.learning_timer.start()
         self._training_words: str | None = None  # the training state's words last shown
+        self._words_kinds: dict[str, str] = {}  # each service's kind of state when they were shown
         self.refresh()
 
     def stop(self) -> None:
@@ -153,9 +172,15 @@ class TrainingPanel(QtWidgets.QWidget):
         self.cancel_button.setEnabled(training.running)
         self.progress.setValue(round(training.progress * 100))
         words = training.result if not training.running and training.result else training.message
+        kinds = state_kinds(training.services)
         if words != self._training_words:  # a re-read of the model states keeps an action's message
-            self._training_words = words
+            self._training_words, self._words_kinds = words, kinds
             self.message.setText(words)
+        elif not training.running and words and kinds != self._words_kinds:
+            self._words_kinds = kinds  # a service became ready (a backfill) or learning: the words are stale
+            now = readiness_text(training.services)
+            if now:
+                self.message.setText(now)
         names = sorted(training.services)
         selected = self.selected_service()
         if selected not in names:  # nothing chosen yet: the service of the form, else the first one
