@@ -145,6 +145,10 @@ class SketchesPanel(QtWidgets.QWidget):
         self.q_service.clear()
         self.q_service.addItems(self.state.services)
         self.q_service.setCurrentText(current)
+        # a new service has new sketches: on a first run the start-up read found none (the services
+        # arrive with the first events, after the app connected), and no reconnect reads them again
+        if self.state.connection.status == "connected":
+            self.reload()
 
     def refresh(self) -> None:
         """Show `state.sketches` (settings + sizes)."""
