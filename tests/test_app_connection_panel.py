@@ -38,3 +38,22 @@ def test_server_facts_clear_while_reconnecting_and_return(qtbot, qloop, tmp_path
         if app is not None:
             close_app(qtbot, app)
         server.stop()
+
+
+def test_the_password_hint_names_where_the_password_goes(qtbot, qloop, redis_url, monkeypatch):  # noqa: F811
+    """No OS keyring (the tests' null backend): the hint said "stored in the OS keyring" while the note
+    below said secrets.json; both name the file now, and the keyring where there is one."""
+    from anomalydesk.app.model import settings as settings_mod
+
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        panel = app.window.connection
+        hint, note = panel.password.placeholderText(), panel.secrets.text()
+        assert "no OS keyring available" in note and settings_mod.SECRETS_FILE in note
+        assert hint == f"stored in {settings_mod.SECRETS_FILE} (no OS keyring available)"
+        assert "stored in the OS keyring" not in hint
+    finally:
+        close_app(qtbot, app)
+    monkeypatch.setattr(settings_mod, "_keyring_usable", lambda: True)  # a desktop with a keyring
+    assert settings_mod.password_placeholder() == "stored in the OS keyring"
+    assert settings_mod.secret_store_description().startswith("OS keyring")

@@ -162,6 +162,13 @@ def secret_store_description() -> str:
     return f"no OS keyring available: file {config.config_dir() / SECRETS_FILE} (mode 0600)"
 
 
+def password_placeholder() -> str:
+    """The password field's hint: where a password typed there will be kept (as `secret_store_description`)."""
+    if _keyring_usable():
+        return "stored in the OS keyring"
+    return f"stored in {SECRETS_FILE} (no OS keyring available)"
+
+
 def _secrets_file() -> Path:
     return config.config_dir() / SECRETS_FILE
 

@@ -46,7 +46,7 @@ class ConnectionPanel(QtWidgets.QWidget):
         self.user = QtWidgets.QLineEdit(settings.username)
         self.password = QtWidgets.QLineEdit()
         self.password.setEchoMode(QtWidgets.QLineEdit.EchoMode.Password)
-        self.password.setPlaceholderText("stored in the OS keyring")
+        self.password.setPlaceholderText(settings_mod.password_placeholder())  # the note below says the same
         self.apply_button = QtWidgets.QPushButton("Apply and reconnect")
         self.apply_button.clicked.connect(self.apply)
         form = QtWidgets.QFormLayout()
