@@ -48,6 +48,8 @@ def test_the_password_hint_names_where_the_password_goes(qtbot, qloop, redis_url
     app = open_app(qtbot, AppSettings(redis_url=redis_url))
     try:
         panel = app.window.connection
+        qtbot.waitUntil(lambda: app.state.connection.status == "connected" and bool(app.state.sketches),
+                        timeout=20_000)  # start-up's reads done: closing races nothing  # fmt: skip
         hint, note = panel.password.placeholderText(), panel.secrets.text()
         assert "no OS keyring available" in note and settings_mod.SECRETS_FILE in note
         assert hint == f"stored in {settings_mod.SECRETS_FILE} (no OS keyring available)"
