@@ -30,7 +30,7 @@ def geometry(window) -> tuple:
             window.docks["incidents"].height())  # fmt: skip
 
 
-def test_messages_coming_and_going_leave_the_window_and_the_table_alone(qtbot):
+def test_messages_coming_and_going_leave_the_window_and_the_table_alone(qtbot, qloop):  # noqa: F811  (a connect re-reads the silences: an async slot)
     from anomalydesk.app.model.notifier import Notification
     from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.app.model.state import AppState

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from app_support import qloop  # noqa: F401  (fixture)
 from test_app_layout import settle
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
@@ -62,7 +63,7 @@ def inside(widget: QtWidgets.QWidget, window: QtWidgets.QWidget) -> bool:
 
 
 @pytest.mark.parametrize("size", [(1280, 800), (1920, 1080)])
-def test_nothing_is_clipped_and_the_plots_have_room(qtbot, size):
+def test_nothing_is_clipped_and_the_plots_have_room(qtbot, qloop, size):  # noqa: F811  (a connect re-reads the silences)
     window = busy_window(qtbot, size)
     assert window.size().toTuple() == size  # the strip did not make the window grow
     live, strip = window.live, window.overview
