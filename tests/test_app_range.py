@@ -207,3 +207,29 @@ def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, ql
         assert x[shown][0] < time.time() - 6 * 3600 + 60 and np.isnan(y[shown]).sum() <= 1  # only the real gap
     finally:
         close_app(qtbot, app)
+
+
+def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The 6-h preset saved from the last session: at start-up the buffer fills after the plots follow
+    the range, and its first hour used to stay blank until 6 h was clicked again."""
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.ingest.demo import run_fast
+    from test_app_incidents import close_app
+
+    now = time.time() // 5 * 5
+    run_fast(r, duration=4 * 3600, rate=2, services=1, seed=3)
+    run_fast(r, duration=3 * 3600, rate=2, services=1, seed=3, end=now - 4 * 3600)  # 7 h without a gap
+    app = DesktopApp(AppSettings(live_span_seconds=21_600, live_service="gateway"), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
+        run(qtbot, app.session.history_loaded.wait())
+        live = app.window.live
+        assert live.range.preset_buttons[21_600].isChecked() and live.range.follow
+        qtbot.waitUntil(lambda: "read from the streams" in live.info_label.text(), timeout=10_000)
+        qtbot.waitUntil(lambda: live._curves["requests"].xData[0] < time.time() - 6 * 3600 + 200, timeout=5_000)
+        assert live.range.loader.requests == 1
+    finally:
+        close_app(qtbot, app)

@@ -111,6 +111,12 @@ class RingBuffer:
         self.version += 1
         return int(found.sum())
 
+    def first_key(self) -> float | None:
+        """Column 0 of the oldest row (no copy of the buffer), or None when empty."""
+        if self._size == 0:
+            return None
+        return float(self._data[(self._next - self._size) % self.capacity, 0])
+
     def last(self) -> np.ndarray | None:
         """The newest row, or None when empty."""
         if self._size == 0:

@@ -165,6 +165,7 @@ class LivePanel(QtWidgets.QWidget):
         self.timer.setInterval(REDRAW_INTERVAL_MS)
         self.timer.timeout.connect(self.redraw)
         self.timer.timeout.connect(self.range.tick)
+        self.timer.timeout.connect(self.range.keep_loaded)
         self.timer.start()
 
         self.service_box.currentTextChanged.connect(self._service_changed)

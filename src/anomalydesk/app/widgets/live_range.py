@@ -31,6 +31,7 @@ PRESET_SHORTCUTS = ("Ctrl+1", "Ctrl+2", "Ctrl+3", "Ctrl+4")
 LOAD_DELAY_MS = 300  # a pan or zoom settles this long before the streams are read for it
 FOLLOW_SLACK = 0.02  # the right edge within this fraction of the span from the clock still follows
 FOLLOW_STEP_SECONDS = 1.0  # following, the axis moves once the clock has moved this far
+RETRY_SECONDS = 10.0  # a failed read of older windows is tried again after this long
 
 
 def buffer_start(buf: RingBuffer | None) -> float | None:
@@ -38,7 +39,7 @@ def buffer_start(buf: RingBuffer | None) -> float | None:
     dropped, or never loaded); None when it holds everything the streams had when it was filled."""
     if buf is None or len(buf) < buf.capacity:
         return None
-    return float(buf.view()[0, 0])
+    return buf.first_key()
 
 
 class LiveRange(QtCore.QObject):
@@ -62,6 +63,7 @@ class LiveRange(QtCore.QObject):
         self._view: pg.ViewBox | None = None
         self._views: list[pg.ViewBox] = []
         self._last_right = 0.0
+        self._retry_at = 0.0  # (monotonic) no read is started by `keep_loaded` before this
 
         self.bar = QtWidgets.QWidget()
         bar = QtWidgets.QHBoxLayout(self.bar)
@@ -222,6 +224,15 @@ class LiveRange(QtCore.QObject):
         # gap between the two would grow by a window every window)
         return low - 0.1 * (high - low), high
 
+    def keep_loaded(self) -> None:
+        """Read what the view needs whenever it comes to need it, not only when the operator acts: a
+        preset restored at start-up or after a reconnect is applied before the ring buffer fills, when
+        nothing is missing yet, and its older windows were never read (the 6-h view's first hour stayed
+        blank until 6 h was clicked again). Called by the panel's redraw timer."""
+        if self.loading is not None or self.load_timer.isActive() or time.monotonic() < self._retry_at:
+            return
+        self.load_visible()
+
     def load_visible(self) -> None:
         """Read what the view needs from the streams (a request in flight for another range is cancelled)."""
         wanted = self.needed()
@@ -238,6 +249,7 @@ class LiveRange(QtCore.QObject):
         except Exception as err:  # a failed read leaves the buffer's data shown and says why
             log.warning("reading %s from the streams failed: %s", service, err)
             self.loading = None
+            self._retry_at = time.monotonic() + RETRY_SECONDS
             self.changed.emit()
             return
         if found is None:  # a newer request replaced it
