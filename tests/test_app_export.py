@@ -15,6 +15,7 @@ from PySide6 import QtGui, QtWidgets
 
 from anomalydesk.detect.incident_model import local_time
 from anomalydesk.fingerprint import FEATURES, N_FEATURES
+from app_support import qloop  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -24,7 +25,7 @@ ROWS = 5_000
 
 
 @pytest.fixture()
-def window(qtbot):
+def window(qtbot, qloop):  # noqa: F811
     from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.app.model.state import AppState
     from anomalydesk.app.widgets.main_window import MainWindow
@@ -39,6 +40,8 @@ def window(qtbot):
     win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
     qtbot.addWidget(win)
     win.show()
+    win.live.range.stop_following()  # (following live, the view is the last hour of the clock: empty)
+    win.live.score_plot.getViewBox().setXRange(T0 - 1, T0 + 5 * ROWS, padding=0)  # all the windows in view
     return win
 
 
@@ -63,7 +66,8 @@ def test_csv_round_trips_every_window_time_to_the_second(window, tmp_path):
         f"exported {ROWS:,} windows of payments — {local_time(T0)} to {local_time(T0 + 5 * (ROWS - 1))}: {path}")
 
 
-def test_dialog_starts_in_documents_named_by_service_and_range_and_the_png_says_so(window, tmp_path, monkeypatch):
+def test_dialog_starts_in_documents_named_by_service_and_range_and_the_png_says_so(qtbot, window, tmp_path,
+                                                                                    monkeypatch):  # fmt: skip
     from anomalydesk.app.widgets import export
 
     asked = []
@@ -88,11 +92,37 @@ def test_dialog_starts_in_documents_named_by_service_and_range_and_the_png_says_
 
     window.live.csv_button.click()
     assert Path(asked[1]).name == f"anomalydesk-payments-{first}-{last}.csv"
-    assert window.status.currentMessage().endswith(f": {tmp_path / Path(asked[1]).name}")
+    qtbot.waitUntil(lambda: window.status.currentMessage().endswith(f": {tmp_path / Path(asked[1]).name}"))
 
     def unwritable(parent, caption, start, filters):
         return str(tmp_path / "missing-dir" / "x.csv"), filters
 
     monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(unwritable))
     window.live.csv_button.click()
-    assert window.status.currentMessage().startswith("export failed: ")
+    qtbot.waitUntil(lambda: window.status.currentMessage().startswith("export failed: "))
+
+
+def test_exports_cover_the_visible_range_only(window, tmp_path, monkeypatch):
+    """Zoomed in on windows 1,000 … 1,999, the CSV, its name and the PNG's heading are those windows
+    (they were the whole buffer, and the heading's range not the one the axis showed)."""
+    live = window.live
+    live.range.stop_following()
+    live.score_plot.getViewBox().setXRange(T0 + 5 * 1000 - 1, T0 + 5 * 1999 + 1, padding=0)
+    path = live.export_csv(tmp_path / "shown.csv")
+    with open(path, newline="") as f:
+        starts = [int(r[0]) for r in list(csv.reader(f))[1:]]
+    assert starts == [T0 + 5 * i for i in range(1000, 2000)]
+    heading = f"payments — {local_time(T0 + 5 * 1000)} to {local_time(T0 + 5 * 1999)}"
+    assert window.status.currentMessage() == f"exported 1,000 windows of {heading}: {path}"
+    asked = []
+
+    def save_dialog(parent, caption, start, filters):
+        asked.append(start)
+        return str(tmp_path / Path(start).name), filters
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(save_dialog))
+    live.png_button.click()
+    first = datetime.fromtimestamp(T0 + 5 * 1000).astimezone().strftime("%Y%m%dT%H%M")
+    last = datetime.fromtimestamp(T0 + 5 * 1999).astimezone().strftime("%Y%m%dT%H%M")
+    assert Path(asked[0]).name == f"anomalydesk-payments-{first}-{last}.png"
+    assert QtGui.QImage(str(tmp_path / Path(asked[0]).name)).text("Title") == heading

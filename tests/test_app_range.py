@@ -4,13 +4,17 @@ streams on demand (real redis-server, real window offscreen)."""
 from __future__ import annotations
 
 import asyncio
+import csv
 import re
 import subprocess
 import sys
 import time
+from datetime import datetime
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PySide6 import QtWidgets
 
 from anomalydesk.app.services.range_history import RangeLoader, downsample, mark_gaps, read_range
 from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
@@ -209,7 +213,8 @@ def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, ql
         close_app(qtbot, app)
 
 
-def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop, redis_url, r):  # noqa: F811
+def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop, redis_url, r, tmp_path,  # noqa: F811
+                                                                   monkeypatch):  # fmt: skip
     """The 6-h preset saved from the last session: at start-up the buffer fills after the plots follow
     the range, and its first hour used to stay blank until 6 h was clicked again."""
     from anomalydesk.app.application import DesktopApp
@@ -231,5 +236,20 @@ def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop,
         qtbot.waitUntil(lambda: "read from the streams" in live.info_label.text(), timeout=10_000)
         qtbot.waitUntil(lambda: live._curves["requests"].xData[0] < time.time() - 6 * 3600 + 200, timeout=5_000)
         assert live.range.loader.requests == 1
+
+        # the CSV is the 6 h shown, every window (the plots show the older ones in time bins): it was the
+        # buffer's 5 h
+        monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName",
+                            staticmethod(lambda _p, _c, start, f: (str(tmp_path / Path(start).name), f)))  # fmt: skip
+        low, high = live.visible_range()
+        live.csv_button.click()
+        qtbot.waitUntil(lambda: app.window.status.currentMessage().startswith("exported "), timeout=10_000)
+        written = next(tmp_path.glob("anomalydesk-gateway-*.csv"))
+        with open(written, newline="") as f:
+            starts = np.array([int(row[0]) for row in list(csv.reader(f))[1:]])
+        assert np.all(np.diff(starts) == 5) and low <= starts[0] < low + 10 and high - 10 < starts[-1] <= high
+        assert 4_310 <= len(starts) <= 4_321
+        first = datetime.fromtimestamp(starts[0]).astimezone().strftime("%Y%m%dT%H%M")
+        assert written.name.startswith(f"anomalydesk-gateway-{first}-")
     finally:
         close_app(qtbot, app)

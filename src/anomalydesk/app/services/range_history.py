@@ -200,6 +200,14 @@ class RangeLoader:
             return None
         return found
 
+    async def windows(self, service: str, start: float, end: float) -> RangeRows:
+        """Every window of `service` over [start, end], never reduced (an export writes windows, not
+        bins); it cancels nothing and waits for a read in flight (one executor)."""
+        client, keys = self.connect()  # snapshot on the calling (GUI) thread
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, read_range, client, keys, service, start, end,
+                                          2**62, None)  # fmt: skip
+
     def close(self) -> None:
         """Cancel what runs and shut the executor down."""
         if self._cancel is not None:

@@ -53,11 +53,6 @@ def title(service: str, span: tuple[float, float] | None) -> str:
     return f"{service} — {local_time(span[0])} to {local_time(span[1])}"
 
 
-def default_path(service: str, data: np.ndarray, kind: str) -> Path:
-    """Where the save dialog starts: the documents folder, named by service and time range."""
-    return documents_dir() / f"{file_stem(service, time_range(data))}.{kind}"
-
-
 def _cell(value: float) -> str:
     return "" if not math.isfinite(value) else repr(float(value))
 

@@ -15,7 +15,9 @@ thread, and drawn before the buffered windows.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,7 @@ class LivePanel(QtWidgets.QWidget):
         self._bands: list[pg.LinearRegionItem] = []
         self._marks_key: tuple = ()
         self._marks: list[pg.InfiniteLine] = []
+        self._csv_task: asyncio.Future[None] | None = None
 
         self.service_box = QtWidgets.QComboBox()
         self.service_box.setMinimumContentsLength(12)
@@ -119,10 +122,10 @@ class LivePanel(QtWidgets.QWidget):
         self.zoom_button.setToolTip("show all the data shown so far (leaves follow-live)")
         self.zoom_button.clicked.connect(self.reset_zoom)
         self.png_button = QtWidgets.QToolButton(text="PNG…")
-        self.png_button.setToolTip("export the plots as a PNG image, headed by service and time range")
+        self.png_button.setToolTip("export the plots as shown as a PNG image, headed by service and time range")
         self.png_button.clicked.connect(lambda: self._ask_export("png"))
         self.csv_button = QtWidgets.QToolButton(text="CSV…")
-        self.csv_button.setToolTip("export the buffered windows (time, score, every feature) as CSV")
+        self.csv_button.setToolTip("export the windows of the range shown (time, score, every feature) as CSV")
         self.csv_button.clicked.connect(lambda: self._ask_export("csv"))
         self.info_label = MessageLabel("no data yet")  # elided: a long line never widens the window
         self.range = LiveRange(settings, ranges, state.live.buffers, self)
@@ -378,6 +381,8 @@ class LivePanel(QtWidgets.QWidget):
         """Stop redrawing and reading (the window closes)."""
         self.timer.stop()
         self.range.stop()
+        if self._csv_task is not None and not self._csv_task.done():
+            self._csv_task.cancel()
 
     def _update_bands(self, service: str) -> None:
         bands = self.state.incidents.bands(service)
@@ -422,32 +427,86 @@ class LivePanel(QtWidgets.QWidget):
         return [(float(line.value()), line.label.format) for line in self._marks]
 
     # --- export (app/export.py writes the files) ------------------------------------------------
-    def _export_rows(self) -> np.ndarray:
+    def visible_range(self) -> tuple[float, float]:
+        """The x range the plots show (what an export covers)."""
+        low, high = self.score_plot.getViewBox().viewRange()[0]
+        return float(low), float(high)
+
+    def _export_rows(self, older: np.ndarray | None = None) -> np.ndarray:
+        """The windows in the visible range: the buffered ones, after the rows read from the streams
+        (`older`, else those the range read when they are windows, not time bins)."""
+        low, high = self.visible_range()
         buf = self.state.live.buffers.get(self.service)
-        return buf.view() if buf is not None else np.empty((0, 2 + len(FEATURES)))
+        rows = buf.view() if buf is not None else np.empty((0, 2 + len(FEATURES)))
+        read = self.range.rows
+        if older is None and read is not None and not read.reduced:
+            older = self.range.older_rows(float(rows[0, 0]) if len(rows) else None)
+        if older is not None and len(older):
+            rows = np.vstack([older[older[:, 0] < rows[0, 0]] if len(rows) else older, rows])
+        rows = rows[(rows[:, 0] >= low) & (rows[:, 0] <= high)]
+        return rows[np.isfinite(rows[:, 2:]).any(axis=1)]  # (a NaN row marks a gap: no window)
+
+    def _shown_span(self) -> tuple[float, float] | None:
+        """First and last time drawn in the visible range (rows read in time bins included)."""
+        rows = self._export_rows()
+        low, high = self.visible_range()
+        older = self.range.older_rows(float(rows[0, 0]) if len(rows) else None)
+        times = rows[:, 0]
+        if older is not None:
+            times = np.r_[older[np.isfinite(older[:, 2:]).any(axis=1), 0], times]
+            times = times[(times >= low) & (times <= high)]
+        return (float(times.min()), float(times.max())) if len(times) else None
+
+    async def _windows_for_export(self) -> np.ndarray:
+        """The visible range's windows, reading from the streams those the plots show only in time bins."""
+        read = self.range.rows
+        buf = self.state.live.buffers.get(self.service)
+        first = buf.first_key() if buf is not None else None
+        low, high = self.visible_range()
+        loader = self.range.loader
+        if loader is None or read is None or not read.reduced or read.service != self.service or (
+                first is not None and low >= first):  # fmt: skip
+            return self._export_rows()
+        found = await loader.windows(self.service, low, high if first is None else min(high, first))
+        return self._export_rows(found.rows)
 
     def _ask_export(self, kind: str) -> None:
-        start = export.default_path(self.service, self._export_rows(), kind)
+        start = export.documents_dir() / f"{export.file_stem(self.service, self._shown_span())}.{kind}"
         path, _ = QtWidgets.QFileDialog.getSaveFileName(self, f"Export {kind.upper()}", str(start),
                                                         f"{kind.upper()} (*.{kind})")  # fmt: skip
         if not path:
             return
+        if kind == "png":
+            self._export_or_say(self.export_png, Path(path))
+        else:
+            self._csv_task = asyncio.ensure_future(self._export_csv_read(Path(path)))
+
+    async def _export_csv_read(self, path: Path) -> None:
+        self.state.say(f"exporting {self.service}: reading its windows …")
         try:
-            (self.export_png if kind == "png" else self.export_csv)(Path(path))
+            rows = await self._windows_for_export()
+        except Exception as err:  # a failed read writes nothing and says why
+            self.state.say(f"export failed: {err}")
+            return
+        self._export_or_say(self.export_csv, path, rows)
+
+    def _export_or_say(self, write: Callable[..., Path], *args: object) -> None:
+        try:
+            write(*args)
         except OSError as err:
             self.state.say(f"export failed: {err}")
 
     def export_png(self, path: Path) -> Path:
-        """Save the plots as they are shown, headed by service and time range."""
+        """Save the plots as they are shown, headed by service and the time range shown."""
         self.redraw(force=True)
-        heading = export.title(self.service, export.time_range(self._export_rows()))
+        heading = export.title(self.service, self._shown_span())
         export.write_png(path, self.graphics, heading)
         self.state.say(f"exported PNG of {heading}: {path}")
         return path
 
-    def export_csv(self, path: Path) -> Path:
-        """Save the selected service's buffered windows (time, score, every feature)."""
-        data = self._export_rows()
-        rows = export.write_csv(path, data)
-        self.state.say(f"exported {rows:,} windows of {export.title(self.service, export.time_range(data))}: {path}")
+    def export_csv(self, path: Path, rows: np.ndarray | None = None) -> Path:
+        """Save the windows of the visible range (time, score, every feature); `rows` when read already."""
+        data = self._export_rows() if rows is None else rows
+        written = export.write_csv(path, data)
+        self.state.say(f"exported {written:,} windows of {export.title(self.service, export.time_range(data))}: {path}")
         return path
