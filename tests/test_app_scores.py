@@ -110,3 +110,44 @@ def test_a_window_without_its_score_yet_is_a_gap_until_the_score_arrives(qtbot):
     assert list(y) == [40.0 + i for i in range(2, 12)]
     # one mark, where v3 began scoring (the dropped window: off the plot now), none for the rest
     assert panel.activation_marks == [(100.0, "model v3")]
+
+
+def test_model_labels_a_few_windows_apart_do_not_print_over_each_other(qtbot):
+    """v1 … v4 took over 20 s apart (5 px in the hour shown): their labels read "modelmodel v2" on one
+    row; now they stack, one a row, and one with no row free is left out (its dotted line stays)."""
+    import time
+
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
+    from anomalydesk.detect.window_scores import WindowScore
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=800)
+    panel = LivePanel(state, AppSettings(live_features=["requests"], live_service=SERVICE))
+    qtbot.addWidget(panel)
+    panel.resize(1000, 400)
+    panel.show()
+    first = int(time.time() // 5) - 720
+    for w in range(first, first + 720):
+        state.live.append(SERVICE, w * 5.0, np.zeros(N_FEATURES), None)
+    state.set_services([SERVICE])
+    panel.select_service(SERVICE)
+    takeovers = [first + 700, first + 704, first + 708, first + 712]
+    scores = [WindowScore(w, w * 5.0, 40.0, "info", False, 1 + sum(w >= t for t in takeovers[1:]))  # type: ignore[arg-type]
+              for w in range(takeovers[0], first + 720)]  # fmt: skip
+    state.live.apply_scores(SERVICE, scores)
+    panel.redraw(force=True)
+    assert [label for _x, label in panel.activation_marks] == ["model v1", "model v2", "model v3", "model v4"]
+    qtbot.waitUntil(lambda: 0 < panel.mark_labels[0].left() < panel.width())  # drawn where the lines are
+    shown = panel.mark_labels
+    assert len(shown) >= 2
+    assert not any(a.intersects(b) for i, a in enumerate(shown) for b in shown[i + 1:])
+
+    # far apart (the view zoomed in on them), every label is on the first row
+    view = panel.score_plot.getViewBox()
+    panel.range.stop_following()
+    view.setXRange(takeovers[0] * 5.0 - 10, takeovers[-1] * 5.0 + 10, padding=0)
+    shown = panel.mark_labels
+    assert len(shown) == 4 and len({round(r.top()) for r in shown}) == 1
+    assert not any(a.intersects(b) for i, a in enumerate(shown) for b in shown[i + 1:])

@@ -16,6 +16,7 @@ thread, and drawn before the buffered windows.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -43,6 +44,9 @@ TITLE_STYLE = {"size": "9pt", "justify": "left"}
 AXIS_WIDTH = 52
 EMPTY_SPAN_SECONDS = 900  # the x range before any window arrived (it read "00.100 … 00.900" near 1970)
 GAP_FACTOR = 1.5  # consecutive windows further apart than this many window lengths: a gap, drawn as one
+MARK_ROWS = 3  # rows of "model vN" labels at most, from the score plot's top down
+MARK_GAP_PX = 6  # room between two labels on one row
+MARK_ROW_SPACING = 1.1  # text heights from one row of labels to the next
 _UNIT_WORDS = {"/window": "requests per window", "%": "%", "ms": "ms", "bits": "bits", "x": "× expected"}
 
 
@@ -155,6 +159,8 @@ class LivePanel(QtWidgets.QWidget):
         self.threshold_line = pg.InfiniteLine(angle=0, movable=False, pen=dashed)
         self.threshold_line.setVisible(False)
         self.score_plot.addItem(self.threshold_line)
+        self.score_plot.getViewBox().sigXRangeChanged.connect(self._lay_out_marks)
+        self.score_plot.getViewBox().sigResized.connect(self._lay_out_marks)
 
         layout = QtWidgets.QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
@@ -413,13 +419,51 @@ class LivePanel(QtWidgets.QWidget):
         pen = pg.mkPen(mark, style=QtCore.Qt.PenStyle.DotLine)
         for start, version in marks:
             line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
-                                   labelOpts={"position": 0.75, "color": mark})  # fmt: skip
+                                   labelOpts={"position": 0.75, "color": mark,
+                                              "anchors": [(1, 0.5), (1, 0.5)]})  # left of its line, at any row
             self.score_plot.addItem(line)
             self._marks.append(line)
+        self._lay_out_marks()
+
+    def _lay_out_marks(self) -> None:
+        """Labels of marks closer than their width go on the next row down, and where no row is free
+        they are left out (the dotted line stays): "model v1" and "model v2" a minute apart printed over
+        each other as "modelmodel v2". Run whenever the x range or the plot's size changes."""
+        if not self._marks:
+            return
+        view = self.score_plot.getViewBox()
+        view.childTransform()  # (brings the view's transform up to date: it is otherwise set at its next paint)
+        height = view.sceneBoundingRect().height()
+        text = max(float(self._marks[0].label.boundingRect().height()), 1.0)
+        rows = max(1, min(MARK_ROWS, int(height // (text * MARK_ROW_SPACING))))
+        # each row's height as a fraction of the plot's (0 bottom, 1 top), the first a text height's half
+        # below the top; one row alone where the plot is shorter than a label
+        heights = [max(0.0, 1 - (text * MARK_ROW_SPACING * (i + 0.5)) / height) if height > text else 0.5
+                   for i in range(rows)]  # fmt: skip
+        row_ends = [-math.inf] * rows  # scene x (pixels) where each row's last label ends
+        for line in sorted(self._marks, key=lambda item: item.value()):
+            right = view.mapViewToScene(QtCore.QPointF(float(line.value()), 0.0)).x()  # the label ends at its line
+            left = right - float(line.label.boundingRect().width())
+            free = next((i for i in range(rows) if row_ends[i] + MARK_GAP_PX <= left), None)
+            line.label.setVisible(free is not None)
+            if free is not None:
+                row_ends[free] = right
+                line.label.setPosition(heights[free])
+
+    def _label_rect(self, line: pg.InfiniteLine) -> QtCore.QRectF:
+        """A mark's label in the plot widget's pixels (the label ignores the plot's scale, so its
+        `sceneBoundingRect` is not where it is drawn)."""
+        label = line.label
+        return label.deviceTransform(self.graphics.viewportTransform()).mapRect(label.boundingRect())
 
     @property
     def band_count(self) -> int:
         return len(self._bands)
+
+    @property
+    def mark_labels(self) -> list[QtCore.QRectF]:
+        """Where the "model vN" labels shown are drawn (the plot widget's pixels)."""
+        return [self._label_rect(line) for line in self._marks if line.label.isVisible()]
 
     @property
     def activation_marks(self) -> list[tuple[float, str]]:
