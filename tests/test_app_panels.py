@@ -220,3 +220,39 @@ def test_the_installed_pyside_keeps_slot_return_values_alive():
     for _ in range(2000):
         emitter.fired.emit()
     assert sys.getrefcount(True) - before > -10, "this PySide6 leaks slot return values: use another version"
+
+
+def test_the_newest_score_shown_stands_while_the_newest_window_waits_for_its_own_and_pause_stops_following(qtbot):
+    """A new window arrives before the detector stored its score: the info line said "no score" until it
+    came, and for as long as the plot was paused there; Follow live stayed checked while paused."""
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=200)
+    panel = LivePanel(state, AppSettings(live_features=["requests"], live_service="payments"))
+    qtbot.addWidget(panel)
+    first = int(time.time() // 5) - 100
+    for w in range(first, first + 99):
+        state.live.append("payments", w * 5.0, np.ones(N_FEATURES), 39.0)
+    state.live.append("payments", (first + 99) * 5.0, np.ones(N_FEATURES), None)  # its score not stored yet
+    state.live.thresholds["payments"] = 70.0
+    state.set_services(["payments"])
+    panel.select_service("payments")
+    assert panel.redraw(force=True)
+    assert panel.info_label.text().endswith("· score 39 / threshold 70")
+    assert "now 39, threshold 70" in panel.score_plot.titleLabel.text
+
+    assert panel.range.follow and panel.range.follow_button.isChecked()
+    panel.pause_button.click()
+    assert panel.paused and not panel.range.follow and not panel.range.follow_button.isChecked()
+    assert not any(b.isChecked() for b in panel.range.preset_buttons.values())
+    state.live.append("payments", (first + 100) * 5.0, np.ones(N_FEATURES), None)
+    assert not panel.redraw() and panel.info_label.text().endswith("· score 39 / threshold 70")
+    panel.pause_button.click()  # Resume: following again, as before the pause
+    assert not panel.paused and panel.range.follow and panel.range.follow_button.isChecked()
+
+    panel.pause_button.click()
+    panel.range.follow_button.click()  # Follow live while paused: live again
+    assert not panel.paused and panel.range.follow and panel.pause_button.text() == "Pause"

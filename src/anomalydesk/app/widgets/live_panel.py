@@ -95,6 +95,7 @@ class LivePanel(QtWidgets.QWidget):
         self.state = state
         self.settings = settings
         self.paused = False
+        self._resume_following = False  # paused while following: Resume follows again
         self._built = False
         self._drawn_version = -1
         self._drawn_service = ""
@@ -299,11 +300,20 @@ class LivePanel(QtWidgets.QWidget):
         return self.service_box.currentText()
 
     def set_paused(self, paused: bool) -> None:
-        """Freeze the plots (data keeps arriving in the buffers)."""
+        """Freeze the plots (data keeps arriving in the buffers); paused, the view does not follow live
+        (Follow live says so), and resuming follows again if it did before."""
+        if paused == self.paused:
+            return
         self.paused = paused
         self.pause_button.setChecked(paused)
         self.pause_button.setText("Resume" if paused else "Pause")
-        if not paused:
+        if paused:
+            self._resume_following = self.range.follow
+            self.range.stop_following()
+        else:
+            if self._resume_following and not self.range.follow:
+                self.range.set_follow(True)
+            self._resume_following = False
             self.redraw()
 
     def reset_zoom(self) -> None:
@@ -353,7 +363,11 @@ class LivePanel(QtWidgets.QWidget):
         self.threshold_line.setVisible(threshold is not None)
         if threshold is not None:
             self.threshold_line.setValue(threshold)
-        last = scores[-1] if len(scores) else np.nan
+        # the newest score in the range shown: the newest window's score arrives after the window (the
+        # detector scores it once sealed), and "no score" flickered at every window, or stayed while paused
+        low, high = self.visible_range()
+        scored = np.flatnonzero(np.isfinite(scores) & (x >= low) & (x <= high))
+        last = scores[scored[-1]] if len(scored) else np.nan
         score_line = "learning (no model)" if threshold is None else (
             f"score {score_text(last)} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
         self._score_title(threshold, last)
@@ -380,6 +394,9 @@ class LivePanel(QtWidgets.QWidget):
         super().changeEvent(event)
 
     def _range_changed(self) -> None:
+        if self.paused and self.range.follow:  # Follow live or a preset pressed while paused: live again
+            self._resume_following = False
+            self.set_paused(False)
         self._drawn_version = -1
         self.redraw()
 
