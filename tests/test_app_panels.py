@@ -256,3 +256,31 @@ def test_the_newest_score_shown_stands_while_the_newest_window_waits_for_its_own
     panel.pause_button.click()
     panel.range.follow_button.click()  # Follow live while paused: live again
     assert not panel.paused and panel.range.follow and panel.pause_button.text() == "Pause"
+
+
+def test_a_connection_change_clears_every_fact_of_the_old_server_from_the_live_plots(qtbot, qloop):  # noqa: F811
+    """After Apply with another URL the plots said "no data yet" but the score title still read "now 39,
+    threshold 70" (and the threshold line stayed): `forget_server` is what a URL change runs."""
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=200)
+    first = int(time.time() // 5) - 50
+    for w in range(first, first + 50):
+        state.live.append("payments", w * 5.0, np.ones(N_FEATURES), 39.0)
+    state.live.thresholds["payments"] = 70.0
+    state.set_services(["payments"])
+    win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
+    qtbot.addWidget(win)
+    live = win.live
+    assert live.redraw(force=True)
+    assert "now 39, threshold 70" in live.score_plot.titleLabel.text and live.threshold_line.isVisible()
+
+    win.forget_server()
+    live.redraw()
+    assert live.info_label.text() == "no data yet"
+    assert live.score_plot.titleLabel.text == "score (0–100)" and not live.threshold_line.isVisible()
+    assert live.score_curve.xData is None or len(live.score_curve.xData) == 0
+    assert live.activation_marks == [] and live.band_count == 0

@@ -41,6 +41,8 @@ _FEATURE_BY_NAME = {f.name: f for f in FEATURES}
 
 
 TITLE_STYLE = {"size": "9pt", "justify": "left"}
+SCORE_TITLE = "score (0–100)"
+NOTHING_DRAWN = -2  # `_drawn_version` once the plots were cleared (no buffer for the service shown)
 AXIS_WIDTH = 52
 EMPTY_SPAN_SECONDS = 900  # the x range before any window arrived (it read "00.100 … 00.900" near 1970)
 GAP_FACTOR = 1.5  # consecutive windows further apart than this many window lengths: a gap, drawn as one
@@ -146,7 +148,7 @@ class LivePanel(QtWidgets.QWidget):
         self.graphics = pg.GraphicsLayoutWidget()
         self.colours = theme.plot_colours(self.palette())  # the system's light or dark scheme (`theme`)
         self.score_plot = pg.PlotItem(axisItems={"bottom": pg.DateAxisItem(), "left": SparseAxis()})
-        compact_title(self.score_plot, "score (0–100)", **TITLE_STYLE)
+        compact_title(self.score_plot, SCORE_TITLE, **TITLE_STYLE)
         self.score_plot.getAxis("left").enableAutoSIPrefix(False)
         self.score_plot.getAxis("left").setWidth(AXIS_WIDTH)
         self._cache_axes(self.score_plot)
@@ -334,11 +336,10 @@ class LivePanel(QtWidgets.QWidget):
         self._update_bands(service)
         self._update_marks(service)
         if buf is None:
-            if self._drawn_service != service:
-                for curve in [*self._curves.values(), self.score_curve]:
-                    curve.setData([], [])
+            if self._drawn_service != service or self._drawn_version != NOTHING_DRAWN:
+                self._clear_plots()
                 self._drawn_service = service
-                self.info_label.setText("no data yet")
+                self._drawn_version = NOTHING_DRAWN
             return False
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
             return False
@@ -377,9 +378,19 @@ class LivePanel(QtWidgets.QWidget):
         self._drawn_service = service
         return True
 
+    def _clear_plots(self) -> None:
+        """No windows for the service shown (none yet, or another server): nothing of what was drawn
+        stays, neither curves nor the threshold nor the score title's "now 39, threshold 70"."""
+        for curve in [*self._curves.values(), self.score_curve]:
+            curve.setData([], [])
+        self.threshold_line.setVisible(False)
+        self.info_label.setText("no data yet")
+        if self.score_plot.titleLabel.text != SCORE_TITLE:
+            compact_title(self.score_plot, SCORE_TITLE, **TITLE_STYLE)
+
     def _score_title(self, threshold: float | None, last: float) -> None:
         """The score plot's title with the newest score and the threshold (the info line may be elided)."""
-        words = "score (0–100)"
+        words = SCORE_TITLE
         if threshold is not None and np.isfinite(last):
             words += f" · now {score_text(last)}, threshold {threshold:.0f}"
         elif threshold is None:
