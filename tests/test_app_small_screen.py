@@ -100,3 +100,46 @@ def test_the_score_axis_labels_as_many_as_fit():
     tall = axis.tickSpacing(0, 100, 20 * height)
     assert short[0][0] == 50  # a short axis: one label in the middle (0 and 100 would be cut at the ends)
     assert tall[0][0] <= 20  # a tall one keeps pyqtgraph's finer labels
+
+
+@pytest.mark.parametrize(("size", "points"), [((1280, 800), 11), ((1024, 700), 10)])
+def test_no_y_labels_overlap_while_the_first_windows_arrive(qtbot, size, points):
+    """A fresh start: one window after another, in a larger desktop font. pyqtgraph printed a label
+    near an axis end that SparseAxis had counted as cut off, over the next one ("0.2" over "0.1",
+    "260" over "240")."""
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+    from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
+    from test_app_panels import NoActions
+
+    app = QtWidgets.QApplication.instance()
+    font = app.font()
+    bigger = QtGui.QFont(font)
+    bigger.setPointSize(points)
+    app.setFont(bigger)
+    try:
+        state = AppState()
+        window = MainWindow(state, NoActions(), AppSettings())
+        qtbot.addWidget(window)
+        window.resize(*size)
+        window.show()
+        qtbot.waitExposed(window)
+        now = time.time() // 5 * 5
+        rng = np.random.default_rng(7)
+        for n in range(1, 30):
+            vector = np.abs(rng.normal(1.0, 0.1, N_FEATURES))
+            vector[FEATURE_INDEX["rate_5xx"]] = 0.001 + 0.001 * rng.random()
+            vector[FEATURE_INDEX["latency_p95_ms"]] = 240 + 20 * rng.random()
+            state.live.append("orders", now - 5 * (30 - n), vector, None)
+            if n == 1:
+                window.live.select_service("orders")
+            window.live.redraw(force=True)
+            settle()
+            for plot in [*window.live._feature_plots, window.live.score_plot]:
+                drawn = labels(plot.getAxis("left"))
+                rects = [rect for rect, _text in drawn]
+                overlaps = [(a, b) for i, a in enumerate(rects) for b in rects[i + 1:] if a.intersects(b)]
+                assert not overlaps, (n, plot.titleLabel.text, [t for _r, t in drawn])
+    finally:
+        app.setFont(font)

@@ -47,19 +47,39 @@ class SparseAxis(pg.AxisItem):
         span = maxVal - minVal
         if not levels or not (span > 0 and math.isfinite(span) and size > 0) or self._tickSpacing is not None:
             return levels
-        # a label centred on a tick within half a text height of an end is cut off there (pyqtgraph hides it)
-        margin = self.text_height() / 2 / size * span
-        low, high = minVal + margin, maxVal - margin
+        low, high = self._labelled_span(minVal, maxVal, size)
 
         def labelled(step: float) -> int:
             return max(0, math.floor(high / step) - math.ceil(low / step) + 1)
 
+        def crowded(step: float) -> bool:  # two labels closer than the room one needs
+            return labelled(step) > 1 and step / span * size < ROOM_PER_LABEL * self.text_height()
+
         major = levels[0][0]
         fit = self.labels_that_fit(size)
-        while labelled(major) > fit and labelled(_next_nice(major)) >= 1:
+        while (labelled(major) > fit or crowded(major)) and labelled(_next_nice(major)) >= 1:
             major = _next_nice(major)
         mantissa = round(major / 10 ** math.floor(math.log10(major)))
         return [(major, 0.0), (major / 2 if mantissa == 2 else major / 5, 0.0)]
+
+    def _labelled_span(self, minVal: float, maxVal: float, size: float) -> tuple[float, float]:
+        """The values a label may sit at: half a text height in from either end (a label there is cut)."""
+        margin = self.text_height() / 2 / size * (maxVal - minVal)
+        return minVal + margin, maxVal - margin
+
+    def tickValues(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, list[float]]]:
+        """pyqtgraph's ticks, with the labelled level's ticks outside `_labelled_span` moved to the next
+        level (a tick and grid line, no text): pyqtgraph still printed such a label when its text fitted
+        the axis, and it overlapped the next one ("0.2" over "0.1", "260" over "240", 28 px axes)."""
+        levels = super().tickValues(minVal, maxVal, size)
+        span = maxVal - minVal
+        if len(levels) < 2 or not (span > 0 and math.isfinite(span) and size > 0) or self._tickSpacing is not None:
+            return levels
+        low, high = self._labelled_span(minVal, maxVal, size)
+        (major, values), (minor, minor_values) = levels[0], levels[1]
+        kept = [v for v in values if low <= v <= high]
+        moved = [v for v in values if not low <= v <= high]
+        return [(major, kept), (minor, sorted([*minor_values, *moved])), *levels[2:]]
 
 
 def compact_title(plot: pg.PlotItem, text: str, height: int = TITLE_HEIGHT, **style: object) -> None:
