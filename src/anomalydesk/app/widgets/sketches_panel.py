@@ -101,6 +101,7 @@ class SketchesPanel(QtWidgets.QWidget):
         self.q_error = wrapping(QtWidgets.QLabel())
         self.q_error.setStyleSheet("color: #c0392b")
         self.answered = 0  # queries answered or refused so far (tests wait on it)
+        self._shown: dict[str, int] | None = None  # the stored settings the form last showed
         inspector = QtWidgets.QGroupBox("Inspector")
         il = QtWidgets.QGridLayout(inspector)
         il.addWidget(self.q_service, 0, 0)
@@ -150,17 +151,29 @@ class SketchesPanel(QtWidgets.QWidget):
         if self.state.connection.status == "connected":
             self.reload()
 
+    def _form(self) -> dict[str, int]:
+        """The settings form's values, keyed as the stored settings are."""
+        return {"window_seconds": self.window.value(), "cms_width": self.cms_width.value(),
+                "cms_depth": self.cms_depth.value(), "filter_capacity": self.capacity.value(),
+                "topk": self.topk.value(), "retention": self.retention.value()}  # fmt: skip
+
     def refresh(self) -> None:
-        """Show `state.sketches` (settings + sizes)."""
+        """Show `state.sketches` (settings + sizes). The form keeps what the operator is editing (a value
+        changed since it was shown, or a change waiting for "Recreate"): a re-read when a new service
+        appears must not undo it."""
         data = self.state.sketches
         s = data.get("settings", {})
         if s:
-            self.window.setValue(int(s["window_seconds"]))
-            self.cms_width.setValue(int(s["cms_width"]))
-            self.cms_depth.setValue(int(s["cms_depth"]))
-            self.capacity.setValue(int(s["filter_capacity"]))
-            self.topk.setValue(int(s["topk"]))
-            self.retention.setValue(int(s["retention"]))
+            incoming = {name: int(s[name]) for name in self._form()}
+            edited = self._shown is not None and self._form() not in (self._shown, incoming)
+            if not edited and not self.confirm.isVisible():
+                self.window.setValue(incoming["window_seconds"])
+                self.cms_width.setValue(incoming["cms_width"])
+                self.cms_depth.setValue(incoming["cms_depth"])
+                self.capacity.setValue(incoming["filter_capacity"])
+                self.topk.setValue(incoming["topk"])
+                self.retention.setValue(incoming["retention"])
+                self._shown = incoming
         services = data.get("services", {})
         self.sizes.setRowCount(len(services))
         for row, (name, info) in enumerate(sorted(services.items())):
@@ -218,6 +231,7 @@ class SketchesPanel(QtWidgets.QWidget):
     def _cancel_confirm(self) -> None:
         self.confirm.setVisible(False)
         self.message.setText("kept the current sketches")
+        self._shown = None  # the form shows the stored settings again
         self.reload()
 
     @asyncSlot()
