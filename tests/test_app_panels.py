@@ -284,3 +284,31 @@ def test_a_connection_change_clears_every_fact_of_the_old_server_from_the_live_p
     assert live.score_plot.titleLabel.text == "score (0–100)" and not live.threshold_line.isVisible()
     assert live.score_curve.xData is None or len(live.score_curve.xData) == 0
     assert live.activation_marks == [] and live.band_count == 0
+
+
+def test_a_connection_change_clears_a_paused_panel_and_drops_a_read_in_flight(qtbot, qloop):  # noqa: F811
+    """Two more ways the old server stayed: a paused panel redraws nothing, so its curves and "now 39,
+    threshold 70" stayed until Resume; and a range read still in flight stored the old server's windows
+    (same service name) and drew them before the new server's buffer."""
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+    from anomalydesk.fingerprint import N_FEATURES
+
+    state = AppState(live_capacity=200)
+    first = int(time.time() // 5) - 50
+    for w in range(first, first + 50):
+        state.live.append("payments", w * 5.0, np.ones(N_FEATURES), 39.0)
+    state.live.thresholds["payments"] = 70.0
+    state.set_services(["payments"])
+    win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
+    qtbot.addWidget(win)
+    live = win.live
+    assert live.redraw(force=True)
+    live.pause_button.click()
+    generation = live.range._generation
+    live.range.loading = ("payments", 0.0, 1.0)  # a read in flight
+    win.forget_server()
+    assert live.paused and live.score_plot.titleLabel.text == "score (0–100)" and not live.threshold_line.isVisible()
+    assert live.score_curve.xData is None or len(live.score_curve.xData) == 0
+    assert live.range.loading is None and live.range.rows is None and live.range._generation == generation + 1

@@ -378,6 +378,13 @@ class LivePanel(QtWidgets.QWidget):
         self._drawn_service = service
         return True
 
+    def forget(self) -> None:
+        """Another server (`MainWindow.forget_server`): drop a range read in flight and what is drawn, paused
+        or not (a paused panel redraws nothing, and kept the old server's curves until Resume)."""
+        self.range.forget()
+        self._clear_plots()
+        self._drawn_version = -1
+
     def _clear_plots(self) -> None:
         """No windows for the service shown (none yet, or another server): nothing of what was drawn
         stays, neither curves nor the threshold nor the score title's "now 39, threshold 70"."""

@@ -64,6 +64,7 @@ class LiveRange(QtCore.QObject):
         self._views: list[pg.ViewBox] = []
         self._last_right = 0.0
         self._retry_at = 0.0  # (monotonic) no read is started by `keep_loaded` before this
+        self._generation = 0  # moves on when the server changes: a read begun before is dropped
 
         self.bar = QtWidgets.QWidget()
         bar = QtWidgets.QHBoxLayout(self.bar)
@@ -244,15 +245,18 @@ class LiveRange(QtCore.QObject):
 
     async def _load(self, service: str, start: float, end: float) -> None:
         assert self.loader is not None
+        generation = self._generation
         try:
             found = await self.loader.load(service, start, end)
         except Exception as err:  # a failed read leaves the buffer's data shown and says why
+            if generation != self._generation:
+                return
             log.warning("reading %s from the streams failed: %s", service, err)
             self.loading = None
             self._retry_at = time.monotonic() + RETRY_SECONDS
             self.changed.emit()
             return
-        if found is None:  # a newer request replaced it
+        if found is None or generation != self._generation:  # a newer request, or another server, replaced it
             return
         self.loading = None
         if found.service == self.service:
@@ -267,6 +271,14 @@ class LiveRange(QtCore.QObject):
             how = f" in {self.rows.bin_seconds:,.0f}-s bins" if self.rows.reduced else ""
             return f"· {self.rows.windows:,} read from the streams{how}"
         return ""
+
+    def forget(self) -> None:
+        """Another server: a read in flight is dropped (its windows are the old server's), and nothing
+        read before applies."""
+        self._generation += 1
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self.loading, self.rows, self._retry_at = None, None, 0.0
 
     def stop(self) -> None:
         """Cancel a read in flight and shut the loader down (the window closes)."""

@@ -223,6 +223,7 @@ class MainWindow(QtWidgets.QMainWindow):
         one's readers start, so nothing of the old server arrives afterwards.
         """
         self.state.forget_server()
+        self.live.forget()
         self.incidents.forget()
         self.banner.dismiss()  # its notifications were about the old server's incidents
 
