@@ -561,18 +561,23 @@ class LivePanel(QtWidgets.QWidget):
             self._csv_task = asyncio.ensure_future(self._export_csv_read(Path(path)))
 
     async def _export_csv_read(self, path: Path) -> None:
-        self.state.say(f"exporting {self.service}: reading its windows …")
+        service = self.service
+        self.state.say(f"exporting {service}: reading its windows …")
         try:
             rows = await self._windows_for_export()
         except Exception as err:  # a failed read writes nothing and says why
             self.state.say(f"export failed: {err}")
+            return
+        if self.service != service:  # the rows would mix two services' windows
+            self.state.say(f"export of {service} not written: another service was shown while its windows "
+                           "were read")
             return
         self._export_or_say(self.export_csv, path, rows)
 
     def _export_or_say(self, write: Callable[..., Path], *args: object) -> None:
         try:
             write(*args)
-        except OSError as err:
+        except Exception as err:  # an export that fails says why, whatever it was (it runs in a task)
             self.state.say(f"export failed: {err}")
 
     def export_png(self, path: Path) -> Path:
