@@ -258,9 +258,8 @@ def test_the_newest_score_shown_stands_while_the_newest_window_waits_for_its_own
     assert not panel.paused and panel.range.follow and panel.pause_button.text() == "Pause"
 
 
-def test_a_connection_change_clears_every_fact_of_the_old_server_from_the_live_plots(qtbot, qloop):  # noqa: F811
-    """After Apply with another URL the plots said "no data yet" but the score title still read "now 39,
-    threshold 70" (and the threshold line stayed): `forget_server` is what a URL change runs."""
+def _payments_at_39(qtbot):
+    """A main window showing 50 windows of payments scored 39 under a threshold of 70 (no server behind)."""
     from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.app.model.state import AppState
     from anomalydesk.app.widgets.main_window import MainWindow
@@ -274,8 +273,15 @@ def test_a_connection_change_clears_every_fact_of_the_old_server_from_the_live_p
     state.set_services(["payments"])
     win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
     qtbot.addWidget(win)
+    assert win.live.redraw(force=True)
+    return win
+
+
+def test_a_connection_change_clears_every_fact_of_the_old_server_from_the_live_plots(qtbot, qloop):  # noqa: F811
+    """After Apply with another URL the plots said "no data yet" but the score title still read "now 39,
+    threshold 70" (and the threshold line stayed): `forget_server` is what a URL change runs."""
+    win = _payments_at_39(qtbot)
     live = win.live
-    assert live.redraw(force=True)
     assert "now 39, threshold 70" in live.score_plot.titleLabel.text and live.threshold_line.isVisible()
 
     win.forget_server()
@@ -290,21 +296,8 @@ def test_a_connection_change_clears_a_paused_panel_and_drops_a_read_in_flight(qt
     """Two more ways the old server stayed: a paused panel redraws nothing, so its curves and "now 39,
     threshold 70" stayed until Resume; and a range read still in flight stored the old server's windows
     (same service name) and drew them before the new server's buffer."""
-    from anomalydesk.app.model.settings import AppSettings
-    from anomalydesk.app.model.state import AppState
-    from anomalydesk.app.widgets.main_window import MainWindow
-    from anomalydesk.fingerprint import N_FEATURES
-
-    state = AppState(live_capacity=200)
-    first = int(time.time() // 5) - 50
-    for w in range(first, first + 50):
-        state.live.append("payments", w * 5.0, np.ones(N_FEATURES), 39.0)
-    state.live.thresholds["payments"] = 70.0
-    state.set_services(["payments"])
-    win = MainWindow(state, NoActions(), AppSettings(live_service="payments"))
-    qtbot.addWidget(win)
+    win = _payments_at_39(qtbot)
     live = win.live
-    assert live.redraw(force=True)
     live.pause_button.click()
     generation = live.range._generation
     live.range.loading = ("payments", 0.0, 1.0)  # a read in flight

@@ -17,11 +17,11 @@ pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # fmt: skip
 
 
-def busy_window(qtbot, size: tuple[int, int]):
+def shown_window(qtbot, size: tuple[int, int]):
+    """(state, main window) shown at `size`, with no server behind it (`NoActions`)."""
     from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.app.model.state import AppState
     from anomalydesk.app.widgets.main_window import MainWindow
-    from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
     from test_app_panels import NoActions
 
     state = AppState()
@@ -30,6 +30,13 @@ def busy_window(qtbot, size: tuple[int, int]):
     window.resize(*size)
     window.show()
     qtbot.waitExposed(window)
+    return state, window
+
+
+def busy_window(qtbot, size: tuple[int, int]):
+    from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
+
+    state, window = shown_window(qtbot, size)
     now = time.time() // 5 * 5
     rng = np.random.default_rng(7)
     for i in range(720):  # the last hour: a level in requests, 0.4 % errors, then 20 % and a high score
@@ -107,11 +114,7 @@ def test_no_y_labels_overlap_while_the_first_windows_arrive(qtbot, size, points)
     """A fresh start: one window after another, in a larger desktop font. pyqtgraph printed a label
     near an axis end that SparseAxis had counted as cut off, over the next one ("0.2" over "0.1",
     "260" over "240")."""
-    from anomalydesk.app.model.settings import AppSettings
-    from anomalydesk.app.model.state import AppState
-    from anomalydesk.app.widgets.main_window import MainWindow
     from anomalydesk.fingerprint import FEATURE_INDEX, N_FEATURES
-    from test_app_panels import NoActions
 
     app = QtWidgets.QApplication.instance()
     font = app.font()
@@ -119,12 +122,7 @@ def test_no_y_labels_overlap_while_the_first_windows_arrive(qtbot, size, points)
     bigger.setPointSize(points)
     app.setFont(bigger)
     try:
-        state = AppState()
-        window = MainWindow(state, NoActions(), AppSettings())
-        qtbot.addWidget(window)
-        window.resize(*size)
-        window.show()
-        qtbot.waitExposed(window)
+        state, window = shown_window(qtbot, size)
         now = time.time() // 5 * 5
         rng = np.random.default_rng(7)
         for n in range(1, 30):
