@@ -114,21 +114,26 @@ def gap_plan(incident: Incident | None, fp: Fingerprint, gap: bool, services: in
     return [(closed, incident.rev)], [alert]
 
 
+def _gap_length(incident: Incident) -> float | None:
+    """The window length the gap counts: its first window's start over its number (a window starts at
+    number × length); None for a gap at window 0."""
+    return incident.start_epoch / incident.first_window if incident.first_window > 0 else None
+
+
 def _same_length(incident: Incident, fp: Fingerprint) -> bool:
-    """Whether `fp` counts windows of the gap's length (a window starts at number × length)."""
-    if incident.first_window <= 0 or fp.window <= 0:
+    """Whether `fp` counts windows of the gap's length."""
+    length = _gap_length(incident)
+    if length is None or fp.window <= 0:
         return True
-    return abs(incident.start_epoch / incident.first_window - fp.start / fp.window) < 1e-6
+    return abs(length - fp.start / fp.window) < 1e-6
 
 
 def _last_gap_start(incident: Incident) -> float:
     """When the gap's last window began. By time, not by window number: after a window-length change
     (`setup --window … --force`) the new windows' numbers are not comparable with the gap's, and traffic
-    in them did not end the gap (it stayed open for good at 5 s → 10 s). The gap's window length is its
-    first window's start over its number (a window starts at number × length)."""
-    if incident.first_window <= 0:
-        return float(incident.last_window)
-    return incident.last_window * incident.start_epoch / incident.first_window
+    in them did not end the gap (it stayed open for good at 5 s → 10 s)."""
+    length = _gap_length(incident)
+    return float(incident.last_window) if length is None else incident.last_window * length
 
 
 def _sent(fp: Fingerprint) -> str:

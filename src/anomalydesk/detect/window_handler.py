@@ -110,7 +110,7 @@ class WindowHandler:
             shift = drift.shift_of(svc.model, moved, fp) if moved is not None else None
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
-                           window_seconds=fp.window_seconds or window_s, kpi_ranges=ranges,
+                           window_seconds=length, kpi_ranges=ranges,
                            confirmation=self.confirmation, gap=gap, shift=shift,
                            shift_incident=shift_incident)  # fmt: skip
             if restart is not None:
