@@ -61,7 +61,7 @@ def test_versions_fill_without_a_click_in_words_and_actions_name_the_active_mode
         assert panel.message.text() == "kept"
         newest = cells(panel.versions_table, 0)
         assert newest[0] == "v2" and newest[2] == "4,321" and newest[3] == "yes"
-        assert newest[-1] == ("flagged in training 1.2 % · daily cycle yes · excluded 3 windows · gaps 12 windows · "
+        assert newest[-1] == ("flagged in training 1.2% · daily cycle yes · excluded 3 windows · gaps 12 windows · "
                               "raw threshold 0.531")  # fmt: skip
         assert "training_flag" not in newest[-1] and "_" not in newest[-1]
 

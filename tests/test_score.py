@@ -10,7 +10,14 @@ from anomalydesk.detect.incident_model import severity_of
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import ScoreResult, score, score_batch
 from anomalydesk.detect.train import TrainParams, train
-from anomalydesk.fingerprint import FEATURE_INDEX, FEATURE_NAMES, N_FEATURES
+from anomalydesk.fingerprint import (
+    FEATURE_INDEX,
+    FEATURE_NAMES,
+    N_FEATURES,
+    format_number,
+    format_ratio,
+    format_value,
+)
 
 
 def _fingerprints(n: int, seed: int) -> np.ndarray:
@@ -218,3 +225,56 @@ def test_a_reason_over_several_windows_carries_the_numbers_its_text_names(model:
     spread = next(r for r in score(model, rows).reasons if r["feature"] == "latency_p99_ms")
     assert "fluctuating" in spread["text"] and (spread["low"], spread["high"]) == (205.0, 900.0)
     assert spread["actual"] == 212.0 and spread["windows"] == n
+
+
+def test_values_read_with_two_significant_digits_and_only_zero_reads_zero() -> None:
+    """The one formatter of feature values (reasons, and so the CLI, webhooks, notifications and the app,
+    which all show a reason's text): small values keep two significant digits, none reads as 0."""
+    assert [format_ratio(v) for v in (0.18, 0.124, 0.004, 0.0031, 0.000042, 0.0)] == [
+        "18%", "12.4%", "0.4%", "0.31%", "0.0042%", "0%"]
+    assert format_value("latency_p99_ms", 1240.0) == "1,240 ms"
+    assert format_value("requests", 3.25) == "3.2/window" and format_value("kpi_level", 0.8) == "0.8×"
+    assert format_number(9.96) == "10" and format_number(-0.0042) == "-0.0042" and format_number(4e-9) == "4e-09"
+    for value in np.geomspace(1e-9, 9.9, 400):
+        shown = format_number(value)
+        assert shown != "0" and float(shown) == pytest.approx(value, rel=0.05), (value, shown)
+
+
+def _sparse_errors(n: int, seed: int) -> np.ndarray:
+    """A service at ~180 requests a window and 0.2 % 5xx per request: no error in most windows (the
+    median ratio is 0), one or two in the others (0.5–1.1 %), as the demo's payments service."""
+    X = _fingerprints(n, seed)
+    requests = X[:, FEATURE_INDEX["requests"]] = np.random.default_rng(seed).normal(180, 10, n).round()
+    X[:, FEATURE_INDEX["rate_5xx"]] = np.random.default_rng(seed + 1).binomial(requests.astype(int), 0.002) / requests
+    return X
+
+
+def test_a_normal_of_zero_reads_as_the_usual_range_when_most_windows_are_not_zero() -> None:
+    """A tester read "5xx ratio 12% vs 0% normal" beside the app's plot of that ratio at 0.2–0.5 % in
+    normal windows: the training median of a sparse error ratio is 0. Its normal reads as the middle half
+    of its training windows (0 to the upper quartile), which the plot shows."""
+    X = _sparse_errors(1500, seed=30)
+    c = FEATURE_INDEX["rate_5xx"]
+    upper = float(np.percentile(X[:, c], 75))
+    assert float(np.median(X[:, c])) == 0.0 and upper > 0.004
+    sparse = train(X, TrainParams(trees=60))
+    rows = _sparse_errors(sparse.context_rows, seed=31)
+    rows[-1, c] = 0.12
+    result = score(sparse, rows)
+    assert result.anomalous
+    top = result.reasons[0]
+    assert top["feature"] == "rate_5xx" and top["expected"] == 0.0
+    assert top["text"] == f"5xx ratio 12% vs 0–{format_ratio(upper)} normal"
+
+
+def test_a_truly_zero_normal_still_reads_zero() -> None:
+    """A ratio that is 0 in (nearly) every training window is 0 normal, and says so."""
+    X = _fingerprints(1200, seed=40)
+    X[:, FEATURE_INDEX["rate_5xx"]] = 0.0
+    X[::50, FEATURE_INDEX["rate_5xx"]] = 0.005  # a rare error: the upper quartile is still 0
+    clean = train(X, TrainParams(trees=60))
+    rows = _fingerprints(clean.context_rows, seed=41)
+    rows[:, FEATURE_INDEX["rate_5xx"]] = 0.0
+    rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.12
+    result = score(clean, rows)
+    assert result.anomalous and result.reasons[0]["text"] == "5xx ratio 12% vs 0% normal"

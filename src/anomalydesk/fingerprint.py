@@ -58,6 +58,45 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURES)
+_BY_NAME = dict(zip(FEATURE_NAMES, FEATURES, strict=True))
+_FIXED_BELOW = 1e-6  # smaller magnitudes read in scientific notation ("4.2e-07"), never as a run of zeros
+
+
+def format_number(value: float) -> str:
+    """A number as an operator reads it: 1,240 · 24.6 · 3.2 · 0.31 · 0.0042. Below 10 with two significant
+    digits (not rounded to a fixed number of decimals), so a small value that is not 0 never reads as 0;
+    only 0 itself reads "0"."""
+    value = float(value)
+    magnitude = abs(value)
+    if magnitude == 0:
+        return "0"
+    if magnitude >= 100:
+        return f"{value:,.0f}"
+    if magnitude >= 10:
+        return f"{value:.0f}" if value.is_integer() else f"{value:.1f}"
+    if magnitude < _FIXED_BELOW:
+        return f"{value:.2g}"
+    decimals = 1 - math.floor(math.log10(magnitude))  # two significant digits
+    return f"{value:.{decimals}f}".rstrip("0").rstrip(".")
+
+
+def format_ratio(value: float) -> str:
+    """A share (0–1) as a percentage: 0.18 → "18%", 0.0031 → "0.31%", 0.00004 → "0.004%", 0 → "0%"."""
+    return f"{format_number(float(value) * 100)}%"
+
+
+def format_value(name: str, value: float) -> str:
+    """A feature's value in its unit (`FEATURES`), as reasons, notifications and the app show it: 18%,
+    1,240 ms, 3.2/window, 0.8×, 2.5 bits. The one formatter of feature values."""
+    feature = _BY_NAME.get(name)
+    unit = feature.unit if feature else ""
+    if unit == "%":
+        return format_ratio(value)
+    if unit == "/window":
+        return f"{format_number(value)}/window"
+    if unit == "x":
+        return f"{format_number(value)}×"
+    return f"{format_number(value)} {unit}" if unit else format_number(value)
 
 
 def latency_bucket(ms: float) -> int:

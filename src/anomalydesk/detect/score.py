@@ -31,9 +31,11 @@ from anomalydesk.detect.baseline import LevelShift
 from anomalydesk.detect.features import KINDS, from_model_space, to_model_space
 from anomalydesk.detect.incident_model import Severity, severity_of
 from anomalydesk.detect.model import Model, with_stuck
-from anomalydesk.fingerprint import FEATURES
+from anomalydesk.fingerprint import FEATURES, format_number, format_value
 
 _BY_NAME = {f.name: f for f in FEATURES}
+# every feature but the KPI level (relative to its range's midpoint) is a count, share, time or entropy
+_NON_NEGATIVE = frozenset(f.name for f in FEATURES if f.unit != "x")
 
 
 @dataclass(frozen=True)
@@ -103,23 +105,37 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             if rising and reasons and _small_change(float(recent.max()), float(recent.min()), scale=normal):
                 continue  # (a steady one's range is small by definition: it is named)
             words = "fluctuating" if rising else "unusually steady"
-            text = (f"{_label(name)} {words}: {_fmt(name, float(recent.min()))} to "
-                    f"{_fmt(name, float(recent.max()))} over the last {X.shape[0]} windows, "
-                    f"{_fmt(name, normal)} normal")
+            text = (f"{_label(name)} {words}: {format_value(name, float(recent.min()))} to "
+                    f"{format_value(name, float(recent.max()))} over the last {X.shape[0]} windows, "
+                    f"{_usual(model, column, normal)} normal")
             extra = {"low": float(recent.min()), "high": float(recent.max()), "windows": int(X.shape[0])}
         elif kind == "mean":
             shown = float(recent.mean())
             if reasons and _small_change(shown, normal):
                 continue
-            text = (f"{_label(name)} averaged {_fmt(name, shown)} over the last "
-                    f"{X.shape[0]} windows vs {_fmt(name, normal)} normal")
+            text = (f"{_label(name)} averaged {format_value(name, shown)} over the last "
+                    f"{X.shape[0]} windows vs {_usual(model, column, normal)} normal")
             actual, extra = shown, {"windows": int(X.shape[0])}  # the number the text names, not the last window's
         else:
             if reasons and _small_change(actual, normal):
                 continue
-            text = f"{_label(name)} {_fmt(name, actual)} vs {_fmt(name, normal)} normal"
+            text = f"{_label(name)} {format_value(name, actual)} vs {_usual(model, column, normal)} normal"
         reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text, **extra})
     return reasons
+
+
+def _usual(model: Model, column: int, normal: float) -> str:
+    """The normal value of a reason in words. A feature that cannot be negative, 0 normal and at training
+    median 0 while the middle half of its training windows spans more than 0, reads as that range: a
+    sparse 5xx ratio (no error in most windows, one in 200–500 requests in the others) is 0 at the median
+    and "0 %" beside a plot at 0.2–0.5 % misled; it reads "0–0.53%". With a median of 0 and no negative
+    values the lower quartile is 0 and the upper one the training IQR. A feature 0 in at least three
+    quarters of its windows still reads 0."""
+    name = model.feature_names[column]
+    spread = float(model.spread[column])
+    if normal == 0 and float(model.expected[column]) == 0 and spread > 0 and name in _NON_NEGATIVE:
+        return f"{format_number(0)}–{format_value(name, spread)}"
+    return format_value(name, normal)
 
 
 def _small_change(shown: float, normal: float, scale: float | None = None) -> bool:
@@ -142,40 +158,17 @@ def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> 
     before, now = (float(from_model_space(np.array([v]), np.array([log_scale]))[0]) for v in unshrunk)
     since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(shift.since))
     return {"feature": name, "actual": now, "expected": before, "since": shift.since,
-            "text": f"new normal? {_label(name)} {_fmt(name, before)} → {_fmt(name, now)} since {since}"}
+            "text": f"new normal? {_label(name)} {format_value(name, before)} → {format_value(name, now)} "
+                    f"since {since}"}
 
 
 def _stuck_reason(model: Model, column: int, value: float, windows: int) -> dict[str, Any]:
     name = model.feature_names[column]
     return {"feature": name, "actual": value, "expected": None,
-            "text": f"{_label(name)} stuck at {_fmt(name, value)} for the last {windows} windows "
+            "text": f"{_label(name)} stuck at {format_value(name, value)} for the last {windows} windows "
                     "(it never stood still in training: a frozen exporter or gauge?)"}  # fmt: skip
 
 
 def _label(name: str) -> str:
     feature = _BY_NAME.get(name)
     return feature.label if feature else name
-
-
-def _fmt(name: str, value: float) -> str:
-    """A value in the feature's unit, as an operator reads it: 18%, 1,240 ms, 3.2 requests/window."""
-    feature = _BY_NAME.get(name)
-    unit = feature.unit if feature else ""
-    if unit == "%":
-        return f"{_number(value * 100)}%"
-    if unit == "/window":
-        return f"{_number(value)}/window"
-    if unit == "x":
-        return f"{_number(value)}×"
-    return f"{_number(value)} {unit}" if unit else _number(value)
-
-
-def _number(value: float) -> str:
-    magnitude = abs(value)
-    if magnitude >= 100:
-        return f"{value:,.0f}"
-    if magnitude >= 10:
-        return f"{value:.0f}" if float(value).is_integer() else f"{value:.1f}"
-    if magnitude == 0:
-        return "0"
-    return f"{value:.2g}" if magnitude >= 0.01 else f"{value:.1g}"

@@ -25,7 +25,7 @@ from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.service_state import load_model
 from anomalydesk.detect.train import InsufficientHistory, TrainParams, train
-from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint
+from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint, format_ratio
 from anomalydesk.store import admin, fingerprints
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
@@ -303,8 +303,8 @@ def retrain_if_better(
     outcome = TrainOutcome(service, windows=n - held, metadata=_summary(candidate, data))
     outcome.metadata["holdout_flag_rate"] = {"candidate": candidate_rate, "current": current_rate}
     if candidate_rate > current_rate:
-        outcome.skipped = (f"kept the active model: candidate flags {candidate_rate:.1%} of held-back "
-                           f"normal windows, the active one {current_rate:.1%}")
+        outcome.skipped = (f"kept the active model: candidate flags {format_ratio(candidate_rate)} of held-back "
+                           f"normal windows, the active one {format_ratio(current_rate)}")
         outcome.metadata["replaced"] = False
     else:
         outcome.version = store_model(r, service, candidate, data.head(-held), keys=keys)

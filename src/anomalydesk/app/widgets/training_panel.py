@@ -12,6 +12,7 @@ from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.app.model.state import READY_TO_TRAIN, AppState
 from anomalydesk.app.widgets.message_label import wrapping
 from anomalydesk.detect.incident_model import local_time
+from anomalydesk.fingerprint import format_ratio
 
 ALL = "(all services)"
 MODEL_COLUMNS = ("version", "created", "windows", "active", "stale", "threshold", "training")
@@ -24,14 +25,14 @@ METRIC_LABELS = {
 
 
 def metrics_text(metrics: dict[str, Any]) -> str:
-    """A model's training metrics for people: "flagged in training 1.2 % · daily cycle yes · excluded 3"."""
+    """A model's training metrics for people: "flagged in training 1.2% · daily cycle yes · excluded 3"."""
     parts = []
     for key, label in METRIC_LABELS.items():
         value = metrics.get(key)
         if value is None or value == "" or (key.endswith("_windows") and not value):
             continue
         if key == "training_flag_rate":
-            parts.append(f"{label} {float(value) * 100:.1f} %")
+            parts.append(f"{label} {format_ratio(float(value))}")  # 0.04 %, not "0.0 %"
         elif isinstance(value, bool):
             parts.append(f"{label} {'yes' if value else 'no'}")
         elif key.endswith("_windows"):
