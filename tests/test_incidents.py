@@ -100,6 +100,10 @@ def test_false_positive_windows_go_back_into_training(r: redis.Redis) -> None:
     inc.false_positive(r, mistaken.id, who="alice")
     assert inc.training_windows(r, "payments") == ([(100, 104)], [])
     assert inc.training_windows(r, "orders") == ([], [(200, 203)])
+    windows = [99, 100, 104, 105, 200, 203]  # the same windows are anomalous for the app's usual range
+    assert inc.anomalous_windows(r, "payments", windows).tolist() == [False, True, True, False, False, False]
+    assert not inc.anomalous_windows(r, "orders", windows).any()
+    assert inc.left_out_windows(windows, [(100, 210)], [(200, 203)]).tolist() == [False, True, True, True, False, False]
     marked = inc.get(r, mistaken.id)
     assert marked.false_positive is not None and marked.false_positive.by == "alice"
     assert marked.resolved is not None and marked.resolved.how == "false positive"

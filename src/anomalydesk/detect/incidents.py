@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import redis
 
 from anomalydesk import config
@@ -195,6 +196,28 @@ def training_windows(
             continue
         (included if incident.false_positive else excluded).append(span)
     return sorted(excluded), sorted(included)
+
+
+def left_out_windows(
+    windows: np.ndarray, excluded: list[tuple[int, int]], included: list[tuple[int, int]]
+) -> np.ndarray:
+    """(n,) bool: which of `windows` (window numbers) are anomalous by `training_windows`' spans: inside an
+    excluded one and not put back by an included one."""
+    windows = np.asarray(windows, dtype=np.int64)
+
+    def inside(spans: list[tuple[int, int]]) -> np.ndarray:
+        mask = np.zeros(windows.shape, dtype=bool)
+        for lo, hi in spans:
+            mask |= (windows >= lo) & (windows <= hi)
+        return mask
+
+    return inside(excluded) & ~inside(included)
+
+
+def anomalous_windows(r: redis.Redis, service: str, windows: np.ndarray, *, keys: Keys | None = None) -> np.ndarray:
+    """(n,) bool: which of the service's `windows` training leaves out as anomalous (any incident but a
+    false positive; see `training_windows`): the windows a usual range must not be computed from."""
+    return left_out_windows(windows, *training_windows(r, service, keys=keys))
 
 
 def prune(r: redis.Redis, keep: int = config.INCIDENTS_KEPT, *, keys: Keys | None = None) -> int:

@@ -135,13 +135,6 @@ def recent_windows(r: redis.Redis, service: str, n: int, *, keys: Keys) -> list[
                         stretched=bool(v[_STRETCHED] == 1.0)) for v in rows]  # fmt: skip
 
 
-def _inside(windows: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
-    mask = np.zeros(windows.shape, dtype=bool)
-    for lo, hi in spans:
-        mask |= (windows >= lo) & (windows <= hi)
-    return mask
-
-
 def gap_mask(windows: np.ndarray, silent: np.ndarray, window_s: int) -> np.ndarray:
     """Which rows lie in a gap: a run of consecutive silent windows (no event at all) lasting at least
     TRAINING_GAP_SECONDS and 2 windows. Sealing makes such windows up when nothing arrived; they say the
@@ -172,7 +165,7 @@ def training_data(
     gaps = usable & gap_mask(numbers, rows[:, _SILENT] == 1.0, window_s)
     stretched = usable & ~gaps & (rows[:, _STRETCHED] == 1.0)
     usable &= ~gaps & ~stretched
-    left_out = usable & _inside(numbers, excluded_spans) & ~_inside(numbers, included_spans)
+    left_out = usable & incidents.left_out_windows(numbers, excluded_spans, included_spans)
     kept = rows[usable & ~left_out]
     restored: list[np.ndarray] = []
     if rows.shape[0] and rows[0, _WINDOW] != 0:
