@@ -85,6 +85,47 @@ def test_the_details_plot_shows_the_leading_feature_in_its_unit_with_its_usual_r
         close_app(qtbot, app)
 
 
+def test_the_usual_range_leaves_out_an_earlier_incidents_windows_unless_it_was_a_false_positive(
+        qtbot, qloop, redis_url, r):  # noqa: F811
+    """A tester saw a second incident's usual range stretched by the first one's windows: the band came from
+    every window before the incident. It comes from the normal ones, as training picks them (an incident's
+    windows left out, a false positive's kept: `incidents.training_windows`), read from Redis: the earlier,
+    closed incident is in no alert the app has seen."""
+    from anomalydesk import fingerprint as fpmod
+
+    keys = Keys()
+    first = int(time.time() // 5) - 60
+    earlier = range(first + 46, first + 51)  # the second incident's plot shows the 12 windows before it
+    for w in range(first, first + 60):
+        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+        burst = w in earlier or w >= first + 55
+        fields.update(requests=300, rate_5xx=0.2 if burst else 0.004 + 0.001 * (w % 3), window=w, start=w * 5,
+                      schema=fpmod.SCHEMA_VERSION, no_data=0, kpis="", ws=5)  # fmt: skip
+        r.xadd(keys.fingerprints("orders"), fields, id=f"{w * 5 * 1000}-1")
+    r.sadd(keys.services, "orders")
+    closed = replace(Incident.open("orders", "anomaly", earlier[0], earlier[0] * 5.0), last_window=earlier[-1],
+                     windows=len(earlier), status="resolved", score=95.0, severity="critical")  # fmt: skip
+    r.hset(keys.incidents, closed.id, json.dumps(closed.to_json()))
+    alert = raise_alert(r, "orders", first + 55)
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+        panel.select_incident(alert["incident_id"])
+        qtbot.waitUntil(lambda: panel.detail_plot.isVisible() and panel.detail_usual is not None, timeout=10_000)
+        curve = panel.detail_plot.getPlotItem().listDataItems()[0]
+        assert np.nanmax(curve.getData()[1]) == pytest.approx(20.0)  # the earlier burst is still plotted
+        assert 0.3 <= panel.detail_usual[0] <= panel.detail_usual[1] <= 0.7  # the band: 0.4–0.6 %, not up to 20 %
+
+        incidents.false_positive(r, closed.id, "tester")  # its windows were normal after all
+        panel.detail_usual = None
+        panel.show_details(panel.selected())
+        qtbot.waitUntil(lambda: panel.detail_usual is not None, timeout=10_000)
+        assert panel.detail_usual[1] > 10.0  # they count: the band reaches the burst's 20 %
+    finally:
+        close_app(qtbot, app)
+
+
 def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(qtbot, qloop, redis_url, r):  # noqa: F811
     """Selected while it is still going, the incident's plot takes the windows that arrive afterwards (and
     its shaded span the windows the detector adds); once the user zoomed, the view stays where it was put."""

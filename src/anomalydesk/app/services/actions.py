@@ -77,6 +77,10 @@ class Actions:
         """Rows [start, features…] of a service between two times (for the details plot)."""
         return await self.core.fingerprint_window(service, start, end)
 
+    async def normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `fingerprint_window` and which of them are normal (outside incidents, but false positives)."""
+        return await self.core.normal_window(service, start, end)
+
     # --- sketches -----------------------------------------------------------------------------
     async def sketch_settings(self) -> dict[str, Any]:
         """The stored sketch settings and each service's sketch sizes."""

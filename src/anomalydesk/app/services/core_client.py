@@ -298,23 +298,38 @@ class CoreClient:
     # --- fingerprints -----------------------------------------------------------------------------
     async def fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
         """(n, 1 + features) rows [start, features…] of `service` between two epoch times."""
-        return await self.run(self._fingerprint_window, service, start, end)
+        rows, _ = await self.run(self._fingerprint_window, service, start, end)
+        return rows
 
-    def _fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
+    async def normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of `fingerprint_window` and, per row, whether it is a normal window: outside every
+        incident that training leaves out (`detect.incidents.anomalous_windows`; a false positive's windows
+        are normal)."""
+        return await self.run(self._normal_window, service, start, end)
+
+    def _normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        from anomalydesk.detect.incidents import anomalous_windows
+
+        rows, windows = self._fingerprint_window(service, start, end)
+        return rows, ~anomalous_windows(self.sync, service, windows, keys=self.keys)
+
+    def _fingerprint_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, their window numbers), oldest first."""
         from anomalydesk.fingerprint import from_stream_entry
         from anomalydesk.store.admin import window_seconds
 
         r, keys = self.sync, self.keys
         window_s = window_seconds(r, keys)
-        rows, seen = [], set()
+        found: dict[float, tuple[int, list[float]]] = {}
         for stream in (keys.fingerprints(service), keys.history(service, window_s)):  # live, then history
             for _id, fields in r.xrange(stream, min=int(start * 1000), max=int(end * 1000) + 1, count=2000):
                 fp = from_stream_entry(service, fields)
-                if fp.window_seconds in (None, window_s) and fp.start not in seen:
-                    seen.add(fp.start)
-                    rows.append([fp.start, *fp.vector])
-        rows.sort(key=lambda row: row[0])
-        return np.array(rows, dtype=np.float64).reshape(len(rows), -1) if rows else np.empty((0, 0))
+                if fp.window_seconds in (None, window_s) and fp.start not in found:
+                    found[fp.start] = (fp.window, [fp.start, *fp.vector])
+        chosen = [found[at] for at in sorted(found)]
+        windows = np.array([w for w, _ in chosen], dtype=np.int64)
+        rows = np.array([row for _, row in chosen], dtype=np.float64).reshape(len(chosen), -1)
+        return (rows if chosen else np.empty((0, 0))), windows
 
     # --- sketches ---------------------------------------------------------------------------------
     async def sketch_overview(self) -> dict[str, Any]:

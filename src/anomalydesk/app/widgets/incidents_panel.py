@@ -517,11 +517,12 @@ class IncidentsPanel(QtWidgets.QWidget):
         features = [r.get("feature") for r in inc.reasons if isinstance(r, dict) and r.get("feature") in FEATURE_INDEX]
         return str(features[0]) if features else None
 
-    async def _detail_rows(self, inc: IncidentRow, newest: float | None = None) -> np.ndarray:
-        """The service's windows around the incident, on to `newest` (a window that arrived since)."""
+    @staticmethod
+    def _detail_span(inc: IncidentRow, newest: float | None = None) -> tuple[float, float]:
+        """The times the plot shows: around the incident, on to `newest` (a window that arrived since)."""
         margin = max(60.0, inc.last - inc.start)
         end = inc.last + margin if newest is None else max(inc.last + margin, newest + 1)
-        return await self.actions.fingerprint_window(inc.service, inc.start - margin, end)
+        return inc.start - margin, end
 
     @staticmethod
     def _feature_values(rows: np.ndarray, name: str) -> np.ndarray:
@@ -539,7 +540,7 @@ class IncidentsPanel(QtWidgets.QWidget):
             return
         self._detail_following = True
         try:
-            rows = await self._detail_rows(inc, newest)
+            rows = await self.actions.fingerprint_window(inc.service, *self._detail_span(inc, newest))
         except Exception as err:
             self.status_label.setText(f"details: {err}")
             return
@@ -564,21 +565,23 @@ class IncidentsPanel(QtWidgets.QWidget):
             return
         newest = self._newest_window(inc.service)
         try:
-            rows = await self._detail_rows(inc)
+            rows, normal = await self.actions.normal_window(inc.service, *self._detail_span(inc))
         except Exception as err:
             self.status_label.setText(f"details: {err}")
             return
         if self.selected() is not inc or rows.size == 0:
             return
-        # the incident's leading feature in its own unit, its usual range (the windows before it) shaded
+        # the incident's leading feature in its own unit, its usual range shaded: the normal windows before
+        # it (an earlier incident's windows left out as training leaves them out: they would widen it)
         feature = FEATURES[FEATURE_INDEX[name]]
         values = self._feature_values(rows, name)
-        before = values[rows[:, 0] < inc.start]
+        before = values[(rows[:, 0] < inc.start) & normal]
         if before.size >= 3:
             low, high = (float(v) for v in np.nanpercentile(before, [5, 95]))
             usual = pg.LinearRegionItem(values=(low, high), orientation="horizontal", movable=False,
                                         brush=pg.mkBrush(80, 160, 80, 60), pen=pg.mkPen(None))  # fmt: skip
-            usual.setToolTip("usual range: 5th–95th percentile of the windows before the incident")
+            usual.setToolTip("usual range: 5th–95th percentile of the normal windows before the incident "
+                             "(other incidents' windows left out unless marked false positive)")
             self.detail_plot.addItem(usual)
             self.detail_usual = (low, high)
         else:
