@@ -235,6 +235,7 @@ def test_values_read_with_two_significant_digits_and_only_zero_reads_zero() -> N
     assert format_value("latency_p99_ms", 1240.0) == "1,240 ms"
     assert format_value("requests", 3.25) == "3.2/window" and format_value("kpi_level", 0.8) == "0.8×"
     assert format_number(9.96) == "10" and format_number(-0.0042) == "-0.0042" and format_number(4e-9) == "4e-09"
+    assert (format_number(float("nan")), format_ratio(float("inf"))) == ("nan", "inf%")
     for value in np.geomspace(1e-9, 9.9, 400):
         shown = format_number(value)
         assert shown != "0" and float(shown) == pytest.approx(value, rel=0.05), (value, shown)

@@ -70,6 +70,8 @@ def format_number(value: float) -> str:
     magnitude = abs(value)
     if magnitude == 0:
         return "0"
+    if not math.isfinite(value):
+        return str(value)  # "nan", "inf": said, not a crash in the view that shows it
     if magnitude >= 100:
         return f"{value:,.0f}"
     if magnitude >= 10:

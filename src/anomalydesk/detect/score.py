@@ -16,6 +16,9 @@ spread above the training range) or unusually steady (below it: "p50 latency flu
 what it shows moves less than `REASON_MIN_CHANGE` (10 %) of normal — its value, its average, or the
 range it fluctuates over: "p50 latency averaged 24.6 ms vs 25.2 ms normal" or "endpoint mix entropy
 fluctuating: 2.5 bits to 2.6 bits" during an error burst are many IQRs of a steady metric, and no news.
+Values are written by `fingerprint.format_value` (a value that is not 0 never reads as 0); a normal of 0
+that the middle half of the training windows lies above reads as that range ("5xx ratio 12% vs 0–0.42%
+normal": a sparse error ratio's median is 0, yet a plot of its normal windows is not).
 """
 
 from __future__ import annotations
