@@ -14,9 +14,11 @@ from PySide6 import QtWidgets
 from anomalydesk import config
 from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.detect.service_state import service_states
+from anomalydesk.detect.training_run import train_service
 from anomalydesk.store import admin
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
+from anomalydesk.store.sealing import seal_all
 from app_support import qloop, run  # noqa: F401  (fixture)
 from test_app_operator import close_app, open_app, seed_service
 
@@ -112,6 +114,44 @@ def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop,
         more = config.MIN_TRAINING_WINDOWS - r.xlen(keys.fingerprints("gamma")) - history
         assert more < needed
         qtbot.waitUntil(lambda: shown() == f"learning ({more} more windows)", timeout=10_000)  # no click
+    finally:
+        close_app(qtbot, app)
+
+
+def test_a_service_with_a_gap_is_not_ready_to_train_before_training_would_train_it(qtbot, qloop, redis_url, r,  # noqa: F811
+                                                                                   monkeypatch):  # fmt: skip
+    """The state counted every stored window, training leaves a gap's out: 200 windows of traffic and
+    100 silent ones after them read "ready to train" (300 of 256) and training then refused (200 of 256)."""
+    from anomalydesk.app.model import settings as settings_mod
+
+    monkeypatch.setattr(settings_mod, "LEARNING_REFRESH_MS", 300)
+    keys, start = Keys(), time.time() - 7200
+    seed_service(r, "delta", start, windows=200)
+    seal_all(r, now=start + 100 * 5)  # then 100 windows without any event: a gap (500 s)
+    entries = r.xrange(keys.fingerprints("delta"))
+    with_data = sum(1 for _, fields in entries if fields.get(b"silent") != b"1")
+    assert len(entries) >= config.MIN_TRAINING_WINDOWS > with_data  # stored enough, not enough to train on
+    needed = config.MIN_TRAINING_WINDOWS - with_data
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        panel = app.window.training
+
+        def shown() -> str:
+            rows = panel.services_table.rowCount()
+            return next((panel.services_table.item(i, 1).text() for i in range(rows)
+                         if panel.services_table.item(i, 0).text() == "delta"), "")  # fmt: skip
+
+        try:
+            qtbot.waitUntil(lambda: shown() == f"learning ({needed} more windows)", timeout=20_000)
+        except Exception:
+            pytest.fail(f"delta shows {shown()!r} with {with_data} windows of traffic")
+        assert "ready to train" not in panel.message.text()
+        assert service_states(r)["delta"]["needed"] == needed  # `status` and the panel count alike
+        refused = train_service(r, "delta", activate=False)  # what training says of the same windows
+        assert refused.version is None and refused.short_of_history == (with_data, config.MIN_TRAINING_WINDOWS)
+        seed_service(r, "delta", start + 100 * 5 + (needed + 1) * 5, windows=needed)  # traffic is back
+        qtbot.waitUntil(lambda: shown() == "ready to train", timeout=10_000)  # no click
+        assert train_service(r, "delta", activate=False).version is not None  # and training does train it
     finally:
         close_app(qtbot, app)
 

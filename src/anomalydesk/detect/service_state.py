@@ -6,8 +6,8 @@
 - `score_window(model, history, fp)`: the live detector's scorer (context = the service's previous
   fingerprints, oldest first).
 - `service_states(r)`: "learning" (no model yet, or one of another window length, with the windows
-  still needed, history included), "ready" (an active model of today's fingerprint schema), "stale"
-  (its model is of an older schema: retrain), or "retired".
+  still needed, counted as training counts them: `training_run.windows_needed`), "ready" (an active
+  model of today's fingerprint schema), "stale" (its model is of an older schema: retrain), or "retired".
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
 
 
 def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dict[str, Any]]:
-    """service → {"state": learning|ready|stale|retired, "model_version", "windows", "needed"}."""
+    """service → {"state": learning|ready|stale|retired, "model_version", "windows" (stored, live and
+    history), "needed" (while learning: the windows training still needs, by the windows it would use)}."""
+    from anomalydesk.detect.training_run import windows_needed  # (it imports this module: load_model)
+
     keys = keys or Keys(config.key_prefix())
     pipe = r.pipeline(transaction=False)
     pipe.smembers(keys.services)
@@ -77,9 +80,11 @@ def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dic
         length = int(live) + int(history)
         entry: dict[str, Any] = {"model_version": active.get(name), "windows": length}
 
-        def learning(reason: str | None = None, entry: dict[str, Any] = entry, length: int = length) -> None:
+        def learning(reason: str | None = None, entry: dict[str, Any] = entry, name: str = name) -> None:
             entry["state"] = "learning"
-            entry["needed"] = max(0, config.MIN_TRAINING_WINDOWS - length)
+            # not MIN_TRAINING_WINDOWS minus the stored windows: training leaves gaps (and more) out, so
+            # that count said "ready to train" to a training that then refused
+            entry["needed"] = windows_needed(r, name, keys=keys)
             if reason:
                 entry["reason"] = reason
 

@@ -48,6 +48,15 @@ class TrainingData:
     def __len__(self) -> int:
         return int(self.windows.shape[0])
 
+    @property
+    def gap_excess(self) -> int:
+        """Windows of gaps beyond the windows with data: a history that is mostly gap is not trained on."""
+        return max(0, self.gaps - len(self))
+
+    def windows_needed(self, min_windows: int = config.MIN_TRAINING_WINDOWS) -> int:
+        """How many more windows with data before `train_service` trains on this (0: it does now)."""
+        return max(0, min_windows - len(self), self.gap_excess)
+
     def head(self, n: int) -> TrainingData:
         """The first `n` windows (negative: all but the last -n), with the same counts."""
         return replace(self, windows=self.windows[:n], timestamps=self.timestamps[:n], X=self.X[:n])
@@ -191,6 +200,13 @@ def training_data(
                         history=from_history)  # fmt: skip
 
 
+def windows_needed(r: redis.Redis, service: str, *, keys: Keys | None = None,
+                   min_windows: int = config.MIN_TRAINING_WINDOWS) -> int:
+    """How many more windows `service` needs before training trains it (0: ready to train), counted
+    on the windows training uses (`training_data`: gaps, no-data, stretched and incident windows left out)."""
+    return training_data(r, service, keys=keys).windows_needed(min_windows)
+
+
 def _learning_reason(data: TrainingData, err: Exception) -> str:
     """Why a service stays learning, with what training left out."""
     left = data.left_out()
@@ -212,7 +228,7 @@ def train_service(
     began = time.perf_counter()
     data = training_data(r, service, windows, keys=keys)
     params = replace(params or TrainParams(), extra={"service": service})
-    if data.gaps > len(data):
+    if data.gap_excess:
         return TrainOutcome(service, windows=len(data), metadata=_summary(None, data),
                             skipped=f"learning: most of its history is a gap: {data.gaps:,} windows without any "
                                     f"event against {len(data):,} with data (left out; send traffic or a backfill)")

@@ -436,7 +436,7 @@ class CoreClient:
                 versions.append(d)
             state = entry.get("state", "learning")
             needed = int(entry.get("needed") or 0) if state == "learning" else 0
-            if state == "learning":  # live + history windows counted
+            if state == "learning":  # the windows training would use, counted as it counts them
                 state = f"learning ({needed:,} more windows)" if needed else READY_TO_TRAIN
             overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
                                  "windows": entry.get("windows", 0), "needed": needed}  # fmt: skip
