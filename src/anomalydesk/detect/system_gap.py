@@ -6,6 +6,8 @@ says nothing about any one service. The detector then scores none of them, keeps
 service's scoring context (the next fault is judged against normal windows), and raises one
 incident of the pseudo-service `SYSTEM` ("(system)", not a valid service name, so it cannot clash),
 which resolves with the first window in which any service has traffic again (docs/alerts.md).
+Services whose traffic stopped on purpose (a demo's end, `store.traffic_stops`) take no part: their
+own silent windows are no gap, and their silence does not make another service's one.
 
 `is_system_silent` reads the other services' same window, `system_incident` the incident that concerns
 a window; `gap_plan` is pure: given that incident (or None) and one service's window, the incident
@@ -14,6 +16,7 @@ writes and alerts.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import replace
 
 import redis
@@ -30,16 +33,19 @@ _ID_PREFIX = f"{SYSTEM}:g"
 GAP_SCORE = float(config.SEVERITY_WARNING)
 
 
-def is_system_silent(r: redis.Redis, keys: Keys, fp: Fingerprint, services: list[str], entry_id: str) -> bool:
+def is_system_silent(r: redis.Redis, keys: Keys, fp: Fingerprint, services: list[str], entry_id: str,
+                     stopped: Collection[str] = ()) -> bool:  # fmt: skip
     """Whether every other service in `services` had no event in `fp`'s window either (fp is silent).
 
     Another service's window counts as silent when it was sealed silent, or is not sealed yet and
-    holds no data (silent windows are sealed only by the ticker, maybe a moment later).
+    holds no data (silent windows are sealed only by the ticker, maybe a moment later). The services
+    in `stopped` (their traffic stopped on purpose: `store.traffic_stops`) are silent by choice: their
+    silence is no evidence of a gap, so at least one other service must be silent too.
     """
     others = [s for s in services if s != fp.service]
     if not fp.silent:
         return False
-    if not others:
+    if not [s for s in others if s not in stopped]:
         return False  # one service alone: its silence is its own (an incident of that service)
     pipe = r.pipeline(transaction=False)
     for service in others:

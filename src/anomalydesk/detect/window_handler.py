@@ -1,10 +1,11 @@
 """Handling one sealed window of an owned service: score it, plan the incident changes, commit them once.
 
 The window is scored with its service's active model (not when it carries no data, lies in a system
-gap, or was sealed at another window length than the model learnt), the drift baseline moves on,
-`incident_flow.advance` plans the incident, alert and state changes, the system-gap rules add theirs,
-and `incident_commit.Committer` writes the plan and acknowledges the entry in one script. A plan built
-on an incident that changed meanwhile (an operator's action) is refused as CONFLICT and built again.
+gap or in a stop of its traffic on purpose, or was sealed at another window length than the model
+learnt), the drift baseline moves on, `incident_flow.advance` plans the incident, alert and state
+changes, the system-gap rules add theirs, and `incident_commit.Committer` writes the plan and
+acknowledges the entry in one script. A plan built on an incident that changed meanwhile (an
+operator's action) is refused as CONFLICT and built again.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from anomalydesk.detect.incident_model import Alert, Incident, Silence
 from anomalydesk.detect.owned_services import OwnedService
 from anomalydesk.detect.stream_reader import text
 from anomalydesk.fingerprint import Fingerprint, from_stream_entry
+from anomalydesk.store import traffic_stops
 from anomalydesk.store.keys import Keys
 
 log = logging.getLogger(__name__)
@@ -65,13 +67,20 @@ class WindowHandler:
         """One window (`fields` of stream entry `entry_id`); `live`: the live services, `window_s`: the
         configured window length (for a fingerprint that does not carry its own)."""
         fp = from_stream_entry(service, fields)
-        gap = system_gap.is_system_silent(self.r, self.keys, fp, live, text(entry_id))
+        stops = traffic_stops.read(self.r, keys=self.keys)
+        stopped = traffic_stops.stopped_at(stops, fp.start)
+        # a silent window inside a stop on purpose (a demo's end) says nothing and alarms nothing
+        quiet = fp.silent and service in stopped
+        if not fp.silent and service in stopped:
+            traffic_stops.resume(self.r, [service], fp.start, keys=self.keys)  # traffic is back
+        gap = not quiet and system_gap.is_system_silent(self.r, self.keys, fp, live, text(entry_id), stopped)
+        unscored = gap or quiet  # neither scored nor scoring context; incidents stay as they are
         history = owned_services.history(self.r, self.keys, service, svc, text(entry_id), fp, window_s)
         verdict = None
         baseline = None
         # a model of another window length does not score (the service learns again after a change)
         same_length = svc.model_window is None or fp.window_seconds in (None, svc.model_window)
-        if svc.model is not None and not fp.no_data and same_length and not gap:
+        if svc.model is not None and not fp.no_data and same_length and not unscored:
             context = [h for h in history if h.window_seconds == fp.window_seconds]
             if drift.tracked(svc.model):
                 baseline = owned_services.baseline(self.r, self.keys, service, svc)
@@ -82,7 +91,7 @@ class WindowHandler:
             if not finite(verdict.score):
                 log.error("%s: window %s scored %r; not alerting on it", service, fp.window, verdict.score)
                 verdict, baseline = None, None
-        if not fp.no_data and not gap:
+        if not fp.no_data and not unscored:
             history.append(fp)
         ranges = _json_field(fields, "kpi_ranges")
         muted = incidents_mod.silenced(silences, service, fp.start)
@@ -111,7 +120,7 @@ class WindowHandler:
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
                            window_seconds=length, kpi_ranges=ranges,
-                           confirmation=self.confirmation, gap=gap, shift=shift,
+                           confirmation=self.confirmation, gap=unscored, shift=shift,
                            shift_incident=shift_incident)  # fmt: skip
             if restart is not None:
                 plan.incidents[:0] = restart.incidents
@@ -123,7 +132,7 @@ class WindowHandler:
                 writes, alerts = system_gap.gap_plan(system, fp, gap, len(live), muted_system)
                 plan.incidents += writes
                 plan.alerts += alerts
-            if gap:
+            if unscored:  # (a restarted detector leaves them out of the scoring context too)
                 recent = [*state.get("gap_windows", []), fp.window]
                 plan.state["gap_windows"] = recent[-config.DETECTOR_HISTORY_WINDOWS:]
             outcome = self.committer.commit(service, entry_id, repeat_check, plan)

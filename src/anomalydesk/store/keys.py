@@ -134,6 +134,12 @@ class Keys:
     def demo_truth(self) -> str:
         return f"{self.prefix}demo:truth"
 
+    @property
+    def traffic_stops(self) -> str:
+        """Hash service → JSON `{since, resumed?, by}`: its traffic stopped on purpose (a demo's end), so
+        its silent windows from `since` until `resumed` are no gap (`store.traffic_stops`)."""
+        return f"{self.prefix}stopped"
+
     # --- per service (hash-tagged) ----------------------------------------------------------
     def tag(self, service: str) -> str:
         return f"{self.prefix}{{{service}}}"
