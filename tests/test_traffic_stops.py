@@ -19,7 +19,7 @@ from anomalydesk.config import SketchSettings
 from anomalydesk.detect.detector import Detector
 from anomalydesk.detect.system_gap import SYSTEM
 from anomalydesk.detect.training_run import train_service
-from anomalydesk.ingest.demo import run_fast
+from anomalydesk.ingest.demo import DemoTraffic, run_fast
 from anomalydesk.store import admin, fingerprints, traffic_stops
 from anomalydesk.store.ingest_buffer import IngestSink
 from anomalydesk.store.keys import Keys
@@ -63,6 +63,54 @@ def send_live(r: redis.Redis, services: list[str], seconds: float) -> float:
     sink.close()
     seconds_now, micros = r.time()
     return seconds_now + micros / 1e6
+
+
+def test_demo_traffic_stopped_raises_no_gap_and_real_traffic_stopping_on_the_same_services_does(
+        r: redis.Redis) -> None:  # fmt: skip
+    admin.setup(r, SketchSettings(window_seconds=1))
+    det = Detector(r, seal=False, block_ms=10)
+    demo = DemoTraffic(r, rate=600, services=3, seed=1).start()
+    try:
+        wait_until = time.monotonic() + 2.5
+        while time.monotonic() < wait_until and demo.running:
+            drain(det)  # the detector joins the streams while the traffic runs
+            time.sleep(0.1)
+    finally:
+        demo.stop()  # the Demo panel's Stop
+    assert demo.error is None
+    stops = traffic_stops.read(r)
+    assert set(stops) == set(SERVICES) and all(s.resumed is None for s in stops.values())
+    ended = stops["gateway"].since
+    assert ended == math.ceil(ended)  # the stop filled its last window: the stop begins at its end
+    wait_silent_windows(r, SERVICES, 3)
+    drain(det)
+    assert system_alerts(r) == []  # before: "no service sent anything (3 services silent)"
+    # nothing was scored or counted as context: the windows are the service's own gap windows
+    state = json.loads(r.hget(K.detector_states, "orders"))
+    assert len(state["gap_windows"]) >= 3
+
+    # real traffic on the same services: the stop is over, and real traffic stopping is a gap again
+    back = send_live(r, SERVICES, 2.5)
+    wait_silent_windows(r, SERVICES, 3)
+    drain(det)
+    assert all(stop.resumed is not None and ended <= stop.resumed < back for stop in traffic_stops.read(r).values())
+    opened = [a for a in system_alerts(r) if a["kind"] == "new"]
+    assert len(opened) == 1 and opened[0]["window"] >= math.floor(back) - 1, opened
+    assert "no service sent anything (3 services silent)" in opened[0]["reasons"][0]["text"]
+
+
+def test_a_demo_run_to_its_duration_and_a_fast_run_to_the_present_record_their_end(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=1))
+    summary = run_fast(r, duration=60, rate=200, services=2, seed=3)  # ends at the present
+    assert {s: stop.since for s, stop in traffic_stops.read(r).items()} == dict.fromkeys(["gateway", "users"],
+                                                                                          summary["end"])
+    demo = DemoTraffic(r, rate=400, services=2, seed=3, duration=1.2, since=summary["end"]).start()
+    assert demo.wait(30) and demo.error is None
+    stops = traffic_stops.read(r)  # the live run resumed the fast run's stop, then recorded its own
+    assert all(stop.since == demo.started_at + 1.2 and stop.resumed is None for stop in stops.values()), stops
+    # a replay of a past period (explicit end) is no stop: its end is not the present
+    run_fast(r, duration=60, rate=200, services=3, seed=4, end=summary["end"] - 3600)
+    assert "orders" not in traffic_stops.read(r)
 
 
 def test_next_to_a_real_service_the_stopped_demo_services_are_not_scored_and_make_no_gap(r: redis.Redis) -> None:

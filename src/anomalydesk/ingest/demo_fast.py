@@ -2,7 +2,8 @@
 
 Events carry timestamps and go through a replay-mode sink, so their windows follow them; a day of
 traffic takes seconds and live traffic can continue afterwards without late events. The next chunk
-of traffic is generated in a thread while Redis works on the current one (`_prefetched`).
+of traffic is generated in a thread while Redis works on the current one (`_prefetched`). A run that
+ends at the present records that its traffic ended on purpose (`store.traffic_stops`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import redis
 from anomalydesk import config
 from anomalydesk.ingest.demo_model import Fault, InjectSpec, Simulation, Traffic
 from anomalydesk.ingest.demo_run import TruthRecorder, check_options, plan_faults, prepare, send
+from anomalydesk.store import traffic_stops
 from anomalydesk.store.admin import covered_spans
 from anomalydesk.store.ingest_buffer import IngestSink
 from anomalydesk.store.ingest_core import IngestResult
@@ -125,6 +127,9 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
             end = now
         result = result + sink.close()
         sealed = seal_all(r, now=end, keys=keys)
+        if catch_up:  # ended at the present on purpose: unless live traffic follows, the silence is no gap
+            fed = [name for name in sim.names if covered.get(name, (0.0, 0.0))[1] != math.inf]
+            traffic_stops.record(r, fed, end, keys=keys)  # (live traffic runs on the others: left alone)
     finally:
         truth.close()
     wall = time.perf_counter() - wall0

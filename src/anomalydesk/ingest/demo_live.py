@@ -1,6 +1,7 @@
 """Live demo traffic (`DemoTraffic`): paced in real time by a steady scheduler in a thread (one numpy
 batch per service every `DEMO_TICK_SECONDS`), sealing every half window. The desktop app's demo panel
-uses it: start, stop, set_rate, inject a fault now, measured events per second.
+uses it: start, stop, set_rate, inject a fault now, measured events per second. A run that ends on
+purpose (stop, or its duration) records so (`store.traffic_stops`): the silence after it is no gap.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from anomalydesk.ingest.demo_fast import chunk_seconds, history_chunk, run_fast
 from anomalydesk.ingest.demo_model import PERMANENT_KINDS, Fault, InjectSpec, Simulation, check_fault
 from anomalydesk.ingest.demo_run import TruthRecorder, check_options, plan_faults, prepare, send
 from anomalydesk.ingest.demo_services import load_factor, service_names
+from anomalydesk.store import traffic_stops
 from anomalydesk.store.ingest_buffer import BufferFull, IngestSink
 from anomalydesk.store.ingest_core import IngestResult
 from anomalydesk.store.keys import Keys
@@ -121,6 +123,7 @@ class DemoTraffic:
         self._mono0 = time.monotonic()
         self.started_at = seconds + micros / 1e6
         self._from = self._continue_history(self.started_at)
+        traffic_stops.resume(self._r, self.services, self._from, keys=self.keys)  # (a stop of an earlier run)
         end = None if self.duration is None else self.started_at + self.duration
         self._scheduled = plan_faults(self._specs, self.started_at, end, self.services)
         self._stop.clear()
@@ -297,12 +300,16 @@ class DemoTraffic:
                     deadline = time.monotonic()  # far behind: do not try to catch up in a burst
                 elif pause > 0:
                     self._stop.wait(pause)
+            ended = last
             if end is None and not self.outage:
                 # stopped by stop(): the rest of the current window at once, so the last window is whole
                 # too (a partial one reads as a traffic drop on every service: a reconnect in the app)
-                self._step(sink, last, math.ceil(last / self.window_s) * self.window_s)
+                ended = math.ceil(last / self.window_s) * self.window_s
+                self._step(sink, last, ended)
             self.result = self.result + sink.close()
             seal_all(self._r, keys=self.keys)
+            # ended on purpose (stop(), or the duration asked for): the silence that follows is no gap
+            traffic_stops.record(self._r, self.services, ended, keys=self.keys)
         except Exception as err:  # the owner reads `error`; the thread must not die silently
             self.error = err
             log.exception("demo traffic stopped")
