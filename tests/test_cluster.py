@@ -485,6 +485,19 @@ def detector_after_failover(rc: redis.RedisCluster, nodes: LocalCluster, victim:
 
 
 # --- detector and incidents -------------------------------------------------------------------------
+def test_traffic_stopped_on_purpose_is_recorded_and_resumed_on_a_cluster(rc: redis.RedisCluster) -> None:
+    """`store.traffic_stops` on a cluster client: one global hash, its resume script routed by that key."""
+    from anomalydesk.store import traffic_stops
+
+    traffic_stops.record(rc, ["payments", "users"], 1000.0, keys=KEYS)
+    assert traffic_stops.resume(rc, ["payments", "gateway"], 1010.0, keys=KEYS) == 1  # gateway: no stop
+    assert traffic_stops.resume(rc, ["users"], 990.0, keys=KEYS) == 0  # before the stop: not its end
+    stops = traffic_stops.read(rc, keys=KEYS)
+    assert (stops["payments"].since, stops["payments"].resumed, stops["users"].resumed) == (1000.0, 1010.0, None)
+    assert traffic_stops.stopped_at(stops, 1005.0) == {"payments", "users"}
+    assert traffic_stops.stopped_at(stops, 1010.0) == {"users"}
+
+
 def test_detector_and_operator_actions_run_on_a_cluster(rc: redis.RedisCluster, cluster3: LocalCluster) -> None:
     """Services on 2+ shards scored by one Detector; incidents acted on through the CLI; alerts published."""
     from anomalydesk.detect import incidents as inc
