@@ -129,7 +129,7 @@ def run_fast(r: redis.Redis, *, duration: float, rate: float = config.DEMO_DEFAU
         sealed = seal_all(r, now=end, keys=keys)
         if catch_up:  # ended at the present on purpose: unless live traffic follows, the silence is no gap
             fed = [name for name in sim.names if covered.get(name, (0.0, 0.0))[1] != math.inf]
-            traffic_stops.record(r, fed, end, keys=keys)  # (live traffic runs on the others: left alone)
+            traffic_stops.record(r, fed, end, keys=keys)  # (the others have live streams: history only here)
     finally:
         truth.close()
     wall = time.perf_counter() - wall0
