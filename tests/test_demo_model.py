@@ -265,6 +265,34 @@ def test_orders_per_window_once_per_window_within_range_and_business_fault() -> 
     assert np.mean(values[inside] < low[inside]) > 0.5  # the business fault leaves the range (mostly: ×0.3 of a count)
 
 
+def test_orders_per_window_follows_a_window_length_change_and_never_undercounts() -> None:
+    """The live demo follows `setup --window … --force` (`set_window`): from the change on, orders are
+    counted over the new length, and a report whose trailing window reaches before the orders kept
+    (two old windows) is left out rather than undercounted."""
+    sim = Simulation(5, 1)
+    svc, ep = sim.names.index("orders"), KPI_ENDPOINT["orders"]
+    rng = np.random.default_rng(8)
+    orders, reports = [], []
+
+    def run(ticks: np.ndarray) -> None:
+        for a, b in itertools.pairwise(ticks):
+            traffic = sim.generate(svc, T0 + a, T0 + b, 400.0, rng)
+            orders.append(traffic.timestamps[(traffic.endpoint_idx == ep) & (traffic.status < 400)])
+            reports.extend(zip(traffic.kpis[0].timestamps, traffic.kpis[0].values, strict=True))
+
+    run(np.append(np.arange(0, 20, 0.7), 20))
+    sim.set_window(10, T0 + 20)
+    run(np.append(np.arange(20, 60, 0.7), 60))
+    seen = np.concatenate(orders)
+    after = [(t - T0, v) for t, v in reports if t >= T0 + 20]
+    # 25 would count from 15, but only the orders since 18 are kept: no report there
+    assert [t for t, _v in after] == [35, 45, 55]
+    for t, value in after:
+        assert value == np.count_nonzero((seen >= T0 + t - 10) & (seen < T0 + t)) > 0
+    with pytest.raises(ValueError, match="at least 1 second"):
+        sim.set_window(0, T0 + 60)
+
+
 def test_orders_range_is_left_about_once_in_months_by_poisson_counts() -> None:
     """Exact Poisson tails over a day of 5-second windows at the demo's load (the old ±3.5σ + 10 %: ~2 a day)."""
     from scipy.stats import poisson

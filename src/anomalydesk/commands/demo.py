@@ -97,7 +97,12 @@ def _live(args: argparse.Namespace) -> dict[str, Any]:
         print(f"demo: {args.rate:g} events/s on average over the day ({now:,.0f}/s at this hour) over "
               f"{', '.join(demo.services)}" + ("" if args.duration else " (Ctrl-C stops)"),
               file=sys.stderr, flush=True)  # fmt: skip
+        followed = 0  # window-length changes said so far
         while not demo.wait(PROGRESS_SECONDS):
+            for change in demo.window_changes[followed:]:
+                print(f"demo: the window length changed from {change['was']:g} s to {change['window_seconds']:g} s; "
+                      "the traffic follows it", file=sys.stderr, flush=True)  # fmt: skip
+                followed += 1
             active = ", ".join(str(f) for f in demo.faults)
             print(f"demo: {demo.events:,} events, {demo.events_per_second:,.0f}/s"
                   + (f"; faults: {active}" if active else ""), file=sys.stderr, flush=True)  # fmt: skip

@@ -1,7 +1,8 @@
 """Live demo traffic (`DemoTraffic`): paced in real time by a steady scheduler in a thread (one numpy
 batch per service every `DEMO_TICK_SECONDS`), sealing every half window. The desktop app's demo panel
 uses it: start, stop, set_rate, inject a fault now, measured events per second. A run that ends on
-purpose (stop, or its duration) records so (`store.traffic_stops`): the silence after it is no gap.
+purpose (stop, or its duration) records so (`store.traffic_stops`): the silence after it is no gap. A
+window length changed while it runs (`setup --window … --force`) is followed, as the detector follows it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from anomalydesk.ingest.demo_model import PERMANENT_KINDS, Fault, InjectSpec, Si
 from anomalydesk.ingest.demo_run import TruthRecorder, check_options, plan_faults, prepare, send
 from anomalydesk.ingest.demo_services import load_factor, service_names
 from anomalydesk.store import traffic_stops
+from anomalydesk.store.admin import window_seconds
 from anomalydesk.store.ingest_buffer import BufferFull, IngestSink
 from anomalydesk.store.ingest_core import IngestResult
 from anomalydesk.store.keys import Keys
@@ -104,6 +106,8 @@ class DemoTraffic:
         self.stopped_at: float | None = None
         self.error: BaseException | None = None  # why the thread stopped, when it failed
         self.outage = ""  # while Redis is unreachable: why (the thread waits and resumes)
+        # each change of the window length followed: {"at" (epoch seconds), "window_seconds", "was"}
+        self.window_changes: list[dict[str, float]] = []
 
     # --- control ------------------------------------------------------------------------------
     def start(self) -> DemoTraffic:
@@ -269,7 +273,7 @@ class DemoTraffic:
         mono0 = self._mono0
         epoch0 = self.started_at
         end = None if self.duration is None else epoch0 + self.duration
-        last, last_seal, deadline = self._from, epoch0, mono0
+        last, last_seal, last_read, deadline = self._from, epoch0, epoch0, mono0
         backoff = 0.0
         try:
             while not self._stop.is_set():
@@ -277,6 +281,9 @@ class DemoTraffic:
                 if end is not None:
                     now = min(now, end)
                 try:
+                    if now - last_read >= config.DEMO_WINDOW_REFRESH_SECONDS:
+                        self._follow_window_length(last)
+                        last_read = now
                     self._step(sink, last, now)
                     if now - last_seal >= self.window_s / 2:
                         seal_all(self._r, keys=self.keys)
@@ -320,6 +327,20 @@ class DemoTraffic:
             finally:
                 self._done.set()
 
+    def _follow_window_length(self, at: float) -> None:
+        """Re-read the window length, as the detector does each refresh (`setup --window … --force`
+        changes it while traffic runs): from `at` on, windows of the new length are generated (the
+        orders KPI counts over them) and sealed, and the summary reports it."""
+        assert self._r is not None
+        window_s = window_seconds(self._r, self.keys)
+        if window_s == self.window_s:
+            return
+        log.info("window length changed from %d s to %d s: demo traffic follows it", self.window_s, window_s)
+        self._sim.set_window(window_s, at)
+        with self._lock:
+            self.window_changes.append({"at": at, "window_seconds": window_s, "was": self.window_s})
+            self.window_s = window_s
+
     def _wait_out(self, err: Exception, backoff: float) -> float:
         """One wait of an outage (exponential, capped); the first logs why."""
         if not self.outage:
@@ -358,7 +379,8 @@ class DemoTraffic:
         elapsed = (self.stopped_at or self.clock()) - began
         return {
             "mode": "live", "services": self.services, "rate": self._rate, "seed": self.seed,
-            "window_seconds": getattr(self, "window_s", None), "start": began, "end": began + elapsed,
+            "window_seconds": getattr(self, "window_s", None), "window_changes": list(self.window_changes),
+            "start": began, "end": began + elapsed,
             "duration_s": round(elapsed, 3), "events": self.events, "business_metrics": self.business_metrics,
             "accepted": self.result.accepted, "late": self.result.late,
             "events_per_s": round(self.events / elapsed, 1) if elapsed > 0 else None,

@@ -212,6 +212,19 @@ class Simulation:
         self._orders_ep = KPI_ENDPOINT["orders"]
         self._payments_ep = KPI_ENDPOINT["payments"]
 
+    def set_window(self, window_s: int, at: float) -> None:
+        """Generate windows of `window_s` seconds from `at` on (the live demo follows `setup --window
+        … --force`); `at` is where the last interval generated ended.
+
+        Orders are kept for two windows of the old length before `at`: a report whose trailing new
+        window reaches further back would undercount, so none is made (as in a demo's first window)."""
+        if window_s < 1:
+            raise ValueError(f"window must be at least 1 second, got {window_s}")
+        kept_from = at - 2 * self.window_s
+        for svc, started in self._started.items():
+            self._started[svc] = max(started, kept_from)
+        self.window_s = window_s
+
     def expected_rate(self, svc: int, rate: float, t: float) -> float:
         """Requests per second service `svc` receives at time `t` when the demo's mean rate is `rate`."""
         return rate * self.shares[svc] * float(load_factor(t))
