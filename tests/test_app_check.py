@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,6 +35,19 @@ def test_check_exercises_every_panel_and_leaves_no_data(redis_url, r):
     assert "in-window banner" in report["checks"]["incidents_and_notification"]["detail"]  # offscreen: no tray
     assert sorted(r.scan_iter("*")) == before
     assert r.get("user:data") == b"keep me"
+
+
+def test_check_notifies_under_the_app_title(redis_url):
+    """Its test notification comes from `config.APP_TITLE`, as the app's own do: it came from the
+    program's name (Qt names a notification's sender after the application), not "AnomalyDesk"."""
+    from anomalydesk import config
+
+    done = _run("app", "--check", "90", "--redis", redis_url)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    detail = json.loads(done.stdout)["checks"]["incidents_and_notification"]["detail"]
+    sender = re.search(r"notified as (.+?) via ", detail)
+    assert sender is not None, detail
+    assert sender.group(1) == config.APP_TITLE == "AnomalyDesk", detail
 
 
 def test_check_reports_an_unreachable_server_and_exits_1(redis_url):

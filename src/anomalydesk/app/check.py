@@ -127,7 +127,10 @@ async def exercise(desktop: Any, run: CheckRun) -> None:
         await _until(lambda: any(n.incident_id == record.id for n in desktop.tray.delivered), "notification")
         where = "system tray" if desktop.tray.available else "in-window banner (no system tray)"
         await actions.incident_action("ack", record.id)
-        return f"test alert received over pub/sub, notified via {where}, acknowledged"
+        from PySide6 import QtGui
+
+        sender = QtGui.QGuiApplication.applicationDisplayName()  # the name a desktop notification comes from
+        return f"test alert received over pub/sub, notified as {sender} via {where}, acknowledged"
 
     for name, step in (("window", window_check), ("connection", connection), ("subscription", subscription),
                        ("demo", demo), ("live", live), ("sketches", sketches), ("training", training),
