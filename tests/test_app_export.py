@@ -126,3 +126,62 @@ def test_exports_cover_the_visible_range_only(window, tmp_path, monkeypatch):
     last = datetime.fromtimestamp(T0 + 5 * 1999).astimezone().strftime("%Y%m%dT%H%M")
     assert Path(asked[0]).name == f"anomalydesk-payments-{first}-{last}.png"
     assert QtGui.QImage(str(tmp_path / Path(asked[0]).name)).text("Title") == heading
+
+
+def test_a_csv_is_not_written_when_the_service_changes_during_its_read(qtbot, qloop, redis_url, r,  # noqa: F811
+                                                                        tmp_path, monkeypatch):  # fmt: skip
+    """The real window on a real redis-server: gateway's CSV covers 6 h, the first of them older than the
+    buffer, so the export reads those windows from the streams. The operator switches to users while
+    that read is held (the loader's `windows` awaits a gate the test opens, no sleep): nothing is
+    written and the status bar says why. Without the guard the file held users' buffered windows after
+    gateway's older ones, under gateway's name."""
+    import asyncio
+    import time
+
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.ingest.demo import run_fast
+    from app_support import run
+    from test_app_incidents import close_app
+
+    now = time.time() // 5 * 5
+    run_fast(r, duration=4 * 3600, rate=2, services=2, seed=3)
+    run_fast(r, duration=3 * 3600, rate=2, services=2, seed=3, end=now - 4 * 3600)  # 7 h: more than the buffer
+    app = DesktopApp(AppSettings(live_span_seconds=21_600, live_service="gateway"), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
+        run(qtbot, app.session.history_loaded.wait())
+        live = app.window.live
+        qtbot.waitUntil(lambda: "read from the streams" in live.info_label.text(), timeout=10_000)
+        assert live.service == "gateway" and live.service_box.findText("users") >= 0
+
+        loader = live.range.loader
+        real_windows = loader.windows
+        read, gate = [], asyncio.Event()
+
+        async def held_windows(service: str, start: float, end: float):
+            found = await real_windows(service, start, end)  # the real read of the older windows …
+            read.append((service, len(found.rows)))
+            await gate.wait()  # … not yet handed back when the operator switches service
+            return found
+
+        monkeypatch.setattr(loader, "windows", held_windows)
+        target = tmp_path / "gateway.csv"
+        monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName",
+                            staticmethod(lambda _p, _c, _start, f: (str(target), f)))  # fmt: skip
+        live.csv_button.click()
+        qtbot.waitUntil(lambda: bool(read), timeout=10_000)
+        assert read[0][0] == "gateway" and read[0][1] > 0
+        assert app.window.status.currentMessage() == "exporting gateway: reading its windows …"
+
+        live.service_box.setCurrentText("users")  # the operator's choice in the service list
+        assert live.service == "users"
+        gate.set()
+        qtbot.waitUntil(lambda: live._csv_task is not None and live._csv_task.done(), timeout=10_000)
+        assert app.window.status.currentMessage() == (
+            "export of gateway not written: another service was shown while its windows were read")
+        assert not target.exists() and list(tmp_path.iterdir()) == []
+    finally:
+        close_app(qtbot, app)
