@@ -308,15 +308,19 @@ class DemoTraffic:
                 elif pause > 0:
                     self._stop.wait(pause)
             ended = last
-            if end is None and not self.outage:
+            whole = end is None and not self.outage
+            if whole:
                 # stopped by stop(): the rest of the current window at once, so the last window is whole
                 # too (a partial one reads as a traffic drop on every service: a reconnect in the app)
                 ended = math.ceil(last / self.window_s) * self.window_s
+            # ended on purpose (stop(), or the duration asked for): the silence that follows is no gap.
+            # Recorded before the last events are sent: the first silent window may be sealed (and
+            # judged) as soon as it ends, while this thread waits for the GIL in a busy app
+            traffic_stops.record(self._r, self.services, ended, keys=self.keys)
+            if whole:
                 self._step(sink, last, ended)
             self.result = self.result + sink.close()
             seal_all(self._r, keys=self.keys)
-            # ended on purpose (stop(), or the duration asked for): the silence that follows is no gap
-            traffic_stops.record(self._r, self.services, ended, keys=self.keys)
         except Exception as err:  # the owner reads `error`; the thread must not die silently
             self.error = err
             log.exception("demo traffic stopped")
