@@ -258,3 +258,73 @@ def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop,
         assert written.name.startswith(f"anomalydesk-gateway-{first}-")
     finally:
         close_app(qtbot, app)
+
+
+@pytest.mark.parametrize("span", [900, 3_600], ids=["15-min-buffered", "1-h-read"])
+@pytest.mark.parametrize("clip", [True, False], ids=["clip-to-view", "no-clip"])
+def test_reset_zoom_shows_the_whole_loaded_range_after_a_zoom(qtbot, qloop, r, clip, span):  # noqa: F811
+    """A buffer of 20 min, the 15-min or the 1-h preset (its older 40 min read from the streams). Zoomed in
+    on ten windows, Reset zoom shows every window loaded (with clip-to-view it showed the zoomed part:
+    pyqtgraph measured the x-linked curves by the points they drew) and no more (its auto-range padding
+    had the older windows read again and again, further back each time); new windows stay in view."""
+    from anomalydesk import fingerprint as fpmod
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.live_panel import LivePanel
+
+    keys = Keys()
+    now = time.time() // 5 * 5
+    starts = np.arange(now - 3_000 * 5, now, 5.0)  # 4 h 10 min of windows in the stream
+    requests = np.full(len(starts), 100.0)
+    requests[-200] = 900.0  # a peak the zoom leaves out
+    pipe = r.pipeline(transaction=False)
+    for start, value in zip(starts.tolist(), requests.tolist(), strict=True):
+        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+        fields.update(requests=value, window=int(start // 5), start=start, schema=fpmod.SCHEMA_VERSION,
+                      no_data=0, kpis="", ws=5)  # fmt: skip
+        pipe.xadd(keys.fingerprints("orders"), fields, id=f"{int(start * 1000)}-1")
+    pipe.execute()
+    r.hset(keys.config, "window_seconds", 5)
+    state = AppState(live_capacity=240)  # 20 min
+    loader = RangeLoader(lambda: (r, keys))
+    features = ["requests", "rate_5xx", "latency_p95_ms"]  # x-linked plots, as the app's default
+    panel = LivePanel(state, AppSettings(live_features=features, live_span_seconds=span), loader)
+    qtbot.addWidget(panel)
+    panel.show()
+    try:
+        vector = np.zeros(N_FEATURES)
+        for start, value in zip(starts[-240:], requests[-240:], strict=True):  # what the live reader buffered
+            vector[FEATURE_INDEX["requests"]] = value
+            state.live.append("orders", start, vector.copy(), 20.0)
+        state.set_services(["orders"])
+        for item in [*panel._curves.values(), panel.score_curve]:
+            item.setClipToView(clip)
+        curve = panel._curves["requests"]
+        if span > 1_200:
+            qtbot.waitUntil(lambda: panel.range.rows is not None and panel.range.loading is None, timeout=10_000)
+        panel.redraw(force=True)
+        loaded = (float(curve.xData[0]), float(curve.xData[-1]))
+        assert loaded[1] == starts[-1] and loaded[0] == (starts[-240] if span < 1_200 else pytest.approx(
+            now - 1.1 * span, abs=180))  # the buffer; or the hour and its margin, in 175-s bins  # fmt: skip
+        requests_read = loader.requests
+
+        view = panel._feature_plots[0].getViewBox()
+        view.setXRange(starts[-100], starts[-90], padding=0)  # zoomed in on ten windows, away from the peak
+        panel.range._moved_by_hand()  # what the wheel emits
+        qtbot.waitUntil(lambda: view.viewRange()[0][1] == starts[-90], timeout=5_000)
+        panel.zoom_button.click()
+        assert not panel.range.follow
+        qtbot.waitUntil(lambda: view.viewRange()[0] == pytest.approx(loaded, abs=1), timeout=5_000)
+        for plot in [*panel._feature_plots, panel.score_plot]:  # every linked plot, whichever paints first
+            assert plot.getViewBox().viewRange()[0] == pytest.approx(loaded, abs=1)
+        qtbot.waitUntil(lambda: view.viewRange()[1][1] >= 900, timeout=5_000)  # the peak is in view again
+        panel.range.keep_loaded()
+        assert panel.range.loading is None and loader.requests == requests_read  # nothing more to read
+
+        # a new window: still in view, as all the others
+        vector[FEATURE_INDEX["requests"]] = 100.0
+        state.live.append("orders", now, vector, 20.0)
+        panel.redraw()
+        assert view.viewRange()[0] == pytest.approx((loaded[0] if span > 1_200 else starts[-239], now), abs=1)
+    finally:
+        panel.stop()

@@ -45,6 +45,7 @@ SCORE_TITLE = "score (0–100)"
 NOTHING_DRAWN = -2  # `_drawn_version` once the plots were cleared (no buffer for the service shown)
 AXIS_WIDTH = 52
 EMPTY_SPAN_SECONDS = 900  # the x range before any window arrived (it read "00.100 … 00.900" near 1970)
+MIN_SHOWN_SECONDS = 60.0  # Reset zoom on a single window: this much time around it
 GAP_FACTOR = 1.5  # consecutive windows further apart than this many window lengths: a gap, drawn as one
 MARK_ROWS = 3  # rows of "model vN" labels at most, from the score plot's top down
 MARK_GAP_PX = 6  # room between two labels on one row
@@ -101,6 +102,7 @@ class LivePanel(QtWidgets.QWidget):
         self._built = False
         self._drawn_version = -1
         self._drawn_service = ""
+        self._drawn_span: tuple[float, float] | None = None  # the first and last time drawn (Reset zoom shows it)
         self._bands_key: tuple = ()
         self._feature_plots: list[pg.PlotItem] = []
         self._curves: dict[str, pg.PlotDataItem] = {}
@@ -126,7 +128,7 @@ class LivePanel(QtWidgets.QWidget):
         self.pause_button = QtWidgets.QToolButton(text="Pause", checkable=True)
         self.pause_button.toggled.connect(self.set_paused)
         self.zoom_button = QtWidgets.QToolButton(text="Reset zoom")
-        self.zoom_button.setToolTip("show all the data shown so far (leaves follow-live)")
+        self.zoom_button.setToolTip("show every window loaded, and new ones as they arrive (leaves follow-live)")
         self.zoom_button.clicked.connect(self.reset_zoom)
         self.png_button = QtWidgets.QToolButton(text="PNG…")
         self.png_button.setToolTip("export the plots as shown as a PNG image, headed by service and time range")
@@ -319,12 +321,22 @@ class LivePanel(QtWidgets.QWidget):
             self.redraw()
 
     def reset_zoom(self) -> None:
-        """Back to showing all the data (buffered and read), which leaves follow-live."""
-        self.range.stop_following()
-        for plot in [*self._feature_plots, self.score_plot]:
-            plot.enableAutoRange(axis="x")
-            if plot is not self.score_plot:
-                plot.enableAutoRange(axis="y")
+        """Show every window loaded — buffered and read from the streams for the range — which leaves
+        follow-live; new windows widen the view until it is moved (`LiveRange.show_all`)."""
+        self.range.show_all_data()
+        for plot in self._feature_plots:
+            plot.enableAutoRange(axis="y")
+        self._show_drawn_span()
+
+    def _show_drawn_span(self) -> None:
+        """The x axis from the first to the last time drawn (set from the data: `LiveRange.show`)."""
+        if self._drawn_span is None:
+            return
+        low, high = self._drawn_span
+        if high - low < MIN_SHOWN_SECONDS:
+            middle = (low + high) / 2
+            low, high = middle - MIN_SHOWN_SECONDS / 2, middle + MIN_SHOWN_SECONDS / 2
+        self.range.show(low, high)
 
     def redraw(self, force: bool = False) -> bool:
         """Push the buffer into the curves if it changed; returns whether anything was drawn."""
@@ -348,9 +360,12 @@ class LivePanel(QtWidgets.QWidget):
         if older is not None:  # read from the streams: drawn before the buffered windows
             data = join_older(older, data, self.range.rows.bin_seconds if self.range.rows else 0.0)
         x = data[:, 0]
+        self._drawn_span = (float(x[0]), float(x[-1])) if len(x) else None
         if self._clock_range and len(x) and not self.range.follow:
             self._clock_range = False
-            self.reset_zoom()  # the first data: follow it
+            self.reset_zoom()  # the first data: show it, and the windows after it
+        elif self.range.show_all:
+            self._show_drawn_span()
         for name, curve in self._curves.items():
             values = data[:, 2 + FEATURE_INDEX[name]]
             curve.setData(x, values * 100 if _FEATURE_BY_NAME[name].unit == "%" else values,  # ratios as %
@@ -390,6 +405,7 @@ class LivePanel(QtWidgets.QWidget):
         stays, neither curves nor the threshold nor the score title's "now 39, threshold 70"."""
         for curve in [*self._curves.values(), self.score_curve]:
             curve.setData([], [])
+        self._drawn_span = None
         self.threshold_line.setVisible(False)
         self.info_label.setText("no data yet")
         if self.score_plot.titleLabel.text != SCORE_TITLE:

@@ -2,7 +2,9 @@
 
 `LiveRange` owns the range bar's buttons and decides what the plots' x axis shows. Following live, the
 axis ends at the clock and moves with it; panning or zooming the right edge away from it (the mouse,
-the wheel) leaves follow-live, and the Follow live button (Ctrl+L) or a preset returns to it. Whatever
+the wheel) leaves follow-live, and the Follow live button (Ctrl+L) or a preset returns to it. Reset zoom
+(`show_all_data`) shows every window loaded and keeps them all in view as windows arrive, until the view
+is moved or follows live again; the panel sets that range from its data (`show`). Whatever
 the view needs before the oldest window of the ring buffer (a 6-h or 24-h preset, a pan into the past)
 is read from the streams by `range_history.RangeLoader` off the GUI thread: the request is made here
 (GUI thread), read and reduced in the loader's executor, and its rows applied here again; a newer
@@ -56,6 +58,7 @@ class LiveRange(QtCore.QObject):
         self.loader = loader
         self.span = float(settings.live_span_seconds)
         self.follow = True
+        self.show_all = False  # Reset zoom: the axis spans every window loaded, new ones too
         self.rows: RangeRows | None = None  # what the streams gave for the service shown
         self.loading: tuple[str, float, float] | None = None
         self.service = ""
@@ -117,6 +120,7 @@ class LiveRange(QtCore.QObject):
         self.follow = bool(on)
         self._sync_buttons()
         if on:
+            self.show_all = False
             self._last_right = 0.0
             self.tick()
             self.load_visible()
@@ -151,6 +155,7 @@ class LiveRange(QtCore.QObject):
         read for the new range once it settles."""
         if self._view is None:
             return
+        self.show_all = False
         low, high = self._view.viewRange()[0]
         if self.follow and high < time.time() - FOLLOW_SLACK * max(high - low, 1.0):
             self.follow = False
@@ -177,9 +182,21 @@ class LiveRange(QtCore.QObject):
         self._view.setXRange(low, high, padding=0)
 
     def stop_following(self) -> None:
-        """Leave follow-live without moving the view (Reset zoom shows all the data instead)."""
+        """Leave follow-live without moving the view."""
         self.follow = False
         self._sync_buttons()
+
+    def show_all_data(self) -> None:
+        """Reset zoom: leave follow-live for a view of every window loaded (the panel `show`s its span)."""
+        self.stop_following()
+        self.show_all = True
+
+    def show(self, low: float, high: float) -> None:
+        """Put [low, high] on the x axis, exactly: pyqtgraph's auto-range is not used for it (with clip-to-view
+        it measured each x-linked curve by the points in view, and one of them put the zoom back on all; its
+        padding reached before the windows read, which were read again, further back, at every redraw)."""
+        if self._view is not None:
+            self._view.setXRange(low, high, padding=0)
 
     # --- rows from the streams ----------------------------------------------------------------
     @property
