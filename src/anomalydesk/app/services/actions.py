@@ -20,7 +20,7 @@ import numpy as np
 
 from anomalydesk.app.model.settings import FAULT_KINDS, TRAIN_PROGRESS_MIN_INTERVAL
 from anomalydesk.app.model.state import table_state
-from anomalydesk.app.services.core_client import CoreClient, CoreError, JobCancelled
+from anomalydesk.app.services.core_client import CoreClient, CoreError, JobCancelled, NewWindows
 from anomalydesk.app.services.session import Session
 from anomalydesk.detect.incident_model import Silence
 from anomalydesk.ingest.demo_model import PERMANENT_KINDS
@@ -80,6 +80,10 @@ class Actions:
     async def normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
         """The rows of `fingerprint_window` and which of them are normal (outside incidents, but false positives)."""
         return await self.core.normal_window(service, start, end)
+
+    async def fingerprints_after(self, service: str, after: float) -> NewWindows:
+        """A service's live windows after a time, one chunk (the details plot of an open incident follows them)."""
+        return await self.core.fingerprints_after(service, after)
 
     # --- sketches -----------------------------------------------------------------------------
     async def sketch_settings(self) -> dict[str, Any]:

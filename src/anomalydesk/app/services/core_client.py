@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import subprocess
 import threading
 import time
@@ -37,6 +38,7 @@ from anomalydesk.store import connection
 from anomalydesk.store.keys import Keys
 
 if TYPE_CHECKING:
+    from anomalydesk.fingerprint import Fingerprint
     from anomalydesk.ingest.demo import DemoTraffic
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ T = TypeVar("T")
 CLOSE_TIMEOUT_SECONDS = 3.0
 IO_WORKERS = 2  # the readers' status poll and one operator action at a time, side by side
 INCIDENT_READ_CHUNK = 500  # incident ids per HMGET when alerts name many (the catch-up at start-up)
+FINGERPRINT_READ_CHUNK = 2_000  # stream entries per XRANGE of a service's windows
 SKETCH_FIELDS = ("window_seconds", "cms_width", "cms_depth", "cms_error", "cms_prob", "filter_capacity",
                  "filter_error", "topk", "retention")  # fmt: skip
 INCIDENT_ACTIONS = ("ack", "snooze", "resolve", "false_positive", "accept")
@@ -73,6 +76,37 @@ class ServerFacts:
     server_version: str
     sketch_backend: str
     created: bool
+
+
+@dataclass(frozen=True)
+class NewWindows:
+    """One read of a service's live windows after a time (`CoreClient.fingerprints_after`)."""
+
+    rows: np.ndarray  # (n, 1 + features) [start, features…], oldest first
+    read_to: float  # the newest window start of the entries read, readable or not (`after` when none)
+    more: bool  # the read stopped at its chunk: newer entries are left for the next read
+
+
+def _window_fp(service: str, fields: Any, window_s: int) -> Fingerprint | None:
+    """The fingerprint of a stream entry of this window length; None for another length or an
+    unreadable entry (skipped, as the live reader skips it)."""
+    from anomalydesk.fingerprint import from_stream_entry
+
+    try:
+        fp = from_stream_entry(service, fields)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return fp if fp.window_seconds in (None, window_s) else None
+
+
+def _window_row(service: str, fields: Any, window_s: int) -> list[float] | None:
+    """[start, features…] of a fingerprint entry of this window length (None: see `_window_fp`)."""
+    fp = _window_fp(service, fields, window_s)
+    return None if fp is None else [fp.start, *fp.vector]
+
+
+def _as_rows(rows: list[list[float]]) -> np.ndarray:
+    return np.array(rows, dtype=np.float64).reshape(len(rows), -1) if rows else np.empty((0, 0))
 
 
 def redact(url: str) -> str:
@@ -297,7 +331,8 @@ class CoreClient:
 
     # --- fingerprints -----------------------------------------------------------------------------
     async def fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
-        """(n, 1 + features) rows [start, features…] of `service` between two epoch times."""
+        """(n, 1 + features) rows [start, features…] of `service` between two epoch times (every window,
+        read in chunks)."""
         rows, _ = await self.run(self._fingerprint_window, service, start, end)
         return rows
 
@@ -315,21 +350,42 @@ class CoreClient:
 
     def _fingerprint_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
         """(rows, their window numbers), oldest first."""
-        from anomalydesk.fingerprint import from_stream_entry
         from anomalydesk.store.admin import window_seconds
 
         r, keys = self.sync, self.keys
         window_s = window_seconds(r, keys)
         found: dict[float, tuple[int, list[float]]] = {}
         for stream in (keys.fingerprints(service), keys.history(service, window_s)):  # live, then history
-            for _id, fields in r.xrange(stream, min=int(start * 1000), max=int(end * 1000) + 1, count=2000):
-                fp = from_stream_entry(service, fields)
-                if fp.window_seconds in (None, window_s) and fp.start not in found:
-                    found[fp.start] = (fp.window, [fp.start, *fp.vector])
+            low, high = str(int(start * 1000)), str(int(end * 1000) + 1)
+            while True:
+                chunk = r.xrange(stream, min=low, max=high, count=FINGERPRINT_READ_CHUNK)
+                for _id, fields in chunk:
+                    fp = _window_fp(service, fields, window_s)
+                    if fp is not None and fp.start not in found:
+                        found[fp.start] = (fp.window, [fp.start, *fp.vector])
+                if len(chunk) < FINGERPRINT_READ_CHUNK:
+                    break
+                low = "(" + _text(chunk[-1][0])
         chosen = [found[at] for at in sorted(found)]
         windows = np.array([w for w, _ in chosen], dtype=np.int64)
-        rows = np.array([row for _, row in chosen], dtype=np.float64).reshape(len(chosen), -1)
-        return (rows if chosen else np.empty((0, 0))), windows
+        return _as_rows([row for _, row in chosen]), windows
+
+    async def fingerprints_after(self, service: str, after: float) -> NewWindows:
+        """The windows of `service`'s live fingerprint stream that start after `after` (epoch seconds),
+        oldest first, at most `FINGERPRINT_READ_CHUNK` entries: read again from `read_to` while `more`."""
+        return await self.run(self._fingerprints_after, service, after)
+
+    def _fingerprints_after(self, service: str, after: float) -> NewWindows:
+        from anomalydesk.store.admin import window_seconds
+
+        r, keys = self.sync, self.keys
+        window_s = window_seconds(r, keys)
+        # entry id = the window start in ms: any id of a later millisecond is a later window
+        entries = r.xrange(keys.fingerprints(service), min=str(math.floor(after * 1000) + 1), max="+",
+                           count=FINGERPRINT_READ_CHUNK)  # fmt: skip
+        rows = [row for _id, fields in entries if (row := _window_row(service, fields, window_s)) is not None]
+        read_to = max([after, *(int(_text(entry_id).split("-")[0]) / 1000 for entry_id, _f in entries)])
+        return NewWindows(_as_rows(rows), read_to, len(entries) == FINGERPRINT_READ_CHUNK)
 
     # --- sketches ---------------------------------------------------------------------------------
     async def sketch_overview(self) -> dict[str, Any]:
