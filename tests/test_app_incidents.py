@@ -10,6 +10,7 @@ import json
 import signal
 import time
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -184,6 +185,118 @@ def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(
         assert plot.getViewBox().viewRange() == zoomed
     finally:
         close_app(qtbot, app)
+
+
+def add_window(r: redis.Redis, service: str, w: int, rate_5xx: float, pipe: Any = None) -> None:
+    """A sealed window of `service` in its fingerprint stream, as the gears library writes it."""
+    from anomalydesk import fingerprint as fpmod
+
+    fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
+    fields.update(requests=300, rate_5xx=rate_5xx, window=w, start=w * 5, schema=fpmod.SCHEMA_VERSION,
+                  no_data=0, kpis="", ws=5)  # fmt: skip
+    (pipe or r).xadd(Keys().fingerprints(service), fields, id=f"{w * 5 * 1000}-1")
+
+
+def plotted(panel) -> tuple[np.ndarray, np.ndarray]:
+    """The details plot's curve: window starts (or bin times) and values."""
+    return panel.detail_plot.getPlotItem().listDataItems()[0].getData()
+
+
+def test_the_plot_of_a_long_incident_follows_it_to_its_end(qtbot, qloop, redis_url, r):  # noqa: F811
+    """An incident goes on for 2,600 windows (3 h 37 min), written as fast as Redis takes them, then it is
+    resolved: its plot takes every window to the last, in at most `detail_limit` points. (The follow read
+    at most 2,000 entries from the plot's left edge and silently stopped there; closed, it stopped at once.)"""
+    keys = Keys()
+    n = 2_600
+    first = int(time.time() // 5) - 60 - n  # every window in the past, as after a catch-up
+    for w in range(first, first + 60):
+        add_window(r, "orders", w, 0.2 if w >= first + 55 else 0.004)
+    r.sadd(keys.services, "orders")
+    alert = raise_alert(r, "orders", first + 55)
+    incident_id = alert["incident_id"]
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        panel.detail_limit = 1_000
+        qtbot.waitUntil(lambda: incident_id in panel.model.ids, timeout=10_000)
+        qtbot.waitUntil(lambda: len(app.state.live.buffer("orders")) == 60, timeout=10_000)
+        panel.select_incident(incident_id)
+        qtbot.waitUntil(lambda: panel.detail_plot.isVisible(), timeout=10_000)
+        assert plotted(panel)[0][-1] == (first + 59) * 5
+
+        last = first + 60 + n - 1
+        pipe = r.pipeline(transaction=False)
+        for w in range(first + 60, last + 1):
+            add_window(r, "orders", w, 0.9 if w == first + 1_500 else 0.25, pipe)  # one window of 90 % 5xx
+        pipe.execute()
+        stored = Incident.from_json(json.loads(r.hget(keys.incidents, incident_id)))
+        r.hset(keys.incidents, incident_id, json.dumps(replace(stored, last_window=last, windows=n + 5).to_json()))
+        incidents.resolve(r, incident_id, keys=keys)
+        qtbot.waitUntil(lambda: app.state.incidents.incidents[incident_id].state.closed, timeout=10_000)
+        qtbot.waitUntil(lambda: plotted(panel)[0][-1] == last * 5, timeout=20_000)
+        x, y = plotted(panel)
+        assert len(x) <= 1_000 and np.all(np.diff(x) > 0)  # bounded: older windows in min/max time bins
+        assert np.all(np.diff(x[-250:]) == 5)  # the newest as windows
+        assert x[0] < (first + 55) * 5 and np.nanmax(y) == pytest.approx(90.0)  # from before it, the spike kept
+        assert "failed" not in panel.status_label.text()
+    finally:
+        close_app(qtbot, app)
+
+
+def test_a_failed_follow_read_backs_off_says_so_and_recovers(qtbot, qloop, tmp_path):  # noqa: F811
+    """Redis goes away just after a window of the open incident arrived: the plot's read of it fails, is
+    said, and is tried again after 2 s, 4 s, … 60 s, not at every tick of the 1-s clock; back, the next
+    retry plots the window and the wait starts again from 2 s."""
+    from conftest import RedisServer
+
+    server = RedisServer(tmp_path / "redis")
+    client = server.client()
+    first = int(time.time() // 5) - 60
+    for w in range(first, first + 60):
+        add_window(client, "orders", w, 0.2 if w >= first + 55 else 0.004)
+    client.sadd(Keys().services, "orders")
+    alert = raise_alert(client, "orders", first + 55)
+    app = None
+    try:
+        app = open_app(qtbot, server.url)
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+        qtbot.waitUntil(lambda: len(app.state.live.buffer("orders")) == 60, timeout=10_000)
+        panel.select_incident(alert["incident_id"])
+        qtbot.waitUntil(lambda: panel.detail_plot.isVisible(), timeout=10_000)
+        said = []
+        app.state.feedback.connect(said.append)
+
+        client.close()
+        server.stop(signal.SIGKILL)
+        newest = app.state.live.buffer("orders").last()
+        app.state.live.append("orders", (first + 60) * 5.0, newest[2:], None)  # buffered just before
+        intervals = []
+        for attempt in range(7):
+            qtbot.waitUntil(panel.follow_retry.isActive, timeout=20_000)
+            intervals.append(panel.follow_retry.interval())
+            panel._tick()  # the clock ticks while the retry waits: no read
+            assert not panel._detail_following
+            panel.follow_retry.stop()
+            if attempt < 6:
+                panel.follow_retry.timeout.emit()  # its time came: tried again
+        assert intervals == [2_000, 4_000, 8_000, 16_000, 32_000, 60_000, 60_000]
+        assert "reading new windows failed" in panel.status_label.text()
+        assert panel.status_label.text().endswith("trying again in 60 s")
+        assert len([w for w in said if "reading new windows failed" in w]) == 1  # the status bar, once
+
+        server.start()  # same port, empty
+        client = server.client()
+        add_window(client, "orders", first + 60, 0.3)
+        panel.follow_retry.timeout.emit()
+        qtbot.waitUntil(lambda: plotted(panel)[0][-1] == (first + 60) * 5, timeout=20_000)
+        assert panel.status_label.text() == "details plot: following new windows again"
+        assert panel.follow_backoff == 2.0 and not panel.follow_retry.isActive()
+    finally:
+        if app is not None:
+            close_app(qtbot, app)
+        client.close()
+        server.stop()
 
 
 def test_a_level_shift_is_accepted_from_its_button(qtbot, qloop, redis_url, r):  # noqa: F811
@@ -369,3 +482,16 @@ def test_reconnects_after_redis_restart_and_catches_up(qtbot, qloop, tmp_path): 
         if app is not None:
             close_app(qtbot, app)
         server.stop()
+
+
+def test_a_long_plot_is_bounded_keeping_its_spike_and_its_newest_windows():
+    from anomalydesk.app.widgets.incidents_panel import bounded
+
+    points = np.column_stack([np.arange(0, 5 * 50_000, 5.0), np.full(50_000, 1.0)])
+    points[12_345, 1] = 9.0
+    kept = points[:100]
+    for at in range(100, len(points), 700):  # as the follow appends, chunk by chunk
+        kept = bounded(np.vstack([kept, points[at : at + 700]]), 5.0, 1_000)
+        assert len(kept) <= 1_000 and np.all(np.diff(kept[:, 0]) > 0)
+    assert kept[0, 0] <= points[0, 0] + 5 * 200 and kept[-1, 0] == points[-1, 0]  # the whole span, to the last
+    assert np.all(np.diff(kept[-250:, 0]) == 5.0) and np.nanmax(kept[:, 1]) == 9.0

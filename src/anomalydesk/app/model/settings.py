@@ -29,6 +29,9 @@ KEYRING_SERVICE = "anomalydesk"
 # --- app defaults (UI timing and sizes) -------------------------------------------------------
 LIVE_CAPACITY = 3_600  # windows kept per service in the live ring buffers (5 h of 5 s windows)
 REDRAW_INTERVAL_MS = 250  # fixed-rate plot redraw
+DETAIL_PLOT_POINTS = 4_000  # an incident's details plot holding more is reduced to min/max time bins
+DETAIL_RETRY_FIRST_SECONDS = 2.0  # a failed read of an open incident's new windows is tried again after this,
+DETAIL_RETRY_CAP_SECONDS = 60.0  # twice as long after each failure up to this; back to the first on a success
 STATUS_POLL_SECONDS = 2.0
 FINGERPRINT_BLOCK_MS = 500
 # the fingerprint reader reads at most this often: the detector stores a fleet's scores one service

@@ -3,11 +3,23 @@
 The table model reads `IncidentsState` (the stored incidents the alerts name: the alerts log at
 start-up, then pub/sub); buttons call the `Actions` service, which writes to Redis and then updates
 the state with the incident as stored.
+
+The details plot of an open incident follows it: on the panel's clock, when the live buffer holds a
+window newer than the plot, the service's live stream is read from the newest window plotted on, a
+chunk at a time, however long the incident lasts; the plot keeps at most `DETAIL_PLOT_POINTS` points
+(older windows are reduced to min/max time bins). A failed read is said in the panel and tried again
+after 2 s, then twice as long each time up to 60 s, until one succeeds.
+
+Why this module is long: it is one panel whose parts share one selection — the table model and its
+colours, the operator's actions and silences, and the details view with the plot that follows an open
+incident; the plot and its follow are the part to move to a module of their own if it grows again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import math
 import time
 from typing import Any
 
@@ -16,7 +28,9 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
+from anomalydesk.app.model.settings import DETAIL_PLOT_POINTS, DETAIL_RETRY_CAP_SECONDS, DETAIL_RETRY_FIRST_SECONDS
 from anomalydesk.app.model.state import AppState, IncidentRow, IncidentsState
+from anomalydesk.app.services.range_history import bin_width, downsample
 from anomalydesk.app.widgets import theme
 from anomalydesk.app.widgets.live_panel import axis_title
 from anomalydesk.app.widgets.message_label import MessageLabel
@@ -24,6 +38,7 @@ from anomalydesk.app.widgets.theme import contrast
 from anomalydesk.detect.incident_model import IncidentState, local_time, score_text
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
 
+log = logging.getLogger(__name__)
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
 COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 136, 170)  # state: room for "open [silenced]"
 # severity cells of incidents that still need attention; closed ones get a pale tint of the same hue
@@ -66,6 +81,22 @@ def muted_text(text: QtGui.QColor, base: QtGui.QColor) -> QtGui.QColor:
         if contrast(colour, base) >= AA_CONTRAST + 0.1:
             return colour
     return readable_on(base, text)
+
+
+def bounded(points: np.ndarray, window_s: float, limit: int) -> np.ndarray:
+    """[time, value] rows in time order as they are, or, once more than `limit`, all but the newest
+    quarter of `limit` reduced to min/max time bins (`range_history.downsample`) that take about half of
+    it: a spike stays, the newest windows stay windows (the last point is the last window), memory is
+    bounded."""
+    if len(points) <= limit:
+        return points
+    bin_s = bin_width(float(points[0, 0]), float(points[-1, 0]), max(1, limit // 4), window_s)
+    origin = math.floor(points[0, 0] / bin_s) * bin_s  # downsample's bins: the tail begins on a bin's edge
+    edge = origin + math.floor((points[-max(1, limit // 4), 0] - origin) / bin_s) * bin_s
+    head = points[:, 0] < edge
+    if not head.any():
+        return downsample(points, bin_s)
+    return np.vstack([downsample(points[head], bin_s), points[~head]])
 
 
 def _duration(seconds: float) -> str:
@@ -277,8 +308,16 @@ class IncidentsPanel(QtWidgets.QWidget):
         # while the plotted incident is open its plot follows new windows (`_follow_details`, on the clock)
         self._detail_curve: pg.PlotDataItem | None = None
         self._detail_region: pg.LinearRegionItem | None = None
-        self._detail_until = 0.0  # the newest window start plotted
+        self._detail_points = np.empty((0, 2))  # [time, value] plotted, at most `detail_limit` rows
+        self.detail_limit = DETAIL_PLOT_POINTS
+        self._detail_after = 0.0  # the newest window start read from the live stream: the follow reads on from it
+        self._detail_until = 0.0  # the newest window start covered (read, or the live buffer's when read)
         self._detail_following = False  # a read for the plot is in flight
+        self._detail_generation = 0  # moves on with every plot: a read begun for an earlier one is dropped
+        self.follow_retry = QtCore.QTimer(self)  # a failed follow read is tried again when this fires
+        self.follow_retry.setSingleShot(True)
+        self.follow_retry.timeout.connect(self._follow_if_due)
+        self.follow_backoff = DETAIL_RETRY_FIRST_SECONDS  # the wait after the next failed read
         self.detail_plot.setMinimumHeight(140)
         self.detail_plot.addLegend(offset=(5, 5))
         self.detail_plot.setVisible(False)  # until an incident is plotted (empty, its axis read "00.250" of 1970)
@@ -317,15 +356,15 @@ class IncidentsPanel(QtWidgets.QWidget):
         super().changeEvent(event)
 
     def stop(self) -> None:
-        """Stop the clock of the live durations (the app shuts down)."""
+        """Stop the clock of the live durations and the plot's retry (the app shuts down)."""
         self.clock.stop()
+        self.follow_retry.stop()
 
     def forget(self) -> None:
         """Show the (emptied) incidents state afresh: the app switched servers."""
         self.model.reload()
         self.details.clear()
-        self.detail_plot.clear()
-        self._detail_curve = self._detail_region = None
+        self._drop_detail_plot()
         self.detail_plot.setVisible(False)
         self.status_label.setText("")
         self._update_buttons()
@@ -364,10 +403,20 @@ class IncidentsPanel(QtWidgets.QWidget):
         inc = self.selected()
         if inc is not None and inc.state is IncidentState.SNOOZED and not inc.incident.snoozed_at(time.time()):
             self._render_details(inc)  # the snooze ran out: the header says so
-        if inc is not None and inc.incident.is_open and self._detail_curve is not None and not self._detail_following:
-            newest = self._newest_window(inc.service)
-            if newest is not None and newest > self._detail_until:
-                self._follow_details(inc, newest)  # the incident is still going: so is its plot
+        self._follow_if_due()
+
+    def _follow_if_due(self) -> None:
+        """Read the plotted incident's new windows when the live buffer holds one the plot does not: while
+        the incident is open, and once it closed until the plot reaches its last window. Not while a read
+        is in flight, nor while a failed one waits to be tried again (`follow_retry`)."""
+        inc = self.selected()
+        if inc is None or self._detail_curve is None or self._detail_following or self.follow_retry.isActive():
+            return
+        if not inc.incident.is_open and self._detail_until >= inc.last - inc.window_seconds:
+            return
+        newest = self._newest_window(inc.service)
+        if newest is not None and newest > self._detail_until:
+            self._follow_details(inc, newest)  # the incident is still going: so is its plot
 
     def _newest_window(self, service: str) -> float | None:
         """The newest window start the live buffers hold for `service` (the fingerprint reader fills them)."""
@@ -518,11 +567,10 @@ class IncidentsPanel(QtWidgets.QWidget):
         return str(features[0]) if features else None
 
     @staticmethod
-    def _detail_span(inc: IncidentRow, newest: float | None = None) -> tuple[float, float]:
-        """The times the plot shows: around the incident, on to `newest` (a window that arrived since)."""
+    def _detail_span(inc: IncidentRow) -> tuple[float, float]:
+        """The times the first read of the plot covers: around the incident (the follow reads on from there)."""
         margin = max(60.0, inc.last - inc.start)
-        end = inc.last + margin if newest is None else max(inc.last + margin, newest + 1)
-        return inc.start - margin, end
+        return inc.start - margin, inc.last + margin
 
     @staticmethod
     def _feature_values(rows: np.ndarray, name: str) -> np.ndarray:
@@ -532,33 +580,75 @@ class IncidentsPanel(QtWidgets.QWidget):
 
     @asyncSlot()
     async def _follow_details(self, inc: IncidentRow, newest: float) -> None:
-        """New windows of the open incident's service: the curve and the incident's span follow them. The
-        view follows too unless the user zoomed or panned it (pyqtgraph then turns its auto-range off;
-        the plot's "A" button or selecting the incident again brings it back)."""
+        """New windows of the open incident's service, read from the newest one plotted on, a chunk at a
+        time: the curve and the incident's span follow them. The view follows too unless the user zoomed
+        or panned it (pyqtgraph then turns its auto-range off; the plot's "A" button or selecting the
+        incident again brings it back)."""
         name = self._plotted_feature(inc)
         if name is None:
             return
+        generation = self._detail_generation
         self._detail_following = True
         try:
-            rows = await self.actions.fingerprint_window(inc.service, *self._detail_span(inc, newest))
-        except Exception as err:
-            self.status_label.setText(f"details: {err}")
+            while True:
+                found = await self.actions.fingerprints_after(inc.service, self._detail_after)
+                if generation != self._detail_generation:
+                    return  # another plot (another incident, or this one shown again) took over
+                self._detail_after = found.read_to
+                if found.rows.size:
+                    self._extend_detail(found.rows, name, inc.window_seconds)
+                if not found.more:
+                    break
+        except Exception as err:  # Redis away: said, and tried again later (`_follow_failed`)
+            if generation == self._detail_generation:
+                self._follow_failed(err)
             return
         finally:
             self._detail_following = False
-        current = self.selected()
-        if current is None or current.incident_id != inc.incident_id or self._detail_curve is None or not rows.size:
-            return
-        self._detail_curve.setData(rows[:, 0], self._feature_values(rows, name))
+        if self.follow_backoff != DETAIL_RETRY_FIRST_SECONDS:
+            self.status_label.setText("details plot: following new windows again")
+        self.follow_backoff = DETAIL_RETRY_FIRST_SECONDS
         if self._detail_region is not None:
             self._detail_region.setRegion((inc.start, inc.last + 1))
-        self._detail_until = max(newest, float(rows[-1, 0]))
+        self._detail_until = max(newest, self._detail_after)
+
+    def _extend_detail(self, rows: np.ndarray, name: str, window_s: float) -> None:
+        """Windows read after those plotted: onto the curve, which stays within `detail_limit` points."""
+        points = np.column_stack([rows[:, 0], self._feature_values(rows, name)])
+        self._detail_points = bounded(np.vstack([self._detail_points, points]), window_s, self.detail_limit)
+        if self._detail_curve is not None:
+            self._detail_curve.setData(self._detail_points[:, 0], self._detail_points[:, 1])
+
+    def _follow_failed(self, err: Exception) -> None:
+        """A read of new windows failed: said in the panel (and once in the status bar), and tried again
+        after `follow_backoff`, which doubles up to DETAIL_RETRY_CAP_SECONDS (the clock's tick had tried
+        again every second for as long as Redis was away)."""
+        delay = self.follow_backoff
+        first = delay == DETAIL_RETRY_FIRST_SECONDS
+        self.follow_backoff = min(delay * 2, DETAIL_RETRY_CAP_SECONDS)
+        self.follow_retry.start(round(delay * 1000))
+        reason = str(err) or type(err).__name__
+        words = f"details plot: reading new windows failed ({reason}); trying again in {delay:g} s"
+        self.status_label.setText(words)
+        if first:
+            self.state.say(words)
+        log.info("%s", words)
+
+    def _drop_detail_plot(self) -> None:
+        """Nothing plotted any more (another incident is about to be, or another server): a read or a
+        retry for the old plot does not apply."""
+        self.detail_plot.clear()
+        self._detail_curve = self._detail_region = None
+        self._detail_points = np.empty((0, 2))
+        self._detail_generation += 1
+        self.follow_retry.stop()
+        self.follow_backoff = DETAIL_RETRY_FIRST_SECONDS
 
     @asyncSlot()
     async def _plot_details(self, inc: IncidentRow) -> None:
         name = self._plotted_feature(inc)
-        self.detail_plot.clear()
-        self._detail_curve = self._detail_region = None
+        self._drop_detail_plot()
+        generation = self._detail_generation
         self.detail_plot.enableAutoRange()  # another incident: shown whole, whatever the last one's zoom was
         if name is None:
             self.detail_plot.setVisible(False)
@@ -569,7 +659,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         except Exception as err:
             self.status_label.setText(f"details: {err}")
             return
-        if self.selected() is not inc or rows.size == 0:
+        if self.selected() is not inc or rows.size == 0 or generation != self._detail_generation:
             return
         # the incident's leading feature in its own unit, its usual range shaded: the normal windows before
         # it (an earlier incident's windows left out as training leaves them out: they would widen it)
@@ -586,9 +676,13 @@ class IncidentsPanel(QtWidgets.QWidget):
             self.detail_usual = (low, high)
         else:
             self.detail_usual = None
-        self._detail_curve = self.detail_plot.plot(rows[:, 0], values, pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5),
+        self._detail_points = bounded(np.column_stack([rows[:, 0], values]), inc.window_seconds, self.detail_limit)
+        self._detail_curve = self.detail_plot.plot(self._detail_points[:, 0], self._detail_points[:, 1],
+                                                   pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5),
                                                    name=feature.label)  # fmt: skip
-        # what the read covered: a window newer than this on the clock's tick is followed
+        # what the read covered: the follow reads the live stream on from its newest window, once the
+        # live buffer holds a window newer than this on the clock's tick
+        self._detail_after = float(rows[-1, 0])
         self._detail_until = max(float(rows[-1, 0]), newest or 0.0)
         self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt",
                                   color=theme.plot_colours(self.palette()).foreground)  # fmt: skip
