@@ -10,6 +10,9 @@ training, backfill and the app's detector run in child processes with clients of
 Every method is a coroutine returning plain values (dicts, lists, numpy arrays) or the core's frozen
 incident types, ready for the model layer; errors the operator should read are `CoreError`s.
 `Keys` travels with the client, so `--check` works under a private prefix.
+
+Why this module is long: it is one job, the app's one door into the core — each method a short
+coroutine over one store/detect call, and the two Redis clients and executors they share.
 """
 
 from __future__ import annotations

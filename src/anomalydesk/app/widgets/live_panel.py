@@ -11,6 +11,10 @@ downsampling and clip-to-view so 8 curves × 3,600 points stay cheap.
 The time range (`live_range.LiveRange`): presets of 15 min, 1 h, 6 h and 24 h that follow live, and
 whatever lies before the ring buffer's oldest window read from the streams on demand, off the GUI
 thread, and drawn before the buffered windows.
+
+Why this module is long: it is one panel — building the plots, drawing the ring buffers and the
+windows read into them, incident bands, model marks, Reset zoom and the exports share the same curves
+and views; the time range and the stream reads are already modules of their own.
 """
 
 from __future__ import annotations
