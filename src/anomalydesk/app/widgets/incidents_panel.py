@@ -653,7 +653,6 @@ class IncidentsPanel(QtWidgets.QWidget):
         if name is None:
             self.detail_plot.setVisible(False)
             return
-        newest = self._newest_window(inc.service)
         try:
             rows, normal = await self.actions.normal_window(inc.service, *self._detail_span(inc))
         except Exception as err:
@@ -680,10 +679,9 @@ class IncidentsPanel(QtWidgets.QWidget):
         self._detail_curve = self.detail_plot.plot(self._detail_points[:, 0], self._detail_points[:, 1],
                                                    pen=pg.mkPen(pg.intColor(0, hues=4), width=1.5),
                                                    name=feature.label)  # fmt: skip
-        # what the read covered: the follow reads the live stream on from its newest window, once the
-        # live buffer holds a window newer than this on the clock's tick
-        self._detail_after = float(rows[-1, 0])
-        self._detail_until = max(float(rows[-1, 0]), newest or 0.0)
+        # what the read covered: the follow reads the live stream on from its newest window once the live
+        # buffer holds a newer one (on the clock's tick: also those that came during this read)
+        self._detail_after = self._detail_until = float(rows[-1, 0])
         self.detail_plot.setTitle(axis_title(feature.label, feature.unit), size="9pt",
                                   color=theme.plot_colours(self.palette()).foreground)  # fmt: skip
         self.detail_plot.setVisible(True)
