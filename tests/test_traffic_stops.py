@@ -137,3 +137,11 @@ def test_next_to_a_real_service_the_stopped_demo_services_are_not_scored_and_mak
     seal_all(r, now=end + 600 + 120)  # the real service stops too, not on purpose: its own outage
     drain(det)
     assert alerted() == set()  # no gap: the stopped two are no witnesses of one
+
+
+def test_retiring_a_service_forgets_its_stop(r: redis.Redis) -> None:
+    admin.setup(r, SketchSettings(window_seconds=5))
+    r.sadd(K.services, "gateway", "users")
+    traffic_stops.record(r, ["gateway", "users"], 1_000.0)
+    assert admin.retire_service(r, "gateway")
+    assert set(traffic_stops.read(r)) == {"users"}  # one small entry per service, not kept for ever

@@ -244,6 +244,7 @@ def retire_service(r: redis.Redis, name: str, keys: Keys | None = None) -> bool:
     pipe.sadd(keys.retired, name)
     pipe.srem(keys.services, name)
     pipe.execute()
+    r.hdel(keys.traffic_stops, name)  # a stop on purpose of a service that is gone says nothing any more
     return True
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from anomalydesk import config
 from anomalydesk.app.model import settings as settings_mod
 from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.app.model.state import AppState
@@ -94,7 +95,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.settings = settings
         self.tray_available = False
         self.quitting = False
-        self.setWindowTitle("AnomalyDesk")
+        self.setWindowTitle(config.APP_TITLE)
         self.setWindowIcon(health_icon("none"))
         self.resize(1280, 800)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from PySide6 import QtCore, QtGui, QtWidgets
 
+from anomalydesk import config
 from anomalydesk.app.model.notifier import Notification, Notifier
 from anomalydesk.app.model.state import IncidentsState
 
@@ -69,7 +70,7 @@ class Tray(QtCore.QObject):
         # the icon and its menu are built either way (shown only where a tray exists), so the menu's
         # actions and the icon's signals are the same objects on every platform (and in the tests)
         self.icon: QtWidgets.QSystemTrayIcon | None = QtWidgets.QSystemTrayIcon(health_icon(self.level), self)
-        self.icon.setToolTip("AnomalyDesk")
+        self.icon.setToolTip(config.APP_TITLE)
         self.menu = QtWidgets.QMenu()
         self.show_action = self.menu.addAction("Show / hide window")
         self.show_action.triggered.connect(self.toggle_window.emit)
