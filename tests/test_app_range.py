@@ -260,13 +260,17 @@ def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop,
         close_app(qtbot, app)
 
 
-@pytest.mark.parametrize("span", [900, 3_600], ids=["15-min-buffered", "1-h-read"])
-@pytest.mark.parametrize("clip", [True, False], ids=["clip-to-view", "no-clip"])
-def test_reset_zoom_shows_the_whole_loaded_range_after_a_zoom(qtbot, qloop, r, clip, span):  # noqa: F811
+@pytest.mark.parametrize(("clip", "span", "via"), [
+    (True, 900, "button"), (True, 3_600, "button"), (False, 900, "button"), (False, 3_600, "button"),
+    (True, 3_600, "plot-A"), (True, 3_600, "score-A"),
+], ids=["clip-to-view-15-min-buffered", "clip-to-view-1-h-read", "no-clip-15-min-buffered", "no-clip-1-h-read",
+        "clip-to-view-1-h-read-plot-A", "clip-to-view-1-h-read-score-A"])  # fmt: skip
+def test_reset_zoom_shows_the_whole_loaded_range_after_a_zoom(qtbot, qloop, r, clip, span, via):  # noqa: F811
     """A buffer of 20 min, the 15-min or the 1-h preset (its older 40 min read from the streams). Zoomed in
     on ten windows, Reset zoom shows every window loaded (with clip-to-view it showed the zoomed part:
     pyqtgraph measured the x-linked curves by the points they drew) and no more (its auto-range padding
-    had the older windows read again and again, further back each time); new windows stay in view."""
+    had the older windows read again and again, further back each time); new windows stay in view. A
+    plot's own "A" (auto-range) button does the same: it was pyqtgraph's auto-range, with those faults."""
     from anomalydesk import fingerprint as fpmod
     from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.app.model.state import AppState
@@ -312,7 +316,11 @@ def test_reset_zoom_shows_the_whole_loaded_range_after_a_zoom(qtbot, qloop, r, c
         view.setXRange(starts[-100], starts[-90], padding=0)  # zoomed in on ten windows, away from the peak
         panel.range._moved_by_hand()  # what the wheel emits
         qtbot.waitUntil(lambda: view.viewRange()[0][1] == starts[-90], timeout=5_000)
-        panel.zoom_button.click()
+        if via == "button":
+            panel.zoom_button.click()
+        else:  # the "A" button pyqtgraph shows in a plot's corner
+            button = (panel._feature_plots[1] if via == "plot-A" else panel.score_plot).autoBtn
+            button.clicked.emit(button)
         assert not panel.range.follow
         qtbot.waitUntil(lambda: view.viewRange()[0] == pytest.approx(loaded, abs=1), timeout=5_000)
         for plot in [*panel._feature_plots, panel.score_plot]:  # every linked plot, whichever paints first

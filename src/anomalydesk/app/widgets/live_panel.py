@@ -160,6 +160,7 @@ class LivePanel(QtWidgets.QWidget):
         self._cache_axes(self.score_plot)
         self.score_plot.setMouseEnabled(x=True, y=False)  # the wheel zooms time; y only on purpose
         self.score_plot.setYRange(0, 100)
+        self._auto_button_resets_zoom(self.score_plot)
         self._clock_range = False  # True while the x axis shows the clock's last minutes (no data yet)
         self.score_plot.showGrid(y=True, alpha=0.2)
         self.score_curve = self.score_plot.plot(pen=pg.mkPen(self.colours.curve, width=2), name="score")
@@ -251,6 +252,7 @@ class LivePanel(QtWidgets.QWidget):
             self._tune(curve)
             self._curves[name] = curve
             self._feature_plots.append(plot)
+            self._auto_button_resets_zoom(plot)
             if self._feature_plots[0] is not plot:
                 plot.setXLink(self._feature_plots[0])
         self.graphics.addItem(self.score_plot, row=len(names), col=0)
@@ -331,6 +333,13 @@ class LivePanel(QtWidgets.QWidget):
         for plot in self._feature_plots:
             plot.enableAutoRange(axis="y")
         self._show_drawn_span()
+
+    def _auto_button_resets_zoom(self, plot: pg.PlotItem) -> None:
+        """The "A" button pyqtgraph shows in a plot's corner does what Reset zoom does: its own auto-range
+        measured the x-linked curves by the points drawn with clip-to-view (the zoomed part), and its
+        padding had the older windows read again and again."""
+        plot.autoBtn.clicked.disconnect()
+        plot.autoBtn.clicked.connect(lambda _button: self.reset_zoom())
 
     def _show_drawn_span(self) -> None:
         """The x axis from the first to the last time drawn (set from the data: `LiveRange.show`)."""
