@@ -13,6 +13,7 @@ import math
 import time
 
 import numpy as np
+import pytest
 import redis
 
 from anomalydesk.config import SketchSettings
@@ -145,3 +146,76 @@ def test_retiring_a_service_forgets_its_stop(r: redis.Redis) -> None:
     traffic_stops.record(r, ["gateway", "users"], 1_000.0)
     assert admin.retire_service(r, "gateway")
     assert set(traffic_stops.read(r)) == {"users"}  # one small entry per service, not kept for ever
+
+
+@pytest.mark.parametrize("raw", ["5", "[1, 2]", '"demo"', "true", "null", "not json", '{"since": "5"}',
+                                 '{"by": "demo"}', '{"since": 5, "resumed": "x"}', b"\xff\xfe"])  # fmt: skip
+def test_a_record_that_is_not_a_stop_is_no_stop_and_stops_nothing(r: redis.Redis, raw: str | bytes) -> None:
+    """A malformed record (written by hand, or by another version) must not stall the detector (it read
+    the hash for every window: an AttributeError failed every window of every service) nor the demo's
+    start (the resume script raised on it)."""
+    r.hset(K.traffic_stops, "gateway", raw)
+    traffic_stops.record(r, ["users"], 10.0)
+    assert set(traffic_stops.read(r)) == {"users"}
+    assert traffic_stops.resume(r, ["gateway", "users"], 20.0) == 1  # users' stop ended; gateway's left
+    assert r.hget(K.traffic_stops, "gateway") == (raw if isinstance(raw, bytes) else raw.encode())
+
+
+def test_the_last_events_of_a_stopped_demo_sent_after_the_boundary_move_the_stop_behind_them(
+        r: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+    """The demo records its stop at the end of the current window, then sends the rest of that window as
+    live events, whose window is the server's when they arrive. Held up past the boundary (the GIL in a
+    busy app; here a record that returns only then), they landed in the stop's first window: the
+    detector took that for traffic coming back, and the silence after it was a gap."""
+    from anomalydesk.ingest import demo_live
+
+    admin.setup(r, SketchSettings(window_seconds=1))
+    det = Detector(r, seal=False, block_ms=10)
+    real_record = traffic_stops.record
+
+    def late_record(client: redis.Redis, services: list[str], since: float, **kw: object) -> None:
+        real_record(client, services, since, **kw)
+        while True:  # the thread is held up until the server's clock passed the stop's start
+            seconds, micros = client.time()
+            if seconds + micros / 1e6 > since + 0.05:
+                return
+            time.sleep(0.005)
+
+    monkeypatch.setattr(demo_live.traffic_stops, "record", late_record)
+    demo = DemoTraffic(r, rate=600, services=3, seed=1).start()
+    try:
+        until = time.monotonic() + 2.5
+        while time.monotonic() < until:
+            drain(det)
+            time.sleep(0.1)
+    finally:
+        demo.stop()
+    assert demo.error is None
+    stop = traffic_stops.read(r)["gateway"]
+    wait_silent_windows(r, SERVICES, 3)
+    drain(det)
+    for service in SERVICES:
+        first = fingerprints.read(r, service, stop.since, stop.since + 0.5)
+        assert [fp.silent for fp in first] == [True], service  # the events are all before the stop
+    assert traffic_stops.read(r)["gateway"].resumed is None
+    assert system_alerts(r) == []
+
+
+@pytest.mark.parametrize("before_ms", [2, 15, 60])
+def test_a_demo_stopped_just_before_a_window_boundary_leaves_the_stop_silent(r: redis.Redis, before_ms: int) -> None:
+    """Whenever Stop comes, the stop's first window holds none of the demo's events (they are all in the
+    window before it, sent at once), so nothing ends the stop but traffic that really comes back."""
+    admin.setup(r, SketchSettings(window_seconds=1))
+    demo = DemoTraffic(r, rate=600, services=3, seed=1).start()
+    time.sleep(1.5)
+    seconds, micros = r.time()
+    now = seconds + micros / 1e6
+    target = math.ceil(now) + 1 - before_ms / 1000  # `before_ms` before a window boundary (server clock)
+    time.sleep(max(0.0, target - now))
+    demo.stop()
+    assert demo.error is None
+    stop = traffic_stops.read(r)["gateway"]
+    wait_silent_windows(r, SERVICES, 2)
+    for service in SERVICES:
+        first = fingerprints.read(r, service, stop.since, stop.since + 0.5)
+        assert [fp.silent for fp in first] == [True], (service, stop, first)

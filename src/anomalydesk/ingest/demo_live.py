@@ -310,6 +310,7 @@ class DemoTraffic:
             ended = last
             whole = end is None and not self.outage
             if whole:
+                self._follow_window_length(last)  # (a change of the last second: the stop begins at a boundary)
                 # stopped by stop(): the rest of the current window at once, so the last window is whole
                 # too (a partial one reads as a traffic drop on every service: a reconnect in the app)
                 ended = math.ceil(last / self.window_s) * self.window_s
@@ -321,6 +322,7 @@ class DemoTraffic:
                 self._step(sink, last, ended)
             self.result = self.result + sink.close()
             seal_all(self._r, keys=self.keys)
+            self._stop_after_the_last_events(ended)
         except Exception as err:  # the owner reads `error`; the thread must not die silently
             self.error = err
             log.exception("demo traffic stopped")
@@ -330,6 +332,20 @@ class DemoTraffic:
                 self._truth.close()
             finally:
                 self._done.set()
+
+    def _stop_after_the_last_events(self, ended: float) -> None:
+        """Live events take the window of the server's clock when they arrive: sent once it had passed
+        `ended`, the last ones landed in the stop's first window, whose traffic would end the stop (and the
+        silence after it would read as a gap). The stop then begins at the window after the one they
+        landed in; that window has not ended yet, so the detector has not judged it."""
+        assert self._r is not None
+        seconds, micros = self._r.time()
+        now = seconds + micros / 1e6
+        first = math.ceil(ended / self.window_s) * self.window_s  # the stop's first window (`ended` may be mid-window)
+        # (it holds events only if they came late; past its end it may be sealed already)
+        if now >= first and (now >= first + self.window_s or self._window_has_data(first)):
+            since = (math.floor(now / self.window_s) + 1) * self.window_s
+            traffic_stops.record(self._r, self.services, since, keys=self.keys)
 
     def _follow_window_length(self, at: float) -> None:
         """Re-read the window length, as the detector does each refresh (`setup --window … --force`

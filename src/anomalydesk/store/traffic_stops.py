@@ -16,6 +16,7 @@ window-length change.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -30,8 +31,12 @@ _RESUME_LUA = """
 local ended = 0
 for i = 1, #ARGV, 2 do
   local raw = redis.call('HGET', KEYS[1], ARGV[i])
+  local ok, stop = false, nil
   if raw then
-    local stop = cjson.decode(raw)
+    ok, stop = pcall(cjson.decode, raw)
+  end
+  -- a record that is not ours to read (not JSON, not an object, no numeric since) is left as it is
+  if ok and type(stop) == 'table' and type(stop['since']) == 'number' then
     local at = tonumber(ARGV[i + 1])
     if stop['resumed'] == nil and stop['since'] <= at then
       stop['resumed'] = at
@@ -64,9 +69,18 @@ class Stop:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Stop:
+        """The stop a record holds; ValueError for anything else (not JSON, not an object, no finite numeric
+        `since`, a `resumed` that is not a finite number)."""
         fields = json.loads(raw)
-        resumed = fields.get("resumed")
-        return cls(float(fields["since"]), None if resumed is None else float(resumed), str(fields.get("by", "demo")))
+        if not isinstance(fields, dict):
+            raise ValueError(f"a stop record is a JSON object, not {type(fields).__name__}")
+        since, resumed = fields.get("since"), fields.get("resumed")
+        for name, value in (("since", since), ("resumed", resumed)):
+            if value is None and name == "resumed":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise ValueError(f"a stop record's {name} is a finite number of seconds, not {value!r}")
+        return cls(float(since), None if resumed is None else float(resumed), str(fields.get("by", "demo")))
 
 
 def record(r: redis.Redis, services: Iterable[str], since: float, *, by: str = "demo",
@@ -97,7 +111,7 @@ def read(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, Stop]:
     for service, raw in r.hgetall(keys.traffic_stops).items():
         try:
             stops[service.decode() if isinstance(service, bytes) else service] = Stop.from_json(raw)
-        except (ValueError, KeyError, TypeError):
+        except ValueError:  # (json's decode error among them)
             continue  # not ours to judge: no stop then, so the silence alarms as any other
     return stops
 
