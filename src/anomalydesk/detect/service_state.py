@@ -80,11 +80,15 @@ def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dic
         length = int(live) + int(history)
         entry: dict[str, Any] = {"model_version": active.get(name), "windows": length}
 
-        def learning(reason: str | None = None, entry: dict[str, Any] = entry, name: str = name) -> None:
+        def learning(reason: str | None = None, entry: dict[str, Any] = entry, name: str = name,
+                     length: int = length) -> None:  # fmt: skip
             entry["state"] = "learning"
-            # not MIN_TRAINING_WINDOWS minus the stored windows: training leaves gaps (and more) out, so
-            # that count said "ready to train" to a training that then refused
-            entry["needed"] = windows_needed(r, name, keys=keys)
+            # Fewer stored windows than training needs: it needs at least the rest (the windows it uses
+            # are some of those stored), and nothing else is read. Enough stored: the windows training
+            # would use are counted (gaps and more left out) — the stored count said "ready to train" to
+            # a training that then refused; reading them costs ~0.2 s per day of 5-s windows, so only then.
+            short = config.MIN_TRAINING_WINDOWS - length
+            entry["needed"] = short if short > 0 else windows_needed(r, name, keys=keys)
             if reason:
                 entry["reason"] = reason
 
