@@ -336,28 +336,39 @@ class CoreClient:
     async def fingerprint_window(self, service: str, start: float, end: float) -> np.ndarray:
         """(n, 1 + features) rows [start, features…] of `service` between two epoch times (every window,
         read in chunks)."""
-        rows, _ = await self.run(self._fingerprint_window, service, start, end)
+        rows, _, _ = await self.run(self._fingerprint_window, service, start, end)
         return rows
 
     async def normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
         """The rows of `fingerprint_window` and, per row, whether it is a normal window: outside every
         incident that training leaves out (`detect.incidents.anomalous_windows`; a false positive's windows
-        are normal)."""
+        are normal), and one training would use at all (with data, not stretched, not in a gap)."""
         return await self.run(self._normal_window, service, start, end)
 
     def _normal_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
         from anomalydesk.detect.incidents import anomalous_windows
+        from anomalydesk.store.admin import window_seconds
 
-        rows, windows = self._fingerprint_window(service, start, end)
-        return rows, ~anomalous_windows(self.sync, service, windows, keys=self.keys)
+        # a gap is a run of silent windows lasting TRAINING_GAP_SECONDS and 2 windows: read that much on
+        # either side, so that a run crossing the span's edges is judged whole
+        window_s = window_seconds(self.sync, self.keys)
+        pad = max(config.TRAINING_GAP_SECONDS, 2 * window_s) + window_s
+        rows, windows, unused = self._fingerprint_window(service, start - pad, end + pad)
+        if rows.size == 0:
+            return rows, np.zeros(0, dtype=bool)
+        inside = (rows[:, 0] >= start) & (rows[:, 0] <= end)
+        normal = ~anomalous_windows(self.sync, service, windows[inside], keys=self.keys) & ~unused[inside]
+        return rows[inside], normal
 
-    def _fingerprint_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, their window numbers), oldest first."""
+    def _fingerprint_window(self, service: str, start: float, end: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, their window numbers, whether training leaves each out whatever the incidents: without
+        data, stretched, or in a gap — `training_run.gap_mask` —), oldest first."""
+        from anomalydesk.detect.training_run import gap_mask
         from anomalydesk.store.admin import window_seconds
 
         r, keys = self.sync, self.keys
         window_s = window_seconds(r, keys)
-        found: dict[float, tuple[int, list[float]]] = {}
+        found: dict[float, tuple[int, list[float], bool, bool]] = {}  # start → window, row, dropped, silent
         for stream in (keys.fingerprints(service), keys.history(service, window_s)):  # live, then history
             low, high = str(int(start * 1000)), str(int(end * 1000) + 1)
             while True:
@@ -365,13 +376,16 @@ class CoreClient:
                 for _id, fields in chunk:
                     fp = _window_fp(service, fields, window_s)
                     if fp is not None and fp.start not in found:
-                        found[fp.start] = (fp.window, [fp.start, *fp.vector])
+                        found[fp.start] = (fp.window, [fp.start, *fp.vector], fp.no_data or fp.stretched, fp.silent)
                 if len(chunk) < FINGERPRINT_READ_CHUNK:
                     break
                 low = "(" + _text(chunk[-1][0])
         chosen = [found[at] for at in sorted(found)]
-        windows = np.array([w for w, _ in chosen], dtype=np.int64)
-        return _as_rows([row for _, row in chosen]), windows
+        windows = np.array([c[0] for c in chosen], dtype=np.int64)
+        dropped = np.array([c[2] for c in chosen], dtype=bool)
+        silent = np.array([c[3] for c in chosen], dtype=bool)
+        unused = dropped | gap_mask(windows, silent, window_s) if chosen else dropped
+        return _as_rows([c[1] for c in chosen]), windows, unused
 
     async def fingerprints_after(self, service: str, after: float) -> NewWindows:
         """The windows of `service`'s live fingerprint stream that start after `after` (epoch seconds),
