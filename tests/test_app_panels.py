@@ -305,3 +305,21 @@ def test_a_connection_change_clears_a_paused_panel_and_drops_a_read_in_flight(qt
     assert live.paused and live.score_plot.titleLabel.text == "score (0–100)" and not live.threshold_line.isVisible()
     assert live.score_curve.xData is None or len(live.score_curve.xData) == 0
     assert live.range.loading is None and live.range.rows is None and live.range._generation == generation + 1
+
+
+def test_gaps_are_breaks_and_a_window_length_change_is_not():
+    """A tester changed the window length from 5 s to 10 s: every live plot stopped. Against the median
+    step (5 s, the buffer being mostly 5-s windows), every 10-s step was taken for a gap, a NaN went
+    between each pair of new windows, and no line was drawn. A gap is a step much longer than the
+    steps beside it."""
+    from anomalydesk.app.widgets.live_panel import with_gaps
+
+    starts = np.concatenate([np.arange(0.0, 500.0, 5.0), np.arange(500.0, 700.0, 10.0),  # 5 s, then 10 s
+                             np.arange(1_300.0, 1_400.0, 10.0)])  # 10 min without a window, then 10 s again
+    rows = np.column_stack([starts, np.ones_like(starts)])
+    drawn = with_gaps(rows)
+    broken = drawn[np.isnan(drawn[:, 1]), 0]
+    # a break at the change (the first 10-s step is twice the 5-s one before it) and one just after the
+    # last window before the 10-min gap; none between the 10-s windows
+    assert broken.tolist() == [505.0, 700.0]
+    assert np.isfinite(drawn[:, 1]).sum() == len(starts)  # every window still drawn

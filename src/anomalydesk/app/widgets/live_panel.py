@@ -66,17 +66,22 @@ def axis_title(label: str, unit: str) -> str:
 
 
 def with_gaps(rows: np.ndarray) -> np.ndarray:
-    """`rows` (time-ordered, column 0 the window start) with a NaN row inside every gap longer than
-    GAP_FACTOR window lengths (the median spacing), so a 20-hour gap is a break, not a ramp."""
+    """`rows` (time-ordered, column 0 the window start) with a NaN row inside every gap: a step longer
+    than GAP_FACTOR window lengths, the window length being the shorter of the steps beside it, so a
+    20-hour gap is a break, not a ramp. (Measured against the median step, every step after a change
+    from 5-s to 10-s windows was a gap while the buffer held mostly 5-s ones: no line was drawn.)"""
     if len(rows) < 3:
         return rows
     steps = np.diff(rows[:, 0])
-    spacing = float(np.median(steps[steps > 0])) if np.any(steps > 0) else 0.0
-    gaps = np.flatnonzero(steps > GAP_FACTOR * spacing) if spacing > 0 else np.empty(0, dtype=int)
+    positive = np.where(steps > 0, steps, np.inf)
+    before = np.concatenate([positive[:1], positive[:-1]])
+    after = np.concatenate([positive[1:], positive[-1:]])
+    spacing = np.minimum(before, after)  # the window length around each step
+    gaps = np.flatnonzero(np.isfinite(spacing) & (steps > GAP_FACTOR * spacing))
     if not len(gaps):
         return rows
     filler = np.full((len(gaps), rows.shape[1]), np.nan)
-    filler[:, 0] = rows[gaps, 0] + spacing  # just after the last window before the gap
+    filler[:, 0] = rows[gaps, 0] + spacing[gaps]  # just after the last window before the gap
     return np.insert(rows, gaps + 1, filler, axis=0)
 
 
