@@ -323,3 +323,36 @@ def test_gaps_are_breaks_and_a_window_length_change_is_not():
     # last window before the 10-min gap; none between the 10-s windows
     assert broken.tolist() == [505.0, 700.0]
     assert np.isfinite(drawn[:, 1]).sum() == len(starts)  # every window still drawn
+
+
+def test_the_wheel_changes_a_spin_box_only_when_it_has_focus(qtbot):
+    """A tester scrolled the Demo panel and changed its Services from 5 to 9 on the way: the wheel over an
+    unfocused spin box scrolls the panel and leaves the value; focused (a click, Tab), it changes it."""
+    from PySide6 import QtCore, QtGui, QtWidgets
+
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.app.model.state import AppState
+    from anomalydesk.app.widgets.main_window import MainWindow
+
+    window = MainWindow(AppState(), NoActions(), AppSettings(demo_services=5))
+    qtbot.addWidget(window)
+    window.resize(1280, 400)  # short: the Demo panel scrolls
+    window.show()
+    window.docks["demo"].raise_()
+    box = window.demo.services
+
+    def wheel() -> None:
+        centre = QtCore.QPointF(box.rect().center())
+        QtWidgets.QApplication.sendEvent(box, QtGui.QWheelEvent(
+            centre, QtCore.QPointF(box.mapToGlobal(centre.toPoint())), QtCore.QPoint(0, 0), QtCore.QPoint(0, 120),
+            QtCore.Qt.MouseButton.NoButton, QtCore.Qt.KeyboardModifier.NoModifier, QtCore.Qt.ScrollPhase.NoScrollPhase,
+            False))  # fmt: skip
+
+    window.activateWindow()
+    window.demo.start_button.setFocus()
+    wheel()
+    assert box.value() == 5
+    box.setFocus()
+    qtbot.waitUntil(box.hasFocus, timeout=2_000)
+    wheel()
+    assert box.value() == 6

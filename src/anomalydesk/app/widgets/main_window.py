@@ -18,6 +18,7 @@ from anomalydesk.app.model.settings import AppSettings
 from anomalydesk.app.model.state import AppState
 from anomalydesk.app.services import autostart
 from anomalydesk.app.services.range_history import RangeLoader
+from anomalydesk.app.widgets import wheel_guard
 from anomalydesk.app.widgets.banner import FloatingPlacement, NotificationBanner, OfferBanner
 from anomalydesk.app.widgets.connection_panel import ConnectionPanel
 from anomalydesk.app.widgets.demo_panel import DemoPanel
@@ -177,6 +178,7 @@ class MainWindow(QtWidgets.QMainWindow):
         state.connection.changed.connect(self._status_changed)
         state.connection.changed.connect(self._connection_changed)
         state.incidents.health_changed.connect(lambda level: self.setWindowIcon(health_icon(level)))
+        self.wheel_guard = wheel_guard.guard(self)  # the wheel changes a spin box only when focused
         self.restore_layout()
 
     def _backfill_changed(self) -> None:
