@@ -185,3 +185,23 @@ def test_a_csv_is_not_written_when_the_service_changes_during_its_read(qtbot, ql
         assert not target.exists() and list(tmp_path.iterdir()) == []
     finally:
         close_app(qtbot, app)
+
+
+def test_a_window_without_requests_has_no_latency_or_ratios_in_the_csv(tmp_path: Path) -> None:
+    """A tester stopped the demo for a minute: the plots and the CSV said p95 latency 0 ms and 5xx 0 %
+    there. A window without requests has no per-request statistics: empty cells (NaN on the plots);
+    its request count, 0, is a measurement and stays."""
+    from anomalydesk.app.widgets.export import write_csv
+    from anomalydesk.fingerprint import FEATURE_INDEX, PER_REQUEST
+
+    rows = np.zeros((2, 2 + N_FEATURES))
+    rows[:, 0] = [1_800_000_000.0, 1_800_000_005.0]
+    rows[0, 2 + FEATURE_INDEX["requests"]] = 120
+    rows[0, 2 + FEATURE_INDEX["latency_p95_ms"]] = 42.0  # the idle window's stay 0, as sealing writes them
+    path = tmp_path / "out.csv"
+    write_csv(path, rows)
+    with open(path, encoding="utf-8") as f:
+        written = list(csv.DictReader(f))
+    assert written[0]["latency_p95_ms"] == "42.0" and written[0]["rate_5xx"] == "0.0"
+    assert [written[1][name] for name in PER_REQUEST] == [""] * len(PER_REQUEST)
+    assert written[1]["requests"] == "0.0" and written[1]["endpoints_distinct"] == "0.0"

@@ -58,6 +58,21 @@ FEATURES: tuple[Feature, ...] = (
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 FEATURE_INDEX: dict[str, int] = {name: i for i, name in enumerate(FEATURE_NAMES)}
 N_FEATURES = len(FEATURES)
+# statistics of a window's requests: without a request they have no value (sealing writes 0)
+PER_REQUEST: tuple[str, ...] = ("rate_4xx", "rate_5xx", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+                                "latency_mean_ms", "top_endpoint_share", "endpoint_entropy")  # fmt: skip
+_PER_REQUEST_COLUMNS = [FEATURE_INDEX[name] for name in PER_REQUEST]
+
+
+def shown_values(vectors: np.ndarray) -> np.ndarray:
+    """(n, N_FEATURES) feature vectors as a plot or an export shows them: the per-request statistics of a
+    window without requests (a gap, a stop, a quiet night) are NaN, not the 0 sealing writes — a p95
+    latency of 0 ms or a 5xx ratio of 0 % drawn through a stopped minute is no measurement."""
+    shown = np.array(vectors, dtype=np.float64, copy=True)
+    if shown.size:
+        idle = shown[:, FEATURE_INDEX["requests"]] == 0
+        shown[np.ix_(idle, _PER_REQUEST_COLUMNS)] = np.nan
+    return shown
 _BY_NAME = dict(zip(FEATURE_NAMES, FEATURES, strict=True))
 _FIXED_BELOW = 1e-6  # smaller magnitudes read in scientific notation ("4.2e-07"), never as a run of zeros
 

@@ -18,7 +18,7 @@ import numpy as np
 from PySide6 import QtCore, QtGui, QtWidgets
 
 from anomalydesk.detect.incident_model import local_time
-from anomalydesk.fingerprint import FEATURES
+from anomalydesk.fingerprint import FEATURES, shown_values
 
 CSV_COLUMNS = ("window_start", "window_start_time", "score", *(f.name for f in FEATURES))
 _TITLE_PADDING = 8
@@ -58,14 +58,16 @@ def _cell(value: float) -> str:
 
 
 def write_csv(path: Path, data: np.ndarray) -> int:
-    """Write live rows [start, score, features…] with a header (`CSV_COLUMNS`); returns the rows written."""
+    """Write live rows [start, score, features…] with a header (`CSV_COLUMNS`); returns the rows written.
+    A window without requests has empty cells for its per-request statistics (`fingerprint.shown_values`)."""
     with open(path, "w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out)
         writer.writerow(CSV_COLUMNS)
-        for row in data:
+        values = shown_values(data[:, 2:]) if len(data) else data[:, 2:]  # empty: no value without requests
+        for row, vector in zip(data, values, strict=True):
             start = math.floor(row[0])
             iso = datetime.fromtimestamp(start, UTC).astimezone().isoformat(timespec="seconds")
-            writer.writerow([start, iso, _cell(row[1]), *(_cell(v) for v in row[2:])])
+            writer.writerow([start, iso, _cell(row[1]), *(_cell(v) for v in vector)])
     return len(data)
 
 

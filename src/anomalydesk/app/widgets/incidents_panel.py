@@ -36,7 +36,7 @@ from anomalydesk.app.widgets.live_panel import axis_title
 from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.theme import contrast
 from anomalydesk.detect.incident_model import IncidentState, local_time, score_text
-from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
+from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES, shown_values
 
 log = logging.getLogger(__name__)
 COLUMNS = ("severity", "service", "score", "reason", "start", "duration", "state", "snoozed until")
@@ -576,7 +576,7 @@ class IncidentsPanel(QtWidgets.QWidget):
     def _feature_values(rows: np.ndarray, name: str) -> np.ndarray:
         """The feature's column in its own unit (% for ratios)."""
         factor = 100.0 if FEATURES[FEATURE_INDEX[name]].unit == "%" else 1.0
-        return rows[:, 1 + FEATURE_INDEX[name]] * factor
+        return shown_values(rows[:, 1:])[:, FEATURE_INDEX[name]] * factor  # NaN without requests: no 0 ms
 
     @asyncSlot()
     async def _follow_details(self, inc: IncidentRow, newest: float) -> None:

@@ -37,7 +37,7 @@ from anomalydesk.app.widgets.live_range import LiveRange
 from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.plot_axes import SparseAxis, compact_title
 from anomalydesk.detect.incident_model import score_text
-from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES
+from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES, shown_values
 
 SEVERITY_BRUSH = {"info": (80, 140, 220, 40), "warning": (240, 170, 40, 60), "critical": (220, 50, 50, 70)}
 _FEATURE_BY_NAME = {f.name: f for f in FEATURES}
@@ -377,6 +377,8 @@ class LivePanel(QtWidgets.QWidget):
         older = self.range.older_rows(float(data[0, 0]) if len(data) else None)
         if older is not None:  # read from the streams: drawn before the buffered windows
             data = join_older(older, data, self.range.rows.bin_seconds if self.range.rows else 0.0)
+        if len(data):
+            data = np.column_stack([data[:, :2], shown_values(data[:, 2:])])  # no 0 ms latency without requests
         x = data[:, 0]
         self._drawn_span = (float(x[0]), float(x[-1])) if len(x) else None
         if self._clock_range and len(x) and not self.range.follow:
