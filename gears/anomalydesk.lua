@@ -78,7 +78,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '10'
+local LIB_VERSION = '11'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -1336,6 +1336,7 @@ local function ad_ingest(keys, args)
       take(win, class, moved)
       krows[#krows + 1] = { win, k }
       accepted = accepted + k[4]; k_accepted = k_accepted + k[4]
+      if class == 'history' then history_events = history_events + k[4] end  -- (a backfill's KPIs too)
     end
   end
 
