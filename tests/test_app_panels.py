@@ -187,7 +187,7 @@ def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # n
         panel.topk.setValue(20)
         panel.apply_button.click()
         qtbot.waitUntil(panel.confirm.isVisible, timeout=10_000)
-        assert "Top-K" in panel.confirm_text.text() and "topk 10 → 20" in panel.confirm_text.text()
+        assert "Changing Top-K k 10 → 20 recreates" in panel.confirm_text.text()  # the form's words, not "topk"
         assert "--force" not in panel.confirm_text.text() and "rerun" not in panel.confirm_text.text()  # GUI words
         assert admin.read_settings(r).settings.topk == 10  # nothing changed yet
         panel.recreate_button.click()

@@ -197,3 +197,14 @@ def test_the_text_summary_names_a_fault_in_local_time(redis_url: str) -> None:
     line = next(x for x in done.stdout.splitlines() if "fault errors on payments" in x)
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC"
     assert re.fullmatch(rf"  fault errors on payments: ({stamp}) – ({stamp})", line), line
+
+
+def test_the_help_names_every_fault_kind(capsys: pytest.CaptureFixture[str]) -> None:
+    """`shift` was offered by the README and the Demo panel, and missing from `demo --help`."""
+    from anomalydesk.ingest.demo_model import FAULT_KINDS
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "--help"])
+    assert exit_.value.code == 0
+    epilog = " ".join(capsys.readouterr().out.split("Fault kinds:", 1)[1].split())
+    assert [kind for kind in FAULT_KINDS if f"{kind} (" not in epilog] == []

@@ -40,7 +40,8 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
         "--services), with a daily load cycle and business KPIs. Live by default (until --duration "
         "or Ctrl-C); --fast generates --duration simulated seconds ending now, as fast as it can.",
         epilog="Fault kinds: latency (x5 latency), errors (20% 5xx), drop (80% fewer requests), "
-        "spike (5x requests), new-dependency (calls to endpoints never used), business (KPI x0.3). "
+        "spike (5x requests), new-dependency (calls to endpoints never used), business (KPI x0.3), "
+        f"shift (a deploy: latency x{config.DEMO_SHIFT_LATENCY_FACTOR:g} for good unless +LEN is given). "
         "Example: --inject errors@30+20:payments. Ground truth goes to the stream <prefix>demo:truth.",
     )  # fmt: skip
     p.add_argument("--rate", type=float, default=config.DEMO_DEFAULT_RATE, metavar="EPS",

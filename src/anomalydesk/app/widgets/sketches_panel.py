@@ -6,6 +6,7 @@ A change that recreates sketches is not applied at once: the panel shows what wo
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from PySide6 import QtCore, QtWidgets
@@ -32,6 +33,18 @@ def result_rows(kind: str, result: Any) -> list[tuple[str, ...]]:
     if kind == "interaction":
         return [(str(name), "yes" if seen else "no") for name, seen in result.items()]
     return [(str(name), f"{int(count):,}") for name, count in result.items()]
+
+
+# the stored settings' names as the form labels them ("window_seconds 5 → 10" read like a config file)
+FIELD_WORDS = {"window_seconds": "window (s)", "cms_width": "CMS width", "cms_depth": "CMS depth",
+               "cms_error": "CMS error", "cms_prob": "CMS probability", "filter_capacity": "filter capacity",
+               "filter_error": "filter error", "topk": "Top-K k", "retention": "retention (windows)"}  # fmt: skip
+_FIELD = re.compile(r"\b(" + "|".join(FIELD_WORDS) + r")\b")
+
+
+def in_words(changes: str) -> str:
+    """`setup`'s "window_seconds 5 → 10, topk 10 → 20" in the form's words: "window (s) 5 → 10, Top-K k 10 → 20"."""
+    return _FIELD.sub(lambda m: FIELD_WORDS[m.group(1)], changes)
 
 
 class SketchesPanel(QtWidgets.QWidget):
@@ -215,8 +228,8 @@ class SketchesPanel(QtWidgets.QWidget):
         try:
             result = await self.actions.apply_sketch_settings(self.values(), force)
         except SketchConflict as err:  # in the GUI's words: the buttons below, not a command-line flag
-            self.confirm_text.setText(f"<b>Changing {err.changes} recreates sketches.</b><br>Recreating resets: "
-                                      + "; ".join(err.resets))  # fmt: skip
+            self.confirm_text.setText(f"<b>Changing {in_words(err.changes)} recreates sketches.</b><br>"
+                                      "Recreating resets: " + "; ".join(err.resets))  # fmt: skip
             self.confirm.setVisible(True)
             return
         except Exception as err:
