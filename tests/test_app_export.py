@@ -136,23 +136,12 @@ def test_a_csv_is_not_written_when_the_service_changes_during_its_read(qtbot, ql
     written and the status bar says why. Without the guard the file held users' buffered windows after
     gateway's older ones, under gateway's name."""
     import asyncio
-    import time
 
-    from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.model.settings import AppSettings
-    from anomalydesk.ingest.demo import run_fast
-    from app_support import run
     from test_app_incidents import close_app
+    from test_app_range import seven_hours_on_the_6_h_preset
 
-    now = time.time() // 5 * 5
-    run_fast(r, duration=4 * 3600, rate=2, services=2, seed=3)
-    run_fast(r, duration=3 * 3600, rate=2, services=2, seed=3, end=now - 4 * 3600)  # 7 h: more than the buffer
-    app = DesktopApp(AppSettings(live_span_seconds=21_600, live_service="gateway"), redis_url, run_detector=False)
-    app.window.show()
-    run(qtbot, app.start())
+    app = seven_hours_on_the_6_h_preset(qtbot, redis_url, r, services=2)  # gateway and users
     try:
-        qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
-        run(qtbot, app.session.history_loaded.wait())
         live = app.window.live
         qtbot.waitUntil(lambda: "read from the streams" in live.info_label.text(), timeout=10_000)
         assert live.service == "gateway" and live.service_box.findText("users") >= 0

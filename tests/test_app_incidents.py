@@ -60,6 +60,15 @@ def close_app(qtbot, app):
     app.dispose()
 
 
+def usual_range_of(qtbot, app, alert: dict) -> tuple[float, float]:
+    """Select the alert's incident in the Incidents panel; the usual range its details plot shades."""
+    panel = app.window.incidents
+    qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+    panel.select_incident(alert["incident_id"])
+    qtbot.waitUntil(lambda: panel.detail_plot.isVisible() and panel.detail_usual is not None, timeout=10_000)
+    return panel.detail_usual
+
+
 def test_the_details_plot_shows_the_leading_feature_in_its_unit_with_its_usual_range(qtbot, qloop, redis_url, r):  # noqa: F811
     from anomalydesk import fingerprint as fpmod
 
@@ -130,30 +139,18 @@ def test_the_usual_range_leaves_out_an_earlier_incidents_windows_unless_it_was_a
 def test_the_usual_range_leaves_out_a_gap_before_the_incident(qtbot, qloop, redis_url, r):  # noqa: F811
     """The windows of a gap (the demo stopped, or producers down: sealed silent, every feature 0) are no
     usual value either — training leaves them out — so the band does not reach down to 0 % after one."""
-    from anomalydesk import fingerprint as fpmod
-
-    keys = Keys()
     first = int(time.time() // 5) - 60
     # 65 s without an event (a gap to training: TRAINING_GAP_SECONDS), 8 of its windows among the 12 the
     # plot shows before the incident
     gap = range(first + 38, first + 51)
     for w in range(first, first + 60):
-        fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
-        if w in gap:
-            fields.update(silent=1, no_data=0)  # all zeros, as sealing makes such a window up
-        else:
-            fields.update(requests=300, rate_5xx=0.2 if w >= first + 55 else 0.004 + 0.001 * (w % 3), no_data=0)
-        fields.update(window=w, start=w * 5, schema=fpmod.SCHEMA_VERSION, kpis="", ws=5)
-        r.xadd(keys.fingerprints("orders"), fields, id=f"{w * 5 * 1000}-1")
-    r.sadd(keys.services, "orders")
+        add_window(r, "orders", w, 0.2 if w >= first + 55 else 0.004 + 0.001 * (w % 3), silent=w in gap)
+    r.sadd(Keys().services, "orders")
     alert = raise_alert(r, "orders", first + 55)
     app = open_app(qtbot, redis_url)
     try:
-        panel = app.window.incidents
-        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
-        panel.select_incident(alert["incident_id"])
-        qtbot.waitUntil(lambda: panel.detail_plot.isVisible() and panel.detail_usual is not None, timeout=10_000)
-        assert 0.3 <= panel.detail_usual[0] <= panel.detail_usual[1] <= 0.7  # 0.4–0.6 %, not from 0 %
+        low, high = usual_range_of(qtbot, app, alert)
+        assert 0.3 <= low <= high <= 0.7  # 0.4–0.6 %, not from 0 %
     finally:
         close_app(qtbot, app)
 
@@ -218,13 +215,17 @@ def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(
         close_app(qtbot, app)
 
 
-def add_window(r: redis.Redis, service: str, w: int, rate_5xx: float, pipe: Any = None) -> None:
-    """A sealed window of `service` in its fingerprint stream, as the gears library writes it."""
+def add_window(r: redis.Redis, service: str, w: int, rate_5xx: float, pipe: Any = None, silent: bool = False) -> None:
+    """A sealed window of `service` in its fingerprint stream, as the gears library writes it (`silent`:
+    no event at all, every feature 0, as sealing makes such a window up)."""
     from anomalydesk import fingerprint as fpmod
 
     fields: dict[str, object] = {name: 0 for name in fpmod.FEATURE_NAMES}
-    fields.update(requests=300, rate_5xx=rate_5xx, window=w, start=w * 5, schema=fpmod.SCHEMA_VERSION,
-                  no_data=0, kpis="", ws=5)  # fmt: skip
+    fields.update(window=w, start=w * 5, schema=fpmod.SCHEMA_VERSION, no_data=0, kpis="", ws=5)
+    if silent:
+        fields.update(silent=1)
+    else:
+        fields.update(requests=300, rate_5xx=rate_5xx)
     (pipe or r).xadd(Keys().fingerprints(service), fields, id=f"{w * 5 * 1000}-1")
 
 

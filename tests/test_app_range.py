@@ -213,24 +213,32 @@ def test_presets_follow_live_and_read_older_windows_in_the_real_window(qtbot, ql
         close_app(qtbot, app)
 
 
+def seven_hours_on_the_6_h_preset(qtbot, redis_url: str, r, services: int):
+    """7 h of demo windows without a gap (more than the live buffer holds) and the app started on the 6-h
+    preset showing gateway, its history loaded; the caller closes it (`test_app_incidents.close_app`)."""
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.ingest.demo import run_fast
+
+    now = time.time() // 5 * 5
+    run_fast(r, duration=4 * 3600, rate=2, services=services, seed=3)
+    run_fast(r, duration=3 * 3600, rate=2, services=services, seed=3, end=now - 4 * 3600)
+    app = DesktopApp(AppSettings(live_span_seconds=21_600, live_service="gateway"), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
+    run(qtbot, app.session.history_loaded.wait())
+    return app
+
+
 def test_a_restored_preset_reads_its_older_windows_as_a_click_does(qtbot, qloop, redis_url, r, tmp_path,  # noqa: F811
                                                                    monkeypatch):  # fmt: skip
     """The 6-h preset saved from the last session: at start-up the buffer fills after the plots follow
     the range, and its first hour used to stay blank until 6 h was clicked again."""
-    from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.model.settings import AppSettings
-    from anomalydesk.ingest.demo import run_fast
     from test_app_incidents import close_app
 
-    now = time.time() // 5 * 5
-    run_fast(r, duration=4 * 3600, rate=2, services=1, seed=3)
-    run_fast(r, duration=3 * 3600, rate=2, services=1, seed=3, end=now - 4 * 3600)  # 7 h without a gap
-    app = DesktopApp(AppSettings(live_span_seconds=21_600, live_service="gateway"), redis_url, run_detector=False)
-    app.window.show()
-    run(qtbot, app.start())
+    app = seven_hours_on_the_6_h_preset(qtbot, redis_url, r, services=1)
     try:
-        qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
-        run(qtbot, app.session.history_loaded.wait())
         live = app.window.live
         assert live.range.preset_buttons[21_600].isChecked() and live.range.follow
         qtbot.waitUntil(lambda: "read from the streams" in live.info_label.text(), timeout=10_000)

@@ -40,6 +40,12 @@ def wait_message(qtbot, panel, text: str) -> None:
         pytest.fail(f"the panel says {panel.message.text()!r}, not {text!r}")
 
 
+def state_shown(panel, service: str) -> str:
+    """The state the panel's services table shows for `service` ("" while it is not listed)."""
+    table = panel.services_table
+    return next((table.item(i, 1).text() for i in range(table.rowCount()) if table.item(i, 0).text() == service), "")
+
+
 def cells(table, row: int) -> list[str]:
     return [table.item(row, c).text() for c in range(table.columnCount())]
 
@@ -103,9 +109,7 @@ def test_learning_counts_history_and_counts_down_as_windows_arrive(qtbot, qloop,
         panel = app.window.training
 
         def shown() -> str:
-            rows = panel.services_table.rowCount()
-            return next((panel.services_table.item(i, 1).text() for i in range(rows)
-                         if panel.services_table.item(i, 0).text() == "gamma"), "")  # fmt: skip
+            return state_shown(panel, "gamma")
 
         needed = config.MIN_TRAINING_WINDOWS - live - history
         assert service_states(r)["gamma"]["needed"] == needed
@@ -137,9 +141,7 @@ def test_a_service_with_a_gap_is_not_ready_to_train_before_training_would_train_
         panel = app.window.training
 
         def shown() -> str:
-            rows = panel.services_table.rowCount()
-            return next((panel.services_table.item(i, 1).text() for i in range(rows)
-                         if panel.services_table.item(i, 0).text() == "delta"), "")  # fmt: skip
+            return state_shown(panel, "delta")
 
         try:
             qtbot.waitUntil(lambda: shown() == f"learning ({needed} more windows)", timeout=20_000)
