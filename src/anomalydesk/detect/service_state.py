@@ -1,8 +1,7 @@
 """Per-service detection state (learning / ready / stale) and the glue from registry to scorer.
 
-- `decode_model(blob)`: the only way a stored blob becomes a model: `Model.from_json`, which
-  validates every array and the integrity digest (never pickle).
-- `load_model(r, service)`: the active model of a service, or a clear `ModelLoadError`.
+- `decode_model(blob)`, `load_model(r, service)`: from `detect.stored_models` (the registry's blobs as
+  models), which training imports without this module (this one imports training's window count).
 - `score_window(model, history, fp)`: the live detector's scorer (context = the service's previous
   fingerprints, oldest first).
 - `service_states(r)`: "learning" (no model yet, or one of another window length, with the windows
@@ -18,31 +17,17 @@ import numpy as np
 import redis
 
 from anomalydesk import config
-from anomalydesk.detect.forest import ModelFormatError
 from anomalydesk.detect.incident_flow import Verdict
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score
+from anomalydesk.detect.stored_models import decode_model, load_model
+from anomalydesk.detect.training_run import windows_needed
 from anomalydesk.fingerprint import SCHEMA_VERSION, Fingerprint, matrix
 from anomalydesk.store import admin
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
-
-def decode_model(blob: bytes) -> Model:
-    """A stored blob as a Model; a tampered or malformed blob raises ValueError (ModelFormatError)."""
-    try:
-        return Model.from_json(blob)
-    except ModelFormatError:
-        raise
-    except (ValueError, KeyError, TypeError) as err:
-        raise ModelFormatError(f"not a valid model blob: {err}") from err
-
-
-def load_model(
-    r: redis.Redis, service: str, version: int | None = None, *, keys: Keys | None = None
-) -> tuple[registry.ModelInfo, Model]:
-    """The active (or given) model of `service`; ModelNotFound / ModelLoadError with the reason."""
-    return registry.load(r, service, decode_model, version, keys=keys)
+__all__ = ["decode_model", "load_model", "score_window", "service_states"]
 
 
 def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
@@ -59,8 +44,6 @@ def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
 def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dict[str, Any]]:
     """service → {"state": learning|ready|stale|retired, "model_version", "windows" (stored, live and
     history), "needed" (while learning: the windows training still needs, by the windows it would use)}."""
-    from anomalydesk.detect.training_run import windows_needed  # (it imports this module: load_model)
-
     keys = keys or Keys(config.key_prefix())
     pipe = r.pipeline(transaction=False)
     pipe.smembers(keys.services)

@@ -23,7 +23,7 @@ from anomalydesk import config
 from anomalydesk.detect import incidents
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
-from anomalydesk.detect.service_state import load_model
+from anomalydesk.detect.stored_models import load_model
 from anomalydesk.detect.train import InsufficientHistory, TrainParams, train
 from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint, format_ratio
 from anomalydesk.store import admin, fingerprints

@@ -3,6 +3,11 @@ batch per service every `DEMO_TICK_SECONDS`), sealing every half window. The des
 uses it: start, stop, set_rate, inject a fault now, measured events per second. A run that ends on
 purpose (stop, or its duration) records so (`store.traffic_stops`): the silence after it is no gap. A
 window length changed while it runs (`setup --window … --force`) is followed, as the detector follows it.
+
+Why this module is long: the live run's one thread owns its whole life — start on the server's clock
+after any history, the paced loop with its outage wait, faults injected now, the window-length follow,
+and an end that completes the last window and records the stop so the silence after it is no gap —
+and each of those shares the loop's state; split up, they would pass that state back and forth.
 """
 
 from __future__ import annotations
