@@ -568,7 +568,13 @@ class LivePanel(QtWidgets.QWidget):
         older = self.range.older_rows(float(rows[0, 0]) if len(rows) else None)
         times = rows[:, 0]
         if older is not None:
-            times = np.r_[older[np.isfinite(older[:, 2:]).any(axis=1), 0], times]
+            drawn = older[np.isfinite(older[:, 2:]).any(axis=1), 0]
+            if len(drawn) and drawn.min() < low <= drawn.max():
+                # a time bin reaches into the view from before it: its windows from `low` on are shown
+                # (and exported), the first of them at the first window start in view
+                window_s = self.state.incidents.window_seconds
+                drawn = np.r_[math.ceil(low / window_s) * window_s, drawn]
+            times = np.r_[drawn, times]
             times = times[(times >= low) & (times <= high)]
         return (float(times.min()), float(times.max())) if len(times) else None
 
