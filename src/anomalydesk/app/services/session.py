@@ -308,6 +308,9 @@ class Session:
         self._fp_last[service] = newest or "0-0"
         fps = [fp for chunk in reversed(chunks) for fp in chunk]
         self._set_threshold(service, await self.core.model_threshold(service))
+        # parsed before the windows are merged: windows and scores land with no await between them, so
+        # no redraw shows a scored window as a gap (and a test waiting for the windows sees their scores)
+        scores: list[WindowScore] = await self.core.run(parse_entries, score_entries[::-1])
         if fps:
             rows = np.empty((len(fps), 2 + len(fps[0].vector)))
             rows[:, 0] = [fp.start for fp in fps]
@@ -316,7 +319,6 @@ class Session:
             # live windows may have arrived while this was read: merged in time order, not appended after
             self.state.live.buffer(service).merge(rows)
             self._note_arrival(fps[-1].start)
-        scores: list[WindowScore] = await self.core.run(parse_entries, score_entries[::-1])
         self.state.live.apply_scores(service, scores)
 
     def _note_arrival(self, start: float) -> None:
