@@ -45,6 +45,8 @@ Windows, live stream and history (docs/engine.md "History"):
       * a replay window before `first` is HISTORY: it goes to {service}:hist:<W>, which training,
         plots and backtests read and the detector never scores; history is sealed by its own clock,
         in time order (a history window at or before the last sealed history window is late);
+        after a window-length change `first` is the first window of the new length, and a window
+        reaching into the time the live stream covered at an earlier length (from `lfrom`) is late;
       * a window at or before the last sealed live window is late (counted, never merged).
   - A window-length change (ad_configure, or the first call carrying the new config) carries the
     service's open windows into windows of the new length, the first of which begins at or after the
@@ -78,7 +80,7 @@ LIB_VERSION does not.
 ]]
 
 -- BEGIN CONTRACT: generated from src/anomalydesk/contract.py (python -m anomalydesk.contract --write)
-local LIB_VERSION = '11'
+local LIB_VERSION = '12'
 local MAX_BUCKET = 200
 local MAX_NAME = 256
 local MAX_KPI_NAME = 128
@@ -662,12 +664,13 @@ local function keyset(prefix, service)
   }
 end
 
--- the state hash: window bookkeeping (first, sealed, live, clock, clock_at), history (hsealed, hclock,
--- hclock_at), the config the service is set to (g, W; rwf/rwt after a window-length change) and the
+-- the state hash: window bookkeeping (first, sealed, live, clock, clock_at; lfrom: the epoch second the
+-- live stream began at, kept across window-length changes), history (hsealed, hclock, hclock_at), the config the service is set to (g, W; rwf/rwt after a window-length change) and the
 -- sizes its sketches were made with
 local STATE_FIELDS = { 'first', 'sealed', 'live', 'clock', 'clock_at', 'sparse', 'g', 'W', 'hsealed',
-  'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers', 'tkw' }
-local NUMERIC = { first = true, sealed = true, clock = true, clock_at = true, g = true, W = true,
+  'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers', 'tkw',
+  'lfrom' }
+local NUMERIC = { first = true, sealed = true, clock = true, clock_at = true, g = true, W = true, lfrom = true,
   hsealed = true, hclock = true, hclock_at = true, rwf = true, rwt = true, cms_w = true, cms_d = true,
   topk_k = true, fc = true, fe = true, bf_layers = true, tkw = true }
 
@@ -1174,6 +1177,9 @@ local function rewindow_write(state, ks, st, plan, c)
     end
   end
   redis.call('ZREMRANGEBYSCORE', ks.open, plan.lo, '+inf')
+  if frozen(st) then  -- the new first window is after the change: the time before it stays live-covered
+    redis.call('HSET', state, 'lfrom', st.lfrom or st.first * Wo)
+  end
   local first_new = nil
   for _, m in ipairs(plan.moves) do
     merge_window_hash(ks.tmp('w', m.wo), ks.win(m.wn))
@@ -1296,6 +1302,7 @@ local function ad_ingest(keys, args)
     end
     if is_frozen and win < st.first then
       if st.hsealed and win <= st.hsealed then return win, 'late' end
+      if st.lfrom and (win + 1) * c.W > st.lfrom then return win, 'late' end  -- live at an earlier length
       return win, 'history'
     end
     if st.sealed and win <= st.sealed then return win, 'late' end

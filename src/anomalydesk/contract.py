@@ -22,7 +22,7 @@ import re
 import sys
 from typing import Any, Literal, NamedTuple, TypedDict
 
-LIB_VERSION = 11
+LIB_VERSION = 12
 # the library source of each version (sha256 of gears/anomalydesk.lua as committed)
 LIBRARY_SHA256: dict[int, str] = {
     3: "660068e4fb39de9cb91972f3d426668aaeecb5ed990e37f41fa98ecaed95f3df",
@@ -34,6 +34,7 @@ LIBRARY_SHA256: dict[int, str] = {
     9: "3b018807e05757a79981aa17621fe5c4454de99a66cdd22493f1d3d2caf094a4",
     10: "de0e371141f339f3d48eb122911e1f3a24de18175147cdb03a3c900849196703",
     11: "1bd6ddb7a1df5c530262ad93fcb8592fafee13a10cec70bfe06347442a478b97",
+    12: "29dca64693ac60403781ec2af2dd4553cfe42cc9aa5276056573394b411cf36c",
 }
 
 # --- names, caps and limits -------------------------------------------------------------------

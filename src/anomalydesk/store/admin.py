@@ -210,7 +210,8 @@ def list_services(r: redis.Redis, keys: Keys | None = None) -> list[dict[str, An
 
 def covered_spans(r: redis.Redis, services: list[str], keys: Keys | None = None) -> dict[str, tuple[float, float]]:
     """service → [start, end) epoch seconds its live stream already covers, for services whose stream is
-    under way: from its first window to the end of its last sealed one (to no end once live traffic runs).
+    under way: from its first window (at an earlier window length, if it changed) to the end of its last
+    sealed one (to no end once live traffic runs).
 
     A backfill leaves that span out: earlier windows are history, the span is late (or live traffic's),
     windows after a replayed stream's last sealed one continue it. Other services take any window.
@@ -218,15 +219,18 @@ def covered_spans(r: redis.Redis, services: list[str], keys: Keys | None = None)
     keys = keys or Keys(key_prefix())
     pipe = r.pipeline(transaction=False)
     for service in services:
-        pipe.hmget(keys.state(service), "first", "sealed", "live", "W")
+        pipe.hmget(keys.state(service), "first", "sealed", "live", "W", "lfrom")
     out: dict[str, tuple[float, float]] = {}
     window_s = read_settings(r, keys).settings.window_seconds
-    for service, (first, sealed, live, w) in zip(services, pipe.execute(), strict=True):
+    for service, (first, sealed, live, w, live_from) in zip(services, pipe.execute(), strict=True):
         if first is None or (sealed is None and live is None):
             continue
         length = int(w) if w is not None else window_s
         end = math.inf if live is not None else (int(sealed) + 1) * length
-        out[service] = (int(first) * length, end)
+        start = int(first) * length
+        if live_from is not None:  # the stream began before a window-length change: covered since then
+            start = min(start, int(float(live_from)))
+        out[service] = (start, end)
     return out
 
 
