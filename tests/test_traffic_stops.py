@@ -219,3 +219,29 @@ def test_a_demo_stopped_just_before_a_window_boundary_leaves_the_stop_silent(r: 
     for service in SERVICES:
         first = fingerprints.read(r, service, stop.since, stop.since + 0.5)
         assert [fp.silent for fp in first] == [True], (service, stop, first)
+
+
+def test_the_window_a_demo_duration_ended_in_is_not_scored(r: redis.Redis) -> None:
+    """`demo --duration` ends where the time runs out, mid-window: that window held part of its traffic
+    and was scored as a drop on every service ("requests 94 vs 200 normal" at the end of every run). A
+    window the stop begins inside is neither scored nor context; the whole windows before it are."""
+    from anomalydesk.detect import window_scores
+
+    admin.setup(r, SketchSettings(window_seconds=5))
+    end = math.floor(time.time() / 86400) * 86400 - 2 * 86400 + 12 * 3600  # noon UTC, two days back
+    run_fast(r, duration=3 * 3600, rate=120, services=1, seed=21, end=end)
+    assert train_service(r, "gateway").version is not None
+    det = Detector(r, seal=False, block_ms=10)
+    drain(det)  # joins the group at the end of the history
+    ended = end + 602.5  # half of the last window's traffic
+    run_fast(r, duration=602.5, rate=120, services=1, seed=22, end=ended)
+    traffic_stops.record(r, ["gateway"], ended)  # as the live demo does when its duration is over
+    seal_all(r, now=ended + 30)
+    drain(det)
+    partial = fingerprints.read(r, "gateway", end + 595, end + 600)
+    assert [(fp.start, fp.silent) for fp in partial] == [(end + 595, False), (end + 600, False)]
+    assert partial[1].get("requests") < 0.7 * partial[0].get("requests")  # the window cut short
+    scored = {s.start for s in window_scores.read(r, "gateway")}
+    assert end + 595 in scored and end + 600 not in scored
+    assert traffic_stops.read(r)["gateway"].resumed is None  # its traffic did not end the stop
+    assert not json.loads(r.hget(K.detector_states, "gateway")).get("incident")

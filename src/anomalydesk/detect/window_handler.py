@@ -74,7 +74,9 @@ class WindowHandler:
         if not fp.silent and service in stopped:
             traffic_stops.resume(self.r, [service], fp.start, keys=self.keys)  # traffic is back
         gap = not quiet and system_gap.is_system_silent(self.r, self.keys, fp, live, text(entry_id), stopped)
-        unscored = gap or quiet  # neither scored nor scoring context; incidents stay as they are
+        # the window a stop began inside holds part of its traffic: no drop to alarm on, no context
+        cut = traffic_stops.cut_short(stops, service, fp.start, fp.window_seconds or window_s)
+        unscored = gap or quiet or cut  # neither scored nor scoring context; incidents stay as they are
         history = owned_services.history(self.r, self.keys, service, svc, text(entry_id), fp, window_s)
         verdict = None
         baseline = None

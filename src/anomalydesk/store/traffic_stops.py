@@ -5,12 +5,13 @@ demo` reaching its `--duration` or Ctrl-C, `demo --fast` ending at the present â
 fall silent because the operator wanted them to. `record` writes, per service, when its traffic
 ended (`since`) into the hash `<prefix>stopped`; traffic coming back ends the stop (`resume`: the
 demo when it starts again, the detector at the first window of the service with traffic after
-`since`). A silent window of a service inside its stop is neither scored nor a gap, and that service
+`since`). A silent window of a service inside its stop is neither scored nor a gap, nor is the window
+the stop began inside (a `--duration` ends mid-window: part of its traffic), and that service
 does not count when the detector asks whether every service fell silent (`detect.system_gap`): real
 traffic stopping still opens the gap incident as before.
 
-Times are epoch seconds (window starts), not window numbers, so a stop stays right across a
-window-length change.
+Times are epoch seconds (a window start, or mid-window where a `--duration` ran out), not window
+numbers, so a stop stays right across a window-length change.
 """
 
 from __future__ import annotations
@@ -119,3 +120,10 @@ def read(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, Stop]:
 def stopped_at(stops: Mapping[str, Stop], start: float) -> set[str]:
     """The services whose traffic is stopped on purpose in the window starting at `start`."""
     return {service for service, stop in stops.items() if stop.covers(start)}
+
+
+def cut_short(stops: Mapping[str, Stop], service: str, start: float, length: float) -> bool:
+    """Whether the service's stop began inside the window [start, start + length): `demo --duration`
+    ends where its time runs out, and the window it ended in holds only part of its traffic."""
+    stop = stops.get(service)
+    return stop is not None and start < stop.since < start + length
