@@ -151,3 +151,50 @@ def test_model_labels_a_few_windows_apart_do_not_print_over_each_other(qtbot):
     shown = panel.mark_labels
     assert len(shown) == 4 and len({round(r.top()) for r in shown}) == 1
     assert not any(a.intersects(b) for i, a in enumerate(shown) for b in shown[i + 1:])
+
+
+def test_a_window_length_change_is_marked_where_the_requests_per_window_step(qtbot, qloop, redis_url, r):  # noqa: F811
+    """5-s windows, then 10-s ones: each holds twice the requests, a step on the plot that is no change in
+    traffic. The score plot marks where the length changed, for windows read at start-up and live alike."""
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION
+    from anomalydesk.store.keys import Keys
+
+    keys = Keys()
+
+    def window(start: int, length: int, requests: float) -> None:
+        fields: dict[str, object] = dict.fromkeys(FEATURE_NAMES, 0)
+        fields.update(requests=requests, window=start // length, start=start, ws=length, schema=SCHEMA_VERSION,
+                      no_data=0, kpis="")  # fmt: skip
+        r.sadd(keys.services, SERVICE)
+        r.xadd(keys.fingerprints(SERVICE), fields, id=f"{start * 1000}-1")
+
+    for start in range(5000, 5020, 5):
+        window(start, 5, 100)
+    for start in range(5020, 5050, 10):
+        window(start, 10, 200)
+    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        panel = app.window.live
+        panel.select_service(SERVICE)
+        live = app.state.live
+        qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == 7, timeout=20_000)
+        qtbot.waitUntil(lambda: panel.service == SERVICE, timeout=20_000)
+        panel.redraw(force=True)
+        assert panel.marks == [(5020.0, "window 5 s → 10 s")]
+        # one line across the change: the first 10-s window's step (10 s after 5-s ones) is no gap
+        requests = panel._curves["requests"]
+        assert list(requests.xData) == [5000, 5005, 5010, 5015, 5020, 5030, 5040]
+        assert np.isfinite(requests.yData).all()
+        window(5050, 10, 200)  # live, the same length: no new mark
+        window(5060, 30, 600)  # live, another change
+        qtbot.waitUntil(lambda: len(live.buffers[SERVICE]) == 9, timeout=20_000)
+        panel.redraw(force=True)
+        assert panel.marks == [(5020.0, "window 5 s → 10 s"), (5060.0, "window 10 s → 30 s")]
+        assert panel.activation_marks == []  # (no model scored anything)
+    finally:
+        run(qtbot, app.shutdown())
+        app.dispose()

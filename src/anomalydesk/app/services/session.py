@@ -316,6 +316,7 @@ class Session:
             rows[:, 0] = [fp.start for fp in fps]
             rows[:, 1] = np.nan  # not scored, unless the detector stored a score for the window
             rows[:, 2:] = np.vstack([fp.vector for fp in fps])
+            self.state.live.note_lengths(service, [(fp.start, fp.window_seconds) for fp in fps])
             # live windows may have arrived while this was read: merged in time order, not appended after
             self.state.live.buffer(service).merge(rows)
             self._note_arrival(fps[-1].start)
@@ -326,6 +327,7 @@ class Session:
 
     def _add_fingerprint(self, service: str, fp: Fingerprint) -> None:
         """A new window on the plot, without a score until the detector's stored score for it arrives."""
+        self.state.live.note_lengths(service, [(fp.start, fp.window_seconds)])
         self.state.live.append(service, fp.start, fp.vector, None)
         self._note_arrival(fp.start)
 

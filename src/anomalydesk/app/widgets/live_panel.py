@@ -65,11 +65,13 @@ def axis_title(label: str, unit: str) -> str:
     return f"{label} ({words})" if words else label
 
 
-def with_gaps(rows: np.ndarray) -> np.ndarray:
+def with_gaps(rows: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
     """`rows` (time-ordered, column 0 the window start) with a NaN row inside every gap: a step longer
-    than GAP_FACTOR window lengths, the window length being the shorter of the steps beside it, so a
-    20-hour gap is a break, not a ramp. (Measured against the median step, every step after a change
-    from 5-s to 10-s windows was a gap while the buffer held mostly 5-s ones: no line was drawn.)"""
+    than GAP_FACTOR window lengths, so a 20-hour gap is a break, not a ramp. A window's length is its
+    own where `lengths` (one per row, NaN: unknown) knows it, else the shorter of the steps beside it.
+    (Measured against the median step, every step after a change from 5-s to 10-s windows was a gap
+    while the buffer held mostly 5-s ones: no line was drawn; against the steps beside it, the first
+    10-s window's step, with a 5-s one before it, still was.)"""
     if len(rows) < 3:
         return rows
     steps = np.diff(rows[:, 0])
@@ -77,6 +79,9 @@ def with_gaps(rows: np.ndarray) -> np.ndarray:
     before = np.concatenate([positive[:1], positive[:-1]])
     after = np.concatenate([positive[1:], positive[-1:]])
     spacing = np.minimum(before, after)  # the window length around each step
+    if lengths is not None:
+        own = np.asarray(lengths, dtype=float)[:-1]
+        spacing = np.where(np.isfinite(own) & (own > 0), own, spacing)
     gaps = np.flatnonzero(np.isfinite(spacing) & (steps > GAP_FACTOR * spacing))
     if not len(gaps):
         return rows
@@ -373,7 +378,8 @@ class LivePanel(QtWidgets.QWidget):
             return False
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
             return False
-        data = with_gaps(buf.view())
+        view = buf.view()
+        data = with_gaps(view, self.state.live.lengths_at(service, view[:, 0]))
         older = self.range.older_rows(float(data[0, 0]) if len(data) else None)
         if older is not None:  # read from the streams: drawn before the buffered windows
             data = join_older(older, data, self.range.rows.bin_seconds if self.range.rows else 0.0)
@@ -478,8 +484,11 @@ class LivePanel(QtWidgets.QWidget):
             self._bands.append(region)
 
     def _update_marks(self, service: str) -> None:
-        marks = self.state.live.activations.get(service, [])
-        key = (service, len(marks), marks[-1] if marks else None)
+        """Dotted lines where a model version took over scoring and where the window length changed."""
+        marks = [(start, f"model v{version}") for start, version in self.state.live.activations.get(service, [])]
+        marks += [(start, f"window {old} s → {new} s")
+                  for start, old, new in self.state.live.length_changes.get(service, [])]  # fmt: skip
+        key = (service, len(marks), tuple(marks[-2:]))
         if key == self._marks_key:
             return
         self._marks_key = key
@@ -488,8 +497,8 @@ class LivePanel(QtWidgets.QWidget):
         self._marks = []
         mark = self.colours.mark
         pen = pg.mkPen(mark, style=QtCore.Qt.PenStyle.DotLine)
-        for start, version in marks:
-            line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=f"model v{version}",
+        for start, text in marks:
+            line = pg.InfiniteLine(pos=start, angle=90, movable=False, pen=pen, label=text,
                                    labelOpts={"position": 0.75, "color": mark,
                                               "anchors": [(1, 0.5), (1, 0.5)]})  # left of its line, at any row
             self.score_plot.addItem(line)
@@ -538,7 +547,12 @@ class LivePanel(QtWidgets.QWidget):
 
     @property
     def activation_marks(self) -> list[tuple[float, str]]:
-        """(x, label) of the activation lines on the score plot."""
+        """(x, label) of the model activation lines on the score plot."""
+        return [mark for mark in self.marks if mark[1].startswith("model v")]
+
+    @property
+    def marks(self) -> list[tuple[float, str]]:
+        """(x, label) of every line on the score plot: model activations, window-length changes."""
         return [(float(line.value()), line.label.format) for line in self._marks]
 
     # --- export (app/export.py writes the files) ------------------------------------------------
