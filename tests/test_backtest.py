@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from anomalydesk import cli, config
-from anomalydesk.detect.backtest import metrics, read_csv
+from anomalydesk.detect.backtest import metrics, read_csv, time_zone
 
 ASD = Path("/work/shared/datasets/asd")
 BLOCKS = ("pointwise", "point_adjusted", "events")
@@ -164,3 +164,18 @@ def test_doubtful_timestamps_and_headers_are_refused_or_read_as_meant(tmp_path: 
     assert "found 'yes' (row 6)" in _error(capsys, str(bad))  # the file's row, as every other error counts
     plain = _write(tmp_path / "plain.csv", ["a"], [np.arange(10.0)])
     assert "no labels in it" in _error(capsys, str(plain), "--labels", "/dev/null")
+
+
+def test_timestamps_without_a_zone_are_read_in_the_zone_given(tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:  # fmt: skip
+    """An exported log's "2024-01-01 00:05:00" was refused with only "drop the column" as a way out, which
+    loses the daily profile: `--timezone` says which zone such times are in."""
+    path = tmp_path / "local.csv"
+    path.write_text("timestamp,a\n2024-03-31 00:30:00,1\n2024-03-31 03:30:00,2\n2024-03-31T05:00:00Z,3\n")
+    refused = _error(capsys, str(path))
+    assert "needs a time zone" in refused and "--timezone" in refused, refused
+    utc = read_csv(path, time_zone("UTC")).timestamps
+    assert utc is not None and list(utc) == [1711845000.0, 1711855800.0, 1711861200.0]
+    berlin = read_csv(path, time_zone("Europe/Berlin")).timestamps  # CET, then CEST from 02:00 that night
+    assert berlin is not None and list(berlin) == [1711845000.0 - 3600, 1711855800.0 - 7200, 1711861200.0]
+    assert "unknown time zone 'Mars/Olympus'" in _error(capsys, str(path), "--timezone", "Mars/Olympus")

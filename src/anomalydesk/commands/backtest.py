@@ -1,4 +1,4 @@
-"""`anomalydesk backtest TEST.csv [--train TRAIN.csv] [--labels FILE] [--reference]`."""
+"""`anomalydesk backtest TEST.csv [--train TRAIN.csv] [--labels FILE] [--reference] [--timezone ZONE]`."""
 
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
     p.add_argument("test", metavar="TEST.csv",
                    help="CSV or CSV.gz with a header; a 'label' column (0/1) unless --labels gives them; an "
                         "optional 'timestamp' column (epoch seconds or RFC 3339 with a zone, in time order)")
+    p.add_argument("--timezone", metavar="ZONE",
+                   help="the IANA time zone (UTC, Europe/Berlin) of timestamps written without one, e.g. "
+                        "'2024-01-01 00:05:00' (without this option they are refused)")
     p.add_argument("--train", metavar="TRAIN.csv", help="training rows (else the first 30%% of TEST trains)")
     p.add_argument("--labels", metavar="FILE", help="one 0/1 per line, one line per TEST row")
     p.add_argument("--reference", action="store_true",
@@ -29,11 +32,12 @@ def register(subparsers: argparse._SubParsersAction, parent: argparse.ArgumentPa
 
 def run(args: argparse.Namespace) -> int:
     """Run the backtest and print the metrics."""
-    from anomalydesk.detect.backtest import BacktestError, read_csv, read_labels, run_backtest
+    from anomalydesk.detect.backtest import BacktestError, read_csv, read_labels, run_backtest, time_zone
 
     try:
-        test = read_csv(args.test)
-        train_series = read_csv(args.train) if args.train else None
+        zone = time_zone(args.timezone) if args.timezone else None
+        test = read_csv(args.test, zone)
+        train_series = read_csv(args.train, zone) if args.train else None
         labels = read_labels(args.labels) if args.labels else None
         result = run_backtest(test, train_series, labels, reference=args.reference)
     except (BacktestError, ValueError) as err:

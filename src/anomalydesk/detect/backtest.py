@@ -13,8 +13,10 @@ import csv
 import gzip
 import io
 from dataclasses import dataclass
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
@@ -46,8 +48,17 @@ class Series:
     labels: np.ndarray | None
 
 
-def read_csv(path: str | Path) -> Series:
-    """Read a CSV or CSV.gz with a header row; every column but timestamp/label must be numeric."""
+def time_zone(name: str) -> tzinfo:
+    """The IANA zone `name` ("UTC", "Europe/Berlin") timestamps without a zone of their own are in."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise BacktestError(f"unknown time zone {name!r}: give an IANA name such as UTC or Europe/Berlin") from None
+
+
+def read_csv(path: str | Path, zone: tzinfo | None = None) -> Series:
+    """Read a CSV or CSV.gz with a header row; every column but timestamp/label must be numeric.
+    `zone`: the time zone of RFC 3339 timestamps written without one (without it they are refused)."""
     path = Path(path)
     if not path.is_file():
         raise BacktestError(f"{path}: no such file")
@@ -78,7 +89,7 @@ def read_csv(path: str | Path) -> Series:
         raise BacktestError(f"{path}: no feature columns (only timestamp/label)")
     X = np.column_stack([_numeric(path, name, columns[name]) for name in names])
     stamp, label = special.get(TIMESTAMP_COLUMN), special.get(LABEL_COLUMN)
-    timestamps = _timestamps(path, stamp, columns[stamp]) if stamp else None
+    timestamps = _timestamps(path, stamp, columns[stamp], zone) if stamp else None
     labels = _labels(f"{path}: column {label!r}", columns[label], first=2) if label else None
     return Series(str(path), names, X, timestamps, labels)
 
@@ -118,23 +129,38 @@ def _numeric(path: Path, name: str, values: list[str]) -> np.ndarray:
 _NO_STAMPS = " (or drop the column: without timestamps the rows are read in file order, no daily profile)"
 
 
-def _timestamps(path: Path, name: str, values: list[str]) -> np.ndarray:
+def _timestamps(path: Path, name: str, values: list[str], zone: tzinfo | None = None) -> np.ndarray:
     """Epoch seconds or RFC 3339 with a zone, as the collector takes them (`events.parse_timestamp`:
-    2000–2100, so milliseconds are refused with a hint), in increasing order."""
+    2000–2100, so milliseconds are refused with a hint), in increasing order; one without a zone is in
+    `zone` (an exported log's "2024-01-01 00:05:00"), refused when none is given."""
     out = np.empty(len(values))
     for i, value in enumerate(values):
         try:
             number: float | str = float(value)
         except ValueError:
-            number = value
+            number = _in_zone(value, zone)
         try:
             out[i] = parse_timestamp(number, name)
         except EventError as err:
-            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}{_NO_STAMPS}") from None
+            hint = " (or give --timezone, e.g. UTC)" if "needs a time zone" in err.reason else ""
+            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}{hint}"
+                                f"{_NO_STAMPS}") from None  # fmt: skip
         if i and out[i] < out[i - 1]:
             raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r} is before the row before "
                                 f"({values[i - 1]!r}); the rows must be in time order{_NO_STAMPS}")  # fmt: skip
     return out
+
+
+def _in_zone(value: str, zone: tzinfo | None) -> str:
+    """`value` with `zone` attached when it is a date and time without a zone of its own (as it is else)."""
+    if zone is None:
+        return value
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return value  # (parse_timestamp names what is wrong with it)
+    # a time repeated when the clocks go back is read as its first occurrence (fold 0)
+    return parsed.replace(tzinfo=zone).isoformat() if parsed.tzinfo is None else value
 
 
 def _labels(where: str, values: list[str], first: int) -> np.ndarray:
