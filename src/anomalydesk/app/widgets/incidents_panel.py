@@ -10,9 +10,10 @@ chunk at a time, however long the incident lasts; the plot keeps at most `DETAIL
 (older windows are reduced to min/max time bins). A failed read is said in the panel and tried again
 after 2 s, then twice as long each time up to 60 s, until one succeeds.
 
-Why this module is long: it is one panel whose parts share one selection — the table model and its
-colours, the operator's actions and silences, and the details view with the plot that follows an open
-incident; the plot and its follow are the part to move to a module of their own if it grows again.
+Why this module is long: it is one panel whose parts share one selection — the table model that holds
+its rows still under the pointer and keeps the selection on its incident, its colours, the operator's
+actions and silences, and the details view with the plot that follows an open incident; the plot and
+its follow are the next part to move to a module of their own.
 """
 
 from __future__ import annotations
@@ -28,7 +29,12 @@ import pyqtgraph as pg
 from PySide6 import QtCore, QtGui, QtWidgets
 from qasync import asyncSlot
 
-from anomalydesk.app.model.settings import DETAIL_PLOT_POINTS, DETAIL_RETRY_CAP_SECONDS, DETAIL_RETRY_FIRST_SECONDS
+from anomalydesk.app.model.settings import (
+    DETAIL_PLOT_POINTS,
+    DETAIL_RETRY_CAP_SECONDS,
+    DETAIL_RETRY_FIRST_SECONDS,
+    INCIDENT_HOLD_GRACE_MS,
+)
 from anomalydesk.app.model.state import AppState, IncidentRow, IncidentsState
 from anomalydesk.app.services.range_history import bin_width, downsample
 from anomalydesk.app.widgets import theme
@@ -110,38 +116,111 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 86_400:,} d {seconds % 86_400 // 3600:02d} h"
 
 
+def _newest_first(row: IncidentRow) -> tuple[float, str]:
+    """The table's sort key, read in reverse: the newest start first (ties by id, so the order is total)."""
+    return row.start, row.incident_id
+
+
+def _runs(rows: list[int]) -> list[tuple[int, int]]:
+    """Ascending row numbers as (first, last) runs of consecutive rows."""
+    runs: list[tuple[int, int]] = []
+    for row in rows:
+        if runs and runs[-1][1] == row - 1:
+            runs[-1] = (runs[-1][0], row)
+        else:
+            runs.append((row, row))
+    return runs
+
+
 class IncidentsModel(QtCore.QAbstractTableModel):
-    """Rows are incidents, newest first."""
+    """Rows are incidents, newest first.
+
+    While the model is held (`hold`: the pointer is over the table) no row moves: a new incident waits,
+    counted in `waiting`, and so does any re-sort, until the hold ends or `reload` shows them. Rows are
+    inserted, removed and moved with Qt's row and layout signals, never a reset, so the view's selection
+    stays on its incident whatever moves around it.
+    """
+
+    waiting_changed = QtCore.Signal(int)  # how many new incidents wait for the hold to end
+    rows_moving = QtCore.Signal()  # rows are about to be inserted, removed or re-sorted …
+    rows_moved = QtCore.Signal()  # … and now they are (the panel keeps the rows in view where they were)
 
     def __init__(self, incidents: IncidentsState, parent: QtCore.QObject | None = None):
         super().__init__(parent)
         self.incidents = incidents
+        self.rows: list[IncidentRow] = []  # as shown: a row the state dropped stays until the hold ends
         self.ids: list[str] = []
+        self._row_of: dict[str, int] = {}
+        self.held = False
+        self.waiting = 0
+        self._layout_due = False  # the state has incidents, or an order, that the rows do not show yet
         self.reload()
         incidents.changed.connect(self._incident_changed)
 
+    def hold(self, held: bool) -> None:
+        """Keep every row where it is (True), or show what waited meanwhile (False)."""
+        self.held = held
+        if not held and self._layout_due:
+            self.reload()
+
     def reload(self) -> None:
-        """Rebuild the rows from the state."""
-        self.beginResetModel()
-        order = sorted(self.incidents.incidents.values(), key=lambda i: (i.start, i.incident_id), reverse=True)
-        self.ids = [i.incident_id for i in order]
-        self.endResetModel()
+        """Show the state's incidents in order now, held or not (the rows that waited too)."""
+        order = sorted(self.incidents.incidents.values(), key=_newest_first, reverse=True)
+        self._layout_due = False
+        self._set_waiting(0)
+        if order == self.rows:
+            return
+        self.rows_moving.emit()
+        wanted = {row.incident_id: row for row in order}
+        self._remove([r for r, row in enumerate(self.rows) if wanted.get(row.incident_id) is not row])
+        kept = sorted(self.rows, key=_newest_first, reverse=True)
+        if kept != self.rows:  # a shown incident's start changed: moved, its persistent indexes with it
+            self.layoutAboutToBeChanged.emit()
+            before = self.persistentIndexList()
+            old_ids = list(self.ids)
+            self._set_rows(kept)
+            self.changePersistentIndexList(before, [self.index(self._row_of[old_ids[i.row()]], i.column())
+                                                    for i in before])  # fmt: skip
+            self.layoutChanged.emit()
+        for first, last in _runs([r for r, row in enumerate(order) if row.incident_id not in self._row_of]):
+            self.beginInsertRows(QtCore.QModelIndex(), first, last)
+            self._set_rows(self.rows[:first] + order[first : last + 1] + self.rows[first:])
+            self.endInsertRows()
+        self.rows_moved.emit()
+
+    def _remove(self, rows: list[int]) -> None:
+        for first, last in reversed(_runs(rows)):  # from the bottom up: the runs above keep their numbers
+            self.beginRemoveRows(QtCore.QModelIndex(), first, last)
+            self._set_rows(self.rows[:first] + self.rows[last + 1 :])
+            self.endRemoveRows()
+
+    def _set_rows(self, rows: list[IncidentRow]) -> None:
+        self.rows = rows
+        self.ids = [row.incident_id for row in rows]
+        self._row_of = {incident_id: r for r, incident_id in enumerate(self.ids)}
+
+    def _set_waiting(self, count: int) -> None:
+        if count != self.waiting:
+            self.waiting = count
+            self.waiting_changed.emit(count)
+
+    def _in_place(self, r: int) -> bool:
+        """Row `r` still sorts between its neighbours."""
+        key = _newest_first(self.rows[r])
+        return ((r == 0 or _newest_first(self.rows[r - 1]) > key)
+                and (r == len(self.rows) - 1 or key > _newest_first(self.rows[r + 1])))  # fmt: skip
 
     def _incident_changed(self, incident: IncidentRow) -> None:
-        known = incident.incident_id in self.ids
-        if len(self.incidents.incidents) != len(self.ids) + (0 if known else 1):
-            self.reload()  # the state dropped old incidents
-            return
-        if known:
-            row = self.ids.index(incident.incident_id)
-            self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
-            return
-        row = 0
-        while row < len(self.ids) and self.incidents.incidents[self.ids[row]].start > incident.start:
-            row += 1
-        self.beginInsertRows(QtCore.QModelIndex(), row, row)
-        self.ids.insert(row, incident.incident_id)
-        self.endInsertRows()
+        r = self._row_of.get(incident.incident_id)
+        if r is not None and self.rows[r] is incident:
+            self.dataChanged.emit(self.index(r, 0), self.index(r, len(COLUMNS) - 1))
+            if not self._layout_due and len(self.rows) == len(self.incidents.incidents) and self._in_place(r):
+                return  # the common case (the detector extended it, an action): nothing moves
+        self._layout_due = True
+        if self.held:
+            self._set_waiting(sum(1 for incident_id in self.incidents.incidents if incident_id not in self._row_of))
+        else:
+            self.reload()
 
     def rowCount(self, parent: QtCore.QModelIndex = QtCore.QModelIndex()) -> int:  # noqa: B008
         return 0 if parent.isValid() else len(self.ids)
@@ -156,9 +235,7 @@ class IncidentsModel(QtCore.QAbstractTableModel):
 
     def incident_at(self, row: int) -> IncidentRow | None:
         """The incident shown in `row`."""
-        if 0 <= row < len(self.ids):
-            return self.incidents.incidents.get(self.ids[row])
-        return None
+        return self.rows[row] if 0 <= row < len(self.rows) else None
 
     def tick(self) -> None:
         """Repaint the duration and state columns (open incidents last longer, snoozes run out)."""
@@ -224,7 +301,13 @@ class IncidentsModel(QtCore.QAbstractTableModel):
 
 
 class IncidentsPanel(QtWidgets.QWidget):
-    """Table + actions + silences + details of the selected incident."""
+    """Table + actions + silences + details of the selected incident.
+
+    The table holds still while the pointer is over it (`IncidentsModel.hold`), so a click lands on the
+    row it was aimed at; a hint under it counts the incidents that arrived meanwhile (notified at once all
+    the same) and shows them when clicked, else they are shown once the pointer has left for
+    INCIDENT_HOLD_GRACE_MS.
+    """
 
     def __init__(self, state: AppState, actions: Any, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
@@ -252,6 +335,14 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
         state.incidents.changed.connect(self._row_changed)
+        self.release_delay = QtCore.QTimer(self)  # the pointer left the table: what waited is shown after this
+        self.release_delay.setSingleShot(True)
+        self.release_delay.setInterval(INCIDENT_HOLD_GRACE_MS)
+        self.release_delay.timeout.connect(self._release_if_away)
+        self._top_row: tuple[str, int] | None = None  # the incident at the top of a scrolled view, and its y
+        self.model.rows_moving.connect(self._remember_top_row)
+        self.model.rows_moved.connect(self._keep_top_row)
+        self.model.waiting_changed.connect(self._show_waiting_count)
 
         self.ack_button = QtWidgets.QPushButton("Acknowledge")
         self.ack_button.clicked.connect(lambda: self.run_action("ack"))
@@ -274,11 +365,23 @@ class IncidentsPanel(QtWidgets.QWidget):
                                       "and the next training learns it")
         self.accept_button.clicked.connect(lambda: self.run_action("accept"))
         self.status_label = MessageLabel("")
+        # at the row's right end, after the message (which elides): showing it moves no button
+        self.waiting_hint = QtWidgets.QToolButton()
+        self.waiting_hint.setAutoRaise(True)
+        self.waiting_hint.setStyleSheet("QToolButton { color: palette(link); font-weight: bold; }")  # reads as a link
+        self.waiting_hint.setToolTip("New incidents wait while the pointer is over the list, so the row you aim "
+                                     "at stays where it is; they are shown when the pointer leaves it. Click to "
+                                     "show them now.")
+        self.waiting_hint.clicked.connect(self.show_waiting)
+        self.waiting_hint.setVisible(False)
         self.shortcut_actions = self._shortcuts()
         buttons = QtWidgets.QHBoxLayout()
         for w in (self.ack_button, self.snooze_button, self.fp_button, self.resolve_button, self.accept_button):
             buttons.addWidget(w)
         buttons.addWidget(self.status_label, 1)
+        buttons.addWidget(self.waiting_hint)
+        for watched in (self.table, self.waiting_hint):  # the pointer over either holds the table still
+            watched.installEventFilter(self)
 
         # silences
         self.silence_pattern = QtWidgets.QLineEdit(placeholderText="service pattern, e.g. payments or svc-*")
@@ -359,6 +462,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         """Stop the clock of the live durations and the plot's retry (the app shuts down)."""
         self.clock.stop()
         self.follow_retry.stop()
+        self.release_delay.stop()
 
     def forget(self) -> None:
         """Show the (emptied) incidents state afresh: the app switched servers."""
@@ -369,6 +473,54 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.status_label.setText("")
         self._update_buttons()
 
+    # --- the table holds still under the pointer ----------------------------------------------
+    def eventFilter(self, watched: QtCore.QObject, event: QtCore.QEvent) -> bool:
+        if watched is self.table or watched is self.waiting_hint:
+            if event.type() == QtCore.QEvent.Type.Enter:
+                self.release_delay.stop()
+                self.model.hold(True)
+            elif event.type() == QtCore.QEvent.Type.Leave:
+                self.release_delay.start()  # not at once: on its way to the hint, or back, the pointer crosses a gap
+        return super().eventFilter(watched, event)
+
+    def hideEvent(self, event: QtGui.QHideEvent) -> None:
+        self.model.hold(False)  # hidden (a closed dock, the tray) the pointer is over nothing here
+        super().hideEvent(event)
+
+    def _release_if_away(self) -> None:
+        if not (self.table.underMouse() or self.waiting_hint.underMouse()):
+            self.model.hold(False)
+
+    def show_waiting(self) -> None:
+        """Show the incidents that waited under the pointer (the hint's click): the newest, at the top, in view."""
+        self.model.reload()
+        self.table.scrollToTop()
+
+    def _show_waiting_count(self, count: int) -> None:
+        self.waiting_hint.setText(f"▲ {count} new incident{'' if count == 1 else 's'}")
+        self.waiting_hint.setVisible(count > 0)
+
+    def _remember_top_row(self) -> None:
+        """Before rows move: the incident at the top of a view the user scrolled down (at the top, the view
+        stays there and new incidents come into it)."""
+        top = self.table.rowAt(0)
+        inc = self.model.incident_at(top)
+        scrolled = self.table.verticalScrollBar().value() > 0
+        self._top_row = (inc.incident_id, self.table.rowViewportPosition(top)) if scrolled and inc else None
+
+    def _keep_top_row(self) -> None:
+        """After rows moved: the incident that was at the top of the scrolled view is there again."""
+        if self._top_row is None or self._top_row[0] not in self.model.ids:
+            return
+        incident_id, y = self._top_row
+        row = self.model.ids.index(incident_id)
+        self.table.updateGeometries()  # the scroll bar's range takes the new rows now, not at the next layout
+        bar = self.table.verticalScrollBar()
+        if self.table.verticalScrollMode() == QtWidgets.QAbstractItemView.ScrollMode.ScrollPerItem:
+            bar.setValue(row)
+        else:
+            bar.setValue(bar.value() + self.table.rowViewportPosition(row) - y)
+
     # --- selection ----------------------------------------------------------------------------
     def selected(self) -> IncidentRow | None:
         """The selected incident, if any."""
@@ -376,7 +528,9 @@ class IncidentsPanel(QtWidgets.QWidget):
         return self.model.incident_at(rows[0].row()) if rows else None
 
     def select_incident(self, incident_id: str) -> bool:
-        """Select and reveal an incident (the tray's click lands here)."""
+        """Select and reveal an incident (the tray's click lands here), shown at once if it waited under the pointer."""
+        if incident_id not in self.model.ids and incident_id in self.state.incidents.incidents:
+            self.model.reload()
         if incident_id not in self.model.ids:
             return False
         row = self.model.ids.index(incident_id)
@@ -457,6 +611,8 @@ class IncidentsPanel(QtWidgets.QWidget):
     def select_next(self) -> IncidentRow | None:
         """Select the next incident below the selection that still needs attention (open or acknowledged,
         or a snooze that ran out), wrapping around; None when there is none."""
+        if self.model.waiting:
+            self.model.reload()  # asked for the next one: those waiting under the pointer count too
         current = self.selected()
         ids = self.model.ids
         start = ids.index(current.incident_id) + 1 if current is not None and current.incident_id in ids else 0

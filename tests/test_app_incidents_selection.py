@@ -1,0 +1,108 @@
+"""The Incidents panel around its selection, as a new user met it (offscreen window, real redis-server):
+rows that moved under the pointer as incidents arrived, so a click landed on the wrong one.
+
+Alerts are written the way the detector writes them (`raise_alert`); the pointer is moved with QTest,
+which the offscreen platform turns into the enter and leave events a real pointer makes.
+"""
+
+from __future__ import annotations
+
+import pytest
+from PySide6 import QtCore
+
+from anomalydesk.detect import incidents
+from app_support import qloop, run  # noqa: F401  (fixture)
+from test_app_incidents import close_app, open_app, raise_alert
+
+pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
+              pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+def row_centre(panel, incident_id: str) -> QtCore.QPoint:
+    """Where a click on the incident's reason cell lands, in the table's viewport."""
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS
+
+    index = panel.model.index(panel.model.ids.index(incident_id), COLUMNS.index("reason"))
+    return panel.table.visualRect(index).center()
+
+
+def under(panel, pos: QtCore.QPoint) -> str:
+    """The incident shown at `pos` of the table's viewport."""
+    return panel.model.incident_at(panel.table.indexAt(pos).row()).incident_id
+
+
+def pointer_away(qtbot, app) -> None:
+    """The pointer on the details text, off the table (and off the hint)."""
+    qtbot.mouseMove(app.window.incidents.details, QtCore.QPoint(10, 10))
+
+
+def test_rows_hold_still_under_the_pointer_while_new_incidents_are_notified_at_once(qtbot, qloop, redis_url, r):  # noqa: F811
+    """The user aimed at incident A; a new incident arrived at the top and the click selected the one that
+    had slid under the pointer. Now the rows keep their places while the pointer is over the table: the
+    new incident is notified at once, a hint counts it, and it is shown when the pointer leaves (or the
+    hint is clicked), with the selection still on A."""
+    a = raise_alert(r, "orders", 1000)["incident_id"]
+    b = raise_alert(r, "payments", 1001)["incident_id"]
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: {a, b} <= set(panel.model.ids), timeout=10_000)
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=10_000)  # what follows is live: notified
+        assert panel.model.ids == [b, a]
+        aim = row_centre(panel, a)
+        qtbot.mouseMove(panel.table.viewport(), aim)
+        assert under(panel, aim) == a
+
+        c = raise_alert(r, "inventory", 1002)["incident_id"]  # the newest: its row goes on top
+        qtbot.waitUntil(lambda: any(n.incident_id == c for n in app.tray.delivered), timeout=10_000)
+        assert c in app.state.incidents.incidents and app.state.incidents.health == "critical"
+        assert panel.model.ids == [b, a] and under(panel, aim) == a  # nothing moved under the pointer
+        assert panel.waiting_hint.isVisible() and panel.waiting_hint.text() == "▲ 1 new incident"
+        qtbot.mouseClick(panel.table.viewport(), QtCore.Qt.MouseButton.LeftButton, pos=aim)
+        assert panel.selected().incident_id == a
+        app.window.grab().save("/tmp/wtc-incidents-held.png")
+
+        pointer_away(qtbot, app)  # shown once the pointer has left: on top, the selection still on A
+        qtbot.waitUntil(lambda: panel.model.ids == [c, b, a], timeout=5_000)
+        assert panel.selected().incident_id == a and not panel.waiting_hint.isVisible()
+        assert "orders" in panel.details.toPlainText()
+
+        qtbot.mouseMove(panel.table.viewport(), row_centre(panel, b))  # back over the list: held again
+        d = raise_alert(r, "gateway", 1003)["incident_id"]
+        qtbot.waitUntil(lambda: panel.waiting_hint.isVisible(), timeout=10_000)
+        assert panel.model.ids == [c, b, a]
+        qtbot.mouseMove(panel.waiting_hint, QtCore.QPoint(5, 5))
+        qtbot.mouseClick(panel.waiting_hint, QtCore.Qt.MouseButton.LeftButton)  # "show them now"
+        assert panel.model.ids == [d, c, b, a] and panel.selected().incident_id == a
+        assert not panel.waiting_hint.isVisible()
+    finally:
+        pointer_away(qtbot, app)
+        close_app(qtbot, app)
+
+
+def test_the_selection_stays_on_its_incident_when_rows_are_dropped_and_a_scrolled_view_stays_put(
+        qtbot, qloop, redis_url, r):  # noqa: F811
+    """The table keeps at most `max_rows` incidents: a new one drops the oldest closed one. That rebuilt
+    the table, which lost the selection; and a view scrolled down slid by a row at every new incident."""
+    ids = [raise_alert(r, f"svc-{k}", 1000 + k)["incident_id"] for k in range(14)]
+    incidents.resolve(r, ids[0])  # the oldest, closed: the first to go
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: set(ids) <= set(panel.model.ids), timeout=10_000)
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=10_000)
+        app.state.incidents.max_rows = len(ids)
+        chosen = ids[5]
+        panel.select_incident(chosen)
+        bar = panel.table.verticalScrollBar()
+        bar.setValue(bar.maximum() // 2)  # half way: at the bottom, a row dropped there takes the view up with it
+        top = panel.model.incident_at(panel.table.rowAt(0)).incident_id
+        assert bar.value() > 0 and top != ids[-1]  # scrolled down: the newest is out of view
+
+        newest = raise_alert(r, "svc-new", 2000)["incident_id"]
+        qtbot.waitUntil(lambda: newest in panel.model.ids, timeout=10_000)
+        assert ids[0] not in panel.model.ids and len(panel.model.ids) == len(ids)  # the oldest closed went
+        assert panel.selected() is not None and panel.selected().incident_id == chosen
+        assert "svc-5" in panel.details.toPlainText()
+        assert panel.model.incident_at(panel.table.rowAt(0)).incident_id == top  # the rows in view stayed
+    finally:
+        close_app(qtbot, app)
