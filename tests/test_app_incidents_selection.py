@@ -1,5 +1,6 @@
 """The Incidents panel around its selection, as a new user met it (offscreen window, real redis-server):
-rows that moved under the pointer as incidents arrived, so a click landed on the wrong one.
+rows that moved under the pointer as incidents arrived, so a click landed on the wrong one; action
+buttons enabled for an incident that could not take the action.
 
 Alerts are written the way the detector writes them (`raise_alert`); the pointer is moved with QTest,
 which the offscreen platform turns into the enter and leave events a real pointer makes.
@@ -7,15 +8,24 @@ which the offscreen platform turns into the enter and leave events a real pointe
 
 from __future__ import annotations
 
+import json
+import time
+from dataclasses import replace
+
 import pytest
 from PySide6 import QtCore
 
 from anomalydesk.detect import incidents
+from anomalydesk.detect.incident_model import Alert, Incident
+from anomalydesk.store.keys import Keys
 from app_support import qloop, run  # noqa: F401  (fixture)
 from test_app_incidents import close_app, open_app, raise_alert
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
+
+ACTIONS = ("ack", "snooze", "false_positive", "resolve", "accept")
+
 
 def row_centre(panel, incident_id: str) -> QtCore.QPoint:
     """Where a click on the incident's reason cell lands, in the table's viewport."""
@@ -33,6 +43,16 @@ def under(panel, pos: QtCore.QPoint) -> str:
 def pointer_away(qtbot, app) -> None:
     """The pointer on the details text, off the table (and off the hint)."""
     qtbot.mouseMove(app.window.incidents.details, QtCore.QPoint(10, 10))
+
+
+def enabled(panel) -> set[str]:
+    """The incident actions whose buttons can be clicked now."""
+    buttons = {"ack": panel.ack_button, "snooze": panel.snooze_button, "false_positive": panel.fp_button,
+               "resolve": panel.resolve_button, "accept": panel.accept_button}  # fmt: skip
+    found = {name for name, button in buttons.items() if button.isEnabled()}
+    # the Incidents menu and its shortcuts say the same
+    assert found == {name for name in ACTIONS if panel.shortcut_actions[name].isEnabled()}
+    return found
 
 
 def test_rows_hold_still_under_the_pointer_while_new_incidents_are_notified_at_once(qtbot, qloop, redis_url, r):  # noqa: F811
@@ -104,5 +124,67 @@ def test_the_selection_stays_on_its_incident_when_rows_are_dropped_and_a_scrolle
         assert panel.selected() is not None and panel.selected().incident_id == chosen
         assert "svc-5" in panel.details.toPlainText()
         assert panel.model.incident_at(panel.table.rowAt(0)).incident_id == top  # the rows in view stayed
+    finally:
+        close_app(qtbot, app)
+
+
+def test_each_action_button_follows_the_selected_incidents_state(qtbot, qloop, redis_url, r):  # noqa: F811
+    """Acknowledge stayed enabled on an incident acknowledged already (and False positive on an accepted
+    level shift). Each button now is enabled only while the selected incident can take its action, says
+    why not in its tooltip, and follows the incident when its state changes while it is selected."""
+    keys = Keys()
+    fresh = raise_alert(r, "orders", 1000)["incident_id"]
+    acked = raise_alert(r, "payments", 1001)["incident_id"]
+    incidents.ack(r, acked, "ops")
+    snoozed = raise_alert(r, "users", 1002)["incident_id"]
+    incidents.snooze(r, snoozed, 3600, "ops")
+    resolved = raise_alert(r, "gateway", 1003)["incident_id"]
+    incidents.resolve(r, resolved, "ops")
+    reason = {"feature": "latency_p95_ms", "actual": 180.0, "expected": 120.0, "text": "new normal? p95 180 ms"}
+    shift = replace(Incident.open("search", "level_shift", 1004, 5020.0), windows=1, score=70.0,
+                    severity="warning", reasons=(reason,))  # fmt: skip
+    alert = Alert.about(shift, kind="level_shift", window=1004, window_start=time.time(), score=70.0,
+                        severity="warning", reasons=[reason], model_version=1, message="search: new normal?")
+    r.hset(keys.incidents, shift.id, json.dumps(shift.to_json()))
+    r.sadd(keys.incidents_open, shift.id)
+    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: {fresh, acked, snoozed, resolved, shift.id} <= set(panel.model.ids), timeout=10_000)
+        assert enabled(panel) == set()  # nothing selected
+        expected = {
+            fresh: {"ack", "snooze", "false_positive", "resolve"},
+            acked: {"snooze", "false_positive", "resolve"},
+            snoozed: {"ack", "snooze", "false_positive", "resolve"},  # snoozed, not acknowledged: still can be
+            resolved: {"false_positive"},  # a closed anomaly can still be found a false positive
+            shift.id: {"ack", "snooze", "resolve", "accept"},
+        }
+        for incident_id, actions in expected.items():
+            panel.select_incident(incident_id)
+            assert enabled(panel) == actions, incident_id
+        panel.select_incident(acked)
+        assert panel.ack_button.toolTip().startswith("Already acknowledged by ops")
+        panel.select_incident(resolved)
+        assert panel.resolve_button.toolTip().startswith("It is resolved: nothing left to resolve")
+        panel.select_incident(snoozed)
+        assert panel.snooze_button.toolTip().startswith("Snoozed until ")  # snoozing again starts from now
+
+        # acknowledged while selected: its button greys out, the others stay
+        panel.select_incident(fresh)
+        panel.ack_button.click()
+        assert enabled(panel) == set()  # while the action is being stored: no second click
+        qtbot.waitUntil(lambda: app.state.incidents.incidents[fresh].state == "acknowledged", timeout=10_000)
+        assert enabled(panel) == {"snooze", "false_positive", "resolve"}
+        # resolved elsewhere (the CLI, the detector) while still selected: the status poll brings it
+        incidents.resolve(r, fresh, "someone else")
+        qtbot.waitUntil(lambda: enabled(panel) == {"false_positive"}, timeout=10_000)
+
+        # an accepted level shift can take nothing more (False positive had been enabled on it)
+        panel.select_incident(shift.id)
+        panel.accept_button.click()
+        qtbot.waitUntil(lambda: app.state.incidents.incidents[shift.id].state == "accepted", timeout=10_000)
+        assert enabled(panel) == set()
+        app.window.incidents.grab().save("/tmp/wtc-incidents-buttons.png")
     finally:
         close_app(qtbot, app)

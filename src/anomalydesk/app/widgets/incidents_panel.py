@@ -12,8 +12,8 @@ after 2 s, then twice as long each time up to 60 s, until one succeeds.
 
 Why this module is long: it is one panel whose parts share one selection — the table model that holds
 its rows still under the pointer and keeps the selection on its incident, its colours, the operator's
-actions and silences, and the details view with the plot that follows an open incident; the plot and
-its follow are the next part to move to a module of their own.
+actions with the rules that enable them, silences, and the details view with the plot that follows an
+open incident; the plot and its follow are the next part to move to a module of their own.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from anomalydesk.app.widgets import theme
 from anomalydesk.app.widgets.live_panel import axis_title
 from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.theme import contrast
-from anomalydesk.detect.incident_model import IncidentState, local_time, score_text
+from anomalydesk.detect.incident_model import Incident, IncidentState, local_time, score_text
 from anomalydesk.fingerprint import FEATURE_INDEX, FEATURES, shown_values
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,14 @@ SEVERITY_COLOUR = {"info": QtGui.QColor(31, 95, 168), "warning": QtGui.QColor(24
 SNOOZE_CHOICES = (("15 minutes", 15 * 60), ("1 hour", 3600), ("until tomorrow", -1))
 SHORTCUTS = {"ack": "Ctrl+Shift+A", "snooze": "Ctrl+Shift+S", "resolve": "Ctrl+Shift+R",
              "false_positive": "Ctrl+Shift+F", "accept": "Ctrl+Shift+W", "next": "Ctrl+Shift+N"}  # fmt: skip
+# what each action does, as its button's tooltip says while the selected incident can take it
+ACTION_TIPS = {"ack": "Someone is on it: escalations are still notified",
+               "snooze": "Mute its notifications for a while (its alerts are still logged)",
+               "false_positive": "Not a real problem: it closes and its windows go back into the next training",
+               "resolve": "Close it by hand",
+               "accept": "This level shift is the service's normal now: the detector re-baselines and the next "
+                         "training learns it"}  # fmt: skip
+_ACTION_VERBS = {"ack": "acknowledge", "snooze": "snooze", "resolve": "resolve", "accept": "accept"}
 SHORTCUT_SNOOZE_SECONDS = 3600  # the snooze shortcut's length (the button's menu offers the others)
 VISIBLE_ROWS = 5  # the table is never shorter than this many rows
 AA_CONTRAST = 4.5  # WCAG 2.x level AA for normal text
@@ -103,6 +111,23 @@ def bounded(points: np.ndarray, window_s: float, limit: int) -> np.ndarray:
     if not head.any():
         return downsample(points, bin_s)
     return np.vstack([downsample(points[head], bin_s), points[~head]])
+
+
+def action_refusal(action: str, incident: Incident, now: float) -> str | None:
+    """Why the operator's `action` does not apply to `incident` at `now`, or None when it does: its button
+    is greyed out with this as its tooltip (the core refuses most of the same, `detect.incidents`)."""
+    state = incident.state_at(now)
+    if action == "false_positive":
+        if incident.kind == "level_shift":  # training ignores the mark for a shift: the decision is `accept`
+            return "A level shift is accepted as the new normal or resolved, not marked a false positive"
+        return "Already marked a false positive" if state is IncidentState.FALSE_POSITIVE else None
+    if state.closed:
+        return f"It is {state.label}: nothing left to {_ACTION_VERBS[action]}"
+    if action == "ack" and incident.acked is not None:
+        return f"Already acknowledged by {incident.acked.by}"
+    if action == "accept" and incident.kind != "level_shift":
+        return "Only a level shift can be accepted as the new normal (mark an anomaly a false positive instead)"
+    return None
 
 
 def _duration(seconds: float) -> str:
@@ -335,6 +360,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
         state.incidents.changed.connect(self._row_changed)
+        self._acting: set[str] = set()  # incidents with an operator's action in flight: their buttons wait
         self.release_delay = QtCore.QTimer(self)  # the pointer left the table: what waited is shown after this
         self.release_delay.setSingleShot(True)
         self.release_delay.setInterval(INCIDENT_HOLD_GRACE_MS)
@@ -361,8 +387,6 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.resolve_button.clicked.connect(lambda: self.run_action("resolve"))
         # a level shift (issue 17): the operator decides whether the new level is the service's normal now
         self.accept_button = QtWidgets.QPushButton("Accept new normal")
-        self.accept_button.setToolTip("This level shift is the service's normal now: the detector re-baselines "
-                                      "and the next training learns it")
         self.accept_button.clicked.connect(lambda: self.run_action("accept"))
         self.status_label = MessageLabel("")
         # at the row's right end, after the message (which elides): showing it moves no button
@@ -380,6 +404,13 @@ class IncidentsPanel(QtWidgets.QWidget):
             buttons.addWidget(w)
         buttons.addWidget(self.status_label, 1)
         buttons.addWidget(self.waiting_hint)
+        self._action_widgets: dict[str, tuple[Any, ...]] = {
+            "ack": (self.ack_button, self.shortcut_actions["ack"]),
+            "snooze": (self.snooze_button, self.shortcut_actions["snooze"], *self.snooze_actions.values()),
+            "false_positive": (self.fp_button, self.shortcut_actions["false_positive"]),
+            "resolve": (self.resolve_button, self.shortcut_actions["resolve"]),
+            "accept": (self.accept_button, self.shortcut_actions["accept"]),
+        }  # fmt: skip
         for watched in (self.table, self.waiting_hint):  # the pointer over either holds the table still
             watched.installEventFilter(self)
 
@@ -470,6 +501,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.details.clear()
         self._drop_detail_plot()
         self.detail_plot.setVisible(False)
+        self._acting.clear()
         self.status_label.setText("")
         self._update_buttons()
 
@@ -557,6 +589,8 @@ class IncidentsPanel(QtWidgets.QWidget):
         inc = self.selected()
         if inc is not None and inc.state is IncidentState.SNOOZED and not inc.incident.snoozed_at(time.time()):
             self._render_details(inc)  # the snooze ran out: the header says so
+        if inc is not None:
+            self._update_buttons()  # a snooze that ran out: its tooltip
         self._follow_if_due()
 
     def _follow_if_due(self) -> None:
@@ -579,15 +613,24 @@ class IncidentsPanel(QtWidgets.QWidget):
         return None if last is None else float(last[0])
 
     def _update_buttons(self) -> None:
+        """Each action's button, menu items and shortcut are enabled only while the selected incident can
+        take it now (`action_refusal`); a greyed-out button says why in its tooltip."""
         inc = self.selected()
-        open_ = inc is not None and not inc.state.closed
-        for w in (self.ack_button, self.snooze_button, self.resolve_button):
-            w.setEnabled(open_)
-        self.fp_button.setEnabled(inc is not None and inc.state != IncidentState.FALSE_POSITIVE)
-        shift = open_ and inc is not None and inc.incident.kind == "level_shift"
-        self.accept_button.setEnabled(shift)
-        if shift:
-            self.fp_button.setEnabled(False)  # a level shift is accepted as the new normal, not a false positive
+        now = time.time()
+        for name, widgets in self._action_widgets.items():
+            if inc is None:
+                why = "Select an incident first"
+            elif inc.incident_id in self._acting:
+                why = "Waiting for the last action on this incident to be stored"
+            else:
+                why = action_refusal(name, inc.incident, now)
+            for widget in widgets:
+                widget.setEnabled(why is None)
+            tip = ACTION_TIPS[name]
+            if why is None and name == "snooze" and inc is not None and inc.incident.snoozed_at(now):
+                state = inc.state_text(now)  # "snoozed until …"
+                tip = f"{state[0].upper()}{state[1:]}: choose a length to snooze it again from now"
+            widgets[0].setToolTip(f"{why or tip} ({SHORTCUTS[name]})")
 
     def _shortcuts(self) -> dict[str, QtGui.QAction]:
         """Window-wide keys for the selected incident (the main window lists them in its Incidents menu)."""
@@ -632,8 +675,16 @@ class IncidentsPanel(QtWidgets.QWidget):
         if inc is None:
             self.status_label.setText("select an incident first")
             return
+        if inc.incident_id in self._acting:
+            return  # a second click while the first is stored (its buttons are greyed out meanwhile)
+        refusal = action_refusal(action, inc.incident, time.time())
+        if refusal is not None:
+            self.status_label.setText(f"{inc.incident_id}: {refusal[0].lower()}{refusal[1:]}")
+            return
         if action == "snooze" and seconds < 0:
             seconds = seconds_until_tomorrow()
+        self._acting.add(inc.incident_id)
+        self._update_buttons()
         self.status_label.setText(f"{action.replace('_', ' ')} {inc.incident_id} …")
         self._apply(action, inc, seconds)
 
@@ -644,11 +695,13 @@ class IncidentsPanel(QtWidgets.QWidget):
         except Exception as err:  # shown to the operator, not swallowed
             self.status_label.setText(f"{action.replace('_', ' ')} failed: {err}")
             return
+        finally:
+            self._acting.discard(inc.incident_id)
+            self._update_buttons()
         row = self.state.incidents.incidents.get(inc.incident_id, inc)
         words = f"{row.incident_id}: {row.state_text()}"
         self.status_label.setText(words)
         self.state.say(words)
-        self._update_buttons()
 
     @asyncSlot()
     async def refresh_silences(self) -> None:
