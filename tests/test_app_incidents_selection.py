@@ -1,6 +1,7 @@
 """The Incidents panel around its selection, as a new user met it (offscreen window, real redis-server):
 rows that moved under the pointer as incidents arrived, so a click landed on the wrong one; action
-buttons enabled for an incident that could not take the action.
+buttons enabled for an incident that could not take the action; a live plot that stayed on another
+service.
 
 Alerts are written the way the detector writes them (`raise_alert`); the pointer is moved with QTest,
 which the offscreen platform turns into the enter and leave events a real pointer makes.
@@ -186,5 +187,38 @@ def test_each_action_button_follows_the_selected_incidents_state(qtbot, qloop, r
         qtbot.waitUntil(lambda: app.state.incidents.incidents[shift.id].state == "accepted", timeout=10_000)
         assert enabled(panel) == set()
         app.window.incidents.grab().save("/tmp/wtc-incidents-buttons.png")
+    finally:
+        close_app(qtbot, app)
+
+
+def test_choosing_an_incident_shows_its_service_in_the_live_plot_without_fighting_the_user(
+        qtbot, qloop, redis_url, r):  # noqa: F811
+    """Selecting an incident left the live plot on another service. It follows each choice of an incident,
+    and only that: a service the user then picks in the live panel stays, whatever the incident does."""
+    r.sadd(Keys().services, "orders", "payments", "users")
+    orders = raise_alert(r, "orders", 1000)["incident_id"]
+    payments = raise_alert(r, "payments", 1001)["incident_id"]
+    app = open_app(qtbot, redis_url)
+    try:
+        panel, live = app.window.incidents, app.window.live
+        qtbot.waitUntil(lambda: {orders, payments} <= set(panel.model.ids), timeout=10_000)
+        qtbot.waitUntil(lambda: live.service_box.findText("users") >= 0, timeout=10_000)
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=10_000)
+        live.service_box.setCurrentText("users")
+        panel.select_incident(payments)
+        assert live.service == "payments"
+        panel.select_incident(orders)
+        assert live.service == "orders"
+
+        live.service_box.setCurrentText("users")  # the user looks at another service
+        panel.ack_button.click()  # the selected incident changes …
+        qtbot.waitUntil(lambda: app.state.incidents.incidents[orders].state == "acknowledged", timeout=10_000)
+        newest = raise_alert(r, "inventory", 1002)["incident_id"]  # … and a new one moves its row down
+        qtbot.waitUntil(lambda: newest in panel.model.ids, timeout=10_000)
+        qtbot.wait(1_200)  # a tick of the panel's clock and a status poll
+        assert panel.selected().incident_id == orders and live.service == "users"
+
+        panel.select_incident(payments)  # another choice: followed again
+        assert live.service == "payments"
     finally:
         close_app(qtbot, app)

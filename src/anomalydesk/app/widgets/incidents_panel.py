@@ -334,6 +334,8 @@ class IncidentsPanel(QtWidgets.QWidget):
     INCIDENT_HOLD_GRACE_MS.
     """
 
+    incident_chosen = QtCore.Signal(object)  # IncidentRow: the selection moved to it (a refresh that kept it is not)
+
     def __init__(self, state: AppState, actions: Any, parent: QtWidgets.QWidget | None = None):
         super().__init__(parent)
         self.state = state
@@ -360,6 +362,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.clock.timeout.connect(self._tick)
         self.clock.start()
         state.incidents.changed.connect(self._row_changed)
+        self._selected_id: str | None = None  # the incident chosen last (`incident_chosen`)
         self._acting: set[str] = set()  # incidents with an operator's action in flight: their buttons wait
         self.release_delay = QtCore.QTimer(self)  # the pointer left the table: what waited is shown after this
         self.release_delay.setSingleShot(True)
@@ -501,6 +504,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.details.clear()
         self._drop_detail_plot()
         self.detail_plot.setVisible(False)
+        self._selected_id = None
         self._acting.clear()
         self.status_label.setText("")
         self._update_buttons()
@@ -571,8 +575,13 @@ class IncidentsPanel(QtWidgets.QWidget):
         return True
 
     def _selection_changed(self, *_args: object) -> None:
-        self._update_buttons()
         inc = self.selected()
+        chosen = None if inc is None else inc.incident_id
+        if chosen != self._selected_id:
+            self._selected_id = chosen
+            if inc is not None:
+                self.incident_chosen.emit(inc)
+        self._update_buttons()
         if inc is not None:
             self.show_details(inc)
 

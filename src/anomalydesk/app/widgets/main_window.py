@@ -15,7 +15,7 @@ from PySide6 import QtCore, QtGui, QtWidgets
 from anomalydesk import config
 from anomalydesk.app.model import settings as settings_mod
 from anomalydesk.app.model.settings import AppSettings
-from anomalydesk.app.model.state import AppState
+from anomalydesk.app.model.state import AppState, IncidentRow
 from anomalydesk.app.services import autostart
 from anomalydesk.app.services.range_history import RangeLoader
 from anomalydesk.app.widgets import wheel_guard
@@ -116,6 +116,7 @@ class MainWindow(QtWidgets.QMainWindow):
         self.banner_placement = FloatingPlacement(self.banner, self.live.graphics)
 
         self.incidents = IncidentsPanel(state, actions)
+        self.incidents.incident_chosen.connect(self._show_service_of)
         self.connection = ConnectionPanel(state, settings, reconnect or (lambda: None))
         self.sketches = SketchesPanel(state, actions)
         self.demo = DemoPanel(state, actions, settings)
@@ -272,6 +273,11 @@ class MainWindow(QtWidgets.QMainWindow):
         if incident_id and self.incidents.select_incident(incident_id):
             inc = self.state.incidents.incidents[incident_id]
             self.live.select_service(inc.service)
+
+    def _show_service_of(self, row: IncidentRow) -> None:
+        """The live plot shows the chosen incident's service: once per choice (`incident_chosen`), never on a
+        refresh that keeps the selection, so a service the user then picks in the live panel stays picked."""
+        self.live.select_service(row.service)
 
     def show_panel(self, name: str) -> None:
         """Bring up a dock ("incidents", "training", "connection", …), shown and in front of its tabs."""
