@@ -1,7 +1,7 @@
 """The Incidents panel around its selection, as a new user met it (offscreen window, real redis-server):
 rows that moved under the pointer as incidents arrived, so a click landed on the wrong one; action
 buttons enabled for an incident that could not take the action; a live plot that stayed on another
-service.
+service; a message beside the buttons about an incident no longer selected.
 
 Alerts are written the way the detector writes them (`raise_alert`); the pointer is moved with QTest,
 which the offscreen platform turns into the enter and leave events a real pointer makes.
@@ -220,5 +220,49 @@ def test_choosing_an_incident_shows_its_service_in_the_live_plot_without_fightin
 
         panel.select_incident(payments)  # another choice: followed again
         assert live.service == "payments"
+    finally:
+        close_app(qtbot, app)
+
+
+def test_the_message_beside_the_buttons_belongs_to_the_selected_incident(qtbot, qloop, redis_url, r):  # noqa: F811
+    """"acknowledged A" stayed beside the buttons after selecting B, and long after. The message now says
+    what happened to the selected incident only: it goes when the selection moves, when the incident
+    leaves the state it confirmed, and after a while; the status bar still tells every action."""
+    a = raise_alert(r, "orders", 1000)["incident_id"]
+    b = raise_alert(r, "payments", 1001)["incident_id"]
+    app = open_app(qtbot, redis_url)
+    try:
+        window, panel = app.window, app.window.incidents
+        label = panel.status_label
+        qtbot.waitUntil(lambda: {a, b} <= set(panel.model.ids), timeout=10_000)
+        panel.select_incident(a)
+        panel.ack_button.click()
+        assert label.text() == f"ack {a} …"
+        qtbot.waitUntil(lambda: label.text() == f"{a}: acknowledged", timeout=10_000)
+        panel.select_incident(b)
+        assert label.text() == ""  # not about B
+        panel.select_incident(a)
+        assert label.text() == ""  # the header says A's state; the old confirmation does not come back
+
+        # B acknowledged, then A selected before the action is stored: the status bar says it, not the label
+        panel.select_incident(b)
+        panel.ack_button.click()
+        panel.select_incident(a)
+        qtbot.waitUntil(lambda: window.status.currentMessage() == f"{b}: acknowledged", timeout=10_000)
+        assert label.text() == ""
+
+        # a confirmation goes once the incident leaves the state it names (resolved elsewhere)
+        panel.snooze_actions["15 minutes"].trigger()
+        qtbot.waitUntil(lambda: label.text().startswith(f"{a}: snoozed until "), timeout=10_000)
+        incidents.resolve(r, a, "someone else")
+        qtbot.waitUntil(lambda: app.state.incidents.incidents[a].state == "resolved", timeout=10_000)
+        assert label.text() == ""
+
+        # and after a while, whatever happens
+        panel.message_seconds = 0.3
+        panel.select_incident(b)
+        panel.fp_button.click()
+        qtbot.waitUntil(lambda: label.text() == f"{b}: false positive", timeout=10_000)
+        qtbot.waitUntil(lambda: label.text() == "", timeout=5_000)
     finally:
         close_app(qtbot, app)

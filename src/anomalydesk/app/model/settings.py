@@ -46,6 +46,7 @@ INCIDENT_ROWS_MAX = 2_000  # the incidents table keeps at most this many inciden
 # the incidents table holds still while the pointer is over it; once the pointer has been away this long,
 # what arrived meanwhile is shown (a pointer on its way to the "N new incidents" hint crosses a gap)
 INCIDENT_HOLD_GRACE_MS = 300
+INCIDENT_MESSAGE_SECONDS = 15.0  # a confirmation beside the incident buttons goes after this (as in the status bar)
 CATCHUP_MAX_ALERTS = 5_000
 SILENT_FINGERPRINT_WARN_WINDOWS = 3  # warn when no fingerprint arrived for this many windows
 TRAIN_PROGRESS_MIN_INTERVAL = 0.1  # seconds between progress updates marshalled to the GUI

@@ -12,8 +12,9 @@ after 2 s, then twice as long each time up to 60 s, until one succeeds.
 
 Why this module is long: it is one panel whose parts share one selection — the table model that holds
 its rows still under the pointer and keeps the selection on its incident, its colours, the operator's
-actions with the rules that enable them, silences, and the details view with the plot that follows an
-open incident; the plot and its follow are the next part to move to a module of their own.
+actions with the rules that enable them and the message about the selected incident, silences, and the
+details view with the plot that follows an open incident; the plot and its follow are the next part to
+move to a module of their own.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from anomalydesk.app.model.settings import (
     DETAIL_RETRY_CAP_SECONDS,
     DETAIL_RETRY_FIRST_SECONDS,
     INCIDENT_HOLD_GRACE_MS,
+    INCIDENT_MESSAGE_SECONDS,
 )
 from anomalydesk.app.model.state import AppState, IncidentRow, IncidentsState
 from anomalydesk.app.services.range_history import bin_width, downsample
@@ -331,7 +333,7 @@ class IncidentsPanel(QtWidgets.QWidget):
     The table holds still while the pointer is over it (`IncidentsModel.hold`), so a click lands on the
     row it was aimed at; a hint under it counts the incidents that arrived meanwhile (notified at once all
     the same) and shows them when clicked, else they are shown once the pointer has left for
-    INCIDENT_HOLD_GRACE_MS.
+    INCIDENT_HOLD_GRACE_MS. The message beside the buttons belongs to the selected incident.
     """
 
     incident_chosen = QtCore.Signal(object)  # IncidentRow: the selection moved to it (a refresh that kept it is not)
@@ -391,7 +393,16 @@ class IncidentsPanel(QtWidgets.QWidget):
         # a level shift (issue 17): the operator decides whether the new level is the service's normal now
         self.accept_button = QtWidgets.QPushButton("Accept new normal")
         self.accept_button.clicked.connect(lambda: self.run_action("accept"))
+        # what the last action did, or why it failed, about the incident `_message_about` names (None: the
+        # panel, e.g. silences): cleared when the selection moves, when the incident leaves the state a
+        # confirmation named (`_message_confirms`), and a confirmation after `message_seconds`
         self.status_label = MessageLabel("")
+        self._message_about: str | None = None
+        self._message_confirms: IncidentState | None = None
+        self.message_seconds = INCIDENT_MESSAGE_SECONDS
+        self.message_expiry = QtCore.QTimer(self)
+        self.message_expiry.setSingleShot(True)
+        self.message_expiry.timeout.connect(self._clear_message)
         # at the row's right end, after the message (which elides): showing it moves no button
         self.waiting_hint = QtWidgets.QToolButton()
         self.waiting_hint.setAutoRaise(True)
@@ -497,6 +508,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.clock.stop()
         self.follow_retry.stop()
         self.release_delay.stop()
+        self.message_expiry.stop()
 
     def forget(self) -> None:
         """Show the (emptied) incidents state afresh: the app switched servers."""
@@ -506,7 +518,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.detail_plot.setVisible(False)
         self._selected_id = None
         self._acting.clear()
-        self.status_label.setText("")
+        self._clear_message()
         self._update_buttons()
 
     # --- the table holds still under the pointer ----------------------------------------------
@@ -557,6 +569,31 @@ class IncidentsPanel(QtWidgets.QWidget):
         else:
             bar.setValue(bar.value() + self.table.rowViewportPosition(row) - y)
 
+    # --- the message beside the buttons -------------------------------------------------------
+    def _tell(self, text: str, about: str | None = None, *, lasting: bool = False,
+              confirms: IncidentState | None = None) -> None:  # fmt: skip
+        """Show `text` beside the buttons, about the incident `about` (None: about the panel); it goes after
+        `message_seconds` unless `lasting` (an error, an action under way), and when the incident leaves
+        the state it `confirms`."""
+        self.status_label.setText(text)
+        self._message_about = about
+        self._message_confirms = confirms
+        if lasting:
+            self.message_expiry.stop()
+        else:
+            self.message_expiry.start(round(self.message_seconds * 1000))
+
+    def _clear_message(self) -> None:
+        self.message_expiry.stop()
+        self.status_label.setText("")
+        self._message_about = self._message_confirms = None
+
+    def _drop_stale_message(self, inc: IncidentRow) -> None:
+        """A confirmation of a state `inc` has left since (the detector resolved it, a snooze ran out) goes."""
+        confirms, about = self._message_confirms, self._message_about
+        if confirms is not None and about == inc.incident_id and inc.incident.state_at(time.time()) is not confirms:
+            self._clear_message()
+
     # --- selection ----------------------------------------------------------------------------
     def selected(self) -> IncidentRow | None:
         """The selected incident, if any."""
@@ -579,6 +616,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         chosen = None if inc is None else inc.incident_id
         if chosen != self._selected_id:
             self._selected_id = chosen
+            self._clear_message()  # it was about the incident selected before, or about none
             if inc is not None:
                 self.incident_chosen.emit(inc)
         self._update_buttons()
@@ -586,10 +624,11 @@ class IncidentsPanel(QtWidgets.QWidget):
             self.show_details(inc)
 
     def _row_changed(self, row: IncidentRow) -> None:
-        """A shown incident changed (an action, the detector): its details header follows."""
+        """A shown incident changed (an action, the detector): its details header, buttons and message follow."""
         if self.selected() is row:
             self._render_details(row)
             self._update_buttons()
+            self._drop_stale_message(row)
             if self._detail_region is not None:  # the detector extended it: its span on the plot too
                 self._detail_region.setRegion((row.start, row.last + 1))
 
@@ -600,6 +639,7 @@ class IncidentsPanel(QtWidgets.QWidget):
             self._render_details(inc)  # the snooze ran out: the header says so
         if inc is not None:
             self._update_buttons()  # a snooze that ran out: its tooltip
+            self._drop_stale_message(inc)
         self._follow_if_due()
 
     def _follow_if_due(self) -> None:
@@ -674,7 +714,7 @@ class IncidentsPanel(QtWidgets.QWidget):
             if inc is not None and inc.incident.state_at(now) in (IncidentState.OPEN, IncidentState.ACKNOWLEDGED):
                 self.select_incident(inc.incident_id)
                 return inc
-        self.status_label.setText("no incident needs attention")
+        self._tell("no incident needs attention")
         return None
 
     # --- actions ------------------------------------------------------------------------------
@@ -682,35 +722,41 @@ class IncidentsPanel(QtWidgets.QWidget):
         """Apply an operator action to the incident selected now (at the click, not when the task runs)."""
         inc = self.selected()
         if inc is None:
-            self.status_label.setText("select an incident first")
+            self._tell("select an incident first")
             return
         if inc.incident_id in self._acting:
             return  # a second click while the first is stored (its buttons are greyed out meanwhile)
         refusal = action_refusal(action, inc.incident, time.time())
         if refusal is not None:
-            self.status_label.setText(f"{inc.incident_id}: {refusal[0].lower()}{refusal[1:]}")
+            self._tell(f"{inc.incident_id}: {refusal[0].lower()}{refusal[1:]}", inc.incident_id)
             return
         if action == "snooze" and seconds < 0:
             seconds = seconds_until_tomorrow()
         self._acting.add(inc.incident_id)
         self._update_buttons()
-        self.status_label.setText(f"{action.replace('_', ' ')} {inc.incident_id} …")
+        self._tell(f"{action.replace('_', ' ')} {inc.incident_id} …", inc.incident_id, lasting=True)
         self._apply(action, inc, seconds)
 
     @asyncSlot()
     async def _apply(self, action: str, inc: IncidentRow, seconds: float) -> None:
+        """Store the action; what it did is said in the status bar, and beside the buttons while the
+        incident is still the one selected (the operator may have moved on meanwhile)."""
         try:
             await self.actions.incident_action(action, inc.incident_id, seconds)
         except Exception as err:  # shown to the operator, not swallowed
-            self.status_label.setText(f"{action.replace('_', ' ')} failed: {err}")
+            words = f"{inc.incident_id}: {action.replace('_', ' ')} failed: {err}"
+            self.state.say(words)
+            if self._selected_id == inc.incident_id:
+                self._tell(words, inc.incident_id, lasting=True)
             return
         finally:
             self._acting.discard(inc.incident_id)
             self._update_buttons()
         row = self.state.incidents.incidents.get(inc.incident_id, inc)
         words = f"{row.incident_id}: {row.state_text()}"
-        self.status_label.setText(words)
         self.state.say(words)
+        if self._selected_id == row.incident_id:
+            self._tell(words, row.incident_id, confirms=row.incident.state_at(time.time()))
 
     @asyncSlot()
     async def refresh_silences(self) -> None:
@@ -718,7 +764,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         try:
             silences = await self.actions.silences()
         except Exception as err:
-            self.status_label.setText(f"silences: {err}")
+            self._tell(f"silences: {err}", lasting=True)
             return
         self.silence_list.clear()
         for s in silences:
@@ -732,11 +778,11 @@ class IncidentsPanel(QtWidgets.QWidget):
             silence = await self.actions.add_silence(
                 self.silence_pattern.text().strip(), self.silence_hours.value() * 3600, self.silence_reason.text())
         except Exception as err:
-            self.status_label.setText(f"silence not added: {err}")
+            self._tell(f"silence not added: {err}", lasting=True)
             return
         self.silence_reason.clear()
         words = f"silence added: {silence.pattern} muted until {local_time(silence.end)}"
-        self.status_label.setText(words)
+        self._tell(words)
         self.state.say(words)
         self.refresh_silences()
 
@@ -749,10 +795,10 @@ class IncidentsPanel(QtWidgets.QWidget):
         try:
             await self.actions.remove_silence(item.data(QtCore.Qt.ItemDataRole.UserRole))
         except Exception as err:
-            self.status_label.setText(f"silence not removed: {err}")
+            self._tell(f"silence not removed: {err}", lasting=True)
             return
         words = f"silence removed: {pattern} notifies again"
-        self.status_label.setText(words)
+        self._tell(words)
         self.state.say(words)
         self.refresh_silences()
 
@@ -824,7 +870,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         finally:
             self._detail_following = False
         if self.follow_backoff != DETAIL_RETRY_FIRST_SECONDS:
-            self.status_label.setText("details plot: following new windows again")
+            self._tell("details plot: following new windows again", inc.incident_id)
         self.follow_backoff = DETAIL_RETRY_FIRST_SECONDS
         if self._detail_region is not None:
             self._detail_region.setRegion((inc.start, inc.last + 1))
@@ -847,7 +893,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.follow_retry.start(round(delay * 1000))
         reason = str(err) or type(err).__name__
         words = f"details plot: reading new windows failed ({reason}); trying again in {delay:g} s"
-        self.status_label.setText(words)
+        self._tell(words, self._selected_id, lasting=True)  # the plot is the selected incident's
         if first:
             self.state.say(words)
         log.info("%s", words)
@@ -874,7 +920,8 @@ class IncidentsPanel(QtWidgets.QWidget):
         try:
             rows, normal = await self.actions.normal_window(inc.service, *self._detail_span(inc))
         except Exception as err:
-            self.status_label.setText(f"details: {err}")
+            if generation == self._detail_generation:  # still the plot of the incident selected
+                self._tell(f"details: {err}", inc.incident_id, lasting=True)
             return
         if self.selected() is not inc or rows.size == 0 or generation != self._detail_generation:
             return
