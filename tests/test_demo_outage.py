@@ -38,3 +38,30 @@ def test_demo_traffic_waits_through_an_outage_and_resumes(tmp_path: Path) -> Non
         demo.stop()
         client.close()
         server.stop()
+
+
+def test_demo_stopped_during_an_outage_is_no_error_and_records_its_stop_once_redis_is_back(tmp_path: Path) -> None:
+    """Stop pressed while Redis was away failed the demo ("network:ConnectionError": recording the stop
+    raised), and the silence after Redis came back read as a gap: "no service sent anything"."""
+    from anomalydesk.store import traffic_stops
+
+    server = RedisServer(tmp_path / "redis")
+    client = server.client(socket_timeout=2, socket_connect_timeout=1)
+    demo = DemoTraffic(client, rate=300, services=2)
+    try:
+        demo.start()
+        _wait(lambda: admin.status(client)["events_total"] > 0, 20, "the first events")
+        server.stop()
+        _wait(lambda: bool(demo.outage), 30, "the demo to notice the outage")
+        demo.stop()
+        assert not demo.running and demo.error is None, demo.error
+        assert demo.stop_pending and demo.summary()["error"] is None
+        server.start()
+        _wait(lambda: not demo.stop_pending, 30, "the stop to be recorded")
+        stops = traffic_stops.read(client)
+        assert set(stops) == set(demo.services)
+        assert all(stop.resumed is None and stop.since <= demo.stopped_at for stop in stops.values()), stops
+    finally:
+        demo.stop()
+        client.close()
+        server.stop()

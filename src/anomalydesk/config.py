@@ -106,6 +106,7 @@ DEMO_FAST_CHUNK_SECONDS = 300  # at most this many simulated seconds per step (w
 DEMO_FAST_CHUNK_EVENTS = 200_000  # … and about at most this many events (high rates: shorter steps)
 DEMO_TICK_SECONDS = 0.1  # live mode: one numpy batch per service per tick
 DEMO_HANDOVER_SECONDS = 0.3  # live mode starts no later than this before a window boundary (or a quarter window)
+DEMO_STOP_RECORD_PATIENCE_SECONDS = 600.0  # stopped in an outage: the stop is recorded once Redis is back, till then
 DEMO_WINDOW_REFRESH_SECONDS = 1.0  # live mode re-reads the window length this often (`setup --window … --force`)
 DEMO_OUTAGE_RETRY_SECONDS = 0.25  # live demo traffic waits this long (doubling) while Redis is unreachable …
 DEMO_OUTAGE_RETRY_MAX_SECONDS = 5.0  # … up to this

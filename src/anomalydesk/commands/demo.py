@@ -114,6 +114,9 @@ def _live(args: argparse.Namespace) -> dict[str, Any]:
         r.close()
     if demo.error is not None:
         raise CommandError(f"demo traffic stopped: {demo.error}")
+    if demo.stop_pending:  # (the recording thread dies with this process)
+        print("demo: Redis is unreachable: the stop is not recorded, so its silence may open a gap incident",
+              file=sys.stderr, flush=True)  # fmt: skip
     return {**demo.summary(), "backfill": history} if history else demo.summary()
 
 

@@ -111,6 +111,7 @@ class DemoTraffic:
         self.stopped_at: float | None = None
         self.error: BaseException | None = None  # why the thread stopped, when it failed
         self.outage = ""  # while Redis is unreachable: why (the thread waits and resumes)
+        self.stop_pending = False  # stopped during an outage: the stop is recorded once Redis is back
         # each change of the window length followed: {"at" (epoch seconds), "window_seconds", "was"}
         self.window_changes: list[dict[str, float]] = []
 
@@ -313,7 +314,12 @@ class DemoTraffic:
                 elif pause > 0:
                     self._stop.wait(pause)
             ended = last
-            whole = end is None and not self.outage
+            if self.outage:
+                # stopped while Redis is away: what is buffered cannot be written, and a stop is no error;
+                # it is recorded once Redis answers again, so the silence after it is no gap then either
+                self._record_stop_when_back(ended)
+                return
+            whole = end is None
             if whole:
                 self._follow_window_length(last)  # (a change of the last second: the stop begins at a boundary)
                 # stopped by stop(): the rest of the current window at once, so the last window is whole
@@ -351,6 +357,30 @@ class DemoTraffic:
         if now >= first and (now >= first + self.window_s or self._window_has_data(first)):
             since = (math.floor(now / self.window_s) + 1) * self.window_s
             traffic_stops.record(self._r, self.services, since, keys=self.keys)
+
+    def _record_stop_when_back(self, since: float) -> None:
+        """Record the stop at `since` (the last traffic Redis took) as soon as Redis answers, trying for
+        `config.DEMO_STOP_RECORD_PATIENCE_SECONDS` from a daemon thread (the demo's own thread ends now:
+        Stop must not wait for the outage). `stop_pending` is True until it is recorded."""
+        log.warning("demo traffic stopped while Redis is unreachable: its stop is recorded once Redis is back")
+        self.stop_pending = True
+
+        def record() -> None:
+            assert self._r is not None
+            deadline = time.monotonic() + config.DEMO_STOP_RECORD_PATIENCE_SECONDS
+            while time.monotonic() < deadline:
+                try:
+                    traffic_stops.record(self._r, self.services, since, keys=self.keys)
+                except (redis.ConnectionError, redis.TimeoutError):
+                    time.sleep(config.DEMO_OUTAGE_RETRY_SECONDS)
+                    continue
+                self.stop_pending = False
+                log.info("Redis is back: the demo's stop is recorded")
+                return
+            log.warning("Redis stayed unreachable: the demo's stop was not recorded, and its silence may "
+                        "open a gap incident")  # fmt: skip
+
+        threading.Thread(target=record, name="demo-stop-record", daemon=True).start()
 
     def _follow_window_length(self, at: float) -> None:
         """Re-read the window length, as the detector does each refresh (`setup --window … --force`
