@@ -267,9 +267,55 @@ def test_cli_false_positive_says_what_it_does_to_training(r: redis.Redis, redis_
 def test_cli_list_shows_the_score_in_whole_points_rounded_down() -> None:
     """`incidents list` prints a score as the app does (`score_text`): 99.99 is 99, never a rounded 100,
     and 69.6 is 69."""
-    from anomalydesk.commands.incidents import _row
+    from anomalydesk.commands.incidents import _table
 
     for score, shown in ((99.99, "99"), (69.6, "69"), (88.0, "88")):
         incident = replace(Incident.open("payments", "anomaly", 100, 500.0), score=score, severity=Severity.CRITICAL)
-        line = _row(incident, time.time())
+        (line,) = _table([incident], time.time())
         assert f" critical {shown:>5}  " in line, line
+
+
+def test_cli_list_lines_up_every_state_and_json_is_unchanged(r: redis.Redis, redis_url: str) -> None:
+    """A new user snoozed an incident and `incidents list` fell out of line: "snoozed until 2026-01-31
+    23:00:00 CET" is wider than the state column was (14 characters), and so is "accepted as new
+    normal". Every column is as wide as its widest cell now: severity, score, start and window count
+    begin at the same place in every row, whatever the state; `--json` is the records, as before."""
+    import re
+
+    from anomalydesk.detect.incident_model import IncidentState
+
+    states = {"payments": "open", "orders": "ack", "users": "snooze", "gateway": "false-positive",
+              "inventory": "accept", "svc-6": "resolve"}  # fmt: skip
+    ids = {}
+    for n, (service, action) in enumerate(states.items()):
+        if action == "accept":  # a level shift, stored as the detector stores one
+            incident = replace(Incident.open(service, "level_shift", 400, 2000.0), severity=Severity.WARNING,
+                               score=75.0, windows=3)  # fmt: skip
+            r.hset(K.incidents, incident.id, json.dumps(incident.to_json()))
+            r.sadd(K.incidents_open, incident.id)
+        else:
+            incident = open_incident(r, service, 100 + 10 * n, 104 + 10 * n)
+        ids[service] = incident.id
+        if action != "open":
+            done = cli(redis_url, "incidents", action, incident.id, *(["2h"] if action == "snooze" else []))
+            assert done.returncode == 0, done.stderr
+    listed = cli(redis_url, "incidents", "list", "--all")
+    assert listed.returncode == 0, listed.stderr
+    lines = {line.split(" ", 1)[0]: line for line in listed.stdout.splitlines()}
+    assert sorted(lines) == sorted(ids.values()), listed.stdout
+    labels = {"open": "open", "ack": "acknowledged", "snooze": "snoozed until ", "resolve": "resolved",
+              "false-positive": IncidentState.FALSE_POSITIVE.label, "accept": IncidentState.ACCEPTED.label}  # fmt: skip
+    for service, action in states.items():
+        assert labels[action] in lines[ids[service]], lines[ids[service]]
+    # where the columns after the state begin (the severity, the start time: the last time in the row, a
+    # snooze's end comes before it) and where the window count (right-aligned) ends: the same in every row
+    for pattern in (r" warning ", r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d"):
+        starts = {[m.start() for m in re.finditer(pattern, line)][-1] for line in lines.values()}
+        assert len(starts) == 1, (pattern, listed.stdout)
+    assert len({re.search(r" win\b", line).end() for line in lines.values()}) == 1, listed.stdout
+
+    as_json = cli(redis_url, "incidents", "list", "--all", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    stored = {i.id: i.to_json() for i in inc.list_incidents(r, open_only=False)}
+    assert {i["id"]: i for i in json.loads(as_json.stdout)["incidents"]} == stored
+    assert set(stored) == set(ids.values())

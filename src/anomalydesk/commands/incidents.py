@@ -60,16 +60,35 @@ def _when(text: str, flag: str) -> float:
     return moment.timestamp()
 
 
-def _row(i: Incident, now: float) -> str:
-    """One line of `incidents list`: the state in the app's words (one source: `Incident.state_text`),
-    times in the local zone with its name (`local_time`, as the app shows them)."""
+# `incidents list`'s columns: at least these widths (the usual output keeps its shape), wider when a
+# cell is ("snoozed until 2026-01-31 23:00:00 CEST", "accepted as new normal", a long service name)
+_MIN_WIDTHS = (28, 14, 8, 5, 0, 8)
+
+
+def _cells(i: Incident, now: float) -> tuple[str, ...]:
+    """One incident's cells: id, state, severity, score, start, windows, then its first reason and marks."""
     from anomalydesk.detect.incident_model import local_time, score_text
 
     marks = i.marks_text(now)  # "[acked, silenced]", as the app's state column and details header show them
     first = i.reasons[0].get("text", "") if i.reasons else ""
-    return (f"{i.id:<28} {i.state_text(now):<14} {i.severity:<8} {score_text(i.score):>5}  "
-            f"{local_time(i.start_epoch)}  {i.windows:>4} win  {first}"
-            f"{'  ' + marks if marks else ''}")  # fmt: skip
+    return (i.id, i.state_text(now), str(i.severity), score_text(i.score), local_time(i.start_epoch),
+            f"{i.windows} win", f"{first}{'  ' + marks if marks else ''}")  # fmt: skip
+
+
+def _table(incidents: list[Incident], now: float) -> list[str]:
+    """The lines of `incidents list`: the state in the app's words (one source: `Incident.state_text`),
+    times in the local zone with its name (`local_time`, as the app shows them), each column as wide as
+    its widest cell so every row lines up whatever its state (a snooze's end made the state wider than
+    its column and pushed the rest of that row out of line)."""
+    rows = [_cells(i, now) for i in incidents]
+    widths = [max([len(row[c]) for row in rows] + [least]) for c, least in enumerate(_MIN_WIDTHS)]
+    aligned = ("<", "<", "<", ">", "<", ">")  # the score and the window count right-aligned
+    lines = []
+    for row in rows:
+        id_, state, severity, score, start, windows = (f"{cell:{a}{w}}" for cell, a, w
+                                                       in zip(row[:6], aligned, widths, strict=True))  # fmt: skip
+        lines.append(f"{id_} {state} {severity} {score}  {start}  {windows}  {row[6]}".rstrip())
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             found = inc.list_incidents(r, open_only=not args.all, service=args.service)
             none = "no open incidents" if not args.all else "no incidents"
             now = time.time()
-            text = "\n".join(_row(i, now) for i in found)
+            text = "\n".join(_table(found, now))
             emit(args, {"incidents": [i.to_json() for i in found]}, text or none)
             return 0
         if args.action == "silences":
