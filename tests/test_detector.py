@@ -239,6 +239,42 @@ def test_quick_end_to_end_demo_fault_becomes_an_incident_with_the_right_reason(r
     assert stored[opened[0]["window"]].score == opened[0]["score"] and stored[opened[0]["window"]].anomalous
 
 
+def test_rare_errors_of_a_healthy_service_read_usually_0_not_0_normal(r: redis.Redis) -> None:
+    """A healthy service has a 5xx in one window of 8: its training median and IQR are 0, and an error
+    burst read "5xx ratio 20% vs 0% normal" — as if it never had an error. Trained from the stream, stored
+    in the registry, loaded and scored by the detector, the alert now says how often it was not 0."""
+    import numpy as np
+
+    from anomalydesk.detect.service_state import decode_model, score_window
+    from anomalydesk.detect.train import TrainParams
+    from anomalydesk.detect.training_run import train_service
+
+    rng = np.random.default_rng(3)
+
+    def healthy(window: int, rate_5xx: float) -> None:
+        add_window(r, "payments", window, requests=float(rng.integers(240, 260)), rate_5xx=rate_5xx,
+                   rate_4xx=0.02 + rng.normal(0, 0.002), latency_p50_ms=40 + rng.normal(0, 2),
+                   latency_p95_ms=150 + rng.normal(0, 5), latency_p99_ms=210 + rng.normal(0, 8),
+                   latency_mean_ms=55 + rng.normal(0, 2), endpoints_distinct=12,
+                   top_endpoint_share=0.25 + rng.normal(0, 0.01), endpoint_entropy=3 + rng.normal(0, 0.05))  # fmt: skip
+
+    first = 1_000_000
+    for i in range(400):
+        healthy(first + i, 0.004 if i % 8 == 0 else 0.0)
+    outcome = train_service(r, "payments", params=TrainParams(trees=30))
+    assert outcome.version == 1, outcome.skipped
+    det = Detector(r, scorer=score_window, decode=decode_model, seal=False, block_ms=10)
+    drain(det)
+    for i in range(400, 410):
+        healthy(first + i, 0.2 if i >= 406 else 0.0)
+    drain(det)
+    opened = [a for a in alerts(r) if a["kind"] == "new"]
+    assert opened, alerts(r)
+    top = opened[0]["reasons"][0]
+    assert top["feature"] == "rate_5xx" and top["expected"] == 0.0, top
+    assert top["text"] == "5xx ratio 20% vs usually 0% (non-zero in 12.5% of training windows)", top
+
+
 def test_a_connection_lost_before_the_commit_retries_that_window_before_newer_ones(r: redis.Redis) -> None:
     registry.save(r, "payments", json.dumps({"limit": 200}), {"windows": 100})
     flow = [100, 300, 300, 900, 100, 100, 100]

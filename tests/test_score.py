@@ -268,14 +268,29 @@ def test_a_normal_of_zero_reads_as_the_usual_range_when_most_windows_are_not_zer
     assert top["text"] == f"5xx ratio 12% vs 0–{format_ratio(upper)} normal"
 
 
-def test_a_truly_zero_normal_still_reads_zero() -> None:
-    """A ratio that is 0 in (nearly) every training window is 0 normal, and says so."""
+def test_a_mostly_zero_normal_says_how_often_it_is_not_zero() -> None:
+    """A ratio 0 in at least three quarters of its training windows has a median and an IQR of 0: it read
+    "0% normal", as if a healthy service never had an error. It reads "usually 0%" with how many of the
+    training windows were not 0; one 0 in every training window reads "0% normal"; a model trained
+    before that share was kept (no `feature_nonzero_share`) says "usually 0%"."""
+    from dataclasses import replace
+
     X = _fingerprints(1200, seed=40)
     X[:, FEATURE_INDEX["rate_5xx"]] = 0.0
     X[::50, FEATURE_INDEX["rate_5xx"]] = 0.005  # a rare error: the upper quartile is still 0
     clean = train(X, TrainParams(trees=60))
+    assert clean.metadata["feature_nonzero_share"]["rate_5xx"] == 0.02
     rows = _fingerprints(clean.context_rows, seed=41)
     rows[:, FEATURE_INDEX["rate_5xx"]] = 0.0
     rows[-1, FEATURE_INDEX["rate_5xx"]] = 0.12
     result = score(clean, rows)
+    assert result.anomalous
+    assert result.reasons[0]["text"] == "5xx ratio 12% vs usually 0% (non-zero in 2% of training windows)"
+    assert result.reasons[0]["expected"] == 0.0
+    older = replace(clean, metadata={k: v for k, v in clean.metadata.items() if k != "feature_nonzero_share"})
+    assert score(older, rows).reasons[0]["text"] == "5xx ratio 12% vs usually 0%"
+
+    X[:, FEATURE_INDEX["rate_5xx"]] = 0.0  # never an error in training
+    never = train(X, TrainParams(trees=60))
+    result = score(never, rows)
     assert result.anomalous and result.reasons[0]["text"] == "5xx ratio 12% vs 0% normal"

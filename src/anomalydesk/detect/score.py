@@ -18,7 +18,8 @@ range it fluctuates over: "p50 latency averaged 24.6 ms vs 25.2 ms normal" or "e
 fluctuating: 2.5 bits to 2.6 bits" during an error burst are many IQRs of a steady metric, and no news.
 Values are written by `fingerprint.format_value` (a value that is not 0 never reads as 0); a normal of 0
 that the middle half of the training windows lies above reads as that range ("5xx ratio 12% vs 0–0.42%
-normal": a sparse error ratio's median is 0, yet a plot of its normal windows is not).
+normal": a sparse error ratio's median is 0, yet a plot of its normal windows is not), and one 0 in
+three quarters of them says how often it was not ("vs usually 0% (non-zero in 12.5% of training windows)").
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from anomalydesk.detect.baseline import LevelShift
 from anomalydesk.detect.features import KINDS, from_model_space, to_model_space
 from anomalydesk.detect.incident_model import Severity, severity_of
 from anomalydesk.detect.model import Model, with_stuck
-from anomalydesk.fingerprint import FEATURES, format_number, format_value
+from anomalydesk.fingerprint import FEATURES, format_number, format_ratio, format_value
 
 _BY_NAME = {f.name: f for f in FEATURES}
 # every feature but the KPI level (relative to its range's midpoint) is a count, share, time or entropy
@@ -110,35 +111,47 @@ def explain(model: Model, X: np.ndarray, Z: np.ndarray, expected: np.ndarray,
             words = "fluctuating" if rising else "unusually steady"
             text = (f"{_label(name)} {words}: {format_value(name, float(recent.min()))} to "
                     f"{format_value(name, float(recent.max()))} over the last {X.shape[0]} windows, "
-                    f"{_usual(model, column, normal)} normal")
+                    f"{_usual(model, column, normal)}")
             extra = {"low": float(recent.min()), "high": float(recent.max()), "windows": int(X.shape[0])}
         elif kind == "mean":
             shown = float(recent.mean())
             if reasons and _small_change(shown, normal):
                 continue
             text = (f"{_label(name)} averaged {format_value(name, shown)} over the last "
-                    f"{X.shape[0]} windows vs {_usual(model, column, normal)} normal")
+                    f"{X.shape[0]} windows vs {_usual(model, column, normal)}")
             actual, extra = shown, {"windows": int(X.shape[0])}  # the number the text names, not the last window's
         else:
             if reasons and _small_change(actual, normal):
                 continue
-            text = f"{_label(name)} {format_value(name, actual)} vs {_usual(model, column, normal)} normal"
+            text = f"{_label(name)} {format_value(name, actual)} vs {_usual(model, column, normal)}"
         reasons.append({"feature": name, "actual": actual, "expected": normal, "text": text, **extra})
     return reasons
 
 
 def _usual(model: Model, column: int, normal: float) -> str:
-    """The normal value of a reason in words. A feature that cannot be negative, 0 normal and at training
-    median 0 while the middle half of its training windows spans more than 0, reads as that range: a
-    sparse 5xx ratio (no error in most windows, one in 200–500 requests in the others) is 0 at the median
-    and "0 %" beside a plot at 0.2–0.5 % misled; it reads "0–0.53%". With a median of 0 and no negative
-    values the lower quartile is 0 and the upper one the training IQR. A feature 0 in at least three
-    quarters of its windows still reads 0."""
+    """The normal value of a reason in words, "… normal" ("0.4% normal"). A feature that cannot be negative,
+    0 normal and at training median 0:
+
+    * while the middle half of its training windows spans more than 0, reads as that range: a sparse 5xx
+      ratio (no error in most windows, one in 200–500 requests in the others) is 0 at the median and
+      "0 %" beside a plot at 0.2–0.5 % misled; it reads "0–0.53% normal". With a median of 0 and no
+      negative values the lower quartile is 0 and the upper one the training IQR;
+    * 0 in at least three quarters of its windows (an IQR of 0 too), reads "usually 0% (non-zero in 12%
+      of training windows)": "0% normal" said a healthy service never had an error. A model trained
+      before the share was kept (`feature_nonzero_share`) says "usually 0%"; one whose every training
+      window was 0 says "0% normal".
+    """
     name = model.feature_names[column]
     spread = float(model.spread[column])
-    if normal == 0 and float(model.expected[column]) == 0 and spread > 0 and name in _NON_NEGATIVE:
-        return f"{format_number(0)}–{format_value(name, spread)}"
-    return format_value(name, normal)
+    if normal == 0 and float(model.expected[column]) == 0 and name in _NON_NEGATIVE:
+        if spread > 0:
+            return f"{format_number(0)}–{format_value(name, spread)} normal"
+        share = (model.metadata.get("feature_nonzero_share") or {}).get(name)
+        if share is None:
+            return f"usually {format_value(name, 0.0)}"
+        if share > 0:
+            return f"usually {format_value(name, 0.0)} (non-zero in {format_ratio(share)} of training windows)"
+    return f"{format_value(name, normal)} normal"
 
 
 def _small_change(shown: float, normal: float, scale: float | None = None) -> bool:

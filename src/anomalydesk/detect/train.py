@@ -201,6 +201,8 @@ def train(
         "note": note,
         "feature_median": dict(zip(params.feature_names, map(float, expected), strict=True)),
         "feature_iqr": dict(zip(params.feature_names, map(float, q75 - q25), strict=True)),
+        # how often each feature was not 0: a normal of 0 with an IQR of 0 says "usually 0", not how usually
+        "feature_nonzero_share": dict(zip(params.feature_names, map(float, np.mean(X != 0, axis=0)), strict=True)),
         "format_version": 2 if baseline is not None else 1,
         "baseline_windows": None if baseline is None else baseline.horizon,
     }
