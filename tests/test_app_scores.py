@@ -4,6 +4,7 @@ real redis-server: windows nobody scored are gaps, and each model version's take
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -82,6 +83,100 @@ def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop
         assert y[5] == 80.0 and list(y[8:]) == [10.0] * 4
     finally:
         detector.release()
+        run(qtbot, app.shutdown())
+        app.dispose()
+
+
+def test_the_score_title_says_what_became_of_the_traffic_not_the_last_score_as_if_live(qtbot, qloop, redis_url, r,  # noqa: F811
+                                                                                      monkeypatch):
+    """A new user stopped the demo and the score plot's title still read "now 31, threshold 70": the last
+    score before the stop (a stop's silent windows are not scored), as if live. Against a real server, a
+    trained model and the real detector, the title and the info line say instead that no window came
+    for a while ("no recent windows (newest …)"), that the traffic was stopped on purpose ("demo traffic
+    stopped at …", the stop `store.traffic_stops` records), and, once a live service falls silent, "no
+    traffic since …" — with the score only when the detector scored a window of the silence. Traffic
+    back, the newest score is "now" again."""
+    import re
+
+    from anomalydesk.app.application import DesktopApp
+    from anomalydesk.app.model import traffic
+    from anomalydesk.app.model.settings import AppSettings
+    from anomalydesk.detect import window_scores
+    from anomalydesk.detect.detector import Detector
+    from anomalydesk.detect.incident_model import local_time
+    from anomalydesk.detect.service_state import decode_model, score_window
+    from anomalydesk.detect.train import TrainParams
+    from anomalydesk.detect.training_run import train_service
+    from anomalydesk.store import traffic_stops
+    from test_detector import add_window, healthy_window
+
+    rng = np.random.default_rng(5)
+    now_w = int(time.time() // 5)
+    newest = now_w - 30  # the newest window is 150 s old: 30 windows without one
+    for w in range(newest - 399, newest + 1):
+        healthy_window(r, SERVICE, w, rng)
+    assert train_service(r, SERVICE, params=TrainParams(trees=30)).version == 1
+    detector = Detector(r, scorer=score_window, decode=decode_model, seal=False, block_ms=10)
+
+    def drain() -> None:
+        while detector.step().processed:
+            pass
+
+    drain()
+    assert window_scores.read(r, SERVICE)[-1].start == newest * 5.0
+
+    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    try:
+        panel = app.window.live
+        panel.select_service(SERVICE)
+
+        def title() -> str:
+            return panel.score_plot.titleLabel.text
+
+        def wait_for(shown, timeout: int = 20_000) -> None:
+            try:
+                qtbot.waitUntil(lambda: bool(shown()), timeout=timeout)
+            except Exception:
+                pytest.fail(f"the title reads {title()!r}, the info line {panel.info_label.text()!r}")
+
+        def shows(words: str) -> bool:
+            return words in title() and panel.info_label.text().endswith(f"{words} · threshold 70")
+
+        stale = f"no recent windows (newest {local_time(newest * 5.0)})"
+        wait_for(lambda: shows(stale))
+        assert title() == f"score (0–100) · {stale}" and "now" not in panel.info_label.text()
+
+        since = (newest + 1) * 5.0
+        traffic_stops.record(r, [SERVICE], since)  # the demo stopped: its services' silence is on purpose
+        for w in range(newest + 1, now_w - 4):
+            add_window(r, SERVICE, w, requests=0, silent=1)
+        drain()
+        assert window_scores.read(r, SERVICE)[-1].start == newest * 5.0  # the stop's windows are not scored
+        stopped = f"demo traffic stopped at {local_time(since)}"
+        wait_for(lambda: shows(stopped))
+        assert title() == f"score (0–100) · {stopped}"
+
+        # the windows from here on are the newest ones, none in the future (the view ends now), and the
+        # newest with traffic less than 4 windows old (older, it says "no recent windows")
+        current = int(time.time() // 5)
+        healthy_window(r, SERVICE, current - 2, rng)  # traffic is back: the detector ends the stop, scores it
+        drain()
+        assert window_scores.read(r, SERVICE)[-1].start == (current - 2) * 5.0
+        wait_for(lambda: re.fullmatch(r"score \(0–100\) · now \d+, threshold 70", title()), timeout=10_000)
+        assert re.search(r" · score \d+ / threshold 70$", panel.info_label.text()), panel.info_label.text()
+
+        monkeypatch.setattr(traffic, "NO_TRAFFIC_WINDOWS", 2)  # (three would reach into the future)
+        for w in (current - 1, current):  # the service falls silent, no stop: its silence is scored
+            add_window(r, SERVICE, w, requests=0, silent=1)
+        drain()
+        silent = f"no traffic since {local_time((current - 1) * 5.0)}"
+        newest_score = window_scores.read(r, SERVICE)[-1]
+        assert newest_score.start == current * 5.0  # (one service alone: no system gap)
+        wait_for(lambda: f"{silent} · now " in title(), timeout=10_000)
+        assert title().endswith(f"now {int(newest_score.score)}, threshold 70"), title()
+    finally:
         run(qtbot, app.shutdown())
         app.dispose()
 

@@ -210,3 +210,39 @@ def test_a_burst_is_throttled_and_summarised_not_dropped():
     assert len(shown) == 5 and n.suppressed == 7
     summary = n.flush_summary()
     assert summary is not None and summary.title.startswith("7 more")
+
+
+def test_traffic_notes_a_stop_a_stale_buffer_and_a_silence_and_when_a_score_is_current_again():
+    """What the Live panel says instead of a score that is no longer news (`app.model.traffic`): a stop on
+    purpose while it is open, no window for more than 4 windows, 3 silent windows in a row (only then:
+    one quiet window is no news); traffic back, nothing. A silence's score is current from its start."""
+    from anomalydesk.app.model.traffic import Traffic
+    from anomalydesk.detect.incident_model import local_time
+    from anomalydesk.store.traffic_stops import Stop
+
+    traffic, now = Traffic(), 1_800_000_000.0
+    for w in range(10):
+        traffic.window("svc", now - 50 + 5 * w, silent=False)
+    newest = now - 5
+    assert traffic.note("svc", newest, now, 5.0) is None
+    assert traffic.note("svc", None, now, 5.0) is None  # nothing buffered: nothing to say
+    stale = traffic.note("svc", newest, now + 20, 5.0)
+    assert stale is not None and stale.words == f"no recent windows (newest {local_time(newest)})"
+    assert stale.since is None  # no score of its is current
+    traffic.window("svc", newest + 5, silent=True)
+    traffic.window("svc", newest + 10, silent=True)
+    assert traffic.note("svc", newest + 10, newest + 12, 5.0) is None  # two quiet windows: no news yet
+    traffic.window("svc", newest + 15, silent=True)
+    traffic.window("svc", newest + 5, silent=True)  # a window read again changes nothing
+    silent = traffic.note("svc", newest + 15, newest + 17, 5.0)
+    assert silent is not None and (silent.words, silent.since) == (f"no traffic since {local_time(newest + 5)}",
+                                                                   newest + 5)  # fmt: skip
+    traffic.window("svc", newest + 20, silent=False)  # traffic is back
+    assert traffic.note("svc", newest + 20, newest + 22, 5.0) is None and "svc" not in traffic.silent_since
+    traffic.stops = {"svc": Stop(newest + 25)}
+    stopped = traffic.note("svc", newest + 20, newest + 30, 5.0)
+    assert stopped is not None and stopped.words == f"demo traffic stopped at {local_time(newest + 25)}"
+    traffic.stops = {"svc": Stop(newest + 25, resumed=newest + 40)}  # the detector saw traffic again
+    assert traffic.note("svc", newest + 40, newest + 42, 5.0) is None
+    traffic.forget()
+    assert traffic.stops == {} and traffic.last_traffic == {} and traffic.silent_since == {}

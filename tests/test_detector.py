@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 import redis
 
@@ -29,6 +30,16 @@ def add_window(r: redis.Redis, service: str, window: int, requests: float = 100.
                   no_data=0, kpis="")
     fields.update(extra)
     r.xadd(K.fingerprints(service), fields, id=f"{window * W * 1000}-1")
+
+
+def healthy_window(r: redis.Redis, service: str, window: int, rng: np.random.Generator, rate_5xx: float = 0.0,
+                   ) -> None:  # fmt: skip
+    """A window of a healthy service, with the small noise of real traffic (a forest can be trained on it)."""
+    add_window(r, service, window, requests=float(rng.integers(240, 260)), rate_5xx=rate_5xx,
+               rate_4xx=0.02 + rng.normal(0, 0.002), latency_p50_ms=40 + rng.normal(0, 2),
+               latency_p95_ms=150 + rng.normal(0, 5), latency_p99_ms=210 + rng.normal(0, 8),
+               latency_mean_ms=55 + rng.normal(0, 2), endpoints_distinct=12,
+               top_endpoint_share=0.25 + rng.normal(0, 0.01), endpoint_entropy=3 + rng.normal(0, 0.05))  # fmt: skip
 
 
 def toy_scorer(model: object, history: list, fp: fpmod.Fingerprint) -> Verdict:
@@ -243,30 +254,20 @@ def test_rare_errors_of_a_healthy_service_read_usually_0_not_0_normal(r: redis.R
     """A healthy service has a 5xx in one window of 8: its training median and IQR are 0, and an error
     burst read "5xx ratio 20% vs 0% normal" — as if it never had an error. Trained from the stream, stored
     in the registry, loaded and scored by the detector, the alert now says how often it was not 0."""
-    import numpy as np
-
     from anomalydesk.detect.service_state import decode_model, score_window
     from anomalydesk.detect.train import TrainParams
     from anomalydesk.detect.training_run import train_service
 
     rng = np.random.default_rng(3)
-
-    def healthy(window: int, rate_5xx: float) -> None:
-        add_window(r, "payments", window, requests=float(rng.integers(240, 260)), rate_5xx=rate_5xx,
-                   rate_4xx=0.02 + rng.normal(0, 0.002), latency_p50_ms=40 + rng.normal(0, 2),
-                   latency_p95_ms=150 + rng.normal(0, 5), latency_p99_ms=210 + rng.normal(0, 8),
-                   latency_mean_ms=55 + rng.normal(0, 2), endpoints_distinct=12,
-                   top_endpoint_share=0.25 + rng.normal(0, 0.01), endpoint_entropy=3 + rng.normal(0, 0.05))  # fmt: skip
-
     first = 1_000_000
     for i in range(400):
-        healthy(first + i, 0.004 if i % 8 == 0 else 0.0)
+        healthy_window(r, "payments", first + i, rng, rate_5xx=0.004 if i % 8 == 0 else 0.0)
     outcome = train_service(r, "payments", params=TrainParams(trees=30))
     assert outcome.version == 1, outcome.skipped
     det = Detector(r, scorer=score_window, decode=decode_model, seal=False, block_ms=10)
     drain(det)
     for i in range(400, 410):
-        healthy(first + i, 0.2 if i >= 406 else 0.0)
+        healthy_window(r, "payments", first + i, rng, rate_5xx=0.2 if i >= 406 else 0.0)
     drain(det)
     opened = [a for a in alerts(r) if a["kind"] == "new"]
     assert opened, alerts(r)

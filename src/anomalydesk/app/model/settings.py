@@ -49,6 +49,7 @@ INCIDENT_HOLD_GRACE_MS = 300
 INCIDENT_MESSAGE_SECONDS = 15.0  # a confirmation beside the incident buttons goes after this (as in the status bar)
 CATCHUP_MAX_ALERTS = 5_000
 SILENT_FINGERPRINT_WARN_WINDOWS = 3  # warn when no fingerprint arrived for this many windows
+NO_TRAFFIC_WINDOWS = 3  # silent windows in a row before the Live panel says "no traffic since …"
 TRAIN_PROGRESS_MIN_INTERVAL = 0.1  # seconds between progress updates marshalled to the GUI
 CONNECTION_STATUS_MAX_WIDTH = 480  # px of the status bar the connection's state may take; messages get the rest
 LEARNING_REFRESH_MS = 15_000  # how often the Training panel re-reads "learning (N more windows)" while one learns

@@ -17,6 +17,7 @@ from anomalydesk import config
 from anomalydesk.app.model.observable import Signal
 from anomalydesk.app.model.ringbuffer import RingBuffer
 from anomalydesk.app.model.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
+from anomalydesk.app.model.traffic import Traffic
 from anomalydesk.detect.incident_model import CLOSED_STATES, Alert, Incident, IncidentState, Severity
 from anomalydesk.detect.window_scores import WindowScore, activations
 from anomalydesk.fingerprint import N_FEATURES
@@ -127,6 +128,7 @@ class LiveState:
         self.length_changes: dict[str, list[tuple[float, int, int]]] = {}
         self._scored_by: dict[str, int | None] = {}  # the version of the newest score applied
         self._last_length: dict[str, tuple[float, int]] = {}  # the newest window noted: (start, length)
+        self.traffic = Traffic()  # stopped on purpose, silent: whether the newest score is still news
         self.services_changed = Signal()
 
     def buffer(self, service: str) -> RingBuffer:
@@ -427,6 +429,7 @@ class AppState:
         """Drop what the previous server showed: live windows, services, incidents, models, sketch sizes."""
         self.live.buffers.clear()
         self.live.thresholds.clear()
+        self.live.traffic.forget()
         self.live.forget_scores()
         self.live.services_changed.emit()
         self.set_services([])

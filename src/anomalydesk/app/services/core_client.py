@@ -210,6 +210,12 @@ class CoreClient:
 
         return await self.run(admin.status, self.sync, self.keys)
 
+    async def traffic_stops(self) -> dict[str, Any]:
+        """service → its latest traffic stop on purpose (`store.traffic_stops.Stop`; ended ones too)."""
+        from anomalydesk.store import traffic_stops
+
+        return await self.run(lambda: traffic_stops.read(self.sync, keys=self.keys))
+
     async def detector_holder(self) -> str:
         """Who holds the detector lease ("" when no detector is alive)."""
         return _text(await self.aio.get(self.keys.detector_lease) or "")

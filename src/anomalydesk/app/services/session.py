@@ -281,6 +281,7 @@ class Session:
         for service in sorted(set(self.state.live.buffers) | set(self._fp_last)):
             self.state.live.buffer(service).clear()
             self.state.live.forget_scores(service)
+            self.state.live.traffic.forget(service)
             await self._load_history(service)
 
     async def _load_history(self, service: str) -> None:
@@ -320,6 +321,8 @@ class Session:
             # live windows may have arrived while this was read: merged in time order, not appended after
             self.state.live.buffer(service).merge(rows)
             self._note_arrival(fps[-1].start)
+            for fp in fps:
+                self._note_traffic(service, fp)
         self.state.live.apply_scores(service, scores)
 
     def _note_arrival(self, start: float) -> None:
@@ -330,6 +333,12 @@ class Session:
         self.state.live.note_lengths(service, [(fp.start, fp.window_seconds)])
         self.state.live.append(service, fp.start, fp.vector, None)
         self._note_arrival(fp.start)
+        self._note_traffic(service, fp)
+
+    def _note_traffic(self, service: str, fp: Fingerprint) -> None:
+        """Whether the window had events (the Live panel says "no traffic since …" after a run without)."""
+        if not fp.no_data:  # a sparse source's window between two reports: no news either way
+            self.state.live.traffic.window(service, fp.start, fp.silent)
 
     def _set_threshold(self, service: str, threshold: float | None) -> None:
         if threshold is None:
@@ -350,6 +359,7 @@ class Session:
             used_memory = await self.core.used_memory()
             status = await self.core.status()
             detector = await self.core.detector_holder()
+            self.state.live.traffic.stops = await self.core.traffic_stops()  # (read by the Live panel's clock)
             warnings = []
             window = float(status.get("window_seconds") or 5)
             last = self.state.connection.last_fingerprint_at  # newest window start seen

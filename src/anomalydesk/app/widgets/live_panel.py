@@ -23,6 +23,7 @@ import asyncio
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,18 @@ MARK_ROWS = 3  # rows of "model vN" labels at most, from the score plot's top do
 MARK_GAP_PX = 6  # room between two labels on one row
 MARK_ROW_SPACING = 1.1  # text heights from one row of labels to the next
 _UNIT_WORDS = {"/window": "requests per window", "%": "%", "ms": "ms", "bits": "bits", "x": "× expected"}
+
+
+@dataclass(frozen=True)
+class _Shown:
+    """What a redraw drew that the score title and the info line tell: the service, the windows ("3,600
+    windows …"), its threshold (None: no model), the newest score in view and its window's start."""
+
+    service: str
+    head: str
+    threshold: float | None
+    last: float
+    last_start: float
 
 
 def axis_title(label: str, unit: str) -> str:
@@ -124,6 +137,7 @@ class LivePanel(QtWidgets.QWidget):
         self._marks_key: tuple = ()
         self._marks: list[pg.InfiniteLine] = []
         self._csv_task: asyncio.Future[None] | None = None
+        self._shown: _Shown | None = None  # what the score title and info line were last drawn from
 
         self.service_box = QtWidgets.QComboBox()
         self.service_box.setMinimumContentsLength(12)
@@ -364,6 +378,7 @@ class LivePanel(QtWidgets.QWidget):
     def redraw(self, force: bool = False) -> bool:
         """Push the buffer into the curves if it changed; returns whether anything was drawn."""
         if self.paused and not force:
+            self._say_score()  # the traffic's state is about now, paused or not
             return False
         service = self.service
         buf = self.state.live.buffers.get(service)
@@ -377,6 +392,7 @@ class LivePanel(QtWidgets.QWidget):
                 self._drawn_version = NOTHING_DRAWN
             return False
         if buf.version == self._drawn_version and service == self._drawn_service and not force:
+            self._say_score()  # no window arrived: maybe none will (a stop, a silent source)
             return False
         view = buf.view()
         data = with_gaps(view, self.state.live.lengths_at(service, view[:, 0]))
@@ -409,12 +425,11 @@ class LivePanel(QtWidgets.QWidget):
         # detector scores it once sealed), and "no score" flickered at every window, or stayed while paused
         low, high = self.visible_range()
         scored = np.flatnonzero(np.isfinite(scores) & (x >= low) & (x <= high))
-        last = scores[scored[-1]] if len(scored) else np.nan
-        score_line = "learning (no model)" if threshold is None else (
-            f"score {score_text(last)} / threshold {threshold:.0f}" if np.isfinite(last) else "no score")
-        self._score_title(threshold, last)
+        last, last_start = (float(scores[scored[-1]]), float(x[scored[-1]])) if len(scored) else (math.nan, math.nan)
         older_text = self.range.describe()
-        self.info_label.setText(f"{len(buf):,} windows{' ' + older_text if older_text else ''} · {score_line}")
+        self._shown = _Shown(service, f"{len(buf):,} windows{' ' + older_text if older_text else ''}", threshold,
+                             last, last_start)  # fmt: skip
+        self._say_score()
         self._drawn_version = buf.version
         self._drawn_service = service
         return True
@@ -432,20 +447,45 @@ class LivePanel(QtWidgets.QWidget):
         for curve in [*self._curves.values(), self.score_curve]:
             curve.setData([], [])
         self._drawn_span = None
+        self._shown = None
         self.threshold_line.setVisible(False)
         self.info_label.setText("no data yet")
         if self.score_plot.titleLabel.text != SCORE_TITLE:
             compact_title(self.score_plot, SCORE_TITLE, **TITLE_STYLE)
 
-    def _score_title(self, threshold: float | None, last: float) -> None:
-        """The score plot's title with the newest score and the threshold (the info line may be elided)."""
-        words = SCORE_TITLE
-        if threshold is not None and np.isfinite(last):
-            words += f" · now {score_text(last)}, threshold {threshold:.0f}"
-        elif threshold is None:
-            words += " · learning (no model)"
+    def _say_score(self) -> None:
+        """The score plot's title and the info line: the newest score in view with the threshold ("now 39,
+        threshold 70") while the traffic is live; else what became of the traffic ("demo traffic stopped at
+        …", "no recent windows (newest …)", "no traffic since …", `app.model.traffic`), and the newest
+        score only if its window came after that. Run at every redraw and on the panel's clock: windows
+        that stop arriving redraw nothing."""
+        shown = self._shown
+        if shown is None:
+            return
+        buf = self.state.live.buffers.get(shown.service)
+        last_row = buf.last() if buf is not None else None
+        note = self.state.live.traffic.note(shown.service, None if last_row is None else float(last_row[0]),
+                                            time.time(), self.state.incidents.window_seconds)  # fmt: skip
+        current = math.isfinite(shown.last) and (note is None or (note.since is not None
+                                                                  and shown.last_start >= note.since))  # fmt: skip
+        title, line = [SCORE_TITLE], [shown.head]
+        if shown.threshold is None:
+            title.append("learning (no model)")
+            line.append("learning (no model)")
+        if note is not None:
+            title.append(note.words)
+            line.append(note.words)
+        if shown.threshold is not None:
+            if current:
+                title.append(f"now {score_text(shown.last)}, threshold {shown.threshold:.0f}")
+                line.append(f"score {score_text(shown.last)} / threshold {shown.threshold:.0f}")
+            else:
+                line.append(f"threshold {shown.threshold:.0f}" if note is not None else "no score")
+        words = " · ".join(title)
         if self.score_plot.titleLabel.text != words:
             compact_title(self.score_plot, words, **TITLE_STYLE)
+        if self.info_label.text() != (text := " · ".join(line)):
+            self.info_label.setText(text)
 
     def changeEvent(self, event: QtCore.QEvent) -> None:
         if event.type() == QtCore.QEvent.Type.PaletteChange and self._built:  # the system switched light ↔ dark
