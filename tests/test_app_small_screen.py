@@ -141,3 +141,60 @@ def test_no_y_labels_overlap_while_the_first_windows_arrive(qtbot, size, points)
                 assert not overlaps, (n, plot.titleLabel.text, [t for _r, t in drawn])
     finally:
         app.setFont(font)
+
+
+def ink_columns(image: QtGui.QImage, top: int, bottom: int) -> list[bool]:
+    """Per column of `image`, whether any pixel between rows `top` and `bottom` differs from the background
+    (the commonest colour there): where text is drawn."""
+    from collections import Counter
+
+    pixels = [[image.pixel(x, y) for y in range(top, bottom)] for x in range(image.width())]
+    background = Counter(p for column in pixels for p in column).most_common(1)[0][0]
+    return [any(p != background for p in column) for column in pixels]
+
+
+def test_the_status_bar_messages_never_run_into_each_other(qtbot, qloop, tmp_path):  # noqa: F811  (a connect re-reads the silences)
+    """At 1280×800 an export's message ran into the connection's state ("…/Documents connected ·
+    redis://…"): QStatusBar painted it cut off, not elided, up to the first pixel of the connection's
+    label, and the rest could not be read anywhere. Each status item is a label of its own now: the
+    message and the connection's state each fit their room, elided with the whole text in the tooltip,
+    with empty room between them (looked for in the pixels of the bar as drawn)."""
+    from anomalydesk.app.widgets.status_bar import MESSAGE_GAP_PX
+
+    state, window = shown_window(qtbot, (1280, 800))
+    warnings = ["no fingerprints arrived in the last 3 windows",
+                "no detector is alive: nothing is being scored or alerted"]
+    state.connection.update(status="connected", url="redis://127.0.0.1:6379/0", detector="app-1234",
+                            warnings=warnings)  # fmt: skip
+    said = ("exported 1,440 windows of orders, 2026-01-31 21:00:05 CET – 2026-01-31 23:00:00 CET: "
+            "/home/operator/Documents/anomalydesk/anomalydesk-orders-20260131T2100-20260131T2300.csv")
+    window.say(said)
+    settle()
+    bar = window.status
+    window.grab().save(str(tmp_path / "window-1280x800.png"))  # (kept by pytest: the picture of the bar)
+    assert bar.currentMessage() == said
+    connection = window.connection_status
+    # the pixels first: empty room between the end of the message as drawn and the connection's state
+    image = bar.grab().toImage()
+    ink = ink_columns(image, connection.y(), connection.y() + connection.height())
+    edge = connection.x()
+    message_ends = max(x for x in range(edge) if ink[x])
+    connection_starts = min(x for x in range(edge, len(ink)) if ink[x])
+    assert connection_starts - message_ends > MESSAGE_GAP_PX // 2, (message_ends, connection_starts)
+    items = [w for w in bar.findChildren(QtWidgets.QLabel) if w.isVisible()]
+    shown = {w.text(): w for w in items}
+    assert said in shown, f"no label of the status bar shows the message: {list(shown)}"
+    message = shown[said]
+    assert connection in items and len(items) == 2
+    for label in (message, connection):
+        drawn = QtWidgets.QLabel.text(label)  # what it draws (its text() is the whole text)
+        assert inside(label, window) and label.height() >= label.fontMetrics().height()
+        assert label.fontMetrics().horizontalAdvance(drawn) <= label.contentsRect().width(), drawn
+        assert drawn.endswith("…") and label.toolTip() == label.text(), (drawn, label.toolTip())
+        assert label.text().startswith(drawn[:-1].rstrip())  # the beginning of its own text, nothing else
+    assert not message.geometry().intersects(connection.geometry())
+    assert message.geometry().right() < connection.geometry().left()
+
+    bar.showMessage("short and whole", 50)  # a timeout still takes a message away
+    assert QtWidgets.QLabel.text(message) == "short and whole" and message.toolTip() == "short and whole"
+    qtbot.waitUntil(lambda: bar.currentMessage() == "" and QtWidgets.QLabel.text(message) == "", timeout=2_000)

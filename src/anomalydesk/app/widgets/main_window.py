@@ -24,9 +24,9 @@ from anomalydesk.app.widgets.connection_panel import ConnectionPanel
 from anomalydesk.app.widgets.demo_panel import DemoPanel
 from anomalydesk.app.widgets.incidents_panel import IncidentsPanel
 from anomalydesk.app.widgets.live_panel import LivePanel
-from anomalydesk.app.widgets.message_label import MessageLabel
 from anomalydesk.app.widgets.overview_strip import OverviewStrip
 from anomalydesk.app.widgets.sketches_panel import SketchesPanel
+from anomalydesk.app.widgets.status_bar import StatusBar
 from anomalydesk.app.widgets.training_panel import TrainingPanel
 from anomalydesk.app.widgets.tray import health_icon
 
@@ -50,27 +50,6 @@ def range_loader(actions: Any) -> RangeLoader | None:
     if not hasattr(actions, "session"):
         return None
     return RangeLoader(lambda: (actions.session.core.sync, actions.session.core.keys))
-
-
-class ConnectionStatusLabel(MessageLabel):
-    """The connection's state in the status bar: as wide as its text, up to `max_width` (elided beyond).
-
-    It sat in the bar with stretch 1 and took the whole width, so the temporary messages (what an action
-    did) were drawn into the zero pixels left of it and never seen.
-    """
-
-    def __init__(self, max_width: int, parent: QtWidgets.QWidget | None = None) -> None:
-        self.max_width = max_width
-        super().__init__("", parent)
-        self.setSizePolicy(QtWidgets.QSizePolicy.Policy.Preferred, QtWidgets.QSizePolicy.Policy.Fixed)
-
-    def setText(self, text: str) -> None:
-        super().setText(text)
-        self.updateGeometry()  # its size hint follows the text
-
-    def sizeHint(self) -> QtCore.QSize:
-        width = self.fontMetrics().horizontalAdvance(" ".join(self.text().split())) + 8
-        return QtCore.QSize(min(width, self.max_width), super().sizeHint().height())
 
 
 def _scrolled(widget: QtWidgets.QWidget) -> QtWidgets.QScrollArea:
@@ -166,12 +145,11 @@ class MainWindow(QtWidgets.QMainWindow):
         incidents_menu = self.menuBar().addMenu("&Incidents")
         for action in self.incidents.shortcut_actions.values():
             incidents_menu.addAction(action)
-        self.status = self.statusBar()
-        self.status.setSizeGripEnabled(False)
         # the connection's state stays in view at the right (elided: a long reason never widens the
-        # window); what an action did comes and goes as a temporary message in the rest of the bar
-        self.connection_status = ConnectionStatusLabel(settings_mod.CONNECTION_STATUS_MAX_WIDTH)
-        self.status.addPermanentWidget(self.connection_status)
+        # window); what an action did comes and goes as a message in the rest of the bar, elided too
+        self.status = StatusBar(settings_mod.CONNECTION_STATUS_MAX_WIDTH)
+        self.setStatusBar(self.status)
+        self.connection_status = self.status.connection
         state.feedback.connect(self.say)
         self._server_url = state.connection.url
         self._connections = 0  # transitions to "connected" seen (start-up reads models and sketches itself)

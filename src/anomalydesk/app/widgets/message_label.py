@@ -42,7 +42,8 @@ class MessageLabel(QtWidgets.QLabel):
 
     def _elide(self) -> None:
         line = " ".join(self._full.split())  # one line: newlines would change the height
-        shown = self.fontMetrics().elidedText(line, QtCore.Qt.TextElideMode.ElideRight, max(0, self.width() - 2))
+        room = max(0, self.contentsRect().width() - 2)  # (inside its margins: a status message keeps a gap)
+        shown = self.fontMetrics().elidedText(line, QtCore.Qt.TextElideMode.ElideRight, room)
         super().setText(shown)
 
 
