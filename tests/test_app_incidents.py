@@ -425,7 +425,7 @@ def test_silence_mutes_the_notification_but_keeps_the_row(qtbot, qloop, redis_ur
 def test_a_silenced_incident_is_marked_as_the_cli_marks_it(qtbot, qloop, redis_url, r):  # noqa: F811
     """The state column and the details header add the CLI's `[silenced]` (one source: `Incident.marks`)."""
     from anomalydesk.app.widgets.incidents_panel import COLUMNS
-    from anomalydesk.commands.incidents import _row
+    from anomalydesk.commands.incidents import _table
 
     keys = Keys()
     heard = raise_alert(r, "users", 3000)
@@ -446,7 +446,7 @@ def test_a_silenced_incident_is_marked_as_the_cli_marks_it(qtbot, qloop, redis_u
             return model.data(model.index(model.ids.index(incident_id), COLUMNS.index("state")))
 
         assert state_cell(muted.id) == "open [silenced]" and state_cell(heard["incident_id"]) == "open"
-        assert _row(incidents.get(r, muted.id), time.time()).endswith("  [silenced]")  # the CLI's words
+        assert _table([incidents.get(r, muted.id)], time.time())[0].endswith("  [silenced]")  # the CLI's words
         panel.select_incident(muted.id)
         assert panel.details.toPlainText().splitlines()[0].endswith(" — open [silenced]")
     finally:
