@@ -18,6 +18,7 @@ from anomalydesk.app.model.observable import Signal
 from anomalydesk.app.model.ringbuffer import RingBuffer
 from anomalydesk.app.model.settings import INCIDENT_ROWS_MAX, LIVE_CAPACITY
 from anomalydesk.app.model.traffic import Traffic
+from anomalydesk.app.model.window_lengths import WindowLengths
 from anomalydesk.detect.incident_model import CLOSED_STATES, Alert, Incident, IncidentState, Severity
 from anomalydesk.detect.window_scores import WindowScore, activations
 from anomalydesk.fingerprint import N_FEATURES
@@ -124,10 +125,8 @@ class LiveState:
         self.buffers: dict[str, RingBuffer] = {}
         self.thresholds: dict[str, float] = {}
         self.activations: dict[str, list[tuple[float, int]]] = {}  # service → [(window start, version)]
-        # service → [(first window start, old length, new length)]: requests per window step with the length
-        self.length_changes: dict[str, list[tuple[float, int, int]]] = {}
         self._scored_by: dict[str, int | None] = {}  # the version of the newest score applied
-        self._last_length: dict[str, tuple[float, int]] = {}  # the newest window noted: (start, length)
+        self._lengths: dict[str, WindowLengths] = {}  # where the window length changed (marked on the plot)
         self.traffic = Traffic()  # stopped on purpose, silent: whether the newest score is still news
         self.services_changed = Signal()
 
@@ -153,33 +152,19 @@ class LiveState:
             buf.append(row)
 
     def note_lengths(self, service: str, windows: Sequence[tuple[float, int | None]]) -> None:
-        """Note where the window length changed among `windows` ((start, length) in time order; a length
-        of None, a window sealed before lengths were recorded, is skipped): after 5 s → 10 s every window
-        holds twice the requests, and the plot marks where, so the step is not read as traffic."""
-        kept = self.length_changes.setdefault(service, [])
-        last = self._last_length.get(service)
-        for start, length in windows:
-            if length is None or (last is not None and start <= last[0]):
-                continue  # (a window older than the newest noted: the history read noted it already)
-            if last is not None and length != last[1]:
-                kept.append((start, last[1], length))
-            last = (start, length)
-        if last is not None:
-            self._last_length[service] = last
-        del kept[: max(0, len(kept) - ACTIVATIONS_KEPT)]
+        """Note the length of each of `windows` ((start, length), any order): where it changed is marked
+        on the plot (`window_lengths`)."""
+        self._lengths.setdefault(service, WindowLengths()).note(windows)
+
+    def length_changes(self, service: str) -> list[tuple[float, int, int]]:
+        """(first window start, old length, new length) of the service's window-length changes."""
+        lengths = self._lengths.get(service)
+        return lengths.changes() if lengths else []
 
     def lengths_at(self, service: str, starts: np.ndarray) -> np.ndarray | None:
-        """The window length of each window starting at `starts`, from the lengths noted (None: none noted;
-        windows before the oldest change kept have that change's old length)."""
-        last = self._last_length.get(service)
-        if last is None:
-            return None
-        changes = self.length_changes.get(service) or []
-        if not changes:
-            return np.full(len(starts), float(last[1]))
-        after = np.searchsorted([start for start, _old, _new in changes], starts, side="right")
-        lengths = np.array([changes[0][1]] + [new for _start, _old, new in changes], dtype=float)
-        return lengths[after]
+        """The window length of each window starting at `starts` (None: none noted)."""
+        lengths = self._lengths.get(service)
+        return lengths.at(starts) if lengths else None
 
     def apply_scores(self, service: str, scores: Sequence[WindowScore]) -> int:
         """Put stored scores (oldest first) on their windows' rows and note where a model version took
@@ -203,13 +188,11 @@ class LiveState:
         if service is None:
             self.activations.clear()
             self._scored_by.clear()
-            self.length_changes.clear()
-            self._last_length.clear()
+            self._lengths.clear()
             return
         self.activations.pop(service, None)
         self._scored_by.pop(service, None)
-        self.length_changes.pop(service, None)
-        self._last_length.pop(service, None)
+        self._lengths.pop(service, None)
 
     def nbytes(self) -> int:
         """Memory held by the ring buffers."""

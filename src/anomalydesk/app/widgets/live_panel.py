@@ -80,11 +80,12 @@ def axis_title(label: str, unit: str) -> str:
 
 def with_gaps(rows: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray:
     """`rows` (time-ordered, column 0 the window start) with a NaN row inside every gap: a step longer
-    than GAP_FACTOR window lengths, so a 20-hour gap is a break, not a ramp. A window's length is its
-    own where `lengths` (one per row, NaN: unknown) knows it, else the shorter of the steps beside it.
-    (Measured against the median step, every step after a change from 5-s to 10-s windows was a gap
-    while the buffer held mostly 5-s ones: no line was drawn; against the steps beside it, the first
-    10-s window's step, with a 5-s one before it, still was.)"""
+    than GAP_FACTOR window lengths, so a 20-hour gap is a break, not a ramp. Where `lengths` (one per
+    row, NaN: unknown) knows the windows' own lengths, a step is judged against the longer of the two
+    windows beside it: the first window after a change from 5 s to 10 s begins at a multiple of 10 s,
+    up to 10 s after the last 5-s one ended (the live events between went into it), and is no gap. Else
+    the window length is the shorter of the steps beside it. (Measured against the median step, every
+    step after a change from 5-s to 10-s windows was a gap while the buffer held mostly 5-s ones.)"""
     if len(rows) < 3:
         return rows
     steps = np.diff(rows[:, 0])
@@ -92,10 +93,13 @@ def with_gaps(rows: np.ndarray, lengths: np.ndarray | None = None) -> np.ndarray
     before = np.concatenate([positive[:1], positive[:-1]])
     after = np.concatenate([positive[1:], positive[-1:]])
     spacing = np.minimum(before, after)  # the window length around each step
+    allowed = spacing
     if lengths is not None:
-        own = np.asarray(lengths, dtype=float)[:-1]
-        spacing = np.where(np.isfinite(own) & (own > 0), own, spacing)
-    gaps = np.flatnonzero(np.isfinite(spacing) & (steps > GAP_FACTOR * spacing))
+        own = np.asarray(lengths, dtype=float)
+        known = np.isfinite(own[:-1]) & (own[:-1] > 0) & np.isfinite(own[1:]) & (own[1:] > 0)
+        spacing = np.where(known, own[:-1], spacing)
+        allowed = np.where(known, np.maximum(own[:-1], own[1:]), spacing)
+    gaps = np.flatnonzero(np.isfinite(allowed) & (steps > GAP_FACTOR * allowed))
     if not len(gaps):
         return rows
     filler = np.full((len(gaps), rows.shape[1]), np.nan)
@@ -527,8 +531,8 @@ class LivePanel(QtWidgets.QWidget):
         """Dotted lines where a model version took over scoring and where the window length changed."""
         marks = [(start, f"model v{version}") for start, version in self.state.live.activations.get(service, [])]
         marks += [(start, f"window {old} s → {new} s")
-                  for start, old, new in self.state.live.length_changes.get(service, [])]  # fmt: skip
-        key = (service, len(marks), tuple(marks[-2:]))
+                  for start, old, new in self.state.live.length_changes(service)]  # fmt: skip
+        key = (service, tuple(marks))
         if key == self._marks_key:
             return
         self._marks_key = key
