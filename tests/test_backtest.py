@@ -179,3 +179,15 @@ def test_timestamps_without_a_zone_are_read_in_the_zone_given(tmp_path: Path,
     berlin = read_csv(path, time_zone("Europe/Berlin")).timestamps  # CET, then CEST from 02:00 that night
     assert berlin is not None and list(berlin) == [1711845000.0 - 3600, 1711855800.0 - 7200, 1711861200.0]
     assert "unknown time zone 'Mars/Olympus'" in _error(capsys, str(path), "--timezone", "Mars/Olympus")
+    assert "unknown time zone 'Europe'" in _error(capsys, str(path), "--timezone", "Europe")  # (a directory)
+    # the night the clocks go back, 02:00–03:00 happens twice: an export in order crosses it twice
+    autumn = tmp_path / "autumn.csv"
+    autumn.write_text("timestamp,a\n" + "".join(f"2024-10-27 {t},1\n" for t in
+                                                ("01:30", "02:00", "02:30", "02:00", "02:30", "03:00")))
+    stamps = read_csv(autumn, time_zone("Europe/Berlin")).timestamps
+    assert stamps is not None and list(np.diff(stamps)) == [1800.0] * 5  # 00:30, 01:00 … 02:00 UTC
+    # the night they go forward, 02:00–03:00 does not exist: refused, not read as some other time
+    spring = tmp_path / "spring.csv"
+    spring.write_text("timestamp,a\n2024-03-31 01:30,1\n2024-03-31 02:30,2\n2024-03-31 03:30,3\n")
+    refused = _error(capsys, str(spring), "--timezone", "Europe/Berlin")
+    assert "row 3" in refused and "no such time in Europe/Berlin" in refused, refused

@@ -13,7 +13,7 @@ import csv
 import gzip
 import io
 from dataclasses import dataclass
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -52,7 +52,7 @@ def time_zone(name: str) -> tzinfo:
     """The IANA zone `name` ("UTC", "Europe/Berlin") timestamps without a zone of their own are in."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # ("Europe" is a directory of zones: IsADirectoryError)
         raise BacktestError(f"unknown time zone {name!r}: give an IANA name such as UTC or Europe/Berlin") from None
 
 
@@ -135,32 +135,46 @@ def _timestamps(path: Path, name: str, values: list[str], zone: tzinfo | None = 
     `zone` (an exported log's "2024-01-01 00:05:00"), refused when none is given."""
     out = np.empty(len(values))
     for i, value in enumerate(values):
+        where = f"{path}: column {name!r} row {i + 2}: {value!r}"
         try:
             number: float | str = float(value)
         except ValueError:
-            number = _in_zone(value, zone)
+            number = _in_zone(value, zone, out[i - 1] if i else None, where)
         try:
             out[i] = parse_timestamp(number, name)
         except EventError as err:
-            hint = " (or give --timezone, e.g. UTC)" if "needs a time zone" in err.reason else ""
-            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r}: {err.reason}{hint}"
-                                f"{_NO_STAMPS}") from None  # fmt: skip
+            hint = " (or give --timezone, e.g. UTC)" if zone is None and _zoneless(value) else ""
+            raise BacktestError(f"{where}: {err.reason}{hint}{_NO_STAMPS}") from None
         if i and out[i] < out[i - 1]:
-            raise BacktestError(f"{path}: column {name!r} row {i + 2}: {value!r} is before the row before "
-                                f"({values[i - 1]!r}); the rows must be in time order{_NO_STAMPS}")  # fmt: skip
+            raise BacktestError(f"{where} is before the row before ({values[i - 1]!r}); the rows must be in time "
+                                f"order{_NO_STAMPS}")  # fmt: skip
     return out
 
 
-def _in_zone(value: str, zone: tzinfo | None) -> str:
-    """`value` with `zone` attached when it is a date and time without a zone of its own (as it is else)."""
-    if zone is None:
-        return value
+def _zoneless(value: str) -> datetime | None:
+    """`value` as a date and time when it is one without a zone of its own, else None."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        return value  # (parse_timestamp names what is wrong with it)
-    # a time repeated when the clocks go back is read as its first occurrence (fold 0)
-    return parsed.replace(tzinfo=zone).isoformat() if parsed.tzinfo is None else value
+        return None
+    return parsed if parsed.tzinfo is None else None
+
+
+def _in_zone(value: str, zone: tzinfo | None, previous: float | None, where: str) -> float | str:
+    """Epoch seconds of a date and time without a zone, read in `zone`; `value` as it is else (with a
+    zone of its own, or none given: parse_timestamp reads or refuses it). A time repeated the night the
+    clocks go back is its first occurrence unless that lies before the row before (`previous`): then the
+    second — a local export crosses that hour in order. A time that does not exist (skipped when they
+    go forward) is refused: no reading of it is right."""
+    local = _zoneless(value) if zone is not None else None
+    if local is None:
+        return value
+    first, second = local.replace(tzinfo=zone, fold=0), local.replace(tzinfo=zone, fold=1)
+    if first.astimezone(UTC).astimezone(zone).replace(tzinfo=None) != local:
+        raise BacktestError(f"{where}: no such time in {zone} (the clocks went forward over it)")
+    if previous is not None and first.timestamp() < previous <= second.timestamp():
+        return second.timestamp()
+    return first.timestamp()
 
 
 def _labels(where: str, values: list[str], first: int) -> np.ndarray:
