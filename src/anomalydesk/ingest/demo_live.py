@@ -112,6 +112,7 @@ class DemoTraffic:
         self.error: BaseException | None = None  # why the thread stopped, when it failed
         self.outage = ""  # while Redis is unreachable: why (the thread waits and resumes)
         self.stop_pending = False  # stopped during an outage: the stop is recorded once Redis is back
+        self._pending_stop: threading.Event | None = None  # set: that recording is no longer wanted
         # each change of the window length followed: {"at" (epoch seconds), "window_seconds", "was"}
         self.window_changes: list[dict[str, float]] = []
 
@@ -120,6 +121,8 @@ class DemoTraffic:
         """Connect, make sure setup ran, and start the traffic thread."""
         if self._thread is not None:
             raise RuntimeError("demo traffic is already running")
+        if self._pending_stop is not None:  # an earlier run's stop, stopped in an outage: traffic is back
+            self._pending_stop.set()
         if self._r is None:
             from anomalydesk.store.connection import connect
             from anomalydesk.store.locate import resolve_url
@@ -356,29 +359,46 @@ class DemoTraffic:
         # (it holds events only if they came late; past its end it may be sealed already)
         if now >= first and (now >= first + self.window_s or self._window_has_data(first)):
             since = (math.floor(now / self.window_s) + 1) * self.window_s
-            traffic_stops.record(self._r, self.services, since, keys=self.keys)
+            traffic_stops.record(self._r, self.services, since, cut=ended, keys=self.keys)
 
     def _record_stop_when_back(self, since: float) -> None:
-        """Record the stop at `since` (the last traffic Redis took) as soon as Redis answers, trying for
-        `config.DEMO_STOP_RECORD_PATIENCE_SECONDS` from a daemon thread (the demo's own thread ends now:
-        Stop must not wait for the outage). `stop_pending` is True until it is recorded."""
+        """Record the stop at `since` (when Stop ended the traffic; the outage before it was no stop, and
+        its silence stays what it was) as soon as Redis answers, trying for
+        `config.DEMO_STOP_RECORD_PATIENCE_SECONDS` from a daemon thread with a client of its own (the
+        demo's thread ends now: Stop must not wait for the outage). `stop_pending` is True until it is
+        recorded; starting the demo again cancels it (its start resumes the traffic anyway)."""
         log.warning("demo traffic stopped while Redis is unreachable: its stop is recorded once Redis is back")
         self.stop_pending = True
+        cancelled = self._pending_stop = threading.Event()
+        assert self._r is not None
+        client = self._r if self._url is None else None  # (stop() closes a connection it made)
 
         def record() -> None:
-            assert self._r is not None
+            from anomalydesk.store.connection import connect
+            from anomalydesk.store.locate import resolve_url
+
+            r, recorded = client, False
             deadline = time.monotonic() + config.DEMO_STOP_RECORD_PATIENCE_SECONDS
-            while time.monotonic() < deadline:
-                try:
-                    traffic_stops.record(self._r, self.services, since, keys=self.keys)
-                except (redis.ConnectionError, redis.TimeoutError):
-                    time.sleep(config.DEMO_OUTAGE_RETRY_SECONDS)
-                    continue
-                self.stop_pending = False
-                log.info("Redis is back: the demo's stop is recorded")
-                return
-            log.warning("Redis stayed unreachable: the demo's stop was not recorded, and its silence may "
-                        "open a gap incident")  # fmt: skip
+            wait = config.DEMO_OUTAGE_RETRY_SECONDS
+            try:
+                while not cancelled.is_set() and time.monotonic() < deadline:
+                    try:
+                        r = r or connect(resolve_url(self._url))
+                        traffic_stops.record(r, self.services, since, keys=self.keys)
+                        recorded = True
+                        log.info("Redis is back: the demo's stop is recorded")
+                        return
+                    except (redis.ConnectionError, redis.TimeoutError):
+                        cancelled.wait(wait)
+                        wait = min(wait * 2, config.DEMO_OUTAGE_RETRY_MAX_SECONDS)
+                if not cancelled.is_set():
+                    log.warning("Redis stayed unreachable: the demo's stop was not recorded, and its silence "
+                                "may open a gap incident")  # fmt: skip
+            finally:
+                if recorded or cancelled.is_set():
+                    self.stop_pending = False
+                if client is None and r is not None:
+                    r.close()
 
         threading.Thread(target=record, name="demo-stop-record", daemon=True).start()
 

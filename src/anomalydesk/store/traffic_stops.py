@@ -36,8 +36,10 @@ for i = 1, #ARGV, 2 do
   if raw then
     ok, stop = pcall(cjson.decode, raw)
   end
-  -- a record that is not ours to read (not JSON, not an object, no numeric since) is left as it is
-  if ok and type(stop) == 'table' and type(stop['since']) == 'number' then
+  -- a record that is not ours to read (not JSON, not an object, no numeric since, a cut not a number)
+  -- is left as it is
+  if ok and type(stop) == 'table' and type(stop['since']) == 'number'
+      and (stop['cut'] == nil or type(stop['cut']) == 'number') then
     local at = tonumber(ARGV[i + 1])
     if stop['resumed'] == nil and stop['since'] <= at then
       stop['resumed'] = at
@@ -52,11 +54,14 @@ return ended
 
 @dataclass(frozen=True)
 class Stop:
-    """One service's traffic stopped on purpose at `since`, until `resumed` (None: still stopped)."""
+    """One service's traffic stopped on purpose at `since`, until `resumed` (None: still stopped); `cut`:
+    where its traffic really ended when that is before `since` (its last events landed late, after it,
+    and the stop was moved behind them: the windows from `cut` to `since` hold part of its traffic)."""
 
     since: float
     resumed: float | None = None
     by: str = "demo"
+    cut: float | None = None
 
     def covers(self, start: float) -> bool:
         """Whether a window starting at `start` lies in the stop."""
@@ -66,29 +71,33 @@ class Stop:
         fields: dict[str, object] = {"since": self.since, "by": self.by}
         if self.resumed is not None:  # left out while open (the resume script tests for its absence)
             fields["resumed"] = self.resumed
+        if self.cut is not None:
+            fields["cut"] = self.cut
         return json.dumps(fields)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Stop:
         """The stop a record holds; ValueError for anything else (not JSON, not an object, no finite numeric
-        `since`, a `resumed` that is not a finite number)."""
+        `since`, a `resumed` or `cut` that is not a finite number)."""
         fields = json.loads(raw)
         if not isinstance(fields, dict):
             raise ValueError(f"a stop record is a JSON object, not {type(fields).__name__}")
-        since, resumed = fields.get("since"), fields.get("resumed")
-        for name, value in (("since", since), ("resumed", resumed)):
-            if value is None and name == "resumed":
+        since, resumed, cut = fields.get("since"), fields.get("resumed"), fields.get("cut")
+        for name, value in (("since", since), ("resumed", resumed), ("cut", cut)):
+            if value is None and name != "since":
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise ValueError(f"a stop record's {name} is a finite number of seconds, not {value!r}")
-        return cls(float(since), None if resumed is None else float(resumed), str(fields.get("by", "demo")))
+        return cls(float(since), None if resumed is None else float(resumed), str(fields.get("by", "demo")),
+                   None if cut is None else float(cut))  # fmt: skip
 
 
-def record(r: redis.Redis, services: Iterable[str], since: float, *, by: str = "demo",
+def record(r: redis.Redis, services: Iterable[str], since: float, *, by: str = "demo", cut: float | None = None,
            keys: Keys | None = None) -> None:  # fmt: skip
-    """Record that the traffic of `services` ended on purpose at `since` (replaces an earlier stop)."""
+    """Record that the traffic of `services` ended on purpose at `since` (replaces an earlier stop); `cut`:
+    where it really ended, when its last events landed after that and `since` was moved behind them."""
     keys = keys or Keys(config.key_prefix())
-    value = Stop(float(since), None, by).to_json()
+    value = Stop(float(since), None, by, None if cut is None or cut >= since else float(cut)).to_json()
     mapping = {service: value for service in services}
     if mapping:
         r.hset(keys.traffic_stops, mapping=mapping)
@@ -123,7 +132,11 @@ def stopped_at(stops: Mapping[str, Stop], start: float) -> set[str]:
 
 
 def cut_short(stops: Mapping[str, Stop], service: str, start: float, length: float) -> bool:
-    """Whether the service's stop began inside the window [start, start + length): `demo --duration`
-    ends where its time runs out, and the window it ended in holds only part of its traffic."""
+    """Whether the window [start, start + length) holds only part of the service's traffic before its
+    stop: `demo --duration` ends where its time runs out, inside a window, and a stop moved behind late
+    events (`cut`) leaves the windows from where the traffic ended up to `since` part-filled."""
     stop = stops.get(service)
-    return stop is not None and start < stop.since < start + length
+    if stop is None:
+        return False
+    ended = stop.since if stop.cut is None else stop.cut
+    return start < stop.since and start + length > ended
