@@ -665,8 +665,9 @@ local function keyset(prefix, service)
 end
 
 -- the state hash: window bookkeeping (first, sealed, live, clock, clock_at; lfrom: the epoch second the
--- live stream began at, kept across window-length changes), history (hsealed, hclock, hclock_at), the config the service is set to (g, W; rwf/rwt after a window-length change) and the
--- sizes its sketches were made with
+-- live stream began at, kept across window-length changes), history (hsealed, hclock, hclock_at), the
+-- config the service is set to (g, W; rwf/rwt after a window-length change) and the sizes its sketches
+-- were made with
 local STATE_FIELDS = { 'first', 'sealed', 'live', 'clock', 'clock_at', 'sparse', 'g', 'W', 'hsealed',
   'hclock', 'hclock_at', 'rwf', 'rwt', 'sk', 'be', 'cms_w', 'cms_d', 'topk_k', 'fc', 'fe', 'bf_layers', 'tkw',
   'lfrom' }

@@ -220,6 +220,15 @@ def test_choosing_an_incident_shows_its_service_in_the_live_plot_without_fightin
 
         panel.select_incident(payments)  # another choice: followed again
         assert live.service == "payments"
+
+        # a click on the incident already selected chooses it again (it did nothing: the selection stayed)
+        live.service_box.setCurrentText("users")
+        viewport = panel.table.viewport()
+        qtbot.mouseClick(viewport, QtCore.Qt.MouseButton.LeftButton, pos=row_centre(panel, payments))
+        assert panel.selected().incident_id == payments and live.service == "payments"
+        live.service_box.setCurrentText("users")  # and a click on another incident chooses that one
+        qtbot.mouseClick(viewport, QtCore.Qt.MouseButton.LeftButton, pos=row_centre(panel, orders))
+        assert panel.selected().incident_id == orders and live.service == "orders"
     finally:
         close_app(qtbot, app)
 

@@ -242,6 +242,8 @@ def test_traffic_notes_a_stop_a_stale_buffer_and_a_silence_and_when_a_score_is_c
     traffic.stops = {"svc": Stop(newest + 25)}
     stopped = traffic.note("svc", newest + 20, newest + 30, 5.0)
     assert stopped is not None and stopped.words == f"demo traffic stopped at {local_time(newest + 25)}"
+    traffic.window("svc", newest + 25, silent=False)  # traffic from the stop on, before the poll reads its end
+    assert traffic.note("svc", newest + 25, newest + 32, 5.0) is None
     traffic.stops = {"svc": Stop(newest + 25, resumed=newest + 40)}  # the detector saw traffic again
     assert traffic.note("svc", newest + 40, newest + 42, 5.0) is None
     traffic.forget()

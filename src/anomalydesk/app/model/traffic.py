@@ -73,7 +73,10 @@ class Traffic:
         """What to say about `service`'s traffic at `now`, its newest buffered window starting at `newest`
         (None: none buffered); None while it is live."""
         stop = self.stops.get(service)
-        if stop is not None and stop.resumed is None and stop.since <= now:
+        # (a window with events from the stop on is traffic back: the detector ends the stop at it, and
+        # the status poll reads that up to a poll later)
+        back = self.last_traffic.get(service, -math.inf) >= (stop.since if stop is not None else math.inf)
+        if stop is not None and stop.resumed is None and stop.since <= now and not back:
             return TrafficNote(f"{stop.by} traffic stopped at {local_time(stop.since)}", None)
         if newest is None:
             return None

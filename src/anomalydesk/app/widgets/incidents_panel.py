@@ -359,6 +359,7 @@ class IncidentsPanel(QtWidgets.QWidget):
         scrollbar = self.table.style().pixelMetric(QtWidgets.QStyle.PixelMetric.PM_ScrollBarExtent)
         self.table.setMinimumHeight(header.sizeHint().height() + rows + scrollbar + 2 * self.table.frameWidth())
         self.table.selectionModel().selectionChanged.connect(self._selection_changed)
+        self.table.clicked.connect(self._row_clicked)
         self.clock = QtCore.QTimer(self)  # live durations and snoozes that run out
         self.clock.setInterval(1000)
         self.clock.timeout.connect(self._tick)
@@ -610,6 +611,14 @@ class IncidentsPanel(QtWidgets.QWidget):
         self.table.selectRow(row)
         self.table.scrollTo(self.model.index(row, 0))
         return True
+
+    def _row_clicked(self, index: QtCore.QModelIndex) -> None:
+        """A click on an incident chooses it, the one already selected too: the live plot, moved to another
+        service since, shows its service again (a click that changed the selection chose it on the press
+        as well; showing the same service twice changes nothing)."""
+        inc = self.model.incident_at(index.row())
+        if inc is not None and inc.incident_id == self._selected_id:
+            self.incident_chosen.emit(inc)
 
     def _selection_changed(self, *_args: object) -> None:
         inc = self.selected()
