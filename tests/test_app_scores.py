@@ -30,9 +30,24 @@ def plotted(panel) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(curve.xData, dtype=float), np.asarray(curve.yData, dtype=float)
 
 
-def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop, redis_url, r):  # noqa: F811
+def open_app_on_service(qtbot, redis_url: str, windows: int):
+    """The app on the test's server, its live panel showing SERVICE once its `windows` windows are read."""
     from anomalydesk.app.application import DesktopApp
     from anomalydesk.app.model.settings import AppSettings
+
+    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
+    app.window.show()
+    run(qtbot, app.start())
+    panel = app.window.live
+    panel.select_service(SERVICE)
+    live = app.state.live
+    qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == windows, timeout=20_000)
+    # the service list can refill after the buffers arrive (a full suite once plotted before it did)
+    qtbot.waitUntil(lambda: panel.service == SERVICE, timeout=20_000)
+    return app
+
+
+def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop, redis_url, r):  # noqa: F811
     from anomalydesk.store import models as registry
     from test_detector import add_window, alerts, drain, make_detector
 
@@ -47,16 +62,9 @@ def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop
     drain(detector)
     assert len(stored_scores(r)) == 4
 
-    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
-    app.window.show()
-    run(qtbot, app.start())
+    app = open_app_on_service(qtbot, redis_url, 8)
     try:
-        panel = app.window.live
-        panel.select_service(SERVICE)
-        live = app.state.live
-        qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == 8, timeout=20_000)
-        # the service list can refill after the buffers arrive (a full suite once plotted before it did)
-        qtbot.waitUntil(lambda: panel.service == SERVICE, timeout=20_000)
+        panel, live = app.window.live, app.state.live
         # history read at start-up: scores where the detector stored one, gaps where it did not
         x, y = plotted(panel)
         assert list(x) == [w * 5.0 for w in range(1000, 1008)]
@@ -251,8 +259,6 @@ def test_model_labels_a_few_windows_apart_do_not_print_over_each_other(qtbot):
 def test_a_window_length_change_is_marked_where_the_requests_per_window_step(qtbot, qloop, redis_url, r):  # noqa: F811
     """5-s windows, then 10-s ones: each holds twice the requests, a step on the plot that is no change in
     traffic. The score plot marks where the length changed, for windows read at start-up and live alike."""
-    from anomalydesk.app.application import DesktopApp
-    from anomalydesk.app.model.settings import AppSettings
     from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION
     from anomalydesk.store.keys import Keys
 
@@ -269,15 +275,9 @@ def test_a_window_length_change_is_marked_where_the_requests_per_window_step(qtb
         window(start, 5, 100)
     for start in range(5020, 5050, 10):
         window(start, 10, 200)
-    app = DesktopApp(AppSettings(live_features=["requests"]), redis_url, run_detector=False)
-    app.window.show()
-    run(qtbot, app.start())
+    app = open_app_on_service(qtbot, redis_url, 7)
     try:
-        panel = app.window.live
-        panel.select_service(SERVICE)
-        live = app.state.live
-        qtbot.waitUntil(lambda: SERVICE in live.buffers and len(live.buffers[SERVICE]) == 7, timeout=20_000)
-        qtbot.waitUntil(lambda: panel.service == SERVICE, timeout=20_000)
+        panel, live = app.window.live, app.state.live
         panel.redraw(force=True)
         assert panel.marks == [(5020.0, "window 5 s → 10 s")]
         # one line across the change: the first 10-s window's step (10 s after 5-s ones) is no gap
