@@ -164,6 +164,17 @@ def test_daily_cycle_modelled_with_a_full_day() -> None:
     assert np.all(dropped_scores[midday] >= model.threshold)
 
 
+def test_a_day_of_windows_is_a_day() -> None:
+    """The Demo panel's "Backfill a day" gives 17,280 5-s windows: 86,395 s from the first start to the
+    last, "less than a day of history (24.0 h)", so the one-click path never modelled the daily cycle.
+    The windows cover a day: the last one ends at the day's end. One window fewer does not."""
+    X, t = _daily(1)
+    assert t.size == 288 and t[-1] - t[0] == DAY - STEP
+    assert train(X, _params(), timestamps=t).metadata["daily_cycle"] is True
+    short = train(X[1:], _params(), timestamps=t[1:]).metadata
+    assert short["daily_cycle"] is False and "less than a day of history (23.9 h)" in short["note"]
+
+
 def test_less_than_a_day_says_so() -> None:
     X, t = _daily(0.5)
     model = train(X, _params(), timestamps=t)

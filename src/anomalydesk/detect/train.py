@@ -123,7 +123,7 @@ def train(
 
     expected = np.median(X, axis=0)
     q75, q25 = np.percentile(X, [75, 25], axis=0)
-    span = float(timestamps.max() - timestamps.min()) if timestamps is not None else 0.0
+    span = _covered_seconds(timestamps)
     daily_cycle = timestamps is not None and span >= config.DAILY_CYCLE_MIN_SECONDS
     counts = count_features(X)
     logs = np.array([name in config.MODEL_LOG_FEATURES for name in params.feature_names]) & np.all(X >= 0, axis=0)
@@ -283,6 +283,18 @@ def _false_alarm_rate(params: TrainParams, timestamps: np.ndarray | None) -> tup
     spacing = float(np.median(steps))
     per_day = params.false_alarms_per_day * spacing / config.DAILY_CYCLE_MIN_SECONDS
     return min(params.false_alarm_rate, per_day), spacing
+
+
+def _covered_seconds(timestamps: np.ndarray | None) -> float:
+    """The time the windows cover: from the first window's start to the end of the last (its start plus
+    the usual step). A day of 5-s windows covers 86,400 s; first start to last start, 86,395 s, was
+    "less than a day", so the Demo panel's "Backfill a day" and Train never modelled the daily cycle."""
+    if timestamps is None or timestamps.shape[0] == 0:
+        return 0.0
+    steps = np.diff(np.sort(timestamps))
+    steps = steps[steps > 0]
+    last = float(np.median(steps)) if steps.size else 0.0
+    return float(timestamps.max() - timestamps.min()) + last
 
 
 def _grow(X: np.ndarray, params: TrainParams, report: Callable[[float], None],
