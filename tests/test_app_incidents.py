@@ -36,12 +36,18 @@ def raise_alert(r: redis.Redis, service: str, window: int, *, kind: str = "new",
     alert = Alert.about(incident, kind=kind, window=window, window_start=time.time(), score=score,
                         severity=severity, reasons=reasons, model_version=1,
                         message=f"{service}: 5xx ratio 20% vs 0.4% normal").to_json()  # fmt: skip
-    r.hset(keys.incidents, incident.id, json.dumps(incident.to_json()))
-    r.sadd(keys.incidents_open, incident.id)
-    r.xadd(keys.alerts_log, {"alert": json.dumps(alert)}, maxlen=config.ALERT_LOG_MAXLEN, approximate=True)
+    store_incident(r, incident, alert, keys)
     if publish:
         r.publish(keys.alerts_channel, json.dumps(alert))
     return alert
+
+
+def store_incident(r: redis.Redis, incident: Incident, alert: dict, keys: Keys | None = None) -> None:
+    """The incident stored as open and its alert logged, as the detector commits them."""
+    keys = keys or Keys()
+    r.hset(keys.incidents, incident.id, json.dumps(incident.to_json()))
+    r.sadd(keys.incidents_open, incident.id)
+    r.xadd(keys.alerts_log, {"alert": json.dumps(alert)}, maxlen=config.ALERT_LOG_MAXLEN, approximate=True)
 
 
 def open_app(qtbot, url):
@@ -324,9 +330,7 @@ def test_a_level_shift_is_accepted_from_its_button(qtbot, qloop, redis_url, r): 
                     severity="warning", reasons=(reason,))  # fmt: skip
     alert = Alert.about(shift, kind="level_shift", window=3000, window_start=time.time(), score=70.0,
                         severity="warning", reasons=[reason], model_version=1, message=f"payments: {reason['text']}")
-    r.hset(keys.incidents, shift.id, json.dumps(shift.to_json()))
-    r.sadd(keys.incidents_open, shift.id)
-    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    store_incident(r, shift, alert.to_json(), keys)
     app = open_app(qtbot, redis_url)
     try:
         panel, state = app.window.incidents, app.state
@@ -433,9 +437,7 @@ def test_a_silenced_incident_is_marked_as_the_cli_marks_it(qtbot, qloop, redis_u
                     silenced=True)  # fmt: skip
     alert = Alert.about(muted, kind="new", window=3000, window_start=time.time(), score=90.0, severity="critical",
                         reasons=[], model_version=1, message="svc-7: muted", silenced=True)  # fmt: skip
-    r.hset(keys.incidents, muted.id, json.dumps(muted.to_json()))
-    r.sadd(keys.incidents_open, muted.id)
-    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    store_incident(r, muted, alert.to_json(), keys)
     app = open_app(qtbot, redis_url)
     try:
         panel = app.window.incidents

@@ -9,7 +9,6 @@ which the offscreen platform turns into the enter and leave events a real pointe
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import replace
 
@@ -20,7 +19,7 @@ from anomalydesk.detect import incidents
 from anomalydesk.detect.incident_model import Alert, Incident
 from anomalydesk.store.keys import Keys
 from app_support import qloop, run  # noqa: F401  (fixture)
-from test_app_incidents import close_app, open_app, raise_alert
+from test_app_incidents import close_app, open_app, raise_alert, store_incident
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -146,9 +145,7 @@ def test_each_action_button_follows_the_selected_incidents_state(qtbot, qloop, r
                     severity="warning", reasons=(reason,))  # fmt: skip
     alert = Alert.about(shift, kind="level_shift", window=1004, window_start=time.time(), score=70.0,
                         severity="warning", reasons=[reason], model_version=1, message="search: new normal?")
-    r.hset(keys.incidents, shift.id, json.dumps(shift.to_json()))
-    r.sadd(keys.incidents_open, shift.id)
-    r.xadd(keys.alerts_log, {"alert": json.dumps(alert.to_json())})
+    store_incident(r, shift, alert.to_json(), keys)
     app = open_app(qtbot, redis_url)
     try:
         panel = app.window.incidents
