@@ -62,3 +62,12 @@ def run(qtbot: Any, awaitable: Awaitable[T], timeout: float = 30.0) -> T:
     task = asyncio.ensure_future(awaitable)
     qtbot.waitUntil(task.done, timeout=int(timeout * 1000))
     return task.result()
+
+
+def close_app(qtbot: Any, app: Any) -> None:
+    """Shut a DesktopApp down and dispose of its window, also when the shutdown fails: a window left open
+    takes the pointer's Enter and Leave events from the next test's window."""
+    try:
+        run(qtbot, app.shutdown())
+    finally:
+        app.dispose()

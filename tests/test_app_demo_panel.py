@@ -15,7 +15,7 @@ from anomalydesk.config import SketchSettings
 from anomalydesk.detect.system_gap import SYSTEM
 from anomalydesk.store import admin
 from anomalydesk.store.keys import Keys
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -59,5 +59,4 @@ def test_stopping_demo_traffic_from_the_panel_notifies_nothing(qtbot, qloop, red
         assert [n.title for n in app.tray.delivered if n.incident_id.startswith(SYSTEM)] == []
         assert not app.window.banner.isVisible()
     finally:
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)

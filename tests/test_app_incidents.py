@@ -20,7 +20,7 @@ from anomalydesk import config
 from anomalydesk.detect import incidents
 from anomalydesk.detect.incident_model import Alert, Incident
 from anomalydesk.store.keys import Keys
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -60,10 +60,6 @@ def open_app(qtbot, url):
     qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
     return app
 
-
-def close_app(qtbot, app):
-    run(qtbot, app.shutdown())
-    app.dispose()
 
 
 def usual_range_of(qtbot, app, alert: dict) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from anomalydesk import cli
 from anomalydesk.config import SketchSettings
 from anomalydesk.store import admin, sketches
 from anomalydesk.store.sink import IngestSink
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.backends, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -128,5 +128,4 @@ def test_inspector_answers_match_the_truth_the_store_and_the_cli(qtbot, qloop, r
         query(qtbot, panel, "shop", "topk", "")
         app.window.grab().save("/tmp/wtc-sketches.png")
     finally:
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)

@@ -20,7 +20,7 @@ from anomalydesk.config import SketchSettings
 from anomalydesk.detect import incidents
 from anomalydesk.store import admin
 from anomalydesk.store.sink import IngestSink
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 from conftest import RedisServer, free_port
 from test_app_incidents import raise_alert
 
@@ -60,10 +60,6 @@ def open_app(qtbot, settings: AppSettings, run_detector: bool = False):
     run(qtbot, app.start())
     return app
 
-
-def close_app(qtbot, app) -> None:
-    run(qtbot, app.shutdown())
-    app.dispose()
 
 
 def wait_connected_to(qtbot, app, server, timeout: int = 30_000) -> None:

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -200,8 +200,7 @@ def test_sketches_panel_asks_before_recreating(qtbot, qloop, redis_url, r):  # n
         qtbot.waitUntil(lambda: admin.read_settings(r).settings.retention == 1000, timeout=10_000)
         assert not panel.confirm.isVisible()
     finally:
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)
         time.sleep(0)
 
 

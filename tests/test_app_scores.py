@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -91,8 +91,7 @@ def test_the_plot_shows_the_stored_scores_and_marks_each_activation(qtbot, qloop
         assert y[5] == 80.0 and list(y[8:]) == [10.0] * 4
     finally:
         detector.release()
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)
 
 
 def test_the_score_title_says_what_became_of_the_traffic_not_the_last_score_as_if_live(qtbot, qloop, redis_url, r,  # noqa: F811
@@ -185,8 +184,7 @@ def test_the_score_title_says_what_became_of_the_traffic_not_the_last_score_as_i
         wait_for(lambda: f"{silent} · now " in title(), timeout=10_000)
         assert title().endswith(f"now {int(newest_score.score)}, threshold 70"), title()
     finally:
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)
 
 
 def test_a_window_without_its_score_yet_is_a_gap_until_the_score_arrives(qtbot):
@@ -291,5 +289,4 @@ def test_a_window_length_change_is_marked_where_the_requests_per_window_step(qtb
         assert panel.marks == [(5020.0, "window 5 s → 10 s"), (5060.0, "window 10 s → 30 s")]
         assert panel.activation_marks == []  # (no model scored anything)
     finally:
-        run(qtbot, app.shutdown())
-        app.dispose()
+        close_app(qtbot, app)

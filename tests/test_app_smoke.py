@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -20,8 +20,7 @@ def desktop(qtbot, qloop, redis_url):  # noqa: F811
     run(qtbot, app.start())
     qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
     yield app
-    run(qtbot, app.shutdown())
-    app.dispose()
+    close_app(qtbot, app)
 
 
 def test_demo_traffic_from_the_panel(qtbot, desktop):

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from app_support import qloop, run  # noqa: F401  (fixture)
+from app_support import close_app, qloop, run  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.gui, pytest.mark.qt_log_level_fail("WARNING"),
               pytest.mark.qt_log_ignore("This plugin does not support")]  # the offscreen platform says so
@@ -30,8 +30,7 @@ def desktop(qtbot, qloop, redis_url):  # noqa: F811
     run(qtbot, app.start())
     qtbot.waitUntil(lambda: app.state.connection.status == "connected", timeout=20_000)
     yield app
-    run(qtbot, app.shutdown())
-    app.dispose()
+    close_app(qtbot, app)
 
 
 def test_train_inject_notify_ack(qtbot, desktop, r, record_property):

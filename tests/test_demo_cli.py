@@ -150,7 +150,7 @@ def test_live_demo_follows_a_window_length_change(redis_url: str, r: redis.Redis
         assert proc.stderr is not None
         banner = proc.stderr.readline()
         assert banner.startswith("demo: 500 events/s"), banner
-        _until(lambda: len(orders(1)) >= 6)
+        _until(lambda: len(orders(1)) >= 16)  # enough windows that Poisson noise cannot decide the ratio below
         assert main(["setup", "--window", "3", "--force", "--redis", redis_url]) == 0
         assert "window_seconds" in capsys.readouterr().out
         lines: list[str] = []
@@ -162,7 +162,7 @@ def test_live_demo_follows_a_window_length_change(redis_url: str, r: redis.Redis
         assert said.strip() == "demo: the window length changed from 1 s to 3 s; the traffic follows it"
         seconds, micros = r.time()
         followed_by = seconds + micros / 1e6  # the demo followed the change before this
-        _until(lambda: len(orders(3, followed_by)) >= 2)  # two whole 3-s windows generated after it, sealed
+        _until(lambda: len(orders(3, followed_by)) >= 6)  # six whole 3-s windows generated after it, sealed
         proc.send_signal(signal.SIGINT)
         out = proc.stdout.read() if proc.stdout is not None else ""
         proc.wait(timeout=TIMEOUT)
@@ -177,10 +177,12 @@ def test_live_demo_follows_a_window_length_change(redis_url: str, r: redis.Redis
     (change,) = summary["window_changes"]
     assert change["was"] == 1 and change["window_seconds"] == 3 and summary["start"] < change["at"] <= followed_by
     # orders over the trailing window: a 3-s window counts about three times a 1-s window's orders
-    one_s = sorted(fp.kpis["orders_per_window"] for fp in orders(1)[1:])
-    three_s = sorted(fp.kpis["orders_per_window"] for fp in orders(3, change["at"]))
-    assert len(one_s) >= 5 and len(three_s) >= 2
-    ratio = three_s[len(three_s) // 2] / one_s[len(one_s) // 2]
+    # (about 10 orders a 1-s window, Poisson: the means of 15 and 6 windows put the ratio near 3 ± 0.35;
+    # CI once saw medians of 5 and 3 windows give 1.73)
+    one_s = [fp.kpis["orders_per_window"] for fp in orders(1)[1:]]
+    three_s = [fp.kpis["orders_per_window"] for fp in orders(3, change["at"])]
+    assert len(one_s) >= 15 and len(three_s) >= 6
+    ratio = (sum(three_s) / len(three_s)) / (sum(one_s) / len(one_s))
     assert 2.0 < ratio < 4.5, (one_s, three_s)
 
 

@@ -38,10 +38,9 @@ class ClusterClient(RedisCluster):
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
-        parser = FcallKeysParser.__new__(FcallKeysParser)
-        parser.commands = self.commands_parser.commands
-        parser.redis_connection = self.commands_parser.redis_connection
-        self.commands_parser = parser
+        # The parser redis-py built, with whatever state its version keeps (8.2 added compiled key
+        # specs), becomes ours: only get_keys changes.
+        self.commands_parser.__class__ = FcallKeysParser
 
 
 def _fcall_keys(args: tuple[Any, ...]) -> list[Any] | None:

@@ -56,6 +56,26 @@ def _text(value: Any) -> str:
 
 CLOSE_TIMEOUT_SECONDS = 3.0
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
+CANCEL_AGAIN_SECONDS = 0.5  # a reader still running this long after its cancel is cancelled again
+
+
+def _raise_if_cancelling() -> None:
+    """End the current task if it was asked to: redis-py can swallow a cancel that lands in a read and
+    return as if the read had timed out (about 1 blocking XREAD in 200 cancelled at a random moment, on
+    redis-py 8.1 and 8.2 alike), and a reader loop would go on reading."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+async def _stopped(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel the tasks and wait until each has ended, cancelling again one that a swallowed cancel left
+    running (see `_raise_if_cancelling`): the app's close waited for such a reader until Redis went away."""
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_SECONDS)
 
 
 def _parse_entries(service: str, entries: list[Any]) -> list[Fingerprint]:
@@ -160,9 +180,7 @@ class Session:
         try:
             done, _pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await _stopped(tasks)
         for task in done:
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
@@ -176,9 +194,7 @@ class Session:
             self.caught_up.set()
             while True:
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # redis-py's read timeout can swallow a cancel
-                    raise asyncio.CancelledError
+                _raise_if_cancelling()
                 if message is None or message.get("type") != "message":
                     continue
                 try:
@@ -246,7 +262,9 @@ class Session:
             streams = {self.keys.fingerprints(s): self._fp_last[s] for s in services}
             streams.update({self.keys.scores(s): self._score_last[s] for s in services})
             fresh, scored = [], []
-            for stream, entries in await self.core.read_streams(streams, FINGERPRINT_BLOCK_MS):
+            found = await self.core.read_streams(streams, FINGERPRINT_BLOCK_MS)
+            _raise_if_cancelling()
+            for stream, entries in found:
                 service, kind = self._stream_of(_text(stream))
                 if not entries:
                     continue
