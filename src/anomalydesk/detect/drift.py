@@ -11,7 +11,20 @@ new model's end-of-training baseline: the two live in different spaces (log scal
 - `restore(model, version, stored)`: the service's baseline for this model;
 - `advance(model, baseline, fp)`: the baseline after the window (its row added);
 - `shift_of(model, baseline)`: the level shift it shows, as an incident reason, or None;
-- `stored(baseline, version)`: what goes into the detector state.
+- `stored(baseline, version)`: what goes into the detector state;
+- `followers(model, baseline, incident_id, fp, window_s)` / `follows(shift, followers, fp)`: what an
+  acceptance takes along (below).
+
+**One change, one decision.** Accepting re-baselines only the features beyond their threshold, so a fault
+under way on another feature is not taken into the new normal. But a deploy moves several features, and
+one whose move weak evidence hid (p99 latency at night, few requests a window) crossed its threshold
+later and opened a second "new normal?" incident for the change the operator had accepted (the demo's
+`shift` on another day's traffic: 49 minutes after). Now the acceptance records the features that had
+moved at least `config.LEVEL_SHIFT_FOLLOW_SHARE` of their threshold, each to its side, without crossing
+it (`followers`, in the detector state). Within the baseline's horizon (L windows) after the acceptance,
+a level shift of one of them, to the same side, whose move began before the acceptance, is the same
+change: it is re-baselined quietly and recorded on the accepted incident (`follows`). A feature that
+moves later, to the other side, or after L windows opens its own incident as before.
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from anomalydesk import config
 from anomalydesk.detect.baseline import Baseline
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import level_shift_reason
@@ -28,6 +42,7 @@ from anomalydesk.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 STATE_FIELD = "baseline"
+FOLLOWERS_FIELD = "shift_followers"
 
 
 def tracked(model: Any) -> bool:
@@ -63,6 +78,35 @@ def shift_of(model: Model, baseline: Baseline, fp: Fingerprint) -> dict[str, Any
     weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
     weight = 1.0 if weights is None else float(weights[0, found.feature])
     return level_shift_reason(model, found, weight)
+
+
+def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprint,
+              window_s: float) -> dict[str, Any]:  # fmt: skip
+    """What accepting incident `incident_id` at window `fp` takes along (the module docstring): measured on
+    the baseline before the acceptance re-baselines it; the detector state's "shift_followers" field."""
+    distance, levels = baseline.distances(*model.shift_limits)
+    moving = np.flatnonzero((distance >= config.LEVEL_SHIFT_FOLLOW_SHARE) & (distance < 1.0))
+    sides = {model.feature_names[j]: float(np.sign(levels[j] - baseline.reference[j])) for j in moving}
+    return {"incident": incident_id, "accepted_at": fp.start, "until": fp.start + baseline.horizon * window_s,
+            "features": {name: side for name, side in sides.items() if side != 0.0}}
+
+
+def follows(shift: dict[str, Any], recorded: Any, fp: Fingerprint) -> bool:
+    """True when the level shift `shift` (a reason of `shift_of`) belongs to the change accepted in
+    `recorded` (`followers`): one of its features, moved to the same side, its move begun before the
+    acceptance, and window `fp` within the horizon."""
+    if not isinstance(recorded, dict) or fp.start > float(recorded.get("until", 0.0)):
+        return False
+    side = recorded.get("features", {}).get(shift["feature"])
+    if side is None or float(shift["since"]) > float(recorded["accepted_at"]):
+        return False
+    return side * (float(shift["actual"]) - float(shift["expected"])) > 0
+
+
+def followed_reason(shift: dict[str, Any]) -> dict[str, Any]:
+    """A follower's shift as a reason of the accepted incident: what moved with it."""
+    text = str(shift["text"]).removeprefix("new normal? ")
+    return {**shift, "text": f"{text} — moved with this change, taken along with its acceptance"}
 
 
 def stored(baseline: Baseline, version: int | None) -> dict[str, Any]:

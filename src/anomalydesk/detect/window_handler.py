@@ -24,6 +24,7 @@ from anomalydesk.detect import incidents as incidents_mod
 from anomalydesk.detect.incident_commit import CONFLICT, Committer
 from anomalydesk.detect.incident_flow import (
     Confirmation,
+    Plan,
     Verdict,
     advance,
     close_for_new_length,
@@ -115,10 +116,17 @@ class WindowHandler:
                     repeat_check = incidents_mod.NO_REPEAT_CHECK
                 state, incident, rule_incident, shift_incident = dict(restart.state), None, None, None
             moved = baseline
+            followers = state.get(drift.FOLLOWERS_FIELD)
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
-                # the operator took the new level as normal: re-baseline the features that moved there
+                # the operator took the new level as normal: re-baseline the features that moved there, and
+                # note those on their way that the same change may still carry over their threshold
+                followers = drift.followers(svc.model, moved, shift_incident.id, fp, length)
                 moved = moved.accept(*svc.model.shift_limits)
             shift = drift.shift_of(svc.model, moved, fp) if moved is not None else None
+            followed = None
+            if moved is not None and shift is not None and drift.follows(shift, followers, fp):
+                followed, moved = shift, moved.accept(*svc.model.shift_limits)  # the accepted change's, quietly
+                shift = drift.shift_of(svc.model, moved, fp)
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
                            window_seconds=length, kpi_ranges=ranges,
@@ -129,6 +137,11 @@ class WindowHandler:
                 plan.alerts[:0] = restart.alerts
             if moved is not None:
                 plan.state[drift.STATE_FIELD] = drift.stored(moved, svc.model_version)
+            waiting = self._followers_after(plan, followers, followed, fp)
+            if waiting is None:
+                plan.state.pop(drift.FOLLOWERS_FIELD, None)
+            else:
+                plan.state[drift.FOLLOWERS_FIELD] = waiting
             system = system_gap.system_incident(self.r, self.keys, fp.window, gap) if gap or not fp.silent else None
             if gap or system is not None:
                 writes, alerts = system_gap.gap_plan(system, fp, gap, len(live), muted_system)
@@ -145,6 +158,24 @@ class WindowHandler:
         # committed: the baseline moved on; handled before: the stored one is the truth (read it again)
         svc.baseline = moved if outcome == 1 else None
         return Handled(True, list(plan.alerts)) if outcome == 1 else Handled(False)
+
+    def _followers_after(self, plan: Plan, followers: Any, followed: dict[str, Any] | None,
+                         fp: Fingerprint) -> dict[str, Any] | None:  # fmt: skip
+        """The followers still waiting after window `fp` (None once the horizon passed or none is left); a
+        follower that crossed its threshold here is recorded on the accepted incident and waits no more."""
+        if not isinstance(followers, dict) or not followers.get("features") \
+                or fp.start > float(followers.get("until", 0.0)):
+            return None
+        if followed is None:
+            return followers
+        accepted = self._load(followers.get("incident"))
+        if accepted is not None:
+            plan.incidents.append((accepted.revised(reasons=(*accepted.reasons, drift.followed_reason(followed))),
+                                   accepted.rev))  # fmt: skip
+        log.info("%s: %s moved with the change accepted in %s; taken along", fp.service, followed["feature"],
+                 followers.get("incident"))
+        waiting = {k: v for k, v in followers["features"].items() if k != followed["feature"]}
+        return {**followers, "features": waiting} if waiting else None
 
     def _load(self, incident_id: str | None) -> Incident | None:
         if not incident_id:
