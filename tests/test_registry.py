@@ -160,6 +160,31 @@ def test_scheduled_retraining_keeps_the_active_model_when_the_candidate_is_worse
     assert better.version == 2 and registry.active_versions(r) == {"orders": 2}
 
 
+def test_training_leaves_out_the_faults_the_demo_injected_but_not_its_shifts(r: redis.Redis) -> None:
+    """An errors burst injected into the demo while payments was still learning raised no incident, and
+    training learned it as normal (the same burst later scored 53–59). The demo's ground truth keeps its
+    windows out, says so, and leaves in a `shift` (a deploy's new level: its incident asks the operator)
+    and the faults of other services."""
+    from anomalydesk.bench.detect import synthetic
+    from anomalydesk.detect.training_run import train_service, training_data
+    from anomalydesk.ingest.demo_model import Fault
+    from anomalydesk.ingest.demo_run import TruthRecorder
+
+    _fill(r, "payments", synthetic(300, 1000), 1000)
+    truth = TruthRecorder(r, K)
+    truth.record(Fault("errors", "payments", 1100 * 5 + 2.5, 1110 * 5))  # windows 1100–1109, the first in part
+    truth.record(Fault("shift", "payments", 1200 * 5, float("inf")))
+    truth.record(Fault("latency", "orders", 1000 * 5, 1300 * 5))
+    data = training_data(r, "payments", windows=300)
+    windows = data.windows.tolist()
+    assert data.demo_faults == 10 and data.excluded == 0 and not set(range(1100, 1110)) & set(windows)
+    assert len(windows) == 290 and {1099, 1110, 1200, 1299} <= set(windows)
+    assert data.left_out() == "left out 10 windows of faults the demo injected"
+    outcome = train_service(r, "payments", params=TrainParams(trees=10, min_windows=100))
+    assert outcome.version == 1 and outcome.as_dict()["demo_fault_windows"] == 10
+    assert registry.info(r, "payments", 1).metrics["demo_fault_windows"] == 10
+
+
 def test_training_leaves_out_confirmed_incidents_and_puts_back_false_positives(r: redis.Redis) -> None:
     from dataclasses import replace
 

@@ -1,11 +1,13 @@
 """Training a service from Redis: select its windows, train (pure), store and activate the model.
 
 Window selection (`training_data`): the service's most recent fingerprints, minus `no_data`
-windows, minus windows inside confirmed incidents (an anomaly must not become "normal"), plus the
-windows of incidents an operator marked false positive (put back even when they are older than the
-range read). `retrain_if_better` is the detector's scheduled retraining: it holds back the newest
-normal windows, trains a candidate on the rest and activates it only when its false-alarm rate on
-the held-back windows is no worse than the active model's.
+windows, minus windows inside confirmed incidents (an anomaly must not become "normal") and inside
+the faults the demo injected (its ground truth, `demo_fault_spans`: a fault injected while the
+service was still learning raised no incident, and was learned as normal), plus the windows of
+incidents an operator marked false positive (put back even when they are older than the range
+read). `retrain_if_better` is the detector's scheduled retraining: it holds back the newest normal
+windows, trains a candidate on the rest and activates it only when its false-alarm rate on the
+held-back windows is no worse than the active model's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from anomalydesk.detect import incidents
 from anomalydesk.detect.model import Model
 from anomalydesk.detect.score import score_batch
 from anomalydesk.detect.stored_models import load_model
+from anomalydesk.detect.stream_reader import text
 from anomalydesk.detect.train import InsufficientHistory, TrainParams, train
 from anomalydesk.fingerprint import FEATURE_NAMES, SCHEMA_VERSION, Fingerprint, format_ratio
 from anomalydesk.store import admin, fingerprints
@@ -39,6 +42,7 @@ class TrainingData:
     timestamps: np.ndarray  # float64 window starts (epoch seconds)
     X: np.ndarray  # (windows, features)
     excluded: int = 0  # windows inside confirmed incidents
+    demo_faults: int = 0  # windows inside faults the demo injected (and inside no incident)
     restored: int = 0  # false-positive windows put back from outside the range read
     gaps: int = 0  # windows of a gap (no event at all for TRAINING_GAP_SECONDS or longer)
     stretched: int = 0  # windows holding events from outside their span (a window-length change)
@@ -65,6 +69,7 @@ class TrainingData:
         """What was left out, in words ("" when nothing was)."""
         parts = [f"{n:,} {what}" for n, what in (
             (self.gaps, "windows of gaps without any event"), (self.excluded, "windows inside incidents"),
+            (self.demo_faults, "windows of faults the demo injected"),
             (self.stretched, "stretched windows after a window-length change"),
             (self.other_length, "windows of another window length"),
         ) if n]  # fmt: skip
@@ -90,8 +95,8 @@ class TrainOutcome:
         if self.skipped:
             out["skipped"] = self.skipped
         for key in ("threshold", "daily_cycle", "note", "training_flag_rate", "excluded_windows",
-                    "restored_windows", "gap_windows", "stretched_windows", "other_length_windows",
-                    "history_windows", "window_seconds", "replaced"):  # fmt: skip
+                    "demo_fault_windows", "restored_windows", "gap_windows", "stretched_windows",
+                    "other_length_windows", "history_windows", "window_seconds", "replaced"):  # fmt: skip
             if key in self.metadata:
                 out[key] = self.metadata[key]
         return out
@@ -160,6 +165,24 @@ def gap_mask(windows: np.ndarray, silent: np.ndarray, window_s: int) -> np.ndarr
     return mask
 
 
+def demo_fault_spans(r: redis.Redis, service: str, window_s: int, keys: Keys) -> list[tuple[int, int]]:
+    """Inclusive window ranges (at `window_s`) of the faults the demo injected into `service`, from its
+    ground truth (`Keys.demo_truth`): anomalies by design, never "normal". A `shift` stays in: it is a
+    deploy's new level, which its level-shift incident puts to the operator (accepted, it is trained on)."""
+    spans = []
+    for _entry_id, raw in r.xrange(keys.demo_truth):
+        truth = {text(k): text(v) for k, v in raw.items()}
+        if truth.get("service") != service or truth.get("kind") == "shift":
+            continue
+        try:
+            start, end = float(truth["start"]), float(truth["end"])
+        except (KeyError, ValueError):  # no end: a fault that never ends is a shift's kind; skip it too
+            continue
+        if end > start:
+            spans.append((int(start // window_s), math.ceil(end / window_s) - 1))
+    return spans
+
+
 def training_data(
     r: redis.Redis, service: str, windows: int | None = None, *, keys: Keys | None = None
 ) -> TrainingData:
@@ -174,7 +197,10 @@ def training_data(
     gaps = usable & gap_mask(numbers, rows[:, _SILENT] == 1.0, window_s)
     stretched = usable & ~gaps & (rows[:, _STRETCHED] == 1.0)
     usable &= ~gaps & ~stretched
-    left_out = usable & incidents.left_out_windows(numbers, excluded_spans, included_spans)
+    in_incidents = usable & incidents.left_out_windows(numbers, excluded_spans, included_spans)
+    demo_faults = usable & ~in_incidents & incidents.left_out_windows(
+        numbers, demo_fault_spans(r, service, window_s, keys), included_spans)
+    left_out = in_incidents | demo_faults
     kept = rows[usable & ~left_out]
     restored: list[np.ndarray] = []
     if rows.shape[0] and rows[0, _WINDOW] != 0:
@@ -194,7 +220,8 @@ def training_data(
     chosen = everything[first]
     restored_count = len(np.unique(restored_rows[:, _WINDOW]))
     return TrainingData(chosen[:, _WINDOW].astype(np.int64), chosen[:, _START].copy(),
-                        chosen[:, len(_META):].copy(), excluded=int(np.count_nonzero(left_out)),
+                        chosen[:, len(_META):].copy(), excluded=int(np.count_nonzero(in_incidents)),
+                        demo_faults=int(np.count_nonzero(demo_faults)),
                         restored=restored_count, gaps=int(np.count_nonzero(gaps)),
                         stretched=int(np.count_nonzero(stretched)), other_length=other_length,
                         history=from_history)  # fmt: skip
@@ -245,6 +272,7 @@ def train_service(
 def _summary(model: Model | None, data: TrainingData) -> dict[str, Any]:
     meta = dict(model.metadata) if model is not None else {}
     meta["excluded_windows"] = data.excluded
+    meta["demo_fault_windows"] = data.demo_faults
     meta["restored_windows"] = data.restored
     meta["gap_windows"] = data.gaps
     meta["stretched_windows"] = data.stretched
@@ -271,6 +299,7 @@ def store_model(
             "daily_cycle": meta.get("daily_cycle"),
             "note": meta.get("note"),
             "excluded_windows": data.excluded,
+            "demo_fault_windows": data.demo_faults,
             "restored_windows": data.restored,
             "gap_windows": data.gaps,
             "stretched_windows": data.stretched,

@@ -19,7 +19,8 @@ MODEL_COLUMNS = ("version", "created", "windows", "active", "stale", "threshold"
 # the registry's training metrics (detect.training_run.store_model) in words, in this order
 METRIC_LABELS = {
     "training_flag_rate": "flagged in training", "daily_cycle": "daily cycle", "excluded_windows": "excluded",
-    "restored_windows": "restored", "gap_windows": "gaps", "stretched_windows": "stretched",
+    "demo_fault_windows": "demo faults left out", "restored_windows": "restored", "gap_windows": "gaps",
+    "stretched_windows": "stretched",
     "threshold_raw": "raw threshold", "note": "note",
 }  # fmt: skip
 
