@@ -7,6 +7,8 @@
 - `service_states(r)`: "learning" (no model yet, or one of another window length, with the windows
   still needed, counted as training counts them: `training_run.windows_needed`), "ready" (an active
   model of today's fingerprint schema), "stale" (its model is of an older schema: retrain), or "retired".
+- `model_state(meta, window_s)`: what an active model is to the detector at today's window length —
+  the one place that says a model is "not used" (`status`, the app's states and thresholds ask it).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from anomalydesk.store import admin
 from anomalydesk.store import models as registry
 from anomalydesk.store.keys import Keys
 
-__all__ = ["decode_model", "load_model", "score_window", "service_states"]
+__all__ = ["decode_model", "load_model", "model_state", "score_window", "service_states"]
 
 
 def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
@@ -41,9 +43,20 @@ def score_window(model: Model, history: list[Fingerprint], fp: Fingerprint,
                    anomalous=bool(result.anomalous))  # fmt: skip
 
 
+def model_state(meta: registry.ModelInfo, window_s: int) -> tuple[str, str | None]:
+    """An active model at window length `window_s`: ("ready", None) it scores; ("stale", None) it is of an
+    older fingerprint schema (retrain); ("learning", why) it counts windows of another length, so the
+    detector does not score with it (`detect.window_handler`) and the service learns again."""
+    if meta.window_seconds not in (None, window_s):
+        return "learning", (f"its model v{meta.version} counts {meta.window_seconds}-s windows, the windows are "
+                            f"{window_s} s now: train it again")
+    return ("stale" if meta.schema != SCHEMA_VERSION else "ready"), None
+
+
 def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dict[str, Any]]:
     """service → {"state": learning|ready|stale|retired, "model_version", "windows" (stored, live and
-    history), "needed" (while learning: the windows training still needs, by the windows it would use)}."""
+    history), "needed" (while learning: the windows training still needs, by the windows it would use),
+    "reason" (an active model the detector does not use: why, `model_state`)}."""
     keys = keys or Keys(config.key_prefix())
     pipe = r.pipeline(transaction=False)
     pipe.smembers(keys.services)
@@ -85,10 +98,10 @@ def service_states(r: redis.Redis, *, keys: Keys | None = None) -> dict[str, dic
             except registry.ModelNotFound:
                 learning()
             else:
-                if meta.window_seconds not in (None, window_s):
-                    learning(f"its model v{meta.version} counts {meta.window_seconds}-s windows, the windows are "
-                             f"{window_s} s now: train it again")
+                state, reason = model_state(meta, window_s)
+                if state == "learning":
+                    learning(reason)
                 else:
-                    entry["state"] = "stale" if meta.schema != SCHEMA_VERSION else "ready"
+                    entry["state"] = state
         states[name] = entry
     return states
