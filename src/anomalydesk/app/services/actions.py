@@ -97,6 +97,7 @@ class Actions:
         """Run `setup` with new sizes; without `force` a size change raises SketchConflict saying what resets."""
         result = await self.core.apply_setup(values, force)
         await self.sketch_settings()
+        await self.session.follow_window_length()  # a new window length: models of the old one do not score
         return result
 
     async def query(self, kind: str, service: str, items: list[str]) -> Any:
@@ -225,9 +226,7 @@ class Actions:
 
     async def refresh_models(self) -> dict[str, dict[str, Any]]:
         """Each service's model state (learning / ready / stale) and versions."""
-        found = await self.core.model_overview(list(self.state.services))
-        self.state.training.update(services=found)
-        return found
+        return await self.session.read_model_states()
 
     async def activate(self, service: str, version: int) -> None:
         """Make `version` the service's active model."""

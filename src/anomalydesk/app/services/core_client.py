@@ -482,21 +482,26 @@ class CoreClient:
 
     # --- models -----------------------------------------------------------------------------------
     async def model_threshold(self, service: str) -> float | None:
-        """The threshold of the service's active model (None when it has none or it cannot be loaded)."""
+        """The threshold of the service's active model, if the detector scores with it (None when it has
+        none, it cannot be loaded, or it is not used: of another window length or an older schema)."""
         return await self.run(self._model_threshold, service)
 
     def _model_threshold(self, service: str) -> float | None:
-        from anomalydesk.detect.service_state import load_model
+        from anomalydesk.detect.service_state import load_model, model_state
+        from anomalydesk.store import admin
         from anomalydesk.store import models as registry
 
         try:
-            model = load_model(self.sync, service, keys=self.keys)[1]
+            meta, model = load_model(self.sync, service, keys=self.keys)
         except (registry.ModelNotFound, registry.ModelLoadError):
             return None
-        return None if model is None else float(model.threshold)
+        if model is None or model_state(meta, admin.window_seconds(self.sync, self.keys))[0] != "ready":
+            return None
+        return float(model.threshold)
 
     async def model_overview(self, services: list[str]) -> dict[str, dict[str, Any]]:
-        """service → {state, active, needed, windows, versions: [ModelInfo as dict + threshold]}."""
+        """service → {state, active, unused (why the detector does not use the active model, else None),
+        needed, windows, versions: [ModelInfo as dict + threshold]}."""
         return await self.run(self._model_overview, services)
 
     def _model_overview(self, services: list[str]) -> dict[str, dict[str, Any]]:
@@ -518,6 +523,7 @@ class CoreClient:
             if state == "learning":  # the windows training would use, counted as it counts them
                 state = f"learning ({needed:,} more windows)" if needed else READY_TO_TRAIN
             overview[service] = {"state": state, "active": entry.get("model_version"), "versions": versions,
+                                 "unused": entry.get("reason"),
                                  "windows": entry.get("windows", 0), "needed": needed}  # fmt: skip
         return overview
 

@@ -13,7 +13,9 @@ three readers side by side:
 * fingerprints: XREAD on every service's fingerprint stream and on the stream of the scores the
   detector stored for its windows (`detect.window_scores`), into the live ring buffers: the plot shows
   the scores the alerts used, and the app scores nothing itself;
-* status: server facts, `status` counters, and self-monitoring warnings.
+* status: server facts, `status` counters, and self-monitoring warnings; when the window length
+  changed (`setup --window … --force`, the Sketches panel), each service's threshold and model state
+  are read again — a model of another window length does not score (`service_state.model_state`).
 
 Every Redis call goes through `self.core`; nothing here touches a widget.
 """
@@ -29,6 +31,7 @@ from typing import Any
 import numpy as np
 from redis.exceptions import RedisError
 
+from anomalydesk import config
 from anomalydesk.app.model.notifier import Notifier
 from anomalydesk.app.model.settings import (
     CATCHUP_MAX_ALERTS,
@@ -112,6 +115,7 @@ class Session:
         self._closing = False
         self._fp_last: dict[str, bytes | str] = {}
         self._score_last: dict[str, bytes | str] = {}  # newest entry read of each service's scores stream
+        self._window_s: int | None = None  # the window length the thresholds and model states were read at
         self._initial_catchup_done = False
         self.connected = asyncio.Event()
         self.caught_up = asyncio.Event()  # subscribed and the alerts log read, on this connection
@@ -150,6 +154,8 @@ class Session:
                     status="connected", reason="", attempts=0, next_retry_s=0.0,
                     server_version=facts.server_version, sketch_backend=facts.sketch_backend,
                 )  # fmt: skip
+                if self._window_s is None:  # before anything is read at it (a change after is followed)
+                    self._window_s = await self.core.window_seconds()
                 self.connected.set()
                 attempt = 0
                 await self._run_readers()
@@ -371,6 +377,23 @@ class Session:
         start with the first window it scores (marked on the plot as its activation)."""
         self._set_threshold(service, await self.core.model_threshold(service))
 
+    async def read_model_states(self) -> dict[str, dict[str, Any]]:
+        """Each service's model state (learning / ready / stale) and versions, into `state.training`."""
+        found = await self.core.model_overview(list(self.state.services))
+        self.state.training.update(services=found)
+        return found
+
+    async def follow_window_length(self, window_s: int | None = None) -> None:
+        """After a change of the window length (`window_s`, else read now): each service's threshold and
+        model state again — a model trained for the old length no longer scores, and its service learns
+        (the app went on showing "normal", "ready v1" and that model's threshold)."""
+        window_s = int(window_s if window_s is not None else await self.core.window_seconds())
+        if self._window_s is not None and window_s != self._window_s:
+            for service in sorted(set(self._fp_last) | set(self.state.live.thresholds)):
+                await self.refresh_model(service)
+            await self.read_model_states()
+        self._window_s = window_s  # (after the re-reads: one that failed is tried again at the next poll)
+
     # --- status and self-monitoring -----------------------------------------------------------
     async def _status_loop(self) -> None:
         while True:
@@ -379,7 +402,8 @@ class Session:
             detector = await self.core.detector_holder()
             self.state.live.traffic.stops = await self.core.traffic_stops()  # (read by the Live panel's clock)
             warnings = []
-            window = float(status.get("window_seconds") or 5)
+            window = float(status.get("window_seconds") or config.DEFAULT_WINDOW_SECONDS)
+            await self.follow_window_length(int(window))
             last = self.state.connection.last_fingerprint_at  # newest window start seen
             if status.get("services") and time.time() - last > (SILENT_FINGERPRINT_WARN_WINDOWS + 1) * window:
                 warnings.append(f"no fingerprints arrived in the last {SILENT_FINGERPRINT_WARN_WINDOWS} windows")

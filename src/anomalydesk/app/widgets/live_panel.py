@@ -395,7 +395,9 @@ class LivePanel(QtWidgets.QWidget):
                 self._drawn_service = service
                 self._drawn_version = NOTHING_DRAWN
             return False
-        if buf.version == self._drawn_version and service == self._drawn_service and not force:
+        drawn_threshold = self._shown.threshold if self._shown is not None else None
+        if (buf.version == self._drawn_version and service == self._drawn_service and not force
+                and self.state.live.thresholds.get(service) == drawn_threshold):  # (a window-length change)
             self._say_score()  # no window arrived: maybe none will (a stop, a silent source)
             return False
         view = buf.view()
@@ -474,8 +476,8 @@ class LivePanel(QtWidgets.QWidget):
                                                                   and shown.last_start >= note.since))  # fmt: skip
         title, line = [SCORE_TITLE], [shown.head]
         if shown.threshold is None:
-            title.append("learning (no model)")
-            line.append("learning (no model)")
+            title.append("learning (no model in use)")  # none yet, or one of another length or schema
+            line.append("learning (no model in use)")
         if note is not None:
             title.append(note.words)
             line.append(note.words)

@@ -192,10 +192,14 @@ class TrainingPanel(QtWidgets.QWidget):
         self.services_table.setRowCount(len(names))
         for row, name in enumerate(names):
             info = training.services[name]
-            active = info.get("active")
-            values = (name, info.get("state", ""), f"v{active}" if active else "—")
-            for col, value in enumerate(values):
-                self.services_table.setItem(row, col, QtWidgets.QTableWidgetItem(str(value)))
+            active, unused = info.get("active"), info.get("unused")
+            # a model of another window length is kept but does not score: said as `status` says it
+            shown = (f"v{active} (not used)" if unused else f"v{active}") if active else "—"
+            for col, value in enumerate((name, info.get("state", ""), shown)):
+                item = QtWidgets.QTableWidgetItem(str(value))
+                if unused:
+                    item.setToolTip(f"not used: {unused}")
+                self.services_table.setItem(row, col, item)
             if name == selected:  # selected, not only the current cell: its versions show
                 flags = (QtCore.QItemSelectionModel.SelectionFlag.ClearAndSelect
                          | QtCore.QItemSelectionModel.SelectionFlag.Rows)  # fmt: skip
