@@ -216,8 +216,8 @@ LEVEL_SHIFT_STEP_MIN_Z = 1.0  # a step (the newest K/4 + 1 block medians): twice
 STUCK_SCORE = 75.0  # a feature that never stood still over a context in training and now does: a warning
 STUCK_ZERO_CHANCE = 1e-6  # … a share of requests at 0 only when its requests make that this unlikely
 LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
-# an accepted shift takes along a feature that had moved at least this share of its threshold to the same side
-# by then, if it crosses the threshold within L windows: one change, one decision (detect/drift.py)
+# an accepted shift takes along a feature that had moved at least this share of its threshold by then, when it
+# shifts (further) to the same side within L windows: one change, one decision (detect/drift.py)
 LEVEL_SHIFT_FOLLOW_SHARE = 0.25
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)

@@ -15,16 +15,17 @@ new model's end-of-training baseline: the two live in different spaces (log scal
 - `followers(model, baseline, incident_id, fp, window_s)` / `follows(shift, followers, fp)`: what an
   acceptance takes along (below).
 
-**One change, one decision.** Accepting re-baselines only the features beyond their threshold, so a fault
-under way on another feature is not taken into the new normal. But a deploy moves several features, and
-one whose move weak evidence hid (p99 latency at night, few requests a window) crossed its threshold
-later and opened a second "new normal?" incident for the change the operator had accepted (the demo's
-`shift` on another day's traffic: 49 minutes after). Now the acceptance records the features that had
-moved at least `config.LEVEL_SHIFT_FOLLOW_SHARE` of their threshold, each to its side, without crossing
-it (`followers`, in the detector state). Within the baseline's horizon (L windows) after the acceptance,
-a level shift of one of them, to the same side, whose move began before the acceptance, is the same
-change: it is re-baselined quietly and recorded on the accepted incident (`follows`). A feature that
-moves later, to the other side, or after L windows opens its own incident as before.
+**One change, one decision.** A deploy moves several features, and its move can show in steps: a
+feature whose move weak evidence hid (p99 latency at night, few requests a window) crossed its
+threshold after the acceptance, and an accepted one moved on as the morning's traffic made each window
+stronger evidence (values are shrunk towards the median by their evidence, so a night's level shows
+less of a shift than a day's). Each opened a second "new normal?" incident for the change the operator
+had accepted (the demo's `shift` on other days' traffic: p99 49 minutes after, p50 2 hours after).
+Now the acceptance records every feature that had moved at least `config.LEVEL_SHIFT_FOLLOW_SHARE` of
+its threshold, and to which side (`followers`, in the detector state). Within the baseline's horizon
+(L windows) after the acceptance, a level shift of one of them to the same side is that change: it is
+re-baselined quietly and recorded on the accepted incident (`follows`). A feature that had not moved,
+moves to the other side, or moves after L windows opens its own incident as before.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprin
     """What accepting incident `incident_id` at window `fp` takes along (the module docstring): measured on
     the baseline before the acceptance re-baselines it; the detector state's "shift_followers" field."""
     distance, levels = baseline.distances(*model.shift_limits)
-    moving = np.flatnonzero((distance >= config.LEVEL_SHIFT_FOLLOW_SHARE) & (distance < 1.0))
+    moving = np.flatnonzero(distance >= config.LEVEL_SHIFT_FOLLOW_SHARE)
     sides = {model.feature_names[j]: float(np.sign(levels[j] - baseline.reference[j])) for j in moving}
     return {"incident": incident_id, "accepted_at": fp.start, "until": fp.start + baseline.horizon * window_s,
             "features": {name: side for name, side in sides.items() if side != 0.0}}
@@ -93,20 +94,19 @@ def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprin
 
 def follows(shift: dict[str, Any], recorded: Any, fp: Fingerprint) -> bool:
     """True when the level shift `shift` (a reason of `shift_of`) belongs to the change accepted in
-    `recorded` (`followers`): one of its features, moved to the same side, its move begun before the
-    acceptance, and window `fp` within the horizon."""
+    `recorded` (`followers`): one of its features, moved to the same side, window `fp` within the horizon.
+    (Not judged by the shift's `since`: for a feature the acceptance re-baselined, that counts from the
+    new reference, and a move that evidence hid crosses the midpoint late.)"""
     if not isinstance(recorded, dict) or fp.start > float(recorded.get("until", 0.0)):
         return False
     side = recorded.get("features", {}).get(shift["feature"])
-    if side is None or float(shift["since"]) > float(recorded["accepted_at"]):
-        return False
-    return side * (float(shift["actual"]) - float(shift["expected"])) > 0
+    return side is not None and side * (float(shift["actual"]) - float(shift["expected"])) > 0
 
 
 def followed_reason(shift: dict[str, Any]) -> dict[str, Any]:
     """A follower's shift as a reason of the accepted incident: what moved with it."""
     text = str(shift["text"]).removeprefix("new normal? ")
-    return {**shift, "text": f"{text} — moved with this change, taken along with its acceptance"}
+    return {**shift, "taken_along": True, "text": f"{text} — moved with this change, taken along with its acceptance"}
 
 
 def stored(baseline: Baseline, version: int | None) -> dict[str, Any]:

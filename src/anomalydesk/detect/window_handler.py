@@ -161,21 +161,21 @@ class WindowHandler:
 
     def _followers_after(self, plan: Plan, followers: Any, followed: dict[str, Any] | None,
                          fp: Fingerprint) -> dict[str, Any] | None:  # fmt: skip
-        """The followers still waiting after window `fp` (None once the horizon passed or none is left); a
-        follower that crossed its threshold here is recorded on the accepted incident and waits no more."""
+        """The followers after window `fp` (None once the horizon passed, or none was recorded); a follower
+        that shifted here is recorded on the accepted incident (its newest move only)."""
         if not isinstance(followers, dict) or not followers.get("features") \
                 or fp.start > float(followers.get("until", 0.0)):
             return None
-        if followed is None:
-            return followers
-        accepted = self._load(followers.get("incident"))
-        if accepted is not None:
-            plan.incidents.append((accepted.revised(reasons=(*accepted.reasons, drift.followed_reason(followed))),
-                                   accepted.rev))  # fmt: skip
-        log.info("%s: %s moved with the change accepted in %s; taken along", fp.service, followed["feature"],
-                 followers.get("incident"))
-        waiting = {k: v for k, v in followers["features"].items() if k != followed["feature"]}
-        return {**followers, "features": waiting} if waiting else None
+        if followed is not None:
+            log.info("%s: %s moved on with the change accepted in %s; taken along", fp.service,
+                     followed["feature"], followers.get("incident"))  # fmt: skip
+            accepted = self._load(followers.get("incident"))
+            if accepted is not None:
+                kept = [r for r in accepted.reasons
+                        if not (r.get("taken_along") and r["feature"] == followed["feature"])]
+                plan.incidents.append((accepted.revised(reasons=(*kept, drift.followed_reason(followed))),
+                                       accepted.rev))  # fmt: skip
+        return followers
 
     def _load(self, incident_id: str | None) -> Incident | None:
         if not incident_id:
