@@ -525,3 +525,21 @@ def test_a_feature_that_moves_after_the_acceptance_opens_its_own_incident(live: 
     _feed(r, det, _deploy(horizon, seed=5, p99=1.3), 1060 + horizon)
     (second,) = [i for i in _shift_incidents(r) if i.id != incident.id]
     assert second.reasons[0]["feature"] == "latency_p99_ms" and second.is_open
+
+
+def test_a_follower_taken_along_takes_no_other_feature_with_it(live: tuple) -> None:
+    """p99 latency, on the move at the acceptance, crosses its threshold in the windows where p50 latency,
+    which had not moved, shifts too: p99 is taken along, and p50 asks on its own (re-baselining every
+    feature beyond its threshold with the follower took p50's move in without a word)."""
+    r, det, model = live
+    horizon = model.baseline.horizon
+    _feed(r, det, _deploy(horizon, seed=3, p99=1.08), 1060)
+    (incident,) = _shift_incidents(r)
+    incidents.accept(r, incident.id, "ops")
+    later = _deploy(horizon, seed=5, p99=1.3)
+    later[:, FEATURE_INDEX["latency_p50_ms"]] *= 1.3
+    _feed(r, det, later, 1060 + horizon)
+    (second,) = [i for i in _shift_incidents(r) if i.id != incident.id]
+    assert second.reasons[0]["feature"] == "latency_p50_ms" and second.is_open
+    (accepted,) = [i for i in _shift_incidents(r) if i.id == incident.id]
+    assert [reason["feature"] for reason in accepted.reasons if reason.get("taken_along")] == ["latency_p99_ms"]

@@ -163,9 +163,12 @@ def test_scheduled_retraining_keeps_the_active_model_when_the_candidate_is_worse
 def test_training_leaves_out_the_faults_the_demo_injected_but_not_its_shifts(r: redis.Redis) -> None:
     """An errors burst injected into the demo while payments was still learning raised no incident, and
     training learned it as normal (the same burst later scored 53–59). The demo's ground truth keeps its
-    windows out, says so, and leaves in a `shift` (a deploy's new level: its incident asks the operator)
-    and the faults of other services."""
+    windows out, says so, also where an accepted level shift puts its span back, and leaves in a `shift`
+    (a deploy's new level: its incident asks the operator) and the faults of other services."""
+    from dataclasses import replace
+
     from anomalydesk.bench.detect import synthetic
+    from anomalydesk.detect.incident_model import Incident, Mark
     from anomalydesk.detect.training_run import train_service, training_data
     from anomalydesk.ingest.demo_model import Fault
     from anomalydesk.ingest.demo_run import TruthRecorder
@@ -175,6 +178,10 @@ def test_training_leaves_out_the_faults_the_demo_injected_but_not_its_shifts(r: 
     truth.record(Fault("errors", "payments", 1100 * 5 + 2.5, 1110 * 5))  # windows 1100–1109, the first in part
     truth.record(Fault("shift", "payments", 1200 * 5, float("inf")))
     truth.record(Fault("latency", "orders", 1000 * 5, 1300 * 5))
+    # an accepted level shift over the fault puts its span back into training, the fault's windows not
+    accepted = replace(Incident.open("payments", "level_shift", 1090, 1090 * 5.0), last_window=1150,
+                       accepted=Mark("ops", "now"), status="resolved")  # fmt: skip
+    r.hset(K.incidents, accepted.id, json.dumps(accepted.to_json()))
     data = training_data(r, "payments", windows=300)
     windows = data.windows.tolist()
     assert data.demo_faults == 10 and data.excluded == 0 and not set(range(1100, 1110)) & set(windows)

@@ -163,8 +163,10 @@ class Baseline:
                         starts=np.asarray(starts, dtype=np.float64), partial=partial, partial_start=partial_start)
         return levels, state, shifts
 
-    def shift(self, unit: np.ndarray, threshold: np.ndarray, step: np.ndarray | None = None) -> LevelShift | None:
-        """The feature farthest beyond its threshold (in `unit`s) from the reference, or None.
+    def shift(self, unit: np.ndarray, threshold: np.ndarray, step: np.ndarray | None = None,
+              among: np.ndarray | None = None) -> LevelShift | None:
+        """The feature farthest beyond its threshold (in `unit`s) from the reference, or None (with `among`,
+        a (f,) bool mask: of those features only).
 
         Beyond means either the baseline itself beyond `threshold` (a slow creep), or every one of the
         newest K/4 + 1 block medians beyond `step` (default `threshold`) on the same side (a step): the
@@ -172,6 +174,8 @@ class Baseline:
         (Judged on the baseline alone against the single-window extreme, a step of a few IQRs stopped
         alarming once the baseline moved a little and was named hours later, or never.)"""
         distance, levels = self.distances(unit, threshold, step)
+        if among is not None:
+            distance = np.where(among, distance, 0.0)
         j = int(np.argmax(distance))
         if not distance[j] >= 1.0:
             return None
@@ -209,12 +213,13 @@ class Baseline:
         return self.n_blocks // 4 + 1
 
     def accept(self, unit: np.ndarray | None = None, threshold: np.ndarray | None = None,
-               step: np.ndarray | None = None) -> Baseline:
+               step: np.ndarray | None = None, only: np.ndarray | None = None) -> Baseline:
         """Re-baselined at the newest level: every block the newest block's median, the reference too.
 
         With `unit`, `threshold` and `step` (the model's), only the features beyond them are re-baselined:
         a feature in the middle of a fault when another's new level is accepted keeps its level
-        (re-baselined there, its return to normal would be a step of its own)."""
+        (re-baselined there, its return to normal would be a step of its own); with `only` (a (f,) bool
+        mask), only those of them."""
         newest = self.medians[-1] if self.medians.shape[0] else self.reference
         if self.partial.shape[0] >= max(1, self.block // 2):
             newest = np.median(self.partial, axis=0)
@@ -223,6 +228,8 @@ class Baseline:
             return replace(self, medians=np.tile(newest, (k, 1)), starts=np.full(k, self.partial_start),
                            reference=np.array(newest, dtype=np.float64))
         moved = self.distances(unit, threshold, step)[0] >= 1.0
+        if only is not None:
+            moved &= only
         medians = np.array(self.medians, dtype=np.float64)
         medians[:, moved] = newest[moved]
         reference = np.array(self.reference, dtype=np.float64)

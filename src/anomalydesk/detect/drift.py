@@ -12,8 +12,7 @@ new model's end-of-training baseline: the two live in different spaces (log scal
 - `advance(model, baseline, fp)`: the baseline after the window (its row added);
 - `shift_of(model, baseline)`: the level shift it shows, as an incident reason, or None;
 - `stored(baseline, version)`: what goes into the detector state;
-- `followers(model, baseline, incident_id, fp, window_s)` / `follows(shift, followers, fp)`: what an
-  acceptance takes along (below).
+- `followers(…)`, `pending(…)`, `take_along(…)`: what an acceptance takes along (below).
 
 **One change, one decision.** A deploy moves several features, and its move can show in steps: a
 feature whose move weak evidence hid (p99 latency at night, few requests a window) crossed its
@@ -23,9 +22,10 @@ less of a shift than a day's). Each opened a second "new normal?" incident for t
 had accepted (the demo's `shift` on other days' traffic: p99 49 minutes after, p50 2 hours after).
 Now the acceptance records every feature that had moved at least `config.LEVEL_SHIFT_FOLLOW_SHARE` of
 its threshold, and to which side (`followers`, in the detector state). Within the baseline's horizon
-(L windows) after the acceptance, a level shift of one of them to the same side is that change: it is
-re-baselined quietly and recorded on the accepted incident (`follows`). A feature that had not moved,
-moves to the other side, or moves after L windows opens its own incident as before.
+(L windows) after the acceptance, and under the same model, a level shift of one of them to the side it
+had moved to is that change: it alone is re-baselined, quietly, and recorded on the accepted incident
+(`take_along`). A feature that had not moved, moves to the other side, or moves after L windows or
+after a retraining opens its own incident as before.
 """
 
 from __future__ import annotations
@@ -81,32 +81,50 @@ def shift_of(model: Model, baseline: Baseline, fp: Fingerprint) -> dict[str, Any
     return level_shift_reason(model, found, weight)
 
 
-def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprint,
-              window_s: float) -> dict[str, Any]:  # fmt: skip
+def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprint, window_s: float,
+              version: int | None) -> dict[str, Any]:  # fmt: skip
     """What accepting incident `incident_id` at window `fp` takes along (the module docstring): measured on
-    the baseline before the acceptance re-baselines it; the detector state's "shift_followers" field."""
+    the baseline before the acceptance re-baselines it; the detector state's "shift_followers" field (of
+    model `version`: another model's baseline measures in another space)."""
     distance, levels = baseline.distances(*model.shift_limits)
     moving = np.flatnonzero(distance >= config.LEVEL_SHIFT_FOLLOW_SHARE)
     sides = {model.feature_names[j]: float(np.sign(levels[j] - baseline.reference[j])) for j in moving}
-    return {"incident": incident_id, "accepted_at": fp.start, "until": fp.start + baseline.horizon * window_s,
+    return {"incident": incident_id, "model_version": version, "accepted_at": fp.start,
+            "until": fp.start + baseline.horizon * window_s,
             "features": {name: side for name, side in sides.items() if side != 0.0}}
 
 
-def follows(shift: dict[str, Any], recorded: Any, fp: Fingerprint) -> bool:
-    """True when the level shift `shift` (a reason of `shift_of`) belongs to the change accepted in
-    `recorded` (`followers`): one of its features, moved to the same side, window `fp` within the horizon.
-    (Not judged by the shift's `since`: for a feature the acceptance re-baselined, that counts from the
-    new reference, and a move that evidence hid crosses the midpoint late.)"""
-    if not isinstance(recorded, dict) or fp.start > float(recorded.get("until", 0.0)):
-        return False
-    side = recorded.get("features", {}).get(shift["feature"])
-    return side is not None and side * (float(shift["actual"]) - float(shift["expected"])) > 0
+def pending(recorded: Any, fp: Fingerprint, version: int | None) -> dict[str, Any] | None:
+    """The followers still to watch at window `fp` under model `version` (None: none, the horizon passed,
+    or they were recorded under another model)."""
+    if not isinstance(recorded, dict) or not recorded.get("features") or recorded.get("model_version") != version:
+        return None
+    return recorded if fp.start <= float(recorded.get("until", 0.0)) else None
 
 
-def followed_reason(shift: dict[str, Any]) -> dict[str, Any]:
-    """A follower's shift as a reason of the accepted incident: what moved with it."""
-    text = str(shift["text"]).removeprefix("new normal? ")
-    return {**shift, "taken_along": True, "text": f"{text} — moved with this change, taken along with its acceptance"}
+def take_along(model: Model, baseline: Baseline, recorded: dict[str, Any] | None, fp: Fingerprint
+               ) -> tuple[Baseline, list[dict[str, Any]]]:  # fmt: skip
+    """(the baseline with each follower that shifted to its side re-baselined, their reasons): one feature
+    at a time, so a feature that is not a follower is never re-baselined with them and asks on its own."""
+    if recorded is None:
+        return baseline, []
+    sides = recorded["features"]
+    names = model.feature_names
+    watched = np.array([names[j] in sides for j in range(model.n_features)])
+    taken = []
+    while (found := baseline.shift(*model.shift_limits, among=watched)) is not None:
+        j = found.feature
+        watched[j] = False
+        if sides[names[j]] * (found.level - found.reference) <= 0:
+            continue  # moved to the other side: news, not the accepted change
+        weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
+        weight = 1.0 if weights is None else float(weights[0, j])
+        reason = level_shift_reason(model, found, weight)
+        text = str(reason["text"]).removeprefix("new normal? ")
+        taken.append({**reason, "taken_along": True,
+                      "text": f"{text} — moved with this change, taken along with its acceptance"})
+        baseline = baseline.accept(*model.shift_limits, only=np.arange(model.n_features) == j)
+    return baseline, taken
 
 
 def stored(baseline: Baseline, version: int | None) -> dict[str, Any]:

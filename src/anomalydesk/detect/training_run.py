@@ -198,10 +198,11 @@ def training_data(
     stretched = usable & ~gaps & (rows[:, _STRETCHED] == 1.0)
     usable &= ~gaps & ~stretched
     in_incidents = usable & incidents.left_out_windows(numbers, excluded_spans, included_spans)
-    demo_faults = usable & ~in_incidents & incidents.left_out_windows(
-        numbers, demo_fault_spans(r, service, window_s, keys), included_spans)
-    left_out = in_incidents | demo_faults
-    kept = rows[usable & ~left_out]
+    # the ground truth is not put back by an operator's mark (an accepted shift's span takes in the
+    # anomaly incidents inside it: a demo fault among them is still a fault)
+    faulty = demo_fault_spans(r, service, window_s, keys)
+    demo_faults = usable & ~in_incidents & incidents.left_out_windows(numbers, faulty, [])
+    kept = rows[usable & ~(in_incidents | demo_faults)]
     restored: list[np.ndarray] = []
     if rows.shape[0] and rows[0, _WINDOW] != 0:
         oldest = rows[0, _WINDOW]
@@ -213,7 +214,8 @@ def training_data(
                          if not fp.no_data and fp.schema == SCHEMA_VERSION
                          and fp.window_seconds in (None, window_s)]  # fmt: skip
     restored_rows = np.array(restored).reshape(-1, rows.shape[1])
-    restored_rows = restored_rows[~np.isin(restored_rows[:, _WINDOW], kept[:, _WINDOW])]
+    restored_rows = restored_rows[~np.isin(restored_rows[:, _WINDOW], kept[:, _WINDOW])
+                                  & ~incidents.left_out_windows(restored_rows[:, _WINDOW], faulty, [])]
     # one row per window, the newest entry of a window winning, sorted by window
     everything = np.concatenate([restored_rows, kept])[::-1]
     _, first = np.unique(everything[:, _WINDOW], return_index=True)

@@ -116,17 +116,16 @@ class WindowHandler:
                     repeat_check = incidents_mod.NO_REPEAT_CHECK
                 state, incident, rule_incident, shift_incident = dict(restart.state), None, None, None
             moved = baseline
-            followers = state.get(drift.FOLLOWERS_FIELD)
+            followers = drift.pending(state.get(drift.FOLLOWERS_FIELD), fp, svc.model_version)
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
                 # the operator took the new level as normal: re-baseline the features that moved there, and
-                # note those on their way that the same change may still carry over their threshold
-                followers = drift.followers(svc.model, moved, shift_incident.id, fp, length)
+                # note every feature on the move, which the same change may still carry further
+                followers = drift.followers(svc.model, moved, shift_incident.id, fp, length, svc.model_version)
                 moved = moved.accept(*svc.model.shift_limits)
+            taken: list[dict[str, Any]] = []
+            if moved is not None:
+                moved, taken = drift.take_along(svc.model, moved, followers, fp)
             shift = drift.shift_of(svc.model, moved, fp) if moved is not None else None
-            followed = None
-            if moved is not None and shift is not None and drift.follows(shift, followers, fp):
-                followed, moved = shift, moved.accept(*svc.model.shift_limits)  # the accepted change's, quietly
-                shift = drift.shift_of(svc.model, moved, fp)
             plan = advance(state, fp, verdict, incident=incident, rule_incident=rule_incident,
                            model_version=svc.model_version, silenced=muted, now=self.clock(),
                            window_seconds=length, kpi_ranges=ranges,
@@ -137,11 +136,11 @@ class WindowHandler:
                 plan.alerts[:0] = restart.alerts
             if moved is not None:
                 plan.state[drift.STATE_FIELD] = drift.stored(moved, svc.model_version)
-            waiting = self._followers_after(plan, followers, followed, fp)
-            if waiting is None:
+            if followers is None:
                 plan.state.pop(drift.FOLLOWERS_FIELD, None)
             else:
-                plan.state[drift.FOLLOWERS_FIELD] = waiting
+                plan.state[drift.FOLLOWERS_FIELD] = followers
+                self._record_taken(plan, followers, taken, fp)
             system = system_gap.system_incident(self.r, self.keys, fp.window, gap) if gap or not fp.silent else None
             if gap or system is not None:
                 writes, alerts = system_gap.gap_plan(system, fp, gap, len(live), muted_system)
@@ -159,23 +158,19 @@ class WindowHandler:
         svc.baseline = moved if outcome == 1 else None
         return Handled(True, list(plan.alerts)) if outcome == 1 else Handled(False)
 
-    def _followers_after(self, plan: Plan, followers: Any, followed: dict[str, Any] | None,
-                         fp: Fingerprint) -> dict[str, Any] | None:  # fmt: skip
-        """The followers after window `fp` (None once the horizon passed, or none was recorded); a follower
-        that shifted here is recorded on the accepted incident (its newest move only)."""
-        if not isinstance(followers, dict) or not followers.get("features") \
-                or fp.start > float(followers.get("until", 0.0)):
-            return None
-        if followed is not None:
-            log.info("%s: %s moved on with the change accepted in %s; taken along", fp.service,
-                     followed["feature"], followers.get("incident"))  # fmt: skip
-            accepted = self._load(followers.get("incident"))
-            if accepted is not None:
-                kept = [r for r in accepted.reasons
-                        if not (r.get("taken_along") and r["feature"] == followed["feature"])]
-                plan.incidents.append((accepted.revised(reasons=(*kept, drift.followed_reason(followed))),
-                                       accepted.rev))  # fmt: skip
-        return followers
+    def _record_taken(self, plan: Plan, followers: dict[str, Any], taken: list[dict[str, Any]],
+                      fp: Fingerprint) -> None:  # fmt: skip
+        """Name the features taken along at window `fp` on the accepted incident (each one's newest move)."""
+        if not taken:
+            return
+        log.info("%s: %s moved on with the change accepted in %s; taken along", fp.service,
+                 ", ".join(r["feature"] for r in taken), followers.get("incident"))  # fmt: skip
+        accepted = self._load(followers.get("incident"))
+        if accepted is None:
+            return
+        names = {r["feature"] for r in taken}
+        kept = [r for r in accepted.reasons if not (r.get("taken_along") and r["feature"] in names)]
+        plan.incidents.append((accepted.revised(reasons=(*kept, *taken)), accepted.rev))
 
     def _load(self, incident_id: str | None) -> Incident | None:
         if not incident_id:

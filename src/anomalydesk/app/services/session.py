@@ -59,7 +59,7 @@ def _text(value: Any) -> str:
 
 CLOSE_TIMEOUT_SECONDS = 3.0
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
-CANCEL_AGAIN_SECONDS = 0.5  # a reader still running this long after its cancel is cancelled again
+CANCEL_ATTEMPTS = 3  # a reader still running after this many cancels is left, with a warning
 
 
 def _raise_if_cancelling() -> None:
@@ -73,12 +73,16 @@ def _raise_if_cancelling() -> None:
 
 async def _stopped(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel the tasks and wait until each has ended, cancelling again one that a swallowed cancel left
-    running (see `_raise_if_cancelling`): the app's close waited for such a reader until Redis went away."""
+    running (see `_raise_if_cancelling`): the app's close waited for such a reader until Redis went away.
+    Each wait gives a reader's cleanup its whole time (closing its connection: `CLOSE_TIMEOUT_SECONDS`)."""
     pending = set(tasks)
-    while pending:
+    for _attempt in range(CANCEL_ATTEMPTS):
         for task in pending:
             task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_SECONDS)
+        _done, pending = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_SECONDS + 1.0)
+        if not pending:
+            return
+    log.warning("%d Redis reader(s) did not stop after %d cancels; left running", len(pending), CANCEL_ATTEMPTS)
 
 
 def _parse_entries(service: str, entries: list[Any]) -> list[Fingerprint]:
