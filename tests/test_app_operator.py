@@ -316,3 +316,41 @@ def test_tray_menu_pause_click_to_open_and_quit(qtbot, qloop, redis_url, r):  # 
     again.menu.aboutToShow.emit()
     assert not again.pause_action.isChecked()  # the menu shows the pause as over
     again.close()
+
+
+def test_a_popup_states_its_alerts_severity_and_score_and_names_the_incidents_peak_as_such(
+        qtbot, qloop, redis_url, r):  # noqa: F811
+    """A new user's popup said "CRITICAL … escalated (score 97)" for an alert of severity warning, score
+    74.42: it showed the incident's peak as the alert's. An "escalated" alert that names a new reason
+    (`incident_flow`: "now also shows") can score below the incident's peak; the popup states the alert's
+    own severity, score and reason, and the peak beside them as the incident's."""
+    import json
+    from dataclasses import replace
+
+    from anomalydesk.detect.incident_model import Alert, Incident
+    from anomalydesk.store.keys import Keys
+    from test_app_incidents import store_incident
+
+    keys = Keys()
+    now = time.time()
+    seed_service(r, "payments", now)
+    peak_reason = {"feature": "rate_5xx", "actual": 0.4, "expected": 0.004, "text": "5xx ratio 40% vs 0.4% normal"}
+    new_reason = {"feature": "latency_p95_ms", "actual": 900.0, "expected": 150.0, "text": "p95 latency 900 ms"}
+    window = int(now // 5)
+    incident = replace(Incident.open("payments", "anomaly", window - 3, (window - 3) * 5.0), last_window=window,
+                       windows=4, score=97.0, severity="critical", reasons=(peak_reason,))  # fmt: skip
+    alert = Alert.about(incident, kind="escalated", window=window, window_start=window * 5.0, score=74.42,
+                        severity="warning", reasons=[new_reason], model_version=1,
+                        message="payments: incident now also shows p95 latency 900 ms (score 74)").to_json()  # fmt: skip
+    app = open_app(qtbot, AppSettings(redis_url=redis_url))
+    try:
+        qtbot.waitUntil(app.session.caught_up.is_set, timeout=20_000)
+        store_incident(r, incident, alert, keys)
+        r.publish(keys.alerts_channel, json.dumps(alert))
+        qtbot.waitUntil(lambda: len(app.tray.delivered) == 1, timeout=10_000)
+        (note,) = app.tray.delivered
+        assert note.title == "WARNING payments: escalated (score 74; incident peak 97, critical)"
+        assert note.severity == "warning" and note.body == "p95 latency 900 ms"
+        assert "WARNING" in app.window.banner.text and "score 74" in app.window.banner.text
+    finally:
+        close_app(qtbot, app)

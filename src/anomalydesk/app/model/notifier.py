@@ -38,6 +38,24 @@ def taken(incident: Incident, now: float) -> bool:
     return bool(incident.acked or incident.false_positive or by_hand or incident.snoozed_at(now))
 
 
+def popup_title(alert: Alert, incident: IncidentRow) -> str:
+    """`WARNING payments: escalated (score 74; incident peak 97, critical)`: this alert's own severity and
+    score (a popup once showed the incident's peak as if it were the alert's), and the incident's peak
+    beside them, named as such, when it stands higher."""
+    word = {"escalated": "escalated", "rule": "rule", "level_shift": "new normal?"}.get(alert.kind, "new incident")
+    score = f"score {score_text(alert.score)}"
+    if score_text(incident.score) != score_text(alert.score) and incident.score > alert.score:
+        peak = f"incident peak {score_text(incident.score)}"
+        score += f"; {peak}, {incident.severity}" if incident.severity != alert.severity else f"; {peak}"
+    return f"{alert.severity.upper()} {alert.service}: {word} ({score})"
+
+
+def _first_reason(alert: Alert) -> str:
+    """The alert's own first reason in words ("" when it names none)."""
+    texts = [str(r.get("text") or "") for r in alert.reasons if isinstance(r, dict)]
+    return texts[0] if texts else ""
+
+
 class Notifier:
     """Decides, throttles and delivers; `deliver(Notification)` does the showing."""
 
@@ -86,11 +104,10 @@ class Notifier:
         if len(self._last_for) > 10_000:
             self._last_for = {k: v for k, v in self._last_for.items() if now - v < 3600}
         self._recent.append(now)
-        word = {"escalated": "escalated", "rule": "rule", "level_shift": "new normal?"}.get(kind, "new incident")
         note = Notification(
-            title=f"{incident.severity.upper()} {incident.service}: {word} (score {score_text(incident.score)})",
-            body=incident.reason or incident.message or "anomalous behaviour",
-            severity=incident.severity.value,
+            title=popup_title(alert, incident),
+            body=_first_reason(alert) or alert.message or incident.reason or "anomalous behaviour",
+            severity=alert.severity.value,
             incident_id=incident.incident_id,
         )
         self._send(note)
