@@ -509,3 +509,34 @@ def test_a_long_plot_is_bounded_keeping_its_spike_and_its_newest_windows():
         assert len(kept) <= 1_000 and np.all(np.diff(kept[:, 0]) > 0)
     assert kept[0, 0] <= points[0, 0] + 5 * 200 and kept[-1, 0] == points[-1, 0]  # the whole span, to the last
     assert np.all(np.diff(kept[-250:, 0]) == 5.0) and np.nanmax(kept[:, 1]) == 9.0
+
+
+def test_the_longest_snooze_says_it_lasts_until_eight_tomorrow_and_does(qtbot, qloop, redis_url, r):  # noqa: F811
+    """A new user read "until tomorrow" in the Snooze menu; it snoozed until 08:00 local time tomorrow.
+    The menu says so, and the incident's "snoozed until" cell shows that 08:00."""
+    import datetime as dt
+
+    from anomalydesk.app.widgets.incidents_panel import COLUMNS
+    from anomalydesk.detect.incident_model import local_time
+
+    alert = raise_alert(r, "orders", 3000)
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+        panel.select_incident(alert["incident_id"])
+        labels = [a.text() for a in panel.snooze_button.menu().actions()]
+        assert labels == ["15 minutes", "1 hour", "until 08:00 tomorrow"]
+        panel.snooze_actions["until 08:00 tomorrow"].trigger()
+        rows = app.state.incidents.incidents
+        qtbot.waitUntil(lambda: rows[alert["incident_id"]].state == "snoozed", timeout=10_000)
+        until = json.loads(r.hget(Keys().incidents, alert["incident_id"]))["snoozed_until_epoch"]
+        # the panel's seconds are added to the clock when stored: a few ms after the click
+        eight = dt.datetime.combine(dt.date.fromtimestamp(until), dt.time(8, 0)).timestamp()
+        assert 0 <= until - eight < 5 and dt.date.fromtimestamp(until) - dt.date.today() <= dt.timedelta(days=1)
+        row = panel.model.ids.index(alert["incident_id"])
+        cell = panel.model.data(panel.model.index(row, COLUMNS.index("snoozed until")))
+        assert cell == local_time(until) and " 08:00:00 " in cell
+    finally:
+        close_app(qtbot, app)
+

@@ -52,7 +52,9 @@ COLUMN_WIDTHS = (64, 84, 44, 200, 170, 88, 136, 170)  # state: room for "open [s
 # severity cells of incidents that still need attention; closed ones get a pale tint of the same hue
 SEVERITY_COLOUR = {"info": QtGui.QColor(31, 95, 168), "warning": QtGui.QColor(240, 170, 40),
                    "critical": QtGui.QColor(183, 28, 28)}  # fmt: skip
-SNOOZE_CHOICES = (("15 minutes", 15 * 60), ("1 hour", 3600), ("until tomorrow", -1))
+SNOOZE_MORNING_HOUR = 8  # "until 08:00 tomorrow": the hour (local time) the longest snooze ends at
+# -1: until the morning hour tomorrow (`seconds_until_tomorrow`); the label says the hour, as the snooze does
+SNOOZE_CHOICES = (("15 minutes", 15 * 60), ("1 hour", 3600), (f"until {SNOOZE_MORNING_HOUR:02d}:00 tomorrow", -1))
 SHORTCUTS = {"ack": "Ctrl+Shift+A", "snooze": "Ctrl+Shift+S", "resolve": "Ctrl+Shift+R",
              "false_positive": "Ctrl+Shift+F", "accept": "Ctrl+Shift+W", "next": "Ctrl+Shift+N"}  # fmt: skip
 # what each action does, as its button's tooltip says while the selected incident can take it
@@ -70,9 +72,9 @@ _CLOSED_TINT = 0.78  # how far a closed incident's severity colour is blended to
 
 
 def seconds_until_tomorrow(now: float | None = None) -> float:
-    """Seconds from `now` until 08:00 local time tomorrow."""
+    """Seconds from `now` until `SNOOZE_MORNING_HOUR` (08:00) local time tomorrow."""
     now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now)
-    tomorrow = (now_dt + dt.timedelta(days=1)).replace(hour=8, minute=0, second=0, microsecond=0)
+    tomorrow = (now_dt + dt.timedelta(days=1)).replace(hour=SNOOZE_MORNING_HOUR, minute=0, second=0, microsecond=0)
     return (tomorrow - now_dt).total_seconds()
 
 
