@@ -540,3 +540,17 @@ def test_the_longest_snooze_says_it_lasts_until_eight_tomorrow_and_does(qtbot, q
     finally:
         close_app(qtbot, app)
 
+
+def test_snoozing_until_eight_tomorrow_holds_across_a_daylight_saving_change(monkeypatch):
+    """The snooze's length was reckoned in wall-clock hours: the night the clocks go back it ended at 07:00."""
+    from anomalydesk.app.widgets.incidents_panel import seconds_until_tomorrow
+
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        evening = time.mktime((2026, 10, 24, 22, 0, 0, 0, 0, -1))  # the clocks go back at 03:00 on the 25th
+        ends = time.localtime(evening + seconds_until_tomorrow(evening))
+        assert (ends.tm_mday, ends.tm_hour, ends.tm_min) == (25, 8, 0)
+    finally:
+        monkeypatch.undo()
+        time.tzset()

@@ -73,9 +73,10 @@ _CLOSED_TINT = 0.78  # how far a closed incident's severity colour is blended to
 
 def seconds_until_tomorrow(now: float | None = None) -> float:
     """Seconds from `now` until `SNOOZE_MORNING_HOUR` (08:00) local time tomorrow."""
-    now_dt = dt.datetime.fromtimestamp(time.time() if now is None else now)
+    now = time.time() if now is None else now
+    now_dt = dt.datetime.fromtimestamp(now)
     tomorrow = (now_dt + dt.timedelta(days=1)).replace(hour=SNOOZE_MORNING_HOUR, minute=0, second=0, microsecond=0)
-    return (tomorrow - now_dt).total_seconds()
+    return tomorrow.timestamp() - now  # on the clock, also across a daylight-saving change overnight
 
 
 def _blend(a: QtGui.QColor, b: QtGui.QColor, t: float) -> QtGui.QColor:
