@@ -179,6 +179,28 @@ def test_business_rule_alerts_at_once_and_resolves(r: redis.Redis) -> None:
     assert rule["reasons"][0]["feature"] == "kpi:checkout_value"
 
 
+def test_a_count_kpis_rule_reason_gives_its_expected_range_in_whole_counts(r: redis.Redis) -> None:
+    """A new user read "orders_per_window 0 outside expected 1.284–40.75": the demo's orders range (a
+    Poisson count's) has fractional bounds, and a count is whole. Ingested through the gears library and
+    read by the detector: a count reads as the whole counts its range holds (2–40: exact for whole values),
+    an amount as it is."""
+    from anomalydesk.config import SketchSettings
+    from anomalydesk.events import BusinessMetric, Metric
+    from anomalydesk.store import admin
+    from anomalydesk.store.sink import ingest
+
+    admin.setup(r, SketchSettings(window_seconds=W))
+    t0 = 1_790_000_000.0
+    ingest(r, [BusinessMetric("orders", "orders_per_window", 0.0, 1.284, 40.75, t0 + 2.5),
+               BusinessMetric("payments", "payment_amount", 3.25, 5.5, 250.75, t0 + 2.5),
+               Metric("orders", "GET:/a", 200, 1.0, t0 + W + 1), Metric("payments", "GET:/a", 200, 1.0, t0 + W + 1)],
+           replay=True)  # fmt: skip
+    drain(make_detector(r))
+    texts = {a["service"]: a["reasons"][0]["text"] for a in alerts(r) if a["kind"] == "rule"}
+    assert texts == {"orders": "orders_per_window 0 outside expected 2–40",
+                     "payments": "payment_amount 3.25 outside expected 5.5–250.8"}
+
+
 def test_two_detectors_split_services_and_app_detector_respects_lease(r: redis.Redis) -> None:
     for service in ("a", "b", "c"):
         registry.save(r, service, json.dumps({"limit": 200}), {"windows": 100})

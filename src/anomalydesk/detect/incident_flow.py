@@ -87,6 +87,17 @@ def _fmt(value: float) -> str:
     return f"{value:.4g}"
 
 
+def _range_text(lo: float, hi: float, values: tuple[float, ...]) -> str:
+    """A KPI's expected range as its rule reason says it. When the window's extreme values are whole
+    numbers (a count: the demo's orders per window) it reads as the whole numbers the range holds, which
+    is exact for whole values: "2–40", not "1.284–40.75"; otherwise as it is."""
+    if math.isfinite(lo) and math.isfinite(hi) and all(float(v).is_integer() for v in values):
+        low, high = math.ceil(lo), math.floor(hi)
+        if low <= high:
+            return f"{low}–{high}"
+    return f"{_fmt(lo)}–{_fmt(hi)}"
+
+
 def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
     """Severity of a business rule breach from its distance outside the expected range.
 
@@ -114,7 +125,7 @@ def rule_verdict(fp: Fingerprint, ranges: Mapping[str, Any] | None) -> Verdict:
                 continue
             distance = max(distance, outside)
             actual = low_value if lo - low_value >= high_value - hi else high_value
-            text = f"{name} {_fmt(actual)} outside expected {_fmt(lo)}–{_fmt(hi)}"
+            text = f"{name} {_fmt(actual)} outside expected {_range_text(lo, hi, (low_value, high_value))}"
             reasons.append({"feature": f"kpi:{name}", "actual": actual, "expected": [lo, hi], "text": text})
         elif not ranges:
             reasons.append({"feature": f"kpi:{name}", "actual": mean, "expected": None,
