@@ -194,3 +194,25 @@ def test_a_window_without_requests_has_no_latency_or_ratios_in_the_csv(tmp_path:
     assert written[0]["latency_p95_ms"] == "42.0" and written[0]["rate_5xx"] == "0.0"
     assert [written[1][name] for name in PER_REQUEST] == [""] * len(PER_REQUEST)
     assert written[1]["requests"] == "0.0" and written[1]["endpoints_distinct"] == "0.0"
+
+
+def test_without_a_documents_folder_the_dialog_starts_in_the_home_folder(qtbot, window, tmp_path, monkeypatch):
+    """A new user without ~/Documents had the save dialog open in the working directory: QStandardPaths
+    names ~/Documents whether or not it exists. It starts in the home folder then, in ~/Documents once there."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)  # no user-dirs.dirs naming another documents folder
+    monkeypatch.chdir(tmp_path)
+    asked = []
+
+    def save_dialog(parent, caption, start, filters):
+        asked.append(Path(start))
+        return "", filters  # cancelled
+
+    monkeypatch.setattr(QtWidgets.QFileDialog, "getSaveFileName", staticmethod(save_dialog))
+    window.live.csv_button.click()
+    assert asked[-1].parent == home and not (home / "Documents").exists()
+    (home / "Documents").mkdir()
+    window.live.png_button.click()
+    assert asked[-1].parent == home / "Documents"

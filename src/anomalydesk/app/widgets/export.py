@@ -4,7 +4,8 @@ CSV: `window_start` is the window's start as whole epoch seconds and `window_sta
 as ISO 8601 with its UTC offset, so a spreadsheet and a script both read every row's time exactly
 (numbers were once written with 6 significant digits: 792 windows collapsed to 3 distinct times).
 Values are written with Python's shortest round-trip repr; a window without a score has an empty cell.
-Files go to the user's documents folder by default (QStandardPaths), never the working directory.
+Files go to the user's documents folder by default (QStandardPaths), the home folder when there is none,
+never the working directory.
 """
 
 from __future__ import annotations
@@ -25,9 +26,12 @@ _TITLE_PADDING = 8
 
 
 def documents_dir() -> Path:
-    """The user's documents folder (QStandardPaths), else the home folder."""
+    """The user's documents folder (QStandardPaths) when it exists, else the home folder.
+
+    QStandardPaths names ~/Documents whether or not it exists, and the save dialog, asked to start in the
+    missing folder, opened in the working directory."""
     found = QtCore.QStandardPaths.writableLocation(QtCore.QStandardPaths.StandardLocation.DocumentsLocation)
-    return Path(found) if found else Path.home()
+    return Path(found) if found and Path(found).is_dir() else Path.home()
 
 
 def time_range(data: np.ndarray) -> tuple[float, float] | None:
