@@ -554,3 +554,27 @@ def test_snoozing_until_eight_tomorrow_holds_across_a_daylight_saving_change(mon
     finally:
         monkeypatch.undo()
         time.tzset()
+
+
+def test_the_details_header_gives_the_incidents_span_as_local_times(qtbot, qloop, redis_url, r):  # noqa: F811
+    """A new user read "windows 359201234…359201240" in the details: window numbers. The header gives the
+    first window's start and the last window's end in local time, as the table's start column does."""
+    from anomalydesk.detect.incident_model import local_time
+
+    window = int(time.time() // 5) - 10
+    reasons = [{"feature": "rate_5xx", "actual": 0.2, "expected": 0.004, "text": "5xx ratio 20% vs 0.4% normal"}]
+    incident = replace(Incident.open("orders", "anomaly", window, window * 5.0), last_window=window + 6, windows=7,
+                       score=95.0, severity="critical", reasons=reasons)  # fmt: skip
+    alert = Alert.about(incident, kind="new", window=window, window_start=window * 5.0, score=95.0,
+                        severity="critical", reasons=reasons, model_version=1, message="orders: 5xx").to_json()
+    store_incident(r, incident, alert)
+    app = open_app(qtbot, redis_url)
+    try:
+        panel = app.window.incidents
+        qtbot.waitUntil(lambda: alert["incident_id"] in panel.model.ids, timeout=10_000)
+        panel.select_incident(alert["incident_id"])
+        text = panel.details.toPlainText()
+        assert f"from {local_time(window * 5.0)} to {local_time((window + 7) * 5.0)}" in text, text
+        assert f"windows {window}" not in text and f"{window + 6}" not in text
+    finally:
+        close_app(qtbot, app)

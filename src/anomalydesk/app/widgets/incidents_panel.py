@@ -825,9 +825,11 @@ class IncidentsPanel(QtWidgets.QWidget):
         marks = inc.incident.marks_text(time.time())
         state = f"{inc.state_text()} {marks}" if marks else inc.state_text()
         header = f"{inc.severity.upper()}</b> — {inc.service} — score {score_text(inc.score)} — {state}"
+        # the windows it spans as times, as the table's start column has them (window numbers, "window
+        # 359201234", told an operator nothing): from the first window's start to the last one's end
         lines = [f"<p><b>{header}</p>",
-                 f"<p>Incident {inc.incident_id}: {inc.alerts} alert(s), windows {inc.window_first}…{inc.window_last}, "
-                 f"since {local_time(inc.start)}</p>", "<ul>"]  # fmt: skip
+                 f"<p>Incident {inc.incident_id}: {inc.alerts} alert(s), from {local_time(inc.start)} "
+                 f"to {local_time(inc.last)}</p>", "<ul>"]  # fmt: skip
         for reason in inc.reasons:
             if isinstance(reason, dict):
                 lines.append(f"<li>{reason.get('text') or reason.get('feature')}</li>")
