@@ -339,9 +339,9 @@ def test_a_popup_states_its_alerts_severity_and_score_and_names_the_incidents_pe
     window = int(now // 5)
     incident = replace(Incident.open("payments", "anomaly", window - 3, (window - 3) * 5.0), last_window=window,
                        windows=4, score=97.0, severity="critical", reasons=(peak_reason,))  # fmt: skip
+    message = "payments: incident now also shows p95 latency 900 ms (score 74)"
     alert = Alert.about(incident, kind="escalated", window=window, window_start=window * 5.0, score=74.42,
-                        severity="warning", reasons=[new_reason], model_version=1,
-                        message="payments: incident now also shows p95 latency 900 ms (score 74)").to_json()  # fmt: skip
+                        severity="warning", reasons=[new_reason], model_version=1, message=message).to_json()
     app = open_app(qtbot, AppSettings(redis_url=redis_url))
     try:
         qtbot.waitUntil(app.session.caught_up.is_set, timeout=20_000)
