@@ -154,6 +154,8 @@ def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(
     its shaded span the windows the detector adds); once the user zoomed, the view stays where it was put."""
     import pyqtgraph as pg
 
+    from anomalydesk.detect.incident_model import local_time
+
     keys = Keys()
     first = int(time.time() // 5) - 60
 
@@ -185,8 +187,8 @@ def test_the_details_plot_of_an_open_incident_follows_new_windows_unless_zoomed(
         stored = Incident.from_json(json.loads(r.hget(keys.incidents, incident_id)))
         r.hset(keys.incidents, incident_id, json.dumps(replace(stored, last_window=first + 61, windows=7).to_json()))
         qtbot.waitUntil(lambda: newest_plotted() == (first + 61) * 5, timeout=10_000)
-        qtbot.waitUntil(lambda: "windows " in panel.details.toPlainText()
-                        and f"…{first + 61}" in panel.details.toPlainText(), timeout=10_000)  # fmt: skip
+        ends = f"to {local_time((first + 62) * 5)}"  # the end of its last window
+        qtbot.waitUntil(lambda: ends in panel.details.toPlainText(), timeout=10_000)
         qtbot.waitUntil(lambda: span_end() == (first + 62) * 5 + 1, timeout=10_000)
         # the view followed (auto-range, applied at pyqtgraph's next paint: waited for, not assumed)
         qtbot.waitUntil(lambda: plot.getViewBox().viewRange()[0][1] >= (first + 61) * 5, timeout=5_000)
