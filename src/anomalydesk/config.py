@@ -217,8 +217,13 @@ STUCK_SCORE = 75.0  # a feature that never stood still over a context in trainin
 STUCK_ZERO_CHANCE = 1e-6  # … a share of requests at 0 only when its requests make that this unlikely
 LEVEL_SHIFT_RENOTIFY_SECONDS = 4 * 3600  # an open level-shift incident not accepted notifies again this often
 # an accepted shift takes along a feature that had moved at least this share of its threshold by then, when it
-# shifts (further) to the same side within L windows: one change, one decision (detect/drift.py)
+# shifts (further) to the same side within LEVEL_SHIFT_FOLLOW_SECONDS, ending no farther from where it started
+# than LEVEL_SHIFT_FOLLOW_GROWTH times its move at the acceptance, or LEVEL_SHIFT_FOLLOW_ALLOWANCE step thresholds
+# (both with the evidence shrinkage undone): one change, one decision (detect/drift.py)
 LEVEL_SHIFT_FOLLOW_SHARE = 0.25
+LEVEL_SHIFT_FOLLOW_SECONDS = 24 * 3600  # a night's weak evidence shows a change in full only by day
+LEVEL_SHIFT_FOLLOW_GROWTH = 3.0  # the baseline lags, and shrinks a night: a move is seen in part at first
+LEVEL_SHIFT_FOLLOW_ALLOWANCE = 1.5
 REASONS_MAX = 3  # contributing features named per anomalous window
 REASON_MIN_DEVIATION = 2.0  # robust z-score below which a feature is not named (unless it is the top)
 REASON_MIN_CHANGE = 0.10  # … nor when its value, average or range moves less than this share of normal (ditto)

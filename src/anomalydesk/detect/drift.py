@@ -19,13 +19,15 @@ feature whose move weak evidence hid (p99 latency at night, few requests a windo
 threshold after the acceptance, and an accepted one moved on as the morning's traffic made each window
 stronger evidence (values are shrunk towards the median by their evidence, so a night's level shows
 less of a shift than a day's). Each opened a second "new normal?" incident for the change the operator
-had accepted (the demo's `shift` on other days' traffic: p99 49 minutes after, p50 2 hours after).
+had accepted (the demo's `shift` on other days' traffic: p99 49 minutes after, p50 3.6 hours after).
 Now the acceptance records every feature that had moved at least `config.LEVEL_SHIFT_FOLLOW_SHARE` of
-its threshold, and to which side (`followers`, in the detector state). Within the baseline's horizon
-(L windows) after the acceptance, and under the same model, a level shift of one of them to the side it
-had moved to is that change: it alone is re-baselined, quietly, and recorded on the accepted incident
-(`take_along`). A feature that had not moved, moves to the other side, or moves after L windows or
-after a retraining opens its own incident as before.
+its threshold: to which side, from where, and how far (`followers`, in the detector state). Within
+`config.LEVEL_SHIFT_FOLLOW_SECONDS` (a day) after the acceptance, and under the same model, a level
+shift of one of them to the side it had moved to, ending no farther from where it started than
+`LEVEL_SHIFT_FOLLOW_GROWTH` times its move at the acceptance (at least `LEVEL_SHIFT_FOLLOW_ALLOWANCE`
+thresholds), is that change: it alone is re-baselined, quietly, and recorded on the accepted incident
+(`take_along`). A feature that had not moved, moves to the other side or farther (a second, larger
+change), or moves after a day or a retraining opens its own incident as before.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import numpy as np
 from anomalydesk import config
 from anomalydesk.detect.baseline import Baseline
 from anomalydesk.detect.model import Model
-from anomalydesk.detect.score import level_shift_reason
+from anomalydesk.detect.score import level_shift_reason, unshrunk_level
 from anomalydesk.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
@@ -76,22 +78,30 @@ def shift_of(model: Model, baseline: Baseline, fp: Fingerprint) -> dict[str, Any
     found = baseline.shift(*model.shift_limits)
     if found is None:
         return None
-    weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
-    weight = 1.0 if weights is None else float(weights[0, found.feature])
-    return level_shift_reason(model, found, weight)
+    return level_shift_reason(model, found, float(_weights(model, fp)[found.feature]))
 
 
-def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprint, window_s: float,
+def followers(model: Model, baseline: Baseline, incident_id: str, fp: Fingerprint,
               version: int | None) -> dict[str, Any]:  # fmt: skip
     """What accepting incident `incident_id` at window `fp` takes along (the module docstring): measured on
     the baseline before the acceptance re-baselines it; the detector state's "shift_followers" field (of
-    model `version`: another model's baseline measures in another space)."""
+    model `version`: another model's baseline measures in another space). Per feature: the side it moved
+    to, and where it moved from and to with the evidence shrinkage undone at window `fp` (model space)."""
     distance, levels = baseline.distances(*model.shift_limits)
-    moving = np.flatnonzero(distance >= config.LEVEL_SHIFT_FOLLOW_SHARE)
-    sides = {model.feature_names[j]: float(np.sign(levels[j] - baseline.reference[j])) for j in moving}
+    weights = _weights(model, fp)
+    features = {}
+    for j in np.flatnonzero(distance >= config.LEVEL_SHIFT_FOLLOW_SHARE):
+        start, now = (unshrunk_level(model, j, float(v), weights[j]) for v in (baseline.reference[j], levels[j]))
+        if now != start:
+            features[model.feature_names[j]] = {"side": float(np.sign(now - start)), "from": start, "to": now}
     return {"incident": incident_id, "model_version": version, "accepted_at": fp.start,
-            "until": fp.start + baseline.horizon * window_s,
-            "features": {name: side for name, side in sides.items() if side != 0.0}}
+            "until": fp.start + config.LEVEL_SHIFT_FOLLOW_SECONDS, "features": features}
+
+
+def _weights(model: Model, fp: Fingerprint) -> np.ndarray:
+    """(f,) the evidence weight of each feature of window `fp` (1 where the model has none)."""
+    weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
+    return np.ones(model.n_features) if weights is None else np.asarray(weights[0], dtype=np.float64)
 
 
 def pending(recorded: Any, fp: Fingerprint, version: int | None) -> dict[str, Any] | None:
@@ -108,18 +118,25 @@ def take_along(model: Model, baseline: Baseline, recorded: dict[str, Any] | None
     at a time, so a feature that is not a follower is never re-baselined with them and asks on its own."""
     if recorded is None:
         return baseline, []
-    sides = recorded["features"]
+    recorded_features = recorded["features"]
+    unit, _threshold, step = model.shift_limits
     names = model.feature_names
-    watched = np.array([names[j] in sides for j in range(model.n_features)])
+    weights = _weights(model, fp)
+    watched = np.array([names[j] in recorded_features for j in range(model.n_features)])
     taken = []
     while (found := baseline.shift(*model.shift_limits, among=watched)) is not None:
         j = found.feature
         watched[j] = False
-        if sides[names[j]] * (found.level - found.reference) <= 0:
+        was = recorded_features[names[j]]
+        if not isinstance(was, dict) or was.get("side", 0.0) * (found.level - found.reference) <= 0:
             continue  # moved to the other side: news, not the accepted change
-        weights = model.evidence(np.asarray(fp.vector, dtype=np.float64)[None, :])
-        weight = 1.0 if weights is None else float(weights[0, j])
-        reason = level_shift_reason(model, found, weight)
+        start, first = float(was["from"]), float(was["to"])
+        now = unshrunk_level(model, j, found.level, weights[j])
+        allowed = max(config.LEVEL_SHIFT_FOLLOW_GROWTH * abs(first - start),
+                      config.LEVEL_SHIFT_FOLLOW_ALLOWANCE * float(unit[j] * step[j]))  # fmt: skip
+        if abs(now - start) > allowed:
+            continue  # far beyond the accepted change: a second, larger one
+        reason = level_shift_reason(model, found, weights[j])
         text = str(reason["text"]).removeprefix("new normal? ")
         taken.append({**reason, "taken_along": True,
                       "text": f"{text} — moved with this change, taken along with its acceptance"})

@@ -160,6 +160,13 @@ def _small_change(shown: float, normal: float, scale: float | None = None) -> bo
     return abs(shown - normal) < config.REASON_MIN_CHANGE * abs(normal if scale is None else scale)
 
 
+def unshrunk_level(model: Model, j: int, level: float, weight: float) -> float:
+    """A baseline level of feature `j` (model space) with its evidence shrinkage undone at `weight` (the
+    baseline follows values shrunk towards the feature's overall level by their evidence)."""
+    overall = float(to_model_space(model.expected[j:j + 1], model.log_scale[j:j + 1])[0])
+    return overall + (level - overall) / max(weight, 1e-3)
+
+
 def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> dict[str, Any]:
     """A level shift in an operator's words: "new normal? p95 latency 120 ms → 180 ms since 14:05 UTC"
     (levels in the feature's unit, at the overall hour of day when the model has a daily cycle).
@@ -169,8 +176,7 @@ def level_shift_reason(model: Model, shift: LevelShift, weight: float = 1.0) -> 
     j = shift.feature
     name = model.feature_names[j]
     log_scale = bool(model.log_scale[j])
-    overall = float(to_model_space(model.expected[j:j + 1], model.log_scale[j:j + 1])[0])
-    unshrunk = (overall + (v - overall) / max(weight, 1e-3) for v in (shift.reference, shift.recent))
+    unshrunk = (unshrunk_level(model, j, v, weight) for v in (shift.reference, shift.recent))
     before, now = (float(from_model_space(np.array([v]), np.array([log_scale]))[0]) for v in unshrunk)
     since = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(shift.since))
     return {"feature": name, "actual": now, "expected": before, "since": shift.since,

@@ -120,7 +120,7 @@ class WindowHandler:
             if moved is not None and shift_incident is not None and shift_incident.accepted is not None:
                 # the operator took the new level as normal: re-baseline the features that moved there, and
                 # note every feature on the move, which the same change may still carry further
-                followers = drift.followers(svc.model, moved, shift_incident.id, fp, length, svc.model_version)
+                followers = drift.followers(svc.model, moved, shift_incident.id, fp, svc.model_version)
                 moved = moved.accept(*svc.model.shift_limits)
             taken: list[dict[str, Any]] = []
             if moved is not None:
