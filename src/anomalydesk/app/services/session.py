@@ -59,7 +59,8 @@ def _text(value: Any) -> str:
 
 CLOSE_TIMEOUT_SECONDS = 3.0
 HISTORY_CHUNK = 500  # stream entries per read when filling the live buffers (keeps each parse short)
-CANCEL_ATTEMPTS = 3  # a reader still running after this many cancels is left, with a warning
+CANCEL_AGAIN_SECONDS = 0.5  # a reader still running this long after its cancel is cancelled again …
+CANCEL_ATTEMPTS = 10  # … up to this many times; then it is left, with a warning
 
 
 def _raise_if_cancelling() -> None:
@@ -74,14 +75,18 @@ def _raise_if_cancelling() -> None:
 async def _stopped(tasks: list[asyncio.Task[Any]]) -> None:
     """Cancel the tasks and wait until each has ended, cancelling again one that a swallowed cancel left
     running (see `_raise_if_cancelling`): the app's close waited for such a reader until Redis went away.
-    Each wait gives a reader's cleanup its whole time (closing its connection: `CLOSE_TIMEOUT_SECONDS`)."""
+    (A reader closing its connection in its `finally` takes a repeated cancel there as the end.)"""
     pending = set(tasks)
-    for _attempt in range(CANCEL_ATTEMPTS):
+    try:
+        for _attempt in range(CANCEL_ATTEMPTS):
+            for task in pending:
+                task.cancel()
+            _done, pending = await asyncio.wait(pending, timeout=CANCEL_AGAIN_SECONDS)
+            if not pending:
+                return
+    finally:  # cancelled meanwhile (the session's close gives up waiting): no reader is left uncancelled
         for task in pending:
             task.cancel()
-        _done, pending = await asyncio.wait(pending, timeout=CLOSE_TIMEOUT_SECONDS + 1.0)
-        if not pending:
-            return
     log.warning("%d Redis reader(s) did not stop after %d cancels; left running", len(pending), CANCEL_ATTEMPTS)
 
 
@@ -214,9 +219,9 @@ class Session:
                     continue
                 await self.take_alerts([alert], notify=True)
         finally:
-            try:
+            try:  # a cancel repeated meanwhile (`_stopped`) ends the close: the task is ending anyway
                 await asyncio.wait_for(pubsub.aclose(), timeout=CLOSE_TIMEOUT_SECONDS)
-            except (TimeoutError, RedisError, OSError):
+            except (TimeoutError, RedisError, OSError, asyncio.CancelledError):
                 pass
 
     async def _catch_up(self) -> None:
