@@ -473,6 +473,22 @@ def _shift_incidents(r: redis.Redis) -> list:
     return [i for i in incidents.list_incidents(r, open_only=False) if i.kind == "level_shift"]
 
 
+def _accepted_deploy(r: redis.Redis, det: Detector, horizon: int, p99: float):
+    """A deploy over L windows (p95 1.5×, p99 `p99`×), its level-shift incident accepted by "ops"."""
+    _feed(r, det, _deploy(horizon, seed=3, p99=p99), 1060)
+    (incident,) = _shift_incidents(r)
+    incidents.accept(r, incident.id, "ops")
+    return incident
+
+
+def _later(horizon: int, p99: float, **factors: float) -> np.ndarray:
+    """The L windows after the acceptance: the deploy's traffic, each feature in `factors` moved on."""
+    rows = _deploy(horizon, seed=5, p99=p99)
+    for name, factor in factors.items():
+        rows[:, FEATURE_INDEX[name]] *= factor
+    return rows
+
+
 def test_a_feature_that_moved_with_an_accepted_shift_is_taken_along_not_named_again(live: tuple) -> None:
     """A deploy moved p95 and p99 latency; p99's move was still under its threshold when the operator
     accepted p95's new level, then crossed it. That is the change the operator accepted: p99 is
@@ -510,12 +526,8 @@ def test_an_accepted_feature_moving_on_as_its_evidence_grows_is_taken_along(live
     a day, is the accepted change."""
     r, det, model = live
     horizon = model.baseline.horizon
-    _feed(r, det, _deploy(horizon, seed=3, p99=1.0), 1060)
-    (incident,) = _shift_incidents(r)
-    incidents.accept(r, incident.id, "ops")
-    later = _deploy(horizon, seed=5, p99=1.0)
-    later[:, FEATURE_INDEX["latency_p95_ms"]] *= 1.3  # p95 moves on: 180 → 234 ms
-    _feed(r, det, later, 1060 + horizon)
+    incident = _accepted_deploy(r, det, horizon, p99=1.0)
+    _feed(r, det, _later(horizon, p99=1.0, latency_p95_ms=1.3), 1060 + horizon)  # p95 moves on: 180 → 234 ms
     assert [i.id for i in _shift_incidents(r)] == [incident.id]
     (accepted,) = _shift_incidents(r)
     taken = [reason for reason in accepted.reasons if reason.get("taken_along")]
@@ -527,10 +539,8 @@ def test_a_feature_that_moves_after_the_acceptance_opens_its_own_incident(live: 
     was accepted, moving afterwards is news, and asks on its own."""
     r, det, model = live
     horizon = model.baseline.horizon
-    _feed(r, det, _deploy(horizon, seed=3, p99=1.0), 1060)
-    (incident,) = _shift_incidents(r)
-    incidents.accept(r, incident.id, "ops")
-    _feed(r, det, _deploy(horizon, seed=5, p99=1.3), 1060 + horizon)
+    incident = _accepted_deploy(r, det, horizon, p99=1.0)
+    _feed(r, det, _later(horizon, p99=1.3), 1060 + horizon)
     (second,) = [i for i in _shift_incidents(r) if i.id != incident.id]
     assert second.reasons[0]["feature"] == "latency_p99_ms" and second.is_open
 
@@ -541,12 +551,8 @@ def test_a_follower_taken_along_takes_no_other_feature_with_it(live: tuple) -> N
     feature beyond its threshold with the follower took p50's move in without a word)."""
     r, det, model = live
     horizon = model.baseline.horizon
-    _feed(r, det, _deploy(horizon, seed=3, p99=1.08), 1060)
-    (incident,) = _shift_incidents(r)
-    incidents.accept(r, incident.id, "ops")
-    later = _deploy(horizon, seed=5, p99=P99_LATER)
-    later[:, FEATURE_INDEX["latency_p50_ms"]] *= 1.3
-    _feed(r, det, later, 1060 + horizon)
+    incident = _accepted_deploy(r, det, horizon, p99=1.08)
+    _feed(r, det, _later(horizon, p99=P99_LATER, latency_p50_ms=1.3), 1060 + horizon)
     (second,) = [i for i in _shift_incidents(r) if i.id != incident.id]
     assert second.reasons[0]["feature"] == "latency_p50_ms" and second.is_open
     (accepted,) = [i for i in _shift_incidents(r) if i.id == incident.id]
@@ -558,11 +564,7 @@ def test_a_second_larger_change_after_an_acceptance_asks_on_its_own(live: tuple)
     deploy takes it to 540 ms, three times the first move's distance and more: "new normal?" again."""
     r, det, model = live
     horizon = model.baseline.horizon
-    _feed(r, det, _deploy(horizon, seed=3, p99=1.0), 1060)
-    (incident,) = _shift_incidents(r)
-    incidents.accept(r, incident.id, "ops")
-    later = _deploy(horizon, seed=5, p99=1.0)
-    later[:, FEATURE_INDEX["latency_p95_ms"]] *= 3.0
-    _feed(r, det, later, 1060 + horizon)
+    incident = _accepted_deploy(r, det, horizon, p99=1.0)
+    _feed(r, det, _later(horizon, p99=1.0, latency_p95_ms=3.0), 1060 + horizon)
     (second,) = [i for i in _shift_incidents(r) if i.id != incident.id]
     assert second.reasons[0]["feature"] == "latency_p95_ms" and second.is_open
